@@ -1,0 +1,50 @@
+# kontext-web: `make serve` and `make test` do everything (see README.md).
+# Build caches live outside the clone so every checkout (and CI) reuses them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/kontext-web/target
+export PATH := $(CURDIR)/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
+export XDG_RUNTIME_DIR ?= /tmp/kontext-web-xdg
+# Native wgpu tests run on whatever Vulkan device exists; on a GPU-less machine that is Mesa lavapipe.
+export RUST_BACKTRACE ?= 0
+HOST ?= 127.0.0.1
+PORT ?= 8080
+CARGO_TEST_JOBS ?=
+
+.PHONY: help tools web serve dist test test-native test-wasm test-e2e fmt clean-dist
+
+help:
+	@echo "make serve   install what is missing, build the app, serve it on http://$(HOST):$(PORT)"
+	@echo "make test    every test: native (CPU + wgpu on lavapipe), wasm in headless Chromium, end-to-end"
+	@echo "make dist    the shipped build (fat LTO, wasm-opt -Oz) in dist/"
+
+tools:
+	@bash .ci/ensure-tools
+
+web: tools
+	@mkdir -p $(XDG_RUNTIME_DIR)
+	trunk build --locked
+
+dist: tools
+	trunk build --locked --cargo-profile dist
+
+serve: web
+	@echo "Serving http://$(HOST):$(PORT)/ (Ctrl-C stops)"
+	node www/serve.mjs dist $(HOST) $(PORT)
+
+test: tools test-native test-wasm test-e2e
+
+test-native:
+	@mkdir -p $(XDG_RUNTIME_DIR)
+	cargo test --locked
+
+test-wasm:
+	cargo test --locked --target wasm32-unknown-unknown --profile web
+
+test-e2e: web
+	node --test --test-concurrency=1 tests/e2e/
+
+fmt:
+	cargo fmt

@@ -1,0 +1,114 @@
+//! Choosing where tensors live: burn's Flex CPU backend, or its wgpu backend (Vulkan/Metal/DX12 natively,
+//! WebGPU in a browser). The wgpu runtime is initialised once per process; later calls reuse it.
+
+use std::str::FromStr;
+
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Which burn backend runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// burn's pure-Rust CPU backend (`flex`).
+    Cpu,
+    /// burn's wgpu backend: the GPU through WebGPU or a native graphics API.
+    Wgpu,
+}
+
+impl FromStr for Backend {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "wgpu" => Ok(Self::Wgpu),
+            other => Err(Error::Invalid(format!("unknown backend `{other}`: use `cpu` or `wgpu`"))),
+        }
+    }
+}
+
+/// What the GPU that burn opened reports about itself and the limits it granted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterReport {
+    /// Adapter name as the driver gives it (e.g. "llvmpipe (LLVM 15.0.6, 256 bits)").
+    pub name: String,
+    /// Graphics API in use (Vulkan, Metal, Dx12, BrowserWebGpu, …).
+    pub api: String,
+    /// Driver name and version, when the platform tells.
+    pub driver: String,
+    /// Whether this is a CPU/software adapter.
+    pub software: bool,
+    /// Largest single buffer the device accepts, in bytes.
+    pub max_buffer_size: u64,
+    /// Largest storage-buffer binding a shader may see, in bytes.
+    pub max_storage_buffer_binding_size: u64,
+    /// Whether f16 arithmetic in shaders (`shader-f16`) is enabled.
+    pub shader_f16: bool,
+    /// Whether subgroup operations are enabled.
+    pub subgroups: bool,
+}
+
+/// The CPU device.
+pub fn cpu() -> Device {
+    Device::flex()
+}
+
+/// Opens (once) the default GPU through wgpu and returns the burn device with the adapter's report.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn wgpu() -> Result<(Device, AdapterReport)> {
+    use std::sync::OnceLock;
+    static OPENED: OnceLock<std::result::Result<(Device, AdapterReport), String>> = OnceLock::new();
+    OPENED
+        .get_or_init(|| {
+            let (device, setup) = Device::wgpu_options().init_with_setup().map_err(|e| e.to_string())?;
+            Ok((device, report_of(&setup)))
+        })
+        .clone()
+        .map_err(|e| Error::Gpu(format!("no usable GPU adapter ({e}); install a Vulkan driver (e.g. Debian's mesa-vulkan-drivers)")))
+}
+
+/// Opens (once) the GPU through WebGPU; in a browser this must be awaited before any tensor op.
+#[cfg(target_arch = "wasm32")]
+pub async fn wgpu_async() -> Result<(Device, AdapterReport)> {
+    thread_local! {
+        static OPENED: std::cell::RefCell<Option<(Device, AdapterReport)>> = const { std::cell::RefCell::new(None) };
+    }
+    if let Some(opened) = OPENED.with(|o| o.borrow().clone()) {
+        return Ok(opened);
+    }
+    let (device, setup) = Device::wgpu_options()
+        .init_with_setup_async()
+        .await
+        .map_err(|e| Error::Gpu(format!("WebGPU could not be opened: {e}")))?;
+    let opened = (device, report_of(&setup));
+    OPENED.with(|o| *o.borrow_mut() = Some(opened.clone()));
+    Ok(opened)
+}
+
+/// Returns a device of the requested backend (natively).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn open(backend: Backend) -> Result<Device> {
+    match backend {
+        Backend::Cpu => Ok(cpu()),
+        Backend::Wgpu => wgpu().map(|(device, _)| device),
+    }
+}
+
+fn report_of(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterReport {
+    use burn::tensor::wgpu::wgpu::{DeviceType, Features};
+    let info = setup.adapter.get_info();
+    let limits = setup.device.limits();
+    let features = setup.device.features();
+    AdapterReport {
+        name: info.name.clone(),
+        api: format!("{:?}", info.backend),
+        driver: [info.driver.as_str(), info.driver_info.as_str()].join(" ").trim().to_string(),
+        software: info.device_type == DeviceType::Cpu,
+        max_buffer_size: limits.max_buffer_size,
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+        shader_f16: features.contains(Features::SHADER_F16),
+        subgroups: features.contains(Features::SUBGROUP),
+    }
+}

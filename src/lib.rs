@@ -1,0 +1,17 @@
+#![doc = include_str!("../README.md")]
+
+pub mod device;
+pub mod error;
+pub mod kernels;
+pub mod latent;
+pub mod model;
+pub mod protocol;
+pub mod selfcheck;
+pub mod weights;
+
+#[cfg(target_arch = "wasm32")]
+pub mod ui;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
+
+pub use error::{Error, Result};

@@ -1,0 +1,45 @@
+//! The web app's components (leptos, client-side rendered). No tensor math here: inference runs in the
+//! worker, reached through [`crate::web::client::WorkerClient`].
+
+mod device_report;
+
+use leptos::prelude::*;
+
+pub use device_report::DeviceReport;
+
+/// Mounts the app on `<body>`. Does nothing outside a window (e.g. when the worker loads the same module).
+pub fn mount() {
+    if web_sys::window().is_none() {
+        return;
+    }
+    console_error_panic_hook::set_once();
+    leptos::mount::mount_to_body(App);
+}
+
+/// The whole page.
+#[component]
+pub fn App() -> impl IntoView {
+    view! {
+        <header class="topbar">
+            <h1>"Kontext"</h1>
+            <p class="tagline">
+                "Image editing with FLUX.1 Kontext [dev], computed on your own GPU. Nothing you load or make leaves this tab."
+            </p>
+        </header>
+        <main class="content">
+            <DeviceReport />
+        </main>
+    }
+}
+
+/// `1536` → "1.5 KiB"; binary units, as browsers and GPUs count.
+pub fn format_bytes(bytes: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{value:.0} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}

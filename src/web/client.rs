@@ -1,0 +1,56 @@
+//! The page's handle on the inference worker: spawns `worker.js`, sends [`ToWorker`], delivers every
+//! [`FromWorker`] (and worker crashes, as [`FromWorker::Error`]) to one callback.
+
+use std::rc::Rc;
+
+use wasm_bindgen::prelude::*;
+use web_sys::{ErrorEvent, MessageEvent, Worker, WorkerOptions, WorkerType};
+
+use crate::protocol::{FromWorker, ToWorker};
+
+use super::js;
+
+/// A running worker. Dropping it terminates the worker.
+pub struct WorkerClient {
+    worker: Worker,
+    _on_message: Closure<dyn FnMut(MessageEvent)>,
+    _on_error: Closure<dyn FnMut(ErrorEvent)>,
+}
+
+impl WorkerClient {
+    /// Starts `worker.js` (a module worker next to the page) and routes its messages to `on_event`.
+    pub fn spawn(on_event: impl Fn(FromWorker) + 'static) -> Result<Self, String> {
+        let options = WorkerOptions::new();
+        options.set_type(WorkerType::Module);
+        let worker = Worker::new_with_options("./worker.js", &options).map_err(js::describe)?;
+        let on_event = Rc::new(on_event);
+        let on_message = {
+            let on_event = on_event.clone();
+            Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+                on_event(serde_wasm_bindgen::from_value(event.data()).unwrap_or_else(|e| FromWorker::Error {
+                    message: format!("unreadable message from the worker: {e}"),
+                }))
+            })
+        };
+        let on_error = Closure::<dyn FnMut(ErrorEvent)>::new(move |event: ErrorEvent| {
+            event.prevent_default();
+            on_event(FromWorker::Error { message: format!("the worker stopped: {}", event.message()) })
+        });
+        worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+        Ok(Self { worker, _on_message: on_message, _on_error: on_error })
+    }
+
+    /// Posts a request; the answer arrives through the callback given to [`WorkerClient::spawn`].
+    pub fn send(&self, request: &ToWorker) -> Result<(), String> {
+        let serializer = serde_wasm_bindgen::Serializer::json_compatible();
+        let value = serde::Serialize::serialize(request, &serializer).map_err(|e| e.to_string())?;
+        self.worker.post_message(&value).map_err(js::describe)
+    }
+}
+
+impl Drop for WorkerClient {
+    fn drop(&mut self) {
+        self.worker.terminate();
+    }
+}

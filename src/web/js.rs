@@ -1,0 +1,39 @@
+//! Small helpers over `js_sys::Reflect`, so browser APIs that web-sys keeps behind unstable flags (WebGPU)
+//! or that differ between window and worker scopes can be reached the same way everywhere.
+
+use js_sys::{Array, Function, Promise, Reflect};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+
+/// `obj[key]`, or `None` when missing, `undefined` or `null`.
+pub fn get(obj: &JsValue, key: &str) -> Option<JsValue> {
+    Reflect::get(obj, &JsValue::from_str(key)).ok().filter(|v| !v.is_undefined() && !v.is_null())
+}
+
+/// `obj[key]` as a number.
+pub fn get_f64(obj: &JsValue, key: &str) -> Option<f64> {
+    get(obj, key).and_then(|v| v.as_f64())
+}
+
+/// `obj[key]` as a string (empty when missing).
+pub fn get_string(obj: &JsValue, key: &str) -> String {
+    get(obj, key).and_then(|v| v.as_string()).unwrap_or_default()
+}
+
+/// Calls `obj.method(...args)` and awaits the promise it returns.
+pub async fn call_async(obj: &JsValue, method: &str, args: &[JsValue]) -> Result<JsValue, String> {
+    let function: Function = get(obj, method)
+        .ok_or_else(|| format!("{method} is not available"))?
+        .dyn_into()
+        .map_err(|_| format!("{method} is not a function"))?;
+    let promise = function.apply(obj, &args.iter().collect::<Array>()).map_err(describe)?;
+    JsFuture::from(Promise::resolve(&promise)).await.map_err(describe)
+}
+
+/// A readable one-line description of a thrown JS value.
+pub fn describe(error: JsValue) -> String {
+    if let Some(message) = get(&error, "message").and_then(|m| m.as_string()) {
+        return message;
+    }
+    error.as_string().unwrap_or_else(|| format!("{error:?}"))
+}

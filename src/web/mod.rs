@@ -1,0 +1,6 @@
+//! Browser glue without UI: probing the browser, the inference worker and the page's handle on it.
+
+pub mod client;
+pub mod js;
+pub mod probe;
+pub mod worker;

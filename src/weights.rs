@@ -1,0 +1,48 @@
+//! Weights as the models consume them: named host tensors, produced by the format readers in
+//! [`crate::formats`] from whatever file the user has (safetensors, sharded safetensors, GGUF).
+
+use crate::{Error, Result};
+
+/// A tensor on the host in f32, row-major, with its logical shape (PyTorch order: `[out, in]` for Linear).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    /// Logical shape, outermost first.
+    pub shape: Vec<usize>,
+    /// `shape.iter().product()` values.
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    /// Wraps `data`, checking that it fills `shape`.
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
+        let expected: usize = shape.iter().product();
+        if expected != data.len() {
+            return Err(Error::Invalid(format!("{} values do not fill shape {shape:?}", data.len())));
+        }
+        Ok(Self { shape, data })
+    }
+}
+
+/// A source of named weights. Implementations read lazily, one tensor at a time, so a model can be built
+/// tensor by tensor without holding a whole checkpoint in memory.
+pub trait Weights {
+    /// Every tensor name, in file order.
+    fn names(&self) -> Vec<String>;
+    /// The logical shape of `name` (PyTorch order), without reading its data.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// Reads (and dequantizes, when stored quantized) the tensor `name` as f32.
+    fn read(&self, name: &str) -> Result<HostTensor>;
+
+    /// Whether `name` exists.
+    fn contains(&self, name: &str) -> bool {
+        self.shape(name).is_some()
+    }
+
+    /// [`Weights::read`], failing with a message that names the missing tensor.
+    fn require(&self, name: &str) -> Result<HostTensor> {
+        if !self.contains(name) {
+            return Err(Error::Invalid(format!("missing tensor `{name}`")));
+        }
+        self.read(name)
+    }
+}
