@@ -40,8 +40,10 @@ test-native:
 	@mkdir -p $(XDG_RUNTIME_DIR)
 	cargo test --locked
 
+# wasm-bindgen-test-runner drives Debian's Chromium through chromedriver, with WebGPU on SwiftShader.
 test-wasm:
-	cargo test --locked --target wasm32-unknown-unknown --profile web
+	CHROMEDRIVER=$$(command -v chromedriver) WASM_BINDGEN_TEST_WEBDRIVER_JSON=$(CURDIR)/tests/webdriver.json \
+	WASM_BINDGEN_TEST_TIMEOUT=600 cargo test --locked --target wasm32-unknown-unknown --profile web --test web --test web_worker
 
 test-e2e: web
 	node --test --test-concurrency=1 tests/e2e/

@@ -5,6 +5,7 @@ pub mod error;
 pub mod kernels;
 pub mod latent;
 pub mod model;
+pub mod pipeline;
 pub mod protocol;
 pub mod selfcheck;
 pub mod weights;

@@ -1,1 +1,106 @@
-//! WGSL kernels.
+//! Our WGSL kernels (`shaders/*.wgsl`) and the plumbing that runs them on burn's wgpu tensors.
+//!
+//! Every kernel has a reference path in plain burn tensor ops, used on devices that are not wgpu (the CPU
+//! backend) and compared with the kernel in tests.
+//!
+//! Shaders declare every binding `var<storage, read_write>`, inputs included: natively, cubecl's memory pool
+//! places several allocations in one wgpu buffer, and wgpu refuses one buffer bound both read-only and
+//! read-write in a dispatch.
+
+pub mod pack;
+
+use burn::backend::Cube;
+use burn::backend::wgpu::CubeTensor;
+use burn::cubecl::ir::{UIntKind, metadata::Info, settings::Dim3};
+use burn::cubecl::prelude::{
+    AddressType, Client, CubeCount, CubeKernel, ElemType, ExecutionMode, KernelDefinition, KernelId, KernelMetadata,
+    KernelSettings, PrecompiledSource, Scope,
+};
+use burn::cubecl::server::{BufferBinding, Handle, KernelArguments};
+use burn::tensor::{Bytes, DType, Shape, Tensor};
+
+/// Threads per workgroup in every elementwise kernel of ours (`@workgroup_size(256)`).
+pub const WORKGROUP: u32 = 256;
+/// Workgroups per dispatch dimension that every WebGPU adapter accepts.
+const MAX_GROUPS_PER_DIM: u32 = 65_535;
+
+/// A hand-written WGSL compute shader with entry point `main`.
+#[derive(Debug, Clone, Copy)]
+pub struct WgslKernel {
+    /// Unique name, also the compilation-cache key.
+    pub name: &'static str,
+    /// The WGSL text.
+    pub source: &'static str,
+}
+
+impl KernelMetadata for WgslKernel {
+    fn id(&self) -> KernelId {
+        KernelId::new::<Self>().info(self.name)
+    }
+
+    fn address_type(&self) -> ElemType {
+        ElemType::UInt(UIntKind::U32)
+    }
+}
+
+impl CubeKernel for WgslKernel {
+    fn define(&self) -> KernelDefinition {
+        let settings = KernelSettings::new(Dim3::new_single(), ExecutionMode::Checked, AddressType::U32);
+        KernelDefinition { body: Scope::root(settings.clone()), settings, info: Info::default() }
+    }
+
+    fn source(&self) -> Option<PrecompiledSource> {
+        Some(PrecompiledSource { source: self.source.to_string(), entrypoint_name: "main".into(), lang: "wgsl" })
+    }
+}
+
+/// A float tensor on burn's wgpu backend, contiguous, ready to bind; `Err` gives back tensors of other backends.
+pub fn cube_tensor<const D: usize>(tensor: Tensor<D>) -> Result<CubeTensor, Tensor<D>> {
+    match tensor.clone().try_into_primitive::<Cube>() {
+        Ok(t) if t.dtype == DType::F32 => {
+            Ok(if t.is_contiguous() && !t.meta.is_tiled() { t } else { burn_cubecl::kernel::into_contiguous(t) })
+        }
+        _ => Err(tensor),
+    }
+}
+
+/// Wraps a freshly written contiguous f32 buffer as a burn tensor.
+pub fn tensor_from_handle<const D: usize>(like: &CubeTensor, handle: Handle, shape: [usize; D]) -> Tensor<D> {
+    let out = CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), Shape::from(shape), handle, DType::F32);
+    Tensor::from_primitive::<Cube>(out)
+}
+
+/// Uploads the `u32` parameters a kernel reads from its last binding.
+pub fn params(client: &Client, values: &[u32]) -> Handle {
+    client.create(Bytes::from_elems(values.to_vec()))
+}
+
+/// Dispatches `kernel` so that at least `invocations` threads run, spread over x and y when one dimension
+/// would exceed the adapter's workgroup limit. Shaders index with
+/// `gid.x + gid.y * num_workgroups.x * 256` and return past the end.
+pub fn launch_1d(client: &Client, kernel: WgslKernel, invocations: usize, buffers: Vec<BufferBinding>) {
+    let (x, y) = grid_1d(invocations);
+    client.launch(Box::new(kernel), CubeCount::Static(x, y, 1), KernelArguments::new().with_buffers(buffers));
+}
+
+/// Workgroups `(x, y)` covering `invocations` threads with neither dimension over the WebGPU limit.
+pub fn grid_1d(invocations: usize) -> (u32, u32) {
+    let groups = (invocations as u64).div_ceil(WORKGROUP as u64).max(1);
+    let x = groups.min(MAX_GROUPS_PER_DIM as u64);
+    (x as u32, groups.div_ceil(x) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grids_cover_every_invocation_within_the_dimension_limit() {
+        for n in [1usize, 255, 256, 257, 65_535 * 256, 65_535 * 256 + 1, 1 << 30] {
+            let (x, y) = grid_1d(n);
+            assert!(x <= MAX_GROUPS_PER_DIM && y <= MAX_GROUPS_PER_DIM, "{n}: {x}×{y}");
+            assert!(x as u64 * y as u64 * WORKGROUP as u64 >= n as u64, "{n}: {x}×{y} too small");
+            assert!((x as u64 * (y as u64 - 1)) * (WORKGROUP as u64) < n as u64, "{n}: a whole row of groups idles");
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Images in and out of the pipeline: decoding with limits checked first, resizing, and conversion to and
+//! from the VAE's `[-1, 1]` NCHW tensors.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use image::{DynamicImage, ImageReader, Limits, RgbImage, imageops::FilterType};
+
+use crate::{Error, Result};
+
+/// Largest image accepted, in pixels (checked from the header, before decoding).
+pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
+
+/// Decodes PNG, JPEG or WebP bytes into RGB, refusing empty, truncated, oversized and non-image input.
+pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
+    let reader = ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::Invalid(format!("cannot read the image: {e}")))?;
+    if reader.format().is_none() {
+        return Err(Error::Invalid("not an image (PNG, JPEG or WebP expected)".into()));
+    }
+    let (width, height) = reader.into_dimensions().map_err(|e| Error::Invalid(format!("not a readable image: {e}")))?;
+    if width == 0 || height == 0 {
+        return Err(Error::Invalid(format!("the image is empty ({width}×{height} pixels)")));
+    }
+    if width as u64 * height as u64 > MAX_PIXELS {
+        return Err(Error::Invalid(format!(
+            "the image is {width}×{height} pixels; images up to {} megapixels are accepted",
+            MAX_PIXELS / (1024 * 1024)
+        )));
+    }
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(width);
+    limits.max_image_height = Some(height);
+    limits.max_alloc = Some(MAX_PIXELS * 16);
+    reader.limits(limits);
+    let image = reader.decode().map_err(|e| Error::Invalid(format!("the image is damaged or truncated: {e}")))?;
+    Ok(image.to_rgb8())
+}
+
+/// Resizes with a Lanczos filter (as the reference pipeline does) unless the size already matches.
+pub fn resize(image: &RgbImage, width: usize, height: usize) -> RgbImage {
+    if image.width() as usize == width && image.height() as usize == height {
+        return image.clone();
+    }
+    DynamicImage::ImageRgb8(image.clone()).resize_exact(width as u32, height as u32, FilterType::Lanczos3).to_rgb8()
+}
+
+/// RGB pixels → `[1, 3, h, w]` in `[-1, 1]` (`x / 255 · 2 − 1`).
+pub fn to_tensor(image: &RgbImage, device: &Device) -> Tensor<4> {
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let mut planar = vec![0f32; 3 * w * h];
+    for (i, pixel) in image.pixels().enumerate() {
+        for c in 0..3 {
+            planar[c * w * h + i] = pixel[c] as f32 / 255.0 * 2.0 - 1.0;
+        }
+    }
+    Tensor::from_data(TensorData::new(planar, [1, 3, h, w]), device)
+}
+
+/// A decoded `[3, h, w]` image in about `[-1, 1]` (host values, planar) → RGB, `round(clamp(x/2 + 0.5)·255)`.
+pub fn from_planar(values: &[f32], width: usize, height: usize) -> Result<RgbImage> {
+    if values.len() != 3 * width * height {
+        return Err(Error::Invalid(format!("{} values are not a 3×{height}×{width} image", values.len())));
+    }
+    let plane = width * height;
+    let to_u8 = |v: f32| ((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round() as u8;
+    Ok(RgbImage::from_fn(width as u32, height as u32, |x, y| {
+        let i = y as usize * width + x as usize;
+        image::Rgb([to_u8(values[i]), to_u8(values[plane + i]), to_u8(values[2 * plane + i])])
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(width: u32, height: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        RgbImage::from_pixel(width, height, image::Rgb([255, 0, 128]))
+            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn decodes_and_converts_both_ways() {
+        let image = decode(&png(4, 2)).unwrap();
+        assert_eq!((image.width(), image.height()), (4, 2));
+        let values = to_tensor(&image, &crate::device::cpu()).into_data().try_into_vec_as::<f32>().unwrap();
+        assert_eq!(&values[..1], &[1.0]);
+        assert_eq!(values[8], -1.0);
+        assert_eq!(from_planar(&values, 4, 2).unwrap(), image);
+    }
+
+    #[test]
+    fn refuses_non_images_truncated_and_empty_input() {
+        assert!(decode(b"hello, not an image").unwrap_err().to_string().contains("not an image"));
+        let full = png(64, 64);
+        assert!(decode(&full[..full.len() / 2]).is_err());
+        assert!(decode(&[]).is_err());
+    }
+}

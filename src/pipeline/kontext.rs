@@ -1,0 +1,140 @@
+//! One Kontext edit on already-loaded networks: text → embeddings, references → latent tokens and ids,
+//! noise → Euler steps through the DiT → VAE decode. Backend-agnostic; readback only at the end, async.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::ids::{self, Position};
+use super::rng::NoiseRng;
+use super::sampler::{Denoiser, Sampler};
+use super::schedule::{self, ShiftConfig};
+use crate::model::flux::Flux;
+use crate::{Error, Result, latent};
+
+/// Latent channels of the Flux VAE; a packed token holds `4 ×` this.
+pub const LATENT_CHANNELS: usize = 16;
+/// Pixels per latent pixel.
+pub const VAE_SCALE: usize = 8;
+
+/// Text conditioning of one prompt: T5 tokens and the pooled CLIP vector.
+#[derive(Debug, Clone)]
+pub struct TextConditioning {
+    /// `[1, n_txt, context_in_dim]`.
+    pub t5: Tensor<3>,
+    /// `[1, vec_in_dim]`.
+    pub pooled: Tensor<2>,
+}
+
+/// Encoded references: packed tokens and their position ids.
+#[derive(Debug, Clone)]
+pub struct References {
+    /// `[1, n_ref, 64]`, every reference's tokens in order; `None` for text-to-image.
+    pub tokens: Option<Tensor<3>>,
+    /// One `(1, row, col)` per reference token.
+    pub ids: Vec<Position>,
+}
+
+impl References {
+    /// Packs scaled reference latents (`[1, 16, h, w]` each, after `(z − shift)·scale`) and places them.
+    pub fn from_latents(latents: Vec<Tensor<4>>) -> Self {
+        let sizes: Vec<(usize, usize)> = latents.iter().map(|z| (z.dims()[2], z.dims()[3])).collect();
+        let ids = ids::reference_ids(&sizes).concat();
+        let packed: Vec<Tensor<3>> = latents.into_iter().map(latent::pack).collect();
+        let tokens = if packed.is_empty() { None } else { Some(Tensor::cat(packed, 1)) };
+        Self { tokens, ids }
+    }
+
+    /// No reference: plain text-to-image.
+    pub fn none() -> Self {
+        Self { tokens: None, ids: Vec::new() }
+    }
+}
+
+/// The DiT as a [`Denoiser`] of the noise tokens, with the text and references it is conditioned on.
+pub struct KontextDenoiser<'a> {
+    flux: &'a Flux,
+    text: TextConditioning,
+    text_ids: Tensor<2>,
+    references: Option<Tensor<3>>,
+    image_ids: Tensor<2>,
+    guidance: f32,
+    noise_tokens: usize,
+}
+
+impl<'a> KontextDenoiser<'a> {
+    /// Conditions `flux` for an output of `latent_height × latent_width` latent pixels.
+    pub fn new(
+        flux: &'a Flux,
+        text: TextConditioning,
+        references: References,
+        latent_height: usize,
+        latent_width: usize,
+        guidance: f32,
+        device: &Device,
+    ) -> Self {
+        let noise_ids = ids::noise_ids(latent_height, latent_width);
+        let noise_tokens = noise_ids.len();
+        let image_ids = positions_tensor(&[noise_ids, references.ids].concat(), device);
+        let text_ids = positions_tensor(&ids::text_ids(text.t5.dims()[1]), device);
+        Self { flux, text, text_ids, references: references.tokens, image_ids, guidance, noise_tokens }
+    }
+}
+
+impl Denoiser for KontextDenoiser<'_> {
+    fn velocity(&self, latents: Tensor<3>, sigma: f32) -> Result<Tensor<3>> {
+        let device = latents.device();
+        let img = match &self.references {
+            Some(reference) => Tensor::cat(vec![latents, reference.clone()], 1), // [1, n_noise + n_ref, 64]
+            None => latents,
+        };
+        let timesteps = Tensor::<1>::from_data(TensorData::new(vec![sigma], [1]), &device);
+        let guidance = Tensor::<1>::from_data(TensorData::new(vec![self.guidance], [1]), &device);
+        let out = self.flux.forward(
+            img,
+            self.image_ids.clone(),
+            self.text.t5.clone(),
+            self.text_ids.clone(),
+            timesteps,
+            self.text.pooled.clone(),
+            Some(guidance),
+        )?;
+        Ok(out.narrow(1, 0, self.noise_tokens))
+    }
+}
+
+/// `[n, 3]` f32 ids on `device`.
+pub fn positions_tensor(positions: &[Position], device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(positions.concat(), [positions.len(), 3]), device)
+}
+
+/// Seeded initial noise, drawn as diffusers does in the unpacked layout `[1, 16, h, w]`, then packed.
+pub fn initial_noise(seed: u64, latent_height: usize, latent_width: usize, device: &Device) -> Tensor<3> {
+    let values = NoiseRng::new(seed).normals(LATENT_CHANNELS * latent_height * latent_width);
+    latent::pack(Tensor::from_data(TensorData::new(values, [1, LATENT_CHANNELS, latent_height, latent_width]), device))
+}
+
+/// Checks user-given packed noise `[1, tokens, 64]` against the output size.
+pub fn check_noise(noise: &Tensor<3>, latent_height: usize, latent_width: usize) -> Result<()> {
+    let expected = [1, (latent_height / 2) * (latent_width / 2), LATENT_CHANNELS * 4];
+    if noise.dims() != expected {
+        return Err(Error::Invalid(format!(
+            "the noise has shape {:?}; an output of {}×{} pixels needs {expected:?}",
+            noise.dims(),
+            latent_width * VAE_SCALE,
+            latent_height * VAE_SCALE
+        )));
+    }
+    Ok(())
+}
+
+/// A sampler on Flux's shifted schedule for this output size.
+pub fn sampler(initial_noise: Tensor<3>, steps: usize) -> Sampler {
+    let noise_tokens = initial_noise.dims()[1];
+    Sampler::new(initial_noise, schedule::sigmas(steps, noise_tokens, ShiftConfig::flux()))
+}
+
+/// Token ids as the `[1, n]` Int tensor the text encoders take.
+pub fn token_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
+    let n = ids.len();
+    let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    Tensor::from_data(TensorData::new(ids, [1, n]), device)
+}

@@ -1,0 +1,8 @@
+//! The Kontext pipeline around the networks: sizes, position ids, noise, schedule and sampler.
+
+pub mod ids;
+pub mod image;
+pub mod rng;
+pub mod sampler;
+pub mod schedule;
+pub mod size;
