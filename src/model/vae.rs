@@ -1,0 +1,644 @@
+//! The Flux VAE: diffusers' `AutoencoderKL` (encoder → mean of the latent distribution, decoder → image),
+//! with field names equal to the diffusers checkpoint keys. BFL `ae.safetensors` loads through
+//! [`super::vae_remap::LdmVaeWeights`].
+//!
+//! Every forward is a pure function of its input (no caches, no global state), so the decoder can later be run
+//! tile by tile.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::silu;
+use burn::tensor::module::{attention, conv2d, linear};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions, PadMode};
+use burn::tensor::{Device, Tensor, TensorData};
+
+pub use super::vae_config::VaeConfig;
+use crate::weights::Weights;
+use crate::{Error, Result};
+
+/// GroupNorm epsilon of every norm in the VAE (diffusers `resnet_eps`, BFL `eps=1e-6`).
+const NORM_EPS: f64 = 1e-6;
+
+/// A 2-D convolution with bias, zero padding on every side.
+#[derive(Module, Debug)]
+pub struct Conv2d {
+    /// `[out, in, k, k]`.
+    pub weight: Param<Tensor<4>>,
+    /// `[out]`.
+    pub bias: Param<Tensor<1>>,
+    /// Step between windows.
+    pub stride: usize,
+    /// Zeros added on each side of both spatial axes.
+    pub padding: usize,
+}
+
+impl Conv2d {
+    /// `[b, in, h, w] → [b, out, h', w']`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
+        conv2d(x, self.weight.val(), Some(self.bias.val()), options)
+    }
+}
+
+/// A Linear layer, weight stored in burn's `[in, out]` order.
+#[derive(Module, Debug)]
+pub struct Linear {
+    /// `[in, out]` (the checkpoint's `[out, in]`, transposed at load).
+    pub weight: Param<Tensor<2>>,
+    /// `[out]`.
+    pub bias: Param<Tensor<1>>,
+}
+
+impl Linear {
+    /// `[.., in] → [.., out]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        linear(x, self.weight.val(), Some(self.bias.val()))
+    }
+}
+
+/// GroupNorm with biased variance, epsilon 1e-6 and a per-channel affine.
+#[derive(Module, Debug)]
+pub struct GroupNorm {
+    /// Per-channel scale `[c]`.
+    pub weight: Param<Tensor<1>>,
+    /// Per-channel offset `[c]`.
+    pub bias: Param<Tensor<1>>,
+    /// Number of channel groups normalised together.
+    pub num_groups: usize,
+}
+
+impl GroupNorm {
+    /// `[b, c, h, w] → [b, c, h, w]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let groups = self.num_groups;
+        let grouped = x.reshape([b, groups, (c / groups) * h * w]); // [b, g, c/g·h·w]
+        let (var, mean) = grouped.clone().var_mean_bias(2);
+        let normed = grouped.sub(mean).div(var.add_scalar(NORM_EPS).sqrt()).reshape([b, c, h, w]);
+        normed * self.weight.val().reshape([1, c, 1, 1]) + self.bias.val().reshape([1, c, 1, 1])
+    }
+}
+
+/// diffusers `ResnetBlock2D` (BFL `ResnetBlock`): two norm–SiLU–conv stages plus a (1×1-projected) skip.
+#[derive(Module, Debug)]
+pub struct ResnetBlock {
+    /// Norm before the first conv.
+    pub norm1: GroupNorm,
+    /// First 3×3 conv, in → out channels.
+    pub conv1: Conv2d,
+    /// Norm before the second conv.
+    pub norm2: GroupNorm,
+    /// Second 3×3 conv, out → out channels.
+    pub conv2: Conv2d,
+    /// 1×1 projection of the skip, present when in ≠ out channels (BFL `nin_shortcut`).
+    pub conv_shortcut: Option<Conv2d>,
+}
+
+impl ResnetBlock {
+    /// `[b, in, h, w] → [b, out, h, w]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let skip = match &self.conv_shortcut {
+            Some(conv) => conv.forward(x),
+            None => x,
+        };
+        skip + h
+    }
+}
+
+/// The mid-block self-attention: one head over all `h·w` positions, scale `1/sqrt(c)`, residual.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// Norm of the input (BFL `norm`).
+    pub group_norm: GroupNorm,
+    /// Query projection (BFL `q`, a 1×1 conv).
+    pub to_q: Linear,
+    /// Key projection (BFL `k`).
+    pub to_k: Linear,
+    /// Value projection (BFL `v`).
+    pub to_v: Linear,
+    /// Output projection, diffusers `to_out.0` (BFL `proj_out`).
+    pub to_out: Linear,
+}
+
+impl Attention {
+    /// `[b, c, h, w] → [b, c, h, w]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let tokens = self.group_norm.forward(x.clone()).reshape([b, c, h * w]).swap_dims(1, 2); // [b, hw, c]
+        let heads = |proj: &Linear| proj.forward(tokens.clone()).unsqueeze_dim::<4>(1); // [b, 1, hw, c]
+        let options = AttentionModuleOptions { scale: Some(1.0 / (c as f64).sqrt()), ..Default::default() };
+        let attended = attention(heads(&self.to_q), heads(&self.to_k), heads(&self.to_v), None, None, options);
+        let out = self.to_out.forward(attended.reshape([b, h * w, c])); // [b, hw, c]
+        out.swap_dims(1, 2).reshape([b, c, h, w]) + x
+    }
+}
+
+/// diffusers `UNetMidBlock2D` of the VAE: resnet, optional attention, resnet.
+#[derive(Module, Debug)]
+pub struct MidBlock {
+    /// The two resnets (BFL `block_1`, `block_2`).
+    pub resnets: Vec<ResnetBlock>,
+    /// Zero or one attention (BFL `attn_1`).
+    pub attentions: Vec<Attention>,
+}
+
+impl MidBlock {
+    /// `[b, c, h, w] → [b, c, h, w]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut x = self.resnets[0].forward(x);
+        if let Some(attention) = self.attentions.first() {
+            x = attention.forward(x);
+        }
+        self.resnets[1].forward(x)
+    }
+}
+
+/// diffusers `Downsample2D` of the VAE: pad right and bottom by one, then a 3×3 stride-2 conv without padding.
+#[derive(Module, Debug)]
+pub struct Downsample {
+    /// The 3×3 stride-2 conv.
+    pub conv: Conv2d,
+}
+
+impl Downsample {
+    /// `[b, c, h, w] → [b, c, ⌈h/2⌉, ⌈w/2⌉]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv.forward(x.pad((0, 1, 0, 1), PadMode::Constant(0.0)))
+    }
+}
+
+/// diffusers `Upsample2D`: nearest-neighbour ×2, then a 3×3 conv.
+#[derive(Module, Debug)]
+pub struct Upsample {
+    /// The 3×3 conv after the resize.
+    pub conv: Conv2d,
+}
+
+impl Upsample {
+    /// `[b, c, h, w] → [b, c, 2h, 2w]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let doubled = x
+            .reshape([b, c, h, 1, w, 1])
+            .repeat_dim(3, 2)
+            .repeat_dim(5, 2) // [b, c, h, 2, w, 2]
+            .reshape([b, c, 2 * h, 2 * w]);
+        self.conv.forward(doubled)
+    }
+}
+
+/// One encoder level (`DownEncoderBlock2D`).
+#[derive(Module, Debug)]
+pub struct DownBlock {
+    /// `layers_per_block` resnets (BFL `block`).
+    pub resnets: Vec<ResnetBlock>,
+    /// The halving conv, on every level but the last (BFL `downsample`).
+    pub downsamplers: Option<Downsample>,
+}
+
+/// One decoder level (`UpDecoderBlock2D`).
+#[derive(Module, Debug)]
+pub struct UpBlock {
+    /// `layers_per_block + 1` resnets (BFL `block`).
+    pub resnets: Vec<ResnetBlock>,
+    /// The doubling conv, on every level but the last (BFL `upsample`).
+    pub upsamplers: Option<Upsample>,
+}
+
+/// Image → latent moments (mean ‖ log-variance).
+#[derive(Module, Debug)]
+pub struct Encoder {
+    /// 3×3 conv from the image channels to the first width.
+    pub conv_in: Conv2d,
+    /// Levels, finest first (BFL `down`).
+    pub down_blocks: Vec<DownBlock>,
+    /// Resnet–attention–resnet at the coarsest level (BFL `mid`).
+    pub mid_block: MidBlock,
+    /// Final norm (BFL `norm_out`).
+    pub conv_norm_out: GroupNorm,
+    /// 3×3 conv to `2 · latent_channels` moments.
+    pub conv_out: Conv2d,
+}
+
+impl Encoder {
+    /// `[b, in, H, W] → [b, 2·latent, H/f, W/f]`.
+    pub fn forward(&self, image: Tensor<4>) -> Tensor<4> {
+        let mut x = self.conv_in.forward(image);
+        for block in &self.down_blocks {
+            for resnet in &block.resnets {
+                x = resnet.forward(x);
+            }
+            if let Some(down) = &block.downsamplers {
+                x = down.forward(x);
+            }
+        }
+        let x = self.mid_block.forward(x);
+        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+    }
+}
+
+/// Latent → image.
+#[derive(Module, Debug)]
+pub struct Decoder {
+    /// 3×3 conv from the latent to the coarsest width.
+    pub conv_in: Conv2d,
+    /// Resnet–attention–resnet at the coarsest level (BFL `mid`).
+    pub mid_block: MidBlock,
+    /// Levels, coarsest first (BFL `up`, stored in reverse: `up_blocks.i` = `up.{n-1-i}`).
+    pub up_blocks: Vec<UpBlock>,
+    /// Final norm (BFL `norm_out`).
+    pub conv_norm_out: GroupNorm,
+    /// 3×3 conv to the image channels.
+    pub conv_out: Conv2d,
+}
+
+impl Decoder {
+    /// `[b, latent, h, w] → [b, out, h·f, w·f]`, unclamped.
+    pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
+        let mut x = self.mid_block.forward(self.conv_in.forward(z));
+        for block in &self.up_blocks {
+            for resnet in &block.resnets {
+                x = resnet.forward(x);
+            }
+            if let Some(up) = &block.upsamplers {
+                x = up.forward(x);
+            }
+        }
+        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+    }
+}
+
+/// The Flux autoencoder.
+#[derive(Module, Debug)]
+pub struct Vae {
+    /// Image → moments.
+    pub encoder: Encoder,
+    /// Latent → image.
+    pub decoder: Decoder,
+    /// Optional 1×1 conv on the moments (absent in Flux).
+    pub quant_conv: Option<Conv2d>,
+    /// Optional 1×1 conv on the latent before decoding (absent in Flux).
+    pub post_quant_conv: Option<Conv2d>,
+    /// Image channels the encoder takes.
+    pub in_channels: usize,
+    /// Latent channels the decoder takes.
+    pub latent_channels: usize,
+    /// Side shrink of the encoder, `2^(levels - 1)`.
+    pub downscale: usize,
+    /// Multiplier of the shifted latent (`VaeConfig::scaling_factor`).
+    pub scaling_factor: f64,
+    /// Offset of the latent (`VaeConfig::shift_factor`).
+    pub shift_factor: f64,
+}
+
+impl Vae {
+    /// Builds the VAE from diffusers-named weights, checking every shape against `cfg`. `quant_conv` /
+    /// `post_quant_conv` are loaded when the config asks for them or the weights hold them.
+    pub fn load(cfg: &VaeConfig, weights: &dyn Weights, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        let load = Loader { weights, device, groups: cfg.norm_num_groups };
+        let widths = &cfg.block_out_channels;
+        let levels = widths.len();
+        let last = widths[levels - 1];
+        let latent = cfg.latent_channels;
+
+        let mut down_blocks = Vec::with_capacity(levels);
+        let mut prev = widths[0];
+        for (i, &width) in widths.iter().enumerate() {
+            let prefix = format!("encoder.down_blocks.{i}");
+            let resnets = (0..cfg.layers_per_block)
+                .map(|j| load.resnet(&format!("{prefix}.resnets.{j}"), if j == 0 { prev } else { width }, width))
+                .collect::<Result<_>>()?;
+            let downsamplers = (i + 1 < levels)
+                .then(|| load.conv(&format!("{prefix}.downsamplers.0.conv"), width, width, 3, 2, 0))
+                .transpose()?
+                .map(|conv| Downsample { conv });
+            down_blocks.push(DownBlock { resnets, downsamplers });
+            prev = width;
+        }
+        let encoder = Encoder {
+            conv_in: load.conv("encoder.conv_in", cfg.in_channels, widths[0], 3, 1, 1)?,
+            down_blocks,
+            mid_block: load.mid_block("encoder.mid_block", last, cfg.mid_block_add_attention)?,
+            conv_norm_out: load.group_norm("encoder.conv_norm_out", last)?,
+            conv_out: load.conv("encoder.conv_out", last, 2 * latent, 3, 1, 1)?,
+        };
+
+        let mut up_blocks = Vec::with_capacity(levels);
+        let mut prev = last;
+        for (i, &width) in widths.iter().rev().enumerate() {
+            let prefix = format!("decoder.up_blocks.{i}");
+            let resnets = (0..=cfg.layers_per_block)
+                .map(|j| load.resnet(&format!("{prefix}.resnets.{j}"), if j == 0 { prev } else { width }, width))
+                .collect::<Result<_>>()?;
+            let upsamplers = (i + 1 < levels)
+                .then(|| load.conv(&format!("{prefix}.upsamplers.0.conv"), width, width, 3, 1, 1))
+                .transpose()?
+                .map(|conv| Upsample { conv });
+            up_blocks.push(UpBlock { resnets, upsamplers });
+            prev = width;
+        }
+        let decoder = Decoder {
+            conv_in: load.conv("decoder.conv_in", latent, last, 3, 1, 1)?,
+            mid_block: load.mid_block("decoder.mid_block", last, cfg.mid_block_add_attention)?,
+            up_blocks,
+            conv_norm_out: load.group_norm("decoder.conv_norm_out", widths[0])?,
+            conv_out: load.conv("decoder.conv_out", widths[0], cfg.out_channels, 3, 1, 1)?,
+        };
+
+        let optional_1x1 = |name: &str, wanted: bool, channels: usize| {
+            (wanted || weights.contains(&format!("{name}.weight")))
+                .then(|| load.conv(name, channels, channels, 1, 1, 0))
+                .transpose()
+        };
+        Ok(Self {
+            encoder,
+            decoder,
+            quant_conv: optional_1x1("quant_conv", cfg.use_quant_conv, 2 * latent)?,
+            post_quant_conv: optional_1x1("post_quant_conv", cfg.use_post_quant_conv, latent)?,
+            in_channels: cfg.in_channels,
+            latent_channels: latent,
+            downscale: cfg.downscale(),
+            scaling_factor: cfg.scaling_factor,
+            shift_factor: cfg.shift_factor,
+        })
+    }
+
+    /// The mean of the latent distribution of `image` (`[b, in, H, W]`, values in [-1, 1]; H and W multiples
+    /// of the downscale, 8 for Flux): `[b, latent, H/8, W/8]`. No sampling, as Kontext uses it.
+    pub fn encode(&self, image: Tensor<4>) -> Result<Tensor<4>> {
+        let [b, c, h, w] = image.dims();
+        let f = self.downscale;
+        if c != self.in_channels || h == 0 || w == 0 || !h.is_multiple_of(f) || !w.is_multiple_of(f) {
+            return Err(Error::Invalid(format!(
+                "VAE encode takes [batch, {}, H, W] with H and W positive multiples of {f}; got {:?}",
+                self.in_channels,
+                [b, c, h, w]
+            )));
+        }
+        let mut moments = self.encoder.forward(image);
+        if let Some(conv) = &self.quant_conv {
+            moments = conv.forward(moments);
+        }
+        Ok(moments.narrow(1, 0, self.latent_channels)) // [b, latent, H/f, W/f]
+    }
+
+    /// Decodes `z` (`[b, latent, h, w]`, unscaled: see [`Vae::unscale_latents`]) to `[b, out, 8h, 8w]`,
+    /// roughly in [-1, 1] and not clamped.
+    pub fn decode(&self, z: Tensor<4>) -> Result<Tensor<4>> {
+        let [b, c, h, w] = z.dims();
+        if c != self.latent_channels || h == 0 || w == 0 {
+            return Err(Error::Invalid(format!(
+                "VAE decode takes latents [batch, {}, h, w]; got {:?}",
+                self.latent_channels,
+                [b, c, h, w]
+            )));
+        }
+        let z = match &self.post_quant_conv {
+            Some(conv) => conv.forward(z),
+            None => z,
+        };
+        Ok(self.decoder.forward(z))
+    }
+
+    /// The latent the transformer sees: `(z − shift) · scale`.
+    pub fn scale_latents(&self, z: Tensor<4>) -> Tensor<4> {
+        z.sub_scalar(self.shift_factor).mul_scalar(self.scaling_factor)
+    }
+
+    /// The inverse of [`Vae::scale_latents`]: `z / scale + shift`.
+    pub fn unscale_latents(&self, z: Tensor<4>) -> Tensor<4> {
+        z.div_scalar(self.scaling_factor).add_scalar(self.shift_factor)
+    }
+}
+
+/// Reads named tensors into modules, checking shapes before reading data.
+struct Loader<'a> {
+    weights: &'a dyn Weights,
+    device: &'a Device,
+    groups: usize,
+}
+
+impl Loader<'_> {
+    fn tensor<const D: usize>(&self, name: &str, expected: [usize; D]) -> Result<Tensor<D>> {
+        let shape = self.weights.shape(name).ok_or_else(|| Error::Invalid(format!("VAE weights lack `{name}`")))?;
+        if shape != expected {
+            return Err(Error::Invalid(format!("VAE tensor `{name}` has shape {shape:?}, expected {expected:?}")));
+        }
+        let host = self.weights.read(name)?;
+        if host.data.len() != expected.iter().product::<usize>() {
+            return Err(Error::Invalid(format!(
+                "VAE tensor `{name}`: {} values do not fill {expected:?}",
+                host.data.len()
+            )));
+        }
+        Ok(Tensor::from_data(TensorData::new(host.data, expected), self.device))
+    }
+
+    fn conv(
+        &self,
+        prefix: &str,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Conv2d> {
+        Ok(Conv2d {
+            weight: Param::from_tensor(self.tensor(&format!("{prefix}.weight"), [c_out, c_in, kernel, kernel])?),
+            bias: Param::from_tensor(self.tensor(&format!("{prefix}.bias"), [c_out])?),
+            stride,
+            padding,
+        })
+    }
+
+    fn linear(&self, prefix: &str, channels: usize) -> Result<Linear> {
+        let weight: Tensor<2> = self.tensor(&format!("{prefix}.weight"), [channels, channels])?; // [out, in]
+        Ok(Linear {
+            weight: Param::from_tensor(weight.transpose()), // [in, out]
+            bias: Param::from_tensor(self.tensor(&format!("{prefix}.bias"), [channels])?),
+        })
+    }
+
+    fn group_norm(&self, prefix: &str, channels: usize) -> Result<GroupNorm> {
+        if !channels.is_multiple_of(self.groups) {
+            return Err(Error::Invalid(format!(
+                "VAE `{prefix}`: {channels} channels do not split into {} groups",
+                self.groups
+            )));
+        }
+        Ok(GroupNorm {
+            weight: Param::from_tensor(self.tensor(&format!("{prefix}.weight"), [channels])?),
+            bias: Param::from_tensor(self.tensor(&format!("{prefix}.bias"), [channels])?),
+            num_groups: self.groups,
+        })
+    }
+
+    fn resnet(&self, prefix: &str, c_in: usize, c_out: usize) -> Result<ResnetBlock> {
+        Ok(ResnetBlock {
+            norm1: self.group_norm(&format!("{prefix}.norm1"), c_in)?,
+            conv1: self.conv(&format!("{prefix}.conv1"), c_in, c_out, 3, 1, 1)?,
+            norm2: self.group_norm(&format!("{prefix}.norm2"), c_out)?,
+            conv2: self.conv(&format!("{prefix}.conv2"), c_out, c_out, 3, 1, 1)?,
+            conv_shortcut: (c_in != c_out)
+                .then(|| self.conv(&format!("{prefix}.conv_shortcut"), c_in, c_out, 1, 1, 0))
+                .transpose()?,
+        })
+    }
+
+    fn mid_block(&self, prefix: &str, channels: usize, with_attention: bool) -> Result<MidBlock> {
+        let attentions = if with_attention {
+            let attn = format!("{prefix}.attentions.0");
+            vec![Attention {
+                group_norm: self.group_norm(&format!("{attn}.group_norm"), channels)?,
+                to_q: self.linear(&format!("{attn}.to_q"), channels)?,
+                to_k: self.linear(&format!("{attn}.to_k"), channels)?,
+                to_v: self.linear(&format!("{attn}.to_v"), channels)?,
+                to_out: self.linear(&format!("{attn}.to_out.0"), channels)?,
+            }]
+        } else {
+            Vec::new()
+        };
+        Ok(MidBlock {
+            resnets: vec![
+                self.resnet(&format!("{prefix}.resnets.0"), channels, channels)?,
+                self.resnet(&format!("{prefix}.resnets.1"), channels, channels)?,
+            ],
+            attentions,
+        })
+    }
+}
+
+/// Test helpers shared by the VAE tests: a [`Weights`] over a safetensors file, and golden tensors.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use burn::tensor::{Device, Tensor, TensorData};
+    use safetensors::{Dtype, SafeTensors};
+
+    use crate::weights::{HostTensor, Weights};
+    use crate::{Error, Result};
+
+    /// A whole safetensors file in memory (f32 tensors only).
+    pub struct SafetensorsWeights {
+        bytes: Vec<u8>,
+    }
+
+    impl SafetensorsWeights {
+        /// Reads `tests/fixtures/tiny/<relative>`.
+        pub fn fixture(relative: &str) -> Self {
+            let path = format!("{}/tests/fixtures/tiny/{relative}", env!("CARGO_MANIFEST_DIR"));
+            Self { bytes: std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}")) }
+        }
+
+        fn file(&self) -> SafeTensors<'_> {
+            SafeTensors::deserialize(&self.bytes).expect("valid safetensors fixture")
+        }
+
+        /// The tensor `name` on `device`.
+        pub fn tensor<const D: usize>(&self, name: &str, device: &Device) -> Tensor<D> {
+            let host = self.read(name).unwrap();
+            Tensor::from_data(TensorData::new(host.data, host.shape), device)
+        }
+    }
+
+    impl Weights for SafetensorsWeights {
+        fn names(&self) -> Vec<String> {
+            let (_, metadata) = SafeTensors::read_metadata(&self.bytes).expect("valid safetensors fixture");
+            metadata.offset_keys()
+        }
+
+        fn shape(&self, name: &str) -> Option<Vec<usize>> {
+            self.file().tensor(name).ok().map(|view| view.shape().to_vec())
+        }
+
+        fn read(&self, name: &str) -> Result<HostTensor> {
+            let file = self.file();
+            let view = file.tensor(name).map_err(|e| Error::Invalid(format!("`{name}`: {e}")))?;
+            assert_eq!(view.dtype(), Dtype::F32, "fixture tensor `{name}` is not f32");
+            let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            HostTensor::new(view.shape().to_vec(), data)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::SafetensorsWeights;
+    use super::*;
+    use burn::tensor::Tolerance;
+
+    fn tiny_config() -> VaeConfig {
+        let json = include_str!("../../tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/vae/config.json");
+        VaeConfig::from_diffusers_json(json).unwrap()
+    }
+
+    fn tiny_vae(device: &Device) -> Vae {
+        let weights = SafetensorsWeights::fixture("FLUX.1-Kontext-dev-tiny/vae/diffusion_pytorch_model.safetensors");
+        Vae::load(&tiny_config(), &weights, device).unwrap()
+    }
+
+    fn internals() -> SafetensorsWeights {
+        SafetensorsWeights::fixture("golden/golden_text_vae_internals.safetensors")
+    }
+
+    #[test]
+    fn encode_returns_the_mean_half_of_the_golden_moments() {
+        let device = crate::device::cpu();
+        let golden = internals();
+        let image = golden.tensor::<4>("vae_encoder_input_image", &device);
+        let moments = golden.tensor::<4>("vae_encoder_moments", &device); // [1, 32, 8, 12]
+        let mean = tiny_vae(&device).encode(image).unwrap();
+        assert_eq!(mean.dims(), [1, 16, 8, 12]);
+        mean.into_data().assert_approx_eq::<f32>(&moments.narrow(1, 0, 16).into_data(), Tolerance::absolute(1e-4));
+    }
+
+    #[test]
+    fn decode_matches_the_golden_decoder_output() {
+        let device = crate::device::cpu();
+        let golden = internals();
+        let z = golden.tensor::<4>("vae_decoder_input_latents", &device);
+        let expected = golden.tensor::<4>("vae_decoder_output", &device); // [1, 3, 80, 64]
+        let decoded = tiny_vae(&device).decode(z).unwrap();
+        decoded.into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
+    }
+
+    #[test]
+    fn scaled_mean_is_the_golden_reference_latent_and_unscale_inverts_it() {
+        let device = crate::device::cpu();
+        let run = SafetensorsWeights::fixture("golden/golden_run.safetensors");
+        let image = run.tensor::<4>("reference_image_preprocessed", &device);
+        let expected = run.tensor::<4>("image_latents_unpacked_scaled", &device); // [1, 16, 8, 12]
+        let vae = tiny_vae(&device);
+        let mean = vae.encode(image).unwrap();
+        let scaled = vae.scale_latents(mean.clone());
+        scaled.clone().into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
+        vae.unscale_latents(scaled).into_data().assert_approx_eq::<f32>(&mean.into_data(), Tolerance::absolute(1e-5));
+    }
+
+    #[test]
+    fn inferred_config_equals_config_json_once_groups_are_given() {
+        let weights = SafetensorsWeights::fixture("FLUX.1-Kontext-dev-tiny/vae/diffusion_pytorch_model.safetensors");
+        let inferred = VaeConfig::infer(&weights).unwrap();
+        assert_eq!(inferred.norm_num_groups, 32);
+        assert_eq!(inferred.with_norm_num_groups(4), tiny_config());
+    }
+
+    #[test]
+    fn bad_inputs_and_mismatched_configs_are_errors() {
+        let device = crate::device::cpu();
+        let vae = tiny_vae(&device);
+        let gray = Tensor::<4>::zeros([1, 1, 64, 96], &device);
+        assert!(vae.encode(gray).unwrap_err().to_string().contains("[batch, 3, H, W]"));
+        let odd = Tensor::<4>::zeros([1, 3, 60, 96], &device);
+        assert!(vae.encode(odd).is_err());
+        assert!(vae.decode(Tensor::<4>::zeros([1, 4, 8, 8], &device)).is_err());
+
+        let weights = SafetensorsWeights::fixture("FLUX.1-Kontext-dev-tiny/vae/diffusion_pytorch_model.safetensors");
+        let wider = VaeConfig { block_out_channels: vec![8, 16, 32, 64], ..tiny_config() };
+        let err = Vae::load(&wider, &weights, &device).unwrap_err().to_string();
+        assert!(err.contains("encoder.down_blocks.3.resnets.0.conv1.weight"), "{err}");
+        let quant = VaeConfig { use_quant_conv: true, ..tiny_config() };
+        assert!(Vae::load(&quant, &weights, &device).unwrap_err().to_string().contains("quant_conv.weight"));
+    }
+}
