@@ -1,5 +1,12 @@
 //! The networks of the Kontext pipeline, backend-agnostic burn modules.
 
 pub mod config;
+pub mod embeddings;
+pub mod flux;
+mod load;
+pub mod rope;
+#[cfg(test)]
+mod testing;
+pub mod transformer_remap;
 
 pub use config::FluxConfig;
