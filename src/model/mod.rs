@@ -1,6 +1,13 @@
 //! The networks of the Kontext pipeline, backend-agnostic burn modules.
 
 pub mod config;
+pub mod embeddings;
+pub mod flux;
+mod load;
+pub mod rope;
+#[cfg(test)]
+mod testing;
+pub mod transformer_remap;
 pub mod vae;
 pub mod vae_config;
 pub mod vae_remap;

@@ -1,0 +1,712 @@
+//! The Flux DiT (FLUX.1 [dev] / Kontext [dev]) with BFL's checkpoint names
+//! (<https://github.com/black-forest-labs/flux/blob/main/src/flux/model.py>, `modules/layers.py`).
+//!
+//! Text tokens and image tokens (noise, then any reference tokens) first run through double-stream blocks
+//! (separate weights per stream, one joint attention), then through single-stream blocks over the
+//! concatenation `[txt, img]`. Every block is modulated by one conditioning vector per sample, built from the
+//! timestep, the distilled guidance and the pooled CLIP vector; [`Flux::modulations`] computes all of a step's
+//! modulation values at once, so a pipeline may compute them ahead of the denoising loop.
+//!
+//! Shapes in the field docs are the checkpoint's (PyTorch `[out, in]`); burn's [`Linear`] holds the transpose.
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::prelude::*;
+use burn::tensor::activation::{silu, softmax};
+
+use super::config::FluxConfig;
+use super::embeddings::{MlpEmbedder, TIME_FACTOR, TIMESTEP_FEATURES, timestep_embedding};
+use super::load;
+use super::rope::Rope;
+use crate::weights::Weights;
+use crate::{Error, Result};
+
+/// Epsilon of every LayerNorm and RMSNorm of the model.
+const NORM_EPS: f64 = 1e-6;
+
+/// Scaled dot-product attention `softmax(q·kᵀ / √d)·v` over `[b, heads, n, d]`; the one place to swap in a
+/// memory-efficient kernel.
+pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    let d = q.dims()[3];
+    let scores = q.matmul(k.transpose()) * (1.0 / (d as f64).sqrt()); // [b, h, n, n]
+    softmax(scores, 3).matmul(v)
+}
+
+/// LayerNorm over the last axis without affine parameters.
+fn layer_norm(x: Tensor<3>) -> Tensor<3> {
+    let centered = x.clone() - x.mean_dim(2);
+    let var = centered.clone().square().mean_dim(2);
+    centered / (var + NORM_EPS).sqrt()
+}
+
+/// GELU with the tanh approximation (PyTorch `GELU(approximate="tanh")`).
+fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+    let inner = (x.clone() + x.clone() * x.clone() * x.clone() * 0.044715) * SQRT_2_OVER_PI;
+    x * (inner.tanh() + 1.0) * 0.5
+}
+
+/// Splits `[b, n, 3·heads·d]` as `(K H D)` into q, k, v of `[b, heads, n, d]`.
+fn split_qkv(qkv: Tensor<3>, heads: usize) -> [Tensor<4>; 3] {
+    let [b, n, width] = qkv.dims();
+    let d = width / (3 * heads);
+    let qkv = qkv.reshape([b, n, 3, heads, d]);
+    [0, 1, 2].map(|i| qkv.clone().narrow(2, i, 1).reshape([b, n, heads, d]).swap_dims(1, 2))
+}
+
+/// `[b, heads, n, d]` → `[b, n, heads·d]`.
+fn merge_heads(x: Tensor<4>) -> Tensor<3> {
+    let [b, h, n, d] = x.dims();
+    x.swap_dims(1, 2).reshape([b, n, h * d])
+}
+
+/// RMSNorm over the last axis with a learned scale (BFL `RMSNorm`).
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    /// `scale` `[head_dim]`.
+    pub scale: Param<Tensor<1>>,
+}
+
+impl RmsNorm {
+    fn load(weights: &dyn Weights, prefix: &str, dim: usize, device: &Device) -> Result<Self> {
+        Ok(Self { scale: Param::from_tensor(load::tensor(weights, &format!("{prefix}.scale"), [dim], device)?) })
+    }
+
+    /// Normalises `[b, heads, n, d]` over `d`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let rms = (x.clone().square().mean_dim(3) + NORM_EPS).sqrt();
+        x / rms * self.scale.val().reshape([1, 1, 1, -1])
+    }
+}
+
+/// The RMSNorms of queries and keys (BFL `QKNorm`).
+#[derive(Module, Debug)]
+pub struct QkNorm {
+    /// `query_norm`.
+    pub query_norm: RmsNorm,
+    /// `key_norm`.
+    pub key_norm: RmsNorm,
+}
+
+impl QkNorm {
+    fn load(weights: &dyn Weights, prefix: &str, head_dim: usize, device: &Device) -> Result<Self> {
+        Ok(Self {
+            query_norm: RmsNorm::load(weights, &format!("{prefix}.query_norm"), head_dim, device)?,
+            key_norm: RmsNorm::load(weights, &format!("{prefix}.key_norm"), head_dim, device)?,
+        })
+    }
+}
+
+/// Shift, scale and gate of one modulated sub-layer, each `[b, 1, hidden]`.
+#[derive(Debug, Clone)]
+pub struct ModulationOut {
+    /// Added after scaling.
+    pub shift: Tensor<3>,
+    /// Applied as `1 + scale`.
+    pub scale: Tensor<3>,
+    /// Multiplies the sub-layer's output before the residual add.
+    pub gate: Tensor<3>,
+}
+
+impl ModulationOut {
+    /// `(1 + scale) · x + shift`.
+    fn modulate(&self, x: Tensor<3>) -> Tensor<3> {
+        x * (self.scale.clone() + 1.0) + self.shift.clone()
+    }
+}
+
+/// The adaLN projection of the conditioning vector (BFL `Modulation`): `lin(silu(vec))` cut into
+/// `[shift, scale, gate]` once (single blocks) or twice (double blocks).
+#[derive(Module, Debug)]
+pub struct Modulation {
+    /// `lin` `[multiplier·3·hidden, hidden]`.
+    pub lin: Linear,
+}
+
+impl Modulation {
+    fn load(weights: &dyn Weights, prefix: &str, hidden: usize, double: bool, device: &Device) -> Result<Self> {
+        let width = if double { 6 * hidden } else { 3 * hidden };
+        Ok(Self { lin: load::linear(weights, &format!("{prefix}.lin"), hidden, width, true, device)? })
+    }
+
+    /// `[b, hidden]` → one [`ModulationOut`] per three chunks.
+    pub fn forward(&self, vec: Tensor<2>) -> Vec<ModulationOut> {
+        let out = self.lin.forward(silu(vec)).unsqueeze_dim::<3>(1); // [b, 1, multiplier·3·hidden]
+        let chunks = out.dims()[2] / self.lin.weight.dims()[0];
+        let mut parts = out.chunk(chunks, 2).into_iter();
+        let mut mods = Vec::new();
+        while let (Some(shift), Some(scale), Some(gate)) = (parts.next(), parts.next(), parts.next()) {
+            mods.push(ModulationOut { shift, scale, gate });
+        }
+        mods
+    }
+}
+
+/// Fused qkv projection, QK-norm and output projection of one stream (BFL `SelfAttention`).
+#[derive(Module, Debug)]
+pub struct SelfAttention {
+    /// `qkv` `[3·hidden, hidden]`.
+    pub qkv: Linear,
+    /// `norm.{query,key}_norm`.
+    pub norm: QkNorm,
+    /// `proj` `[hidden, hidden]`.
+    pub proj: Linear,
+}
+
+impl SelfAttention {
+    fn load(weights: &dyn Weights, prefix: &str, config: &FluxConfig, device: &Device) -> Result<Self> {
+        let hidden = config.hidden_size;
+        Ok(Self {
+            qkv: load::linear(weights, &format!("{prefix}.qkv"), hidden, 3 * hidden, config.qkv_bias, device)?,
+            norm: QkNorm::load(weights, &format!("{prefix}.norm"), config.head_dim(), device)?,
+            proj: load::linear(weights, &format!("{prefix}.proj"), hidden, hidden, true, device)?,
+        })
+    }
+
+    /// Normalised q, k and v of `x` (`[b, n, hidden]`), each `[b, heads, n, head_dim]`, before RoPE.
+    fn qkv(&self, x: Tensor<3>, heads: usize) -> [Tensor<4>; 3] {
+        let [q, k, v] = split_qkv(self.qkv.forward(x), heads);
+        [self.norm.query_norm.forward(q), self.norm.key_norm.forward(k), v]
+    }
+}
+
+/// The GELU(tanh) MLP of one stream of a double block (`{img,txt}_mlp`).
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// Checkpoint key `…_mlp.0`: `[mlp_hidden, hidden]`.
+    pub layer_0: Linear,
+    /// Checkpoint key `…_mlp.2`: `[hidden, mlp_hidden]`.
+    pub layer_2: Linear,
+}
+
+impl Mlp {
+    fn load(weights: &dyn Weights, prefix: &str, config: &FluxConfig, device: &Device) -> Result<Self> {
+        let (hidden, mlp) = (config.hidden_size, config.mlp_hidden());
+        Ok(Self {
+            layer_0: load::linear(weights, &format!("{prefix}.0"), hidden, mlp, true, device)?,
+            layer_2: load::linear(weights, &format!("{prefix}.2"), mlp, hidden, true, device)?,
+        })
+    }
+
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.layer_2.forward(gelu_tanh(self.layer_0.forward(x)))
+    }
+}
+
+/// Modulation values of one double block: attention and MLP sub-layers of both streams.
+#[derive(Debug, Clone)]
+pub struct DoubleModulation {
+    /// Image stream, before attention.
+    pub img_attn: ModulationOut,
+    /// Image stream, before the MLP.
+    pub img_mlp: ModulationOut,
+    /// Text stream, before attention.
+    pub txt_attn: ModulationOut,
+    /// Text stream, before the MLP.
+    pub txt_mlp: ModulationOut,
+}
+
+/// A block with separate weights for text and image tokens and one joint attention (BFL `DoubleStreamBlock`).
+#[derive(Module, Debug)]
+pub struct DoubleStreamBlock {
+    /// `img_mod`.
+    pub img_mod: Modulation,
+    /// `img_attn`.
+    pub img_attn: SelfAttention,
+    /// `img_mlp`.
+    pub img_mlp: Mlp,
+    /// `txt_mod`.
+    pub txt_mod: Modulation,
+    /// `txt_attn`.
+    pub txt_attn: SelfAttention,
+    /// `txt_mlp`.
+    pub txt_mlp: Mlp,
+    /// Attention heads.
+    pub num_heads: usize,
+}
+
+impl DoubleStreamBlock {
+    fn load(weights: &dyn Weights, prefix: &str, config: &FluxConfig, device: &Device) -> Result<Self> {
+        let hidden = config.hidden_size;
+        Ok(Self {
+            img_mod: Modulation::load(weights, &format!("{prefix}.img_mod"), hidden, true, device)?,
+            img_attn: SelfAttention::load(weights, &format!("{prefix}.img_attn"), config, device)?,
+            img_mlp: Mlp::load(weights, &format!("{prefix}.img_mlp"), config, device)?,
+            txt_mod: Modulation::load(weights, &format!("{prefix}.txt_mod"), hidden, true, device)?,
+            txt_attn: SelfAttention::load(weights, &format!("{prefix}.txt_attn"), config, device)?,
+            txt_mlp: Mlp::load(weights, &format!("{prefix}.txt_mlp"), config, device)?,
+            num_heads: config.num_heads,
+        })
+    }
+
+    /// This block's modulation values for the conditioning vector `vec` (`[b, hidden]`).
+    pub fn modulations(&self, vec: Tensor<2>) -> DoubleModulation {
+        let [img_attn, img_mlp]: [ModulationOut; 2] = self.img_mod.forward(vec.clone()).try_into().expect("6 chunks");
+        let [txt_attn, txt_mlp]: [ModulationOut; 2] = self.txt_mod.forward(vec).try_into().expect("6 chunks");
+        DoubleModulation { img_attn, img_mlp, txt_attn, txt_mlp }
+    }
+
+    /// `img` `[b, n_img, hidden]`, `txt` `[b, n_txt, hidden]`; `rope` covers `[txt, img]`.
+    pub fn forward(&self, img: Tensor<3>, txt: Tensor<3>, m: &DoubleModulation, rope: &Rope) -> (Tensor<3>, Tensor<3>) {
+        let n_txt = txt.dims()[1];
+        let [img_q, img_k, img_v] = self.img_attn.qkv(m.img_attn.modulate(layer_norm(img.clone())), self.num_heads);
+        let [txt_q, txt_k, txt_v] = self.txt_attn.qkv(m.txt_attn.modulate(layer_norm(txt.clone())), self.num_heads);
+        let q = rope.apply(Tensor::cat(vec![txt_q, img_q], 2)); // [b, h, n_txt + n_img, d]
+        let k = rope.apply(Tensor::cat(vec![txt_k, img_k], 2));
+        let v = Tensor::cat(vec![txt_v, img_v], 2);
+        let attn = merge_heads(attention(q, k, v)); // [b, n_txt + n_img, hidden]
+        let n_img = img.dims()[1];
+        let txt_attn = attn.clone().narrow(1, 0, n_txt);
+        let img_attn = attn.narrow(1, n_txt, n_img);
+
+        let img = img + m.img_attn.gate.clone() * self.img_attn.proj.forward(img_attn);
+        let img = img.clone() + m.img_mlp.gate.clone() * self.img_mlp.forward(m.img_mlp.modulate(layer_norm(img)));
+        let txt = txt + m.txt_attn.gate.clone() * self.txt_attn.proj.forward(txt_attn);
+        let txt = txt.clone() + m.txt_mlp.gate.clone() * self.txt_mlp.forward(m.txt_mlp.modulate(layer_norm(txt)));
+        (img, txt)
+    }
+}
+
+/// A block over the joint `[txt, img]` sequence with a fused qkv + MLP input projection (BFL
+/// `SingleStreamBlock`).
+#[derive(Module, Debug)]
+pub struct SingleStreamBlock {
+    /// `linear1` `[3·hidden + mlp_hidden, hidden]`: q, k, v and the MLP input.
+    pub linear1: Linear,
+    /// `linear2` `[hidden, hidden + mlp_hidden]`: over `[attention, gelu(mlp)]`.
+    pub linear2: Linear,
+    /// `norm.{query,key}_norm`.
+    pub norm: QkNorm,
+    /// `modulation`.
+    pub modulation: Modulation,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// Width of the transformer.
+    pub hidden_size: usize,
+}
+
+impl SingleStreamBlock {
+    fn load(weights: &dyn Weights, prefix: &str, config: &FluxConfig, device: &Device) -> Result<Self> {
+        let (hidden, mlp) = (config.hidden_size, config.mlp_hidden());
+        Ok(Self {
+            linear1: load::linear(weights, &format!("{prefix}.linear1"), hidden, 3 * hidden + mlp, true, device)?,
+            linear2: load::linear(weights, &format!("{prefix}.linear2"), hidden + mlp, hidden, true, device)?,
+            norm: QkNorm::load(weights, &format!("{prefix}.norm"), config.head_dim(), device)?,
+            modulation: Modulation::load(weights, &format!("{prefix}.modulation"), hidden, false, device)?,
+            num_heads: config.num_heads,
+            hidden_size: hidden,
+        })
+    }
+
+    /// This block's modulation values for `vec` (`[b, hidden]`).
+    pub fn modulations(&self, vec: Tensor<2>) -> ModulationOut {
+        self.modulation.forward(vec).remove(0)
+    }
+
+    /// `x` `[b, n_txt + n_img, hidden]`.
+    pub fn forward(&self, x: Tensor<3>, m: &ModulationOut, rope: &Rope) -> Tensor<3> {
+        let hidden = self.hidden_size;
+        let fused = self.linear1.forward(m.modulate(layer_norm(x.clone())));
+        let width = fused.dims()[2];
+        let qkv = fused.clone().narrow(2, 0, 3 * hidden);
+        let mlp = fused.narrow(2, 3 * hidden, width - 3 * hidden);
+        let [q, k, v] = split_qkv(qkv, self.num_heads);
+        let q = rope.apply(self.norm.query_norm.forward(q));
+        let k = rope.apply(self.norm.key_norm.forward(k));
+        let attn = merge_heads(attention(q, k, v));
+        let out = self.linear2.forward(Tensor::cat(vec![attn, gelu_tanh(mlp)], 2));
+        x + m.gate.clone() * out
+    }
+}
+
+/// The output projection with its own adaLN (BFL `LastLayer`).
+#[derive(Module, Debug)]
+pub struct LastLayer {
+    /// `linear` `[in_channels, hidden]`.
+    pub linear: Linear,
+    /// Checkpoint key `adaLN_modulation.1` `[2·hidden, hidden]`, halves `[shift, scale]`.
+    pub ada_ln_modulation: Linear,
+}
+
+impl LastLayer {
+    /// `(shift, scale)`, each `[b, 1, hidden]`.
+    pub fn modulations(&self, vec: Tensor<2>) -> (Tensor<3>, Tensor<3>) {
+        let out = self.ada_ln_modulation.forward(silu(vec)).unsqueeze_dim::<3>(1);
+        let [shift, scale]: [Tensor<3>; 2] = out.chunk(2, 2).try_into().expect("2 chunks");
+        (shift, scale)
+    }
+}
+
+/// Every modulation value of one denoising step, for all blocks (see [`Flux::modulations`]).
+#[derive(Debug, Clone)]
+pub struct Modulations {
+    /// One per double block.
+    pub double: Vec<DoubleModulation>,
+    /// One per single block.
+    pub single: Vec<ModulationOut>,
+    /// Shift of the final layer, `[b, 1, hidden]`.
+    pub final_shift: Tensor<3>,
+    /// Scale of the final layer, `[b, 1, hidden]`.
+    pub final_scale: Tensor<3>,
+}
+
+/// The Flux transformer; field names are BFL's checkpoint keys.
+#[derive(Module, Debug)]
+pub struct Flux {
+    /// `img_in` `[hidden, in_channels]`.
+    pub img_in: Linear,
+    /// `txt_in` `[hidden, context_in_dim]`.
+    pub txt_in: Linear,
+    /// `time_in`: timestep features → hidden.
+    pub time_in: MlpEmbedder,
+    /// `vector_in`: pooled CLIP vector → hidden.
+    pub vector_in: MlpEmbedder,
+    /// `guidance_in`: guidance features → hidden, for guidance-distilled models.
+    pub guidance_in: Option<MlpEmbedder>,
+    /// `double_blocks.N`.
+    pub double_blocks: Vec<DoubleStreamBlock>,
+    /// `single_blocks.N`.
+    pub single_blocks: Vec<SingleStreamBlock>,
+    /// `final_layer`.
+    pub final_layer: LastLayer,
+    /// The hyper-parameters the weights were checked against.
+    #[module(skip)]
+    pub config: FluxConfig,
+}
+
+impl Flux {
+    /// Builds the model from BFL-named `weights`, checking every tensor's shape against `config`.
+    pub fn load(config: &FluxConfig, weights: &dyn Weights, device: &Device) -> Result<Self> {
+        validate(config)?;
+        let hidden = config.hidden_size;
+        for (kind, depth, probe) in [
+            ("double_blocks", config.depth, "img_mod.lin.weight"),
+            ("single_blocks", config.depth_single_blocks, "linear1.weight"),
+        ] {
+            if weights.contains(&format!("{kind}.{depth}.{probe}")) {
+                return Err(Error::Invalid(format!(
+                    "the weights have more than {depth} `{kind}` (found `{kind}.{depth}.{probe}`): they do not fit this config"
+                )));
+            }
+        }
+        if !config.guidance_embed && weights.contains("guidance_in.in_layer.weight") {
+            return Err(Error::Invalid(
+                "the weights have a guidance embedding (`guidance_in`) but the config has `guidance_embed: false`"
+                    .into(),
+            ));
+        }
+        Ok(Self {
+            img_in: load::linear(weights, "img_in", config.in_channels, hidden, true, device)?,
+            txt_in: load::linear(weights, "txt_in", config.context_in_dim, hidden, true, device)?,
+            time_in: MlpEmbedder::load(weights, "time_in", TIMESTEP_FEATURES, hidden, device)?,
+            vector_in: MlpEmbedder::load(weights, "vector_in", config.vec_in_dim, hidden, device)?,
+            guidance_in: match config.guidance_embed {
+                true => Some(MlpEmbedder::load(weights, "guidance_in", TIMESTEP_FEATURES, hidden, device)?),
+                false => None,
+            },
+            double_blocks: (0..config.depth)
+                .map(|i| DoubleStreamBlock::load(weights, &format!("double_blocks.{i}"), config, device))
+                .collect::<Result<_>>()?,
+            single_blocks: (0..config.depth_single_blocks)
+                .map(|i| SingleStreamBlock::load(weights, &format!("single_blocks.{i}"), config, device))
+                .collect::<Result<_>>()?,
+            final_layer: LastLayer {
+                linear: load::linear(weights, "final_layer.linear", hidden, config.in_channels, true, device)?,
+                ada_ln_modulation: load::linear(
+                    weights,
+                    "final_layer.adaLN_modulation.1",
+                    hidden,
+                    2 * hidden,
+                    true,
+                    device,
+                )?,
+            },
+            config: config.clone(),
+        })
+    }
+
+    /// The conditioning vector `[b, hidden]` from the timesteps σ (`[b]`, in [0, 1]), the pooled text vector `y`
+    /// (`[b, vec_in_dim]`) and, for guidance-distilled models, the guidance (`[b]`, e.g. 2.5). Timestep and
+    /// guidance are multiplied by 1000 here, as in BFL and diffusers (whose pipeline passes `t / 1000`).
+    pub fn conditioning(&self, timesteps: Tensor<1>, y: Tensor<2>, guidance: Option<Tensor<1>>) -> Result<Tensor<2>> {
+        let [b] = timesteps.dims();
+        expect_dims("y (pooled text vector)", &y.dims(), &[b, self.config.vec_in_dim])?;
+        let mut vec = self.time_in.forward(timestep_embedding(timesteps, TIMESTEP_FEATURES, TIME_FACTOR));
+        if let Some(guidance_in) = &self.guidance_in {
+            let guidance = guidance.ok_or_else(|| {
+                Error::Invalid("this model is guidance-distilled ([dev]): a guidance value is required".into())
+            })?;
+            expect_dims("guidance", &guidance.dims(), &[b])?;
+            vec = vec + guidance_in.forward(timestep_embedding(guidance, TIMESTEP_FEATURES, TIME_FACTOR));
+        }
+        Ok(vec + self.vector_in.forward(y))
+    }
+
+    /// Every block's modulation values for the conditioning vector `vec` (`[b, hidden]`). They depend on the
+    /// step only, not on the tokens.
+    pub fn modulations(&self, vec: Tensor<2>) -> Modulations {
+        let (final_shift, final_scale) = self.final_layer.modulations(vec.clone());
+        Modulations {
+            double: self.double_blocks.iter().map(|block| block.modulations(vec.clone())).collect(),
+            single: self.single_blocks.iter().map(|block| block.modulations(vec.clone())).collect(),
+            final_shift,
+            final_scale,
+        }
+    }
+
+    /// Predicts the velocity of every image token.
+    ///
+    /// - `img` `[b, n_img, in_channels]`: packed noise tokens, then any reference tokens; `img_ids` `[n_img, 3]`.
+    /// - `txt` `[b, n_txt, context_in_dim]`: T5 tokens; `txt_ids` `[n_txt, 3]` (zeros).
+    /// - `timesteps` `[b]`: σ in [0, 1]; `y` `[b, vec_in_dim]`: pooled CLIP; `guidance` `[b]` for [dev] models.
+    ///
+    /// Returns `[b, n_img, in_channels]` for all image tokens, reference tokens included.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        img: Tensor<3>,
+        img_ids: Tensor<2>,
+        txt: Tensor<3>,
+        txt_ids: Tensor<2>,
+        timesteps: Tensor<1>,
+        y: Tensor<2>,
+        guidance: Option<Tensor<1>>,
+    ) -> Result<Tensor<3>> {
+        let vec = self.conditioning(timesteps, y, guidance)?;
+        self.forward_modulated(img, img_ids, txt, txt_ids, &self.modulations(vec))
+    }
+
+    /// [`Flux::forward`] with the step's modulation values computed beforehand by [`Flux::modulations`].
+    pub fn forward_modulated(
+        &self,
+        img: Tensor<3>,
+        img_ids: Tensor<2>,
+        txt: Tensor<3>,
+        txt_ids: Tensor<2>,
+        modulations: &Modulations,
+    ) -> Result<Tensor<3>> {
+        let config = &self.config;
+        let [b, n_img, _] = img.dims();
+        let n_txt = txt.dims()[1];
+        let axes = config.axes_dim.len();
+        expect_dims("img", &img.dims(), &[b, n_img, config.in_channels])?;
+        expect_dims("txt", &txt.dims(), &[b, n_txt, config.context_in_dim])?;
+        expect_dims("img_ids", &img_ids.dims(), &[n_img, axes])?;
+        expect_dims("txt_ids", &txt_ids.dims(), &[n_txt, axes])?;
+        expect_dims("modulations", &modulations.final_shift.dims(), &[b, 1, config.hidden_size])?;
+        if modulations.double.len() != self.double_blocks.len() || modulations.single.len() != self.single_blocks.len()
+        {
+            return Err(Error::Invalid("the modulations were computed for a different model".into()));
+        }
+
+        let rope = Rope::new(Tensor::cat(vec![txt_ids, img_ids], 0), &config.axes_dim, config.theta)?;
+        let mut img = self.img_in.forward(img);
+        let mut txt = self.txt_in.forward(txt);
+        for (block, m) in self.double_blocks.iter().zip(&modulations.double) {
+            (img, txt) = block.forward(img, txt, m, &rope);
+        }
+        let mut x = Tensor::cat(vec![txt, img], 1); // [b, n_txt + n_img, hidden]
+        for (block, m) in self.single_blocks.iter().zip(&modulations.single) {
+            x = block.forward(x, m, &rope);
+        }
+        let img = x.narrow(1, n_txt, n_img);
+        let img = layer_norm(img) * (modulations.final_scale.clone() + 1.0) + modulations.final_shift.clone();
+        Ok(self.final_layer.linear.forward(img))
+    }
+}
+
+fn validate(config: &FluxConfig) -> Result<()> {
+    let heads = config.num_heads;
+    if heads == 0 || !config.hidden_size.is_multiple_of(heads) {
+        return Err(Error::Invalid(format!(
+            "hidden_size {} is not divisible by num_heads {heads}",
+            config.hidden_size
+        )));
+    }
+    let rope_width: usize = config.axes_dim.iter().sum();
+    if rope_width != config.head_dim() {
+        return Err(Error::Invalid(format!(
+            "the RoPE axes {:?} sum to {rope_width}, but the head width is {}",
+            config.axes_dim,
+            config.head_dim()
+        )));
+    }
+    if let Some(odd) = config.axes_dim.iter().find(|&&d| d % 2 == 1) {
+        return Err(Error::Invalid(format!("RoPE axis width {odd} in {:?} is odd", config.axes_dim)));
+    }
+    Ok(())
+}
+
+fn expect_dims(what: &str, found: &[usize], expected: &[usize]) -> Result<()> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("`{what}` has shape {found:?}, expected {expected:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::cpu;
+    use crate::model::testing::SafetensorsFile;
+    use crate::model::transformer_remap::DiffusersAsBfl;
+    use burn::tensor::Tolerance;
+
+    const BFL: &str = "bfl_gguf/transformer_bfl.safetensors";
+    const DIFFUSERS: &str = "FLUX.1-Kontext-dev-tiny/transformer/diffusion_pytorch_model.safetensors";
+
+    fn assert_close<const D: usize>(what: &str, ours: Tensor<D>, golden: Tensor<D>) {
+        let (ours, golden) = (ours.into_data(), golden.into_data());
+        let diff = ours.iter::<f32>().zip(golden.iter::<f32>()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        eprintln!("{what}: max |diff| {diff:e}");
+        ours.assert_approx_eq::<f32>(&golden, Tolerance::absolute(1e-4));
+    }
+
+    /// Runs transformer call `call` of the golden run and compares the full output.
+    fn check_call(model: &Flux, run: &SafetensorsFile, call: usize, device: &Device) {
+        let first = |key: &str| format!("transformer_in_0_{key}");
+        let out = model
+            .forward(
+                run.tensor(&format!("transformer_in_{call}_hidden_states"), device),
+                run.tensor(&first("img_ids"), device),
+                run.tensor(&first("encoder_hidden_states"), device),
+                run.tensor(&first("txt_ids"), device),
+                run.tensor(&format!("transformer_in_{call}_timestep"), device),
+                run.tensor(&first("pooled_projections"), device),
+                Some(run.tensor(&first("guidance"), device)),
+            )
+            .unwrap();
+        assert_close(&format!("transformer_out_{call}"), out, run.tensor(&format!("transformer_out_{call}"), device));
+    }
+
+    #[test]
+    fn bfl_weights_match_diffusers_on_all_four_calls() {
+        let device = cpu();
+        let model = Flux::load(&FluxConfig::tiny(), &SafetensorsFile::open(BFL), &device).unwrap();
+        let run = SafetensorsFile::open("golden/golden_run.safetensors");
+        // The pipeline passes σ = t/1000 (call 0: 1.0); the model multiplies timestep and guidance by 1000.
+        let sigma: Tensor<1> = run.tensor("transformer_in_0_timestep", &device);
+        sigma.into_data().assert_eq(&TensorData::new(vec![1.0f32], [1]), false);
+        for call in 0..4 {
+            check_call(&model, &run, call, &device);
+        }
+    }
+
+    #[test]
+    fn diffusers_weights_through_remap_match() {
+        let device = cpu();
+        let weights = DiffusersAsBfl::new(SafetensorsFile::open(DIFFUSERS));
+        let model = Flux::load(&FluxConfig::tiny(), &weights, &device).unwrap();
+        check_call(&model, &SafetensorsFile::open("golden/golden_run.safetensors"), 0, &device);
+    }
+
+    #[test]
+    fn remapped_diffusers_tensors_equal_the_bfl_file() {
+        let bfl = SafetensorsFile::open(BFL);
+        let remapped = DiffusersAsBfl::new(SafetensorsFile::open(DIFFUSERS));
+        let (mut ours, mut theirs) = (remapped.names(), bfl.names());
+        ours.sort();
+        theirs.sort();
+        assert_eq!(ours, theirs);
+        for name in &theirs {
+            assert_eq!(remapped.shape(name), bfl.shape(name), "{name}");
+            assert_eq!(remapped.read(name).unwrap(), bfl.read(name).unwrap(), "{name}");
+        }
+    }
+
+    /// Step 0 internals against diffusers' hooks, to localise a mismatch.
+    #[test]
+    fn step0_internals_match() {
+        let device = cpu();
+        let model = Flux::load(&FluxConfig::tiny(), &SafetensorsFile::open(BFL), &device).unwrap();
+        let run = SafetensorsFile::open("golden/golden_run.safetensors");
+        let golden = SafetensorsFile::open("golden/golden_transformer_step0.safetensors");
+        let input = |key: &str| format!("transformer_in_0_{key}");
+
+        let vec = model
+            .conditioning(
+                run.tensor(&input("timestep"), &device),
+                run.tensor(&input("pooled_projections"), &device),
+                Some(run.tensor(&input("guidance"), &device)),
+            )
+            .unwrap();
+        assert_close("temb", vec.clone(), golden.tensor("temb", &device));
+        let m = model.modulations(vec);
+
+        let img = model.img_in.forward(run.tensor(&input("hidden_states"), &device));
+        let txt = model.txt_in.forward(run.tensor(&input("encoder_hidden_states"), &device));
+        assert_close("x_embedder_out", img.clone(), golden.tensor("x_embedder_out", &device));
+        assert_close("context_embedder_out", txt.clone(), golden.tensor("context_embedder_out", &device));
+
+        let ids =
+            Tensor::cat(vec![run.tensor::<2>(&input("txt_ids"), &device), run.tensor(&input("img_ids"), &device)], 0);
+        let rope = Rope::new(ids, &model.config.axes_dim, model.config.theta).unwrap();
+        let [n, pairs] = [556, 8];
+        let every_other = |t: Tensor<2>| t.reshape([n, pairs, 2]).narrow(2, 0, 1).reshape([1, 1, n, pairs]);
+        assert_close("rope_cos", rope.cos.clone(), every_other(golden.tensor("rope_cos", &device)));
+        assert_close("rope_sin", rope.sin.clone(), every_other(golden.tensor("rope_sin", &device)));
+
+        let (mut img, mut txt) = (img, txt);
+        for (i, (block, bm)) in model.double_blocks.iter().zip(&m.double).enumerate() {
+            let norm1 = bm.img_attn.modulate(layer_norm(img.clone()));
+            assert_close(
+                &format!("double_{i}_norm1_img_out"),
+                norm1,
+                golden.tensor(&format!("double_{i}_norm1_img_out"), &device),
+            );
+            (img, txt) = block.forward(img, txt, bm, &rope);
+            assert_close(
+                &format!("double_{i}_img_out"),
+                img.clone(),
+                golden.tensor(&format!("double_{i}_img_out"), &device),
+            );
+            assert_close(
+                &format!("double_{i}_txt_out"),
+                txt.clone(),
+                golden.tensor(&format!("double_{i}_txt_out"), &device),
+            );
+        }
+        let n_txt = txt.dims()[1];
+        let mut x = Tensor::cat(vec![txt, img], 1);
+        for (i, (block, sm)) in model.single_blocks.iter().zip(&m.single).enumerate() {
+            x = block.forward(x, sm, &rope);
+            let golden_x = Tensor::cat(
+                vec![
+                    golden.tensor(&format!("single_{i}_txt_out"), &device),
+                    golden.tensor(&format!("single_{i}_img_out"), &device),
+                ],
+                1,
+            );
+            assert_close(&format!("single_{i}_out"), x.clone(), golden_x);
+        }
+        let img = x.narrow(1, n_txt, 44);
+        let normed = layer_norm(img) * (m.final_scale + 1.0) + m.final_shift;
+        assert_close("norm_out_out", normed.clone(), golden.tensor("norm_out_out", &device));
+        assert_close("proj_out_out", model.final_layer.linear.forward(normed), golden.tensor("proj_out_out", &device));
+    }
+
+    #[test]
+    fn config_mismatches_are_named() {
+        let device = cpu();
+        let weights = SafetensorsFile::open(BFL);
+        let wider = FluxConfig { hidden_size: 128, axes_dim: vec![8, 8, 16], ..FluxConfig::tiny() };
+        let err = Flux::load(&wider, &weights, &device).unwrap_err().to_string();
+        assert_eq!(err, "tensor `img_in.weight` has shape [64, 64], expected [128, 64]");
+        let shallow = FluxConfig { depth: 1, ..FluxConfig::tiny() };
+        let err = Flux::load(&shallow, &weights, &device).unwrap_err().to_string();
+        assert!(err.starts_with("the weights have more than 1 `double_blocks`"), "{err}");
+        let bad_axes = FluxConfig { axes_dim: vec![4, 4, 4], ..FluxConfig::tiny() };
+        let err = Flux::load(&bad_axes, &weights, &device).unwrap_err().to_string();
+        assert_eq!(err, "the RoPE axes [4, 4, 4] sum to 12, but the head width is 16");
+    }
+
+    #[test]
+    fn missing_guidance_is_an_error() {
+        let device = cpu();
+        let model = Flux::load(&FluxConfig::tiny(), &SafetensorsFile::open(BFL), &device).unwrap();
+        let t = Tensor::<1>::ones([1], &device);
+        let err = model.conditioning(t, Tensor::zeros([1, 32], &device), None).unwrap_err().to_string();
+        assert_eq!(err, "this model is guidance-distilled ([dev]): a guidance value is required");
+    }
+}

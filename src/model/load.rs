@@ -1,0 +1,104 @@
+//! Building burn parameters from named [`Weights`], checking every shape against what the config expects.
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::weights::{HostTensor, Weights};
+use crate::{Error, Result};
+
+/// Reads `name`, failing with a message naming the tensor when it is missing or its shape is not `shape`.
+pub(crate) fn host(weights: &dyn Weights, name: &str, shape: &[usize]) -> Result<HostTensor> {
+    let found = weights
+        .shape(name)
+        .ok_or_else(|| Error::Invalid(format!("missing tensor `{name}` (expected shape {shape:?})")))?;
+    check_shape(name, shape, &found)?;
+    let tensor = weights.read(name)?;
+    check_shape(name, shape, &tensor.shape)?;
+    Ok(tensor)
+}
+
+fn check_shape(name: &str, expected: &[usize], found: &[usize]) -> Result<()> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("tensor `{name}` has shape {found:?}, expected {expected:?}")))
+    }
+}
+
+/// A tensor of known rank, uploaded to `device`.
+pub(crate) fn tensor<const D: usize>(
+    weights: &dyn Weights,
+    name: &str,
+    shape: [usize; D],
+    device: &Device,
+) -> Result<Tensor<D>> {
+    let host = host(weights, name, &shape)?;
+    Ok(Tensor::from_data(TensorData::new(host.data, shape), device))
+}
+
+/// A PyTorch `Linear` stored as `{prefix}.weight` `[d_out, d_in]` (and `{prefix}.bias` `[d_out]`), as burn's
+/// [`Linear`] with its weight transposed to `[d_in, d_out]`.
+pub(crate) fn linear(
+    weights: &dyn Weights,
+    prefix: &str,
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    device: &Device,
+) -> Result<Linear> {
+    let weight = host(weights, &format!("{prefix}.weight"), &[d_out, d_in])?;
+    let mut transposed = vec![0.0f32; weight.data.len()];
+    for (o, row) in weight.data.chunks_exact(d_in).enumerate() {
+        for (i, &value) in row.iter().enumerate() {
+            transposed[i * d_out + o] = value;
+        }
+    }
+    let weight = Tensor::<2>::from_data(TensorData::new(transposed, [d_in, d_out]), device);
+    let bias = if bias {
+        Some(Param::from_tensor(tensor(weights, &format!("{prefix}.bias"), [d_out], device)?))
+    } else {
+        None
+    };
+    Ok(Linear { weight: Param::from_tensor(weight), bias })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::cpu;
+
+    struct One(HostTensor);
+
+    impl Weights for One {
+        fn names(&self) -> Vec<String> {
+            vec!["lin.weight".into()]
+        }
+        fn shape(&self, name: &str) -> Option<Vec<usize>> {
+            (name == "lin.weight").then(|| self.0.shape.clone())
+        }
+        fn read(&self, _name: &str) -> Result<HostTensor> {
+            Ok(self.0.clone())
+        }
+    }
+
+    #[test]
+    fn linear_matches_pytorch_convention() {
+        // PyTorch weight [out 3, in 2]: y = x Wᵀ.
+        let w = One(HostTensor::new(vec![3, 2], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap());
+        let device = cpu();
+        let lin = linear(&w, "lin", 2, 3, false, &device).unwrap();
+        let y = lin.forward(Tensor::<2>::from_data(TensorData::new(vec![1.0f32, -1.0], [1, 2]), &device));
+        y.into_data().assert_eq(&TensorData::new(vec![-1.0f32, -1.0, -1.0], [1, 3]), false);
+    }
+
+    #[test]
+    fn wrong_shape_and_missing_tensor_are_named() {
+        let w = One(HostTensor::new(vec![3, 2], vec![0.0; 6]).unwrap());
+        let device = cpu();
+        let err = linear(&w, "lin", 3, 3, false, &device).unwrap_err().to_string();
+        assert_eq!(err, "tensor `lin.weight` has shape [3, 2], expected [3, 3]");
+        let err = linear(&w, "lin", 2, 3, true, &device).unwrap_err().to_string();
+        assert_eq!(err, "missing tensor `lin.bias` (expected shape [3])");
+    }
+}
