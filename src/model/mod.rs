@@ -6,7 +6,7 @@ pub mod flux;
 mod load;
 pub mod rope;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub mod transformer_remap;
 pub mod vae;
 pub mod vae_config;

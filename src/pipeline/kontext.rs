@@ -8,6 +8,7 @@ use super::rng::NoiseRng;
 use super::sampler::{Denoiser, Sampler};
 use super::schedule::{self, ShiftConfig};
 use crate::model::flux::Flux;
+use crate::model::vae::Vae;
 use crate::{Error, Result, latent};
 
 /// Latent channels of the Flux VAE; a packed token holds `4 ×` this.
@@ -137,4 +138,85 @@ pub fn token_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
     let n = ids.len();
     let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     Tensor::from_data(TensorData::new(ids, [1, n]), device)
+}
+
+/// A reference image `[1, 3, h, w]` in `[-1, 1]` → its scaled latent `[1, 16, h/8, w/8]` (VAE mean, no sampling).
+pub fn encode_reference(vae: &Vae, image: Tensor<4>) -> Result<Tensor<4>> {
+    Ok(vae.scale_latents(vae.encode(image)?))
+}
+
+/// Final packed latents → the decoded image `[1, 3, 8h, 8w]` in about `[-1, 1]`.
+pub fn decode_latents(vae: &Vae, latents: Tensor<3>, latent_height: usize, latent_width: usize) -> Result<Tensor<4>> {
+    vae.decode(vae.unscale_latents(latent::unpack(latents, latent_height, latent_width)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testing::{SafetensorsFile, fixture};
+    use crate::model::vae_config::VaeConfig;
+    use crate::model::FluxConfig;
+    use crate::pipeline::image;
+    use burn::tensor::Tolerance;
+
+    fn networks(device: &Device) -> (Flux, Vae) {
+        let flux = Flux::load(&FluxConfig::tiny(), &SafetensorsFile::open("bfl_gguf/transformer_bfl.safetensors"), device).unwrap();
+        let config = std::fs::read_to_string(fixture("FLUX.1-Kontext-dev-tiny/vae/config.json")).unwrap();
+        let vae_weights = SafetensorsFile::open("FLUX.1-Kontext-dev-tiny/vae/diffusion_pytorch_model.safetensors");
+        let vae = Vae::load(&VaeConfig::from_diffusers_json(&config).unwrap(), &vae_weights, device).unwrap();
+        (flux, vae)
+    }
+
+    fn reference_latent(vae: &Vae, png: &str, device: &Device) -> Tensor<4> {
+        let pixels = image::decode(&std::fs::read(fixture(png)).unwrap()).unwrap();
+        encode_reference(vae, image::to_tensor(&pixels, device)).unwrap()
+    }
+
+    fn close<const D: usize>(got: Tensor<D>, golden: &SafetensorsFile, key: &str, device: &Device) {
+        got.into_data().assert_approx_eq::<f32>(&golden.tensor::<D>(key, device).into_data(), Tolerance::absolute(1e-4));
+    }
+
+    /// Runs the 4 golden steps (text embeddings taken from the golden) and checks every step and the image.
+    fn check_denoising(golden: &SafetensorsFile, output_png: &str, references: Vec<Tensor<4>>, flux: &Flux, vae: &Vae, device: &Device) {
+        let text = TextConditioning { t5: golden.tensor("t5_prompt_embeds", device), pooled: golden.tensor("clip_pooled", device) };
+        let denoiser = KontextDenoiser::new(flux, text, References::from_latents(references), 10, 8, 2.5, device);
+        let mut sampler = sampler(golden.tensor("latents_init_packed", device), 4);
+        for step in 0..4 {
+            sampler.step(&denoiser).unwrap();
+            close(sampler.latents().clone(), golden, &format!("latents_after_step_{step}"), device);
+        }
+        let decoded = decode_latents(vae, sampler.into_latents(), 10, 8).unwrap();
+        close(decoded.clone(), golden, "decoded_raw", device);
+        let values = decoded.into_data().try_into_vec_as::<f32>().unwrap();
+        let got = image::from_planar(&values, 64, 80).unwrap();
+        // The golden PNG holds `image_u8`.
+        let expected = image::decode(&std::fs::read(fixture(output_png)).unwrap()).unwrap();
+        let worst = got.as_raw().iter().zip(expected.as_raw()).map(|(&g, &e)| g.abs_diff(e)).max().unwrap();
+        assert!(worst <= 1, "image differs by {worst} LSB");
+    }
+
+    #[test]
+    fn one_reference_edit_matches_every_golden_step_and_the_image() {
+        let device = crate::device::cpu();
+        let (flux, vae) = networks(&device);
+        let golden = SafetensorsFile::open("golden/golden_run.safetensors");
+        let reference = reference_latent(&vae, "golden/reference_input.png", &device);
+        close(reference.clone(), &golden, "image_latents_unpacked_scaled", &device);
+        check_denoising(&golden, "golden/output.png", vec![reference], &flux, &vae, &device);
+    }
+
+    #[test]
+    fn two_references_are_placed_with_the_offset_rule_and_match_the_golden() {
+        let device = crate::device::cpu();
+        let (flux, vae) = networks(&device);
+        let golden = SafetensorsFile::open("golden/golden_multiref.safetensors");
+        let references = vec![
+            reference_latent(&vae, "golden/multiref_ref1.png", &device),
+            reference_latent(&vae, "golden/multiref_ref2.png", &device),
+        ];
+        let ids = References::from_latents(references.clone()).ids;
+        let golden_ids = golden.tensor::<2>("img_ids_full", &device).into_data().try_into_vec_as::<f32>().unwrap();
+        assert_eq!(ids.concat(), golden_ids[20 * 3..].to_vec());
+        check_denoising(&golden, "golden/output_multiref.png", references, &flux, &vae, &device);
+    }
 }

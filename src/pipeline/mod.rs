@@ -1,6 +1,7 @@
 //! The Kontext pipeline around the networks: sizes, position ids, noise, schedule and sampler.
 
 pub mod ids;
+pub mod kontext;
 pub mod image;
 pub mod rng;
 pub mod sampler;
