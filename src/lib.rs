@@ -2,6 +2,7 @@
 
 pub mod device;
 pub mod error;
+pub mod formats;
 pub mod kernels;
 pub mod latent;
 pub mod model;

@@ -4,7 +4,7 @@
 mod cli {
     use clap::{Parser, Subcommand};
     use kontext_web::device::{self, Backend};
-    use kontext_web::{Error, Result, selfcheck};
+    use kontext_web::{Error, Result, formats, selfcheck};
 
     #[derive(Parser)]
     #[command(name = "kontext", version, about = "FLUX.1 Kontext [dev] image editing: the native CLI of kontext-web")]
@@ -24,6 +24,15 @@ mod cli {
             #[arg(long)]
             json: bool,
         },
+        /// Recognise a weight file from its header (no tensor data is read): format, architecture, Flux
+        /// configuration, tensor types, parameters and bytes.
+        Inspect {
+            /// A .safetensors or .gguf file, a *.safetensors.index.json, or a diffusers model directory.
+            path: std::path::PathBuf,
+            /// Print the result as JSON.
+            #[arg(long)]
+            json: bool,
+        },
     }
 
     pub fn main() -> std::process::ExitCode {
@@ -40,7 +49,43 @@ mod cli {
     fn run(command: Command) -> Result<()> {
         match command {
             Command::Device { backend, json } => device_report(backend.parse()?, json),
+            Command::Inspect { path, json } => inspect(&path, json),
         }
+    }
+
+    fn inspect(path: &std::path::Path, json: bool) -> Result<()> {
+        let report = formats::inspect::inspect_path(path)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))?);
+            return Ok(());
+        }
+        println!("format        {}", report.format);
+        println!("architecture  {}", report.architecture.as_deref().unwrap_or("unknown"));
+        match &report.config {
+            Some(config) => {
+                println!("config");
+                let value = serde_json::to_value(config).map_err(|e| Error::Invalid(e.to_string()))?;
+                for (key, value) in value.as_object().into_iter().flatten() {
+                    println!("  {key:<20} {value}");
+                }
+            }
+            None => println!("config        none"),
+        }
+        let dtypes: Vec<String> = report.dtypes.iter().map(|(ty, n)| format!("{n} {ty}")).collect();
+        println!("tensors       {} ({})", report.tensors, dtypes.join(", "));
+        println!("params        {} ({})", report.params, scaled(report.params, ["", " K", " M", " B"]));
+        println!("bytes         {} ({})", report.bytes, scaled(report.bytes, [" B", " kB", " MB", " GB"]));
+        Ok(())
+    }
+
+    /// `n` in thousands, millions or billions of `units`, with two decimals.
+    fn scaled(n: u64, units: [&str; 4]) -> String {
+        let (mut value, mut unit) = (n as f64, 0);
+        while value >= 1000.0 && unit < 3 {
+            value /= 1000.0;
+            unit += 1;
+        }
+        format!("{value:.2}{}", units[unit])
     }
 
     fn device_report(backend: Backend, json: bool) -> Result<()> {

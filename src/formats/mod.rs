@@ -1,0 +1,17 @@
+//! Readers for the weight files users download: safetensors (single or sharded) and GGUF, with ggml
+//! dequantization. Headers are read without reading data, so a 24 GB file is recognised in milliseconds;
+//! tensors are then read one at a time through [`crate::weights::Weights`].
+
+pub mod gguf;
+pub mod inspect;
+pub mod quant;
+pub mod safetensors;
+pub mod source;
+
+pub use gguf::{GgufArray, GgufFile, GgufTensorInfo, GgufValue};
+pub use inspect::{Inspection, infer_flux_config};
+pub use quant::{GgmlType, dequantize};
+pub use safetensors::{SafetensorsFile, SafetensorsTensor, ShardedSafetensors};
+pub use source::ByteSource;
+#[cfg(not(target_arch = "wasm32"))]
+pub use source::FileSource;
