@@ -7,6 +7,7 @@ pub mod latent;
 pub mod model;
 pub mod protocol;
 pub mod selfcheck;
+pub mod tokenizer;
 pub mod weights;
 
 #[cfg(target_arch = "wasm32")]
