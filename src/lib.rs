@@ -9,6 +9,7 @@ pub mod model;
 pub mod pipeline;
 pub mod protocol;
 pub mod selfcheck;
+pub mod tokenizer;
 pub mod weights;
 
 #[cfg(target_arch = "wasm32")]

@@ -1,10 +1,12 @@
 //! The networks of the Kontext pipeline, backend-agnostic burn modules.
 
+pub mod clip;
 pub mod config;
 pub mod embeddings;
 pub mod flux;
 mod load;
 pub mod rope;
+pub mod t5;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod transformer_remap;

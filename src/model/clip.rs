@@ -1,0 +1,515 @@
+//! The CLIP text encoder (transformers' `CLIPTextModel`), whose pooled output is FLUX's `vec` input.
+//!
+//! Pre-norm transformer with a causal mask; the pooled vector is the final-norm hidden state at the first
+//! end-of-text token (the largest id). Weights use transformers' names, with or without the `text_model.`
+//! prefix; `text_projection.weight` may be present and is ignored (FLUX uses `pooler_output`).
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::activation::{gelu, sigmoid, softmax};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::weights::Weights;
+use crate::{Error, Result};
+
+/// Head width of every OpenAI CLIP text tower (ViT-B/L/H/bigG), used when only weights are at hand.
+pub const CLIP_HEAD_DIM: usize = 64;
+
+/// The MLP activation of a CLIP text encoder (`hidden_act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClipActivation {
+    /// `x · sigmoid(1.702 x)`, OpenAI's CLIP (and FLUX's CLIP-L).
+    QuickGelu,
+    /// The exact (erf) GELU, used by the LAION/bigG towers.
+    Gelu,
+}
+
+/// Hyper-parameters of a CLIP text encoder, with transformers' `CLIPTextConfig` names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipTextConfig {
+    /// Token embedding rows.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLP hidden layer.
+    pub intermediate_size: usize,
+    /// Transformer layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// Position embedding rows, the longest token sequence (77).
+    pub max_position_embeddings: usize,
+    /// Epsilon of every LayerNorm.
+    pub layer_norm_eps: f64,
+    /// MLP activation.
+    pub hidden_act: ClipActivation,
+}
+
+impl ClipTextConfig {
+    /// CLIP ViT-L/14's text tower, FLUX's `text_encoder`
+    /// (<https://huggingface.co/openai/clip-vit-large-patch14/blob/main/config.json>, `text_config`).
+    pub fn clip_l() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            max_position_embeddings: 77,
+            layer_norm_eps: 1e-5,
+            hidden_act: ClipActivation::QuickGelu,
+        }
+    }
+
+    /// The random-weight reference in `tests/fixtures/tiny` (`text_encoder/config.json`).
+    pub fn tiny() -> Self {
+        Self {
+            vocab_size: 4096,
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            max_position_embeddings: 77,
+            layer_norm_eps: 1e-5,
+            hidden_act: ClipActivation::QuickGelu,
+        }
+    }
+
+    /// Reads a transformers `text_encoder/config.json` (`CLIPTextConfig`; other keys are ignored).
+    pub fn from_hf_json(json: &str) -> Result<Self> {
+        serde_json::from_str(json).map_err(|e| Error::Invalid(format!("CLIP text config.json: {e}")))
+    }
+
+    /// Infers the configuration from tensor shapes alone. Head count is not visible in the shapes, so it is
+    /// `hidden_size / head_dim` ([`CLIP_HEAD_DIM`] for OpenAI's towers); eps 1e-5 and quick-GELU as in CLIP-L.
+    pub fn from_weights(weights: &dyn Weights, head_dim: usize) -> Result<Self> {
+        let prefix = key_prefix(weights)?;
+        let shape = |name: &str| {
+            weights
+                .shape(&format!("{prefix}{name}"))
+                .ok_or_else(|| Error::Invalid(format!("missing tensor `{prefix}{name}`")))
+        };
+        let token = shape("embeddings.token_embedding.weight")?;
+        let position = shape("embeddings.position_embedding.weight")?;
+        let fc1 = shape("encoder.layers.0.mlp.fc1.weight")?;
+        let (&[vocab_size, hidden_size], &[max_position_embeddings, _], &[intermediate_size, _]) =
+            (token.as_slice(), position.as_slice(), fc1.as_slice())
+        else {
+            return Err(Error::Invalid(format!(
+                "CLIP embeddings/fc1 are not matrices: {token:?}, {position:?}, {fc1:?}"
+            )));
+        };
+        if head_dim == 0 || !hidden_size.is_multiple_of(head_dim) {
+            return Err(Error::Invalid(format!("CLIP width {hidden_size} is not a multiple of head width {head_dim}")));
+        }
+        let num_hidden_layers = (0..)
+            .take_while(|i| weights.contains(&format!("{prefix}encoder.layers.{i}.self_attn.q_proj.weight")))
+            .count();
+        Ok(Self {
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads: hidden_size / head_dim,
+            max_position_embeddings,
+            layer_norm_eps: 1e-5,
+            hidden_act: ClipActivation::QuickGelu,
+        })
+    }
+}
+
+/// `text_model.` when the weights carry transformers' full prefix, `` when they do not.
+fn key_prefix(weights: &dyn Weights) -> Result<&'static str> {
+    ["text_model.", ""]
+        .into_iter()
+        .find(|prefix| weights.contains(&format!("{prefix}embeddings.token_embedding.weight")))
+        .ok_or_else(|| {
+            Error::Invalid("not a CLIP text encoder: no `text_model.embeddings.token_embedding.weight`".into())
+        })
+}
+
+/// Reads `name` and checks that it has `shape`.
+fn tensor<const D: usize>(weights: &dyn Weights, name: &str, shape: [usize; D], device: &Device) -> Result<Tensor<D>> {
+    let host = weights.require(name)?;
+    if host.shape != shape {
+        return Err(Error::Invalid(format!("tensor `{name}` has shape {:?}, expected {shape:?}", host.shape)));
+    }
+    Ok(Tensor::from_data(TensorData::new(host.data, shape), device))
+}
+
+/// A Linear from `{prefix}.weight` `[d_out, d_in]` and `{prefix}.bias`.
+fn linear(weights: &dyn Weights, prefix: &str, d_in: usize, d_out: usize, device: &Device) -> Result<Linear> {
+    let weight = tensor(weights, &format!("{prefix}.weight"), [d_out, d_in], device)?.transpose(); // [d_in, d_out]
+    let bias = tensor(weights, &format!("{prefix}.bias"), [d_out], device)?;
+    Ok(Linear { weight: Param::from_tensor(weight), bias: Some(Param::from_tensor(bias)) })
+}
+
+fn layer_norm(weights: &dyn Weights, prefix: &str, cfg: &ClipTextConfig, device: &Device) -> Result<LayerNorm> {
+    let d = cfg.hidden_size;
+    let mut norm = LayerNormConfig::new(d).with_epsilon(cfg.layer_norm_eps).init(device);
+    norm.gamma = Param::from_tensor(tensor(weights, &format!("{prefix}.weight"), [d], device)?);
+    norm.beta = Some(Param::from_tensor(tensor(weights, &format!("{prefix}.bias"), [d], device)?));
+    Ok(norm)
+}
+
+fn embedding(weights: &dyn Weights, name: &str, shape: [usize; 2], device: &Device) -> Result<Embedding> {
+    Ok(Embedding { weight: Param::from_tensor(tensor(weights, name, shape, device)?) })
+}
+
+/// Token and position embeddings (`embeddings.*`).
+#[derive(Module, Debug)]
+pub struct ClipEmbeddings {
+    /// `token_embedding`: `[vocab, hidden]`.
+    pub token_embedding: Embedding,
+    /// `position_embedding`: `[max_positions, hidden]`.
+    pub position_embedding: Embedding,
+}
+
+/// Multi-head self-attention with a causal mask (`self_attn.*`).
+#[derive(Module, Debug)]
+pub struct ClipAttention {
+    /// `q_proj`.
+    pub q_proj: Linear,
+    /// `k_proj`.
+    pub k_proj: Linear,
+    /// `v_proj`.
+    pub v_proj: Linear,
+    /// `out_proj`.
+    pub out_proj: Linear,
+    /// Number of heads.
+    pub num_heads: usize,
+}
+
+impl ClipAttention {
+    /// `x [b, n, d]`, `causal [n, n]` (true above the diagonal) → `[b, n, d]`.
+    pub fn forward(&self, x: Tensor<3>, causal: Tensor<2, Bool>) -> Tensor<3> {
+        let [b, n, d] = x.dims();
+        let heads = self.num_heads;
+        let head_dim = d / heads;
+        let split = |t: Tensor<3>| t.reshape([b, n, heads, head_dim]).swap_dims(1, 2); // [b, h, n, hd]
+        let q = split(self.q_proj.forward(x.clone())) * (head_dim as f64).powf(-0.5);
+        let k = split(self.k_proj.forward(x.clone()));
+        let v = split(self.v_proj.forward(x));
+        let scores = q.matmul(k.swap_dims(2, 3)); // [b, h, n, n]
+        let scores = scores.mask_fill(causal.unsqueeze::<4>().expand([b, heads, n, n]), f32::MIN);
+        let out = softmax(scores, 3).matmul(v); // [b, h, n, hd]
+        self.out_proj.forward(out.swap_dims(1, 2).reshape([b, n, d]))
+    }
+}
+
+/// The two-layer MLP (`mlp.fc1`, `mlp.fc2`).
+#[derive(Module, Debug)]
+pub struct ClipMlp {
+    /// `fc1`: hidden → intermediate.
+    pub fc1: Linear,
+    /// `fc2`: intermediate → hidden.
+    pub fc2: Linear,
+    /// Whether the activation is quick-GELU (otherwise exact GELU).
+    pub quick_gelu: bool,
+}
+
+impl ClipMlp {
+    /// `[b, n, d] → [b, n, d]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = self.fc1.forward(x);
+        let x = if self.quick_gelu { x.clone() * sigmoid(x * 1.702) } else { gelu(x) };
+        self.fc2.forward(x)
+    }
+}
+
+/// One pre-norm transformer layer (`encoder.layers.N.*`).
+#[derive(Module, Debug)]
+pub struct ClipEncoderLayer {
+    /// `self_attn`.
+    pub self_attn: ClipAttention,
+    /// `layer_norm1`, before attention.
+    pub layer_norm1: LayerNorm,
+    /// `mlp`.
+    pub mlp: ClipMlp,
+    /// `layer_norm2`, before the MLP.
+    pub layer_norm2: LayerNorm,
+}
+
+impl ClipEncoderLayer {
+    /// `[b, n, d] → [b, n, d]`.
+    pub fn forward(&self, x: Tensor<3>, causal: Tensor<2, Bool>) -> Tensor<3> {
+        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x), causal);
+        x.clone() + self.mlp.forward(self.layer_norm2.forward(x))
+    }
+}
+
+/// The transformer layers (`encoder.*`).
+#[derive(Module, Debug)]
+pub struct ClipEncoder {
+    /// `layers.N`.
+    pub layers: Vec<ClipEncoderLayer>,
+}
+
+/// CLIP's text transformer (`text_model.*`).
+#[derive(Module, Debug)]
+pub struct ClipTextTransformer {
+    /// `embeddings`.
+    pub embeddings: ClipEmbeddings,
+    /// `encoder`.
+    pub encoder: ClipEncoder,
+    /// `final_layer_norm`.
+    pub final_layer_norm: LayerNorm,
+}
+
+impl ClipTextTransformer {
+    /// Builds the encoder from transformers-named weights (`text_model.` prefix optional), checking every shape
+    /// against `cfg`.
+    pub fn load(cfg: &ClipTextConfig, weights: &dyn Weights, device: &Device) -> Result<Self> {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
+            return Err(Error::Invalid(format!(
+                "CLIP width {} does not split into {} heads",
+                cfg.hidden_size, cfg.num_attention_heads
+            )));
+        }
+        let p = key_prefix(weights)?;
+        let (d, ff) = (cfg.hidden_size, cfg.intermediate_size);
+        let embeddings = ClipEmbeddings {
+            token_embedding: embedding(
+                weights,
+                &format!("{p}embeddings.token_embedding.weight"),
+                [cfg.vocab_size, d],
+                device,
+            )?,
+            position_embedding: embedding(
+                weights,
+                &format!("{p}embeddings.position_embedding.weight"),
+                [cfg.max_position_embeddings, d],
+                device,
+            )?,
+        };
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let l = format!("{p}encoder.layers.{i}");
+                Ok(ClipEncoderLayer {
+                    self_attn: ClipAttention {
+                        q_proj: linear(weights, &format!("{l}.self_attn.q_proj"), d, d, device)?,
+                        k_proj: linear(weights, &format!("{l}.self_attn.k_proj"), d, d, device)?,
+                        v_proj: linear(weights, &format!("{l}.self_attn.v_proj"), d, d, device)?,
+                        out_proj: linear(weights, &format!("{l}.self_attn.out_proj"), d, d, device)?,
+                        num_heads: cfg.num_attention_heads,
+                    },
+                    layer_norm1: layer_norm(weights, &format!("{l}.layer_norm1"), cfg, device)?,
+                    mlp: ClipMlp {
+                        fc1: linear(weights, &format!("{l}.mlp.fc1"), d, ff, device)?,
+                        fc2: linear(weights, &format!("{l}.mlp.fc2"), ff, d, device)?,
+                        quick_gelu: cfg.hidden_act == ClipActivation::QuickGelu,
+                    },
+                    layer_norm2: layer_norm(weights, &format!("{l}.layer_norm2"), cfg, device)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let final_layer_norm = layer_norm(weights, &format!("{p}final_layer_norm"), cfg, device)?;
+        Ok(Self { embeddings, encoder: ClipEncoder { layers }, final_layer_norm })
+    }
+
+    /// Token and position embeddings of `ids [b, n]` → `[b, n, d]`.
+    pub fn embed(&self, ids: Tensor<2, Int>) -> Result<Tensor<3>> {
+        let [_, n] = ids.dims();
+        let [max_positions, _] = self.embeddings.position_embedding.weight.dims();
+        if n > max_positions {
+            return Err(Error::Invalid(format!("CLIP takes at most {max_positions} tokens, got {n}")));
+        }
+        let positions = Tensor::<1, Int>::arange(0..n as i64, &ids.device()).reshape([1, n]);
+        Ok(self.embeddings.token_embedding.forward(ids) + self.embeddings.position_embedding.forward(positions))
+    }
+
+    /// `ids [b, n]` → (last hidden state `[b, n, d]` after the final norm, pooled `[b, d]`).
+    pub fn forward(&self, ids: Tensor<2, Int>) -> Result<(Tensor<3>, Tensor<2>)> {
+        let [_, n] = ids.dims();
+        let mut x = self.embed(ids.clone())?;
+        let causal = Tensor::<2, Bool>::tril_mask([n, n], 0, &ids.device());
+        for layer in &self.encoder.layers {
+            x = layer.forward(x, causal.clone());
+        }
+        let last_hidden = self.final_layer_norm.forward(x);
+        let pooled = pooled_at_first_max(last_hidden.clone(), ids);
+        Ok((last_hidden, pooled))
+    }
+}
+
+/// `hidden [b, n, d]` at the first position of each row's largest id (`ids.argmax(-1)` in torch) → `[b, d]`.
+fn pooled_at_first_max(hidden: Tensor<3>, ids: Tensor<2, Int>) -> Tensor<2> {
+    let [b, n, d] = hidden.dims();
+    let is_max = ids.clone().equal(ids.clone().max_dim(1).expand([b, n])); // [b, n]
+    let positions = Tensor::<1, Int>::arange(0..n as i64, &ids.device()).reshape([1, n]).expand([b, n]);
+    let first = positions.mask_fill(is_max.bool_not(), n as i64).min_dim(1); // [b, 1]
+    hidden.gather(1, first.reshape([b, 1, 1]).expand([b, 1, d])).reshape([b, d])
+}
+
+/// Test-only helpers shared by the text-encoder tests: safetensors fixtures as [`Weights`] and goldens.
+#[cfg(test)]
+pub(crate) mod testing {
+    use burn::tensor::TensorData;
+    use safetensors::{Dtype, SafeTensors};
+
+    use crate::weights::{HostTensor, Weights};
+    use crate::{Error, Result};
+
+    /// The tiny reference fixtures.
+    pub(crate) const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
+
+    /// A safetensors file held in memory.
+    pub(crate) struct SafetensorsWeights {
+        bytes: Vec<u8>,
+    }
+
+    impl SafetensorsWeights {
+        /// Reads `path`, relative to [`TINY`].
+        pub(crate) fn open(path: &str) -> Self {
+            let bytes = std::fs::read(format!("{TINY}/{path}")).unwrap_or_else(|e| panic!("{path}: {e}"));
+            Self { bytes }
+        }
+
+        fn tensors(&self) -> SafeTensors<'_> {
+            SafeTensors::deserialize(&self.bytes).expect("valid safetensors")
+        }
+    }
+
+    impl Weights for SafetensorsWeights {
+        fn names(&self) -> Vec<String> {
+            SafeTensors::read_metadata(&self.bytes).expect("valid safetensors").1.offset_keys()
+        }
+
+        fn shape(&self, name: &str) -> Option<Vec<usize>> {
+            self.tensors().tensor(name).ok().map(|t| t.shape().to_vec())
+        }
+
+        fn read(&self, name: &str) -> Result<HostTensor> {
+            let tensors = self.tensors();
+            let view = tensors.tensor(name).map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+            let data = match view.dtype() {
+                Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+                Dtype::F16 => view
+                    .data()
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes(b.try_into().unwrap()).to_f32())
+                    .collect(),
+                other => return Err(Error::Invalid(format!("{name}: test reader has no {other:?}"))),
+            };
+            HostTensor::new(view.shape().to_vec(), data)
+        }
+    }
+
+    /// The f32 tensor `key` of `tests/fixtures/tiny/golden/{file}`.
+    pub(crate) fn golden(file: &str, key: &str) -> TensorData {
+        let tensor = SafetensorsWeights::open(&format!("golden/{file}")).read(key).unwrap();
+        TensorData::new(tensor.data, tensor.shape)
+    }
+
+    /// The int64 tensor `key` of `golden/golden_run.safetensors`, as `[rows, cols]` ids.
+    pub(crate) fn golden_ids(key: &str) -> TensorData {
+        let file = SafetensorsWeights::open("golden/golden_run.safetensors");
+        let tensors = file.tensors();
+        let view = tensors.tensor(key).unwrap();
+        assert_eq!(view.dtype(), Dtype::I64);
+        let ids: Vec<i64> = view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+        TensorData::new(ids, view.shape().to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{SafetensorsWeights, TINY, golden, golden_ids};
+    use super::*;
+    use burn::tensor::Tolerance;
+
+    fn tiny_config() -> ClipTextConfig {
+        let json = std::fs::read_to_string(format!("{TINY}/FLUX.1-Kontext-dev-tiny/text_encoder/config.json")).unwrap();
+        ClipTextConfig::from_hf_json(&json).unwrap()
+    }
+
+    fn check_against_golden(path: &str) {
+        let device = crate::device::cpu();
+        let weights = SafetensorsWeights::open(path);
+        let model = ClipTextTransformer::load(&tiny_config(), &weights, &device).unwrap();
+        let ids = Tensor::<2, Int>::from_data(golden_ids("clip_input_ids"), &device);
+        let (last, pooled) = model.forward(ids).unwrap();
+        let tolerance = Tolerance::absolute(1e-4);
+        last.into_data().assert_approx_eq::<f32>(
+            &golden("golden_text_vae_internals.safetensors", "clip_last_hidden_state"),
+            tolerance,
+        );
+        pooled.into_data().assert_approx_eq::<f32>(&golden("golden_run.safetensors", "clip_pooled"), tolerance);
+    }
+
+    #[test]
+    fn config_json_is_the_tiny_preset() {
+        assert_eq!(tiny_config(), ClipTextConfig::tiny());
+    }
+
+    #[test]
+    fn config_inferred_from_shapes_matches_config_json() {
+        let weights = SafetensorsWeights::open("bfl_gguf/clip_l.safetensors");
+        assert_eq!(ClipTextConfig::from_weights(&weights, 8).unwrap(), ClipTextConfig::tiny());
+        assert!(ClipTextConfig::from_weights(&weights, CLIP_HEAD_DIM).is_err());
+    }
+
+    #[test]
+    fn diffusers_text_encoder_matches_golden() {
+        check_against_golden("FLUX.1-Kontext-dev-tiny/text_encoder/model.safetensors");
+    }
+
+    #[test]
+    fn comfy_clip_l_matches_golden() {
+        check_against_golden("bfl_gguf/clip_l.safetensors");
+    }
+
+    #[test]
+    fn clip_l_with_text_projection_matches_golden() {
+        check_against_golden("bfl_gguf/clip_l_with_text_projection.safetensors");
+    }
+
+    #[test]
+    fn embeddings_match_golden() {
+        let device = crate::device::cpu();
+        let weights = SafetensorsWeights::open("bfl_gguf/clip_l.safetensors");
+        let model = ClipTextTransformer::load(&tiny_config(), &weights, &device).unwrap();
+        let ids = Tensor::<2, Int>::from_data(golden_ids("clip_input_ids"), &device);
+        model.embed(ids).unwrap().into_data().assert_approx_eq::<f32>(
+            &golden("golden_text_vae_internals.safetensors", "clip_embeddings_out"),
+            Tolerance::absolute(1e-5),
+        );
+    }
+
+    #[test]
+    fn pooled_takes_the_first_largest_id_per_row() {
+        let device = crate::device::cpu();
+        let hidden: Vec<f32> = (0..2 * 4 * 2).map(|v| v as f32).collect();
+        let hidden = Tensor::<3>::from_data(TensorData::new(hidden, [2, 4, 2]), &device);
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![5i64, 9, 9, 9, 9, 1, 3, 9], [2, 4]), &device);
+        let pooled = pooled_at_first_max(hidden, ids);
+        pooled
+            .into_data()
+            .assert_approx_eq::<f32>(&TensorData::new(vec![2f32, 3., 8., 9.], [2, 2]), Tolerance::absolute(0.0));
+    }
+
+    #[test]
+    fn load_rejects_a_wrong_config_and_missing_tensors() {
+        let device = crate::device::cpu();
+        let weights = SafetensorsWeights::open("bfl_gguf/clip_l.safetensors");
+        let wide = ClipTextConfig { hidden_size: 64, ..ClipTextConfig::tiny() };
+        let err = ClipTextTransformer::load(&wide, &weights, &device).unwrap_err().to_string();
+        assert!(err.contains("text_model.embeddings.token_embedding.weight"), "{err}");
+        let deep = ClipTextConfig { num_hidden_layers: 3, ..ClipTextConfig::tiny() };
+        let err = ClipTextTransformer::load(&deep, &weights, &device).unwrap_err().to_string();
+        assert!(err.contains("missing tensor `text_model.encoder.layers.2"), "{err}");
+        let t5 = SafetensorsWeights::open("FLUX.1-Kontext-dev-tiny/text_encoder_2/model.safetensors");
+        assert!(ClipTextTransformer::load(&ClipTextConfig::tiny(), &t5, &device).is_err());
+    }
+
+    #[test]
+    fn forward_rejects_sequences_longer_than_the_position_table() {
+        let device = crate::device::cpu();
+        let weights = SafetensorsWeights::open("bfl_gguf/clip_l.safetensors");
+        let model = ClipTextTransformer::load(&tiny_config(), &weights, &device).unwrap();
+        let ids = Tensor::<2, Int>::zeros([1, 78], &device);
+        assert!(model.forward(ids).is_err());
+    }
+}
