@@ -1,6 +1,10 @@
 //! The page's handle on the inference worker: spawns `worker.js`, sends [`ToWorker`], delivers every
 //! [`FromWorker`] (and worker crashes, as [`FromWorker::Error`]) to one callback.
+//!
+//! A module worker only listens once its wasm is loaded; messages posted before then would be lost, so
+//! requests wait in a queue until the worker says [`FromWorker::Ready`].
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
@@ -13,6 +17,8 @@ use super::js;
 /// A running worker. Dropping it terminates the worker.
 pub struct WorkerClient {
     worker: Worker,
+    /// Requests posted before the worker was ready; `None` once it is.
+    queue: Rc<RefCell<Option<Vec<JsValue>>>>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_error: Closure<dyn FnMut(ErrorEvent)>,
 }
@@ -24,12 +30,19 @@ impl WorkerClient {
         options.set_type(WorkerType::Module);
         let worker = Worker::new_with_options("./worker.js", &options).map_err(js::describe)?;
         let on_event = Rc::new(on_event);
+        let queue: Rc<RefCell<Option<Vec<JsValue>>>> = Rc::new(RefCell::new(Some(Vec::new())));
         let on_message = {
-            let on_event = on_event.clone();
+            let (on_event, queue, worker) = (on_event.clone(), queue.clone(), worker.clone());
             Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
-                on_event(serde_wasm_bindgen::from_value(event.data()).unwrap_or_else(|e| FromWorker::Error {
+                let message = serde_wasm_bindgen::from_value(event.data()).unwrap_or_else(|e| FromWorker::Error {
                     message: format!("unreadable message from the worker: {e}"),
-                }))
+                });
+                if message == FromWorker::Ready {
+                    for pending in queue.borrow_mut().take().unwrap_or_default() {
+                        let _ = worker.post_message(&pending);
+                    }
+                }
+                on_event(message)
             })
         };
         let on_error = Closure::<dyn FnMut(ErrorEvent)>::new(move |event: ErrorEvent| {
@@ -38,13 +51,18 @@ impl WorkerClient {
         });
         worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
-        Ok(Self { worker, _on_message: on_message, _on_error: on_error })
+        Ok(Self { worker, queue, _on_message: on_message, _on_error: on_error })
     }
 
-    /// Posts a request; the answer arrives through the callback given to [`WorkerClient::spawn`].
+    /// Posts a request (queued until the worker is ready); the answer arrives through the callback given to
+    /// [`WorkerClient::spawn`].
     pub fn send(&self, request: &ToWorker) -> Result<(), String> {
         let serializer = serde_wasm_bindgen::Serializer::json_compatible();
         let value = serde::Serialize::serialize(request, &serializer).map_err(|e| e.to_string())?;
+        if let Some(pending) = self.queue.borrow_mut().as_mut() {
+            pending.push(value);
+            return Ok(());
+        }
         self.worker.post_message(&value).map_err(js::describe)
     }
 }
