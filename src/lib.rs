@@ -5,6 +5,7 @@ pub mod error;
 pub mod formats;
 pub mod kernels;
 pub mod latent;
+pub mod loader;
 pub mod model;
 pub mod pipeline;
 pub mod protocol;

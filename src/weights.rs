@@ -46,3 +46,15 @@ pub trait Weights {
         self.read(name)
     }
 }
+
+impl<W: Weights + ?Sized> Weights for Box<W> {
+    fn names(&self) -> Vec<String> {
+        (**self).names()
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        (**self).shape(name)
+    }
+    fn read(&self, name: &str) -> Result<HostTensor> {
+        (**self).read(name)
+    }
+}

@@ -59,11 +59,17 @@ pub fn to_tensor(image: &RgbImage, device: &Device) -> Tensor<4> {
 
 /// A decoded `[3, h, w]` image in about `[-1, 1]` (host values, planar) → RGB, `round(clamp(x/2 + 0.5)·255)`.
 pub fn from_planar(values: &[f32], width: usize, height: usize) -> Result<RgbImage> {
+    let unit: Vec<f32> = values.iter().map(|v| v / 2.0 + 0.5).collect();
+    from_unit_planar(&unit, width, height)
+}
+
+/// Planar `[3, h, w]` values in `[0, 1]` → RGB, `round(clamp(x)·255)`.
+pub fn from_unit_planar(values: &[f32], width: usize, height: usize) -> Result<RgbImage> {
     if values.len() != 3 * width * height {
         return Err(Error::Invalid(format!("{} values are not a 3×{height}×{width} image", values.len())));
     }
     let plane = width * height;
-    let to_u8 = |v: f32| ((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round() as u8;
+    let to_u8 = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
     Ok(RgbImage::from_fn(width as u32, height as u32, |x, y| {
         let i = y as usize * width + x as usize;
         image::Rgb([to_u8(values[i]), to_u8(values[plane + i]), to_u8(values[2 * plane + i])])

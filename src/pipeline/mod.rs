@@ -1,5 +1,6 @@
 //! The Kontext pipeline around the networks: sizes, position ids, noise, schedule and sampler.
 
+pub mod edit;
 pub mod ids;
 pub mod kontext;
 pub mod image;

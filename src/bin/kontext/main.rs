@@ -1,6 +1,9 @@
 //! `kontext`: the native command line over the same model code as the web app.
 
 #[cfg(not(target_arch = "wasm32"))]
+mod generate;
+
+#[cfg(not(target_arch = "wasm32"))]
 mod cli {
     use clap::{Parser, Subcommand};
     use kontext_web::device::{self, Backend};
@@ -24,6 +27,10 @@ mod cli {
             #[arg(long)]
             json: bool,
         },
+        /// Edit reference images (or make an image from text) with FLUX.1 Kontext.
+        Edit(super::generate::EditArgs),
+        /// One DiT call on inputs named like diffusers' transformer arguments; writes `out`.
+        Forward(super::generate::ForwardArgs),
         /// Recognise a weight file from its header (no tensor data is read): format, architecture, Flux
         /// configuration, tensor types, parameters and bytes.
         Inspect {
@@ -50,6 +57,8 @@ mod cli {
         match command {
             Command::Device { backend, json } => device_report(backend.parse()?, json),
             Command::Inspect { path, json } => inspect(&path, json),
+            Command::Edit(args) => super::generate::edit(args),
+            Command::Forward(args) => super::generate::forward(args),
         }
     }
 

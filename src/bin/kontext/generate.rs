@@ -1,0 +1,222 @@
+//! `kontext edit` and `kontext forward`: the pipeline and single DiT calls on local files.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use kontext_web::device::{self, Backend};
+use kontext_web::formats::{FileSource, SafetensorsFile};
+use kontext_web::loader::{self, Folder, KontextModel, ModelFiles, NoFolder, Overrides};
+use kontext_web::pipeline::edit::{Edit, EditRequest, Phase};
+use kontext_web::pipeline::{image as images, rng, size};
+use kontext_web::weights::Weights;
+use kontext_web::{Error, Result, selfcheck};
+
+/// Where the model comes from: a diffusers folder and/or single files.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// A model folder in the diffusers layout (FLUX.1-Kontext-dev).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The DiT instead of the folder's: BFL `flux1-kontext-dev.safetensors`, diffusers safetensors or a GGUF.
+    #[arg(long)]
+    transformer: Option<PathBuf>,
+    /// The T5 encoder instead of the folder's: a llama.cpp T5 GGUF (its tokenizer is used too).
+    #[arg(long)]
+    t5: Option<PathBuf>,
+    /// CLIP-L instead of the folder's: `clip_l.safetensors`.
+    #[arg(long)]
+    clip: Option<PathBuf>,
+    /// The VAE instead of the folder's: BFL `ae.safetensors`.
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// `cpu` (burn flex) or `wgpu` (the GPU).
+    #[arg(long, default_value = "wgpu")]
+    backend: String,
+}
+
+/// Options of `kontext edit`.
+#[derive(clap::Args)]
+pub struct EditArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The instruction: describe the change ("make the car red"), or the image when no reference is given.
+    #[arg(long)]
+    prompt: String,
+    /// A reference image (PNG, JPEG, WebP); repeat for several.
+    #[arg(long = "image")]
+    images: Vec<PathBuf>,
+    /// Output width in pixels (floored to a multiple of 16); needs --height.
+    #[arg(long, requires = "height")]
+    width: Option<usize>,
+    /// Output height in pixels (floored to a multiple of 16); needs --width.
+    #[arg(long, requires = "width")]
+    height: Option<usize>,
+    /// Pixel area of the output and of the reference buckets.
+    #[arg(long, default_value_t = size::DEFAULT_MAX_AREA)]
+    max_area: usize,
+    /// Use references at their own size (floored to ×16) instead of the preferred Kontext bucket.
+    #[arg(long)]
+    no_resize: bool,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 28)]
+    steps: usize,
+    /// Distilled guidance.
+    #[arg(long, default_value_t = 2.5)]
+    guidance: f32,
+    /// Seed of the initial noise (random and printed when not given).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Initial noise instead of the seed's: a safetensors file with tensor `noise`, packed `[1, tokens, 64]`.
+    #[arg(long)]
+    noise: Option<PathBuf>,
+    /// Where to write the PNG.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write `latents` (final packed latents) and `image` (`[1,3,H,W]` in [0,1]) to this safetensors file.
+    #[arg(long)]
+    dump: Option<PathBuf>,
+}
+
+/// Options of `kontext forward`.
+#[derive(clap::Args)]
+pub struct ForwardArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Inputs named like diffusers' transformer arguments: hidden_states, encoder_hidden_states,
+    /// pooled_projections, timestep, guidance, img_ids, txt_ids.
+    #[arg(long)]
+    inputs: PathBuf,
+    /// Where to write the output tensor `out`.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+impl ModelArgs {
+    fn device(&self) -> Result<Device> {
+        device::open(self.backend.parse::<Backend>()?)
+    }
+
+    fn folder(&self) -> Result<Box<dyn ModelFiles>> {
+        match &self.model {
+            Some(dir) if dir.is_dir() => Ok(Box::new(Folder(dir.clone()))),
+            Some(dir) => Err(Error::Invalid(format!("--model {}: not a directory", dir.display()))),
+            None => Ok(Box::new(NoFolder)),
+        }
+    }
+}
+
+fn open_file(path: &Option<PathBuf>) -> Result<Option<Box<dyn kontext_web::formats::ByteSource>>> {
+    path.as_ref().map(|p| FileSource::open(p).map(|f| Box::new(f) as Box<dyn kontext_web::formats::ByteSource>)).transpose()
+}
+
+fn read_image(path: &Path) -> Result<image::RgbImage> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    images::decode(&bytes).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+}
+
+fn tensor_from<const D: usize>(file: &SafetensorsFile, name: &str, label: &Path, device: &Device) -> Result<Tensor<D>> {
+    let host = file.read(name).map_err(|e| Error::Invalid(format!("{}: {e}", label.display())))?;
+    let shape: [usize; D] = host.shape.clone().try_into().map_err(|_| {
+        Error::Invalid(format!("{}: tensor `{name}` has shape {:?}, expected {D} dimensions", label.display(), host.shape))
+    })?;
+    Ok(Tensor::from_data(TensorData::new(host.data, shape), device))
+}
+
+fn write_safetensors(path: &Path, tensors: Vec<(&str, Vec<usize>, Vec<f32>)>) -> Result<()> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        tensors.into_iter().map(|(n, s, v)| (n.to_string(), s, bytemuck::cast_slice(&v).to_vec())).collect();
+    let views = bytes
+        .iter()
+        .map(|(name, shape, data)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data).map(|view| (name.clone(), view))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let serialized = safetensors::serialize(views, None).map_err(|e| Error::Invalid(e.to_string()))?;
+    std::fs::write(path, serialized).map_err(|e| Error::Invalid(format!("cannot write {}: {e}", path.display())))
+}
+
+/// `kontext edit`.
+pub fn edit(args: EditArgs) -> Result<()> {
+    let started = Instant::now();
+    let device = args.model.device()?;
+    let references = args.images.iter().map(|p| read_image(p)).collect::<Result<Vec<_>>>()?;
+    let noise = match &args.noise {
+        Some(path) => {
+            let file = SafetensorsFile::open(FileSource::open(path)?)?;
+            Some(tensor_from::<3>(&file, "noise", path, &device)?)
+        }
+        None => None,
+    };
+    let seed = args.seed.unwrap_or_else(rng::random_seed);
+    let overrides = Overrides {
+        transformer: open_file(&args.model.transformer)?,
+        t5: open_file(&args.model.t5)?,
+        clip: open_file(&args.model.clip)?,
+        vae: open_file(&args.model.vae)?,
+    };
+    eprintln!("loading the model…");
+    let model = KontextModel::load(args.model.folder()?.as_ref(), overrides, &device)?;
+    let request = EditRequest {
+        prompt: args.prompt,
+        references,
+        size: args.width.zip(args.height),
+        max_area: args.max_area,
+        resize: if args.no_resize { size::Resize::None } else { size::Resize::Bucket },
+        steps: args.steps,
+        guidance: args.guidance,
+        seed,
+    };
+    let mut edit = Edit::prepare_reporting(&model, &request, noise, &device, &mut |phase| match phase {
+        Phase::EncodingText => eprintln!("encoding the prompt…"),
+        Phase::EncodingReferences if !request.references.is_empty() => {
+            eprintln!("encoding {} reference image(s)…", request.references.len())
+        }
+        _ => {}
+    })?;
+    let (width, height) = edit.size();
+    eprintln!("generating {width}×{height}, {} steps, guidance {}, seed {seed}", request.steps, request.guidance);
+    while !edit.is_denoised() {
+        let step_started = Instant::now();
+        edit.step()?;
+        device.sync().map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        let (done, steps) = edit.progress();
+        eprintln!("step {done}/{steps} ({:.2} s)", step_started.elapsed().as_secs_f64());
+    }
+    eprintln!("decoding…");
+    let result = pollster::block_on(edit.finish())?;
+    result.image.save(&args.out).map_err(|e| Error::Invalid(format!("cannot write {}: {e}", args.out.display())))?;
+    if let Some(dump) = &args.dump {
+        let latents_shape = result.latents.dims().to_vec();
+        let pixels_shape = result.pixels.dims().to_vec();
+        let latents = pollster::block_on(selfcheck::read_f32(result.latents))?;
+        let pixels = pollster::block_on(selfcheck::read_f32(result.pixels))?;
+        write_safetensors(dump, vec![("latents", latents_shape, latents), ("image", pixels_shape, pixels)])?;
+    }
+    println!("wrote {} ({width}×{height}, seed {seed}) in {:.1} s", args.out.display(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `kontext forward`.
+pub fn forward(args: ForwardArgs) -> Result<()> {
+    let device = args.model.device()?;
+    let inputs = SafetensorsFile::open(FileSource::open(&args.inputs)?)?;
+    let (flux, _) = loader::load_transformer(args.model.folder()?.as_ref(), open_file(&args.model.transformer)?, &device)?;
+    let label = args.inputs.as_path();
+    let guidance = if inputs.contains("guidance") { Some(tensor_from::<1>(&inputs, "guidance", label, &device)?) } else { None };
+    let out = flux.forward(
+        tensor_from::<3>(&inputs, "hidden_states", label, &device)?,
+        tensor_from::<2>(&inputs, "img_ids", label, &device)?,
+        tensor_from::<3>(&inputs, "encoder_hidden_states", label, &device)?,
+        tensor_from::<2>(&inputs, "txt_ids", label, &device)?,
+        tensor_from::<1>(&inputs, "timestep", label, &device)?,
+        tensor_from::<2>(&inputs, "pooled_projections", label, &device)?,
+        guidance,
+    )?;
+    let shape = out.dims().to_vec();
+    let values = pollster::block_on(selfcheck::read_f32(out))?;
+    write_safetensors(&args.out, vec![("out", shape.clone(), values)])?;
+    println!("wrote {} {shape:?}", args.out.display());
+    Ok(())
+}

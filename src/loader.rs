@@ -1,0 +1,288 @@
+//! Loading a whole Kontext model from the files people have: a diffusers-layout folder, and/or single files
+//! that replace its parts (a BFL or GGUF transformer, a T5 GGUF, `clip_l.safetensors`, `ae.safetensors`).
+//!
+//! Files are reached through [`ModelFiles`] (a folder natively, stored chunks in the browser) and
+//! [`ByteSource`]s, so this module never touches `std::fs` and runs unchanged in the browser.
+
+use burn::tensor::Device;
+
+use crate::formats::{ByteSource, GgufFile, SafetensorsFile, ShardedSafetensors};
+use crate::model::FluxConfig;
+use crate::model::clip::{CLIP_HEAD_DIM, ClipTextConfig, ClipTextTransformer};
+use crate::model::flux::Flux;
+use crate::model::t5::{LlamaCppT5Names, T5Config, T5Encoder};
+use crate::model::transformer_remap::DiffusersAsBfl;
+use crate::model::vae::Vae;
+use crate::model::vae_config::VaeConfig;
+use crate::model::vae_remap::LdmVaeWeights;
+use crate::tokenizer::{ClipTokenizer, T5Tokenizer};
+use crate::weights::Weights;
+use crate::{Error, Result};
+
+/// Files of a diffusers-layout model folder, by path relative to its root (`transformer/config.json`, …).
+pub trait ModelFiles {
+    /// Opens `path`; `Ok(None)` when the folder has no such file.
+    fn open(&self, path: &str) -> Result<Option<Box<dyn ByteSource>>>;
+
+    /// Reads a small text file (configs, vocabularies); `Ok(None)` when absent.
+    fn read_text(&self, path: &str) -> Result<Option<String>> {
+        let Some(source) = self.open(path)? else { return Ok(None) };
+        let bytes = read_all(source.as_ref())?;
+        String::from_utf8(bytes).map(Some).map_err(|_| Error::Invalid(format!("{path} is not UTF-8 text")))
+    }
+}
+
+/// No folder: every part comes from an explicit file.
+pub struct NoFolder;
+
+impl ModelFiles for NoFolder {
+    fn open(&self, _path: &str) -> Result<Option<Box<dyn ByteSource>>> {
+        Ok(None)
+    }
+}
+
+/// A diffusers-layout folder on the local disk.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct Folder(pub std::path::PathBuf);
+
+#[cfg(not(target_arch = "wasm32"))]
+impl ModelFiles for Folder {
+    fn open(&self, path: &str) -> Result<Option<Box<dyn ByteSource>>> {
+        let full = self.0.join(path);
+        if !full.is_file() {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(crate::formats::FileSource::open(full)?)))
+    }
+}
+
+/// Largest text file read whole (a CLIP `vocab.json` is 1.6 MB, a T5 `tokenizer.json` 2.4 MB).
+const MAX_TEXT_BYTES: u64 = 64 << 20;
+
+fn read_all(source: &dyn ByteSource) -> Result<Vec<u8>> {
+    if source.len() > MAX_TEXT_BYTES {
+        return Err(Error::Invalid(format!("{} is {} bytes, too large for a config or vocabulary", source.label(), source.len())));
+    }
+    source.read_at(0, source.len() as usize)
+}
+
+/// Single files that replace parts of the folder.
+#[derive(Default)]
+pub struct Overrides {
+    /// The DiT: BFL or diffusers safetensors, or a Flux GGUF.
+    pub transformer: Option<Box<dyn ByteSource>>,
+    /// The T5 encoder: a llama.cpp T5 GGUF (tokenizer inside) or transformers safetensors.
+    pub t5: Option<Box<dyn ByteSource>>,
+    /// CLIP-L: `clip_l.safetensors` (ComfyUI) or transformers safetensors.
+    pub clip: Option<Box<dyn ByteSource>>,
+    /// The VAE: BFL `ae.safetensors` or diffusers safetensors.
+    pub vae: Option<Box<dyn ByteSource>>,
+}
+
+/// Every network and tokenizer of the pipeline, on one device.
+pub struct KontextModel {
+    /// The DiT.
+    pub flux: Flux,
+    /// The DiT's configuration.
+    pub flux_config: FluxConfig,
+    /// T5 v1.1 encoder.
+    pub t5: T5Encoder,
+    /// CLIP-L text encoder.
+    pub clip: ClipTextTransformer,
+    /// The autoencoder.
+    pub vae: Vae,
+    /// CLIP BPE tokenizer.
+    pub clip_tokenizer: ClipTokenizer,
+    /// T5 SentencePiece tokenizer.
+    pub t5_tokenizer: T5Tokenizer,
+}
+
+impl KontextModel {
+    /// Loads every part, each from its override when given, else from the folder.
+    pub fn load(files: &dyn ModelFiles, overrides: Overrides, device: &Device) -> Result<Self> {
+        let (flux, flux_config) = load_transformer(files, overrides.transformer, device)?;
+        let (t5, t5_tokenizer) = load_t5(files, overrides.t5, device)?;
+        let (clip, clip_tokenizer) = load_clip(files, overrides.clip, device)?;
+        let vae = load_vae(files, overrides.vae, device)?;
+        Ok(Self { flux, flux_config, t5, clip, vae, clip_tokenizer, t5_tokenizer })
+    }
+}
+
+/// The two container formats, told apart by their first bytes.
+enum Container {
+    Gguf(GgufFile),
+    Safetensors(SafetensorsFile),
+}
+
+fn open_container(source: Box<dyn ByteSource>) -> Result<Container> {
+    let label = source.label();
+    let magic = if source.len() >= 4 { source.read_at(0, 4)? } else { Vec::new() };
+    let container = if magic == b"GGUF" {
+        Container::Gguf(GgufFile::open(source)?)
+    } else {
+        Container::Safetensors(SafetensorsFile::open(source)?)
+    };
+    Ok(container).map_err(|e: Error| Error::Invalid(format!("{label}: {e}")))
+}
+
+/// A diffusers component's weights: `{dir}/{stem}.safetensors`, or shards listed in `{stem}.safetensors.index.json`.
+fn component_weights(files: &dyn ModelFiles, dir: &str, stem: &str) -> Result<Option<Box<dyn Weights>>> {
+    if let Some(source) = files.open(&format!("{dir}/{stem}.safetensors"))? {
+        return Ok(Some(Box::new(SafetensorsFile::open(source)?)));
+    }
+    let index_path = format!("{dir}/{stem}.safetensors.index.json");
+    let Some(index) = files.read_text(&index_path)? else { return Ok(None) };
+    let mut shards = std::collections::HashMap::new();
+    for shard in ShardedSafetensors::shard_names(&index)? {
+        let source = files
+            .open(&format!("{dir}/{shard}"))?
+            .ok_or_else(|| Error::Invalid(format!("{index_path} lists {shard}, which is missing")))?;
+        shards.insert(shard, source);
+    }
+    Ok(Some(Box::new(ShardedSafetensors::open(&index, shards)?)))
+}
+
+fn missing(part: &str, flag: &str, folder_path: &str) -> Error {
+    Error::Invalid(format!("no {part}: give {flag} FILE, or --model DIR with {folder_path}"))
+}
+
+/// The DiT from `--transformer` (BFL/diffusers safetensors or GGUF) or `transformer/`; the configuration is
+/// inferred from the tensor shapes and reconciled with `transformer/config.json` when the folder has one.
+pub fn load_transformer(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, device: &Device) -> Result<(Flux, FluxConfig)> {
+    let weights: Box<dyn Weights> = match file {
+        Some(source) => match open_container(source)? {
+            Container::Gguf(gguf) => Box::new(gguf),
+            Container::Safetensors(st) => Box::new(st),
+        },
+        None => component_weights(files, "transformer", "diffusion_pytorch_model")?
+            .ok_or_else(|| missing("transformer", "--transformer", "transformer/diffusion_pytorch_model.safetensors"))?,
+    };
+    let shapes = crate::formats::inspect::tensor_shapes(weights.as_ref());
+    let mut config = crate::formats::infer_flux_config(&shapes)?;
+    if let Some(json) = files.read_text("transformer/config.json")? {
+        config = config.reconcile(FluxConfig::from_diffusers_json(&json)?)?;
+    }
+    let is_diffusers = shapes.iter().any(|(name, _)| name.contains("transformer_blocks."));
+    let flux = if is_diffusers {
+        Flux::load(&config, &DiffusersAsBfl::new(weights), device)?
+    } else {
+        Flux::load(&config, weights.as_ref(), device)?
+    };
+    Ok((flux, config))
+}
+
+/// T5 from `--t5` (a llama.cpp GGUF with its tokenizer, or transformers safetensors) or `text_encoder_2/`.
+pub fn load_t5(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, device: &Device) -> Result<(T5Encoder, T5Tokenizer)> {
+    if let Some(source) = file {
+        if let Container::Gguf(gguf) = open_container(source)? {
+            let tokenizer = match folder_t5_tokenizer(files)? {
+                Some(tokenizer) => tokenizer,
+                None => t5_tokenizer_from_gguf(&gguf)?,
+            };
+            let arch = gguf.metadata("general.architecture").and_then(|v| v.as_str()).unwrap_or("t5encoder").to_string();
+            let vocab = gguf.shape("token_embd.weight").map(|s| s[0]).ok_or_else(|| Error::Invalid("the T5 GGUF has no token_embd".into()))?;
+            let config = T5Config::from_gguf_kv(&arch, |key| gguf.metadata(key).and_then(number), vocab)?;
+            let encoder = T5Encoder::load(&config, &LlamaCppT5Names::new(gguf), device)?;
+            return Ok((encoder, tokenizer));
+        }
+        // Safetensors: reopen through the same path as a folder component.
+        return Err(Error::Invalid("a T5 safetensors file is not supported as --t5; use a T5 GGUF or the folder's text_encoder_2/".into()));
+    }
+    let weights = component_weights(files, "text_encoder_2", "model")?
+        .ok_or_else(|| missing("T5 encoder", "--t5", "text_encoder_2/model.safetensors"))?;
+    let config = match files.read_text("text_encoder_2/config.json")? {
+        Some(json) => T5Config::from_hf_json(&json)?,
+        None => T5Config::from_weights(weights.as_ref())?,
+    };
+    let tokenizer = folder_t5_tokenizer(files)?
+        .ok_or_else(|| missing("T5 tokenizer", "--t5 (a GGUF carries one)", "tokenizer_2/tokenizer.json or tokenizer_2/spiece.model"))?;
+    Ok((T5Encoder::load(&config, weights.as_ref(), device)?, tokenizer))
+}
+
+fn number(value: &crate::formats::GgufValue) -> Option<f64> {
+    value.as_f32().map(f64::from).or_else(|| value.as_u64().map(|v| v as f64))
+}
+
+fn folder_t5_tokenizer(files: &dyn ModelFiles) -> Result<Option<T5Tokenizer>> {
+    if let Some(source) = files.open("tokenizer_2/tokenizer.json")? {
+        return T5Tokenizer::from_tokenizer_json(&read_all(source.as_ref())?).map(Some);
+    }
+    if let Some(source) = files.open("tokenizer_2/spiece.model")? {
+        return T5Tokenizer::from_spiece_model(&read_all(source.as_ref())?).map(Some);
+    }
+    Ok(None)
+}
+
+/// The SentencePiece vocabulary llama.cpp stores in a T5 GGUF (`tokenizer.ggml.*`).
+pub fn t5_tokenizer_from_gguf(gguf: &GgufFile) -> Result<T5Tokenizer> {
+    let key = |name: &str| gguf.metadata(&format!("tokenizer.ggml.{name}"));
+    let need = |name: &str| key(name).ok_or_else(|| Error::Invalid(format!("the T5 GGUF has no tokenizer.ggml.{name}")));
+    let tokens = need("tokens")?.as_array().and_then(|a| a.as_strings()).ok_or_else(|| Error::Invalid("tokenizer.ggml.tokens is not a string array".into()))?.to_vec();
+    let scores = need("scores")?.as_array().and_then(|a| a.as_f32s()).ok_or_else(|| Error::Invalid("tokenizer.ggml.scores is not an f32 array".into()))?.to_vec();
+    let types = need("token_type")?.as_array().and_then(|a| a.as_i32s()).ok_or_else(|| Error::Invalid("tokenizer.ggml.token_type is not an i32 array".into()))?.to_vec();
+    let charsmap = key("precompiled_charsmap").and_then(|v| v.as_array()).and_then(|a| a.as_bytes()).map(<[u8]>::to_vec).unwrap_or_default();
+    let flag = |name: &str, default: bool| key(name).and_then(|v| v.as_bool()).unwrap_or(default);
+    let id = |name: &str, default: u32| key(name).and_then(|v| v.as_u64()).map(|v| v as u32).unwrap_or(default);
+    T5Tokenizer::from_gguf_vocab(
+        tokens,
+        scores,
+        types,
+        charsmap,
+        flag("add_space_prefix", true),
+        flag("remove_extra_whitespaces", true),
+        id("eos_token_id", 1),
+        id("unknown_token_id", 2),
+        id("padding_token_id", 0),
+    )
+}
+
+/// CLIP-L from `--clip` (`clip_l.safetensors`) or `text_encoder/`; the tokenizer always from `tokenizer/`.
+pub fn load_clip(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, device: &Device) -> Result<(ClipTextTransformer, ClipTokenizer)> {
+    let weights: Box<dyn Weights> = match file {
+        Some(source) => match open_container(source)? {
+            Container::Safetensors(st) => Box::new(st),
+            Container::Gguf(_) => return Err(Error::Invalid("CLIP as GGUF is not supported; use clip_l.safetensors".into())),
+        },
+        None => component_weights(files, "text_encoder", "model")?
+            .ok_or_else(|| missing("CLIP text encoder", "--clip", "text_encoder/model.safetensors"))?,
+    };
+    let config = match files.read_text("text_encoder/config.json")? {
+        Some(json) => ClipTextConfig::from_hf_json(&json)?,
+        None => ClipTextConfig::from_weights(weights.as_ref(), CLIP_HEAD_DIM)?,
+    };
+    let tokenizer = match (files.read_text("tokenizer/vocab.json")?, files.read_text("tokenizer/merges.txt")?) {
+        (Some(vocab), Some(merges)) => ClipTokenizer::from_vocab_merges(&vocab, &merges)?,
+        _ => match files.open("tokenizer/tokenizer.json")? {
+            Some(source) => ClipTokenizer::from_tokenizer_json(&read_all(source.as_ref())?)?,
+            None => return Err(missing("CLIP tokenizer", "--model DIR", "tokenizer/vocab.json and tokenizer/merges.txt")),
+        },
+    };
+    Ok((ClipTextTransformer::load(&config, weights.as_ref(), device)?, tokenizer))
+}
+
+/// The VAE from `--vae` (BFL `ae.safetensors` or diffusers) or `vae/`. Group-norm groups cannot be seen in
+/// shapes: they come from `vae/config.json` when the folder has one, else Flux's 32.
+pub fn load_vae(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, device: &Device) -> Result<Vae> {
+    let weights: Box<dyn Weights> = match file {
+        Some(source) => match open_container(source)? {
+            Container::Safetensors(st) => Box::new(st),
+            Container::Gguf(_) => return Err(Error::Invalid("a VAE as GGUF is not supported; use ae.safetensors".into())),
+        },
+        None => component_weights(files, "vae", "diffusion_pytorch_model")?
+            .ok_or_else(|| missing("VAE", "--vae", "vae/diffusion_pytorch_model.safetensors"))?,
+    };
+    let folder_config = files.read_text("vae/config.json")?.map(|json| VaeConfig::from_diffusers_json(&json)).transpose()?;
+    if LdmVaeWeights::is_ldm(weights.as_ref()) {
+        let renamed = LdmVaeWeights::new(weights.as_ref())?;
+        let mut config = VaeConfig::infer(&renamed)?;
+        if let Some(folder) = &folder_config {
+            config = config.with_norm_num_groups(folder.norm_num_groups);
+        }
+        return Vae::load(&config, &renamed, device);
+    }
+    let config = match folder_config {
+        Some(config) => config,
+        None => VaeConfig::infer(weights.as_ref())?,
+    };
+    Vae::load(&config, weights.as_ref(), device)
+}
