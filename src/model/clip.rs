@@ -345,78 +345,8 @@ fn pooled_at_first_max(hidden: Tensor<3>, ids: Tensor<2, Int>) -> Tensor<2> {
 
 /// Test-only helpers shared by the text-encoder tests: safetensors fixtures as [`Weights`] and goldens.
 #[cfg(test)]
-pub(crate) mod testing {
-    use burn::tensor::TensorData;
-    use safetensors::{Dtype, SafeTensors};
-
-    use crate::weights::{HostTensor, Weights};
-    use crate::{Error, Result};
-
-    /// The tiny reference fixtures.
-    pub(crate) const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
-
-    /// A safetensors file held in memory.
-    pub(crate) struct SafetensorsWeights {
-        bytes: Vec<u8>,
-    }
-
-    impl SafetensorsWeights {
-        /// Reads `path`, relative to [`TINY`].
-        pub(crate) fn open(path: &str) -> Self {
-            let bytes = std::fs::read(format!("{TINY}/{path}")).unwrap_or_else(|e| panic!("{path}: {e}"));
-            Self { bytes }
-        }
-
-        fn tensors(&self) -> SafeTensors<'_> {
-            SafeTensors::deserialize(&self.bytes).expect("valid safetensors")
-        }
-    }
-
-    impl Weights for SafetensorsWeights {
-        fn names(&self) -> Vec<String> {
-            SafeTensors::read_metadata(&self.bytes).expect("valid safetensors").1.offset_keys()
-        }
-
-        fn shape(&self, name: &str) -> Option<Vec<usize>> {
-            self.tensors().tensor(name).ok().map(|t| t.shape().to_vec())
-        }
-
-        fn read(&self, name: &str) -> Result<HostTensor> {
-            let tensors = self.tensors();
-            let view = tensors.tensor(name).map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
-            let data = match view.dtype() {
-                Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-                Dtype::F16 => view
-                    .data()
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes(b.try_into().unwrap()).to_f32())
-                    .collect(),
-                other => return Err(Error::Invalid(format!("{name}: test reader has no {other:?}"))),
-            };
-            HostTensor::new(view.shape().to_vec(), data)
-        }
-    }
-
-    /// The f32 tensor `key` of `tests/fixtures/tiny/golden/{file}`.
-    pub(crate) fn golden(file: &str, key: &str) -> TensorData {
-        let tensor = SafetensorsWeights::open(&format!("golden/{file}")).read(key).unwrap();
-        TensorData::new(tensor.data, tensor.shape)
-    }
-
-    /// The int64 tensor `key` of `golden/golden_run.safetensors`, as `[rows, cols]` ids.
-    pub(crate) fn golden_ids(key: &str) -> TensorData {
-        let file = SafetensorsWeights::open("golden/golden_run.safetensors");
-        let tensors = file.tensors();
-        let view = tensors.tensor(key).unwrap();
-        assert_eq!(view.dtype(), Dtype::I64);
-        let ids: Vec<i64> = view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
-        TensorData::new(ids, view.shape().to_vec())
-    }
-}
-
-#[cfg(test)]
 mod tests {
-    use super::testing::{SafetensorsWeights, TINY, golden, golden_ids};
+    use crate::model::testing::{FixtureFile, TINY, golden, golden_ids};
     use super::*;
     use burn::tensor::Tolerance;
 
@@ -427,7 +357,7 @@ mod tests {
 
     fn check_against_golden(path: &str) {
         let device = crate::device::cpu();
-        let weights = SafetensorsWeights::open(path);
+        let weights = FixtureFile::open(path);
         let model = ClipTextTransformer::load(&tiny_config(), &weights, &device).unwrap();
         let ids = Tensor::<2, Int>::from_data(golden_ids("clip_input_ids"), &device);
         let (last, pooled) = model.forward(ids).unwrap();
@@ -446,7 +376,7 @@ mod tests {
 
     #[test]
     fn config_inferred_from_shapes_matches_config_json() {
-        let weights = SafetensorsWeights::open("bfl_gguf/clip_l.safetensors");
+        let weights = FixtureFile::open("bfl_gguf/clip_l.safetensors");
         assert_eq!(ClipTextConfig::from_weights(&weights, 8).unwrap(), ClipTextConfig::tiny());
         assert!(ClipTextConfig::from_weights(&weights, CLIP_HEAD_DIM).is_err());
     }
@@ -469,7 +399,7 @@ mod tests {
     #[test]
     fn embeddings_match_golden() {
         let device = crate::device::cpu();
-        let weights = SafetensorsWeights::open("bfl_gguf/clip_l.safetensors");
+        let weights = FixtureFile::open("bfl_gguf/clip_l.safetensors");
         let model = ClipTextTransformer::load(&tiny_config(), &weights, &device).unwrap();
         let ids = Tensor::<2, Int>::from_data(golden_ids("clip_input_ids"), &device);
         model.embed(ids).unwrap().into_data().assert_approx_eq::<f32>(
@@ -493,21 +423,21 @@ mod tests {
     #[test]
     fn load_rejects_a_wrong_config_and_missing_tensors() {
         let device = crate::device::cpu();
-        let weights = SafetensorsWeights::open("bfl_gguf/clip_l.safetensors");
+        let weights = FixtureFile::open("bfl_gguf/clip_l.safetensors");
         let wide = ClipTextConfig { hidden_size: 64, ..ClipTextConfig::tiny() };
         let err = ClipTextTransformer::load(&wide, &weights, &device).unwrap_err().to_string();
         assert!(err.contains("text_model.embeddings.token_embedding.weight"), "{err}");
         let deep = ClipTextConfig { num_hidden_layers: 3, ..ClipTextConfig::tiny() };
         let err = ClipTextTransformer::load(&deep, &weights, &device).unwrap_err().to_string();
         assert!(err.contains("missing tensor `text_model.encoder.layers.2"), "{err}");
-        let t5 = SafetensorsWeights::open("FLUX.1-Kontext-dev-tiny/text_encoder_2/model.safetensors");
+        let t5 = FixtureFile::open("FLUX.1-Kontext-dev-tiny/text_encoder_2/model.safetensors");
         assert!(ClipTextTransformer::load(&ClipTextConfig::tiny(), &t5, &device).is_err());
     }
 
     #[test]
     fn forward_rejects_sequences_longer_than_the_position_table() {
         let device = crate::device::cpu();
-        let weights = SafetensorsWeights::open("bfl_gguf/clip_l.safetensors");
+        let weights = FixtureFile::open("bfl_gguf/clip_l.safetensors");
         let model = ClipTextTransformer::load(&tiny_config(), &weights, &device).unwrap();
         let ids = Tensor::<2, Int>::zeros([1, 78], &device);
         assert!(model.forward(ids).is_err());

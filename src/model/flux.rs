@@ -549,7 +549,7 @@ fn expect_dims(what: &str, found: &[usize], expected: &[usize]) -> Result<()> {
 mod tests {
     use super::*;
     use crate::device::cpu;
-    use crate::model::testing::SafetensorsFile;
+    use crate::model::testing::FixtureFile;
     use crate::model::transformer_remap::DiffusersAsBfl;
     use burn::tensor::Tolerance;
 
@@ -564,7 +564,7 @@ mod tests {
     }
 
     /// Runs transformer call `call` of the golden run and compares the full output.
-    fn check_call(model: &Flux, run: &SafetensorsFile, call: usize, device: &Device) {
+    fn check_call(model: &Flux, run: &FixtureFile, call: usize, device: &Device) {
         let first = |key: &str| format!("transformer_in_0_{key}");
         let out = model
             .forward(
@@ -583,8 +583,8 @@ mod tests {
     #[test]
     fn bfl_weights_match_diffusers_on_all_four_calls() {
         let device = cpu();
-        let model = Flux::load(&FluxConfig::tiny(), &SafetensorsFile::open(BFL), &device).unwrap();
-        let run = SafetensorsFile::open("golden/golden_run.safetensors");
+        let model = Flux::load(&FluxConfig::tiny(), &FixtureFile::open(BFL), &device).unwrap();
+        let run = FixtureFile::open("golden/golden_run.safetensors");
         // The pipeline passes σ = t/1000 (call 0: 1.0); the model multiplies timestep and guidance by 1000.
         let sigma: Tensor<1> = run.tensor("transformer_in_0_timestep", &device);
         sigma.into_data().assert_eq(&TensorData::new(vec![1.0f32], [1]), false);
@@ -596,15 +596,15 @@ mod tests {
     #[test]
     fn diffusers_weights_through_remap_match() {
         let device = cpu();
-        let weights = DiffusersAsBfl::new(SafetensorsFile::open(DIFFUSERS));
+        let weights = DiffusersAsBfl::new(FixtureFile::open(DIFFUSERS));
         let model = Flux::load(&FluxConfig::tiny(), &weights, &device).unwrap();
-        check_call(&model, &SafetensorsFile::open("golden/golden_run.safetensors"), 0, &device);
+        check_call(&model, &FixtureFile::open("golden/golden_run.safetensors"), 0, &device);
     }
 
     #[test]
     fn remapped_diffusers_tensors_equal_the_bfl_file() {
-        let bfl = SafetensorsFile::open(BFL);
-        let remapped = DiffusersAsBfl::new(SafetensorsFile::open(DIFFUSERS));
+        let bfl = FixtureFile::open(BFL);
+        let remapped = DiffusersAsBfl::new(FixtureFile::open(DIFFUSERS));
         let (mut ours, mut theirs) = (remapped.names(), bfl.names());
         ours.sort();
         theirs.sort();
@@ -619,9 +619,9 @@ mod tests {
     #[test]
     fn step0_internals_match() {
         let device = cpu();
-        let model = Flux::load(&FluxConfig::tiny(), &SafetensorsFile::open(BFL), &device).unwrap();
-        let run = SafetensorsFile::open("golden/golden_run.safetensors");
-        let golden = SafetensorsFile::open("golden/golden_transformer_step0.safetensors");
+        let model = Flux::load(&FluxConfig::tiny(), &FixtureFile::open(BFL), &device).unwrap();
+        let run = FixtureFile::open("golden/golden_run.safetensors");
+        let golden = FixtureFile::open("golden/golden_transformer_step0.safetensors");
         let input = |key: &str| format!("transformer_in_0_{key}");
 
         let vec = model
@@ -689,7 +689,7 @@ mod tests {
     #[test]
     fn config_mismatches_are_named() {
         let device = cpu();
-        let weights = SafetensorsFile::open(BFL);
+        let weights = FixtureFile::open(BFL);
         let wider = FluxConfig { hidden_size: 128, axes_dim: vec![8, 8, 16], ..FluxConfig::tiny() };
         let err = Flux::load(&wider, &weights, &device).unwrap_err().to_string();
         assert_eq!(err, "tensor `img_in.weight` has shape [64, 64], expected [128, 64]");
@@ -704,7 +704,7 @@ mod tests {
     #[test]
     fn missing_guidance_is_an_error() {
         let device = cpu();
-        let model = Flux::load(&FluxConfig::tiny(), &SafetensorsFile::open(BFL), &device).unwrap();
+        let model = Flux::load(&FluxConfig::tiny(), &FixtureFile::open(BFL), &device).unwrap();
         let t = Tensor::<1>::ones([1], &device);
         let err = model.conditioning(t, Tensor::zeros([1, 32], &device), None).unwrap_err().to_string();
         assert_eq!(err, "this model is guidance-distilled ([dev]): a guidance value is required");

@@ -561,7 +561,7 @@ pub(crate) mod test_gguf {
 mod tests {
     use super::test_gguf::GgufHeader;
     use super::*;
-    use crate::model::clip::testing::{SafetensorsWeights, TINY, golden, golden_ids};
+    use crate::model::testing::{FixtureFile, TINY, golden, golden_ids};
     use burn::tensor::Tolerance;
 
     const HF_T5: &str = "FLUX.1-Kontext-dev-tiny/text_encoder_2/model.safetensors";
@@ -579,7 +579,7 @@ mod tests {
     #[test]
     fn configs_from_json_shapes_and_gguf_agree() {
         assert_eq!(tiny_config(), T5Config::tiny());
-        assert_eq!(T5Config::from_weights(&SafetensorsWeights::open(HF_T5)).unwrap(), T5Config::tiny());
+        assert_eq!(T5Config::from_weights(&FixtureFile::open(HF_T5)).unwrap(), T5Config::tiny());
         let header = gguf_header();
         let lookup = |key: &str| header.kv.get(key).map(|v| v.as_f64());
         let from_gguf = T5Config::from_gguf_kv("t5encoder", lookup, 248).unwrap();
@@ -627,7 +627,7 @@ mod tests {
     #[test]
     fn hf_weights_match_golden_prompt_embeds_and_block0() {
         let device = crate::device::cpu();
-        let model = T5Encoder::load(&tiny_config(), &SafetensorsWeights::open(HF_T5), &device).unwrap();
+        let model = T5Encoder::load(&tiny_config(), &FixtureFile::open(HF_T5), &device).unwrap();
         let ids = Tensor::<2, Int>::from_data(golden_ids("t5_input_ids"), &device);
         let [_, n] = ids.dims();
         let tolerance = Tolerance::absolute(1e-4);
@@ -646,7 +646,7 @@ mod tests {
     #[test]
     fn llama_cpp_names_map_onto_the_hf_checkpoint() {
         let header = gguf_header();
-        let hf = SafetensorsWeights::open(HF_T5);
+        let hf = FixtureFile::open(HF_T5);
         let mut mapped: Vec<String> = header
             .tensors
             .iter()
@@ -667,7 +667,7 @@ mod tests {
     #[test]
     fn renamed_weights_load_and_match_golden() {
         /// The HF checkpoint under llama.cpp names, standing in for a GGUF reader.
-        struct AsLlamaCpp(SafetensorsWeights);
+        struct AsLlamaCpp(FixtureFile);
         impl Weights for AsLlamaCpp {
             fn names(&self) -> Vec<String> {
                 self.0.names().iter().map(|n| llama_cpp_name_from_hf(n).unwrap()).collect()
@@ -681,7 +681,7 @@ mod tests {
                 self.0.read(&hf)
             }
         }
-        let weights = LlamaCppT5Names::new(AsLlamaCpp(SafetensorsWeights::open(HF_T5)));
+        let weights = LlamaCppT5Names::new(AsLlamaCpp(FixtureFile::open(HF_T5)));
         assert!(weights.names().contains(&"encoder.block.1.layer.1.DenseReluDense.wo.weight".to_string()));
         let device = crate::device::cpu();
         let model = T5Encoder::load(&T5Config::from_weights(&weights).unwrap(), &weights, &device).unwrap();
@@ -705,7 +705,7 @@ mod tests {
     #[test]
     fn load_rejects_wrong_shapes() {
         let device = crate::device::cpu();
-        let weights = SafetensorsWeights::open(HF_T5);
+        let weights = FixtureFile::open(HF_T5);
         let err = T5Encoder::load(&T5Config { num_heads: 8, d_kv: 4, ..T5Config::tiny() }, &weights, &device)
             .unwrap_err()
             .to_string();

@@ -1,54 +1,69 @@
-//! Test support: f32 safetensors fixtures as [`Weights`], and golden tensors on a device.
+//! Test support: the committed fixtures (`tests/fixtures/tiny`) read through the real safetensors reader,
+//! as [`Weights`] and as golden tensors on a device.
 
 use burn::prelude::*;
-use safetensors::{Dtype, SafeTensors};
 
+use crate::formats::SafetensorsFile;
 use crate::weights::{HostTensor, Weights};
-use crate::{Error, Result};
+use crate::Result;
+
+/// The tiny reference fixtures.
+pub const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
 
 /// Path of a file under `tests/fixtures/tiny/`.
 pub fn fixture(relative: &str) -> String {
-    format!("{}/tests/fixtures/tiny/{relative}", env!("CARGO_MANIFEST_DIR"))
+    format!("{TINY}/{relative}")
 }
 
-/// A whole f32 safetensors file in memory.
-pub struct SafetensorsFile {
-    bytes: Vec<u8>,
-}
+/// A fixture safetensors file, held in memory.
+pub struct FixtureFile(SafetensorsFile);
 
-impl SafetensorsFile {
-    /// Reads the fixture at `tests/fixtures/tiny/{relative}`.
+impl FixtureFile {
+    /// Reads `tests/fixtures/tiny/{relative}`.
     pub fn open(relative: &str) -> Self {
         let path = fixture(relative);
-        Self { bytes: std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}")) }
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        Self(SafetensorsFile::open(bytes).unwrap_or_else(|e| panic!("{path}: {e}")))
     }
 
-    fn file(&self) -> SafeTensors<'_> {
-        SafeTensors::deserialize(&self.bytes).expect("valid safetensors")
-    }
-
-    /// The tensor `name` as a `D`-rank tensor on `device`.
+    /// The float tensor `name` as a `D`-rank tensor on `device`.
     pub fn tensor<const D: usize>(&self, name: &str, device: &Device) -> Tensor<D> {
         let host = self.read(name).unwrap();
         let shape: [usize; D] = host.shape.try_into().unwrap_or_else(|s| panic!("`{name}` has shape {s:?}"));
         Tensor::from_data(TensorData::new(host.data, shape), device)
     }
+
+    /// The int64 tensor `name` (token ids).
+    pub fn ids(&self, name: &str) -> TensorData {
+        let info = self.0.tensor(name).unwrap_or_else(|| panic!("no tensor `{name}`"));
+        assert_eq!(info.dtype, "I64", "`{name}` is not int64");
+        let bytes = self.0.raw(name).unwrap();
+        let ids: Vec<i64> = bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+        TensorData::new(ids, info.shape.clone())
+    }
 }
 
-impl Weights for SafetensorsFile {
+impl Weights for FixtureFile {
     fn names(&self) -> Vec<String> {
-        self.file().names().into_iter().map(String::from).collect()
+        self.0.names()
     }
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.file().tensor(name).ok().map(|view| view.shape().to_vec())
+        self.0.shape(name)
     }
 
     fn read(&self, name: &str) -> Result<HostTensor> {
-        let file = self.file();
-        let view = file.tensor(name).map_err(|_| Error::Invalid(format!("missing tensor `{name}`")))?;
-        assert_eq!(view.dtype(), Dtype::F32, "`{name}` is not f32");
-        let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        HostTensor::new(view.shape().to_vec(), data)
+        self.0.read(name)
     }
+}
+
+/// The float tensor `key` of `tests/fixtures/tiny/golden/{file}`.
+pub fn golden(file: &str, key: &str) -> TensorData {
+    let tensor = FixtureFile::open(&format!("golden/{file}")).read(key).unwrap();
+    TensorData::new(tensor.data, tensor.shape)
+}
+
+/// The int64 tensor `key` of `golden/golden_run.safetensors`.
+pub fn golden_ids(key: &str) -> TensorData {
+    FixtureFile::open("golden/golden_run.safetensors").ids(key)
 }

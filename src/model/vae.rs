@@ -510,61 +510,9 @@ impl Loader<'_> {
     }
 }
 
-/// Test helpers shared by the VAE tests: a [`Weights`] over a safetensors file, and golden tensors.
-#[cfg(test)]
-pub(crate) mod test_support {
-    use burn::tensor::{Device, Tensor, TensorData};
-    use safetensors::{Dtype, SafeTensors};
-
-    use crate::weights::{HostTensor, Weights};
-    use crate::{Error, Result};
-
-    /// A whole safetensors file in memory (f32 tensors only).
-    pub struct SafetensorsWeights {
-        bytes: Vec<u8>,
-    }
-
-    impl SafetensorsWeights {
-        /// Reads `tests/fixtures/tiny/<relative>`.
-        pub fn fixture(relative: &str) -> Self {
-            let path = format!("{}/tests/fixtures/tiny/{relative}", env!("CARGO_MANIFEST_DIR"));
-            Self { bytes: std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}")) }
-        }
-
-        fn file(&self) -> SafeTensors<'_> {
-            SafeTensors::deserialize(&self.bytes).expect("valid safetensors fixture")
-        }
-
-        /// The tensor `name` on `device`.
-        pub fn tensor<const D: usize>(&self, name: &str, device: &Device) -> Tensor<D> {
-            let host = self.read(name).unwrap();
-            Tensor::from_data(TensorData::new(host.data, host.shape), device)
-        }
-    }
-
-    impl Weights for SafetensorsWeights {
-        fn names(&self) -> Vec<String> {
-            let (_, metadata) = SafeTensors::read_metadata(&self.bytes).expect("valid safetensors fixture");
-            metadata.offset_keys()
-        }
-
-        fn shape(&self, name: &str) -> Option<Vec<usize>> {
-            self.file().tensor(name).ok().map(|view| view.shape().to_vec())
-        }
-
-        fn read(&self, name: &str) -> Result<HostTensor> {
-            let file = self.file();
-            let view = file.tensor(name).map_err(|e| Error::Invalid(format!("`{name}`: {e}")))?;
-            assert_eq!(view.dtype(), Dtype::F32, "fixture tensor `{name}` is not f32");
-            let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            HostTensor::new(view.shape().to_vec(), data)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::test_support::SafetensorsWeights;
+    use crate::model::testing::FixtureFile;
     use super::*;
     use burn::tensor::Tolerance;
 
@@ -574,12 +522,12 @@ mod tests {
     }
 
     fn tiny_vae(device: &Device) -> Vae {
-        let weights = SafetensorsWeights::fixture("FLUX.1-Kontext-dev-tiny/vae/diffusion_pytorch_model.safetensors");
+        let weights = FixtureFile::open("FLUX.1-Kontext-dev-tiny/vae/diffusion_pytorch_model.safetensors");
         Vae::load(&tiny_config(), &weights, device).unwrap()
     }
 
-    fn internals() -> SafetensorsWeights {
-        SafetensorsWeights::fixture("golden/golden_text_vae_internals.safetensors")
+    fn internals() -> FixtureFile {
+        FixtureFile::open("golden/golden_text_vae_internals.safetensors")
     }
 
     #[test]
@@ -606,7 +554,7 @@ mod tests {
     #[test]
     fn scaled_mean_is_the_golden_reference_latent_and_unscale_inverts_it() {
         let device = crate::device::cpu();
-        let run = SafetensorsWeights::fixture("golden/golden_run.safetensors");
+        let run = FixtureFile::open("golden/golden_run.safetensors");
         let image = run.tensor::<4>("reference_image_preprocessed", &device);
         let expected = run.tensor::<4>("image_latents_unpacked_scaled", &device); // [1, 16, 8, 12]
         let vae = tiny_vae(&device);
@@ -618,7 +566,7 @@ mod tests {
 
     #[test]
     fn inferred_config_equals_config_json_once_groups_are_given() {
-        let weights = SafetensorsWeights::fixture("FLUX.1-Kontext-dev-tiny/vae/diffusion_pytorch_model.safetensors");
+        let weights = FixtureFile::open("FLUX.1-Kontext-dev-tiny/vae/diffusion_pytorch_model.safetensors");
         let inferred = VaeConfig::infer(&weights).unwrap();
         assert_eq!(inferred.norm_num_groups, 32);
         assert_eq!(inferred.with_norm_num_groups(4), tiny_config());
@@ -634,7 +582,7 @@ mod tests {
         assert!(vae.encode(odd).is_err());
         assert!(vae.decode(Tensor::<4>::zeros([1, 4, 8, 8], &device)).is_err());
 
-        let weights = SafetensorsWeights::fixture("FLUX.1-Kontext-dev-tiny/vae/diffusion_pytorch_model.safetensors");
+        let weights = FixtureFile::open("FLUX.1-Kontext-dev-tiny/vae/diffusion_pytorch_model.safetensors");
         let wider = VaeConfig { block_out_channels: vec![8, 16, 32, 64], ..tiny_config() };
         let err = Vae::load(&wider, &weights, &device).unwrap_err().to_string();
         assert!(err.contains("encoder.down_blocks.3.resnets.0.conv1.weight"), "{err}");

@@ -142,14 +142,14 @@ fn to_diffusers(ldm: &str, decoder_levels: usize) -> (String, Transform) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::vae::test_support::SafetensorsWeights;
+    use crate::model::testing::FixtureFile;
     use crate::model::vae::{Vae, VaeConfig};
     use burn::tensor::Tolerance;
 
     #[test]
     fn ae_safetensors_becomes_the_diffusers_checkpoint_tensor_for_tensor() {
-        let ae = SafetensorsWeights::fixture("bfl_gguf/ae.safetensors");
-        let diffusers = SafetensorsWeights::fixture("FLUX.1-Kontext-dev-tiny/vae/diffusion_pytorch_model.safetensors");
+        let ae = FixtureFile::open("bfl_gguf/ae.safetensors");
+        let diffusers = FixtureFile::open("FLUX.1-Kontext-dev-tiny/vae/diffusion_pytorch_model.safetensors");
         assert!(LdmVaeWeights::is_ldm(&ae) && !LdmVaeWeights::is_ldm(&diffusers));
         let remapped = LdmVaeWeights::new(&ae).unwrap();
         let mut got = remapped.names();
@@ -178,7 +178,7 @@ mod tests {
     #[test]
     fn bfl_ae_encodes_and_decodes_like_the_goldens() {
         let device = crate::device::cpu();
-        let ae = SafetensorsWeights::fixture("bfl_gguf/ae.safetensors");
+        let ae = FixtureFile::open("bfl_gguf/ae.safetensors");
         let remapped = LdmVaeWeights::new(&ae).unwrap();
         let json = include_str!("../../tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/vae/config.json");
         let groups = VaeConfig::from_diffusers_json(json).unwrap().norm_num_groups;
@@ -186,7 +186,7 @@ mod tests {
         assert_eq!(cfg.block_out_channels, [8, 16, 32, 32]);
         let vae = Vae::load(&cfg, &remapped, &device).unwrap();
 
-        let golden = SafetensorsWeights::fixture("golden/golden_text_vae_internals.safetensors");
+        let golden = FixtureFile::open("golden/golden_text_vae_internals.safetensors");
         let mean = vae.encode(golden.tensor::<4>("vae_encoder_input_image", &device)).unwrap();
         let moments = golden.tensor::<4>("vae_encoder_moments", &device); // [1, 32, 8, 12]
         mean.into_data().assert_approx_eq::<f32>(&moments.narrow(1, 0, 16).into_data(), Tolerance::absolute(1e-4));

@@ -153,16 +153,16 @@ pub fn decode_latents(vae: &Vae, latents: Tensor<3>, latent_height: usize, laten
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::testing::{SafetensorsFile, fixture};
+    use crate::model::testing::{FixtureFile, fixture};
     use crate::model::vae_config::VaeConfig;
     use crate::model::FluxConfig;
     use crate::pipeline::image;
     use burn::tensor::Tolerance;
 
     fn networks(device: &Device) -> (Flux, Vae) {
-        let flux = Flux::load(&FluxConfig::tiny(), &SafetensorsFile::open("bfl_gguf/transformer_bfl.safetensors"), device).unwrap();
+        let flux = Flux::load(&FluxConfig::tiny(), &FixtureFile::open("bfl_gguf/transformer_bfl.safetensors"), device).unwrap();
         let config = std::fs::read_to_string(fixture("FLUX.1-Kontext-dev-tiny/vae/config.json")).unwrap();
-        let vae_weights = SafetensorsFile::open("FLUX.1-Kontext-dev-tiny/vae/diffusion_pytorch_model.safetensors");
+        let vae_weights = FixtureFile::open("FLUX.1-Kontext-dev-tiny/vae/diffusion_pytorch_model.safetensors");
         let vae = Vae::load(&VaeConfig::from_diffusers_json(&config).unwrap(), &vae_weights, device).unwrap();
         (flux, vae)
     }
@@ -172,12 +172,12 @@ mod tests {
         encode_reference(vae, image::to_tensor(&pixels, device)).unwrap()
     }
 
-    fn close<const D: usize>(got: Tensor<D>, golden: &SafetensorsFile, key: &str, device: &Device) {
+    fn close<const D: usize>(got: Tensor<D>, golden: &FixtureFile, key: &str, device: &Device) {
         got.into_data().assert_approx_eq::<f32>(&golden.tensor::<D>(key, device).into_data(), Tolerance::absolute(1e-4));
     }
 
     /// Runs the 4 golden steps (text embeddings taken from the golden) and checks every step and the image.
-    fn check_denoising(golden: &SafetensorsFile, output_png: &str, references: Vec<Tensor<4>>, flux: &Flux, vae: &Vae, device: &Device) {
+    fn check_denoising(golden: &FixtureFile, output_png: &str, references: Vec<Tensor<4>>, flux: &Flux, vae: &Vae, device: &Device) {
         let text = TextConditioning { t5: golden.tensor("t5_prompt_embeds", device), pooled: golden.tensor("clip_pooled", device) };
         let denoiser = KontextDenoiser::new(flux, text, References::from_latents(references), 10, 8, 2.5, device);
         let mut sampler = sampler(golden.tensor("latents_init_packed", device), 4);
@@ -199,7 +199,7 @@ mod tests {
     fn one_reference_edit_matches_every_golden_step_and_the_image() {
         let device = crate::device::cpu();
         let (flux, vae) = networks(&device);
-        let golden = SafetensorsFile::open("golden/golden_run.safetensors");
+        let golden = FixtureFile::open("golden/golden_run.safetensors");
         let reference = reference_latent(&vae, "golden/reference_input.png", &device);
         close(reference.clone(), &golden, "image_latents_unpacked_scaled", &device);
         check_denoising(&golden, "golden/output.png", vec![reference], &flux, &vae, &device);
@@ -209,7 +209,7 @@ mod tests {
     fn two_references_are_placed_with_the_offset_rule_and_match_the_golden() {
         let device = crate::device::cpu();
         let (flux, vae) = networks(&device);
-        let golden = SafetensorsFile::open("golden/golden_multiref.safetensors");
+        let golden = FixtureFile::open("golden/golden_multiref.safetensors");
         let references = vec![
             reference_latent(&vae, "golden/multiref_ref1.png", &device),
             reference_latent(&vae, "golden/multiref_ref2.png", &device),
