@@ -1,0 +1,394 @@
+//! The `kontext` binary end to end on the reference fixtures (`tests/fixtures/tiny`, `tests/fixtures/variant_b`;
+//! golden keys in shared/reference/README.md): edits with injected noise, single-file overrides, GGUF
+//! transformers and T5s, text-to-image, the wgpu backend, and one clear error line for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use kontext_web::formats::FileSource;
+use kontext_web::loader::{self, NoFolder};
+use kontext_web::pipeline::kontext::token_tensor;
+use safetensors::{Dtype, SafeTensors};
+
+const TINY: &str = "tests/fixtures/tiny";
+const TINY_MODEL: &str = "tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny";
+const VARIANT_B: &str = "tests/fixtures/variant_b";
+const VARIANT_B_MODEL: &str = "tests/fixtures/variant_b/FLUX.1-Kontext-dev-tiny";
+const TINY_PROMPT: &str = "Make the red square blue and add a small yellow sun in the sky";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("kontext-cli-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+
+    fn arg(&self, file: &str) -> String {
+        self.path(file).to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `kontext args…` in the repository root (fixture paths are relative to it).
+fn kontext(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kontext")).args(args).current_dir(root()).output().expect("cannot start kontext")
+}
+
+fn run_ok(args: &[&str]) -> Output {
+    let started = std::time::Instant::now();
+    let output = kontext(args);
+    assert!(
+        output.status.success(),
+        "kontext {args:?} failed ({:?}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("kontext {} took {:.1} s", args[0], started.elapsed().as_secs_f64());
+    output
+}
+
+/// `(shape, values)` of an F32 (or integer, converted) tensor of a safetensors file.
+fn read(path: impl AsRef<Path>, key: &str) -> (Vec<usize>, Vec<f32>) {
+    let path = root().join(path);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let view = file.tensor(key).unwrap_or_else(|e| panic!("{}: {key}: {e}", path.display()));
+    let data = view.data();
+    let values = match view.dtype() {
+        Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+        Dtype::I64 => data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+        Dtype::U8 => data.iter().map(|&b| f32::from(b)).collect(),
+        other => panic!("{}: {key} is {other:?}", path.display()),
+    };
+    (view.shape().to_vec(), values)
+}
+
+/// Writes F32 tensors `(name, shape, values)` to a safetensors file.
+fn write(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let views: Vec<(&str, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), data)| (*name, safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// Copies `key` of a golden file into `noise` of a new file (the `--noise` input).
+fn write_noise(path: &Path, golden: &str, key: &str) {
+    let (shape, values) = read(golden, key);
+    write(path, &[("noise", shape, values)]);
+}
+
+/// The golden transformer call 0 of `golden_run` as a `kontext forward --inputs` file.
+fn write_forward_inputs(path: &Path, golden_run: &str) {
+    let names = ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "guidance", "img_ids", "txt_ids"];
+    let tensors: Vec<(&str, Vec<usize>, Vec<f32>)> = names
+        .iter()
+        .map(|name| {
+            let (shape, values) = read(golden_run, &format!("transformer_in_0_{name}"));
+            (*name, shape, values)
+        })
+        .collect();
+    write(path, &tensors);
+}
+
+fn assert_close(got: (Vec<usize>, Vec<f32>), want: (Vec<usize>, Vec<f32>), atol: f32, what: &str) {
+    assert_eq!(got.0, want.0, "{what}: shape");
+    let worst = got.1.iter().zip(&want.1).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(got.1.iter().all(|v| v.is_finite()), "{what}: not finite");
+    assert!(worst <= atol, "{what}: max abs diff {worst:e} > {atol:e}");
+    eprintln!("{what}: max abs diff {worst:.2e}");
+}
+
+fn decode_png(path: impl AsRef<Path>) -> image::RgbImage {
+    image::open(root().join(path)).unwrap().to_rgb8()
+}
+
+fn assert_png_within_one_lsb(got: &Path, want: &str) {
+    let (got, want) = (decode_png(got), decode_png(want));
+    assert_eq!(got.dimensions(), want.dimensions(), "PNG size");
+    let worst = got.as_raw().iter().zip(want.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    assert!(worst <= 1, "PNG differs by {worst} LSB");
+}
+
+/// `kontext edit` of the tiny golden call (4 steps, guidance 2.5, 64×80 from the 96×64 reference) with its noise.
+fn tiny_edit(tmp: &TempDir, backend: &str, extra: &[&str]) {
+    write_noise(&tmp.path("noise.safetensors"), "tests/fixtures/tiny/golden/golden_run.safetensors", "latents_init_packed");
+    let (noise, out, dump) = (tmp.arg("noise.safetensors"), tmp.arg("out.png"), tmp.arg("dump.safetensors"));
+    let mut args = vec![
+        "edit", "--model", TINY_MODEL, "--prompt", TINY_PROMPT, "--image", "tests/fixtures/tiny/golden/reference_input.png",
+        "--width", "64", "--height", "80", "--no-resize", "--steps", "4", "--guidance", "2.5", "--noise", &noise,
+        "--backend", backend, "--out", &out, "--dump", &dump,
+    ];
+    args.extend_from_slice(extra);
+    run_ok(&args);
+}
+
+fn check_tiny_edit(tmp: &TempDir) {
+    let golden = "tests/fixtures/tiny/golden/golden_run.safetensors";
+    let dump = tmp.path("dump.safetensors");
+    assert_close(read(&dump, "latents"), read(golden, "latents_after_step_3"), 1e-4, "final latents");
+    assert_close(read(&dump, "image"), read(golden, "image_pt"), 1e-4, "image");
+    assert_png_within_one_lsb(&tmp.path("out.png"), "tests/fixtures/tiny/golden/output.png");
+}
+
+#[test]
+fn edit_from_the_diffusers_folder_matches_the_golden_run() {
+    let tmp = TempDir::new("edit");
+    tiny_edit(&tmp, "cpu", &[]);
+    check_tiny_edit(&tmp);
+}
+
+#[test]
+fn edit_with_bfl_transformer_ae_and_clip_l_overrides_matches_the_golden_run() {
+    let tmp = TempDir::new("overrides");
+    tiny_edit(
+        &tmp,
+        "cpu",
+        &[
+            "--transformer", "tests/fixtures/tiny/bfl_gguf/transformer_bfl.safetensors",
+            "--vae", "tests/fixtures/tiny/bfl_gguf/ae.safetensors",
+            "--clip", "tests/fixtures/tiny/bfl_gguf/clip_l_with_text_projection.safetensors",
+        ],
+    );
+    check_tiny_edit(&tmp);
+}
+
+#[test]
+fn edit_with_two_references_matches_the_multireference_golden() {
+    let tmp = TempDir::new("multiref");
+    let golden = "tests/fixtures/tiny/golden/golden_multiref.safetensors";
+    write_noise(&tmp.path("noise.safetensors"), golden, "latents_init_packed");
+    let (noise, out, dump) = (tmp.arg("noise.safetensors"), tmp.arg("out.png"), tmp.arg("dump.safetensors"));
+    run_ok(&[
+        "edit", "--model", TINY_MODEL, "--prompt", TINY_PROMPT,
+        "--image", "tests/fixtures/tiny/golden/multiref_ref1.png", "--image", "tests/fixtures/tiny/golden/multiref_ref2.png",
+        "--width", "64", "--height", "80", "--no-resize", "--steps", "4", "--guidance", "2.5", "--noise", &noise,
+        "--backend", "cpu", "--out", &out, "--dump", &dump,
+    ]);
+    assert_close(read(tmp.path("dump.safetensors"), "latents"), read(golden, "latents_after_step_3"), 1e-4, "final latents");
+    assert_close(read(tmp.path("dump.safetensors"), "image"), read(golden, "image_pt"), 1e-4, "image");
+    assert_png_within_one_lsb(&tmp.path("out.png"), "tests/fixtures/tiny/golden/output_multiref.png");
+}
+
+/// `kontext forward` of golden call 0 with `transformer` (the folder gives the RoPE axes) against `golden[key]`.
+fn check_forward(fixture: &str, model: &str, transformer: &str, golden: &str, key: &str) {
+    let tmp = TempDir::new("forward");
+    write_forward_inputs(&tmp.path("inputs.safetensors"), &format!("{fixture}/golden/golden_run.safetensors"));
+    let (inputs, out) = (tmp.arg("inputs.safetensors"), tmp.arg("out.safetensors"));
+    let transformer = format!("{fixture}/bfl_gguf/{transformer}");
+    run_ok(&["forward", "--model", model, "--transformer", &transformer, "--inputs", &inputs, "--out", &out, "--backend", "cpu"]);
+    assert_close(read(tmp.path("out.safetensors"), "out"), read(format!("{fixture}/{golden}"), key), 1e-4, &transformer);
+}
+
+#[test]
+fn forward_with_each_transformer_gguf_matches_its_golden() {
+    for kind in ["F16", "Q8_0", "Q4_0", "Q4_K_S"] {
+        let file = format!("transformer_bfl-{kind}.gguf");
+        check_forward(TINY, TINY_MODEL, &file, "bfl_gguf/golden_gguf_step0.safetensors", kind);
+    }
+}
+
+#[test]
+fn forward_with_the_bfl_safetensors_matches_transformer_out_0() {
+    check_forward(TINY, TINY_MODEL, "transformer_bfl.safetensors", "golden/golden_run.safetensors", "transformer_out_0");
+}
+
+#[test]
+fn edit_with_a_t5_gguf_runs_close_to_the_golden() {
+    let tmp = TempDir::new("t5gguf");
+    tiny_edit(&tmp, "cpu", &["--t5", "tests/fixtures/tiny/bfl_gguf/t5_encoder-F16.gguf"]);
+    // The F16 T5 differs from the f32 one by ~2e-3 (README), which moves the final latents by ~6e-5;
+    // a bug moves them by 1e-2 or more.
+    let golden = "tests/fixtures/tiny/golden/golden_run.safetensors";
+    let latents = read(tmp.path("dump.safetensors"), "latents");
+    assert_close(latents, read(golden, "latents_after_step_3"), 1e-3, "final latents (F16 T5)");
+    assert_eq!(decode_png(tmp.path("out.png")).dimensions(), (64, 80));
+}
+
+/// The T5 of a llama.cpp GGUF (its own tokenizer, no folder) on the golden `t5_input_ids` against `golden_t5_gguf[kind]`.
+fn check_t5_gguf(fixture: &str, kind: &str) {
+    let device = kontext_web::device::cpu();
+    let source = FileSource::open(root().join(format!("{fixture}/bfl_gguf/t5_encoder-{kind}.gguf"))).unwrap();
+    let (t5, _tokenizer) = loader::load_t5(&NoFolder, Some(Box::new(source)), &device).unwrap();
+    let (_, ids) = read(format!("{fixture}/golden/golden_run.safetensors"), "t5_input_ids");
+    let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+    let out = t5.forward(token_tensor(&ids, &device));
+    let got = (out.dims().to_vec(), out.into_data().try_into_vec_as::<f32>().unwrap());
+    let want = read(format!("{fixture}/bfl_gguf/golden_t5_gguf.safetensors"), kind);
+    assert_close(got, want, 1e-4, &format!("{fixture} T5 {kind}"));
+}
+
+#[test]
+fn t5_ggufs_match_their_goldens() {
+    check_t5_gguf(TINY, "F16");
+    check_t5_gguf(TINY, "Q8_0");
+}
+
+#[test]
+fn variant_b_edit_matches_its_golden_run() {
+    let tmp = TempDir::new("variant-b");
+    let golden = "tests/fixtures/variant_b/golden/golden_run.safetensors";
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("tests/fixtures/variant_b/golden/golden_meta.json")).unwrap()).unwrap();
+    let call = &meta["call"];
+    let prompt = call["prompt"].as_str().unwrap();
+    let (width, height) = (call["width"].to_string(), call["height"].to_string());
+    let (steps, guidance) = (call["num_inference_steps"].to_string(), call["guidance_scale"].to_string());
+    assert_eq!((width.as_str(), height.as_str(), steps.as_str(), guidance.as_str()), ("48", "64", "3", "3.0"));
+    write_noise(&tmp.path("noise.safetensors"), golden, "latents_init_packed");
+    let (noise, out, dump) = (tmp.arg("noise.safetensors"), tmp.arg("out.png"), tmp.arg("dump.safetensors"));
+    run_ok(&[
+        "edit", "--model", VARIANT_B_MODEL, "--prompt", prompt, "--image", "tests/fixtures/variant_b/golden/reference_input.png",
+        "--width", &width, "--height", &height, "--no-resize", "--steps", &steps, "--guidance", &guidance,
+        "--noise", &noise, "--backend", "cpu", "--out", &out, "--dump", &dump,
+    ]);
+    let latents = read(tmp.path("dump.safetensors"), "latents");
+    assert_close(latents, read(golden, "latents_after_step_2"), 1e-4, "variant_b final latents");
+    assert_close(read(tmp.path("dump.safetensors"), "image"), read(golden, "image_pt"), 1e-4, "variant_b image");
+    assert_png_within_one_lsb(&tmp.path("out.png"), "tests/fixtures/variant_b/golden/output.png");
+}
+
+#[test]
+fn variant_b_transformer_ggufs_and_t5_gguf_match_their_goldens() {
+    for kind in ["Q8_0", "Q4_0"] {
+        let file = format!("transformer_bfl-{kind}.gguf");
+        check_forward(VARIANT_B, VARIANT_B_MODEL, &file, "bfl_gguf/golden_gguf_step0.safetensors", kind);
+    }
+    check_t5_gguf(VARIANT_B, "F16");
+}
+
+#[test]
+fn text_to_image_is_deterministic_per_seed() {
+    let tmp = TempDir::new("t2i");
+    let generate = |seed: &str, out: &str| {
+        let out = tmp.arg(out);
+        run_ok(&[
+            "edit", "--model", TINY_MODEL, "--prompt", "A small yellow sun over a blue sea", "--max-area", "4096",
+            "--steps", "2", "--seed", seed, "--backend", "cpu", "--out", &out,
+        ]);
+        std::fs::read(out).unwrap()
+    };
+    let first = generate("7", "a.png");
+    let again = generate("7", "b.png");
+    let other = generate("8", "c.png");
+    assert_eq!(decode_png(tmp.path("a.png")).dimensions(), (64, 64));
+    assert!(first == again, "the same seed gave different PNG bytes");
+    assert!(decode_png(tmp.path("a.png")) != decode_png(tmp.path("c.png")), "seeds 7 and 8 gave the same image");
+    assert_ne!(first, other);
+}
+
+#[test]
+fn edit_on_wgpu_matches_the_golden_run() {
+    let tmp = TempDir::new("wgpu");
+    tiny_edit(&tmp, "wgpu", &[]);
+    check_tiny_edit(&tmp);
+}
+
+/// Runs `kontext args…`, which must fail with one `kontext: ` error line on stderr (and no panic); returns it.
+///
+/// `edit` reports its phases on stderr before the failure (`loading the model…`); those lines may precede the
+/// error line, which must be the last one and the only one starting with `kontext: `.
+fn fails_cleanly(args: &[&str]) -> String {
+    let output = kontext(args);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "kontext {args:?} succeeded:\n{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "kontext {args:?} panicked:\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let errors: Vec<&&str> = lines.iter().filter(|l| l.starts_with("kontext: ")).collect();
+    assert_eq!(errors.len(), 1, "kontext {args:?}: expected one error line:\n{stderr}");
+    assert!(lines.last().unwrap().starts_with("kontext: "), "kontext {args:?}: the error is not the last line:\n{stderr}");
+    let progress = ["loading the model…", "encoding the prompt…"];
+    for line in &lines[..lines.len() - 1] {
+        let is_progress = progress.contains(line) || line.starts_with("encoding ");
+        assert!(is_progress, "kontext {args:?}: unexpected stderr line {line:?}:\n{stderr}");
+    }
+    eprintln!("{}", lines.last().unwrap());
+    lines.last().unwrap().to_string()
+}
+
+#[test]
+fn bad_input_fails_with_one_clear_line() {
+    let tmp = TempDir::new("bad");
+    let out = tmp.arg("out.png");
+    let edit = |extra: &[&str]| -> String {
+        let mut args = vec!["edit", "--prompt", "a cat", "--out", &out];
+        for (flag, default) in [("--model", TINY_MODEL), ("--backend", "cpu"), ("--steps", "1")] {
+            if !extra.contains(&flag) {
+                args.extend_from_slice(&[flag, default]);
+            }
+        }
+        args.extend_from_slice(extra);
+        fails_cleanly(&args)
+    };
+
+    let missing = tmp.arg("no-such-model");
+    edit(&["--model", &missing]);
+
+    let no_vae = tmp.path("no-vae");
+    for entry in std::fs::read_dir(root().join(TINY_MODEL)).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() == "vae" {
+            continue;
+        }
+        let to = no_vae.join(entry.file_name());
+        if entry.path().is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+            for file in std::fs::read_dir(entry.path()).unwrap() {
+                let file = file.unwrap();
+                std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
+            }
+        } else {
+            std::fs::copy(entry.path(), to).unwrap();
+        }
+    }
+    let line = edit(&["--model", no_vae.to_str().unwrap()]);
+    assert!(line.contains("VAE"), "{line}");
+
+    let text = tmp.path("notes.txt");
+    std::fs::write(&text, "this is not an image\n").unwrap();
+    let text = text.to_str().unwrap();
+    edit(&["--image", text]);
+
+    let png = std::fs::read(root().join("tests/fixtures/tiny/golden/output.png")).unwrap();
+    let truncated_png = tmp.path("truncated.png");
+    std::fs::write(&truncated_png, &png[..png.len() / 2]).unwrap();
+    edit(&["--image", truncated_png.to_str().unwrap()]);
+
+    let noise = tmp.path("noise.safetensors");
+    write(&noise, &[("noise", vec![1, 7, 64], vec![0.0; 7 * 64])]);
+    let line = edit(&["--width", "64", "--height", "80", "--noise", noise.to_str().unwrap()]);
+    assert!(line.contains("noise"), "{line}");
+
+    edit(&["--transformer", text]);
+
+    let gguf = std::fs::read(root().join("tests/fixtures/tiny/bfl_gguf/transformer_bfl-Q8_0.gguf")).unwrap();
+    let truncated_gguf = tmp.path("truncated.gguf");
+    std::fs::write(&truncated_gguf, &gguf[..gguf.len() / 2]).unwrap();
+    edit(&["--transformer", truncated_gguf.to_str().unwrap()]);
+
+    edit(&["--backend", "foo"]);
+    edit(&["--steps", "0"]);
+    edit(&["--width", "8", "--height", "8"]);
+}
