@@ -45,7 +45,9 @@ test-wasm:
 	CHROMEDRIVER=$$(command -v chromedriver) WASM_BINDGEN_TEST_WEBDRIVER_JSON=$(CURDIR)/tests/webdriver.json \
 	WASM_BINDGEN_TEST_TIMEOUT=600 cargo test --locked --target wasm32-unknown-unknown --profile web --test web --test web_worker
 
+# The end-to-end tests compare the browser's edit with the native CLI's, so they build both.
 test-e2e: web
+	cargo build --locked --bin kontext
 	node --test --test-concurrency=1 tests/e2e/
 
 fmt:

@@ -286,3 +286,28 @@ pub fn load_vae(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, devic
     };
     Vae::load(&config, weights.as_ref(), device)
 }
+
+/// A model folder held in memory (fetched files, or files the user picked), keyed by relative path.
+#[derive(Default)]
+pub struct MemoryFiles(pub std::collections::HashMap<String, std::sync::Arc<Vec<u8>>>);
+
+impl ModelFiles for MemoryFiles {
+    fn open(&self, path: &str) -> Result<Option<Box<dyn ByteSource>>> {
+        Ok(self.0.get(path).map(|bytes| Box::new(bytes.clone()) as Box<dyn ByteSource>))
+    }
+}
+
+/// The files of a diffusers-layout folder that [`KontextModel::load`] reads (single-file weights, not shards).
+pub const DIFFUSERS_FILES: [&str; 11] = [
+    "transformer/config.json",
+    "transformer/diffusion_pytorch_model.safetensors",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "text_encoder_2/config.json",
+    "text_encoder_2/model.safetensors",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "tokenizer_2/tokenizer.json",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+];

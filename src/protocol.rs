@@ -1,6 +1,8 @@
 //! Messages between the page and the inference worker, as JSON-shaped values (serde, tagged by `type`).
+//! Byte payloads (images) travel as `Uint8Array`s.
 
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 
 use crate::selfcheck::SelfCheck;
 
@@ -13,6 +15,45 @@ pub enum ToWorker {
         /// Side of the square matrices.
         size: usize,
     },
+    /// Fetch a diffusers-layout model folder from `base` (a URL ending in `/`) and load it on the GPU.
+    LoadModel {
+        /// Base URL of the folder.
+        base: String,
+        /// Paths under `base` to fetch (`transformer/config.json`, …).
+        files: Vec<String>,
+    },
+    /// Run an edit on the loaded model.
+    Edit(EditJob),
+    /// Stop the edit `id` at the next step boundary.
+    Cancel {
+        /// The job to stop.
+        id: u32,
+    },
+}
+
+/// One edit, as the page asks for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EditJob {
+    /// Chosen by the page; every answer about this job carries it.
+    pub id: u32,
+    /// The instruction.
+    pub prompt: String,
+    /// Encoded reference images (PNG, JPEG, WebP), in order.
+    pub images: Vec<ByteBuf>,
+    /// Output width; with `height`, overrides the reference's aspect.
+    pub width: Option<usize>,
+    /// Output height.
+    pub height: Option<usize>,
+    /// Pixel area of the output and of the reference buckets.
+    pub max_area: usize,
+    /// Keep references at their own size instead of snapping to a Kontext bucket.
+    pub keep_reference_size: bool,
+    /// Denoising steps.
+    pub steps: usize,
+    /// Distilled guidance.
+    pub guidance: f32,
+    /// Seed of the noise.
+    pub seed: u64,
 }
 
 /// Worker → page.
@@ -28,8 +69,50 @@ pub enum FromWorker {
         /// Milliseconds from the request to the answer, GPU start-up included.
         millis: f64,
     },
+    /// Measured progress of a load (`job` = None) or an edit.
+    Progress {
+        /// The edit, or `None` for a model load.
+        job: Option<u32>,
+        /// What is being done: `downloading`, `loading`, `encoding text`, `encoding references`, `denoising`, `decoding`.
+        phase: String,
+        /// Units done (bytes, files or steps, per phase).
+        done: u64,
+        /// Units in the phase.
+        total: u64,
+    },
+    /// The model is loaded and ready for edits.
+    Loaded {
+        /// What was loaded (sizes, configuration).
+        description: String,
+    },
+    /// A finished edit.
+    Result {
+        /// The job.
+        id: u32,
+        /// The image as PNG.
+        png: ByteBuf,
+        /// The seed used.
+        seed: u64,
+        /// Width in pixels.
+        width: usize,
+        /// Height in pixels.
+        height: usize,
+        /// Milliseconds the edit took.
+        millis: f64,
+    },
+    /// The edit stopped on request.
+    Cancelled {
+        /// The job.
+        id: u32,
+    },
     /// A request failed; `message` is meant for the user.
     Error {
+        /// The edit that failed, if the error belongs to one.
+        #[serde(default)]
+        job: Option<u32>,
+        /// Which request failed: `self_check`, `load_model`, `edit`, or `worker` (the worker itself).
+        #[serde(default)]
+        request: String,
         /// What went wrong.
         message: String,
     },
@@ -44,6 +127,8 @@ mod tests {
         let json = serde_json::to_string(&ToWorker::SelfCheck { size: 64 }).unwrap();
         assert_eq!(json, r#"{"type":"self_check","size":64}"#);
         let back: FromWorker = serde_json::from_str(r#"{"type":"error","message":"no GPU"}"#).unwrap();
-        assert_eq!(back, FromWorker::Error { message: "no GPU".into() });
+        assert_eq!(back, FromWorker::Error { job: None, request: String::new(), message: "no GPU".into() });
+        let cancel: ToWorker = serde_json::from_str(r#"{"type":"cancel","id":3}"#).unwrap();
+        assert_eq!(cancel, ToWorker::Cancel { id: 3 });
     }
 }

@@ -3,36 +3,30 @@
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
-use super::format_bytes;
-use crate::protocol::{FromWorker, ToWorker};
-use crate::web::client::WorkerClient;
+use super::{AppState, CheckState, format_bytes, send};
+use crate::protocol::ToWorker;
 use crate::web::probe::{self, Adapter, BrowserReport, Storage, WebGpu};
 
 /// Matrix side of the GPU self-check run in the worker.
 const SELF_CHECK_SIZE: usize = 64;
 
-/// State of the GPU self-check shown under the adapter.
-#[derive(Debug, Clone, PartialEq)]
-enum CheckState {
-    Running,
-    Done { passed: bool, max_abs_error: f32, millis: f64 },
-    Failed(String),
-}
-
 /// Probes WebGPU and storage in the page, and runs a matmul self-check on the GPU inside the worker.
 #[component]
 pub fn DeviceReport() -> impl IntoView {
+    let state = expect_context::<AppState>();
     let (report, set_report) = signal(None::<BrowserReport>);
-    let (check, set_check) = signal(None::<CheckState>);
     spawn_local(async move {
         let probed = probe::probe().await;
         let has_gpu = matches!(probed.webgpu, WebGpu::Available(_));
         set_report.set(Some(probed));
         if has_gpu {
-            set_check.set(Some(CheckState::Running));
-            start_self_check(set_check);
+            state.check.set(Some(CheckState::Running));
+            if let Err(e) = send(&ToWorker::SelfCheck { size: SELF_CHECK_SIZE }) {
+                state.check.set(Some(CheckState::Failed(e)));
+            }
         }
     });
+    let check = state.check.read_only();
     view! {
         <section class="card" id="device-report" aria-labelledby="device-report-title">
             <h2 id="device-report-title">"Your device"</h2>
@@ -41,28 +35,6 @@ pub fn DeviceReport() -> impl IntoView {
                 Some(report) => view! { <ReportBody report=report check=check /> }.into_any(),
             }}
         </section>
-    }
-}
-
-fn start_self_check(set_check: WriteSignal<Option<CheckState>>) {
-    // The worker lives as long as the page; it is the one that will run the model.
-    let spawned = WorkerClient::spawn(move |event| match event {
-        FromWorker::Ready => {}
-        FromWorker::SelfCheck { check, millis } => set_check.set(Some(CheckState::Done {
-            passed: check.passed,
-            max_abs_error: check.max_abs_error,
-            millis,
-        })),
-        FromWorker::Error { message } => set_check.set(Some(CheckState::Failed(message))),
-    });
-    match spawned {
-        Ok(client) => {
-            if let Err(e) = client.send(&ToWorker::SelfCheck { size: SELF_CHECK_SIZE }) {
-                set_check.set(Some(CheckState::Failed(e)));
-            }
-            std::mem::forget(client);
-        }
-        Err(e) => set_check.set(Some(CheckState::Failed(format!("the worker could not start: {e}")))),
     }
 }
 

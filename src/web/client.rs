@@ -35,6 +35,8 @@ impl WorkerClient {
             let (on_event, queue, worker) = (on_event.clone(), queue.clone(), worker.clone());
             Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
                 let message = serde_wasm_bindgen::from_value(event.data()).unwrap_or_else(|e| FromWorker::Error {
+                    job: None,
+                    request: "worker".into(),
                     message: format!("unreadable message from the worker: {e}"),
                 });
                 if message == FromWorker::Ready {
@@ -47,7 +49,11 @@ impl WorkerClient {
         };
         let on_error = Closure::<dyn FnMut(ErrorEvent)>::new(move |event: ErrorEvent| {
             event.prevent_default();
-            on_event(FromWorker::Error { message: format!("the worker stopped: {}", event.message()) })
+            on_event(FromWorker::Error {
+                job: None,
+                request: "worker".into(),
+                message: format!("the worker stopped: {}", event.message()),
+            })
         });
         worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));

@@ -1,16 +1,32 @@
 //! The inference worker's side: receives [`ToWorker`] messages, runs them on the GPU, answers with
 //! [`FromWorker`]. Runs in a module Web Worker (`www/worker.js`) so the page never freezes.
+//!
+//! Requests run one at a time, in order (the GPU is one resource; a load and a self-check must not both
+//! open it). An edit yields to the event loop after every step (awaiting that step's result), so progress
+//! is measured, not estimated, and a [`ToWorker::Cancel`] is seen within one step.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
 
+use serde_bytes::ByteBuf;
 use wasm_bindgen::prelude::*;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
-use crate::protocol::{FromWorker, ToWorker};
-use crate::{device, selfcheck};
+use super::js;
+use crate::loader::{KontextModel, MemoryFiles, Overrides};
+use crate::pipeline::edit::{Edit, EditRequest, Phase};
+use crate::pipeline::{image as images, size};
+use crate::protocol::{EditJob, FromWorker, ToWorker};
+use crate::{Error, Result, device, selfcheck};
 
 thread_local! {
     static STARTED: Cell<bool> = const { Cell::new(false) };
+    static MODEL: RefCell<Option<Rc<KontextModel>>> = const { RefCell::new(None) };
+    static CANCELLED: RefCell<HashSet<u32>> = RefCell::new(HashSet::new());
+    static QUEUE: RefCell<VecDeque<ToWorker>> = const { RefCell::new(VecDeque::new()) };
+    static BUSY: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Installs the message handler and announces readiness. Called once by `worker.js`.
@@ -22,8 +38,20 @@ pub fn start() {
     let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
     let on_message = Closure::<dyn FnMut(MessageEvent)>::new(|event: MessageEvent| {
         match serde_wasm_bindgen::from_value::<ToWorker>(event.data()) {
-            Ok(request) => wasm_bindgen_futures::spawn_local(handle(request)),
-            Err(e) => post(&FromWorker::Error { message: format!("the worker did not understand a message: {e}") }),
+            Ok(ToWorker::Cancel { id }) => {
+                CANCELLED.with(|c| c.borrow_mut().insert(id));
+            }
+            Ok(request) => {
+                QUEUE.with(|q| q.borrow_mut().push_back(request));
+                if !BUSY.with(|b| b.replace(true)) {
+                    wasm_bindgen_futures::spawn_local(drain_queue());
+                }
+            }
+            Err(e) => post(&FromWorker::Error {
+                job: None,
+                request: "worker".into(),
+                message: format!("the worker did not understand a message: {e}"),
+            }),
         }
     });
     scope.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
@@ -31,11 +59,18 @@ pub fn start() {
     post(&FromWorker::Ready);
 }
 
-/// Runs one request to completion and posts its answer.
+async fn drain_queue() {
+    while let Some(request) = QUEUE.with(|q| q.borrow_mut().pop_front()) {
+        post(&answer(request).await);
+    }
+    BUSY.with(|b| b.set(false));
+}
+
+/// Runs one request to completion (posting progress on the way) and returns its final answer.
 pub async fn answer(request: ToWorker) -> FromWorker {
+    let started = js_sys::Date::now();
     match request {
         ToWorker::SelfCheck { size } => {
-            let started = js_sys::Date::now();
             let outcome = async {
                 let (device, _) = device::wgpu_async().await?;
                 selfcheck::matmul_check(&device, size).await
@@ -43,14 +78,109 @@ pub async fn answer(request: ToWorker) -> FromWorker {
             .await;
             match outcome {
                 Ok(check) => FromWorker::SelfCheck { check, millis: js_sys::Date::now() - started },
-                Err(e) => FromWorker::Error { message: e.to_string() },
+                Err(e) => FromWorker::Error { job: None, request: "self_check".into(), message: e.to_string() },
             }
         }
+        ToWorker::LoadModel { base, files } => match load_model(&base, &files).await {
+            Ok(description) => FromWorker::Loaded { description },
+            Err(e) => FromWorker::Error { job: None, request: "load_model".into(), message: e.to_string() },
+        },
+        ToWorker::Edit(job) => {
+            let id = job.id;
+            match run_edit(job).await {
+                Ok(Some((png, seed, width, height))) => {
+                    FromWorker::Result { id, png: ByteBuf::from(png), seed, width, height, millis: js_sys::Date::now() - started }
+                }
+                Ok(None) => FromWorker::Cancelled { id },
+                Err(e) => FromWorker::Error { job: Some(id), request: "edit".into(), message: e.to_string() },
+            }
+        }
+        ToWorker::Cancel { id } => FromWorker::Cancelled { id },
     }
 }
 
-async fn handle(request: ToWorker) {
-    post(&answer(request).await);
+fn progress(job: Option<u32>, phase: &str, done: u64, total: u64) {
+    post(&FromWorker::Progress { job, phase: phase.into(), done, total });
+}
+
+async fn fetch_bytes(url: &str) -> Result<Vec<u8>> {
+    let response = js::call_async(&js_sys::global(), "fetch", &[url.into()]).await.map_err(|e| Error::Invalid(format!("{url}: {e}")))?;
+    let status = js::get_f64(&response, "status").unwrap_or(0.0);
+    if !js::get(&response, "ok").and_then(|v| v.as_bool()).unwrap_or(false) {
+        return Err(Error::Invalid(format!("{url}: the server answered {status}")));
+    }
+    let buffer = js::call_async(&response, "arrayBuffer", &[]).await.map_err(|e| Error::Invalid(format!("{url}: {e}")))?;
+    Ok(js_sys::Uint8Array::new(&buffer).to_vec())
+}
+
+async fn load_model(base: &str, paths: &[String]) -> Result<String> {
+    let (device, _) = device::wgpu_async().await?;
+    let mut files = HashMap::new();
+    let mut bytes = 0u64;
+    for (i, path) in paths.iter().enumerate() {
+        progress(None, "downloading", i as u64, paths.len() as u64);
+        let data = fetch_bytes(&format!("{base}{path}")).await?;
+        bytes += data.len() as u64;
+        files.insert(path.clone(), Arc::new(data));
+    }
+    progress(None, "loading", 0, 1);
+    let model = KontextModel::load(&MemoryFiles(files), Overrides::default(), &device)?;
+    let c = &model.flux_config;
+    let description = format!(
+        "{:.1} MB · DiT width {}, {} double + {} single blocks, {} heads",
+        bytes as f64 / 1e6,
+        c.hidden_size,
+        c.depth,
+        c.depth_single_blocks,
+        c.num_heads
+    );
+    MODEL.with(|m| *m.borrow_mut() = Some(Rc::new(model)));
+    progress(None, "loading", 1, 1);
+    Ok(description)
+}
+
+/// `Ok(None)` when cancelled.
+async fn run_edit(job: EditJob) -> Result<Option<(Vec<u8>, u64, usize, usize)>> {
+    let model = MODEL.with(|m| m.borrow().clone()).ok_or_else(|| Error::Invalid("load a model first".into()))?;
+    let (device, _) = device::wgpu_async().await?;
+    let references = job.images.iter().map(|bytes| images::decode(bytes)).collect::<Result<Vec<_>>>()?;
+    let request = EditRequest {
+        prompt: job.prompt.clone(),
+        references,
+        size: job.width.zip(job.height),
+        max_area: job.max_area,
+        resize: if job.keep_reference_size { size::Resize::None } else { size::Resize::Bucket },
+        steps: job.steps,
+        guidance: job.guidance,
+        seed: job.seed,
+    };
+    let id = job.id;
+    let mut edit = Edit::prepare_reporting(&model, &request, None, &device, &mut |phase| match phase {
+        Phase::EncodingText => progress(Some(id), "encoding text", 0, 1),
+        Phase::EncodingReferences => progress(Some(id), "encoding references", 0, request.references.len() as u64),
+        _ => {}
+    })?;
+    let steps = job.steps as u64;
+    progress(Some(id), "denoising", 0, steps);
+    while !edit.is_denoised() {
+        if CANCELLED.with(|c| c.borrow_mut().remove(&id)) {
+            return Ok(None);
+        }
+        edit.step()?;
+        // Waiting for this step's latents makes the progress real and lets messages (cancel) through.
+        selfcheck::read_f32(edit.latents().clone()).await?;
+        progress(Some(id), "denoising", edit.progress().0 as u64, steps);
+    }
+    progress(Some(id), "decoding", 0, 1);
+    let (width, height) = edit.size();
+    let result = edit.finish().await?;
+    let mut png = Vec::new();
+    result
+        .image
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| Error::Invalid(format!("PNG encoding failed: {e}")))?;
+    CANCELLED.with(|c| c.borrow_mut().remove(&id));
+    Ok(Some((png, job.seed, width, height)))
 }
 
 fn post(message: &FromWorker) {

@@ -156,7 +156,7 @@ pub fn edit(args: EditArgs) -> Result<()> {
         clip: open_file(&args.model.clip)?,
         vae: open_file(&args.model.vae)?,
     };
-    eprintln!("loading the model…");
+    println!("loading the model…");
     let model = KontextModel::load(args.model.folder()?.as_ref(), overrides, &device)?;
     let request = EditRequest {
         prompt: args.prompt,
@@ -169,22 +169,22 @@ pub fn edit(args: EditArgs) -> Result<()> {
         seed,
     };
     let mut edit = Edit::prepare_reporting(&model, &request, noise, &device, &mut |phase| match phase {
-        Phase::EncodingText => eprintln!("encoding the prompt…"),
+        Phase::EncodingText => println!("encoding the prompt…"),
         Phase::EncodingReferences if !request.references.is_empty() => {
-            eprintln!("encoding {} reference image(s)…", request.references.len())
+            println!("encoding {} reference image(s)…", request.references.len())
         }
         _ => {}
     })?;
     let (width, height) = edit.size();
-    eprintln!("generating {width}×{height}, {} steps, guidance {}, seed {seed}", request.steps, request.guidance);
+    println!("generating {width}×{height}, {} steps, guidance {}, seed {seed}", request.steps, request.guidance);
     while !edit.is_denoised() {
         let step_started = Instant::now();
         edit.step()?;
         device.sync().map_err(|e| Error::Gpu(format!("{e:?}")))?;
         let (done, steps) = edit.progress();
-        eprintln!("step {done}/{steps} ({:.2} s)", step_started.elapsed().as_secs_f64());
+        println!("step {done}/{steps} ({:.2} s)", step_started.elapsed().as_secs_f64());
     }
-    eprintln!("decoding…");
+    println!("decoding…");
     let result = pollster::block_on(edit.finish())?;
     result.image.save(&args.out).map_err(|e| Error::Invalid(format!("cannot write {}: {e}", args.out.display())))?;
     if let Some(dump) = &args.dump {
