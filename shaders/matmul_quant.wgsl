@@ -1,7 +1,7 @@
 // y[m, n] = Σ_k x[m, k] · W[n, k] (+ bias[n]) with W [N, K] in ggml blocks, dequantized while a tile of it is
 // loaded (f32 accumulation). Reference twin: crate::kernels::quant_matmul::reference.
 // Prepended by one matmul_<type>.wgsl, which defines `fn dequant8(row, chunk, part) -> array<f32, 8>`:
-// values chunk·32 + part·8 .. +8 of the row whose blocks start at byte `row`.
+// values chunk·32 + part·8 .. +8 of the row whose blocks start at byte `row`, and by ggml_bytes.wgsl.
 //
 // One workgroup of 16×16 threads computes a 64×64 tile of y; thread (tx, ty) owns rows ty + 16i and columns
 // tx + 16j (i, j < 4), so shared-memory reads are broadcasts (xs) or consecutive (ws).
@@ -20,32 +20,6 @@ const TILE_K: u32 = 32u;
 var<workgroup> xs: array<f32, 2048>;
 // [TILE_K, TILE_N]
 var<workgroup> ws: array<f32, 2048>;
-
-fn read_u8(byte: u32) -> u32 {
-    let word = min(byte >> 2u, arrayLength(&w) - 1u);
-    return (w[word] >> ((byte & 3u) * 8u)) & 0xffu;
-}
-
-fn read_i8(byte: u32) -> i32 {
-    let v = read_u8(byte);
-    return i32(v) - select(0, 256, v >= 128u);
-}
-
-// IEEE half at `byte` (little endian) → f32, by bit manipulation (no shader-f16 needed).
-fn read_f16(byte: u32) -> f32 {
-    let h = read_u8(byte) | (read_u8(byte + 1u) << 8u);
-    let exponent = (h >> 10u) & 0x1fu;
-    let mantissa = h & 0x3ffu;
-    var magnitude: f32;
-    if (exponent == 0u) {
-        magnitude = f32(mantissa) * 5.9604644775390625e-8;
-    } else if (exponent == 31u) {
-        magnitude = bitcast<f32>(0x7f800000u | (mantissa << 13u));
-    } else {
-        magnitude = bitcast<f32>(((exponent + 112u) << 23u) | (mantissa << 13u));
-    }
-    return select(magnitude, -magnitude, (h & 0x8000u) != 0u);
-}
 
 @compute @workgroup_size(16, 16, 1)
 fn main(

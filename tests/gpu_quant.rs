@@ -67,7 +67,8 @@ fn input(m: usize, k: usize, salt: u32, device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(selfcheck::test_matrix(m, k, salt), [m, k]), device)
 }
 
-/// Kernel on wgpu vs reference twin on the CPU for each M, with an optional bias.
+/// Kernel on wgpu vs reference twin on the CPU for each M: the matrix-vector kernel up to 8 rows, the square
+/// one, and from 256 rows the wide one (when N ≥ 128).
 fn assert_kernel_matches(raw: &Raw, bias: Option<&[f32]>, what: &str) {
     let (gpu, cpu) = (gpu(), device::cpu());
     let packed = raw.packed(&gpu);
@@ -77,7 +78,7 @@ fn assert_kernel_matches(raw: &Raw, bias: Option<&[f32]>, what: &str) {
     let bias_on = |d: &Device| bias.map(|b| Tensor::<1>::from_data(TensorData::new(b.to_vec(), [b.len()]), d));
     let (gpu_bias, cpu_bias) = (bias_on(&gpu), bias_on(&cpu));
     let mut worst = 0f32;
-    for m in [1, 3, 37, 70] {
+    for m in [1, 3, 6, 37, 70, 300] {
         let got = matmul(input(m, raw.k, m as u32, &gpu), &packed, gpu_bias.as_ref()).into_data();
         let want = matmul(input(m, raw.k, m as u32, &cpu), &dense, cpu_bias.as_ref()).into_data();
         assert_eq!(got.shape().as_slice(), [m, raw.n], "{what}");
@@ -157,7 +158,7 @@ fn q5_k_and_q6_k_blocks_multiply_like_the_reference_twin() {
     for (ty, scales) in
         [(GgmlType::Q5_K, &[0usize, 2][..]), (GgmlType::Q6_K, &[208][..]), (GgmlType::Q4_K, &[0, 2][..])]
     {
-        let raw = synthetic(ty, 69, 512, scales);
+        let raw = synthetic(ty, 133, 512, scales);
         assert_kernel_matches(&raw, None, ty.name());
         assert_kernel_matches(&raw.rows(0..1).first_columns(256), Some(&[-1.5]), ty.name());
     }

@@ -1,6 +1,8 @@
 //! Linear layers whose weights stay in ggml blocks on the GPU: `y = x · Wᵀ (+ b)` with `W [n, k]` uploaded once
-//! as the raw block bytes of a GGUF tensor and dequantized inside the matmul (`shaders/matmul_quant.wgsl` with one
-//! `shaders/matmul_<type>.wgsl` per type), accumulating in f32.
+//! as the raw block bytes of a GGUF tensor and dequantized inside the matmul, accumulating in f32. Three kernels by
+//! rows of x: `shaders/matvec_quant.wgsl` (up to 8 rows: 32 threads share one row of W),
+//! `matmul_quant.wgsl` (64×64 outputs per workgroup) and `matmul_quant_wide.wgsl` (128×128, from
+//! 256 rows), each completed by one `shaders/matmul_<type>.wgsl` per block type.
 //!
 //! The reference twin, [`reference`], dequantizes on the host ([`crate::formats::dequantize`]) and multiplies with
 //! plain tensor ops; it is the path on devices that are not wgpu.
@@ -17,43 +19,74 @@ use super::{WgslKernel, cube_tensor, params, tensor_from_handle};
 use crate::formats::{GgmlType, GgufFile, dequantize};
 use crate::{Error, Result};
 
-/// Values of W each step of the kernel's K loop dequantizes per row; K must be a multiple of it.
+/// Values of W the kernels dequantize per row and step of the K loop; K must be a multiple of it.
 const TILE_K: usize = 32;
-/// Outputs along N and M one workgroup computes (`TILE_N`, `TILE_M` in the shader).
+/// Outputs along M and N one workgroup of the square kernel computes (`TILE_M`, `TILE_N`).
 const TILE: usize = 64;
+/// Outputs along M and N one workgroup of the wide kernel computes (`TILE` in `matmul_quant_wide.wgsl`).
+const WIDE_TILE: usize = 128;
+/// Rows of x from which the wide kernel (8×8 outputs per thread) replaces the square one (4×4).
+const WIDE_FROM_ROWS: usize = 256;
+/// Rows of x up to which the matrix-vector kernel (W read once per 4 rows) replaces the square one.
+const MATVEC_MAX_ROWS: usize = 8;
+/// Rows of W and of x one workgroup of the matrix-vector kernel covers (`TEAMS`, `ROWS`).
+const MATVEC_TILE: (usize, usize) = (8, 4);
+/// Rows of W the matrix-vector kernel reaches within WebGPU's 65 535 workgroups per dimension.
+const MAX_PACKED_ROWS: usize = 65_535 * MATVEC_TILE.0;
 
-macro_rules! quant_kernel {
+/// The matrix-vector, square and wide kernels reading one block type: `shaders/matmul_<type>.wgsl` (its
+/// `dequant8`), `shaders/ggml_bytes.wgsl` and the matmul itself.
+macro_rules! quant_kernels {
     ($name:literal, $file:literal) => {
-        WgslKernel {
-            name: $name,
-            source: concat!(
-                include_str!(concat!("../../shaders/", $file)),
-                include_str!("../../shaders/matmul_quant.wgsl")
-            ),
-        }
+        [
+            WgslKernel {
+                name: concat!($name, "_vec"),
+                source: concat!(
+                    include_str!(concat!("../../shaders/", $file)),
+                    include_str!("../../shaders/ggml_bytes.wgsl"),
+                    include_str!("../../shaders/matvec_quant.wgsl")
+                ),
+            },
+            WgslKernel {
+                name: $name,
+                source: concat!(
+                    include_str!(concat!("../../shaders/", $file)),
+                    include_str!("../../shaders/ggml_bytes.wgsl"),
+                    include_str!("../../shaders/matmul_quant.wgsl")
+                ),
+            },
+            WgslKernel {
+                name: concat!($name, "_wide"),
+                source: concat!(
+                    include_str!(concat!("../../shaders/", $file)),
+                    include_str!("../../shaders/ggml_bytes.wgsl"),
+                    include_str!("../../shaders/matmul_quant_wide.wgsl")
+                ),
+            },
+        ]
     };
 }
 
-/// The kernel that reads `ty` blocks, or `None` for types that stay on the reference path.
-fn kernel_for(ty: GgmlType) -> Option<WgslKernel> {
+/// The matrix-vector, square and wide kernels that read `ty` blocks, or `None` for types without kernels.
+fn kernels_for(ty: GgmlType) -> Option<[WgslKernel; 3]> {
     Some(match ty {
-        GgmlType::Q8_0 => quant_kernel!("matmul_q8_0", "matmul_q8_0.wgsl"),
-        GgmlType::Q4_0 => quant_kernel!("matmul_q4_0", "matmul_q4_0.wgsl"),
-        GgmlType::Q4_1 => quant_kernel!("matmul_q4_1", "matmul_q4_1.wgsl"),
-        GgmlType::Q5_0 => quant_kernel!("matmul_q5_0", "matmul_q5_0.wgsl"),
-        GgmlType::Q5_1 => quant_kernel!("matmul_q5_1", "matmul_q5_1.wgsl"),
-        GgmlType::Q4_K => quant_kernel!("matmul_q4_k", "matmul_q4_k.wgsl"),
-        GgmlType::Q5_K => quant_kernel!("matmul_q5_k", "matmul_q5_k.wgsl"),
-        GgmlType::Q6_K => quant_kernel!("matmul_q6_k", "matmul_q6_k.wgsl"),
-        GgmlType::F16 => quant_kernel!("matmul_f16", "matmul_f16.wgsl"),
-        GgmlType::BF16 => quant_kernel!("matmul_bf16", "matmul_bf16.wgsl"),
+        GgmlType::Q8_0 => quant_kernels!("matmul_q8_0", "matmul_q8_0.wgsl"),
+        GgmlType::Q4_0 => quant_kernels!("matmul_q4_0", "matmul_q4_0.wgsl"),
+        GgmlType::Q4_1 => quant_kernels!("matmul_q4_1", "matmul_q4_1.wgsl"),
+        GgmlType::Q5_0 => quant_kernels!("matmul_q5_0", "matmul_q5_0.wgsl"),
+        GgmlType::Q5_1 => quant_kernels!("matmul_q5_1", "matmul_q5_1.wgsl"),
+        GgmlType::Q4_K => quant_kernels!("matmul_q4_k", "matmul_q4_k.wgsl"),
+        GgmlType::Q5_K => quant_kernels!("matmul_q5_k", "matmul_q5_k.wgsl"),
+        GgmlType::Q6_K => quant_kernels!("matmul_q6_k", "matmul_q6_k.wgsl"),
+        GgmlType::F16 => quant_kernels!("matmul_f16", "matmul_f16.wgsl"),
+        GgmlType::BF16 => quant_kernels!("matmul_bf16", "matmul_bf16.wgsl"),
         _ => return None,
     })
 }
 
 /// Whether [`PackedWeight`] keeps `ty` packed on wgpu (it dequantizes the other dequantizable types).
 pub fn has_kernel(ty: GgmlType) -> bool {
-    kernel_for(ty).is_some()
+    kernels_for(ty).is_some()
 }
 
 /// Where a [`PackedWeight`] keeps its values.
@@ -87,6 +120,9 @@ impl PackedWeight {
         let on_wgpu = matches!(device.as_dispatch(), DispatchDevice::Cube(_));
         if !on_wgpu || !has_kernel(ty) {
             return Self::dense(ty, shape, bytes, device);
+        }
+        if n > MAX_PACKED_ROWS {
+            return Err(Error::Invalid(format!("a packed {ty} weight {shape:?} has more than {MAX_PACKED_ROWS} rows")));
         }
         if !k.is_multiple_of(TILE_K) {
             return Err(Error::Invalid(format!(
@@ -179,7 +215,7 @@ pub fn reference(x: Tensor<2>, dense: Tensor<2>, bias: Option<Tensor<1>>) -> Ten
 }
 
 fn quant_kernel(x: CubeTensor, words: Tensor<1, Int>, weight: &PackedWeight, bias: Option<&Tensor<1>>) -> Tensor<2> {
-    let kernel = kernel_for(weight.ty).expect("packed weights have a kernel");
+    let [matvec, square, wide] = kernels_for(weight.ty).expect("packed weights have a kernel");
     let (m, n, k) = (x.meta.shape()[0], weight.n, weight.k);
     let client = x.client.clone();
     let out = client.empty((m * n).max(1) * size_of::<f32>());
@@ -202,7 +238,14 @@ fn quant_kernel(x: CubeTensor, words: Tensor<1, Int>, weight: &PackedWeight, bia
         out.clone().binding(),
         dims.binding(),
     ];
-    let groups = CubeCount::Static(n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, 1);
+    let (kernel, (tile_n, tile_m)) = if m <= MATVEC_MAX_ROWS {
+        (matvec, MATVEC_TILE)
+    } else if m >= WIDE_FROM_ROWS && n >= WIDE_TILE {
+        (wide, (WIDE_TILE, WIDE_TILE))
+    } else {
+        (square, (TILE, TILE))
+    };
+    let groups = CubeCount::Static(n.div_ceil(tile_n) as u32, m.div_ceil(tile_m) as u32, 1);
     client.launch(Box::new(kernel), groups, KernelArguments::new().with_buffers(buffers));
     tensor_from_handle(&x, out, [m, n])
 }
