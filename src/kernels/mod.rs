@@ -8,6 +8,7 @@
 //! read-write in a dispatch.
 
 pub mod pack;
+pub mod quant_matmul;
 
 use burn::backend::Cube;
 use burn::backend::wgpu::CubeTensor;

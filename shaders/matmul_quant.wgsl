@@ -1,0 +1,106 @@
+// y[m, n] = Σ_k x[m, k] · W[n, k] (+ bias[n]) with W [N, K] in ggml blocks, dequantized while a tile of it is
+// loaded (f32 accumulation). Reference twin: crate::kernels::quant_matmul::reference.
+// Prepended by one matmul_<type>.wgsl, which defines `fn dequant8(row, chunk, part) -> array<f32, 8>`:
+// values chunk·32 + part·8 .. +8 of the row whose blocks start at byte `row`, and by ggml_bytes.wgsl.
+//
+// One workgroup of 16×16 threads computes a 64×64 tile of y; thread (tx, ty) owns rows ty + 16i and columns
+// tx + 16j (i, j < 4), so shared-memory reads are broadcasts (xs) or consecutive (ws).
+@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> w: array<u32>;
+@group(0) @binding(2) var<storage, read_write> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+// [m, n, k, bytes per row of W, has bias]
+@group(0) @binding(4) var<storage, read_write> dims: array<u32>;
+
+const TILE_M: u32 = 64u;
+const TILE_N: u32 = 64u;
+const TILE_K: u32 = 32u;
+
+// [TILE_M, TILE_K]
+var<workgroup> xs: array<f32, 2048>;
+// [TILE_K, TILE_N]
+var<workgroup> ws: array<f32, 2048>;
+
+@compute @workgroup_size(16, 16, 1)
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(local_invocation_id) local: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let m_len = dims[0];
+    let n_len = dims[1];
+    let k_len = dims[2];
+    let row_bytes = dims[3];
+    let has_bias = dims[4];
+    let m0 = group.y * TILE_M;
+    let n0 = group.x * TILE_N;
+
+    // Loading roles: x row xm + 8r, column xk; W row n0 + wn, values part·8 .. +8 of the chunk.
+    let xk = tid % TILE_K;
+    let xm = tid / TILE_K;
+    let wn = tid % TILE_N;
+    let part = tid / TILE_N;
+    let w_row = n0 + wn;
+
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+
+    let chunks = k_len / TILE_K;
+    for (var chunk = 0u; chunk < chunks; chunk++) {
+        for (var r = 0u; r < 8u; r++) {
+            let m = m0 + xm + 8u * r;
+            var v = 0.0;
+            if (m < m_len) {
+                v = x[m * k_len + chunk * TILE_K + xk];
+            }
+            xs[(xm + 8u * r) * TILE_K + xk] = v;
+        }
+        var values: array<f32, 8>;
+        if (w_row < n_len) {
+            values = dequant8(w_row * row_bytes, chunk, part);
+        }
+        for (var t = 0u; t < 8u; t++) {
+            ws[(part * 8u + t) * TILE_N + wn] = values[t];
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TILE_K; kk++) {
+            let a = vec4<f32>(
+                xs[local.y * TILE_K + kk],
+                xs[(local.y + 16u) * TILE_K + kk],
+                xs[(local.y + 32u) * TILE_K + kk],
+                xs[(local.y + 48u) * TILE_K + kk],
+            );
+            let b = vec4<f32>(
+                ws[kk * TILE_N + local.x],
+                ws[kk * TILE_N + local.x + 16u],
+                ws[kk * TILE_N + local.x + 32u],
+                ws[kk * TILE_N + local.x + 48u],
+            );
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
+        }
+        workgroupBarrier();
+    }
+
+    var b = vec4<f32>(0.0);
+    for (var j = 0u; j < 4u; j++) {
+        let n = n0 + local.x + 16u * j;
+        if (has_bias != 0u && n < n_len) {
+            b[j] = bias[n];
+        }
+    }
+    let rows = array<vec4<f32>, 4>(acc0 + b, acc1 + b, acc2 + b, acc3 + b);
+    for (var i = 0u; i < 4u; i++) {
+        let m = m0 + local.y + 16u * i;
+        for (var j = 0u; j < 4u; j++) {
+            let n = n0 + local.x + 16u * j;
+            if (m < m_len && n < n_len) {
+                y[m * n_len + n] = rows[i][j];
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+// y[m, n] = Σ_k x[m, k] · W[n, k] (+ bias[n]) with W [N, K] in ggml blocks: the variant for many rows of x
+// (same bindings and `dequant8` as matmul_quant.wgsl). Reference twin: crate::kernels::quant_matmul::reference.
+//
+// One workgroup of 16×16 threads computes a 128×128 tile of y in steps of 16 along K; thread (tx, ty) owns the
+// 8×8 outputs at rows 4ty + i and 64 + 4ty + i, columns 4tx + j and 64 + 4tx + j (i, j < 4), read from shared
+// memory as vec4s: 4 loads per 64 multiply-adds.
+@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> w: array<u32>;
+@group(0) @binding(2) var<storage, read_write> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+// [m, n, k, bytes per row of W, has bias]
+@group(0) @binding(4) var<storage, read_write> dims: array<u32>;
+
+const TILE: u32 = 128u;
+const STEP: u32 = 16u;
+
+// [STEP, TILE / 4]: x values at (k, m = 4·q + c) in xs[k · 32 + q][c]
+var<workgroup> xs: array<vec4<f32>, 512>;
+// [STEP, TILE / 4]: W values at (k, n = 4·q + c) in ws[k · 32 + q][c]
+var<workgroup> ws: array<vec4<f32>, 512>;
+
+fn store(m: u32, n_len: u32, n: u32, value: vec4<f32>, b: vec4<f32>) {
+    let sum = value + b;
+    for (var j = 0u; j < 4u; j++) {
+        if (n + j < n_len) {
+            y[m * n_len + n + j] = sum[j];
+        }
+    }
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(local_invocation_id) local: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let m_len = dims[0];
+    let n_len = dims[1];
+    let k_len = dims[2];
+    let row_bytes = dims[3];
+    let has_bias = dims[4];
+    let m0 = group.y * TILE;
+    let n0 = group.x * TILE;
+
+    // Loading roles: x rows xm and 64 + xm, columns 4·xq .. +4; W row n0 + wn, values 8·half .. +8 of the step.
+    let xq = tid % 4u;
+    let xm = tid / 4u;
+    let wn = tid % TILE;
+    let half = tid / TILE;
+    let w_row = n0 + wn;
+
+    var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0); var c02 = vec4<f32>(0.0); var c03 = vec4<f32>(0.0);
+    var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0); var c12 = vec4<f32>(0.0); var c13 = vec4<f32>(0.0);
+    var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0); var c22 = vec4<f32>(0.0); var c23 = vec4<f32>(0.0);
+    var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0); var c32 = vec4<f32>(0.0); var c33 = vec4<f32>(0.0);
+
+    let steps = k_len / STEP;
+    for (var step = 0u; step < steps; step++) {
+        for (var r = 0u; r < 2u; r++) {
+            let lm = xm + 64u * r;
+            let m = m0 + lm;
+            for (var c = 0u; c < 4u; c++) {
+                var v = 0.0;
+                if (m < m_len) {
+                    v = x[m * k_len + step * STEP + 4u * xq + c];
+                }
+                xs[(4u * xq + c) * 32u + lm / 4u][lm % 4u] = v;
+            }
+        }
+        var values: array<f32, 8>;
+        if (w_row < n_len) {
+            values = dequant8(w_row * row_bytes, step / 2u, (step % 2u) * 2u + half);
+        }
+        for (var t = 0u; t < 8u; t++) {
+            ws[(half * 8u + t) * 32u + wn / 4u][wn % 4u] = values[t];
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < STEP; kk++) {
+            let a0 = xs[kk * 32u + local.y];
+            let a1 = xs[kk * 32u + 16u + local.y];
+            let b0 = ws[kk * 32u + local.x];
+            let b1 = ws[kk * 32u + 16u + local.x];
+            c00 += a0.x * b0; c01 += a0.y * b0; c02 += a0.z * b0; c03 += a0.w * b0;
+            c10 += a0.x * b1; c11 += a0.y * b1; c12 += a0.z * b1; c13 += a0.w * b1;
+            c20 += a1.x * b0; c21 += a1.y * b0; c22 += a1.z * b0; c23 += a1.w * b0;
+            c30 += a1.x * b1; c31 += a1.y * b1; c32 += a1.z * b1; c33 += a1.w * b1;
+        }
+        workgroupBarrier();
+    }
+
+    let n_lo = n0 + 4u * local.x;
+    let n_hi = n_lo + 64u;
+    var b_lo = vec4<f32>(0.0);
+    var b_hi = vec4<f32>(0.0);
+    if (has_bias != 0u) {
+        for (var j = 0u; j < 4u; j++) {
+            if (n_lo + j < n_len) { b_lo[j] = bias[n_lo + j]; }
+            if (n_hi + j < n_len) { b_hi[j] = bias[n_hi + j]; }
+        }
+    }
+    let m_lo = m0 + 4u * local.y;
+    let m_hi = m_lo + 64u;
+    if (m_lo < m_len) { store(m_lo, n_len, n_lo, c00, b_lo); store(m_lo, n_len, n_hi, c10, b_hi); }
+    if (m_lo + 1u < m_len) { store(m_lo + 1u, n_len, n_lo, c01, b_lo); store(m_lo + 1u, n_len, n_hi, c11, b_hi); }
+    if (m_lo + 2u < m_len) { store(m_lo + 2u, n_len, n_lo, c02, b_lo); store(m_lo + 2u, n_len, n_hi, c12, b_hi); }
+    if (m_lo + 3u < m_len) { store(m_lo + 3u, n_len, n_lo, c03, b_lo); store(m_lo + 3u, n_len, n_hi, c13, b_hi); }
+    if (m_hi < m_len) { store(m_hi, n_len, n_lo, c20, b_lo); store(m_hi, n_len, n_hi, c30, b_hi); }
+    if (m_hi + 1u < m_len) { store(m_hi + 1u, n_len, n_lo, c21, b_lo); store(m_hi + 1u, n_len, n_hi, c31, b_hi); }
+    if (m_hi + 2u < m_len) { store(m_hi + 2u, n_len, n_lo, c22, b_lo); store(m_hi + 2u, n_len, n_hi, c32, b_hi); }
+    if (m_hi + 3u < m_len) { store(m_hi + 3u, n_len, n_lo, c23, b_lo); store(m_hi + 3u, n_len, n_hi, c33, b_hi); }
+}

@@ -1,0 +1,348 @@
+//! Linear layers whose weights stay in ggml blocks on the GPU: `y = x · Wᵀ (+ b)` with `W [n, k]` uploaded once
+//! as the raw block bytes of a GGUF tensor and dequantized inside the matmul, accumulating in f32. Three kernels by
+//! rows of x: `shaders/matvec_quant.wgsl` (up to 8 rows: 32 threads share one row of W),
+//! `matmul_quant.wgsl` (64×64 outputs per workgroup) and `matmul_quant_wide.wgsl` (128×128, from
+//! 256 rows), each completed by one `shaders/matmul_<type>.wgsl` per block type.
+//!
+//! The reference twin, [`reference`], dequantizes on the host ([`crate::formats::dequantize`]) and multiplies with
+//! plain tensor ops; it is the path on devices that are not wgpu.
+
+use burn::backend::Cube;
+use burn::backend::DispatchDevice;
+use burn::backend::wgpu::CubeTensor;
+use burn::cubecl::prelude::CubeCount;
+use burn::cubecl::server::KernelArguments;
+use burn::module::Module;
+use burn::tensor::{Bytes, DType, Device, Int, Tensor, TensorData};
+
+use super::{WgslKernel, cube_tensor, params, tensor_from_handle};
+use crate::formats::{GgmlType, GgufFile, dequantize};
+use crate::{Error, Result};
+
+/// Values of W the kernels dequantize per row and step of the K loop; K must be a multiple of it.
+const TILE_K: usize = 32;
+/// Outputs along M and N one workgroup of the square kernel computes (`TILE_M`, `TILE_N`).
+const TILE: usize = 64;
+/// Outputs along M and N one workgroup of the wide kernel computes (`TILE` in `matmul_quant_wide.wgsl`).
+const WIDE_TILE: usize = 128;
+/// Rows of x from which the wide kernel (8×8 outputs per thread) replaces the square one (4×4).
+const WIDE_FROM_ROWS: usize = 256;
+/// Rows of x up to which the matrix-vector kernel (W read once per 4 rows) replaces the square one.
+const MATVEC_MAX_ROWS: usize = 8;
+/// Rows of W and of x one workgroup of the matrix-vector kernel covers (`TEAMS`, `ROWS`).
+const MATVEC_TILE: (usize, usize) = (8, 4);
+/// Rows of W the matrix-vector kernel reaches within WebGPU's 65 535 workgroups per dimension.
+const MAX_PACKED_ROWS: usize = 65_535 * MATVEC_TILE.0;
+
+/// The matrix-vector, square and wide kernels reading one block type: `shaders/matmul_<type>.wgsl` (its
+/// `dequant8`), `shaders/ggml_bytes.wgsl` and the matmul itself.
+macro_rules! quant_kernels {
+    ($name:literal, $file:literal) => {
+        [
+            WgslKernel {
+                name: concat!($name, "_vec"),
+                source: concat!(
+                    include_str!(concat!("../../shaders/", $file)),
+                    include_str!("../../shaders/ggml_bytes.wgsl"),
+                    include_str!("../../shaders/matvec_quant.wgsl")
+                ),
+            },
+            WgslKernel {
+                name: $name,
+                source: concat!(
+                    include_str!(concat!("../../shaders/", $file)),
+                    include_str!("../../shaders/ggml_bytes.wgsl"),
+                    include_str!("../../shaders/matmul_quant.wgsl")
+                ),
+            },
+            WgslKernel {
+                name: concat!($name, "_wide"),
+                source: concat!(
+                    include_str!(concat!("../../shaders/", $file)),
+                    include_str!("../../shaders/ggml_bytes.wgsl"),
+                    include_str!("../../shaders/matmul_quant_wide.wgsl")
+                ),
+            },
+        ]
+    };
+}
+
+/// The matrix-vector, square and wide kernels that read `ty` blocks, or `None` for types without kernels.
+fn kernels_for(ty: GgmlType) -> Option<[WgslKernel; 3]> {
+    Some(match ty {
+        GgmlType::Q8_0 => quant_kernels!("matmul_q8_0", "matmul_q8_0.wgsl"),
+        GgmlType::Q4_0 => quant_kernels!("matmul_q4_0", "matmul_q4_0.wgsl"),
+        GgmlType::Q4_1 => quant_kernels!("matmul_q4_1", "matmul_q4_1.wgsl"),
+        GgmlType::Q5_0 => quant_kernels!("matmul_q5_0", "matmul_q5_0.wgsl"),
+        GgmlType::Q5_1 => quant_kernels!("matmul_q5_1", "matmul_q5_1.wgsl"),
+        GgmlType::Q4_K => quant_kernels!("matmul_q4_k", "matmul_q4_k.wgsl"),
+        GgmlType::Q5_K => quant_kernels!("matmul_q5_k", "matmul_q5_k.wgsl"),
+        GgmlType::Q6_K => quant_kernels!("matmul_q6_k", "matmul_q6_k.wgsl"),
+        GgmlType::F16 => quant_kernels!("matmul_f16", "matmul_f16.wgsl"),
+        GgmlType::BF16 => quant_kernels!("matmul_bf16", "matmul_bf16.wgsl"),
+        _ => return None,
+    })
+}
+
+/// Whether [`PackedWeight`] keeps `ty` packed on wgpu (it dequantizes the other dequantizable types).
+pub fn has_kernel(ty: GgmlType) -> bool {
+    kernels_for(ty).is_some()
+}
+
+/// Where a [`PackedWeight`] keeps its values.
+#[derive(Module, Debug)]
+pub enum WeightStorage {
+    /// The ggml block bytes as little-endian `u32` words (zero-padded to a multiple of 4 bytes), on wgpu.
+    Blocks(Tensor<1, Int>),
+    /// The dequantized `[n, k]` matrix, on devices without our kernels.
+    Dense(Tensor<2>),
+}
+
+/// A ggml weight `[n, k]` (`ne0 = k` input features) for `y = x · Wᵀ`.
+#[derive(Module, Debug)]
+pub struct PackedWeight {
+    /// Storage type of the blocks.
+    #[module(skip)]
+    pub ty: GgmlType,
+    /// Output features (rows of W).
+    pub n: usize,
+    /// Input features (values per row of W).
+    pub k: usize,
+    /// The values, packed or dequantized.
+    pub storage: WeightStorage,
+}
+
+impl PackedWeight {
+    /// Uploads a weight from its ggml type, PyTorch-order shape `[n, k]` and block bytes (as
+    /// [`GgufFile::raw`] returns them): packed on wgpu when a kernel reads `ty`, dequantized otherwise.
+    pub fn new(ty: GgmlType, shape: &[usize], bytes: &[u8], device: &Device) -> Result<Self> {
+        let (n, k) = check(ty, shape, bytes)?;
+        let on_wgpu = matches!(device.as_dispatch(), DispatchDevice::Cube(_));
+        if !on_wgpu || !has_kernel(ty) {
+            return Self::dense(ty, shape, bytes, device);
+        }
+        if n > MAX_PACKED_ROWS {
+            return Err(Error::Invalid(format!("a packed {ty} weight {shape:?} has more than {MAX_PACKED_ROWS} rows")));
+        }
+        if !k.is_multiple_of(TILE_K) {
+            return Err(Error::Invalid(format!(
+                "a packed {ty} weight {shape:?} needs input features in multiples of {TILE_K}, got {k}"
+            )));
+        }
+        let mut words = vec![0u32; bytes.len().div_ceil(4)];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks(4)) {
+            let mut le = [0u8; 4];
+            le[..chunk.len()].copy_from_slice(chunk);
+            *word = u32::from_le_bytes(le);
+        }
+        let len = words.len();
+        let blocks = Tensor::<1, Int>::from_data(TensorData::new(words, [len]), (device, DType::U32));
+        Ok(Self { ty, n, k, storage: WeightStorage::Blocks(blocks) })
+    }
+
+    /// The reference twin: the weight dequantized on the host to an f32 `[n, k]` tensor on `device`.
+    pub fn dense(ty: GgmlType, shape: &[usize], bytes: &[u8], device: &Device) -> Result<Self> {
+        let (n, k) = check(ty, shape, bytes)?;
+        let values = dequantize(ty, bytes, n * k)?;
+        let dense = Tensor::<2>::from_data(TensorData::new(values, [n, k]), device);
+        Ok(Self { ty, n, k, storage: WeightStorage::Dense(dense) })
+    }
+
+    /// The GGUF tensor `name` as a weight on `device` (see [`PackedWeight::new`]).
+    pub fn from_gguf(file: &GgufFile, name: &str, device: &Device) -> Result<Self> {
+        let (ty, shape, bytes) = file.raw(name)?;
+        Self::new(ty, &shape, &bytes, device).map_err(|e| Error::Invalid(format!("tensor `{name}`: {e}")))
+    }
+
+    /// Whether the weight stays in ggml blocks (wgpu) rather than dequantized.
+    pub fn is_packed(&self) -> bool {
+        matches!(self.storage, WeightStorage::Blocks(_))
+    }
+
+    /// Bytes the weight occupies on its device.
+    pub fn device_bytes(&self) -> usize {
+        match &self.storage {
+            WeightStorage::Blocks(words) => words.dims()[0] * size_of::<u32>(),
+            WeightStorage::Dense(dense) => dense.shape().num_elements() * size_of::<f32>(),
+        }
+    }
+}
+
+/// Validates a ggml weight `[n, k]` and its bytes; returns `(n, k)`.
+fn check(ty: GgmlType, shape: &[usize], bytes: &[u8]) -> Result<(usize, usize)> {
+    let &[n, k] = shape else {
+        return Err(Error::Invalid(format!("a linear weight must be 2-D [out, in], got {ty} {shape:?}")));
+    };
+    if !ty.can_dequantize() {
+        return Err(Error::Invalid(format!("{ty} weights {shape:?} cannot be used yet")));
+    }
+    if k % ty.block_size() != 0 {
+        return Err(Error::Invalid(format!(
+            "{ty} weight {shape:?}: {k} input features are not whole blocks of {}",
+            ty.block_size()
+        )));
+    }
+    let expected = (n * k / ty.block_size()) as u64 * ty.type_size() as u64;
+    if bytes.len() as u64 != expected {
+        return Err(Error::Invalid(format!("{ty} weight {shape:?} needs {expected} bytes, got {}", bytes.len())));
+    }
+    Ok((n, k))
+}
+
+/// `x [m, k] · Wᵀ (+ bias [n]) → [m, n]`: the kernel for packed weights, [`reference`] for dense ones.
+///
+/// # Panics
+/// When `x` has not `k` columns, or `x` and the weight live on different devices (like burn's own ops).
+pub fn matmul(x: Tensor<2>, weight: &PackedWeight, bias: Option<&Tensor<1>>) -> Tensor<2> {
+    let [m, k] = x.dims();
+    assert_eq!(k, weight.k, "matmul of x [{m}, {k}] with a {} weight [{}, {}]", weight.ty, weight.n, weight.k);
+    match &weight.storage {
+        WeightStorage::Dense(dense) => reference(x, dense.clone(), bias.cloned()),
+        WeightStorage::Blocks(words) => {
+            let x = cube_tensor(x).unwrap_or_else(|_| panic!("x is not on the wgpu device of its packed weight"));
+            quant_kernel(x, words.clone(), weight, bias)
+        }
+    }
+}
+
+/// The reference twin: `x [m, k] · dense [n, k]ᵀ (+ bias [n])` in plain tensor ops.
+pub fn reference(x: Tensor<2>, dense: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
+    let y = x.matmul(dense.transpose());
+    match bias {
+        Some(bias) => y + bias.unsqueeze_dim::<2>(0),
+        None => y,
+    }
+}
+
+fn quant_kernel(x: CubeTensor, words: Tensor<1, Int>, weight: &PackedWeight, bias: Option<&Tensor<1>>) -> Tensor<2> {
+    let [matvec, square, wide] = kernels_for(weight.ty).expect("packed weights have a kernel");
+    let (m, n, k) = (x.meta.shape()[0], weight.n, weight.k);
+    let client = x.client.clone();
+    let out = client.empty((m * n).max(1) * size_of::<f32>());
+    if m == 0 || n == 0 {
+        return tensor_from_handle(&x, out, [m, n]);
+    }
+    let words: CubeTensor =
+        words.try_into_primitive::<Cube>().unwrap_or_else(|_| panic!("packed blocks are not on wgpu"));
+    let bias = bias.map(|b| cube_tensor(b.clone()).unwrap_or_else(|_| panic!("the bias is not on the wgpu device")));
+    let bias_handle = match &bias {
+        Some(b) => b.handle.clone(),
+        None => client.create(Bytes::from_elems(vec![0f32])),
+    };
+    let row_bytes = k / weight.ty.block_size() * weight.ty.type_size();
+    let dims = params(&client, &[m as u32, n as u32, k as u32, row_bytes as u32, bias.is_some() as u32]);
+    let buffers = vec![
+        x.handle.clone().binding(),
+        words.handle.clone().binding(),
+        bias_handle.binding(),
+        out.clone().binding(),
+        dims.binding(),
+    ];
+    let (kernel, (tile_n, tile_m)) = if m <= MATVEC_MAX_ROWS {
+        (matvec, MATVEC_TILE)
+    } else if m >= WIDE_FROM_ROWS && n >= WIDE_TILE {
+        (wide, (WIDE_TILE, WIDE_TILE))
+    } else {
+        (square, (TILE, TILE))
+    };
+    let groups = CubeCount::Static(n.div_ceil(tile_n) as u32, m.div_ceil(tile_m) as u32, 1);
+    client.launch(Box::new(kernel), groups, KernelArguments::new().with_buffers(buffers));
+    tensor_from_handle(&x, out, [m, n])
+}
+
+/// A linear layer `y = x · Wᵀ + b` over a [`PackedWeight`] (field names as in the checkpoints).
+#[derive(Module, Debug)]
+pub struct PackedLinear {
+    /// The weight `[out, in]`.
+    pub weight: PackedWeight,
+    /// The bias `[out]`, in f32.
+    pub bias: Option<Tensor<1>>,
+}
+
+impl PackedLinear {
+    /// A layer from its weight and optional bias, checking that the bias has one value per output.
+    pub fn new(weight: PackedWeight, bias: Option<Tensor<1>>) -> Result<Self> {
+        if let Some(b) = &bias
+            && b.dims()[0] != weight.n
+        {
+            return Err(Error::Invalid(format!(
+                "a bias of {} values for a {} weight with {} outputs",
+                b.dims()[0],
+                weight.ty,
+                weight.n
+            )));
+        }
+        Ok(Self { weight, bias })
+    }
+
+    /// `[..., in] → [..., out]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dims = x.dims();
+        let k = dims[D - 1];
+        let rows = dims[..D - 1].iter().product();
+        let y = matmul(x.reshape([rows, k]), &self.weight, self.bias.as_ref()); // [b·n, out]
+        let mut out = dims;
+        out[D - 1] = self.weight.n;
+        y.reshape(out)
+    }
+
+    /// Bytes the weight and bias occupy on their device.
+    pub fn device_bytes(&self) -> usize {
+        self.weight.device_bytes() + self.bias.as_ref().map_or(0, |b| b.dims()[0] * size_of::<f32>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Tolerance;
+    use half::f16;
+
+    fn q8_0_rows(n: usize, blocks: usize) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for r in 0..n * blocks {
+            bytes.extend(f16::from_f32(0.25 * (r % 3 + 1) as f32).to_le_bytes());
+            bytes.extend((0..32i32).map(|j| ((j * 7 + r as i32 * 3) % 255 - 127) as i8 as u8));
+        }
+        bytes
+    }
+
+    #[test]
+    fn weights_and_shapes_are_checked() {
+        let cpu = crate::device::cpu();
+        let bytes = q8_0_rows(3, 2);
+        let err = PackedWeight::new(GgmlType::Q8_0, &[3, 64, 1], &bytes, &cpu).unwrap_err().to_string();
+        assert!(err.contains("2-D"), "{err}");
+        let err = PackedWeight::new(GgmlType::Q8_0, &[3, 48], &bytes, &cpu).unwrap_err().to_string();
+        assert!(err.contains("not whole blocks of 32"), "{err}");
+        let err = PackedWeight::new(GgmlType::Q8_0, &[3, 64], &bytes[1..], &cpu).unwrap_err().to_string();
+        assert!(err.contains("needs 204 bytes, got 203"), "{err}");
+        let err = PackedWeight::new(GgmlType::Q2_K, &[1, 256], &[0; 84], &cpu).unwrap_err().to_string();
+        assert!(err.contains("Q2_K"), "{err}");
+        let w = PackedWeight::new(GgmlType::Q8_0, &[3, 64], &bytes, &cpu).unwrap();
+        let err = PackedLinear::new(w, Some(Tensor::zeros([4], &cpu))).unwrap_err().to_string();
+        assert!(err.contains("bias of 4 values"), "{err}");
+    }
+
+    #[test]
+    fn cpu_weights_are_dense_and_forward_keeps_leading_dims() {
+        let cpu = crate::device::cpu();
+        let bytes = q8_0_rows(3, 2);
+        let w = PackedWeight::new(GgmlType::Q8_0, &[3, 64], &bytes, &cpu).unwrap();
+        assert!(!w.is_packed());
+        assert_eq!(w.device_bytes(), 3 * 64 * 4);
+        let dense = dequantize(GgmlType::Q8_0, &bytes, 3 * 64).unwrap();
+        let bias = Tensor::<1>::from_floats([1.0, -2.0, 0.5], &cpu);
+        let layer = PackedLinear::new(w, Some(bias)).unwrap();
+        let x: Vec<f32> = (0..2 * 2 * 64).map(|i| ((i * 13) % 17) as f32 / 8.0 - 1.0).collect();
+        let y = layer.forward(Tensor::<3>::from_data(TensorData::new(x.clone(), [2, 2, 64]), &cpu));
+        assert_eq!(y.dims(), [2, 2, 3]);
+        let mut expected = Vec::new();
+        for row in x.chunks(64) {
+            for (o, b) in [1.0f32, -2.0, 0.5].iter().enumerate() {
+                expected.push(row.iter().zip(&dense[o * 64..(o + 1) * 64]).map(|(a, w)| a * w).sum::<f32>() + b);
+            }
+        }
+        y.into_data().assert_approx_eq::<f32>(&TensorData::new(expected, [2, 2, 3]), Tolerance::absolute(1e-4));
+    }
+}

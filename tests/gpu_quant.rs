@@ -1,0 +1,203 @@
+//! Matmuls over ggml blocks packed on the GPU (`kernels::quant_matmul`, wgpu; lavapipe without a GPU) equal
+//! their reference twin: the same blocks dequantized on the host and multiplied on the CPU.
+
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor, TensorData, Tolerance};
+use half::f16;
+use kontext_web::formats::{GgmlType, GgufFile};
+use kontext_web::kernels::quant_matmul::{PackedLinear, PackedWeight, has_kernel, matmul};
+use kontext_web::weights::Weights;
+use kontext_web::{device, selfcheck};
+
+fn gpu() -> Device {
+    device::wgpu().expect("a wgpu adapter (lavapipe: apt-get install mesa-vulkan-drivers)").0
+}
+
+fn gguf(rel: &str) -> GgufFile {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/bfl_gguf").join(rel);
+    GgufFile::open(std::fs::read(path).unwrap()).unwrap()
+}
+
+/// A ggml weight as `GgufFile::raw` returns it.
+struct Raw {
+    ty: GgmlType,
+    n: usize,
+    k: usize,
+    bytes: Vec<u8>,
+}
+
+impl Raw {
+    fn of(file: &GgufFile, name: &str) -> Self {
+        let (ty, shape, bytes) = file.raw(name).unwrap();
+        Raw { ty, n: shape[0], k: shape[1], bytes }
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.k / self.ty.block_size() * self.ty.type_size()
+    }
+
+    /// Whole rows `rows` of the matrix.
+    fn rows(&self, rows: std::ops::Range<usize>) -> Self {
+        let r = self.row_bytes();
+        Raw { ty: self.ty, n: rows.len(), k: self.k, bytes: self.bytes[rows.start * r..rows.end * r].to_vec() }
+    }
+
+    /// The first `k` columns (whole blocks) of every row.
+    fn first_columns(&self, k: usize) -> Self {
+        let take = k / self.ty.block_size() * self.ty.type_size();
+        let bytes = self.bytes.chunks(self.row_bytes()).flat_map(|row| row[..take].to_vec()).collect();
+        Raw { ty: self.ty, n: self.n, k, bytes }
+    }
+
+    /// The rows of `self` followed by those of `other`.
+    fn stack(mut self, other: &Raw) -> Self {
+        assert_eq!((self.ty, self.k), (other.ty, other.k));
+        self.bytes.extend(&other.bytes);
+        self.n += other.n;
+        self
+    }
+
+    fn packed(&self, device: &Device) -> PackedWeight {
+        PackedWeight::new(self.ty, &[self.n, self.k], &self.bytes, device).unwrap()
+    }
+}
+
+fn input(m: usize, k: usize, salt: u32, device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(selfcheck::test_matrix(m, k, salt), [m, k]), device)
+}
+
+/// Kernel on wgpu vs reference twin on the CPU for each M: the matrix-vector kernel up to 8 rows, the square
+/// one, and from 256 rows the wide one (when N ≥ 128).
+fn assert_kernel_matches(raw: &Raw, bias: Option<&[f32]>, what: &str) {
+    let (gpu, cpu) = (gpu(), device::cpu());
+    let packed = raw.packed(&gpu);
+    assert!(packed.is_packed(), "{what}: {} stays packed on wgpu", raw.ty);
+    let dense = raw.packed(&cpu);
+    assert!(!dense.is_packed());
+    let bias_on = |d: &Device| bias.map(|b| Tensor::<1>::from_data(TensorData::new(b.to_vec(), [b.len()]), d));
+    let (gpu_bias, cpu_bias) = (bias_on(&gpu), bias_on(&cpu));
+    let mut worst = 0f32;
+    for m in [1, 3, 6, 37, 70, 300] {
+        let got = matmul(input(m, raw.k, m as u32, &gpu), &packed, gpu_bias.as_ref()).into_data();
+        let want = matmul(input(m, raw.k, m as u32, &cpu), &dense, cpu_bias.as_ref()).into_data();
+        assert_eq!(got.shape().as_slice(), [m, raw.n], "{what}");
+        let (g, w) = (got.try_to_vec::<f32>().unwrap(), want.try_to_vec::<f32>().unwrap());
+        worst = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
+        got.assert_approx_eq::<f32>(&want, Tolerance::rel_abs(1e-4, 1e-4));
+    }
+    eprintln!("{what}: {} [{}, {}] worst |kernel − reference| {worst:.2e}", raw.ty, raw.n, raw.k);
+}
+
+#[test]
+fn quant_vector_blocks_multiply_like_the_reference_twin() {
+    let file = gguf("quant_vectors.gguf");
+    let mut covered = Vec::new();
+    for info in file.tensors() {
+        if !has_kernel(info.ggml_type) {
+            continue;
+        }
+        let raw = Raw::of(&file, &info.name);
+        assert_eq!((raw.n, raw.k), (4, 512), "{}", info.name);
+        assert_kernel_matches(&raw, None, &info.name);
+        // N odd with K = one block (32 values for f16), and one row with a bias and K = 96 or both Q4_K blocks.
+        let block = raw.ty.block_size().max(32);
+        assert_kernel_matches(&raw.rows(1..4).first_columns(block), None, &info.name);
+        assert_kernel_matches(&raw.rows(1..2).first_columns((3 * block).min(raw.k)), Some(&[0.5]), &info.name);
+        covered.push(raw.ty);
+    }
+    covered.sort();
+    use GgmlType::*;
+    assert_eq!(covered, [F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, BF16]);
+}
+
+#[test]
+fn transformer_blocks_multiply_like_the_reference_twin() {
+    for kind in ["Q8_0", "Q4_0"] {
+        let file = gguf(&format!("transformer_bfl-{kind}.gguf"));
+        let raw = Raw::of(&file, "double_blocks.0.img_mlp.0.weight");
+        assert_eq!((raw.ty.name(), raw.n, raw.k), (kind, 256, 64));
+        let bias = file.read("double_blocks.0.img_mlp.0.bias").unwrap().data;
+        // N beyond one 64-wide tile and odd; K = two blocks.
+        assert_kernel_matches(&raw.rows(0..67), Some(&bias[..67]), kind);
+        assert_kernel_matches(&raw, Some(&bias), kind);
+    }
+    let file = gguf("transformer_bfl-Q4_K_S.gguf");
+    let names = ["double_blocks.0.img_mlp.2", "double_blocks.0.txt_mlp.2", "double_blocks.1.img_mlp.2"];
+    let raws: Vec<Raw> = names.iter().map(|n| Raw::of(&file, &format!("{n}.weight"))).collect();
+    assert_eq!((raws[0].ty, raws[0].n, raws[0].k), (GgmlType::Q4_K, 64, 256));
+    let stacked = raws[1..].iter().fold(raws[0].rows(0..64), |acc, r| acc.stack(r));
+    assert_kernel_matches(&stacked.rows(5..136), None, "Q4_K");
+    let qkv = Raw::of(&file, "double_blocks.0.img_attn.qkv.weight");
+    assert_eq!(qkv.ty, GgmlType::F16);
+    assert_kernel_matches(&qkv.rows(0..131), None, "F16");
+}
+
+/// `n` rows of `k` values of `ty` with pseudo-random quants and sane f16 scales at `scale_offsets` of each block.
+fn synthetic(ty: GgmlType, n: usize, k: usize, scale_offsets: &[usize]) -> Raw {
+    let mut state = 0x9e37_79b9u32;
+    let mut bytes: Vec<u8> = (0..n * k / ty.block_size() * ty.type_size())
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state >> 24) as u8
+        })
+        .collect();
+    for (b, block) in bytes.chunks_mut(ty.type_size()).enumerate() {
+        for (i, &at) in scale_offsets.iter().enumerate() {
+            let scale = 0.0005 * (1 + (b + i) % 5) as f32;
+            block[at..at + 2].copy_from_slice(&f16::from_f32(scale).to_le_bytes());
+        }
+    }
+    Raw { ty, n, k, bytes }
+}
+
+#[test]
+fn q5_k_and_q6_k_blocks_multiply_like_the_reference_twin() {
+    for (ty, scales) in
+        [(GgmlType::Q5_K, &[0usize, 2][..]), (GgmlType::Q6_K, &[208][..]), (GgmlType::Q4_K, &[0, 2][..])]
+    {
+        let raw = synthetic(ty, 133, 512, scales);
+        assert_kernel_matches(&raw, None, ty.name());
+        assert_kernel_matches(&raw.rows(0..1).first_columns(256), Some(&[-1.5]), ty.name());
+    }
+}
+
+#[test]
+fn packed_linear_on_wgpu_keeps_the_file_bytes_and_matches_the_cpu() {
+    let file = gguf("transformer_bfl-Q4_0.gguf");
+    let (gpu, cpu) = (gpu(), device::cpu());
+    let layer = |device: &Device| {
+        let weight = PackedWeight::from_gguf(&file, "double_blocks.0.img_mlp.0.weight", device).unwrap();
+        let bias = file.read("double_blocks.0.img_mlp.0.bias").unwrap();
+        let bias = Tensor::<1>::from_data(TensorData::new(bias.data, [bias.shape[0]]), device);
+        PackedLinear::new(weight, Some(bias)).unwrap()
+    };
+    let (on_gpu, on_cpu) = (layer(&gpu), layer(&cpu));
+    let file_bytes = file.tensor("double_blocks.0.img_mlp.0.weight").unwrap().len as usize;
+    assert!(on_gpu.weight.is_packed());
+    assert!(on_gpu.weight.device_bytes() as f64 <= 1.05 * file_bytes as f64, "{}", on_gpu.weight.device_bytes());
+    assert!(on_gpu.weight.device_bytes() >= file_bytes);
+    assert_eq!(on_cpu.weight.device_bytes(), 256 * 64 * 4);
+    assert_eq!(on_gpu.device_bytes(), on_gpu.weight.device_bytes() + 256 * 4);
+
+    // [b, n, k] with a strided (transposed) view as input.
+    let x = |device: &Device| {
+        let flat = selfcheck::test_matrix(2 * 64, 5, 11);
+        Tensor::<3>::from_data(TensorData::new(flat, [2, 64, 5]), device).swap_dims(1, 2)
+    };
+    let got = on_gpu.forward(x(&gpu));
+    assert_eq!(got.dims(), [2, 5, 256]);
+    got.into_data().assert_approx_eq::<f32>(&on_cpu.forward(x(&cpu)).into_data(), Tolerance::rel_abs(1e-4, 1e-4));
+
+    // Every block type of the Q4_0 and Q8_0 files stays within 5 % of its file bytes (u32 padding only).
+    for kind in ["Q4_0", "Q8_0"] {
+        let file = gguf(&format!("transformer_bfl-{kind}.gguf"));
+        for info in file.tensors().iter().filter(|t| t.shape.len() == 2 && t.ggml_type.name() == kind) {
+            let weight = PackedWeight::from_gguf(&file, &info.name, &gpu).unwrap();
+            assert!(weight.is_packed());
+            assert!(weight.device_bytes() as f64 <= 1.05 * info.len as f64, "{}", info.name);
+        }
+    }
+}
