@@ -7,6 +7,7 @@
 //! places several allocations in one wgpu buffer, and wgpu refuses one buffer bound both read-only and
 //! read-write in a dispatch.
 
+pub mod attention;
 pub mod pack;
 pub mod quant_matmul;
 

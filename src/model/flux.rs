@@ -12,7 +12,7 @@
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 
 use super::config::FluxConfig;
 use super::embeddings::{MlpEmbedder, TIME_FACTOR, TIMESTEP_FEATURES, timestep_embedding};
@@ -24,12 +24,10 @@ use crate::{Error, Result};
 /// Epsilon of every LayerNorm and RMSNorm of the model.
 const NORM_EPS: f64 = 1e-6;
 
-/// Scaled dot-product attention `softmax(q·kᵀ / √d)·v` over `[b, heads, n, d]`; the one place to swap in a
-/// memory-efficient kernel.
+/// Scaled dot-product attention `softmax(q·kᵀ / √d)·v` over `[b, heads, n, d]`: the flash kernel on wgpu,
+/// the materialised reference elsewhere ([`crate::kernels::attention::attention`]).
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
-    let d = q.dims()[3];
-    let scores = q.matmul(k.transpose()) * (1.0 / (d as f64).sqrt()); // [b, h, n, n]
-    softmax(scores, 3).matmul(v)
+    crate::kernels::attention::attention(q, k, v)
 }
 
 /// LayerNorm over the last axis without affine parameters.

@@ -7,8 +7,8 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
-use burn::tensor::module::{attention, conv2d, linear};
-use burn::tensor::ops::{AttentionModuleOptions, ConvOptions, PadMode};
+use burn::tensor::module::{conv2d, linear};
+use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Device, Tensor, TensorData};
 
 pub use super::vae_config::VaeConfig;
@@ -127,8 +127,7 @@ impl Attention {
         let [b, c, h, w] = x.dims();
         let tokens = self.group_norm.forward(x.clone()).reshape([b, c, h * w]).swap_dims(1, 2); // [b, hw, c]
         let heads = |proj: &Linear| proj.forward(tokens.clone()).unsqueeze_dim::<4>(1); // [b, 1, hw, c]
-        let options = AttentionModuleOptions { scale: Some(1.0 / (c as f64).sqrt()), ..Default::default() };
-        let attended = attention(heads(&self.to_q), heads(&self.to_k), heads(&self.to_v), None, None, options);
+        let attended = crate::kernels::attention::attention(heads(&self.to_q), heads(&self.to_k), heads(&self.to_v));
         let out = self.to_out.forward(attended.reshape([b, h * w, c])); // [b, hw, c]
         out.swap_dims(1, 2).reshape([b, c, h, w]) + x
     }

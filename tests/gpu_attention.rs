@@ -1,0 +1,126 @@
+//! The flash-attention kernel on burn's wgpu backend (Mesa lavapipe on machines without a GPU) against its
+//! materialised reference twin, and the tiny Flux DiT on wgpu against the golden run.
+
+use burn::tensor::{Device, Tensor, TensorData, Tolerance};
+use kontext_web::formats::SafetensorsFile;
+use kontext_web::kernels::attention::{attention, flash_attention, reference};
+use kontext_web::model::FluxConfig;
+use kontext_web::model::flux::Flux;
+use kontext_web::weights::Weights;
+use kontext_web::{device, selfcheck};
+
+const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
+
+fn gpu() -> Device {
+    device::wgpu().expect("a wgpu adapter (lavapipe: apt-get install mesa-vulkan-drivers)").0
+}
+
+/// Deterministic values in [-amplitude, amplitude].
+fn values(shape: [usize; 4], salt: u32, amplitude: f32) -> TensorData {
+    let n: usize = shape.iter().product();
+    TensorData::new(selfcheck::test_matrix(1, n, salt).into_iter().map(|x| x * amplitude).collect(), shape)
+}
+
+fn max_abs_diff(a: &TensorData, b: &TensorData) -> f32 {
+    a.iter::<f32>().zip(b.iter::<f32>()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Kernel on the GPU against the reference on the same GPU, for `q` `[b, h, lq, d]` and `k`, `v` `[b, h, lk, d]`.
+fn check(b: usize, h: usize, lq: usize, lk: usize, d: usize) {
+    let gpu = gpu();
+    // Amplitude 2 makes scores up to ~4·√d: a softmax far from uniform, where the running max matters.
+    let q = Tensor::<4>::from_data(values([b, h, lq, d], 1, 2.0), &gpu);
+    let k = Tensor::<4>::from_data(values([b, h, lk, d], 2, 2.0), &gpu);
+    let v = Tensor::<4>::from_data(values([b, h, lk, d], 3, 1.0), &gpu);
+    let ours = flash_attention(q.clone(), k.clone(), v.clone()).expect("the kernel applies").into_data();
+    let expected = reference(q, k, v).into_data();
+    assert_eq!(ours.shape(), expected.shape());
+    eprintln!("(b {b}, h {h}, lq {lq}, lk {lk}, d {d}): max |diff| {:e}", max_abs_diff(&ours, &expected));
+    ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
+}
+
+#[test]
+fn flash_kernel_equals_the_reference_on_small_shapes() {
+    for (b, h, l, d) in [(1, 1, 1, 16), (1, 2, 37, 16), (2, 3, 130, 32), (1, 1, 300, 128)] {
+        check(b, h, l, l, d);
+    }
+}
+
+#[test]
+fn flash_kernel_handles_unequal_lengths_odd_widths_and_the_widest_head() {
+    check(1, 2, 70, 9, 32);
+    check(1, 1, 5, 200, 48);
+    check(1, 1, 65, 23, 256);
+    check(2, 1, 33, 50, 7);
+    // Width not a multiple of 4, with the keys over three dispatches on llvmpipe.
+    check(1, 1, 3, 700, 250);
+}
+
+#[test]
+fn flash_kernel_at_4096_tokens_equals_the_cpu_reference_in_query_chunks() {
+    let (l, d, chunk) = (4096, 16, 512);
+    let q = values([1, 1, l, d], 4, 2.0);
+    let k = values([1, 1, l, d], 5, 2.0);
+    let v = values([1, 1, l, d], 6, 1.0);
+    let gpu = gpu();
+    let ours = flash_attention(
+        Tensor::from_data(q.clone(), &gpu),
+        Tensor::from_data(k.clone(), &gpu),
+        Tensor::from_data(v.clone(), &gpu),
+    )
+    .unwrap()
+    .into_data();
+
+    let cpu = device::cpu();
+    let (q, k, v) = (Tensor::<4>::from_data(q, &cpu), Tensor::<4>::from_data(k, &cpu), Tensor::<4>::from_data(v, &cpu));
+    let chunks = (0..l).step_by(chunk).map(|start| reference(q.clone().narrow(2, start, chunk), k.clone(), v.clone()));
+    let expected = Tensor::cat(chunks.collect(), 2).into_data();
+    eprintln!("L {l}: max |diff| {:e}", max_abs_diff(&ours, &expected));
+    ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
+}
+
+#[test]
+fn attention_falls_back_to_the_reference_for_heads_wider_than_the_kernel() {
+    let gpu = gpu();
+    let t = |salt| Tensor::<4>::from_data(values([1, 1, 9, 320], salt, 1.0), &gpu);
+    assert!(flash_attention(t(1), t(2), t(3)).is_err());
+    let ours = attention(t(1), t(2), t(3)).into_data();
+    ours.assert_approx_eq::<f32>(&reference(t(1), t(2), t(3)).into_data(), Tolerance::absolute(0.0));
+}
+
+#[test]
+fn flux_dit_on_wgpu_matches_the_golden_run() -> Result<(), Box<dyn std::error::Error>> {
+    let gpu = gpu();
+    let weights = SafetensorsFile::open(std::fs::read(format!("{TINY}/bfl_gguf/transformer_bfl.safetensors"))?)?;
+    let model = Flux::load(&FluxConfig::tiny(), &weights, &gpu)?;
+    let run = SafetensorsFile::open(std::fs::read(format!("{TINY}/golden/golden_run.safetensors"))?)?;
+    let input = |key: &str| -> Result<TensorData, Box<dyn std::error::Error>> {
+        let host = run.read(&format!("transformer_in_0_{key}"))?;
+        Ok(TensorData::new(host.data, host.shape))
+    };
+    let out = model.forward(
+        Tensor::from_data(input("hidden_states")?, &gpu),
+        Tensor::from_data(input("img_ids")?, &gpu),
+        Tensor::from_data(input("encoder_hidden_states")?, &gpu),
+        Tensor::from_data(input("txt_ids")?, &gpu),
+        Tensor::from_data(input("timestep")?, &gpu),
+        Tensor::from_data(input("pooled_projections")?, &gpu),
+        Some(Tensor::from_data(input("guidance")?, &gpu)),
+    )?;
+    let golden = run.read("transformer_out_0")?;
+    let golden = TensorData::new(golden.data, golden.shape);
+    let out = out.into_data();
+    eprintln!("transformer_out_0 on wgpu: max |diff| {:e}", max_abs_diff(&out, &golden));
+    out.assert_approx_eq::<f32>(&golden, Tolerance::absolute(1e-4));
+    Ok(())
+}
+
+#[test]
+fn bench_times_kernel_and_reference() {
+    let timings = kontext_web::kernels::attention::bench_attention(&gpu(), &[64, 512], 16, 2);
+    eprintln!("{timings:?}");
+    assert_eq!(timings.iter().map(|t| t.0).collect::<Vec<_>>(), [64, 512]);
+    for (_, kernel, reference) in timings {
+        assert!(kernel > 0.0 && reference.is_some_and(|r| r > 0.0));
+    }
+}
