@@ -174,19 +174,33 @@ pub fn load_transformer(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>
 /// T5 from `--t5` (a llama.cpp GGUF with its tokenizer, or transformers safetensors) or `text_encoder_2/`.
 pub fn load_t5(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, device: &Device) -> Result<(T5Encoder, T5Tokenizer)> {
     if let Some(source) = file {
-        if let Container::Gguf(gguf) = open_container(source)? {
-            let tokenizer = match folder_t5_tokenizer(files)? {
-                Some(tokenizer) => tokenizer,
-                None => t5_tokenizer_from_gguf(&gguf)?,
-            };
-            let arch = gguf.metadata("general.architecture").and_then(|v| v.as_str()).unwrap_or("t5encoder").to_string();
-            let vocab = gguf.shape("token_embd.weight").map(|s| s[0]).ok_or_else(|| Error::Invalid("the T5 GGUF has no token_embd".into()))?;
-            let config = T5Config::from_gguf_kv(&arch, |key| gguf.metadata(key).and_then(number), vocab)?;
-            let encoder = T5Encoder::load(&config, &LlamaCppT5Names::new(gguf), device)?;
-            return Ok((encoder, tokenizer));
+        match open_container(source)? {
+            Container::Gguf(gguf) => {
+                let tokenizer = match folder_t5_tokenizer(files)? {
+                    Some(tokenizer) => tokenizer,
+                    None => t5_tokenizer_from_gguf(&gguf)?,
+                };
+                let arch = gguf.metadata("general.architecture").and_then(|v| v.as_str()).unwrap_or("t5encoder").to_string();
+                let vocab = gguf
+                    .shape("token_embd.weight")
+                    .map(|s| s[0])
+                    .ok_or_else(|| Error::Invalid("the T5 GGUF has no token_embd".into()))?;
+                let config = T5Config::from_gguf_kv(&arch, |key| gguf.metadata(key).and_then(number), vocab)?;
+                let encoder = T5Encoder::load(&config, &LlamaCppT5Names::new(gguf), device)?;
+                return Ok((encoder, tokenizer));
+            }
+            // A single transformers-named file (ComfyUI's `t5xxl_fp16.safetensors`): config from the shapes.
+            Container::Safetensors(st) => {
+                let tokenizer = folder_t5_tokenizer(files)?.ok_or_else(|| {
+                    missing("T5 tokenizer", "--t5 as a GGUF (it carries one)", "tokenizer_2/tokenizer.json or tokenizer_2/spiece.model")
+                })?;
+                let config = match files.read_text("text_encoder_2/config.json")? {
+                    Some(json) => T5Config::from_hf_json(&json)?,
+                    None => T5Config::from_weights(&st)?,
+                };
+                return Ok((T5Encoder::load(&config, &st, device)?, tokenizer));
+            }
         }
-        // Safetensors: reopen through the same path as a folder component.
-        return Err(Error::Invalid("a T5 safetensors file is not supported as --t5; use a T5 GGUF or the folder's text_encoder_2/".into()));
     }
     let weights = component_weights(files, "text_encoder_2", "model")?
         .ok_or_else(|| missing("T5 encoder", "--t5", "text_encoder_2/model.safetensors"))?;

@@ -161,7 +161,7 @@ fn edit_from_the_diffusers_folder_matches_the_golden_run() {
 }
 
 #[test]
-fn edit_with_bfl_transformer_ae_and_clip_l_overrides_matches_the_golden_run() {
+fn edit_with_bfl_transformer_ae_clip_l_and_t5_file_overrides_matches_the_golden_run() {
     let tmp = TempDir::new("overrides");
     tiny_edit(
         &tmp,
@@ -170,6 +170,8 @@ fn edit_with_bfl_transformer_ae_and_clip_l_overrides_matches_the_golden_run() {
             "--transformer", "tests/fixtures/tiny/bfl_gguf/transformer_bfl.safetensors",
             "--vae", "tests/fixtures/tiny/bfl_gguf/ae.safetensors",
             "--clip", "tests/fixtures/tiny/bfl_gguf/clip_l_with_text_projection.safetensors",
+            // A single transformers-named T5 file, as ComfyUI users have (`t5xxl_fp16.safetensors`).
+            "--t5", "tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/text_encoder_2/model.safetensors",
         ],
     );
     check_tiny_edit(&tmp);
