@@ -13,7 +13,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 CARGO_TEST_JOBS ?=
 
-.PHONY: help tools web serve dist test test-native test-wasm test-e2e fmt clean-dist
+.PHONY: help tools web serve dist test test-native test-wasm test-e2e fmt
 
 help:
 	@echo "make serve   install what is missing, build the app, serve it on http://$(HOST):$(PORT)"

@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -48,6 +48,12 @@ pub struct AdapterReport {
     pub shader_f16: bool,
     /// Whether subgroup operations are enabled.
     pub subgroups: bool,
+}
+
+/// Reads a float tensor back to the host; the only readback path, async so it also works in a browser.
+pub async fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
+    let data = tensor.into_data_async().await.map_err(|e| Error::Readback(format!("{e:?}")))?;
+    data.try_into_vec_as::<f32>().map_err(|e| Error::Readback(format!("{e:?}")))
 }
 
 /// The CPU device.

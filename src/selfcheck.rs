@@ -6,7 +6,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::Result;
 
 /// The outcome of [`matmul_check`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,12 +46,6 @@ pub fn matmul_oracle(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<
     out
 }
 
-/// Reads a float tensor back to the host; the only readback path, async so it also works in a browser.
-pub async fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
-    let data = tensor.into_data_async().await.map_err(|e| Error::Readback(format!("{e:?}")))?;
-    data.try_into_vec_as::<f32>().map_err(|e| Error::Readback(format!("{e:?}")))
-}
-
 /// Multiplies two `size`×`size` matrices on `device` and compares with [`matmul_oracle`].
 pub async fn matmul_check(device: &Device, size: usize) -> Result<SelfCheck> {
     let a = test_matrix(size, size, 1);
@@ -59,7 +53,7 @@ pub async fn matmul_check(device: &Device, size: usize) -> Result<SelfCheck> {
     let expected = matmul_oracle(&a, &b, size, size, size);
     let ta = Tensor::<2>::from_data(TensorData::new(a, [size, size]), device);
     let tb = Tensor::<2>::from_data(TensorData::new(b, [size, size]), device);
-    let got = read_f32(ta.matmul(tb)).await?;
+    let got = crate::device::read_f32(ta.matmul(tb)).await?;
     let max_abs_error = got.iter().zip(&expected).map(|(g, e)| (g - e).abs()).fold(0f32, f32::max);
     let passed = got.len() == expected.len() && max_abs_error <= matmul_tolerance(size);
     Ok(SelfCheck { size, max_abs_error, passed })

@@ -1,6 +1,7 @@
 //! The `kontext` binary end to end on the reference fixtures (`tests/fixtures/tiny`, `tests/fixtures/variant_b`;
 //! golden keys in shared/reference/README.md): edits with injected noise, single-file overrides, GGUF
 //! transformers and T5s, text-to-image, the wgpu backend, and one clear error line for bad input.
+#![cfg(not(target_arch = "wasm32"))]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,4 +1,5 @@
 //! The weight-file readers on the reference fixtures (`tests/fixtures/tiny`, see shared/reference/README.md).
+#![cfg(not(target_arch = "wasm32"))]
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom, Write};

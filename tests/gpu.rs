@@ -1,5 +1,6 @@
 //! GPU tests on burn's wgpu backend (Mesa lavapipe on machines without a GPU): the device opens, computes a
 //! matmul equal to the CPU, and every WGSL kernel of ours equals its plain-tensor reference twin.
+#![cfg(not(target_arch = "wasm32"))]
 
 use burn::tensor::{Device, Tensor, TensorData, Tolerance};
 use kontext_web::{device, kernels, latent, selfcheck};

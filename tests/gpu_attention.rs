@@ -1,5 +1,6 @@
 //! The flash-attention kernel on burn's wgpu backend (Mesa lavapipe on machines without a GPU) against its
 //! materialised reference twin, and the tiny Flux DiT on wgpu against the golden run.
+#![cfg(not(target_arch = "wasm32"))]
 
 use burn::tensor::{Device, Tensor, TensorData, Tolerance};
 use kontext_web::formats::SafetensorsFile;

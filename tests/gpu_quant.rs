@@ -1,5 +1,6 @@
 //! Matmuls over ggml blocks packed on the GPU (`kernels::quant_matmul`, wgpu; lavapipe without a GPU) equal
 //! their reference twin: the same blocks dequantized on the host and multiplied on the CPU.
+#![cfg(not(target_arch = "wasm32"))]
 
 use std::path::Path;
 

@@ -26,7 +26,7 @@ async fn pack_kernel_on_webgpu_equals_its_reference_twin() {
     let values = selfcheck::test_matrix(1, shape.iter().product(), 3);
     let on_gpu = kernels::pack::pack(Tensor::<4>::from_data(TensorData::new(values.clone(), shape), &gpu));
     let reference = latent::pack(Tensor::<4>::from_data(TensorData::new(values, shape), &device::cpu()));
-    let got = selfcheck::read_f32(on_gpu).await.unwrap();
-    let expected = selfcheck::read_f32(reference).await.unwrap();
+    let got = device::read_f32(on_gpu).await.unwrap();
+    let expected = device::read_f32(reference).await.unwrap();
     assert_eq!(got, expected);
 }

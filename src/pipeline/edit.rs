@@ -9,7 +9,7 @@ use super::kontext::{self, KontextDenoiser, References, TextConditioning, VAE_SC
 use super::sampler::Sampler;
 use super::size::{self, Resize};
 use crate::loader::KontextModel;
-use crate::selfcheck::read_f32;
+use crate::device::read_f32;
 use crate::{Error, Result};
 
 /// T5 sequence length, as the reference pipeline (`max_sequence_length` 512).

@@ -168,7 +168,7 @@ async fn run_edit(job: EditJob) -> Result<Option<(Vec<u8>, u64, usize, usize)>> 
         }
         edit.step()?;
         // Waiting for this step's latents makes the progress real and lets messages (cancel) through.
-        selfcheck::read_f32(edit.latents().clone()).await?;
+        device::read_f32(edit.latents().clone()).await?;
         progress(Some(id), "denoising", edit.progress().0 as u64, steps);
     }
     progress(Some(id), "decoding", 0, 1);

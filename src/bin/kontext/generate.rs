@@ -10,7 +10,7 @@ use kontext_web::loader::{self, Folder, KontextModel, ModelFiles, NoFolder, Over
 use kontext_web::pipeline::edit::{Edit, EditRequest, Phase};
 use kontext_web::pipeline::{image as images, rng, size};
 use kontext_web::weights::Weights;
-use kontext_web::{Error, Result, selfcheck};
+use kontext_web::{Error, Result};
 
 /// Where the model comes from: a diffusers folder and/or single files.
 #[derive(clap::Args)]
@@ -190,8 +190,8 @@ pub fn edit(args: EditArgs) -> Result<()> {
     if let Some(dump) = &args.dump {
         let latents_shape = result.latents.dims().to_vec();
         let pixels_shape = result.pixels.dims().to_vec();
-        let latents = pollster::block_on(selfcheck::read_f32(result.latents))?;
-        let pixels = pollster::block_on(selfcheck::read_f32(result.pixels))?;
+        let latents = pollster::block_on(device::read_f32(result.latents))?;
+        let pixels = pollster::block_on(device::read_f32(result.pixels))?;
         write_safetensors(dump, vec![("latents", latents_shape, latents), ("image", pixels_shape, pixels)])?;
     }
     println!("wrote {} ({width}×{height}, seed {seed}) in {:.1} s", args.out.display(), started.elapsed().as_secs_f64());
@@ -215,7 +215,7 @@ pub fn forward(args: ForwardArgs) -> Result<()> {
         guidance,
     )?;
     let shape = out.dims().to_vec();
-    let values = pollster::block_on(selfcheck::read_f32(out))?;
+    let values = pollster::block_on(device::read_f32(out))?;
     write_safetensors(&args.out, vec![("out", shape.clone(), values)])?;
     println!("wrote {} {shape:?}", args.out.display());
     Ok(())
