@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use kontext_web::device::{self, Backend};
+use kontext_web::device::{self, Backend, read_f32};
 use kontext_web::formats::{FileSource, SafetensorsFile};
 use kontext_web::loader::{self, Folder, KontextModel, ModelFiles, NoFolder, Overrides};
 use kontext_web::pipeline::edit::{Edit, EditRequest, Phase};
@@ -190,8 +190,8 @@ pub fn edit(args: EditArgs) -> Result<()> {
     if let Some(dump) = &args.dump {
         let latents_shape = result.latents.dims().to_vec();
         let pixels_shape = result.pixels.dims().to_vec();
-        let latents = pollster::block_on(device::read_f32(result.latents))?;
-        let pixels = pollster::block_on(device::read_f32(result.pixels))?;
+        let latents = pollster::block_on(read_f32(result.latents))?;
+        let pixels = pollster::block_on(read_f32(result.pixels))?;
         write_safetensors(dump, vec![("latents", latents_shape, latents), ("image", pixels_shape, pixels)])?;
     }
     println!("wrote {} ({width}×{height}, seed {seed}) in {:.1} s", args.out.display(), started.elapsed().as_secs_f64());
@@ -215,7 +215,7 @@ pub fn forward(args: ForwardArgs) -> Result<()> {
         guidance,
     )?;
     let shape = out.dims().to_vec();
-    let values = pollster::block_on(device::read_f32(out))?;
+    let values = pollster::block_on(read_f32(out))?;
     write_safetensors(&args.out, vec![("out", shape.clone(), values)])?;
     println!("wrote {} {shape:?}", args.out.display());
     Ok(())
