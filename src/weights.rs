@@ -1,6 +1,7 @@
 //! Weights as the models consume them: named host tensors, produced by the format readers in
 //! [`crate::formats`] from whatever file the user has (safetensors, sharded safetensors, GGUF).
 
+use crate::formats::GgmlType;
 use crate::{Error, Result};
 
 /// A tensor on the host in f32, row-major, with its logical shape (PyTorch order: `[out, in]` for Linear).
@@ -33,6 +34,13 @@ pub trait Weights {
     /// Reads (and dequantizes, when stored quantized) the tensor `name` as f32.
     fn read(&self, name: &str) -> Result<HostTensor>;
 
+    /// The stored ggml type, logical shape (PyTorch order) and block bytes of `name`, for sources that keep
+    /// tensors in ggml blocks (GGUF), so that layers may keep them packed on the device; `None` for sources
+    /// that only produce f32 values, and for missing tensors.
+    fn raw_block(&self, _name: &str) -> Option<Result<(GgmlType, Vec<usize>, Vec<u8>)>> {
+        None
+    }
+
     /// Whether `name` exists.
     fn contains(&self, name: &str) -> bool {
         self.shape(name).is_some()
@@ -56,5 +64,8 @@ impl<W: Weights + ?Sized> Weights for Box<W> {
     }
     fn read(&self, name: &str) -> Result<HostTensor> {
         (**self).read(name)
+    }
+    fn raw_block(&self, name: &str) -> Option<Result<(GgmlType, Vec<usize>, Vec<u8>)>> {
+        (**self).raw_block(name)
     }
 }

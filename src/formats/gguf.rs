@@ -661,6 +661,10 @@ impl Weights for GgufFile {
         let data = dequantize(ty, &bytes, numel).map_err(|e| Error::Invalid(format!("tensor `{name}`: {e}")))?;
         HostTensor::new(shape, data)
     }
+
+    fn raw_block(&self, name: &str) -> Option<Result<(GgmlType, Vec<usize>, Vec<u8>)>> {
+        self.tensor(name).map(|_| self.raw(name))
+    }
 }
 
 #[cfg(test)]

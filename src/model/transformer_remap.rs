@@ -4,6 +4,7 @@
 //! In the patterns, `{N}` stands for a block index and `{p}` for `weight` or `bias`; every placeholder of a BFL
 //! pattern takes the same value in its diffusers sources.
 
+use crate::formats::GgmlType;
 use crate::weights::{HostTensor, Weights};
 use crate::{Error, Result};
 
@@ -185,6 +186,40 @@ impl<W: Weights> Weights for DiffusersAsBfl<W> {
             *shape.first_mut()? = shapes.iter().map(|s| s.first().copied().unwrap_or(0)).sum();
         }
         Some(shape)
+    }
+
+    /// The ggml blocks of `name` when its sources are blocks too: rows of whole blocks concatenate and swap
+    /// like rows of values. `None` (read as f32 instead) when the sources differ in type or row shape.
+    fn raw_block(&self, name: &str) -> Option<Result<(GgmlType, Vec<usize>, Vec<u8>)>> {
+        let (make, sources) = self.sources(name)?;
+        let mut parts = Vec::new();
+        for source in &sources {
+            match self.inner.raw_block(source)? {
+                Ok(part) => parts.push(part),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        let (ty, shape, _) = parts.first()?.clone();
+        let rows = *shape.first()?;
+        match make {
+            Rename => parts.into_iter().next().map(Ok),
+            Concat => {
+                if parts.iter().any(|(t, s, _)| *t != ty || s.is_empty() || s[1..] != shape[1..]) {
+                    return None;
+                }
+                let rows = parts.iter().map(|(_, s, _)| s[0]).sum();
+                let bytes = parts.iter().flat_map(|(_, _, b)| b.iter().copied()).collect();
+                Some(Ok((ty, [vec![rows], shape[1..].to_vec()].concat(), bytes)))
+            }
+            SwapHalves => {
+                let (_, _, bytes) = parts.into_iter().next()?;
+                if rows % 2 == 1 || bytes.len() % 2 == 1 {
+                    return None;
+                }
+                let (first, second) = bytes.split_at(bytes.len() / 2);
+                Some(Ok((ty, shape, [second, first].concat())))
+            }
+        }
     }
 
     fn read(&self, name: &str) -> Result<HostTensor> {
