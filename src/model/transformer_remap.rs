@@ -316,6 +316,51 @@ mod tests {
         assert_eq!(bias.data, vec![3.0, 4.0, 1.0, 2.0]);
     }
 
+    /// [`Map`] whose tensors are stored as ggml F16 blocks, except those named in the set (as F32).
+    struct Blocks(Map, Vec<&'static str>);
+
+    impl Weights for Blocks {
+        fn names(&self) -> Vec<String> {
+            self.0.names()
+        }
+        fn shape(&self, name: &str) -> Option<Vec<usize>> {
+            self.0.shape(name)
+        }
+        fn read(&self, name: &str) -> Result<HostTensor> {
+            self.0.read(name)
+        }
+        fn raw_block(&self, name: &str) -> Option<Result<(GgmlType, Vec<usize>, Vec<u8>)>> {
+            let t = self.0.0.get(name)?;
+            Some(Ok(if self.1.contains(&name) {
+                (GgmlType::F32, t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+            } else {
+                (GgmlType::F16, t.shape.clone(), f16_bytes(&t.data))
+            }))
+        }
+    }
+
+    fn f16_bytes(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn blocks_fuse_and_swap_like_values() {
+        let q = ("transformer_blocks.0.attn.to_q.weight", vec![1, 2], vec![1.0, 2.0]);
+        let k = ("transformer_blocks.0.attn.to_k.weight", vec![2, 2], vec![3.0, 4.0, 5.0, 6.0]);
+        let v = ("transformer_blocks.0.attn.to_v.weight", vec![1, 2], vec![7.0, 8.0]);
+        let out = ("norm_out.linear.weight", vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]);
+        let tensors = map(&[q, k, v, out]).into_inner();
+        let w = DiffusersAsBfl::new(Blocks(tensors, vec![]));
+        for name in ["double_blocks.0.img_attn.qkv.weight", "final_layer.adaLN_modulation.1.weight"] {
+            let (ty, shape, bytes) = w.raw_block(name).unwrap().unwrap();
+            let values = w.read(name).unwrap();
+            assert_eq!((ty, &shape, bytes), (GgmlType::F16, &values.shape, f16_bytes(&values.data)), "{name}");
+        }
+        let mixed = DiffusersAsBfl::new(Blocks(w.into_inner().0, vec!["transformer_blocks.0.attn.to_k.weight"]));
+        assert!(mixed.raw_block("double_blocks.0.img_attn.qkv.weight").is_none(), "mixed types fall back to f32");
+        assert!(mixed.raw_block("double_blocks.1.img_attn.qkv.weight").is_none());
+    }
+
     #[test]
     fn mismatched_fusion_is_reported() {
         let w = map(&[
