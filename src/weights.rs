@@ -24,6 +24,9 @@ impl HostTensor {
     }
 }
 
+/// A tensor as a GGUF stores it: ggml type, logical shape (PyTorch order) and block bytes.
+pub type RawBlock = (GgmlType, Vec<usize>, Vec<u8>);
+
 /// A source of named weights. Implementations read lazily, one tensor at a time, so a model can be built
 /// tensor by tensor without holding a whole checkpoint in memory.
 pub trait Weights {
@@ -37,7 +40,7 @@ pub trait Weights {
     /// The stored ggml type, logical shape (PyTorch order) and block bytes of `name`, for sources that keep
     /// tensors in ggml blocks (GGUF), so that layers may keep them packed on the device; `None` for sources
     /// that only produce f32 values, and for missing tensors.
-    fn raw_block(&self, _name: &str) -> Option<Result<(GgmlType, Vec<usize>, Vec<u8>)>> {
+    fn raw_block(&self, _name: &str) -> Option<Result<RawBlock>> {
         None
     }
 
@@ -65,7 +68,7 @@ impl<W: Weights + ?Sized> Weights for Box<W> {
     fn read(&self, name: &str) -> Result<HostTensor> {
         (**self).read(name)
     }
-    fn raw_block(&self, name: &str) -> Option<Result<(GgmlType, Vec<usize>, Vec<u8>)>> {
+    fn raw_block(&self, name: &str) -> Option<Result<RawBlock>> {
         (**self).raw_block(name)
     }
 }

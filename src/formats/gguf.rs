@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use super::quant::{GgmlType, dequantize};
 use super::source::ByteSource;
-use crate::weights::{HostTensor, Weights};
+use crate::weights::{HostTensor, RawBlock, Weights};
 use crate::{Error, Result};
 
 /// Data alignment when `general.alignment` is absent.
@@ -662,7 +662,7 @@ impl Weights for GgufFile {
         HostTensor::new(shape, data)
     }
 
-    fn raw_block(&self, name: &str) -> Option<Result<(GgmlType, Vec<usize>, Vec<u8>)>> {
+    fn raw_block(&self, name: &str) -> Option<Result<RawBlock>> {
         self.tensor(name).map(|_| self.raw(name))
     }
 }

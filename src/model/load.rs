@@ -40,6 +40,7 @@ pub(crate) fn tensor<const D: usize>(
 
 /// A linear layer `y = x · Wᵀ + b` as loaded: dense f32 weights, or ggml blocks kept packed on the GPU.
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Projection {
     /// burn's [`Linear`] (weight transposed to `[d_in, d_out]`).
     Dense(Linear),

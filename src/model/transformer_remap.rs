@@ -4,8 +4,7 @@
 //! In the patterns, `{N}` stands for a block index and `{p}` for `weight` or `bias`; every placeholder of a BFL
 //! pattern takes the same value in its diffusers sources.
 
-use crate::formats::GgmlType;
-use crate::weights::{HostTensor, Weights};
+use crate::weights::{HostTensor, RawBlock, Weights};
 use crate::{Error, Result};
 
 /// How a BFL tensor is made from its diffusers sources.
@@ -190,7 +189,7 @@ impl<W: Weights> Weights for DiffusersAsBfl<W> {
 
     /// The ggml blocks of `name` when its sources are blocks too: rows of whole blocks concatenate and swap
     /// like rows of values. `None` (read as f32 instead) when the sources differ in type or row shape.
-    fn raw_block(&self, name: &str) -> Option<Result<(GgmlType, Vec<usize>, Vec<u8>)>> {
+    fn raw_block(&self, name: &str) -> Option<Result<RawBlock>> {
         let (make, sources) = self.sources(name)?;
         let mut parts = Vec::new();
         for source in &sources {
@@ -261,6 +260,7 @@ impl<W: Weights> Weights for DiffusersAsBfl<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::GgmlType;
     use std::collections::BTreeMap;
 
     /// An in-memory source holding the given tensors.
@@ -329,7 +329,7 @@ mod tests {
         fn read(&self, name: &str) -> Result<HostTensor> {
             self.0.read(name)
         }
-        fn raw_block(&self, name: &str) -> Option<Result<(GgmlType, Vec<usize>, Vec<u8>)>> {
+        fn raw_block(&self, name: &str) -> Option<Result<RawBlock>> {
             let t = self.0.0.get(name)?;
             Some(Ok(if self.1.contains(&name) {
                 (GgmlType::F32, t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
