@@ -1,6 +1,7 @@
 //! Weights as the models consume them: named host tensors, produced by the format readers in
 //! [`crate::formats`] from whatever file the user has (safetensors, sharded safetensors, GGUF).
 
+use crate::formats::GgmlType;
 use crate::{Error, Result};
 
 /// A tensor on the host in f32, row-major, with its logical shape (PyTorch order: `[out, in]` for Linear).
@@ -23,6 +24,9 @@ impl HostTensor {
     }
 }
 
+/// A tensor as a GGUF stores it: ggml type, logical shape (PyTorch order) and block bytes.
+pub type RawBlock = (GgmlType, Vec<usize>, Vec<u8>);
+
 /// A source of named weights. Implementations read lazily, one tensor at a time, so a model can be built
 /// tensor by tensor without holding a whole checkpoint in memory.
 pub trait Weights {
@@ -32,6 +36,13 @@ pub trait Weights {
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
     /// Reads (and dequantizes, when stored quantized) the tensor `name` as f32.
     fn read(&self, name: &str) -> Result<HostTensor>;
+
+    /// The stored ggml type, logical shape (PyTorch order) and block bytes of `name`, for sources that keep
+    /// tensors in ggml blocks (GGUF), so that layers may keep them packed on the device; `None` for sources
+    /// that only produce f32 values, and for missing tensors.
+    fn raw_block(&self, _name: &str) -> Option<Result<RawBlock>> {
+        None
+    }
 
     /// Whether `name` exists.
     fn contains(&self, name: &str) -> bool {
@@ -56,5 +67,8 @@ impl<W: Weights + ?Sized> Weights for Box<W> {
     }
     fn read(&self, name: &str) -> Result<HostTensor> {
         (**self).read(name)
+    }
+    fn raw_block(&self, name: &str) -> Option<Result<RawBlock>> {
+        (**self).raw_block(name)
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use super::quant::{GgmlType, dequantize};
 use super::source::ByteSource;
-use crate::weights::{HostTensor, Weights};
+use crate::weights::{HostTensor, RawBlock, Weights};
 use crate::{Error, Result};
 
 /// Data alignment when `general.alignment` is absent.
@@ -660,6 +660,10 @@ impl Weights for GgufFile {
         let numel = shape.iter().product();
         let data = dequantize(ty, &bytes, numel).map_err(|e| Error::Invalid(format!("tensor `{name}`: {e}")))?;
         HostTensor::new(shape, data)
+    }
+
+    fn raw_block(&self, name: &str) -> Option<Result<RawBlock>> {
+        self.tensor(name).map(|_| self.raw(name))
     }
 }
 

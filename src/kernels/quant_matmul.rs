@@ -89,6 +89,18 @@ pub fn has_kernel(ty: GgmlType) -> bool {
     kernels_for(ty).is_some()
 }
 
+/// Whether [`PackedWeight::new`] keeps a `ty` weight of PyTorch-order `shape` in blocks on `device`: on wgpu,
+/// for types with a kernel and 2-D shapes the kernels cover (other weights load dequantized).
+pub fn keeps_blocks(ty: GgmlType, shape: &[usize], device: &Device) -> bool {
+    let fits = matches!(*shape, [n, k] if n <= MAX_PACKED_ROWS && k.is_multiple_of(TILE_K) && k.is_multiple_of(ty.block_size()));
+    packs_on(device) && has_kernel(ty) && fits
+}
+
+/// Whether `device` runs our kernels (wgpu), so that weights may stay packed there.
+pub fn packs_on(device: &Device) -> bool {
+    matches!(device.as_dispatch(), DispatchDevice::Cube(_))
+}
+
 /// Where a [`PackedWeight`] keeps its values.
 #[derive(Module, Debug)]
 pub enum WeightStorage {
@@ -117,8 +129,7 @@ impl PackedWeight {
     /// [`GgufFile::raw`] returns them): packed on wgpu when a kernel reads `ty`, dequantized otherwise.
     pub fn new(ty: GgmlType, shape: &[usize], bytes: &[u8], device: &Device) -> Result<Self> {
         let (n, k) = check(ty, shape, bytes)?;
-        let on_wgpu = matches!(device.as_dispatch(), DispatchDevice::Cube(_));
-        if !on_wgpu || !has_kernel(ty) {
+        if !packs_on(device) || !has_kernel(ty) {
             return Self::dense(ty, shape, bytes, device);
         }
         if n > MAX_PACKED_ROWS {

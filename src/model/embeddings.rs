@@ -1,14 +1,13 @@
 //! The conditioning inputs of the Flux DiT: sinusoidal timestep features and the small MLPs that embed them
 //! (BFL `flux/modules/layers.py`: `timestep_embedding`, `MLPEmbedder`).
 
-use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
 use crate::Result;
 use crate::weights::Weights;
 
-use super::load;
+use super::load::{self, Projection};
 
 /// Width of the sinusoidal timestep / guidance features (`in_dim=256` in BFL, `num_channels=256` in diffusers).
 pub const TIMESTEP_FEATURES: usize = 256;
@@ -57,9 +56,9 @@ pub fn cos_sin<const D: usize>(x: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
 #[derive(Module, Debug)]
 pub struct MlpEmbedder {
     /// `in_layer`: features → hidden.
-    pub in_layer: Linear,
+    pub in_layer: Projection,
     /// `out_layer`: hidden → hidden.
-    pub out_layer: Linear,
+    pub out_layer: Projection,
 }
 
 impl MlpEmbedder {

@@ -7,16 +7,16 @@
 //! timestep, the distilled guidance and the pooled CLIP vector; [`Flux::modulations`] computes all of a step's
 //! modulation values at once, so a pipeline may compute them ahead of the denoising loop.
 //!
-//! Shapes in the field docs are the checkpoint's (PyTorch `[out, in]`); burn's [`Linear`] holds the transpose.
+//! Shapes in the field docs are the checkpoint's (PyTorch `[out, in]`); every linear layer is a [`Projection`]:
+//! dense, or the file's ggml blocks kept packed on the GPU.
 
 use burn::module::Param;
-use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
 use super::config::FluxConfig;
 use super::embeddings::{MlpEmbedder, TIME_FACTOR, TIMESTEP_FEATURES, timestep_embedding};
-use super::load;
+use super::load::{self, Projection};
 use super::rope::Rope;
 use crate::weights::Weights;
 use crate::{Error, Result};
@@ -118,7 +118,7 @@ impl ModulationOut {
 #[derive(Module, Debug)]
 pub struct Modulation {
     /// `lin` `[multiplier·3·hidden, hidden]`.
-    pub lin: Linear,
+    pub lin: Projection,
 }
 
 impl Modulation {
@@ -130,7 +130,7 @@ impl Modulation {
     /// `[b, hidden]` → one [`ModulationOut`] per three chunks.
     pub fn forward(&self, vec: Tensor<2>) -> Vec<ModulationOut> {
         let out = self.lin.forward(silu(vec)).unsqueeze_dim::<3>(1); // [b, 1, multiplier·3·hidden]
-        let chunks = out.dims()[2] / self.lin.weight.dims()[0];
+        let chunks = out.dims()[2] / self.lin.d_in();
         let mut parts = out.chunk(chunks, 2).into_iter();
         let mut mods = Vec::new();
         while let (Some(shift), Some(scale), Some(gate)) = (parts.next(), parts.next(), parts.next()) {
@@ -144,11 +144,11 @@ impl Modulation {
 #[derive(Module, Debug)]
 pub struct SelfAttention {
     /// `qkv` `[3·hidden, hidden]`.
-    pub qkv: Linear,
+    pub qkv: Projection,
     /// `norm.{query,key}_norm`.
     pub norm: QkNorm,
     /// `proj` `[hidden, hidden]`.
-    pub proj: Linear,
+    pub proj: Projection,
 }
 
 impl SelfAttention {
@@ -172,9 +172,9 @@ impl SelfAttention {
 #[derive(Module, Debug)]
 pub struct Mlp {
     /// Checkpoint key `…_mlp.0`: `[mlp_hidden, hidden]`.
-    pub layer_0: Linear,
+    pub layer_0: Projection,
     /// Checkpoint key `…_mlp.2`: `[hidden, mlp_hidden]`.
-    pub layer_2: Linear,
+    pub layer_2: Projection,
 }
 
 impl Mlp {
@@ -270,9 +270,9 @@ impl DoubleStreamBlock {
 #[derive(Module, Debug)]
 pub struct SingleStreamBlock {
     /// `linear1` `[3·hidden + mlp_hidden, hidden]`: q, k, v and the MLP input.
-    pub linear1: Linear,
+    pub linear1: Projection,
     /// `linear2` `[hidden, hidden + mlp_hidden]`: over `[attention, gelu(mlp)]`.
-    pub linear2: Linear,
+    pub linear2: Projection,
     /// `norm.{query,key}_norm`.
     pub norm: QkNorm,
     /// `modulation`.
@@ -321,9 +321,9 @@ impl SingleStreamBlock {
 #[derive(Module, Debug)]
 pub struct LastLayer {
     /// `linear` `[in_channels, hidden]`.
-    pub linear: Linear,
+    pub linear: Projection,
     /// Checkpoint key `adaLN_modulation.1` `[2·hidden, hidden]`, halves `[shift, scale]`.
-    pub ada_ln_modulation: Linear,
+    pub ada_ln_modulation: Projection,
 }
 
 impl LastLayer {
@@ -352,9 +352,9 @@ pub struct Modulations {
 #[derive(Module, Debug)]
 pub struct Flux {
     /// `img_in` `[hidden, in_channels]`.
-    pub img_in: Linear,
+    pub img_in: Projection,
     /// `txt_in` `[hidden, context_in_dim]`.
-    pub txt_in: Linear,
+    pub txt_in: Projection,
     /// `time_in`: timestep features → hidden.
     pub time_in: MlpEmbedder,
     /// `vector_in`: pooled CLIP vector → hidden.
@@ -421,6 +421,37 @@ impl Flux {
             },
             config: config.clone(),
         })
+    }
+
+    /// Every linear layer, in checkpoint order.
+    pub fn projections(&self) -> Vec<&Projection> {
+        let mut all = vec![&self.img_in, &self.txt_in];
+        for embedder in [Some(&self.time_in), Some(&self.vector_in), self.guidance_in.as_ref()].into_iter().flatten() {
+            all.extend([&embedder.in_layer, &embedder.out_layer]);
+        }
+        for block in &self.double_blocks {
+            for (modulation, attn, mlp) in
+                [(&block.img_mod, &block.img_attn, &block.img_mlp), (&block.txt_mod, &block.txt_attn, &block.txt_mlp)]
+            {
+                all.extend([&modulation.lin, &attn.qkv, &attn.proj, &mlp.layer_0, &mlp.layer_2]);
+            }
+        }
+        for block in &self.single_blocks {
+            all.extend([&block.linear1, &block.linear2, &block.modulation.lin]);
+        }
+        all.extend([&self.final_layer.linear, &self.final_layer.ada_ln_modulation]);
+        all
+    }
+
+    /// Linear layers whose weights stay in ggml blocks on the device.
+    pub fn packed_linears(&self) -> usize {
+        self.projections().into_iter().filter(|p| p.is_packed()).count()
+    }
+
+    /// Bytes the weights occupy on the device: f32 parameters, plus the blocks and biases of packed layers.
+    pub fn device_bytes(&self) -> usize {
+        let packed: usize = self.projections().into_iter().filter(|p| p.is_packed()).map(Projection::device_bytes).sum();
+        self.num_params() * size_of::<f32>() + packed
     }
 
     /// The conditioning vector `[b, hidden]` from the timesteps σ (`[b]`, in [0, 1]), the pooled text vector `y`

@@ -1,9 +1,10 @@
 //! Building burn parameters from named [`Weights`], checking every shape against what the config expects.
 
-use burn::module::Param;
+use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::kernels::quant_matmul::{PackedLinear, PackedWeight, keeps_blocks, packs_on};
 use crate::weights::{HostTensor, Weights};
 use crate::{Error, Result};
 
@@ -37,8 +38,50 @@ pub(crate) fn tensor<const D: usize>(
     Ok(Tensor::from_data(TensorData::new(host.data, shape), device))
 }
 
-/// A PyTorch `Linear` stored as `{prefix}.weight` `[d_out, d_in]` (and `{prefix}.bias` `[d_out]`), as burn's
-/// [`Linear`] with its weight transposed to `[d_in, d_out]`.
+/// A linear layer `y = x · Wᵀ + b` as loaded: dense f32 weights, or ggml blocks kept packed on the GPU.
+#[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Projection {
+    /// burn's [`Linear`] (weight transposed to `[d_in, d_out]`).
+    Dense(Linear),
+    /// The file's ggml blocks, dequantized inside the matmul ([`PackedLinear`]).
+    Packed(PackedLinear),
+}
+
+impl Projection {
+    /// `[..., d_in] → [..., d_out]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Self::Dense(linear) => linear.forward(x),
+            Self::Packed(linear) => linear.forward(x),
+        }
+    }
+
+    /// Input features.
+    pub fn d_in(&self) -> usize {
+        match self {
+            Self::Dense(linear) => linear.weight.dims()[0],
+            Self::Packed(linear) => linear.weight.k,
+        }
+    }
+
+    /// Whether the weight stays in ggml blocks on the device.
+    pub fn is_packed(&self) -> bool {
+        matches!(self, Self::Packed(_))
+    }
+
+    /// Bytes the weight and bias occupy on their device.
+    pub fn device_bytes(&self) -> usize {
+        match self {
+            Self::Dense(linear) => linear.num_params() * size_of::<f32>(),
+            Self::Packed(linear) => linear.device_bytes(),
+        }
+    }
+}
+
+/// A PyTorch `Linear` stored as `{prefix}.weight` `[d_out, d_in]` (and `{prefix}.bias` `[d_out]`): packed when
+/// the weights hold it in ggml blocks that [`keeps_blocks`] keeps on `device`, else as burn's [`Linear`] with
+/// its weight transposed to `[d_in, d_out]`.
 pub(crate) fn linear(
     weights: &dyn Weights,
     prefix: &str,
@@ -46,8 +89,19 @@ pub(crate) fn linear(
     d_out: usize,
     bias: bool,
     device: &Device,
-) -> Result<Linear> {
-    let weight = host(weights, &format!("{prefix}.weight"), &[d_out, d_in])?;
+) -> Result<Projection> {
+    let name = format!("{prefix}.weight");
+    if let Some(raw) = packs_on(device).then(|| weights.raw_block(&name)).flatten() {
+        let (ty, shape, bytes) = raw?;
+        check_shape(&name, &[d_out, d_in], &shape)?;
+        if keeps_blocks(ty, &shape, device) {
+            let weight = PackedWeight::new(ty, &shape, &bytes, device)
+                .map_err(|e| Error::Invalid(format!("tensor `{name}`: {e}")))?;
+            let bias = bias.then(|| tensor(weights, &format!("{prefix}.bias"), [d_out], device)).transpose()?;
+            return Ok(Projection::Packed(PackedLinear::new(weight, bias)?));
+        }
+    }
+    let weight = host(weights, &name, &[d_out, d_in])?;
     let mut transposed = vec![0.0f32; weight.data.len()];
     for (o, row) in weight.data.chunks_exact(d_in).enumerate() {
         for (i, &value) in row.iter().enumerate() {
@@ -60,7 +114,7 @@ pub(crate) fn linear(
     } else {
         None
     };
-    Ok(Linear { weight: Param::from_tensor(weight), bias })
+    Ok(Projection::Dense(Linear { weight: Param::from_tensor(weight), bias }))
 }
 
 #[cfg(test)]
@@ -88,6 +142,8 @@ mod tests {
         let w = One(HostTensor::new(vec![3, 2], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap());
         let device = cpu();
         let lin = linear(&w, "lin", 2, 3, false, &device).unwrap();
+        assert!(!lin.is_packed());
+        assert_eq!((lin.d_in(), lin.device_bytes()), (2, 6 * 4));
         let y = lin.forward(Tensor::<2>::from_data(TensorData::new(vec![1.0f32, -1.0], [1, 2]), &device));
         y.into_data().assert_eq(&TensorData::new(vec![-1.0f32, -1.0, -1.0], [1, 3]), false);
     }

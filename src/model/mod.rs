@@ -4,7 +4,7 @@ pub mod clip;
 pub mod config;
 pub mod embeddings;
 pub mod flux;
-mod load;
+pub mod load;
 pub mod rope;
 pub mod t5;
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! In the patterns, `{N}` stands for a block index and `{p}` for `weight` or `bias`; every placeholder of a BFL
 //! pattern takes the same value in its diffusers sources.
 
-use crate::weights::{HostTensor, Weights};
+use crate::weights::{HostTensor, RawBlock, Weights};
 use crate::{Error, Result};
 
 /// How a BFL tensor is made from its diffusers sources.
@@ -187,6 +187,40 @@ impl<W: Weights> Weights for DiffusersAsBfl<W> {
         Some(shape)
     }
 
+    /// The ggml blocks of `name` when its sources are blocks too: rows of whole blocks concatenate and swap
+    /// like rows of values. `None` (read as f32 instead) when the sources differ in type or row shape.
+    fn raw_block(&self, name: &str) -> Option<Result<RawBlock>> {
+        let (make, sources) = self.sources(name)?;
+        let mut parts = Vec::new();
+        for source in &sources {
+            match self.inner.raw_block(source)? {
+                Ok(part) => parts.push(part),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        let (ty, shape, _) = parts.first()?.clone();
+        let rows = *shape.first()?;
+        match make {
+            Rename => parts.into_iter().next().map(Ok),
+            Concat => {
+                if parts.iter().any(|(t, s, _)| *t != ty || s.is_empty() || s[1..] != shape[1..]) {
+                    return None;
+                }
+                let rows = parts.iter().map(|(_, s, _)| s[0]).sum();
+                let bytes = parts.iter().flat_map(|(_, _, b)| b.iter().copied()).collect();
+                Some(Ok((ty, [vec![rows], shape[1..].to_vec()].concat(), bytes)))
+            }
+            SwapHalves => {
+                let (_, _, bytes) = parts.into_iter().next()?;
+                if rows % 2 == 1 || bytes.len() % 2 == 1 {
+                    return None;
+                }
+                let (first, second) = bytes.split_at(bytes.len() / 2);
+                Some(Ok((ty, shape, [second, first].concat())))
+            }
+        }
+    }
+
     fn read(&self, name: &str) -> Result<HostTensor> {
         let (make, sources) =
             self.sources(name).ok_or_else(|| Error::Invalid(format!("no diffusers tensor maps to `{name}`")))?;
@@ -226,6 +260,7 @@ impl<W: Weights> Weights for DiffusersAsBfl<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::GgmlType;
     use std::collections::BTreeMap;
 
     /// An in-memory source holding the given tensors.
@@ -279,6 +314,51 @@ mod tests {
         let w = map(&[("norm_out.linear.bias", vec![4], vec![1.0, 2.0, 3.0, 4.0])]);
         let bias = w.read("final_layer.adaLN_modulation.1.bias").unwrap();
         assert_eq!(bias.data, vec![3.0, 4.0, 1.0, 2.0]);
+    }
+
+    /// [`Map`] whose tensors are stored as ggml F16 blocks, except those named in the set (as F32).
+    struct Blocks(Map, Vec<&'static str>);
+
+    impl Weights for Blocks {
+        fn names(&self) -> Vec<String> {
+            self.0.names()
+        }
+        fn shape(&self, name: &str) -> Option<Vec<usize>> {
+            self.0.shape(name)
+        }
+        fn read(&self, name: &str) -> Result<HostTensor> {
+            self.0.read(name)
+        }
+        fn raw_block(&self, name: &str) -> Option<Result<RawBlock>> {
+            let t = self.0.0.get(name)?;
+            Some(Ok(if self.1.contains(&name) {
+                (GgmlType::F32, t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+            } else {
+                (GgmlType::F16, t.shape.clone(), f16_bytes(&t.data))
+            }))
+        }
+    }
+
+    fn f16_bytes(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn blocks_fuse_and_swap_like_values() {
+        let q = ("transformer_blocks.0.attn.to_q.weight", vec![1, 2], vec![1.0, 2.0]);
+        let k = ("transformer_blocks.0.attn.to_k.weight", vec![2, 2], vec![3.0, 4.0, 5.0, 6.0]);
+        let v = ("transformer_blocks.0.attn.to_v.weight", vec![1, 2], vec![7.0, 8.0]);
+        let out = ("norm_out.linear.weight", vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]);
+        let tensors = map(&[q, k, v, out]).into_inner();
+        let w = DiffusersAsBfl::new(Blocks(tensors, vec![]));
+        for name in ["double_blocks.0.img_attn.qkv.weight", "final_layer.adaLN_modulation.1.weight"] {
+            let (ty, shape, bytes) = w.raw_block(name).unwrap().unwrap();
+            let values = w.read(name).unwrap();
+            assert_eq!((ty, &shape, bytes), (GgmlType::F16, &values.shape, f16_bytes(&values.data)), "{name}");
+        }
+        let mixed = DiffusersAsBfl::new(Blocks(w.into_inner().0, vec!["transformer_blocks.0.attn.to_k.weight"]));
+        assert!(mixed.raw_block("double_blocks.0.img_attn.qkv.weight").is_none(), "mixed types fall back to f32");
+        assert!(mixed.raw_block("double_blocks.1.img_attn.qkv.weight").is_none());
     }
 
     #[test]

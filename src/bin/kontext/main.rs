@@ -7,6 +7,8 @@ mod generate;
 mod cli {
     use clap::{Parser, Subcommand};
     use kontext_web::device::{self, Backend};
+    use kontext_web::formats::FileSource;
+    use kontext_web::loader::{self, Folder, ModelFiles, NoFolder};
     use kontext_web::{Error, Result, formats, selfcheck};
 
     #[derive(Parser)]
@@ -39,6 +41,16 @@ mod cli {
             /// Print the result as JSON.
             #[arg(long)]
             json: bool,
+            /// Also load the transformer file on `--backend` and report the bytes its weights hold there
+            /// (`device_bytes`) against the tensor data bytes of the file (`file_bytes`).
+            #[arg(long)]
+            load: bool,
+            /// With `--load`: `cpu` (burn flex) or `wgpu` (the GPU).
+            #[arg(long, default_value = "wgpu", requires = "load")]
+            backend: String,
+            /// With `--load`: a diffusers model folder whose `transformer/config.json` completes the config.
+            #[arg(long, requires = "load")]
+            model: Option<std::path::PathBuf>,
         },
     }
 
@@ -56,7 +68,10 @@ mod cli {
     fn run(command: Command) -> Result<()> {
         match command {
             Command::Device { backend, json } => device_report(backend.parse()?, json),
-            Command::Inspect { path, json } => inspect(&path, json),
+            Command::Inspect { path, json, load: false, .. } => inspect(&path, json),
+            Command::Inspect { path, json, load: true, backend, model } => {
+                inspect_loaded(&path, json, backend.parse()?, model.as_deref())
+            }
             Command::Edit(args) => super::generate::edit(args),
             Command::Forward(args) => super::generate::forward(args),
         }
@@ -84,6 +99,39 @@ mod cli {
         println!("tensors       {} ({})", report.tensors, dtypes.join(", "));
         println!("params        {} ({})", report.params, scaled(report.params, ["", " K", " M", " B"]));
         println!("bytes         {} ({})", report.bytes, scaled(report.bytes, [" B", " kB", " MB", " GB"]));
+        Ok(())
+    }
+
+    fn inspect_loaded(path: &std::path::Path, json: bool, backend: Backend, model: Option<&std::path::Path>) -> Result<()> {
+        let report = formats::inspect::inspect_path(path)?;
+        if !path.is_file() {
+            return Err(Error::Invalid(format!("--load needs a transformer file, not {}", path.display())));
+        }
+        let folder: Box<dyn ModelFiles> = match model {
+            Some(dir) if dir.is_dir() => Box::new(Folder(dir.to_path_buf())),
+            Some(dir) => return Err(Error::Invalid(format!("--model {}: not a directory", dir.display()))),
+            None => Box::new(NoFolder),
+        };
+        let device = device::open(backend)?;
+        let (flux, _) = loader::load_transformer(folder.as_ref(), Some(Box::new(FileSource::open(path)?)), &device)?;
+        let (file_bytes, device_bytes, packed) = (report.bytes, flux.device_bytes() as u64, flux.packed_linears());
+        let linears = flux.projections().len();
+        if json {
+            let mut value = serde_json::to_value(&report).map_err(|e| Error::Invalid(e.to_string()))?;
+            if let Some(object) = value.as_object_mut() {
+                object.insert("backend".into(), serde_json::json!(backend));
+                object.insert("file_bytes".into(), file_bytes.into());
+                object.insert("device_bytes".into(), device_bytes.into());
+                object.insert("linears".into(), linears.into());
+                object.insert("packed_linears".into(), packed.into());
+            }
+            println!("{}", serde_json::to_string_pretty(&value).map_err(|e| Error::Invalid(e.to_string()))?);
+            return Ok(());
+        }
+        inspect(path, false)?;
+        println!("file bytes    {file_bytes} ({})", scaled(file_bytes, [" B", " kB", " MB", " GB"]));
+        println!("device bytes  {device_bytes} ({}) on {backend:?}", scaled(device_bytes, [" B", " kB", " MB", " GB"]));
+        println!("packed        {packed} of {linears} linear layers");
         Ok(())
     }
 

@@ -1,0 +1,110 @@
+//! Quantized GGUF transformers stay in ggml blocks on wgpu (lavapipe without a GPU): the weights hold about
+//! the file's bytes on the device, the linear layers are packed, and `kontext forward` still matches the
+//! golden of each GGUF (`bfl_gguf/golden_gguf_step0.safetensors`); on the CPU every layer stays dense.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use safetensors::{Dtype, SafeTensors};
+
+const TINY_MODEL: &str = "tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny";
+const GGUF_DIR: &str = "tests/fixtures/tiny/bfl_gguf";
+const QUANTIZED: [&str; 3] = ["Q8_0", "Q4_0", "Q4_K_S"];
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run_ok(args: &[&str]) -> Output {
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_kontext")).args(args).current_dir(root()).output().expect("cannot start kontext");
+    assert!(output.status.success(), "kontext {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+/// `kontext inspect FILE --load --backend BACKEND --json`.
+fn inspect_loaded(file: &str, backend: &str) -> serde_json::Value {
+    let out = run_ok(&["inspect", file, "--load", "--backend", backend, "--model", TINY_MODEL, "--json"]);
+    serde_json::from_slice(&out.stdout).expect("inspect prints JSON")
+}
+
+fn number(report: &serde_json::Value, key: &str) -> u64 {
+    report[key].as_u64().unwrap_or_else(|| panic!("no `{key}` in {report}"))
+}
+
+/// `(shape, values)` of an F32 (or I64, converted) tensor of a safetensors file.
+fn read(path: impl AsRef<Path>, key: &str) -> (Vec<usize>, Vec<f32>) {
+    let path = root().join(path);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let view = file.tensor(key).unwrap_or_else(|e| panic!("{}: {key}: {e}", path.display()));
+    let values = match view.dtype() {
+        Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+        Dtype::I64 => view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+        other => panic!("{}: {key} is {other:?}", path.display()),
+    };
+    (view.shape().to_vec(), values)
+}
+
+/// Golden transformer call 0 (`transformer_in_0_*` of `golden_run`) as a `kontext forward --inputs` file.
+fn write_forward_inputs(path: &Path) {
+    let names = ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "guidance", "img_ids", "txt_ids"];
+    let tensors: Vec<(&str, Vec<usize>, Vec<u8>)> = names
+        .iter()
+        .map(|name| {
+            let (shape, values) = read("tests/fixtures/tiny/golden/golden_run.safetensors", &format!("transformer_in_0_{name}"));
+            (*name, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        })
+        .collect();
+    let views: Vec<(&str, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(name, shape, data)| (*name, safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kontext-packed-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn quantized_weights_hold_their_file_bytes_on_wgpu_and_stay_dense_on_cpu() {
+    for kind in QUANTIZED {
+        let file = format!("{GGUF_DIR}/transformer_bfl-{kind}.gguf");
+        let gpu = inspect_loaded(&file, "wgpu");
+        let (file_bytes, device_bytes) = (number(&gpu, "file_bytes"), number(&gpu, "device_bytes"));
+        eprintln!("{kind}: file {file_bytes} B, wgpu {device_bytes} B, {} packed", number(&gpu, "packed_linears"));
+        assert!(device_bytes as f64 <= 1.05 * file_bytes as f64, "{kind}: {device_bytes} B on wgpu for a {file_bytes} B file");
+        assert!(number(&gpu, "packed_linears") > 0, "{kind}: no packed linear on wgpu");
+
+        let cpu = inspect_loaded(&file, "cpu");
+        assert_eq!(number(&cpu, "packed_linears"), 0, "{kind}: packed on the CPU");
+        assert_eq!(number(&cpu, "file_bytes"), file_bytes);
+        assert!(number(&cpu, "device_bytes") > device_bytes, "{kind}: dequantized weights are larger than blocks");
+    }
+}
+
+#[test]
+fn forward_with_packed_weights_on_wgpu_matches_each_gguf_golden() {
+    let dir = temp_dir("forward");
+    let inputs = dir.join("inputs.safetensors");
+    write_forward_inputs(&inputs);
+    for kind in QUANTIZED {
+        let transformer = format!("{GGUF_DIR}/transformer_bfl-{kind}.gguf");
+        let out = dir.join(format!("out-{kind}.safetensors"));
+        run_ok(&[
+            "forward", "--backend", "wgpu", "--model", TINY_MODEL, "--transformer", &transformer,
+            "--inputs", inputs.to_str().unwrap(), "--out", out.to_str().unwrap(),
+        ]);
+        let (got, want) = (read(&out, "out"), read(format!("{GGUF_DIR}/golden_gguf_step0.safetensors"), kind));
+        assert_eq!(got.0, want.0, "{kind}: shape");
+        assert!(got.1.iter().all(|v| v.is_finite()), "{kind}: not finite");
+        let worst = got.1.iter().zip(&want.1).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        eprintln!("{kind}: max |diff| {worst:e}");
+        assert!(worst <= 1e-4, "{kind}: max abs diff {worst:e} > 1e-4");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
