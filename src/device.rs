@@ -113,7 +113,7 @@ fn report_of(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterReport {
         driver: [info.driver.as_str(), info.driver_info.as_str()].join(" ").trim().to_string(),
         software: info.device_type == DeviceType::Cpu,
         max_buffer_size: limits.max_buffer_size,
-        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
         shader_f16: features.contains(Features::SHADER_F16),
         subgroups: features.contains(Features::SUBGROUP),
     }
