@@ -69,8 +69,8 @@ pub struct EditResult {
     pub image: RgbImage,
     /// Final packed latents `[1, tokens, 64]`.
     pub latents: Tensor<3>,
-    /// The decoded image `[1, 3, h, w]` in `[0, 1]`.
-    pub pixels: Tensor<4>,
+    /// The decoded image `[1, 3, h, w]` in `[0, 1]`, planar, as read back.
+    pub pixels: Vec<f32>,
 }
 
 impl<'m> Edit<'m> {
@@ -147,8 +147,8 @@ impl<'m> Edit<'m> {
         let (width, height) = (self.width, self.height);
         let latents = self.sampler.into_latents();
         let decoded = kontext::decode_latents(&self.model.vae, latents.clone(), height / VAE_SCALE, width / VAE_SCALE)?;
-        let pixels = (decoded / 2.0 + 0.5).clamp(0.0, 1.0);
-        let image = images::from_unit_planar(&read_f32(pixels.clone()).await?, width, height)?;
+        let pixels = read_f32((decoded / 2.0 + 0.5).clamp(0.0, 1.0)).await?;
+        let image = images::from_unit_planar(&pixels, width, height)?;
         Ok(EditResult { image, latents, pixels })
     }
 }

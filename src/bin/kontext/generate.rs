@@ -189,10 +189,8 @@ pub fn edit(args: EditArgs) -> Result<()> {
     result.image.save(&args.out).map_err(|e| Error::Invalid(format!("cannot write {}: {e}", args.out.display())))?;
     if let Some(dump) = &args.dump {
         let latents_shape = result.latents.dims().to_vec();
-        let pixels_shape = result.pixels.dims().to_vec();
         let latents = pollster::block_on(read_f32(result.latents))?;
-        let pixels = pollster::block_on(read_f32(result.pixels))?;
-        write_safetensors(dump, vec![("latents", latents_shape, latents), ("image", pixels_shape, pixels)])?;
+        write_safetensors(dump, vec![("latents", latents_shape, latents), ("image", vec![1, 3, height, width], result.pixels)])?;
     }
     println!("wrote {} ({width}×{height}, seed {seed}) in {:.1} s", args.out.display(), started.elapsed().as_secs_f64());
     Ok(())
