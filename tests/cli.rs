@@ -219,6 +219,33 @@ fn forward_with_the_bfl_safetensors_matches_transformer_out_0() {
 }
 
 #[test]
+fn forward_accepts_batched_ids_and_scalar_timestep_and_guidance() {
+    let tmp = TempDir::new("forward-shapes");
+    let golden = "tests/fixtures/tiny/golden/golden_run.safetensors";
+    let tensor = |name: &str| read(golden, &format!("transformer_in_0_{name}"));
+    let batched = |name: &str| {
+        let (shape, values) = tensor(name);
+        ([vec![1], shape].concat(), values)
+    };
+    let scalar = |name: &str| (vec![], tensor(name).1);
+    let inputs = [
+        ("hidden_states", tensor("hidden_states")),
+        ("encoder_hidden_states", tensor("encoder_hidden_states")),
+        ("pooled_projections", tensor("pooled_projections")),
+        ("timestep", scalar("timestep")),
+        ("guidance", scalar("guidance")),
+        ("img_ids", batched("img_ids")),
+        ("txt_ids", batched("txt_ids")),
+    ];
+    let tensors: Vec<(&str, Vec<usize>, Vec<f32>)> = inputs.into_iter().map(|(n, (s, v))| (n, s, v)).collect();
+    write(&tmp.path("inputs.safetensors"), &tensors);
+    let (inputs, out) = (tmp.arg("inputs.safetensors"), tmp.arg("out.safetensors"));
+    let transformer = "tests/fixtures/tiny/bfl_gguf/transformer_bfl.safetensors";
+    run_ok(&["forward", "--model", TINY_MODEL, "--transformer", transformer, "--inputs", &inputs, "--out", &out, "--backend", "cpu"]);
+    assert_close(read(tmp.path("out.safetensors"), "out"), read(golden, "transformer_out_0"), 1e-4, "lenient shapes");
+}
+
+#[test]
 fn edit_with_a_t5_gguf_runs_close_to_the_golden() {
     let tmp = TempDir::new("t5gguf");
     tiny_edit(&tmp, "cpu", &["--t5", "tests/fixtures/tiny/bfl_gguf/t5_encoder-F16.gguf"]);

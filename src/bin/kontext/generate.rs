@@ -123,6 +123,23 @@ fn tensor_from<const D: usize>(file: &SafetensorsFile, name: &str, label: &Path,
     Ok(Tensor::from_data(TensorData::new(host.data, shape), device))
 }
 
+/// Reads `name` as a `D`-rank tensor, accepting the shapes diffusers callers use: a scalar for a `[1]` vector
+/// (timestep, guidance) and a leading batch of 1 on position ids (`[1, n, 3]`, deprecated in diffusers).
+fn lenient_tensor<const D: usize>(file: &SafetensorsFile, name: &str, label: &Path, device: &Device) -> Result<Tensor<D>> {
+    let host = file.read(name).map_err(|e| Error::Invalid(format!("{}: {e}", label.display())))?;
+    let mut shape = host.shape.clone();
+    if shape.is_empty() {
+        shape.push(1);
+    }
+    while shape.len() > D && shape[0] == 1 {
+        shape.remove(0);
+    }
+    let dims: [usize; D] = shape.try_into().map_err(|_| {
+        Error::Invalid(format!("{}: tensor `{name}` has shape {:?}, expected {D} dimensions", label.display(), host.shape))
+    })?;
+    Ok(Tensor::from_data(TensorData::new(host.data, dims), device))
+}
+
 fn write_safetensors(path: &Path, tensors: Vec<(&str, Vec<usize>, Vec<f32>)>) -> Result<()> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
         tensors.into_iter().map(|(n, s, v)| (n.to_string(), s, bytemuck::cast_slice(&v).to_vec())).collect();
@@ -202,13 +219,13 @@ pub fn forward(args: ForwardArgs) -> Result<()> {
     let inputs = SafetensorsFile::open(FileSource::open(&args.inputs)?)?;
     let (flux, _) = loader::load_transformer(args.model.folder()?.as_ref(), open_file(&args.model.transformer)?, &device)?;
     let label = args.inputs.as_path();
-    let guidance = if inputs.contains("guidance") { Some(tensor_from::<1>(&inputs, "guidance", label, &device)?) } else { None };
+    let guidance = if inputs.contains("guidance") { Some(lenient_tensor::<1>(&inputs, "guidance", label, &device)?) } else { None };
     let out = flux.forward(
         tensor_from::<3>(&inputs, "hidden_states", label, &device)?,
-        tensor_from::<2>(&inputs, "img_ids", label, &device)?,
+        lenient_tensor::<2>(&inputs, "img_ids", label, &device)?,
         tensor_from::<3>(&inputs, "encoder_hidden_states", label, &device)?,
-        tensor_from::<2>(&inputs, "txt_ids", label, &device)?,
-        tensor_from::<1>(&inputs, "timestep", label, &device)?,
+        lenient_tensor::<2>(&inputs, "txt_ids", label, &device)?,
+        lenient_tensor::<1>(&inputs, "timestep", label, &device)?,
         tensor_from::<2>(&inputs, "pooled_projections", label, &device)?,
         guidance,
     )?;
