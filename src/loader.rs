@@ -114,15 +114,14 @@ enum Container {
     Safetensors(SafetensorsFile),
 }
 
+/// Opens a weight file as GGUF or safetensors by its magic; the readers' errors already name the file.
 fn open_container(source: Box<dyn ByteSource>) -> Result<Container> {
-    let label = source.label();
     let magic = if source.len() >= 4 { source.read_at(0, 4)? } else { Vec::new() };
-    let container = if magic == b"GGUF" {
-        Container::Gguf(GgufFile::open(source)?)
+    if magic == b"GGUF" {
+        GgufFile::open(source).map(Container::Gguf)
     } else {
-        Container::Safetensors(SafetensorsFile::open(source)?)
-    };
-    Ok(container).map_err(|e: Error| Error::Invalid(format!("{label}: {e}")))
+        SafetensorsFile::open(source).map(Container::Safetensors)
+    }
 }
 
 /// A diffusers component's weights: `{dir}/{stem}.safetensors`, or shards listed in `{stem}.safetensors.index.json`.
