@@ -327,6 +327,15 @@ fn text_to_image_is_deterministic_per_seed() {
     assert!(first == again, "the same seed gave different PNG bytes");
     assert!(decode_png(tmp.path("a.png")) != decode_png(tmp.path("c.png")), "seeds 7 and 8 gave the same image");
     assert_ne!(first, other);
+    let texts = kontext_web::pipeline::image::png_text_chunks(&first).unwrap();
+    assert!(texts.contains(&("Software".to_string(), "kontext-web".to_string())), "{texts:?}");
+    let (_, json) = texts.iter().find(|(key, _)| key == "kontext-recipe").expect("no kontext-recipe chunk");
+    let recipe: kontext_web::pipeline::image::Recipe = serde_json::from_str(json).unwrap();
+    assert_eq!(
+        (recipe.prompt.as_str(), recipe.steps, recipe.guidance, recipe.seed, recipe.width, recipe.height, recipe.references),
+        ("A small yellow sun over a blue sea", 2, 2.5, 7, 64, 64, 0)
+    );
+    assert!(recipe.model.contains("DiT width 64, 2 double + 2 single blocks, 4 heads"), "{}", recipe.model);
 }
 
 #[test]

@@ -76,6 +76,89 @@ pub fn from_unit_planar(values: &[f32], width: usize, height: usize) -> Result<R
     }))
 }
 
+/// PNG keyword of the edit recipe (JSON) that the app and the CLI write into every result.
+pub const RECIPE_KEY: &str = "kontext-recipe";
+
+/// PNG `Software` text written with every result.
+pub const SOFTWARE: &str = "kontext-web";
+
+/// What made an image, written as JSON into its PNG (`kontext-recipe` chunk) by the app and the CLI.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Recipe {
+    /// The instruction.
+    pub prompt: String,
+    /// Denoising steps.
+    pub steps: usize,
+    /// Distilled guidance.
+    pub guidance: f32,
+    /// Seed of the noise.
+    pub seed: u64,
+    /// Output width in pixels.
+    pub width: usize,
+    /// Output height in pixels.
+    pub height: usize,
+    /// The model, described by its configuration.
+    pub model: String,
+    /// How many reference images the edit took.
+    pub references: usize,
+}
+
+impl Recipe {
+    /// The `model` field for a loaded model: its DiT shape (the same text in the app and the CLI).
+    pub fn describe_model(model: &crate::loader::KontextModel) -> String {
+        let c = &model.flux_config;
+        format!("FLUX.1 Kontext, DiT width {}, {} double + {} single blocks, {} heads", c.hidden_size, c.depth, c.depth_single_blocks, c.num_heads)
+    }
+
+    /// The recipe as JSON with every non-ASCII character escaped (`tEXt` is Latin-1 only).
+    pub fn to_ascii_json(&self) -> String {
+        let json = serde_json::to_string(self).expect("a recipe always serialises");
+        let mut out = String::with_capacity(json.len());
+        for c in json.chars() {
+            if c.is_ascii() {
+                out.push(c);
+            } else {
+                for unit in c.encode_utf16(&mut [0; 2]) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+        out
+    }
+
+    /// The image as PNG carrying this recipe and the `Software` chunk.
+    pub fn encode_png(&self, image: &RgbImage) -> Result<Vec<u8>> {
+        encode_png_with_text(image, &[("Software", SOFTWARE), (RECIPE_KEY, &self.to_ascii_json())])
+    }
+}
+
+/// Encodes RGB pixels as PNG with `tEXt` chunks (`(keyword, text)`, Latin-1, keywords of 1–79 characters).
+pub fn encode_png_with_text(image: &RgbImage, texts: &[(&str, &str)]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, image.width(), image.height());
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    for (key, text) in texts {
+        encoder
+            .add_text_chunk((*key).to_string(), (*text).to_string())
+            .map_err(|e| Error::Invalid(format!("PNG text chunk {key:?} cannot be written: {e}")))?;
+    }
+    let mut writer = encoder.write_header().map_err(|e| Error::Invalid(format!("PNG encoding failed: {e}")))?;
+    writer.write_image_data(image.as_raw()).map_err(|e| Error::Invalid(format!("PNG encoding failed: {e}")))?;
+    writer.finish().map_err(|e| Error::Invalid(format!("PNG encoding failed: {e}")))?;
+    Ok(out)
+}
+
+/// The `tEXt` chunks of a PNG, `(keyword, text)` in file order.
+pub fn png_text_chunks(bytes: &[u8]) -> Result<Vec<(String, String)>> {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().map_err(|e| Error::Invalid(format!("not a readable PNG: {e}")))?;
+    let mut buffer = vec![0; reader.output_buffer_size().unwrap_or(0)];
+    reader.next_frame(&mut buffer).map_err(|e| Error::Invalid(format!("the PNG is damaged or truncated: {e}")))?;
+    reader.finish().map_err(|e| Error::Invalid(format!("the PNG is damaged or truncated: {e}")))?;
+    Ok(reader.info().uncompressed_latin1_text.iter().map(|t| (t.keyword.clone(), t.text.clone())).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +179,37 @@ mod tests {
         assert_eq!(&values[..1], &[1.0]);
         assert_eq!(values[8], -1.0);
         assert_eq!(from_planar(&values, 4, 2).unwrap(), image);
+    }
+
+    #[test]
+    fn png_text_chunks_round_trip_and_pixels_survive() {
+        let image = RgbImage::from_fn(5, 3, |x, y| image::Rgb([x as u8 * 40, y as u8 * 80, 7]));
+        let recipe = r#"{"prompt":"make it blue","steps":4}"#;
+        let bytes = encode_png_with_text(&image, &[("Software", "kontext-web"), (RECIPE_KEY, recipe)]).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), image);
+        let texts = png_text_chunks(&bytes).unwrap();
+        assert_eq!(texts, vec![("Software".into(), "kontext-web".into()), (RECIPE_KEY.into(), recipe.into())]);
+        assert!(encode_png_with_text(&image, &[("", "empty keyword")]).is_err());
+    }
+
+    #[test]
+    fn recipes_survive_the_png_with_non_ascii_prompts() {
+        let recipe = Recipe {
+            prompt: "make the sky “stormy” — 雨".into(),
+            steps: 28,
+            guidance: 2.5,
+            seed: u64::MAX,
+            width: 1024,
+            height: 768,
+            model: "DiT width 64".into(),
+            references: 2,
+        };
+        let bytes = recipe.encode_png(&RgbImage::new(2, 2)).unwrap();
+        let texts = png_text_chunks(&bytes).unwrap();
+        assert_eq!(texts[0], ("Software".to_string(), SOFTWARE.to_string()));
+        assert_eq!(texts[1].0, RECIPE_KEY);
+        assert!(texts[1].1.is_ascii());
+        assert_eq!(serde_json::from_str::<Recipe>(&texts[1].1).unwrap(), recipe);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The editor: references, prompt, size, steps, guidance, seed; generate and cancel with measured
-//! progress; the result with its recipe and a download.
+//! The editor: references, prompt, Fast/Quality presets, shape with the output size in pixels, steps,
+//! guidance, seed; generate and cancel with measured progress; the result with its recipe, a download
+//! (the PNG carries the recipe), "use as reference" for chains of edits, and a side-by-side comparison.
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -8,18 +9,51 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
 use super::{AppState, JobState, ModelState, send};
-use crate::pipeline::size::DEFAULT_MAX_AREA;
+use crate::pipeline::size::{DEFAULT_MAX_AREA, output_size};
 use crate::protocol::{EditJob, ToWorker};
 
 /// Most references one edit takes.
 pub const MAX_REFERENCES: usize = 4;
 
-/// A reference the user added: encoded bytes and a thumbnail URL.
+/// A reference the user added: encoded bytes, a thumbnail URL and its pixel size (from the header).
 #[derive(Debug, Clone, PartialEq)]
 struct Reference {
     name: String,
     bytes: Vec<u8>,
     thumbnail: String,
+    size: Option<(usize, usize)>,
+}
+
+/// A named pair of steps and area (side of the same-area square).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preset {
+    /// Shown on the button and used in element ids (lower case).
+    pub name: &'static str,
+    /// Denoising steps.
+    pub steps: usize,
+    /// Side of the same-area square, pixels.
+    pub side: usize,
+}
+
+/// Fast: few steps at a quarter of the area; Quality: the reference pipeline's 28 steps at 1024².
+pub const PRESETS: [Preset; 2] = [Preset { name: "Fast", steps: 8, side: 512 }, Preset { name: "Quality", steps: 28, side: 1024 }];
+
+/// Width and height from an image header, without decoding the pixels.
+fn header_size(bytes: &[u8]) -> Option<(usize, usize)> {
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().ok()?;
+    let (w, h) = reader.into_dimensions().ok()?;
+    Some((w as usize, h as usize))
+}
+
+/// What the worker is asked for: explicit `(width, height)` or none (the first reference's aspect), and the area.
+fn requested_size(aspect: usize, side: usize, has_reference: bool) -> (Option<(usize, usize)>, usize) {
+    let area = side * side;
+    let explicit = match ASPECTS[aspect].1 {
+        Some(ratio) => Some(preset_size(ratio, area)),
+        None if !has_reference => Some((side, side)),
+        None => None,
+    };
+    (explicit, area.min(DEFAULT_MAX_AREA * 4))
 }
 
 /// Output size choices: the first reference's aspect, or a preset ratio, at the chosen area.
@@ -45,7 +79,8 @@ async fn read_file(file: web_sys::File) -> Result<Reference, String> {
     let buffer = JsFuture::from(file.array_buffer()).await.map_err(crate::web::js::describe)?;
     let bytes = js_sys::Uint8Array::new(&buffer).to_vec();
     let thumbnail = web_sys::Url::create_object_url_with_blob(&file).map_err(crate::web::js::describe)?;
-    Ok(Reference { name: file.name(), bytes, thumbnail })
+    let size = header_size(&bytes);
+    Ok(Reference { name: file.name(), bytes, thumbnail, size })
 }
 
 /// The edit form and its result.
@@ -55,8 +90,9 @@ pub fn Editor() -> impl IntoView {
     let references = RwSignal::new(Vec::<Reference>::new());
     let prompt = RwSignal::new(String::new());
     let aspect = RwSignal::new(0usize);
-    let area_side = RwSignal::new(512usize);
-    let steps = RwSignal::new(4usize);
+    let area_side = RwSignal::new(PRESETS[0].side);
+    let steps = RwSignal::new(PRESETS[0].steps);
+    let first_of_job = RwSignal::new(None::<Reference>);
     let guidance = RwSignal::new(2.5f32);
     let seed = RwSignal::new(String::new());
     let next_id = StoredValue::new(1u32);
@@ -87,22 +123,16 @@ pub fn Editor() -> impl IntoView {
         next_id.set_value(id + 1);
         let seed_value = seed.get_untracked().trim().parse::<u64>().unwrap_or_else(|_| crate::pipeline::rng::random_seed());
         seed.set(seed_value.to_string());
-        let area = area_side.get_untracked() * area_side.get_untracked();
-        let (width, height) = match ASPECTS[aspect.get_untracked()].1 {
-            Some(ratio) => {
-                let (w, h) = preset_size(ratio, area);
-                (Some(w), Some(h))
-            }
-            None if references.with_untracked(Vec::is_empty) => (Some(area_side.get_untracked()), Some(area_side.get_untracked())),
-            None => (None, None),
-        };
+        let (size, max_area) =
+            requested_size(aspect.get_untracked(), area_side.get_untracked(), !references.with_untracked(Vec::is_empty));
+        first_of_job.set(references.with_untracked(|r| r.first().cloned()));
         let job = EditJob {
             id,
             prompt: prompt.get_untracked(),
             images: references.get_untracked().into_iter().map(|r| ByteBuf::from(r.bytes)).collect(),
-            width,
-            height,
-            max_area: area.min(DEFAULT_MAX_AREA * 4),
+            width: size.map(|s| s.0),
+            height: size.map(|s| s.1),
+            max_area,
             keep_reference_size: false,
             steps: steps.get_untracked().max(1),
             guidance: guidance.get_untracked(),
@@ -121,6 +151,22 @@ pub fn Editor() -> impl IntoView {
         }
     };
 
+    let output_pixels = move || {
+        let first = references.with(|r| r.first().map(|r| r.size));
+        let (size, max_area) = requested_size(aspect.get(), area_side.get(), first.is_some());
+        match (size, first) {
+            (None, Some(None)) => "output: the first reference's aspect".to_string(),
+            (size, first) => match output_size(size, first.flatten(), max_area) {
+                Ok((w, h)) => format!("output: {w}×{h} px"),
+                Err(e) => e.to_string(),
+            },
+        }
+    };
+    let active_preset = move || {
+        let (s, side) = (steps.get(), area_side.get());
+        PRESETS.iter().find(|p| p.steps == s && p.side == side).map_or("custom", |p| p.name)
+    };
+
     view! {
         <section class="card" id="editor" aria-labelledby="editor-title">
             <h2 id="editor-title">"Edit"</h2>
@@ -131,7 +177,7 @@ pub fn Editor() -> impl IntoView {
                     <For each=move || references.get().into_iter().enumerate() key=|(i, r)| (*i, r.thumbnail.clone()) let:item>
                         <li>
                             <img src=item.1.thumbnail.clone() alt=item.1.name.clone() />
-                            <button class="small" aria-label=format!("remove {}", item.1.name)
+                            <button type="button" class="small" aria-label=format!("remove {}", item.1.name)
                                 on:click=move |_| references.update(|r| { if item.0 < r.len() { r.remove(item.0); } })>"✕"</button>
                         </li>
                     </For>
@@ -142,12 +188,28 @@ pub fn Editor() -> impl IntoView {
                 <textarea id="prompt" rows="2" placeholder="Describe the change, not the subject: “make the sky stormy”"
                     prop:value=move || prompt.get() on:input=move |ev| prompt.set(event_target_value(&ev))></textarea>
             </div>
+            <div class="row" role="group" aria-labelledby="preset-label" id="presets" data-preset=active_preset>
+                <span id="preset-label" class="muted">"Preset"</span>
+                {PRESETS.iter().map(|preset| {
+                    let preset = *preset;
+                    view! {
+                        <button type="button" id=format!("preset-{}", preset.name.to_lowercase())
+                            aria-pressed=move || (active_preset() == preset.name).to_string()
+                            title=format!("{} steps, {}² pixels", preset.steps, preset.side)
+                            on:click=move |_| { steps.set(preset.steps); area_side.set(preset.side); }>
+                            {format!("{} · {} steps · {}²", preset.name, preset.steps, preset.side)}
+                        </button>
+                    }
+                }).collect_view()}
+                <span class="muted" aria-live="polite">{move || (active_preset() == "custom").then_some("custom settings")}</span>
+            </div>
             <div class="grid">
                 <div class="field">
                     <label for="aspect">"Output shape"</label>
-                    <select id="aspect" on:change=move |ev| aspect.set(event_target_value(&ev).parse().unwrap_or(0))>
+                    <select id="aspect" aria-describedby="output-size" on:change=move |ev| aspect.set(event_target_value(&ev).parse().unwrap_or(0))>
                         {ASPECTS.iter().enumerate().map(|(i, (name, _))| view! { <option value=i.to_string()>{*name}</option> }).collect_view()}
                     </select>
+                    <output id="output-size" for="aspect area" aria-live="polite">{output_pixels}</output>
                 </div>
                 <div class="field">
                     <label for="area">"Size (side of the same-area square, px)"</label>
@@ -171,19 +233,20 @@ pub fn Editor() -> impl IntoView {
                 </div>
             </div>
             <div class="row">
-                <button id="generate" class="primary" on:click=generate disabled=move || !can_generate()>"Generate"</button>
-                <button id="cancel" on:click=cancel disabled=move || !running()>"Cancel"</button>
+                <button type="button" id="generate" class="primary" on:click=generate disabled=move || !can_generate()>"Generate"</button>
+                <button type="button" id="cancel" on:click=cancel disabled=move || !running()>"Cancel"</button>
                 <span class="muted">{move || (!matches!(state.model.get(), ModelState::Loaded(_))).then_some("Load a model first.")}</span>
             </div>
-            <JobView />
+            <JobView references first_of_job />
         </section>
     }
 }
 
-/// Progress while running; the image, its recipe and a download when done.
+/// Progress while running; the image, its recipe, a download, "use as reference" and a comparison when done.
 #[component]
-fn JobView() -> impl IntoView {
+fn JobView(references: RwSignal<Vec<Reference>>, first_of_job: RwSignal<Option<Reference>>) -> impl IntoView {
     let state = expect_context::<AppState>();
+    let compare = RwSignal::new(false);
     view! {
         <div id="job" role="status" data-state=move || match state.job.get() {
             JobState::Idle => "idle",
@@ -201,15 +264,59 @@ fn JobView() -> impl IntoView {
                         <progress max=total.max(1) value=done aria-label="generation progress"></progress>
                     }.into_any()
                 }
-                JobState::Done { url, seed, width, height, millis } => view! {
-                    <figure class="result">
-                        <img id="result-image" src=url.clone() alt="the generated image" width=width height=height />
-                        <figcaption>
-                            {format!("{width}×{height} · seed {seed} · {:.1} s ", millis / 1000.0)}
-                            <a id="download" href=url download=format!("kontext-{seed}.png")>"Download PNG"</a>
-                        </figcaption>
-                    </figure>
-                }.into_any(),
+                JobState::Done { url, png, seed, width, height, millis } => {
+                    let result_url = url.clone();
+                    let use_as_reference = move |_| {
+                        let reference = Reference {
+                            name: format!("result {seed}.png"),
+                            bytes: png.to_vec(),
+                            thumbnail: result_url.clone(),
+                            size: Some((width, height)),
+                        };
+                        references.update(|r| if r.len() < MAX_REFERENCES { r.push(reference) });
+                    };
+                    let first = first_of_job.get();
+                    let has_first = first.is_some();
+                    let result_image = {
+                        let url = url.clone();
+                        move || view! {
+                            <img id="result-image" src=url.clone() alt=format!("the generated image, {width}×{height} pixels")
+                                width=width height=height />
+                        }
+                    };
+                    view! {
+                        <figure class="result">
+                            {move || match (compare.get(), first.clone()) {
+                                (true, Some(first)) => view! {
+                                    <div class="compare" id="compare-view">
+                                        <figure>
+                                            <img src=first.thumbnail.clone() alt=format!("the first reference, {}", first.name) />
+                                            <figcaption>{format!("First reference · {}", first.name)}</figcaption>
+                                        </figure>
+                                        <figure>
+                                            {result_image.clone()()}
+                                            <figcaption>"Result"</figcaption>
+                                        </figure>
+                                    </div>
+                                }.into_any(),
+                                _ => result_image.clone()().into_any(),
+                            }}
+                            <figcaption>
+                                {format!("{width}×{height} · seed {seed} · {:.1} s ", millis / 1000.0)}
+                            </figcaption>
+                        </figure>
+                        <div class="row" role="group" aria-label="result actions">
+                            <a id="download" href=url download=format!("kontext-{seed}.png")
+                                title="The PNG carries its recipe (prompt, steps, guidance, seed, size, model)">"Download PNG"</a>
+                            <button type="button" id="use-as-reference" on:click=use_as_reference
+                                disabled=move || references.with(|r| r.len() >= MAX_REFERENCES)
+                                title="Append this result to the references, to edit it further">"Use as reference"</button>
+                            <button type="button" id="compare" aria-pressed=move || compare.get().to_string()
+                                aria-controls="job" disabled=!has_first
+                                on:click=move |_| compare.update(|c| *c = !*c)>"Compare with the first reference"</button>
+                        </div>
+                    }.into_any()
+                }
                 JobState::Cancelled => view! { <p>"Cancelled."</p> }.into_any(),
                 JobState::Failed(message) => view! { <p class="status bad" role="alert">{message}</p> }.into_any(),
             }}

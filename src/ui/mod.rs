@@ -89,6 +89,8 @@ pub enum JobState {
     Done {
         /// `blob:` URL of the PNG.
         url: String,
+        /// The PNG itself (for "use as reference").
+        png: std::sync::Arc<[u8]>,
         /// Seed used.
         seed: u64,
         /// Width.
@@ -144,7 +146,7 @@ impl AppState {
             FromWorker::Loaded { description } => self.model.set(ModelState::Loaded(description)),
             FromWorker::Result { png, seed, width, height, millis, .. } => {
                 let state = match png_object_url(&png) {
-                    Ok(url) => JobState::Done { url, seed, width, height, millis },
+                    Ok(url) => JobState::Done { url, png: png.into_vec().into(), seed, width, height, millis },
                     Err(e) => JobState::Failed(e),
                 };
                 self.job.set(state);

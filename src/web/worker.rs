@@ -174,11 +174,17 @@ async fn run_edit(job: EditJob) -> Result<Option<(Vec<u8>, u64, usize, usize)>> 
     progress(Some(id), "decoding", 0, 1);
     let (width, height) = edit.size();
     let result = edit.finish().await?;
-    let mut png = Vec::new();
-    result
-        .image
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| Error::Invalid(format!("PNG encoding failed: {e}")))?;
+    let recipe = images::Recipe {
+        prompt: job.prompt.clone(),
+        steps: job.steps,
+        guidance: job.guidance,
+        seed: job.seed,
+        width,
+        height,
+        model: images::Recipe::describe_model(&model),
+        references: job.images.len(),
+    };
+    let png = recipe.encode_png(&result.image)?;
     CANCELLED.with(|c| c.borrow_mut().remove(&id));
     Ok(Some((png, job.seed, width, height)))
 }

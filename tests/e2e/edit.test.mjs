@@ -1,5 +1,7 @@
 // A full edit through the UI with the built-in demo model: the worker loads it, the page sends an edit,
-// progress is shown, the result appears, and it equals the native CLI's output for the same seed.
+// progress is shown, the result appears, and it equals the native CLI's output for the same seed. Then the
+// result's PNG carries its recipe, "use as reference" chains edits, the comparison shows both images, the
+// Fast/Quality presets set steps and size (output size in pixels shown), and the form works from the keyboard.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -101,4 +103,123 @@ test('cancel stops a long edit within a step and the worker takes the next job',
   await page.click('#generate');
   await page.waitForSelector('#job[data-state="done"]', { timeout: 120_000 });
   assert.deepEqual(browser.problems, []);
+});
+
+/** The tEXt chunks of a PNG as { keyword: text }. */
+function pngTextChunks(bytes) {
+  assert.deepEqual([...bytes.subarray(0, 8)], [137, 80, 78, 71, 13, 10, 26, 10], 'not a PNG signature');
+  const texts = {};
+  for (let at = 8; at + 8 <= bytes.length;) {
+    const length = bytes.readUInt32BE(at);
+    const type = bytes.toString('latin1', at + 4, at + 8);
+    if (type === 'tEXt') {
+      const data = bytes.subarray(at + 8, at + 8 + length);
+      const nul = data.indexOf(0);
+      texts[data.toString('latin1', 0, nul)] = data.toString('latin1', nul + 1);
+    }
+    if (type === 'IEND') break;
+    at += 12 + length;
+  }
+  return texts;
+}
+
+test('the downloaded PNG carries its recipe in tEXt chunks', async () => {
+  const { page } = browser;
+  // The last job of the cancel test: 1 step, seed 1234, one reference.
+  const href = await page.getAttribute('#download', 'href');
+  assert.match(href, /^blob:/);
+  const b64 = await page.evaluate(async (url) => {
+    const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
+    let s = ''; for (const b of bytes) s += String.fromCharCode(b);
+    return btoa(s);
+  }, href);
+  const texts = pngTextChunks(Buffer.from(b64, 'base64'));
+  assert.equal(texts.Software, 'kontext-web');
+  const recipe = JSON.parse(texts['kontext-recipe']);
+  assert.equal(recipe.prompt, PROMPT);
+  assert.deepEqual([recipe.steps, recipe.guidance, recipe.seed, recipe.width, recipe.height, recipe.references], [1, 2.5, 1234, 144, 96, 1]);
+  assert.match(recipe.model, /DiT width 64, 2 double \+ 2 single blocks, 4 heads/);
+});
+
+test('compare shows the first reference beside the result, with captions', async () => {
+  const { page } = browser;
+  assert.equal(await page.getAttribute('#compare', 'aria-pressed'), 'false');
+  assert.equal(await page.$('#compare-view'), null);
+  await page.click('#compare');
+  await page.waitForSelector('#compare-view');
+  assert.equal(await page.getAttribute('#compare', 'aria-pressed'), 'true');
+  assert.equal(await page.locator('#compare-view img').count(), 2);
+  const captions = await page.locator('#compare-view figcaption').allTextContents();
+  assert.deepEqual(captions, ['First reference · reference_input.png', 'Result']);
+  await screenshot(page, 'compare');
+  await page.focus('#compare');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('#compare-view', { state: 'detached' });
+  assert.equal(await page.locator('#result-image').count(), 1);
+});
+
+test('"use as reference" appends the result to the references, from the keyboard too', async () => {
+  const { page } = browser;
+  assert.equal(await page.locator('.thumbs img').count(), 1);
+  await page.focus('#use-as-reference');
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => document.querySelectorAll('.thumbs img').length === 2);
+  const second = await page.getAttribute('.thumbs li:nth-child(2) img', 'src');
+  assert.equal(second, await page.getAttribute('#download', 'href'));
+  await page.click('#use-as-reference');
+  await page.click('#use-as-reference');
+  await page.waitForFunction(() => document.querySelectorAll('.thumbs img').length === 4);
+  assert.equal(await page.isDisabled('#use-as-reference'), true, 'a fifth reference must be refused');
+  await page.click('.thumbs li:nth-child(4) button');
+  await page.click('.thumbs li:nth-child(3) button');
+  await page.waitForFunction(() => document.querySelectorAll('.thumbs img').length === 2);
+  await screenshot(page, 'use-as-reference');
+  // A chained edit with the result as the second reference.
+  await page.click('#generate');
+  await page.waitForSelector('#job[data-state="done"]', { timeout: 120_000 });
+  assert.match(await page.textContent('.result figcaption'), /144×96 · seed 1234/);
+  assert.deepEqual(browser.problems, []);
+});
+
+test('Fast and Quality presets set steps and size; the output size follows the first reference', async () => {
+  const { page } = browser;
+  await page.click('#preset-quality');
+  assert.equal(await page.inputValue('#steps'), '28');
+  assert.equal(await page.inputValue('#area'), '1024');
+  assert.equal(await page.getAttribute('#presets', 'data-preset'), 'Quality');
+  assert.equal(await page.getAttribute('#preset-quality', 'aria-pressed'), 'true');
+  // The first reference is 96×64 (3:2): round(sqrt(1024²·1.5)) = 1254 → 1248, 836 → 832.
+  assert.equal(await page.textContent('#output-size'), 'output: 1248×832 px');
+  await page.click('#preset-fast');
+  assert.equal(await page.inputValue('#steps'), '8');
+  assert.equal(await page.getAttribute('#presets', 'data-preset'), 'Fast');
+  assert.equal(await page.textContent('#output-size'), 'output: 624×416 px');
+  await setNumber(page, '#steps', 5);
+  assert.equal(await page.getAttribute('#presets', 'data-preset'), 'custom');
+  assert.equal(await page.getAttribute('#preset-fast', 'aria-pressed'), 'false');
+  await page.selectOption('#aspect', { label: '16:9' });
+  assert.equal(await page.textContent('#output-size'), 'output: 672×384 px');
+  await screenshot(page, 'presets');
+});
+
+test('every control has an accessible name and the form is in tab order', async () => {
+  const { page } = browser;
+  const unnamed = await page.evaluate(() => [...document.querySelectorAll('#editor button, #editor input, #editor select, #editor textarea, #editor a')]
+    .filter((el) => {
+      const labelled = el.labels?.length > 0 || el.getAttribute('aria-label') || el.getAttribute('aria-labelledby');
+      return !labelled && !(el.textContent ?? '').trim();
+    })
+    .map((el) => el.outerHTML.slice(0, 80)));
+  assert.deepEqual(unnamed, []);
+  const clickable = await page.evaluate(() => [...document.querySelectorAll('#editor [onclick], #editor div[tabindex], #editor [tabindex]')].length);
+  assert.equal(clickable, 0, 'controls are real buttons and inputs, in document order');
+  await page.focus('#prompt');
+  const order = [];
+  for (let i = 0; i < 9; i++) {
+    await page.keyboard.press('Tab');
+    order.push(await page.evaluate(() => document.activeElement?.id || document.activeElement?.tagName));
+  }
+  assert.deepEqual(order, ['preset-fast', 'preset-quality', 'aspect', 'area', 'steps', 'guidance', 'seed', 'generate', 'download']);
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement?.id), 'use-as-reference');
 });

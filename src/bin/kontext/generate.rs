@@ -70,7 +70,7 @@ pub struct EditArgs {
     /// Initial noise instead of the seed's: a safetensors file with tensor `noise`, packed `[1, tokens, 64]`.
     #[arg(long)]
     noise: Option<PathBuf>,
-    /// Where to write the PNG.
+    /// Where to write the PNG (it carries the recipe in `tEXt` chunks `kontext-recipe` and `Software`).
     #[arg(long)]
     out: PathBuf,
     /// Also write `latents` (final packed latents) and `image` (`[1,3,H,W]` in [0,1]) to this safetensors file.
@@ -203,7 +203,18 @@ pub fn edit(args: EditArgs) -> Result<()> {
     }
     println!("decoding…");
     let result = pollster::block_on(edit.finish())?;
-    result.image.save(&args.out).map_err(|e| Error::Invalid(format!("cannot write {}: {e}", args.out.display())))?;
+    let recipe = images::Recipe {
+        prompt: request.prompt.clone(),
+        steps: request.steps,
+        guidance: request.guidance,
+        seed,
+        width,
+        height,
+        model: images::Recipe::describe_model(&model),
+        references: request.references.len(),
+    };
+    let png = recipe.encode_png(&result.image)?;
+    std::fs::write(&args.out, png).map_err(|e| Error::Invalid(format!("cannot write {}: {e}", args.out.display())))?;
     if let Some(dump) = &args.dump {
         let latents_shape = result.latents.dims().to_vec();
         let latents = pollster::block_on(read_f32(result.latents))?;
