@@ -134,6 +134,9 @@ pub struct MatmulRow {
 pub struct AttentionRow {
     /// Sequence length (queries = keys).
     pub l: usize,
+    /// Whether the model's attention ran the flash kernel (wgpu, head width within its limit); when not,
+    /// both timings are of the reference.
+    pub flash_kernel: bool,
     /// Seconds per call of the model's attention (the flash kernel on wgpu, the reference elsewhere).
     pub flash_s: f64,
     /// Seconds per call of the materialised reference; `None` when its scores would exceed 1 GiB.
@@ -319,8 +322,8 @@ mod native {
     use burn::tensor::{Device, Tensor, TensorData};
 
     use super::*;
-    use crate::kernels::attention::bench_attention;
-    use crate::kernels::quant_matmul::{PackedWeight, matmul};
+    use crate::kernels::attention::{HEAD_DIM_MAX, bench_attention};
+    use crate::kernels::quant_matmul::{PackedWeight, matmul, packs_on};
     use crate::model::flux::Flux;
 
     /// Waits for `t` (and everything queued before it) by reading back one value.
@@ -384,10 +387,12 @@ mod native {
     /// The attention of the models against the materialised reference at each length of `sizes`.
     pub fn bench_attention_rows(device: &Device, sizes: &Sizes) -> Vec<AttentionRow> {
         let (h, d) = (sizes.attention_heads, sizes.attention_d);
+        let flash_kernel = packs_on(device) && d <= HEAD_DIM_MAX;
         bench_attention(device, &sizes.attention_l, d, h)
             .into_iter()
             .map(|(l, flash_s, reference_s)| AttentionRow {
                 l,
+                flash_kernel,
                 flash_s,
                 reference_s,
                 speedup: reference_s.map(|r| r / flash_s),

@@ -33,6 +33,7 @@ fn bench_reports_matmul_attention_and_step_with_positive_numbers() {
     let attention = report["attention"].as_array().expect("an attention section");
     assert_eq!(attention.len(), 1);
     for row in attention {
+        assert_eq!(row["flash_kernel"], true, "{row}");
         positive(row, "flash_s");
         positive(row, "reference_s");
         assert!(positive(row, "reference_bytes") > positive(row, "flash_bytes"), "{row}");

@@ -67,6 +67,9 @@ fn print_table(report: &Report) {
         "attention, {} heads × {}: ms per call; intermediates in MiB computed from the shapes, not measured",
         sizes.attention_heads, sizes.attention_d
     );
+    if report.attention.iter().any(|r| !r.flash_kernel) {
+        println!("(no flash kernel on this device: the `flash` column times the reference too)");
+    }
     println!("{:>6} {:>10} {:>10} {:>8} {:>11} {:>11}", "L", "flash ms", "ref ms", "speedup", "flash MiB", "ref MiB");
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     for r in &report.attention {
