@@ -304,6 +304,48 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Vec<f
     Ok(out)
 }
 
+/// Quantizes `values` to Q8_0 blocks as ggml's `quantize_row_q8_0_ref` does: `d = max|x| / 127`, `q = round(x / d)`.
+/// Fails when the values are not whole blocks of 32.
+pub fn quantize_q8_0(values: &[f32]) -> Result<Vec<u8>> {
+    let blocks = whole_blocks(GgmlType::Q8_0, values)?;
+    let mut out = Vec::with_capacity(values.len() / 32 * 34);
+    for block in blocks {
+        let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend(f16::from_f32(d).to_le_bytes());
+        out.extend(block.iter().map(|x| (x * id).round() as i8 as u8));
+    }
+    Ok(out)
+}
+
+/// Quantizes `values` to Q4_0 blocks as ggml's `quantize_row_q4_0_ref` does: `d = max / -8` with `max` the value
+/// of largest magnitude, `q = min(15, trunc(x / d + 8.5))`. Fails when the values are not whole blocks of 32.
+pub fn quantize_q4_0(values: &[f32]) -> Result<Vec<u8>> {
+    let blocks = whole_blocks(GgmlType::Q4_0, values)?;
+    let mut out = Vec::with_capacity(values.len() / 32 * 18);
+    for block in blocks {
+        let max = block.iter().fold(0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let q = |x: f32| ((x * id + 8.5) as i8).clamp(0, 15) as u8;
+        out.extend(f16::from_f32(d).to_le_bytes());
+        out.extend((0..16).map(|j| q(block[j]) | (q(block[j + 16]) << 4)));
+    }
+    Ok(out)
+}
+
+fn whole_blocks(ty: GgmlType, values: &[f32]) -> Result<std::slice::ChunksExact<'_, f32>> {
+    if !values.len().is_multiple_of(ty.block_size()) {
+        return Err(Error::Invalid(format!(
+            "{} values are not whole {ty} blocks of {}",
+            values.len(),
+            ty.block_size()
+        )));
+    }
+    Ok(values.chunks_exact(ty.block_size()))
+}
+
 fn half_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
@@ -520,5 +562,32 @@ mod tests {
         assert!(err.contains("whole number"), "{err}");
         let err = dequantize(GgmlType::Q2_K, &[0u8; 84], 256).unwrap_err().to_string();
         assert!(err.contains("Q2_K cannot be dequantized"), "{err}");
+    }
+
+    #[test]
+    fn quantized_blocks_dequantize_within_half_a_step() {
+        let values: Vec<f32> =
+            (0..32 * 8).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013 * (1 + i / 32) as f32).collect();
+        for (ty, bytes, steps) in [
+            (GgmlType::Q8_0, quantize_q8_0(&values).unwrap(), 0.5),
+            // The value opposite the largest magnitude rounds to +8, which clamps to 7: up to one step.
+            (GgmlType::Q4_0, quantize_q4_0(&values).unwrap(), 1.0),
+        ] {
+            let back = dequantize(ty, &bytes, values.len()).unwrap();
+            for ((block, got), raw) in values.chunks(32).zip(back.chunks(32)).zip(bytes.chunks(ty.type_size())) {
+                let d = half_at(raw, 0).abs();
+                assert!(d > 0.0, "{ty}: zero scale");
+                for (x, y) in block.iter().zip(got) {
+                    // f16 rounding of d moves the largest |q| (127 or 8) by up to 2⁻¹¹ of it.
+                    assert!((x - y).abs() <= d * (steps + 0.07), "{ty}: {x} came back as {y} (d {d})");
+                }
+            }
+        }
+        for zeros in [quantize_q8_0(&[0.0; 32]).unwrap(), quantize_q4_0(&[0.0; 32]).unwrap()] {
+            let ty = if zeros.len() == 34 { GgmlType::Q8_0 } else { GgmlType::Q4_0 };
+            assert_eq!(dequantize(ty, &zeros, 32).unwrap(), [0.0; 32], "{ty}");
+        }
+        let err = quantize_q8_0(&[1.0; 33]).unwrap_err().to_string();
+        assert_eq!(err, "33 values are not whole Q8_0 blocks of 32");
     }
 }

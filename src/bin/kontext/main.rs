@@ -1,6 +1,8 @@
 //! `kontext`: the native command line over the same model code as the web app.
 
 #[cfg(not(target_arch = "wasm32"))]
+mod bench;
+#[cfg(not(target_arch = "wasm32"))]
 mod generate;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -20,6 +22,9 @@ mod cli {
 
     #[derive(Subcommand)]
     enum Command {
+        /// Measure packed against f32 matmuls, flash against reference attention and one DiT step of a
+        /// medium random-weight Flux in f32, Q8_0 and Q4_0, side by side on one device.
+        Bench(super::bench::BenchArgs),
         /// Report the compute device (adapter, limits, features) and check that it computes correctly.
         Device {
             /// `cpu` (burn flex) or `wgpu` (the GPU through Vulkan/Metal/DX12).
@@ -72,6 +77,7 @@ mod cli {
             Command::Inspect { path, json, load: true, backend, model } => {
                 inspect_loaded(&path, json, backend.parse()?, model.as_deref())
             }
+            Command::Bench(args) => super::bench::run(args),
             Command::Edit(args) => super::generate::edit(args),
             Command::Forward(args) => super::generate::forward(args),
         }

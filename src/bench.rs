@@ -1,0 +1,498 @@
+//! Benchmarks that can be rerun on any device (`kontext bench`): packed ggml matmuls against burn's f32 matmul,
+//! the flash attention kernel against the materialised reference, and one DiT step of a medium random-weight
+//! Flux in f32, Q8_0 and Q4_0. Every figure is a time measured here, side by side in one run; the report gives
+//! ratios so that runs on different machines compare.
+//!
+//! Sizes, results, the random weights and the quantizers compile everywhere (the browser can reuse them); the
+//! timers read back synchronously and are native only. Each timed block runs chained or distinct inputs (no
+//! call can be skipped as a repeat of another) after one untimed warm-up, and ends with one small readback
+//! that waits for the device.
+
+use std::collections::BTreeMap;
+
+use half::f16;
+use serde::{Deserialize, Serialize};
+
+use crate::formats::quant::{GgmlType, quantize_q4_0, quantize_q8_0};
+use crate::model::config::FluxConfig;
+use crate::weights::{HostTensor, RawBlock, Weights};
+use crate::{Error, Result};
+
+/// How much work a run does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sizes {
+    /// Name of the preset (`full`, `quick`, `tiny`).
+    pub preset: String,
+    /// Rows of x (tokens) for the matmuls.
+    pub matmul_m: Vec<usize>,
+    /// `(K, N)`: input and output features of the matmul weights.
+    pub matmul_kn: Vec<(usize, usize)>,
+    /// Sequence lengths for attention.
+    pub attention_l: Vec<usize>,
+    /// Attention heads.
+    pub attention_heads: usize,
+    /// Attention head width.
+    pub attention_d: usize,
+    /// The transformer of the DiT step.
+    pub step_config: FluxConfig,
+    /// Image tokens of the DiT step.
+    pub step_image_tokens: usize,
+    /// Text tokens of the DiT step.
+    pub step_text_tokens: usize,
+    /// Timed calls per measurement (after one warm-up call).
+    pub repeats: usize,
+}
+
+impl Sizes {
+    /// DiT-like shapes: FLUX's width 3072 and MLP width 12288, 24 heads of 128, a 512-wide medium step model.
+    pub fn full() -> Self {
+        Self {
+            preset: "full".into(),
+            matmul_m: vec![256, 1024],
+            matmul_kn: vec![(3072, 3072), (3072, 12288)],
+            attention_l: vec![256, 1024, 4096],
+            attention_heads: 24,
+            attention_d: 128,
+            step_config: medium_flux(512, 8, 4, 8, 256),
+            step_image_tokens: 1024,
+            step_text_tokens: 512,
+            repeats: 3,
+        }
+    }
+
+    /// A few seconds on a software device.
+    pub fn quick() -> Self {
+        Self {
+            preset: "quick".into(),
+            matmul_m: vec![64, 256],
+            matmul_kn: vec![(1024, 1024), (1024, 4096)],
+            attention_l: vec![256, 1024],
+            attention_heads: 8,
+            attention_d: 64,
+            step_config: medium_flux(512, 8, 2, 4, 256),
+            step_image_tokens: 256,
+            step_text_tokens: 128,
+            repeats: 3,
+        }
+    }
+
+    /// The smallest run that still exercises every path (for tests).
+    pub fn tiny() -> Self {
+        Self {
+            preset: "tiny".into(),
+            matmul_m: vec![32],
+            matmul_kn: vec![(256, 256)],
+            attention_l: vec![128],
+            attention_heads: 2,
+            attention_d: 32,
+            step_config: medium_flux(128, 2, 1, 1, 64),
+            step_image_tokens: 64,
+            step_text_tokens: 32,
+            repeats: 2,
+        }
+    }
+}
+
+/// A Flux of `hidden` width in `heads` heads with `depth` double and `single` single blocks and text tokens
+/// `context` wide; the other hyper-parameters as FLUX.1 [dev].
+pub fn medium_flux(hidden: usize, heads: usize, depth: usize, single: usize, context: usize) -> FluxConfig {
+    FluxConfig {
+        vec_in_dim: context,
+        context_in_dim: context,
+        hidden_size: hidden,
+        num_heads: heads,
+        depth,
+        depth_single_blocks: single,
+        axes_dim: FluxConfig::default_axes_dim(hidden / heads),
+        ..FluxConfig::kontext_dev()
+    }
+}
+
+/// One matmul shape and block type: `x [m, k] · Wᵀ`, `W [n, k]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MatmulRow {
+    /// Block type of the packed weight.
+    pub ty: String,
+    /// Rows of x.
+    pub m: usize,
+    /// Input features.
+    pub k: usize,
+    /// Output features.
+    pub n: usize,
+    /// Whether the weight stayed packed (wgpu); on other devices it is dequantized to f32.
+    pub packed: bool,
+    /// GFLOP/s (2·m·k·n per call) of the packed matmul.
+    pub packed_gflops: f64,
+    /// GFLOP/s of burn's f32 matmul with the dequantized weight `[k, n]`.
+    pub f32_gflops: f64,
+    /// `packed_gflops / f32_gflops`: above 1, the packed kernel is faster.
+    pub ratio: f64,
+}
+
+/// Attention over one sequence length.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttentionRow {
+    /// Sequence length (queries = keys).
+    pub l: usize,
+    /// Whether the model's attention ran the flash kernel (wgpu, head width within its limit); when not,
+    /// both timings are of the reference.
+    pub flash_kernel: bool,
+    /// Seconds per call of the model's attention (the flash kernel on wgpu, the reference elsewhere).
+    pub flash_s: f64,
+    /// Seconds per call of the materialised reference; `None` when its scores would exceed 1 GiB.
+    pub reference_s: Option<f64>,
+    /// `reference_s / flash_s`: above 1, the flash kernel is faster.
+    pub speedup: Option<f64>,
+    /// Bytes of intermediates of the flash kernel (`h·L·(d + 2)·4`: output and softmax statistics), computed.
+    pub flash_bytes: u64,
+    /// Bytes of the reference's score matrix (`h·L²·4`), computed; softmax allocates as much again.
+    pub reference_bytes: u64,
+}
+
+/// One DiT step with one kind of weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRow {
+    /// `F32`, `Q8_0` or `Q4_0`.
+    pub weights: String,
+    /// Linear layers kept in ggml blocks on the device.
+    pub packed_linears: usize,
+    /// Bytes the weights occupy on the device.
+    pub device_bytes: u64,
+    /// Seconds per transformer call.
+    pub seconds: f64,
+    /// `seconds / seconds of F32`: below 1, faster than f32.
+    pub ratio_to_f32: f64,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// `cpu` or `wgpu`.
+    pub backend: String,
+    /// The adapter's name, on wgpu.
+    pub adapter: Option<String>,
+    /// What was run.
+    pub sizes: Sizes,
+    /// Packed against f32 matmuls.
+    pub matmul: Vec<MatmulRow>,
+    /// Flash against reference attention.
+    pub attention: Vec<AttentionRow>,
+    /// Whether the attention bytes are computed from the shapes (always, for now) rather than measured.
+    pub attention_bytes_computed: bool,
+    /// One DiT step per kind of weights.
+    pub step: Vec<StepRow>,
+}
+
+/// Q4_K blocks with random nibbles, 6-bit scales and mins (scale 10⁻³, min 5·10⁻⁴): `n·k / 256` blocks of a
+/// valid weight, for speed measurements only.
+pub fn random_q4_k(n_values: usize, salt: u32) -> Result<Vec<u8>> {
+    let ty = GgmlType::Q4_K;
+    if !n_values.is_multiple_of(ty.block_size()) {
+        return Err(Error::Invalid(format!("{n_values} values are not whole Q4_K blocks of 256")));
+    }
+    let mut bytes = Vec::with_capacity(n_values / ty.block_size() * ty.type_size());
+    for block in 0..n_values / ty.block_size() {
+        bytes.extend(f16::from_f32(1e-3).to_le_bytes());
+        bytes.extend(f16::from_f32(5e-4).to_le_bytes());
+        bytes.extend((0..ty.type_size() - 4).map(|i| hash(block * ty.type_size() + i, salt) as u8));
+    }
+    Ok(bytes)
+}
+
+fn hash(i: usize, salt: u32) -> u32 {
+    (i as u32).wrapping_mul(2_654_435_761).wrapping_add(salt.wrapping_mul(40_503)) >> 8
+}
+
+/// Values in `[-scale, scale]` from a hash of the index (no random generator needed).
+fn values(n: usize, salt: u32, scale: f32) -> Vec<f32> {
+    (0..n).map(|i| ((hash(i, salt) % 2001) as f32 / 1000.0 - 1.0) * scale).collect()
+}
+
+/// Random BFL-named weights for a [`FluxConfig`]: linear weights uniform in `±1/√fan_in`, biases in `±0.01`,
+/// norm scales 1. With a block type, linear weights also come as ggml blocks ([`Weights::raw_block`]),
+/// quantized from the same values, so layers load packed on wgpu.
+pub struct RandomFlux {
+    shapes: BTreeMap<String, Vec<usize>>,
+    quantized: Option<GgmlType>,
+}
+
+impl RandomFlux {
+    /// Every tensor of a BFL Flux checkpoint for `config`; `quantized` is `None`, `Some(Q8_0)` or `Some(Q4_0)`.
+    pub fn new(config: &FluxConfig, quantized: Option<GgmlType>) -> Result<Self> {
+        if let Some(ty) = quantized.filter(|ty| ![GgmlType::Q8_0, GgmlType::Q4_0].contains(ty)) {
+            return Err(Error::Invalid(format!("random weights quantize to Q8_0 or Q4_0, not {ty}")));
+        }
+        Ok(Self { shapes: bfl_shapes(config), quantized })
+    }
+}
+
+/// Names and shapes of a BFL Flux checkpoint for `config`.
+pub fn bfl_shapes(config: &FluxConfig) -> BTreeMap<String, Vec<usize>> {
+    let (h, mlp, hd) = (config.hidden_size, config.mlp_hidden(), config.head_dim());
+    let mut shapes = BTreeMap::new();
+    let mut linear = |prefix: String, d_in: usize, d_out: usize| {
+        shapes.insert(format!("{prefix}.weight"), vec![d_out, d_in]);
+        shapes.insert(format!("{prefix}.bias"), vec![d_out]);
+    };
+    linear("img_in".into(), config.in_channels, h);
+    linear("txt_in".into(), config.context_in_dim, h);
+    let mut embedders = vec![("time_in", 256), ("vector_in", config.vec_in_dim)];
+    if config.guidance_embed {
+        embedders.push(("guidance_in", 256));
+    }
+    for (name, d_in) in embedders {
+        linear(format!("{name}.in_layer"), d_in, h);
+        linear(format!("{name}.out_layer"), h, h);
+    }
+    for i in 0..config.depth {
+        for stream in ["img", "txt"] {
+            let p = format!("double_blocks.{i}.{stream}");
+            linear(format!("{p}_mod.lin"), h, 6 * h);
+            linear(format!("{p}_attn.qkv"), h, 3 * h);
+            linear(format!("{p}_attn.proj"), h, h);
+            linear(format!("{p}_mlp.0"), h, mlp);
+            linear(format!("{p}_mlp.2"), mlp, h);
+        }
+    }
+    for i in 0..config.depth_single_blocks {
+        let p = format!("single_blocks.{i}");
+        linear(format!("{p}.linear1"), h, 3 * h + mlp);
+        linear(format!("{p}.linear2"), h + mlp, h);
+        linear(format!("{p}.modulation.lin"), h, 3 * h);
+    }
+    linear("final_layer.linear".into(), h, config.in_channels);
+    linear("final_layer.adaLN_modulation.1".into(), h, 2 * h);
+    let mut norms = Vec::new();
+    for i in 0..config.depth {
+        norms.extend(["img_attn", "txt_attn"].map(|s| format!("double_blocks.{i}.{s}.norm")));
+    }
+    norms.extend((0..config.depth_single_blocks).map(|i| format!("single_blocks.{i}.norm")));
+    for norm in norms {
+        for which in ["query_norm", "key_norm"] {
+            shapes.insert(format!("{norm}.{which}.scale"), vec![hd]);
+        }
+    }
+    shapes
+}
+
+impl Weights for RandomFlux {
+    fn names(&self) -> Vec<String> {
+        self.shapes.keys().cloned().collect()
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.shapes.get(name).cloned()
+    }
+
+    fn read(&self, name: &str) -> Result<HostTensor> {
+        let shape = self.shape(name).ok_or_else(|| Error::Invalid(format!("missing tensor `{name}`")))?;
+        let n = shape.iter().product();
+        let salt = name.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+        let data = match shape.as_slice() {
+            _ if name.ends_with(".scale") => vec![1.0; n],
+            [_, d_in] => values(n, salt, 1.0 / (*d_in as f32).sqrt()),
+            _ => values(n, salt, 0.01),
+        };
+        HostTensor::new(shape, data)
+    }
+
+    fn raw_block(&self, name: &str) -> Option<Result<RawBlock>> {
+        let ty = self.quantized?;
+        let shape = self.shape(name)?;
+        if shape.len() != 2 || !shape[1].is_multiple_of(ty.block_size()) {
+            return None;
+        }
+        Some(self.read(name).and_then(|t| {
+            let bytes = match ty {
+                GgmlType::Q8_0 => quantize_q8_0(&t.data)?,
+                _ => quantize_q4_0(&t.data)?,
+            };
+            Ok((ty, t.shape, bytes))
+        }))
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use native::*;
+
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use std::time::Instant;
+
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    use super::*;
+    use crate::kernels::attention::{HEAD_DIM_MAX, bench_attention};
+    use crate::kernels::quant_matmul::{PackedWeight, matmul, packs_on};
+    use crate::model::flux::Flux;
+
+    /// Waits for `t` (and everything queued before it) by reading back one value.
+    fn finish<const D: usize>(t: Tensor<D>) -> f32 {
+        let n = t.shape().num_elements();
+        t.reshape([n]).narrow(0, 0, 1).into_data().try_to_vec::<f32>().map(|v| v[0]).unwrap_or(f32::NAN)
+    }
+
+    /// Seconds per call of `run(i)` over `repeats` calls, after the untimed call `run(0)`; `run` returns what
+    /// to wait for.
+    fn time<const D: usize>(repeats: usize, mut run: impl FnMut(usize) -> Tensor<D>) -> f64 {
+        finish(run(0));
+        let start = Instant::now();
+        let mut last = None;
+        for i in 1..=repeats {
+            last = Some(run(i));
+        }
+        if let Some(last) = last {
+            finish(last);
+        }
+        start.elapsed().as_secs_f64() / repeats.max(1) as f64
+    }
+
+    /// Packed Q8_0, Q4_0 and Q4_K matmuls against burn's f32 matmul for every shape of `sizes`.
+    pub fn bench_matmul(device: &Device, sizes: &Sizes) -> Result<Vec<MatmulRow>> {
+        let mut rows = Vec::new();
+        for &(k, n) in &sizes.matmul_kn {
+            let dense = values(n * k, 7, 1.0 / (k as f32).sqrt());
+            let weights = [
+                (GgmlType::Q8_0, quantize_q8_0(&dense)?),
+                (GgmlType::Q4_0, quantize_q4_0(&dense)?),
+                (GgmlType::Q4_K, random_q4_k(n * k, 7)?),
+            ];
+            let transposed: Vec<f32> = (0..k * n).map(|i| dense[(i % n) * k + i / n]).collect();
+            let w_f32 = Tensor::<2>::from_data(TensorData::new(transposed, [k, n]), device); // [k, n]
+            for &m in &sizes.matmul_m {
+                let flops = 2.0 * (m * k * n) as f64 / 1e9;
+                let xs: Vec<Tensor<2>> = (0..=sizes.repeats)
+                    .map(|salt| Tensor::from_data(TensorData::new(values(m * k, salt as u32, 1.0), [m, k]), device))
+                    .collect();
+                let f32_s = time(sizes.repeats, |i| xs[i].clone().matmul(w_f32.clone()));
+                for (ty, bytes) in &weights {
+                    let w = PackedWeight::new(*ty, &[n, k], bytes, device)?;
+                    let packed_s = time(sizes.repeats, |i| matmul(xs[i].clone(), &w, None));
+                    rows.push(MatmulRow {
+                        ty: ty.to_string(),
+                        m,
+                        k,
+                        n,
+                        packed: w.is_packed(),
+                        packed_gflops: flops / packed_s,
+                        f32_gflops: flops / f32_s,
+                        ratio: f32_s / packed_s,
+                    });
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// The attention of the models against the materialised reference at each length of `sizes`.
+    pub fn bench_attention_rows(device: &Device, sizes: &Sizes) -> Vec<AttentionRow> {
+        let (h, d) = (sizes.attention_heads, sizes.attention_d);
+        let flash_kernel = packs_on(device) && d <= HEAD_DIM_MAX;
+        bench_attention(device, &sizes.attention_l, d, h)
+            .into_iter()
+            .map(|(l, flash_s, reference_s)| AttentionRow {
+                l,
+                flash_kernel,
+                flash_s,
+                reference_s,
+                speedup: reference_s.map(|r| r / flash_s),
+                flash_bytes: (h * l * (d + 2) * size_of::<f32>()) as u64,
+                reference_bytes: (h * l * l * size_of::<f32>()) as u64,
+            })
+            .collect()
+    }
+
+    /// One transformer call of `sizes.step_config` with random weights in f32, Q8_0 and Q4_0; each call's
+    /// output is the next call's image input.
+    pub fn bench_step(device: &Device, sizes: &Sizes) -> Result<Vec<StepRow>> {
+        let config = &sizes.step_config;
+        let (n_img, n_txt) = (sizes.step_image_tokens, sizes.step_text_tokens);
+        let side = (n_img as f64).sqrt().ceil() as usize;
+        let img_ids: Vec<f32> = (0..n_img).flat_map(|i| [0.0, (i / side) as f32, (i % side) as f32]).collect();
+        let axes = config.axes_dim.len();
+        let img_ids = Tensor::<2>::from_data(TensorData::new(img_ids, [n_img, axes]), device);
+        let txt_ids = Tensor::<2>::zeros([n_txt, axes], device);
+        let img = Tensor::<3>::from_data(
+            TensorData::new(values(n_img * config.in_channels, 1, 1.0), [1, n_img, config.in_channels]),
+            device,
+        );
+        let txt = Tensor::<3>::from_data(
+            TensorData::new(values(n_txt * config.context_in_dim, 2, 1.0), [1, n_txt, config.context_in_dim]),
+            device,
+        );
+        let y =
+            Tensor::<2>::from_data(TensorData::new(values(config.vec_in_dim, 3, 1.0), [1, config.vec_in_dim]), device);
+        let timesteps = Tensor::<1>::from_data(TensorData::new(vec![0.5f32], [1]), device);
+        let guidance =
+            config.guidance_embed.then(|| Tensor::<1>::from_data(TensorData::new(vec![2.5f32], [1]), device));
+
+        let mut rows: Vec<StepRow> = Vec::new();
+        for quantized in [None, Some(GgmlType::Q8_0), Some(GgmlType::Q4_0)] {
+            let flux = Flux::load(config, &RandomFlux::new(config, quantized)?, device)?;
+            let vec = flux.conditioning(timesteps.clone(), y.clone(), guidance.clone())?;
+            let modulations = flux.modulations(vec);
+            let mut x = img.clone();
+            let mut failure = None;
+            let seconds = time(sizes.repeats, |_| {
+                match flux.forward_modulated(x.clone(), img_ids.clone(), txt.clone(), txt_ids.clone(), &modulations) {
+                    Ok(out) => x = out,
+                    Err(e) => failure = Some(e),
+                }
+                x.clone()
+            });
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            let f32_seconds = rows.first().map_or(seconds, |r| r.seconds);
+            rows.push(StepRow {
+                weights: quantized.map_or("F32".into(), |ty| ty.to_string()),
+                packed_linears: flux.packed_linears(),
+                device_bytes: flux.device_bytes() as u64,
+                seconds,
+                ratio_to_f32: seconds / f32_seconds,
+            });
+        }
+        Ok(rows)
+    }
+
+    /// Runs every benchmark of `sizes` on `device`.
+    pub fn run(device: &Device, backend: &str, adapter: Option<String>, sizes: Sizes) -> Result<Report> {
+        Ok(Report {
+            backend: backend.into(),
+            adapter,
+            matmul: bench_matmul(device, &sizes)?,
+            attention: bench_attention_rows(device, &sizes),
+            attention_bytes_computed: true,
+            step: bench_step(device, &sizes)?,
+            sizes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::cpu;
+    use crate::model::flux::Flux;
+
+    #[test]
+    fn random_weights_load_as_a_flux_of_their_config() {
+        let config = Sizes::tiny().step_config;
+        let flux = Flux::load(&config, &RandomFlux::new(&config, Some(GgmlType::Q8_0)).unwrap(), &cpu()).unwrap();
+        assert_eq!((flux.double_blocks.len(), flux.single_blocks.len()), (1, 1));
+        let weights = RandomFlux::new(&config, Some(GgmlType::Q4_0)).unwrap();
+        let (ty, shape, bytes) = weights.raw_block("img_in.weight").unwrap().unwrap();
+        assert_eq!((ty, shape.as_slice(), bytes.len()), (GgmlType::Q4_0, &[128, 64][..], 128 * 2 * 18));
+        assert!(weights.raw_block("img_in.bias").is_none());
+        let err = RandomFlux::new(&config, Some(GgmlType::Q6_K)).err().unwrap().to_string();
+        assert_eq!(err, "random weights quantize to Q8_0 or Q4_0, not Q6_K");
+    }
+
+    #[test]
+    fn random_q4_k_blocks_dequantize_to_finite_values() {
+        let bytes = random_q4_k(512, 1).unwrap();
+        let values = crate::formats::dequantize(GgmlType::Q4_K, &bytes, 512).unwrap();
+        assert!(values.iter().all(|v| v.is_finite() && v.abs() < 1.0));
+        assert!(random_q4_k(100, 1).is_err());
+    }
+}

@@ -1,0 +1,55 @@
+//! `kontext bench --tiny --json` on wgpu (lavapipe without a GPU): every section is there and every time and
+//! rate is a positive number. It checks that the benchmark runs, not what it measures.
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::process::Command;
+
+fn positive(value: &serde_json::Value, key: &str) -> f64 {
+    let number = value[key].as_f64().unwrap_or_else(|| panic!("no number `{key}` in {value}"));
+    assert!(number > 0.0 && number.is_finite(), "`{key}` is {number} in {value}");
+    number
+}
+
+#[test]
+fn bench_reports_matmul_attention_and_step_with_positive_numbers() {
+    let output = Command::new(env!("CARGO_BIN_EXE_kontext"))
+        .args(["bench", "--backend", "wgpu", "--tiny", "--json"])
+        .output()
+        .expect("cannot start kontext");
+    assert!(output.status.success(), "kontext bench failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("bench prints JSON");
+    assert_eq!(report["backend"], "wgpu");
+    assert_eq!(report["sizes"]["preset"], "tiny");
+
+    let matmul = report["matmul"].as_array().expect("a matmul section");
+    let types: Vec<&str> = matmul.iter().map(|row| row["ty"].as_str().unwrap()).collect();
+    assert_eq!(types, ["Q8_0", "Q4_0", "Q4_K"]);
+    for row in matmul {
+        assert_eq!(row["packed"], true, "{row}");
+        let ratio = positive(row, "packed_gflops") / positive(row, "f32_gflops");
+        assert!((ratio - positive(row, "ratio")).abs() < 1e-9 * ratio.max(1.0), "{row}");
+    }
+
+    let attention = report["attention"].as_array().expect("an attention section");
+    assert_eq!(attention.len(), 1);
+    for row in attention {
+        assert_eq!(row["flash_kernel"], true, "{row}");
+        positive(row, "flash_s");
+        positive(row, "reference_s");
+        assert!(positive(row, "reference_bytes") > positive(row, "flash_bytes"), "{row}");
+    }
+    assert_eq!(report["attention_bytes_computed"], true);
+
+    let step = report["step"].as_array().expect("a step section");
+    let weights: Vec<&str> = step.iter().map(|row| row["weights"].as_str().unwrap()).collect();
+    assert_eq!(weights, ["F32", "Q8_0", "Q4_0"]);
+    assert_eq!(step[0]["packed_linears"], 0);
+    assert_eq!(step[0]["ratio_to_f32"], 1.0);
+    for row in step {
+        positive(row, "seconds");
+        positive(row, "ratio_to_f32");
+        positive(row, "device_bytes");
+    }
+    assert!(step[1]["packed_linears"].as_u64().unwrap() > 0);
+    assert!(step[2]["device_bytes"].as_u64() < step[0]["device_bytes"].as_u64());
+}
