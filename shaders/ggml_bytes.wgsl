@@ -25,3 +25,16 @@ fn read_f16(byte: u32) -> f32 {
     }
     return select(magnitude, -magnitude, (h & 0x8000u) != 0u);
 }
+
+// The 6-bit (scale, min) of sub-block `s` from the 12 packed bytes at `scales` (ggml `get_scale_min_k4`),
+// shared by Q4_K and Q5_K.
+fn scale_min_k4(scales: u32, s: u32) -> vec2<u32> {
+    if (s < 4u) {
+        return vec2<u32>(read_u8(scales + s) & 63u, read_u8(scales + s + 4u) & 63u);
+    }
+    let low = read_u8(scales + s + 4u);
+    return vec2<u32>(
+        (low & 0xfu) | ((read_u8(scales + s - 4u) >> 6u) << 4u),
+        (low >> 4u) | ((read_u8(scales + s) >> 6u) << 4u),
+    );
+}

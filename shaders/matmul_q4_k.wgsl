@@ -1,16 +1,5 @@
 // block_q4_K { f16 d; f16 dmin; u8 scales[12]; u8 qs[128]; } (144 bytes, 256 values in 8 sub-blocks of 32).
 // Sub-block s: value l = d · scale_s · nibble − dmin · min_s, the nibble of qs[32·(s/2) + l], high when s is odd.
-fn scale_min_k4(scales: u32, s: u32) -> vec2<u32> {
-    if (s < 4u) {
-        return vec2<u32>(read_u8(scales + s) & 63u, read_u8(scales + s + 4u) & 63u);
-    }
-    let low = read_u8(scales + s + 4u);
-    return vec2<u32>(
-        (low & 0xfu) | ((read_u8(scales + s - 4u) >> 6u) << 4u),
-        (low >> 4u) | ((read_u8(scales + s) >> 6u) << 4u),
-    );
-}
-
 fn dequant8(row: u32, chunk: u32, part: u32) -> array<f32, 8> {
     let block = row + (chunk / 8u) * 144u;
     let s = chunk % 8u;
