@@ -56,47 +56,26 @@ impl ByteSource for Vec<u8> {
     }
 }
 
-impl<T: ByteSource + ?Sized> ByteSource for &T {
-    fn len(&self) -> u64 {
-        (**self).len()
-    }
+/// Sources behind a reference or a smart pointer read through to the pointee.
+macro_rules! forward_byte_source {
+    ($($pointer:ty),*) => {$(
+        impl<T: ByteSource + ?Sized> ByteSource for $pointer {
+            fn len(&self) -> u64 {
+                (**self).len()
+            }
 
-    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        (**self).read_at(offset, len)
-    }
+            fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+                (**self).read_at(offset, len)
+            }
 
-    fn label(&self) -> String {
-        (**self).label()
-    }
+            fn label(&self) -> String {
+                (**self).label()
+            }
+        }
+    )*};
 }
 
-impl<T: ByteSource + ?Sized> ByteSource for Box<T> {
-    fn len(&self) -> u64 {
-        (**self).len()
-    }
-
-    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        (**self).read_at(offset, len)
-    }
-
-    fn label(&self) -> String {
-        (**self).label()
-    }
-}
-
-impl<T: ByteSource + ?Sized> ByteSource for Arc<T> {
-    fn len(&self) -> u64 {
-        (**self).len()
-    }
-
-    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        (**self).read_at(offset, len)
-    }
-
-    fn label(&self) -> String {
-        (**self).label()
-    }
-}
+forward_byte_source!(&T, Box<T>, Arc<T>);
 
 /// A file on disk, read with positional reads (no shared cursor, no memory map).
 #[cfg(not(target_arch = "wasm32"))]
