@@ -421,4 +421,34 @@ fn bad_input_fails_with_one_clear_line() {
     edit(&["--backend", "foo"]);
     edit(&["--steps", "0"]);
     edit(&["--width", "8", "--height", "8"]);
+
+    let line = edit(&["--lora", "tests/fixtures/tiny/bfl_gguf/transformer_bfl.safetensors"]);
+    assert!(line.contains("no tensor matches a layer of this Flux model; expected LoRA names like"), "{line}");
+    let line = edit(&["--lora", text]);
+    assert!(line.contains("notes.txt"), "{line}");
+    let line = edit(&["--lora", "tests/fixtures/tiny/lora/lora_kohya.safetensors:inf"]);
+    assert!(line.contains("not a finite number"), "{line}");
+}
+
+/// The LoRA goldens: the golden call with the reference LoRA at 0.5, given in the kohya layout, and at 1.0 (as
+/// two halves at 0.5, in the ComfyUI and diffusers layouts).
+#[test]
+fn edit_with_loras_matches_the_lora_goldens() {
+    let golden = "tests/fixtures/tiny/lora/golden_lora.safetensors";
+    for (tag, loras) in [
+        ("w050", vec!["--lora", "tests/fixtures/tiny/lora/lora_kohya.safetensors:0.5"]),
+        ("w100", vec![
+            "--lora", "tests/fixtures/tiny/lora/lora_comfy.safetensors:0.5",
+            "--lora", "tests/fixtures/tiny/lora/lora_diffusers.safetensors:0.5",
+        ]),
+    ] {
+        let tmp = TempDir::new(&format!("lora-{tag}"));
+        tiny_edit(&tmp, "cpu", &loras);
+        let dump = tmp.path("dump.safetensors");
+        assert_close(read(&dump, "latents"), read(golden, &format!("{tag}_final_latents_packed")), 1e-4, tag);
+        assert_close(read(&dump, "image"), read(golden, &format!("{tag}_image_pt")), 1e-4, tag);
+        assert_png_within_one_lsb(&tmp.path("out.png"), &format!("tests/fixtures/tiny/lora/output_lora_{tag}.png"));
+        let png = String::from_utf8_lossy(&std::fs::read(tmp.path("out.png")).unwrap()).into_owned();
+        assert!(png.contains(r#""loras":[["lora_"#), "the recipe records the adapters");
+    }
 }

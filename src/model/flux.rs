@@ -16,7 +16,10 @@ use burn::tensor::activation::silu;
 
 use super::config::FluxConfig;
 use super::embeddings::{MlpEmbedder, TIME_FACTOR, TIMESTEP_FEATURES, timestep_embedding};
-use super::load::{self, Projection};
+use std::collections::HashMap;
+
+use super::load::{self, LowRank, Projection};
+use super::lora::LoraAdapter;
 use super::rope::Rope;
 use crate::weights::Weights;
 use crate::{Error, Result};
@@ -441,6 +444,86 @@ impl Flux {
         }
         all.extend([&self.final_layer.linear, &self.final_layer.ada_ln_modulation]);
         all
+    }
+
+    /// The checkpoint name of every linear layer (`double_blocks.0.img_attn.qkv`), in the order of
+    /// [`Flux::projections`].
+    pub fn projection_names(&self) -> Vec<String> {
+        let mut names = vec!["img_in".to_string(), "txt_in".to_string()];
+        let embedders = ["time_in", "vector_in"].into_iter().chain(self.guidance_in.is_some().then_some("guidance_in"));
+        for embedder in embedders {
+            names.extend([format!("{embedder}.in_layer"), format!("{embedder}.out_layer")]);
+        }
+        for i in 0..self.double_blocks.len() {
+            for stream in ["img", "txt"] {
+                names.extend(
+                    ["mod.lin", "attn.qkv", "attn.proj", "mlp.0", "mlp.2"]
+                        .map(|layer| format!("double_blocks.{i}.{stream}_{layer}")),
+                );
+            }
+        }
+        for i in 0..self.single_blocks.len() {
+            names.extend(["linear1", "linear2", "modulation.lin"].map(|layer| format!("single_blocks.{i}.{layer}")));
+        }
+        names.extend(["final_layer.linear".to_string(), "final_layer.adaLN_modulation.1".to_string()]);
+        names
+    }
+
+    /// [`Flux::projections`], mutable.
+    fn projections_mut(&mut self) -> Vec<&mut Projection> {
+        let mut all = vec![&mut self.img_in, &mut self.txt_in];
+        for embedder in [Some(&mut self.time_in), Some(&mut self.vector_in), self.guidance_in.as_mut()].into_iter().flatten() {
+            all.extend([&mut embedder.in_layer, &mut embedder.out_layer]);
+        }
+        for block in &mut self.double_blocks {
+            all.extend([
+                &mut block.img_mod.lin,
+                &mut block.img_attn.qkv,
+                &mut block.img_attn.proj,
+                &mut block.img_mlp.layer_0,
+                &mut block.img_mlp.layer_2,
+                &mut block.txt_mod.lin,
+                &mut block.txt_attn.qkv,
+                &mut block.txt_attn.proj,
+                &mut block.txt_mlp.layer_0,
+                &mut block.txt_mlp.layer_2,
+            ]);
+        }
+        for block in &mut self.single_blocks {
+            all.extend([&mut block.linear1, &mut block.linear2, &mut block.modulation.lin]);
+        }
+        all.extend([&mut self.final_layer.linear, &mut self.final_layer.ada_ln_modulation]);
+        all
+    }
+
+    /// Replaces the active LoRA adapters by `adapters`, each with its strength (1.0: as trained). The base
+    /// weights stay as loaded; an empty list removes every adapter.
+    pub fn set_adapters(&mut self, adapters: &[(&LoraAdapter, f32)], device: &Device) -> Result<()> {
+        let names = self.projection_names();
+        let shapes: HashMap<&str, [usize; 2]> =
+            names.iter().map(String::as_str).zip(self.projections().iter().map(|p| [p.d_out(), p.d_in()])).collect();
+        for (adapter, _) in adapters {
+            for (layer, update) in &adapter.layers {
+                let Some(&[d_out, d_in]) = shapes.get(layer.as_str()) else {
+                    return Err(Error::Invalid(format!("LoRA {}: this model has no layer `{layer}`", adapter.label)));
+                };
+                if update.down.shape[1] != d_in || update.up.shape[0] != d_out {
+                    return Err(Error::Invalid(format!(
+                        "LoRA {}: `{layer}` is [{d_out}, {d_in}] but the adapter is for [{}, {}]",
+                        adapter.label, update.up.shape[0], update.down.shape[1]
+                    )));
+                }
+            }
+        }
+        for (name, projection) in names.iter().zip(self.projections_mut()) {
+            projection.adapters = adapters
+                .iter()
+                .filter(|(_, strength)| *strength != 0.0)
+                .filter_map(|(adapter, strength)| Some((adapter.layers.get(name)?, *strength)))
+                .map(|(update, strength)| LowRank::new(update, strength, device))
+                .collect();
+        }
+        Ok(())
     }
 
     /// Linear layers whose weights stay in ggml blocks on the device.

@@ -4,6 +4,7 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::lora::LayerUpdate;
 use crate::kernels::quant_matmul::{PackedLinear, PackedWeight, keeps_blocks, packs_on};
 use crate::weights::{HostTensor, Weights};
 use crate::{Error, Result};
@@ -38,43 +39,91 @@ pub(crate) fn tensor<const D: usize>(
     Ok(Tensor::from_data(TensorData::new(host.data, shape), device))
 }
 
-/// A linear layer `y = x · Wᵀ + b` as loaded: dense f32 weights, or ggml blocks kept packed on the GPU.
+/// The base weight of a linear layer as loaded: dense f32 weights, or ggml blocks kept packed on the GPU.
 #[derive(Module, Debug)]
 #[allow(clippy::large_enum_variant)]
-pub enum Projection {
+pub enum BaseWeight {
     /// burn's [`Linear`] (weight transposed to `[d_in, d_out]`).
     Dense(Linear),
     /// The file's ggml blocks, dequantized inside the matmul ([`PackedLinear`]).
     Packed(PackedLinear),
 }
 
-impl Projection {
+/// A low-rank adapter on one linear layer: adds `x · down · up` to its output.
+#[derive(Module, Debug)]
+pub struct LowRank {
+    /// `Aᵀ`, `[d_in, rank]`.
+    pub down: Param<Tensor<2>>,
+    /// `Bᵀ` times the adapter's strength × alpha / rank, `[rank, d_out]`.
+    pub up: Param<Tensor<2>>,
+}
+
+impl LowRank {
+    /// Uploads `update` at `strength`.
+    pub fn new(update: &LayerUpdate, strength: f32, device: &Device) -> Self {
+        let [rank, d_in] = [update.down.shape[0], update.down.shape[1]];
+        let d_out = update.up.shape[0];
+        let down = Tensor::<2>::from_data(TensorData::new(update.down.data.clone(), [rank, d_in]), device);
+        let up = Tensor::<2>::from_data(TensorData::new(update.up.data.clone(), [d_out, rank]), device);
+        Self { down: Param::from_tensor(down.transpose()), up: Param::from_tensor(up.transpose() * strength) }
+    }
+
     /// `[..., d_in] → [..., d_out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        match self {
-            Self::Dense(linear) => linear.forward(x),
-            Self::Packed(linear) => linear.forward(x),
-        }
+        x.matmul(self.down.val().unsqueeze()).matmul(self.up.val().unsqueeze())
+    }
+}
+
+/// A linear layer `y = x · Wᵀ + b + Σ x · Aᵀ · Bᵀ · s`: the base weight as loaded, plus any LoRA adapters applied
+/// at runtime (never merged into the base, so packed weights stay packed and adapters come and go freely).
+#[derive(Module, Debug)]
+pub struct Projection {
+    /// The checkpoint's weight and bias.
+    pub base: BaseWeight,
+    /// Active low-rank adapters, empty without LoRA.
+    pub adapters: Vec<LowRank>,
+}
+
+impl Projection {
+    fn new(base: BaseWeight) -> Self {
+        Self { base, adapters: Vec::new() }
+    }
+
+    /// `[..., d_in] → [..., d_out]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let y = match &self.base {
+            BaseWeight::Dense(linear) => linear.forward(x.clone()),
+            BaseWeight::Packed(linear) => linear.forward(x.clone()),
+        };
+        self.adapters.iter().fold(y, |y, adapter| y + adapter.forward(x.clone()))
     }
 
     /// Input features.
     pub fn d_in(&self) -> usize {
-        match self {
-            Self::Dense(linear) => linear.weight.dims()[0],
-            Self::Packed(linear) => linear.weight.k,
+        match &self.base {
+            BaseWeight::Dense(linear) => linear.weight.dims()[0],
+            BaseWeight::Packed(linear) => linear.weight.k,
+        }
+    }
+
+    /// Output features.
+    pub fn d_out(&self) -> usize {
+        match &self.base {
+            BaseWeight::Dense(linear) => linear.weight.dims()[1],
+            BaseWeight::Packed(linear) => linear.weight.n,
         }
     }
 
     /// Whether the weight stays in ggml blocks on the device.
     pub fn is_packed(&self) -> bool {
-        matches!(self, Self::Packed(_))
+        matches!(self.base, BaseWeight::Packed(_))
     }
 
-    /// Bytes the weight and bias occupy on their device.
+    /// Bytes the base weight and bias occupy on their device (adapters excluded).
     pub fn device_bytes(&self) -> usize {
-        match self {
-            Self::Dense(linear) => linear.num_params() * size_of::<f32>(),
-            Self::Packed(linear) => linear.device_bytes(),
+        match &self.base {
+            BaseWeight::Dense(linear) => linear.num_params() * size_of::<f32>(),
+            BaseWeight::Packed(linear) => linear.device_bytes(),
         }
     }
 }
@@ -98,7 +147,7 @@ pub(crate) fn linear(
             let weight = PackedWeight::new(ty, &shape, &bytes, device)
                 .map_err(|e| Error::Invalid(format!("tensor `{name}`: {e}")))?;
             let bias = bias.then(|| tensor(weights, &format!("{prefix}.bias"), [d_out], device)).transpose()?;
-            return Ok(Projection::Packed(PackedLinear::new(weight, bias)?));
+            return Ok(Projection::new(BaseWeight::Packed(PackedLinear::new(weight, bias)?)));
         }
     }
     let weight = host(weights, &name, &[d_out, d_in])?;
@@ -114,7 +163,7 @@ pub(crate) fn linear(
     } else {
         None
     };
-    Ok(Projection::Dense(Linear { weight: Param::from_tensor(weight), bias }))
+    Ok(Projection::new(BaseWeight::Dense(Linear { weight: Param::from_tensor(weight), bias })))
 }
 
 #[cfg(test)]

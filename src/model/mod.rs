@@ -5,6 +5,7 @@ pub mod config;
 pub mod embeddings;
 pub mod flux;
 pub mod load;
+pub mod lora;
 pub mod rope;
 pub mod t5;
 #[cfg(test)]

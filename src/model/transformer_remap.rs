@@ -134,6 +134,50 @@ fn fill(pattern: &str, captures: &Captures) -> String {
     out
 }
 
+/// Where a diffusers linear module lives in the BFL model (for LoRA factors, which name modules, not tensors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BflModule {
+    /// The BFL module, e.g. `double_blocks.0.img_attn.qkv`.
+    pub name: String,
+    /// Which of the fused parts the diffusers module is (0 when not fused).
+    pub part: usize,
+    /// How many diffusers modules are fused into the BFL one (1 when not fused).
+    pub parts: usize,
+    /// Whether the two halves of the output rows are swapped (`norm_out.linear`).
+    pub swap_halves: bool,
+}
+
+/// The BFL linear module a diffusers module (`transformer_blocks.0.attn.to_q`) is part of, by the same table.
+pub fn bfl_module(diffusers_module: &str) -> Option<BflModule> {
+    let tensor = format!("{diffusers_module}.weight");
+    RULES.iter().filter(|rule| rule.bfl.ends_with(".{p}")).find_map(|rule| {
+        rule.diffusers.iter().enumerate().find_map(|(part, pattern)| {
+            let captures = capture(pattern, &tensor)?;
+            let bfl = fill(rule.bfl, &captures);
+            Some(BflModule {
+                name: bfl.strip_suffix(".weight")?.to_string(),
+                part,
+                parts: rule.diffusers.len(),
+                swap_halves: rule.make == SwapHalves,
+            })
+        })
+    })
+}
+
+/// The diffusers modules fused into the BFL linear module `bfl_module`, in row order (empty when the table has
+/// no rule for it).
+pub fn diffusers_modules(bfl_module: &str) -> Vec<String> {
+    let tensor = format!("{bfl_module}.weight");
+    RULES
+        .iter()
+        .filter(|rule| rule.bfl.ends_with(".{p}"))
+        .find_map(|rule| {
+            let captures = capture(rule.bfl, &tensor)?;
+            rule.diffusers.iter().map(|pattern| fill(pattern, &captures).strip_suffix(".weight").map(String::from)).collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A diffusers-named Flux transformer checkpoint presented under BFL names (shapes and reads), so
 /// [`super::flux::Flux::load`] takes it like a BFL file. Tensors no rule covers are not visible.
 pub struct DiffusersAsBfl<W: Weights> {
@@ -284,6 +328,23 @@ mod tests {
             .map(|(name, shape, data)| (name.to_string(), HostTensor::new(shape.clone(), data.clone()).unwrap()))
             .collect();
         DiffusersAsBfl::new(Map(tensors))
+    }
+
+    #[test]
+    fn diffusers_modules_find_their_bfl_module() {
+        let qkv = bfl_module("single_transformer_blocks.3.proj_mlp").unwrap();
+        assert_eq!((qkv.name.as_str(), qkv.part, qkv.parts, qkv.swap_halves), ("single_blocks.3.linear1", 3, 4, false));
+        let out = bfl_module("norm_out.linear").unwrap();
+        assert_eq!((out.name.as_str(), out.part, out.parts, out.swap_halves), ("final_layer.adaLN_modulation.1", 0, 1, true));
+        assert_eq!(bfl_module("transformer_blocks.0.attn.norm_q"), None);
+        assert_eq!(bfl_module("transformer_blocks.x.attn.to_q"), None);
+        assert_eq!(diffusers_modules("double_blocks.1.txt_attn.qkv"), [
+            "transformer_blocks.1.attn.add_q_proj",
+            "transformer_blocks.1.attn.add_k_proj",
+            "transformer_blocks.1.attn.add_v_proj"
+        ]);
+        assert_eq!(diffusers_modules("final_layer.linear"), ["proj_out"]);
+        assert!(diffusers_modules("double_blocks.1.nothing").is_empty());
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub struct Recipe {
     pub model: String,
     /// How many reference images the edit took.
     pub references: usize,
+    /// The LoRA adapters applied, by file name, with their strengths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<(String, f32)>,
 }
 
 impl Recipe {
@@ -203,6 +206,7 @@ mod tests {
             height: 768,
             model: "DiT width 64".into(),
             references: 2,
+            loras: vec![("style.safetensors".into(), 0.75)],
         };
         let bytes = recipe.encode_png(&RgbImage::new(2, 2)).unwrap();
         let texts = png_text_chunks(&bytes).unwrap();

@@ -183,6 +183,7 @@ async fn run_edit(job: EditJob) -> Result<Option<(Vec<u8>, u64, usize, usize)>> 
         height,
         model: images::Recipe::describe_model(&model),
         references: job.images.len(),
+        loras: Vec::new(),
     };
     let png = recipe.encode_png(&result.image)?;
     CANCELLED.with(|c| c.borrow_mut().remove(&id));

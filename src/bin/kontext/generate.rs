@@ -7,6 +7,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use kontext_web::device::{self, Backend, read_f32};
 use kontext_web::formats::{FileSource, SafetensorsFile};
 use kontext_web::loader::{self, Folder, KontextModel, ModelFiles, NoFolder, Overrides};
+use kontext_web::model::flux::Flux;
+use kontext_web::model::lora::LoraAdapter;
 use kontext_web::pipeline::edit::{Edit, EditRequest, Phase};
 use kontext_web::pipeline::{image as images, rng, size};
 use kontext_web::weights::Weights;
@@ -33,6 +35,19 @@ pub struct ModelArgs {
     /// `cpu` (burn flex) or `wgpu` (the GPU).
     #[arg(long, default_value = "wgpu")]
     backend: String,
+    /// A LoRA adapter for the DiT (diffusers/PEFT, kohya or ComfyUI safetensors) with its strength (default
+    /// 1.0), applied at runtime on top of the weights as loaded; repeat for several.
+    #[arg(long = "lora", value_name = "FILE[:WEIGHT]", value_parser = parse_lora)]
+    loras: Vec<(PathBuf, f32)>,
+}
+
+/// `FILE[:WEIGHT]`: the weight is what follows the last `:` when it parses as a number (checked when applied,
+/// so that a bad one is reported like every other input error).
+fn parse_lora(arg: &str) -> std::result::Result<(PathBuf, f32), String> {
+    Ok(match arg.rsplit_once(':').map(|(file, weight)| (file, weight.parse::<f32>())) {
+        Some((file, Ok(weight))) if !file.is_empty() => (file.into(), weight),
+        _ => (arg.into(), 1.0),
+    })
 }
 
 /// Options of `kontext edit`.
@@ -95,6 +110,35 @@ pub struct ForwardArgs {
 impl ModelArgs {
     fn device(&self) -> Result<Device> {
         device::open(self.backend.parse::<Backend>()?)
+    }
+
+    /// Reads every `--lora` against `flux` and makes them its active adapters; returns them by file name.
+    fn apply_loras(&self, flux: &mut Flux, device: &Device) -> Result<Vec<(String, f32)>> {
+        let adapters = self
+            .loras
+            .iter()
+            .map(|(path, weight)| {
+                if !weight.is_finite() {
+                    return Err(Error::Invalid(format!("the LoRA weight of {} is not a finite number", path.display())));
+                }
+                Ok((LoraAdapter::read(FileSource::open(path)?, flux)?, *weight))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let active: Vec<(&LoraAdapter, f32)> = adapters.iter().map(|(adapter, weight)| (adapter, *weight)).collect();
+        flux.set_adapters(&active, device)?;
+        Ok(self
+            .loras
+            .iter()
+            .zip(&adapters)
+            .map(|((path, weight), (adapter, _))| {
+                let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+                println!("LoRA {name} at {weight}: {} layers, rank {}", adapter.layers.len(), adapter.max_rank());
+                if adapter.ignored_text_encoder_tensors > 0 {
+                    println!("  (its {} text-encoder tensors are not applied)", adapter.ignored_text_encoder_tensors);
+                }
+                (name, *weight)
+            })
+            .collect())
     }
 
     fn folder(&self) -> Result<Box<dyn ModelFiles>> {
@@ -174,7 +218,8 @@ pub fn edit(args: EditArgs) -> Result<()> {
         vae: open_file(&args.model.vae)?,
     };
     println!("loading the model…");
-    let model = KontextModel::load(args.model.folder()?.as_ref(), overrides, &device)?;
+    let mut model = KontextModel::load(args.model.folder()?.as_ref(), overrides, &device)?;
+    let loras = args.model.apply_loras(&mut model.flux, &device)?;
     let request = EditRequest {
         prompt: args.prompt,
         references,
@@ -212,6 +257,7 @@ pub fn edit(args: EditArgs) -> Result<()> {
         height,
         model: images::Recipe::describe_model(&model),
         references: request.references.len(),
+        loras,
     };
     let png = recipe.encode_png(&result.image)?;
     std::fs::write(&args.out, png).map_err(|e| Error::Invalid(format!("cannot write {}: {e}", args.out.display())))?;
@@ -228,7 +274,9 @@ pub fn edit(args: EditArgs) -> Result<()> {
 pub fn forward(args: ForwardArgs) -> Result<()> {
     let device = args.model.device()?;
     let inputs = SafetensorsFile::open(FileSource::open(&args.inputs)?)?;
-    let (flux, _) = loader::load_transformer(args.model.folder()?.as_ref(), open_file(&args.model.transformer)?, &device)?;
+    let (mut flux, _) =
+        loader::load_transformer(args.model.folder()?.as_ref(), open_file(&args.model.transformer)?, &device)?;
+    args.model.apply_loras(&mut flux, &device)?;
     let label = args.inputs.as_path();
     let guidance = if inputs.contains("guidance") { Some(lenient_tensor::<1>(&inputs, "guidance", label, &device)?) } else { None };
     let out = flux.forward(
