@@ -22,6 +22,19 @@ pub enum ToWorker {
         /// Paths under `base` to fetch (`transformer/config.json`, …).
         files: Vec<String>,
     },
+    /// Keep a LoRA file (safetensors) under `name` for edits that enable it; checked against the model when one
+    /// is loaded. Replaces an adapter of the same name.
+    AddLora {
+        /// The file name, the adapter's key.
+        name: String,
+        /// The file's bytes.
+        bytes: ByteBuf,
+    },
+    /// Forget the LoRA `name`.
+    RemoveLora {
+        /// The adapter's key.
+        name: String,
+    },
     /// Run an edit on the loaded model.
     Edit(EditJob),
     /// Stop the edit `id` at the next step boundary.
@@ -54,6 +67,18 @@ pub struct EditJob {
     pub guidance: f32,
     /// Seed of the noise.
     pub seed: u64,
+    /// LoRA adapters (added with [`ToWorker::AddLora`]) to apply, with their strengths.
+    #[serde(default)]
+    pub loras: Vec<LoraUse>,
+}
+
+/// One LoRA adapter enabled for an edit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraUse {
+    /// The name it was added under.
+    pub name: String,
+    /// 1.0: as trained; 0.5: half the effect; negative values invert it.
+    pub strength: f32,
 }
 
 /// Worker → page.
@@ -79,6 +104,25 @@ pub enum FromWorker {
         done: u64,
         /// Units in the phase.
         total: u64,
+    },
+    /// Answer to [`ToWorker::AddLora`].
+    LoraAdded {
+        /// The adapter's key.
+        name: String,
+        /// What it adapts ("23 layers, rank 4"), or that it is checked when a model is loaded.
+        description: String,
+    },
+    /// Answer to [`ToWorker::AddLora`] for a file that is not a LoRA for the loaded model.
+    LoraRejected {
+        /// The adapter's key.
+        name: String,
+        /// Why, for the user.
+        message: String,
+    },
+    /// Answer to [`ToWorker::RemoveLora`].
+    LoraRemoved {
+        /// The adapter's key.
+        name: String,
     },
     /// The model is loaded and ready for edits.
     Loaded {

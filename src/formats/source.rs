@@ -77,6 +77,35 @@ macro_rules! forward_byte_source {
 
 forward_byte_source!(&T, Box<T>, Arc<T>);
 
+/// A source that errors name as `label` (a file the user picked, held in memory).
+#[derive(Debug, Clone)]
+pub struct Named<S> {
+    label: String,
+    inner: S,
+}
+
+impl<S: ByteSource> Named<S> {
+    /// `inner`, called `label` in messages.
+    pub fn new(label: impl Into<String>, inner: S) -> Self {
+        Self { label: label.into(), inner }
+    }
+}
+
+impl<S: ByteSource> ByteSource for Named<S> {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        check_range(&self.label, self.inner.len(), offset, len)?;
+        self.inner.read_at(offset, len)
+    }
+
+    fn label(&self) -> String {
+        self.label.clone()
+    }
+}
+
 /// A file on disk, read with positional reads (no shared cursor, no memory map).
 #[cfg(not(target_arch = "wasm32"))]
 #[derive(Debug)]

@@ -8,7 +8,7 @@ use serde_bytes::ByteBuf;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
-use super::{AppState, JobState, ModelState, send};
+use super::{AppState, JobState, LoraEntry, ModelState, send};
 use crate::pipeline::size::{DEFAULT_MAX_AREA, output_size};
 use crate::protocol::{EditJob, ToWorker};
 
@@ -137,6 +137,7 @@ pub fn Editor() -> impl IntoView {
             steps: steps.get_untracked().max(1),
             guidance: guidance.get_untracked(),
             seed: seed_value,
+            loras: state.loras.with_untracked(|all| LoraEntry::active(all)),
         };
         state.job.set(JobState::Running { id, phase: "starting".into(), done: 0, total: 1, started: js_sys::Date::now() });
         if let Err(e) = send(&ToWorker::Edit(job)) {

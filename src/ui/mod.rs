@@ -4,6 +4,7 @@
 
 mod device_report;
 mod editor;
+mod lora_panel;
 mod model_panel;
 
 use std::cell::RefCell;
@@ -12,6 +13,7 @@ use leptos::prelude::*;
 
 pub use device_report::DeviceReport;
 pub use editor::Editor;
+pub use lora_panel::{LoraEntry, LoraPanel, LoraStatus};
 pub use model_panel::ModelPanel;
 
 use crate::protocol::{FromWorker, ToWorker};
@@ -115,11 +117,18 @@ pub struct AppState {
     pub model: RwSignal<ModelState>,
     /// The current edit.
     pub job: RwSignal<JobState>,
+    /// LoRA adapters the user added.
+    pub loras: RwSignal<Vec<LoraEntry>>,
 }
 
 impl AppState {
     fn new() -> Self {
-        Self { check: RwSignal::new(None), model: RwSignal::new(ModelState::Empty), job: RwSignal::new(JobState::Idle) }
+        Self {
+            check: RwSignal::new(None),
+            model: RwSignal::new(ModelState::Empty),
+            job: RwSignal::new(JobState::Idle),
+            loras: RwSignal::new(Vec::new()),
+        }
     }
 
     /// Applies one worker answer to the signals.
@@ -144,6 +153,9 @@ impl AppState {
                 }
             }),
             FromWorker::Loaded { description } => self.model.set(ModelState::Loaded(description)),
+            FromWorker::LoraAdded { name, description } => lora_panel::set_status(self, &name, LoraStatus::Ready(description)),
+            FromWorker::LoraRejected { name, message } => lora_panel::set_status(self, &name, LoraStatus::Rejected(message)),
+            FromWorker::LoraRemoved { .. } => {}
             FromWorker::Result { png, seed, width, height, millis, .. } => {
                 let state = match png_object_url(&png) {
                     Ok(url) => JobState::Done { url, png: png.into_vec().into(), seed, width, height, millis },
@@ -208,6 +220,7 @@ pub fn App() -> impl IntoView {
         </header>
         <main class="content">
             <ModelPanel />
+            <LoraPanel />
             <Editor />
             <DeviceReport />
         </main>

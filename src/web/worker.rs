@@ -6,7 +6,7 @@
 //! is measured, not estimated, and a [`ToWorker::Cancel`] is seen within one step.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
 use super::js;
 use crate::loader::{KontextModel, MemoryFiles, Overrides};
+use crate::model::lora::LoraAdapter;
 use crate::pipeline::edit::{Edit, EditRequest, Phase};
 use crate::pipeline::{image as images, size};
 use crate::protocol::{EditJob, FromWorker, ToWorker};
@@ -23,7 +24,10 @@ use crate::{Error, Result, device, selfcheck};
 
 thread_local! {
     static STARTED: Cell<bool> = const { Cell::new(false) };
-    static MODEL: RefCell<Option<Rc<KontextModel>>> = const { RefCell::new(None) };
+    static MODEL: RefCell<Option<KontextModel>> = const { RefCell::new(None) };
+    /// LoRA files by name, and those already resolved against the loaded model.
+    static LORA_FILES: RefCell<BTreeMap<String, Arc<Vec<u8>>>> = const { RefCell::new(BTreeMap::new()) };
+    static LORAS: RefCell<HashMap<String, Rc<LoraAdapter>>> = RefCell::new(HashMap::new());
     static CANCELLED: RefCell<HashSet<u32>> = RefCell::new(HashSet::new());
     static QUEUE: RefCell<VecDeque<ToWorker>> = const { RefCell::new(VecDeque::new()) };
     static BUSY: Cell<bool> = const { Cell::new(false) };
@@ -82,9 +86,31 @@ pub async fn answer(request: ToWorker) -> FromWorker {
             }
         }
         ToWorker::LoadModel { base, files } => match load_model(&base, &files).await {
-            Ok(description) => FromWorker::Loaded { description },
+            Ok(description) => {
+                recheck_loras();
+                FromWorker::Loaded { description }
+            }
             Err(e) => FromWorker::Error { job: None, request: "load_model".into(), message: e.to_string() },
         },
+        ToWorker::AddLora { name, bytes } => {
+            LORA_FILES.with(|files| files.borrow_mut().insert(name.clone(), Arc::new(bytes.into_vec())));
+            LORAS.with(|parsed| parsed.borrow_mut().remove(&name));
+            if MODEL.with(|m| m.borrow().is_none()) {
+                return FromWorker::LoraAdded { name, description: "checked when a model is loaded".into() };
+            }
+            match lora(&name) {
+                Ok(adapter) => FromWorker::LoraAdded { name, description: describe_lora(&adapter) },
+                Err(e) => {
+                    LORA_FILES.with(|files| files.borrow_mut().remove(&name));
+                    FromWorker::LoraRejected { name, message: e.to_string() }
+                }
+            }
+        }
+        ToWorker::RemoveLora { name } => {
+            LORA_FILES.with(|files| files.borrow_mut().remove(&name));
+            LORAS.with(|parsed| parsed.borrow_mut().remove(&name));
+            FromWorker::LoraRemoved { name }
+        }
         ToWorker::Edit(job) => {
             let id = job.id;
             match run_edit(job).await {
@@ -134,15 +160,66 @@ async fn load_model(base: &str, paths: &[String]) -> Result<String> {
         c.depth_single_blocks,
         c.num_heads
     );
-    MODEL.with(|m| *m.borrow_mut() = Some(Rc::new(model)));
+    MODEL.with(|m| *m.borrow_mut() = Some(model));
+    LORAS.with(|parsed| parsed.borrow_mut().clear());
     progress(None, "loading", 1, 1);
     Ok(description)
 }
 
-/// `Ok(None)` when cancelled.
+/// The LoRA file `name` resolved against the loaded model (cached until the next load).
+fn lora(name: &str) -> Result<Rc<LoraAdapter>> {
+    if let Some(adapter) = LORAS.with(|parsed| parsed.borrow().get(name).cloned()) {
+        return Ok(adapter);
+    }
+    let bytes = LORA_FILES
+        .with(|files| files.borrow().get(name).cloned())
+        .ok_or_else(|| Error::Invalid(format!("LoRA {name} was not added")))?;
+    let adapter = MODEL.with(|m| {
+        let model = m.borrow();
+        let model = model.as_ref().ok_or_else(|| Error::Invalid("load a model first".into()))?;
+        LoraAdapter::read(crate::formats::source::Named::new(name, bytes), &model.flux)
+    })?;
+    let adapter = Rc::new(adapter);
+    LORAS.with(|parsed| parsed.borrow_mut().insert(name.to_string(), adapter.clone()));
+    Ok(adapter)
+}
+
+/// Checks every added LoRA file against the model just loaded, posting the outcome of each.
+fn recheck_loras() {
+    let names: Vec<String> = LORA_FILES.with(|files| files.borrow().keys().cloned().collect());
+    for name in names {
+        post(&match lora(&name) {
+            Ok(adapter) => FromWorker::LoraAdded { description: describe_lora(&adapter), name },
+            Err(e) => FromWorker::LoraRejected { message: e.to_string(), name },
+        });
+    }
+}
+
+fn describe_lora(adapter: &LoraAdapter) -> String {
+    let mut text = format!("{} layers, rank {}", adapter.layers.len(), adapter.max_rank());
+    if adapter.ignored_text_encoder_tensors > 0 {
+        text.push_str(&format!(" (its {} text-encoder tensors are not applied)", adapter.ignored_text_encoder_tensors));
+    }
+    text
+}
+
+/// Runs `job` on the loaded model with the job's LoRA adapters; `Ok(None)` when cancelled.
 async fn run_edit(job: EditJob) -> Result<Option<(Vec<u8>, u64, usize, usize)>> {
-    let model = MODEL.with(|m| m.borrow().clone()).ok_or_else(|| Error::Invalid("load a model first".into()))?;
-    let (device, _) = device::wgpu_async().await?;
+    let adapters = job.loras.iter().map(|use_| Ok((lora(&use_.name)?, use_.strength))).collect::<Result<Vec<_>>>()?;
+    let mut model = MODEL.with(|m| m.borrow_mut().take()).ok_or_else(|| Error::Invalid("load a model first".into()))?;
+    let outcome = async {
+        let (device, _) = device::wgpu_async().await?;
+        let active: Vec<(&LoraAdapter, f32)> = adapters.iter().map(|(adapter, strength)| (adapter.as_ref(), *strength)).collect();
+        model.flux.set_adapters(&active, &device)?;
+        run_edit_on(&model, &device, job).await
+    }
+    .await;
+    MODEL.with(|m| *m.borrow_mut() = Some(model));
+    outcome
+}
+
+/// Runs `job` on `model`; `Ok(None)` when cancelled.
+async fn run_edit_on(model: &KontextModel, device: &burn::tensor::Device, job: EditJob) -> Result<Option<(Vec<u8>, u64, usize, usize)>> {
     let references = job.images.iter().map(|bytes| images::decode(bytes)).collect::<Result<Vec<_>>>()?;
     let request = EditRequest {
         prompt: job.prompt.clone(),
@@ -155,7 +232,7 @@ async fn run_edit(job: EditJob) -> Result<Option<(Vec<u8>, u64, usize, usize)>> 
         seed: job.seed,
     };
     let id = job.id;
-    let mut edit = Edit::prepare_reporting(&model, &request, None, &device, &mut |phase| match phase {
+    let mut edit = Edit::prepare_reporting(model, &request, None, device, &mut |phase| match phase {
         Phase::EncodingText => progress(Some(id), "encoding text", 0, 1),
         Phase::EncodingReferences => progress(Some(id), "encoding references", 0, request.references.len() as u64),
         _ => {}
@@ -181,9 +258,9 @@ async fn run_edit(job: EditJob) -> Result<Option<(Vec<u8>, u64, usize, usize)>> 
         seed: job.seed,
         width,
         height,
-        model: images::Recipe::describe_model(&model),
+        model: images::Recipe::describe_model(model),
         references: job.images.len(),
-        loras: Vec::new(),
+        loras: job.loras.iter().map(|l| (l.name.clone(), l.strength)).collect(),
     };
     let png = recipe.encode_png(&result.image)?;
     CANCELLED.with(|c| c.borrow_mut().remove(&id));

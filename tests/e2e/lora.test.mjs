@@ -1,0 +1,121 @@
+// LoRA adapters in the app: a file is added, checked against the loaded model, enabled at a strength and applied
+// to an edit that equals the native CLI with the same `--lora FILE:WEIGHT` (PSNR ≥ 40 dB); the recipe names it;
+// a file that is not a LoRA for the model is refused with the reason; removing an adapter restores the base.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir, homedir } from 'node:os';
+import { join } from 'node:path';
+import { serveDist, launch, screenshot } from './browser.mjs';
+
+const LORA = 'tests/fixtures/tiny/lora/lora_kohya.safetensors';
+const NOT_A_LORA = 'tests/fixtures/tiny/bfl_gguf/transformer_bfl.safetensors';
+const REFERENCE = 'tests/fixtures/tiny/golden/reference_input.png';
+const PROMPT = 'Make the red square blue';
+const SEED = '77';
+const SIDE = 128;
+const TARGET = process.env.CARGO_TARGET_DIR ?? join(homedir(), '.cache', 'kontext-web', 'target');
+
+let served;
+let browser;
+before(async () => {
+  served = await serveDist();
+  browser = await launch({ webgpu: true });
+  await browser.page.goto(served.url);
+  await browser.page.click('#load-demo');
+  await browser.page.waitForSelector('#model-state[data-state="loaded"]', { timeout: 120_000 });
+});
+after(async () => { await browser.close(); served.server.close(); });
+
+async function setNumber(page, selector, value) {
+  await page.fill(selector, String(value));
+  await page.dispatchEvent(selector, 'change');
+}
+
+async function resultPng(page) {
+  return page.evaluate(async () => {
+    const bytes = new Uint8Array(await (await fetch(document.querySelector('#result-image').src)).arrayBuffer());
+    let s = ''; for (const b of bytes) s += String.fromCharCode(b);
+    return btoa(s);
+  });
+}
+
+/** PSNR in dB of two PNGs given as base64, decoded by the browser. */
+async function psnr(page, a, b) {
+  return page.evaluate(async ([a, b]) => {
+    const pixels = async (b64) => {
+      const bitmap = await createImageBitmap(await (await fetch(`data:image/png;base64,${b64}`)).blob());
+      const ctx = new OffscreenCanvas(bitmap.width, bitmap.height).getContext('2d');
+      ctx.drawImage(bitmap, 0, 0);
+      return ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
+    };
+    const [x, y] = [await pixels(a), await pixels(b)];
+    if (x.length !== y.length) return -1;
+    let sum = 0, n = 0;
+    for (let i = 0; i < x.length; i++) { if (i % 4 === 3) continue; const d = x[i] - y[i]; sum += d * d; n++; }
+    return sum === 0 ? Infinity : 10 * Math.log10(255 * 255 / (sum / n));
+  }, [a, b]);
+}
+
+async function generate(page) {
+  await page.click('#generate');
+  await page.waitForSelector('#job[data-state="running"]', { timeout: 10_000 });
+  await page.waitForSelector('#job[data-state="done"]', { timeout: 300_000 });
+  return resultPng(page);
+}
+
+function native(extra) {
+  const dir = mkdtempSync(join(tmpdir(), 'kontext-lora-'));
+  try {
+    const out = join(dir, 'native.png');
+    execFileSync(join(TARGET, 'debug', 'kontext'), ['edit', '--model', 'tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny',
+      '--prompt', PROMPT, '--image', REFERENCE, '--max-area', String(SIDE * SIDE), '--steps', '3', '--guidance', '2.5',
+      '--seed', SEED, '--backend', 'wgpu', '--out', out, ...extra], { stdio: 'pipe' });
+    return readFileSync(out).toString('base64');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('a LoRA file is checked against the model, and a file that is not one is refused with the reason', async () => {
+  const { page } = browser;
+  await page.setInputFiles('#lora-input', [LORA, NOT_A_LORA]);
+  await page.waitForSelector('#lora-list li[data-state="ready"]', { timeout: 60_000 });
+  await page.waitForSelector('#lora-list li[data-state="rejected"]', { timeout: 60_000 });
+  assert.match(await page.textContent('#lora-list li[data-state="ready"]'), /lora_kohya\.safetensors.*23 layers, rank 4/);
+  const refusal = await page.textContent('#lora-list li[data-state="rejected"] [role="alert"]');
+  assert.match(refusal, /no tensor matches a layer of this Flux model; expected LoRA names like/);
+  assert.equal(await page.isDisabled('#lora-list li[data-state="rejected"] input[type="checkbox"]'), true);
+  await page.click('[aria-label="remove transformer_bfl.safetensors"]');
+  await page.waitForFunction(() => document.querySelectorAll('#lora-list li').length === 1);
+  await screenshot(page, 'lora-panel');
+});
+
+test('an edit with the LoRA at 0.5 equals the native CLI with --lora FILE:0.5, and its recipe names it', async () => {
+  const { page } = browser;
+  await page.setInputFiles('#reference-input', REFERENCE);
+  await page.fill('#prompt', PROMPT);
+  await setNumber(page, '#area', SIDE);
+  await setNumber(page, '#steps', 3);
+  await page.fill('#seed', SEED);
+  await page.evaluate(() => {
+    const slider = document.querySelector('[aria-label="strength of lora_kohya.safetensors"]');
+    slider.value = '0.5';
+    slider.dispatchEvent(new Event('input', { bubbles: true }));
+  });
+  assert.equal(await page.textContent('#lora-list .lora-strength'), '0.50');
+  const withLora = await generate(page);
+  const recipe = JSON.parse(Buffer.from(withLora, 'base64').toString('latin1').match(/kontext-recipe\0([^\0]*?)IEND|kontext-recipe\0(\{.*?\})/s)[2]
+    ?? '{}');
+  assert.deepEqual(recipe.loras, [['lora_kohya.safetensors', 0.5]]);
+  const db = await psnr(page, withLora, native(['--lora', `${LORA}:0.5`]));
+  assert.ok(db >= 40, `PSNR against the native CLI with the LoRA: ${db} dB`);
+
+  await page.uncheck('#lora-list input[type="checkbox"]');
+  const without = await generate(page);
+  const baseDb = await psnr(page, without, native([]));
+  assert.ok(baseDb >= 40, `PSNR against the native CLI without the LoRA: ${baseDb} dB`);
+  assert.ok(await psnr(page, without, withLora) < 40, 'the LoRA changes the image');
+  assert.deepEqual(browser.problems, []);
+});
