@@ -13,5 +13,6 @@ pub mod transformer_remap;
 pub mod vae;
 pub mod vae_config;
 pub mod vae_remap;
+pub mod vae_tiling;
 
 pub use config::FluxConfig;
