@@ -6,12 +6,12 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::Result;
 use crate::formats::GgmlType;
 use crate::model::FluxConfig;
 use crate::model::embeddings::TIMESTEP_FEATURES;
 use crate::model::vae_config::VaeConfig;
 use crate::model::vae_tiling::{DecodeTiling, decoder_peak_bytes};
-use crate::Result;
 
 /// Bytes per activation value (f32).
 const VALUE_BYTES: u64 = 4;
@@ -115,7 +115,11 @@ pub fn flux_params(cfg: &FluxConfig) -> (u64, u64) {
     let linear = |i: u64, o: u64| i * o + o;
     let qkv_bias = if cfg.qkv_bias { 3 * h } else { 0 };
     let modulation_double = 2 * linear(h, 6 * h);
-    let double = modulation_double + 2 * (h * 3 * h + qkv_bias) + 2 * 2 * d + 2 * linear(h, h) + 2 * (linear(h, m) + linear(m, h));
+    let double = modulation_double
+        + 2 * (h * 3 * h + qkv_bias)
+        + 2 * 2 * d
+        + 2 * linear(h, h)
+        + 2 * (linear(h, m) + linear(m, h));
     let modulation_single = linear(h, 3 * h);
     let single = linear(h, 3 * h + m) + linear(h + m, h) + 2 * d + modulation_single;
     let modulation_final = linear(h, 2 * h);
@@ -140,19 +144,27 @@ impl MemoryPlan {
                 let bytes = |n: u64| n * ty.type_size() as u64 / ty.block_size() as u64;
                 (bytes(params), bytes(modulation_params))
             }
-            DitWeights::DeviceBytes(bytes) => (bytes, (bytes as u128 * modulation_params as u128 / params as u128) as u64),
+            DitWeights::DeviceBytes(bytes) => {
+                (bytes, (bytes as u128 * modulation_params as u128 / params as u128) as u64)
+            }
         };
         let tokens_of = |(w, h): (usize, usize)| (w / PIXELS_PER_TOKEN_SIDE) * (h / PIXELS_PER_TOKEN_SIDE);
-        let tokens = inputs.text_tokens + tokens_of(inputs.output) + inputs.references.iter().copied().map(tokens_of).sum::<usize>();
+        let tokens = inputs.text_tokens
+            + tokens_of(inputs.output)
+            + inputs.references.iter().copied().map(tokens_of).sum::<usize>();
         let l = tokens as u64;
         let hidden = cfg.hidden_size as u64;
 
         let embeddings = (inputs.text_tokens * cfg.context_in_dim + cfg.vec_in_dim) as u64 * VALUE_BYTES;
         let (transformer, mut released) = match inputs.modulation_precomputed {
-            true => (dit_bytes - modulation_bytes, vec![part("modulation weights (after precomputing every step)", modulation_bytes)]),
+            true => (
+                dit_bytes - modulation_bytes,
+                vec![part("modulation weights (after precomputing every step)", modulation_bytes)],
+            ),
             false => (dit_bytes, Vec::new()),
         };
-        let mut resident = vec![part("transformer", transformer), part("vae", inputs.vae_bytes), part("text embeddings", embeddings)];
+        let mut resident =
+            vec![part("transformer", transformer), part("vae", inputs.vae_bytes), part("text embeddings", embeddings)];
         let text_encoders = [part("t5", inputs.t5_bytes), part("clip", inputs.clip_bytes)];
 
         let limits = inputs.limits;
@@ -168,13 +180,17 @@ impl MemoryPlan {
         let sum = |parts: &[Part]| parts.iter().map(|p| p.bytes).sum::<u64>();
         let text_phase = sum(&text_encoders) + embeddings;
         let working = largest_activation_bytes.max(vae_decode_peak_bytes);
-        let keep_text_encoders = limits.budget.is_some_and(|budget| sum(&resident) + sum(&text_encoders) + working <= budget);
+        let keep_text_encoders =
+            limits.budget.is_some_and(|budget| sum(&resident) + sum(&text_encoders) + working <= budget);
         match keep_text_encoders {
             true => resident.extend(text_encoders),
-            false => released.extend(text_encoders.into_iter().map(|p| Part { name: format!("{} (after text encoding)", p.name), ..p })),
+            false => released.extend(
+                text_encoders.into_iter().map(|p| Part { name: format!("{} (after text encoding)", p.name), ..p }),
+            ),
         }
         let resident_bytes = sum(&resident);
-        let peak_bytes = text_phase.max(resident_bytes + largest_activation_bytes).max(resident_bytes + vae_decode_peak_bytes);
+        let peak_bytes =
+            text_phase.max(resident_bytes + largest_activation_bytes).max(resident_bytes + vae_decode_peak_bytes);
         Ok(Self {
             limits,
             output: inputs.output,
@@ -267,7 +283,8 @@ mod tests {
 
     #[test]
     fn kontext_dev_at_1024_q4_0_under_default_webgpu_limits() {
-        let limits = DeviceLimits { max_buffer_size: 256 << 20, max_storage_buffer_binding_size: 128 << 20, budget: None };
+        let limits =
+            DeviceLimits { max_buffer_size: 256 << 20, max_storage_buffer_binding_size: 128 << 20, budget: None };
         let plan = MemoryPlan::new(&kontext_1024(limits, false)).unwrap();
         // Q4_0 is 18 bytes per 32 values: 11,901,408,320 · 18 / 32 = 6,694,542,180.
         // Text embeddings: (512 · 4096 + 768) · 4 = 8,391,680.
@@ -298,7 +315,11 @@ mod tests {
 
     #[test]
     fn a_budget_decides_whether_the_text_encoders_stay() {
-        let limits = |budget| DeviceLimits { max_buffer_size: 2 << 30, max_storage_buffer_binding_size: 1 << 30, budget: Some(budget) };
+        let limits = |budget| DeviceLimits {
+            max_buffer_size: 2 << 30,
+            max_storage_buffer_binding_size: 1 << 30,
+            budget: Some(budget),
+        };
         // 1 GiB binding: the whole 1 GiB decode fits. Everything resident: 6,870,933,860 + 2,946,000,000
         // + 1,073,741,824 (decode, the larger working buffer) = 10,890,675,684 > 10 GB → released.
         let tight = MemoryPlan::new(&kontext_1024(limits(10_000_000_000), false)).unwrap();
@@ -322,7 +343,8 @@ mod tests {
 
     #[test]
     fn measured_device_bytes_split_modulation_by_parameter_share() {
-        let limits = DeviceLimits { max_buffer_size: u64::MAX, max_storage_buffer_binding_size: u64::MAX, budget: None };
+        let limits =
+            DeviceLimits { max_buffer_size: u64::MAX, max_storage_buffer_binding_size: u64::MAX, budget: None };
         let inputs = PlanInputs { dit: DitWeights::DeviceBytes(6_800_000_000), ..kontext_1024(limits, true) };
         let plan = MemoryPlan::new(&inputs).unwrap();
         // 6,800,000,000 · 3,247,448,064 / 11,901,408,320 = 1,855,465,020 (floored).
@@ -333,7 +355,8 @@ mod tests {
 
     #[test]
     fn display_is_a_short_table_and_json_names_every_field() {
-        let limits = DeviceLimits { max_buffer_size: 256 << 20, max_storage_buffer_binding_size: 128 << 20, budget: None };
+        let limits =
+            DeviceLimits { max_buffer_size: 256 << 20, max_storage_buffer_binding_size: 128 << 20, budget: None };
         let plan = MemoryPlan::new(&kontext_1024(limits, false)).unwrap();
         let text = plan.to_string();
         println!("{text}");
