@@ -93,6 +93,16 @@ pub async fn wgpu_async() -> Result<(Device, AdapterReport)> {
     Ok(opened)
 }
 
+/// The largest buffer one kernel on `device` may bind, in bytes: on wgpu the smaller of the granted
+/// `maxStorageBufferBindingSize` and `maxBufferSize` (as cubecl's memory pages are sized); on the CPU
+/// unlimited, `u64::MAX`.
+pub fn max_binding_bytes(device: &Device) -> u64 {
+    match device.as_dispatch() {
+        burn::backend::DispatchDevice::Cube(cube) => cube.client().properties().memory.max_page_size,
+        _ => u64::MAX,
+    }
+}
+
 /// Returns a device of the requested backend (natively).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn open(backend: Backend) -> Result<Device> {
@@ -116,5 +126,15 @@ fn report_of(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterReport {
         max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
         shader_f16: features.contains(Features::SHADER_F16),
         subgroups: features.contains(Features::SUBGROUP),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_has_no_binding_limit() {
+        assert_eq!(max_binding_bytes(&cpu()), u64::MAX);
     }
 }

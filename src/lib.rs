@@ -9,6 +9,7 @@ pub mod latent;
 pub mod loader;
 pub mod model;
 pub mod pipeline;
+pub mod plan;
 pub mod protocol;
 pub mod selfcheck;
 pub mod tokenizer;

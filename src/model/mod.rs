@@ -14,5 +14,6 @@ pub mod transformer_remap;
 pub mod vae;
 pub mod vae_config;
 pub mod vae_remap;
+pub mod vae_tiling;
 
 pub use config::FluxConfig;

@@ -410,6 +410,24 @@ impl Vae {
     pub fn unscale_latents(&self, z: Tensor<4>) -> Tensor<4> {
         z.div_scalar(self.scaling_factor).add_scalar(self.shift_factor)
     }
+
+    /// The configuration this VAE was loaded with, read back from its modules' shapes.
+    pub fn config(&self) -> VaeConfig {
+        let width = |resnet: &ResnetBlock| resnet.conv1.weight.val().dims()[0];
+        VaeConfig {
+            in_channels: self.in_channels,
+            out_channels: self.decoder.conv_out.weight.val().dims()[0],
+            latent_channels: self.latent_channels,
+            block_out_channels: self.encoder.down_blocks.iter().map(|block| width(&block.resnets[0])).collect(),
+            layers_per_block: self.encoder.down_blocks[0].resnets.len(),
+            norm_num_groups: self.decoder.conv_norm_out.num_groups,
+            scaling_factor: self.scaling_factor,
+            shift_factor: self.shift_factor,
+            mid_block_add_attention: !self.decoder.mid_block.attentions.is_empty(),
+            use_quant_conv: self.quant_conv.is_some(),
+            use_post_quant_conv: self.post_quant_conv.is_some(),
+        }
+    }
 }
 
 /// Reads named tensors into modules, checking shapes before reading data.
@@ -561,6 +579,12 @@ mod tests {
         let scaled = vae.scale_latents(mean.clone());
         scaled.clone().into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
         vae.unscale_latents(scaled).into_data().assert_approx_eq::<f32>(&mean.into_data(), Tolerance::absolute(1e-5));
+    }
+
+    #[test]
+    fn config_reads_back_the_loaded_configuration() {
+        let device = crate::device::cpu();
+        assert_eq!(tiny_vae(&device).config(), tiny_config());
     }
 
     #[test]
