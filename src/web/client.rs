@@ -63,8 +63,7 @@ impl WorkerClient {
     /// Posts a request (queued until the worker is ready); the answer arrives through the callback given to
     /// [`WorkerClient::spawn`].
     pub fn send(&self, request: &ToWorker) -> Result<(), String> {
-        let serializer = serde_wasm_bindgen::Serializer::json_compatible();
-        let value = serde::Serialize::serialize(request, &serializer).map_err(|e| e.to_string())?;
+        let value = js::to_message(request)?;
         if let Some(pending) = self.queue.borrow_mut().as_mut() {
             pending.push(value);
             return Ok(());

@@ -5,6 +5,13 @@ use js_sys::{Array, Function, Promise, Reflect};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
+/// A message for `postMessage`: plain JSON-shaped objects, with byte payloads as `Uint8Array`s (structured
+/// clone copies those in one block; a JS array of numbers would cost one object per byte on each side).
+pub fn to_message(value: &impl serde::Serialize) -> Result<JsValue, String> {
+    let serializer = serde_wasm_bindgen::Serializer::json_compatible().serialize_bytes_as_arrays(false);
+    value.serialize(&serializer).map_err(|e| e.to_string())
+}
+
 /// `obj[key]`, or `None` when missing, `undefined` or `null`.
 pub fn get(obj: &JsValue, key: &str) -> Option<JsValue> {
     Reflect::get(obj, &JsValue::from_str(key)).ok().filter(|v| !v.is_undefined() && !v.is_null())

@@ -269,8 +269,7 @@ async fn run_edit_on(model: &KontextModel, device: &burn::tensor::Device, job: E
 
 fn post(message: &FromWorker) {
     let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
-    let serializer = serde_wasm_bindgen::Serializer::json_compatible();
-    match serde::Serialize::serialize(message, &serializer) {
+    match js::to_message(message) {
         Ok(value) => {
             let _ = scope.post_message(&value);
         }
