@@ -11,6 +11,7 @@ pub mod model;
 pub mod pipeline;
 pub mod protocol;
 pub mod selfcheck;
+pub mod store;
 pub mod tokenizer;
 pub mod weights;
 
