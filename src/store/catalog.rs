@@ -212,10 +212,7 @@ mod tests {
             crate::loader::DIFFUSERS_FILES.iter().map(|p| std::fs::metadata(format!("{root}{p}")).unwrap().len()).collect();
         let m = demo_manifest("http://127.0.0.1/demo-model/", &sizes, 1 << 20).unwrap();
         assert_eq!(m.total_bytes(), sizes.iter().sum::<u64>());
-        assert_eq!(
-            m.file("vae/config.json").unwrap().url.as_deref(),
-            Some("http://127.0.0.1/demo-model/vae/config.json")
-        );
+        assert_eq!(m.file("vae/config.json").unwrap().url.as_deref(), Some("http://127.0.0.1/demo-model/vae/config.json"));
         assert!(demo_manifest("x/", &sizes[1..], 1 << 20).is_err());
     }
 }

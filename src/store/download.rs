@@ -104,7 +104,13 @@ fn file_url<'a>(id: &str, file: &'a StoredFile) -> Result<&'a str> {
 
 /// Downloads the missing chunks of one file, resuming after interruptions (up to
 /// [`MAX_ATTEMPTS_WITHOUT_PROGRESS`] failures in a row without a chunk stored).
-pub async fn download_file(store: &Store, id: &str, path: &str, cancel: &CancelFlag, on_progress: &mut dyn FnMut(&Progress)) -> Result<Outcome> {
+pub async fn download_file(
+    store: &Store,
+    id: &str,
+    path: &str,
+    cancel: &CancelFlag,
+    on_progress: &mut dyn FnMut(&Progress),
+) -> Result<Outcome> {
     let mut failures = 0;
     loop {
         let manifest = stored_manifest(store, id).await?;
@@ -145,11 +151,13 @@ async fn fetch_run(
             let range = header(&response, "content-range").unwrap_or_default();
             let (first, _, total) = parse_content_range(&range)
                 .ok_or_else(|| Error::Invalid(format!("{url}: answered 206 without a readable Content-Range ({range:?})")))?;
-            if total.is_some_and(|t| t != file.size) {
+            if first != start {
+                return Err(Error::Invalid(format!("{url}: asked for bytes from {start}, the server sent them from {first}")));
+            }
+            if let Some(total) = total.filter(|&t| t != file.size) {
+                let expected = file.size;
                 return Err(Error::Invalid(format!(
-                    "{url} is now {} bytes but {} were expected; delete the model and download it again",
-                    total.unwrap_or(0),
-                    file.size
+                    "{url} is now {total} bytes but {expected} were expected; delete the model and download it again"
                 )));
             }
             first
@@ -202,6 +210,10 @@ async fn fetch_run(
                     done: updated.stored_bytes(),
                     total: updated.total_bytes(),
                 });
+                if cancel.is_cancelled() {
+                    let _ = js::call_async(&reader, "cancel", &[]).await;
+                    return Ok(Outcome::Cancelled);
+                }
             }
         }
     }

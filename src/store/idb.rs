@@ -77,7 +77,10 @@ fn dom_error(what: &str, name: &str, message: &str) -> Error {
             "storage full: {what} did not fit in the space the browser grants this site; delete models or free disk space ({message})"
         ))
     } else {
-        Error::Invalid(format!("browser storage: {what} failed: {}", if name.is_empty() { message.to_string() } else { format!("{name}: {message}") }))
+        Error::Invalid(format!(
+            "browser storage: {what} failed: {}",
+            if name.is_empty() { message.to_string() } else { format!("{name}: {message}") }
+        ))
     }
 }
 
@@ -181,8 +184,7 @@ impl Store {
 
     fn transaction(&self, stores: &[&str], mode: TransactionMode) -> Result<Tx> {
         let tx = self.db.transaction(stores, mode).map_err(|e| storage_error("starting a transaction", e))?;
-        let raw: IdbTransaction =
-            tx.object_store(stores[0]).map_err(|e| storage_error("starting a transaction", e))?.transaction().into();
+        let raw: IdbTransaction = tx.object_store(stores[0]).map_err(|e| storage_error("starting a transaction", e))?.transaction().into();
         Ok(Tx { tx, raw })
     }
 
@@ -239,9 +241,8 @@ impl Store {
         let tx = self.transaction(&[MANIFESTS, CHUNKS], TransactionMode::ReadWrite)?;
         let written = async {
             let manifests = tx.store(MANIFESTS)?;
-            let mut manifest = read_manifest(&manifests, model)
-                .await?
-                .ok_or_else(|| Error::Invalid(format!("the store has no model {model:?}")))?;
+            let mut manifest =
+                read_manifest(&manifests, model).await?.ok_or_else(|| Error::Invalid(format!("the store has no model {model:?}")))?;
             let hash = manifest.check_hashed_chunk(path, index, bytes.len(), hash)?;
             tx.store(CHUNKS)?
                 .put(&value, Some(&chunk_key(model, path, index)))
@@ -276,11 +277,8 @@ impl Store {
     /// The stored bytes of chunk `index` of `path`, as stored (no check of state or hash).
     async fn raw_chunk(&self, chunks: &ObjectStore, model: &str, path: &str, index: usize) -> Result<Option<Uint8Array>> {
         let what = format!("reading chunk {index} of {path}");
-        let value = chunks
-            .get(chunk_key(model, path, index))
-            .map_err(|e| storage_error(&what, e))?
-            .await
-            .map_err(|e| storage_error(&what, e))?;
+        let value =
+            chunks.get(chunk_key(model, path, index)).map_err(|e| storage_error(&what, e))?.await.map_err(|e| storage_error(&what, e))?;
         value.map(bytes_of).transpose()
     }
 
@@ -323,7 +321,11 @@ impl Store {
         let tx = self.transaction(&[MANIFESTS, CHUNKS], TransactionMode::ReadWrite)?;
         let deleted = async {
             tx.store(CHUNKS)?.delete(model_range(id)?).map_err(|e| storage_error(&what, e))?.await.map_err(|e| storage_error(&what, e))?;
-            tx.store(MANIFESTS)?.delete(JsValue::from_str(id)).map_err(|e| storage_error(&what, e))?.await.map_err(|e| storage_error(&what, e))
+            tx.store(MANIFESTS)?
+                .delete(JsValue::from_str(id))
+                .map_err(|e| storage_error(&what, e))?
+                .await
+                .map_err(|e| storage_error(&what, e))
         }
         .await;
         match deleted {
@@ -371,11 +373,16 @@ impl Store {
         let tx = self.transaction(&[MANIFESTS, CHUNKS], TransactionMode::ReadWrite)?;
         let dropped = async {
             let manifests = tx.store(MANIFESTS)?;
-            let mut manifest = read_manifest(&manifests, id).await?.ok_or_else(|| Error::Invalid(format!("the store has no model {id:?}")))?;
+            let mut manifest =
+                read_manifest(&manifests, id).await?.ok_or_else(|| Error::Invalid(format!("the store has no model {id:?}")))?;
             let store = tx.store(CHUNKS)?;
             for (path, index) in chunks {
                 manifest.mark_missing(path, *index)?;
-                store.delete(chunk_key(id, path, *index)).map_err(|e| storage_error(&what, e))?.await.map_err(|e| storage_error(&what, e))?;
+                store
+                    .delete(chunk_key(id, path, *index))
+                    .map_err(|e| storage_error(&what, e))?
+                    .await
+                    .map_err(|e| storage_error(&what, e))?;
             }
             write_manifest(&manifests, &manifest).await
         }
@@ -414,8 +421,12 @@ impl Store {
     pub async fn get_blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
         let what = format!("reading {name}");
         let tx = self.transaction(&[BLOBS], TransactionMode::ReadOnly)?;
-        let value =
-            tx.store(BLOBS)?.get(JsValue::from_str(name)).map_err(|e| storage_error(&what, e))?.await.map_err(|e| storage_error(&what, e))?;
+        let value = tx
+            .store(BLOBS)?
+            .get(JsValue::from_str(name))
+            .map_err(|e| storage_error(&what, e))?
+            .await
+            .map_err(|e| storage_error(&what, e))?;
         value.map(|v| bytes_of(v).map(|b| b.to_vec())).transpose()
     }
 
@@ -423,9 +434,14 @@ impl Store {
     pub async fn delete_blob(&self, name: &str) -> Result<()> {
         let what = format!("deleting {name}");
         let tx = self.transaction(&[BLOBS], TransactionMode::ReadWrite)?;
-        let deleted =
-            async { tx.store(BLOBS)?.delete(JsValue::from_str(name)).map_err(|e| storage_error(&what, e))?.await.map_err(|e| storage_error(&what, e)) }
-                .await;
+        let deleted = async {
+            tx.store(BLOBS)?
+                .delete(JsValue::from_str(name))
+                .map_err(|e| storage_error(&what, e))?
+                .await
+                .map_err(|e| storage_error(&what, e))
+        }
+        .await;
         match deleted {
             Ok(()) => tx.commit(&what).await,
             Err(e) => {
@@ -447,7 +463,8 @@ fn storage_manager() -> Result<JsValue> {
 
 /// `navigator.storage.estimate()`: bytes used by this site and its quota.
 pub async fn estimate() -> Result<StorageEstimate> {
-    let estimate = js::call_async(&storage_manager()?, "estimate", &[]).await.map_err(|e| Error::Invalid(format!("storage estimate: {e}")))?;
+    let estimate =
+        js::call_async(&storage_manager()?, "estimate", &[]).await.map_err(|e| Error::Invalid(format!("storage estimate: {e}")))?;
     match (js::get_f64(&estimate, "usage"), js::get_f64(&estimate, "quota")) {
         (Some(usage), Some(quota)) => Ok(StorageEstimate { usage, quota }),
         _ => Err(Error::Invalid("storage estimate: the browser reported no usage or quota".into())),
@@ -463,6 +480,7 @@ pub async fn persist() -> Result<bool> {
 
 /// `navigator.storage.persisted()`: whether storage is already persistent.
 pub async fn persisted() -> Result<bool> {
-    let answer = js::call_async(&storage_manager()?, "persisted", &[]).await.map_err(|e| Error::Invalid(format!("storage persisted: {e}")))?;
+    let answer =
+        js::call_async(&storage_manager()?, "persisted", &[]).await.map_err(|e| Error::Invalid(format!("storage persisted: {e}")))?;
     Ok(answer.as_bool().unwrap_or(false))
 }
