@@ -41,9 +41,11 @@ test-native:
 	cargo test --locked
 
 # wasm-bindgen-test-runner drives Debian's Chromium through chromedriver, with WebGPU on SwiftShader.
+# tests/store.rs downloads from tests/e2e/drop-server.mjs (Range, CORS, cut connections) on port 8791.
 test-wasm:
+	node tests/e2e/drop-server.mjs 8791 & server=$$!; trap "kill $$server" EXIT; \
 	CHROMEDRIVER=$$(command -v chromedriver) WASM_BINDGEN_TEST_WEBDRIVER_JSON=$(CURDIR)/tests/webdriver.json \
-	WASM_BINDGEN_TEST_TIMEOUT=600 cargo test --locked --target wasm32-unknown-unknown --profile web --test web --test web_worker
+	WASM_BINDGEN_TEST_TIMEOUT=600 cargo test --locked --target wasm32-unknown-unknown --profile web --test web --test web_worker --test store
 
 # The end-to-end tests compare the browser's edit with the native CLI's, so they build both.
 test-e2e: web

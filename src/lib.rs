@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod protocol;
 pub mod selfcheck;
+pub mod store;
 pub mod tokenizer;
 pub mod weights;
 
