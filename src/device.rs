@@ -40,9 +40,9 @@ pub struct AdapterReport {
     pub driver: String,
     /// Whether this is a CPU/software adapter.
     pub software: bool,
-    /// Largest single buffer the device accepts, in bytes.
+    /// Largest single buffer the device accepts, in bytes (at most [`MAX_BUFFER_ENV`] when set).
     pub max_buffer_size: u64,
-    /// Largest storage-buffer binding a shader may see, in bytes.
+    /// Largest storage-buffer binding a shader may see, in bytes (at most [`MAX_BUFFER_ENV`] when set).
     pub max_storage_buffer_binding_size: u64,
     /// Whether f16 arithmetic in shaders (`shader-f16`) is enabled.
     pub shader_f16: bool,
@@ -93,14 +93,51 @@ pub async fn wgpu_async() -> Result<(Device, AdapterReport)> {
     Ok(opened)
 }
 
-/// The largest buffer one kernel on `device` may bind, in bytes: on wgpu the smaller of the granted
-/// `maxStorageBufferBindingSize` and `maxBufferSize` (as cubecl's memory pages are sized); on the CPU
-/// unlimited, `u64::MAX`.
+/// Environment variable that caps, natively, the buffer size the wgpu device is planned for (bytes), below
+/// what the adapter grants: `KONTEXT_MAX_BUFFER_BYTES=134217728` makes any GPU behave like one with WebGPU's
+/// default 128 MiB storage binding (the native test suite runs so).
+pub const MAX_BUFFER_ENV: &str = "KONTEXT_MAX_BUFFER_BYTES";
+
+thread_local! {
+    static LIMIT_OVERRIDE: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// The largest buffer one kernel on `device` may bind, in bytes, which weights and activations are split to
+/// fit: on wgpu the smaller of the granted `maxStorageBufferBindingSize` and `maxBufferSize` (as cubecl's
+/// memory pages are sized) and of [`MAX_BUFFER_ENV`]; on the CPU unlimited, `u64::MAX`. Within
+/// [`with_binding_limit`] at most its limit, on every device.
 pub fn max_binding_bytes(device: &Device) -> u64 {
-    match device.as_dispatch() {
-        burn::backend::DispatchDevice::Cube(cube) => cube.client().properties().memory.max_page_size,
+    let granted = match device.as_dispatch() {
+        burn::backend::DispatchDevice::Cube(cube) => {
+            cube.client().properties().memory.max_page_size.min(env_limit().unwrap_or(u64::MAX))
+        }
         _ => u64::MAX,
+    };
+    LIMIT_OVERRIDE.with(|o| o.get()).map_or(granted, |limit| granted.min(limit))
+}
+
+/// Runs `f` with [`max_binding_bytes`] capped at `bytes` on every device (the CPU included) for this thread, so
+/// that tests can make small models split their weights and chunk their activations as large ones do.
+pub fn with_binding_limit<T>(bytes: u64, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<u64>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LIMIT_OVERRIDE.with(|o| o.set(self.0));
+        }
     }
+    let _restore = Restore(LIMIT_OVERRIDE.with(|o| o.replace(Some(bytes))));
+    f()
+}
+
+/// [`MAX_BUFFER_ENV`], read once; never set in a browser.
+fn env_limit() -> Option<u64> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        static LIMIT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+        *LIMIT.get_or_init(|| std::env::var(MAX_BUFFER_ENV).ok().and_then(|v| v.trim().parse().ok()))
+    }
+    #[cfg(target_arch = "wasm32")]
+    None
 }
 
 /// Returns a device of the requested backend (natively).
@@ -122,8 +159,8 @@ fn report_of(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterReport {
         api: format!("{:?}", info.backend),
         driver: [info.driver.as_str(), info.driver_info.as_str()].join(" ").trim().to_string(),
         software: info.device_type == DeviceType::Cpu,
-        max_buffer_size: limits.max_buffer_size,
-        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+        max_buffer_size: limits.max_buffer_size.min(env_limit().unwrap_or(u64::MAX)),
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size.min(env_limit().unwrap_or(u64::MAX)),
         shader_f16: features.contains(Features::SHADER_F16),
         subgroups: features.contains(Features::SUBGROUP),
     }
@@ -135,6 +172,16 @@ mod tests {
 
     #[test]
     fn the_cpu_has_no_binding_limit() {
+        assert_eq!(max_binding_bytes(&cpu()), u64::MAX);
+    }
+
+    #[test]
+    fn a_binding_limit_applies_within_its_scope_only() {
+        let inner = with_binding_limit(4096, || {
+            let nested = with_binding_limit(1 << 20, || max_binding_bytes(&cpu()));
+            (max_binding_bytes(&cpu()), nested)
+        });
+        assert_eq!(inner, (4096, 1 << 20));
         assert_eq!(max_binding_bytes(&cpu()), u64::MAX);
     }
 }

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kontext_web::formats::FileSource;
 use kontext_web::loader::{self, NoFolder};
-use kontext_web::pipeline::kontext::token_tensor;
 use safetensors::{Dtype, SafeTensors};
 
 const TINY: &str = "tests/fixtures/tiny";
@@ -264,7 +263,7 @@ fn check_t5_gguf(fixture: &str, kind: &str) {
     let (t5, _tokenizer) = loader::load_t5(&NoFolder, Some(Box::new(source)), &device).unwrap();
     let (_, ids) = read(format!("{fixture}/golden/golden_run.safetensors"), "t5_input_ids");
     let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-    let out = t5.forward(token_tensor(&ids, &device));
+    let out = t5.forward(&ids, &device).unwrap();
     let got = (out.dims().to_vec(), out.into_data().try_into_vec_as::<f32>().unwrap());
     let want = read(format!("{fixture}/bfl_gguf/golden_t5_gguf.safetensors"), kind);
     assert_close(got, want, 1e-4, &format!("{fixture} T5 {kind}"));

@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use half::{bf16, f16};
 use serde_json::Value;
 
+use super::GgmlType;
 use super::source::ByteSource;
-use crate::weights::{HostTensor, Weights};
+use crate::weights::{HostTensor, RawBlock, Weights};
 use crate::{Error, Result};
 
 /// Largest JSON header accepted (safetensors' own limit).
@@ -226,6 +227,18 @@ impl Weights for SafetensorsFile {
         let convert = float_reader(name, &t.dtype)?;
         HostTensor::new(t.shape.clone(), convert(&self.raw(name)?))
     }
+
+    /// F16 and BF16 tensors as their ggml namesakes (one value per block, the same little-endian bytes), so
+    /// that linear layers keep them in 16 bits on the GPU; `None` for other dtypes.
+    fn raw_block(&self, name: &str) -> Option<Result<RawBlock>> {
+        let t = self.tensor(name)?;
+        let ty = match t.dtype.as_str() {
+            "F16" => GgmlType::F16,
+            "BF16" => GgmlType::BF16,
+            _ => return None,
+        };
+        Some(self.raw(name).map(|bytes| (ty, t.shape.clone(), bytes)))
+    }
 }
 
 /// A checkpoint split over several safetensors files by a diffusers/transformers `*.index.json`.
@@ -336,6 +349,10 @@ impl Weights for ShardedSafetensors {
             Some((file, _)) => file.read(name),
             None => Err(Error::Invalid(format!("no tensor `{name}` in the sharded checkpoint"))),
         }
+    }
+
+    fn raw_block(&self, name: &str) -> Option<Result<RawBlock>> {
+        self.tensor(name)?.0.raw_block(name)
     }
 }
 

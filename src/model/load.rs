@@ -1,10 +1,15 @@
 //! Building burn parameters from named [`Weights`], checking every shape against what the config expects.
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::lora::LayerUpdate;
+use crate::device::max_binding_bytes;
+use crate::formats::{GgmlType, dequantize};
 use crate::kernels::quant_matmul::{PackedLinear, PackedWeight, keeps_blocks, packs_on};
 use crate::weights::{HostTensor, Weights};
 use crate::{Error, Result};
@@ -74,33 +79,78 @@ impl LowRank {
     }
 }
 
+impl BaseWeight {
+    /// Output features.
+    fn d_out(&self) -> usize {
+        match self {
+            Self::Dense(linear) => linear.weight.dims()[1],
+            Self::Packed(linear) => linear.weight.n,
+        }
+    }
+
+    /// `[..., d_in] → [..., len]`: output features `start..start + len`. A dense weight is narrowed before the
+    /// matmul; a packed one computes all its outputs and keeps the range (loading stores a fused layer's
+    /// segments as separate parts on limited devices, so that the range is usually the whole part).
+    fn forward_columns<const D: usize>(&self, x: Tensor<D>, start: usize, len: usize) -> Tensor<D> {
+        match self {
+            Self::Dense(linear) if start == 0 && len == self.d_out() => linear.forward(x),
+            Self::Dense(linear) => {
+                let y = x.matmul(linear.weight.val().narrow(1, start, len).unsqueeze());
+                match &linear.bias {
+                    Some(bias) => y + bias.val().narrow(0, start, len).unsqueeze(),
+                    None => y,
+                }
+            }
+            Self::Packed(linear) if start == 0 && len == self.d_out() => linear.forward(x),
+            Self::Packed(linear) => linear.forward(x).narrow(D - 1, start, len),
+        }
+    }
+}
+
 /// A linear layer `y = x · Wᵀ + b + Σ x · Aᵀ · Bᵀ · s`: the base weight as loaded, plus any LoRA adapters applied
 /// at runtime (never merged into the base, so packed weights stay packed and adapters come and go freely).
 #[derive(Module, Debug)]
 pub struct Projection {
-    /// The checkpoint's weight and bias.
-    pub base: BaseWeight,
+    /// The checkpoint's weight and bias as consecutive row ranges along `d_out` ([`part_rows`]): one part on
+    /// devices without a binding limit.
+    pub parts: Vec<BaseWeight>,
     /// Active low-rank adapters, empty without LoRA.
     pub adapters: Vec<LowRank>,
 }
 
 impl Projection {
-    fn new(base: BaseWeight) -> Self {
-        Self { base, adapters: Vec::new() }
+    fn new(parts: Vec<BaseWeight>) -> Self {
+        Self { parts, adapters: Vec::new() }
     }
 
     /// `[..., d_in] → [..., d_out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let y = match &self.base {
-            BaseWeight::Dense(linear) => linear.forward(x.clone()),
-            BaseWeight::Packed(linear) => linear.forward(x.clone()),
+        self.forward_columns(x, 0..self.d_out())
+    }
+
+    /// `[..., d_in] → [..., columns.len()]`: only the output features in `columns` (one segment of a fused
+    /// projection, such as the q of a qkv), computed part by part and concatenated.
+    pub fn forward_columns<const D: usize>(&self, x: Tensor<D>, columns: Range<usize>) -> Tensor<D> {
+        let mut outputs = Vec::new();
+        let mut offset = 0;
+        for part in &self.parts {
+            let rows = part.d_out();
+            let (start, end) = (columns.start.max(offset), columns.end.min(offset + rows));
+            if start < end {
+                outputs.push(part.forward_columns(x.clone(), start - offset, end - start));
+            }
+            offset += rows;
+        }
+        let y = match outputs.len() {
+            1 => outputs.remove(0),
+            _ => Tensor::cat(outputs, D - 1),
         };
-        self.adapters.iter().fold(y, |y, adapter| y + adapter.forward(x.clone()))
+        self.adapters.iter().fold(y, |y, adapter| y + adapter.forward_columns(x.clone(), columns.clone()))
     }
 
     /// Input features.
     pub fn d_in(&self) -> usize {
-        match &self.base {
+        match &self.parts[0] {
             BaseWeight::Dense(linear) => linear.weight.dims()[0],
             BaseWeight::Packed(linear) => linear.weight.k,
         }
@@ -108,29 +158,70 @@ impl Projection {
 
     /// Output features.
     pub fn d_out(&self) -> usize {
-        match &self.base {
-            BaseWeight::Dense(linear) => linear.weight.dims()[1],
-            BaseWeight::Packed(linear) => linear.weight.n,
-        }
+        self.parts.iter().map(BaseWeight::d_out).sum()
     }
 
     /// Whether the weight stays in ggml blocks on the device.
     pub fn is_packed(&self) -> bool {
-        matches!(self.base, BaseWeight::Packed(_))
+        self.parts.iter().all(|part| matches!(part, BaseWeight::Packed(_)))
     }
 
     /// Bytes the base weight and bias occupy on their device (adapters excluded).
     pub fn device_bytes(&self) -> usize {
-        match &self.base {
+        let part_bytes = |part: &BaseWeight| match part {
             BaseWeight::Dense(linear) => linear.num_params() * size_of::<f32>(),
             BaseWeight::Packed(linear) => linear.device_bytes(),
-        }
+        };
+        self.parts.iter().map(part_bytes).sum()
     }
 }
 
-/// A PyTorch `Linear` stored as `{prefix}.weight` `[d_out, d_in]` (and `{prefix}.bias` `[d_out]`): packed when
-/// the weights hold it in ggml blocks that [`keeps_blocks`] keeps on `device`, else as burn's [`Linear`] with
-/// its weight transposed to `[d_in, d_out]`.
+impl LowRank {
+    /// `[..., d_in] → [..., columns.len()]`: the adapter's outputs in `columns`.
+    fn forward_columns<const D: usize>(&self, x: Tensor<D>, columns: Range<usize>) -> Tensor<D> {
+        let up = self.up.val();
+        let up = match columns.len() == up.dims()[1] {
+            true => up,
+            false => up.narrow(1, columns.start, columns.len()),
+        };
+        x.matmul(self.down.val().unsqueeze()).matmul(up.unsqueeze())
+    }
+}
+
+/// The row ranges along `d_out` in which a weight of `segments` (row counts of the outputs a fused layer
+/// concatenates, e.g. `[h, h, h, mlp]` for q, k, v and the MLP input) and `row_bytes` device bytes per row is
+/// stored on a device whose buffers hold at most `limit` bytes. Unlimited devices (`u64::MAX`, the CPU) keep the
+/// weight whole; limited ones (wgpu) store every segment apart, so that a forward may compute one segment
+/// alone, and cut a segment over the limit into equal row ranges that fit. Errors when one row does not fit.
+pub fn part_rows(segments: &[usize], row_bytes: u64, limit: u64) -> Result<Vec<Range<usize>>> {
+    let total: usize = segments.iter().sum();
+    if limit == u64::MAX {
+        return Ok(vec![0..total]);
+    }
+    // Packed parts are uploaded as whole u32 words.
+    let max_rows = ((limit / 4 * 4) / row_bytes.max(1)) as usize;
+    if max_rows == 0 {
+        return Err(Error::Invalid(format!(
+            "one row of a weight takes {row_bytes} bytes, more than this device's {limit}-byte buffer limit"
+        )));
+    }
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for &segment in segments.iter().filter(|&&s| s > 0) {
+        let pieces = segment.div_ceil(max_rows);
+        let rows = segment.div_ceil(pieces);
+        let end = start + segment;
+        while start < end {
+            parts.push(start..(start + rows).min(end));
+            start += rows;
+        }
+        start = end;
+    }
+    Ok(parts)
+}
+
+/// A PyTorch `Linear` stored as `{prefix}.weight` `[d_out, d_in]` (and `{prefix}.bias` `[d_out]`), see
+/// [`fused_linear`].
 pub(crate) fn linear(
     weights: &dyn Weights,
     prefix: &str,
@@ -139,31 +230,112 @@ pub(crate) fn linear(
     bias: bool,
     device: &Device,
 ) -> Result<Projection> {
+    fused_linear(weights, prefix, d_in, &[d_out], bias, device)
+}
+
+/// A PyTorch `Linear` `{prefix}.weight` `[Σ segments, d_in]` (and `{prefix}.bias`) whose outputs concatenate
+/// `segments` (q, k, v, …): packed when the weights hold it in ggml blocks that [`keeps_blocks`] keeps on
+/// `device`, else as burn's [`Linear`] with its weight transposed to `[d_in, d_out]`; stored in the row ranges
+/// [`part_rows`] chooses for the device's [`max_binding_bytes`].
+pub(crate) fn fused_linear(
+    weights: &dyn Weights,
+    prefix: &str,
+    d_in: usize,
+    segments: &[usize],
+    bias: bool,
+    device: &Device,
+) -> Result<Projection> {
+    let d_out: usize = segments.iter().sum();
     let name = format!("{prefix}.weight");
+    let limit = max_binding_bytes(device);
+    let read_bias = || bias.then(|| host(weights, &format!("{prefix}.bias"), &[d_out])).transpose();
+    let bias_part = |bias: &Option<HostTensor>, rows: &Range<usize>| {
+        bias.as_ref().map(|b| Tensor::<1>::from_data(TensorData::new(b.data[rows.clone()].to_vec(), [rows.len()]), device))
+    };
     if let Some(raw) = packs_on(device).then(|| weights.raw_block(&name)).flatten() {
         let (ty, shape, bytes) = raw?;
         check_shape(&name, &[d_out, d_in], &shape)?;
         if keeps_blocks(ty, &shape, device) {
-            let weight = PackedWeight::new(ty, &shape, &bytes, device)
-                .map_err(|e| Error::Invalid(format!("tensor `{name}`: {e}")))?;
-            let bias = bias.then(|| tensor(weights, &format!("{prefix}.bias"), [d_out], device)).transpose()?;
-            return Ok(Projection::new(BaseWeight::Packed(PackedLinear::new(weight, bias)?)));
+            let bias = read_bias()?;
+            let row_bytes = d_in / ty.block_size() * ty.type_size();
+            let parts = part_rows(segments, row_bytes as u64, limit)
+                .map_err(|e| Error::Invalid(format!("tensor `{name}`: {e}")))?
+                .into_iter()
+                .map(|rows| {
+                    let part = &bytes[rows.start * row_bytes..rows.end * row_bytes];
+                    let weight = PackedWeight::new(ty, &[rows.len(), d_in], part, device)
+                        .map_err(|e| Error::Invalid(format!("tensor `{name}`: {e}")))?;
+                    Ok(BaseWeight::Packed(PackedLinear::new(weight, bias_part(&bias, &rows))?))
+                })
+                .collect::<Result<_>>()?;
+            return Ok(Projection::new(parts));
         }
     }
     let weight = host(weights, &name, &[d_out, d_in])?;
-    let mut transposed = vec![0.0f32; weight.data.len()];
-    for (o, row) in weight.data.chunks_exact(d_in).enumerate() {
-        for (i, &value) in row.iter().enumerate() {
-            transposed[i * d_out + o] = value;
+    let bias = read_bias()?;
+    let parts = part_rows(segments, (d_in * size_of::<f32>()) as u64, limit)
+        .map_err(|e| Error::Invalid(format!("tensor `{name}`: {e}")))?
+        .into_iter()
+        .map(|rows| {
+            let mut transposed = vec![0.0f32; rows.len() * d_in];
+            for (o, row) in weight.data[rows.start * d_in..rows.end * d_in].chunks_exact(d_in).enumerate() {
+                for (i, &value) in row.iter().enumerate() {
+                    transposed[i * rows.len() + o] = value;
+                }
+            }
+            let weight = Tensor::<2>::from_data(TensorData::new(transposed, [d_in, rows.len()]), device);
+            let bias = bias_part(&bias, &rows).map(Param::from_tensor);
+            BaseWeight::Dense(Linear { weight: Param::from_tensor(weight), bias })
+        })
+        .collect();
+    Ok(Projection::new(parts))
+}
+
+/// An embedding table kept on the host in its stored form (f32, f16, bf16 or ggml blocks): only the rows of
+/// the tokens looked up are dequantized and uploaded, so a table larger than any GPU buffer (T5's
+/// 32128 × 4096) never becomes one.
+#[derive(Debug, Clone)]
+pub struct HostEmbedding {
+    ty: GgmlType,
+    rows: usize,
+    dim: usize,
+    bytes: Arc<Vec<u8>>,
+}
+
+impl HostEmbedding {
+    /// Reads the table `name` `[rows, dim]` as stored ([`Weights::raw_block`]), or as f32 from sources that
+    /// only produce f32.
+    pub fn load(weights: &dyn Weights, name: &str, [rows, dim]: [usize; 2]) -> Result<Self> {
+        if let Some(raw) = weights.raw_block(name) {
+            let (ty, shape, bytes) = raw?;
+            check_shape(name, &[rows, dim], &shape)?;
+            if ty.can_dequantize() && dim.is_multiple_of(ty.block_size()) {
+                return Ok(Self { ty, rows, dim, bytes: Arc::new(bytes) });
+            }
         }
+        let table = host(weights, name, &[rows, dim])?;
+        let bytes = table.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Ok(Self { ty: GgmlType::F32, rows, dim, bytes: Arc::new(bytes) })
     }
-    let weight = Tensor::<2>::from_data(TensorData::new(transposed, [d_in, d_out]), device);
-    let bias = if bias {
-        Some(Param::from_tensor(tensor(weights, &format!("{prefix}.bias"), [d_out], device)?))
-    } else {
-        None
-    };
-    Ok(Projection::new(BaseWeight::Dense(Linear { weight: Param::from_tensor(weight), bias })))
+
+    /// Rows and width, `[rows, dim]`.
+    pub fn dims(&self) -> [usize; 2] {
+        [self.rows, self.dim]
+    }
+
+    /// The rows of `ids` (one sequence) as `[1, n, dim]` on `device`.
+    pub fn forward(&self, ids: &[u32], device: &Device) -> Result<Tensor<3>> {
+        let row_bytes = self.dim / self.ty.block_size() * self.ty.type_size();
+        let mut values = Vec::with_capacity(ids.len() * self.dim);
+        for &id in ids {
+            let row = id as usize;
+            if row >= self.rows {
+                return Err(Error::Invalid(format!("token id {id} is outside the {}-row embedding table", self.rows)));
+            }
+            values.extend(dequantize(self.ty, &self.bytes[row * row_bytes..(row + 1) * row_bytes], self.dim)?);
+        }
+        Ok(Tensor::from_data(TensorData::new(values, [1, ids.len(), self.dim]), device))
+    }
 }
 
 #[cfg(test)]

@@ -6,13 +6,15 @@
 //! presents llama.cpp's GGUF names as those.
 
 use burn::module::{Module, Param};
-use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::nn::{Embedding, RmsNorm};
 use burn::tensor::activation::{gelu_approximate, softmax};
 use burn::tensor::module::embedding;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::weights::{HostTensor, Weights};
+use super::load::{self, HostEmbedding, Projection};
+
+use crate::weights::{HostTensor, RawBlock, Weights};
 use crate::{Error, Result};
 
 /// Hyper-parameters of a T5 encoder, with transformers' `T5Config` names.
@@ -182,10 +184,10 @@ fn tensor<const D: usize>(weights: &dyn Weights, name: &str, shape: [usize; D], 
     Ok(Tensor::from_data(TensorData::new(host.data, shape), device))
 }
 
-/// A bias-free Linear from `name` `[d_out, d_in]`.
-fn linear(weights: &dyn Weights, name: &str, d_in: usize, d_out: usize, device: &Device) -> Result<Linear> {
-    let weight = tensor(weights, name, [d_out, d_in], device)?.transpose(); // [d_in, d_out]
-    Ok(Linear { weight: Param::from_tensor(weight), bias: None })
+/// A bias-free linear layer from `name` `[d_out, d_in]` (`….weight`), packed and split as [`load::linear`] does.
+fn linear(weights: &dyn Weights, name: &str, d_in: usize, d_out: usize, device: &Device) -> Result<Projection> {
+    let prefix = name.strip_suffix(".weight").unwrap_or(name);
+    load::linear(weights, prefix, d_in, d_out, false, device)
 }
 
 fn rms_norm(weights: &dyn Weights, name: &str, cfg: &T5Config, device: &Device) -> Result<RmsNorm> {
@@ -213,13 +215,13 @@ pub fn relative_position_bucket(relative: i64, num_buckets: usize, max_distance:
 #[derive(Module, Debug)]
 pub struct T5Attention {
     /// `q`.
-    pub q: Linear,
+    pub q: Projection,
     /// `k`.
-    pub k: Linear,
+    pub k: Projection,
     /// `v`.
-    pub v: Linear,
+    pub v: Projection,
     /// `o`.
-    pub o: Linear,
+    pub o: Projection,
     /// Number of heads.
     pub num_heads: usize,
 }
@@ -229,7 +231,7 @@ impl T5Attention {
     pub fn forward(&self, x: Tensor<3>, position_bias: Tensor<4>) -> Tensor<3> {
         let [b, n, _] = x.dims();
         let heads = self.num_heads;
-        let [_, inner] = self.q.weight.dims();
+        let inner = self.q.d_out();
         let head_dim = inner / heads;
         let split = |t: Tensor<3>| t.reshape([b, n, heads, head_dim]).swap_dims(1, 2); // [b, h, n, dk]
         let q = split(self.q.forward(x.clone()));
@@ -245,11 +247,11 @@ impl T5Attention {
 #[derive(Module, Debug)]
 pub struct T5DenseGatedGelu {
     /// `wi_0`, the gated branch.
-    pub wi_0: Linear,
+    pub wi_0: Projection,
     /// `wi_1`, the linear branch.
-    pub wi_1: Linear,
+    pub wi_1: Projection,
     /// `wo`.
-    pub wo: Linear,
+    pub wo: Projection,
 }
 
 impl T5DenseGatedGelu {
@@ -284,8 +286,10 @@ impl T5Block {
 /// The T5 encoder stack.
 #[derive(Module, Debug)]
 pub struct T5Encoder {
-    /// `shared` (or `encoder.embed_tokens`): `[vocab, d_model]`.
-    pub shared: Embedding,
+    /// `shared` (or `encoder.embed_tokens`): `[vocab, d_model]`, kept on the host as stored; only the rows of
+    /// the prompt's tokens are uploaded.
+    #[module(skip)]
+    pub shared: HostEmbedding,
     /// Block 0's `relative_attention_bias`: `[buckets, heads]`, shared by every block.
     pub relative_attention_bias: Embedding,
     /// `encoder.block.N`.
@@ -306,9 +310,7 @@ impl T5Encoder {
             )));
         }
         let (d, inner, ff) = (cfg.d_model, cfg.inner_dim(), cfg.d_ff);
-        let shared = Embedding {
-            weight: Param::from_tensor(tensor(weights, embedding_name(weights)?, [cfg.vocab_size, d], device)?),
-        };
+        let shared = HostEmbedding::load(weights, embedding_name(weights)?, [cfg.vocab_size, d])?;
         let bias_shape = [cfg.relative_attention_num_buckets, cfg.num_heads];
         let relative_attention_bias =
             Embedding { weight: Param::from_tensor(tensor(weights, &relative_bias_name(), bias_shape, device)?) };
@@ -358,15 +360,15 @@ impl T5Encoder {
             .unsqueeze::<4>() // [1, h, n, n]
     }
 
-    /// `ids [b, n]` → last hidden state `[b, n, d_model]` after the final norm.
-    pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        let [_, n] = ids.dims();
-        let bias = self.position_bias(n, &ids.device());
-        let mut x = self.shared.forward(ids);
+    /// Token `ids` (one sequence) → last hidden state `[1, n, d_model]` after the final norm, on `device`.
+    /// Errors on an id outside the vocabulary.
+    pub fn forward(&self, ids: &[u32], device: &Device) -> Result<Tensor<3>> {
+        let bias = self.position_bias(ids.len(), device);
+        let mut x = self.shared.forward(ids, device)?;
         for block in &self.block {
             x = block.forward(x, bias.clone());
         }
-        self.final_layer_norm.forward(x)
+        Ok(self.final_layer_norm.forward(x))
     }
 }
 
@@ -437,6 +439,10 @@ impl<W: Weights> Weights for LlamaCppT5Names<W> {
 
     fn read(&self, name: &str) -> Result<HostTensor> {
         self.inner.read(&self.source_name(name))
+    }
+
+    fn raw_block(&self, name: &str) -> Option<Result<RawBlock>> {
+        self.inner.raw_block(&self.source_name(name))
     }
 }
 
@@ -624,23 +630,47 @@ mod tests {
         }
     }
 
+    /// The golden prompt's T5 token ids.
+    fn t5_ids() -> Vec<u32> {
+        golden_ids("t5_input_ids").try_into_vec::<i64>().unwrap().into_iter().map(|id| id as u32).collect()
+    }
+
     #[test]
     fn hf_weights_match_golden_prompt_embeds_and_block0() {
         let device = crate::device::cpu();
         let model = T5Encoder::load(&tiny_config(), &FixtureFile::open(HF_T5), &device).unwrap();
-        let ids = Tensor::<2, Int>::from_data(golden_ids("t5_input_ids"), &device);
-        let [_, n] = ids.dims();
+        let ids = t5_ids();
         let tolerance = Tolerance::absolute(1e-4);
 
-        let bias = model.position_bias(n, &device);
-        let block0 = model.block[0].forward(model.shared.forward(ids.clone()), bias);
+        let bias = model.position_bias(ids.len(), &device);
+        let block0 = model.block[0].forward(model.shared.forward(&ids, &device).unwrap(), bias);
         block0
             .into_data()
             .assert_approx_eq::<f32>(&golden("golden_text_vae_internals.safetensors", "t5_block0_out"), tolerance);
         model
-            .forward(ids)
+            .forward(&ids, &device)
+            .unwrap()
             .into_data()
             .assert_approx_eq::<f32>(&golden("golden_run.safetensors", "t5_prompt_embeds"), tolerance);
+        let err = model.forward(&[0, 248], &device).unwrap_err().to_string();
+        assert_eq!(err, "token id 248 is outside the 248-row embedding table");
+    }
+
+    /// Under a 4 KiB buffer limit the tiny model's feed-forward matrices (8 KiB in f32) are stored in two parts
+    /// each, the 4 KiB attention ones whole, and the embedding stays on the host; the output still matches.
+    #[test]
+    fn split_weights_and_host_embedding_match_golden_under_a_tiny_limit() {
+        let device = crate::device::cpu();
+        let model = crate::device::with_binding_limit(4096, || {
+            T5Encoder::load(&tiny_config(), &FixtureFile::open(HF_T5), &device).unwrap()
+        });
+        let ff = &model.block[0].dense_relu_dense;
+        assert_eq!((ff.wi_0.parts.len(), ff.wo.parts.len(), model.block[0].self_attention.q.parts.len()), (2, 2, 1));
+        model
+            .forward(&t5_ids(), &device)
+            .unwrap()
+            .into_data()
+            .assert_approx_eq::<f32>(&golden("golden_run.safetensors", "t5_prompt_embeds"), Tolerance::absolute(1e-4));
     }
 
     #[test]
@@ -685,9 +715,9 @@ mod tests {
         assert!(weights.names().contains(&"encoder.block.1.layer.1.DenseReluDense.wo.weight".to_string()));
         let device = crate::device::cpu();
         let model = T5Encoder::load(&T5Config::from_weights(&weights).unwrap(), &weights, &device).unwrap();
-        let ids = Tensor::<2, Int>::from_data(golden_ids("t5_input_ids"), &device);
         model
-            .forward(ids)
+            .forward(&t5_ids(), &device)
+            .unwrap()
             .into_data()
             .assert_approx_eq::<f32>(&golden("golden_run.safetensors", "t5_prompt_embeds"), Tolerance::absolute(1e-4));
     }

@@ -157,7 +157,7 @@ impl<'m> Edit<'m> {
 pub fn encode_text(model: &KontextModel, prompt: &str, device: &Device) -> Result<TextConditioning> {
     let t5_ids = model.t5_tokenizer.encode(prompt, T5_TOKENS)?;
     let clip_ids = model.clip_tokenizer.encode(prompt)?;
-    let t5 = model.t5.forward(kontext::token_tensor(&t5_ids, device));
+    let t5 = model.t5.forward(&t5_ids, device)?;
     let (_, pooled) = model.clip.forward(kontext::token_tensor(&clip_ids, device))?;
     Ok(TextConditioning { t5, pooled })
 }
