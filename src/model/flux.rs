@@ -18,7 +18,10 @@ use super::config::FluxConfig;
 use super::embeddings::{MlpEmbedder, TIME_FACTOR, TIMESTEP_FEATURES, timestep_embedding};
 use std::collections::HashMap;
 
+use std::ops::Range;
+
 use super::load::{self, LowRank, Projection};
+use crate::device::max_binding_bytes;
 use super::lora::LoraAdapter;
 use super::rope::Rope;
 use crate::weights::Weights;
@@ -47,12 +50,39 @@ fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x * (inner.tanh() + 1.0) * 0.5
 }
 
-/// Splits `[b, n, 3·heads·d]` as `(K H D)` into q, k, v of `[b, heads, n, d]`.
-fn split_qkv(qkv: Tensor<3>, heads: usize) -> [Tensor<4>; 3] {
-    let [b, n, width] = qkv.dims();
-    let d = width / (3 * heads);
-    let qkv = qkv.reshape([b, n, 3, heads, d]);
-    [0, 1, 2].map(|i| qkv.clone().narrow(2, i, 1).reshape([b, n, heads, d]).swap_dims(1, 2))
+/// q, k and v of `x` from a projection whose first `3·hidden` outputs are `(K H D)`, each `[b, heads, n, d]`,
+/// computed one at a time so that no `[b, n, 3·hidden]` buffer exists.
+fn project_qkv(projection: &Projection, x: Tensor<3>, hidden: usize, heads: usize) -> [Tensor<4>; 3] {
+    let [b, n, _] = x.dims();
+    [0, 1, 2].map(|i| {
+        let y = projection.forward_columns(x.clone(), i * hidden..(i + 1) * hidden); // [b, n, hidden]
+        y.reshape([b, n, heads, hidden / heads]).swap_dims(1, 2)
+    })
+}
+
+/// Tokens per chunk such that a `[batch, tokens, width]` f32 activation fits `limit` bytes (at least one).
+pub fn token_chunk(batch: usize, width: usize, limit: u64) -> usize {
+    let token_bytes = (batch * width * size_of::<f32>()).max(1) as u64;
+    usize::try_from(limit / token_bytes).unwrap_or(usize::MAX).max(1)
+}
+
+/// `f(chunk, tokens)` over consecutive token ranges of `x` (`[b, n, …]`), each small enough that an activation
+/// `[b, tokens, width]` fits the device's buffer limit ([`max_binding_bytes`]), concatenated along the tokens;
+/// one call when all tokens fit. For the token-wise layers (MLPs), whose widest activation is `width`.
+fn for_token_chunks(x: Tensor<3>, width: usize, f: impl Fn(Tensor<3>, Range<usize>) -> Tensor<3>) -> Tensor<3> {
+    let [b, n, _] = x.dims();
+    let chunk = token_chunk(b, width, max_binding_bytes(&x.device()));
+    if chunk >= n {
+        return f(x, 0..n);
+    }
+    let outputs = (0..n)
+        .step_by(chunk)
+        .map(|start| {
+            let len = chunk.min(n - start);
+            f(x.clone().narrow(1, start, len), start..start + len)
+        })
+        .collect();
+    Tensor::cat(outputs, 1)
 }
 
 /// `[b, heads, n, d]` → `[b, n, heads·d]`.
@@ -157,8 +187,9 @@ pub struct SelfAttention {
 impl SelfAttention {
     fn load(weights: &dyn Weights, prefix: &str, config: &FluxConfig, device: &Device) -> Result<Self> {
         let hidden = config.hidden_size;
+        let qkv = [hidden; 3];
         Ok(Self {
-            qkv: load::linear(weights, &format!("{prefix}.qkv"), hidden, 3 * hidden, config.qkv_bias, device)?,
+            qkv: load::fused_linear(weights, &format!("{prefix}.qkv"), hidden, &qkv, config.qkv_bias, device)?,
             norm: QkNorm::load(weights, &format!("{prefix}.norm"), config.head_dim(), device)?,
             proj: load::linear(weights, &format!("{prefix}.proj"), hidden, hidden, true, device)?,
         })
@@ -166,7 +197,7 @@ impl SelfAttention {
 
     /// Normalised q, k and v of `x` (`[b, n, hidden]`), each `[b, heads, n, head_dim]`, before RoPE.
     fn qkv(&self, x: Tensor<3>, heads: usize) -> [Tensor<4>; 3] {
-        let [q, k, v] = split_qkv(self.qkv.forward(x), heads);
+        let [q, k, v] = project_qkv(&self.qkv, x, self.proj.d_out(), heads);
         [self.norm.query_norm.forward(q), self.norm.key_norm.forward(k), v]
     }
 }
@@ -189,8 +220,9 @@ impl Mlp {
         })
     }
 
+    /// `[b, n, hidden] → [b, n, hidden]`, in token chunks whose `[b, chunk, mlp_hidden]` activation fits.
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.layer_2.forward(gelu_tanh(self.layer_0.forward(x)))
+        for_token_chunks(x, self.layer_0.d_out(), |x, _| self.layer_2.forward(gelu_tanh(self.layer_0.forward(x))))
     }
 }
 
@@ -289,8 +321,9 @@ pub struct SingleStreamBlock {
 impl SingleStreamBlock {
     fn load(weights: &dyn Weights, prefix: &str, config: &FluxConfig, device: &Device) -> Result<Self> {
         let (hidden, mlp) = (config.hidden_size, config.mlp_hidden());
+        let segments = [hidden, hidden, hidden, mlp]; // q, k, v, MLP input
         Ok(Self {
-            linear1: load::linear(weights, &format!("{prefix}.linear1"), hidden, 3 * hidden + mlp, true, device)?,
+            linear1: load::fused_linear(weights, &format!("{prefix}.linear1"), hidden, &segments, true, device)?,
             linear2: load::linear(weights, &format!("{prefix}.linear2"), hidden + mlp, hidden, true, device)?,
             norm: QkNorm::load(weights, &format!("{prefix}.norm"), config.head_dim(), device)?,
             modulation: Modulation::load(weights, &format!("{prefix}.modulation"), hidden, false, device)?,
@@ -304,18 +337,20 @@ impl SingleStreamBlock {
         self.modulation.forward(vec).remove(0)
     }
 
-    /// `x` `[b, n_txt + n_img, hidden]`.
+    /// `x` `[b, n_txt + n_img, hidden]`. q, k and v are computed for all tokens, one at a time; the MLP input,
+    /// GELU and `linear2` in token chunks whose `[b, chunk, hidden + mlp_hidden]` input of `linear2` fits.
     pub fn forward(&self, x: Tensor<3>, m: &ModulationOut, rope: &Rope) -> Tensor<3> {
-        let hidden = self.hidden_size;
-        let fused = self.linear1.forward(m.modulate(layer_norm(x.clone())));
-        let width = fused.dims()[2];
-        let qkv = fused.clone().narrow(2, 0, 3 * hidden);
-        let mlp = fused.narrow(2, 3 * hidden, width - 3 * hidden);
-        let [q, k, v] = split_qkv(qkv, self.num_heads);
+        let (hidden, width) = (self.hidden_size, self.linear1.d_out());
+        let normed = m.modulate(layer_norm(x.clone()));
+        let [q, k, v] = project_qkv(&self.linear1, normed.clone(), hidden, self.num_heads);
         let q = rope.apply(self.norm.query_norm.forward(q));
         let k = rope.apply(self.norm.key_norm.forward(k));
-        let attn = merge_heads(attention(q, k, v));
-        let out = self.linear2.forward(Tensor::cat(vec![attn, gelu_tanh(mlp)], 2));
+        let attn = merge_heads(attention(q, k, v)); // [b, n, hidden]
+        let out = for_token_chunks(normed, width - 2 * hidden, |normed, tokens| {
+            let mlp = gelu_tanh(self.linear1.forward_columns(normed, 3 * hidden..width));
+            let attn = attn.clone().narrow(1, tokens.start, tokens.len());
+            self.linear2.forward(Tensor::cat(vec![attn, mlp], 2)) // over [b, chunk, hidden + mlp_hidden]
+        });
         x + m.gate.clone() * out
     }
 }
@@ -796,6 +831,62 @@ mod tests {
         let normed = layer_norm(img) * (m.final_scale + 1.0) + m.final_shift;
         assert_close("norm_out_out", normed.clone(), golden.tensor("norm_out_out", &device));
         assert_close("proj_out_out", model.final_layer.linear.forward(normed), golden.tensor("proj_out_out", &device));
+    }
+
+    /// Under a 32 KiB buffer limit the tiny model stores its fused and MLP weights in parts and runs its MLPs in
+    /// token chunks (25 tokens of `[hidden + mlp]` = 320 values); the output equals the golden and the
+    /// unlimited run.
+    #[test]
+    fn split_weights_and_token_chunks_match_the_golden_and_the_whole_run() {
+        let device = cpu();
+        let run = FixtureFile::open("golden/golden_run.safetensors");
+        let whole = Flux::load(&FluxConfig::tiny(), &FixtureFile::open(BFL), &device).unwrap();
+        let forward = |model: &Flux| {
+            let input = |key: &str| format!("transformer_in_0_{key}");
+            model
+                .forward(
+                    run.tensor(&input("hidden_states"), &device),
+                    run.tensor(&input("img_ids"), &device),
+                    run.tensor(&input("encoder_hidden_states"), &device),
+                    run.tensor(&input("txt_ids"), &device),
+                    run.tensor(&input("timestep"), &device),
+                    run.tensor(&input("pooled_projections"), &device),
+                    Some(run.tensor(&input("guidance"), &device)),
+                )
+                .unwrap()
+        };
+        let limit = 32 << 10;
+        assert_eq!(token_chunk(1, 64 + 256, limit), 25);
+        let (split, chunked) = crate::device::with_binding_limit(limit, || {
+            let model = Flux::load(&FluxConfig::tiny(), &FixtureFile::open(BFL), &device).unwrap();
+            let out = forward(&model);
+            (model, out)
+        });
+        // linear1 [448, 64]: q, k, v (16 KiB each) and the MLP input (64 KiB) cut in two; img_mlp.0 likewise.
+        assert_eq!(split.single_blocks[0].linear1.parts.len(), 5);
+        assert_eq!(split.double_blocks[0].img_mlp.layer_0.parts.len(), 2);
+        assert_eq!(split.double_blocks[0].img_attn.qkv.parts.len(), 3);
+        assert_eq!(whole.single_blocks[0].linear1.parts.len(), 1);
+        assert_close("chunked vs golden", chunked.clone(), run.tensor("transformer_out_0", &device));
+        let diff: f32 = (chunked - forward(&whole)).abs().max().into_scalar();
+        assert!(diff <= 1e-5, "chunked vs whole: max |diff| {diff:e}");
+    }
+
+    #[test]
+    fn token_chunks_cover_every_token_once() {
+        let device = cpu();
+        let x = Tensor::<3>::from_data(TensorData::new((0..2 * 7 * 3).map(|v| v as f32).collect(), [2, 7, 3]), &device);
+        // 2 × 3 × 3 values of 4 bytes fit 72 bytes: chunks of 3, 3 and 1 tokens.
+        let ranges = std::cell::RefCell::new(Vec::new());
+        let out = crate::device::with_binding_limit(72, || {
+            for_token_chunks(x.clone(), 3, |chunk, tokens| {
+                ranges.borrow_mut().push(tokens);
+                chunk * 2.0
+            })
+        });
+        assert_eq!(ranges.into_inner(), [0..3, 3..6, 6..7]);
+        out.into_data().assert_eq(&(x * 2.0).into_data(), true);
+        assert_eq!((token_chunk(1, 1 << 20, 16), token_chunk(1, 1, u64::MAX)), (1, (u64::MAX / 4) as usize));
     }
 
     #[test]

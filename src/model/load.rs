@@ -342,6 +342,7 @@ impl HostEmbedding {
 mod tests {
     use super::*;
     use crate::device::cpu;
+    use burn::tensor::Tolerance;
 
     struct One(HostTensor);
 
@@ -367,6 +368,75 @@ mod tests {
         assert_eq!((lin.d_in(), lin.device_bytes()), (2, 6 * 4));
         let y = lin.forward(Tensor::<2>::from_data(TensorData::new(vec![1.0f32, -1.0], [1, 2]), &device));
         y.into_data().assert_eq(&TensorData::new(vec![-1.0f32, -1.0, -1.0], [1, 3]), false);
+    }
+
+    /// A `[7, 64]` weight with bias, values spread over ±1.
+    fn seven_by_64() -> crate::formats::safetensors::SafetensorsFile {
+        let weight: Vec<f32> = (0..7 * 64).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+        let bias: Vec<f32> = (0..7).map(|i| i as f32 / 4.0 - 0.5).collect();
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let file = crate::formats::safetensors::tests::build(
+            &[("lin.weight", "F32", vec![7, 64], bytes(&weight)), ("lin.bias", "F32", vec![7], bytes(&bias))],
+            None,
+        );
+        crate::formats::safetensors::SafetensorsFile::open(file).unwrap()
+    }
+
+    #[test]
+    fn part_rows_keep_segments_apart_and_fit_the_limit() {
+        assert_eq!(part_rows(&[3, 4], 256, u64::MAX).unwrap(), [0..7]);
+        assert_eq!(part_rows(&[3, 4], 256, 1 << 20).unwrap(), [0..3, 3..7]);
+        // 1000 bytes hold 3 rows of 256: a segment of 7 becomes 3 equal-as-possible parts.
+        assert_eq!(part_rows(&[7], 256, 1000).unwrap(), [0..3, 3..6, 6..7]);
+        assert_eq!(part_rows(&[2, 7], 256, 1024).unwrap(), [0..2, 2..6, 6..9]);
+        // Packed rows of 18 bytes: 5 rows are 90 bytes, 92 as whole words, over a 91-byte limit that holds 4.
+        assert_eq!(part_rows(&[5], 18, 91).unwrap(), [0..3, 3..5]);
+        assert!(part_rows(&[5], 256, 255).unwrap_err().to_string().contains("256 bytes"));
+    }
+
+    #[test]
+    fn a_split_projection_equals_the_whole_one() {
+        let device = cpu();
+        let weights = seven_by_64();
+        let whole = linear(&weights, "lin", 64, 7, true, &device).unwrap();
+        // Rows of 256 bytes, 512-byte limit: segments [3, 4] → [0..2, 2..3, 3..5, 5..7].
+        let split = crate::device::with_binding_limit(512, || {
+            fused_linear(&weights, "lin", 64, &[3, 4], true, &device).unwrap()
+        });
+        assert_eq!((whole.parts.len(), split.parts.len()), (1, 4));
+        assert_eq!((split.d_in(), split.d_out(), split.device_bytes()), (64, 7, whole.device_bytes()));
+        let x: Vec<f32> = (0..5 * 64).map(|i| ((i * 13) % 29) as f32 / 14.0 - 1.0).collect();
+        let x = Tensor::<3>::from_data(TensorData::new(x, [1, 5, 64]), &device);
+        let expected = whole.forward(x.clone()).into_data();
+        split.forward(x.clone()).into_data().assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
+        // Columns 1..6 straddle three parts; the whole projection narrows its weight.
+        let cols = |p: &Projection| p.forward_columns(x.clone(), 1..6).into_data();
+        let expected = whole.forward(x.clone()).narrow(2, 1, 5).into_data();
+        cols(&split).assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
+        cols(&whole).assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
+    }
+
+    #[test]
+    fn host_embedding_dequantizes_only_the_rows_looked_up() {
+        let device = cpu();
+        let values: Vec<f32> = (0..4 * 32).map(|i| ((i * 7) % 23) as f32 / 8.0 - 1.0).collect();
+        let f16s: Vec<u8> = values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+        let bf16s: Vec<u8> = values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect();
+        let file = crate::formats::safetensors::SafetensorsFile::open(crate::formats::safetensors::tests::build(
+            &[("h", "F16", vec![4, 32], f16s), ("b", "BF16", vec![4, 32], bf16s)],
+            None,
+        ))
+        .unwrap();
+        for name in ["h", "b"] {
+            let table = HostEmbedding::load(&file, name, [4, 32]).unwrap();
+            assert_eq!((table.ty, table.bytes.len()), (if name == "h" { GgmlType::F16 } else { GgmlType::BF16 }, 256));
+            let stored = file.read(name).unwrap().data;
+            let expected: Vec<f32> = [2usize, 0, 2].iter().flat_map(|&r| stored[r * 32..(r + 1) * 32].to_vec()).collect();
+            let rows = table.forward(&[2, 0, 2], &device).unwrap();
+            rows.into_data().assert_eq(&TensorData::new(expected, [1, 3, 32]), false);
+        }
+        let err = HostEmbedding::load(&file, "h", [4, 16]).unwrap_err().to_string();
+        assert_eq!(err, "tensor `h` has shape [4, 32], expected [4, 16]");
     }
 
     #[test]
