@@ -40,9 +40,9 @@ pub struct AdapterReport {
     pub driver: String,
     /// Whether this is a CPU/software adapter.
     pub software: bool,
-    /// Largest single buffer the device accepts, in bytes (at most [`MAX_BUFFER_ENV`] when set).
+    /// Largest single buffer the device accepts, in bytes (as granted; [`max_binding_bytes`] applies any cap).
     pub max_buffer_size: u64,
-    /// Largest storage-buffer binding a shader may see, in bytes (at most [`MAX_BUFFER_ENV`] when set).
+    /// Largest storage-buffer binding a shader may see, in bytes (as granted).
     pub max_storage_buffer_binding_size: u64,
     /// Whether f16 arithmetic in shaders (`shader-f16`) is enabled.
     pub shader_f16: bool,
@@ -159,8 +159,8 @@ fn report_of(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterReport {
         api: format!("{:?}", info.backend),
         driver: [info.driver.as_str(), info.driver_info.as_str()].join(" ").trim().to_string(),
         software: info.device_type == DeviceType::Cpu,
-        max_buffer_size: limits.max_buffer_size.min(env_limit().unwrap_or(u64::MAX)),
-        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size.min(env_limit().unwrap_or(u64::MAX)),
+        max_buffer_size: limits.max_buffer_size,
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
         shader_f16: features.contains(Features::SHADER_F16),
         subgroups: features.contains(Features::SUBGROUP),
     }
