@@ -872,6 +872,67 @@ mod tests {
         assert!(diff <= 1e-5, "chunked vs whole: max |diff| {diff:e}");
     }
 
+    /// Device bytes of one part of `rows` rows of `row_bytes`, as uploaded (packed parts in whole u32 words).
+    fn part_bytes(rows: usize, row_bytes: u64) -> u64 {
+        (rows as u64 * row_bytes).div_ceil(4) * 4
+    }
+
+    /// Kontext [dev] at 1024² with a 1024² reference under WebGPU's default 128 MiB binding: every weight part,
+    /// in every storage type, and every activation the forward creates fits; the unchunked `linear1` output
+    /// would not. Arithmetic only.
+    #[test]
+    fn kontext_dev_buffers_at_1024_fit_a_128_mib_limit() {
+        use crate::formats::GgmlType;
+        let limit: u64 = 128 << 20;
+        let cfg = FluxConfig::kontext_dev();
+        let (h, mlp, c) = (cfg.hidden_size, cfg.mlp_hidden(), cfg.in_channels);
+        let mut layers: Vec<(usize, Vec<usize>)> = vec![
+            (c, vec![h]),
+            (cfg.context_in_dim, vec![h]),
+            (TIMESTEP_FEATURES, vec![h]),
+            (cfg.vec_in_dim, vec![h]),
+            (h, vec![h]),
+            (h, vec![6 * h]),
+            (h, vec![h, h, h]),
+            (h, vec![mlp]),
+            (mlp, vec![h]),
+            (h, vec![h, h, h, mlp]),
+            (h + mlp, vec![h]),
+            (h, vec![3 * h]),
+            (h, vec![c]),
+            (h, vec![2 * h]),
+        ];
+        layers.sort();
+        for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K] {
+            for (d_in, segments) in &layers {
+                let row_bytes = (d_in / ty.block_size() * ty.type_size()) as u64;
+                let parts = load::part_rows(segments, row_bytes, limit).unwrap();
+                assert_eq!(parts.last().unwrap().end, segments.iter().sum::<usize>());
+                for rows in parts {
+                    let bytes = part_bytes(rows.len(), row_bytes);
+                    assert!(bytes <= limit, "{ty} [{d_in} → {segments:?}] part {rows:?}: {bytes} bytes");
+                }
+            }
+        }
+        // linear1 in f32 (264 MB) and f16 (132 MB) is over the limit whole; its MLP input alone in f32 too.
+        let linear1 = |row_bytes: u64| load::part_rows(&[h, h, h, mlp], row_bytes, limit).unwrap().len();
+        assert_eq!((linear1(h as u64 * 4), linear1(h as u64 * 2)), (5, 4));
+
+        let (n_txt, n_img) = (512, 2 * (1024 / 16) * (1024 / 16));
+        let l = n_txt + n_img;
+        let value = size_of::<f32>() as u64;
+        assert!((l * (3 * h + mlp)) as u64 * value > limit, "unchunked, linear1's output would not fit");
+        // Whole-sequence activations: x, its norm, q, k, v (each one segment), attention output, residuals.
+        assert!((l * h) as u64 * value <= limit);
+        assert!((n_txt * cfg.context_in_dim + n_img * c) as u64 * value <= limit, "txt and img inputs");
+        // Token chunks: single blocks' [chunk, hidden + mlp] input of linear2, double blocks' [chunk, mlp].
+        for width in [h + mlp, mlp] {
+            let chunk = token_chunk(1, width, limit);
+            assert!(chunk < l && (chunk * width) as u64 * value <= limit, "{width}: {chunk} tokens");
+        }
+        assert_eq!(token_chunk(1, h + mlp, limit), 2184);
+    }
+
     #[test]
     fn token_chunks_cover_every_token_once() {
         let device = cpu();
