@@ -430,7 +430,7 @@ mod native {
         for quantized in [None, Some(GgmlType::Q8_0), Some(GgmlType::Q4_0)] {
             let flux = Flux::load(config, &RandomFlux::new(config, quantized)?, device)?;
             let vec = flux.conditioning(timesteps.clone(), y.clone(), guidance.clone())?;
-            let modulations = flux.modulations(vec);
+            let modulations = flux.modulations(vec)?;
             let mut x = img.clone();
             let mut failure = None;
             let seconds = time(sizes.repeats, |_| {

@@ -47,6 +47,19 @@ pub enum BaseWeight {
     Dense(Linear),
     /// The file's ggml blocks, dequantized inside the matmul ([`PackedLinear`]).
     Packed(PackedLinear),
+    /// Freed from the device to save memory; must be loaded again before use.
+    Released(ReleasedWeight),
+}
+
+/// What remains of a released weight: its shape.
+#[derive(Module, Debug)]
+pub struct ReleasedWeight {
+    /// Input features.
+    #[module(skip)]
+    pub d_in: usize,
+    /// Output features.
+    #[module(skip)]
+    pub d_out: usize,
 }
 
 /// A low-rank adapter on one linear layer: adds `x · down · up` to its output.
@@ -94,6 +107,7 @@ impl Projection {
         let y = match &self.base {
             BaseWeight::Dense(linear) => linear.forward(x.clone()),
             BaseWeight::Packed(linear) => linear.forward(x.clone()),
+            BaseWeight::Released(_) => panic!("a released layer was used: its owner must load it again first"),
         };
         self.adapters.iter().fold(y, |y, adapter| y + adapter.forward(x.clone()))
     }
@@ -103,6 +117,7 @@ impl Projection {
         match &self.base {
             BaseWeight::Dense(linear) => linear.weight.dims()[0],
             BaseWeight::Packed(linear) => linear.weight.k,
+            BaseWeight::Released(shape) => shape.d_in,
         }
     }
 
@@ -111,6 +126,7 @@ impl Projection {
         match &self.base {
             BaseWeight::Dense(linear) => linear.weight.dims()[1],
             BaseWeight::Packed(linear) => linear.weight.n,
+            BaseWeight::Released(shape) => shape.d_out,
         }
     }
 
@@ -124,7 +140,26 @@ impl Projection {
         match &self.base {
             BaseWeight::Dense(linear) => linear.num_params() * size_of::<f32>(),
             BaseWeight::Packed(linear) => linear.device_bytes(),
+            BaseWeight::Released(_) => 0,
         }
+    }
+
+    /// Whether the base weight was freed ([`Projection::release`]).
+    pub fn is_released(&self) -> bool {
+        matches!(self.base, BaseWeight::Released(_))
+    }
+
+    /// Frees the base weight from the device (adapters stay); [`Projection::forward`] must not be called until
+    /// [`Projection::reload`].
+    pub fn release(&mut self) {
+        self.base = BaseWeight::Released(ReleasedWeight { d_in: self.d_in(), d_out: self.d_out() });
+    }
+
+    /// Loads the base weight `{prefix}.weight` (and bias) again from `weights`, keeping the adapters.
+    pub fn reload(&mut self, weights: &dyn Weights, prefix: &str, bias: bool, device: &Device) -> Result<()> {
+        let loaded = linear(weights, prefix, self.d_in(), self.d_out(), bias, device)?;
+        self.base = loaded.base;
+        Ok(())
     }
 }
 
