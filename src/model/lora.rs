@@ -433,7 +433,7 @@ fn fuse(layer: &str, d_in: usize, rows: &[usize], parts: Vec<Part>) -> Result<La
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
     use crate::device::cpu;

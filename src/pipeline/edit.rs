@@ -171,7 +171,7 @@ impl<'m> Edit<'m> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
     use crate::device::cpu;
