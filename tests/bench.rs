@@ -37,6 +37,7 @@ fn bench_reports_matmul_attention_and_step_with_positive_numbers() {
         positive(row, "flash_s");
         positive(row, "reference_s");
         assert!(positive(row, "reference_bytes") > positive(row, "flash_bytes"), "{row}");
+        assert!(positive(row, "reference_peak_bytes") > positive(row, "flash_peak_bytes"), "{row}");
     }
     assert_eq!(report["attention_bytes_computed"], true);
 

@@ -122,25 +122,32 @@ fn print_table(report: &Report) {
     }
     println!();
     println!(
-        "attention, {} heads × {}: ms per call; intermediates in MiB computed from the shapes, not measured",
+        "attention, {} heads × {}: ms per call; MiB computed from the shapes, and peak MiB measured (memory the first \
+         call added to the device allocator's pools; `-` where the backend does not report them)",
         sizes.attention_heads, sizes.attention_d
     );
     if report.attention.iter().any(|r| !r.flash_kernel) {
         println!("(no flash kernel on this device: the `flash` column times the reference too)");
     }
-    println!("{:>6} {:>10} {:>10} {:>8} {:>11} {:>11}", "L", "flash ms", "ref ms", "speedup", "flash MiB", "ref MiB");
+    println!(
+        "{:>6} {:>10} {:>10} {:>8} {:>11} {:>11} {:>11} {:>11}",
+        "L", "flash ms", "ref ms", "speedup", "flash MiB", "ref MiB", "flash peak", "ref peak"
+    );
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let peak = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.2}", mib(b)));
     for r in &report.attention {
         let reference = r.reference_s.map_or("skipped".into(), |s| format!("{:.2}", s * 1e3));
         let speedup = r.speedup.map_or("-".into(), |s| format!("{s:.2}"));
         println!(
-            "{:>6} {:>10.2} {:>10} {:>8} {:>11.2} {:>11.2}",
+            "{:>6} {:>10.2} {:>10} {:>8} {:>11.2} {:>11.2} {:>11} {:>11}",
             r.l,
             r.flash_s * 1e3,
             reference,
             speedup,
             mib(r.flash_bytes),
-            mib(r.reference_bytes)
+            mib(r.reference_bytes),
+            peak(r.flash_peak_bytes),
+            peak(r.reference_peak_bytes)
         );
     }
     println!();
