@@ -147,6 +147,11 @@ pub struct AttentionRow {
     pub flash_bytes: u64,
     /// Bytes of the reference's score matrix (`h·L²·4`), computed; softmax allocates as much again.
     pub reference_bytes: u64,
+    /// Device memory the flash kernel's first call added to the allocator's pools (measured on backends that
+    /// report their pools: wgpu), its peak working memory rounded up to the allocator's pages.
+    pub flash_peak_bytes: Option<u64>,
+    /// The same for the reference.
+    pub reference_peak_bytes: Option<u64>,
 }
 
 /// One DiT step with one kind of weights.
@@ -390,14 +395,16 @@ mod native {
         let flash_kernel = packs_on(device) && d <= HEAD_DIM_MAX;
         bench_attention(device, &sizes.attention_l, d, h)
             .into_iter()
-            .map(|(l, flash_s, reference_s)| AttentionRow {
-                l,
+            .map(|t| AttentionRow {
+                l: t.l,
                 flash_kernel,
-                flash_s,
-                reference_s,
-                speedup: reference_s.map(|r| r / flash_s),
-                flash_bytes: (h * l * (d + 2) * size_of::<f32>()) as u64,
-                reference_bytes: (h * l * l * size_of::<f32>()) as u64,
+                flash_s: t.flash_s,
+                reference_s: t.reference_s,
+                speedup: t.reference_s.map(|r| r / t.flash_s),
+                flash_bytes: (h * t.l * (d + 2) * size_of::<f32>()) as u64,
+                reference_bytes: (h * t.l * t.l * size_of::<f32>()) as u64,
+                flash_peak_bytes: t.flash_peak_bytes,
+                reference_peak_bytes: t.reference_peak_bytes,
             })
             .collect()
     }
@@ -430,7 +437,7 @@ mod native {
         for quantized in [None, Some(GgmlType::Q8_0), Some(GgmlType::Q4_0)] {
             let flux = Flux::load(config, &RandomFlux::new(config, quantized)?, device)?;
             let vec = flux.conditioning(timesteps.clone(), y.clone(), guidance.clone())?;
-            let modulations = flux.modulations(vec);
+            let modulations = flux.modulations(vec)?;
             let mut x = img.clone();
             let mut failure = None;
             let seconds = time(sizes.repeats, |_| {

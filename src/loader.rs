@@ -15,6 +15,8 @@ use crate::model::transformer_remap::DiffusersAsBfl;
 use crate::model::vae::Vae;
 use crate::model::vae_config::VaeConfig;
 use crate::model::vae_remap::LdmVaeWeights;
+use crate::pipeline::edit::T5_TOKENS;
+use crate::pipeline::kontext::{TextConditioning, token_tensor};
 use crate::tokenizer::{ClipTokenizer, T5Tokenizer};
 use crate::weights::Weights;
 use crate::{Error, Result};
@@ -79,32 +81,141 @@ pub struct Overrides {
     pub vae: Option<Box<dyn ByteSource>>,
 }
 
-/// Every network and tokenizer of the pipeline, on one device.
+/// What is freed from the device between uses, to fit a model into a browser's GPU memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryPolicy {
+    /// Free T5 and CLIP after encoding a prompt (its embeddings stay cached); they load again for a new prompt.
+    pub release_text_encoders: bool,
+    /// Free the DiT's modulation layers (3.2 B of 11.9 B parameters) once every step's modulations are
+    /// computed; they load again for the next edit.
+    pub release_modulation_weights: bool,
+}
+
+impl MemoryPolicy {
+    /// Everything stays resident (small models, the CPU).
+    pub const KEEP_ALL: Self = Self { release_text_encoders: false, release_modulation_weights: false };
+    /// Free all that can be freed (what [`crate::plan::MemoryPlan`] assumes when no budget is known).
+    pub const LEAN: Self = Self { release_text_encoders: true, release_modulation_weights: true };
+
+    /// Lean when the DiT's weights take a gigabyte or more of a GPU, else everything stays: reloading costs a
+    /// re-upload per edit, worth it only where memory is short.
+    pub fn auto(device: &Device, dit_device_bytes: usize) -> Self {
+        let gpu = crate::device::max_binding_bytes(device) != u64::MAX;
+        if gpu && dit_device_bytes >= 1 << 30 { Self::LEAN } else { Self::KEEP_ALL }
+    }
+}
+
+/// A network that can be freed from the device after use and built again from its weights.
+pub struct Reloadable<M> {
+    network: Option<M>,
+    load: Box<dyn Fn(&Device) -> Result<M>>,
+}
+
+impl<M> Reloadable<M> {
+    /// `network`, which `load` builds again after [`Reloadable::release`].
+    pub fn new(network: M, load: impl Fn(&Device) -> Result<M> + 'static) -> Self {
+        Self { network: Some(network), load: Box::new(load) }
+    }
+
+    /// The network, loaded again first if it was released.
+    pub fn get(&mut self, device: &Device) -> Result<&M> {
+        if self.network.is_none() {
+            self.network = Some((self.load)(device)?);
+        }
+        Ok(self.network.as_ref().expect("loaded above"))
+    }
+
+    /// Frees the network (its GPU buffers go when the last tensor does).
+    pub fn release(&mut self) {
+        self.network = None;
+    }
+
+    /// Whether the network is on the device.
+    pub fn is_resident(&self) -> bool {
+        self.network.is_some()
+    }
+}
+
+/// Prompts whose text conditioning is kept, so repeated edits skip the text encoders.
+const CACHED_PROMPTS: usize = 4;
+
+/// Every network and tokenizer of FLUX.1 Kontext, loaded on one device.
 pub struct KontextModel {
     /// The DiT.
     pub flux: Flux,
     /// The DiT's configuration.
     pub flux_config: FluxConfig,
+    /// The DiT's weights as read (headers and sources), to load released layers again.
+    transformer_weights: Box<dyn Weights>,
     /// T5 v1.1 encoder.
-    pub t5: T5Encoder,
+    pub t5: Reloadable<T5Encoder>,
     /// CLIP-L text encoder.
-    pub clip: ClipTextTransformer,
+    pub clip: Reloadable<ClipTextTransformer>,
     /// The autoencoder.
     pub vae: Vae,
     /// CLIP BPE tokenizer.
     pub clip_tokenizer: ClipTokenizer,
     /// T5 SentencePiece tokenizer.
     pub t5_tokenizer: T5Tokenizer,
+    /// What is freed between uses.
+    pub memory: MemoryPolicy,
+    /// Text conditioning of the last prompts, most recent last.
+    text_cache: Vec<(String, TextConditioning)>,
 }
 
 impl KontextModel {
     /// Loads every part, each from its override when given, else from the folder.
     pub fn load(files: &dyn ModelFiles, overrides: Overrides, device: &Device) -> Result<Self> {
-        let (flux, flux_config) = load_transformer(files, overrides.transformer, device)?;
+        let (transformer_weights, flux_config) = transformer_weights(files, overrides.transformer)?;
+        let flux = Flux::load(&flux_config, transformer_weights.as_ref(), device)?;
         let (t5, t5_tokenizer) = load_t5(files, overrides.t5, device)?;
         let (clip, clip_tokenizer) = load_clip(files, overrides.clip, device)?;
         let vae = load_vae(files, overrides.vae, device)?;
-        Ok(Self { flux, flux_config, t5, clip, vae, clip_tokenizer, t5_tokenizer })
+        let memory = MemoryPolicy::auto(device, flux.device_bytes());
+        Ok(Self {
+            flux,
+            flux_config,
+            transformer_weights,
+            t5,
+            clip,
+            vae,
+            clip_tokenizer,
+            t5_tokenizer,
+            memory,
+            text_cache: Vec::new(),
+        })
+    }
+
+    /// T5 tokens and the pooled CLIP vector of `prompt`: from the cache, else encoded (loading the encoders if
+    /// they were released, and releasing them afterwards when the policy says so).
+    pub fn encode_text(&mut self, prompt: &str, device: &Device) -> Result<TextConditioning> {
+        if let Some(at) = self.text_cache.iter().position(|(cached, _)| cached == prompt) {
+            let entry = self.text_cache.remove(at);
+            self.text_cache.push(entry.clone());
+            return Ok(entry.1);
+        }
+        let t5_ids = self.t5_tokenizer.encode(prompt, T5_TOKENS)?;
+        let clip_ids = self.clip_tokenizer.encode(prompt)?;
+        let t5 = self.t5.get(device)?.forward(&t5_ids, device)?;
+        let (_, pooled) = self.clip.get(device)?.forward(token_tensor(&clip_ids, device))?;
+        if self.memory.release_text_encoders {
+            self.t5.release();
+            self.clip.release();
+        }
+        let text = TextConditioning { t5, pooled };
+        if self.text_cache.len() == CACHED_PROMPTS {
+            self.text_cache.remove(0);
+        }
+        self.text_cache.push((prompt.to_string(), text.clone()));
+        Ok(text)
+    }
+
+    /// Loads the DiT's modulation layers again if they were released.
+    pub fn restore_modulation_weights(&mut self, device: &Device) -> Result<()> {
+        if self.flux.modulation_weights_released() {
+            self.flux.reload_modulation_weights(self.transformer_weights.as_ref(), device)?;
+        }
+        Ok(())
     }
 }
 
@@ -148,6 +259,12 @@ fn missing(part: &str, flag: &str, folder_path: &str) -> Error {
 /// The DiT from `--transformer` (BFL/diffusers safetensors or GGUF) or `transformer/`; the configuration is
 /// inferred from the tensor shapes and reconciled with `transformer/config.json` when the folder has one.
 pub fn load_transformer(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, device: &Device) -> Result<(Flux, FluxConfig)> {
+    let (weights, config) = transformer_weights(files, file)?;
+    Ok((Flux::load(&config, weights.as_ref(), device)?, config))
+}
+
+/// The DiT's weights under BFL names (diffusers checkpoints through the remap table) and its configuration.
+fn transformer_weights(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>) -> Result<(Box<dyn Weights>, FluxConfig)> {
     let weights: Box<dyn Weights> = match file {
         Some(source) => match open_container(source)? {
             Container::Gguf(gguf) => Box::new(gguf),
@@ -162,16 +279,11 @@ pub fn load_transformer(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>
         config = config.reconcile(FluxConfig::from_diffusers_json(&json)?)?;
     }
     let is_diffusers = shapes.iter().any(|(name, _)| name.contains("transformer_blocks."));
-    let flux = if is_diffusers {
-        Flux::load(&config, &DiffusersAsBfl::new(weights), device)?
-    } else {
-        Flux::load(&config, weights.as_ref(), device)?
-    };
-    Ok((flux, config))
+    Ok((if is_diffusers { Box::new(DiffusersAsBfl::new(weights)) } else { weights }, config))
 }
 
 /// T5 from `--t5` (a llama.cpp GGUF with its tokenizer, or transformers safetensors) or `text_encoder_2/`.
-pub fn load_t5(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, device: &Device) -> Result<(T5Encoder, T5Tokenizer)> {
+pub fn load_t5(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, device: &Device) -> Result<(Reloadable<T5Encoder>, T5Tokenizer)> {
     if let Some(source) = file {
         match open_container(source)? {
             Container::Gguf(gguf) => {
@@ -185,8 +297,7 @@ pub fn load_t5(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, device
                     .map(|s| s[0])
                     .ok_or_else(|| Error::Invalid("the T5 GGUF has no token_embd".into()))?;
                 let config = T5Config::from_gguf_kv(&arch, |key| gguf.metadata(key).and_then(number), vocab)?;
-                let encoder = T5Encoder::load(&config, &LlamaCppT5Names::new(gguf), device)?;
-                return Ok((encoder, tokenizer));
+                return Ok((reloadable_t5(config, Box::new(LlamaCppT5Names::new(gguf)), device)?, tokenizer));
             }
             // A single transformers-named file (ComfyUI's `t5xxl_fp16.safetensors`): config from the shapes.
             Container::Safetensors(st) => {
@@ -197,7 +308,7 @@ pub fn load_t5(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, device
                     Some(json) => T5Config::from_hf_json(&json)?,
                     None => T5Config::from_weights(&st)?,
                 };
-                return Ok((T5Encoder::load(&config, &st, device)?, tokenizer));
+                return Ok((reloadable_t5(config, Box::new(st), device)?, tokenizer));
             }
         }
     }
@@ -209,7 +320,12 @@ pub fn load_t5(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, device
     };
     let tokenizer = folder_t5_tokenizer(files)?
         .ok_or_else(|| missing("T5 tokenizer", "--t5 (a GGUF carries one)", "tokenizer_2/tokenizer.json or tokenizer_2/spiece.model"))?;
-    Ok((T5Encoder::load(&config, weights.as_ref(), device)?, tokenizer))
+    Ok((reloadable_t5(config, weights, device)?, tokenizer))
+}
+
+fn reloadable_t5(config: T5Config, weights: Box<dyn Weights>, device: &Device) -> Result<Reloadable<T5Encoder>> {
+    let encoder = T5Encoder::load(&config, weights.as_ref(), device)?;
+    Ok(Reloadable::new(encoder, move |device| T5Encoder::load(&config, weights.as_ref(), device)))
 }
 
 fn number(value: &crate::formats::GgufValue) -> Option<f64> {
@@ -250,7 +366,11 @@ pub fn t5_tokenizer_from_gguf(gguf: &GgufFile) -> Result<T5Tokenizer> {
 }
 
 /// CLIP-L from `--clip` (`clip_l.safetensors`) or `text_encoder/`; the tokenizer always from `tokenizer/`.
-pub fn load_clip(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, device: &Device) -> Result<(ClipTextTransformer, ClipTokenizer)> {
+pub fn load_clip(
+    files: &dyn ModelFiles,
+    file: Option<Box<dyn ByteSource>>,
+    device: &Device,
+) -> Result<(Reloadable<ClipTextTransformer>, ClipTokenizer)> {
     let weights: Box<dyn Weights> = match file {
         Some(source) => match open_container(source)? {
             Container::Safetensors(st) => Box::new(st),
@@ -270,7 +390,8 @@ pub fn load_clip(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, devi
             None => return Err(missing("CLIP tokenizer", "--model DIR", "tokenizer/vocab.json and tokenizer/merges.txt")),
         },
     };
-    Ok((ClipTextTransformer::load(&config, weights.as_ref(), device)?, tokenizer))
+    let clip = ClipTextTransformer::load(&config, weights.as_ref(), device)?;
+    Ok((Reloadable::new(clip, move |device| ClipTextTransformer::load(&config, weights.as_ref(), device)), tokenizer))
 }
 
 /// The VAE from `--vae` (BFL `ae.safetensors` or diffusers) or `vae/`. Group-norm groups cannot be seen in

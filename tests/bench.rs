@@ -37,6 +37,7 @@ fn bench_reports_matmul_attention_and_step_with_positive_numbers() {
         positive(row, "flash_s");
         positive(row, "reference_s");
         assert!(positive(row, "reference_bytes") > positive(row, "flash_bytes"), "{row}");
+        assert!(positive(row, "reference_peak_bytes") > positive(row, "flash_peak_bytes"), "{row}");
     }
     assert_eq!(report["attention_bytes_computed"], true);
 
@@ -52,4 +53,27 @@ fn bench_reports_matmul_attention_and_step_with_positive_numbers() {
     }
     assert!(step[1]["packed_linears"].as_u64().unwrap() > 0);
     assert!(step[2]["device_bytes"].as_u64() < step[0]["device_bytes"].as_u64());
+}
+
+/// The peer figure: the same DiT step through diffusers on the CPU, with the fixture generator's Python
+/// (`~/.cache/kontext-web/venv`, see `tests/fixtures/generator/README.md`) or `KONTEXT_PEER_PYTHON`; skipped,
+/// saying so, on machines that have neither.
+#[test]
+fn bench_times_the_same_step_through_diffusers_as_a_peer() {
+    let python = std::env::var_os("KONTEXT_PEER_PYTHON").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kontext-web/venv/bin/python")
+    });
+    if !python.exists() {
+        eprintln!("skipped: no Python with diffusers at {} (set KONTEXT_PEER_PYTHON)", python.display());
+        return;
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_kontext"))
+        .args(["bench", "--backend", "cpu", "--tiny", "--json", "--peer"])
+        .arg(&python)
+        .output()
+        .expect("cannot start kontext");
+    assert!(output.status.success(), "kontext bench --peer failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("bench prints JSON");
+    positive(&report["peer"], "seconds");
+    assert!(report["peer"]["diffusers"].as_str().is_some_and(|v| !v.is_empty()), "{}", report["peer"]);
 }

@@ -260,10 +260,10 @@ fn edit_with_a_t5_gguf_runs_close_to_the_golden() {
 fn check_t5_gguf(fixture: &str, kind: &str) {
     let device = kontext_web::device::cpu();
     let source = FileSource::open(root().join(format!("{fixture}/bfl_gguf/t5_encoder-{kind}.gguf"))).unwrap();
-    let (t5, _tokenizer) = loader::load_t5(&NoFolder, Some(Box::new(source)), &device).unwrap();
+    let (mut t5, _tokenizer) = loader::load_t5(&NoFolder, Some(Box::new(source)), &device).unwrap();
     let (_, ids) = read(format!("{fixture}/golden/golden_run.safetensors"), "t5_input_ids");
     let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-    let out = t5.forward(&ids, &device).unwrap();
+    let out = t5.get(&device).unwrap().forward(&ids, &device).unwrap();
     let got = (out.dims().to_vec(), out.into_data().try_into_vec_as::<f32>().unwrap());
     let want = read(format!("{fixture}/bfl_gguf/golden_t5_gguf.safetensors"), kind);
     assert_close(got, want, 1e-4, &format!("{fixture} T5 {kind}"));
@@ -341,6 +341,14 @@ fn text_to_image_is_deterministic_per_seed() {
 fn edit_on_wgpu_matches_the_golden_run() {
     let tmp = TempDir::new("wgpu");
     tiny_edit(&tmp, "wgpu", &[]);
+    check_tiny_edit(&tmp);
+}
+
+/// `--memory lean` frees T5/CLIP after encoding and the modulation layers after precomputing every step.
+#[test]
+fn a_lean_edit_on_wgpu_matches_the_golden_run() {
+    let tmp = TempDir::new("lean");
+    tiny_edit(&tmp, "wgpu", &["--memory", "lean"]);
     check_tiny_edit(&tmp);
 }
 

@@ -125,27 +125,27 @@ fn grid(groups: usize) -> (u32, u32) {
 /// Returns `(L, seconds per kernel call, seconds per reference call)`. Native only: it reads back
 /// synchronously.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn bench_attention(
-    device: &burn::tensor::Device,
-    lengths: &[usize],
-    d: usize,
-    heads: usize,
-) -> Vec<(usize, f64, Option<f64>)> {
+pub fn bench_attention(device: &burn::tensor::Device, lengths: &[usize], d: usize, heads: usize) -> Vec<AttentionTiming> {
     use burn::tensor::TensorData;
 
     const REFERENCE_SCORE_BYTES_MAX: usize = 1 << 30;
     // `into_data` may hand back lazy storage: only reading the values waits for the device.
     let read_back = |x: Tensor<4>| x.into_data().try_to_vec::<f32>().map(|values| values.len()).unwrap_or(0);
+    let reserved = || device.memory_pool_usage().map(|usage| usage.bytes_reserved);
+    // Seconds per call, and the device memory the warm-up call added to the allocator's pools (its peak).
     let time = |run: &dyn Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>, qkv: &[Tensor<4>; 3]| {
         let [q, k, v] = qkv.clone();
+        device.memory_cleanup();
+        let before = reserved();
         read_back(run(q.clone(), k.clone(), v.clone()));
+        let peak = before.zip(reserved()).map(|(before, after)| after.saturating_sub(before));
         let start = std::time::Instant::now();
         let mut x = q;
         for _ in 0..BENCH_REPEATS {
             x = run(x, k.clone(), v.clone());
         }
         read_back(x);
-        start.elapsed().as_secs_f64() / BENCH_REPEATS as f64
+        (start.elapsed().as_secs_f64() / BENCH_REPEATS as f64, peak)
     };
     lengths
         .iter()
@@ -155,11 +155,33 @@ pub fn bench_attention(
                 let values = crate::selfcheck::test_matrix(heads * l, d, salt);
                 Tensor::<4>::from_data(TensorData::new(values, shape), device)
             });
-            let kernel = time(&attention, &qkv);
+            let (flash_s, flash_peak_bytes) = time(&attention, &qkv);
             let fits = heads * l * l * size_of::<f32>() <= REFERENCE_SCORE_BYTES_MAX;
-            (l, kernel, fits.then(|| time(&reference, &qkv)))
+            let reference = fits.then(|| time(&reference, &qkv));
+            AttentionTiming {
+                l,
+                flash_s,
+                flash_peak_bytes,
+                reference_s: reference.map(|r| r.0),
+                reference_peak_bytes: reference.and_then(|r| r.1),
+            }
         })
         .collect()
+}
+
+/// One sequence length of [`bench_attention`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionTiming {
+    /// Sequence length.
+    pub l: usize,
+    /// Seconds per call of [`attention`].
+    pub flash_s: f64,
+    /// Device memory its first call added to the allocator's pools, when the backend reports pools.
+    pub flash_peak_bytes: Option<u64>,
+    /// Seconds per call of [`reference`], when its scores fit 1 GiB.
+    pub reference_s: Option<f64>,
+    /// Device memory the reference's first call added.
+    pub reference_peak_bytes: Option<u64>,
 }
 
 /// Calls per timing in [`bench_attention`].

@@ -531,6 +531,39 @@ impl Flux {
         all
     }
 
+    /// Whether a linear layer only computes modulations (timestep/guidance/text embedders, the blocks'
+    /// `*_mod.lin` / `modulation.lin` and the final `adaLN_modulation`): 3.2 B of Kontext dev's 11.9 B parameters,
+    /// needed only to compute [`Modulations`], which depend on the step and the prompt, never on the tokens.
+    pub fn is_modulation_layer(name: &str) -> bool {
+        ["time_in.", "vector_in.", "guidance_in."].iter().any(|p| name.starts_with(p))
+            || ["_mod.lin", "modulation.lin", "adaLN_modulation.1"].iter().any(|s| name.ends_with(s))
+    }
+
+    /// Frees the modulation layers' weights from the device (after every step's [`Modulations`] have been
+    /// computed); [`Flux::reload_modulation_weights`] brings them back.
+    pub fn release_modulation_weights(&mut self) {
+        for (name, projection) in self.projection_names().iter().zip(self.projections_mut()) {
+            if Self::is_modulation_layer(name) {
+                projection.release();
+            }
+        }
+    }
+
+    /// Whether [`Flux::release_modulation_weights`] freed them.
+    pub fn modulation_weights_released(&self) -> bool {
+        self.projections().iter().any(|p| p.is_released())
+    }
+
+    /// Loads released modulation layers again from the weights the model was built from.
+    pub fn reload_modulation_weights(&mut self, weights: &dyn Weights, device: &Device) -> Result<()> {
+        for (name, projection) in self.projection_names().iter().zip(self.projections_mut()) {
+            if projection.is_released() {
+                projection.reload(weights, name, true, device)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Replaces the active LoRA adapters by `adapters`, each with its strength (1.0: as trained). The base
     /// weights stay as loaded; an empty list removes every adapter.
     pub fn set_adapters(&mut self, adapters: &[(&LoraAdapter, f32)], device: &Device) -> Result<()> {
@@ -576,6 +609,9 @@ impl Flux {
     /// (`[b, vec_in_dim]`) and, for guidance-distilled models, the guidance (`[b]`, e.g. 2.5). Timestep and
     /// guidance are multiplied by 1000 here, as in BFL and diffusers (whose pipeline passes `t / 1000`).
     pub fn conditioning(&self, timesteps: Tensor<1>, y: Tensor<2>, guidance: Option<Tensor<1>>) -> Result<Tensor<2>> {
+        if self.modulation_weights_released() {
+            return Err(Error::Invalid("the modulation weights were released from the device: reload them first".into()));
+        }
         let [b] = timesteps.dims();
         expect_dims("y (pooled text vector)", &y.dims(), &[b, self.config.vec_in_dim])?;
         let mut vec = self.time_in.forward(timestep_embedding(timesteps, TIMESTEP_FEATURES, TIME_FACTOR));
@@ -591,14 +627,31 @@ impl Flux {
 
     /// Every block's modulation values for the conditioning vector `vec` (`[b, hidden]`). They depend on the
     /// step only, not on the tokens.
-    pub fn modulations(&self, vec: Tensor<2>) -> Modulations {
+    pub fn modulations(&self, vec: Tensor<2>) -> Result<Modulations> {
+        if self.modulation_weights_released() {
+            return Err(Error::Invalid("the modulation weights were released from the device: reload them first".into()));
+        }
         let (final_shift, final_scale) = self.final_layer.modulations(vec.clone());
-        Modulations {
+        Ok(Modulations {
             double: self.double_blocks.iter().map(|block| block.modulations(vec.clone())).collect(),
             single: self.single_blocks.iter().map(|block| block.modulations(vec.clone())).collect(),
             final_shift,
             final_scale,
-        }
+        })
+    }
+
+    /// The modulations of every step of a denoising schedule (`sigmas`: the σ of each step), computed before
+    /// the loop so that the modulation weights can be released during it.
+    pub fn schedule_modulations(&self, sigmas: &[f32], y: Tensor<2>, guidance: Option<f32>) -> Result<Vec<Modulations>> {
+        let device = y.device();
+        sigmas
+            .iter()
+            .map(|&sigma| {
+                let timesteps = Tensor::<1>::from_data(TensorData::new(vec![sigma], [1]), &device);
+                let guidance = guidance.map(|g| Tensor::<1>::from_data(TensorData::new(vec![g], [1]), &device));
+                self.modulations(self.conditioning(timesteps, y.clone(), guidance)?)
+            })
+            .collect()
     }
 
     /// Predicts the velocity of every image token.
@@ -620,7 +673,7 @@ impl Flux {
         guidance: Option<Tensor<1>>,
     ) -> Result<Tensor<3>> {
         let vec = self.conditioning(timesteps, y, guidance)?;
-        self.forward_modulated(img, img_ids, txt, txt_ids, &self.modulations(vec))
+        self.forward_modulated(img, img_ids, txt, txt_ids, &self.modulations(vec)?)
     }
 
     /// [`Flux::forward`] with the step's modulation values computed beforehand by [`Flux::modulations`].
@@ -779,7 +832,7 @@ mod tests {
             )
             .unwrap();
         assert_close("temb", vec.clone(), golden.tensor("temb", &device));
-        let m = model.modulations(vec);
+        let m = model.modulations(vec).unwrap();
 
         let img = model.img_in.forward(run.tensor(&input("hidden_states"), &device));
         let txt = model.txt_in.forward(run.tensor(&input("encoder_hidden_states"), &device));

@@ -52,6 +52,19 @@ pub enum BaseWeight {
     Dense(Linear),
     /// The file's ggml blocks, dequantized inside the matmul ([`PackedLinear`]).
     Packed(PackedLinear),
+    /// Freed from the device to save memory; must be loaded again before use.
+    Released(ReleasedWeight),
+}
+
+/// What remains of a released weight: its shape.
+#[derive(Module, Debug)]
+pub struct ReleasedWeight {
+    /// Input features.
+    #[module(skip)]
+    pub d_in: usize,
+    /// Output features.
+    #[module(skip)]
+    pub d_out: usize,
 }
 
 /// A low-rank adapter on one linear layer: adds `x · down · up` to its output.
@@ -85,6 +98,7 @@ impl BaseWeight {
         match self {
             Self::Dense(linear) => linear.weight.dims()[1],
             Self::Packed(linear) => linear.weight.n,
+            Self::Released(shape) => shape.d_out,
         }
     }
 
@@ -103,6 +117,7 @@ impl BaseWeight {
             }
             Self::Packed(linear) if start == 0 && len == self.d_out() => linear.forward(x),
             Self::Packed(linear) => linear.forward(x).narrow(D - 1, start, len),
+            Self::Released(_) => panic!("a released layer was used: its owner must load it again first"),
         }
     }
 }
@@ -153,6 +168,7 @@ impl Projection {
         match &self.parts[0] {
             BaseWeight::Dense(linear) => linear.weight.dims()[0],
             BaseWeight::Packed(linear) => linear.weight.k,
+            BaseWeight::Released(shape) => shape.d_in,
         }
     }
 
@@ -171,8 +187,26 @@ impl Projection {
         let part_bytes = |part: &BaseWeight| match part {
             BaseWeight::Dense(linear) => linear.num_params() * size_of::<f32>(),
             BaseWeight::Packed(linear) => linear.device_bytes(),
+            BaseWeight::Released(_) => 0,
         };
         self.parts.iter().map(part_bytes).sum()
+    }
+
+    /// Whether the base weight was freed ([`Projection::release`]).
+    pub fn is_released(&self) -> bool {
+        self.parts.iter().any(|part| matches!(part, BaseWeight::Released(_)))
+    }
+
+    /// Frees the base weight from the device (adapters stay); [`Projection::forward`] must not be called until
+    /// [`Projection::reload`].
+    pub fn release(&mut self) {
+        self.parts = vec![BaseWeight::Released(ReleasedWeight { d_in: self.d_in(), d_out: self.d_out() })];
+    }
+
+    /// Loads the base weight `{prefix}.weight` (and bias) again from `weights`, keeping the adapters.
+    pub fn reload(&mut self, weights: &dyn Weights, prefix: &str, bias: bool, device: &Device) -> Result<()> {
+        self.parts = linear(weights, prefix, self.d_in(), self.d_out(), bias, device)?.parts;
+        Ok(())
     }
 }
 

@@ -5,7 +5,7 @@ use burn::tensor::{Device, Tensor};
 use image::RgbImage;
 
 use super::image as images;
-use super::kontext::{self, KontextDenoiser, References, TextConditioning, VAE_SCALE};
+use super::kontext::{self, KontextDenoiser, References, VAE_SCALE};
 use super::sampler::Sampler;
 use super::size::{self, Resize};
 use crate::loader::KontextModel;
@@ -74,14 +74,15 @@ pub struct EditResult {
 }
 
 impl<'m> Edit<'m> {
-    /// Encodes the prompt and references and draws the initial noise (or takes `noise`, packed `[1, n, 64]`).
-    pub fn prepare(model: &'m KontextModel, request: &EditRequest, noise: Option<Tensor<3>>, device: &Device) -> Result<Self> {
+    /// Encodes the prompt and references, computes every step's modulations and draws the initial noise (or
+    /// takes `noise`, packed `[1, n, 64]`). Parts of `model` are released or reloaded per `model.memory`.
+    pub fn prepare(model: &'m mut KontextModel, request: &EditRequest, noise: Option<Tensor<3>>, device: &Device) -> Result<Self> {
         Self::prepare_reporting(model, request, noise, device, &mut |_| {})
     }
 
     /// [`Edit::prepare`], telling `report` which phase starts.
     pub fn prepare_reporting(
-        model: &'m KontextModel,
+        model: &'m mut KontextModel,
         request: &EditRequest,
         noise: Option<Tensor<3>>,
         device: &Device,
@@ -95,7 +96,7 @@ impl<'m> Edit<'m> {
         let (latent_height, latent_width) = (height / VAE_SCALE, width / VAE_SCALE);
 
         report(Phase::EncodingText);
-        let text = encode_text(model, &request.prompt, device)?;
+        let text = model.encode_text(&request.prompt, device)?;
 
         report(Phase::EncodingReferences);
         let mut latents = Vec::with_capacity(request.references.len());
@@ -113,8 +114,25 @@ impl<'m> Edit<'m> {
             }
             None => kontext::initial_noise(request.seed, latent_height, latent_width, device),
         };
-        let denoiser = KontextDenoiser::new(&model.flux, text, references, latent_height, latent_width, request.guidance, device);
-        Ok(Self { model, denoiser, sampler: kontext::sampler(noise, request.steps), width, height })
+        let sampler = kontext::sampler(noise, request.steps);
+        model.restore_modulation_weights(device)?;
+        let modulations = model.flux.schedule_modulations(sampler.step_sigmas(), text.pooled.clone(), Some(request.guidance))?;
+        if model.memory.release_modulation_weights {
+            model.flux.release_modulation_weights();
+        }
+        let model: &'m KontextModel = model;
+        let modulations = sampler.step_sigmas().iter().copied().zip(modulations).collect();
+        let denoiser = KontextDenoiser::with_modulations(
+            &model.flux,
+            modulations,
+            text,
+            references,
+            latent_height,
+            latent_width,
+            request.guidance,
+            device,
+        );
+        Ok(Self { model, denoiser, sampler, width, height })
     }
 
     /// Output `(width, height)` in pixels.
@@ -153,11 +171,77 @@ impl<'m> Edit<'m> {
     }
 }
 
-/// T5 tokens and the pooled CLIP vector of `prompt`.
-pub fn encode_text(model: &KontextModel, prompt: &str, device: &Device) -> Result<TextConditioning> {
-    let t5_ids = model.t5_tokenizer.encode(prompt, T5_TOKENS)?;
-    let clip_ids = model.clip_tokenizer.encode(prompt)?;
-    let t5 = model.t5.forward(&t5_ids, device)?;
-    let (_, pooled) = model.clip.forward(kontext::token_tensor(&clip_ids, device))?;
-    Ok(TextConditioning { t5, pooled })
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use crate::device::cpu;
+    use crate::loader::{Folder, MemoryPolicy, Overrides};
+    use crate::model::testing::{FixtureFile, fixture};
+    use burn::tensor::Tolerance;
+
+    const PROMPT: &str = "Make the red square blue and add a small yellow sun in the sky";
+
+    fn tiny_model(device: &Device) -> KontextModel {
+        KontextModel::load(&Folder(fixture("FLUX.1-Kontext-dev-tiny").into()), Overrides::default(), device).unwrap()
+    }
+
+    /// The golden call: 64×80 from the 96×64 reference at its own size, 4 steps, guidance 2.5, the golden noise.
+    fn golden_edit(model: &mut KontextModel, prompt: &str, device: &Device) -> Tensor<3> {
+        let golden = FixtureFile::open("golden/golden_run.safetensors");
+        let reference = images::decode(&std::fs::read(fixture("golden/reference_input.png")).unwrap()).unwrap();
+        let request = EditRequest {
+            prompt: prompt.into(),
+            references: vec![reference],
+            size: Some((64, 80)),
+            max_area: 64 * 80,
+            resize: Resize::None,
+            steps: 4,
+            guidance: 2.5,
+            seed: 0,
+        };
+        let mut edit = Edit::prepare(model, &request, Some(golden.tensor("latents_init_packed", device)), device).unwrap();
+        while !edit.is_denoised() {
+            edit.step().unwrap();
+        }
+        edit.sampler.into_latents()
+    }
+
+    #[test]
+    fn a_lean_model_frees_and_reloads_its_parts_and_still_matches_the_golden() {
+        let device = cpu();
+        let golden: Tensor<3> = FixtureFile::open("golden/golden_run.safetensors").tensor("latents_after_step_3", &device);
+        let mut model = tiny_model(&device);
+        model.memory = MemoryPolicy::LEAN;
+        let resident_bytes = model.flux.device_bytes();
+        for _ in 0..2 {
+            let latents = golden_edit(&mut model, PROMPT, &device);
+            latents.into_data().assert_approx_eq::<f32>(&golden.clone().into_data(), Tolerance::absolute(1e-4));
+            assert!(!model.t5.is_resident() && !model.clip.is_resident(), "the text encoders are freed after encoding");
+            assert!(model.flux.modulation_weights_released());
+            assert!(model.flux.device_bytes() < resident_bytes, "released layers hold no device memory");
+        }
+
+        // A new prompt loads the encoders again (and frees them again); the result equals a model that keeps all.
+        let mut kept = tiny_model(&device);
+        kept.memory = MemoryPolicy::KEEP_ALL;
+        let expected = golden_edit(&mut kept, "a yellow square", &device);
+        assert!(kept.t5.is_resident() && !kept.flux.modulation_weights_released());
+        let got = golden_edit(&mut model, "a yellow square", &device);
+        got.into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-6));
+        assert!(!model.t5.is_resident());
+    }
+
+    #[test]
+    fn released_modulation_weights_are_refused_until_reloaded() {
+        let device = cpu();
+        let mut model = tiny_model(&device);
+        let y = Tensor::<2>::zeros([1, model.flux_config.vec_in_dim], &device);
+        let before = model.flux.schedule_modulations(&[0.5], y.clone(), Some(2.5)).unwrap().remove(0).final_shift;
+        model.flux.release_modulation_weights();
+        let err = model.flux.schedule_modulations(&[0.5], y.clone(), Some(2.5)).err().unwrap().to_string();
+        assert_eq!(err, "the modulation weights were released from the device: reload them first");
+        model.restore_modulation_weights(&device).unwrap();
+        let after = model.flux.schedule_modulations(&[0.5], y, Some(2.5)).unwrap().remove(0).final_shift;
+        after.into_data().assert_eq(&before.into_data(), true);
+    }
 }

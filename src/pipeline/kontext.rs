@@ -7,7 +7,7 @@ use super::ids::{self, Position};
 use super::rng::NoiseRng;
 use super::sampler::{Denoiser, Sampler};
 use super::schedule::{self, ShiftConfig};
-use crate::model::flux::Flux;
+use crate::model::flux::{Flux, Modulations};
 use crate::model::vae::Vae;
 use crate::model::vae_tiling;
 use crate::{Error, Result, latent};
@@ -51,9 +51,12 @@ impl References {
     }
 }
 
-/// The DiT as a [`Denoiser`] of the noise tokens, with the text and references it is conditioned on.
+/// The DiT as a [`Denoiser`] of the noise tokens, with the text and references it is conditioned on and the
+/// modulations of every step of its schedule, computed up front.
 pub struct KontextDenoiser<'a> {
     flux: &'a Flux,
+    /// `(σ, modulations)` of each step.
+    modulations: Vec<(f32, Modulations)>,
     text: TextConditioning,
     text_ids: Tensor<2>,
     references: Option<Tensor<3>>,
@@ -63,9 +66,30 @@ pub struct KontextDenoiser<'a> {
 }
 
 impl<'a> KontextDenoiser<'a> {
-    /// Conditions `flux` for an output of `latent_height × latent_width` latent pixels.
+    /// Conditions `flux` for an output of `latent_height × latent_width` latent pixels, computing the
+    /// modulations of the steps at `sigmas` (after this, `flux`'s modulation weights may be released).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         flux: &'a Flux,
+        text: TextConditioning,
+        references: References,
+        latent_height: usize,
+        latent_width: usize,
+        guidance: f32,
+        sigmas: &[f32],
+        device: &Device,
+    ) -> Result<Self> {
+        let modulations = flux.schedule_modulations(sigmas, text.pooled.clone(), Some(guidance))?;
+        let modulations = sigmas.iter().copied().zip(modulations).collect();
+        Ok(Self::with_modulations(flux, modulations, text, references, latent_height, latent_width, guidance, device))
+    }
+
+    /// [`KontextDenoiser::new`] with the `(σ, modulations)` of each step computed beforehand (by
+    /// [`Flux::schedule_modulations`]), so `flux` may have released its modulation weights.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_modulations(
+        flux: &'a Flux,
+        modulations: Vec<(f32, Modulations)>,
         text: TextConditioning,
         references: References,
         latent_height: usize,
@@ -77,28 +101,25 @@ impl<'a> KontextDenoiser<'a> {
         let noise_tokens = noise_ids.len();
         let image_ids = positions_tensor(&[noise_ids, references.ids].concat(), device);
         let text_ids = positions_tensor(&ids::text_ids(text.t5.dims()[1]), device);
-        Self { flux, text, text_ids, references: references.tokens, image_ids, guidance, noise_tokens }
+        Self { flux, modulations, text, text_ids, references: references.tokens, image_ids, guidance, noise_tokens }
     }
 }
 
 impl Denoiser for KontextDenoiser<'_> {
     fn velocity(&self, latents: Tensor<3>, sigma: f32) -> Result<Tensor<3>> {
-        let device = latents.device();
         let img = match &self.references {
             Some(reference) => Tensor::cat(vec![latents, reference.clone()], 1), // [1, n_noise + n_ref, 64]
             None => latents,
         };
-        let timesteps = Tensor::<1>::from_data(TensorData::new(vec![sigma], [1]), &device);
-        let guidance = Tensor::<1>::from_data(TensorData::new(vec![self.guidance], [1]), &device);
-        let out = self.flux.forward(
-            img,
-            self.image_ids.clone(),
-            self.text.t5.clone(),
-            self.text_ids.clone(),
-            timesteps,
-            self.text.pooled.clone(),
-            Some(guidance),
-        )?;
+        let computed;
+        let modulations = match self.modulations.iter().find(|(s, _)| s.to_bits() == sigma.to_bits()) {
+            Some((_, modulations)) => modulations,
+            None => {
+                computed = self.flux.schedule_modulations(&[sigma], self.text.pooled.clone(), Some(self.guidance))?;
+                &computed[0]
+            }
+        };
+        let out = self.flux.forward_modulated(img, self.image_ids.clone(), self.text.t5.clone(), self.text_ids.clone(), modulations)?;
         Ok(out.narrow(1, 0, self.noise_tokens))
     }
 }
@@ -194,8 +215,10 @@ mod tests {
     /// Runs the 4 golden steps (text embeddings taken from the golden) and checks every step and the image.
     fn check_denoising(golden: &FixtureFile, output_png: &str, references: Vec<Tensor<4>>, flux: &Flux, vae: &Vae, device: &Device) {
         let text = TextConditioning { t5: golden.tensor("t5_prompt_embeds", device), pooled: golden.tensor("clip_pooled", device) };
-        let denoiser = KontextDenoiser::new(flux, text, References::from_latents(references), 10, 8, 2.5, device);
         let mut sampler = sampler(golden.tensor("latents_init_packed", device), 4);
+        let denoiser =
+            KontextDenoiser::new(flux, text, References::from_latents(references), 10, 8, 2.5, sampler.step_sigmas(), device)
+                .unwrap();
         for step in 0..4 {
             sampler.step(&denoiser).unwrap();
             close(sampler.latents().clone(), golden, &format!("latents_after_step_{step}"), device);

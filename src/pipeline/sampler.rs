@@ -25,6 +25,11 @@ impl Sampler {
         Self { sigmas, step: 0, latents: initial_noise }
     }
 
+    /// The σ at which each step evaluates the model (the schedule without its final 0).
+    pub fn step_sigmas(&self) -> &[f32] {
+        &self.sigmas[..self.steps()]
+    }
+
     /// Total number of steps.
     pub fn steps(&self) -> usize {
         self.sigmas.len() - 1

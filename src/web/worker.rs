@@ -211,7 +211,7 @@ async fn run_edit(job: EditJob) -> Result<Option<(Vec<u8>, u64, usize, usize)>> 
         let (device, _) = device::wgpu_async().await?;
         let active: Vec<(&LoraAdapter, f32)> = adapters.iter().map(|(adapter, strength)| (adapter.as_ref(), *strength)).collect();
         model.flux.set_adapters(&active, &device)?;
-        run_edit_on(&model, &device, job).await
+        run_edit_on(&mut model, &device, job).await
     }
     .await;
     MODEL.with(|m| *m.borrow_mut() = Some(model));
@@ -219,7 +219,7 @@ async fn run_edit(job: EditJob) -> Result<Option<(Vec<u8>, u64, usize, usize)>> 
 }
 
 /// Runs `job` on `model`; `Ok(None)` when cancelled.
-async fn run_edit_on(model: &KontextModel, device: &burn::tensor::Device, job: EditJob) -> Result<Option<(Vec<u8>, u64, usize, usize)>> {
+async fn run_edit_on(model: &mut KontextModel, device: &burn::tensor::Device, job: EditJob) -> Result<Option<(Vec<u8>, u64, usize, usize)>> {
     let references = job.images.iter().map(|bytes| images::decode(bytes)).collect::<Result<Vec<_>>>()?;
     let request = EditRequest {
         prompt: job.prompt.clone(),

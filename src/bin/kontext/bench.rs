@@ -20,6 +20,46 @@ pub struct BenchArgs {
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
+    /// Also time the same DiT step through diffusers (PyTorch, f32, this machine's CPU) with this Python, which
+    /// needs torch and diffusers (`tests/bench/diffusers_step.py`): the peer figure.
+    #[arg(long, value_name = "PYTHON")]
+    peer: Option<std::path::PathBuf>,
+}
+
+/// The DiT step through diffusers on the CPU, as `tests/bench/diffusers_step.py` reports it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PeerStep {
+    seconds: f64,
+    torch: String,
+    diffusers: String,
+    threads: usize,
+}
+
+/// Runs `tests/bench/diffusers_step.py` with `python` on the step of `sizes`.
+fn peer_step(python: &std::path::Path, sizes: &Sizes) -> Result<PeerStep> {
+    use std::io::Write;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/bench/diffusers_step.py");
+    let c = &sizes.step_config;
+    let config = serde_json::json!({
+        "hidden": c.hidden_size, "heads": c.num_heads, "depth": c.depth, "single": c.depth_single_blocks,
+        "context": c.context_in_dim, "vec_in_dim": c.vec_in_dim, "in_channels": c.in_channels, "axes_dim": c.axes_dim,
+        "image_tokens": sizes.step_image_tokens, "text_tokens": sizes.step_text_tokens, "repeats": sizes.repeats,
+    });
+    let failed = |e: String| Error::Invalid(format!("--peer {}: {e}", python.display()));
+    let mut child = std::process::Command::new(python)
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(e.to_string()))?;
+    child.stdin.take().expect("piped").write_all(config.to_string().as_bytes()).map_err(|e| failed(e.to_string()))?;
+    let output = child.wait_with_output().map_err(|e| failed(e.to_string()))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(failed(stderr.lines().last().unwrap_or("failed").to_string()));
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| failed(format!("unexpected output ({e})")))
 }
 
 /// Runs the benchmarks and prints a table or JSON.
@@ -38,12 +78,30 @@ pub fn run(args: BenchArgs) -> Result<()> {
         _ => Sizes::full(),
     };
     let report = bench::run(&device, &args.backend, adapter, sizes)?;
+    let peer = args.peer.as_deref().map(|python| peer_step(python, &report.sizes)).transpose()?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))?);
+        let mut json = serde_json::to_value(&report).map_err(|e| Error::Invalid(e.to_string()))?;
+        json["peer"] = serde_json::to_value(&peer).map_err(|e| Error::Invalid(e.to_string()))?;
+        println!("{}", serde_json::to_string_pretty(&json).map_err(|e| Error::Invalid(e.to_string()))?);
     } else {
         print_table(&report);
+        if let Some(peer) = &peer {
+            print_peer(&report, peer);
+        }
     }
     Ok(())
+}
+
+fn print_peer(report: &Report, peer: &PeerStep) {
+    println!();
+    println!(
+        "peer: the same step through diffusers {} (torch {}, f32, CPU, {} threads): {:.3} s/step",
+        peer.diffusers, peer.torch, peer.threads, peer.seconds
+    );
+    println!("{:<8} {:>10} {:>14}", "weights", "s/step", "peer / ours");
+    for r in &report.step {
+        println!("{:<8} {:>10.3} {:>14.2}", r.weights, r.seconds, peer.seconds / r.seconds);
+    }
 }
 
 fn print_table(report: &Report) {
@@ -64,25 +122,32 @@ fn print_table(report: &Report) {
     }
     println!();
     println!(
-        "attention, {} heads × {}: ms per call; intermediates in MiB computed from the shapes, not measured",
+        "attention, {} heads × {}: ms per call; MiB computed from the shapes, and peak MiB measured (memory the first \
+         call added to the device allocator's pools; `-` where the backend does not report them)",
         sizes.attention_heads, sizes.attention_d
     );
     if report.attention.iter().any(|r| !r.flash_kernel) {
         println!("(no flash kernel on this device: the `flash` column times the reference too)");
     }
-    println!("{:>6} {:>10} {:>10} {:>8} {:>11} {:>11}", "L", "flash ms", "ref ms", "speedup", "flash MiB", "ref MiB");
+    println!(
+        "{:>6} {:>10} {:>10} {:>8} {:>11} {:>11} {:>11} {:>11}",
+        "L", "flash ms", "ref ms", "speedup", "flash MiB", "ref MiB", "flash peak", "ref peak"
+    );
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let peak = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.2}", mib(b)));
     for r in &report.attention {
         let reference = r.reference_s.map_or("skipped".into(), |s| format!("{:.2}", s * 1e3));
         let speedup = r.speedup.map_or("-".into(), |s| format!("{s:.2}"));
         println!(
-            "{:>6} {:>10.2} {:>10} {:>8} {:>11.2} {:>11.2}",
+            "{:>6} {:>10.2} {:>10} {:>8} {:>11.2} {:>11.2} {:>11} {:>11}",
             r.l,
             r.flash_s * 1e3,
             reference,
             speedup,
             mib(r.flash_bytes),
-            mib(r.reference_bytes)
+            mib(r.reference_bytes),
+            peak(r.flash_peak_bytes),
+            peak(r.reference_peak_bytes)
         );
     }
     println!();

@@ -6,7 +6,7 @@ use std::time::Instant;
 use burn::tensor::{Device, Tensor, TensorData};
 use kontext_web::device::{self, Backend, read_f32};
 use kontext_web::formats::{FileSource, SafetensorsFile};
-use kontext_web::loader::{self, Folder, KontextModel, ModelFiles, NoFolder, Overrides};
+use kontext_web::loader::{self, Folder, KontextModel, MemoryPolicy, ModelFiles, NoFolder, Overrides};
 use kontext_web::model::flux::Flux;
 use kontext_web::model::lora::LoraAdapter;
 use kontext_web::pipeline::edit::{Edit, EditRequest, Phase};
@@ -91,6 +91,11 @@ pub struct EditArgs {
     /// Also write `latents` (final packed latents) and `image` (`[1,3,H,W]` in [0,1]) to this safetensors file.
     #[arg(long)]
     dump: Option<PathBuf>,
+    /// `keep`: every network stays on the device; `lean`: T5 and CLIP are freed after encoding and the DiT's
+    /// modulation layers once every step's modulations are computed; `auto`: lean for DiTs of 1 GiB or more
+    /// on a GPU.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "keep", "lean"])]
+    memory: String,
 }
 
 /// Options of `kontext forward`.
@@ -220,6 +225,11 @@ pub fn edit(args: EditArgs) -> Result<()> {
     println!("loading the model…");
     let mut model = KontextModel::load(args.model.folder()?.as_ref(), overrides, &device)?;
     let loras = args.model.apply_loras(&mut model.flux, &device)?;
+    match args.memory.as_str() {
+        "keep" => model.memory = MemoryPolicy::KEEP_ALL,
+        "lean" => model.memory = MemoryPolicy::LEAN,
+        _ => {}
+    }
     let request = EditRequest {
         prompt: args.prompt,
         references,
@@ -230,7 +240,7 @@ pub fn edit(args: EditArgs) -> Result<()> {
         guidance: args.guidance,
         seed,
     };
-    let mut edit = Edit::prepare_reporting(&model, &request, noise, &device, &mut |phase| match phase {
+    let mut edit = Edit::prepare_reporting(&mut model, &request, noise, &device, &mut |phase| match phase {
         Phase::EncodingText => println!("encoding the prompt…"),
         Phase::EncodingReferences if !request.references.is_empty() => {
             println!("encoding {} reference image(s)…", request.references.len())
