@@ -1,7 +1,8 @@
 //! Benchmarks that can be rerun on any device (`kontext bench`): packed ggml matmuls with f32 and (where the
-//! adapter has `shader-f16`) f16 activations against burn's f32 matmul, the flash attention kernel against the materialised reference, and one DiT step of a medium random-weight
-//! Flux in f32, Q8_0 and Q4_0. Every figure is a time measured here, side by side in one run; the report gives
-//! ratios so that runs on different machines compare.
+//! adapter has `shader-f16`) f16 activations against burn's f32 matmul, the flash attention kernel against the
+//! materialised reference, and one DiT step of a medium random-weight Flux in f32, Q8_0 and Q4_0. Every figure
+//! is a time measured here, side by side in one run; the report gives ratios so that runs on different machines
+//! compare.
 //!
 //! Sizes, results, the random weights and the quantizers compile everywhere (the browser can reuse them); the
 //! timers read back synchronously and are native only. Each timed block runs chained or distinct inputs (no
@@ -338,10 +339,12 @@ mod native {
     use crate::kernels::quant_matmul::{PackedWeight, matmul_at, matmul_f16, packs_on};
     use crate::model::flux::Flux;
 
-    /// Waits for `t` (and everything queued before it) by reading back one value.
+    /// Waits for `t` (and everything queued before it) by reading back one value, as f32 (reading back one f16
+    /// value does not wait on lavapipe).
     fn finish<const D: usize>(t: Tensor<D>) -> f32 {
         let n = t.shape().num_elements();
-        t.reshape([n]).narrow(0, 0, 1).into_data().try_to_vec::<f32>().map(|v| v[0]).unwrap_or(f32::NAN)
+        let first = t.reshape([n]).narrow(0, 0, 1).cast(FloatDType::F32);
+        first.into_data().try_to_vec::<f32>().map(|v| v[0]).unwrap_or(f32::NAN)
     }
 
     /// Seconds per call of `run(i)` over `repeats` calls, after the untimed call `run(0)`; `run` returns what
@@ -378,7 +381,8 @@ mod native {
                 let xs: Vec<Tensor<2>> = (0..=sizes.repeats)
                     .map(|salt| Tensor::from_data(TensorData::new(values(m * k, salt as u32, 1.0), [m, k]), device))
                     .collect();
-                let xs_f16: Vec<Tensor<2>> = if f16 { xs.iter().map(|x| x.clone().cast(FloatDType::F16)).collect() } else { Vec::new() };
+                let xs_f16: Vec<Tensor<2>> =
+                    xs.iter().filter(|_| f16).map(|x| x.clone().cast(FloatDType::F16)).collect();
                 let f32_s = time(sizes.repeats, |i| xs[i].clone().matmul(w_f32.clone()));
                 for (ty, bytes) in &weights {
                     let w = PackedWeight::new(*ty, &[n, k], bytes, device)?;

@@ -357,7 +357,7 @@ impl PackedLinear {
         Ok(Self { weight, bias })
     }
 
-    /// `[..., in] → [..., out]`.
+    /// `[..., in] → [..., out]` in f32; a packed weight computes at the device's [`Precision`] ([`matmul`]).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dims = x.dims();
         let k = dims[D - 1];
