@@ -1,14 +1,15 @@
 // y[m, n] = Σ_k x[m, k] · W[n, k] (+ bias[n]) with W [N, K] in ggml blocks, dequantized while a tile of it is
 // loaded (f32 accumulation). Reference twin: crate::kernels::quant_matmul::reference.
 // Prepended by one matmul_<type>.wgsl, which defines `fn dequant8(row, chunk, part) -> array<f32, 8>`:
-// values chunk·32 + part·8 .. +8 of the row whose blocks start at byte `row`, and by ggml_bytes.wgsl.
+// values chunk·32 + part·8 .. +8 of the row whose blocks start at byte `row`, and by ggml_bytes.wgsl; first of
+// all by act_f32.wgsl or act_f16.wgsl, which name the type `act` of x and y (the bias stays f32).
 //
 // One workgroup of 16×16 threads computes a 64×64 tile of y; thread (tx, ty) owns rows ty + 16i and columns
 // tx + 16j (i, j < 4), so shared-memory reads are broadcasts (xs) or consecutive (ws).
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+@group(0) @binding(0) var<storage, read_write> x: array<act>;
 @group(0) @binding(1) var<storage, read_write> w: array<u32>;
 @group(0) @binding(2) var<storage, read_write> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<act>;
 // [m, n, k, bytes per row of W, has bias]
 @group(0) @binding(4) var<storage, read_write> dims: array<u32>;
 
@@ -53,7 +54,7 @@ fn main(
             let m = m0 + xm + 8u * r;
             var v = 0.0;
             if (m < m_len) {
-                v = x[m * k_len + chunk * TILE_K + xk];
+                v = f32(x[m * k_len + chunk * TILE_K + xk]);
             }
             xs[(xm + 8u * r) * TILE_K + xk] = v;
         }
@@ -99,7 +100,7 @@ fn main(
         for (var j = 0u; j < 4u; j++) {
             let n = n0 + local.x + 16u * j;
             if (m < m_len && n < n_len) {
-                y[m * n_len + n] = rows[i][j];
+                y[m * n_len + n] = act(rows[i][j]);
             }
         }
     }

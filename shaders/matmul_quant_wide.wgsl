@@ -1,13 +1,13 @@
 // y[m, n] = Σ_k x[m, k] · W[n, k] (+ bias[n]) with W [N, K] in ggml blocks: the variant for many rows of x
-// (same bindings and `dequant8` as matmul_quant.wgsl). Reference twin: crate::kernels::quant_matmul::reference.
+// (same bindings, `act` and `dequant8` as matmul_quant.wgsl). Reference twin: crate::kernels::quant_matmul::reference.
 //
 // One workgroup of 16×16 threads computes a 128×128 tile of y in steps of 16 along K; thread (tx, ty) owns the
 // 8×8 outputs at rows 4ty + i and 64 + 4ty + i, columns 4tx + j and 64 + 4tx + j (i, j < 4), read from shared
 // memory as vec4s: 4 loads per 64 multiply-adds.
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+@group(0) @binding(0) var<storage, read_write> x: array<act>;
 @group(0) @binding(1) var<storage, read_write> w: array<u32>;
 @group(0) @binding(2) var<storage, read_write> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<act>;
 // [m, n, k, bytes per row of W, has bias]
 @group(0) @binding(4) var<storage, read_write> dims: array<u32>;
 
@@ -23,7 +23,7 @@ fn store(m: u32, n_len: u32, n: u32, value: vec4<f32>, b: vec4<f32>) {
     let sum = value + b;
     for (var j = 0u; j < 4u; j++) {
         if (n + j < n_len) {
-            y[m * n_len + n + j] = sum[j];
+            y[m * n_len + n + j] = act(sum[j]);
         }
     }
 }
@@ -62,7 +62,7 @@ fn main(
             for (var c = 0u; c < 4u; c++) {
                 var v = 0.0;
                 if (m < m_len) {
-                    v = x[m * k_len + step * STEP + 4u * xq + c];
+                    v = f32(x[m * k_len + step * STEP + 4u * xq + c]);
                 }
                 xs[(4u * xq + c) * 32u + lm / 4u][lm % 4u] = v;
             }

@@ -1,12 +1,12 @@
 // y[m, n] = Σ_k x[m, k] · W[n, k] (+ bias[n]) with W [N, K] in ggml blocks: the variant for a few rows of x
-// (same bindings and `dequant8` as matmul_quant.wgsl). Reference twin: crate::kernels::quant_matmul::reference.
+// (same bindings, `act` and `dequant8` as matmul_quant.wgsl). Reference twin: crate::kernels::quant_matmul::reference.
 //
 // One workgroup: 8 teams of 32 threads, team r computing row n = 8·group.x + r of W against rows
 // 4·group.y .. +4 of x. Lane l takes the 8-value parts l, l + 32, … of the row; the team then sums its lanes.
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+@group(0) @binding(0) var<storage, read_write> x: array<act>;
 @group(0) @binding(1) var<storage, read_write> w: array<u32>;
 @group(0) @binding(2) var<storage, read_write> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<act>;
 // [m, n, k, bytes per row of W, has bias]
 @group(0) @binding(4) var<storage, read_write> dims: array<u32>;
 
@@ -38,7 +38,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
                 if (m < m_len) {
                     var sum = 0.0;
                     for (var t = 0u; t < 8u; t++) {
-                        sum += x[m * k_len + p * 8u + t] * values[t];
+                        sum += f32(x[m * k_len + p * 8u + t]) * values[t];
                     }
                     acc[r] += sum;
                 }
@@ -61,7 +61,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
         for (var r = 0u; r < ROWS; r++) {
             let m = m0 + r;
             if (m < m_len) {
-                y[m * n_len + n] = partial[tid][r] + b;
+                y[m * n_len + n] = act(partial[tid][r] + b);
             }
         }
     }

@@ -1,7 +1,8 @@
-//! Benchmarks that can be rerun on any device (`kontext bench`): packed ggml matmuls against burn's f32 matmul,
-//! the flash attention kernel against the materialised reference, and one DiT step of a medium random-weight
-//! Flux in f32, Q8_0 and Q4_0. Every figure is a time measured here, side by side in one run; the report gives
-//! ratios so that runs on different machines compare.
+//! Benchmarks that can be rerun on any device (`kontext bench`): packed ggml matmuls with f32 and (where the
+//! adapter has `shader-f16`) f16 activations against burn's f32 matmul, the flash attention kernel against the
+//! materialised reference, and one DiT step of a medium random-weight Flux in f32, Q8_0 and Q4_0. Every figure
+//! is a time measured here, side by side in one run; the report gives ratios so that runs on different machines
+//! compare.
 //!
 //! Sizes, results, the random weights and the quantizers compile everywhere (the browser can reuse them); the
 //! timers read back synchronously and are native only. Each timed block runs chained or distinct inputs (no
@@ -14,6 +15,7 @@ use half::f16;
 use serde::{Deserialize, Serialize};
 
 use crate::formats::quant::{GgmlType, quantize_q4_0, quantize_q8_0};
+use crate::kernels::precision::Precision;
 use crate::model::config::FluxConfig;
 use crate::weights::{HostTensor, RawBlock, Weights};
 use crate::{Error, Result};
@@ -121,12 +123,21 @@ pub struct MatmulRow {
     pub n: usize,
     /// Whether the weight stayed packed (wgpu); on other devices it is dequantized to f32.
     pub packed: bool,
-    /// GFLOP/s (2·m·k·n per call) of the packed matmul.
+    /// GFLOP/s (2·m·k·n per call) of the packed matmul with f32 activations.
     pub packed_gflops: f64,
     /// GFLOP/s of burn's f32 matmul with the dequantized weight `[k, n]`.
     pub f32_gflops: f64,
     /// `packed_gflops / f32_gflops`: above 1, the packed kernel is faster.
     pub ratio: f64,
+    /// GFLOP/s of the packed matmul with f16 activations (x and y in f16, as a model kept in f16 would call
+    /// it); `None` without `shader-f16` or packed weights.
+    pub f16_gflops: Option<f64>,
+    /// GFLOP/s of the f16 path as our f32 model runs it: x cast to f16, the f16 kernel, y cast back to f32.
+    pub f16_cast_gflops: Option<f64>,
+    /// `f16_gflops / packed_gflops`: above 1, f16 activations beat f32 ones in the same kernel.
+    pub f16_ratio_to_packed: Option<f64>,
+    /// `f16_gflops / f32_gflops`: above 1, the f16 packed kernel beats burn's f32 matmul.
+    pub f16_ratio_to_f32: Option<f64>,
 }
 
 /// Attention over one sequence length.
@@ -176,6 +187,8 @@ pub struct Report {
     pub backend: String,
     /// The adapter's name, on wgpu.
     pub adapter: Option<String>,
+    /// Activations of the packed matmuls in the DiT step ([`Precision::of`] the device).
+    pub precision: Precision,
     /// What was run.
     pub sizes: Sizes,
     /// Packed against f32 matmuls.
@@ -324,17 +337,19 @@ pub use native::*;
 mod native {
     use std::time::Instant;
 
-    use burn::tensor::{Device, Tensor, TensorData};
+    use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
     use super::*;
     use crate::kernels::attention::{HEAD_DIM_MAX, bench_attention};
-    use crate::kernels::quant_matmul::{PackedWeight, matmul, packs_on};
+    use crate::kernels::quant_matmul::{PackedWeight, matmul_at, matmul_f16, packs_on};
     use crate::model::flux::Flux;
 
-    /// Waits for `t` (and everything queued before it) by reading back one value.
+    /// Waits for `t` (and everything queued before it) by reading back one value, cast to f32: timed with a
+    /// one-value f16 readback instead, the f16 kernels measured impossible rates (10⁵ GFLOP/s) on lavapipe.
     fn finish<const D: usize>(t: Tensor<D>) -> f32 {
         let n = t.shape().num_elements();
-        t.reshape([n]).narrow(0, 0, 1).into_data().try_to_vec::<f32>().map(|v| v[0]).unwrap_or(f32::NAN)
+        let first = t.reshape([n]).narrow(0, 0, 1).cast(FloatDType::F32);
+        first.into_data().try_to_vec::<f32>().map(|v| v[0]).unwrap_or(f32::NAN)
     }
 
     /// Seconds per call of `run(i)` over `repeats` calls, after the untimed call `run(0)`; `run` returns what
@@ -352,8 +367,10 @@ mod native {
         start.elapsed().as_secs_f64() / repeats.max(1) as f64
     }
 
-    /// Packed Q8_0, Q4_0 and Q4_K matmuls against burn's f32 matmul for every shape of `sizes`.
+    /// Packed Q8_0, Q4_0 and Q4_K matmuls with f32 and (where available) f16 activations against burn's f32
+    /// matmul for every shape of `sizes`.
     pub fn bench_matmul(device: &Device, sizes: &Sizes) -> Result<Vec<MatmulRow>> {
+        let f16 = Precision::f16_available(device);
         let mut rows = Vec::new();
         for &(k, n) in &sizes.matmul_kn {
             let dense = values(n * k, 7, 1.0 / (k as f32).sqrt());
@@ -369,10 +386,19 @@ mod native {
                 let xs: Vec<Tensor<2>> = (0..=sizes.repeats)
                     .map(|salt| Tensor::from_data(TensorData::new(values(m * k, salt as u32, 1.0), [m, k]), device))
                     .collect();
+                let xs_f16: Vec<Tensor<2>> =
+                    xs.iter().filter(|_| f16).map(|x| x.clone().cast(FloatDType::F16)).collect();
                 let f32_s = time(sizes.repeats, |i| xs[i].clone().matmul(w_f32.clone()));
                 for (ty, bytes) in &weights {
                     let w = PackedWeight::new(*ty, &[n, k], bytes, device)?;
-                    let packed_s = time(sizes.repeats, |i| matmul(xs[i].clone(), &w, None));
+                    let packed_s = time(sizes.repeats, |i| matmul_at(xs[i].clone(), &w, None, Precision::F32));
+                    let (f16_s, f16_cast_s) = if f16 && w.is_packed() {
+                        let kernel = time(sizes.repeats, |i| matmul_f16(xs_f16[i].clone(), &w, None));
+                        let cast = time(sizes.repeats, |i| matmul_at(xs[i].clone(), &w, None, Precision::F16));
+                        (Some(kernel), Some(cast))
+                    } else {
+                        (None, None)
+                    };
                     rows.push(MatmulRow {
                         ty: ty.to_string(),
                         m,
@@ -382,6 +408,10 @@ mod native {
                         packed_gflops: flops / packed_s,
                         f32_gflops: flops / f32_s,
                         ratio: f32_s / packed_s,
+                        f16_gflops: f16_s.map(|s| flops / s),
+                        f16_cast_gflops: f16_cast_s.map(|s| flops / s),
+                        f16_ratio_to_packed: f16_s.map(|s| packed_s / s),
+                        f16_ratio_to_f32: f16_s.map(|s| f32_s / s),
                     });
                 }
             }
@@ -467,6 +497,7 @@ mod native {
         Ok(Report {
             backend: backend.into(),
             adapter,
+            precision: Precision::of(device),
             matmul: bench_matmul(device, &sizes)?,
             attention: bench_attention_rows(device, &sizes),
             attention_bytes_computed: true,

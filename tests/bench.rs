@@ -24,10 +24,24 @@ fn bench_reports_matmul_attention_and_step_with_positive_numbers() {
     let matmul = report["matmul"].as_array().expect("a matmul section");
     let types: Vec<&str> = matmul.iter().map(|row| row["ty"].as_str().unwrap()).collect();
     assert_eq!(types, ["Q8_0", "Q4_0", "Q4_K"]);
+    // With shader-f16 (lavapipe has it), f16 is the default and every row also times the f16 kernel, alone and
+    // between casts; without, those figures are null.
+    let f16 = report["precision"] == "f16";
+    assert!(f16 || report["precision"] == "f32", "{}", report["precision"]);
     for row in matmul {
         assert_eq!(row["packed"], true, "{row}");
         let ratio = positive(row, "packed_gflops") / positive(row, "f32_gflops");
         assert!((ratio - positive(row, "ratio")).abs() < 1e-9 * ratio.max(1.0), "{row}");
+        if !f16 {
+            assert!(row["f16_gflops"].is_null() && row["f16_cast_gflops"].is_null(), "{row}");
+            continue;
+        }
+        let f16 = positive(row, "f16_gflops");
+        positive(row, "f16_cast_gflops");
+        let to_packed = f16 / positive(row, "packed_gflops");
+        assert!((to_packed - positive(row, "f16_ratio_to_packed")).abs() < 1e-9 * to_packed.max(1.0), "{row}");
+        let to_f32 = f16 / positive(row, "f32_gflops");
+        assert!((to_f32 - positive(row, "f16_ratio_to_f32")).abs() < 1e-9 * to_f32.max(1.0), "{row}");
     }
 
     let attention = report["attention"].as_array().expect("an attention section");

@@ -1,13 +1,15 @@
 //! Matmuls over ggml blocks packed on the GPU (`kernels::quant_matmul`, wgpu; lavapipe without a GPU) equal
-//! their reference twin: the same blocks dequantized on the host and multiplied on the CPU.
+//! their reference twin: the same blocks dequantized on the host and multiplied on the CPU, with f32 activations
+//! and, where the adapter has `shader-f16` (lavapipe has), with f16 activations.
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::path::Path;
 
-use burn::tensor::{Device, Tensor, TensorData, Tolerance};
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData, Tolerance};
 use half::f16;
 use kontext_web::formats::{GgmlType, GgufFile};
-use kontext_web::kernels::quant_matmul::{PackedLinear, PackedWeight, has_kernel, matmul};
+use kontext_web::kernels::precision::Precision;
+use kontext_web::kernels::quant_matmul::{PackedLinear, PackedWeight, has_kernel, matmul_at, matmul_f16};
 use kontext_web::weights::Weights;
 use kontext_web::{device, selfcheck};
 
@@ -68,9 +70,24 @@ fn input(m: usize, k: usize, salt: u32, device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(selfcheck::test_matrix(m, k, salt), [m, k]), device)
 }
 
-/// Kernel on wgpu vs reference twin on the CPU for each M: the matrix-vector kernel up to 8 rows, the square
-/// one, and from 256 rows the wide one (when N ≥ 128).
+/// x rounded to f16, as the f16 kernels read it.
+fn rounded_to_f16(x: Tensor<2>) -> Tensor<2> {
+    let [m, k] = x.dims();
+    let values = x.into_data().try_to_vec::<f32>().unwrap().into_iter().map(|v| f16::from_f32(v).to_f32()).collect();
+    Tensor::from_data(TensorData::new(values, [m, k]), &device::cpu())
+}
+
+/// Kernel on wgpu vs reference twin on the CPU for each M (the matrix-vector kernel up to 8 rows, the square
+/// one, and from 256 rows the wide one when N ≥ 128), with f32 activations and, on adapters with
+/// `shader-f16`, with f16 ones.
 fn assert_kernel_matches(raw: &Raw, bias: Option<&[f32]>, what: &str) {
+    assert_kernel_matches_at(raw, bias, what, Precision::F32);
+    if Precision::f16_available(&gpu()) {
+        assert_kernel_matches_at(raw, bias, what, Precision::F16);
+    }
+}
+
+fn assert_kernel_matches_at(raw: &Raw, bias: Option<&[f32]>, what: &str, precision: Precision) {
     let (gpu, cpu) = (gpu(), device::cpu());
     let packed = raw.packed(&gpu);
     assert!(packed.is_packed(), "{what}: {} stays packed on wgpu", raw.ty);
@@ -79,15 +96,45 @@ fn assert_kernel_matches(raw: &Raw, bias: Option<&[f32]>, what: &str) {
     let bias_on = |d: &Device| bias.map(|b| Tensor::<1>::from_data(TensorData::new(b.to_vec(), [b.len()]), d));
     let (gpu_bias, cpu_bias) = (bias_on(&gpu), bias_on(&cpu));
     let mut worst = 0f32;
+    let mut worst_rel = 0f32;
     for m in [1, 3, 6, 37, 70, 300] {
-        let got = matmul(input(m, raw.k, m as u32, &gpu), &packed, gpu_bias.as_ref()).into_data();
-        let want = matmul(input(m, raw.k, m as u32, &cpu), &dense, cpu_bias.as_ref()).into_data();
+        let got = matmul_at(input(m, raw.k, m as u32, &gpu), &packed, gpu_bias.as_ref(), precision).into_data();
         assert_eq!(got.shape().as_slice(), [m, raw.n], "{what}");
-        let (g, w) = (got.try_to_vec::<f32>().unwrap(), want.try_to_vec::<f32>().unwrap());
-        worst = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
-        got.assert_approx_eq::<f32>(&want, Tolerance::rel_abs(1e-4, 1e-4));
+        let g = got.try_to_vec::<f32>().unwrap();
+        let x = input(m, raw.k, m as u32, &cpu);
+        let want = matmul_at(x.clone(), &dense, cpu_bias.as_ref(), Precision::F32).into_data();
+        let w = want.try_to_vec::<f32>().unwrap();
+        let scale = w.iter().fold(0f32, |a, v| a.max(v.abs()));
+        match precision {
+            Precision::F32 => {
+                worst = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
+                got.assert_approx_eq::<f32>(&want, Tolerance::rel_abs(1e-4, 1e-4));
+            }
+            Precision::F16 => {
+                // Against the twin on x rounded to f16: only the f16 rounding of y and the order of the f32
+                // sums differ (half an ulp of f16 is 4.9e-4 relative; measured ≤ 4.9e-4).
+                let twin = matmul_at(rounded_to_f16(x), &dense, cpu_bias.as_ref(), Precision::F32).into_data();
+                let t = twin.try_to_vec::<f32>().unwrap();
+                worst = g.iter().zip(&t).map(|(a, b)| (a - b).abs() / b.abs().max(1e-3 * scale)).fold(worst, f32::max);
+                got.assert_approx_eq::<f32>(&twin, Tolerance::rel_abs(1e-3, 1e-3 * scale));
+                // Against the f32 twin: the rounding of x too, relative to the largest output (measured ≤ 6.9e-4
+                // over every type and shape here).
+                let rel = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
+                worst_rel = worst_rel.max(rel);
+                assert!(rel <= 2e-3, "{what}: M = {m}, max |f16 − f32 twin| / max |y| = {rel:.2e}");
+            }
+        }
     }
-    eprintln!("{what}: {} [{}, {}] worst |kernel − reference| {worst:.2e}", raw.ty, raw.n, raw.k);
+    match precision {
+        Precision::F32 => {
+            eprintln!("{what}: {} [{}, {}] f32 worst |kernel − reference| {worst:.2e}", raw.ty, raw.n, raw.k)
+        }
+        Precision::F16 => eprintln!(
+            "{what}: {} [{}, {}] f16 worst relative error {worst:.2e} to the f16-x twin, max |Δ| / max |y| \
+             {worst_rel:.2e} to the f32 twin",
+            raw.ty, raw.n, raw.k
+        ),
+    }
 }
 
 #[test]
@@ -188,9 +235,14 @@ fn packed_linear_on_wgpu_keeps_the_file_bytes_and_matches_the_cpu() {
         let flat = selfcheck::test_matrix(2 * 64, 5, 11);
         Tensor::<3>::from_data(TensorData::new(flat, [2, 64, 5]), device).swap_dims(1, 2)
     };
+    // The layer runs at the device's precision: f16 activations where the adapter has shader-f16.
     let got = on_gpu.forward(x(&gpu));
     assert_eq!(got.dims(), [2, 5, 256]);
-    got.into_data().assert_approx_eq::<f32>(&on_cpu.forward(x(&cpu)).into_data(), Tolerance::rel_abs(1e-4, 1e-4));
+    let tolerance = match Precision::of(&gpu) {
+        Precision::F32 => Tolerance::rel_abs(1e-4, 1e-4),
+        Precision::F16 => Tolerance::rel_abs(4e-3, 4e-3),
+    };
+    got.into_data().assert_approx_eq::<f32>(&on_cpu.forward(x(&cpu)).into_data(), tolerance);
 
     // Every block type of the Q4_0 and Q8_0 files stays within 5 % of its file bytes (u32 padding only).
     for kind in ["Q4_0", "Q8_0"] {
@@ -200,5 +252,26 @@ fn packed_linear_on_wgpu_keeps_the_file_bytes_and_matches_the_cpu() {
             assert!(weight.is_packed());
             assert!(weight.device_bytes() as f64 <= 1.05 * info.len as f64, "{}", info.name);
         }
+    }
+}
+
+#[test]
+fn f16_kernels_take_and_give_f16_tensors() {
+    let gpu = gpu();
+    if !Precision::f16_available(&gpu) {
+        eprintln!("no shader-f16 on this adapter: nothing to check");
+        return;
+    }
+    assert_eq!(Precision::of(&gpu), Precision::F16, "shader-f16 makes f16 the default");
+    let raw = Raw::of(&gguf("transformer_bfl-Q8_0.gguf"), "double_blocks.0.img_mlp.0.weight").rows(0..3);
+    let packed = raw.packed(&gpu);
+    // M = 1, N = 3: three f16 outputs, 6 bytes in a binding of whole words.
+    for m in [1, 5] {
+        let x = input(m, raw.k, 3, &gpu);
+        let y = matmul_f16(x.clone().cast(FloatDType::F16), &packed, None);
+        assert_eq!((y.dims(), y.dtype()), ([m, 3], DType::F16));
+        let via_f32 = matmul_at(x, &packed, None, Precision::F16);
+        assert_eq!(via_f32.dtype(), DType::F32);
+        y.cast(FloatDType::F32).into_data().assert_eq(&via_f32.into_data(), true);
     }
 }

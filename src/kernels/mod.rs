@@ -9,6 +9,7 @@
 
 pub mod attention;
 pub mod pack;
+pub mod precision;
 pub mod quant_matmul;
 
 use burn::backend::Cube;
@@ -59,8 +60,15 @@ impl CubeKernel for WgslKernel {
 /// A float tensor on burn's wgpu backend, contiguous, ready to bind; `Err` gives back tensors of other backends.
 #[allow(clippy::result_large_err)] // the error is the caller's own tensor, handed back for the reference path
 pub fn cube_tensor<const D: usize>(tensor: Tensor<D>) -> Result<CubeTensor, Tensor<D>> {
+    cube_tensor_of(tensor, DType::F32)
+}
+
+/// A float tensor of `dtype` on burn's wgpu backend, contiguous, ready to bind; `Err` gives back tensors of
+/// other backends or dtypes.
+#[allow(clippy::result_large_err)] // the error is the caller's own tensor
+pub fn cube_tensor_of<const D: usize>(tensor: Tensor<D>, dtype: DType) -> Result<CubeTensor, Tensor<D>> {
     match tensor.clone().try_into_primitive::<Cube>() {
-        Ok(t) if t.dtype == DType::F32 => {
+        Ok(t) if t.dtype == dtype => {
             Ok(if t.is_contiguous() && !t.meta.is_tiled() { t } else { burn_cubecl::kernel::into_contiguous(t) })
         }
         _ => Err(tensor),
@@ -69,7 +77,17 @@ pub fn cube_tensor<const D: usize>(tensor: Tensor<D>) -> Result<CubeTensor, Tens
 
 /// Wraps a freshly written contiguous f32 buffer as a burn tensor.
 pub fn tensor_from_handle<const D: usize>(like: &CubeTensor, handle: Handle, shape: [usize; D]) -> Tensor<D> {
-    let out = CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), Shape::from(shape), handle, DType::F32);
+    tensor_from_handle_of(like, handle, shape, DType::F32)
+}
+
+/// Wraps a freshly written contiguous buffer of `dtype` floats as a burn tensor.
+pub fn tensor_from_handle_of<const D: usize>(
+    like: &CubeTensor,
+    handle: Handle,
+    shape: [usize; D],
+    dtype: DType,
+) -> Tensor<D> {
+    let out = CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), Shape::from(shape), handle, dtype);
     Tensor::from_primitive::<Cube>(out)
 }
 

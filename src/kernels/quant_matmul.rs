@@ -4,6 +4,12 @@
 //! `matmul_quant.wgsl` (64×64 outputs per workgroup) and `matmul_quant_wide.wgsl` (128×128, from
 //! 256 rows), each completed by one `shaders/matmul_<type>.wgsl` per block type.
 //!
+//! Each kernel comes in two activation precisions ([`Precision`]), generated from the same sources by a first
+//! line `shaders/act_f32.wgsl` or `shaders/act_f16.wgsl` (`enable f16; alias act = f16;`): x is read and y
+//! written as `act`, while the weights dequantize to f32 and the products accumulate in f32. The f16 path
+//! writes y in f16 too, so that a model kept in f16 could chain layers without casts; [`matmul`] casts x to
+//! f16 and y back to f32 for the f32 rest of our model.
+//!
 //! The reference twin, [`reference`], dequantizes on the host ([`crate::formats::dequantize`]) and multiplies with
 //! plain tensor ops; it is the path on devices that are not wgpu.
 
@@ -13,9 +19,10 @@ use burn::backend::wgpu::CubeTensor;
 use burn::cubecl::prelude::CubeCount;
 use burn::cubecl::server::KernelArguments;
 use burn::module::Module;
-use burn::tensor::{Bytes, DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bytes, DType, Device, FloatDType, Int, Tensor, TensorData};
 
-use super::{WgslKernel, cube_tensor, params, tensor_from_handle};
+use super::precision::Precision;
+use super::{WgslKernel, cube_tensor, cube_tensor_of, params, tensor_from_handle_of};
 use crate::formats::{GgmlType, GgufFile, dequantize};
 use crate::{Error, Result};
 
@@ -34,30 +41,40 @@ const MATVEC_TILE: (usize, usize) = (8, 4);
 /// Rows of W the matrix-vector kernel reaches within WebGPU's 65 535 workgroups per dimension.
 const MAX_PACKED_ROWS: usize = 65_535 * MATVEC_TILE.0;
 
-/// The matrix-vector, square and wide kernels reading one block type: `shaders/matmul_<type>.wgsl` (its
-/// `dequant8`), `shaders/ggml_bytes.wgsl` and the matmul itself.
+/// The matrix-vector, square and wide kernels reading one block type, for f32 and for f16 activations:
+/// `shaders/act_<precision>.wgsl`, `shaders/matmul_<type>.wgsl` (its `dequant8`), `shaders/ggml_bytes.wgsl`
+/// and the matmul itself.
 macro_rules! quant_kernels {
     ($name:literal, $file:literal) => {
         [
+            quant_kernels!($name, $file, "", "act_f32.wgsl"),
+            quant_kernels!($name, $file, "_f16", "act_f16.wgsl"),
+        ]
+    };
+    ($name:literal, $file:literal, $suffix:literal, $act:literal) => {
+        [
             WgslKernel {
-                name: concat!($name, "_vec"),
+                name: concat!($name, $suffix, "_vec"),
                 source: concat!(
+                    include_str!(concat!("../../shaders/", $act)),
                     include_str!(concat!("../../shaders/", $file)),
                     include_str!("../../shaders/ggml_bytes.wgsl"),
                     include_str!("../../shaders/matvec_quant.wgsl")
                 ),
             },
             WgslKernel {
-                name: $name,
+                name: concat!($name, $suffix),
                 source: concat!(
+                    include_str!(concat!("../../shaders/", $act)),
                     include_str!(concat!("../../shaders/", $file)),
                     include_str!("../../shaders/ggml_bytes.wgsl"),
                     include_str!("../../shaders/matmul_quant.wgsl")
                 ),
             },
             WgslKernel {
-                name: concat!($name, "_wide"),
+                name: concat!($name, $suffix, "_wide"),
                 source: concat!(
+                    include_str!(concat!("../../shaders/", $act)),
                     include_str!(concat!("../../shaders/", $file)),
                     include_str!("../../shaders/ggml_bytes.wgsl"),
                     include_str!("../../shaders/matmul_quant_wide.wgsl")
@@ -67,9 +84,10 @@ macro_rules! quant_kernels {
     };
 }
 
-/// The matrix-vector, square and wide kernels that read `ty` blocks, or `None` for types without kernels.
-fn kernels_for(ty: GgmlType) -> Option<[WgslKernel; 3]> {
-    Some(match ty {
+/// The matrix-vector, square and wide kernels that read `ty` blocks with `precision` activations, or `None`
+/// for types without kernels.
+fn kernels_for(ty: GgmlType, precision: Precision) -> Option<[WgslKernel; 3]> {
+    let [f32_kernels, f16_kernels] = match ty {
         GgmlType::Q8_0 => quant_kernels!("matmul_q8_0", "matmul_q8_0.wgsl"),
         GgmlType::Q4_0 => quant_kernels!("matmul_q4_0", "matmul_q4_0.wgsl"),
         GgmlType::Q4_1 => quant_kernels!("matmul_q4_1", "matmul_q4_1.wgsl"),
@@ -81,12 +99,16 @@ fn kernels_for(ty: GgmlType) -> Option<[WgslKernel; 3]> {
         GgmlType::F16 => quant_kernels!("matmul_f16", "matmul_f16.wgsl"),
         GgmlType::BF16 => quant_kernels!("matmul_bf16", "matmul_bf16.wgsl"),
         _ => return None,
+    };
+    Some(match precision {
+        Precision::F32 => f32_kernels,
+        Precision::F16 => f16_kernels,
     })
 }
 
 /// Whether [`PackedWeight`] keeps `ty` packed on wgpu (it dequantizes the other dequantizable types).
 pub fn has_kernel(ty: GgmlType) -> bool {
-    kernels_for(ty).is_some()
+    kernels_for(ty, Precision::F32).is_some()
 }
 
 /// Whether [`PackedWeight::new`] keeps a `ty` weight of PyTorch-order `shape` in blocks on `device`: on wgpu,
@@ -200,18 +222,56 @@ fn check(ty: GgmlType, shape: &[usize], bytes: &[u8]) -> Result<(usize, usize)> 
     Ok((n, k))
 }
 
-/// `x [m, k] · Wᵀ (+ bias [n]) → [m, n]`: the kernel for packed weights, [`reference`] for dense ones.
+/// `x [m, k] · Wᵀ (+ bias [n]) → [m, n]` in f32: the kernel for packed weights at the precision of x's device
+/// ([`Precision::of`]), [`reference`] for dense ones.
 ///
 /// # Panics
 /// When `x` has not `k` columns, or `x` and the weight live on different devices (like burn's own ops).
 pub fn matmul(x: Tensor<2>, weight: &PackedWeight, bias: Option<&Tensor<1>>) -> Tensor<2> {
+    let precision = Precision::of(&x.device());
+    matmul_at(x, weight, bias, precision)
+}
+
+/// [`matmul`] at a given precision: with F16, a packed weight casts the f32 `x` to f16, runs the f16 kernel and
+/// casts its f16 output back to f32. Dense weights ignore `precision` ([`reference`] in f32).
+///
+/// # Panics
+/// As [`matmul`]; also for F16 on a device without `shader-f16` ([`Precision::f16_available`]).
+pub fn matmul_at(x: Tensor<2>, weight: &PackedWeight, bias: Option<&Tensor<1>>, precision: Precision) -> Tensor<2> {
+    let [m, k] = x.dims();
+    assert_eq!(k, weight.k, "matmul of x [{m}, {k}] with a {} weight [{}, {}]", weight.ty, weight.n, weight.k);
+    match (&weight.storage, precision) {
+        (WeightStorage::Dense(dense), _) => reference(x, dense.clone(), bias.cloned()),
+        (WeightStorage::Blocks(words), Precision::F32) => {
+            let x = cube_tensor(x).unwrap_or_else(|_| panic!("x is not on the wgpu device of its packed weight"));
+            quant_kernel(x, words.clone(), weight, bias, Precision::F32)
+        }
+        (WeightStorage::Blocks(_), Precision::F16) => {
+            matmul_f16(x.cast(FloatDType::F16), weight, bias).cast(FloatDType::F32)
+        }
+    }
+}
+
+/// `x [m, k] · Wᵀ (+ bias [n]) → [m, n]` with x and the result in f16 (the bias stays f32): the f16 kernel for
+/// packed weights, [`reference`] in f32 between casts for dense ones.
+///
+/// # Panics
+/// As [`matmul_at`] with F16, and when a packed weight gets an `x` that is not f16.
+pub fn matmul_f16(x: Tensor<2>, weight: &PackedWeight, bias: Option<&Tensor<1>>) -> Tensor<2> {
     let [m, k] = x.dims();
     assert_eq!(k, weight.k, "matmul of x [{m}, {k}] with a {} weight [{}, {}]", weight.ty, weight.n, weight.k);
     match &weight.storage {
-        WeightStorage::Dense(dense) => reference(x, dense.clone(), bias.cloned()),
+        WeightStorage::Dense(dense) => {
+            reference(x.cast(FloatDType::F32), dense.clone(), bias.cloned()).cast(FloatDType::F16)
+        }
         WeightStorage::Blocks(words) => {
-            let x = cube_tensor(x).unwrap_or_else(|_| panic!("x is not on the wgpu device of its packed weight"));
-            quant_kernel(x, words.clone(), weight, bias)
+            assert!(
+                Precision::f16_available(&x.device()),
+                "f16 activations need a wgpu adapter with shader-f16 (Precision::f16_available)"
+            );
+            let x = cube_tensor_of(x, DType::F16)
+                .unwrap_or_else(|_| panic!("x is not an f16 tensor on the wgpu device of its packed weight"));
+            quant_kernel(x, words.clone(), weight, bias, Precision::F16)
         }
     }
 }
@@ -225,13 +285,24 @@ pub fn reference(x: Tensor<2>, dense: Tensor<2>, bias: Option<Tensor<1>>) -> Ten
     }
 }
 
-fn quant_kernel(x: CubeTensor, words: Tensor<1, Int>, weight: &PackedWeight, bias: Option<&Tensor<1>>) -> Tensor<2> {
-    let [matvec, square, wide] = kernels_for(weight.ty).expect("packed weights have a kernel");
+fn quant_kernel(
+    x: CubeTensor,
+    words: Tensor<1, Int>,
+    weight: &PackedWeight,
+    bias: Option<&Tensor<1>>,
+    precision: Precision,
+) -> Tensor<2> {
+    let [matvec, square, wide] = kernels_for(weight.ty, precision).expect("packed weights have a kernel");
     let (m, n, k) = (x.meta.shape()[0], weight.n, weight.k);
     let client = x.client.clone();
-    let out = client.empty((m * n).max(1) * size_of::<f32>());
+    let (dtype, bytes) = match precision {
+        Precision::F32 => (DType::F32, size_of::<f32>()),
+        Precision::F16 => (DType::F16, size_of::<half::f16>()),
+    };
+    // Bindings are whole 4-byte words.
+    let out = client.empty(((m * n).max(1) * bytes).next_multiple_of(4));
     if m == 0 || n == 0 {
-        return tensor_from_handle(&x, out, [m, n]);
+        return tensor_from_handle_of(&x, out, [m, n], dtype);
     }
     let words: CubeTensor =
         words.try_into_primitive::<Cube>().unwrap_or_else(|_| panic!("packed blocks are not on wgpu"));
@@ -258,7 +329,7 @@ fn quant_kernel(x: CubeTensor, words: Tensor<1, Int>, weight: &PackedWeight, bia
     };
     let groups = CubeCount::Static(n.div_ceil(tile_n) as u32, m.div_ceil(tile_m) as u32, 1);
     client.launch(Box::new(kernel), groups, KernelArguments::new().with_buffers(buffers));
-    tensor_from_handle(&x, out, [m, n])
+    tensor_from_handle_of(&x, out, [m, n], dtype)
 }
 
 /// A linear layer `y = x · Wᵀ + b` over a [`PackedWeight`] (field names as in the checkpoints).
@@ -286,7 +357,7 @@ impl PackedLinear {
         Ok(Self { weight, bias })
     }
 
-    /// `[..., in] → [..., out]`.
+    /// `[..., in] → [..., out]` in f32; a packed weight computes at the device's [`Precision`] ([`matmul`]).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dims = x.dims();
         let k = dims[D - 1];

@@ -24,6 +24,10 @@ pub struct BenchArgs {
     /// needs torch and diffusers (`tests/bench/diffusers_step.py`): the peer figure.
     #[arg(long, value_name = "PYTHON")]
     peer: Option<std::path::PathBuf>,
+    /// Activations of the packed matmuls in the DiT step: `f32` (the default) or `f16` (adapters with
+    /// `shader-f16`); also `KONTEXT_PRECISION`. The matmul table measures both either way.
+    #[arg(long)]
+    precision: Option<String>,
 }
 
 /// The DiT step through diffusers on the CPU, as `tests/bench/diffusers_step.py` reports it.
@@ -72,6 +76,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             (device, Some(report.name))
         }
     };
+    super::choose_precision(args.precision.as_deref(), &device)?;
     let sizes = match (args.quick, args.tiny) {
         (_, true) => Sizes::tiny(),
         (true, _) => Sizes::quick(),
@@ -110,14 +115,28 @@ fn print_table(report: &Report) {
     println!("preset    {}, {} timed calls per figure after one warm-up", sizes.preset, sizes.repeats);
     println!();
     println!("matmul x [M, K] · Wᵀ [K → N]: packed ggml blocks vs burn f32 (GFLOP/s; ratio = packed / f32)");
+    println!("  f16: the packed kernel with f16 activations; +cast: with x cast to f16 and y back to f32, as the");
+    println!("  model runs it; f16/pk and f16/f32: f16 against the f32-activation packed kernel and burn's f32");
     println!(
-        "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10} {:>10} {:>7}",
-        "type", "M", "K", "N", "packed", "packed", "f32", "ratio"
+        "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10} {:>10} {:>7} {:>10} {:>10} {:>7} {:>7}",
+        "type", "M", "K", "N", "packed", "packed", "f32", "ratio", "f16", "f16+cast", "f16/pk", "f16/f32"
     );
+    let or_dash = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     for r in &report.matmul {
         println!(
-            "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10.2} {:>10.2} {:>7.2}",
-            r.ty, r.m, r.k, r.n, r.packed, r.packed_gflops, r.f32_gflops, r.ratio
+            "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10.2} {:>10.2} {:>7.2} {:>10} {:>10} {:>7} {:>7}",
+            r.ty,
+            r.m,
+            r.k,
+            r.n,
+            r.packed,
+            r.packed_gflops,
+            r.f32_gflops,
+            r.ratio,
+            or_dash(r.f16_gflops),
+            or_dash(r.f16_cast_gflops),
+            or_dash(r.f16_ratio_to_packed),
+            or_dash(r.f16_ratio_to_f32)
         );
     }
     println!();
@@ -156,6 +175,7 @@ fn print_table(report: &Report) {
         "DiT step: hidden {}, {} heads, {} double + {} single blocks, {} image + {} text tokens, random weights",
         c.hidden_size, c.num_heads, c.depth, c.depth_single_blocks, sizes.step_image_tokens, sizes.step_text_tokens
     );
+    println!("packed matmuls with {} activations", report.precision);
     println!("{:<8} {:>8} {:>12} {:>10} {:>8}", "weights", "packed", "device MiB", "s/step", "vs f32");
     for r in &report.step {
         println!(

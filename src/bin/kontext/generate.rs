@@ -35,6 +35,10 @@ pub struct ModelArgs {
     /// `cpu` (burn flex) or `wgpu` (the GPU).
     #[arg(long, default_value = "wgpu")]
     backend: String,
+    /// Activations of the packed (GGUF) matmuls on wgpu: `f32` (the default) or `f16` (adapters with
+    /// `shader-f16`; Flux's activations can overflow it); also `KONTEXT_PRECISION`. The rest stays f32.
+    #[arg(long)]
+    precision: Option<String>,
     /// A LoRA adapter for the DiT (diffusers/PEFT, kohya or ComfyUI safetensors) with its strength (default
     /// 1.0), applied at runtime on top of the weights as loaded; repeat for several.
     #[arg(long = "lora", value_name = "FILE[:WEIGHT]", value_parser = parse_lora)]
@@ -114,7 +118,9 @@ pub struct ForwardArgs {
 
 impl ModelArgs {
     fn device(&self) -> Result<Device> {
-        device::open(self.backend.parse::<Backend>()?)
+        let device = device::open(self.backend.parse::<Backend>()?)?;
+        super::choose_precision(self.precision.as_deref(), &device)?;
+        Ok(device)
     }
 
     /// Reads every `--lora` against `flux` and makes them its active adapters; returns them by file name.

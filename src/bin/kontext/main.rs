@@ -186,6 +186,21 @@ mod cli {
     }
 }
 
+/// Settles the precision of the packed matmuls on `device` from `--precision`, else `KONTEXT_PRECISION`, else
+/// the adapter's default; returns it.
+#[cfg(not(target_arch = "wasm32"))]
+fn choose_precision(
+    flag: Option<&str>,
+    device: &burn::tensor::Device,
+) -> kontext_web::Result<kontext_web::kernels::precision::Precision> {
+    use kontext_web::kernels::precision::Precision;
+    let requested = match flag.map(str::to_string).or_else(|| std::env::var("KONTEXT_PRECISION").ok()) {
+        Some(name) => Some(name.parse::<Precision>()?),
+        None => None,
+    };
+    Precision::choose(requested, device)
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 fn main() -> std::process::ExitCode {
     cli::main()
