@@ -8,6 +8,7 @@ use serde_bytes::ByteBuf;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
+use super::history::{History, HistoryEntry, Rerun};
 use super::{AppState, JobState, LoraEntry, ModelState, send};
 use crate::pipeline::size::{DEFAULT_MAX_AREA, output_size};
 use crate::protocol::{EditJob, ToWorker};
@@ -75,12 +76,38 @@ fn preset_size(ratio: (f64, f64), area: usize) -> (usize, usize) {
     (w.max(16), h.max(16))
 }
 
+/// Image types the references accept.
+const IMAGE_TYPES: [&str; 3] = ["image/png", "image/jpeg", "image/webp"];
+
 async fn read_file(file: web_sys::File) -> Result<Reference, String> {
+    if !IMAGE_TYPES.contains(&file.type_().as_str()) {
+        return Err(format!("{} is not a PNG, JPEG or WebP image", file.name()));
+    }
     let buffer = JsFuture::from(file.array_buffer()).await.map_err(crate::web::js::describe)?;
     let bytes = js_sys::Uint8Array::new(&buffer).to_vec();
     let thumbnail = web_sys::Url::create_object_url_with_blob(&file).map_err(crate::web::js::describe)?;
     let size = header_size(&bytes);
     Ok(Reference { name: file.name(), bytes, thumbnail, size })
+}
+
+/// A reference from stored bytes (a history entry's).
+fn reference_from_bytes(name: String, bytes: Vec<u8>) -> Result<Reference, String> {
+    let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(bytes.as_slice()));
+    let blob = web_sys::Blob::new_with_u8_array_sequence(&parts).map_err(crate::web::js::describe)?;
+    let thumbnail = web_sys::Url::create_object_url_with_blob(&blob).map_err(crate::web::js::describe)?;
+    let size = header_size(&bytes);
+    Ok(Reference { name, bytes, thumbnail, size })
+}
+
+/// The job in flight, kept to store it in the history when it finishes.
+#[derive(Debug, Clone)]
+struct Pending {
+    entry: HistoryEntry,
+    references: Vec<(String, Vec<u8>)>,
+}
+
+fn file_list(list: &web_sys::FileList) -> Vec<web_sys::File> {
+    (0..list.length()).filter_map(|i| list.get(i)).collect()
 }
 
 /// The edit form and its result.
@@ -97,28 +124,81 @@ pub fn Editor() -> impl IntoView {
     let seed = RwSignal::new(String::new());
     let next_id = StoredValue::new(1u32);
 
-    let add_files = move |ev: leptos::ev::Event| {
-        let input: web_sys::HtmlInputElement = ev.target().unwrap().unchecked_into();
-        let Some(list) = input.files() else { return };
-        let files: Vec<web_sys::File> = (0..list.length()).filter_map(|i| list.get(i)).collect();
-        input.set_value("");
+    let reference_error = RwSignal::new(None::<String>);
+    let add = move |files: Vec<web_sys::File>| {
+        reference_error.set(None);
         spawn_local(async move {
             for file in files {
                 if references.with_untracked(Vec::len) >= MAX_REFERENCES {
+                    reference_error.set(Some(format!("at most {MAX_REFERENCES} references: remove one first")));
                     break;
                 }
                 match read_file(file).await {
                     Ok(reference) => references.update(|r| r.push(reference)),
-                    Err(e) => state.job.set(JobState::Failed(format!("could not read the file: {e}"))),
+                    Err(e) => reference_error.set(Some(e)),
                 }
             }
         });
+    };
+    let add_files = move |ev: leptos::ev::Event| {
+        let input: web_sys::HtmlInputElement = ev.target().unwrap().unchecked_into();
+        let files = input.files().map(|list| file_list(&list)).unwrap_or_default();
+        input.set_value("");
+        add(files);
+    };
+    let dragging = RwSignal::new(false);
+    let drop_files = move |ev: web_sys::DragEvent| {
+        ev.prevent_default();
+        dragging.set(false);
+        if let Some(files) = ev.data_transfer().and_then(|t| t.files()) {
+            add(file_list(&files));
+        }
+    };
+    // Images pasted anywhere on the page (a screenshot, an image copied in another app) become references.
+    let paste = window_event_listener(leptos::ev::paste, move |ev: web_sys::ClipboardEvent| {
+        let files = ev.clipboard_data().and_then(|data| data.files()).map(|list| file_list(&list)).unwrap_or_default();
+        let images: Vec<web_sys::File> = files.into_iter().filter(|f| IMAGE_TYPES.contains(&f.type_().as_str())).collect();
+        if !images.is_empty() {
+            ev.prevent_default();
+            add(images);
+        }
+    });
+    on_cleanup(move || paste.remove());
+    let move_reference = move |from: usize, to: usize| {
+        references.update(|r| {
+            if from < r.len() && to < r.len() {
+                r.swap(from, to);
+            }
+        })
     };
 
     let running = move || matches!(state.job.get(), JobState::Running { .. });
     let can_generate = move || matches!(state.model.get(), ModelState::Loaded(_)) && !running() && !prompt.get().trim().is_empty();
 
-    let generate = move |_| {
+    let pending = StoredValue::new(None::<Pending>);
+    let history_revision = RwSignal::new(0u32);
+    let history_error = RwSignal::new(None::<String>);
+    Effect::new(move |_| match state.job.get() {
+        JobState::Done { png, seed, width, height, millis, .. } => {
+            let Some(Pending { mut entry, references }) = pending.try_update_value(Option::take).flatten() else { return };
+            entry.id = js_sys::Date::now() as u64;
+            (entry.seed, entry.width, entry.height, entry.seconds) = (seed, width, height, millis / 1000.0);
+            entry.model = match state.model.get_untracked() {
+                ModelState::Loaded(description) => description,
+                _ => String::new(),
+            };
+            spawn_local(async move {
+                match super::history::add(entry, &png, &references).await {
+                    Ok(()) => history_revision.update(|r| *r += 1),
+                    Err(e) => history_error.set(Some(format!("the result could not be kept in the history: {e}"))),
+                }
+            });
+        }
+        JobState::Cancelled | JobState::Failed(_) => pending.set_value(None),
+        _ => {}
+    });
+
+    let generate = move || {
         let id = next_id.get_value();
         next_id.set_value(id + 1);
         let seed_value = seed.get_untracked().trim().parse::<u64>().unwrap_or_else(|_| crate::pipeline::rng::random_seed());
@@ -139,11 +219,67 @@ pub fn Editor() -> impl IntoView {
             seed: seed_value,
             loras: state.loras.with_untracked(|all| LoraEntry::active(all)),
         };
+        pending.set_value(Some(Pending {
+            entry: HistoryEntry {
+                id: 0,
+                prompt: job.prompt.clone(),
+                width: 0,
+                height: 0,
+                aspect: aspect.get_untracked(),
+                side: area_side.get_untracked(),
+                steps: job.steps,
+                guidance: job.guidance,
+                seed: seed_value,
+                loras: job.loras.iter().map(|l| (l.name.clone(), l.strength)).collect(),
+                model: String::new(),
+                references: Vec::new(),
+                seconds: 0.0,
+            },
+            references: references.with_untracked(|r| r.iter().map(|r| (r.name.clone(), r.bytes.clone())).collect()),
+        }));
         state.job.set(JobState::Running { id, phase: "starting".into(), done: 0, total: 1, started: js_sys::Date::now() });
         if let Err(e) = send(&ToWorker::Edit(job)) {
             state.job.set(JobState::Failed(e));
         }
     };
+    let rerun = Callback::new(move |(entry, files): Rerun| {
+        let mut restored = Vec::new();
+        for (name, bytes) in files {
+            match reference_from_bytes(name, bytes) {
+                Ok(reference) => restored.push(reference),
+                Err(e) => return history_error.set(Some(e)),
+            }
+        }
+        let missing: Vec<String> = entry
+            .loras
+            .iter()
+            .filter(|(name, _)| !state.loras.with_untracked(|all| all.iter().any(|l| &l.name == name)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !missing.is_empty() {
+            return history_error.set(Some(format!("add the LoRA {} again to re-run this", missing.join(", "))));
+        }
+        state.loras.update(|all| {
+            for lora in all.iter_mut() {
+                let used = entry.loras.iter().find(|(name, _)| *name == lora.name);
+                lora.enabled = used.is_some();
+                if let Some((_, strength)) = used {
+                    lora.strength = *strength;
+                }
+            }
+        });
+        history_error.set(None);
+        references.set(restored);
+        prompt.set(entry.prompt.clone());
+        aspect.set(entry.aspect.min(ASPECTS.len() - 1));
+        area_side.set(entry.side);
+        steps.set(entry.steps);
+        guidance.set(entry.guidance);
+        seed.set(entry.seed.to_string());
+        if can_generate() {
+            generate();
+        }
+    });
     let cancel = move |_| {
         if let JobState::Running { id, .. } = state.job.get_untracked()
             && let Err(e) = send(&ToWorker::Cancel { id })
@@ -171,18 +307,30 @@ pub fn Editor() -> impl IntoView {
     view! {
         <section class="card" id="editor" aria-labelledby="editor-title">
             <h2 id="editor-title">"Edit"</h2>
-            <div class="field">
+            <div class="field drop-zone" id="reference-drop" class:dragging=move || dragging.get()
+                on:dragover=move |ev: web_sys::DragEvent| { ev.prevent_default(); dragging.set(true); }
+                on:dragleave=move |_| dragging.set(false)
+                on:drop=drop_files>
                 <label for="reference-input">"Reference images (up to 4; none for text-to-image)"</label>
                 <input id="reference-input" type="file" accept="image/png,image/jpeg,image/webp" multiple on:change=add_files />
-                <ul class="thumbs" aria-label="reference images">
+                <p class="muted hint">"…or drop images here, or paste one. The first reference sets the output's shape."</p>
+                {move || reference_error.get().map(|message| view! { <p class="status bad" role="alert">{message}</p> })}
+                <ol class="thumbs" aria-label="reference images">
                     <For each=move || references.get().into_iter().enumerate() key=|(i, r)| (*i, r.thumbnail.clone()) let:item>
                         <li>
                             <img src=item.1.thumbnail.clone() alt=item.1.name.clone() />
-                            <button type="button" class="small" aria-label=format!("remove {}", item.1.name)
-                                on:click=move |_| references.update(|r| { if item.0 < r.len() { r.remove(item.0); } })>"✕"</button>
+                            <div class="thumb-actions">
+                                <button type="button" class="small" aria-label=format!("move {} earlier", item.1.name)
+                                    disabled=item.0 == 0 on:click=move |_| move_reference(item.0, item.0.saturating_sub(1))>"◀"</button>
+                                <button type="button" class="small" aria-label=format!("move {} later", item.1.name)
+                                    disabled=move || item.0 + 1 >= references.with(Vec::len)
+                                    on:click=move |_| move_reference(item.0, item.0 + 1)>"▶"</button>
+                                <button type="button" class="small" aria-label=format!("remove {}", item.1.name)
+                                    on:click=move |_| references.update(|r| { if item.0 < r.len() { r.remove(item.0); } })>"✕"</button>
+                            </div>
                         </li>
                     </For>
-                </ul>
+                </ol>
             </div>
             <div class="field">
                 <label for="prompt">"Instruction"</label>
@@ -234,12 +382,14 @@ pub fn Editor() -> impl IntoView {
                 </div>
             </div>
             <div class="row">
-                <button type="button" id="generate" class="primary" on:click=generate disabled=move || !can_generate()>"Generate"</button>
+                <button type="button" id="generate" class="primary" on:click=move |_| generate() disabled=move || !can_generate()>"Generate"</button>
                 <button type="button" id="cancel" on:click=cancel disabled=move || !running()>"Cancel"</button>
                 <span class="muted">{move || (!matches!(state.model.get(), ModelState::Loaded(_))).then_some("Load a model first.")}</span>
             </div>
             <JobView references first_of_job />
+            {move || history_error.get().map(|message| view! { <p class="status bad" role="alert">{message}</p> })}
         </section>
+        <History revision=history_revision on_rerun=rerun />
     }
 }
 

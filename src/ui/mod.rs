@@ -4,6 +4,7 @@
 
 mod device_report;
 mod editor;
+mod history;
 mod lora_panel;
 mod model_panel;
 

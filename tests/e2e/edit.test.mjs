@@ -170,8 +170,8 @@ test('"use as reference" appends the result to the references, from the keyboard
   await page.click('#use-as-reference');
   await page.waitForFunction(() => document.querySelectorAll('.thumbs img').length === 4);
   assert.equal(await page.isDisabled('#use-as-reference'), true, 'a fifth reference must be refused');
-  await page.click('.thumbs li:nth-child(4) button');
-  await page.click('.thumbs li:nth-child(3) button');
+  await page.click('.thumbs li:nth-child(4) button[aria-label^="remove"]');
+  await page.click('.thumbs li:nth-child(3) button[aria-label^="remove"]');
   await page.waitForFunction(() => document.querySelectorAll('.thumbs img').length === 2);
   await screenshot(page, 'use-as-reference');
   // A chained edit with the result as the second reference.
