@@ -323,7 +323,7 @@ pub fn Editor() -> impl IntoView {
                                 <button type="button" class="small" aria-label=format!("move {} earlier", item.1.name)
                                     disabled=item.0 == 0 on:click=move |_| move_reference(item.0, item.0.saturating_sub(1))>"◀"</button>
                                 <button type="button" class="small" aria-label=format!("move {} later", item.1.name)
-                                    disabled=move || item.0 + 1 >= references.with(Vec::len)
+                                    disabled=move || { item.0 + 1 >= references.with(Vec::len) }
                                     on:click=move |_| move_reference(item.0, item.0 + 1)>"▶"</button>
                                 <button type="button" class="small" aria-label=format!("remove {}", item.1.name)
                                     on:click=move |_| references.update(|r| { if item.0 < r.len() { r.remove(item.0); } })>"✕"</button>

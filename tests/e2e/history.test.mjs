@@ -55,6 +55,13 @@ test('references come by drop and paste, are reordered from the keyboard, and no
   await page.keyboard.press('Enter');
   await page.waitForFunction(() => document.querySelector('.thumbs img')?.alt === 'pasted.png');
   assert.deepEqual(await names(page), ['pasted.png', 'dropped.png']);
+  assert.equal(await page.isDisabled('[aria-label="move dropped.png later"]'), true, 'the last cannot move later');
+  await page.click('[aria-label="move pasted.png later"]');
+  await page.waitForFunction(() => document.querySelector('.thumbs img')?.alt === 'dropped.png');
+  await page.click('[aria-label="move dropped.png later"]');
+  await page.waitForFunction(() => document.querySelector('.thumbs img')?.alt === 'pasted.png');
+  const stray = await page.$$eval('.thumbs li', (items) => items.map((li) => li.textContent.replace(/[◀▶✕\s]/g, '')));
+  assert.deepEqual(stray, ['', ''], 'the thumbnails hold only their buttons');
   await screenshot(page, 'references');
   await page.click('[aria-label="remove pasted.png"]');
   await page.waitForFunction(() => document.querySelectorAll('.thumbs img').length === 1);
