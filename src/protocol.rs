@@ -124,6 +124,15 @@ pub enum FromWorker {
         /// The adapter's key.
         name: String,
     },
+    /// A preview of an edit's latents after `step` ([`crate::pipeline::preview`]): one pixel per latent pixel.
+    Preview {
+        /// The edit.
+        job: u32,
+        /// Steps done.
+        step: u64,
+        /// The preview as PNG.
+        png: ByteBuf,
+    },
     /// The model is loaded and ready for edits.
     Loaded {
         /// What was loaded (sizes, configuration).

@@ -3,6 +3,7 @@
 pub mod edit;
 pub mod ids;
 pub mod kontext;
+pub mod preview;
 pub mod image;
 pub mod rng;
 pub mod sampler;

@@ -237,7 +237,8 @@ pub fn Editor() -> impl IntoView {
             },
             references: references.with_untracked(|r| r.iter().map(|r| (r.name.clone(), r.bytes.clone())).collect()),
         }));
-        state.job.set(JobState::Running { id, phase: "starting".into(), done: 0, total: 1, started: js_sys::Date::now() });
+        let now = js_sys::Date::now();
+        state.job.set(JobState::Running { id, phase: "starting".into(), done: 0, total: 1, started: now, phase_started: now });
         if let Err(e) = send(&ToWorker::Edit(job)) {
             state.job.set(JobState::Failed(e));
         }
@@ -408,11 +409,21 @@ fn JobView(references: RwSignal<Vec<Reference>>, first_of_job: RwSignal<Option<R
         }>
             {move || match state.job.get() {
                 JobState::Idle => ().into_any(),
-                JobState::Running { phase, done, total, started, .. } => {
-                    let elapsed = (js_sys::Date::now() - started) / 1000.0;
+                JobState::Running { id, phase, done, total, started, phase_started } => {
+                    let now = js_sys::Date::now();
+                    let elapsed = (now - started) / 1000.0;
+                    // The steps' measured pace predicts the rest of the denoising.
+                    let eta = (phase == "denoising" && done > 0)
+                        .then(|| (now - phase_started) / 1000.0 / done as f64 * (total - done) as f64)
+                        .map(|left| format!(" · about {left:.0} s left"))
+                        .unwrap_or_default();
+                    let preview = state.preview.get().filter(|(job, ..)| *job == id);
                     view! {
-                        <p id="job-phase">{format!("{phase}: {done}/{total} · {elapsed:.1} s")}</p>
+                        <p id="job-phase">{format!("{phase}: {done}/{total} · {elapsed:.1} s{eta}")}</p>
                         <progress max=total.max(1) value=done aria-label="generation progress"></progress>
+                        {preview.map(|(_, step, url)| view! {
+                            <img id="preview" class="preview" src=url alt=format!("preview after step {step}") />
+                        })}
                     }.into_any()
                 }
                 JobState::Done { url, png, seed, width, height, millis } => {

@@ -87,6 +87,8 @@ pub enum JobState {
         total: u64,
         /// `Date.now()` at the start.
         started: f64,
+        /// `Date.now()` when the current phase started.
+        phase_started: f64,
     },
     /// Finished: the result's object URL and recipe facts.
     Done {
@@ -120,6 +122,8 @@ pub struct AppState {
     pub job: RwSignal<JobState>,
     /// LoRA adapters the user added.
     pub loras: RwSignal<Vec<LoraEntry>>,
+    /// The running edit's latest preview: job, steps done and the image's object URL.
+    pub preview: RwSignal<Option<(u32, u64, String)>>,
 }
 
 impl AppState {
@@ -129,6 +133,7 @@ impl AppState {
             model: RwSignal::new(ModelState::Empty),
             job: RwSignal::new(JobState::Idle),
             loras: RwSignal::new(Vec::new()),
+            preview: RwSignal::new(None),
         }
     }
 
@@ -146,14 +151,25 @@ impl AppState {
                 if let JobState::Running { id: running, .. } = job
                     && *running == id
                 {
-                    let started = match job {
-                        JobState::Running { started, .. } => *started,
-                        _ => js_sys::Date::now(),
+                    let (started, phase_started) = match job {
+                        JobState::Running { started, phase: current, phase_started, .. } if *current == phase => {
+                            (*started, *phase_started)
+                        }
+                        JobState::Running { started, .. } => (*started, js_sys::Date::now()),
+                        _ => (js_sys::Date::now(), js_sys::Date::now()),
                     };
-                    *job = JobState::Running { id, phase, done, total, started };
+                    *job = JobState::Running { id, phase, done, total, started, phase_started };
                 }
             }),
             FromWorker::Loaded { description } => self.model.set(ModelState::Loaded(description)),
+            FromWorker::Preview { job, step, png } => {
+                if let Ok(url) = png_object_url(&png) {
+                    if let Some((_, _, old)) = self.preview.get_untracked() {
+                        let _ = web_sys::Url::revoke_object_url(&old);
+                    }
+                    self.preview.set(Some((job, step, url)));
+                }
+            }
             FromWorker::LoraAdded { name, description } => lora_panel::set_status(self, &name, LoraStatus::Ready(description)),
             FromWorker::LoraRejected { name, message } => lora_panel::set_status(self, &name, LoraStatus::Rejected(message)),
             FromWorker::LoraRemoved { .. } => {}

@@ -18,6 +18,8 @@ use super::js;
 use crate::loader::{KontextModel, MemoryFiles, Overrides};
 use crate::model::lora::LoraAdapter;
 use crate::pipeline::edit::{Edit, EditRequest, Phase};
+use crate::pipeline::preview::LatentPreview;
+use crate::pipeline::kontext::VAE_SCALE;
 use crate::pipeline::{image as images, size};
 use crate::protocol::{EditJob, FromWorker, ToWorker};
 use crate::{Error, Result, device, selfcheck};
@@ -28,6 +30,8 @@ thread_local! {
     /// LoRA files by name, and those already resolved against the loaded model.
     static LORA_FILES: RefCell<BTreeMap<String, Arc<Vec<u8>>>> = const { RefCell::new(BTreeMap::new()) };
     static LORAS: RefCell<HashMap<String, Rc<LoraAdapter>>> = RefCell::new(HashMap::new());
+    /// The loaded model's latent → RGB projection, fitted at its first edit.
+    static PREVIEW: RefCell<Option<Rc<LatentPreview>>> = const { RefCell::new(None) };
     static CANCELLED: RefCell<HashSet<u32>> = RefCell::new(HashSet::new());
     static QUEUE: RefCell<VecDeque<ToWorker>> = const { RefCell::new(VecDeque::new()) };
     static BUSY: Cell<bool> = const { Cell::new(false) };
@@ -162,8 +166,30 @@ async fn load_model(base: &str, paths: &[String]) -> Result<String> {
     );
     MODEL.with(|m| *m.borrow_mut() = Some(model));
     LORAS.with(|parsed| parsed.borrow_mut().clear());
+    PREVIEW.with(|p| *p.borrow_mut() = None);
     progress(None, "loading", 1, 1);
     Ok(description)
+}
+
+/// Previews shown during an edit, at most (every ⌊steps / this⌋ steps).
+const PREVIEWS_PER_EDIT: u64 = 10;
+
+/// The loaded model's preview projection, fitted on first use; `None` (no previews) if the fit fails.
+async fn preview_of(model: &KontextModel, device: &burn::tensor::Device) -> Option<Rc<LatentPreview>> {
+    if let Some(preview) = PREVIEW.with(|p| p.borrow().clone()) {
+        return Some(preview);
+    }
+    match LatentPreview::fit(&model.vae, device).await {
+        Ok(preview) => {
+            let preview = Rc::new(preview);
+            PREVIEW.with(|p| *p.borrow_mut() = Some(preview.clone()));
+            Some(preview)
+        }
+        Err(e) => {
+            web_sys::console::warn_1(&format!("no previews: {e}").into());
+            None
+        }
+    }
 }
 
 /// The LoRA file `name` resolved against the loaded model (cached until the next load).
@@ -232,12 +258,15 @@ async fn run_edit_on(model: &mut KontextModel, device: &burn::tensor::Device, jo
         seed: job.seed,
     };
     let id = job.id;
+    let preview = preview_of(model, device).await;
     let mut edit = Edit::prepare_reporting(model, &request, None, device, &mut |phase| match phase {
         Phase::EncodingText => progress(Some(id), "encoding text", 0, 1),
         Phase::EncodingReferences => progress(Some(id), "encoding references", 0, request.references.len() as u64),
         _ => {}
     })?;
     let steps = job.steps as u64;
+    let (latent_width, latent_height) = (edit.size().0 / VAE_SCALE, edit.size().1 / VAE_SCALE);
+    let preview_every = (steps / PREVIEWS_PER_EDIT).max(1);
     progress(Some(id), "denoising", 0, steps);
     while !edit.is_denoised() {
         if CANCELLED.with(|c| c.borrow_mut().remove(&id)) {
@@ -245,8 +274,15 @@ async fn run_edit_on(model: &mut KontextModel, device: &burn::tensor::Device, jo
         }
         edit.step()?;
         // Waiting for this step's latents makes the progress real and lets messages (cancel) through.
-        device::read_f32(edit.latents().clone()).await?;
-        progress(Some(id), "denoising", edit.progress().0 as u64, steps);
+        let latents = device::read_f32(edit.latents().clone()).await?;
+        let done = edit.progress().0 as u64;
+        if let Some(preview) = &preview
+            && (done % preview_every == 0 || done == steps)
+            && let Ok(png) = preview.render(&latents, latent_height, latent_width).and_then(|image| images::encode_png_with_text(&image, &[]))
+        {
+            post(&FromWorker::Preview { job: id, step: done, png: ByteBuf::from(png) });
+        }
+        progress(Some(id), "denoising", done, steps);
     }
     progress(Some(id), "decoding", 0, 1);
     let (width, height) = edit.size();

@@ -2,6 +2,7 @@
 // progress is shown, the result appears, and it equals the native CLI's output for the same seed. Then the
 // result's PNG carries its recipe, "use as reference" chains edits, the comparison shows both images, the
 // Fast/Quality presets set steps and size (output size in pixels shown), and the form works from the keyboard.
+// While running, the phase, elapsed time, an ETA and live previews of the latents are shown.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -97,6 +98,13 @@ test('cancel stops a long edit within a step and the worker takes the next job',
   await setNumber(page, '#steps', 60);
   await page.click('#generate');
   await page.waitForFunction(() => /denoising: [1-9]/.test(document.querySelector('#job-phase')?.textContent ?? ''), null, { timeout: 120_000 });
+  assert.match(await page.textContent('#job-phase'), /denoising: \d+\/60 · [\d.]+ s · about \d+ s left/);
+  // Live previews: the latents through the VAE-fitted projection, one pixel per latent pixel (144×96 / 8).
+  await page.waitForSelector('#preview', { timeout: 60_000 });
+  const size = await page.$eval('#preview', async (img) => { await img.decode(); return [img.naturalWidth, img.naturalHeight]; });
+  assert.deepEqual(size, [18, 12]);
+  assert.match(await page.getAttribute('#preview', 'alt'), /^preview after step \d+$/);
+  await screenshot(page, 'preview');
   await page.click('#cancel');
   await page.waitForSelector('#job[data-state="cancelled"]', { timeout: 60_000 });
   await setNumber(page, '#steps', 1);
