@@ -5,7 +5,10 @@
 mod device_report;
 mod editor;
 mod lora_panel;
+mod model_list;
 mod model_panel;
+mod model_sources;
+mod model_store;
 
 use std::cell::RefCell;
 
