@@ -11,7 +11,7 @@ use wasm_bindgen_futures::JsFuture;
 
 use super::model_store::{Notice, StoreUi, add_demo};
 use crate::store::catalog::{self, CATALOG};
-use crate::store::download;
+use crate::store::{download, idb};
 use crate::store::footprint::{FileFacts, Footprint};
 use crate::store::manifest::{DEFAULT_CHUNK_SIZE, Role, human_bytes};
 use crate::store::sources::{self, ROLES, UrlSource, role_label};
@@ -197,6 +197,11 @@ pub fn UrlSourceForm() -> impl IntoView {
                     Ok(size) => sized.push((file, size)),
                     Err(e) => return ui.notice.set(Some(Notice::Error(e.to_string()))),
                 }
+            }
+            // The quota first: a source too large is refused by its size, whatever its chunking.
+            let total = sized.iter().map(|(_, size)| size).sum::<u64>();
+            if let Err(e) = idb::estimate().await.and_then(|estimate| estimate.check_fits(total)) {
+                return ui.notice.set(Some(Notice::Error(e.to_string())));
             }
             let label = source.label();
             let id = sources::model_id(&label, js_sys::Date::now() as u64);
