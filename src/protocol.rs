@@ -22,6 +22,13 @@ pub enum ToWorker {
         /// Paths under `base` to fetch (`transformer/config.json`, …).
         files: Vec<String>,
     },
+    /// Load the complete model `id` from the model store (IndexedDB, shared by the page and the worker) on the
+    /// GPU. Progress comes as `reading` (bytes from storage) then `loading`; failures as an error with request
+    /// `load_model`.
+    LoadStored {
+        /// The model's id in the store.
+        id: String,
+    },
     /// Keep a LoRA file (safetensors) under `name` for edits that enable it; checked against the model when one
     /// is loaded. Replaces an adapter of the same name.
     AddLora {
@@ -183,5 +190,7 @@ mod tests {
         assert_eq!(back, FromWorker::Error { job: None, request: String::new(), message: "no GPU".into() });
         let cancel: ToWorker = serde_json::from_str(r#"{"type":"cancel","id":3}"#).unwrap();
         assert_eq!(cancel, ToWorker::Cancel { id: 3 });
+        let stored = serde_json::to_string(&ToWorker::LoadStored { id: "tiny-1".into() }).unwrap();
+        assert_eq!(stored, r#"{"type":"load_stored","id":"tiny-1"}"#);
     }
 }

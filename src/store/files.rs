@@ -22,6 +22,11 @@ pub struct StoredModel {
 impl StoredModel {
     /// Reads every file of model `id`; refused unless every chunk is stored and verified.
     pub async fn load(store: &Store, id: &str) -> Result<Self> {
+        Self::load_reporting(store, id, &mut |_, _| {}).await
+    }
+
+    /// [`StoredModel::load`], calling `progress(bytes read, total bytes)` before and after every file.
+    pub async fn load_reporting(store: &Store, id: &str, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
         let manifest = store.manifest(id).await?.ok_or_else(|| Error::Invalid(format!("the store has no model {id:?}")))?;
         if !manifest.is_complete() {
             return Err(Error::Invalid(format!(
@@ -33,14 +38,23 @@ impl StoredModel {
         }
         let mut files = HashMap::new();
         let mut parts = Vec::new();
+        let (mut read, total) = (0, manifest.total_bytes());
+        progress(read, total);
         for file in &manifest.files {
             let bytes = store.read_range(id, &file.path, 0, file.size).await?;
+            read += file.size;
+            progress(read, total);
             files.insert(file.path.clone(), Arc::new(bytes));
             if let Some(role) = file.role.filter(|r| *r != Role::Tokenizer) {
                 parts.push((role, file.path.clone()));
             }
         }
         Ok(Self { files: MemoryFiles(files), parts })
+    }
+
+    /// Bytes of every file together.
+    pub fn total_bytes(&self) -> u64 {
+        self.files.0.values().map(|bytes| bytes.len() as u64).sum()
     }
 
     /// The single-file parts (DiT, T5, CLIP, VAE) as loader overrides; folder files stay reachable by path.

@@ -6,7 +6,10 @@ mod device_report;
 mod editor;
 mod history;
 mod lora_panel;
+mod model_list;
 mod model_panel;
+mod model_sources;
+mod model_store;
 
 use std::cell::RefCell;
 

@@ -1,23 +1,58 @@
-//! Which model is loaded in the worker, and loading the built-in demo model served with the app.
+//! The Model panel: which model is loaded in the worker; the sources a model can be stored from (catalog,
+//! custom URLs, local files or folder, the demo pack); the stored models and their downloads; loading one.
 
 use leptos::prelude::*;
+use leptos::task::spawn_local;
 
+use super::model_list::{StoredModels, TransferView};
+use super::model_sources::{CatalogSource, DemoSource, LocalPick, LocalSource, UrlSourceForm, dropped_entries, dropped_files};
+use super::model_store::{Notice, StoreUi, page_url};
 use super::{AppState, ModelState, send};
 use crate::loader::DIFFUSERS_FILES;
 use crate::protocol::ToWorker;
+use crate::store::manifest::human_bytes;
+use crate::web::js;
 
 /// Folder of the built-in demo model, next to the page (`Trunk.toml` copies it into `dist/`).
 pub const DEMO_MODEL_BASE: &str = "demo-model/";
 
-/// Loads the demo model and shows the model's state with measured progress.
+/// Where a new model comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourceKind {
+    Catalog,
+    Urls,
+    Local,
+    Demo,
+}
+
+const SOURCES: [(SourceKind, &str, &str); 4] = [
+    (SourceKind::Catalog, "source-catalog", "FLUX.1 Kontext [dev] (catalog)"),
+    (SourceKind::Urls, "source-urls", "Custom URLs"),
+    (SourceKind::Local, "source-local", "Files on this computer"),
+    (SourceKind::Demo, "source-demo", "Demo pack"),
+];
+
+/// Loads and stores models, and shows the model's state with measured progress.
 #[component]
 pub fn ModelPanel() -> impl IntoView {
     let state = expect_context::<AppState>();
+    let ui = StoreUi::new();
+    provide_context(ui);
+    let pick = LocalPick::new();
+    provide_context(pick);
+    ui.start();
+    let source = RwSignal::new(SourceKind::Catalog);
+    let dragging = RwSignal::new(false);
+
+    // A model loaded or failed: the list may have changed (a load never writes, but a refresh is cheap).
+    Effect::new(move |_| {
+        if matches!(state.model.get(), ModelState::Loaded(_) | ModelState::Failed(_)) {
+            ui.refresh();
+        }
+    });
+
     let load_demo = move |_| {
-        let base = web_sys::window()
-            .and_then(|w| w.location().href().ok())
-            .map(|href| format!("{}{DEMO_MODEL_BASE}", &href[..href.rfind('/').map_or(href.len(), |i| i + 1)]))
-            .unwrap_or_else(|| DEMO_MODEL_BASE.to_string());
+        let base = page_url(DEMO_MODEL_BASE);
         let files = DIFFUSERS_FILES.iter().map(|f| f.to_string()).collect();
         state.model.set(ModelState::Loading { phase: "downloading".into(), done: 0, total: DIFFUSERS_FILES.len() as u64 });
         if let Err(e) = send(&ToWorker::LoadModel { base, files }) {
@@ -25,35 +60,100 @@ pub fn ModelPanel() -> impl IntoView {
         }
     };
     let busy = move || matches!(state.model.get(), ModelState::Loading { .. });
+
+    let on_drop = move |ev: leptos::ev::DragEvent| {
+        ev.prevent_default();
+        dragging.set(false);
+        let Some(data) = js::get(&ev, "dataTransfer") else { return };
+        let entries = dropped_entries(&data);
+        source.set(SourceKind::Local);
+        spawn_local(async move {
+            match dropped_files(entries).await {
+                Ok(files) if files.is_empty() => ui.notice.set(Some(Notice::Error("nothing usable was dropped: drop files or a folder".into()))),
+                Ok(files) => {
+                    if let Err(e) = pick.set(files) {
+                        ui.notice.set(Some(Notice::Error(e)));
+                    }
+                }
+                Err(e) => ui.notice.set(Some(Notice::Error(format!("the dropped files could not be read: {e}")))),
+            }
+        });
+    };
+
     view! {
-        <section class="card" id="model-panel" aria-labelledby="model-title">
+        <section class="card" id="model-panel" aria-labelledby="model-title" class:dragging=move || dragging.get()
+            on:dragover=move |ev: leptos::ev::DragEvent| { ev.prevent_default(); dragging.set(true); }
+            on:dragleave=move |_| dragging.set(false)
+            on:drop=on_drop>
             <h2 id="model-title">"Model"</h2>
+            <div class="row">
+                <button type="button" id="load-demo" on:click=load_demo disabled=busy>"Load the demo model"</button>
+                <ModelStatus />
+            </div>
             <p class="muted">
                 "The built-in demo model is a 5 MB FLUX.1 Kontext with tiny random weights: it runs the whole pipeline "
-                "on your GPU in seconds, but its pictures are abstract noise, not real edits."
+                "on your GPU in seconds, but its pictures are abstract noise, not real edits. Real models are stored in "
+                "this browser first (once), then loaded from there, also offline."
             </p>
-            <div class="row">
-                <button id="load-demo" on:click=load_demo disabled=busy>"Load the demo model"</button>
-                <span id="model-state" role="status" data-state=move || match state.model.get() {
-                    ModelState::Empty => "empty",
-                    ModelState::Loading { .. } => "loading",
-                    ModelState::Loaded(_) => "loaded",
-                    ModelState::Failed(_) => "failed",
-                }>
-                    {move || match state.model.get() {
-                        ModelState::Empty => "No model loaded.".to_string(),
-                        ModelState::Loading { phase, done, total } => format!("{phase}… {done}/{total}"),
-                        ModelState::Loaded(description) => format!("Loaded: {description}"),
-                        ModelState::Failed(message) => format!("Could not load: {message}"),
+            <fieldset class="sources">
+                <legend>"Add a model from"</legend>
+                <div class="row" role="radiogroup" aria-label="model source">
+                    {SOURCES.iter().map(|(kind, id, label)| {
+                        let kind = *kind;
+                        view! {
+                            <label for=*id class="radio">
+                                <input type="radio" name="model-source" id=*id prop:checked=move || source.get() == kind
+                                    on:change=move |_| source.set(kind) />
+                                {*label}
+                            </label>
+                        }
+                    }).collect_view()}
+                </div>
+                <div id="source-form" data-source=move || format!("{:?}", source.get()).to_lowercase()>
+                    {move || match source.get() {
+                        SourceKind::Catalog => view! { <CatalogSource /> }.into_any(),
+                        SourceKind::Urls => view! { <UrlSourceForm /> }.into_any(),
+                        SourceKind::Local => view! { <LocalSource /> }.into_any(),
+                        SourceKind::Demo => view! { <DemoSource /> }.into_any(),
                     }}
-                </span>
-            </div>
-            {move || match state.model.get() {
-                ModelState::Loading { done, total, .. } => Some(view! {
-                    <progress max=total.max(1) value=done aria-label="model loading progress"></progress>
-                }),
-                _ => None,
-            }}
+                </div>
+            </fieldset>
+            {move || ui.notice.get().map(|n| match n {
+                Notice::Info(text) => view! { <p id="store-message" data-kind="info" class="status ok" role="status">{text}</p> }.into_any(),
+                Notice::Error(text) => view! { <p id="store-message" data-kind="error" class="status bad" role="alert">{text}</p> }.into_any(),
+            })}
+            <TransferView />
+            <StoredModels />
         </section>
+    }
+}
+
+/// The loaded model's state, with measured progress.
+#[component]
+fn ModelStatus() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    view! {
+        <span id="model-state" role="status" data-state=move || match state.model.get() {
+            ModelState::Empty => "empty",
+            ModelState::Loading { .. } => "loading",
+            ModelState::Loaded(_) => "loaded",
+            ModelState::Failed(_) => "failed",
+        }>
+            {move || match state.model.get() {
+                ModelState::Empty => "No model loaded.".to_string(),
+                ModelState::Loading { phase, done, total } if phase == "reading" => {
+                    format!("reading from storage… {} of {}", human_bytes(done), human_bytes(total))
+                }
+                ModelState::Loading { phase, done, total } => format!("{phase}… {done}/{total}"),
+                ModelState::Loaded(description) => format!("Loaded: {description}"),
+                ModelState::Failed(message) => format!("Could not load: {message}"),
+            }}
+        </span>
+        {move || match state.model.get() {
+            ModelState::Loading { done, total, .. } => Some(view! {
+                <progress max=total.max(1) value=done aria-label="model loading progress"></progress>
+            }),
+            _ => None,
+        }}
     }
 }

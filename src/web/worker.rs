@@ -22,6 +22,8 @@ use crate::pipeline::preview::LatentPreview;
 use crate::pipeline::kontext::VAE_SCALE;
 use crate::pipeline::{image as images, size};
 use crate::protocol::{EditJob, FromWorker, ToWorker};
+use crate::store::files::StoredModel;
+use crate::store::idb::Store;
 use crate::{Error, Result, device, selfcheck};
 
 thread_local! {
@@ -96,6 +98,13 @@ pub async fn answer(request: ToWorker) -> FromWorker {
             }
             Err(e) => FromWorker::Error { job: None, request: "load_model".into(), message: e.to_string() },
         },
+        ToWorker::LoadStored { id } => match load_stored(&id).await {
+            Ok(description) => {
+                recheck_loras();
+                FromWorker::Loaded { description }
+            }
+            Err(e) => FromWorker::Error { job: None, request: "load_model".into(), message: e.to_string() },
+        },
         ToWorker::AddLora { name, bytes } => {
             LORA_FILES.with(|files| files.borrow_mut().insert(name.clone(), Arc::new(bytes.into_vec())));
             LORAS.with(|parsed| parsed.borrow_mut().remove(&name));
@@ -155,9 +164,15 @@ async fn load_model(base: &str, paths: &[String]) -> Result<String> {
     }
     progress(None, "loading", 0, 1);
     let model = KontextModel::load(&MemoryFiles(files), Overrides::default(), &device)?;
+    Ok(install(model, bytes, None))
+}
+
+/// Makes `model` the loaded one and describes it (`label` first when it came from the store).
+fn install(model: KontextModel, bytes: u64, label: Option<&str>) -> String {
     let c = &model.flux_config;
     let description = format!(
-        "{:.1} MB · DiT width {}, {} double + {} single blocks, {} heads",
+        "{}{:.1} MB · DiT width {}, {} double + {} single blocks, {} heads",
+        label.map(|l| format!("{l} · ")).unwrap_or_default(),
         bytes as f64 / 1e6,
         c.hidden_size,
         c.depth,
@@ -168,7 +183,23 @@ async fn load_model(base: &str, paths: &[String]) -> Result<String> {
     LORAS.with(|parsed| parsed.borrow_mut().clear());
     PREVIEW.with(|p| *p.borrow_mut() = None);
     progress(None, "loading", 1, 1);
-    Ok(description)
+    description
+}
+
+/// Loads the complete stored model `id` from IndexedDB (refused when any chunk is missing).
+async fn load_stored(id: &str) -> Result<String> {
+    let (device, _) = device::wgpu_async().await?;
+    let store = Store::open().await?;
+    let label = store.manifest(id).await?.map(|m| m.label).unwrap_or_else(|| id.to_string());
+    let stored = StoredModel::load_reporting(&store, id, &mut |done, total| progress(None, "reading", done, total)).await;
+    store.close();
+    let stored = stored?;
+    progress(None, "loading", 0, 1);
+    // Release the previous model before the new one takes GPU memory.
+    MODEL.with(|m| m.borrow_mut().take());
+    let model = KontextModel::load(&stored, stored.overrides(), &device)?;
+    let bytes = stored.total_bytes();
+    Ok(install(model, bytes, Some(&label)))
 }
 
 /// Previews shown during an edit, at most (every ⌊steps / this⌋ steps).
