@@ -226,22 +226,22 @@ impl Embed {
 
     fn answer(&self, event: &FromWorker) {
         match event {
-            FromWorker::Progress { job: None, phase, done, total } => {
+            FromWorker::Progress { job: None, phase, done, total, .. } => {
                 if let Some(reply) = self.loads.borrow().front() {
                     reply.post("kontext:progress", &progress_fields(phase, *done, *total));
                 }
             }
-            FromWorker::Progress { job: Some(job), phase, done, total } => {
+            FromWorker::Progress { job: Some(job), phase, done, total, .. } => {
                 if let Some((_, reply)) = self.edits.borrow().iter().find(|(id, _)| id == job) {
                     reply.post("kontext:progress", &progress_fields(phase, *done, *total));
                 }
             }
-            FromWorker::Loaded { description } => {
+            FromWorker::Loaded { description, .. } => {
                 if let Some(reply) = self.loads.borrow_mut().pop_front() {
                     reply.post("kontext:loaded", &[("description", description.as_str().into())]);
                 }
             }
-            FromWorker::Error { job: None, request, message } if request == "load_model" => {
+            FromWorker::Error { job: None, request, message, .. } if request == "load_model" => {
                 if let Some(reply) = self.loads.borrow_mut().pop_front() {
                     reply.error(message);
                 }
@@ -262,7 +262,7 @@ impl Embed {
                     }
                 }
             }
-            FromWorker::Cancelled { id } => {
+            FromWorker::Cancelled { id, .. } => {
                 if let Some(reply) = self.take_edit(*id) {
                     reply.post("kontext:error", &[("message", "cancelled".into()), ("cancelled", true.into())]);
                 }
@@ -272,7 +272,7 @@ impl Embed {
                     reply.error(message);
                 }
             }
-            FromWorker::Error { job: None, request, message } if request == "worker" => {
+            FromWorker::Error { job: None, request, message, .. } if request == "worker" => {
                 let loads: Vec<Reply> = self.loads.borrow_mut().drain(..).collect();
                 let edits: Vec<(u32, Reply)> = self.edits.borrow_mut().drain(..).collect();
                 for reply in loads.iter().chain(edits.iter().map(|(_, r)| r)) {

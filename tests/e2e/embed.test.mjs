@@ -40,7 +40,6 @@ function startParent() {
 const CSP_PROBE = () => {
   const report = (e) => console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || 'inline'}`);
   document.addEventListener('securitypolicyviolation', report);
-  if (typeof WorkerGlobalScope !== 'undefined') self.addEventListener('securitypolicyviolation', report);
 };
 
 let app, parent, intruder, browser, parentPage;
