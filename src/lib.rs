@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod device;
+pub mod embed_api;
 pub mod error;
 pub mod formats;
 pub mod kernels;

@@ -21,6 +21,9 @@ pub enum ToWorker {
         base: String,
         /// Paths under `base` to fetch (`transformer/config.json`, …).
         files: Vec<String>,
+        /// Single-file URLs that replace parts of the folder.
+        #[serde(default)]
+        parts: PartUrls,
     },
     /// Load the complete model `id` from the model store (IndexedDB, shared by the page and the worker) on the
     /// GPU. Progress comes as `reading` (bytes from storage) then `loading`; failures as an error with request
@@ -49,6 +52,33 @@ pub enum ToWorker {
         /// The job to stop.
         id: u32,
     },
+}
+
+/// URLs of single files that replace parts of a model folder ([`crate::loader::Overrides`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartUrls {
+    /// The DiT: BFL or diffusers safetensors, or a Flux GGUF.
+    #[serde(default)]
+    pub transformer: Option<String>,
+    /// The T5 encoder: a llama.cpp T5 GGUF or transformers safetensors.
+    #[serde(default)]
+    pub t5: Option<String>,
+    /// CLIP-L: `clip_l.safetensors` or transformers safetensors.
+    #[serde(default)]
+    pub clip: Option<String>,
+    /// The VAE: BFL `ae.safetensors` or diffusers safetensors.
+    #[serde(default)]
+    pub vae: Option<String>,
+}
+
+impl PartUrls {
+    /// The given parts as `(part, url)`, in the order they are fetched.
+    pub fn given(&self) -> Vec<(&'static str, &str)> {
+        [("transformer", &self.transformer), ("t5", &self.t5), ("clip", &self.clip), ("vae", &self.vae)]
+            .into_iter()
+            .filter_map(|(part, url)| url.as_deref().map(|url| (part, url)))
+            .collect()
+    }
 }
 
 /// One edit, as the page asks for it.
@@ -192,5 +222,16 @@ mod tests {
         assert_eq!(cancel, ToWorker::Cancel { id: 3 });
         let stored = serde_json::to_string(&ToWorker::LoadStored { id: "tiny-1".into() }).unwrap();
         assert_eq!(stored, r#"{"type":"load_stored","id":"tiny-1"}"#);
+    }
+
+    #[test]
+    fn load_model_parts_are_optional() {
+        let plain: ToWorker = serde_json::from_str(r#"{"type":"load_model","base":"m/","files":["vae/config.json"]}"#).unwrap();
+        assert_eq!(plain, ToWorker::LoadModel { base: "m/".into(), files: vec!["vae/config.json".into()], parts: PartUrls::default() });
+        let parts: ToWorker =
+            serde_json::from_str(r#"{"type":"load_model","base":"","files":[],"parts":{"vae":"https://x/ae.safetensors","t5":"t.gguf"}}"#)
+                .unwrap();
+        let ToWorker::LoadModel { parts, .. } = parts else { panic!("not a load") };
+        assert_eq!(parts.given(), vec![("t5", "t.gguf"), ("vae", "https://x/ae.safetensors")]);
     }
 }

@@ -11,6 +11,11 @@ const TYPES = {
   '.safetensors': 'application/octet-stream', '.gguf': 'application/octet-stream',
 };
 
+// The page's <meta> policy plus what only a header can carry: frame-ancestors (the embed must be frameable).
+export const CSP = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; connect-src 'self' https: blob: data:; " +
+  "img-src 'self' blob: data:; style-src 'self'; worker-src 'self'; font-src 'self'; manifest-src 'self'; object-src 'none'; " +
+  "base-uri 'self'; form-action 'none'; frame-ancestors *";
+
 export function startServer(root, host = '127.0.0.1', port = 8080) {
   const base = resolve(root);
   const server = createServer(async (req, res) => {
@@ -25,6 +30,7 @@ export function startServer(root, host = '127.0.0.1', port = 8080) {
         'Cache-Control': 'no-cache',
         'Cross-Origin-Opener-Policy': 'same-origin',
         'X-Content-Type-Options': 'nosniff',
+        'Content-Security-Policy': CSP,
       });
       res.end(req.method === 'HEAD' ? undefined : body);
     } catch {

@@ -4,6 +4,7 @@
 
 mod device_report;
 mod editor;
+mod embed;
 mod history;
 mod lora_panel;
 mod model_list;
@@ -17,6 +18,7 @@ use leptos::prelude::*;
 
 pub use device_report::DeviceReport;
 pub use editor::Editor;
+pub use embed::EmbedView;
 pub use lora_panel::{LoraEntry, LoraPanel, LoraStatus};
 pub use model_panel::ModelPanel;
 
@@ -227,9 +229,16 @@ pub fn mount() {
 pub fn App() -> impl IntoView {
     let state = AppState::new();
     provide_context(state);
-    match WorkerClient::spawn(move |event| state.apply(event)) {
+    match WorkerClient::spawn(move |event| {
+        embed::on_worker(&event);
+        state.apply(event)
+    }) {
         Ok(client) => WORKER.with(|w| *w.borrow_mut() = Some(client)),
         Err(e) => state.model.set(ModelState::Failed(format!("the inference worker could not start: {e}"))),
+    }
+    if embed::requested() {
+        embed::start(state);
+        return view! { <EmbedView /> }.into_any();
     }
     view! {
         <header class="topbar">
@@ -245,6 +254,7 @@ pub fn App() -> impl IntoView {
             <DeviceReport />
         </main>
     }
+    .into_any()
 }
 
 /// `1536` → "1.5 KiB"; binary units, as browsers and GPUs count.

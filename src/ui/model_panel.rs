@@ -55,7 +55,7 @@ pub fn ModelPanel() -> impl IntoView {
         let base = page_url(DEMO_MODEL_BASE);
         let files = DIFFUSERS_FILES.iter().map(|f| f.to_string()).collect();
         state.model.set(ModelState::Loading { phase: "downloading".into(), done: 0, total: DIFFUSERS_FILES.len() as u64 });
-        if let Err(e) = send(&ToWorker::LoadModel { base, files }) {
+        if let Err(e) = send(&ToWorker::LoadModel { base, files, parts: Default::default() }) {
             state.model.set(ModelState::Failed(e));
         }
     };

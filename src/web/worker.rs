@@ -21,7 +21,7 @@ use crate::pipeline::edit::{Edit, EditRequest, Phase};
 use crate::pipeline::preview::LatentPreview;
 use crate::pipeline::kontext::VAE_SCALE;
 use crate::pipeline::{image as images, size};
-use crate::protocol::{EditJob, FromWorker, ToWorker};
+use crate::protocol::{EditJob, FromWorker, PartUrls, ToWorker};
 use crate::store::files::StoredModel;
 use crate::store::idb::Store;
 use crate::{Error, Result, device, selfcheck};
@@ -91,7 +91,7 @@ pub async fn answer(request: ToWorker) -> FromWorker {
                 Err(e) => FromWorker::Error { job: None, request: "self_check".into(), message: e.to_string() },
             }
         }
-        ToWorker::LoadModel { base, files } => match load_model(&base, &files).await {
+        ToWorker::LoadModel { base, files, parts } => match load_model(&base, &files, &parts).await {
             Ok(description) => {
                 recheck_loras();
                 FromWorker::Loaded { description }
@@ -152,18 +152,35 @@ async fn fetch_bytes(url: &str) -> Result<Vec<u8>> {
     Ok(js_sys::Uint8Array::new(&buffer).to_vec())
 }
 
-async fn load_model(base: &str, paths: &[String]) -> Result<String> {
+async fn load_model(base: &str, paths: &[String], parts: &PartUrls) -> Result<String> {
     let (device, _) = device::wgpu_async().await?;
     let mut files = HashMap::new();
     let mut bytes = 0u64;
+    let total = (paths.len() + parts.given().len()) as u64;
     for (i, path) in paths.iter().enumerate() {
-        progress(None, "downloading", i as u64, paths.len() as u64);
+        progress(None, "downloading", i as u64, total);
         let data = fetch_bytes(&format!("{base}{path}")).await?;
         bytes += data.len() as u64;
         files.insert(path.clone(), Arc::new(data));
     }
+    let mut overrides = Overrides::default();
+    let slots = [
+        (&parts.transformer, &mut overrides.transformer),
+        (&parts.t5, &mut overrides.t5),
+        (&parts.clip, &mut overrides.clip),
+        (&parts.vae, &mut overrides.vae),
+    ];
+    let mut fetched = paths.len() as u64;
+    for (url, slot) in slots {
+        let Some(url) = url else { continue };
+        progress(None, "downloading", fetched, total);
+        let data = Arc::new(fetch_bytes(url).await?);
+        bytes += data.len() as u64;
+        fetched += 1;
+        *slot = Some(Box::new(crate::formats::source::Named::new(url.as_str(), data)));
+    }
     progress(None, "loading", 0, 1);
-    let model = KontextModel::load(&MemoryFiles(files), Overrides::default(), &device)?;
+    let model = KontextModel::load(&MemoryFiles(files), overrides, &device)?;
     Ok(install(model, bytes, None))
 }
 

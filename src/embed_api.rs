@@ -1,0 +1,237 @@
+//! The embed API's requests (`/?embed`, README "Embedding"): which parent origins may talk to the app, and how
+//! `kontext:load` and `kontext:edit` map onto the worker's [`ToWorker`] requests. The browser glue that reads
+//! `postMessage` events and answers them is `ui::embed`; this part is plain data and runs (and is tested) natively.
+
+use serde::Deserialize;
+use serde_bytes::ByteBuf;
+
+use crate::loader::DIFFUSERS_FILES;
+use crate::pipeline::size::DEFAULT_MAX_AREA;
+use crate::protocol::{EditJob, PartUrls, ToWorker};
+
+/// Most reference images one edit takes.
+pub const MAX_IMAGES: usize = 4;
+/// Steps when `kontext:edit` gives none (the reference pipeline's default).
+pub const DEFAULT_STEPS: usize = 28;
+/// Most steps one edit may ask for.
+pub const MAX_STEPS: usize = 200;
+/// Guidance when `kontext:edit` gives none (BFL's recommended value).
+pub const DEFAULT_GUIDANCE: f32 = 2.5;
+
+/// `scheme://host[:port]` of `url` (lower case, no path), or `None` when it is not an http(s) URL.
+pub fn origin_of(url: &str) -> Option<String> {
+    let url = url.trim();
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    Some(format!("{scheme}://{}", authority.to_ascii_lowercase()))
+}
+
+/// The origins whose messages the app accepts: its own, and each origin listed in `?allow=` (comma-separated).
+/// Entries that are not http(s) origins (`*`, `null`, garbage) are dropped: a wildcard would let any page drive
+/// the app.
+pub fn allowed_origins(own_origin: &str, allow: Option<&str>) -> Vec<String> {
+    let mut origins: Vec<String> = origin_of(own_origin).into_iter().collect();
+    for entry in allow.unwrap_or_default().split(',') {
+        if let Some(origin) = origin_of(entry)
+            && !origins.contains(&origin)
+        {
+            origins.push(origin);
+        }
+    }
+    origins
+}
+
+/// `source` of `kontext:load`: a diffusers-layout folder and/or single files that replace its parts (URLs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct LoadSource {
+    /// Folder in the diffusers layout.
+    #[serde(default)]
+    pub base: Option<String>,
+    /// The DiT as one file.
+    #[serde(default)]
+    pub transformer: Option<String>,
+    /// The T5 encoder as one file.
+    #[serde(default)]
+    pub t5: Option<String>,
+    /// CLIP-L as one file.
+    #[serde(default)]
+    pub clip: Option<String>,
+    /// The VAE as one file.
+    #[serde(default)]
+    pub vae: Option<String>,
+}
+
+impl LoadSource {
+    /// The worker request: every file of the folder except the weights a single file replaces (configs and
+    /// tokenizers still come from the folder), plus the single files. Relative URLs resolve against `page`.
+    pub fn to_request(&self, page: &str) -> Result<ToWorker, String> {
+        let resolve = |url: &Option<String>| url.as_deref().map(str::trim).filter(|u| !u.is_empty()).map(|u| resolve_url(page, u));
+        let parts = PartUrls {
+            transformer: resolve(&self.transformer),
+            t5: resolve(&self.t5),
+            clip: resolve(&self.clip),
+            vae: resolve(&self.vae),
+        };
+        let Some(base) = resolve(&self.base) else {
+            if parts.given().is_empty() {
+                return Err("source needs a base folder URL or single-file URLs (transformer, t5, clip, vae)".into());
+            }
+            return Ok(ToWorker::LoadModel { base: String::new(), files: Vec::new(), parts });
+        };
+        let base = if base.ends_with('/') { base } else { format!("{base}/") };
+        let replaced = [
+            (parts.transformer.is_some(), "transformer/diffusion_pytorch_model.safetensors"),
+            (parts.t5.is_some(), "text_encoder_2/model.safetensors"),
+            (parts.clip.is_some(), "text_encoder/model.safetensors"),
+            (parts.vae.is_some(), "vae/diffusion_pytorch_model.safetensors"),
+        ];
+        let files = DIFFUSERS_FILES
+            .iter()
+            .filter(|file| !replaced.iter().any(|(skip, weights)| *skip && file == &weights))
+            .map(|file| file.to_string())
+            .collect();
+        Ok(ToWorker::LoadModel { base, files, parts })
+    }
+}
+
+/// `url` resolved against the page URL `page` (absolute URLs unchanged; `/x` from the origin; `x` from the page's
+/// folder).
+pub fn resolve_url(page: &str, url: &str) -> String {
+    if url.contains("://") {
+        return url.to_string();
+    }
+    let page = page.split(['?', '#']).next().unwrap_or_default();
+    match url.strip_prefix('/') {
+        Some(path) => format!("{}/{path}", origin_of(page).unwrap_or_default()),
+        None => format!("{}{url}", &page[..page.rfind('/').map_or(page.len(), |i| i + 1)]),
+    }
+}
+
+/// `kontext:edit` without its images (Blobs, read by the page).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct EditOptions {
+    /// The instruction.
+    #[serde(default)]
+    pub prompt: String,
+    /// Output width; needs `height`.
+    #[serde(default)]
+    pub width: Option<usize>,
+    /// Output height; needs `width`.
+    #[serde(default)]
+    pub height: Option<usize>,
+    /// Denoising steps ([`DEFAULT_STEPS`] when absent).
+    #[serde(default)]
+    pub steps: Option<usize>,
+    /// Distilled guidance ([`DEFAULT_GUIDANCE`] when absent).
+    #[serde(default)]
+    pub guidance: Option<f32>,
+    /// Seed of the noise (random when absent; the result says which).
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// `"bucket"` (default: references snap to a Kontext size at the output's area) or `"none"`.
+    #[serde(default)]
+    pub resize: Option<String>,
+}
+
+impl EditOptions {
+    /// The worker's job `id` with the encoded `images`. With `width` and `height`, references are bucketed at the
+    /// output's area (as `kontext edit --width W --height H --max-area W·H`); without, at 1024².
+    pub fn to_job(&self, id: u32, images: Vec<Vec<u8>>, random_seed: impl FnOnce() -> u64) -> Result<EditJob, String> {
+        if images.len() > MAX_IMAGES {
+            return Err(format!("an edit takes at most {MAX_IMAGES} images, got {}", images.len()));
+        }
+        let max_area = match (self.width, self.height) {
+            (Some(w), Some(h)) if w > 0 && h > 0 => w * h,
+            (None, None) => DEFAULT_MAX_AREA,
+            _ => return Err("give both width and height (positive), or neither".into()),
+        };
+        let steps = self.steps.unwrap_or(DEFAULT_STEPS);
+        if !(1..=MAX_STEPS).contains(&steps) {
+            return Err(format!("steps must be between 1 and {MAX_STEPS}, got {steps}"));
+        }
+        let guidance = self.guidance.unwrap_or(DEFAULT_GUIDANCE);
+        if !guidance.is_finite() || guidance < 0.0 {
+            return Err(format!("guidance must be a number ≥ 0, got {guidance}"));
+        }
+        let keep_reference_size = match self.resize.as_deref() {
+            None | Some("bucket") => false,
+            Some("none") => true,
+            Some(other) => return Err(format!("resize must be \"bucket\" or \"none\", got {other:?}")),
+        };
+        Ok(EditJob {
+            id,
+            prompt: self.prompt.clone(),
+            images: images.into_iter().map(ByteBuf::from).collect(),
+            width: self.width,
+            height: self.height,
+            max_area,
+            keep_reference_size,
+            steps,
+            guidance,
+            seed: self.seed.unwrap_or_else(random_seed),
+            loras: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http_origins_are_allowed_and_wildcards_are_dropped() {
+        let origins = allowed_origins("http://127.0.0.1:8080", Some("https://Shop.Example/products, *,null,ftp://x, http://127.0.0.1:9000/"));
+        assert_eq!(origins, ["http://127.0.0.1:8080", "https://shop.example", "http://127.0.0.1:9000"]);
+        assert_eq!(allowed_origins("https://app.example", None), ["https://app.example"]);
+        assert_eq!(origin_of("https://user@evil.example"), None);
+    }
+
+    #[test]
+    fn load_skips_the_weights_a_single_file_replaces() {
+        let source = LoadSource { base: Some("demo-model".into()), vae: Some("/weights/ae.safetensors".into()), ..Default::default() };
+        let ToWorker::LoadModel { base, files, parts } = source.to_request("http://127.0.0.1:8080/app/?embed").unwrap() else {
+            panic!("not a load")
+        };
+        assert_eq!(base, "http://127.0.0.1:8080/app/demo-model/");
+        assert_eq!(files.len(), DIFFUSERS_FILES.len() - 1);
+        assert!(files.contains(&"vae/config.json".to_string()) && !files.iter().any(|f| f == "vae/diffusion_pytorch_model.safetensors"));
+        assert_eq!(parts.vae.as_deref(), Some("http://127.0.0.1:8080/weights/ae.safetensors"));
+        assert!(LoadSource::default().to_request("http://a/").is_err());
+        let only_files = LoadSource { transformer: Some("https://h/f.gguf".into()), ..Default::default() };
+        assert_eq!(
+            only_files.to_request("http://a/").unwrap(),
+            ToWorker::LoadModel {
+                base: String::new(),
+                files: Vec::new(),
+                parts: PartUrls { transformer: Some("https://h/f.gguf".into()), ..Default::default() }
+            }
+        );
+    }
+
+    #[test]
+    fn edit_options_fill_defaults_and_refuse_bad_values() {
+        let job = EditOptions { prompt: "p".into(), ..Default::default() }.to_job(7, vec![vec![1]], || 99).unwrap();
+        assert_eq!((job.id, job.steps, job.guidance, job.seed, job.max_area), (7, 28, 2.5, 99, 1024 * 1024));
+        assert!(!job.keep_reference_size && job.width.is_none());
+        let sized = EditOptions { width: Some(144), height: Some(96), seed: Some(5), resize: Some("none".into()), ..Default::default() };
+        let job = sized.to_job(1, Vec::new(), || unreachable!("the seed is given")).unwrap();
+        assert_eq!((job.width, job.height, job.max_area, job.seed, job.keep_reference_size), (Some(144), Some(96), 144 * 96, 5, true));
+        let bad = [
+            EditOptions { width: Some(64), ..Default::default() },
+            EditOptions { steps: Some(0), ..Default::default() },
+            EditOptions { guidance: Some(f32::NAN), ..Default::default() },
+            EditOptions { resize: Some("crop".into()), ..Default::default() },
+        ];
+        for options in bad {
+            assert!(options.to_job(1, Vec::new(), || 0).is_err(), "{options:?}");
+        }
+        assert!(EditOptions::default().to_job(1, vec![Vec::new(); 5], || 0).is_err());
+    }
+}

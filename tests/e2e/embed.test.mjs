@@ -1,0 +1,235 @@
+// The embed (`/?embed`) and its postMessage API, driven from a parent page on another origin: ready, load with
+// progress, an edit with a PNG Blob whose result equals the native CLI for the same seed (PSNR ≥ 40 dB), cancel,
+// bad requests answered with errors, messages from an origin not in `?allow=` ignored. Then the PWA: after one
+// visit the app shell loads with the network off. No Content-Security-Policy violation anywhere.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir, homedir } from 'node:os';
+import { join } from 'node:path';
+import { serveDist, launch, screenshot } from './browser.mjs';
+
+const REFERENCE = 'tests/fixtures/tiny/golden/reference_input.png';
+const PROMPT = 'Make the red square blue and add a small yellow sun in the sky';
+const SEED = 1234;
+const [WIDTH, HEIGHT] = [144, 96]; // the reference's 3:2 at 13 824 px: 54 noise + 54 reference tokens
+const TARGET = process.env.CARGO_TARGET_DIR ?? join(homedir(), '.cache', 'kontext-web', 'target');
+
+// A product page: embeds the app given in `?app=`, records what the app posts, and sends messages to it.
+const PARENT_HTML = `<!doctype html><meta charset="utf-8"><title>parent</title>
+<iframe id="app" width="480" height="400" title="Kontext"></iframe>
+<script>
+  const app = new URLSearchParams(location.search).get('app');
+  window.appOrigin = new URL(app).origin;
+  window.messages = [];
+  addEventListener('message', (e) => messages.push({ origin: e.origin, data: e.data }));
+  document.getElementById('app').src = app;
+  window.send = (message) => document.getElementById('app').contentWindow.postMessage(message, appOrigin);
+</script>`;
+
+function startParent() {
+  const server = createServer((req, res) => {
+    if (req.url.startsWith('/favicon')) { res.writeHead(204).end(); return; }
+    res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' }).end(PARENT_HTML);
+  });
+  return new Promise((ok) => server.listen(0, '127.0.0.1', () => ok({ server, url: `http://127.0.0.1:${server.address().port}/` })));
+}
+
+const CSP_PROBE = () => {
+  const report = (e) => console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || 'inline'}`);
+  document.addEventListener('securitypolicyviolation', report);
+};
+
+let app, parent, intruder, browser, parentPage;
+const problems = [];
+function watch(page) {
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console error: ${m.text()}`); });
+  return page;
+}
+
+before(async () => {
+  app = await serveDist();
+  parent = await startParent();
+  intruder = await startParent();
+  browser = await launch({ webgpu: true });
+  await browser.context.addInitScript(CSP_PROBE);
+  parentPage = watch(await browser.context.newPage());
+  const appOrigin = app.url.slice(0, -1);
+  const embedUrl = `${app.url}?embed&allow=${encodeURIComponent(parent.url.slice(0, -1))}`;
+  await parentPage.goto(`${parent.url}?app=${encodeURIComponent(embedUrl)}`);
+  assert.notEqual(new URL(parent.url).origin, appOrigin);
+});
+after(async () => {
+  await browser.close();
+  for (const s of [app, parent, intruder]) { s.server.closeAllConnections?.(); s.server.close(); }
+});
+
+/** Waits for the app's answer of `type` to request `id` (or its error) and returns the message's data. */
+async function answer(page, id, type, timeout = 300_000) {
+  const handle = await page.waitForFunction(([id, type]) => window.messages.find((m) => m.data?.id === id
+    && (m.data.type === type || m.data.type === 'kontext:error'))?.data ?? null, [id, type], { timeout });
+  const data = await handle.jsonValue();
+  return data;
+}
+
+test('the embed says ready to its allowed parent and shows only the compact view', async () => {
+  await parentPage.waitForFunction(() => window.messages.some((m) => m.data?.type === 'kontext:ready'), null, { timeout: 60_000 });
+  const ready = await parentPage.evaluate(() => window.messages.filter((m) => m.data?.type === 'kontext:ready'));
+  assert.equal(ready.length, 1);
+  assert.equal(ready[0].origin, app.url.slice(0, -1));
+  const frame = parentPage.frameLocator('#app');
+  await frame.locator('#embed').waitFor();
+  assert.equal(await frame.locator('#embed-cancel').isDisabled(), true);
+  assert.equal(await frame.locator('#model-panel, #device-report, #editor').count(), 0);
+});
+
+test('bad requests from the allowed parent get an error with their id', async () => {
+  await parentPage.evaluate(() => {
+    send({ type: 'kontext:load', id: 'empty', source: {} });
+    send({ type: 'kontext:edit', id: 'half-size', prompt: 'x', width: 64 });
+    send({ type: 'kontext:frobnicate', id: 'unknown' });
+  });
+  assert.match((await answer(parentPage, 'empty', 'kontext:loaded', 10_000)).message, /base folder URL or single-file URLs/);
+  assert.match((await answer(parentPage, 'half-size', 'kontext:result', 10_000)).message, /both width and height/);
+  assert.match((await answer(parentPage, 'unknown', 'kontext:result', 10_000)).message, /unknown message type kontext:frobnicate/);
+});
+
+test('kontext:load fetches the demo model with progress, then kontext:loaded', async () => {
+  await parentPage.evaluate((base) => send({ type: 'kontext:load', id: 'demo', source: { base } }), `${app.url}demo-model/`);
+  const loaded = await answer(parentPage, 'demo', 'kontext:loaded', 120_000);
+  assert.equal(loaded.type, 'kontext:loaded', loaded.message);
+  const progress = await parentPage.evaluate(() => window.messages.filter((m) => m.data?.id === 'demo' && m.data.type === 'kontext:progress').map((m) => m.data));
+  assert.ok(progress.some((p) => p.phase === 'downloading' && p.total === 11), JSON.stringify(progress));
+  assert.ok(progress.every((p) => Number.isInteger(p.done) && Number.isInteger(p.total) && p.done <= p.total));
+  assert.ok(progress.some((p) => p.phase === 'loading'));
+});
+
+test('kontext:edit with a PNG Blob returns a PNG Blob equal to the native CLI for the same seed (PSNR ≥ 40 dB)', async () => {
+  const reference = readFileSync(REFERENCE).toString('base64');
+  await parentPage.evaluate(([b64, prompt, seed, width, height]) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    send({ type: 'kontext:edit', id: 7, prompt, images: [new Blob([bytes], { type: 'image/png' })], width, height, steps: 4, guidance: 2.5, seed });
+  }, [reference, PROMPT, SEED, WIDTH, HEIGHT]);
+  const result = await parentPage.waitForFunction(() => window.messages.find((m) => m.data?.id === 7 && /result|error/.test(m.data.type))?.data ?? null,
+    null, { timeout: 300_000 });
+  const summary = await result.evaluate(async (r) => {
+    if (r.type !== 'kontext:result') return { error: r.message };
+    const bytes = new Uint8Array(await r.image.arrayBuffer());
+    let s = ''; for (const b of bytes) s += String.fromCharCode(b);
+    const bitmap = await createImageBitmap(r.image);
+    return { isBlob: r.image instanceof Blob, mime: r.image.type, seed: r.seed, width: r.width, height: r.height, bitmap: [bitmap.width, bitmap.height], png: btoa(s) };
+  });
+  assert.equal(summary.error, undefined, summary.error);
+  assert.deepEqual([summary.isBlob, summary.mime, summary.seed, summary.width, summary.height, summary.bitmap],
+    [true, 'image/png', SEED, WIDTH, HEIGHT, [WIDTH, HEIGHT]]);
+  const phases = await parentPage.evaluate(() => window.messages.filter((m) => m.data?.id === 7 && m.data.type === 'kontext:progress').map((m) => m.data.phase));
+  for (const phase of ['encoding text', 'encoding references', 'denoising', 'decoding']) assert.ok(phases.includes(phase), `no ${phase} progress: ${phases}`);
+  await parentPage.frameLocator('#app').locator('#result-image').waitFor();
+  await screenshot(parentPage, 'embed-result');
+
+  const dir = mkdtempSync(join(tmpdir(), 'kontext-native-'));
+  try {
+    const out = join(dir, 'native.png');
+    execFileSync(join(TARGET, 'debug', 'kontext'), ['edit', '--model', 'tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny',
+      '--prompt', PROMPT, '--image', REFERENCE, '--width', String(WIDTH), '--height', String(HEIGHT),
+      '--max-area', String(WIDTH * HEIGHT), '--steps', '4', '--guidance', '2.5', '--seed', String(SEED),
+      '--backend', 'wgpu', '--out', out], { stdio: 'pipe' });
+    const psnr = await parentPage.evaluate(async ([a, b]) => {
+      const pixels = async (b64) => {
+        const bitmap = await createImageBitmap(new Blob([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], { type: 'image/png' }));
+        const ctx = new OffscreenCanvas(bitmap.width, bitmap.height).getContext('2d');
+        ctx.drawImage(bitmap, 0, 0);
+        return ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
+      };
+      const [x, y] = [await pixels(a), await pixels(b)];
+      if (x.length !== y.length) return -1;
+      let sum = 0, n = 0;
+      for (let i = 0; i < x.length; i++) { if (i % 4 === 3) continue; const d = x[i] - y[i]; sum += d * d; n++; }
+      return sum === 0 ? Infinity : 10 * Math.log10(255 * 255 / (sum / n));
+    }, [summary.png, readFileSync(out).toString('base64')]);
+    assert.ok(psnr >= 40, `PSNR ${psnr} dB`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('kontext:cancel stops a long edit within a step and the next edit runs', async () => {
+  await parentPage.evaluate(() => send({ type: 'kontext:edit', id: 'long', prompt: 'a long one', width: 64, height: 64, steps: 60, seed: 5 }));
+  await parentPage.waitForFunction(() => window.messages.some((m) => m.data?.id === 'long' && m.data.type === 'kontext:progress'
+    && m.data.phase === 'denoising' && m.data.done >= 1), null, { timeout: 120_000 });
+  await parentPage.evaluate(() => send({ type: 'kontext:cancel', id: 'long' }));
+  const cancelled = await answer(parentPage, 'long', 'kontext:result', 60_000);
+  assert.deepEqual([cancelled.type, cancelled.message, cancelled.cancelled], ['kontext:error', 'cancelled', true]);
+  const steps = await parentPage.evaluate(() => Math.max(...window.messages.filter((m) => m.data?.id === 'long' && m.data.phase === 'denoising').map((m) => m.data.done)));
+  assert.ok(steps < 60, `ran ${steps} steps`);
+  await parentPage.evaluate(() => send({ type: 'kontext:edit', id: 'next', prompt: 'after the cancel', width: 64, height: 64, steps: 1 }));
+  const next = await answer(parentPage, 'next', 'kontext:result', 120_000);
+  assert.equal(next.type, 'kontext:result', next.message);
+  assert.ok(Number.isSafeInteger(next.seed), 'a random seed is reported');
+  assert.equal(await parentPage.frameLocator('#app').locator('#embed-status').getAttribute('data-state'), 'done');
+  assert.deepEqual(problems, []);
+});
+
+test('messages from an origin not in ?allow= are ignored: no ready, no answers', async () => {
+  const page = watch(await browser.context.newPage());
+  try {
+    // The intruder embeds the app but is not in its allow list (only the parent is).
+    const embedUrl = `${app.url}?embed&allow=${encodeURIComponent(parent.url.slice(0, -1))}`;
+    await page.goto(`${intruder.url}?app=${encodeURIComponent(embedUrl)}`);
+    await page.frameLocator('#app').locator('#embed').waitFor({ timeout: 60_000 });
+    await page.evaluate(() => {
+      send({ type: 'kontext:load', id: 'a', source: {} });
+      send({ type: 'kontext:frobnicate', id: 'b' });
+      send({ type: 'kontext:edit', id: 'c', prompt: 'x', width: 64, height: 64, steps: 1 });
+    });
+    // An allowed sender gets these errors at once (see above); give an ignored one ample time.
+    await page.waitForTimeout(3_000);
+    assert.deepEqual(await page.evaluate(() => window.messages), []);
+    assert.equal(await page.frameLocator('#app').locator('#embed-status').getAttribute('data-state'), 'idle');
+  } finally {
+    await page.close();
+  }
+  assert.deepEqual(problems, []);
+});
+
+test('PWA: after one visit the app shell loads with the network off', async () => {
+  const page = watch(await browser.context.newPage());
+  await page.goto(app.url);
+  await page.waitForSelector('#model-panel');
+  const manifest = await page.evaluate(async () => (await fetch(document.querySelector('link[rel="manifest"]').href)).json());
+  assert.deepEqual(manifest.icons.filter((i) => i.purpose === 'maskable').map((i) => i.sizes), ['192x192', '512x512']);
+  await page.waitForFunction(async () => (await navigator.serviceWorker.ready) && navigator.serviceWorker.controller !== null, null, { timeout: 60_000 });
+  const caches = await page.evaluate(async () => {
+    const names = await caches.keys();
+    const keys = await (await caches.open(names[0])).keys();
+    return { names, paths: keys.map((r) => new URL(r.url).pathname).sort() };
+  });
+  assert.equal(caches.names.length, 1);
+  assert.match(caches.names[0], /^kontext-shell-[0-9a-f]{16}$/);
+  for (const path of ['/index.html', '/app.js', '/app_bg.wasm', '/worker.js', '/style.css', '/boot.js', '/manifest.webmanifest']) {
+    assert.ok(caches.paths.includes(path), `${path} not cached: ${caches.paths}`);
+  }
+  assert.ok(!caches.paths.some((p) => p.includes('demo-model')), 'model files must not be cached');
+
+  const online = problems.length;
+  await browser.context.setOffline(true);
+  app.server.closeAllConnections();
+  app.server.close();
+  await page.reload();
+  await page.waitForSelector('#model-panel', { timeout: 60_000 });
+  assert.equal(await page.textContent('h1'), 'Kontext');
+  // The inference worker starts offline too (worker.js, app.js and the wasm come from the cache): its GPU
+  // self-check passes. Model files were never cached, so they are not there.
+  await page.waitForSelector('#self-check:not([data-state="running"])', { timeout: 240_000 });
+  assert.equal(await page.getAttribute('#self-check', 'data-state'), 'passed');
+  assert.equal(await page.evaluate(() => fetch('demo-model/vae/config.json').then(() => 'fetched', () => 'failed')), 'failed');
+  await page.goto(`${app.url}?embed`);
+  await page.waitForSelector('#embed', { timeout: 60_000 });
+  await screenshot(page, 'embed-offline');
+  // Offline, the browser logs failed network requests (the service worker's update check); only CSP matters here.
+  assert.deepEqual(problems.slice(online).filter((p) => /CSP|Content Security Policy|page error/.test(p)), []);
+  assert.deepEqual(problems.slice(0, online), []);
+});
