@@ -15,6 +15,7 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::{Blob, BlobPropertyBag, MessageEvent};
 
 use super::{AppState, JobState, ModelState, send};
+use crate::web::client::WORKER_STOPPED;
 use crate::embed_api::{EditOptions, LoadSource, allowed_origins, origin_of};
 use crate::protocol::{FromWorker, ToWorker};
 use crate::web::js;
@@ -273,7 +274,7 @@ impl Embed {
                     reply.error(message);
                 }
             }
-            FromWorker::Error { job: None, request, message, .. } if request == "worker" => {
+            FromWorker::Error { job: None, request, message, .. } if request == "worker" || request == WORKER_STOPPED => {
                 let loads: Vec<Reply> = self.loads.borrow_mut().drain(..).collect();
                 let edits: Vec<(u32, Reply)> = self.edits.borrow_mut().drain(..).collect();
                 for reply in loads.iter().chain(edits.iter().map(|(_, r)| r)) {

@@ -116,6 +116,17 @@ pub async fn restore(state: AppState) -> crate::Result<()> {
     Ok(())
 }
 
+/// Sends every listed adapter's stored file to the worker again (a fresh worker after a crash).
+pub async fn resend(state: AppState) {
+    let Ok(store) = Store::open().await else { return };
+    for entry in state.loras.get_untracked() {
+        match store.get_blob(&file_blob(&entry.name)).await {
+            Ok(Some(bytes)) => add_lora(state, entry.name, bytes, entry.enabled, entry.strength),
+            _ => set_status(state, &entry.name, LoraStatus::Rejected("its file is no longer in the browser's storage".into())),
+        }
+    }
+}
+
 /// Sends `bytes` to the worker under `name` and lists (or replaces) the entry.
 pub fn add_lora(state: AppState, name: String, bytes: Vec<u8>, enabled: bool, strength: f32) {
     let entry = LoraEntry { name: name.clone(), size: bytes.len(), enabled, strength, status: LoraStatus::Checking };

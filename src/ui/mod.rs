@@ -23,7 +23,7 @@ pub use lora_panel::{LoraEntry, LoraPanel, LoraStatus};
 pub use model_panel::ModelPanel;
 
 use crate::protocol::{FromWorker, ToWorker};
-use crate::web::client::WorkerClient;
+use crate::web::client::{WORKER_STOPPED, WorkerClient};
 
 thread_local! {
     static WORKER: RefCell<Option<WorkerClient>> = const { RefCell::new(None) };
@@ -190,6 +190,22 @@ impl AppState {
             FromWorker::Error { job: None, request, message } => match request.as_str() {
                 "self_check" => self.check.set(Some(CheckState::Failed(message))),
                 "load_model" => self.model.set(ModelState::Failed(message)),
+                WORKER_STOPPED => {
+                    if matches!(self.check.get_untracked(), Some(CheckState::Running)) {
+                        self.check.set(Some(CheckState::Failed(message.clone())));
+                    }
+                    if matches!(self.job.get_untracked(), JobState::Running { .. }) {
+                        self.job.set(JobState::Failed(message.clone()));
+                    }
+                    self.model.set(ModelState::Failed(format!(
+                        "{message}. A fresh worker was started: load the model again."
+                    )));
+                    // Not from inside the old worker's own callback: replace it once this one returns.
+                    leptos::task::spawn_local(async move {
+                        start_worker(self);
+                        lora_panel::resend(self).await;
+                    });
+                }
                 _ => {
                     // The worker itself failed: whatever was waiting on it will not get an answer.
                     if matches!(self.check.get_untracked(), Some(CheckState::Running)) {
@@ -224,11 +240,9 @@ pub fn mount() {
     leptos::mount::mount_to_body(App);
 }
 
-/// The whole page.
-#[component]
-pub fn App() -> impl IntoView {
-    let state = AppState::new();
-    provide_context(state);
+/// Starts the inference worker, replacing (and terminating) any earlier one.
+fn start_worker(state: AppState) {
+    WORKER.with(|w| w.borrow_mut().take());
     match WorkerClient::spawn(move |event| {
         embed::on_worker(&event);
         state.apply(event)
@@ -236,6 +250,14 @@ pub fn App() -> impl IntoView {
         Ok(client) => WORKER.with(|w| *w.borrow_mut() = Some(client)),
         Err(e) => state.model.set(ModelState::Failed(format!("the inference worker could not start: {e}"))),
     }
+}
+
+/// The whole page.
+#[component]
+pub fn App() -> impl IntoView {
+    let state = AppState::new();
+    provide_context(state);
+    start_worker(state);
     if embed::requested() {
         embed::start(state);
         return view! { <EmbedView /> }.into_any();

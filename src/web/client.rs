@@ -14,6 +14,10 @@ use crate::protocol::{FromWorker, ToWorker};
 
 use super::js;
 
+/// The `request` of the [`FromWorker::Error`] that reports a worker that stopped (a panic, a trap, a lost GPU
+/// device that made burn panic): it answers nothing more and must be replaced.
+pub const WORKER_STOPPED: &str = "worker_stopped";
+
 /// A running worker. Dropping it terminates the worker.
 pub struct WorkerClient {
     worker: Worker,
@@ -51,7 +55,7 @@ impl WorkerClient {
             event.prevent_default();
             on_event(FromWorker::Error {
                 job: None,
-                request: "worker".into(),
+                request: WORKER_STOPPED.into(),
                 message: format!("the worker stopped: {}", event.message()),
             })
         });
