@@ -54,18 +54,9 @@ pub struct LoadSource {
     /// Folder in the diffusers layout.
     #[serde(default)]
     pub base: Option<String>,
-    /// The DiT as one file.
-    #[serde(default)]
-    pub transformer: Option<String>,
-    /// The T5 encoder as one file.
-    #[serde(default)]
-    pub t5: Option<String>,
-    /// CLIP-L as one file.
-    #[serde(default)]
-    pub clip: Option<String>,
-    /// The VAE as one file.
-    #[serde(default)]
-    pub vae: Option<String>,
+    /// Single files, each replacing that part's weights in the folder.
+    #[serde(flatten)]
+    pub parts: PartUrls,
 }
 
 impl LoadSource {
@@ -74,10 +65,10 @@ impl LoadSource {
     pub fn to_request(&self, page: &str) -> Result<ToWorker, String> {
         let resolve = |url: &Option<String>| url.as_deref().map(str::trim).filter(|u| !u.is_empty()).map(|u| resolve_url(page, u));
         let parts = PartUrls {
-            transformer: resolve(&self.transformer),
-            t5: resolve(&self.t5),
-            clip: resolve(&self.clip),
-            vae: resolve(&self.vae),
+            transformer: resolve(&self.parts.transformer),
+            t5: resolve(&self.parts.t5),
+            clip: resolve(&self.parts.clip),
+            vae: resolve(&self.parts.vae),
         };
         let Some(base) = resolve(&self.base) else {
             if parts.given().is_empty() {
@@ -195,7 +186,8 @@ mod tests {
 
     #[test]
     fn load_skips_the_weights_a_single_file_replaces() {
-        let source = LoadSource { base: Some("demo-model".into()), vae: Some("/weights/ae.safetensors".into()), ..Default::default() };
+        let parts = PartUrls { vae: Some("/weights/ae.safetensors".into()), ..Default::default() };
+        let source = LoadSource { base: Some("demo-model".into()), parts };
         let ToWorker::LoadModel { base, files, parts } = source.to_request("http://127.0.0.1:8080/app/?embed").unwrap() else {
             panic!("not a load")
         };
@@ -204,7 +196,8 @@ mod tests {
         assert!(files.contains(&"vae/config.json".to_string()) && !files.iter().any(|f| f == "vae/diffusion_pytorch_model.safetensors"));
         assert_eq!(parts.vae.as_deref(), Some("http://127.0.0.1:8080/weights/ae.safetensors"));
         assert!(LoadSource::default().to_request("http://a/").is_err());
-        let only_files = LoadSource { transformer: Some("https://h/f.gguf".into()), ..Default::default() };
+        let only_files =
+            LoadSource { parts: PartUrls { transformer: Some("https://h/f.gguf".into()), ..Default::default() }, base: None };
         assert_eq!(
             only_files.to_request("http://a/").unwrap(),
             ToWorker::LoadModel {

@@ -67,3 +67,15 @@ pub fn golden(file: &str, key: &str) -> TensorData {
 pub fn golden_ids(key: &str) -> TensorData {
     FixtureFile::open("golden/golden_run.safetensors").ids(key)
 }
+
+/// The tiny reference VAE's configuration (its `vae/config.json`).
+pub fn tiny_vae_config() -> crate::model::vae_config::VaeConfig {
+    let json = include_str!("../../tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/vae/config.json");
+    crate::model::vae_config::VaeConfig::from_diffusers_json(json).unwrap()
+}
+
+/// The tiny reference VAE on `device`.
+pub fn tiny_vae(device: &Device) -> crate::model::vae::Vae {
+    let weights = FixtureFile::open("FLUX.1-Kontext-dev-tiny/vae/diffusion_pytorch_model.safetensors");
+    crate::model::vae::Vae::load(&tiny_vae_config(), &weights, device).unwrap()
+}

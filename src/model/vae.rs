@@ -529,19 +529,10 @@ impl Loader<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::model::testing::FixtureFile;
+    use crate::model::testing::{FixtureFile, tiny_vae, tiny_vae_config as tiny_config};
     use super::*;
     use burn::tensor::Tolerance;
 
-    fn tiny_config() -> VaeConfig {
-        let json = include_str!("../../tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/vae/config.json");
-        VaeConfig::from_diffusers_json(json).unwrap()
-    }
-
-    fn tiny_vae(device: &Device) -> Vae {
-        let weights = FixtureFile::open("FLUX.1-Kontext-dev-tiny/vae/diffusion_pytorch_model.safetensors");
-        Vae::load(&tiny_config(), &weights, device).unwrap()
-    }
 
     fn internals() -> FixtureFile {
         FixtureFile::open("golden/golden_text_vae_internals.safetensors")

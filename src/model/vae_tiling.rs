@@ -190,18 +190,9 @@ fn blend_weights(spans: &[(usize, usize)], f: usize) -> Vec<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::testing::FixtureFile;
+    use crate::model::testing::{tiny_vae, tiny_vae_config as tiny_config};
     use burn::tensor::{Device, Distribution, Tolerance};
 
-    fn tiny_config() -> VaeConfig {
-        let json = include_str!("../../tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/vae/config.json");
-        VaeConfig::from_diffusers_json(json).unwrap()
-    }
-
-    fn tiny_vae(device: &Device) -> Vae {
-        let weights = FixtureFile::open("FLUX.1-Kontext-dev-tiny/vae/diffusion_pytorch_model.safetensors");
-        Vae::load(&tiny_config(), &weights, device).unwrap()
-    }
 
     /// Seeded standard-normal latents `[1, 16, h, w]`, the distribution the sampler ends near.
     fn latents(h: usize, w: usize, device: &Device) -> Tensor<4> {
