@@ -24,10 +24,15 @@ fn bench_reports_matmul_attention_and_step_with_positive_numbers() {
     let matmul = report["matmul"].as_array().expect("a matmul section");
     let types: Vec<&str> = matmul.iter().map(|row| row["ty"].as_str().unwrap()).collect();
     assert_eq!(types, ["Q8_0", "Q4_0", "Q4_K"]);
-    // With shader-f16 (lavapipe has it), f16 is the default and every row also times the f16 kernel, alone and
+    // The model's default is f32; with shader-f16 (lavapipe has it) every row also times the f16 kernel, alone and
     // between casts; without, those figures are null.
-    let f16 = report["precision"] == "f16";
-    assert!(f16 || report["precision"] == "f32", "{}", report["precision"]);
+    assert_eq!(report["precision"], "f32");
+    let device = Command::new(env!("CARGO_BIN_EXE_kontext"))
+        .args(["device", "--backend", "wgpu", "--json"])
+        .output()
+        .expect("cannot start kontext");
+    let device: serde_json::Value = serde_json::from_slice(&device.stdout).expect("device prints JSON");
+    let f16 = device["adapter"]["shader_f16"].as_bool().expect("the adapter says whether it has shader-f16");
     for row in matmul {
         assert_eq!(row["packed"], true, "{row}");
         let ratio = positive(row, "packed_gflops") / positive(row, "f32_gflops");

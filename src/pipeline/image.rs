@@ -223,4 +223,36 @@ mod tests {
         assert!(decode(&full[..full.len() / 2]).is_err());
         assert!(decode(&[]).is_err());
     }
+
+    /// A PNG that is only a signature and an `IHDR` announcing `width × height` (enough for the header read).
+    fn png_header(width: u32, height: u32) -> Vec<u8> {
+        fn crc32(bytes: &[u8]) -> u32 {
+            let mut crc = !0u32;
+            for &byte in bytes {
+                crc ^= byte as u32;
+                for _ in 0..8 {
+                    crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                }
+            }
+            !crc
+        }
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend(width.to_be_bytes());
+        ihdr.extend(height.to_be_bytes());
+        ihdr.extend([8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter method, no interlace
+        let mut out = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+        out.extend(13u32.to_be_bytes());
+        out.extend(&ihdr);
+        out.extend(crc32(&ihdr).to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn refuses_images_over_the_pixel_limit_from_their_header() {
+        // 10000 × 10000 = 100 megapixels: refused before any pixel is decoded (the file has none).
+        let err = decode(&png_header(10_000, 10_000)).unwrap_err().to_string();
+        assert_eq!(err, "the image is 10000×10000 pixels; images up to 64 megapixels are accepted");
+        let zero = decode(&png_header(0, 16)).unwrap_err().to_string();
+        assert!(zero.contains("not a readable image") || zero.contains("empty"), "{zero}");
+    }
 }

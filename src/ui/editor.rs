@@ -47,14 +47,27 @@ fn header_size(bytes: &[u8]) -> Option<(usize, usize)> {
 }
 
 /// What the worker is asked for: explicit `(width, height)` or none (the first reference's aspect), and the area.
-fn requested_size(aspect: usize, side: usize, has_reference: bool) -> (Option<(usize, usize)>, usize) {
+/// `aspect` indexes [`ASPECTS`], or is [`CUSTOM`] for `custom` (snapped to ×16).
+fn requested_size(aspect: usize, side: usize, custom: (usize, usize), has_reference: bool) -> (Option<(usize, usize)>, usize) {
+    if aspect == CUSTOM {
+        let (w, h) = (snap(custom.0), snap(custom.1));
+        return (Some((w, h)), w * h);
+    }
     let area = side * side;
-    let explicit = match ASPECTS[aspect].1 {
+    let explicit = match ASPECTS.get(aspect).and_then(|a| a.1) {
         Some(ratio) => Some(preset_size(ratio, area)),
         None if !has_reference => Some((side, side)),
         None => None,
     };
     (explicit, area.min(DEFAULT_MAX_AREA * 4))
+}
+
+/// The shape choice after [`ASPECTS`]: a width and height of the user's.
+const CUSTOM: usize = ASPECTS.len();
+
+/// Pixels snapped to the ×16 grid the model works on, within 64–2048.
+fn snap(pixels: usize) -> usize {
+    pixels.clamp(64, 2048) / 16 * 16
 }
 
 /// Output size choices: the first reference's aspect, or a preset ratio, at the chosen area.
@@ -118,6 +131,7 @@ pub fn Editor() -> impl IntoView {
     let prompt = RwSignal::new(String::new());
     let aspect = RwSignal::new(0usize);
     let area_side = RwSignal::new(PRESETS[0].side);
+    let custom_size = RwSignal::new((1024usize, 768usize));
     let steps = RwSignal::new(PRESETS[0].steps);
     let first_of_job = RwSignal::new(None::<Reference>);
     let guidance = RwSignal::new(2.5f32);
@@ -204,7 +218,12 @@ pub fn Editor() -> impl IntoView {
         let seed_value = seed.get_untracked().trim().parse::<u64>().unwrap_or_else(|_| crate::pipeline::rng::random_seed());
         seed.set(seed_value.to_string());
         let (size, max_area) =
-            requested_size(aspect.get_untracked(), area_side.get_untracked(), !references.with_untracked(Vec::is_empty));
+            requested_size(
+                aspect.get_untracked(),
+                area_side.get_untracked(),
+                custom_size.get_untracked(),
+                !references.with_untracked(Vec::is_empty),
+            );
         first_of_job.set(references.with_untracked(|r| r.first().cloned()));
         let job = EditJob {
             id,
@@ -272,7 +291,10 @@ pub fn Editor() -> impl IntoView {
         history_error.set(None);
         references.set(restored);
         prompt.set(entry.prompt.clone());
-        aspect.set(entry.aspect.min(ASPECTS.len() - 1));
+        aspect.set(entry.aspect.min(CUSTOM));
+        if entry.aspect == CUSTOM {
+            custom_size.set((entry.width, entry.height));
+        }
         area_side.set(entry.side);
         steps.set(entry.steps);
         guidance.set(entry.guidance);
@@ -291,7 +313,7 @@ pub fn Editor() -> impl IntoView {
 
     let output_pixels = move || {
         let first = references.with(|r| r.first().map(|r| r.size));
-        let (size, max_area) = requested_size(aspect.get(), area_side.get(), first.is_some());
+        let (size, max_area) = requested_size(aspect.get(), area_side.get(), custom_size.get(), first.is_some());
         match (size, first) {
             (None, Some(None)) => "output: the first reference's aspect".to_string(),
             (size, first) => match output_size(size, first.flatten(), max_area) {
@@ -356,15 +378,30 @@ pub fn Editor() -> impl IntoView {
             <div class="grid">
                 <div class="field">
                     <label for="aspect">"Output shape"</label>
-                    <select id="aspect" aria-describedby="output-size" on:change=move |ev| aspect.set(event_target_value(&ev).parse().unwrap_or(0))>
+                    <select id="aspect" aria-describedby="output-size" prop:value=move || aspect.get().to_string()
+                        on:change=move |ev| aspect.set(event_target_value(&ev).parse().unwrap_or(0))>
                         {ASPECTS.iter().enumerate().map(|(i, (name, _))| view! { <option value=i.to_string()>{*name}</option> }).collect_view()}
+                        <option value=CUSTOM.to_string()>"custom width × height"</option>
                     </select>
-                    <output id="output-size" for="aspect area" aria-live="polite">{output_pixels}</output>
+                    <output id="output-size" for="aspect area custom-width custom-height" aria-live="polite">{output_pixels}</output>
                 </div>
+                {move || (aspect.get() == CUSTOM).then(|| view! {
+                    <div class="field">
+                        <label for="custom-width">"Width (px, ×16)"</label>
+                        <input id="custom-width" type="number" min="64" max="2048" step="16" prop:value=move || custom_size.get().0.to_string()
+                            on:change=move |ev| custom_size.update(|s| s.0 = event_target_value(&ev).parse::<usize>().map(snap).unwrap_or(s.0)) />
+                    </div>
+                    <div class="field">
+                        <label for="custom-height">"Height (px, ×16)"</label>
+                        <input id="custom-height" type="number" min="64" max="2048" step="16" prop:value=move || custom_size.get().1.to_string()
+                            on:change=move |ev| custom_size.update(|s| s.1 = event_target_value(&ev).parse::<usize>().map(snap).unwrap_or(s.1)) />
+                    </div>
+                })}
                 <div class="field">
                     <label for="area">"Size (side of the same-area square, px)"</label>
                     <input id="area" type="number" min="64" max="2048" step="16" prop:value=move || area_side.get().to_string()
-                        on:change=move |ev| area_side.set(event_target_value(&ev).parse::<usize>().map(|v| v.clamp(64, 2048) / 16 * 16).unwrap_or(512)) />
+                        disabled=move || aspect.get() == CUSTOM
+                        on:change=move |ev| area_side.set(event_target_value(&ev).parse::<usize>().map(snap).unwrap_or(512)) />
                 </div>
                 <div class="field">
                     <label for="steps">"Steps"</label>

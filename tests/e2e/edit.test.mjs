@@ -189,7 +189,7 @@ test('"use as reference" appends the result to the references, from the keyboard
   assert.deepEqual(browser.problems, []);
 });
 
-test('Fast and Quality presets set steps and size; the output size follows the first reference', async () => {
+test('Fast and Quality presets set steps and size; the output size follows the first reference; custom sizes snap to ×16', async () => {
   const { page } = browser;
   await page.click('#preset-quality');
   assert.equal(await page.inputValue('#steps'), '28');
@@ -207,6 +207,14 @@ test('Fast and Quality presets set steps and size; the output size follows the f
   assert.equal(await page.getAttribute('#preset-fast', 'aria-pressed'), 'false');
   await page.selectOption('#aspect', { label: '16:9' });
   assert.equal(await page.textContent('#output-size'), 'output: 672×384 px');
+  await page.selectOption('#aspect', { label: 'custom width × height' });
+  assert.equal(await page.isDisabled('#area'), true, 'a custom size has no area to choose');
+  await setNumber(page, '#custom-width', 200);
+  await setNumber(page, '#custom-height', 100);
+  assert.equal(await page.inputValue('#custom-width'), '192');
+  assert.equal(await page.textContent('#output-size'), 'output: 192×96 px');
+  await page.selectOption('#aspect', { label: '16:9' });
+  assert.equal(await page.locator('#custom-width').count(), 0);
   await screenshot(page, 'presets');
 });
 
