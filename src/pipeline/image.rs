@@ -224,7 +224,8 @@ mod tests {
         assert!(decode(&[]).is_err());
     }
 
-    /// A PNG that is only a signature and an `IHDR` announcing `width × height` (enough for the header read).
+    /// A PNG that is only a signature, an `IHDR` announcing `width × height` and an empty `IDAT` (enough for the
+    /// header read, no pixels).
     fn png_header(width: u32, height: u32) -> Vec<u8> {
         fn crc32(bytes: &[u8]) -> u32 {
             let mut crc = !0u32;
@@ -244,6 +245,10 @@ mod tests {
         out.extend(13u32.to_be_bytes());
         out.extend(&ihdr);
         out.extend(crc32(&ihdr).to_be_bytes());
+        // An empty IDAT: the header read stops at the first data chunk.
+        out.extend(0u32.to_be_bytes());
+        out.extend(b"IDAT");
+        out.extend(crc32(b"IDAT").to_be_bytes());
         out
     }
 
