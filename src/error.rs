@@ -14,5 +14,25 @@ pub enum Error {
     Readback(String),
 }
 
+impl Error {
+    /// Whether the device itself failed (lost, reset, out of memory during a readback) rather than the input:
+    /// the GPU state cannot be trusted any more and the device must be opened again.
+    pub fn is_device_failure(&self) -> bool {
+        matches!(self, Self::Readback(_))
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_device_failures_ask_for_a_fresh_device() {
+        assert!(Error::Readback("Device lost".into()).is_device_failure());
+        assert!(!Error::Invalid("the image is empty".into()).is_device_failure());
+        assert!(!Error::Gpu("no usable GPU adapter".into()).is_device_failure());
+    }
+}

@@ -12,7 +12,7 @@ const TYPES = {
 };
 
 // The page's <meta> policy plus what only a header can carry: frame-ancestors (the embed must be frameable).
-export const CSP = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; connect-src 'self' https: blob: data:; " +
+export const CSP = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; connect-src 'self' https: http://127.0.0.1:* http://localhost:* blob: data:; " +
   "img-src 'self' blob: data:; style-src 'self'; worker-src 'self'; font-src 'self'; manifest-src 'self'; object-src 'none'; " +
   "base-uri 'self'; form-action 'none'; frame-ancestors *";
 

@@ -131,6 +131,15 @@ pub async fn answer(request: ToWorker) -> FromWorker {
                     FromWorker::Result { id, png: ByteBuf::from(png), seed, width, height, millis: js_sys::Date::now() - started }
                 }
                 Ok(None) => FromWorker::Cancelled { id },
+                Err(e) if e.is_device_failure() => {
+                    // A lost or failed GPU device: this worker cannot compute any more; the page replaces it.
+                    post(&FromWorker::Error { job: Some(id), request: "edit".into(), message: e.to_string() });
+                    FromWorker::Error {
+                        job: None,
+                        request: crate::web::client::WORKER_STOPPED.into(),
+                        message: format!("the GPU device failed ({e})"),
+                    }
+                }
                 Err(e) => FromWorker::Error { job: Some(id), request: "edit".into(), message: e.to_string() },
             }
         }
