@@ -330,11 +330,11 @@ mod tests {
     fn a_tensor_too_large_for_the_heap_is_refused() {
         let header = br#"{"huge":{"dtype":"F16","shape":[32768,9000],"data_offsets":[0,589824000]}}"#;
         let tensors = Some(summarize_safetensors(header, "big.safetensors").unwrap());
-        let files = [FileFacts { path: "transformer/big.safetensors".into(), role: None, size: 589_824_008, tensors }];
+        let files = [FileFacts { path: "vae/big.safetensors".into(), role: None, size: 589_824_008, tensors }];
         let footprint = Footprint::new(&files, None, None).unwrap();
         assert_eq!(footprint.load_heap_bytes(), 2 * 32768 * 9000 * 4 + HEAP_LOAD_SLACK);
         let refusal = footprint.assess(limits(u64::MAX)).refusal.unwrap();
-        assert!(refusal.contains("loading tensor huge in transformer/big.safetensors (1.2 GB) passes 2.4 GB"), "{refusal}");
+        assert!(refusal.contains("loading tensor huge in vae/big.safetensors (1.2 GB) passes 2.4 GB"), "{refusal}");
     }
 
     #[test]
