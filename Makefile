@@ -46,7 +46,7 @@ test-native:
 test-wasm:
 	node tests/e2e/drop-server.mjs 8791 & server=$$!; trap "kill $$server" EXIT; \
 	CHROMEDRIVER=$$(command -v chromedriver) WASM_BINDGEN_TEST_WEBDRIVER_JSON=$(CURDIR)/tests/webdriver.json \
-	WASM_BINDGEN_TEST_TIMEOUT=600 cargo test --locked --target wasm32-unknown-unknown --profile web --test web --test web_worker --test store
+	WASM_BINDGEN_TEST_TIMEOUT=600 cargo test --locked --target wasm32-unknown-unknown --profile web --test web --test web_worker --test store --test stream
 
 # The end-to-end tests compare the browser's edit with the native CLI's, so they build both.
 test-e2e: web

@@ -6,14 +6,13 @@
 
 use std::cell::RefCell;
 
-use kontext_web::loader::KontextModel;
 use kontext_web::store::catalog::demo_manifest;
 use kontext_web::store::download::{self, CancelFlag, Outcome, parse_content_range};
 use kontext_web::store::files::StoredModel;
 use kontext_web::store::idb::{self as store_idb, Store, chunk_key, storage_error};
 use kontext_web::store::is_storage_full;
 use kontext_web::store::manifest::{ChunkState, FileState, Manifest, Source, StoredFile};
-use kontext_web::{device, loader};
+use kontext_web::loader;
 use wasm_bindgen::JsValue;
 use wasm_bindgen_test::*;
 
@@ -309,7 +308,7 @@ async fn a_server_that_ignores_range_still_completes_a_partial_file() {
 }
 
 #[wasm_bindgen_test]
-async fn the_demo_pack_loads_from_the_store() {
+async fn the_demo_pack_is_stored_and_loads_only_in_a_worker() {
     const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/");
     macro_rules! pack {
         ($($path:literal),*) => { [$(($path, include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/", $path)).as_slice())),*] };
@@ -332,13 +331,16 @@ async fn the_demo_pack_loads_from_the_store() {
     let chunk = 256 << 10;
     let manifest = demo_manifest("http://unused/", &files.map(|f| f.1.len() as u64), chunk).unwrap();
     store.put_manifest(&manifest).await.unwrap();
-    let incomplete = StoredModel::load(&store, "demo").await.err().expect("an empty model must not load");
+    let incomplete = StoredModel::open(&store, "demo").await.err().expect("an empty model must not load");
     assert!(incomplete.to_string().contains("not complete"), "{incomplete}");
     for (path, bytes) in files {
         store_file(&store, "demo", path, bytes, chunk as usize).await;
     }
-    let stored = StoredModel::load(&store, "demo").await.unwrap();
-    let model = KontextModel::load(&stored, stored.overrides(), &device::cpu()).unwrap();
-    assert_eq!((model.flux_config.hidden_size, model.flux_config.depth, model.flux_config.depth_single_blocks), (64, 2, 2));
+    for (path, bytes) in files {
+        assert_eq!(store.read_range("demo", path, 0, bytes.len() as u64).await.unwrap(), bytes, "{path}");
+    }
+    // The page has no FileReaderSync: loading from the store is the worker's (tests/stream.rs loads it there).
+    let refused = StoredModel::open(&store, "demo").await.err().expect("the page cannot read chunks synchronously");
+    assert!(refused.to_string().contains("only in a Web Worker"), "{refused}");
     store.close();
 }

@@ -41,7 +41,15 @@ pub(crate) fn tensor<const D: usize>(
     device: &Device,
 ) -> Result<Tensor<D>> {
     let host = host(weights, name, &shape)?;
-    Ok(Tensor::from_data(TensorData::new(host.data, shape), device))
+    let tensor = Tensor::from_data(TensorData::new(host.data, shape), device);
+    dispatch_uploads(device)?;
+    Ok(tensor)
+}
+
+/// Dispatches the uploads the device has queued. The GPU backends batch work, holding each queued upload's
+/// host bytes until dispatch: without this, a load would keep dozens of tensors in WebAssembly memory at once.
+pub(crate) fn dispatch_uploads(device: &Device) -> Result<()> {
+    device.flush().map_err(|e| Error::Gpu(format!("uploading weights failed: {e:?}")))
 }
 
 /// The base weight of a linear layer as loaded: dense f32 weights, or ggml blocks kept packed on the GPU.
@@ -299,6 +307,7 @@ pub(crate) fn fused_linear(
                     let part = &bytes[rows.start * row_bytes..rows.end * row_bytes];
                     let weight = PackedWeight::new(ty, &[rows.len(), d_in], part, device)
                         .map_err(|e| Error::Invalid(format!("tensor `{name}`: {e}")))?;
+                    dispatch_uploads(device)?;
                     Ok(BaseWeight::Packed(PackedLinear::new(weight, bias_part(&bias, &rows))?))
                 })
                 .collect::<Result<_>>()?;
@@ -319,9 +328,10 @@ pub(crate) fn fused_linear(
             }
             let weight = Tensor::<2>::from_data(TensorData::new(transposed, [d_in, rows.len()]), device);
             let bias = bias_part(&bias, &rows).map(Param::from_tensor);
-            BaseWeight::Dense(Linear { weight: Param::from_tensor(weight), bias })
+            dispatch_uploads(device)?;
+            Ok(BaseWeight::Dense(Linear { weight: Param::from_tensor(weight), bias }))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     Ok(Projection::new(parts))
 }
 

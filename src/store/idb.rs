@@ -1,6 +1,7 @@
 //! The store in IndexedDB (through the `idb` crate): database `kontext-web` with the object stores
 //! `manifests` (key: model id, value: the manifest's JSON), `chunks` (key: `[model id, path, chunk index]`,
-//! value: the chunk's bytes) and `blobs` (key: a name, value: the bytes of one small file such as a LoRA).
+//! value: the chunk as a `Blob`, whose contents the browser keeps on disk; chunks stored as bytes by earlier
+//! versions are read too) and `blobs` (key: a name, value: the bytes of one small file such as a LoRA).
 //!
 //! A chunk is written in the same transaction as the manifest entry that marks it stored, after its SHA-256 was
 //! checked: a failed write (a full quota included) aborts both, so the store never claims bytes it lacks.
@@ -10,9 +11,10 @@ use std::cell::RefCell;
 use ::idb::{Database, DatabaseEvent, Factory, KeyRange, ObjectStore, ObjectStoreParams, Transaction, TransactionMode, TransactionResult};
 use js_sys::{Array, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
-use web_sys::{DomException, IdbTransaction};
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{Blob, DomException, IdbTransaction};
 
-use super::manifest::{ChunkState, Manifest, StorageEstimate, sha256_hex};
+use super::manifest::{ChunkState, Manifest, StorageEstimate, StoredFile, sha256_hex};
 use crate::web::js;
 use crate::{Error, Result};
 
@@ -90,6 +92,54 @@ fn bytes_of(value: JsValue) -> Result<Uint8Array> {
         Err(value) if value.is_instance_of::<js_sys::ArrayBuffer>() => Ok(Uint8Array::new(&value)),
         Err(_) => Err(Error::Invalid("browser storage: a stored chunk is not bytes".into())),
     }
+}
+
+/// A chunk as IndexedDB returns it: a `Blob` (a handle; the bytes stay on disk) or, from earlier versions,
+/// bytes.
+enum StoredChunk {
+    Blob(Blob),
+    Bytes(Uint8Array),
+}
+
+impl StoredChunk {
+    fn of(value: JsValue) -> Result<Self> {
+        match value.dyn_into::<Blob>() {
+            Ok(blob) => Ok(Self::Blob(blob)),
+            Err(value) => bytes_of(value).map(Self::Bytes),
+        }
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Self::Blob(blob) => blob.size() as u64,
+            Self::Bytes(bytes) => bytes.length() as u64,
+        }
+    }
+
+    /// The chunk's bytes, read from disk for a `Blob` (an await outside IndexedDB: its transaction ends).
+    async fn bytes(&self, what: &str) -> Result<Uint8Array> {
+        match self {
+            Self::Bytes(bytes) => Ok(bytes.clone()),
+            Self::Blob(blob) => {
+                let buffer = JsFuture::from(blob.array_buffer())
+                    .await
+                    .map_err(|e| Error::Invalid(format!("browser storage: {what} failed: {}", js::describe(e))))?;
+                Ok(Uint8Array::new(&buffer))
+            }
+        }
+    }
+
+    fn into_blob(self) -> Result<Blob> {
+        match self {
+            Self::Blob(blob) => Ok(blob),
+            Self::Bytes(bytes) => blob_of(&bytes),
+        }
+    }
+}
+
+fn blob_of(bytes: &Uint8Array) -> Result<Blob> {
+    Blob::new_with_u8_array_sequence(&Array::of1(bytes))
+        .map_err(|e| Error::Invalid(format!("browser storage: making a Blob of a chunk failed: {}", js::describe(e))))
 }
 
 async fn read_manifest(manifests: &ObjectStore, id: &str) -> Result<Option<Manifest>> {
@@ -236,7 +286,7 @@ impl Store {
     /// Returns the updated manifest.
     pub async fn put_chunk(&self, model: &str, path: &str, index: usize, bytes: &[u8]) -> Result<Manifest> {
         let hash = sha256_hex(bytes);
-        let value = Uint8Array::from(bytes);
+        let value = blob_of(&Uint8Array::from(bytes))?;
         let what = format!("storing chunk {index} of {path}");
         let tx = self.transaction(&[MANIFESTS, CHUNKS], TransactionMode::ReadWrite)?;
         let written = async {
@@ -274,12 +324,12 @@ impl Store {
         *self.injected_failure.borrow_mut() = Some(name.to_string());
     }
 
-    /// The stored bytes of chunk `index` of `path`, as stored (no check of state or hash).
-    async fn raw_chunk(&self, chunks: &ObjectStore, model: &str, path: &str, index: usize) -> Result<Option<Uint8Array>> {
+    /// Chunk `index` of `path` as stored (no check of state or hash).
+    async fn raw_chunk(&self, chunks: &ObjectStore, model: &str, path: &str, index: usize) -> Result<Option<StoredChunk>> {
         let what = format!("reading chunk {index} of {path}");
         let value =
             chunks.get(chunk_key(model, path, index)).map_err(|e| storage_error(&what, e))?.await.map_err(|e| storage_error(&what, e))?;
-        value.map(bytes_of).transpose()
+        value.map(StoredChunk::of).transpose()
     }
 
     /// The bytes of chunk `index` of `path`; refused when the chunk is not marked stored.
@@ -289,30 +339,57 @@ impl Store {
         self.read_range(model, path, index as u64 * manifest.file(path)?.chunk_size, len).await
     }
 
-    /// `len` bytes of `path` from `offset`, gathered across chunks in one transaction. Every chunk read must be
-    /// marked stored and hold the length its place in the file says.
+    /// `len` bytes of `path` from `offset`, gathered across chunks. Every chunk read must be marked stored and
+    /// hold the length its place in the file says.
     pub async fn read_range(&self, model: &str, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let tx = self.transaction(&[MANIFESTS, CHUNKS], TransactionMode::ReadOnly)?;
-        let manifest = read_manifest(&tx.store(MANIFESTS)?, model)
-            .await?
-            .ok_or_else(|| Error::Invalid(format!("the store has no model {model:?}")))?;
-        let file = manifest.file(path)?;
-        let pieces = file.chunks_for_range(offset, len)?;
-        let chunks = tx.store(CHUNKS)?;
+        let pieces = {
+            let tx = self.transaction(&[MANIFESTS, CHUNKS], TransactionMode::ReadOnly)?;
+            let manifest = read_manifest(&tx.store(MANIFESTS)?, model)
+                .await?
+                .ok_or_else(|| Error::Invalid(format!("the store has no model {model:?}")))?;
+            let file = manifest.file(path)?;
+            let chunks = tx.store(CHUNKS)?;
+            let mut pieces = Vec::new();
+            for (index, inside, take) in file.chunks_for_range(offset, len)? {
+                pieces.push((self.checked_chunk(&chunks, model, file, index).await?, inside, take));
+            }
+            pieces
+        };
         let mut out = vec![0u8; len as usize];
         let mut at = 0usize;
-        for (index, inside, take) in pieces {
-            if file.chunks[index].state != ChunkState::Stored {
-                return Err(Error::Invalid(format!("{path} chunk {index} of model {model:?} is not stored; download it first")));
-            }
-            let (_, chunk_len) = file.chunk_span(index)?;
-            let bytes = self.raw_chunk(&chunks, model, path, index).await?.filter(|b| b.length() as u64 == chunk_len).ok_or_else(|| {
-                Error::Invalid(format!("{path} chunk {index} of model {model:?} is damaged in storage; verify the model to fetch it again"))
-            })?;
+        for (chunk, inside, take) in pieces {
+            let bytes = chunk.bytes(&format!("reading {path}")).await?;
             bytes.subarray(inside as u32, (inside + take) as u32).copy_to(&mut out[at..at + take as usize]);
             at += take as usize;
         }
         Ok(out)
+    }
+
+    /// Chunk `index` of `file`, refused unless marked stored and of the length its place in the file says.
+    async fn checked_chunk(&self, chunks: &ObjectStore, model: &str, file: &StoredFile, index: usize) -> Result<StoredChunk> {
+        let path = &file.path;
+        if file.chunks[index].state != ChunkState::Stored {
+            return Err(Error::Invalid(format!("{path} chunk {index} of model {model:?} is not stored; download it first")));
+        }
+        let (_, chunk_len) = file.chunk_span(index)?;
+        self.raw_chunk(chunks, model, path, index).await?.filter(|c| c.len() == chunk_len).ok_or_else(|| {
+            Error::Invalid(format!("{path} chunk {index} of model {model:?} is damaged in storage; verify the model to fetch it again"))
+        })
+    }
+
+    /// Handles on every chunk of `path`, in order, as `Blob`s whose bytes stay on disk until sliced and read.
+    /// Refused unless every chunk is stored with its length.
+    pub async fn chunk_blobs(&self, model: &str, path: &str) -> Result<Vec<Blob>> {
+        let tx = self.transaction(&[MANIFESTS, CHUNKS], TransactionMode::ReadOnly)?;
+        let manifest =
+            read_manifest(&tx.store(MANIFESTS)?, model).await?.ok_or_else(|| Error::Invalid(format!("the store has no model {model:?}")))?;
+        let file = manifest.file(path)?;
+        let chunks = tx.store(CHUNKS)?;
+        let mut blobs = Vec::with_capacity(file.chunks.len());
+        for index in 0..file.chunks.len() {
+            blobs.push(self.checked_chunk(&chunks, model, file, index).await?);
+        }
+        blobs.into_iter().map(StoredChunk::into_blob).collect()
     }
 
     /// Deletes model `id`: every chunk and the manifest, in one transaction.
@@ -354,8 +431,12 @@ impl Store {
             let file = &manifest.files[f];
             let (_, len) = file.chunk_span(index)?;
             let tx = self.transaction(&[CHUNKS], TransactionMode::ReadOnly)?;
-            let bytes = self.raw_chunk(&tx.store(CHUNKS)?, id, &file.path, index).await?;
-            let good = bytes.is_some_and(|b| b.length() as u64 == len && Some(sha256_hex(&b.to_vec())) == file.chunks[index].sha256);
+            let chunk = self.raw_chunk(&tx.store(CHUNKS)?, id, &file.path, index).await?;
+            let bytes = match chunk.filter(|c| c.len() == len) {
+                Some(chunk) => Some(chunk.bytes(&format!("reading chunk {index} of {}", file.path)).await?),
+                None => None,
+            };
+            let good = bytes.is_some_and(|b| Some(sha256_hex(&b.to_vec())) == file.chunks[index].sha256);
             if !good {
                 bad.push((file.path.clone(), index));
             }

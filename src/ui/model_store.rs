@@ -517,8 +517,9 @@ fn describe(footprint: &Footprint, verdict: &footprint::Assessment, limits: Devi
         ));
     }
     lines.push(format!(
-        "Loading passes {} through WebAssembly memory (this version allows {}).",
+        "Loading streams the files ({}) to the GPU one tensor at a time, through at most {} of WebAssembly memory (this version allows {}).",
         human_bytes(footprint.file_bytes),
+        human_bytes(footprint.load_heap_bytes()),
         human_bytes(HEAP_LOAD_LIMIT)
     ));
     lines

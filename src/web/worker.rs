@@ -212,20 +212,20 @@ fn install(model: KontextModel, bytes: u64, label: Option<&str>) -> String {
     description
 }
 
-/// Loads the complete stored model `id` from IndexedDB (refused when any chunk is missing).
+/// Loads the complete stored model `id` from IndexedDB (refused when any chunk is missing), streaming each
+/// tensor from its chunks to the GPU.
 async fn load_stored(id: &str) -> Result<String> {
     let (device, _) = device::wgpu_async().await?;
     let store = Store::open().await?;
     let label = store.manifest(id).await?.map(|m| m.label).unwrap_or_else(|| id.to_string());
-    let stored = StoredModel::load_reporting(&store, id, &mut |done, total| progress(None, "reading", done, total)).await;
+    let stored = StoredModel::open(&store, id).await;
     store.close();
     let stored = stored?;
     progress(None, "loading", 0, 1);
     // Release the previous model before the new one takes GPU memory.
     MODEL.with(|m| m.borrow_mut().take());
     let model = KontextModel::load(&stored, stored.overrides(), &device)?;
-    let bytes = stored.total_bytes();
-    Ok(install(model, bytes, Some(&label)))
+    Ok(install(model, stored.total_bytes(), Some(&label)))
 }
 
 /// Previews shown during an edit, at most (every ⌊steps / this⌋ steps).
