@@ -16,7 +16,7 @@ use crate::model::vae::Vae;
 use crate::model::vae_config::VaeConfig;
 use crate::model::vae_remap::LdmVaeWeights;
 use crate::pipeline::edit::T5_TOKENS;
-use crate::pipeline::kontext::{TextConditioning, token_tensor};
+use crate::pipeline::kontext::TextConditioning;
 use crate::tokenizer::{ClipTokenizer, T5Tokenizer};
 use crate::weights::Weights;
 use crate::{Error, Result};
@@ -197,7 +197,7 @@ impl KontextModel {
         let t5_ids = self.t5_tokenizer.encode(prompt, T5_TOKENS)?;
         let clip_ids = self.clip_tokenizer.encode(prompt)?;
         let t5 = self.t5.get(device)?.forward(&t5_ids, device)?;
-        let (_, pooled) = self.clip.get(device)?.forward(token_tensor(&clip_ids, device))?;
+        let (_, pooled) = self.clip.get(device)?.forward(&clip_ids, device)?;
         if self.memory.release_text_encoders {
             self.t5.release();
             self.clip.release();

@@ -10,6 +10,7 @@ use burn::tensor::activation::{gelu, sigmoid, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::load::HostEmbedding;
 use crate::weights::Weights;
 use crate::{Error, Result};
 
@@ -161,8 +162,10 @@ fn embedding(weights: &dyn Weights, name: &str, shape: [usize; 2], device: &Devi
 /// Token and position embeddings (`embeddings.*`).
 #[derive(Module, Debug)]
 pub struct ClipEmbeddings {
-    /// `token_embedding`: `[vocab, hidden]`.
-    pub token_embedding: Embedding,
+    /// `token_embedding`: `[vocab, hidden]`, kept on the host as stored (CLIP-L's is 152 MB in f32, more than a
+    /// 128 MiB GPU binding); only the rows of the prompt's tokens are uploaded.
+    #[module(skip)]
+    pub token_embedding: HostEmbedding,
     /// `position_embedding`: `[max_positions, hidden]`.
     pub position_embedding: Embedding,
 }
@@ -271,12 +274,7 @@ impl ClipTextTransformer {
         let p = key_prefix(weights)?;
         let (d, ff) = (cfg.hidden_size, cfg.intermediate_size);
         let embeddings = ClipEmbeddings {
-            token_embedding: embedding(
-                weights,
-                &format!("{p}embeddings.token_embedding.weight"),
-                [cfg.vocab_size, d],
-                device,
-            )?,
+            token_embedding: HostEmbedding::load(weights, &format!("{p}embeddings.token_embedding.weight"), [cfg.vocab_size, d])?,
             position_embedding: embedding(
                 weights,
                 &format!("{p}embeddings.position_embedding.weight"),
@@ -309,38 +307,37 @@ impl ClipTextTransformer {
         Ok(Self { embeddings, encoder: ClipEncoder { layers }, final_layer_norm })
     }
 
-    /// Token and position embeddings of `ids [b, n]` → `[b, n, d]`.
-    pub fn embed(&self, ids: Tensor<2, Int>) -> Result<Tensor<3>> {
-        let [_, n] = ids.dims();
+    /// Token and position embeddings of one sequence of `ids` → `[1, n, d]` on `device`.
+    pub fn embed(&self, ids: &[u32], device: &Device) -> Result<Tensor<3>> {
+        let n = ids.len();
         let [max_positions, _] = self.embeddings.position_embedding.weight.dims();
         if n > max_positions {
             return Err(Error::Invalid(format!("CLIP takes at most {max_positions} tokens, got {n}")));
         }
-        let positions = Tensor::<1, Int>::arange(0..n as i64, &ids.device()).reshape([1, n]);
-        Ok(self.embeddings.token_embedding.forward(ids) + self.embeddings.position_embedding.forward(positions))
+        let positions = Tensor::<1, Int>::arange(0..n as i64, device).reshape([1, n]);
+        Ok(self.embeddings.token_embedding.forward(ids, device)? + self.embeddings.position_embedding.forward(positions))
     }
 
-    /// `ids [b, n]` → (last hidden state `[b, n, d]` after the final norm, pooled `[b, d]`).
-    pub fn forward(&self, ids: Tensor<2, Int>) -> Result<(Tensor<3>, Tensor<2>)> {
-        let [_, n] = ids.dims();
-        let mut x = self.embed(ids.clone())?;
-        let causal = Tensor::<2, Bool>::tril_mask([n, n], 0, &ids.device());
+    /// One sequence of `ids` → (last hidden state `[1, n, d]` after the final norm, pooled `[1, d]`).
+    pub fn forward(&self, ids: &[u32], device: &Device) -> Result<(Tensor<3>, Tensor<2>)> {
+        let n = ids.len();
+        let mut x = self.embed(ids, device)?;
+        let causal = Tensor::<2, Bool>::tril_mask([n, n], 0, device);
         for layer in &self.encoder.layers {
             x = layer.forward(x, causal.clone());
         }
         let last_hidden = self.final_layer_norm.forward(x);
-        let pooled = pooled_at_first_max(last_hidden.clone(), ids);
+        let [_, _, d] = last_hidden.dims();
+        let pooled = last_hidden.clone().narrow(1, pooled_position(ids), 1).reshape([1, d]);
         Ok((last_hidden, pooled))
     }
 }
 
-/// `hidden [b, n, d]` at the first position of each row's largest id (`ids.argmax(-1)` in torch) → `[b, d]`.
-fn pooled_at_first_max(hidden: Tensor<3>, ids: Tensor<2, Int>) -> Tensor<2> {
-    let [b, n, d] = hidden.dims();
-    let is_max = ids.clone().equal(ids.clone().max_dim(1).expand([b, n])); // [b, n]
-    let positions = Tensor::<1, Int>::arange(0..n as i64, &ids.device()).reshape([1, n]).expand([b, n]);
-    let first = positions.mask_fill(is_max.bool_not(), n as i64).min_dim(1); // [b, 1]
-    hidden.gather(1, first.reshape([b, 1, 1]).expand([b, 1, d])).reshape([b, d])
+/// The position CLIP pools: the first of the largest id (`ids.argmax(-1)` in torch; the end token has the
+/// largest id in CLIP's vocabulary).
+fn pooled_position(ids: &[u32]) -> usize {
+    let largest = ids.iter().copied().max().unwrap_or(0);
+    ids.iter().position(|&id| id == largest).unwrap_or(0)
 }
 
 /// Test-only helpers shared by the text-encoder tests: safetensors fixtures as [`Weights`] and goldens.
@@ -359,8 +356,7 @@ mod tests {
         let device = crate::device::cpu();
         let weights = FixtureFile::open(path);
         let model = ClipTextTransformer::load(&tiny_config(), &weights, &device).unwrap();
-        let ids = Tensor::<2, Int>::from_data(golden_ids("clip_input_ids"), &device);
-        let (last, pooled) = model.forward(ids).unwrap();
+        let (last, pooled) = model.forward(&clip_ids(), &device).unwrap();
         let tolerance = Tolerance::absolute(1e-4);
         last.into_data().assert_approx_eq::<f32>(
             &golden("golden_text_vae_internals.safetensors", "clip_last_hidden_state"),
@@ -401,23 +397,35 @@ mod tests {
         let device = crate::device::cpu();
         let weights = FixtureFile::open("bfl_gguf/clip_l.safetensors");
         let model = ClipTextTransformer::load(&tiny_config(), &weights, &device).unwrap();
-        let ids = Tensor::<2, Int>::from_data(golden_ids("clip_input_ids"), &device);
-        model.embed(ids).unwrap().into_data().assert_approx_eq::<f32>(
+        model.embed(&clip_ids(), &device).unwrap().into_data().assert_approx_eq::<f32>(
             &golden("golden_text_vae_internals.safetensors", "clip_embeddings_out"),
             Tolerance::absolute(1e-5),
         );
     }
 
     #[test]
-    fn pooled_takes_the_first_largest_id_per_row() {
+    fn the_token_table_stays_on_the_host() {
         let device = crate::device::cpu();
-        let hidden: Vec<f32> = (0..2 * 4 * 2).map(|v| v as f32).collect();
-        let hidden = Tensor::<3>::from_data(TensorData::new(hidden, [2, 4, 2]), &device);
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![5i64, 9, 9, 9, 9, 1, 3, 9], [2, 4]), &device);
-        let pooled = pooled_at_first_max(hidden, ids);
-        pooled
-            .into_data()
-            .assert_approx_eq::<f32>(&TensorData::new(vec![2f32, 3., 8., 9.], [2, 2]), Tolerance::absolute(0.0));
+        let weights = FixtureFile::open("bfl_gguf/clip_l.safetensors");
+        let cfg = tiny_config();
+        let model = ClipTextTransformer::load(&cfg, &weights, &device).unwrap();
+        assert_eq!(model.embeddings.token_embedding.dims(), [cfg.vocab_size, cfg.hidden_size]);
+        let on_file: usize = weights.names().iter().map(|n| weights.shape(n).unwrap().iter().product::<usize>()).sum();
+        let on_device = model.num_params();
+        // Everything but the token table (and the projection a clip_l file may carry) is on the device.
+        assert!(on_device <= on_file - cfg.vocab_size * cfg.hidden_size, "{on_device} of {on_file}");
+    }
+
+    #[test]
+    fn pooled_takes_the_first_largest_id() {
+        assert_eq!(pooled_position(&[5, 9, 9, 9]), 1);
+        assert_eq!(pooled_position(&[9, 1, 3, 9]), 0);
+        assert_eq!(pooled_position(&[1, 2, 3]), 2);
+    }
+
+    /// The golden prompt's CLIP ids.
+    fn clip_ids() -> Vec<u32> {
+        golden_ids("clip_input_ids").iter::<i64>().map(|id| id as u32).collect()
     }
 
     #[test]
@@ -439,7 +447,6 @@ mod tests {
         let device = crate::device::cpu();
         let weights = FixtureFile::open("bfl_gguf/clip_l.safetensors");
         let model = ClipTextTransformer::load(&tiny_config(), &weights, &device).unwrap();
-        let ids = Tensor::<2, Int>::zeros([1, 78], &device);
-        assert!(model.forward(ids).is_err());
+        assert!(model.forward(&[0; 78], &device).is_err());
     }
 }
