@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir, homedir } from 'node:os';
 import { join } from 'node:path';
-import { serveDist, launch, screenshot } from './browser.mjs';
+import { serveDist, launch, screenshot, setNumber } from './browser.mjs';
 
 const REFERENCE = 'tests/fixtures/tiny/golden/reference_input.png';
 const PROMPT = 'Make the red square blue and add a small yellow sun in the sky';
@@ -25,11 +25,6 @@ before(async () => {
   await browser.page.goto(served.url);
 });
 after(async () => { await browser.close(); served.server.close(); });
-
-async function setNumber(page, selector, value) {
-  await page.fill(selector, String(value));
-  await page.dispatchEvent(selector, 'change');
-}
 
 /** PSNR in dB of two PNGs (given as base64), decoded by the browser. */
 async function psnr(page, a, b) {

@@ -3,7 +3,7 @@
 // worker; loading the model again and editing works; LoRA adapters are handed to the new worker.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { serveDist, launch, screenshot } from './browser.mjs';
+import { serveDist, launch, screenshot, setNumber } from './browser.mjs';
 
 let served;
 let browser;
@@ -14,11 +14,6 @@ before(async () => {
   await browser.page.waitForSelector('#load-demo');
 });
 after(async () => { await browser.close(); served.server.close(); });
-
-async function setNumber(page, selector, value) {
-  await page.fill(selector, String(value));
-  await page.dispatchEvent(selector, 'change');
-}
 
 test('a worker that dies mid-edit is replaced, with a message, and the next edit works', async () => {
   const { page } = browser;

@@ -3,7 +3,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { serveDist, launch, screenshot } from './browser.mjs';
+import { serveDist, launch, screenshot, setNumber } from './browser.mjs';
 
 const REFERENCE = 'tests/fixtures/tiny/golden/reference_input.png';
 const SECOND = 'tests/fixtures/tiny/golden/multiref_ref2.png';
@@ -17,11 +17,6 @@ before(async () => {
   await browser.page.waitForSelector('#reference-drop');
 });
 after(async () => { await browser.close(); served.server.close(); });
-
-async function setNumber(page, selector, value) {
-  await page.fill(selector, String(value));
-  await page.dispatchEvent(selector, 'change');
-}
 
 /** Dispatches `type` (drop or paste) carrying `files` ({name, mime, b64}) at `selector`. */
 async function sendFiles(page, selector, type, files) {

@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir, homedir } from 'node:os';
 import { join } from 'node:path';
-import { serveDist, launch, screenshot } from './browser.mjs';
+import { serveDist, launch, screenshot, setNumber } from './browser.mjs';
 
 const LORA = 'tests/fixtures/tiny/lora/lora_kohya.safetensors';
 const NOT_A_LORA = 'tests/fixtures/tiny/bfl_gguf/transformer_bfl.safetensors';
@@ -27,11 +27,6 @@ before(async () => {
   await browser.page.waitForSelector('#model-state[data-state="loaded"]', { timeout: 120_000 });
 });
 after(async () => { await browser.close(); served.server.close(); });
-
-async function setNumber(page, selector, value) {
-  await page.fill(selector, String(value));
-  await page.dispatchEvent(selector, 'change');
-}
 
 async function resultPng(page) {
   return page.evaluate(async () => {

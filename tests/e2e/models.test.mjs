@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { serveDist, launch, screenshot } from './browser.mjs';
+import { serveDist, launch, screenshot, setNumber } from './browser.mjs';
 
 const PACK = 'tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny';
 const REFERENCE = 'tests/fixtures/tiny/golden/reference_input.png';
@@ -97,11 +97,6 @@ async function storeFromUrl(page, base) {
   await page.fill('#url-base', base);
   await page.selectOption('#url-chunk', String(CHUNK));
   await page.click('#url-store');
-}
-
-async function setNumber(page, selector, value) {
-  await page.fill(selector, String(value));
-  await page.dispatchEvent(selector, 'change');
 }
 
 test('a source larger than the storage quota is refused with a clear message, and nothing is stored', async () => {

@@ -2,7 +2,7 @@
 // network off — the shell from the service worker's cache, the weights from the model store.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { serveDist, launch, screenshot } from './browser.mjs';
+import { serveDist, launch, screenshot, setNumber } from './browser.mjs';
 
 let served;
 let browser;
@@ -11,11 +11,6 @@ before(async () => {
   browser = await launch({ webgpu: true });
 });
 after(async () => { await browser.close(); served.server.close(); });
-
-async function setNumber(page, selector, value) {
-  await page.fill(selector, String(value));
-  await page.dispatchEvent(selector, 'change');
-}
 
 test('with the demo pack stored, the app reloads and edits with the network off', async () => {
   const { page, context } = browser;
