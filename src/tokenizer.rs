@@ -46,9 +46,70 @@ fn required_id(tokenizer: &Tokenizer, token: &str, source: &str) -> Result<u32> 
 
 /// A `tokenizer.json` without its own truncation and padding settings ([`frame`] applies the pipeline's).
 fn read_tokenizer_json(bytes: &[u8]) -> tokenizers::Result<Tokenizer> {
+    check_precompiled_normalizers(&serde_json::from_slice(bytes)?)?;
     let mut tokenizer = Tokenizer::from_bytes(bytes)?;
     tokenizer.with_truncation(None)?.with_padding(None);
     Ok(tokenizer)
+}
+
+/// Checks every `Precompiled` normalizer of a `tokenizer.json` the way the tokenizers crate will read it: that
+/// crate panics (instead of failing) on a malformed `precompiled_charsmap`, which would kill the worker.
+fn check_precompiled_normalizers(value: &serde_json::Value) -> tokenizers::Result<()> {
+    match value {
+        serde_json::Value::Object(object) => {
+            if object.get("type").and_then(|t| t.as_str()) == Some("Precompiled") {
+                serde_json::from_str::<Precompiled>(&value.to_string())
+                    .map_err(|e| format!("its Precompiled normalizer is invalid: {e}"))?;
+                let charsmap = object.get("precompiled_charsmap").and_then(|c| c.as_str()).unwrap_or_default();
+                let charsmap = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, charsmap)
+                    .map_err(|e| format!("its precompiled_charsmap is not base64: {e}"))?;
+                check_charsmap(&charsmap).map_err(|e| e.to_string())?;
+            }
+            object.values().try_for_each(check_precompiled_normalizers)
+        }
+        serde_json::Value::Array(items) => items.iter().try_for_each(check_precompiled_normalizers),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a SentencePiece `precompiled_charsmap` (`[u32 trie bytes][trie: u32 units][normalized strings]`, the
+/// trie a darts-clone double array) so normalizing any text stays inside it: every node a key can reach must
+/// have all 255 children positions inside the array, and every leaf must point at a character boundary of the
+/// strings. `spm_precompiled` indexes without checks and would panic on a crafted map.
+pub(crate) fn check_charsmap(charsmap: &[u8]) -> Result<()> {
+    let fail = |msg: &str| Error::Invalid(format!("the precompiled_charsmap is damaged: {msg}"));
+    let (size, rest) = charsmap.split_first_chunk::<4>().ok_or_else(|| fail("it is shorter than its 4-byte header"))?;
+    let trie_bytes = (u32::from_le_bytes(*size) / 4 * 4) as usize;
+    if trie_bytes > rest.len() {
+        return Err(fail("its trie is longer than the map"));
+    }
+    let units: Vec<usize> = rest[..trie_bytes].chunks_exact(4).map(|u| u32::from_le_bytes(u.try_into().unwrap()) as usize).collect();
+    let normalized = std::str::from_utf8(&rest[trie_bytes..]).map_err(|_| fail("its strings are not UTF-8"))?;
+    let offset = |unit: usize| (unit >> 10) << ((unit & (1 << 9)) >> 6);
+    let root = units.first().ok_or_else(|| fail("its trie is empty"))?;
+    let mut visited = std::collections::HashSet::new();
+    let mut pending = vec![offset(*root)];
+    while let Some(node) = pending.pop() {
+        if !visited.insert(node) {
+            continue;
+        }
+        for byte in 1..=255usize {
+            let unit = *units.get(node ^ byte).ok_or_else(|| fail("a trie node points outside the trie"))?;
+            if unit & ((1 << 31) | 0xFF) != byte {
+                continue;
+            }
+            let child = node ^ byte ^ offset(unit);
+            if (unit >> 8) & 1 == 1 {
+                let leaf = *units.get(child).ok_or_else(|| fail("a trie leaf lies outside the trie"))?;
+                let start = leaf & ((1 << 31) - 1);
+                if !normalized.is_char_boundary(start) {
+                    return Err(fail("a replacement starts outside its strings"));
+                }
+            }
+            pending.push(child);
+        }
+    }
+    Ok(())
 }
 
 /// Ids of `prompt` without any special token added around them.
@@ -487,6 +548,7 @@ impl T5Tokenizer {
 
         let mut tokenizer = Tokenizer::new(unigram);
         if !spec.precompiled_charsmap.is_empty() {
+            check_charsmap(spec.precompiled_charsmap).map_err(|e| Error::Invalid(format!("{source}: {e}")))?;
             let normalizer = Precompiled::from(spec.precompiled_charsmap)
                 .map_err(|e| tokenizer_error(&format!("{source} has an unreadable precompiled_charsmap"), e))?;
             tokenizer.with_normalizer(Some(normalizer));
@@ -743,5 +805,50 @@ mod tests {
     fn t5_rejects_garbage_spiece_model() {
         assert!(T5Tokenizer::from_spiece_model(b"\x0a\xff\xff\xff").is_err());
         assert!(T5Tokenizer::from_spiece_model(b"not a model").is_err());
+    }
+
+    #[test]
+    fn damaged_charsmaps_are_refused_and_the_real_one_passes() {
+        let model = SentencePieceModel::parse(&read("FLUX.1-Kontext-dev-tiny/tokenizer_2/spiece.model")).unwrap();
+        let real = model.precompiled_charsmap.clone();
+        check_charsmap(&real).unwrap();
+        let with_trie = |units: &[u32], strings: &[u8]| {
+            let mut map = ((units.len() * 4) as u32).to_le_bytes().to_vec();
+            units.iter().for_each(|u| map.extend(u.to_le_bytes()));
+            map.extend(strings);
+            map
+        };
+        let refused = |map: Vec<u8>, expected: &str| {
+            let err = check_charsmap(&map).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        };
+        refused(vec![1, 2], "shorter than its 4-byte header");
+        refused(with_trie(&[], b""), "trie is empty");
+        refused(vec![255, 255, 0, 0, 1], "longer than the map");
+        // A root whose children lie past a 2-unit array.
+        refused(with_trie(&[0, 0], b""), "outside the trie");
+        // 256 units with the root at 0: byte 97 ('a') leads to a leaf (offset 0, so the leaf is that same unit)
+        // whose value, 97 | 256 = 353, falls inside a 2-byte "é".
+        let mut units = vec![0u32; 256];
+        units[97] = 97 | (1 << 8);
+        refused(with_trie(&units, "é".repeat(200).as_bytes()), "outside its strings");
+        let mut tokenizer_json: serde_json::Value =
+            serde_json::from_slice(&read("FLUX.1-Kontext-dev-tiny/tokenizer_2/tokenizer.json")).unwrap();
+        let damaged = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, with_trie(&[0, 0], b""));
+        fn set_charsmap(value: &mut serde_json::Value, charsmap: &str) {
+            match value {
+                serde_json::Value::Object(object) => {
+                    if object.get("type").and_then(|t| t.as_str()) == Some("Precompiled") {
+                        object.insert("precompiled_charsmap".into(), charsmap.into());
+                    }
+                    object.values_mut().for_each(|v| set_charsmap(v, charsmap));
+                }
+                serde_json::Value::Array(items) => items.iter_mut().for_each(|v| set_charsmap(v, charsmap)),
+                _ => {}
+            }
+        }
+        set_charsmap(&mut tokenizer_json, &damaged);
+        let err = T5Tokenizer::from_tokenizer_json(tokenizer_json.to_string().as_bytes()).err().unwrap().to_string();
+        assert!(err.contains("precompiled_charsmap is damaged"), "{err}");
     }
 }

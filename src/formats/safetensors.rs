@@ -90,6 +90,7 @@ impl SafetensorsFile {
         let Value::Object(entries) = json else {
             return Err(fail("its header is not a JSON object".into()));
         };
+        serde_json::from_slice::<UniqueEntries>(&header).map_err(|e| fail(format!("its header {e}")))?;
         let data_start = 8 + n;
         let data_len = total - data_start;
         let mut metadata = BTreeMap::new();
@@ -318,6 +319,35 @@ impl ShardedSafetensors {
     }
 }
 
+/// A JSON object read entry by entry, refused when a name appears twice (`serde_json` maps keep the last one,
+/// so a second tensor of the same name would silently replace the first).
+struct UniqueEntries;
+
+impl<'de> serde::Deserialize<'de> for UniqueEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Names;
+        impl<'de> serde::de::Visitor<'de> for Names {
+            type Value = UniqueEntries;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<UniqueEntries, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    if !seen.insert(name.clone()) {
+                        return Err(serde::de::Error::custom(format!("names `{name}` twice")));
+                    }
+                }
+                Ok(UniqueEntries)
+            }
+        }
+        deserializer.deserialize_map(Names)
+    }
+}
+
 fn weight_map(index_json: &str) -> Result<BTreeMap<String, String>> {
     let json: Value = serde_json::from_str(index_json)
         .map_err(|e| Error::Invalid(format!("the safetensors index is not JSON ({e})")))?;
@@ -325,8 +355,17 @@ fn weight_map(index_json: &str) -> Result<BTreeMap<String, String>> {
         .get("weight_map")
         .and_then(Value::as_object)
         .ok_or_else(|| Error::Invalid("the safetensors index has no `weight_map` object".into()))?;
+    #[derive(serde::Deserialize)]
+    struct Index {
+        #[serde(rename = "weight_map")]
+        _weight_map: UniqueEntries,
+    }
+    serde_json::from_str::<Index>(index_json).map_err(|e| Error::Invalid(format!("the safetensors index's weight_map {e}")))?;
     map.iter()
         .map(|(k, v)| match v.as_str() {
+            Some(s) if s.is_empty() || s == "." || s == ".." || s.contains(['/', '\\', '\0']) => Err(Error::Invalid(format!(
+                "the safetensors index maps `{k}` to {s:?}, which is not a file name beside the index"
+            ))),
             Some(s) => Ok((k.clone(), s.to_string())),
             None => {
                 Err(Error::Invalid(format!("the safetensors index maps `{k}` to something that is not a file name")))
@@ -436,6 +475,8 @@ pub(crate) mod tests {
         assert!(open_err(with_header(overlap, 12)).contains("overlap"));
         let overflow = r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}}"#;
         assert!(open_err(with_header(overflow, 8)).contains("overflows"));
+        let twice = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+        assert!(open_err(with_header(twice, 8)).contains("names `a` twice"));
         let unknown = r#"{"a":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}}"#;
         assert!(open_err(with_header(unknown, 8)).contains("unknown dtype `Q7`"));
     }
@@ -461,6 +502,13 @@ pub(crate) mod tests {
         assert!(sharded.read("x").is_err());
         let err = ShardedSafetensors::open(index, shards(two.clone(), one)).unwrap_err().to_string();
         assert!(err.contains("does not hold it"), "{err}");
+        for outside in ["../m-1.safetensors", "/etc/passwd", "sub\\\\m.safetensors", ""] {
+            let index = format!(r#"{{"weight_map":{{"a":"{outside}"}}}}"#);
+            let err = ShardedSafetensors::shard_names(&index).unwrap_err().to_string();
+            assert!(err.contains("not a file name beside the index"), "{outside}: {err}");
+        }
+        let twice = r#"{"weight_map":{"a":"m-1.safetensors","a":"m-2.safetensors"}}"#;
+        assert!(ShardedSafetensors::shard_names(twice).unwrap_err().to_string().contains("names `a` twice"));
         let missing = HashMap::from([("m-1.safetensors".to_string(), Box::new(two) as Box<dyn ByteSource>)]);
         let err = ShardedSafetensors::open(index, missing).unwrap_err().to_string();
         assert!(err.contains("not provided"), "{err}");
