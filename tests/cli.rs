@@ -459,3 +459,195 @@ fn edit_with_loras_matches_the_lora_goldens() {
         assert!(png.contains(r#""loras":[["lora_"#), "the recipe records the adapters");
     }
 }
+
+/// A GGUF v3 file: metadata as (key, value type id, encoded value), tensor infos as (name, dims, ggml type id,
+/// offset into the data section), then `data` at the default 32-byte alignment.
+fn gguf_bytes(kv: &[(&str, u32, Vec<u8>)], tensors: &[(&str, Vec<u64>, u32, u64)], data: &[u8]) -> Vec<u8> {
+    let string = |s: &str| [(s.len() as u64).to_le_bytes().as_slice(), s.as_bytes()].concat();
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((kv.len() as u64).to_le_bytes());
+    for (key, ty, value) in kv {
+        out.extend(string(key));
+        out.extend(ty.to_le_bytes());
+        out.extend(value);
+    }
+    for (name, dims, ty, offset) in tensors {
+        out.extend(string(name));
+        out.extend((dims.len() as u32).to_le_bytes());
+        dims.iter().for_each(|d| out.extend(d.to_le_bytes()));
+        out.extend(ty.to_le_bytes());
+        out.extend(offset.to_le_bytes());
+    }
+    out.resize(out.len().next_multiple_of(32), 0);
+    out.extend(data);
+    out
+}
+
+/// A safetensors file with a hand-written header.
+fn safetensors_bytes(header: &str, data_len: usize) -> Vec<u8> {
+    [(header.len() as u64).to_le_bytes().as_slice(), header.as_bytes(), &vec![0; data_len]].concat()
+}
+
+/// A copy of the tiny model folder with `edit` applied to its files (path relative to the folder → new bytes).
+fn tiny_model_copy(tmp: &TempDir, name: &str, edit: impl Fn(&str, Vec<u8>) -> Vec<u8>) -> PathBuf {
+    let from = root().join(TINY_MODEL);
+    let to = tmp.path(name);
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let entry = entry.unwrap();
+        let component = entry.file_name().to_str().unwrap().to_string();
+        if entry.path().is_dir() {
+            std::fs::create_dir_all(to.join(&component)).unwrap();
+            for file in std::fs::read_dir(entry.path()).unwrap() {
+                let file = file.unwrap();
+                let relative = format!("{component}/{}", file.file_name().to_str().unwrap());
+                std::fs::write(to.join(&relative), edit(&relative, std::fs::read(file.path()).unwrap())).unwrap();
+            }
+        } else {
+            std::fs::write(to.join(&component), edit(&component, std::fs::read(entry.path()).unwrap())).unwrap();
+        }
+    }
+    to
+}
+
+/// The tiny BFL transformer rewritten: `change(name, shape, values)` returns the tensor to write, or `None` to
+/// leave it out.
+fn rewrite_tiny_transformer(path: &Path, change: impl Fn(&str, Vec<usize>, Vec<f32>) -> Option<(Vec<usize>, Vec<f32>)>) {
+    let source = root().join(TINY).join("bfl_gguf/transformer_bfl.safetensors");
+    let bytes = std::fs::read(&source).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = file.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = names
+        .iter()
+        .filter_map(|name| {
+            let (shape, values) = read(&source, name);
+            change(name, shape, values).map(|(shape, values)| (name.clone(), shape, values))
+        })
+        .collect();
+    let borrowed: Vec<(&str, Vec<usize>, Vec<f32>)> = tensors.iter().map(|(n, s, v)| (n.as_str(), s.clone(), v.clone())).collect();
+    write(path, &borrowed);
+}
+
+/// `kontext args…` under a 4 GiB address-space limit: it must fail with exit status 1 (not a signal) and one
+/// line on stderr, within 20 seconds.
+fn fails_fast_and_small(args: &[&str]) -> String {
+    let started = std::time::Instant::now();
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -v 4194304 && exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_kontext"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("cannot start kontext");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "kontext {args:?} ended with {:?}:\n{stderr}", output.status);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.len() == 1 && lines[0].starts_with("kontext: "), "kontext {args:?}: expected one line:\n{stderr}");
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(seconds < 20.0, "kontext {args:?} took {seconds:.1} s");
+    lines[0].to_string()
+}
+
+/// Crafted GGUF and safetensors files, given to `kontext inspect` and as the DiT of `kontext edit`: each is
+/// refused in one line naming the problem, with exit status 1, quickly and under a 4 GiB address-space limit.
+/// Then whole models that contradict themselves: a missing tensor, a tensor of the wrong shape, and a
+/// `config.json` that disagrees with the weights.
+#[test]
+fn hostile_files_are_refused_in_one_line_quickly_and_within_4_gib() {
+    let tmp = TempDir::new("hostile");
+    let u32_le = |v: u32| v.to_le_bytes().to_vec();
+    let u64_le = |v: u64| v.to_le_bytes().to_vec();
+    let f32_tensor = |name: &'static str| (name, vec![8u64], 0u32, 0u64);
+    let mut array_bomb = u32_le(9); // an array of arrays…
+    array_bomb.extend(u64_le(1 << 30)); // …claiming 2^30 empty arrays in a file of a few bytes
+    array_bomb.extend(u32_le(0));
+    array_bomb.extend(u64_le(0));
+    let mut deep = Vec::new();
+    for _ in 0..64 {
+        deep.extend(u32_le(9));
+        deep.extend(u64_le(1));
+    }
+    deep.extend(u32_le(0));
+    deep.extend(u64_le(0));
+    let mut huge_string = u64_le(1 << 40);
+    huge_string.extend(b"x");
+    let mut absurd_tensor_count = gguf_bytes(&[], &[f32_tensor("w")], &[0; 32]);
+    absurd_tensor_count[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("tensor-count.gguf", absurd_tensor_count, "tensors"),
+        ("array-bomb.gguf", gguf_bytes(&[("a", 9, array_bomb)], &[], &[]), "array elements"),
+        ("nested.gguf", gguf_bytes(&[("a", 9, deep)], &[], &[]), "nested deeper"),
+        ("long-string.gguf", gguf_bytes(&[("a", 8, huge_string)], &[], &[]), "string bytes"),
+        ("value-type.gguf", gguf_bytes(&[("a", 77, vec![])], &[], &[]), "unknown metadata value type 77"),
+        ("twice.gguf", gguf_bytes(&[], &[f32_tensor("w"), f32_tensor("w")], &[0; 32]), "appears twice"),
+        ("ggml-type.gguf", gguf_bytes(&[], &[("w", vec![32], 99, 0)], &[0; 64]), "unknown ggml tensor type id 99"),
+        ("outside.gguf", gguf_bytes(&[], &[("w", vec![1 << 20], 0, 0)], &[0; 32]), "outside"),
+        ("unaligned.gguf", gguf_bytes(&[], &[("w", vec![4], 0, 3)], &[0; 64]), "not aligned"),
+        ("overflow.gguf", gguf_bytes(&[], &[("w", vec![1 << 40, 1 << 40], 0, 0)], &[0; 32]), "overflows"),
+        ("overlap.gguf", gguf_bytes(&[], &[("a", vec![8], 0, 0), ("b", vec![8], 0, 0)], &[0; 64]), "overlap"),
+        ("ragged.gguf", gguf_bytes(&[], &[("w", vec![31], 8, 0)], &[0; 64]), "block size"),
+        ("header.safetensors", [u64_le(1 << 62), vec![0; 16]].concat(), "limit"),
+        ("short.safetensors", safetensors_bytes(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 4), "outside"),
+        ("overlap.safetensors", safetensors_bytes(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#, 12), "overlap"),
+        ("mismatch.safetensors", safetensors_bytes(r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8), "needs 12 bytes"),
+        ("overflow.safetensors", safetensors_bytes(
+            r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}}"#, 8), "overflows"),
+        ("dtype.safetensors", safetensors_bytes(r#"{"a":{"dtype":"F7","shape":[2],"data_offsets":[0,8]}}"#, 8), "unknown dtype"),
+        ("twice.safetensors", safetensors_bytes(
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8), "twice"),
+        ("empty.safetensors", Vec::new(), "fewer than the 8-byte"),
+    ];
+    let out = tmp.arg("out.png");
+    for (name, bytes, expected) in &cases {
+        let path = tmp.path(name);
+        std::fs::write(&path, bytes).unwrap();
+        let path = path.to_str().unwrap();
+        let line = fails_fast_and_small(&["inspect", path]);
+        assert!(line.contains(expected) && line.contains(name), "inspect {name}: {line}");
+        let edit = ["edit", "--model", TINY_MODEL, "--transformer", path, "--backend", "cpu", "--steps", "1", "--prompt", "a cat", "--out", &out];
+        let line = fails_fast_and_small(&edit);
+        assert!(line.contains(expected), "edit {name}: {line}");
+    }
+
+    let edit_with = |transformer: &Path| {
+        fails_fast_and_small(&[
+            "edit", "--model", TINY_MODEL, "--transformer", transformer.to_str().unwrap(), "--backend", "cpu", "--steps", "1",
+            "--prompt", "a cat", "--out", &out,
+        ])
+    };
+    let missing = tmp.path("missing-tensor.safetensors");
+    rewrite_tiny_transformer(&missing, |name, shape, values| (name != "double_blocks.1.img_attn.proj.weight").then_some((shape, values)));
+    let line = edit_with(&missing);
+    assert!(line.contains("double_blocks.1.img_attn.proj.weight"), "{line}");
+
+    let misshapen = tmp.path("wrong-shape.safetensors");
+    rewrite_tiny_transformer(&misshapen, |name, mut shape, values| {
+        if name == "single_blocks.0.linear2.weight" {
+            shape[1] -= 1;
+            let keep = shape.iter().product();
+            return Some((shape, values[..keep].to_vec()));
+        }
+        Some((shape, values))
+    });
+    let line = edit_with(&misshapen);
+    assert!(line.contains("single_blocks.0.linear2.weight"), "{line}");
+
+    let contradicting = tiny_model_copy(&tmp, "contradicting", |path, bytes| {
+        if path != "transformer/config.json" {
+            return bytes;
+        }
+        let mut config: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        config["num_layers"] = (config["num_layers"].as_u64().unwrap() + 1).into();
+        serde_json::to_vec(&config).unwrap()
+    });
+    let line = fails_fast_and_small(&["inspect", contradicting.join("transformer").to_str().unwrap()]);
+    assert!(line.contains("config.json gives depth"), "{line}");
+    let line = fails_fast_and_small(&[
+        "edit", "--model", contradicting.to_str().unwrap(), "--backend", "cpu", "--steps", "1", "--prompt", "a cat", "--out", &out,
+    ]);
+    assert!(line.contains("config.json gives depth"), "{line}");
+}
