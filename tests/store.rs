@@ -9,7 +9,8 @@ use std::cell::RefCell;
 use kontext_web::store::catalog::demo_manifest;
 use kontext_web::store::download::{self, CancelFlag, Outcome, parse_content_range};
 use kontext_web::store::files::StoredModel;
-use kontext_web::store::idb::{self as store_idb, Store, chunk_key, storage_error};
+use kontext_web::store::idb::{self as store_idb, Store, StoreEvent, chunk_key, storage_error};
+use kontext_web::web::locks;
 use kontext_web::store::is_storage_full;
 use kontext_web::store::manifest::{ChunkState, FileState, Manifest, Source, StoredFile};
 use kontext_web::loader;
@@ -69,6 +70,77 @@ async fn chunk_exists(db_name: &str, model: &str, path: &str, index: usize) -> b
     let found = tx.object_store("chunks").unwrap().get(chunk_key(model, path, index)).unwrap().await.unwrap().is_some();
     db.close();
     found
+}
+
+/// Collects the store's events of this thread.
+fn record_events() -> std::rc::Rc<RefCell<Vec<StoreEvent>>> {
+    let events = std::rc::Rc::new(RefCell::new(Vec::new()));
+    let sink = events.clone();
+    store_idb::on_event(move |event| sink.borrow_mut().push(event));
+    events
+}
+
+#[wasm_bindgen_test]
+async fn an_upgrade_from_another_tab_closes_this_connection_instead_of_waiting() {
+    let name = "kontext-test-superseded";
+    let events = record_events();
+    let old = fresh(name).await;
+    old.put_manifest(&two_file_manifest("m", 4096)).await.unwrap();
+    // A newer app opens version 2: not blocked, because the old connection closes itself.
+    let newer = Store::open_versioned(name, 2).await.unwrap();
+    assert_eq!(events.borrow().as_slice(), [StoreEvent::Superseded { new_version: Some(2) }]);
+    assert!(newer.manifest("m").await.unwrap().is_some(), "the upgrade keeps what was stored");
+    let err = old.manifest("m").await.unwrap_err().to_string();
+    assert!(err.contains("another tab is upgrading or deleting the model store") && err.contains("reload this page"), "{err}");
+    let err = Store::open_named(name).await.err().unwrap().to_string();
+    assert!(err.contains("upgraded by a newer kontext-web in another tab; reload this page"), "{err}");
+    drop(newer);
+    Store::delete_database(name).await.unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn an_upgrade_blocked_by_an_older_connection_says_so_and_goes_on_when_it_closes() {
+    let name = "kontext-test-blocked";
+    Store::delete_database(name).await.unwrap();
+    drop(Store::open_named(name).await.unwrap());
+    let events = record_events();
+    // An older page that does not let go of its connection.
+    let holder = idb::Factory::new().unwrap().open(name, None).unwrap().await.unwrap();
+    let (opened, ()) = futures_lite::future::zip(Store::open_versioned(name, 2), async {
+        gloo::timers::future::TimeoutFuture::new(300).await;
+        assert_eq!(events.borrow().as_slice(), [StoreEvent::Blocked], "the open waits and says so");
+        holder.close();
+    })
+    .await;
+    let store = opened.unwrap();
+    assert_eq!(events.borrow().as_slice(), [StoreEvent::Blocked, StoreEvent::Unblocked]);
+    assert!(store.manifest("nothing").await.unwrap().is_none());
+    drop(store);
+    Store::delete_database(name).await.unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn a_model_lock_is_held_by_one_holder_at_a_time() {
+    let first = locks::acquire("kontext-test-lock", || panic!("the lock is free")).await.unwrap();
+    let waited = std::cell::Cell::new(false);
+    let released = std::cell::Cell::new(false);
+    let (second, ()) = futures_lite::future::zip(
+        async {
+            let lock = locks::acquire("kontext-test-lock", || waited.set(true)).await.unwrap();
+            assert!(released.get(), "granted only after the first holder let go");
+            lock
+        },
+        async {
+            gloo::timers::future::TimeoutFuture::new(200).await;
+            assert!(waited.get(), "the second holder was told it waits");
+            released.set(true);
+            drop(first);
+        },
+    )
+    .await;
+    drop(second);
+    // Released on drop (the browser lets go a moment later, so this may wait briefly but must be granted).
+    drop(locks::acquire("kontext-test-lock", || {}).await.unwrap());
 }
 
 #[wasm_bindgen_test]

@@ -7,12 +7,13 @@
 //! checked: a failed write (a full quota included) aborts both, so the store never claims bytes it lacks.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use ::idb::{Database, DatabaseEvent, Factory, KeyRange, ObjectStore, ObjectStoreParams, Transaction, TransactionMode, TransactionResult};
 use js_sys::{Array, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{Blob, DomException, IdbTransaction};
+use web_sys::{Blob, DomException, IdbDatabase, IdbTransaction};
 
 use super::manifest::{ChunkState, Manifest, StorageEstimate, StoredFile, sha256_hex};
 use crate::web::js;
@@ -20,12 +21,43 @@ use crate::{Error, Result};
 
 /// Name of the app's database.
 pub const DATABASE: &str = "kontext-web";
-const VERSION: u32 = 1;
+/// Schema version of the app's database.
+pub const VERSION: u32 = 1;
 const MANIFESTS: &str = "manifests";
 const CHUNKS: &str = "chunks";
 const BLOBS: &str = "blobs";
 
-/// An open store.
+/// What happens to the store's connections because of other tabs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// Opening the store waits for another tab that holds an older version of it open.
+    Blocked,
+    /// That wait is over.
+    Unblocked,
+    /// Another tab upgrades or deletes the database: this tab's connection was closed to let it.
+    Superseded {
+        /// The version the other tab asks for; `None` when it deletes the database.
+        new_version: Option<u32>,
+    },
+}
+
+thread_local! {
+    static LISTENER: RefCell<Option<Rc<dyn Fn(StoreEvent)>>> = RefCell::new(None);
+}
+
+/// Has `listener` told of every [`StoreEvent`] of this thread's stores.
+pub fn on_event(listener: impl Fn(StoreEvent) + 'static) {
+    LISTENER.with(|l| *l.borrow_mut() = Some(Rc::new(listener)));
+}
+
+fn notify(event: StoreEvent) {
+    if let Some(listener) = LISTENER.with(|l| l.borrow().clone()) {
+        listener(event);
+    }
+}
+
+/// An open store. Dropping it closes the connection (after its transactions finish); it also closes itself when
+/// another tab upgrades or deletes the database, so this tab never blocks that.
 pub struct Store {
     db: Database,
     injected_failure: RefCell<Option<String>>,
@@ -67,7 +99,10 @@ pub fn storage_error(what: &str, error: ::idb::Error) -> Error {
         ::idb::Error::DomException(e) => dom_error(what, &e.name(), &e.message()),
         other => {
             let text = other.to_string();
-            let name = if text.contains("QuotaExceededError") { "QuotaExceededError" } else { "" };
+            let name = ["QuotaExceededError", "VersionError", "InvalidStateError"]
+                .into_iter()
+                .find(|name| text.contains(name) || *name == "InvalidStateError" && text.contains("connection is clos"))
+                .unwrap_or("");
             dom_error(what, name, &text)
         }
     }
@@ -77,6 +112,15 @@ fn dom_error(what: &str, name: &str, message: &str) -> Error {
     if name == "QuotaExceededError" {
         Error::Invalid(format!(
             "storage full: {what} did not fit in the space the browser grants this site; delete models or free disk space ({message})"
+        ))
+    } else if name == "VersionError" {
+        Error::Invalid(format!(
+            "browser storage: {what} failed: the model store was upgraded by a newer kontext-web in another tab; reload this page"
+        ))
+    } else if name == "InvalidStateError" && message.contains("clos") {
+        Error::Invalid(format!(
+            "browser storage: {what} failed: another tab is upgrading or deleting the model store, or the browser cleared it; \
+             reload this page"
         ))
     } else {
         Error::Invalid(format!(
@@ -201,9 +245,21 @@ impl Store {
 
     /// Opens the database `name` (tests use their own).
     pub async fn open_named(name: &str) -> Result<Self> {
+        Self::open_versioned(name, VERSION).await
+    }
+
+    /// Opens the database `name` at schema `version` (tests use it to play a newer app in another tab).
+    #[doc(hidden)]
+    pub async fn open_versioned(name: &str, version: u32) -> Result<Self> {
         let fail = |e| storage_error("opening the model store", e);
         let factory = Factory::new().map_err(fail)?;
-        let mut request = factory.open(name, Some(VERSION)).map_err(fail)?;
+        let mut request = factory.open(name, Some(version)).map_err(fail)?;
+        let was_blocked = Rc::new(std::cell::Cell::new(false));
+        let blocked = was_blocked.clone();
+        request.on_blocked(move |_| {
+            blocked.set(true);
+            notify(StoreEvent::Blocked);
+        });
         request.on_upgrade_needed(|event| {
             let Ok(db) = event.database() else { return };
             let existing = db.store_names();
@@ -213,7 +269,17 @@ impl Store {
                 }
             }
         });
-        let db = request.await.map_err(fail)?;
+        let opened = request.await;
+        if was_blocked.get() {
+            notify(StoreEvent::Unblocked);
+        }
+        let raw: IdbDatabase = opened.map_err(fail)?.into();
+        let mut db = Database::from(raw.clone());
+        db.on_version_change(move |event| {
+            raw.close();
+            let new_version = event.dyn_ref::<web_sys::IdbVersionChangeEvent>().and_then(|e| e.new_version()).map(|v| v as u32);
+            notify(StoreEvent::Superseded { new_version });
+        });
         let names = db.store_names();
         if let Some(missing) = [MANIFESTS, CHUNKS, BLOBS].into_iter().find(|s| !names.iter().any(|n| n == s)) {
             return Err(Error::Invalid(format!("browser storage: the model store has no {missing} table")));
@@ -231,7 +297,15 @@ impl Store {
     pub fn close(&self) {
         self.db.close();
     }
+}
 
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.db.close();
+    }
+}
+
+impl Store {
     fn transaction(&self, stores: &[&str], mode: TransactionMode) -> Result<Tx> {
         let tx = self.db.transaction(stores, mode).map_err(|e| storage_error("starting a transaction", e))?;
         let raw: IdbTransaction = tx.object_store(stores[0]).map_err(|e| storage_error("starting a transaction", e))?.transaction().into();

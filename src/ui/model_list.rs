@@ -29,6 +29,12 @@ pub fn StorageSummary() -> impl IntoView {
     view! {
         <p id="storage-summary" data-usage=move || ui.estimate.get().map(|e| e.usage.to_string())>{text}</p>
         <p id="storage-persist" class="muted" data-persisted=move || format!("{:?}", ui.persisted.get())>{persisted}</p>
+        <Show when=move || ui.blocked.get()>
+            <p id="store-blocked" role="alert">
+                "Another kontext-web tab is using an older version of the model store. Close or reload that tab; this page \
+                 goes on as soon as it does."
+            </p>
+        </Show>
     }
 }
 
@@ -43,6 +49,7 @@ pub fn TransferView() -> impl IntoView {
                 Action::Downloading => "Downloading",
                 Action::Copying => "Copying",
                 Action::Verifying => "Verifying",
+                Action::Waiting => "Waiting for another tab",
             };
             let amount = if verifying {
                 format!("{} of {} chunks", t.done, t.total)
@@ -56,7 +63,11 @@ pub fn TransferView() -> impl IntoView {
             };
             view! {
                 <div id="transfer" role="status" data-action=action data-done=t.done.to_string() data-total=t.total.to_string()>
-                    <p id="transfer-text">{format!("{action} {}: {amount}{speed}", t.label)}</p>
+                    <p id="transfer-text">{if t.action == Action::Waiting {
+                        format!("{} · another tab is storing or verifying this model; this one goes on when it is done", t.label)
+                    } else {
+                        format!("{action} {}: {amount}{speed}", t.label)
+                    }}</p>
                     <progress max=t.total.max(1) value=t.done aria-label=format!("{action} progress")></progress>
                     {(!t.file.is_empty()).then(|| view! { <p class="muted">{t.file.clone()}</p> })}
                     {(!verifying).then(|| view! {

@@ -8,7 +8,7 @@
 //! The worker opens the same IndexedDB to load a complete model.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use js_sys::Uint8Array;
 use leptos::prelude::*;
@@ -22,10 +22,10 @@ use crate::protocol::ToWorker;
 use crate::store::catalog::{self, DEMO_BASE};
 use crate::store::download::{self, CancelFlag, Outcome, Progress};
 use crate::store::footprint::{self, FileFacts, Footprint, HEAP_LOAD_LIMIT, PLANNED_EDIT};
-use crate::store::idb::{self, Store};
+use crate::store::idb::{self, Store, StoreEvent};
 use crate::store::manifest::{DEFAULT_CHUNK_SIZE, Manifest, Source, StorageEstimate, human_bytes};
 use crate::store::meter::TransferMeter;
-use crate::web::{js, probe};
+use crate::web::{js, locks, probe};
 use crate::{Error, Result};
 
 thread_local! {
@@ -33,6 +33,13 @@ thread_local! {
     static RUNNING: RefCell<Option<(String, CancelFlag, bool)>> = const { RefCell::new(None) };
     /// Local files picked in this session, by model id, so a paused copy can resume until the page reloads.
     static LOCAL_FILES: RefCell<HashMap<String, Vec<(String, web_sys::Blob)>>> = RefCell::new(HashMap::new());
+    /// Models this page deleted: their absence from the store is expected.
+    static DELETED_HERE: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+}
+
+/// The Web Lock that lets one tab at a time download, copy into or verify model `id`.
+fn model_lock(id: &str) -> String {
+    format!("kontext-web model {id}")
 }
 
 /// What the running transfer does.
@@ -44,6 +51,8 @@ pub enum Action {
     Copying,
     /// Re-hashing stored chunks.
     Verifying,
+    /// Another tab is filling or verifying the same model; this one goes on when it is done.
+    Waiting,
 }
 
 /// The one download, copy or verification under way.
@@ -119,6 +128,8 @@ pub struct StoreUi {
     pub limits: RwSignal<Option<std::result::Result<DeviceLimits, String>>>,
     /// The memory check of the model chosen for loading.
     pub fit: RwSignal<Option<Fit>>,
+    /// Opening the store waits for another tab that holds an older version of it.
+    pub blocked: RwSignal<bool>,
 }
 
 impl StoreUi {
@@ -134,11 +145,23 @@ impl StoreUi {
             row_notes: RwSignal::new(HashMap::new()),
             limits: RwSignal::new(None),
             fit: RwSignal::new(None),
+            blocked: RwSignal::new(false),
         }
     }
 
-    /// Lists the store, reads the estimate and persistence, probes the adapter.
+    /// Lists the store, reads the estimate and persistence, probes the adapter; lists again whenever the page
+    /// becomes visible (the browser may have evicted the store meanwhile), and reports other tabs' upgrades.
     pub fn start(self) {
+        idb::on_event(move |event| match event {
+            StoreEvent::Blocked => self.blocked.set(true),
+            StoreEvent::Unblocked => self.blocked.set(false),
+            StoreEvent::Superseded { new_version: Some(version) } if version > idb::VERSION => self.notice.set(Some(Notice::Error(
+                "kontext-web was updated in another tab and upgraded the model store: reload this page to go on with the new version."
+                    .into(),
+            ))),
+            StoreEvent::Superseded { .. } => {}
+        });
+        js::on_visible(move || self.refresh());
         self.refresh();
         spawn_local(async move {
             self.persisted.set(idb::persisted().await.ok());
@@ -153,6 +176,7 @@ impl StoreUi {
                 Ok(store) => {
                     match store.list().await {
                         Ok(listing) => {
+                            self.report_vanished(&listing.models);
                             self.models.set(listing.models);
                             self.broken.set(listing.broken);
                         }
@@ -164,6 +188,34 @@ impl StoreUi {
             }
             self.estimate.set(idb::estimate().await.ok());
         });
+    }
+
+    /// Tells the user about listed models that are gone from the store although this page did not delete them:
+    /// the browser evicted or cleared the site's storage, or another tab deleted them.
+    fn report_vanished(self, now: &[Manifest]) {
+        let vanished: Vec<String> = self.models.with_untracked(|before| {
+            before
+                .iter()
+                .filter(|m| !now.iter().any(|n| n.id == m.id) && !DELETED_HERE.with(|d| d.borrow().contains(&m.id)))
+                .map(|m| m.label.clone())
+                .collect()
+        });
+        if vanished.is_empty() {
+            return;
+        }
+        let persistence = if self.persisted.get_untracked() == Some(true) {
+            ""
+        } else {
+            " Persistent storage, asked for with the next download, keeps the browser from evicting them."
+        };
+        self.notice.set(Some(Notice::Error(format!(
+            "No longer stored: {}. The browser cleared this site's storage (to free disk space, or site data was deleted), or \
+             another tab deleted {}; add {} again to use {}.{persistence}",
+            vanished.join(", "),
+            if vanished.len() == 1 { "it" } else { "them" },
+            if vanished.len() == 1 { "it" } else { "them" },
+            if vanished.len() == 1 { "it" } else { "them" },
+        ))));
     }
 
     fn note(self, id: &str, notice: Notice) {
@@ -226,6 +278,7 @@ impl StoreUi {
             if let Some(blobs) = blobs {
                 LOCAL_FILES.with(|l| l.borrow_mut().insert(manifest.id.clone(), blobs));
             }
+            DELETED_HERE.with(|d| d.borrow_mut().remove(&manifest.id));
             self.ask_persistence();
             self.refresh();
             self.resume(manifest.id.clone());
@@ -278,7 +331,6 @@ impl StoreUi {
         RUNNING.with(|r| *r.borrow_mut() = Some((id.clone(), cancel.clone(), false)));
         let action = if blobs.is_some() { Action::Copying } else { Action::Downloading };
         let now = || js_sys::Date::now() / 1000.0;
-        let mut meter = TransferMeter::start(now(), manifest.stored_bytes());
         self.transfer.set(Some(Transfer {
             id: id.clone(),
             label: manifest.label.clone(),
@@ -293,17 +345,35 @@ impl StoreUi {
         self.row_notes.update(|n| {
             n.remove(&id);
         });
-        let mut on_progress = |p: &Progress| {
-            meter.record(now(), p.done);
-            let (rate, eta) = (meter.rate(), meter.eta(p.total));
+        let outcome = async {
+            let _lock = locks::acquire(&model_lock(&id), || {
+                self.transfer.update(|t| {
+                    if let Some(t) = t {
+                        t.action = Action::Waiting;
+                    }
+                })
+            })
+            .await?;
+            if cancel.is_cancelled() {
+                return Ok(Outcome::Cancelled);
+            }
+            let store = Store::open().await?;
+            let current = store.manifest(&id).await?.ok_or_else(|| Error::Invalid("this model is no longer in the store".into()))?;
+            let mut meter = TransferMeter::start(now(), current.stored_bytes());
             self.transfer.update(|t| {
                 if let Some(t) = t {
-                    (t.file, t.done, t.total, t.rate, t.eta) = (p.path.clone(), p.done, p.total, rate, eta);
+                    (t.action, t.done) = (action, current.stored_bytes());
                 }
             });
-        };
-        let outcome = async {
-            let store = Store::open().await?;
+            let mut on_progress = |p: &Progress| {
+                meter.record(now(), p.done);
+                let (rate, eta) = (meter.rate(), meter.eta(p.total));
+                self.transfer.update(|t| {
+                    if let Some(t) = t {
+                        (t.file, t.done, t.total, t.rate, t.eta) = (p.path.clone(), p.done, p.total, rate, eta);
+                    }
+                });
+            };
             let outcome = match &blobs {
                 Some(blobs) => copy_blobs(&store, &id, blobs, &cancel, &mut on_progress).await,
                 None => download::download_model(&store, &id, &cancel, &mut on_progress).await,
@@ -368,6 +438,7 @@ impl StoreUi {
             }
             .await;
             LOCAL_FILES.with(|l| l.borrow_mut().remove(&id));
+            DELETED_HERE.with(|d| d.borrow_mut().insert(id.clone()));
             match deleted {
                 Ok(()) => {
                     self.row_notes.update(|n| {
@@ -403,6 +474,19 @@ impl StoreUi {
                 stopping: false,
             }));
             let verified = async {
+                let _lock = locks::acquire(&model_lock(&id), || {
+                    self.transfer.update(|t| {
+                        if let Some(t) = t {
+                            t.action = Action::Waiting;
+                        }
+                    })
+                })
+                .await?;
+                self.transfer.update(|t| {
+                    if let Some(t) = t {
+                        t.action = Action::Verifying;
+                    }
+                });
                 let store = Store::open().await?;
                 let result = store
                     .verify_model(&id, &mut |done, total| {
@@ -461,7 +545,10 @@ impl StoreUi {
             .await;
             let footprint = match footprint {
                 Ok(f) => f,
-                Err(e) => return self.fit.set(Some(Fit::Failed(e.to_string()))),
+                Err(e) => {
+                    self.fit.set(Some(Fit::Failed(e.to_string())));
+                    return self.refresh();
+                }
             };
             let verdict = footprint.assess(limits);
             let lines = describe(&footprint, &verdict, limits);

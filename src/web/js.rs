@@ -44,3 +44,18 @@ pub fn describe(error: JsValue) -> String {
     }
     error.as_string().unwrap_or_else(|| format!("{error:?}"))
 }
+
+/// Calls `callback` each time the page becomes visible again (the user comes back to the tab).
+pub fn on_visible(callback: impl Fn() + 'static) {
+    let Some(document) = web_sys::window().and_then(|w| w.document()) else { return };
+    let listener = wasm_bindgen::closure::Closure::<dyn Fn()>::new(move || {
+        let visible = web_sys::window()
+            .and_then(|w| w.document())
+            .is_some_and(|d| get_string(&d, "visibilityState") == "visible");
+        if visible {
+            callback();
+        }
+    });
+    let _ = document.add_event_listener_with_callback("visibilitychange", listener.as_ref().unchecked_ref());
+    listener.forget();
+}

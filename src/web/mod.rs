@@ -2,5 +2,6 @@
 
 pub mod client;
 pub mod js;
+pub mod locks;
 pub mod probe;
 pub mod worker;
