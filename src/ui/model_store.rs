@@ -37,10 +37,6 @@ thread_local! {
     static DELETED_HERE: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
 }
 
-/// The Web Lock that lets one tab at a time download, copy into or verify model `id`.
-fn model_lock(id: &str) -> String {
-    format!("kontext-web model {id}")
-}
 
 /// What the running transfer does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,14 +204,26 @@ impl StoreUi {
         } else {
             " Persistent storage, asked for with the next download, keeps the browser from evicting them."
         };
+        let them = if vanished.len() == 1 { "it" } else { "them" };
         self.notice.set(Some(Notice::Error(format!(
             "No longer stored: {}. The browser cleared this site's storage (to free disk space, or site data was deleted), or \
-             another tab deleted {}; add {} again to use {}.{persistence}",
+             another tab deleted {them}; add {them} again to use {them}.{persistence}",
             vanished.join(", "),
-            if vanished.len() == 1 { "it" } else { "them" },
-            if vanished.len() == 1 { "it" } else { "them" },
-            if vanished.len() == 1 { "it" } else { "them" },
         ))));
+    }
+
+    /// Takes the Web Lock that lets one tab at a time fill or verify model `id`, showing the transfer as waiting
+    /// while another tab holds it.
+    async fn lock_model(self, id: &str) -> Result<locks::HeldLock> {
+        locks::acquire(&format!("kontext-web model {id}"), || self.show_action(Action::Waiting)).await
+    }
+
+    fn show_action(self, action: Action) {
+        self.transfer.update(|t| {
+            if let Some(t) = t {
+                t.action = action;
+            }
+        });
     }
 
     fn note(self, id: &str, notice: Notice) {
@@ -346,25 +354,14 @@ impl StoreUi {
             n.remove(&id);
         });
         let outcome = async {
-            let _lock = locks::acquire(&model_lock(&id), || {
-                self.transfer.update(|t| {
-                    if let Some(t) = t {
-                        t.action = Action::Waiting;
-                    }
-                })
-            })
-            .await?;
+            let _lock = self.lock_model(&id).await?;
             if cancel.is_cancelled() {
                 return Ok(Outcome::Cancelled);
             }
             let store = Store::open().await?;
             let current = store.manifest(&id).await?.ok_or_else(|| Error::Invalid("this model is no longer in the store".into()))?;
             let mut meter = TransferMeter::start(now(), current.stored_bytes());
-            self.transfer.update(|t| {
-                if let Some(t) = t {
-                    (t.action, t.done) = (action, current.stored_bytes());
-                }
-            });
+            self.show_action(action);
             let mut on_progress = |p: &Progress| {
                 meter.record(now(), p.done);
                 let (rate, eta) = (meter.rate(), meter.eta(p.total));
@@ -474,19 +471,8 @@ impl StoreUi {
                 stopping: false,
             }));
             let verified = async {
-                let _lock = locks::acquire(&model_lock(&id), || {
-                    self.transfer.update(|t| {
-                        if let Some(t) = t {
-                            t.action = Action::Waiting;
-                        }
-                    })
-                })
-                .await?;
-                self.transfer.update(|t| {
-                    if let Some(t) = t {
-                        t.action = Action::Verifying;
-                    }
-                });
+                let _lock = self.lock_model(&id).await?;
+                self.show_action(Action::Verifying);
                 let store = Store::open().await?;
                 let result = store
                     .verify_model(&id, &mut |done, total| {
