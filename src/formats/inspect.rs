@@ -195,7 +195,7 @@ fn count_blocks(shapes: &HashMap<&str, &[usize]>, blocks: &str) -> Result<usize>
     let indices: BTreeSet<usize> =
         shapes.keys().filter_map(|name| name.strip_prefix(blocks)?.split('.').next()?.parse().ok()).collect();
     match indices.last() {
-        Some(&last) if last + 1 != indices.len() => Err(Error::Invalid(format!(
+        Some(&last) if last != indices.len() - 1 => Err(Error::Invalid(format!(
             "blocks `{blocks}N` are numbered up to {last} but only {} exist",
             indices.len()
         ))),
@@ -525,6 +525,9 @@ mod tests {
         assert!(err(no_txt).contains("no tensor `txt_in.weight`"));
         let gap: Vec<_> = shapes.iter().filter(|(n, _)| !n.starts_with("double_blocks.0.")).cloned().collect();
         assert!(err(gap).contains("numbered up to 1"));
+        let mut huge_index = shapes.clone();
+        huge_index.push((format!("double_blocks.{}.img_mod.lin.bias", usize::MAX), vec![4]));
+        assert!(err(huge_index).contains(&format!("numbered up to {}", usize::MAX)));
         let mut odd_head = shapes.clone();
         odd_head.retain(|(n, _)| !n.contains("query_norm"));
         odd_head.push(("double_blocks.0.img_attn.norm.query_norm.scale".into(), vec![24]));
