@@ -12,13 +12,22 @@ export RUST_BACKTRACE ?= 0
 HOST ?= 127.0.0.1
 PORT ?= 8080
 CARGO_TEST_JOBS ?=
+# cargo-fuzz (nightly + libFuzzer) builds with instrumentation, so it has a target dir of its own.
+FUZZ_TARGET_DIR ?= $(HOME)/.cache/kontext-web/fuzz-target
+FUZZ_TARGETS := gguf safetensors safetensors_index config tokenizer manifest image
+FUZZ = cargo +nightly fuzz
+FUZZ_FLAGS = --fuzz-dir tests/fuzz --sanitizer none --target-dir $(FUZZ_TARGET_DIR)
+LIBFUZZER_FLAGS = -rss_limit_mb=4096 -malloc_limit_mb=4096 -timeout=20
+FUZZ_SECONDS ?= 600
+SMOKE_SECONDS ?= 10
 
-.PHONY: help tools web serve dist test test-native test-wasm test-e2e fmt
+.PHONY: help tools web serve dist test test-native test-wasm test-e2e test-fuzz fuzz fmt
 
 help:
 	@echo "make serve   install what is missing, build the app, serve it on http://$(HOST):$(PORT)"
 	@echo "make test    every test: native (CPU + wgpu on lavapipe), wasm in headless Chromium, end-to-end"
 	@echo "make dist    the shipped build (fat LTO, wasm-opt -Oz) in dist/"
+	@echo "make fuzz    every fuzz target for FUZZ_SECONDS (600) each, growing then minimizing tests/fuzz/corpus/"
 
 tools:
 	@bash .ci/ensure-tools
@@ -34,7 +43,7 @@ serve: web
 	@echo "Serving http://$(HOST):$(PORT)/ (Ctrl-C stops)"
 	node www/serve.mjs dist $(HOST) $(PORT)
 
-test: tools test-native test-wasm test-e2e
+test: tools test-native test-wasm test-e2e test-fuzz
 
 # With WebGPU's default 128 MiB storage binding as the limit, whatever the adapter grants (src/device.rs).
 test-native:
@@ -52,6 +61,25 @@ test-wasm:
 test-e2e: web
 	cargo build --locked --bin kontext
 	node --test --test-concurrency=1 tests/e2e/
+
+# A short libFuzzer run of every target, starting from the committed corpus; new inputs go to a scratch folder,
+# a finding to tests/fuzz/artifacts/<target>/ (and the run fails).
+test-fuzz: tools
+	$(FUZZ) build $(FUZZ_FLAGS)
+	for target in $(FUZZ_TARGETS); do \
+	  scratch=$$(mktemp -d); \
+	  $(FUZZ) run $(FUZZ_FLAGS) $$target $$scratch tests/fuzz/corpus/$$target -- $(LIBFUZZER_FLAGS) \
+	    -max_total_time=$(SMOKE_SECONDS) -print_final_stats=1 2>&1 | grep -E '^(Done|stat::number_of_executed_units)|panicked|ERROR|SUMMARY|artifact'; \
+	  rm -rf $$scratch; \
+	done
+
+# The long runs: FUZZ_SECONDS per target into the committed corpus, then `cargo fuzz cmin` to minimize it.
+fuzz: tools
+	$(FUZZ) build $(FUZZ_FLAGS)
+	for target in $(FUZZ_TARGETS); do \
+	  $(FUZZ) run $(FUZZ_FLAGS) $$target -- $(LIBFUZZER_FLAGS) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1; \
+	  $(FUZZ) cmin $(FUZZ_FLAGS) $$target; \
+	done
 
 fmt:
 	cargo fmt

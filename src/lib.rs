@@ -5,6 +5,7 @@ pub mod device;
 pub mod embed_api;
 pub mod error;
 pub mod formats;
+pub mod fuzz;
 pub mod kernels;
 pub mod latent;
 pub mod loader;

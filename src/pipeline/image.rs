@@ -11,6 +11,11 @@ pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
 
 /// Decodes PNG, JPEG or WebP bytes into RGB, refusing empty, truncated, oversized and non-image input.
 pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
+    decode_within(bytes, MAX_PIXELS)
+}
+
+/// [`decode`] with another size limit, in pixels.
+pub fn decode_within(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     let reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Invalid(format!("cannot read the image: {e}")))?;
@@ -21,17 +26,17 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
     if width == 0 || height == 0 {
         return Err(Error::Invalid(format!("the image is empty ({width}×{height} pixels)")));
     }
-    if width as u64 * height as u64 > MAX_PIXELS {
+    if width as u64 * height as u64 > max_pixels {
         return Err(Error::Invalid(format!(
-            "the image is {width}×{height} pixels; images up to {} megapixels are accepted",
-            MAX_PIXELS / (1024 * 1024)
+            "the image is {width}×{height} pixels; images up to {:.0} megapixels are accepted",
+            max_pixels as f64 / (1024.0 * 1024.0)
         )));
     }
     let mut reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::Invalid(e.to_string()))?;
     let mut limits = Limits::default();
     limits.max_image_width = Some(width);
     limits.max_image_height = Some(height);
-    limits.max_alloc = Some(MAX_PIXELS * 16);
+    limits.max_alloc = Some(max_pixels * 16);
     reader.limits(limits);
     let image = reader.decode().map_err(|e| Error::Invalid(format!("the image is damaged or truncated: {e}")))?;
     Ok(image.to_rgb8())
