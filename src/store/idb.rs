@@ -297,15 +297,7 @@ impl Store {
     pub fn close(&self) {
         self.db.close();
     }
-}
 
-impl Drop for Store {
-    fn drop(&mut self) {
-        self.db.close();
-    }
-}
-
-impl Store {
     fn transaction(&self, stores: &[&str], mode: TransactionMode) -> Result<Tx> {
         let tx = self.db.transaction(stores, mode).map_err(|e| storage_error("starting a transaction", e))?;
         let raw: IdbTransaction = tx.object_store(stores[0]).map_err(|e| storage_error("starting a transaction", e))?.transaction().into();
@@ -604,6 +596,12 @@ impl Store {
                 Err(e)
             }
         }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.db.close();
     }
 }
 
