@@ -14,7 +14,7 @@ PORT ?= 8080
 CARGO_TEST_JOBS ?=
 # cargo-fuzz (nightly + libFuzzer) builds with instrumentation, so it has a target dir of its own.
 FUZZ_TARGET_DIR ?= $(HOME)/.cache/kontext-web/fuzz-target
-FUZZ_TARGETS := gguf safetensors safetensors_index config tokenizer manifest image
+FUZZ_TARGETS := gguf safetensors safetensors_index config tokenizer manifest image lora
 FUZZ = cargo +nightly fuzz
 FUZZ_FLAGS = --fuzz-dir tests/fuzz --sanitizer none --target-dir $(FUZZ_TARGET_DIR)
 LIBFUZZER_FLAGS = -rss_limit_mb=4096 -malloc_limit_mb=4096 -timeout=20

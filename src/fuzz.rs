@@ -131,8 +131,26 @@ pub fn image(data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A LoRA file (adapters are shared online, so untrusted) resolved against the tiny Flux model of
+/// `tests/fixtures/tiny` on the CPU, as the worker does when the user adds one.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn lora(data: &[u8]) -> Result<()> {
+    use crate::model::flux::Flux;
+    use crate::model::lora::LoraAdapter;
+    thread_local! {
+        static MODEL: Flux = {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny/bfl_gguf/transformer_bfl.safetensors");
+            let weights = SafetensorsFile::open(crate::formats::FileSource::open(path).expect("the tiny DiT fixture"))
+                .expect("the tiny DiT fixture");
+            Flux::load(&FluxConfig::tiny(), &weights, &crate::device::cpu()).expect("the tiny DiT fixture")
+        };
+    }
+    MODEL.with(|model| LoraAdapter::read(data.to_vec(), model).map(|_| ()))
+}
+
 /// The fuzz targets by name, for the corpus replay.
-pub const TARGETS: [(&str, fn(&[u8]) -> Result<()>); 7] = [
+#[cfg(not(target_arch = "wasm32"))]
+pub const TARGETS: [(&str, fn(&[u8]) -> Result<()>); 8] = [
     ("gguf", gguf),
     ("safetensors", safetensors),
     ("safetensors_index", safetensors_index),
@@ -140,6 +158,7 @@ pub const TARGETS: [(&str, fn(&[u8]) -> Result<()>); 7] = [
     ("tokenizer", tokenizer),
     ("manifest", manifest),
     ("image", image),
+    ("lora", lora),
 ];
 
 fn read_small_tensors(weights: &dyn Weights) {

@@ -260,6 +260,23 @@ def image_seeds():
     put("image", "progressive.jpg", out.getvalue())
 
 
+def lora_seeds():
+    """Each LoRA layout of the fixtures cut down to the tensors of two layers, with its metadata."""
+    for layout in ["lora_diffusers", "lora_kohya", "lora_comfy", "lora_comfy_updown"]:
+        raw = (TINY / f"lora/{layout}.safetensors").read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8 : 8 + n])
+        data = raw[8 + n :]
+        names = sorted(name for name in header if name != "__metadata__")
+        modules = sorted({name.rsplit(".", 2)[0] for name in names})[:2]
+        kept = {
+            name: (info["dtype"], info["shape"], data[info["data_offsets"][0] : info["data_offsets"][1]])
+            for name, info in header.items()
+            if name != "__metadata__" and any(name.startswith(module + ".") for module in modules)
+        }
+        put("lora", f"{layout}_two_layers.safetensors", safetensors_bytes(kept, header.get("__metadata__")))
+
+
 if __name__ == "__main__":
     gguf_seeds()
     safetensors_seeds()
@@ -268,6 +285,7 @@ if __name__ == "__main__":
     tokenizer_seeds()
     manifest_seeds()
     image_seeds()
+    lora_seeds()
     for folder in sorted(CORPUS.iterdir()):
         files = list(folder.iterdir())
         print(f"{folder.name}: {len(files)} seeds, {sum(f.stat().st_size for f in files)} bytes")
