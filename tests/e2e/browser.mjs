@@ -36,6 +36,16 @@ export async function launch({ webgpu = true } = {}) {
   };
 }
 
+/** Serves dist/, opens the app in Chromium with WebGPU and waits for `selector` on it. The result is `launch`'s
+ * (page, context, problems) with the app's `url`; its `close()` ends the browser and the server. */
+export async function openApp(selector) {
+  const served = await serveDist();
+  const browser = await launch({ webgpu: true });
+  await browser.page.goto(served.url);
+  if (selector) await browser.page.waitForSelector(selector);
+  return { ...browser, url: served.url, async close() { await browser.close(); served.server.close(); } };
+}
+
 export async function screenshot(page, name) {
   await mkdir(ARTIFACTS, { recursive: true });
   await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });

@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir, homedir } from 'node:os';
 import { join } from 'node:path';
-import { serveDist, launch, screenshot, setNumber } from './browser.mjs';
+import { openApp, screenshot, setNumber } from './browser.mjs';
 
 const REFERENCE = 'tests/fixtures/tiny/golden/reference_input.png';
 const PROMPT = 'Make the red square blue and add a small yellow sun in the sky';
@@ -17,14 +17,9 @@ const SEED = '1234';
 const SIDE = 128; // area 128² keeps SwiftShader fast: 144×96 output, 54 noise + 54 reference tokens
 const TARGET = process.env.CARGO_TARGET_DIR ?? join(homedir(), '.cache', 'kontext-web', 'target');
 
-let served;
 let browser;
-before(async () => {
-  served = await serveDist();
-  browser = await launch({ webgpu: true });
-  await browser.page.goto(served.url);
-});
-after(async () => { await browser.close(); served.server.close(); });
+before(async () => { browser = await openApp(); });
+after(() => browser.close());
 
 /** PSNR in dB of two PNGs (given as base64), decoded by the browser. */
 async function psnr(page, a, b) {

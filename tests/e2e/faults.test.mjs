@@ -3,17 +3,11 @@
 // worker; loading the model again and editing works; LoRA adapters are handed to the new worker.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { serveDist, launch, screenshot, setNumber } from './browser.mjs';
+import { openApp, screenshot, setNumber } from './browser.mjs';
 
-let served;
 let browser;
-before(async () => {
-  served = await serveDist();
-  browser = await launch({ webgpu: true });
-  await browser.page.goto(served.url);
-  await browser.page.waitForSelector('#load-demo');
-});
-after(async () => { await browser.close(); served.server.close(); });
+before(async () => { browser = await openApp('#load-demo'); });
+after(() => browser.close());
 
 test('a worker that dies mid-edit is replaced, with a message, and the next edit works', async () => {
   const { page } = browser;

@@ -3,20 +3,14 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { serveDist, launch, screenshot, setNumber } from './browser.mjs';
+import { openApp, screenshot, setNumber } from './browser.mjs';
 
 const REFERENCE = 'tests/fixtures/tiny/golden/reference_input.png';
 const SECOND = 'tests/fixtures/tiny/golden/multiref_ref2.png';
 
-let served;
 let browser;
-before(async () => {
-  served = await serveDist();
-  browser = await launch({ webgpu: true });
-  await browser.page.goto(served.url);
-  await browser.page.waitForSelector('#reference-drop');
-});
-after(async () => { await browser.close(); served.server.close(); });
+before(async () => { browser = await openApp('#reference-drop'); });
+after(() => browser.close());
 
 /** Dispatches `type` (drop or paste) carrying `files` ({name, mime, b64}) at `selector`. */
 async function sendFiles(page, selector, type, files) {

@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir, homedir } from 'node:os';
 import { join } from 'node:path';
-import { serveDist, launch, screenshot, setNumber } from './browser.mjs';
+import { openApp, screenshot, setNumber } from './browser.mjs';
 
 const LORA = 'tests/fixtures/tiny/lora/lora_kohya.safetensors';
 const NOT_A_LORA = 'tests/fixtures/tiny/bfl_gguf/transformer_bfl.safetensors';
@@ -17,16 +17,13 @@ const SEED = '77';
 const SIDE = 128;
 const TARGET = process.env.CARGO_TARGET_DIR ?? join(homedir(), '.cache', 'kontext-web', 'target');
 
-let served;
 let browser;
 before(async () => {
-  served = await serveDist();
-  browser = await launch({ webgpu: true });
-  await browser.page.goto(served.url);
+  browser = await openApp();
   await browser.page.click('#load-demo');
   await browser.page.waitForSelector('#model-state[data-state="loaded"]', { timeout: 120_000 });
 });
-after(async () => { await browser.close(); served.server.close(); });
+after(() => browser.close());
 
 async function resultPng(page) {
   return page.evaluate(async () => {

@@ -6,21 +6,17 @@
 // frees space. A partial model cannot be loaded.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { serveDist, launch, screenshot, setNumber } from './browser.mjs';
+import { openApp, screenshot, setNumber } from './browser.mjs';
 import { startModelServer, storeFromUrl, PACK, PACK_BYTES, CHUNK, REFERENCE } from './model-server.mjs';
 
-let served;
 let models;
 let browser;
 let tinyId;
 before(async () => {
-  served = await serveDist();
   models = await startModelServer();
-  browser = await launch({ webgpu: true });
-  await browser.page.goto(served.url);
-  await browser.page.waitForSelector('#stored-empty');
+  browser = await openApp('#stored-empty');
 });
-after(async () => { await browser.close(); served.server.close(); models.server.close(); });
+after(async () => { await browser.close(); models.server.close(); });
 
 const row = (id) => `.stored-model[data-id="${id}"]`;
 const getBytes = (since) => models.control.log.slice(since).filter((e) => e.method === 'GET');

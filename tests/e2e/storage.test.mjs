@@ -4,25 +4,21 @@
 // reload), and the whole store cleared behind the page's back (the page notices and says what is gone).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { serveDist, launch, screenshot } from './browser.mjs';
+import { openApp, screenshot } from './browser.mjs';
 import { startModelServer, storeFromUrl, PACK_BYTES } from './model-server.mjs';
 
-let served;
 let models;
 let browser;
 let second;
 let modelId;
 before(async () => {
-  served = await serveDist();
   models = await startModelServer();
-  browser = await launch({ webgpu: true });
-  await browser.page.goto(served.url);
-  await browser.page.waitForSelector('#stored-empty');
+  browser = await openApp('#stored-empty');
   second = await browser.context.newPage();
-  await second.goto(served.url);
+  await second.goto(browser.url);
   await second.waitForSelector('#stored-empty');
 });
-after(async () => { await browser.close(); served.server.close(); models.server.close(); });
+after(async () => { await browser.close(); models.server.close(); });
 
 const row = (id) => `.stored-model[data-id="${id}"]`;
 const sentSince = (mark) => models.control.log.slice(mark).filter((e) => e.method === 'GET').reduce((sum, e) => sum + e.sent, 0);
