@@ -72,7 +72,11 @@ pub fn wgpu() -> Result<(Device, AdapterReport)> {
             Ok((device, report_of(&setup)))
         })
         .clone()
-        .map_err(|e| Error::Gpu(format!("no usable GPU adapter ({e}); install a Vulkan driver (e.g. Debian's mesa-vulkan-drivers)")))
+        .map_err(|e| {
+            Error::Gpu(format!(
+                "no usable GPU adapter ({e}); install a Vulkan driver (e.g. Debian's mesa-vulkan-drivers)"
+            ))
+        })
 }
 
 /// Opens (once) the GPU through WebGPU; in a browser this must be awaited before any tensor op.

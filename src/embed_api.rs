@@ -63,7 +63,9 @@ impl LoadSource {
     /// The worker request: every file of the folder except the weights a single file replaces (configs and
     /// tokenizers still come from the folder), plus the single files. Relative URLs resolve against `page`.
     pub fn to_request(&self, page: &str) -> Result<ToWorker, String> {
-        let resolve = |url: &Option<String>| url.as_deref().map(str::trim).filter(|u| !u.is_empty()).map(|u| resolve_url(page, u));
+        let resolve = |url: &Option<String>| {
+            url.as_deref().map(str::trim).filter(|u| !u.is_empty()).map(|u| resolve_url(page, u))
+        };
         let parts = PartUrls {
             transformer: resolve(&self.parts.transformer),
             t5: resolve(&self.parts.t5),
@@ -178,7 +180,10 @@ mod tests {
 
     #[test]
     fn only_http_origins_are_allowed_and_wildcards_are_dropped() {
-        let origins = allowed_origins("http://127.0.0.1:8080", Some("https://Shop.Example/products, *,null,ftp://x, http://127.0.0.1:9000/"));
+        let origins = allowed_origins(
+            "http://127.0.0.1:8080",
+            Some("https://Shop.Example/products, *,null,ftp://x, http://127.0.0.1:9000/"),
+        );
         assert_eq!(origins, ["http://127.0.0.1:8080", "https://shop.example", "http://127.0.0.1:9000"]);
         assert_eq!(allowed_origins("https://app.example", None), ["https://app.example"]);
         assert_eq!(origin_of("https://user@evil.example"), None);
@@ -188,16 +193,22 @@ mod tests {
     fn load_skips_the_weights_a_single_file_replaces() {
         let parts = PartUrls { vae: Some("/weights/ae.safetensors".into()), ..Default::default() };
         let source = LoadSource { base: Some("demo-model".into()), parts };
-        let ToWorker::LoadModel { base, files, parts } = source.to_request("http://127.0.0.1:8080/app/?embed").unwrap() else {
+        let ToWorker::LoadModel { base, files, parts } = source.to_request("http://127.0.0.1:8080/app/?embed").unwrap()
+        else {
             panic!("not a load")
         };
         assert_eq!(base, "http://127.0.0.1:8080/app/demo-model/");
         assert_eq!(files.len(), DIFFUSERS_FILES.len() - 1);
-        assert!(files.contains(&"vae/config.json".to_string()) && !files.iter().any(|f| f == "vae/diffusion_pytorch_model.safetensors"));
+        assert!(
+            files.contains(&"vae/config.json".to_string())
+                && !files.iter().any(|f| f == "vae/diffusion_pytorch_model.safetensors")
+        );
         assert_eq!(parts.vae.as_deref(), Some("http://127.0.0.1:8080/weights/ae.safetensors"));
         assert!(LoadSource::default().to_request("http://a/").is_err());
-        let only_files =
-            LoadSource { parts: PartUrls { transformer: Some("https://h/f.gguf".into()), ..Default::default() }, base: None };
+        let only_files = LoadSource {
+            parts: PartUrls { transformer: Some("https://h/f.gguf".into()), ..Default::default() },
+            base: None,
+        };
         assert_eq!(
             only_files.to_request("http://a/").unwrap(),
             ToWorker::LoadModel {
@@ -213,9 +224,18 @@ mod tests {
         let job = EditOptions { prompt: "p".into(), ..Default::default() }.to_job(7, vec![vec![1]], || 99).unwrap();
         assert_eq!((job.id, job.steps, job.guidance, job.seed, job.max_area), (7, 28, 2.5, 99, 1024 * 1024));
         assert!(!job.keep_reference_size && job.width.is_none());
-        let sized = EditOptions { width: Some(144), height: Some(96), seed: Some(5), resize: Some("none".into()), ..Default::default() };
+        let sized = EditOptions {
+            width: Some(144),
+            height: Some(96),
+            seed: Some(5),
+            resize: Some("none".into()),
+            ..Default::default()
+        };
         let job = sized.to_job(1, Vec::new(), || unreachable!("the seed is given")).unwrap();
-        assert_eq!((job.width, job.height, job.max_area, job.seed, job.keep_reference_size), (Some(144), Some(96), 144 * 96, 5, true));
+        assert_eq!(
+            (job.width, job.height, job.max_area, job.seed, job.keep_reference_size),
+            (Some(144), Some(96), 144 * 96, 5, true)
+        );
         let bad = [
             EditOptions { width: Some(64), ..Default::default() },
             EditOptions { steps: Some(0), ..Default::default() },

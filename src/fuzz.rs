@@ -113,7 +113,9 @@ pub fn manifest(data: &[u8]) -> Result<()> {
         for index in [0, file.chunks.len().saturating_sub(1), file.chunks.len()] {
             let _ = file.chunk_span(index);
         }
-        for (offset, len) in [(0, 1), (file.size / 2, 4096), (file.size.saturating_sub(1), 1), (file.size, 1), (u64::MAX, 1)] {
+        for (offset, len) in
+            [(0, 1), (file.size / 2, 4096), (file.size.saturating_sub(1), 1), (file.size, 1), (u64::MAX, 1)]
+        {
             if let Ok(spans) = file.chunks_for_range(offset, len) {
                 let covered: u64 = spans.iter().map(|&(_, _, span_len)| span_len).sum();
                 assert_eq!(covered, len.min(file.size.saturating_sub(offset)), "chunk spans do not cover the range");

@@ -38,10 +38,8 @@ mod tests {
         let values: Vec<f32> = (0..16).map(|v| v as f32).collect();
         let x = Tensor::<4>::from_data(TensorData::new(values, [1, 2, 2, 4]), &device);
         let packed = pack(x.clone());
-        let expected = TensorData::new(
-            vec![0., 1., 4., 5., 8., 9., 12., 13., 2., 3., 6., 7., 10., 11., 14., 15.],
-            [1, 2, 8],
-        );
+        let expected =
+            TensorData::new(vec![0., 1., 4., 5., 8., 9., 12., 13., 2., 3., 6., 7., 10., 11., 14., 15.], [1, 2, 8]);
         packed.to_data().assert_approx_eq::<f32>(&expected, Tolerance::absolute(0.0));
         unpack(packed, 2, 4).into_data().assert_approx_eq::<f32>(&x.into_data(), Tolerance::absolute(0.0));
     }

@@ -63,7 +63,11 @@ const MAX_TEXT_BYTES: u64 = 64 << 20;
 
 fn read_all(source: &dyn ByteSource) -> Result<Vec<u8>> {
     if source.len() > MAX_TEXT_BYTES {
-        return Err(Error::Invalid(format!("{} is {} bytes, too large for a config or vocabulary", source.label(), source.len())));
+        return Err(Error::Invalid(format!(
+            "{} is {} bytes, too large for a config or vocabulary",
+            source.label(),
+            source.len()
+        )));
     }
     source.read_at(0, source.len() as usize)
 }
@@ -258,20 +262,28 @@ fn missing(part: &str, flag: &str, folder_path: &str) -> Error {
 
 /// The DiT from `--transformer` (BFL/diffusers safetensors or GGUF) or `transformer/`; the configuration is
 /// inferred from the tensor shapes and reconciled with `transformer/config.json` when the folder has one.
-pub fn load_transformer(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, device: &Device) -> Result<(Flux, FluxConfig)> {
+pub fn load_transformer(
+    files: &dyn ModelFiles,
+    file: Option<Box<dyn ByteSource>>,
+    device: &Device,
+) -> Result<(Flux, FluxConfig)> {
     let (weights, config) = transformer_weights(files, file)?;
     Ok((Flux::load(&config, weights.as_ref(), device)?, config))
 }
 
 /// The DiT's weights under BFL names (diffusers checkpoints through the remap table) and its configuration.
-fn transformer_weights(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>) -> Result<(Box<dyn Weights>, FluxConfig)> {
+fn transformer_weights(
+    files: &dyn ModelFiles,
+    file: Option<Box<dyn ByteSource>>,
+) -> Result<(Box<dyn Weights>, FluxConfig)> {
     let weights: Box<dyn Weights> = match file {
         Some(source) => match open_container(source)? {
             Container::Gguf(gguf) => Box::new(gguf),
             Container::Safetensors(st) => Box::new(st),
         },
-        None => component_weights(files, "transformer", "diffusion_pytorch_model")?
-            .ok_or_else(|| missing("transformer", "--transformer", "transformer/diffusion_pytorch_model.safetensors"))?,
+        None => component_weights(files, "transformer", "diffusion_pytorch_model")?.ok_or_else(|| {
+            missing("transformer", "--transformer", "transformer/diffusion_pytorch_model.safetensors")
+        })?,
     };
     let shapes = crate::formats::inspect::tensor_shapes(weights.as_ref());
     let mut config = crate::formats::infer_flux_config(&shapes)?;
@@ -283,7 +295,11 @@ fn transformer_weights(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>
 }
 
 /// T5 from `--t5` (a llama.cpp GGUF with its tokenizer, or transformers safetensors) or `text_encoder_2/`.
-pub fn load_t5(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, device: &Device) -> Result<(Reloadable<T5Encoder>, T5Tokenizer)> {
+pub fn load_t5(
+    files: &dyn ModelFiles,
+    file: Option<Box<dyn ByteSource>>,
+    device: &Device,
+) -> Result<(Reloadable<T5Encoder>, T5Tokenizer)> {
     if let Some(source) = file {
         match open_container(source)? {
             Container::Gguf(gguf) => {
@@ -291,7 +307,8 @@ pub fn load_t5(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, device
                     Some(tokenizer) => tokenizer,
                     None => t5_tokenizer_from_gguf(&gguf)?,
                 };
-                let arch = gguf.metadata("general.architecture").and_then(|v| v.as_str()).unwrap_or("t5encoder").to_string();
+                let arch =
+                    gguf.metadata("general.architecture").and_then(|v| v.as_str()).unwrap_or("t5encoder").to_string();
                 let vocab = gguf
                     .shape("token_embd.weight")
                     .map(|s| s[0])
@@ -302,7 +319,11 @@ pub fn load_t5(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, device
             // A single transformers-named file (ComfyUI's `t5xxl_fp16.safetensors`): config from the shapes.
             Container::Safetensors(st) => {
                 let tokenizer = folder_t5_tokenizer(files)?.ok_or_else(|| {
-                    missing("T5 tokenizer", "--t5 as a GGUF (it carries one)", "tokenizer_2/tokenizer.json or tokenizer_2/spiece.model")
+                    missing(
+                        "T5 tokenizer",
+                        "--t5 as a GGUF (it carries one)",
+                        "tokenizer_2/tokenizer.json or tokenizer_2/spiece.model",
+                    )
                 })?;
                 let config = match files.read_text("text_encoder_2/config.json")? {
                     Some(json) => T5Config::from_hf_json(&json)?,
@@ -318,8 +339,9 @@ pub fn load_t5(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, device
         Some(json) => T5Config::from_hf_json(&json)?,
         None => T5Config::from_weights(weights.as_ref())?,
     };
-    let tokenizer = folder_t5_tokenizer(files)?
-        .ok_or_else(|| missing("T5 tokenizer", "--t5 (a GGUF carries one)", "tokenizer_2/tokenizer.json or tokenizer_2/spiece.model"))?;
+    let tokenizer = folder_t5_tokenizer(files)?.ok_or_else(|| {
+        missing("T5 tokenizer", "--t5 (a GGUF carries one)", "tokenizer_2/tokenizer.json or tokenizer_2/spiece.model")
+    })?;
     Ok((reloadable_t5(config, weights, device)?, tokenizer))
 }
 
@@ -345,11 +367,28 @@ fn folder_t5_tokenizer(files: &dyn ModelFiles) -> Result<Option<T5Tokenizer>> {
 /// The SentencePiece vocabulary llama.cpp stores in a T5 GGUF (`tokenizer.ggml.*`).
 pub fn t5_tokenizer_from_gguf(gguf: &GgufFile) -> Result<T5Tokenizer> {
     let key = |name: &str| gguf.metadata(&format!("tokenizer.ggml.{name}"));
-    let need = |name: &str| key(name).ok_or_else(|| Error::Invalid(format!("the T5 GGUF has no tokenizer.ggml.{name}")));
-    let tokens = need("tokens")?.as_array().and_then(|a| a.as_strings()).ok_or_else(|| Error::Invalid("tokenizer.ggml.tokens is not a string array".into()))?.to_vec();
-    let scores = need("scores")?.as_array().and_then(|a| a.as_f32s()).ok_or_else(|| Error::Invalid("tokenizer.ggml.scores is not an f32 array".into()))?.to_vec();
-    let types = need("token_type")?.as_array().and_then(|a| a.as_i32s()).ok_or_else(|| Error::Invalid("tokenizer.ggml.token_type is not an i32 array".into()))?.to_vec();
-    let charsmap = key("precompiled_charsmap").and_then(|v| v.as_array()).and_then(|a| a.as_bytes()).map(<[u8]>::to_vec).unwrap_or_default();
+    let need =
+        |name: &str| key(name).ok_or_else(|| Error::Invalid(format!("the T5 GGUF has no tokenizer.ggml.{name}")));
+    let tokens = need("tokens")?
+        .as_array()
+        .and_then(|a| a.as_strings())
+        .ok_or_else(|| Error::Invalid("tokenizer.ggml.tokens is not a string array".into()))?
+        .to_vec();
+    let scores = need("scores")?
+        .as_array()
+        .and_then(|a| a.as_f32s())
+        .ok_or_else(|| Error::Invalid("tokenizer.ggml.scores is not an f32 array".into()))?
+        .to_vec();
+    let types = need("token_type")?
+        .as_array()
+        .and_then(|a| a.as_i32s())
+        .ok_or_else(|| Error::Invalid("tokenizer.ggml.token_type is not an i32 array".into()))?
+        .to_vec();
+    let charsmap = key("precompiled_charsmap")
+        .and_then(|v| v.as_array())
+        .and_then(|a| a.as_bytes())
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
     let flag = |name: &str, default: bool| key(name).and_then(|v| v.as_bool()).unwrap_or(default);
     let id = |name: &str, default: u32| key(name).and_then(|v| v.as_u64()).map(|v| v as u32).unwrap_or(default);
     T5Tokenizer::from_gguf_vocab(
@@ -374,7 +413,9 @@ pub fn load_clip(
     let weights: Box<dyn Weights> = match file {
         Some(source) => match open_container(source)? {
             Container::Safetensors(st) => Box::new(st),
-            Container::Gguf(_) => return Err(Error::Invalid("CLIP as GGUF is not supported; use clip_l.safetensors".into())),
+            Container::Gguf(_) => {
+                return Err(Error::Invalid("CLIP as GGUF is not supported; use clip_l.safetensors".into()));
+            }
         },
         None => component_weights(files, "text_encoder", "model")?
             .ok_or_else(|| missing("CLIP text encoder", "--clip", "text_encoder/model.safetensors"))?,
@@ -387,7 +428,9 @@ pub fn load_clip(
         (Some(vocab), Some(merges)) => ClipTokenizer::from_vocab_merges(&vocab, &merges)?,
         _ => match files.open("tokenizer/tokenizer.json")? {
             Some(source) => ClipTokenizer::from_tokenizer_json(&read_all(source.as_ref())?)?,
-            None => return Err(missing("CLIP tokenizer", "--model DIR", "tokenizer/vocab.json and tokenizer/merges.txt")),
+            None => {
+                return Err(missing("CLIP tokenizer", "--model DIR", "tokenizer/vocab.json and tokenizer/merges.txt"));
+            }
         },
     };
     let clip = ClipTextTransformer::load(&config, weights.as_ref(), device)?;
@@ -400,12 +443,15 @@ pub fn load_vae(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, devic
     let weights: Box<dyn Weights> = match file {
         Some(source) => match open_container(source)? {
             Container::Safetensors(st) => Box::new(st),
-            Container::Gguf(_) => return Err(Error::Invalid("a VAE as GGUF is not supported; use ae.safetensors".into())),
+            Container::Gguf(_) => {
+                return Err(Error::Invalid("a VAE as GGUF is not supported; use ae.safetensors".into()));
+            }
         },
         None => component_weights(files, "vae", "diffusion_pytorch_model")?
             .ok_or_else(|| missing("VAE", "--vae", "vae/diffusion_pytorch_model.safetensors"))?,
     };
-    let folder_config = files.read_text("vae/config.json")?.map(|json| VaeConfig::from_diffusers_json(&json)).transpose()?;
+    let folder_config =
+        files.read_text("vae/config.json")?.map(|json| VaeConfig::from_diffusers_json(&json)).transpose()?;
     if LdmVaeWeights::is_ldm(weights.as_ref()) {
         let renamed = LdmVaeWeights::new(weights.as_ref())?;
         let mut config = VaeConfig::infer(&renamed)?;

@@ -226,11 +226,20 @@ mod tests {
 
     #[test]
     fn load_model_parts_are_optional() {
-        let plain: ToWorker = serde_json::from_str(r#"{"type":"load_model","base":"m/","files":["vae/config.json"]}"#).unwrap();
-        assert_eq!(plain, ToWorker::LoadModel { base: "m/".into(), files: vec!["vae/config.json".into()], parts: PartUrls::default() });
-        let parts: ToWorker =
-            serde_json::from_str(r#"{"type":"load_model","base":"","files":[],"parts":{"vae":"https://x/ae.safetensors","t5":"t.gguf"}}"#)
-                .unwrap();
+        let plain: ToWorker =
+            serde_json::from_str(r#"{"type":"load_model","base":"m/","files":["vae/config.json"]}"#).unwrap();
+        assert_eq!(
+            plain,
+            ToWorker::LoadModel {
+                base: "m/".into(),
+                files: vec!["vae/config.json".into()],
+                parts: PartUrls::default()
+            }
+        );
+        let parts: ToWorker = serde_json::from_str(
+            r#"{"type":"load_model","base":"","files":[],"parts":{"vae":"https://x/ae.safetensors","t5":"t.gguf"}}"#,
+        )
+        .unwrap();
         let ToWorker::LoadModel { parts, .. } = parts else { panic!("not a load") };
         assert_eq!(parts.given(), vec![("t5", "t.gguf"), ("vae", "https://x/ae.safetensors")]);
     }

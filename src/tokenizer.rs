@@ -83,7 +83,8 @@ pub(crate) fn check_charsmap(charsmap: &[u8]) -> Result<()> {
     if trie_bytes > rest.len() {
         return Err(fail("its trie is longer than the map"));
     }
-    let units: Vec<usize> = rest[..trie_bytes].chunks_exact(4).map(|u| u32::from_le_bytes(u.try_into().unwrap()) as usize).collect();
+    let units: Vec<usize> =
+        rest[..trie_bytes].chunks_exact(4).map(|u| u32::from_le_bytes(u.try_into().unwrap()) as usize).collect();
     let normalized = std::str::from_utf8(&rest[trie_bytes..]).map_err(|_| fail("its strings are not UTF-8"))?;
     let offset = |unit: usize| (unit >> 10) << ((unit & (1 << 9)) >> 6);
     let root = units.first().ok_or_else(|| fail("its trie is empty"))?;

@@ -83,7 +83,8 @@ fn bench_reports_matmul_attention_and_step_with_positive_numbers() {
 #[test]
 fn bench_times_the_same_step_through_diffusers_as_a_peer() {
     let python = std::env::var_os("KONTEXT_PEER_PYTHON").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kontext-web/venv/bin/python")
+        std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/kontext-web/venv/bin/python")
     });
     if !python.exists() {
         eprintln!("skipped: no Python with diffusers at {} (set KONTEXT_PEER_PYTHON)", python.display());

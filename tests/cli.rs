@@ -85,11 +85,14 @@ fn read(path: impl AsRef<Path>, key: &str) -> (Vec<usize>, Vec<f32>) {
 
 /// Writes F32 tensors `(name, shape, values)` to a safetensors file.
 fn write(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let bytes: Vec<Vec<u8>> =
+        tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
     let views: Vec<(&str, safetensors::tensor::TensorView)> = tensors
         .iter()
         .zip(&bytes)
-        .map(|((name, shape, _), data)| (*name, safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data).unwrap()))
+        .map(|((name, shape, _), data)| {
+            (*name, safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data).unwrap())
+        })
         .collect();
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
@@ -102,7 +105,8 @@ fn write_noise(path: &Path, golden: &str, key: &str) {
 
 /// The golden transformer call 0 of `golden_run` as a `kontext forward --inputs` file.
 fn write_forward_inputs(path: &Path, golden_run: &str) {
-    let names = ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "guidance", "img_ids", "txt_ids"];
+    let names =
+        ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "guidance", "img_ids", "txt_ids"];
     let tensors: Vec<(&str, Vec<usize>, Vec<f32>)> = names
         .iter()
         .map(|name| {
@@ -134,12 +138,37 @@ fn assert_png_within_one_lsb(got: &Path, want: &str) {
 
 /// `kontext edit` of the tiny golden call (4 steps, guidance 2.5, 64×80 from the 96×64 reference) with its noise.
 fn tiny_edit(tmp: &TempDir, backend: &str, extra: &[&str]) {
-    write_noise(&tmp.path("noise.safetensors"), "tests/fixtures/tiny/golden/golden_run.safetensors", "latents_init_packed");
+    write_noise(
+        &tmp.path("noise.safetensors"),
+        "tests/fixtures/tiny/golden/golden_run.safetensors",
+        "latents_init_packed",
+    );
     let (noise, out, dump) = (tmp.arg("noise.safetensors"), tmp.arg("out.png"), tmp.arg("dump.safetensors"));
     let mut args = vec![
-        "edit", "--model", TINY_MODEL, "--prompt", TINY_PROMPT, "--image", "tests/fixtures/tiny/golden/reference_input.png",
-        "--width", "64", "--height", "80", "--no-resize", "--steps", "4", "--guidance", "2.5", "--noise", &noise,
-        "--backend", backend, "--out", &out, "--dump", &dump,
+        "edit",
+        "--model",
+        TINY_MODEL,
+        "--prompt",
+        TINY_PROMPT,
+        "--image",
+        "tests/fixtures/tiny/golden/reference_input.png",
+        "--width",
+        "64",
+        "--height",
+        "80",
+        "--no-resize",
+        "--steps",
+        "4",
+        "--guidance",
+        "2.5",
+        "--noise",
+        &noise,
+        "--backend",
+        backend,
+        "--out",
+        &out,
+        "--dump",
+        &dump,
     ];
     args.extend_from_slice(extra);
     run_ok(&args);
@@ -167,11 +196,15 @@ fn edit_with_bfl_transformer_ae_clip_l_and_t5_file_overrides_matches_the_golden_
         &tmp,
         "cpu",
         &[
-            "--transformer", "tests/fixtures/tiny/bfl_gguf/transformer_bfl.safetensors",
-            "--vae", "tests/fixtures/tiny/bfl_gguf/ae.safetensors",
-            "--clip", "tests/fixtures/tiny/bfl_gguf/clip_l_with_text_projection.safetensors",
+            "--transformer",
+            "tests/fixtures/tiny/bfl_gguf/transformer_bfl.safetensors",
+            "--vae",
+            "tests/fixtures/tiny/bfl_gguf/ae.safetensors",
+            "--clip",
+            "tests/fixtures/tiny/bfl_gguf/clip_l_with_text_projection.safetensors",
             // A single transformers-named T5 file, as ComfyUI users have (`t5xxl_fp16.safetensors`).
-            "--t5", "tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/text_encoder_2/model.safetensors",
+            "--t5",
+            "tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/text_encoder_2/model.safetensors",
         ],
     );
     check_tiny_edit(&tmp);
@@ -184,12 +217,39 @@ fn edit_with_two_references_matches_the_multireference_golden() {
     write_noise(&tmp.path("noise.safetensors"), golden, "latents_init_packed");
     let (noise, out, dump) = (tmp.arg("noise.safetensors"), tmp.arg("out.png"), tmp.arg("dump.safetensors"));
     run_ok(&[
-        "edit", "--model", TINY_MODEL, "--prompt", TINY_PROMPT,
-        "--image", "tests/fixtures/tiny/golden/multiref_ref1.png", "--image", "tests/fixtures/tiny/golden/multiref_ref2.png",
-        "--width", "64", "--height", "80", "--no-resize", "--steps", "4", "--guidance", "2.5", "--noise", &noise,
-        "--backend", "cpu", "--out", &out, "--dump", &dump,
+        "edit",
+        "--model",
+        TINY_MODEL,
+        "--prompt",
+        TINY_PROMPT,
+        "--image",
+        "tests/fixtures/tiny/golden/multiref_ref1.png",
+        "--image",
+        "tests/fixtures/tiny/golden/multiref_ref2.png",
+        "--width",
+        "64",
+        "--height",
+        "80",
+        "--no-resize",
+        "--steps",
+        "4",
+        "--guidance",
+        "2.5",
+        "--noise",
+        &noise,
+        "--backend",
+        "cpu",
+        "--out",
+        &out,
+        "--dump",
+        &dump,
     ]);
-    assert_close(read(tmp.path("dump.safetensors"), "latents"), read(golden, "latents_after_step_3"), 1e-4, "final latents");
+    assert_close(
+        read(tmp.path("dump.safetensors"), "latents"),
+        read(golden, "latents_after_step_3"),
+        1e-4,
+        "final latents",
+    );
     assert_close(read(tmp.path("dump.safetensors"), "image"), read(golden, "image_pt"), 1e-4, "image");
     assert_png_within_one_lsb(&tmp.path("out.png"), "tests/fixtures/tiny/golden/output_multiref.png");
 }
@@ -200,8 +260,25 @@ fn check_forward(fixture: &str, model: &str, transformer: &str, golden: &str, ke
     write_forward_inputs(&tmp.path("inputs.safetensors"), &format!("{fixture}/golden/golden_run.safetensors"));
     let (inputs, out) = (tmp.arg("inputs.safetensors"), tmp.arg("out.safetensors"));
     let transformer = format!("{fixture}/bfl_gguf/{transformer}");
-    run_ok(&["forward", "--model", model, "--transformer", &transformer, "--inputs", &inputs, "--out", &out, "--backend", "cpu"]);
-    assert_close(read(tmp.path("out.safetensors"), "out"), read(format!("{fixture}/{golden}"), key), 1e-4, &transformer);
+    run_ok(&[
+        "forward",
+        "--model",
+        model,
+        "--transformer",
+        &transformer,
+        "--inputs",
+        &inputs,
+        "--out",
+        &out,
+        "--backend",
+        "cpu",
+    ]);
+    assert_close(
+        read(tmp.path("out.safetensors"), "out"),
+        read(format!("{fixture}/{golden}"), key),
+        1e-4,
+        &transformer,
+    );
 }
 
 #[test]
@@ -214,7 +291,13 @@ fn forward_with_each_transformer_gguf_matches_its_golden() {
 
 #[test]
 fn forward_with_the_bfl_safetensors_matches_transformer_out_0() {
-    check_forward(TINY, TINY_MODEL, "transformer_bfl.safetensors", "golden/golden_run.safetensors", "transformer_out_0");
+    check_forward(
+        TINY,
+        TINY_MODEL,
+        "transformer_bfl.safetensors",
+        "golden/golden_run.safetensors",
+        "transformer_out_0",
+    );
 }
 
 #[test]
@@ -240,7 +323,19 @@ fn forward_accepts_batched_ids_and_scalar_timestep_and_guidance() {
     write(&tmp.path("inputs.safetensors"), &tensors);
     let (inputs, out) = (tmp.arg("inputs.safetensors"), tmp.arg("out.safetensors"));
     let transformer = "tests/fixtures/tiny/bfl_gguf/transformer_bfl.safetensors";
-    run_ok(&["forward", "--model", TINY_MODEL, "--transformer", transformer, "--inputs", &inputs, "--out", &out, "--backend", "cpu"]);
+    run_ok(&[
+        "forward",
+        "--model",
+        TINY_MODEL,
+        "--transformer",
+        transformer,
+        "--inputs",
+        &inputs,
+        "--out",
+        &out,
+        "--backend",
+        "cpu",
+    ]);
     assert_close(read(tmp.path("out.safetensors"), "out"), read(golden, "transformer_out_0"), 1e-4, "lenient shapes");
 }
 
@@ -279,8 +374,10 @@ fn t5_ggufs_match_their_goldens() {
 fn variant_b_edit_matches_its_golden_run() {
     let tmp = TempDir::new("variant-b");
     let golden = "tests/fixtures/variant_b/golden/golden_run.safetensors";
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root().join("tests/fixtures/variant_b/golden/golden_meta.json")).unwrap()).unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root().join("tests/fixtures/variant_b/golden/golden_meta.json")).unwrap(),
+    )
+    .unwrap();
     let call = &meta["call"];
     let prompt = call["prompt"].as_str().unwrap();
     let (width, height) = (call["width"].to_string(), call["height"].to_string());
@@ -289,9 +386,30 @@ fn variant_b_edit_matches_its_golden_run() {
     write_noise(&tmp.path("noise.safetensors"), golden, "latents_init_packed");
     let (noise, out, dump) = (tmp.arg("noise.safetensors"), tmp.arg("out.png"), tmp.arg("dump.safetensors"));
     run_ok(&[
-        "edit", "--model", VARIANT_B_MODEL, "--prompt", prompt, "--image", "tests/fixtures/variant_b/golden/reference_input.png",
-        "--width", &width, "--height", &height, "--no-resize", "--steps", &steps, "--guidance", &guidance,
-        "--noise", &noise, "--backend", "cpu", "--out", &out, "--dump", &dump,
+        "edit",
+        "--model",
+        VARIANT_B_MODEL,
+        "--prompt",
+        prompt,
+        "--image",
+        "tests/fixtures/variant_b/golden/reference_input.png",
+        "--width",
+        &width,
+        "--height",
+        &height,
+        "--no-resize",
+        "--steps",
+        &steps,
+        "--guidance",
+        &guidance,
+        "--noise",
+        &noise,
+        "--backend",
+        "cpu",
+        "--out",
+        &out,
+        "--dump",
+        &dump,
     ]);
     let latents = read(tmp.path("dump.safetensors"), "latents");
     assert_close(latents, read(golden, "latents_after_step_2"), 1e-4, "variant_b final latents");
@@ -314,8 +432,21 @@ fn text_to_image_is_deterministic_per_seed() {
     let generate = |seed: &str, out: &str| {
         let out = tmp.arg(out);
         run_ok(&[
-            "edit", "--model", TINY_MODEL, "--prompt", "A small yellow sun over a blue sea", "--max-area", "4096",
-            "--steps", "2", "--seed", seed, "--backend", "cpu", "--out", &out,
+            "edit",
+            "--model",
+            TINY_MODEL,
+            "--prompt",
+            "A small yellow sun over a blue sea",
+            "--max-area",
+            "4096",
+            "--steps",
+            "2",
+            "--seed",
+            seed,
+            "--backend",
+            "cpu",
+            "--out",
+            &out,
         ]);
         std::fs::read(out).unwrap()
     };
@@ -331,7 +462,15 @@ fn text_to_image_is_deterministic_per_seed() {
     let (_, json) = texts.iter().find(|(key, _)| key == "kontext-recipe").expect("no kontext-recipe chunk");
     let recipe: kontext_web::pipeline::image::Recipe = serde_json::from_str(json).unwrap();
     assert_eq!(
-        (recipe.prompt.as_str(), recipe.steps, recipe.guidance, recipe.seed, recipe.width, recipe.height, recipe.references),
+        (
+            recipe.prompt.as_str(),
+            recipe.steps,
+            recipe.guidance,
+            recipe.seed,
+            recipe.width,
+            recipe.height,
+            recipe.references
+        ),
         ("A small yellow sun over a blue sea", 2, 2.5, 7, 64, 64, 0)
     );
     assert!(recipe.model.contains("DiT width 64, 2 double + 2 single blocks, 4 heads"), "{}", recipe.model);
@@ -444,10 +583,15 @@ fn edit_with_loras_matches_the_lora_goldens() {
     let golden = "tests/fixtures/tiny/lora/golden_lora.safetensors";
     for (tag, loras) in [
         ("w050", vec!["--lora", "tests/fixtures/tiny/lora/lora_kohya.safetensors:0.5"]),
-        ("w100", vec![
-            "--lora", "tests/fixtures/tiny/lora/lora_comfy.safetensors:0.5",
-            "--lora", "tests/fixtures/tiny/lora/lora_diffusers.safetensors:0.5",
-        ]),
+        (
+            "w100",
+            vec![
+                "--lora",
+                "tests/fixtures/tiny/lora/lora_comfy.safetensors:0.5",
+                "--lora",
+                "tests/fixtures/tiny/lora/lora_diffusers.safetensors:0.5",
+            ],
+        ),
     ] {
         let tmp = TempDir::new(&format!("lora-{tag}"));
         tiny_edit(&tmp, "cpu", &loras);
@@ -513,7 +657,10 @@ fn tiny_model_copy(tmp: &TempDir, name: &str, edit: impl Fn(&str, Vec<u8>) -> Ve
 
 /// The tiny BFL transformer rewritten: `change(name, shape, values)` returns the tensor to write, or `None` to
 /// leave it out.
-fn rewrite_tiny_transformer(path: &Path, change: impl Fn(&str, Vec<usize>, Vec<f32>) -> Option<(Vec<usize>, Vec<f32>)>) {
+fn rewrite_tiny_transformer(
+    path: &Path,
+    change: impl Fn(&str, Vec<usize>, Vec<f32>) -> Option<(Vec<usize>, Vec<f32>)>,
+) {
     let source = root().join(TINY).join("bfl_gguf/transformer_bfl.safetensors");
     let bytes = std::fs::read(&source).unwrap();
     let file = SafeTensors::deserialize(&bytes).unwrap();
@@ -526,7 +673,8 @@ fn rewrite_tiny_transformer(path: &Path, change: impl Fn(&str, Vec<usize>, Vec<f
             change(name, shape, values).map(|(shape, values)| (name.clone(), shape, values))
         })
         .collect();
-    let borrowed: Vec<(&str, Vec<usize>, Vec<f32>)> = tensors.iter().map(|(n, s, v)| (n.as_str(), s.clone(), v.clone())).collect();
+    let borrowed: Vec<(&str, Vec<usize>, Vec<f32>)> =
+        tensors.iter().map(|(n, s, v)| (n.as_str(), s.clone(), v.clone())).collect();
     write(path, &borrowed);
 }
 
@@ -590,15 +738,45 @@ fn hostile_files_are_refused_in_one_line_quickly_and_within_4_gib() {
         ("overlap.gguf", gguf_bytes(&[], &[("a", vec![8], 0, 0), ("b", vec![8], 0, 0)], &[0; 64]), "overlap"),
         ("ragged.gguf", gguf_bytes(&[], &[("w", vec![31], 8, 0)], &[0; 64]), "block size"),
         ("header.safetensors", [u64_le(1 << 62), vec![0; 16]].concat(), "limit"),
-        ("short.safetensors", safetensors_bytes(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 4), "outside"),
-        ("overlap.safetensors", safetensors_bytes(
-            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#, 12), "overlap"),
-        ("mismatch.safetensors", safetensors_bytes(r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8), "needs 12 bytes"),
-        ("overflow.safetensors", safetensors_bytes(
-            r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}}"#, 8), "overflows"),
-        ("dtype.safetensors", safetensors_bytes(r#"{"a":{"dtype":"F7","shape":[2],"data_offsets":[0,8]}}"#, 8), "unknown dtype"),
-        ("twice.safetensors", safetensors_bytes(
-            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8), "twice"),
+        (
+            "short.safetensors",
+            safetensors_bytes(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 4),
+            "outside",
+        ),
+        (
+            "overlap.safetensors",
+            safetensors_bytes(
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+                12,
+            ),
+            "overlap",
+        ),
+        (
+            "mismatch.safetensors",
+            safetensors_bytes(r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8),
+            "needs 12 bytes",
+        ),
+        (
+            "overflow.safetensors",
+            safetensors_bytes(
+                r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}}"#,
+                8,
+            ),
+            "overflows",
+        ),
+        (
+            "dtype.safetensors",
+            safetensors_bytes(r#"{"a":{"dtype":"F7","shape":[2],"data_offsets":[0,8]}}"#, 8),
+            "unknown dtype",
+        ),
+        (
+            "twice.safetensors",
+            safetensors_bytes(
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+                8,
+            ),
+            "twice",
+        ),
         ("empty.safetensors", Vec::new(), "fewer than the 8-byte"),
     ];
     let out = tmp.arg("out.png");
@@ -608,19 +786,46 @@ fn hostile_files_are_refused_in_one_line_quickly_and_within_4_gib() {
         let path = path.to_str().unwrap();
         let line = fails_fast_and_small(&["inspect", path]);
         assert!(line.contains(expected) && line.contains(name), "inspect {name}: {line}");
-        let edit = ["edit", "--model", TINY_MODEL, "--transformer", path, "--backend", "cpu", "--steps", "1", "--prompt", "a cat", "--out", &out];
+        let edit = [
+            "edit",
+            "--model",
+            TINY_MODEL,
+            "--transformer",
+            path,
+            "--backend",
+            "cpu",
+            "--steps",
+            "1",
+            "--prompt",
+            "a cat",
+            "--out",
+            &out,
+        ];
         let line = fails_fast_and_small(&edit);
         assert!(line.contains(expected), "edit {name}: {line}");
     }
 
     let edit_with = |transformer: &Path| {
         fails_fast_and_small(&[
-            "edit", "--model", TINY_MODEL, "--transformer", transformer.to_str().unwrap(), "--backend", "cpu", "--steps", "1",
-            "--prompt", "a cat", "--out", &out,
+            "edit",
+            "--model",
+            TINY_MODEL,
+            "--transformer",
+            transformer.to_str().unwrap(),
+            "--backend",
+            "cpu",
+            "--steps",
+            "1",
+            "--prompt",
+            "a cat",
+            "--out",
+            &out,
         ])
     };
     let missing = tmp.path("missing-tensor.safetensors");
-    rewrite_tiny_transformer(&missing, |name, shape, values| (name != "double_blocks.1.img_attn.proj.weight").then_some((shape, values)));
+    rewrite_tiny_transformer(&missing, |name, shape, values| {
+        (name != "double_blocks.1.img_attn.proj.weight").then_some((shape, values))
+    });
     let line = edit_with(&missing);
     assert!(line.contains("double_blocks.1.img_attn.proj.weight"), "{line}");
 
@@ -647,7 +852,17 @@ fn hostile_files_are_refused_in_one_line_quickly_and_within_4_gib() {
     let line = fails_fast_and_small(&["inspect", contradicting.join("transformer").to_str().unwrap()]);
     assert!(line.contains("config.json gives depth"), "{line}");
     let line = fails_fast_and_small(&[
-        "edit", "--model", contradicting.to_str().unwrap(), "--backend", "cpu", "--steps", "1", "--prompt", "a cat", "--out", &out,
+        "edit",
+        "--model",
+        contradicting.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--steps",
+        "1",
+        "--prompt",
+        "a cat",
+        "--out",
+        &out,
     ]);
     assert!(line.contains("config.json gives depth"), "{line}");
 }

@@ -88,7 +88,8 @@ fn mutate(input: &[u8], rng: &mut Rng) -> Vec<u8> {
             0 => out[at] ^= 1 << rng.below(8),
             1 => out.truncate(at),
             2 => {
-                let value: u64 = [0, 1, u64::MAX, 1 << 31, 1 << 32, 1 << 40, 1 << 63, 0x7fff_ffff, 255, 256][rng.below(10)];
+                let value: u64 =
+                    [0, 1, u64::MAX, 1 << 31, 1 << 32, 1 << 40, 1 << 63, 0x7fff_ffff, 255, 256][rng.below(10)];
                 let width = [1, 2, 4, 8][rng.below(4)];
                 for (i, byte) in value.to_le_bytes()[..width].iter().enumerate() {
                     if let Some(slot) = out.get_mut(at + i) {
@@ -171,7 +172,11 @@ fn every_fuzz_target_survives_its_corpus_and_mutations_of_it() {
                         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                         .unwrap_or_default();
                     let saved = save_failure(target, &input);
-                    failures.push(format!("{target} (from {}): {message}; input saved as {}", path.display(), saved.display()));
+                    failures.push(format!(
+                        "{target} (from {}): {message}; input saved as {}",
+                        path.display(),
+                        saved.display()
+                    ));
                 }
             }
         }

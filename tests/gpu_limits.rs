@@ -126,7 +126,8 @@ fn sixteen_bit_safetensors_stay_packed_on_wgpu_and_equal_the_dense_cpu_model() {
 #[test]
 fn t5_with_split_weights_and_a_host_embedding_on_wgpu_matches_the_golden() {
     let gpu = gpu();
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join(TINY).join("FLUX.1-Kontext-dev-tiny/text_encoder_2/config.json");
+    let config =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(TINY).join("FLUX.1-Kontext-dev-tiny/text_encoder_2/config.json");
     let json = std::fs::read_to_string(config).unwrap();
     let weights = fixture("FLUX.1-Kontext-dev-tiny/text_encoder_2/model.safetensors");
     let model = device::with_binding_limit(4096, || {

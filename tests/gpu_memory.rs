@@ -16,7 +16,8 @@ fn bench_times_attention_and_measures_the_flash_kernels_memory_against_the_refer
     }
     // At L = 512 the reference's scores alone are 2·512²·4 = 2 MiB; the flash kernel holds O(L·d).
     let long = timings[1];
-    let (flash, reference) = (long.flash_peak_bytes.expect("wgpu reports its pools"), long.reference_peak_bytes.unwrap());
+    let (flash, reference) =
+        (long.flash_peak_bytes.expect("wgpu reports its pools"), long.reference_peak_bytes.unwrap());
     assert!(reference >= 2 * 512 * 512 * 4, "{long:?}");
     assert!(flash < reference / 4, "{long:?}");
 }

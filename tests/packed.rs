@@ -17,8 +17,11 @@ fn root() -> &'static Path {
 }
 
 fn run_ok(args: &[&str]) -> Output {
-    let output =
-        Command::new(env!("CARGO_BIN_EXE_kontext")).args(args).current_dir(root()).output().expect("cannot start kontext");
+    let output = Command::new(env!("CARGO_BIN_EXE_kontext"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("cannot start kontext");
     assert!(output.status.success(), "kontext {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
     output
 }
@@ -49,17 +52,21 @@ fn read(path: impl AsRef<Path>, key: &str) -> (Vec<usize>, Vec<f32>) {
 
 /// Golden transformer call 0 (`transformer_in_0_*` of `golden_run`) as a `kontext forward --inputs` file.
 fn write_forward_inputs(path: &Path) {
-    let names = ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "guidance", "img_ids", "txt_ids"];
+    let names =
+        ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "guidance", "img_ids", "txt_ids"];
     let tensors: Vec<(&str, Vec<usize>, Vec<u8>)> = names
         .iter()
         .map(|name| {
-            let (shape, values) = read("tests/fixtures/tiny/golden/golden_run.safetensors", &format!("transformer_in_0_{name}"));
+            let (shape, values) =
+                read("tests/fixtures/tiny/golden/golden_run.safetensors", &format!("transformer_in_0_{name}"));
             (*name, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect())
         })
         .collect();
     let views: Vec<(&str, safetensors::tensor::TensorView)> = tensors
         .iter()
-        .map(|(name, shape, data)| (*name, safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data).unwrap()))
+        .map(|(name, shape, data)| {
+            (*name, safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data).unwrap())
+        })
         .collect();
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
@@ -78,7 +85,10 @@ fn quantized_weights_hold_their_file_bytes_on_wgpu_and_stay_dense_on_cpu() {
         let gpu = inspect_loaded(&file, "wgpu");
         let (file_bytes, device_bytes) = (number(&gpu, "file_bytes"), number(&gpu, "device_bytes"));
         eprintln!("{kind}: file {file_bytes} B, wgpu {device_bytes} B, {} packed", number(&gpu, "packed_linears"));
-        assert!(device_bytes as f64 <= 1.05 * file_bytes as f64, "{kind}: {device_bytes} B on wgpu for a {file_bytes} B file");
+        assert!(
+            device_bytes as f64 <= 1.05 * file_bytes as f64,
+            "{kind}: {device_bytes} B on wgpu for a {file_bytes} B file"
+        );
         assert!(number(&gpu, "packed_linears") > 0, "{kind}: no packed linear on wgpu");
 
         let cpu = inspect_loaded(&file, "cpu");
@@ -97,8 +107,19 @@ fn forward_matches_each_gguf_golden(precision: &str, tolerance: f32) {
         let transformer = format!("{GGUF_DIR}/transformer_bfl-{kind}.gguf");
         let out = dir.join(format!("out-{kind}.safetensors"));
         run_ok(&[
-            "forward", "--backend", "wgpu", "--precision", precision, "--model", TINY_MODEL, "--transformer",
-            &transformer, "--inputs", inputs.to_str().unwrap(), "--out", out.to_str().unwrap(),
+            "forward",
+            "--backend",
+            "wgpu",
+            "--precision",
+            precision,
+            "--model",
+            TINY_MODEL,
+            "--transformer",
+            &transformer,
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
         ]);
         let (got, want) = (read(&out, "out"), read(format!("{GGUF_DIR}/golden_gguf_step0.safetensors"), kind));
         assert_eq!(got.0, want.0, "{kind}: shape");
@@ -131,9 +152,21 @@ fn forward_with_a_lora_on_packed_q8_0_matches_its_golden() {
         let out = dir.join(format!("out-{key}.safetensors"));
         let lora = format!("tests/fixtures/tiny/lora/lora_diffusers.safetensors:{strength}");
         run_ok(&[
-            "forward", "--backend", "wgpu", "--precision", "f32", "--model", TINY_MODEL, "--transformer",
-            &format!("{GGUF_DIR}/transformer_bfl-Q8_0.gguf"), "--lora", &lora,
-            "--inputs", inputs.to_str().unwrap(), "--out", out.to_str().unwrap(),
+            "forward",
+            "--backend",
+            "wgpu",
+            "--precision",
+            "f32",
+            "--model",
+            TINY_MODEL,
+            "--transformer",
+            &format!("{GGUF_DIR}/transformer_bfl-Q8_0.gguf"),
+            "--lora",
+            &lora,
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
         ]);
         let (got, want) = (read(&out, "out"), read("tests/fixtures/tiny/lora/golden_lora_gguf_step0.safetensors", key));
         assert_eq!(got.0, want.0, "{key}: shape");

@@ -6,14 +6,14 @@
 
 use std::cell::RefCell;
 
+use kontext_web::loader;
 use kontext_web::store::catalog::demo_manifest;
 use kontext_web::store::download::{self, CancelFlag, Outcome, parse_content_range};
 use kontext_web::store::files::StoredModel;
 use kontext_web::store::idb::{self as store_idb, Store, StoreEvent, chunk_key, storage_error};
-use kontext_web::web::locks;
 use kontext_web::store::is_storage_full;
 use kontext_web::store::manifest::{ChunkState, FileState, Manifest, Source, StoredFile};
-use kontext_web::loader;
+use kontext_web::web::locks;
 use wasm_bindgen::JsValue;
 use wasm_bindgen_test::*;
 
@@ -91,7 +91,10 @@ async fn an_upgrade_from_another_tab_closes_this_connection_instead_of_waiting()
     assert_eq!(events.borrow().as_slice(), [StoreEvent::Superseded { new_version: Some(2) }]);
     assert!(newer.manifest("m").await.unwrap().is_some(), "the upgrade keeps what was stored");
     let err = old.manifest("m").await.unwrap_err().to_string();
-    assert!(err.contains("another tab is upgrading or deleting the model store") && err.contains("reload this page"), "{err}");
+    assert!(
+        err.contains("another tab is upgrading or deleting the model store") && err.contains("reload this page"),
+        "{err}"
+    );
     let err = Store::open_named(name).await.err().unwrap().to_string();
     assert!(err.contains("upgraded by a newer kontext-web in another tab; reload this page"), "{err}");
     drop(newer);
@@ -286,14 +289,20 @@ fn content_ranges_are_parsed() {
 
 /// `(method, range)` of the requests the drop server saw for `id`.
 async fn server_log(id: &str) -> Vec<(String, Option<String>)> {
-    let response = kontext_web::web::js::call_async(&js_sys::global(), "fetch", &[format!("{SERVER}/log?id={id}").into()])
-        .await
-        .unwrap_or_else(|e| panic!("the drop server at {SERVER} does not answer ({e}); start `node tests/e2e/drop-server.mjs`"));
+    let response =
+        kontext_web::web::js::call_async(&js_sys::global(), "fetch", &[format!("{SERVER}/log?id={id}").into()])
+            .await
+            .unwrap_or_else(|e| {
+                panic!("the drop server at {SERVER} does not answer ({e}); start `node tests/e2e/drop-server.mjs`")
+            });
     let json = kontext_web::web::js::call_async(&response, "json", &[]).await.unwrap();
     js_sys::Array::from(&json)
         .iter()
         .map(|entry| {
-            (kontext_web::web::js::get_string(&entry, "method"), kontext_web::web::js::get(&entry, "range").and_then(|r| r.as_string()))
+            (
+                kontext_web::web::js::get_string(&entry, "method"),
+                kontext_web::web::js::get(&entry, "range").and_then(|r| r.as_string()),
+            )
         })
         .collect()
 }
@@ -311,7 +320,10 @@ async fn a_download_cut_mid_file_resumes_from_the_first_missing_chunk() {
     let url = format!("{SERVER}/file/{size}?id=drop&drop=40000");
     store.put_manifest(&download_manifest("d", url, size, chunk)).await.unwrap();
     let progress = RefCell::new(Vec::new());
-    let outcome = download::download_model(&store, "d", &CancelFlag::new(), &mut |p| progress.borrow_mut().push(p.done)).await.unwrap();
+    let outcome =
+        download::download_model(&store, "d", &CancelFlag::new(), &mut |p| progress.borrow_mut().push(p.done))
+            .await
+            .unwrap();
     assert_eq!(outcome, Outcome::Complete);
     let manifest = store.manifest("d").await.unwrap().unwrap();
     assert!(manifest.is_complete() && manifest.total_bytes() == size);
@@ -347,13 +359,19 @@ async fn a_cancelled_download_resumes_after_reopening_without_refetching() {
 
     // As after a reload: a new connection, the same database.
     let store = Store::open_named(name).await.unwrap();
-    assert_eq!(download::download_model(&store, "p", &CancelFlag::new(), &mut |_| {}).await.unwrap(), Outcome::Complete);
+    assert_eq!(
+        download::download_model(&store, "p", &CancelFlag::new(), &mut |_| {}).await.unwrap(),
+        Outcome::Complete
+    );
     assert_eq!(store.read_range("p", "model.gguf", 0, size).await.unwrap(), pattern(0, size));
     let gets: Vec<_> = server_log("pause").await.into_iter().filter(|r| r.0 == "GET").map(|r| r.1).collect();
     assert_eq!(gets.len(), 2, "{gets:?}");
     assert_eq!(gets[1], Some(format!("bytes={stored}-{}", size - 1)));
     // Nothing left to fetch: no request at all.
-    assert_eq!(download::download_file(&store, "p", "model.gguf", &CancelFlag::new(), &mut |_| {}).await.unwrap(), Outcome::Complete);
+    assert_eq!(
+        download::download_file(&store, "p", "model.gguf", &CancelFlag::new(), &mut |_| {}).await.unwrap(),
+        Outcome::Complete
+    );
     assert_eq!(server_log("pause").await.iter().filter(|r| r.0 == "GET").count(), 2);
     store.close();
 }
@@ -372,7 +390,8 @@ async fn a_server_that_ignores_range_still_completes_a_partial_file() {
     let bad = store.verify_model("n", &mut |_, _| {}).await.unwrap().bad;
     assert_eq!(bad, vec![("model.gguf".to_string(), 1), ("model.gguf".to_string(), 4)]);
     let mut stored = Vec::new();
-    let outcome = download::download_model(&store, "n", &CancelFlag::new(), &mut |p| stored.push(p.file_done)).await.unwrap();
+    let outcome =
+        download::download_model(&store, "n", &CancelFlag::new(), &mut |p| stored.push(p.file_done)).await.unwrap();
     assert_eq!(outcome, Outcome::Complete);
     assert_eq!(stored.len(), 2, "only the two damaged chunks are stored again: {stored:?}");
     assert_eq!(store.read_range("n", "model.gguf", 0, size).await.unwrap(), pattern(0, size));

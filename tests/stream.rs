@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::tensor::{Tensor, TensorData, Tolerance};
 use kontext_web::bench::{bfl_shapes, medium_flux};
+use kontext_web::device;
 use kontext_web::formats::SafetensorsFile;
 use kontext_web::loader::{self, KontextModel};
 use kontext_web::store::catalog::demo_manifest;
@@ -15,7 +16,6 @@ use kontext_web::store::files::StoredModel;
 use kontext_web::store::idb::Store;
 use kontext_web::store::manifest::{DEFAULT_CHUNK_SIZE, Manifest, Role, Source, StoredFile};
 use kontext_web::weights::Weights;
-use kontext_web::device;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_test::*;
 
@@ -54,8 +54,11 @@ fn reset_peak() -> usize {
 
 /// The size of WebAssembly memory: it only grows, so its growth over a span is the span's peak growth.
 fn wasm_memory_bytes() -> u64 {
-    wasm_bindgen::memory().unchecked_into::<js_sys::WebAssembly::Memory>().buffer().unchecked_into::<js_sys::ArrayBuffer>().byte_length()
-        as u64
+    wasm_bindgen::memory()
+        .unchecked_into::<js_sys::WebAssembly::Memory>()
+        .buffer()
+        .unchecked_into::<js_sys::ArrayBuffer>()
+        .byte_length() as u64
 }
 
 async fn fresh(name: &str) -> Store {
@@ -78,7 +81,10 @@ impl SyntheticDit {
         let (mut offset, mut largest) = (0u64, 0u64);
         for (name, shape) in shapes {
             let bytes = shape.iter().product::<usize>() as u64 * 4;
-            entries.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}));
+            entries.insert(
+                name.clone(),
+                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+            );
             offset += bytes;
             largest = largest.max(bytes);
         }
@@ -232,6 +238,8 @@ async fn the_tiny_pack_loaded_from_the_store_gives_the_golden_dit_output_on_webg
     let golden = run.read("transformer_out_0").unwrap();
     let golden = TensorData::new(golden.data, golden.shape);
     let diff = out.iter::<f32>().zip(golden.iter::<f32>()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    web_sys::console::log_1(&format!("tiny pack from IndexedDB on WebGPU: transformer_out_0 max |diff| {diff:e}").into());
+    web_sys::console::log_1(
+        &format!("tiny pack from IndexedDB on WebGPU: transformer_out_0 max |diff| {diff:e}").into(),
+    );
     out.assert_approx_eq::<f32>(&golden, Tolerance::absolute(1e-4));
 }

@@ -333,7 +333,10 @@ impl<'de> serde::Deserialize<'de> for UniqueEntries {
                 f.write_str("a JSON object")
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<UniqueEntries, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<UniqueEntries, A::Error> {
                 let mut seen = std::collections::HashSet::new();
                 while let Some(name) = map.next_key::<String>()? {
                     map.next_value::<serde::de::IgnoredAny>()?;
@@ -360,12 +363,13 @@ fn weight_map(index_json: &str) -> Result<BTreeMap<String, String>> {
         #[serde(rename = "weight_map")]
         _weight_map: UniqueEntries,
     }
-    serde_json::from_str::<Index>(index_json).map_err(|e| Error::Invalid(format!("the safetensors index's weight_map {e}")))?;
+    serde_json::from_str::<Index>(index_json)
+        .map_err(|e| Error::Invalid(format!("the safetensors index's weight_map {e}")))?;
     map.iter()
         .map(|(k, v)| match v.as_str() {
-            Some(s) if s.is_empty() || s == "." || s == ".." || s.contains(['/', '\\', '\0']) => Err(Error::Invalid(format!(
-                "the safetensors index maps `{k}` to {s:?}, which is not a file name beside the index"
-            ))),
+            Some(s) if s.is_empty() || s == "." || s == ".." || s.contains(['/', '\\', '\0']) => Err(Error::Invalid(
+                format!("the safetensors index maps `{k}` to {s:?}, which is not a file name beside the index"),
+            )),
             Some(s) => Ok((k.clone(), s.to_string())),
             None => {
                 Err(Error::Invalid(format!("the safetensors index maps `{k}` to something that is not a file name")))

@@ -125,7 +125,12 @@ fn grid(groups: usize) -> (u32, u32) {
 /// Returns `(L, seconds per kernel call, seconds per reference call)`. Native only: it reads back
 /// synchronously.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn bench_attention(device: &burn::tensor::Device, lengths: &[usize], d: usize, heads: usize) -> Vec<AttentionTiming> {
+pub fn bench_attention(
+    device: &burn::tensor::Device,
+    lengths: &[usize],
+    d: usize,
+    heads: usize,
+) -> Vec<AttentionTiming> {
     use burn::tensor::TensorData;
 
     const REFERENCE_SCORE_BYTES_MAX: usize = 1 << 30;

@@ -46,10 +46,7 @@ const MAX_PACKED_ROWS: usize = 65_535 * MATVEC_TILE.0;
 /// and the matmul itself.
 macro_rules! quant_kernels {
     ($name:literal, $file:literal) => {
-        [
-            quant_kernels!($name, $file, "", "act_f32.wgsl"),
-            quant_kernels!($name, $file, "_f16", "act_f16.wgsl"),
-        ]
+        [quant_kernels!($name, $file, "", "act_f32.wgsl"), quant_kernels!($name, $file, "_f16", "act_f16.wgsl")]
     };
     ($name:literal, $file:literal, $suffix:literal, $act:literal) => {
         [

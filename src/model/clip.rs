@@ -274,7 +274,11 @@ impl ClipTextTransformer {
         let p = key_prefix(weights)?;
         let (d, ff) = (cfg.hidden_size, cfg.intermediate_size);
         let embeddings = ClipEmbeddings {
-            token_embedding: HostEmbedding::load(weights, &format!("{p}embeddings.token_embedding.weight"), [cfg.vocab_size, d])?,
+            token_embedding: HostEmbedding::load(
+                weights,
+                &format!("{p}embeddings.token_embedding.weight"),
+                [cfg.vocab_size, d],
+            )?,
             position_embedding: embedding(
                 weights,
                 &format!("{p}embeddings.position_embedding.weight"),
@@ -315,7 +319,8 @@ impl ClipTextTransformer {
             return Err(Error::Invalid(format!("CLIP takes at most {max_positions} tokens, got {n}")));
         }
         let positions = Tensor::<1, Int>::arange(0..n as i64, device).reshape([1, n]);
-        Ok(self.embeddings.token_embedding.forward(ids, device)? + self.embeddings.position_embedding.forward(positions))
+        Ok(self.embeddings.token_embedding.forward(ids, device)?
+            + self.embeddings.position_embedding.forward(positions))
     }
 
     /// One sequence of `ids` → (last hidden state `[1, n, d]` after the final norm, pooled `[1, d]`).
@@ -343,8 +348,8 @@ fn pooled_position(ids: &[u32]) -> usize {
 /// Test-only helpers shared by the text-encoder tests: safetensors fixtures as [`Weights`] and goldens.
 #[cfg(test)]
 mod tests {
-    use crate::model::testing::{FixtureFile, TINY, golden, golden_ids};
     use super::*;
+    use crate::model::testing::{FixtureFile, TINY, golden, golden_ids};
     use burn::tensor::Tolerance;
 
     fn tiny_config() -> ClipTextConfig {

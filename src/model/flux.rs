@@ -21,9 +21,9 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use super::load::{self, LowRank, Projection};
-use crate::device::max_binding_bytes;
 use super::lora::LoraAdapter;
 use super::rope::Rope;
+use crate::device::max_binding_bytes;
 use crate::weights::Weights;
 use crate::{Error, Result};
 
@@ -507,7 +507,9 @@ impl Flux {
     /// [`Flux::projections`], mutable.
     fn projections_mut(&mut self) -> Vec<&mut Projection> {
         let mut all = vec![&mut self.img_in, &mut self.txt_in];
-        for embedder in [Some(&mut self.time_in), Some(&mut self.vector_in), self.guidance_in.as_mut()].into_iter().flatten() {
+        for embedder in
+            [Some(&mut self.time_in), Some(&mut self.vector_in), self.guidance_in.as_mut()].into_iter().flatten()
+        {
             all.extend([&mut embedder.in_layer, &mut embedder.out_layer]);
         }
         for block in &mut self.double_blocks {
@@ -601,7 +603,8 @@ impl Flux {
 
     /// Bytes the weights occupy on the device: f32 parameters, plus the blocks and biases of packed layers.
     pub fn device_bytes(&self) -> usize {
-        let packed: usize = self.projections().into_iter().filter(|p| p.is_packed()).map(Projection::device_bytes).sum();
+        let packed: usize =
+            self.projections().into_iter().filter(|p| p.is_packed()).map(Projection::device_bytes).sum();
         self.num_params() * size_of::<f32>() + packed
     }
 
@@ -610,7 +613,9 @@ impl Flux {
     /// guidance are multiplied by 1000 here, as in BFL and diffusers (whose pipeline passes `t / 1000`).
     pub fn conditioning(&self, timesteps: Tensor<1>, y: Tensor<2>, guidance: Option<Tensor<1>>) -> Result<Tensor<2>> {
         if self.modulation_weights_released() {
-            return Err(Error::Invalid("the modulation weights were released from the device: reload them first".into()));
+            return Err(Error::Invalid(
+                "the modulation weights were released from the device: reload them first".into(),
+            ));
         }
         let [b] = timesteps.dims();
         expect_dims("y (pooled text vector)", &y.dims(), &[b, self.config.vec_in_dim])?;
@@ -629,7 +634,9 @@ impl Flux {
     /// step only, not on the tokens.
     pub fn modulations(&self, vec: Tensor<2>) -> Result<Modulations> {
         if self.modulation_weights_released() {
-            return Err(Error::Invalid("the modulation weights were released from the device: reload them first".into()));
+            return Err(Error::Invalid(
+                "the modulation weights were released from the device: reload them first".into(),
+            ));
         }
         let (final_shift, final_scale) = self.final_layer.modulations(vec.clone());
         Ok(Modulations {
@@ -642,7 +649,12 @@ impl Flux {
 
     /// The modulations of every step of a denoising schedule (`sigmas`: the σ of each step), computed before
     /// the loop so that the modulation weights can be released during it.
-    pub fn schedule_modulations(&self, sigmas: &[f32], y: Tensor<2>, guidance: Option<f32>) -> Result<Vec<Modulations>> {
+    pub fn schedule_modulations(
+        &self,
+        sigmas: &[f32],
+        y: Tensor<2>,
+        guidance: Option<f32>,
+    ) -> Result<Vec<Modulations>> {
         let device = y.device();
         sigmas
             .iter()

@@ -292,7 +292,8 @@ pub(crate) fn fused_linear(
     let limit = max_binding_bytes(device);
     let read_bias = || bias.then(|| host(weights, &format!("{prefix}.bias"), &[d_out])).transpose();
     let bias_part = |bias: &Option<HostTensor>, rows: &Range<usize>| {
-        bias.as_ref().map(|b| Tensor::<1>::from_data(TensorData::new(b.data[rows.clone()].to_vec(), [rows.len()]), device))
+        bias.as_ref()
+            .map(|b| Tensor::<1>::from_data(TensorData::new(b.data[rows.clone()].to_vec(), [rows.len()]), device))
     };
     if let Some(raw) = packs_on(device).then(|| weights.raw_block(&name)).flatten() {
         let (ty, shape, bytes) = raw?;
@@ -475,7 +476,8 @@ mod tests {
             let table = HostEmbedding::load(&file, name, [4, 32]).unwrap();
             assert_eq!((table.ty, table.bytes.len()), (if name == "h" { GgmlType::F16 } else { GgmlType::BF16 }, 256));
             let stored = file.read(name).unwrap().data;
-            let expected: Vec<f32> = [2usize, 0, 2].iter().flat_map(|&r| stored[r * 32..(r + 1) * 32].to_vec()).collect();
+            let expected: Vec<f32> =
+                [2usize, 0, 2].iter().flat_map(|&r| stored[r * 32..(r + 1) * 32].to_vec()).collect();
             let rows = table.forward(&[2, 0, 2], &device).unwrap();
             rows.into_data().assert_eq(&TensorData::new(expected, [1, 3, 32]), false);
         }

@@ -33,14 +33,8 @@ const TRANSFORMER_PREFIXES: &[&str] = &[
 ];
 
 /// Prefixes of text-encoder modules (CLIP / T5), which this app does not adapt.
-const TEXT_ENCODER_PREFIXES: &[&str] = &[
-    "lora_te1_",
-    "lora_te2_",
-    "lora_te_",
-    "text_encoder.",
-    "text_encoder_2.",
-    "te.",
-];
+const TEXT_ENCODER_PREFIXES: &[&str] =
+    &["lora_te1_", "lora_te2_", "lora_te_", "text_encoder.", "text_encoder_2.", "te."];
 
 /// Which factor a tensor of a LoRA file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,11 +97,7 @@ impl Targets {
         let hidden = model.config.hidden_size;
         let mut layers = HashMap::new();
         let mut underscored = HashMap::new();
-        for (name, projection) in model
-            .projection_names()
-            .into_iter()
-            .zip(model.projections())
-        {
+        for (name, projection) in model.projection_names().into_iter().zip(model.projections()) {
             let d_out = projection.d_out();
             let parts = diffusers_modules(&name);
             let rows = match parts.len() {
@@ -121,28 +111,19 @@ impl Targets {
             underscored.insert(name.replace('.', "_"), name.clone());
             layers.insert(name, (projection.d_in(), rows));
         }
-        Self {
-            layers,
-            underscored,
-        }
+        Self { layers, underscored }
     }
 
     /// The BFL layer a module name (any layout, prefix stripped) refers to, the fused part it covers (`None`: all
     /// of it) and whether its rows are half-swapped.
     fn resolve(&self, module: &str) -> Option<(String, Option<usize>, bool)> {
-        let dotted = self
-            .underscored
-            .get(module)
-            .map(String::as_str)
-            .unwrap_or(module);
+        let dotted = self.underscored.get(module).map(String::as_str).unwrap_or(module);
         if self.layers.contains_key(dotted) {
             return Some((dotted.to_string(), None, false));
         }
         let found = bfl_module(dotted)?;
         let part = (found.parts > 1).then_some(found.part);
-        self.layers
-            .contains_key(&found.name)
-            .then_some((found.name, part, found.swap_halves))
+        self.layers.contains_key(&found.name).then_some((found.name, part, found.swap_halves))
     }
 }
 
@@ -170,35 +151,21 @@ impl PeftScaling {
         };
         let json: Value = serde_json::from_str(text)
             .map_err(|e| Error::Invalid(format!("its lora_adapter_metadata is not JSON: {e}")))?;
-        let field = |name: &str| {
-            json.get(format!("transformer.{name}"))
-                .or_else(|| json.get(name))
-        };
+        let field = |name: &str| json.get(format!("transformer.{name}")).or_else(|| json.get(name));
         let number = |name: &str| field(name).and_then(Value::as_f64);
         let pattern = |name: &str| -> BTreeMap<String, f64> {
             field(name)
                 .and_then(Value::as_object)
-                .map(|map| {
-                    map.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
-                        .collect()
-                })
+                .map(|map| map.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect())
                 .unwrap_or_default()
         };
         let (Some(rank), Some(alpha)) = (number("r"), number("lora_alpha")) else {
             return Ok(None);
         };
         if rank <= 0.0 || !alpha.is_finite() {
-            return Err(Error::Invalid(format!(
-                "its metadata has r = {rank}, lora_alpha = {alpha}"
-            )));
+            return Err(Error::Invalid(format!("its metadata has r = {rank}, lora_alpha = {alpha}")));
         }
-        Ok(Some(Self {
-            rank,
-            alpha,
-            rank_pattern: pattern("rank_pattern"),
-            alpha_pattern: pattern("alpha_pattern"),
-        }))
+        Ok(Some(Self { rank, alpha, rank_pattern: pattern("rank_pattern"), alpha_pattern: pattern("alpha_pattern") }))
     }
 
     fn scale(&self, module: &str) -> f32 {
@@ -208,9 +175,7 @@ impl PeftScaling {
                 .find(|(key, _)| module == key.as_str() || module.ends_with(&format!(".{key}")))
                 .map(|(_, v)| *v)
         };
-        let rank = lookup(&self.rank_pattern)
-            .filter(|&r| r > 0.0)
-            .unwrap_or(self.rank);
+        let rank = lookup(&self.rank_pattern).filter(|&r| r > 0.0).unwrap_or(self.rank);
         (lookup(&self.alpha_pattern).unwrap_or(self.alpha) / rank) as f32
     }
 }
@@ -240,16 +205,12 @@ impl LoraAdapter {
         let mut ignored_text_encoder_tensors = 0;
         let mut unknown = Vec::new();
         for name in &names {
-            if TEXT_ENCODER_PREFIXES
-                .iter()
-                .any(|prefix| name.starts_with(prefix))
-            {
+            if TEXT_ENCODER_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
                 ignored_text_encoder_tensors += 1;
                 continue;
             }
-            let Some((module, factor)) = FACTOR_SUFFIXES
-                .iter()
-                .find_map(|&(suffix, factor)| Some((name.strip_suffix(suffix)?, factor)))
+            let Some((module, factor)) =
+                FACTOR_SUFFIXES.iter().find_map(|&(suffix, factor)| Some((name.strip_suffix(suffix)?, factor)))
             else {
                 unknown.push(name.clone());
                 continue;
@@ -259,10 +220,7 @@ impl LoraAdapter {
                 Factor::Alpha => {
                     let alpha = weights.read(name)?;
                     let [value] = alpha.data[..] else {
-                        return Err(Error::Invalid(format!(
-                            "`{name}` should hold one value, found {:?}",
-                            alpha.shape
-                        )));
+                        return Err(Error::Invalid(format!("`{name}` should hold one value, found {:?}", alpha.shape)));
                     };
                     found.alpha = Some(value);
                 }
@@ -284,18 +242,14 @@ impl LoraAdapter {
         let mut parts: BTreeMap<String, Vec<Part>> = BTreeMap::new();
         let mut unmatched = Vec::new();
         for (module, found) in modules {
-            let stripped = TRANSFORMER_PREFIXES
-                .iter()
-                .find_map(|prefix| module.strip_prefix(prefix))
-                .unwrap_or(&module);
+            let stripped =
+                TRANSFORMER_PREFIXES.iter().find_map(|prefix| module.strip_prefix(prefix)).unwrap_or(&module);
             let Some((layer, part, swap_halves)) = targets.resolve(stripped) else {
                 unmatched.push(module);
                 continue;
             };
             let (Some(down), Some(mut up)) = (found.down, found.up) else {
-                return Err(Error::Invalid(format!(
-                    "`{module}` needs both a down (A) and an up (B) factor"
-                )));
+                return Err(Error::Invalid(format!("`{module}` needs both a down (A) and an up (B) factor")));
             };
             let rank = down.shape[0];
             if rank == 0 || up.shape[1] != rank {
@@ -310,10 +264,7 @@ impl LoraAdapter {
                 (None, None) => 1.0,
             };
             up.data.iter_mut().for_each(|v| *v *= scale);
-            parts
-                .entry(layer)
-                .or_default()
-                .push((part, swap_halves, down, up));
+            parts.entry(layer).or_default().push((part, swap_halves, down, up));
         }
         if parts.is_empty() {
             return Err(nothing_matches(&unmatched));
@@ -330,28 +281,17 @@ impl LoraAdapter {
             let (d_in, rows) = &targets.layers[&layer];
             layers.insert(layer.clone(), fuse(&layer, *d_in, rows, parts)?);
         }
-        Ok(Self {
-            label: label.to_string(),
-            layers,
-            ignored_text_encoder_tensors,
-        })
+        Ok(Self { label: label.to_string(), layers, ignored_text_encoder_tensors })
     }
 
     /// The largest total rank of a layer.
     pub fn max_rank(&self) -> usize {
-        self.layers
-            .values()
-            .map(LayerUpdate::rank)
-            .max()
-            .unwrap_or(0)
+        self.layers.values().map(LayerUpdate::rank).max().unwrap_or(0)
     }
 
     /// The total number of factor values.
     pub fn num_params(&self) -> usize {
-        self.layers
-            .values()
-            .map(|u| u.down.data.len() + u.up.data.len())
-            .sum()
+        self.layers.values().map(|u| u.down.data.len() + u.up.data.len()).sum()
     }
 }
 
@@ -361,19 +301,12 @@ fn two_dimensional(weights: &dyn Weights, name: &str) -> Result<HostTensor> {
         [_, _] => Ok(tensor),
         // Some trainers store linear factors as 1×1 convolutions, `[out, in, 1, 1]`.
         [rows, cols, 1, 1] => HostTensor::new(vec![rows, cols], tensor.data),
-        _ => Err(Error::Invalid(format!(
-            "`{name}` has shape {:?}; a LoRA factor is a matrix",
-            tensor.shape
-        ))),
+        _ => Err(Error::Invalid(format!("`{name}` has shape {:?}; a LoRA factor is a matrix", tensor.shape))),
     }
 }
 
 fn nothing_matches(names: &[String]) -> Error {
-    let found = names
-        .first()
-        .map_or("the file has no tensors".to_string(), |first| {
-            format!("found e.g. `{first}`")
-        });
+    let found = names.first().map_or("the file has no tensors".to_string(), |first| format!("found e.g. `{first}`"));
     Error::Invalid(format!(
         "no tensor matches a layer of this Flux model; expected LoRA names like \
          `transformer.transformer_blocks.0.attn.to_q.lora_A.weight` (diffusers), \
@@ -406,22 +339,13 @@ fn fuse(layer: &str, d_in: usize, rows: &[usize], parts: Vec<Part>) -> Result<La
                 part_down.shape, part_up.shape
             )));
         }
-        if covered[row_offset..row_offset + part_rows]
-            .iter()
-            .any(|&c| c)
-        {
-            return Err(Error::Invalid(format!(
-                "`{layer}` is adapted twice in the same file"
-            )));
+        if covered[row_offset..row_offset + part_rows].iter().any(|&c| c) {
+            return Err(Error::Invalid(format!("`{layer}` is adapted twice in the same file")));
         }
         covered[row_offset..row_offset + part_rows].fill(true);
         down.extend_from_slice(&part_down.data);
         for r in 0..part_rows {
-            let source = if swap_halves {
-                (r + part_rows / 2) % part_rows
-            } else {
-                r
-            };
+            let source = if swap_halves { (r + part_rows / 2) % part_rows } else { r };
             let target = &mut up[(row_offset + r) * total_rank + column..][..rank];
             target.copy_from_slice(&part_up.data[source * rank..][..rank]);
         }
@@ -445,35 +369,19 @@ mod tests {
     use burn::tensor::{Device, Tensor, Tolerance};
 
     /// The reference LoRA (rank 4, alpha 8) in every layout of `tests/fixtures/tiny/lora`.
-    const LAYOUTS: [&str; 4] = [
-        "lora_diffusers",
-        "lora_kohya",
-        "lora_comfy",
-        "lora_comfy_updown",
-    ];
+    const LAYOUTS: [&str; 4] = ["lora_diffusers", "lora_kohya", "lora_comfy", "lora_comfy_updown"];
 
     fn tiny_flux(device: &Device) -> Flux {
-        Flux::load(
-            &FluxConfig::tiny(),
-            &FixtureFile::open("bfl_gguf/transformer_bfl.safetensors"),
-            device,
-        )
-        .unwrap()
+        Flux::load(&FluxConfig::tiny(), &FixtureFile::open("bfl_gguf/transformer_bfl.safetensors"), device).unwrap()
     }
 
     fn read(layout: &str, model: &Flux) -> Result<LoraAdapter> {
-        LoraAdapter::read(
-            FileSource::open(fixture(&format!("lora/{layout}.safetensors"))).unwrap(),
-            model,
-        )
+        LoraAdapter::read(FileSource::open(fixture(&format!("lora/{layout}.safetensors"))).unwrap(), model)
     }
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
     }
 
     /// `up · down`, `[d_out, d_in]`.
@@ -517,12 +425,9 @@ mod tests {
 
     fn denoise_golden_run(flux: &Flux, device: &Device) -> Vec<Tensor<3>> {
         let run = FixtureFile::open("golden/golden_run.safetensors");
-        let text = TextConditioning {
-            t5: run.tensor("t5_prompt_embeds", device),
-            pooled: run.tensor("clip_pooled", device),
-        };
-        let references =
-            References::from_latents(vec![run.tensor("image_latents_unpacked_scaled", device)]);
+        let text =
+            TextConditioning { t5: run.tensor("t5_prompt_embeds", device), pooled: run.tensor("clip_pooled", device) };
+        let references = References::from_latents(vec![run.tensor("image_latents_unpacked_scaled", device)]);
         let mut sampler = sampler(run.tensor("latents_init_packed", device), 4);
         let denoiser = KontextDenoiser::new(flux, text, references, 10, 8, 2.5, sampler.step_sigmas(), device).unwrap();
         (0..4)
@@ -543,11 +448,8 @@ mod tests {
             for (tag, strength) in [("w100", 1.0), ("w050", 0.5)] {
                 flux.set_adapters(&[(&adapter, strength)], &device).unwrap();
                 for (step, latents) in denoise_golden_run(&flux, &device).into_iter().enumerate() {
-                    let expected: Tensor<3> =
-                        golden.tensor(&format!("{tag}_latents_after_step_{step}"), &device);
-                    latents
-                        .into_data()
-                        .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
+                    let expected: Tensor<3> = golden.tensor(&format!("{tag}_latents_after_step_{step}"), &device);
+                    latents.into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
                 }
             }
         }
@@ -581,12 +483,8 @@ mod tests {
         let diffusers = read("lora_diffusers", &flux).unwrap();
         flux.set_adapters(&[(&kohya, 1.0)], &device).unwrap();
         let full = values(step0(&flux, &device));
-        assert!(
-            max_diff(&full, &base) > 1e-2,
-            "the adapter changes the output"
-        );
-        flux.set_adapters(&[(&kohya, 0.5), (&diffusers, 0.5)], &device)
-            .unwrap();
+        assert!(max_diff(&full, &base) > 1e-2, "the adapter changes the output");
+        flux.set_adapters(&[(&kohya, 0.5), (&diffusers, 0.5)], &device).unwrap();
         assert!(max_diff(&values(step0(&flux, &device)), &full) <= 1e-5);
         flux.set_adapters(&[(&kohya, 0.0)], &device).unwrap();
         assert_eq!(values(step0(&flux, &device)), base);
@@ -600,16 +498,13 @@ mod tests {
         let device = cpu();
         let folder = Folder(fixture("FLUX.1-Kontext-dev-tiny").into());
         let file = FileSource::open(fixture("bfl_gguf/transformer_bfl-Q8_0.gguf")).unwrap();
-        let (mut flux, _) =
-            loader::load_transformer(&folder, Some(Box::new(file)), &device).unwrap();
+        let (mut flux, _) = loader::load_transformer(&folder, Some(Box::new(file)), &device).unwrap();
         let golden = FixtureFile::open("lora/golden_lora_gguf_step0.safetensors");
         let comfy = read("lora_comfy", &flux).unwrap();
         for (key, strength) in [("Q8_0_base", 0.0), ("Q8_0_w100", 1.0), ("Q8_0_w050", 0.5)] {
             flux.set_adapters(&[(&comfy, strength)], &device).unwrap();
             let expected: Tensor<3> = golden.tensor(key, &device);
-            step0(&flux, &device)
-                .into_data()
-                .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
+            step0(&flux, &device).into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
         }
     }
 
@@ -621,28 +516,15 @@ mod tests {
             self.0.iter().map(|(n, _)| n.clone()).collect()
         }
         fn shape(&self, name: &str) -> Option<Vec<usize>> {
-            self.0
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t.shape.clone())
+            self.0.iter().find(|(n, _)| n == name).map(|(_, t)| t.shape.clone())
         }
         fn read(&self, name: &str) -> Result<HostTensor> {
-            self.0
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t.clone())
-                .ok_or_else(|| Error::Invalid(name.into()))
+            self.0.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone()).ok_or_else(|| Error::Invalid(name.into()))
         }
     }
 
     fn matrix(rows: usize, cols: usize, seed: f32) -> HostTensor {
-        HostTensor::new(
-            vec![rows, cols],
-            (0..rows * cols)
-                .map(|i| ((i as f32 + seed) * 0.37).sin())
-                .collect(),
-        )
-        .unwrap()
+        HostTensor::new(vec![rows, cols], (0..rows * cols).map(|i| ((i as f32 + seed) * 0.37).sin()).collect()).unwrap()
     }
 
     #[test]
@@ -655,30 +537,18 @@ mod tests {
         let half = hidden * 2;
         swapped.data.rotate_left(half);
         let diffusers = Memory(vec![
-            (
-                "transformer.norm_out.linear.lora_A.weight".into(),
-                down.clone(),
-            ),
+            ("transformer.norm_out.linear.lora_A.weight".into(), down.clone()),
             ("transformer.norm_out.linear.lora_B.weight".into(), up),
         ]);
         let comfy = Memory(vec![
-            (
-                "diffusion_model.final_layer.adaLN_modulation.1.lora_down.weight".into(),
-                down,
-            ),
-            (
-                "diffusion_model.final_layer.adaLN_modulation.1.lora_up.weight".into(),
-                swapped,
-            ),
+            ("diffusion_model.final_layer.adaLN_modulation.1.lora_down.weight".into(), down),
+            ("diffusion_model.final_layer.adaLN_modulation.1.lora_up.weight".into(), swapped),
         ]);
         let metadata = BTreeMap::new();
         let a = LoraAdapter::from_weights(&diffusers, &metadata, "a", &flux).unwrap();
         let b = LoraAdapter::from_weights(&comfy, &metadata, "b", &flux).unwrap();
         assert_eq!(a.layers, b.layers);
-        assert_eq!(
-            a.layers.keys().collect::<Vec<_>>(),
-            ["final_layer.adaLN_modulation.1"]
-        );
+        assert_eq!(a.layers.keys().collect::<Vec<_>>(), ["final_layer.adaLN_modulation.1"]);
     }
 
     #[test]
@@ -687,48 +557,27 @@ mod tests {
         let flux = tiny_flux(&device);
         let hidden = flux.config.hidden_size;
         let tensors = Memory(vec![
-            (
-                "transformer.proj_out.lora_A.weight".into(),
-                matrix(2, hidden, 0.0),
-            ),
-            (
-                "transformer.proj_out.lora_B.weight".into(),
-                matrix(flux.config.in_channels, 2, 1.0),
-            ),
-            (
-                "transformer.x_embedder.lora_A.weight".into(),
-                matrix(2, flux.config.in_channels, 2.0),
-            ),
-            (
-                "transformer.x_embedder.lora_B.weight".into(),
-                matrix(hidden, 2, 3.0),
-            ),
+            ("transformer.proj_out.lora_A.weight".into(), matrix(2, hidden, 0.0)),
+            ("transformer.proj_out.lora_B.weight".into(), matrix(flux.config.in_channels, 2, 1.0)),
+            ("transformer.x_embedder.lora_A.weight".into(), matrix(2, flux.config.in_channels, 2.0)),
+            ("transformer.x_embedder.lora_B.weight".into(), matrix(hidden, 2, 3.0)),
         ]);
-        let metadata =
-            |json: &str| BTreeMap::from([("lora_adapter_metadata".to_string(), json.to_string())]);
+        let metadata = |json: &str| BTreeMap::from([("lora_adapter_metadata".to_string(), json.to_string())]);
         let plain = LoraAdapter::from_weights(&tensors, &BTreeMap::new(), "plain", &flux).unwrap();
         let scaled = LoraAdapter::from_weights(
             &tensors,
-            &metadata(r#"{"transformer.r": 2, "transformer.lora_alpha": 8, "transformer.alpha_pattern": {"proj_out": 1}}"#),
+            &metadata(
+                r#"{"transformer.r": 2, "transformer.lora_alpha": 8, "transformer.alpha_pattern": {"proj_out": 1}}"#,
+            ),
             "scaled",
             &flux,
         )
         .unwrap();
         let ratio = |layer: &str| scaled.layers[layer].up.data[1] / plain.layers[layer].up.data[1];
         assert!((ratio("img_in") - 4.0).abs() < 1e-6, "{}", ratio("img_in"));
-        assert!(
-            (ratio("final_layer.linear") - 0.5).abs() < 1e-6,
-            "{}",
-            ratio("final_layer.linear")
-        );
-        let broken =
-            LoraAdapter::from_weights(&tensors, &metadata("{"), "broken", &flux).unwrap_err();
-        assert!(
-            broken
-                .to_string()
-                .contains("lora_adapter_metadata is not JSON"),
-            "{broken}"
-        );
+        assert!((ratio("final_layer.linear") - 0.5).abs() < 1e-6, "{}", ratio("final_layer.linear"));
+        let broken = LoraAdapter::from_weights(&tensors, &metadata("{"), "broken", &flux).unwrap_err();
+        assert!(broken.to_string().contains("lora_adapter_metadata is not JSON"), "{broken}");
     }
 
     #[test]
@@ -736,50 +585,26 @@ mod tests {
         let device = cpu();
         let flux = tiny_flux(&device);
         let model_file = FileSource::open(fixture("bfl_gguf/transformer_bfl.safetensors")).unwrap();
-        let err = LoraAdapter::read(model_file, &flux)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("no tensor matches a layer of this Flux model"),
-            "{err}"
-        );
-        assert!(
-            err.contains("lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"),
-            "{err}"
-        );
+        let err = LoraAdapter::read(model_file, &flux).unwrap_err().to_string();
+        assert!(err.contains("no tensor matches a layer of this Flux model"), "{err}");
+        assert!(err.contains("lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"), "{err}");
 
         let unet = Memory(vec![
-            (
-                "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight".into(),
-                matrix(2, 8, 0.0),
-            ),
-            (
-                "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight".into(),
-                matrix(8, 2, 0.0),
-            ),
+            ("lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight".into(), matrix(2, 8, 0.0)),
+            ("lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight".into(), matrix(8, 2, 0.0)),
         ]);
-        let err = LoraAdapter::from_weights(&unet, &BTreeMap::new(), "sdxl", &flux)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("found e.g. `lora_unet_down_blocks_0_attentions_0_proj_in`"),
-            "{err}"
-        );
+        let err = LoraAdapter::from_weights(&unet, &BTreeMap::new(), "sdxl", &flux).unwrap_err().to_string();
+        assert!(err.contains("found e.g. `lora_unet_down_blocks_0_attentions_0_proj_in`"), "{err}");
 
         let dora = Memory(vec![
-            (
-                "transformer.proj_out.lora_A.weight".into(),
-                matrix(2, 64, 0.0),
-            ),
-            (
-                "transformer.proj_out.lora_magnitude_vector".into(),
-                matrix(1, 64, 0.0),
-            ),
+            ("transformer.proj_out.lora_A.weight".into(), matrix(2, 64, 0.0)),
+            ("transformer.proj_out.lora_magnitude_vector".into(), matrix(1, 64, 0.0)),
         ]);
-        let err = LoraAdapter::from_weights(&dora, &BTreeMap::new(), "dora", &flux)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("`transformer.proj_out.lora_magnitude_vector` (and 0 more tensors) is not a LoRA factor"), "{err}");
+        let err = LoraAdapter::from_weights(&dora, &BTreeMap::new(), "dora", &flux).unwrap_err().to_string();
+        assert!(
+            err.contains("`transformer.proj_out.lora_magnitude_vector` (and 0 more tensors) is not a LoRA factor"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -791,26 +616,19 @@ mod tests {
         let err = read("lora_kohya", &variant).unwrap_err().to_string();
         assert!(err.starts_with("LoRA "), "{err}");
         assert!(
-            err.contains(
-                "`lora_unet_double_blocks_1_img_attn_proj` (and 7 more modules) matches no layer"
-            ),
+            err.contains("`lora_unet_double_blocks_1_img_attn_proj` (and 7 more modules) matches no layer"),
             "{err}"
         );
 
         let flux = tiny_flux(&device);
         let wide = Memory(vec![
-            (
-                "lora_unet_final_layer_linear.lora_down.weight".into(),
-                matrix(2, 96, 0.0),
-            ),
-            (
-                "lora_unet_final_layer_linear.lora_up.weight".into(),
-                matrix(flux.config.in_channels, 2, 0.0),
-            ),
+            ("lora_unet_final_layer_linear.lora_down.weight".into(), matrix(2, 96, 0.0)),
+            ("lora_unet_final_layer_linear.lora_up.weight".into(), matrix(flux.config.in_channels, 2, 0.0)),
         ]);
-        let err = LoraAdapter::from_weights(&wide, &BTreeMap::new(), "wide", &flux)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("`final_layer.linear` takes down [rank, 64] and up [64, rank]; the file has down [2, 96]"), "{err}");
+        let err = LoraAdapter::from_weights(&wide, &BTreeMap::new(), "wide", &flux).unwrap_err().to_string();
+        assert!(
+            err.contains("`final_layer.linear` takes down [rank, 64] and up [64, rank]; the file has down [2, 96]"),
+            "{err}"
+        );
     }
 }

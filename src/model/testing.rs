@@ -3,9 +3,9 @@
 
 use burn::prelude::*;
 
+use crate::Result;
 use crate::formats::SafetensorsFile;
 use crate::weights::{HostTensor, Weights};
-use crate::Result;
 
 /// The tiny reference fixtures.
 pub const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");

@@ -173,7 +173,10 @@ pub fn diffusers_modules(bfl_module: &str) -> Vec<String> {
         .filter(|rule| rule.bfl.ends_with(".{p}"))
         .find_map(|rule| {
             let captures = capture(rule.bfl, &tensor)?;
-            rule.diffusers.iter().map(|pattern| fill(pattern, &captures).strip_suffix(".weight").map(String::from)).collect()
+            rule.diffusers
+                .iter()
+                .map(|pattern| fill(pattern, &captures).strip_suffix(".weight").map(String::from))
+                .collect()
         })
         .unwrap_or_default()
 }
@@ -335,14 +338,20 @@ mod tests {
         let qkv = bfl_module("single_transformer_blocks.3.proj_mlp").unwrap();
         assert_eq!((qkv.name.as_str(), qkv.part, qkv.parts, qkv.swap_halves), ("single_blocks.3.linear1", 3, 4, false));
         let out = bfl_module("norm_out.linear").unwrap();
-        assert_eq!((out.name.as_str(), out.part, out.parts, out.swap_halves), ("final_layer.adaLN_modulation.1", 0, 1, true));
+        assert_eq!(
+            (out.name.as_str(), out.part, out.parts, out.swap_halves),
+            ("final_layer.adaLN_modulation.1", 0, 1, true)
+        );
         assert_eq!(bfl_module("transformer_blocks.0.attn.norm_q"), None);
         assert_eq!(bfl_module("transformer_blocks.x.attn.to_q"), None);
-        assert_eq!(diffusers_modules("double_blocks.1.txt_attn.qkv"), [
-            "transformer_blocks.1.attn.add_q_proj",
-            "transformer_blocks.1.attn.add_k_proj",
-            "transformer_blocks.1.attn.add_v_proj"
-        ]);
+        assert_eq!(
+            diffusers_modules("double_blocks.1.txt_attn.qkv"),
+            [
+                "transformer_blocks.1.attn.add_q_proj",
+                "transformer_blocks.1.attn.add_k_proj",
+                "transformer_blocks.1.attn.add_v_proj"
+            ]
+        );
         assert_eq!(diffusers_modules("final_layer.linear"), ["proj_out"]);
         assert!(diffusers_modules("double_blocks.1.nothing").is_empty());
     }

@@ -529,10 +529,9 @@ impl Loader<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::model::testing::{FixtureFile, tiny_vae, tiny_vae_config as tiny_config};
     use super::*;
+    use crate::model::testing::{FixtureFile, tiny_vae, tiny_vae_config as tiny_config};
     use burn::tensor::Tolerance;
-
 
     fn internals() -> FixtureFile {
         FixtureFile::open("golden/golden_text_vae_internals.safetensors")

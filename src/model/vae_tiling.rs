@@ -193,7 +193,6 @@ mod tests {
     use crate::model::testing::{tiny_vae, tiny_vae_config as tiny_config};
     use burn::tensor::{Device, Distribution, Tolerance};
 
-
     /// Seeded standard-normal latents `[1, 16, h, w]`, the distribution the sampler ends near.
     fn latents(h: usize, w: usize, device: &Device) -> Tensor<4> {
         let values = crate::pipeline::rng::NoiseRng::new(7).normals(16 * h * w);

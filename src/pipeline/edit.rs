@@ -8,8 +8,8 @@ use super::image as images;
 use super::kontext::{self, KontextDenoiser, References, VAE_SCALE};
 use super::sampler::Sampler;
 use super::size::{self, Resize};
-use crate::loader::KontextModel;
 use crate::device::read_f32;
+use crate::loader::KontextModel;
 use crate::{Error, Result};
 
 /// T5 sequence length, as the reference pipeline (`max_sequence_length` 512).
@@ -76,7 +76,12 @@ pub struct EditResult {
 impl<'m> Edit<'m> {
     /// Encodes the prompt and references, computes every step's modulations and draws the initial noise (or
     /// takes `noise`, packed `[1, n, 64]`). Parts of `model` are released or reloaded per `model.memory`.
-    pub fn prepare(model: &'m mut KontextModel, request: &EditRequest, noise: Option<Tensor<3>>, device: &Device) -> Result<Self> {
+    pub fn prepare(
+        model: &'m mut KontextModel,
+        request: &EditRequest,
+        noise: Option<Tensor<3>>,
+        device: &Device,
+    ) -> Result<Self> {
         Self::prepare_reporting(model, request, noise, device, &mut |_| {})
     }
 
@@ -101,7 +106,12 @@ impl<'m> Edit<'m> {
         report(Phase::EncodingReferences);
         let mut latents = Vec::with_capacity(request.references.len());
         for reference in &request.references {
-            let (w, h) = size::reference_size(reference.width() as usize, reference.height() as usize, request.resize, request.max_area)?;
+            let (w, h) = size::reference_size(
+                reference.width() as usize,
+                reference.height() as usize,
+                request.resize,
+                request.max_area,
+            )?;
             let pixels = images::to_tensor(&images::resize(reference, w, h), device);
             latents.push(kontext::encode_reference(&model.vae, pixels)?);
         }
@@ -116,7 +126,8 @@ impl<'m> Edit<'m> {
         };
         let sampler = kontext::sampler(noise, request.steps);
         model.restore_modulation_weights(device)?;
-        let modulations = model.flux.schedule_modulations(sampler.step_sigmas(), text.pooled.clone(), Some(request.guidance))?;
+        let modulations =
+            model.flux.schedule_modulations(sampler.step_sigmas(), text.pooled.clone(), Some(request.guidance))?;
         if model.memory.release_modulation_weights {
             model.flux.release_modulation_weights();
         }
@@ -199,7 +210,8 @@ mod tests {
             guidance: 2.5,
             seed: 0,
         };
-        let mut edit = Edit::prepare(model, &request, Some(golden.tensor("latents_init_packed", device)), device).unwrap();
+        let mut edit =
+            Edit::prepare(model, &request, Some(golden.tensor("latents_init_packed", device)), device).unwrap();
         while !edit.is_denoised() {
             edit.step().unwrap();
         }
@@ -209,7 +221,8 @@ mod tests {
     #[test]
     fn a_lean_model_frees_and_reloads_its_parts_and_still_matches_the_golden() {
         let device = cpu();
-        let golden: Tensor<3> = FixtureFile::open("golden/golden_run.safetensors").tensor("latents_after_step_3", &device);
+        let golden: Tensor<3> =
+            FixtureFile::open("golden/golden_run.safetensors").tensor("latents_after_step_3", &device);
         let mut model = tiny_model(&device);
         model.memory = MemoryPolicy::LEAN;
         let resident_bytes = model.flux.device_bytes();

@@ -15,9 +15,7 @@ pub fn text_ids(n: usize) -> Vec<Position> {
 
 /// Row-major `(index, row_offset + r, col_offset + c)` over a `rows × cols` token grid.
 pub fn grid_ids(index: f32, rows: usize, cols: usize, row_offset: usize, col_offset: usize) -> Vec<Position> {
-    (0..rows)
-        .flat_map(|r| (0..cols).map(move |c| [index, (row_offset + r) as f32, (col_offset + c) as f32]))
-        .collect()
+    (0..rows).flat_map(|r| (0..cols).map(move |c| [index, (row_offset + r) as f32, (col_offset + c) as f32])).collect()
 }
 
 /// Ids of the noise tokens of a latent of `height × width` latent pixels (tokens are 2×2 patches).

@@ -32,7 +32,9 @@ pub fn decode_within(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
             max_pixels as f64 / (1024.0 * 1024.0)
         )));
     }
-    let mut reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::Invalid(e.to_string()))?;
     let mut limits = Limits::default();
     limits.max_image_width = Some(width);
     limits.max_image_height = Some(height);
@@ -115,7 +117,10 @@ impl Recipe {
     /// The `model` field for a loaded model: its DiT shape (the same text in the app and the CLI).
     pub fn describe_model(model: &crate::loader::KontextModel) -> String {
         let c = &model.flux_config;
-        format!("FLUX.1 Kontext, DiT width {}, {} double + {} single blocks, {} heads", c.hidden_size, c.depth, c.depth_single_blocks, c.num_heads)
+        format!(
+            "FLUX.1 Kontext, DiT width {}, {} double + {} single blocks, {} heads",
+            c.hidden_size, c.depth, c.depth_single_blocks, c.num_heads
+        )
     }
 
     /// The recipe as JSON with every non-ASCII character escaped (`tEXt` is Latin-1 only).

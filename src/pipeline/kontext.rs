@@ -119,7 +119,13 @@ impl Denoiser for KontextDenoiser<'_> {
                 &computed[0]
             }
         };
-        let out = self.flux.forward_modulated(img, self.image_ids.clone(), self.text.t5.clone(), self.text_ids.clone(), modulations)?;
+        let out = self.flux.forward_modulated(
+            img,
+            self.image_ids.clone(),
+            self.text.t5.clone(),
+            self.text_ids.clone(),
+            modulations,
+        )?;
         Ok(out.narrow(1, 0, self.noise_tokens))
     }
 }
@@ -189,14 +195,15 @@ fn decode_latents_within(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::FluxConfig;
     use crate::model::testing::{FixtureFile, fixture};
     use crate::model::vae_config::VaeConfig;
-    use crate::model::FluxConfig;
     use crate::pipeline::image;
     use burn::tensor::Tolerance;
 
     fn networks(device: &Device) -> (Flux, Vae) {
-        let flux = Flux::load(&FluxConfig::tiny(), &FixtureFile::open("bfl_gguf/transformer_bfl.safetensors"), device).unwrap();
+        let flux = Flux::load(&FluxConfig::tiny(), &FixtureFile::open("bfl_gguf/transformer_bfl.safetensors"), device)
+            .unwrap();
         let config = std::fs::read_to_string(fixture("FLUX.1-Kontext-dev-tiny/vae/config.json")).unwrap();
         let vae_weights = FixtureFile::open("FLUX.1-Kontext-dev-tiny/vae/diffusion_pytorch_model.safetensors");
         let vae = Vae::load(&VaeConfig::from_diffusers_json(&config).unwrap(), &vae_weights, device).unwrap();
@@ -209,16 +216,35 @@ mod tests {
     }
 
     fn close<const D: usize>(got: Tensor<D>, golden: &FixtureFile, key: &str, device: &Device) {
-        got.into_data().assert_approx_eq::<f32>(&golden.tensor::<D>(key, device).into_data(), Tolerance::absolute(1e-4));
+        got.into_data()
+            .assert_approx_eq::<f32>(&golden.tensor::<D>(key, device).into_data(), Tolerance::absolute(1e-4));
     }
 
     /// Runs the 4 golden steps (text embeddings taken from the golden) and checks every step and the image.
-    fn check_denoising(golden: &FixtureFile, output_png: &str, references: Vec<Tensor<4>>, flux: &Flux, vae: &Vae, device: &Device) {
-        let text = TextConditioning { t5: golden.tensor("t5_prompt_embeds", device), pooled: golden.tensor("clip_pooled", device) };
+    fn check_denoising(
+        golden: &FixtureFile,
+        output_png: &str,
+        references: Vec<Tensor<4>>,
+        flux: &Flux,
+        vae: &Vae,
+        device: &Device,
+    ) {
+        let text = TextConditioning {
+            t5: golden.tensor("t5_prompt_embeds", device),
+            pooled: golden.tensor("clip_pooled", device),
+        };
         let mut sampler = sampler(golden.tensor("latents_init_packed", device), 4);
-        let denoiser =
-            KontextDenoiser::new(flux, text, References::from_latents(references), 10, 8, 2.5, sampler.step_sigmas(), device)
-                .unwrap();
+        let denoiser = KontextDenoiser::new(
+            flux,
+            text,
+            References::from_latents(references),
+            10,
+            8,
+            2.5,
+            sampler.step_sigmas(),
+            device,
+        )
+        .unwrap();
         for step in 0..4 {
             sampler.step(&denoiser).unwrap();
             close(sampler.latents().clone(), golden, &format!("latents_after_step_{step}"), device);
@@ -265,8 +291,12 @@ mod tests {
             &vae_tiling::decode_tiled(&vae, z.clone(), 16, 4).unwrap().into_data(),
             Tolerance::absolute(1e-6),
         );
-        whole.clone().into_data().assert_approx_eq::<f32>(&vae.decode(z).unwrap().into_data(), Tolerance::absolute(1e-6));
-        let (tiled, whole) = (tiled.into_data().try_into_vec_as::<f32>().unwrap(), whole.into_data().try_into_vec_as::<f32>().unwrap());
+        whole
+            .clone()
+            .into_data()
+            .assert_approx_eq::<f32>(&vae.decode(z).unwrap().into_data(), Tolerance::absolute(1e-6));
+        let (tiled, whole) =
+            (tiled.into_data().try_into_vec_as::<f32>().unwrap(), whole.into_data().try_into_vec_as::<f32>().unwrap());
         let mse = tiled.iter().zip(&whole).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / tiled.len() as f64;
         let psnr = 10.0 * (4.0 / mse).log10();
         println!("decode_latents under 1 MiB: PSNR {psnr:.2} dB against the whole decode");

@@ -2,9 +2,9 @@
 
 pub mod edit;
 pub mod ids;
+pub mod image;
 pub mod kontext;
 pub mod preview;
-pub mod image;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;

@@ -32,7 +32,12 @@ pub struct LatentPreview {
 /// The calibration image: two colour gradients crossed, and discs of saturated colours.
 pub fn calibration_image() -> RgbImage {
     let side = CALIBRATION_SIDE as u32;
-    let discs = [(64.0, 64.0, [230, 30, 30]), (192.0, 64.0, [30, 200, 40]), (64.0, 192.0, [40, 60, 230]), (192.0, 192.0, [240, 230, 40])];
+    let discs = [
+        (64.0, 64.0, [230, 30, 30]),
+        (192.0, 64.0, [30, 200, 40]),
+        (64.0, 192.0, [40, 60, 230]),
+        (192.0, 192.0, [240, 230, 40]),
+    ];
     RgbImage::from_fn(side, side, |x, y| {
         let (fx, fy) = (x as f32, y as f32);
         for (cx, cy, colour) in discs {
@@ -54,7 +59,10 @@ impl LatentPreview {
         let side = CALIBRATION_SIDE / VAE_SCALE;
         let samples = side * side;
         if latents.len() != LATENT_CHANNELS * samples {
-            return Err(Error::Invalid(format!("the VAE gave {} latent values for a {side}² calibration", latents.len())));
+            return Err(Error::Invalid(format!(
+                "the VAE gave {} latent values for a {side}² calibration",
+                latents.len()
+            )));
         }
         // Normal equations AᵀA·w = Aᵀy per colour, A = [z, 1] per latent pixel.
         let mut ata = [[0f64; FEATURES]; FEATURES];
@@ -108,7 +116,8 @@ impl LatentPreview {
             let mut rgb = [0u8; 3];
             for (c, out) in rgb.iter_mut().enumerate() {
                 let w = &self.weights[c];
-                let value = (0..LATENT_CHANNELS).map(|k| w[k] * token[k * 4 + within]).sum::<f32>() + w[LATENT_CHANNELS];
+                let value =
+                    (0..LATENT_CHANNELS).map(|k| w[k] * token[k * 4 + within]).sum::<f32>() + w[LATENT_CHANNELS];
                 *out = (value.clamp(0.0, 1.0) * 255.0).round() as u8;
             }
             Rgb(rgb)
@@ -186,7 +195,8 @@ mod tests {
     fn the_fit_explains_the_calibration_colours_and_renders_packed_latents() {
         let device = cpu();
         let model =
-            KontextModel::load(&Folder(fixture("FLUX.1-Kontext-dev-tiny").into()), Overrides::default(), &device).unwrap();
+            KontextModel::load(&Folder(fixture("FLUX.1-Kontext-dev-tiny").into()), Overrides::default(), &device)
+                .unwrap();
         let preview = pollster::block_on(LatentPreview::fit(&model.vae, &device)).unwrap();
         let image = calibration_image();
         let latents = encode_reference(&model.vae, images::to_tensor(&image, &device)).unwrap();

@@ -88,10 +88,16 @@ mod tests {
         let mut sampler = Sampler::new(x, vec![1.0, 0.5, 0.0]);
         sampler.step(&Straight).unwrap();
         // x + (0.5 − 1)·x/1 = x/2
-        sampler.latents().to_data().assert_approx_eq::<f32>(&TensorData::new(vec![1.0f32, -2.0], [1, 2, 1]), Tolerance::absolute(1e-6));
+        sampler
+            .latents()
+            .to_data()
+            .assert_approx_eq::<f32>(&TensorData::new(vec![1.0f32, -2.0], [1, 2, 1]), Tolerance::absolute(1e-6));
         assert!(!sampler.is_done());
         sampler.step(&Straight).unwrap();
         assert!(sampler.is_done());
-        sampler.into_latents().to_data().assert_approx_eq::<f32>(&TensorData::new(vec![0.0f32, 0.0], [1, 2, 1]), Tolerance::absolute(1e-6));
+        sampler
+            .into_latents()
+            .to_data()
+            .assert_approx_eq::<f32>(&TensorData::new(vec![0.0f32, 0.0], [1, 2, 1]), Tolerance::absolute(1e-6));
     }
 }

@@ -79,12 +79,19 @@ pub fn reference_size(width: usize, height: usize, resize: Resize, max_area: usi
 
 /// The output size: explicit when given (floored to ×16), else the first reference's aspect ratio at
 /// `max_area` (diffusers' `round(sqrt(area·w/h))` rule), else a square of `max_area`.
-pub fn output_size(explicit: Option<(usize, usize)>, first_reference: Option<(usize, usize)>, max_area: usize) -> Result<(usize, usize)> {
+pub fn output_size(
+    explicit: Option<(usize, usize)>,
+    first_reference: Option<(usize, usize)>,
+    max_area: usize,
+) -> Result<(usize, usize)> {
     let (w, h) = match (explicit, first_reference) {
         (Some((w, h)), _) => (floor16(w), floor16(h)),
         (None, Some((rw, rh))) if rw > 0 && rh > 0 => {
             let aspect = rw as f64 / rh as f64;
-            (floor16((max_area as f64 * aspect).sqrt().round() as usize), floor16((max_area as f64 / aspect).sqrt().round() as usize))
+            (
+                floor16((max_area as f64 * aspect).sqrt().round() as usize),
+                floor16((max_area as f64 / aspect).sqrt().round() as usize),
+            )
         }
         _ => {
             let side = floor16((max_area as f64).sqrt() as usize);

@@ -166,7 +166,11 @@ pub const DEMO_ID: &str = "demo";
 pub fn demo_manifest(base: &str, sizes: &[u64], chunk_size: u64) -> Result<Manifest> {
     let paths = crate::loader::DIFFUSERS_FILES;
     if sizes.len() != paths.len() {
-        return Err(Error::Invalid(format!("the demo pack has {} files, {} sizes were given", paths.len(), sizes.len())));
+        return Err(Error::Invalid(format!(
+            "the demo pack has {} files, {} sizes were given",
+            paths.len(),
+            sizes.len()
+        )));
     }
     let files = paths
         .iter()
@@ -185,7 +189,10 @@ mod tests {
         let mut ids = std::collections::HashSet::new();
         for f in CATALOG {
             assert!(ids.insert(f.id), "{} twice", f.id);
-            assert!(f.url.starts_with("https://huggingface.co/") && f.url.ends_with(f.path.rsplit('/').next().unwrap()), "{f:?}");
+            assert!(
+                f.url.starts_with("https://huggingface.co/") && f.url.ends_with(f.path.rsplit('/').next().unwrap()),
+                "{f:?}"
+            );
             assert!(f.size > 0 && !f.licence.is_empty(), "{f:?}");
         }
         for role in [Role::Transformer, Role::T5, Role::Clip, Role::Vae, Role::Tokenizer] {
@@ -208,11 +215,16 @@ mod tests {
     #[test]
     fn the_demo_manifest_lists_the_fixture_pack() {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/");
-        let sizes: Vec<u64> =
-            crate::loader::DIFFUSERS_FILES.iter().map(|p| std::fs::metadata(format!("{root}{p}")).unwrap().len()).collect();
+        let sizes: Vec<u64> = crate::loader::DIFFUSERS_FILES
+            .iter()
+            .map(|p| std::fs::metadata(format!("{root}{p}")).unwrap().len())
+            .collect();
         let m = demo_manifest("http://127.0.0.1/demo-model/", &sizes, 1 << 20).unwrap();
         assert_eq!(m.total_bytes(), sizes.iter().sum::<u64>());
-        assert_eq!(m.file("vae/config.json").unwrap().url.as_deref(), Some("http://127.0.0.1/demo-model/vae/config.json"));
+        assert_eq!(
+            m.file("vae/config.json").unwrap().url.as_deref(),
+            Some("http://127.0.0.1/demo-model/vae/config.json")
+        );
         assert!(demo_manifest("x/", &sizes[1..], 1 << 20).is_err());
     }
 }

@@ -68,7 +68,12 @@ pub const MAX_ATTEMPTS_WITHOUT_PROGRESS: usize = 3;
 /// Downloads every missing chunk of model `id`: first asks each server for its file's true size (catalog sizes
 /// are approximate), then checks the quota and refuses with a `storage full:` error when the missing bytes will
 /// not fit, then fetches file by file.
-pub async fn download_model(store: &Store, id: &str, cancel: &CancelFlag, on_progress: &mut dyn FnMut(&Progress)) -> Result<Outcome> {
+pub async fn download_model(
+    store: &Store,
+    id: &str,
+    cancel: &CancelFlag,
+    on_progress: &mut dyn FnMut(&Progress),
+) -> Result<Outcome> {
     let mut manifest = stored_manifest(store, id).await?;
     let mut changed = false;
     for file in manifest.files.clone() {
@@ -99,7 +104,9 @@ async fn stored_manifest(store: &Store, id: &str) -> Result<Manifest> {
 }
 
 fn file_url<'a>(id: &str, file: &'a StoredFile) -> Result<&'a str> {
-    file.url.as_deref().ok_or_else(|| Error::Invalid(format!("{} of model {id:?} has no URL to download it from", file.path)))
+    file.url
+        .as_deref()
+        .ok_or_else(|| Error::Invalid(format!("{} of model {id:?} has no URL to download it from", file.path)))
 }
 
 /// Downloads the missing chunks of one file, resuming after interruptions (up to
@@ -149,10 +156,13 @@ async fn fetch_run(
     let mut position = match status {
         206 => {
             let range = header(&response, "content-range").unwrap_or_default();
-            let (first, _, total) = parse_content_range(&range)
-                .ok_or_else(|| Error::Invalid(format!("{url}: answered 206 without a readable Content-Range ({range:?})")))?;
+            let (first, _, total) = parse_content_range(&range).ok_or_else(|| {
+                Error::Invalid(format!("{url}: answered 206 without a readable Content-Range ({range:?})"))
+            })?;
             if first != start {
-                return Err(Error::Invalid(format!("{url}: asked for bytes from {start}, the server sent them from {first}")));
+                return Err(Error::Invalid(format!(
+                    "{url}: asked for bytes from {start}, the server sent them from {first}"
+                )));
             }
             if let Some(total) = total.filter(|&t| t != file.size) {
                 let expected = file.size;

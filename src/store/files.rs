@@ -32,7 +32,11 @@ impl StoredFileSource {
     /// The file described by `file`, whose chunks are `chunks` (in order), read with `reader`.
     pub fn new(label: String, file: StoredFile, chunks: Vec<Blob>, reader: FileReaderSync) -> Result<Self> {
         if chunks.len() != file.chunks.len() {
-            return Err(Error::Invalid(format!("{label}: {} chunk handles for {} chunks", chunks.len(), file.chunks.len())));
+            return Err(Error::Invalid(format!(
+                "{label}: {} chunk handles for {} chunks",
+                chunks.len(),
+                file.chunks.len()
+            )));
         }
         Ok(Self { label, file: Rc::new(file), chunks: Rc::new(chunks), reader })
     }
@@ -48,13 +52,17 @@ impl ByteSource for StoredFileSource {
         let mut out = vec![0u8; len];
         let mut at = 0usize;
         for (index, inside, take) in self.file.chunks_for_range(offset, len as u64)? {
-            let piece = self.chunks[index]
-                .slice_with_f64_and_f64(inside as f64, (inside + take) as f64)
-                .map_err(|e| Error::Invalid(format!("{}: slicing chunk {index} failed: {}", self.label, js::describe(e))))?;
-            let buffer = self
-                .reader
-                .read_as_array_buffer(&piece)
-                .map_err(|e| Error::Invalid(format!("{}: reading chunk {index} from browser storage failed: {}", self.label, js::describe(e))))?;
+            let piece =
+                self.chunks[index].slice_with_f64_and_f64(inside as f64, (inside + take) as f64).map_err(|e| {
+                    Error::Invalid(format!("{}: slicing chunk {index} failed: {}", self.label, js::describe(e)))
+                })?;
+            let buffer = self.reader.read_as_array_buffer(&piece).map_err(|e| {
+                Error::Invalid(format!(
+                    "{}: reading chunk {index} from browser storage failed: {}",
+                    self.label,
+                    js::describe(e)
+                ))
+            })?;
             let bytes = Uint8Array::new(&buffer);
             if bytes.length() as u64 != take {
                 return Err(Error::Invalid(format!(
@@ -84,7 +92,8 @@ pub struct StoredModel {
 impl StoredModel {
     /// Opens model `id`: refused unless every chunk is stored, and outside a Web Worker (no `FileReaderSync`).
     pub async fn open(store: &Store, id: &str) -> Result<Self> {
-        let manifest = store.manifest(id).await?.ok_or_else(|| Error::Invalid(format!("the store has no model {id:?}")))?;
+        let manifest =
+            store.manifest(id).await?.ok_or_else(|| Error::Invalid(format!("the store has no model {id:?}")))?;
         if !manifest.is_complete() {
             return Err(Error::Invalid(format!(
                 "model {:?} is not complete: {} of {} stored; download the rest first",

@@ -49,8 +49,10 @@ pub fn safetensors_header_len(first: &[u8], file: &str) -> Result<u64> {
 
 /// Shapes and element counts from a safetensors header's JSON.
 pub fn summarize_safetensors(header: &[u8], file: &str) -> Result<TensorSummary> {
-    let json: Value = serde_json::from_slice(header).map_err(|e| Error::Invalid(format!("{file}: the safetensors header is not JSON ({e})")))?;
-    let entries = json.as_object().ok_or_else(|| Error::Invalid(format!("{file}: the safetensors header is not an object")))?;
+    let json: Value = serde_json::from_slice(header)
+        .map_err(|e| Error::Invalid(format!("{file}: the safetensors header is not JSON ({e})")))?;
+    let entries =
+        json.as_object().ok_or_else(|| Error::Invalid(format!("{file}: the safetensors header is not an object")))?;
     let mut summary = TensorSummary { shapes: Vec::new(), elements: 0, largest: None };
     for (name, entry) in entries.iter().filter(|(name, _)| *name != "__metadata__") {
         let shape: Vec<usize> = entry
@@ -59,7 +61,8 @@ pub fn summarize_safetensors(header: &[u8], file: &str) -> Result<TensorSummary>
             .and_then(|dims| dims.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
             .ok_or_else(|| Error::Invalid(format!("{file}: tensor {name} has no readable shape")))?;
         let count = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
-        let count = count.ok_or_else(|| Error::Invalid(format!("{file}: tensor {name} has an impossible shape {shape:?}")))?;
+        let count =
+            count.ok_or_else(|| Error::Invalid(format!("{file}: tensor {name} has an impossible shape {shape:?}")))?;
         summary.elements = summary.elements.saturating_add(count);
         if summary.largest.as_ref().is_none_or(|(_, most)| count > *most) {
             summary.largest = Some((name.clone(), count));
@@ -263,7 +266,8 @@ mod tests {
     }
 
     fn fixture(path: &str) -> Vec<u8> {
-        std::fs::read(format!("{}/tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        std::fs::read(format!("{}/tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/{path}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
     }
 
     fn facts(path: &str) -> FileFacts {
@@ -281,7 +285,12 @@ mod tests {
         let summary = summarize_safetensors(header, "x.safetensors").unwrap();
         assert_eq!(summary.elements, 17);
         assert_eq!(summary.largest, Some(("a".into(), 12)));
-        assert!(summarize_safetensors(br#"{"a":{"shape":"no"}}"#, "x").unwrap_err().to_string().contains("no readable shape"));
+        assert!(
+            summarize_safetensors(br#"{"a":{"shape":"no"}}"#, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("no readable shape")
+        );
         assert!(safetensors_header_len(&[1, 2], "x").unwrap_err().to_string().contains("too short"));
         assert!(safetensors_header_len(&u64::MAX.to_le_bytes(), "x").is_err());
     }
@@ -315,7 +324,12 @@ mod tests {
         let files = [
             gguf("parts/transformer/flux1-kontext-dev-Q4_0.gguf", Role::Transformer, 6_800_000_000),
             gguf("parts/t5/t5.gguf", Role::T5, 3_390_000_000),
-            FileFacts { path: "tokenizer/vocab.json".into(), role: Some(Role::Tokenizer), size: 961_000, tensors: None },
+            FileFacts {
+                path: "tokenizer/vocab.json".into(),
+                role: Some(Role::Tokenizer),
+                size: 961_000,
+                tensors: None,
+            },
         ];
         let footprint = Footprint::new(&files, None, None).unwrap();
         assert!(footprint.flux_assumed);

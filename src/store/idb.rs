@@ -9,7 +9,10 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use ::idb::{Database, DatabaseEvent, Factory, KeyRange, ObjectStore, ObjectStoreParams, Transaction, TransactionMode, TransactionResult};
+use ::idb::{
+    Database, DatabaseEvent, Factory, KeyRange, ObjectStore, ObjectStoreParams, Transaction, TransactionMode,
+    TransactionResult,
+};
 use js_sys::{Array, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
@@ -188,11 +191,17 @@ fn blob_of(bytes: &Uint8Array) -> Result<Blob> {
 
 async fn read_manifest(manifests: &ObjectStore, id: &str) -> Result<Option<Manifest>> {
     let what = format!("reading the manifest of {id:?}");
-    let value = manifests.get(JsValue::from_str(id)).map_err(|e| storage_error(&what, e))?.await.map_err(|e| storage_error(&what, e))?;
+    let value = manifests
+        .get(JsValue::from_str(id))
+        .map_err(|e| storage_error(&what, e))?
+        .await
+        .map_err(|e| storage_error(&what, e))?;
     match value {
         None => Ok(None),
         Some(value) => {
-            let json = value.as_string().ok_or_else(|| Error::Invalid(format!("the stored manifest of {id:?} is not JSON text")))?;
+            let json = value
+                .as_string()
+                .ok_or_else(|| Error::Invalid(format!("the stored manifest of {id:?} is not JSON text")))?;
             Manifest::from_json(&json).map(Some)
         }
     }
@@ -277,7 +286,8 @@ impl Store {
         let mut db = Database::from(raw.clone());
         db.on_version_change(move |event| {
             raw.close();
-            let new_version = event.dyn_ref::<web_sys::IdbVersionChangeEvent>().and_then(|e| e.new_version()).map(|v| v as u32);
+            let new_version =
+                event.dyn_ref::<web_sys::IdbVersionChangeEvent>().and_then(|e| e.new_version()).map(|v| v as u32);
             notify(StoreEvent::Superseded { new_version });
         });
         let names = db.store_names();
@@ -300,7 +310,8 @@ impl Store {
 
     fn transaction(&self, stores: &[&str], mode: TransactionMode) -> Result<Tx> {
         let tx = self.db.transaction(stores, mode).map_err(|e| storage_error("starting a transaction", e))?;
-        let raw: IdbTransaction = tx.object_store(stores[0]).map_err(|e| storage_error("starting a transaction", e))?.transaction().into();
+        let raw: IdbTransaction =
+            tx.object_store(stores[0]).map_err(|e| storage_error("starting a transaction", e))?.transaction().into();
         Ok(Tx { tx, raw })
     }
 
@@ -329,8 +340,13 @@ impl Store {
         let what = "listing the stored models";
         let tx = self.transaction(&[MANIFESTS], TransactionMode::ReadOnly)?;
         let store = tx.store(MANIFESTS)?;
-        let keys = store.get_all_keys(None, None).map_err(|e| storage_error(what, e))?.await.map_err(|e| storage_error(what, e))?;
-        let values = store.get_all(None, None).map_err(|e| storage_error(what, e))?.await.map_err(|e| storage_error(what, e))?;
+        let keys = store
+            .get_all_keys(None, None)
+            .map_err(|e| storage_error(what, e))?
+            .await
+            .map_err(|e| storage_error(what, e))?;
+        let values =
+            store.get_all(None, None).map_err(|e| storage_error(what, e))?.await.map_err(|e| storage_error(what, e))?;
         let mut listing = Listing::default();
         for (key, value) in keys.into_iter().zip(values) {
             let id = key.as_string().unwrap_or_else(|| format!("{key:?}"));
@@ -340,7 +356,9 @@ impl Store {
                 .and_then(|json| Manifest::from_json(&json));
             match parsed {
                 Ok(manifest) if manifest.id == id => listing.models.push(manifest),
-                Ok(manifest) => listing.broken.push((id, format!("it is stored under another id than its own ({:?})", manifest.id))),
+                Ok(manifest) => {
+                    listing.broken.push((id, format!("it is stored under another id than its own ({:?})", manifest.id)))
+                }
                 Err(e) => listing.broken.push((id, e.to_string())),
             }
         }
@@ -357,8 +375,9 @@ impl Store {
         let tx = self.transaction(&[MANIFESTS, CHUNKS], TransactionMode::ReadWrite)?;
         let written = async {
             let manifests = tx.store(MANIFESTS)?;
-            let mut manifest =
-                read_manifest(&manifests, model).await?.ok_or_else(|| Error::Invalid(format!("the store has no model {model:?}")))?;
+            let mut manifest = read_manifest(&manifests, model)
+                .await?
+                .ok_or_else(|| Error::Invalid(format!("the store has no model {model:?}")))?;
             let hash = manifest.check_hashed_chunk(path, index, bytes.len(), hash)?;
             tx.store(CHUNKS)?
                 .put(&value, Some(&chunk_key(model, path, index)))
@@ -391,16 +410,26 @@ impl Store {
     }
 
     /// Chunk `index` of `path` as stored (no check of state or hash).
-    async fn raw_chunk(&self, chunks: &ObjectStore, model: &str, path: &str, index: usize) -> Result<Option<StoredChunk>> {
+    async fn raw_chunk(
+        &self,
+        chunks: &ObjectStore,
+        model: &str,
+        path: &str,
+        index: usize,
+    ) -> Result<Option<StoredChunk>> {
         let what = format!("reading chunk {index} of {path}");
-        let value =
-            chunks.get(chunk_key(model, path, index)).map_err(|e| storage_error(&what, e))?.await.map_err(|e| storage_error(&what, e))?;
+        let value = chunks
+            .get(chunk_key(model, path, index))
+            .map_err(|e| storage_error(&what, e))?
+            .await
+            .map_err(|e| storage_error(&what, e))?;
         value.map(StoredChunk::of).transpose()
     }
 
     /// The bytes of chunk `index` of `path`; refused when the chunk is not marked stored.
     pub async fn read_chunk(&self, model: &str, path: &str, index: usize) -> Result<Vec<u8>> {
-        let manifest = self.manifest(model).await?.ok_or_else(|| Error::Invalid(format!("the store has no model {model:?}")))?;
+        let manifest =
+            self.manifest(model).await?.ok_or_else(|| Error::Invalid(format!("the store has no model {model:?}")))?;
         let (_, len) = manifest.file(path)?.chunk_span(index)?;
         self.read_range(model, path, index as u64 * manifest.file(path)?.chunk_size, len).await
     }
@@ -432,14 +461,24 @@ impl Store {
     }
 
     /// Chunk `index` of `file`, refused unless marked stored and of the length its place in the file says.
-    async fn checked_chunk(&self, chunks: &ObjectStore, model: &str, file: &StoredFile, index: usize) -> Result<StoredChunk> {
+    async fn checked_chunk(
+        &self,
+        chunks: &ObjectStore,
+        model: &str,
+        file: &StoredFile,
+        index: usize,
+    ) -> Result<StoredChunk> {
         let path = &file.path;
         if file.chunks[index].state != ChunkState::Stored {
-            return Err(Error::Invalid(format!("{path} chunk {index} of model {model:?} is not stored; download it first")));
+            return Err(Error::Invalid(format!(
+                "{path} chunk {index} of model {model:?} is not stored; download it first"
+            )));
         }
         let (_, chunk_len) = file.chunk_span(index)?;
         self.raw_chunk(chunks, model, path, index).await?.filter(|c| c.len() == chunk_len).ok_or_else(|| {
-            Error::Invalid(format!("{path} chunk {index} of model {model:?} is damaged in storage; verify the model to fetch it again"))
+            Error::Invalid(format!(
+                "{path} chunk {index} of model {model:?} is damaged in storage; verify the model to fetch it again"
+            ))
         })
     }
 
@@ -447,8 +486,9 @@ impl Store {
     /// Refused unless every chunk is stored with its length.
     pub async fn chunk_blobs(&self, model: &str, path: &str) -> Result<Vec<Blob>> {
         let tx = self.transaction(&[MANIFESTS, CHUNKS], TransactionMode::ReadOnly)?;
-        let manifest =
-            read_manifest(&tx.store(MANIFESTS)?, model).await?.ok_or_else(|| Error::Invalid(format!("the store has no model {model:?}")))?;
+        let manifest = read_manifest(&tx.store(MANIFESTS)?, model)
+            .await?
+            .ok_or_else(|| Error::Invalid(format!("the store has no model {model:?}")))?;
         let file = manifest.file(path)?;
         let chunks = tx.store(CHUNKS)?;
         let mut blobs = Vec::with_capacity(file.chunks.len());
@@ -463,7 +503,11 @@ impl Store {
         let what = format!("deleting model {id:?}");
         let tx = self.transaction(&[MANIFESTS, CHUNKS], TransactionMode::ReadWrite)?;
         let deleted = async {
-            tx.store(CHUNKS)?.delete(model_range(id)?).map_err(|e| storage_error(&what, e))?.await.map_err(|e| storage_error(&what, e))?;
+            tx.store(CHUNKS)?
+                .delete(model_range(id)?)
+                .map_err(|e| storage_error(&what, e))?
+                .await
+                .map_err(|e| storage_error(&what, e))?;
             tx.store(MANIFESTS)?
                 .delete(JsValue::from_str(id))
                 .map_err(|e| storage_error(&what, e))?
@@ -484,12 +528,15 @@ impl Store {
     /// length or of another SHA-256 missing, and drops their bytes; a download then fetches exactly those.
     /// `progress(done, total)` counts chunks.
     pub async fn verify_model(&self, id: &str, progress: &mut dyn FnMut(usize, usize)) -> Result<Verification> {
-        let manifest = self.manifest(id).await?.ok_or_else(|| Error::Invalid(format!("the store has no model {id:?}")))?;
+        let manifest =
+            self.manifest(id).await?.ok_or_else(|| Error::Invalid(format!("the store has no model {id:?}")))?;
         let stored: Vec<(usize, usize)> = manifest
             .files
             .iter()
             .enumerate()
-            .flat_map(|(f, file)| file.chunks.iter().enumerate().filter(|(_, c)| c.state == ChunkState::Stored).map(move |(i, _)| (f, i)))
+            .flat_map(|(f, file)| {
+                file.chunks.iter().enumerate().filter(|(_, c)| c.state == ChunkState::Stored).map(move |(i, _)| (f, i))
+            })
             .collect();
         let mut bad = Vec::new();
         for (done, &(f, index)) in stored.iter().enumerate() {
@@ -520,8 +567,9 @@ impl Store {
         let tx = self.transaction(&[MANIFESTS, CHUNKS], TransactionMode::ReadWrite)?;
         let dropped = async {
             let manifests = tx.store(MANIFESTS)?;
-            let mut manifest =
-                read_manifest(&manifests, id).await?.ok_or_else(|| Error::Invalid(format!("the store has no model {id:?}")))?;
+            let mut manifest = read_manifest(&manifests, id)
+                .await?
+                .ok_or_else(|| Error::Invalid(format!("the store has no model {id:?}")))?;
             let store = tx.store(CHUNKS)?;
             for (path, index) in chunks {
                 manifest.mark_missing(path, *index)?;
@@ -606,18 +654,21 @@ impl Drop for Store {
 }
 
 fn simulated_exception(name: &str) -> DomException {
-    DomException::new_with_message_and_name("simulated by fail_next_chunk_write", name).expect("DOMException constructor")
+    DomException::new_with_message_and_name("simulated by fail_next_chunk_write", name)
+        .expect("DOMException constructor")
 }
 
 fn storage_manager() -> Result<JsValue> {
-    let navigator = js::get(&js_sys::global(), "navigator").ok_or_else(|| Error::Invalid("no navigator in this scope".into()))?;
+    let navigator =
+        js::get(&js_sys::global(), "navigator").ok_or_else(|| Error::Invalid("no navigator in this scope".into()))?;
     js::get(&navigator, "storage").ok_or_else(|| Error::Invalid("this browser has no navigator.storage".into()))
 }
 
 /// `navigator.storage.estimate()`: bytes used by this site and its quota.
 pub async fn estimate() -> Result<StorageEstimate> {
-    let estimate =
-        js::call_async(&storage_manager()?, "estimate", &[]).await.map_err(|e| Error::Invalid(format!("storage estimate: {e}")))?;
+    let estimate = js::call_async(&storage_manager()?, "estimate", &[])
+        .await
+        .map_err(|e| Error::Invalid(format!("storage estimate: {e}")))?;
     match (js::get_f64(&estimate, "usage"), js::get_f64(&estimate, "quota")) {
         (Some(usage), Some(quota)) => Ok(StorageEstimate { usage, quota }),
         _ => Err(Error::Invalid("storage estimate: the browser reported no usage or quota".into())),
@@ -627,13 +678,16 @@ pub async fn estimate() -> Result<StorageEstimate> {
 /// `navigator.storage.persist()`: asks that the site's storage not be evicted under pressure; the browser's
 /// answer (Chromium grants it to installed or engaged sites, Firefox asks the user).
 pub async fn persist() -> Result<bool> {
-    let answer = js::call_async(&storage_manager()?, "persist", &[]).await.map_err(|e| Error::Invalid(format!("storage persist: {e}")))?;
+    let answer = js::call_async(&storage_manager()?, "persist", &[])
+        .await
+        .map_err(|e| Error::Invalid(format!("storage persist: {e}")))?;
     Ok(answer.as_bool().unwrap_or(false))
 }
 
 /// `navigator.storage.persisted()`: whether storage is already persistent.
 pub async fn persisted() -> Result<bool> {
-    let answer =
-        js::call_async(&storage_manager()?, "persisted", &[]).await.map_err(|e| Error::Invalid(format!("storage persisted: {e}")))?;
+    let answer = js::call_async(&storage_manager()?, "persisted", &[])
+        .await
+        .map_err(|e| Error::Invalid(format!("storage persisted: {e}")))?;
     Ok(answer.as_bool().unwrap_or(false))
 }

@@ -136,7 +136,11 @@ impl StoredFile {
     /// Byte offset and length of chunk `index`.
     pub fn chunk_span(&self, index: usize) -> Result<(u64, u64)> {
         if index >= self.chunks.len() {
-            return Err(Error::Invalid(format!("{} has {} chunks, there is no chunk {index}", self.path, self.chunks.len())));
+            return Err(Error::Invalid(format!(
+                "{} has {} chunks, there is no chunk {index}",
+                self.path,
+                self.chunks.len()
+            )));
         }
         let start = index as u64 * self.chunk_size;
         Ok((start, self.chunk_size.min(self.size - start)))
@@ -232,7 +236,10 @@ impl StoredFile {
                     return Err(Error::Invalid(format!("{} chunk {index}: {hash:?} is not a hex SHA-256", self.path)));
                 }
                 None if chunk.state == ChunkState::Stored => {
-                    return Err(Error::Invalid(format!("{} chunk {index} is marked stored without a SHA-256", self.path)));
+                    return Err(Error::Invalid(format!(
+                        "{} chunk {index} is marked stored without a SHA-256",
+                        self.path
+                    )));
                 }
                 _ => {}
             }
@@ -246,7 +253,9 @@ fn check_sizes(path: &str, size: u64, chunk_size: u64) -> Result<()> {
         return Err(Error::Invalid(format!("{path}: chunk size {chunk_size} is outside 1..={MAX_CHUNK_SIZE} bytes")));
     }
     if size > MAX_FILE_SIZE {
-        return Err(Error::Invalid(format!("{path}: {size} bytes is larger than the {MAX_FILE_SIZE} bytes a file may have")));
+        return Err(Error::Invalid(format!(
+            "{path}: {size} bytes is larger than the {MAX_FILE_SIZE} bytes a file may have"
+        )));
     }
     Ok(())
 }
@@ -293,8 +302,8 @@ impl Manifest {
 
     /// Parses and validates a manifest read back from storage.
     pub fn from_json(json: &str) -> Result<Self> {
-        let manifest: Self =
-            serde_json::from_str(json).map_err(|e| Error::Invalid(format!("a stored model manifest is unreadable: {e}")))?;
+        let manifest: Self = serde_json::from_str(json)
+            .map_err(|e| Error::Invalid(format!("a stored model manifest is unreadable: {e}")))?;
         manifest.validate()?;
         Ok(manifest)
     }
@@ -500,7 +509,8 @@ mod tests {
 
     fn sample() -> Manifest {
         let files = vec![
-            StoredFile::new("transformer/model.safetensors", None, Some("https://example.org/t".into()), 10, 4).unwrap(),
+            StoredFile::new("transformer/model.safetensors", None, Some("https://example.org/t".into()), 10, 4)
+                .unwrap(),
             StoredFile::new("ae.safetensors", Some(Role::Vae), None, 4, 4).unwrap(),
         ];
         Manifest::new("tiny", "Tiny", Source::Demo, files).unwrap()

@@ -7,7 +7,8 @@ use crate::loader::DIFFUSERS_FILES;
 use crate::{Error, Result};
 
 /// The top-level entries of a diffusers-layout folder that the app keeps.
-pub const DIFFUSERS_DIRS: [&str; 7] = ["transformer", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "scheduler"];
+pub const DIFFUSERS_DIRS: [&str; 7] =
+    ["transformer", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "scheduler"];
 
 /// Every role a single file can have, in the order the forms list them.
 pub const ROLES: [Role; 5] = [Role::Transformer, Role::T5, Role::Clip, Role::Vae, Role::Tokenizer];
@@ -49,7 +50,8 @@ pub struct PlannedFile {
 /// (`tokenizer/vocab.json`), other parts under `parts/<role>/` so two parts may share a file name.
 pub fn part_path(role: Role, file_name: &str) -> Result<String> {
     let name = file_name.rsplit('/').next().unwrap_or(file_name);
-    let bad = name.is_empty() || name == "." || name == ".." || name.contains('\\') || name.chars().any(char::is_control);
+    let bad =
+        name.is_empty() || name == "." || name == ".." || name.contains('\\') || name.chars().any(char::is_control);
     if bad {
         return Err(Error::Invalid(format!("{file_name:?} is not a usable file name")));
     }
@@ -98,7 +100,15 @@ fn url_file_name(url: &str) -> &str {
 impl UrlSource {
     /// Trims every field and drops empty ones.
     pub fn normalized(mut self) -> Self {
-        for field in [&mut self.base, &mut self.transformer, &mut self.t5, &mut self.clip, &mut self.vae, &mut self.vocab, &mut self.merges] {
+        for field in [
+            &mut self.base,
+            &mut self.transformer,
+            &mut self.t5,
+            &mut self.clip,
+            &mut self.vae,
+            &mut self.vocab,
+            &mut self.merges,
+        ] {
             *field = field.take().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
         }
         if let Some(base) = &mut self.base
@@ -123,9 +133,12 @@ impl UrlSource {
         if let Some(base) = &self.base {
             check_url("folder", base)?;
         } else {
-            let missing: Vec<&str> = parts.iter().filter(|(_, url, _)| url.is_none()).map(|(_, _, what)| *what).collect();
+            let missing: Vec<&str> =
+                parts.iter().filter(|(_, url, _)| url.is_none()).map(|(_, _, what)| *what).collect();
             if missing.len() == parts.len() {
-                return Err(Error::Invalid("give the URL of a model folder (diffusers layout) or one URL per part".into()));
+                return Err(Error::Invalid(
+                    "give the URL of a model folder (diffusers layout) or one URL per part".into(),
+                ));
             }
             if !missing.is_empty() {
                 return Err(Error::Invalid(format!(
@@ -169,7 +182,13 @@ impl UrlSource {
 }
 
 /// The manifest of planned files whose sizes are known, each fetched from its `origin` URL.
-pub fn url_manifest(id: &str, label: &str, base: Option<String>, files: &[(PlannedFile, u64)], chunk_size: u64) -> Result<Manifest> {
+pub fn url_manifest(
+    id: &str,
+    label: &str,
+    base: Option<String>,
+    files: &[(PlannedFile, u64)],
+    chunk_size: u64,
+) -> Result<Manifest> {
     let stored = files
         .iter()
         .map(|(f, size)| StoredFile::new(&f.path, f.role, Some(f.origin.clone()), *size, chunk_size))
@@ -193,7 +212,11 @@ pub fn guess_role(file_name: &str) -> Option<Role> {
         Some(Role::Clip)
     } else if stem == "ae" || stem.contains("vae") || stem.contains("autoencoder") {
         Some(Role::Vae)
-    } else if stem.contains("flux") || stem.contains("kontext") || stem.contains("transformer") || name.ends_with(".gguf") {
+    } else if stem.contains("flux")
+        || stem.contains("kontext")
+        || stem.contains("transformer")
+        || name.ends_with(".gguf")
+    {
         Some(Role::Transformer)
     } else {
         None
@@ -222,13 +245,21 @@ pub fn folder_files(relative_paths: &[String]) -> Result<Vec<(usize, String)>> {
 }
 
 /// The manifest of local files: `(path, role, size)` each, in the order given.
-pub fn local_manifest(id: &str, label: &str, files: &[(String, Option<Role>, u64)], chunk_size: u64) -> Result<Manifest> {
+pub fn local_manifest(
+    id: &str,
+    label: &str,
+    files: &[(String, Option<Role>, u64)],
+    chunk_size: u64,
+) -> Result<Manifest> {
     let mut roles = std::collections::HashMap::new();
     for (path, role, _) in files {
         if let Some(role) = role.filter(|r| *r != Role::Tokenizer)
             && let Some(other) = roles.insert(role, path)
         {
-            return Err(Error::Invalid(format!("two files were given as the {}: {other} and {path}", role_label(role))));
+            return Err(Error::Invalid(format!(
+                "two files were given as the {}: {other} and {path}",
+                role_label(role)
+            )));
         }
     }
     let stored = files
@@ -292,7 +323,10 @@ mod tests {
 
     #[test]
     fn part_urls_alone_must_cover_every_part() {
-        let err = UrlSource { transformer: Some("https://h/dit.gguf".into()), ..Default::default() }.plan().unwrap_err().to_string();
+        let err = UrlSource { transformer: Some("https://h/dit.gguf".into()), ..Default::default() }
+            .plan()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("missing: T5, CLIP, VAE, CLIP tokenizer vocab.json, CLIP tokenizer merges.txt"), "{err}");
         assert!(UrlSource::default().plan().unwrap_err().to_string().contains("URL of a model folder"));
         let err = UrlSource { base: Some("ftp://h/".into()), ..Default::default() }.plan().unwrap_err().to_string();
@@ -334,12 +368,22 @@ mod tests {
 
     #[test]
     fn a_picked_folder_keeps_the_diffusers_entries() {
-        let picked: Vec<String> = ["tiny/model_index.json", "tiny/transformer/config.json", "tiny/README.md", "tiny/.git/HEAD", "tiny/vae/x.safetensors"]
-            .map(String::from)
-            .into();
+        let picked: Vec<String> = [
+            "tiny/model_index.json",
+            "tiny/transformer/config.json",
+            "tiny/README.md",
+            "tiny/.git/HEAD",
+            "tiny/vae/x.safetensors",
+        ]
+        .map(String::from)
+        .into();
         assert_eq!(
             folder_files(&picked).unwrap(),
-            vec![(0, "model_index.json".into()), (1, "transformer/config.json".into()), (4, "vae/x.safetensors".into())]
+            vec![
+                (0, "model_index.json".into()),
+                (1, "transformer/config.json".into()),
+                (4, "vae/x.safetensors".into())
+            ]
         );
         let err = folder_files(&["photos/a.png".to_string()]).unwrap_err().to_string();
         assert!(err.contains("not a model in the diffusers layout"), "{err}");
@@ -357,7 +401,12 @@ mod tests {
         let mut twice = files.clone();
         twice.push(("parts/transformer/b.gguf".into(), Some(Role::Transformer), 1));
         let err = local_manifest("l", "L", &twice, 4).unwrap_err().to_string();
-        assert!(err.contains("two files were given as the DiT (transformer): parts/transformer/a.gguf and parts/transformer/b.gguf"), "{err}");
+        assert!(
+            err.contains(
+                "two files were given as the DiT (transformer): parts/transformer/a.gguf and parts/transformer/b.gguf"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -37,7 +37,8 @@ pub struct Preset {
 }
 
 /// Fast: few steps at a quarter of the area; Quality: the reference pipeline's 28 steps at 1024².
-pub const PRESETS: [Preset; 2] = [Preset { name: "Fast", steps: 8, side: 512 }, Preset { name: "Quality", steps: 28, side: 1024 }];
+pub const PRESETS: [Preset; 2] =
+    [Preset { name: "Fast", steps: 8, side: 512 }, Preset { name: "Quality", steps: 28, side: 1024 }];
 
 /// Width and height from an image header, without decoding the pixels.
 fn header_size(bytes: &[u8]) -> Option<(usize, usize)> {
@@ -48,7 +49,12 @@ fn header_size(bytes: &[u8]) -> Option<(usize, usize)> {
 
 /// What the worker is asked for: explicit `(width, height)` or none (the first reference's aspect), and the area.
 /// `aspect` indexes [`ASPECTS`], or is [`CUSTOM`] for `custom` (snapped to ×16).
-fn requested_size(aspect: usize, side: usize, custom: (usize, usize), has_reference: bool) -> (Option<(usize, usize)>, usize) {
+fn requested_size(
+    aspect: usize,
+    side: usize,
+    custom: (usize, usize),
+    has_reference: bool,
+) -> (Option<(usize, usize)>, usize) {
     if aspect == CUSTOM {
         let (w, h) = (snap(custom.0), snap(custom.1));
         return (Some((w, h)), w * h);
@@ -171,7 +177,8 @@ pub fn Editor() -> impl IntoView {
     // Images pasted anywhere on the page (a screenshot, an image copied in another app) become references.
     let paste = window_event_listener(leptos::ev::paste, move |ev: web_sys::ClipboardEvent| {
         let files = ev.clipboard_data().and_then(|data| data.files()).map(|list| file_list(&list)).unwrap_or_default();
-        let images: Vec<web_sys::File> = files.into_iter().filter(|f| IMAGE_TYPES.contains(&f.type_().as_str())).collect();
+        let images: Vec<web_sys::File> =
+            files.into_iter().filter(|f| IMAGE_TYPES.contains(&f.type_().as_str())).collect();
         if !images.is_empty() {
             ev.prevent_default();
             add(images);
@@ -187,14 +194,17 @@ pub fn Editor() -> impl IntoView {
     };
 
     let running = move || matches!(state.job.get(), JobState::Running { .. });
-    let can_generate = move || matches!(state.model.get(), ModelState::Loaded(_)) && !running() && !prompt.get().trim().is_empty();
+    let can_generate =
+        move || matches!(state.model.get(), ModelState::Loaded(_)) && !running() && !prompt.get().trim().is_empty();
 
     let pending = StoredValue::new(None::<Pending>);
     let history_revision = RwSignal::new(0u32);
     let history_error = RwSignal::new(None::<String>);
     Effect::new(move |_| match state.job.get() {
         JobState::Done { png, seed, width, height, millis, .. } => {
-            let Some(Pending { mut entry, references }) = pending.try_update_value(Option::take).flatten() else { return };
+            let Some(Pending { mut entry, references }) = pending.try_update_value(Option::take).flatten() else {
+                return;
+            };
             entry.id = js_sys::Date::now() as u64;
             (entry.seed, entry.width, entry.height, entry.seconds) = (seed, width, height, millis / 1000.0);
             entry.model = match state.model.get_untracked() {
@@ -215,15 +225,15 @@ pub fn Editor() -> impl IntoView {
     let generate = move || {
         let id = next_id.get_value();
         next_id.set_value(id + 1);
-        let seed_value = seed.get_untracked().trim().parse::<u64>().unwrap_or_else(|_| crate::pipeline::rng::random_seed());
+        let seed_value =
+            seed.get_untracked().trim().parse::<u64>().unwrap_or_else(|_| crate::pipeline::rng::random_seed());
         seed.set(seed_value.to_string());
-        let (size, max_area) =
-            requested_size(
-                aspect.get_untracked(),
-                area_side.get_untracked(),
-                custom_size.get_untracked(),
-                !references.with_untracked(Vec::is_empty),
-            );
+        let (size, max_area) = requested_size(
+            aspect.get_untracked(),
+            area_side.get_untracked(),
+            custom_size.get_untracked(),
+            !references.with_untracked(Vec::is_empty),
+        );
         first_of_job.set(references.with_untracked(|r| r.first().cloned()));
         let job = EditJob {
             id,
@@ -257,7 +267,14 @@ pub fn Editor() -> impl IntoView {
             references: references.with_untracked(|r| r.iter().map(|r| (r.name.clone(), r.bytes.clone())).collect()),
         }));
         let now = js_sys::Date::now();
-        state.job.set(JobState::Running { id, phase: "starting".into(), done: 0, total: 1, started: now, phase_started: now });
+        state.job.set(JobState::Running {
+            id,
+            phase: "starting".into(),
+            done: 0,
+            total: 1,
+            started: now,
+            phase_started: now,
+        });
         if let Err(e) = send(&ToWorker::Edit(job)) {
             state.job.set(JobState::Failed(e));
         }

@@ -15,9 +15,9 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::{Blob, BlobPropertyBag, MessageEvent};
 
 use super::{AppState, JobState, ModelState, send};
-use crate::web::client::WORKER_STOPPED;
 use crate::embed_api::{EditOptions, LoadSource, allowed_origins, origin_of};
 use crate::protocol::{FromWorker, ToWorker};
+use crate::web::client::WORKER_STOPPED;
 use crate::web::js;
 
 thread_local! {
@@ -109,7 +109,9 @@ fn announce_ready(window: &web_sys::Window) {
         return;
     }
     let allowed = EMBED.with(|e| e.borrow().as_ref().map(|e| e.allowed.clone())).unwrap_or_default();
-    let ancestor = js::get(window.location().as_ref(), "ancestorOrigins").and_then(|list| js::get(&list, "0")).and_then(|o| o.as_string());
+    let ancestor = js::get(window.location().as_ref(), "ancestorOrigins")
+        .and_then(|list| js::get(&list, "0"))
+        .and_then(|o| o.as_string());
     let referrer = window.document().map(|d| d.referrer()).filter(|r| !r.is_empty());
     let known = ancestor.or(referrer).and_then(|url| origin_of(&url));
     let targets = match known {
@@ -195,7 +197,14 @@ impl Embed {
                 }
                 let job = options.to_job(job_id, images, crate::pipeline::rng::random_seed)?;
                 let now = js_sys::Date::now();
-                state.job.set(JobState::Running { id: job_id, phase: "starting".into(), done: 0, total: 1, started: now, phase_started: now });
+                state.job.set(JobState::Running {
+                    id: job_id,
+                    phase: "starting".into(),
+                    done: 0,
+                    total: 1,
+                    started: now,
+                    phase_started: now,
+                });
                 send(&ToWorker::Edit(job))
             }
             .await;
@@ -209,7 +218,12 @@ impl Embed {
     }
 
     fn cancel(&self, reply: &Reply) {
-        let job = self.edits.borrow().iter().find(|(_, r)| r.origin == reply.origin && Object::is(&r.id, &reply.id)).map(|(job, _)| *job);
+        let job = self
+            .edits
+            .borrow()
+            .iter()
+            .find(|(_, r)| r.origin == reply.origin && Object::is(&r.id, &reply.id))
+            .map(|(job, _)| *job);
         match job {
             Some(id) => {
                 if let Err(e) = send(&ToWorker::Cancel { id }) {
@@ -274,7 +288,9 @@ impl Embed {
                     reply.error(message);
                 }
             }
-            FromWorker::Error { job: None, request, message, .. } if request == "worker" || request == WORKER_STOPPED => {
+            FromWorker::Error { job: None, request, message, .. }
+                if request == "worker" || request == WORKER_STOPPED =>
+            {
                 let loads: Vec<Reply> = self.loads.borrow_mut().drain(..).collect();
                 let edits: Vec<(u32, Reply)> = self.edits.borrow_mut().drain(..).collect();
                 for reply in loads.iter().chain(edits.iter().map(|(_, r)| r)) {
@@ -326,7 +342,9 @@ pub fn EmbedView() -> impl IntoView {
         (_, JobState::Running { phase, done, total, .. }) => format!("{phase}: {done}/{total}"),
         (ModelState::Loading { phase, done, total }, _) => format!("{phase}… {done}/{total}"),
         (ModelState::Failed(message), _) => format!("Could not load the model: {message}"),
-        (_, JobState::Done { width, height, seed, millis, .. }) => format!("{width}×{height} · seed {seed} · {:.1} s", millis / 1000.0),
+        (_, JobState::Done { width, height, seed, millis, .. }) => {
+            format!("{width}×{height} · seed {seed} · {:.1} s", millis / 1000.0)
+        }
         (_, JobState::Cancelled) => "Cancelled.".to_string(),
         (_, JobState::Failed(message)) => message,
         (ModelState::Loaded(_), _) => "Ready.".to_string(),

@@ -124,7 +124,11 @@ async fn remove_files(store: &Store, removed: &HistoryEntry, kept: &[HistoryEntr
 
 /// The stored PNG of entry `id`.
 pub async fn png(id: u64) -> Result<Vec<u8>> {
-    Store::open().await?.get_blob(&png_blob(id)).await?.ok_or_else(|| Error::Invalid("this result is no longer stored".into()))
+    Store::open()
+        .await?
+        .get_blob(&png_blob(id))
+        .await?
+        .ok_or_else(|| Error::Invalid("this result is no longer stored".into()))
 }
 
 /// The stored reference files of `entry`, in order.

@@ -122,7 +122,11 @@ pub async fn resend(state: AppState) {
     for entry in state.loras.get_untracked() {
         match store.get_blob(&file_blob(&entry.name)).await {
             Ok(Some(bytes)) => add_lora(state, entry.name, bytes, entry.enabled, entry.strength),
-            _ => set_status(state, &entry.name, LoraStatus::Rejected("its file is no longer in the browser's storage".into())),
+            _ => set_status(
+                state,
+                &entry.name,
+                LoraStatus::Rejected("its file is no longer in the browser's storage".into()),
+            ),
         }
     }
 }

@@ -151,7 +151,9 @@ impl AppState {
                 max_abs_error: check.max_abs_error,
                 millis,
             })),
-            FromWorker::Progress { job: None, phase, done, total } => self.model.set(ModelState::Loading { phase, done, total }),
+            FromWorker::Progress { job: None, phase, done, total } => {
+                self.model.set(ModelState::Loading { phase, done, total })
+            }
             FromWorker::Progress { job: Some(id), phase, done, total } => self.job.update(|job| {
                 if let JobState::Running { id: running, .. } = job
                     && *running == id
@@ -175,8 +177,12 @@ impl AppState {
                     self.preview.set(Some((job, step, url)));
                 }
             }
-            FromWorker::LoraAdded { name, description } => lora_panel::set_status(self, &name, LoraStatus::Ready(description)),
-            FromWorker::LoraRejected { name, message } => lora_panel::set_status(self, &name, LoraStatus::Rejected(message)),
+            FromWorker::LoraAdded { name, description } => {
+                lora_panel::set_status(self, &name, LoraStatus::Ready(description))
+            }
+            FromWorker::LoraRejected { name, message } => {
+                lora_panel::set_status(self, &name, LoraStatus::Rejected(message))
+            }
             FromWorker::LoraRemoved { .. } => {}
             FromWorker::Result { png, seed, width, height, millis, .. } => {
                 let state = match png_object_url(&png) {
@@ -227,7 +233,8 @@ fn png_object_url(png: &[u8]) -> Result<String, String> {
     let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(png));
     let options = web_sys::BlobPropertyBag::new();
     options.set_type("image/png");
-    let blob = web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &options).map_err(crate::web::js::describe)?;
+    let blob =
+        web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &options).map_err(crate::web::js::describe)?;
     web_sys::Url::create_object_url_with_blob(&blob).map_err(crate::web::js::describe)
 }
 

@@ -5,7 +5,9 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 
 use super::model_list::{StoredModels, TransferView};
-use super::model_sources::{CatalogSource, DemoSource, LocalPick, LocalSource, UrlSourceForm, dropped_entries, dropped_files};
+use super::model_sources::{
+    CatalogSource, DemoSource, LocalPick, LocalSource, UrlSourceForm, dropped_entries, dropped_files,
+};
 use super::model_store::{Notice, StoreUi, page_url};
 use super::{AppState, ModelState, send};
 use crate::loader::DIFFUSERS_FILES;
@@ -54,7 +56,11 @@ pub fn ModelPanel() -> impl IntoView {
     let load_demo = move |_| {
         let base = page_url(DEMO_MODEL_BASE);
         let files = DIFFUSERS_FILES.iter().map(|f| f.to_string()).collect();
-        state.model.set(ModelState::Loading { phase: "downloading".into(), done: 0, total: DIFFUSERS_FILES.len() as u64 });
+        state.model.set(ModelState::Loading {
+            phase: "downloading".into(),
+            done: 0,
+            total: DIFFUSERS_FILES.len() as u64,
+        });
         if let Err(e) = send(&ToWorker::LoadModel { base, files, parts: Default::default() }) {
             state.model.set(ModelState::Failed(e));
         }
@@ -69,7 +75,9 @@ pub fn ModelPanel() -> impl IntoView {
         source.set(SourceKind::Local);
         spawn_local(async move {
             match dropped_files(entries).await {
-                Ok(files) if files.is_empty() => ui.notice.set(Some(Notice::Error("nothing usable was dropped: drop files or a folder".into()))),
+                Ok(files) if files.is_empty() => {
+                    ui.notice.set(Some(Notice::Error("nothing usable was dropped: drop files or a folder".into())))
+                }
                 Ok(files) => {
                     if let Err(e) = pick.set(files) {
                         ui.notice.set(Some(Notice::Error(e)));

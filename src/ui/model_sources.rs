@@ -11,10 +11,10 @@ use wasm_bindgen_futures::JsFuture;
 
 use super::model_store::{Notice, StoreUi, add_demo};
 use crate::store::catalog::{self, CATALOG};
-use crate::store::{download, idb};
 use crate::store::footprint::{FileFacts, Footprint};
 use crate::store::manifest::{DEFAULT_CHUNK_SIZE, Role, human_bytes};
 use crate::store::sources::{self, ROLES, UrlSource, role_label};
+use crate::store::{download, idb};
 use crate::web::js;
 
 thread_local! {
@@ -60,14 +60,21 @@ impl LocalPick {
             let picked = kept
                 .into_iter()
                 .enumerate()
-                .map(|(i, (from, path))| (Picked { index: i, name: path, size: files[from].1.size() as u64, role: None }, files[from].1.clone()))
+                .map(|(i, (from, path))| {
+                    (
+                        Picked { index: i, name: path, size: files[from].1.size() as u64, role: None },
+                        files[from].1.clone(),
+                    )
+                })
                 .collect::<Vec<_>>();
             (picked, Some(folder))
         } else {
             let picked = files
                 .into_iter()
                 .enumerate()
-                .map(|(i, (name, file))| (Picked { index: i, role: sources::guess_role(&name), name, size: file.size() as u64 }, file))
+                .map(|(i, (name, file))| {
+                    (Picked { index: i, role: sources::guess_role(&name), name, size: file.size() as u64 }, file)
+                })
                 .collect();
             (picked, None)
         };
@@ -106,12 +113,19 @@ pub fn CatalogSource() -> impl IntoView {
     let fit = move || {
         let m = manifest().ok()?;
         let limits = ui.limits.get()?.ok()?;
-        let facts: Vec<FileFacts> =
-            m.files.iter().map(|f| FileFacts { path: f.path.clone(), role: f.role, size: f.size, tensors: None }).collect();
+        let facts: Vec<FileFacts> = m
+            .files
+            .iter()
+            .map(|f| FileFacts { path: f.path.clone(), role: f.role, size: f.size, tensors: None })
+            .collect();
         let verdict = Footprint::new(&facts, None, None).ok()?.assess(limits);
         Some(match (verdict.refusal, verdict.plan) {
-            (Some(why), _) => format!("This choice cannot be loaded on this device yet: {why}. You can still store it for later."),
-            (None, Some(plan)) => format!("Estimated GPU memory for a 1024×1024 edit: at least {}.", human_bytes(plan.peak_bytes)),
+            (Some(why), _) => {
+                format!("This choice cannot be loaded on this device yet: {why}. You can still store it for later.")
+            }
+            (None, Some(plan)) => {
+                format!("Estimated GPU memory for a 1024×1024 edit: at least {}.", human_bytes(plan.peak_bytes))
+            }
             (None, None) => return None,
         })
     };
@@ -146,15 +160,24 @@ pub fn CatalogSource() -> impl IntoView {
 }
 
 /// Chunk sizes offered for custom URLs (smaller chunks lose less on a cut; 32 MB suits real models).
-const CHUNK_CHOICES: [(u64, &str); 5] =
-    [(DEFAULT_CHUNK_SIZE, "32 MiB (default)"), (64 << 20, "64 MiB"), (4 << 20, "4 MiB"), (1 << 20, "1 MiB"), (256 << 10, "256 KiB")];
+const CHUNK_CHOICES: [(u64, &str); 5] = [
+    (DEFAULT_CHUNK_SIZE, "32 MiB (default)"),
+    (64 << 20, "64 MiB"),
+    (4 << 20, "4 MiB"),
+    (1 << 20, "1 MiB"),
+    (256 << 10, "256 KiB"),
+];
 
 /// A diffusers-layout folder URL and/or one URL per part.
 #[component]
 pub fn UrlSourceForm() -> impl IntoView {
     let ui = expect_context::<StoreUi>();
     let fields: [(RwSignal<String>, &str, &str); 7] = [
-        (RwSignal::new(String::new()), "url-base", "Model folder URL (diffusers layout: model_index.json, transformer/, vae/ …)"),
+        (
+            RwSignal::new(String::new()),
+            "url-base",
+            "Model folder URL (diffusers layout: model_index.json, transformer/, vae/ …)",
+        ),
         (RwSignal::new(String::new()), "url-transformer", "DiT file (GGUF or safetensors)"),
         (RwSignal::new(String::new()), "url-t5", "T5 encoder file"),
         (RwSignal::new(String::new()), "url-clip", "CLIP-L file"),
@@ -271,14 +294,21 @@ pub fn LocalSource() -> impl IntoView {
             }
         }
         let label = folder.clone().unwrap_or_else(|| {
-            picked.iter().find(|p| p.role == Some(Role::Transformer)).map_or_else(|| "local model".into(), |p| p.name.clone())
+            picked
+                .iter()
+                .find(|p| p.role == Some(Role::Transformer))
+                .map_or_else(|| "local model".into(), |p| p.name.clone())
         });
         let id = sources::model_id(&label, js_sys::Date::now() as u64);
         match sources::local_manifest(&id, &label, &files, DEFAULT_CHUNK_SIZE) {
             Ok(manifest) => {
                 let blobs = PICKED.with(|all| {
                     let all = all.borrow();
-                    picked.iter().zip(&files).map(|(p, (path, _, _))| (path.clone(), all[p.index].clone().into())).collect()
+                    picked
+                        .iter()
+                        .zip(&files)
+                        .map(|(p, (path, _, _))| (path.clone(), all[p.index].clone().into()))
+                        .collect()
                 });
                 ui.add(manifest, Some(blobs));
             }
@@ -386,8 +416,9 @@ pub async fn dropped_files(entries: Vec<JsValue>) -> Result<Vec<(String, web_sys
     let mut files = Vec::new();
     while let Some(entry) = stack.pop() {
         if js::get(&entry, "isDirectory").and_then(|v| v.as_bool()).unwrap_or(false) {
-            let reader_fn: js_sys::Function =
-                js::get(&entry, "createReader").and_then(|f| f.dyn_into().ok()).ok_or("folders cannot be read in this browser")?;
+            let reader_fn: js_sys::Function = js::get(&entry, "createReader")
+                .and_then(|f| f.dyn_into().ok())
+                .ok_or("folders cannot be read in this browser")?;
             let reader = reader_fn.call0(&entry).map_err(js::describe)?;
             loop {
                 let batch: js_sys::Array = callback_promise(&reader, "readEntries").await?.unchecked_into();

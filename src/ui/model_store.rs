@@ -37,7 +37,6 @@ thread_local! {
     static DELETED_HERE: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
 }
 
-
 /// What the running transfer does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -148,7 +147,8 @@ impl StoreUi {
     /// Lists the store, reads the estimate and persistence, probes the adapter; lists again whenever the page
     /// becomes visible (the browser may have evicted the store meanwhile), and reports other tabs' upgrades.
     pub fn start(self) {
-        idb::on_event(move |event| match event {
+        idb::on_event(move |event| {
+            match event {
             StoreEvent::Blocked => self.blocked.set(true),
             StoreEvent::Unblocked => self.blocked.set(false),
             StoreEvent::Superseded { new_version: Some(version) } if version > idb::VERSION => self.notice.set(Some(Notice::Error(
@@ -156,6 +156,7 @@ impl StoreUi {
                     .into(),
             ))),
             StoreEvent::Superseded { .. } => {}
+        }
         });
         js::on_visible(move || self.refresh());
         self.refresh();
@@ -234,7 +235,8 @@ impl StoreUi {
 
     fn busy(self) -> bool {
         if self.transfer.get_untracked().is_some() {
-            self.notice.set(Some(Notice::Error("another download is running: pause it or wait for it to finish".into())));
+            self.notice
+                .set(Some(Notice::Error("another download is running: pause it or wait for it to finish".into())));
             return true;
         }
         false
@@ -359,7 +361,10 @@ impl StoreUi {
                 return Ok(Outcome::Cancelled);
             }
             let store = Store::open().await?;
-            let current = store.manifest(&id).await?.ok_or_else(|| Error::Invalid("this model is no longer in the store".into()))?;
+            let current = store
+                .manifest(&id)
+                .await?
+                .ok_or_else(|| Error::Invalid("this model is no longer in the store".into()))?;
             let mut meter = TransferMeter::start(now(), current.stored_bytes());
             self.show_action(action);
             let mut on_progress = |p: &Progress| {
@@ -390,8 +395,12 @@ impl StoreUi {
                 self.delete(id.clone());
                 return;
             }
-            Ok(Outcome::Cancelled) => self.note(&id, Notice::Info("Paused: Resume fetches only the missing chunks.".into())),
-            Err(e) => self.note(&id, Notice::Error(format!("{e}. What was stored is kept: Resume continues from there."))),
+            Ok(Outcome::Cancelled) => {
+                self.note(&id, Notice::Info("Paused: Resume fetches only the missing chunks.".into()))
+            }
+            Err(e) => {
+                self.note(&id, Notice::Error(format!("{e}. What was stored is kept: Resume continues from there.")))
+            }
         }
         self.refresh();
     }
@@ -458,7 +467,10 @@ impl StoreUi {
             return;
         }
         spawn_local(async move {
-            let label = self.models.with_untracked(|m| m.iter().find(|m| m.id == id).map(|m| m.label.clone())).unwrap_or_default();
+            let label = self
+                .models
+                .with_untracked(|m| m.iter().find(|m| m.id == id).map(|m| m.label.clone()))
+                .unwrap_or_default();
             self.transfer.set(Some(Transfer {
                 id: id.clone(),
                 label,
@@ -489,7 +501,9 @@ impl StoreUi {
             .await;
             self.transfer.set(None);
             let notice = match verified {
-                Ok(v) if v.bad.is_empty() => Notice::Info(format!("Verified: all {} chunks match their SHA-256.", v.checked)),
+                Ok(v) if v.bad.is_empty() => {
+                    Notice::Info(format!("Verified: all {} chunks match their SHA-256.", v.checked))
+                }
                 Ok(v) => {
                     let bad: Vec<String> = v.bad.iter().map(|(path, index)| format!("{path} chunk {index}")).collect();
                     Notice::Error(format!(
@@ -539,7 +553,12 @@ impl StoreUi {
             let verdict = footprint.assess(limits);
             let lines = describe(&footprint, &verdict, limits);
             let refused = verdict.refusal.is_some();
-            self.fit.set(Some(Fit::Done { id: id.clone(), lines, warnings: verdict.warnings, refusal: verdict.refusal }));
+            self.fit.set(Some(Fit::Done {
+                id: id.clone(),
+                lines,
+                warnings: verdict.warnings,
+                refusal: verdict.refusal,
+            }));
             if refused {
                 return;
             }
@@ -560,7 +579,9 @@ async fn adapter_limits() -> std::result::Result<DeviceLimits, String> {
             budget: None,
         }),
         probe::WebGpu::Missing => Err("this browser has no WebGPU: no model can be loaded here".into()),
-        probe::WebGpu::NoAdapter(why) => Err(format!("WebGPU gave no GPU adapter ({why}): no model can be loaded here")),
+        probe::WebGpu::NoAdapter(why) => {
+            Err(format!("WebGPU gave no GPU adapter ({why}): no model can be loaded here"))
+        }
     }
 }
 
@@ -616,7 +637,9 @@ async fn footprint_of(store: &Store, id: &str) -> Result<Footprint> {
             match file {
                 Some(file) => {
                     let bytes = store.read_range(id, &file.path, 0, file.size).await?;
-                    String::from_utf8(bytes).map(Some).map_err(|_| Error::Invalid(format!("{} is not UTF-8 text", file.path)))
+                    String::from_utf8(bytes)
+                        .map(Some)
+                        .map_err(|_| Error::Invalid(format!("{} is not UTF-8 text", file.path)))
                 }
                 None => Ok(None),
             }
@@ -651,17 +674,24 @@ async fn copy_blobs(
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Result<Outcome> {
     for (path, blob) in blobs {
-        let manifest = store.manifest(id).await?.ok_or_else(|| Error::Invalid(format!("the store has no model {id:?}")))?;
+        let manifest =
+            store.manifest(id).await?.ok_or_else(|| Error::Invalid(format!("the store has no model {id:?}")))?;
         let file = manifest.file(path)?.clone();
         if blob.size() as u64 != file.size {
-            return Err(Error::Invalid(format!("{path} is {} bytes now, {} when it was added", blob.size(), file.size)));
+            return Err(Error::Invalid(format!(
+                "{path} is {} bytes now, {} when it was added",
+                blob.size(),
+                file.size
+            )));
         }
         for index in file.missing_chunks() {
             if cancel.is_cancelled() {
                 return Ok(Outcome::Cancelled);
             }
             let (start, len) = file.chunk_span(index)?;
-            let piece = blob.slice_with_f64_and_f64(start as f64, (start + len) as f64).map_err(|e| Error::Invalid(js::describe(e)))?;
+            let piece = blob
+                .slice_with_f64_and_f64(start as f64, (start + len) as f64)
+                .map_err(|e| Error::Invalid(js::describe(e)))?;
             let buffer = JsFuture::from(piece.array_buffer())
                 .await
                 .map_err(|e| Error::Invalid(format!("reading {path}: {}", js::describe(e))))?;
@@ -687,7 +717,9 @@ pub fn page_url(relative: &str) -> String {
 
 /// `fetch(url)` as a Blob.
 async fn fetch_blob(url: &str) -> Result<web_sys::Blob> {
-    let response = js::call_async(&js_sys::global(), "fetch", &[url.into()]).await.map_err(|e| Error::Invalid(format!("{url}: {e}")))?;
+    let response = js::call_async(&js_sys::global(), "fetch", &[url.into()])
+        .await
+        .map_err(|e| Error::Invalid(format!("{url}: {e}")))?;
     if !js::get(&response, "ok").and_then(|v| v.as_bool()).unwrap_or(false) {
         let status = js::get_f64(&response, "status").unwrap_or(0.0);
         return Err(Error::Invalid(format!("{url}: the server answered {status}")));

@@ -32,12 +32,15 @@ pub async fn acquire(name: &str, on_wait: impl FnOnce()) -> Result<HeldLock> {
 /// `navigator.locks.request(name, { ifAvailable }, callback)`: `None` when `if_available` and the lock is taken.
 /// The callback's promise, which holds the lock, resolves when the returned [`HeldLock`] is dropped.
 async fn request(name: &str, if_available: bool) -> Result<Option<HeldLock>> {
-    let fail = |what: &str, e: JsValue| Error::Invalid(format!("browser locks: {what}: {}", crate::web::js::describe(e)));
+    let fail =
+        |what: &str, e: JsValue| Error::Invalid(format!("browser locks: {what}: {}", crate::web::js::describe(e)));
     let locks = Reflect::get(&js_sys::global(), &"navigator".into())
         .and_then(|navigator| Reflect::get(&navigator, &"locks".into()))
         .ok()
         .filter(|locks| locks.is_object())
-        .ok_or_else(|| Error::Invalid("this browser has no Web Locks (navigator.locks); use a current browser".into()))?;
+        .ok_or_else(|| {
+            Error::Invalid("this browser has no Web Locks (navigator.locks); use a current browser".into())
+        })?;
     let mut release = None;
     let held = Promise::new(&mut |resolve, _| release = Some(resolve));
     let release = release.expect("a Promise runs its executor at once");

@@ -18,8 +18,8 @@ use super::js;
 use crate::loader::{KontextModel, MemoryFiles, Overrides};
 use crate::model::lora::LoraAdapter;
 use crate::pipeline::edit::{Edit, EditRequest, Phase};
-use crate::pipeline::preview::LatentPreview;
 use crate::pipeline::kontext::VAE_SCALE;
+use crate::pipeline::preview::LatentPreview;
 use crate::pipeline::{image as images, size};
 use crate::protocol::{EditJob, FromWorker, PartUrls, ToWorker};
 use crate::store::files::StoredModel;
@@ -46,24 +46,25 @@ pub fn start() {
         return;
     }
     let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
-    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(|event: MessageEvent| {
-        match serde_wasm_bindgen::from_value::<ToWorker>(event.data()) {
-            Ok(ToWorker::Cancel { id }) => {
-                CANCELLED.with(|c| c.borrow_mut().insert(id));
-            }
-            Ok(request) => {
-                QUEUE.with(|q| q.borrow_mut().push_back(request));
-                if !BUSY.with(|b| b.replace(true)) {
-                    wasm_bindgen_futures::spawn_local(drain_queue());
+    let on_message =
+        Closure::<dyn FnMut(MessageEvent)>::new(|event: MessageEvent| {
+            match serde_wasm_bindgen::from_value::<ToWorker>(event.data()) {
+                Ok(ToWorker::Cancel { id }) => {
+                    CANCELLED.with(|c| c.borrow_mut().insert(id));
                 }
+                Ok(request) => {
+                    QUEUE.with(|q| q.borrow_mut().push_back(request));
+                    if !BUSY.with(|b| b.replace(true)) {
+                        wasm_bindgen_futures::spawn_local(drain_queue());
+                    }
+                }
+                Err(e) => post(&FromWorker::Error {
+                    job: None,
+                    request: "worker".into(),
+                    message: format!("the worker did not understand a message: {e}"),
+                }),
             }
-            Err(e) => post(&FromWorker::Error {
-                job: None,
-                request: "worker".into(),
-                message: format!("the worker did not understand a message: {e}"),
-            }),
-        }
-    });
+        });
     scope.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     on_message.forget();
     post(&FromWorker::Ready);
@@ -127,9 +128,14 @@ pub async fn answer(request: ToWorker) -> FromWorker {
         ToWorker::Edit(job) => {
             let id = job.id;
             match run_edit(job).await {
-                Ok(Some((png, seed, width, height))) => {
-                    FromWorker::Result { id, png: ByteBuf::from(png), seed, width, height, millis: js_sys::Date::now() - started }
-                }
+                Ok(Some((png, seed, width, height))) => FromWorker::Result {
+                    id,
+                    png: ByteBuf::from(png),
+                    seed,
+                    width,
+                    height,
+                    millis: js_sys::Date::now() - started,
+                },
                 Ok(None) => FromWorker::Cancelled { id },
                 Err(e) if e.is_device_failure() => {
                     // A lost or failed GPU device: this worker cannot compute any more; the page replaces it.
@@ -152,12 +158,15 @@ fn progress(job: Option<u32>, phase: &str, done: u64, total: u64) {
 }
 
 async fn fetch_bytes(url: &str) -> Result<Vec<u8>> {
-    let response = js::call_async(&js_sys::global(), "fetch", &[url.into()]).await.map_err(|e| Error::Invalid(format!("{url}: {e}")))?;
+    let response = js::call_async(&js_sys::global(), "fetch", &[url.into()])
+        .await
+        .map_err(|e| Error::Invalid(format!("{url}: {e}")))?;
     let status = js::get_f64(&response, "status").unwrap_or(0.0);
     if !js::get(&response, "ok").and_then(|v| v.as_bool()).unwrap_or(false) {
         return Err(Error::Invalid(format!("{url}: the server answered {status}")));
     }
-    let buffer = js::call_async(&response, "arrayBuffer", &[]).await.map_err(|e| Error::Invalid(format!("{url}: {e}")))?;
+    let buffer =
+        js::call_async(&response, "arrayBuffer", &[]).await.map_err(|e| Error::Invalid(format!("{url}: {e}")))?;
     Ok(js_sys::Uint8Array::new(&buffer).to_vec())
 }
 
@@ -292,7 +301,8 @@ async fn run_edit(job: EditJob) -> Result<Option<(Vec<u8>, u64, usize, usize)>> 
     let mut model = MODEL.with(|m| m.borrow_mut().take()).ok_or_else(|| Error::Invalid("load a model first".into()))?;
     let outcome = async {
         let (device, _) = device::wgpu_async().await?;
-        let active: Vec<(&LoraAdapter, f32)> = adapters.iter().map(|(adapter, strength)| (adapter.as_ref(), *strength)).collect();
+        let active: Vec<(&LoraAdapter, f32)> =
+            adapters.iter().map(|(adapter, strength)| (adapter.as_ref(), *strength)).collect();
         model.flux.set_adapters(&active, &device)?;
         run_edit_on(&mut model, &device, job).await
     }
@@ -302,7 +312,11 @@ async fn run_edit(job: EditJob) -> Result<Option<(Vec<u8>, u64, usize, usize)>> 
 }
 
 /// Runs `job` on `model`; `Ok(None)` when cancelled.
-async fn run_edit_on(model: &mut KontextModel, device: &burn::tensor::Device, job: EditJob) -> Result<Option<(Vec<u8>, u64, usize, usize)>> {
+async fn run_edit_on(
+    model: &mut KontextModel,
+    device: &burn::tensor::Device,
+    job: EditJob,
+) -> Result<Option<(Vec<u8>, u64, usize, usize)>> {
     let references = job.images.iter().map(|bytes| images::decode(bytes)).collect::<Result<Vec<_>>>()?;
     let request = EditRequest {
         prompt: job.prompt.clone(),
@@ -335,7 +349,9 @@ async fn run_edit_on(model: &mut KontextModel, device: &burn::tensor::Device, jo
         let done = edit.progress().0 as u64;
         if let Some(preview) = &preview
             && (done % preview_every == 0 || done == steps)
-            && let Ok(png) = preview.render(&latents, latent_height, latent_width).and_then(|image| images::encode_png_with_text(&image, &[]))
+            && let Ok(png) = preview
+                .render(&latents, latent_height, latent_width)
+                .and_then(|image| images::encode_png_with_text(&image, &[]))
         {
             post(&FromWorker::Preview { job: id, step: done, png: ByteBuf::from(png) });
         }

@@ -130,7 +130,10 @@ impl ModelArgs {
             .iter()
             .map(|(path, weight)| {
                 if !weight.is_finite() {
-                    return Err(Error::Invalid(format!("the LoRA weight of {} is not a finite number", path.display())));
+                    return Err(Error::Invalid(format!(
+                        "the LoRA weight of {} is not a finite number",
+                        path.display()
+                    )));
                 }
                 Ok((LoraAdapter::read(FileSource::open(path)?, flux)?, *weight))
             })
@@ -142,7 +145,8 @@ impl ModelArgs {
             .iter()
             .zip(&adapters)
             .map(|((path, weight), (adapter, _))| {
-                let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+                let name =
+                    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
                 println!("LoRA {name} at {weight}: {} layers, rank {}", adapter.layers.len(), adapter.max_rank());
                 if adapter.ignored_text_encoder_tensors > 0 {
                     println!("  (its {} text-encoder tensors are not applied)", adapter.ignored_text_encoder_tensors);
@@ -162,7 +166,9 @@ impl ModelArgs {
 }
 
 fn open_file(path: &Option<PathBuf>) -> Result<Option<Box<dyn kontext_web::formats::ByteSource>>> {
-    path.as_ref().map(|p| FileSource::open(p).map(|f| Box::new(f) as Box<dyn kontext_web::formats::ByteSource>)).transpose()
+    path.as_ref()
+        .map(|p| FileSource::open(p).map(|f| Box::new(f) as Box<dyn kontext_web::formats::ByteSource>))
+        .transpose()
 }
 
 fn read_image(path: &Path) -> Result<image::RgbImage> {
@@ -173,14 +179,23 @@ fn read_image(path: &Path) -> Result<image::RgbImage> {
 fn tensor_from<const D: usize>(file: &SafetensorsFile, name: &str, label: &Path, device: &Device) -> Result<Tensor<D>> {
     let host = file.read(name).map_err(|e| Error::Invalid(format!("{}: {e}", label.display())))?;
     let shape: [usize; D] = host.shape.clone().try_into().map_err(|_| {
-        Error::Invalid(format!("{}: tensor `{name}` has shape {:?}, expected {D} dimensions", label.display(), host.shape))
+        Error::Invalid(format!(
+            "{}: tensor `{name}` has shape {:?}, expected {D} dimensions",
+            label.display(),
+            host.shape
+        ))
     })?;
     Ok(Tensor::from_data(TensorData::new(host.data, shape), device))
 }
 
 /// Reads `name` as a `D`-rank tensor, accepting the shapes diffusers callers use: a scalar for a `[1]` vector
 /// (timestep, guidance) and a leading batch of 1 on position ids (`[1, n, 3]`, deprecated in diffusers).
-fn lenient_tensor<const D: usize>(file: &SafetensorsFile, name: &str, label: &Path, device: &Device) -> Result<Tensor<D>> {
+fn lenient_tensor<const D: usize>(
+    file: &SafetensorsFile,
+    name: &str,
+    label: &Path,
+    device: &Device,
+) -> Result<Tensor<D>> {
     let host = file.read(name).map_err(|e| Error::Invalid(format!("{}: {e}", label.display())))?;
     let mut shape = host.shape.clone();
     if shape.is_empty() {
@@ -190,7 +205,11 @@ fn lenient_tensor<const D: usize>(file: &SafetensorsFile, name: &str, label: &Pa
         shape.remove(0);
     }
     let dims: [usize; D] = shape.try_into().map_err(|_| {
-        Error::Invalid(format!("{}: tensor `{name}` has shape {:?}, expected {D} dimensions", label.display(), host.shape))
+        Error::Invalid(format!(
+            "{}: tensor `{name}` has shape {:?}, expected {D} dimensions",
+            label.display(),
+            host.shape
+        ))
     })?;
     Ok(Tensor::from_data(TensorData::new(host.data, dims), device))
 }
@@ -201,7 +220,8 @@ fn write_safetensors(path: &Path, tensors: Vec<(&str, Vec<usize>, Vec<f32>)>) ->
     let views = bytes
         .iter()
         .map(|(name, shape, data)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data).map(|view| (name.clone(), view))
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                .map(|view| (name.clone(), view))
         })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::Invalid(e.to_string()))?;
@@ -280,9 +300,16 @@ pub fn edit(args: EditArgs) -> Result<()> {
     if let Some(dump) = &args.dump {
         let latents_shape = result.latents.dims().to_vec();
         let latents = pollster::block_on(read_f32(result.latents))?;
-        write_safetensors(dump, vec![("latents", latents_shape, latents), ("image", vec![1, 3, height, width], result.pixels)])?;
+        write_safetensors(
+            dump,
+            vec![("latents", latents_shape, latents), ("image", vec![1, 3, height, width], result.pixels)],
+        )?;
     }
-    println!("wrote {} ({width}×{height}, seed {seed}) in {:.1} s", args.out.display(), started.elapsed().as_secs_f64());
+    println!(
+        "wrote {} ({width}×{height}, seed {seed}) in {:.1} s",
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -294,7 +321,11 @@ pub fn forward(args: ForwardArgs) -> Result<()> {
         loader::load_transformer(args.model.folder()?.as_ref(), open_file(&args.model.transformer)?, &device)?;
     args.model.apply_loras(&mut flux, &device)?;
     let label = args.inputs.as_path();
-    let guidance = if inputs.contains("guidance") { Some(lenient_tensor::<1>(&inputs, "guidance", label, &device)?) } else { None };
+    let guidance = if inputs.contains("guidance") {
+        Some(lenient_tensor::<1>(&inputs, "guidance", label, &device)?)
+    } else {
+        None
+    };
     let out = flux.forward(
         tensor_from::<3>(&inputs, "hidden_states", label, &device)?,
         lenient_tensor::<2>(&inputs, "img_ids", label, &device)?,

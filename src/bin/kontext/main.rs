@@ -108,7 +108,12 @@ mod cli {
         Ok(())
     }
 
-    fn inspect_loaded(path: &std::path::Path, json: bool, backend: Backend, model: Option<&std::path::Path>) -> Result<()> {
+    fn inspect_loaded(
+        path: &std::path::Path,
+        json: bool,
+        backend: Backend,
+        model: Option<&std::path::Path>,
+    ) -> Result<()> {
         let report = formats::inspect::inspect_path(path)?;
         if !path.is_file() {
             return Err(Error::Invalid(format!("--load needs a transformer file, not {}", path.display())));
