@@ -21,11 +21,12 @@ LIBFUZZER_FLAGS = -rss_limit_mb=4096 -malloc_limit_mb=4096 -timeout=20
 FUZZ_SECONDS ?= 600
 SMOKE_SECONDS ?= 10
 
-.PHONY: help tools web serve dist test test-native test-wasm test-e2e test-fuzz fuzz fmt
+.PHONY: help tools web serve dist check test test-native test-wasm test-e2e test-fuzz fuzz fmt
 
 help:
 	@echo "make serve   install what is missing, build the app, serve it on http://$(HOST):$(PORT)"
-	@echo "make test    every test: native (CPU + wgpu on lavapipe), wasm in headless Chromium, end-to-end"
+	@echo "make check   formatting, clippy (native and wasm32, warnings are errors) and the layering test"
+	@echo "make test    make check, then every test: native (CPU + wgpu on lavapipe), wasm in headless Chromium, end-to-end, fuzz smoke"
 	@echo "make dist    the shipped build (fat LTO, wasm-opt -Oz) in dist/"
 	@echo "make fuzz    every fuzz target for FUZZ_SECONDS (600) each, growing then minimizing tests/fuzz/corpus/"
 
@@ -43,9 +44,16 @@ serve: web
 	@echo "Serving http://$(HOST):$(PORT)/ (Ctrl-C stops)"
 	node www/serve.mjs dist $(HOST) $(PORT)
 
-test: tools test-native test-wasm test-e2e test-fuzz
+test: tools check test-native test-wasm test-e2e test-fuzz
 
-# With WebGPU's default 128 MiB storage binding as the limit, whatever the adapter grants (src/device.rs).
+# fmt, clippy for the host and for the browser, and tests/layering.rs (no import cycles, no import up the layers).
+check: tools
+	cargo fmt --check
+	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --all-targets --target wasm32-unknown-unknown -- -D warnings
+	cargo test --locked --test layering
+
+# With WebGPU's default 128 MiB storage binding as the limit, whatever the adapter grants (src/device/mod.rs).
 test-native:
 	@mkdir -p $(XDG_RUNTIME_DIR)
 	KONTEXT_MAX_BUFFER_BYTES=134217728 cargo test --locked

@@ -4,6 +4,8 @@
 
 use std::process::Command;
 
+use kontext_web::harness::testing::run_kontext;
+
 fn positive(value: &serde_json::Value, key: &str) -> f64 {
     let number = value[key].as_f64().unwrap_or_else(|| panic!("no number `{key}` in {value}"));
     assert!(number > 0.0 && number.is_finite(), "`{key}` is {number} in {value}");
@@ -12,10 +14,7 @@ fn positive(value: &serde_json::Value, key: &str) -> f64 {
 
 #[test]
 fn bench_reports_matmul_attention_and_step_with_positive_numbers() {
-    let output = Command::new(env!("CARGO_BIN_EXE_kontext"))
-        .args(["bench", "--backend", "wgpu", "--tiny", "--json"])
-        .output()
-        .expect("cannot start kontext");
+    let output = run_kontext(env!("CARGO_BIN_EXE_kontext"), &["bench", "--backend", "wgpu", "--tiny", "--json"]);
     assert!(output.status.success(), "kontext bench failed:\n{}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("bench prints JSON");
     assert_eq!(report["backend"], "wgpu");
@@ -27,10 +26,7 @@ fn bench_reports_matmul_attention_and_step_with_positive_numbers() {
     // The model's default is f32; with shader-f16 (lavapipe has it) every row also times the f16 kernel, alone and
     // between casts; without, those figures are null.
     assert_eq!(report["precision"], "f32");
-    let device = Command::new(env!("CARGO_BIN_EXE_kontext"))
-        .args(["device", "--backend", "wgpu", "--json"])
-        .output()
-        .expect("cannot start kontext");
+    let device = run_kontext(env!("CARGO_BIN_EXE_kontext"), &["device", "--backend", "wgpu", "--json"]);
     let device: serde_json::Value = serde_json::from_slice(&device.stdout).expect("device prints JSON");
     let f16 = device["adapter"]["shader_f16"].as_bool().expect("the adapter says whether it has shader-f16");
     for row in matmul {

@@ -1,5 +1,5 @@
 //! The `kontext` binary end to end on the reference fixtures (`tests/fixtures/tiny`, `tests/fixtures/variant_b`;
-//! golden keys in shared/reference/README.md): edits with injected noise, single-file overrides, GGUF
+//! golden keys in tests/fixtures/tiny/golden/golden_meta.json): edits with injected noise, single-file overrides, GGUF
 //! transformers and T5s, text-to-image, the wgpu backend, and one clear error line for bad input.
 #![cfg(not(target_arch = "wasm32"))]
 
@@ -8,7 +8,8 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kontext_web::formats::FileSource;
-use kontext_web::loader::{self, NoFolder};
+use kontext_web::harness::testing::{repo_root, run_kontext};
+use kontext_web::pipeline::loader::{self, NoFolder};
 use safetensors::{Dtype, SafeTensors};
 
 const TINY: &str = "tests/fixtures/tiny";
@@ -18,7 +19,7 @@ const VARIANT_B_MODEL: &str = "tests/fixtures/variant_b/FLUX.1-Kontext-dev-tiny"
 const TINY_PROMPT: &str = "Make the red square blue and add a small yellow sun in the sky";
 
 fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    repo_root()
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -51,7 +52,7 @@ impl Drop for TempDir {
 
 /// Runs `kontext args…` in the repository root (fixture paths are relative to it).
 fn kontext(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kontext")).args(args).current_dir(root()).output().expect("cannot start kontext")
+    run_kontext(env!("CARGO_BIN_EXE_kontext"), args)
 }
 
 fn run_ok(args: &[&str]) -> Output {

@@ -1,30 +1,19 @@
-//! The weight-file readers on the reference fixtures (`tests/fixtures/tiny`, see shared/reference/README.md).
+//! The weight-file readers on the reference fixtures (`tests/fixtures/tiny`, made by tests/fixtures/generator/).
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use half::f16;
-use kontext_web::formats::inspect::{inspect_gguf, inspect_path, inspect_safetensors, tensor_shapes};
-use kontext_web::formats::{
-    ByteSource, FileSource, GgmlType, GgufFile, SafetensorsFile, ShardedSafetensors, infer_flux_config,
-};
+use kontext_web::formats::weights::Weights;
+use kontext_web::formats::{ByteSource, FileSource, GgmlType, GgufFile, SafetensorsFile, ShardedSafetensors};
 use kontext_web::model::FluxConfig;
-use kontext_web::weights::Weights;
+use kontext_web::model::flux::infer::{infer_flux_config, tensor_shapes};
+use kontext_web::model::inspect::{inspect_gguf, inspect_path, inspect_safetensors};
 
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny").join(rel)
-}
-
-fn safetensors(rel: &str) -> SafetensorsFile {
-    SafetensorsFile::open(FileSource::open(fixture(rel)).unwrap()).unwrap()
-}
-
-fn gguf(rel: &str) -> GgufFile {
-    GgufFile::open(FileSource::open(fixture(rel)).unwrap()).unwrap()
-}
+use kontext_web::harness::testing::{fixture_path as fixture, gguf, run_kontext, safetensors};
 
 fn tiny_transformer_json() -> String {
     std::fs::read_to_string(fixture("FLUX.1-Kontext-dev-tiny/transformer/config.json")).unwrap()
@@ -326,7 +315,7 @@ fn damaged_real_files_are_errors_not_panics() {
 
 #[test]
 fn cli_inspect_reports_and_fails_in_one_line() {
-    let run = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_kontext")).args(args).output().unwrap();
+    let run = |args: &[&str]| run_kontext(env!("CARGO_BIN_EXE_kontext"), args);
     let path = fixture("bfl_gguf/t5_encoder-F16.gguf");
     let out = run(&["inspect", path.to_str().unwrap(), "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

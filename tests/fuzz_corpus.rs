@@ -1,15 +1,16 @@
 //! The fuzz targets' smoke run on stable Rust: every input of the committed corpora (`tests/fuzz/corpus/<target>/`,
-//! minimized by `cargo fuzz cmin` after the long runs) goes through the target's function in `src/fuzz.rs`, and
+//! minimized by `cargo fuzz cmin` after the long runs) goes through the target's function in `src/harness/fuzz.rs`, and
 //! so do deterministic mutations of each (bit flips, truncations, spliced boundary integers, repeated ranges).
 //! Each must neither panic nor allocate beyond [`allocation_budget`] of its length (counted by this binary's
 //! allocator). A failing input is written to `tests/fuzz/artifacts/` for `cargo fuzz run <target> <file>`.
 
+#![cfg(not(target_arch = "wasm32"))]
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use kontext_web::fuzz::TARGETS;
+use kontext_web::harness::fuzz::TARGETS;
 
 /// Allocation allowed per input: what a reader may legitimately make of `len` bytes (f32 tensors dequantized
 /// from 4-bit blocks are 7× their bytes, an image's pixels up to 16×) plus a fixed allowance for tables.
@@ -145,7 +146,7 @@ fn every_fuzz_target_survives_its_corpus_and_mutations_of_it() {
     for (target, run) in TARGETS {
         let inputs = corpus(target);
         assert!(!inputs.is_empty(), "the corpus of {target} is empty");
-        let mut rng = Rng(0x6b6f_6e74_6578_74 ^ target.len() as u64);
+        let mut rng = Rng(0x006b_6f6e_7465_7874 ^ target.len() as u64);
         for path in inputs {
             let seed = std::fs::read(&path).unwrap();
             let mut cases = vec![seed.clone()];

@@ -3,11 +3,9 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 use burn::tensor::{Device, Tensor, TensorData, Tolerance};
-use kontext_web::{device, kernels, latent, selfcheck};
-
-fn gpu() -> Device {
-    device::wgpu().expect("a wgpu adapter (lavapipe: apt-get install mesa-vulkan-drivers)").0
-}
+use kontext_web::device::{self, selfcheck};
+use kontext_web::harness::testing::gpu;
+use kontext_web::kernels::{self, latent};
 
 fn ramp(shape: [usize; 4], device: &Device) -> Tensor<4> {
     let n: usize = shape.iter().product();

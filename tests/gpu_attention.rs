@@ -2,19 +2,16 @@
 //! materialised reference twin, and the tiny Flux DiT on wgpu against the golden run.
 #![cfg(not(target_arch = "wasm32"))]
 
-use burn::tensor::{Device, Tensor, TensorData, Tolerance};
+use burn::tensor::{Tensor, TensorData, Tolerance};
+use kontext_web::device::{self, selfcheck};
 use kontext_web::formats::SafetensorsFile;
+use kontext_web::formats::weights::Weights;
+use kontext_web::harness::testing::gpu;
 use kontext_web::kernels::attention::{attention, flash_attention, reference};
 use kontext_web::model::FluxConfig;
 use kontext_web::model::flux::Flux;
-use kontext_web::weights::Weights;
-use kontext_web::{device, selfcheck};
 
 const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
-
-fn gpu() -> Device {
-    device::wgpu().expect("a wgpu adapter (lavapipe: apt-get install mesa-vulkan-drivers)").0
-}
 
 /// Deterministic values in [-amplitude, amplitude].
 fn values(shape: [usize; 4], salt: u32, amplitude: f32) -> TensorData {

@@ -3,34 +3,21 @@
 //! F16/BF16 safetensors weights stay packed in 16 bits and equal the dense CPU model.
 #![cfg(not(target_arch = "wasm32"))]
 
-use std::path::Path;
-
 use burn::tensor::{Device, Tensor, TensorData, Tolerance};
 use half::{bf16, f16};
 use kontext_web::device;
 use kontext_web::formats::safetensors::SafetensorsFile;
+use kontext_web::formats::weights::Weights;
+use kontext_web::harness::testing::{FixtureFile, fixture_path, gpu, tensor};
 use kontext_web::model::FluxConfig;
 use kontext_web::model::flux::Flux;
 use kontext_web::model::t5::{T5Config, T5Encoder};
-use kontext_web::weights::Weights;
 
-const TINY: &str = "tests/fixtures/tiny";
 /// Small enough that the tiny DiT splits its fused and MLP weights and chunks its MLP activations.
 const LIMIT: u64 = 32 << 10;
 
-fn gpu() -> Device {
-    device::wgpu().expect("a wgpu adapter (lavapipe: apt-get install mesa-vulkan-drivers)").0
-}
-
-fn fixture(rel: &str) -> SafetensorsFile {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(TINY).join(rel);
-    SafetensorsFile::open(std::fs::read(path).unwrap()).unwrap()
-}
-
-fn tensor<const D: usize>(file: &SafetensorsFile, key: &str, device: &Device) -> Tensor<D> {
-    let host = file.read(key).unwrap();
-    let shape: [usize; D] = host.shape.clone().try_into().unwrap();
-    Tensor::from_data(TensorData::new(host.data, shape), device)
+fn fixture(relative: &str) -> FixtureFile {
+    FixtureFile::open(relative)
 }
 
 /// Transformer call 0 of the golden run on `device`.
@@ -126,8 +113,7 @@ fn sixteen_bit_safetensors_stay_packed_on_wgpu_and_equal_the_dense_cpu_model() {
 #[test]
 fn t5_with_split_weights_and_a_host_embedding_on_wgpu_matches_the_golden() {
     let gpu = gpu();
-    let config =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(TINY).join("FLUX.1-Kontext-dev-tiny/text_encoder_2/config.json");
+    let config = fixture_path("FLUX.1-Kontext-dev-tiny/text_encoder_2/config.json");
     let json = std::fs::read_to_string(config).unwrap();
     let weights = fixture("FLUX.1-Kontext-dev-tiny/text_encoder_2/model.safetensors");
     let model = device::with_binding_limit(4096, || {
@@ -135,12 +121,7 @@ fn t5_with_split_weights_and_a_host_embedding_on_wgpu_matches_the_golden() {
     });
     assert_eq!(model.block[0].dense_relu_dense.wi_0.parts.len(), 2);
     let run = fixture("golden/golden_run.safetensors");
-    let ids: Vec<u32> = run
-        .raw("t5_input_ids")
-        .unwrap()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-        .collect();
+    let ids: Vec<u32> = run.ids("t5_input_ids").iter::<i64>().map(|id| id as u32).collect();
     let out = model.forward(&ids, &gpu).unwrap();
     out.into_data().assert_approx_eq::<f32>(
         &TensorData::new(run.read("t5_prompt_embeds").unwrap().data, [1, ids.len(), 32]),

@@ -3,23 +3,17 @@
 //! and, where the adapter has `shader-f16` (lavapipe has), with f16 activations.
 #![cfg(not(target_arch = "wasm32"))]
 
-use std::path::Path;
-
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData, Tolerance};
 use half::f16;
+use kontext_web::device::{self, selfcheck};
+use kontext_web::formats::weights::Weights;
 use kontext_web::formats::{GgmlType, GgufFile};
+use kontext_web::harness::testing::{self, gpu};
 use kontext_web::kernels::precision::Precision;
 use kontext_web::kernels::quant_matmul::{PackedLinear, PackedWeight, has_kernel, matmul_at, matmul_f16};
-use kontext_web::weights::Weights;
-use kontext_web::{device, selfcheck};
-
-fn gpu() -> Device {
-    device::wgpu().expect("a wgpu adapter (lavapipe: apt-get install mesa-vulkan-drivers)").0
-}
 
 fn gguf(rel: &str) -> GgufFile {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/bfl_gguf").join(rel);
-    GgufFile::open(std::fs::read(path).unwrap()).unwrap()
+    testing::gguf(&format!("bfl_gguf/{rel}"))
 }
 
 /// A ggml weight as `GgufFile::raw` returns it.

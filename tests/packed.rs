@@ -3,25 +3,19 @@
 //! golden of each GGUF (`bfl_gguf/golden_gguf_step0.safetensors`): within 1e-4 with f32 activations, within 2e-3
 //! with f16 ones (lavapipe has `shader-f16`); on the CPU every layer stays dense.
 
+#![cfg(not(target_arch = "wasm32"))]
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
+use kontext_web::harness::testing::{repo_root as root, run_kontext};
 use safetensors::{Dtype, SafeTensors};
 
 const TINY_MODEL: &str = "tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny";
 const GGUF_DIR: &str = "tests/fixtures/tiny/bfl_gguf";
 const QUANTIZED: [&str; 3] = ["Q8_0", "Q4_0", "Q4_K_S"];
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn run_ok(args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_kontext"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("cannot start kontext");
+    let output = run_kontext(env!("CARGO_BIN_EXE_kontext"), args);
     assert!(output.status.success(), "kontext {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
     output
 }

@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 
-use kontext_web::loader;
+use kontext_web::pipeline::loader;
 use kontext_web::store::catalog::demo_manifest;
 use kontext_web::store::download::{self, CancelFlag, Outcome, parse_content_range};
 use kontext_web::store::files::StoredModel;
@@ -290,18 +290,18 @@ fn content_ranges_are_parsed() {
 /// `(method, range)` of the requests the drop server saw for `id`.
 async fn server_log(id: &str) -> Vec<(String, Option<String>)> {
     let response =
-        kontext_web::web::js::call_async(&js_sys::global(), "fetch", &[format!("{SERVER}/log?id={id}").into()])
+        kontext_web::store::js::call_async(&js_sys::global(), "fetch", &[format!("{SERVER}/log?id={id}").into()])
             .await
             .unwrap_or_else(|e| {
                 panic!("the drop server at {SERVER} does not answer ({e}); start `node tests/e2e/drop-server.mjs`")
             });
-    let json = kontext_web::web::js::call_async(&response, "json", &[]).await.unwrap();
+    let json = kontext_web::store::js::call_async(&response, "json", &[]).await.unwrap();
     js_sys::Array::from(&json)
         .iter()
         .map(|entry| {
             (
-                kontext_web::web::js::get_string(&entry, "method"),
-                kontext_web::web::js::get(&entry, "range").and_then(|r| r.as_string()),
+                kontext_web::store::js::get_string(&entry, "method"),
+                kontext_web::store::js::get(&entry, "range").and_then(|r| r.as_string()),
             )
         })
         .collect()

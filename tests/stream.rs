@@ -7,15 +7,15 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::tensor::{Tensor, TensorData, Tolerance};
-use kontext_web::bench::{bfl_shapes, medium_flux};
 use kontext_web::device;
 use kontext_web::formats::SafetensorsFile;
-use kontext_web::loader::{self, KontextModel};
+use kontext_web::formats::weights::Weights;
+use kontext_web::harness::bench::{bfl_shapes, medium_flux};
+use kontext_web::pipeline::loader::{self, KontextModel};
 use kontext_web::store::catalog::demo_manifest;
 use kontext_web::store::files::StoredModel;
 use kontext_web::store::idb::Store;
 use kontext_web::store::manifest::{DEFAULT_CHUNK_SIZE, Manifest, Role, Source, StoredFile};
-use kontext_web::weights::Weights;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_test::*;
 
@@ -90,7 +90,7 @@ impl SyntheticDit {
         }
         let mut header = serde_json::to_vec(&entries).unwrap();
         // Pad with spaces so that the data, and so every chunk's values, start 4-aligned.
-        while (8 + header.len()) % 4 != 0 {
+        while !(8 + header.len()).is_multiple_of(4) {
             header.push(b' ');
         }
         let mut prefix = (header.len() as u64).to_le_bytes().to_vec();

@@ -3,8 +3,9 @@
 #![cfg(target_arch = "wasm32")]
 
 use burn::tensor::{Tensor, TensorData};
+use kontext_web::device::{self, selfcheck};
+use kontext_web::kernels::{self, latent};
 use kontext_web::web::probe::{self, WebGpu};
-use kontext_web::{device, kernels, latent, selfcheck};
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);

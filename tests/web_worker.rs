@@ -2,7 +2,7 @@
 //! equals the CPU result. Read back only through async APIs.
 #![cfg(target_arch = "wasm32")]
 
-use kontext_web::protocol::{FromWorker, ToWorker};
+use kontext_web::web::protocol::{FromWorker, ToWorker};
 use kontext_web::web::worker;
 use wasm_bindgen_test::*;
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use super::quant::{GgmlType, dequantize};
 use super::source::ByteSource;
-use crate::weights::{HostTensor, RawBlock, Weights};
+use crate::formats::weights::{HostTensor, RawBlock, Weights};
 use crate::{Error, Result};
 
 /// Data alignment when `general.alignment` is absent.

@@ -1,15 +1,14 @@
 //! Readers for the weight files users download: safetensors (single or sharded) and GGUF, with ggml
 //! dequantization. Headers are read without reading data, so a 24 GB file is recognised in milliseconds;
-//! tensors are then read one at a time through [`crate::weights::Weights`].
+//! tensors are then read one at a time through [`weights::Weights`].
 
 pub mod gguf;
-pub mod inspect;
 pub mod quant;
 pub mod safetensors;
 pub mod source;
+pub mod weights;
 
 pub use gguf::{GgufArray, GgufFile, GgufTensorInfo, GgufValue};
-pub use inspect::{Inspection, infer_flux_config};
 pub use quant::{GgmlType, dequantize};
 pub use safetensors::{SafetensorsFile, SafetensorsTensor, ShardedSafetensors};
 pub use source::ByteSource;

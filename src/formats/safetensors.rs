@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::GgmlType;
 use super::source::ByteSource;
-use crate::weights::{HostTensor, RawBlock, Weights};
+use crate::formats::weights::{HostTensor, RawBlock, Weights};
 use crate::{Error, Result};
 
 /// Largest JSON header accepted (safetensors' own limit).

@@ -8,19 +8,20 @@
 //! read-write in a dispatch.
 
 pub mod attention;
+pub mod latent;
 pub mod pack;
 pub mod precision;
 pub mod quant_matmul;
 
-use burn::backend::Cube;
 use burn::backend::wgpu::CubeTensor;
+use burn::backend::{Cube, DispatchDevice};
 use burn::cubecl::ir::{UIntKind, metadata::Info, settings::Dim3};
 use burn::cubecl::prelude::{
     AddressType, Client, CubeCount, CubeKernel, ElemType, ExecutionMode, KernelDefinition, KernelId, KernelMetadata,
     KernelSettings, PrecompiledSource, Scope,
 };
 use burn::cubecl::server::{BufferBinding, Handle, KernelArguments};
-use burn::tensor::{Bytes, DType, Shape, Tensor};
+use burn::tensor::{Bytes, DType, Device, Shape, Tensor};
 
 /// Threads per workgroup in every elementwise kernel of ours (`@workgroup_size(256)`).
 pub const WORKGROUP: u32 = 256;
@@ -55,6 +56,11 @@ impl CubeKernel for WgslKernel {
     fn source(&self) -> Option<PrecompiledSource> {
         Some(PrecompiledSource { source: self.source.to_string(), entrypoint_name: "main".into(), lang: "wgsl" })
     }
+}
+
+/// Whether `device` runs our kernels (wgpu), so that weights may stay packed there.
+pub fn packs_on(device: &Device) -> bool {
+    matches!(device.as_dispatch(), DispatchDevice::Cube(_))
 }
 
 /// A float tensor on burn's wgpu backend, contiguous, ready to bind; `Err` gives back tensors of other backends.
@@ -104,9 +110,15 @@ pub fn launch_1d(client: &Client, kernel: WgslKernel, invocations: usize, buffer
     client.launch(Box::new(kernel), CubeCount::Static(x, y, 1), KernelArguments::new().with_buffers(buffers));
 }
 
-/// Workgroups `(x, y)` covering `invocations` threads with neither dimension over the WebGPU limit.
+/// Workgroups `(x, y)` covering `invocations` threads of [`WORKGROUP`] each, see [`grid`].
 pub fn grid_1d(invocations: usize) -> (u32, u32) {
-    let groups = (invocations as u64).div_ceil(WORKGROUP as u64).max(1);
+    grid(invocations.div_ceil(WORKGROUP as usize))
+}
+
+/// Workgroups `(x, y)`, at least `groups` of them (and at least one), with neither dimension over the WebGPU
+/// limit: kernels number their workgroup `wid.x + wid.y * num_workgroups.x` and return past the end.
+pub fn grid(groups: usize) -> (u32, u32) {
+    let groups = groups.max(1) as u64;
     let x = groups.min(MAX_GROUPS_PER_DIM as u64);
     (x as u32, groups.div_ceil(x) as u32)
 }
@@ -122,6 +134,11 @@ mod tests {
             assert!(x <= MAX_GROUPS_PER_DIM && y <= MAX_GROUPS_PER_DIM, "{n}: {x}×{y}");
             assert!(x as u64 * y as u64 * WORKGROUP as u64 >= n as u64, "{n}: {x}×{y} too small");
             assert!((x as u64 * (y as u64 - 1)) * (WORKGROUP as u64) < n as u64, "{n}: a whole row of groups idles");
+        }
+        for groups in [1usize, 65_535, 65_536, 24 * 137 * 1000] {
+            let (x, y) = grid(groups);
+            assert!(x <= MAX_GROUPS_PER_DIM && y <= MAX_GROUPS_PER_DIM, "{groups}: {x}×{y}");
+            assert!(x as usize * y as usize >= groups, "{groups}: {x}×{y}");
         }
     }
 }

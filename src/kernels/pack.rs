@@ -1,10 +1,10 @@
 //! 2×2 latent packing as WGSL kernels (`shaders/pack_latents.wgsl`, `shaders/unpack_latents.wgsl`), with
-//! [`crate::latent`] as their reference twins and the path used on non-wgpu devices.
+//! [`crate::kernels::latent`] as their reference twins and the path used on non-wgpu devices.
 
 use burn::tensor::Tensor;
 
 use super::{WgslKernel, cube_tensor, launch_1d, params, tensor_from_handle};
-use crate::latent;
+use crate::kernels::latent;
 
 const PACK: WgslKernel = WgslKernel { name: "pack_latents", source: include_str!("../../shaders/pack_latents.wgsl") };
 const UNPACK: WgslKernel =

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use burn::tensor::{DType, Device};
 use serde::{Deserialize, Serialize};
 
-use super::quant_matmul::packs_on;
+use super::packs_on;
 use crate::{Error, Result};
 
 /// Element type of the activations (x and y) of the packed matmuls.

@@ -14,7 +14,6 @@
 //! plain tensor ops; it is the path on devices that are not wgpu.
 
 use burn::backend::Cube;
-use burn::backend::DispatchDevice;
 use burn::backend::wgpu::CubeTensor;
 use burn::cubecl::prelude::CubeCount;
 use burn::cubecl::server::KernelArguments;
@@ -22,7 +21,7 @@ use burn::module::Module;
 use burn::tensor::{Bytes, DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use super::precision::Precision;
-use super::{WgslKernel, cube_tensor, cube_tensor_of, params, tensor_from_handle_of};
+use super::{WgslKernel, cube_tensor, cube_tensor_of, packs_on, params, tensor_from_handle_of};
 use crate::formats::{GgmlType, GgufFile, dequantize};
 use crate::{Error, Result};
 
@@ -113,11 +112,6 @@ pub fn has_kernel(ty: GgmlType) -> bool {
 pub fn keeps_blocks(ty: GgmlType, shape: &[usize], device: &Device) -> bool {
     let fits = matches!(*shape, [n, k] if n <= MAX_PACKED_ROWS && k.is_multiple_of(TILE_K) && k.is_multiple_of(ty.block_size()));
     packs_on(device) && has_kernel(ty) && fits
-}
-
-/// Whether `device` runs our kernels (wgpu), so that weights may stay packed there.
-pub fn packs_on(device: &Device) -> bool {
-    matches!(device.as_dispatch(), DispatchDevice::Cube(_))
 }
 
 /// Where a [`PackedWeight`] keeps its values.

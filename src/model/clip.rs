@@ -7,11 +7,12 @@
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{gelu, sigmoid, softmax};
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::load::HostEmbedding;
-use crate::weights::Weights;
+use crate::formats::weights::Weights;
+use crate::model::layers::HostEmbedding;
+use crate::model::scope::Scope;
 use crate::{Error, Result};
 
 /// Head width of every OpenAI CLIP text tower (ViT-B/L/H/bigG), used when only weights are at hand.
@@ -131,32 +132,19 @@ fn key_prefix(weights: &dyn Weights) -> Result<&'static str> {
         })
 }
 
-/// Reads `name` and checks that it has `shape`.
-fn tensor<const D: usize>(weights: &dyn Weights, name: &str, shape: [usize; D], device: &Device) -> Result<Tensor<D>> {
-    let host = weights.require(name)?;
-    if host.shape != shape {
-        return Err(Error::Invalid(format!("tensor `{name}` has shape {:?}, expected {shape:?}", host.shape)));
-    }
-    Ok(Tensor::from_data(TensorData::new(host.data, shape), device))
-}
-
-/// A Linear from `{prefix}.weight` `[d_out, d_in]` and `{prefix}.bias`.
-fn linear(weights: &dyn Weights, prefix: &str, d_in: usize, d_out: usize, device: &Device) -> Result<Linear> {
-    let weight = tensor(weights, &format!("{prefix}.weight"), [d_out, d_in], device)?.transpose(); // [d_in, d_out]
-    let bias = tensor(weights, &format!("{prefix}.bias"), [d_out], device)?;
+/// A dense Linear from `weight` `[d_out, d_in]` and `bias`.
+fn linear(vb: Scope, d_in: usize, d_out: usize) -> Result<Linear> {
+    let weight = vb.tensor("weight", [d_out, d_in])?.transpose(); // [d_in, d_out]
+    let bias = vb.tensor("bias", [d_out])?;
     Ok(Linear { weight: Param::from_tensor(weight), bias: Some(Param::from_tensor(bias)) })
 }
 
-fn layer_norm(weights: &dyn Weights, prefix: &str, cfg: &ClipTextConfig, device: &Device) -> Result<LayerNorm> {
+fn layer_norm(vb: Scope, cfg: &ClipTextConfig) -> Result<LayerNorm> {
     let d = cfg.hidden_size;
-    let mut norm = LayerNormConfig::new(d).with_epsilon(cfg.layer_norm_eps).init(device);
-    norm.gamma = Param::from_tensor(tensor(weights, &format!("{prefix}.weight"), [d], device)?);
-    norm.beta = Some(Param::from_tensor(tensor(weights, &format!("{prefix}.bias"), [d], device)?));
+    let mut norm = LayerNormConfig::new(d).with_epsilon(cfg.layer_norm_eps).init(vb.device());
+    norm.gamma = Param::from_tensor(vb.tensor("weight", [d])?);
+    norm.beta = Some(Param::from_tensor(vb.tensor("bias", [d])?));
     Ok(norm)
-}
-
-fn embedding(weights: &dyn Weights, name: &str, shape: [usize; 2], device: &Device) -> Result<Embedding> {
-    Ok(Embedding { weight: Param::from_tensor(tensor(weights, name, shape, device)?) })
 }
 
 /// Token and position embeddings (`embeddings.*`).
@@ -271,43 +259,48 @@ impl ClipTextTransformer {
                 cfg.hidden_size, cfg.num_attention_heads
             )));
         }
-        let p = key_prefix(weights)?;
+        let root = Scope::new(weights, device);
+        let vb = match key_prefix(weights)? {
+            "" => root,
+            prefix => root.pp(prefix.trim_end_matches('.')),
+        };
         let (d, ff) = (cfg.hidden_size, cfg.intermediate_size);
+        let embeddings = vb.pp("embeddings");
         let embeddings = ClipEmbeddings {
             token_embedding: HostEmbedding::load(
                 weights,
-                &format!("{p}embeddings.token_embedding.weight"),
+                &embeddings.pp("token_embedding").key("weight"),
                 [cfg.vocab_size, d],
             )?,
-            position_embedding: embedding(
-                weights,
-                &format!("{p}embeddings.position_embedding.weight"),
-                [cfg.max_position_embeddings, d],
-                device,
-            )?,
+            position_embedding: Embedding {
+                weight: Param::from_tensor(
+                    embeddings.pp("position_embedding").tensor("weight", [cfg.max_position_embeddings, d])?,
+                ),
+            },
         };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
-                let l = format!("{p}encoder.layers.{i}");
+                let layer = vb.pp("encoder.layers").pp(i);
+                let attention = layer.pp("self_attn");
                 Ok(ClipEncoderLayer {
                     self_attn: ClipAttention {
-                        q_proj: linear(weights, &format!("{l}.self_attn.q_proj"), d, d, device)?,
-                        k_proj: linear(weights, &format!("{l}.self_attn.k_proj"), d, d, device)?,
-                        v_proj: linear(weights, &format!("{l}.self_attn.v_proj"), d, d, device)?,
-                        out_proj: linear(weights, &format!("{l}.self_attn.out_proj"), d, d, device)?,
+                        q_proj: linear(attention.pp("q_proj"), d, d)?,
+                        k_proj: linear(attention.pp("k_proj"), d, d)?,
+                        v_proj: linear(attention.pp("v_proj"), d, d)?,
+                        out_proj: linear(attention.pp("out_proj"), d, d)?,
                         num_heads: cfg.num_attention_heads,
                     },
-                    layer_norm1: layer_norm(weights, &format!("{l}.layer_norm1"), cfg, device)?,
+                    layer_norm1: layer_norm(layer.pp("layer_norm1"), cfg)?,
                     mlp: ClipMlp {
-                        fc1: linear(weights, &format!("{l}.mlp.fc1"), d, ff, device)?,
-                        fc2: linear(weights, &format!("{l}.mlp.fc2"), ff, d, device)?,
+                        fc1: linear(layer.pp("mlp.fc1"), d, ff)?,
+                        fc2: linear(layer.pp("mlp.fc2"), ff, d)?,
                         quick_gelu: cfg.hidden_act == ClipActivation::QuickGelu,
                     },
-                    layer_norm2: layer_norm(weights, &format!("{l}.layer_norm2"), cfg, device)?,
+                    layer_norm2: layer_norm(layer.pp("layer_norm2"), cfg)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let final_layer_norm = layer_norm(weights, &format!("{p}final_layer_norm"), cfg, device)?;
+        let final_layer_norm = layer_norm(vb.pp("final_layer_norm"), cfg)?;
         Ok(Self { embeddings, encoder: ClipEncoder { layers }, final_layer_norm })
     }
 
@@ -349,7 +342,7 @@ fn pooled_position(ids: &[u32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::testing::{FixtureFile, TINY, golden, golden_ids};
+    use crate::harness::testing::{FixtureFile, TINY, golden, golden_ids};
     use burn::tensor::Tolerance;
 
     fn tiny_config() -> ClipTextConfig {

@@ -1,19 +1,12 @@
-//! The networks of the Kontext pipeline, backend-agnostic burn modules.
+//! The networks of the Kontext pipeline, backend-agnostic burn modules, with their configurations and the
+//! layers they share.
 
 pub mod clip;
-pub mod config;
-pub mod embeddings;
 pub mod flux;
-pub mod load;
-pub mod lora;
-pub mod rope;
+pub mod inspect;
+pub mod layers;
+pub mod scope;
 pub mod t5;
-#[cfg(test)]
-pub(crate) mod testing;
-pub mod transformer_remap;
 pub mod vae;
-pub mod vae_config;
-pub mod vae_remap;
-pub mod vae_tiling;
 
-pub use config::FluxConfig;
+pub use flux::config::FluxConfig;

@@ -12,9 +12,10 @@ use burn::tensor::module::embedding;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::load::{self, HostEmbedding, Projection};
+use crate::model::layers::{HostEmbedding, Projection};
+use crate::model::scope::Scope;
 
-use crate::weights::{HostTensor, RawBlock, Weights};
+use crate::formats::weights::{HostTensor, RawBlock, Weights};
 use crate::{Error, Result};
 
 /// Hyper-parameters of a T5 encoder, with transformers' `T5Config` names.
@@ -175,23 +176,8 @@ fn relative_bias_name() -> String {
     "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight".into()
 }
 
-/// Reads `name` and checks that it has `shape`.
-fn tensor<const D: usize>(weights: &dyn Weights, name: &str, shape: [usize; D], device: &Device) -> Result<Tensor<D>> {
-    let host = weights.require(name)?;
-    if host.shape != shape {
-        return Err(Error::Invalid(format!("tensor `{name}` has shape {:?}, expected {shape:?}", host.shape)));
-    }
-    Ok(Tensor::from_data(TensorData::new(host.data, shape), device))
-}
-
-/// A bias-free linear layer from `name` `[d_out, d_in]` (`….weight`), packed and split as [`load::linear`] does.
-fn linear(weights: &dyn Weights, name: &str, d_in: usize, d_out: usize, device: &Device) -> Result<Projection> {
-    let prefix = name.strip_suffix(".weight").unwrap_or(name);
-    load::linear(weights, prefix, d_in, d_out, false, device)
-}
-
-fn rms_norm(weights: &dyn Weights, name: &str, cfg: &T5Config, device: &Device) -> Result<RmsNorm> {
-    let gamma = tensor(weights, name, [cfg.d_model], device)?;
+fn rms_norm(vb: &Scope, cfg: &T5Config) -> Result<RmsNorm> {
+    let gamma = vb.tensor("weight", [cfg.d_model])?;
     Ok(RmsNorm { gamma: Param::from_tensor(gamma), epsilon: cfg.layer_norm_epsilon })
 }
 
@@ -309,33 +295,36 @@ impl T5Encoder {
                 cfg.relative_attention_num_buckets
             )));
         }
-        let (d, inner, ff) = (cfg.d_model, cfg.inner_dim(), cfg.d_ff);
+        let (d, inner, ff_width) = (cfg.d_model, cfg.inner_dim(), cfg.d_ff);
+        let vb = Scope::new(weights, device);
         let shared = HostEmbedding::load(weights, embedding_name(weights)?, [cfg.vocab_size, d])?;
         let bias_shape = [cfg.relative_attention_num_buckets, cfg.num_heads];
         let relative_attention_bias =
-            Embedding { weight: Param::from_tensor(tensor(weights, &relative_bias_name(), bias_shape, device)?) };
+            Embedding { weight: Param::from_tensor(vb.tensor(&relative_bias_name(), bias_shape)?) };
         let block = (0..cfg.num_layers)
             .map(|i| {
-                let b = format!("encoder.block.{i}.layer");
+                let layer = vb.pp("encoder.block").pp(i).pp("layer");
+                let (attention, ff) = (layer.pp(0), layer.pp(1));
+                let linear = |vb: Scope, d_in, d_out| vb.linear(d_in, d_out, false);
                 Ok(T5Block {
-                    attention_norm: rms_norm(weights, &format!("{b}.0.layer_norm.weight"), cfg, device)?,
+                    attention_norm: rms_norm(&attention.pp("layer_norm"), cfg)?,
                     self_attention: T5Attention {
-                        q: linear(weights, &format!("{b}.0.SelfAttention.q.weight"), d, inner, device)?,
-                        k: linear(weights, &format!("{b}.0.SelfAttention.k.weight"), d, inner, device)?,
-                        v: linear(weights, &format!("{b}.0.SelfAttention.v.weight"), d, inner, device)?,
-                        o: linear(weights, &format!("{b}.0.SelfAttention.o.weight"), inner, d, device)?,
+                        q: linear(attention.pp("SelfAttention.q"), d, inner)?,
+                        k: linear(attention.pp("SelfAttention.k"), d, inner)?,
+                        v: linear(attention.pp("SelfAttention.v"), d, inner)?,
+                        o: linear(attention.pp("SelfAttention.o"), inner, d)?,
                         num_heads: cfg.num_heads,
                     },
-                    ff_norm: rms_norm(weights, &format!("{b}.1.layer_norm.weight"), cfg, device)?,
+                    ff_norm: rms_norm(&ff.pp("layer_norm"), cfg)?,
                     dense_relu_dense: T5DenseGatedGelu {
-                        wi_0: linear(weights, &format!("{b}.1.DenseReluDense.wi_0.weight"), d, ff, device)?,
-                        wi_1: linear(weights, &format!("{b}.1.DenseReluDense.wi_1.weight"), d, ff, device)?,
-                        wo: linear(weights, &format!("{b}.1.DenseReluDense.wo.weight"), ff, d, device)?,
+                        wi_0: linear(ff.pp("DenseReluDense.wi_0"), d, ff_width)?,
+                        wi_1: linear(ff.pp("DenseReluDense.wi_1"), d, ff_width)?,
+                        wo: linear(ff.pp("DenseReluDense.wo"), ff_width, d)?,
                     },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let final_layer_norm = rms_norm(weights, "encoder.final_layer_norm.weight", cfg, device)?;
+        let final_layer_norm = rms_norm(&vb.pp("encoder.final_layer_norm"), cfg)?;
         Ok(Self {
             shared,
             relative_attention_bias,
@@ -567,7 +556,7 @@ pub(crate) mod test_gguf {
 mod tests {
     use super::test_gguf::GgufHeader;
     use super::*;
-    use crate::model::testing::{FixtureFile, TINY, golden, golden_ids};
+    use crate::harness::testing::{FixtureFile, TINY, golden, golden_ids};
     use burn::tensor::Tolerance;
 
     const HF_T5: &str = "FLUX.1-Kontext-dev-tiny/text_encoder_2/model.safetensors";
@@ -732,11 +721,15 @@ mod tests {
         let (d, inner, ff, n) = (cfg.d_model as u64, cfg.inner_dim() as u64, cfg.d_ff as u64, 512u64);
         for value_bytes in [4u64, 2] {
             for (d_in, d_out) in [(d, inner), (inner, d), (d, ff), (ff, d)] {
-                let parts = load::part_rows(&[d_out as usize], d_in * value_bytes, limit).unwrap();
+                let parts = crate::model::layers::part_rows(&[d_out as usize], d_in * value_bytes, limit).unwrap();
                 assert!(parts.iter().all(|rows| rows.len() as u64 * d_in * value_bytes <= limit), "[{d_in} → {d_out}]");
             }
         }
-        assert_eq!(load::part_rows(&[cfg.d_ff], d * 4, limit).unwrap().len(), 2, "wi_0 in f32 is 168 MB");
+        assert_eq!(
+            crate::model::layers::part_rows(&[cfg.d_ff], d * 4, limit).unwrap().len(),
+            2,
+            "wi_0 in f32 is 168 MB"
+        );
         assert!(cfg.vocab_size as u64 * d * 4 > limit, "the embedding table would not fit");
         let heads = cfg.num_heads as u64;
         for bytes in [n * d * 4, heads * n * n * 4, n * ff * 4] {

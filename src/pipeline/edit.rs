@@ -9,11 +9,8 @@ use super::kontext::{self, KontextDenoiser, References, VAE_SCALE};
 use super::sampler::Sampler;
 use super::size::{self, Resize};
 use crate::device::read_f32;
-use crate::loader::KontextModel;
+use crate::pipeline::loader::KontextModel;
 use crate::{Error, Result};
-
-/// T5 sequence length, as the reference pipeline (`max_sequence_length` 512).
-pub const T5_TOKENS: usize = 512;
 
 /// What the user asks for.
 #[derive(Debug, Clone)]
@@ -186,8 +183,8 @@ impl<'m> Edit<'m> {
 mod tests {
     use super::*;
     use crate::device::cpu;
-    use crate::loader::{Folder, MemoryPolicy, Overrides};
-    use crate::model::testing::{FixtureFile, fixture};
+    use crate::harness::testing::{FixtureFile, fixture};
+    use crate::pipeline::loader::{Folder, MemoryPolicy, Overrides};
     use burn::tensor::Tolerance;
 
     const PROMPT: &str = "Make the red square blue and add a small yellow sun in the sky";

@@ -115,7 +115,7 @@ pub struct Recipe {
 
 impl Recipe {
     /// The `model` field for a loaded model: its DiT shape (the same text in the app and the CLI).
-    pub fn describe_model(model: &crate::loader::KontextModel) -> String {
+    pub fn describe_model(model: &crate::pipeline::loader::KontextModel) -> String {
         let c = &model.flux_config;
         format!(
             "FLUX.1 Kontext, DiT width {}, {} double + {} single blocks, {} heads",

@@ -7,15 +7,19 @@ use super::ids::{self, Position};
 use super::rng::NoiseRng;
 use super::sampler::{Denoiser, Sampler};
 use super::schedule::{self, ShiftConfig};
+use crate::kernels::latent;
 use crate::model::flux::{Flux, Modulations};
 use crate::model::vae::Vae;
-use crate::model::vae_tiling;
-use crate::{Error, Result, latent};
+use crate::model::vae::tiling;
+use crate::{Error, Result};
 
 /// Latent channels of the Flux VAE; a packed token holds `4 ×` this.
 pub const LATENT_CHANNELS: usize = 16;
 /// Pixels per latent pixel.
 pub const VAE_SCALE: usize = 8;
+
+/// T5 sequence length, as the reference pipeline (`max_sequence_length` 512).
+pub const T5_TOKENS: usize = 512;
 
 /// Text conditioning of one prompt: T5 tokens and the pooled CLIP vector.
 #[derive(Debug, Clone)]
@@ -189,15 +193,15 @@ fn decode_latents_within(
     max_binding_bytes: u64,
 ) -> Result<Tensor<4>> {
     let z = vae.unscale_latents(latent::unpack(latents, latent_height, latent_width));
-    vae_tiling::decode_within(vae, z, max_binding_bytes)
+    tiling::decode_within(vae, z, max_binding_bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::harness::testing::{FixtureFile, fixture};
     use crate::model::FluxConfig;
-    use crate::model::testing::{FixtureFile, fixture};
-    use crate::model::vae_config::VaeConfig;
+    use crate::model::vae::config::VaeConfig;
     use crate::pipeline::image;
     use burn::tensor::Tolerance;
 
@@ -271,7 +275,7 @@ mod tests {
 
     /// 24×40 latents with a 1 MiB limit: a whole decode needs 16 channels × 192 × 320 px × 4 B = 3.75 MiB,
     /// a 16-px tile 16 × 128² × 4 = 1 MiB, a 24-px tile 16 × 192² × 4 = 2.25 MiB: tile 16, overlap 4, measured
-    /// against the whole decode at 28.36 dB (see `vae_tiling` for why the random tiny VAE tiles poorly).
+    /// against the whole decode at 28.36 dB (see `model::vae::tiling` for why the random tiny VAE tiles poorly).
     #[test]
     fn decoding_tiles_when_the_whole_latent_exceeds_the_binding_limit() {
         let device = crate::device::cpu();
@@ -279,16 +283,16 @@ mod tests {
         let noise = initial_noise(3, 24, 40, &device);
         let limit = 1 << 20;
         let cfg = vae.config();
-        assert_eq!(vae_tiling::decoder_peak_bytes(&cfg, 24, 40), 3_932_160);
+        assert_eq!(tiling::decoder_peak_bytes(&cfg, 24, 40), 3_932_160);
         assert_eq!(
-            vae_tiling::DecodeTiling::choose(&cfg, 24, 40, limit).unwrap(),
-            vae_tiling::DecodeTiling::Tiled { tile: 16, overlap: 4 }
+            tiling::DecodeTiling::choose(&cfg, 24, 40, limit).unwrap(),
+            tiling::DecodeTiling::Tiled { tile: 16, overlap: 4 }
         );
         let tiled = decode_latents_within(&vae, noise.clone(), 24, 40, limit).unwrap();
         let whole = decode_latents(&vae, noise.clone(), 24, 40).unwrap();
         let z = vae.unscale_latents(latent::unpack(noise, 24, 40));
         tiled.clone().into_data().assert_approx_eq::<f32>(
-            &vae_tiling::decode_tiled(&vae, z.clone(), 16, 4).unwrap().into_data(),
+            &tiling::decode_tiled(&vae, z.clone(), 16, 4).unwrap().into_data(),
             Tolerance::absolute(1e-6),
         );
         whole

@@ -1,11 +1,15 @@
-//! The Kontext pipeline around the networks: sizes, position ids, noise, schedule and sampler.
+//! The Kontext pipeline around the networks: the model as a whole and how it is loaded, tokenizers, sizes,
+//! images, position ids, noise, schedule, sampler and the memory plan.
 
 pub mod edit;
 pub mod ids;
 pub mod image;
 pub mod kontext;
+pub mod loader;
+pub mod plan;
 pub mod preview;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
 pub mod size;
+pub mod tokenizer;

@@ -150,8 +150,9 @@ fn solve(mut m: [[f64; FEATURES]; FEATURES], mut v: [f64; FEATURES]) -> Option<[
         v.swap(col, pivot);
         for row in col + 1..FEATURES {
             let factor = m[row][col] / m[col][col];
-            for k in col..FEATURES {
-                m[row][k] -= factor * m[col][k];
+            let pivot_row = m[col];
+            for (value, above) in m[row].iter_mut().zip(pivot_row).skip(col) {
+                *value -= factor * above;
             }
             v[row] -= factor * v[col];
         }
@@ -168,9 +169,9 @@ fn solve(mut m: [[f64; FEATURES]; FEATURES], mut v: [f64; FEATURES]) -> Option<[
 mod tests {
     use super::*;
     use crate::device::cpu;
-    use crate::latent;
-    use crate::loader::{Folder, KontextModel, Overrides};
-    use crate::model::testing::fixture;
+    use crate::harness::testing::fixture;
+    use crate::kernels::latent;
+    use crate::pipeline::loader::{Folder, KontextModel, Overrides};
 
     #[test]
     fn the_solver_inverts_a_known_system() {

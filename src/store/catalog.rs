@@ -161,10 +161,10 @@ pub const DEMO_BASE: &str = "demo-model/";
 /// Store id of the demo pack.
 pub const DEMO_ID: &str = "demo";
 
-/// A manifest for the demo pack: [`crate::loader::DIFFUSERS_FILES`] under `base` (the page's URL joined with
+/// A manifest for the demo pack: [`crate::pipeline::loader::DIFFUSERS_FILES`] under `base` (the page's URL joined with
 /// [`DEMO_BASE`]), with the sizes the server reported.
 pub fn demo_manifest(base: &str, sizes: &[u64], chunk_size: u64) -> Result<Manifest> {
-    let paths = crate::loader::DIFFUSERS_FILES;
+    let paths = crate::pipeline::loader::DIFFUSERS_FILES;
     if sizes.len() != paths.len() {
         return Err(Error::Invalid(format!(
             "the demo pack has {} files, {} sizes were given",
@@ -215,7 +215,7 @@ mod tests {
     #[test]
     fn the_demo_manifest_lists_the_fixture_pack() {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/");
-        let sizes: Vec<u64> = crate::loader::DIFFUSERS_FILES
+        let sizes: Vec<u64> = crate::pipeline::loader::DIFFUSERS_FILES
             .iter()
             .map(|p| std::fs::metadata(format!("{root}{p}")).unwrap().len())
             .collect();

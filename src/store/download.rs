@@ -13,7 +13,7 @@ use wasm_bindgen::{JsCast, JsValue};
 
 use super::idb::{Store, estimate};
 use super::manifest::{Manifest, StoredFile};
-use crate::web::js;
+use crate::store::js;
 use crate::{Error, Result};
 
 /// Shared stop switch: set it and the download stops at the next piece of the stream. Stored chunks stay, so
@@ -237,10 +237,10 @@ async fn fetch_run(
 /// The size of the file at `url`: `Content-Length` of a `HEAD`, else the total of a one-byte range.
 pub async fn probe_size(url: &str) -> Result<u64> {
     let head = fetch(url, "HEAD", None).await?;
-    if js::get(&head, "ok").and_then(|v| v.as_bool()).unwrap_or(false) {
-        if let Some(length) = header(&head, "content-length").and_then(|v| v.trim().parse().ok()) {
-            return Ok(length);
-        }
+    if js::get(&head, "ok").and_then(|v| v.as_bool()).unwrap_or(false)
+        && let Some(length) = header(&head, "content-length").and_then(|v| v.trim().parse().ok())
+    {
+        return Ok(length);
     }
     let response = fetch(url, "GET", Some((0, 1))).await?;
     let status = js::get_f64(&response, "status").unwrap_or(0.0);

@@ -1,4 +1,4 @@
-//! A complete stored model as [`ModelFiles`] plus [`Overrides`], ready for [`crate::loader::KontextModel::load`].
+//! A complete stored model as [`ModelFiles`] plus [`Overrides`], ready for [`crate::pipeline::loader::KontextModel::load`].
 //!
 //! Nothing is read ahead: every file is a [`StoredFileSource`] over its chunks' `Blob` handles, whose
 //! [`ByteSource::read_at`] slices the chunks a range touches and reads just those bytes with
@@ -15,8 +15,8 @@ use web_sys::{Blob, FileReaderSync};
 use super::idb::Store;
 use super::manifest::{Role, StoredFile, human_bytes};
 use crate::formats::ByteSource;
-use crate::loader::{ModelFiles, Overrides};
-use crate::web::js;
+use crate::pipeline::loader::{ModelFiles, Overrides};
+use crate::store::js;
 use crate::{Error, Result};
 
 /// One stored file, read range by range from its chunks' `Blob`s.

@@ -6,11 +6,11 @@
 use serde_json::Value;
 
 use super::manifest::{Role, human_bytes};
-use crate::formats::infer_flux_config;
 use crate::model::FluxConfig;
-use crate::model::vae_config::VaeConfig;
-use crate::pipeline::edit::T5_TOKENS;
-use crate::plan::{DeviceLimits, DitWeights, MemoryPlan, PlanInputs};
+use crate::model::flux::infer::infer_flux_config;
+use crate::model::vae::config::VaeConfig;
+use crate::pipeline::kontext::T5_TOKENS;
+use crate::pipeline::plan::{DeviceLimits, DitWeights, MemoryPlan, PlanInputs};
 use crate::{Error, Result};
 
 /// WebAssembly memory a load may use (at most 4 GiB, and browsers often grant less). Files stream from the
@@ -297,7 +297,7 @@ mod tests {
 
     #[test]
     fn the_tiny_pack_fits_and_its_architecture_comes_from_its_files() {
-        let files: Vec<FileFacts> = crate::loader::DIFFUSERS_FILES.iter().map(|p| facts(p)).collect();
+        let files: Vec<FileFacts> = crate::pipeline::loader::DIFFUSERS_FILES.iter().map(|p| facts(p)).collect();
         let config = String::from_utf8(fixture("transformer/config.json")).unwrap();
         let vae = String::from_utf8(fixture("vae/config.json")).unwrap();
         let footprint = Footprint::new(&files, Some(&config), Some(&vae)).unwrap();

@@ -19,7 +19,7 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::{Blob, DomException, IdbDatabase, IdbTransaction};
 
 use super::manifest::{ChunkState, Manifest, StorageEstimate, StoredFile, sha256_hex};
-use crate::web::js;
+use crate::store::js;
 use crate::{Error, Result};
 
 /// Name of the app's database.
@@ -44,8 +44,11 @@ pub enum StoreEvent {
     },
 }
 
+/// What [`on_event`] calls.
+type Listener = Rc<dyn Fn(StoreEvent)>;
+
 thread_local! {
-    static LISTENER: RefCell<Option<Rc<dyn Fn(StoreEvent)>>> = RefCell::new(None);
+    static LISTENER: RefCell<Option<Listener>> = RefCell::new(None);
 }
 
 /// Has `listener` told of every [`StoreEvent`] of this thread's stores.
@@ -308,6 +311,19 @@ impl Store {
         self.db.close();
     }
 
+    /// Runs `body` in one read-write transaction over `stores`: committed when it succeeds (an abort at commit,
+    /// such as a full quota, is reported as failing `what`), aborted when it fails.
+    async fn with_tx<T>(&self, stores: &[&str], what: &str, body: impl AsyncFnOnce(&Tx) -> Result<T>) -> Result<T> {
+        let tx = self.transaction(stores, TransactionMode::ReadWrite)?;
+        match body(&tx).await {
+            Ok(value) => tx.commit(what).await.map(|()| value),
+            Err(e) => {
+                tx.abort();
+                Err(e)
+            }
+        }
+    }
+
     fn transaction(&self, stores: &[&str], mode: TransactionMode) -> Result<Tx> {
         let tx = self.db.transaction(stores, mode).map_err(|e| storage_error("starting a transaction", e))?;
         let raw: IdbTransaction =
@@ -318,15 +334,8 @@ impl Store {
     /// Saves `manifest`, replacing the stored one of the same id (chunks are kept).
     pub async fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
         manifest.validate()?;
-        let tx = self.transaction(&[MANIFESTS], TransactionMode::ReadWrite)?;
-        let written = write_manifest(&tx.store(MANIFESTS)?, manifest).await;
-        match written {
-            Ok(()) => tx.commit(&format!("saving the manifest of {:?}", manifest.id)).await,
-            Err(e) => {
-                tx.abort();
-                Err(e)
-            }
-        }
+        let what = format!("saving the manifest of {:?}", manifest.id);
+        self.with_tx(&[MANIFESTS], &what, async |tx| write_manifest(&tx.store(MANIFESTS)?, manifest).await).await
     }
 
     /// The manifest of model `id`, validated; `None` when the store has no such model.
@@ -372,8 +381,7 @@ impl Store {
         let hash = sha256_hex(bytes);
         let value = blob_of(&Uint8Array::from(bytes))?;
         let what = format!("storing chunk {index} of {path}");
-        let tx = self.transaction(&[MANIFESTS, CHUNKS], TransactionMode::ReadWrite)?;
-        let written = async {
+        self.with_tx(&[MANIFESTS, CHUNKS], &what, async |tx| {
             let manifests = tx.store(MANIFESTS)?;
             let mut manifest = read_manifest(&manifests, model)
                 .await?
@@ -390,15 +398,8 @@ impl Store {
                 return Err(storage_error(&what, ::idb::Error::DomException(simulated_exception(&name))));
             }
             Ok(manifest)
-        }
-        .await;
-        match written {
-            Ok(manifest) => tx.commit(&what).await.map(|()| manifest),
-            Err(e) => {
-                tx.abort();
-                Err(e)
-            }
-        }
+        })
+        .await
     }
 
     /// Makes the next [`Store::put_chunk`] fail, after its writes were issued, with a `DOMException` named
@@ -501,8 +502,7 @@ impl Store {
     /// Deletes model `id`: every chunk and the manifest, in one transaction.
     pub async fn delete_model(&self, id: &str) -> Result<()> {
         let what = format!("deleting model {id:?}");
-        let tx = self.transaction(&[MANIFESTS, CHUNKS], TransactionMode::ReadWrite)?;
-        let deleted = async {
+        self.with_tx(&[MANIFESTS, CHUNKS], &what, async |tx| {
             tx.store(CHUNKS)?
                 .delete(model_range(id)?)
                 .map_err(|e| storage_error(&what, e))?
@@ -513,15 +513,8 @@ impl Store {
                 .map_err(|e| storage_error(&what, e))?
                 .await
                 .map_err(|e| storage_error(&what, e))
-        }
-        .await;
-        match deleted {
-            Ok(()) => tx.commit(&what).await,
-            Err(e) => {
-                tx.abort();
-                Err(e)
-            }
-        }
+        })
+        .await
     }
 
     /// Re-hashes every stored chunk of model `id` (one at a time), marks the ones that are absent, of the wrong
@@ -564,8 +557,7 @@ impl Store {
     /// Marks `chunks` missing (keeping their recorded hashes) and deletes their bytes, in one transaction.
     async fn drop_chunks(&self, id: &str, chunks: &[(String, usize)]) -> Result<()> {
         let what = format!("dropping damaged chunks of {id:?}");
-        let tx = self.transaction(&[MANIFESTS, CHUNKS], TransactionMode::ReadWrite)?;
-        let dropped = async {
+        self.with_tx(&[MANIFESTS, CHUNKS], &what, async |tx| {
             let manifests = tx.store(MANIFESTS)?;
             let mut manifest = read_manifest(&manifests, id)
                 .await?
@@ -580,36 +572,22 @@ impl Store {
                     .map_err(|e| storage_error(&what, e))?;
             }
             write_manifest(&manifests, &manifest).await
-        }
-        .await;
-        match dropped {
-            Ok(()) => tx.commit(&what).await,
-            Err(e) => {
-                tx.abort();
-                Err(e)
-            }
-        }
+        })
+        .await
     }
 
     /// Stores one small file under `name` (a LoRA adapter), replacing any earlier one.
     pub async fn put_blob(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let what = format!("storing {name}");
-        let tx = self.transaction(&[BLOBS], TransactionMode::ReadWrite)?;
-        let put = async {
+        self.with_tx(&[BLOBS], &what, async |tx| {
             tx.store(BLOBS)?
                 .put(&Uint8Array::from(bytes), Some(&JsValue::from_str(name)))
                 .map_err(|e| storage_error(&what, e))?
                 .await
-                .map_err(|e| storage_error(&what, e))
-        }
-        .await;
-        match put {
-            Ok(_) => tx.commit(&what).await,
-            Err(e) => {
-                tx.abort();
-                Err(e)
-            }
-        }
+                .map_err(|e| storage_error(&what, e))?;
+            Ok(())
+        })
+        .await
     }
 
     /// The file stored under `name`, if any.
@@ -628,22 +606,14 @@ impl Store {
     /// Deletes the file stored under `name` (nothing when absent).
     pub async fn delete_blob(&self, name: &str) -> Result<()> {
         let what = format!("deleting {name}");
-        let tx = self.transaction(&[BLOBS], TransactionMode::ReadWrite)?;
-        let deleted = async {
+        self.with_tx(&[BLOBS], &what, async |tx| {
             tx.store(BLOBS)?
                 .delete(JsValue::from_str(name))
                 .map_err(|e| storage_error(&what, e))?
                 .await
                 .map_err(|e| storage_error(&what, e))
-        }
-        .await;
-        match deleted {
-            Ok(()) => tx.commit(&what).await,
-            Err(e) => {
-                tx.abort();
-                Err(e)
-            }
-        }
+        })
+        .await
     }
 }
 

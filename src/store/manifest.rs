@@ -225,10 +225,10 @@ impl StoredFile {
                 self.chunk_size
             )));
         }
-        if let Some(url) = &self.url {
-            if url.is_empty() || url.len() > MAX_TEXT {
-                return Err(Error::Invalid(format!("{} has an empty or overlong URL", self.path)));
-            }
+        if let Some(url) = &self.url
+            && (url.is_empty() || url.len() > MAX_TEXT)
+        {
+            return Err(Error::Invalid(format!("{} has an empty or overlong URL", self.path)));
         }
         for (index, chunk) in self.chunks.iter().enumerate() {
             match &chunk.sha256 {
@@ -403,12 +403,12 @@ impl Manifest {
         if len as u64 != expected_len {
             return Err(Error::Invalid(format!("{path} chunk {index} must be {expected_len} bytes, got {len}")));
         }
-        if let Some(expected) = &file.chunks[index].sha256 {
-            if *expected != hash {
-                return Err(Error::Invalid(format!(
-                    "{path} chunk {index} does not match its SHA-256 (expected {expected}, got {hash}); fetch it again"
-                )));
-            }
+        if let Some(expected) = &file.chunks[index].sha256
+            && *expected != hash
+        {
+            return Err(Error::Invalid(format!(
+                "{path} chunk {index} does not match its SHA-256 (expected {expected}, got {hash}); fetch it again"
+            )));
         }
         Ok(hash)
     }
@@ -593,7 +593,8 @@ mod tests {
             f(&mut value);
             Manifest::from_json(&value.to_string()).unwrap_err().to_string()
         };
-        let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|v| v["version"] = 2.into()), "version 2"),
             (Box::new(|v| v["id"] = "".into()), "id is empty"),
             (Box::new(|v| v["files"][0]["size"] = 1_000_000.into()), "make 250000"),

@@ -17,5 +17,7 @@ pub mod download;
 pub mod files;
 #[cfg(target_arch = "wasm32")]
 pub mod idb;
+#[cfg(target_arch = "wasm32")]
+pub mod js;
 
 pub use manifest::{Manifest, Role, Source, StorageEstimate, StoredFile, is_storage_full};

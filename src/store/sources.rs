@@ -3,7 +3,7 @@
 //! reads the files.
 
 use super::manifest::{Manifest, Role, Source, StoredFile};
-use crate::loader::DIFFUSERS_FILES;
+use crate::pipeline::loader::DIFFUSERS_FILES;
 use crate::{Error, Result};
 
 /// The top-level entries of a diffusers-layout folder that the app keeps.

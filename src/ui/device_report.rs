@@ -3,9 +3,10 @@
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
-use super::{AppState, CheckState, format_bytes, send};
-use crate::protocol::ToWorker;
+use super::format_bytes;
+use crate::app::{AppState, CheckState, send};
 use crate::web::probe::{self, Adapter, BrowserReport, Storage, WebGpu};
+use crate::web::protocol::ToWorker;
 
 /// Matrix side of the GPU self-check run in the worker.
 const SELF_CHECK_SIZE: usize = 64;

@@ -3,15 +3,15 @@
 
 use leptos::prelude::*;
 
-use super::AppState;
-use super::model_store::{Action, Fit, Notice, StoreUi, Transfer};
+use crate::app::AppState;
+use crate::app::models::{Action, Fit, Notice, StoreController, Transfer};
 use crate::store::manifest::{FileState, Manifest, human_bytes};
 use crate::store::meter::format_duration;
 
 /// Used and available storage, and whether it is persistent.
 #[component]
 pub fn StorageSummary() -> impl IntoView {
-    let ui = expect_context::<StoreUi>();
+    let ui = expect_context::<StoreController>();
     let text = move || match ui.estimate.get() {
         Some(e) => format!(
             "Storage: {} used of {} this site may use ({} available).",
@@ -41,7 +41,7 @@ pub fn StorageSummary() -> impl IntoView {
 /// The running download, copy or verification.
 #[component]
 pub fn TransferView() -> impl IntoView {
-    let ui = expect_context::<StoreUi>();
+    let ui = expect_context::<StoreController>();
     move || {
         ui.transfer.get().map(|t: Transfer| {
             let verifying = t.action == Action::Verifying;
@@ -94,7 +94,7 @@ fn state_name(m: &Manifest) -> &'static str {
 /// Every stored model, with its actions.
 #[component]
 pub fn StoredModels() -> impl IntoView {
-    let ui = expect_context::<StoreUi>();
+    let ui = expect_context::<StoreController>();
     view! {
         <h3 id="stored-title">"Stored in this browser"</h3>
         <StorageSummary />
@@ -124,7 +124,7 @@ fn ModelRow(
     /// Its manifest.
     model: Manifest,
 ) -> impl IntoView {
-    let ui = expect_context::<StoreUi>();
+    let ui = expect_context::<StoreController>();
     let state = expect_context::<AppState>();
     let id = model.id.clone();
     let complete = model.is_complete();
@@ -156,7 +156,7 @@ fn ModelRow(
             <span class="model-status">{format!(" {status}")}</span>
             <div class="row" role="group" aria-label=format!("actions for {label}")>
                 <button type="button" class="model-load" aria-label=format!("Load {label}") title=load_hint
-                    disabled=move || !complete || any_running() || matches!(state.model.get(), super::ModelState::Loading { .. })
+                    disabled=move || !complete || any_running() || matches!(state.model.get(), crate::app::ModelState::Loading { .. })
                     on:click=move |_| ui.load(state, load_id.clone())>"Load"</button>
                 {(!complete).then(|| {
                     let running = running.clone();
@@ -182,7 +182,7 @@ fn ModelRow(
 /// The memory check of the model chosen for loading.
 #[component]
 fn FitView() -> impl IntoView {
-    let ui = expect_context::<StoreUi>();
+    let ui = expect_context::<StoreController>();
     move || {
         ui.fit.get().map(|fit| match fit {
             Fit::Checking(_) => view! { <div id="model-fit" data-verdict="checking"><p>"Estimating memory…"</p></div> }.into_any(),

@@ -8,12 +8,12 @@ use super::model_list::{StoredModels, TransferView};
 use super::model_sources::{
     CatalogSource, DemoSource, LocalPick, LocalSource, UrlSourceForm, dropped_entries, dropped_files,
 };
-use super::model_store::{Notice, StoreUi, page_url};
-use super::{AppState, ModelState, send};
-use crate::loader::DIFFUSERS_FILES;
-use crate::protocol::ToWorker;
+use crate::app::models::{Notice, StoreController, page_url};
+use crate::app::{AppState, ModelState, send};
+use crate::pipeline::loader::DIFFUSERS_FILES;
+use crate::store::js;
 use crate::store::manifest::human_bytes;
-use crate::web::js;
+use crate::web::protocol::ToWorker;
 
 /// Folder of the built-in demo model, next to the page (`Trunk.toml` copies it into `dist/`).
 pub const DEMO_MODEL_BASE: &str = "demo-model/";
@@ -38,7 +38,7 @@ const SOURCES: [(SourceKind, &str, &str); 4] = [
 #[component]
 pub fn ModelPanel() -> impl IntoView {
     let state = expect_context::<AppState>();
-    let ui = StoreUi::new();
+    let ui = StoreController::new();
     provide_context(ui);
     let pick = LocalPick::new();
     provide_context(pick);

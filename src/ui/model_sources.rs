@@ -1,6 +1,6 @@
 //! Where a model comes from: the catalog of the real model's files, custom URLs, local files (picked, a
 //! folder, or dropped on the panel) and the built-in demo pack. Each form builds a manifest and hands it to
-//! [`StoreUi::add`].
+//! [`StoreController::add`].
 
 use std::cell::RefCell;
 
@@ -9,13 +9,13 @@ use leptos::task::spawn_local;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
-use super::model_store::{Notice, StoreUi, add_demo};
+use crate::app::models::{Notice, StoreController, add_demo};
 use crate::store::catalog::{self, CATALOG};
 use crate::store::footprint::{FileFacts, Footprint};
+use crate::store::js;
 use crate::store::manifest::{DEFAULT_CHUNK_SIZE, Role, human_bytes};
 use crate::store::sources::{self, ROLES, UrlSource, role_label};
 use crate::store::{download, idb};
-use crate::web::js;
 
 thread_local! {
     /// The files of the current local pick, in pick order.
@@ -88,7 +88,7 @@ impl LocalPick {
 /// The catalog: one DiT quantization and one T5, plus CLIP, the VAE and the CLIP tokenizer.
 #[component]
 pub fn CatalogSource() -> impl IntoView {
-    let ui = expect_context::<StoreUi>();
+    let ui = expect_context::<StoreController>();
     let first = |role| catalog::choices(role).next().map(|f| f.id.to_string()).unwrap_or_default();
     let dit = RwSignal::new(first(Role::Transformer));
     let t5 = RwSignal::new(first(Role::T5));
@@ -171,7 +171,7 @@ const CHUNK_CHOICES: [(u64, &str); 5] = [
 /// A diffusers-layout folder URL and/or one URL per part.
 #[component]
 pub fn UrlSourceForm() -> impl IntoView {
-    let ui = expect_context::<StoreUi>();
+    let ui = expect_context::<StoreController>();
     let fields: [(RwSignal<String>, &str, &str); 7] = [
         (
             RwSignal::new(String::new()),
@@ -258,7 +258,7 @@ fn files_of(input: &web_sys::HtmlInputElement) -> Vec<web_sys::File> {
 /// Local files: single files (each assigned a part) or a diffusers folder; also what was dropped on the panel.
 #[component]
 pub fn LocalSource() -> impl IntoView {
-    let ui = expect_context::<StoreUi>();
+    let ui = expect_context::<StoreController>();
     let pick = expect_context::<LocalPick>();
     let set = move |files: Vec<(String, web_sys::File)>| {
         if let Err(e) = pick.set(files) {
@@ -377,7 +377,7 @@ fn PickedRow(
 /// The demo pack served with the app.
 #[component]
 pub fn DemoSource() -> impl IntoView {
-    let ui = expect_context::<StoreUi>();
+    let ui = expect_context::<StoreController>();
     view! {
         <p class="muted">"The demo pack is a 5 MB FLUX.1 Kontext with tiny random weights, served with this app. Storing it "
             "exercises the whole store (chunks, hashes, loading from IndexedDB); its pictures are abstract noise."</p>

@@ -10,9 +10,9 @@ use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 use web_sys::{ErrorEvent, MessageEvent, Worker, WorkerOptions, WorkerType};
 
-use crate::protocol::{FromWorker, ToWorker};
+use crate::web::protocol::{FromWorker, ToWorker};
 
-use super::js;
+use crate::store::js;
 
 /// The `request` of the [`FromWorker::Error`] that reports a worker that stopped (a panic, a trap, a lost GPU
 /// device that made burn panic): it answers nothing more and must be replaced.

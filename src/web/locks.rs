@@ -33,7 +33,7 @@ pub async fn acquire(name: &str, on_wait: impl FnOnce()) -> Result<HeldLock> {
 /// The callback's promise, which holds the lock, resolves when the returned [`HeldLock`] is dropped.
 async fn request(name: &str, if_available: bool) -> Result<Option<HeldLock>> {
     let fail =
-        |what: &str, e: JsValue| Error::Invalid(format!("browser locks: {what}: {}", crate::web::js::describe(e)));
+        |what: &str, e: JsValue| Error::Invalid(format!("browser locks: {what}: {}", crate::store::js::describe(e)));
     let locks = Reflect::get(&js_sys::global(), &"navigator".into())
         .and_then(|navigator| Reflect::get(&navigator, &"locks".into()))
         .ok()

@@ -1,7 +1,15 @@
-//! Browser glue without UI: probing the browser, the inference worker and the page's handle on it.
+//! The page ↔ worker boundary: the messages both sides exchange ([`protocol`]) and the embed API's
+//! `postMessage` contract ([`embed_api`]), both plain data tested natively; and, in the browser, probing the
+//! browser, the inference worker and the page's handle on it.
 
+pub mod embed_api;
+pub mod protocol;
+
+#[cfg(target_arch = "wasm32")]
 pub mod client;
-pub mod js;
+#[cfg(target_arch = "wasm32")]
 pub mod locks;
+#[cfg(target_arch = "wasm32")]
 pub mod probe;
+#[cfg(target_arch = "wasm32")]
 pub mod worker;

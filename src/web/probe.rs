@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::JsValue;
 
-use super::js;
+use crate::store::js;
 
 /// Everything the device report shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

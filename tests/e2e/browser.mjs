@@ -1,14 +1,22 @@
 // Shared helpers for the end-to-end tests: a loopback server on dist/ and Debian's Chromium with WebGPU on
-// SwiftShader (or without WebGPU, to test the explanation users get).
+// SwiftShader (or without WebGPU, to test the explanation users get); the demo pack and its file list (read from
+// the Rust source); the native CLI; PSNR of two PNGs; the app's common steps.
 import { chromium } from 'playwright-core';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { mkdtemp, mkdir, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { tmpdir, homedir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServer } from '../../www/serve.mjs';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const ARTIFACTS = join(ROOT, 'tests', 'e2e', 'artifacts');
+
+/** The tiny demo pack (diffusers layout), served with the app as demo-model/; paths are from the repository root. */
+export const PACK = 'tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny';
+/** The reference image of the tiny model's goldens (96×64). */
+export const REFERENCE = 'tests/fixtures/tiny/golden/reference_input.png';
 
 const BASE_ARGS = ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync',
   '--no-first-run', '--disable-quic', '--disable-dev-shm-usage'];
@@ -17,6 +25,13 @@ const WEBGPU_ARGS = ['--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader
 export async function serveDist() {
   const server = await startServer(join(ROOT, 'dist'), '127.0.0.1', 0);
   return { server, url: `http://127.0.0.1:${server.address().port}/` };
+}
+
+/** Collects `page`'s uncaught errors and console errors into `problems`; returns the page. */
+export function watchProblems(page, problems) {
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console error: ${m.text()}`); });
+  return page;
 }
 
 export async function launch({ webgpu = true } = {}) {
@@ -28,8 +43,7 @@ export async function launch({ webgpu = true } = {}) {
   });
   const page = context.pages()[0] ?? await context.newPage();
   const problems = [];
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console error: ${m.text()}`); });
+  watchProblems(page, problems);
   return {
     context, page, problems,
     async close() { await context.close(); await rm(profile, { recursive: true, force: true }); },
@@ -55,4 +69,92 @@ export async function screenshot(page, name) {
 export async function setNumber(page, selector, value) {
   await page.fill(selector, String(value));
   await page.dispatchEvent(selector, 'change');
+}
+
+/** Clicks "Load the demo model" and waits until the worker has loaded it. */
+export async function loadDemo(page) {
+  await page.click('#load-demo');
+  await page.waitForSelector('#model-state[data-state="loaded"]', { timeout: 120_000 });
+}
+
+/** The result's PNG (`#result-image`), as base64. */
+export function resultPng(page) {
+  return page.evaluate(async () => {
+    const bytes = new Uint8Array(await (await fetch(document.querySelector('#result-image').src)).arrayBuffer());
+    let s = ''; for (const b of bytes) s += String.fromCharCode(b);
+    return btoa(s);
+  });
+}
+
+/** PSNR in dB over the RGB channels of two PNGs given as base64, decoded by the browser in `page`: Infinity when
+ * they are equal. Images of different sizes (width and height compared, not only the pixel count) throw. */
+export async function psnr(page, a, b) {
+  const result = await page.evaluate(async ([a, b]) => {
+    const pixels = async (b64) => {
+      const bitmap = await createImageBitmap(new Blob([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], { type: 'image/png' }));
+      const ctx = new OffscreenCanvas(bitmap.width, bitmap.height).getContext('2d');
+      ctx.drawImage(bitmap, 0, 0);
+      return { w: bitmap.width, h: bitmap.height, data: ctx.getImageData(0, 0, bitmap.width, bitmap.height).data };
+    };
+    const [x, y] = [await pixels(a), await pixels(b)];
+    if (x.w !== y.w || x.h !== y.h) return { error: `${x.w}×${x.h} vs ${y.w}×${y.h}` };
+    let sum = 0, n = 0;
+    for (let i = 0; i < x.data.length; i++) { if (i % 4 === 3) continue; const d = x.data[i] - y.data[i]; sum += d * d; n++; }
+    const mse = sum / n;
+    return { psnr: mse === 0 ? Infinity : 10 * Math.log10(255 * 255 / mse) };
+  }, [a, b]);
+  if (result.error !== undefined) throw new Error(`PSNR of two images of different sizes: ${result.error}`);
+  return result.psnr;
+}
+
+/** The native CLI as cargo builds it (`make test-e2e` does): `$CARGO_TARGET_DIR/debug/kontext`, the target
+ * folder defaulting to ~/.cache/kontext-web/target as in the Makefile. */
+export const KONTEXT = join(process.env.CARGO_TARGET_DIR ?? join(homedir(), '.cache', 'kontext-web', 'target'), 'debug', 'kontext');
+
+/** Runs the native CLI with `args` in the repository root and returns its stdout; `options` go to
+ * `execFileSync`. A non-zero exit throws with the CLI's stderr in the message. */
+export function runNative(args, options = {}) {
+  if (!existsSync(KONTEXT)) throw new Error(`no native CLI at ${KONTEXT}: build it with \`cargo build --bin kontext\``);
+  return execFileSync(KONTEXT, args, { cwd: ROOT, stdio: 'pipe', encoding: 'utf8', ...options });
+}
+
+/** `kontext edit --model PACK --backend wgpu` with `args` (prompt, images, size, steps, seed…), writing into a
+ * temporary folder; returns the PNG, as base64, to compare with the browser's. */
+export function nativeEdit(args) {
+  const dir = mkdtempSync(join(tmpdir(), 'kontext-native-'));
+  try {
+    const out = join(dir, 'native.png');
+    runNative(['edit', '--model', PACK, '--backend', 'wgpu', ...args, '--out', out]);
+    return readFileSync(out).toString('base64');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const LOADER = 'src/pipeline/loader.rs';
+
+/** The files of a diffusers-layout folder that the app reads and stores, with their sizes in PACK: the list is
+ * `DIFFUSERS_FILES` as LOADER declares it, read from the Rust source at test time (not copied here), and every
+ * size is the file's on disk. Throws when the array cannot be read or names a file the pack lacks. */
+export function packFiles() {
+  const source = readFileSync(join(ROOT, LOADER), 'utf8');
+  const array = source.match(/pub const DIFFUSERS_FILES: \[&str; (\d+)\] = \[([^\]]*)\];/);
+  if (!array) throw new Error(`${LOADER}: no \`pub const DIFFUSERS_FILES: [&str; N] = [...];\` found to read the pack's file list from`);
+  const body = array[2].replace(/\/\/[^\n]*/g, '');
+  const paths = [...body.matchAll(/"([^"\\]*)"/g)].map((m) => m[1]);
+  const rest = body.replace(/"([^"\\]*)"/g, '').replace(/[\s,]/g, '');
+  if (rest !== '') throw new Error(`${LOADER}: DIFFUSERS_FILES holds something other than plain string literals: ${rest}`);
+  if (paths.length !== Number(array[1]) || paths.length === 0) {
+    throw new Error(`${LOADER}: DIFFUSERS_FILES declares ${array[1]} files but ${paths.length} were read`);
+  }
+  return paths.map((path) => {
+    let size;
+    try { size = statSync(join(ROOT, PACK, path)).size; } catch { throw new Error(`${path} is in DIFFUSERS_FILES (${LOADER}) but not in ${PACK}`); }
+    return { path, size };
+  });
+}
+
+/** Bytes of the pack's files that a diffusers-layout URL source stores (and fetches, once each). */
+export function packBytes() {
+  return packFiles().reduce((sum, f) => sum + f.size, 0);
 }

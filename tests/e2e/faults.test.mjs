@@ -3,7 +3,7 @@
 // worker; loading the model again and editing works; LoRA adapters are handed to the new worker.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { openApp, screenshot, setNumber } from './browser.mjs';
+import { openApp, screenshot, setNumber, loadDemo } from './browser.mjs';
 
 let browser;
 before(async () => { browser = await openApp('#load-demo'); });
@@ -11,8 +11,7 @@ after(() => browser.close());
 
 test('a worker that dies mid-edit is replaced, with a message, and the next edit works', async () => {
   const { page } = browser;
-  await page.click('#load-demo');
-  await page.waitForSelector('#model-state[data-state="loaded"]', { timeout: 120_000 });
+  await loadDemo(page);
   await page.setInputFiles('#lora-input', 'tests/fixtures/tiny/lora/lora_comfy.safetensors');
   await page.waitForSelector('#lora-list li[data-state="ready"]', { timeout: 60_000 });
   await page.fill('#prompt', 'a red square');
@@ -30,8 +29,7 @@ test('a worker that dies mid-edit is replaced, with a message, and the next edit
   await page.waitForFunction(() => document.querySelector('#lora-list li')?.dataset.state === 'ready', null, { timeout: 30_000 });
   assert.match(await page.textContent('#lora-list li'), /checked when a model is loaded/, 'the adapter went to the new worker');
 
-  await page.click('#load-demo');
-  await page.waitForSelector('#model-state[data-state="loaded"]', { timeout: 120_000 });
+  await loadDemo(page);
   await page.waitForFunction(() => /23 layers/.test(document.querySelector('#lora-list li')?.textContent ?? ''));
   await setNumber(page, '#steps', 1);
   await page.click('#generate');

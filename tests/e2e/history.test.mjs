@@ -3,9 +3,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { openApp, screenshot, setNumber } from './browser.mjs';
+import { openApp, screenshot, setNumber, loadDemo, resultPng, REFERENCE } from './browser.mjs';
 
-const REFERENCE = 'tests/fixtures/tiny/golden/reference_input.png';
 const SECOND = 'tests/fixtures/tiny/golden/multiref_ref2.png';
 
 let browser;
@@ -56,25 +55,16 @@ test('references come by drop and paste, are reordered from the keyboard, and no
   await page.waitForFunction(() => document.querySelectorAll('.thumbs img').length === 1);
 });
 
-async function resultBytes(page) {
-  return page.evaluate(async () => {
-    const bytes = new Uint8Array(await (await fetch(document.querySelector('#result-image').src)).arrayBuffer());
-    let s = ''; for (const b of bytes) s += String.fromCharCode(b);
-    return s;
-  });
-}
-
 test('a result is kept in the history across a reload, re-runs to the same image, and is deleted for good', async () => {
   const { page } = browser;
-  await page.click('#load-demo');
-  await page.waitForSelector('#model-state[data-state="loaded"]', { timeout: 120_000 });
+  await loadDemo(page);
   await page.fill('#prompt', 'a blue square');
   await setNumber(page, '#area', 64);
   await setNumber(page, '#steps', 2);
   await page.fill('#seed', '99');
   await page.click('#generate');
   await page.waitForSelector('#job[data-state="done"]', { timeout: 300_000 });
-  const first = await resultBytes(page);
+  const first = await resultPng(page);
   await page.waitForSelector('#history li[data-id]');
   assert.match(await page.textContent('#history li'), /a blue square.*2 steps · guidance 2\.5 · seed 99/s);
   assert.equal(await page.locator('#history .history-references img').count(), 1);
@@ -82,14 +72,13 @@ test('a result is kept in the history across a reload, re-runs to the same image
   await page.reload();
   await page.waitForSelector('#history li[data-id]');
   assert.match(await page.textContent('#history li'), /a blue square/);
-  await page.click('#load-demo');
-  await page.waitForSelector('#model-state[data-state="loaded"]', { timeout: 120_000 });
+  await loadDemo(page);
   await page.click('#history .history-rerun');
   await page.waitForSelector('#job[data-state="running"]', { timeout: 10_000 });
   assert.equal(await page.inputValue('#prompt'), 'a blue square');
   assert.equal(await page.inputValue('#seed'), '99');
   await page.waitForSelector('#job[data-state="done"]', { timeout: 300_000 });
-  assert.equal(await resultBytes(page), first, 'the same recipe and seed give the same PNG');
+  assert.equal(await resultPng(page), first, 'the same recipe and seed give the same PNG');
   await page.waitForFunction(() => document.querySelectorAll('#history li[data-id]').length === 2);
   await screenshot(page, 'history');
 

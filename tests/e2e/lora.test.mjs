@@ -3,52 +3,20 @@
 // a file that is not a LoRA for the model is refused with the reason; removing an adapter restores the base.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir, homedir } from 'node:os';
-import { join } from 'node:path';
-import { openApp, screenshot, setNumber } from './browser.mjs';
+import { openApp, screenshot, setNumber, loadDemo, resultPng, psnr, nativeEdit, REFERENCE } from './browser.mjs';
 
 const LORA = 'tests/fixtures/tiny/lora/lora_kohya.safetensors';
 const NOT_A_LORA = 'tests/fixtures/tiny/bfl_gguf/transformer_bfl.safetensors';
-const REFERENCE = 'tests/fixtures/tiny/golden/reference_input.png';
 const PROMPT = 'Make the red square blue';
 const SEED = '77';
 const SIDE = 128;
-const TARGET = process.env.CARGO_TARGET_DIR ?? join(homedir(), '.cache', 'kontext-web', 'target');
 
 let browser;
 before(async () => {
   browser = await openApp();
-  await browser.page.click('#load-demo');
-  await browser.page.waitForSelector('#model-state[data-state="loaded"]', { timeout: 120_000 });
+  await loadDemo(browser.page);
 });
 after(() => browser.close());
-
-async function resultPng(page) {
-  return page.evaluate(async () => {
-    const bytes = new Uint8Array(await (await fetch(document.querySelector('#result-image').src)).arrayBuffer());
-    let s = ''; for (const b of bytes) s += String.fromCharCode(b);
-    return btoa(s);
-  });
-}
-
-/** PSNR in dB of two PNGs given as base64, decoded by the browser. */
-async function psnr(page, a, b) {
-  return page.evaluate(async ([a, b]) => {
-    const pixels = async (b64) => {
-      const bitmap = await createImageBitmap(await (await fetch(`data:image/png;base64,${b64}`)).blob());
-      const ctx = new OffscreenCanvas(bitmap.width, bitmap.height).getContext('2d');
-      ctx.drawImage(bitmap, 0, 0);
-      return ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
-    };
-    const [x, y] = [await pixels(a), await pixels(b)];
-    if (x.length !== y.length) return -1;
-    let sum = 0, n = 0;
-    for (let i = 0; i < x.length; i++) { if (i % 4 === 3) continue; const d = x[i] - y[i]; sum += d * d; n++; }
-    return sum === 0 ? Infinity : 10 * Math.log10(255 * 255 / (sum / n));
-  }, [a, b]);
-}
 
 async function generate(page) {
   await page.click('#generate');
@@ -58,16 +26,8 @@ async function generate(page) {
 }
 
 function native(extra) {
-  const dir = mkdtempSync(join(tmpdir(), 'kontext-lora-'));
-  try {
-    const out = join(dir, 'native.png');
-    execFileSync(join(TARGET, 'debug', 'kontext'), ['edit', '--model', 'tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny',
-      '--prompt', PROMPT, '--image', REFERENCE, '--max-area', String(SIDE * SIDE), '--steps', '3', '--guidance', '2.5',
-      '--seed', SEED, '--backend', 'wgpu', '--out', out, ...extra], { stdio: 'pipe' });
-    return readFileSync(out).toString('base64');
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  return nativeEdit(['--prompt', PROMPT, '--image', REFERENCE, '--max-area', String(SIDE * SIDE), '--steps', '3', '--guidance', '2.5',
+    '--seed', SEED, ...extra]);
 }
 
 test('a LoRA file is checked against the model, and a file that is not one is refused with the reason', async () => {
@@ -124,8 +84,7 @@ test('adapters and their settings survive a reload (IndexedDB) and are checked a
   assert.match(await page.textContent('#lora-list li'), /lora_kohya\.safetensors.*checked when a model is loaded/);
   assert.equal(await page.textContent('#lora-list .lora-strength'), '0.50');
   assert.equal(await page.isChecked('#lora-list input[type="checkbox"]'), false);
-  await page.click('#load-demo');
-  await page.waitForSelector('#model-state[data-state="loaded"]', { timeout: 120_000 });
+  await loadDemo(page);
   await page.waitForFunction(() => /23 layers, rank 4/.test(document.querySelector('#lora-list li')?.textContent ?? ''));
   await page.click('[aria-label="remove lora_kohya.safetensors"]');
   await page.waitForFunction(() => document.querySelectorAll('#lora-list li').length === 0);

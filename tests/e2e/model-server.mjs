@@ -3,9 +3,8 @@
 import { createServer } from 'node:http';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { PACK } from './browser.mjs';
 
-export const PACK = 'tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny';
-export const REFERENCE = 'tests/fixtures/tiny/golden/reference_input.png';
 export const CHUNK = 262144; // the 256 KiB chunk size offered in the custom-URL form
 export const HUGE = 900_000_000_000; // the fake Content-Length of the "huge" source's DiT
 
@@ -63,16 +62,18 @@ export function startModelServer() {
   return new Promise((ok) => server.listen(0, '127.0.0.1', () => ok({ server, control, url: `http://127.0.0.1:${server.address().port}` })));
 }
 
-/** Bytes of the pack's files that a diffusers-layout URL source stores. */
-export const PACK_BYTES = ['transformer/config.json', 'transformer/diffusion_pytorch_model.safetensors', 'text_encoder/config.json',
-  'text_encoder/model.safetensors', 'text_encoder_2/config.json', 'text_encoder_2/model.safetensors', 'tokenizer/vocab.json',
-  'tokenizer/merges.txt', 'tokenizer_2/tokenizer.json', 'vae/config.json', 'vae/diffusion_pytorch_model.safetensors']
-  .reduce((sum, p) => sum + statSync(join(PACK, p)).size, 0);
-
 /** Stores the pack from `base` through the custom-URL form, in 256 KiB chunks. */
 export async function storeFromUrl(page, base) {
   await page.check('#source-urls');
   await page.fill('#url-base', base);
   await page.selectOption('#url-chunk', String(CHUNK));
   await page.click('#url-store');
+}
+
+/** The row of stored model `id` in the model panel's list. */
+export const row = (id) => `.stored-model[data-id="${id}"]`;
+
+/** Waits until the running download or copy has stored its first bytes. */
+export function transferStarted(page) {
+  return page.waitForFunction(() => Number(document.querySelector('#transfer')?.dataset.done ?? 0) > 0, null, { timeout: 30_000 });
 }

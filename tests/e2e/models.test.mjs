@@ -6,8 +6,8 @@
 // frees space. A partial model cannot be loaded.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { openApp, screenshot, setNumber } from './browser.mjs';
-import { startModelServer, storeFromUrl, PACK, PACK_BYTES, CHUNK, REFERENCE } from './model-server.mjs';
+import { openApp, screenshot, setNumber, packBytes, PACK, REFERENCE } from './browser.mjs';
+import { startModelServer, storeFromUrl, row, transferStarted, CHUNK } from './model-server.mjs';
 
 let models;
 let browser;
@@ -18,7 +18,6 @@ before(async () => {
 });
 after(async () => { await browser.close(); models.server.close(); });
 
-const row = (id) => `.stored-model[data-id="${id}"]`;
 const getBytes = (since) => models.control.log.slice(since).filter((e) => e.method === 'GET');
 const networkNoise = (p) => /Failed to load resource|net::ERR_|Failed to fetch/.test(p);
 
@@ -51,7 +50,7 @@ test('a custom URL download shows progress, survives a cut and a reload, and Res
   await page.waitForSelector(`${row(tinyId)}[data-state="partial"] .model-resume`);
   const stored = Number(await page.getAttribute(row(tinyId), 'data-stored'));
   const total = Number(await page.getAttribute(row(tinyId), 'data-total'));
-  assert.equal(total, PACK_BYTES);
+  assert.equal(total, packBytes());
   assert.ok(stored > 0 && stored <= 2_500_000, `stored ${stored}`);
   assert.ok(stored < total, `stored ${stored} of ${total}`);
   assert.equal(await page.isDisabled(`${row(tinyId)} .model-load`), true, 'a partial model cannot be loaded');
@@ -129,7 +128,7 @@ test('pause keeps the stored chunks, Resume finishes, Cancel stops and deletes',
   const { page } = browser;
   models.control.pieceDelayMs = 40;
   await storeFromUrl(page, `${models.url}/tiny/`);
-  await page.waitForFunction(() => Number(document.querySelector('#transfer')?.dataset.done ?? 0) > 0, null, { timeout: 30_000 });
+  await transferStarted(page);
   await page.click('#transfer-pause');
   await page.waitForSelector('#transfer', { state: 'detached', timeout: 30_000 });
   const paused = page.locator('.stored-model[data-state="partial"]');
@@ -139,7 +138,7 @@ test('pause keeps the stored chunks, Resume finishes, Cancel stops and deletes',
   assert.match(await page.textContent(`${row(id)} .model-note`), /Paused: Resume fetches only the missing chunks\./);
   await page.focus(`${row(id)} .model-resume`);
   await page.keyboard.press('Enter');
-  await page.waitForFunction(() => Number(document.querySelector('#transfer')?.dataset.done ?? 0) > 0, null, { timeout: 30_000 });
+  await transferStarted(page);
   await page.click('#transfer-cancel');
   await page.waitForSelector(row(id), { state: 'detached', timeout: 30_000 });
   assert.match(await page.textContent('#store-message'), /Deleted; its space is free again\./);

@@ -4,8 +4,8 @@
 // reload), and the whole store cleared behind the page's back (the page notices and says what is gone).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { openApp, screenshot } from './browser.mjs';
-import { startModelServer, storeFromUrl, PACK_BYTES } from './model-server.mjs';
+import { openApp, screenshot, packBytes } from './browser.mjs';
+import { startModelServer, storeFromUrl, row, transferStarted } from './model-server.mjs';
 
 let models;
 let browser;
@@ -20,7 +20,6 @@ before(async () => {
 });
 after(async () => { await browser.close(); models.server.close(); });
 
-const row = (id) => `.stored-model[data-id="${id}"]`;
 const sentSince = (mark) => models.control.log.slice(mark).filter((e) => e.method === 'GET').reduce((sum, e) => sum + e.sent, 0);
 /** What the browser does when the user comes back to a tab. */
 const comeBack = (page) => page.evaluate(() => document.dispatchEvent(new Event('visibilitychange')));
@@ -52,7 +51,7 @@ test('a second tab resuming the model the first downloads waits for it; nothing 
   models.control.pieceDelayMs = 40;
   const mark = models.control.log.length;
   await storeFromUrl(page, `${models.url}/tiny/`);
-  await page.waitForFunction(() => Number(document.querySelector('#transfer')?.dataset.done ?? 0) > 0, null, { timeout: 30_000 });
+  await transferStarted(page);
   modelId = await page.getAttribute('#stored-models .stored-model', 'data-id');
 
   await comeBack(second);
@@ -65,7 +64,7 @@ test('a second tab resuming the model the first downloads waits for it; nothing 
   await page.waitForSelector(`${row(modelId)}[data-state="complete"]`, { timeout: 120_000 });
   await second.waitForSelector(`${row(modelId)}[data-state="complete"]`, { timeout: 60_000 });
   assert.match(await second.textContent(`${row(modelId)} .model-note`), /Stored and verified: 4\.\d MB\./);
-  assert.equal(sentSince(mark), PACK_BYTES, 'every byte was fetched once');
+  assert.equal(sentSince(mark), packBytes(), 'every byte was fetched once');
   await second.click(`${row(modelId)} .model-verify`);
   await second.waitForFunction((sel) => /Verified: all \d+ chunks match/.test(document.querySelector(sel)?.textContent ?? ''),
     `${row(modelId)} .model-note`, { timeout: 60_000 });
@@ -96,7 +95,7 @@ test('another tab upgrading the database is never blocked by this one, which sto
   const { page } = browser;
   models.control.pieceDelayMs = 40;
   await storeFromUrl(page, `${models.url}/tiny/`);
-  await page.waitForFunction(() => Number(document.querySelector('#transfer')?.dataset.done ?? 0) > 0, null, { timeout: 30_000 });
+  await transferStarted(page);
   assert.equal(await page.getAttribute('#transfer', 'data-action'), 'Downloading');
   // A newer kontext-web in the second tab opens the database at the next version: not blocked (the first tab
   // closed its connection at once).

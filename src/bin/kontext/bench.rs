@@ -1,8 +1,8 @@
 //! `kontext bench`: packed against f32 matmuls, flash against reference attention and one DiT step, measured side
-//! by side on one device ([`kontext_web::bench`]).
+//! by side on one device ([`kontext_web::harness::bench`]).
 
-use kontext_web::bench::{self, Report, Sizes};
 use kontext_web::device::{self, Backend};
+use kontext_web::harness::bench::{self, Report, Sizes};
 use kontext_web::{Error, Result};
 
 /// Options of `kontext bench`.

@@ -5,13 +5,13 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use kontext_web::device::{self, Backend, read_f32};
+use kontext_web::formats::weights::Weights;
 use kontext_web::formats::{FileSource, SafetensorsFile};
-use kontext_web::loader::{self, Folder, KontextModel, MemoryPolicy, ModelFiles, NoFolder, Overrides};
 use kontext_web::model::flux::Flux;
-use kontext_web::model::lora::LoraAdapter;
+use kontext_web::model::layers::LoraAdapter;
 use kontext_web::pipeline::edit::{Edit, EditRequest, Phase};
+use kontext_web::pipeline::loader::{self, Folder, KontextModel, MemoryPolicy, ModelFiles, NoFolder, Overrides};
 use kontext_web::pipeline::{image as images, rng, size};
-use kontext_web::weights::Weights;
 use kontext_web::{Error, Result};
 
 /// Where the model comes from: a diffusers folder and/or single files.

@@ -8,10 +8,11 @@ mod generate;
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
     use clap::{Parser, Subcommand};
+    use kontext_web::device::selfcheck;
     use kontext_web::device::{self, Backend};
     use kontext_web::formats::FileSource;
-    use kontext_web::loader::{self, Folder, ModelFiles, NoFolder};
-    use kontext_web::{Error, Result, formats, selfcheck};
+    use kontext_web::pipeline::loader::{self, Folder, ModelFiles, NoFolder};
+    use kontext_web::{Error, Result};
 
     #[derive(Parser)]
     #[command(name = "kontext", version, about = "FLUX.1 Kontext [dev] image editing: the native CLI of kontext-web")]
@@ -84,7 +85,7 @@ mod cli {
     }
 
     fn inspect(path: &std::path::Path, json: bool) -> Result<()> {
-        let report = formats::inspect::inspect_path(path)?;
+        let report = kontext_web::model::inspect::inspect_path(path)?;
         if json {
             println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))?);
             return Ok(());
@@ -114,7 +115,7 @@ mod cli {
         backend: Backend,
         model: Option<&std::path::Path>,
     ) -> Result<()> {
-        let report = formats::inspect::inspect_path(path)?;
+        let report = kontext_web::model::inspect::inspect_path(path)?;
         if !path.is_file() {
             return Err(Error::Invalid(format!("--load needs a transformer file, not {}", path.display())));
         }

@@ -1,5 +1,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = kontext_web::fuzz::tokenizer(data);
+    let _ = kontext_web::harness::fuzz::tokenizer(data);
 });

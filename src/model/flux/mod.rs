@@ -10,22 +10,30 @@
 //! Shapes in the field docs are the checkpoint's (PyTorch `[out, in]`); every linear layer is a [`Projection`]:
 //! dense, or the file's ggml blocks kept packed on the GPU.
 
+pub mod config;
+pub mod embeddings;
+pub mod infer;
+pub mod lora;
+pub mod remap;
+pub mod rope;
+
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
-use super::config::FluxConfig;
-use super::embeddings::{MlpEmbedder, TIME_FACTOR, TIMESTEP_FEATURES, timestep_embedding};
+use config::FluxConfig;
+use embeddings::{MlpEmbedder, TIME_FACTOR, TIMESTEP_FEATURES, timestep_embedding};
 use std::collections::HashMap;
 
 use std::ops::Range;
 
-use super::load::{self, LowRank, Projection};
-use super::lora::LoraAdapter;
-use super::rope::Rope;
 use crate::device::max_binding_bytes;
-use crate::weights::Weights;
+use crate::formats::weights::Weights;
+use crate::model::layers::LoraAdapter;
+use crate::model::layers::{LowRank, Projection};
+use crate::model::scope::Scope;
 use crate::{Error, Result};
+use rope::Rope;
 
 /// Epsilon of every LayerNorm and RMSNorm of the model.
 const NORM_EPS: f64 = 1e-6;
@@ -99,8 +107,8 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn load(weights: &dyn Weights, prefix: &str, dim: usize, device: &Device) -> Result<Self> {
-        Ok(Self { scale: Param::from_tensor(load::tensor(weights, &format!("{prefix}.scale"), [dim], device)?) })
+    fn load(vb: Scope, dim: usize) -> Result<Self> {
+        Ok(Self { scale: Param::from_tensor(vb.tensor("scale", [dim])?) })
     }
 
     /// Normalises `[b, heads, n, d]` over `d`.
@@ -120,10 +128,10 @@ pub struct QkNorm {
 }
 
 impl QkNorm {
-    fn load(weights: &dyn Weights, prefix: &str, head_dim: usize, device: &Device) -> Result<Self> {
+    fn load(vb: Scope, head_dim: usize) -> Result<Self> {
         Ok(Self {
-            query_norm: RmsNorm::load(weights, &format!("{prefix}.query_norm"), head_dim, device)?,
-            key_norm: RmsNorm::load(weights, &format!("{prefix}.key_norm"), head_dim, device)?,
+            query_norm: RmsNorm::load(vb.pp("query_norm"), head_dim)?,
+            key_norm: RmsNorm::load(vb.pp("key_norm"), head_dim)?,
         })
     }
 }
@@ -155,9 +163,9 @@ pub struct Modulation {
 }
 
 impl Modulation {
-    fn load(weights: &dyn Weights, prefix: &str, hidden: usize, double: bool, device: &Device) -> Result<Self> {
+    fn load(vb: Scope, hidden: usize, double: bool) -> Result<Self> {
         let width = if double { 6 * hidden } else { 3 * hidden };
-        Ok(Self { lin: load::linear(weights, &format!("{prefix}.lin"), hidden, width, true, device)? })
+        Ok(Self { lin: vb.pp("lin").linear(hidden, width, true)? })
     }
 
     /// `[b, hidden]` → one [`ModulationOut`] per three chunks.
@@ -185,13 +193,13 @@ pub struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn load(weights: &dyn Weights, prefix: &str, config: &FluxConfig, device: &Device) -> Result<Self> {
+    fn load(vb: Scope, config: &FluxConfig) -> Result<Self> {
         let hidden = config.hidden_size;
         let qkv = [hidden; 3];
         Ok(Self {
-            qkv: load::fused_linear(weights, &format!("{prefix}.qkv"), hidden, &qkv, config.qkv_bias, device)?,
-            norm: QkNorm::load(weights, &format!("{prefix}.norm"), config.head_dim(), device)?,
-            proj: load::linear(weights, &format!("{prefix}.proj"), hidden, hidden, true, device)?,
+            qkv: vb.pp("qkv").fused_linear(hidden, &qkv, config.qkv_bias)?,
+            norm: QkNorm::load(vb.pp("norm"), config.head_dim())?,
+            proj: vb.pp("proj").linear(hidden, hidden, true)?,
         })
     }
 
@@ -212,12 +220,9 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    fn load(weights: &dyn Weights, prefix: &str, config: &FluxConfig, device: &Device) -> Result<Self> {
+    fn load(vb: Scope, config: &FluxConfig) -> Result<Self> {
         let (hidden, mlp) = (config.hidden_size, config.mlp_hidden());
-        Ok(Self {
-            layer_0: load::linear(weights, &format!("{prefix}.0"), hidden, mlp, true, device)?,
-            layer_2: load::linear(weights, &format!("{prefix}.2"), mlp, hidden, true, device)?,
-        })
+        Ok(Self { layer_0: vb.pp("0").linear(hidden, mlp, true)?, layer_2: vb.pp("2").linear(mlp, hidden, true)? })
     }
 
     /// `[b, n, hidden] → [b, n, hidden]`, in token chunks whose `[b, chunk, mlp_hidden]` activation fits.
@@ -259,15 +264,15 @@ pub struct DoubleStreamBlock {
 }
 
 impl DoubleStreamBlock {
-    fn load(weights: &dyn Weights, prefix: &str, config: &FluxConfig, device: &Device) -> Result<Self> {
+    fn load(vb: Scope, config: &FluxConfig) -> Result<Self> {
         let hidden = config.hidden_size;
         Ok(Self {
-            img_mod: Modulation::load(weights, &format!("{prefix}.img_mod"), hidden, true, device)?,
-            img_attn: SelfAttention::load(weights, &format!("{prefix}.img_attn"), config, device)?,
-            img_mlp: Mlp::load(weights, &format!("{prefix}.img_mlp"), config, device)?,
-            txt_mod: Modulation::load(weights, &format!("{prefix}.txt_mod"), hidden, true, device)?,
-            txt_attn: SelfAttention::load(weights, &format!("{prefix}.txt_attn"), config, device)?,
-            txt_mlp: Mlp::load(weights, &format!("{prefix}.txt_mlp"), config, device)?,
+            img_mod: Modulation::load(vb.pp("img_mod"), hidden, true)?,
+            img_attn: SelfAttention::load(vb.pp("img_attn"), config)?,
+            img_mlp: Mlp::load(vb.pp("img_mlp"), config)?,
+            txt_mod: Modulation::load(vb.pp("txt_mod"), hidden, true)?,
+            txt_attn: SelfAttention::load(vb.pp("txt_attn"), config)?,
+            txt_mlp: Mlp::load(vb.pp("txt_mlp"), config)?,
             num_heads: config.num_heads,
         })
     }
@@ -319,14 +324,14 @@ pub struct SingleStreamBlock {
 }
 
 impl SingleStreamBlock {
-    fn load(weights: &dyn Weights, prefix: &str, config: &FluxConfig, device: &Device) -> Result<Self> {
+    fn load(vb: Scope, config: &FluxConfig) -> Result<Self> {
         let (hidden, mlp) = (config.hidden_size, config.mlp_hidden());
         let segments = [hidden, hidden, hidden, mlp]; // q, k, v, MLP input
         Ok(Self {
-            linear1: load::fused_linear(weights, &format!("{prefix}.linear1"), hidden, &segments, true, device)?,
-            linear2: load::linear(weights, &format!("{prefix}.linear2"), hidden + mlp, hidden, true, device)?,
-            norm: QkNorm::load(weights, &format!("{prefix}.norm"), config.head_dim(), device)?,
-            modulation: Modulation::load(weights, &format!("{prefix}.modulation"), hidden, false, device)?,
+            linear1: vb.pp("linear1").fused_linear(hidden, &segments, true)?,
+            linear2: vb.pp("linear2").linear(hidden + mlp, hidden, true)?,
+            norm: QkNorm::load(vb.pp("norm"), config.head_dim())?,
+            modulation: Modulation::load(vb.pp("modulation"), hidden, false)?,
             num_heads: config.num_heads,
             hidden_size: hidden,
         })
@@ -414,6 +419,7 @@ impl Flux {
     /// Builds the model from BFL-named `weights`, checking every tensor's shape against `config`.
     pub fn load(config: &FluxConfig, weights: &dyn Weights, device: &Device) -> Result<Self> {
         validate(config)?;
+        let vb = Scope::new(weights, device);
         let hidden = config.hidden_size;
         for (kind, depth, probe) in [
             ("double_blocks", config.depth, "img_mod.lin.weight"),
@@ -432,30 +438,23 @@ impl Flux {
             ));
         }
         Ok(Self {
-            img_in: load::linear(weights, "img_in", config.in_channels, hidden, true, device)?,
-            txt_in: load::linear(weights, "txt_in", config.context_in_dim, hidden, true, device)?,
-            time_in: MlpEmbedder::load(weights, "time_in", TIMESTEP_FEATURES, hidden, device)?,
-            vector_in: MlpEmbedder::load(weights, "vector_in", config.vec_in_dim, hidden, device)?,
+            img_in: vb.pp("img_in").linear(config.in_channels, hidden, true)?,
+            txt_in: vb.pp("txt_in").linear(config.context_in_dim, hidden, true)?,
+            time_in: MlpEmbedder::load(vb.pp("time_in"), TIMESTEP_FEATURES, hidden)?,
+            vector_in: MlpEmbedder::load(vb.pp("vector_in"), config.vec_in_dim, hidden)?,
             guidance_in: match config.guidance_embed {
-                true => Some(MlpEmbedder::load(weights, "guidance_in", TIMESTEP_FEATURES, hidden, device)?),
+                true => Some(MlpEmbedder::load(vb.pp("guidance_in"), TIMESTEP_FEATURES, hidden)?),
                 false => None,
             },
             double_blocks: (0..config.depth)
-                .map(|i| DoubleStreamBlock::load(weights, &format!("double_blocks.{i}"), config, device))
+                .map(|i| DoubleStreamBlock::load(vb.pp("double_blocks").pp(i), config))
                 .collect::<Result<_>>()?,
             single_blocks: (0..config.depth_single_blocks)
-                .map(|i| SingleStreamBlock::load(weights, &format!("single_blocks.{i}"), config, device))
+                .map(|i| SingleStreamBlock::load(vb.pp("single_blocks").pp(i), config))
                 .collect::<Result<_>>()?,
             final_layer: LastLayer {
-                linear: load::linear(weights, "final_layer.linear", hidden, config.in_channels, true, device)?,
-                ada_ln_modulation: load::linear(
-                    weights,
-                    "final_layer.adaLN_modulation.1",
-                    hidden,
-                    2 * hidden,
-                    true,
-                    device,
-                )?,
+                linear: vb.pp("final_layer").pp("linear").linear(hidden, config.in_channels, true)?,
+                ada_ln_modulation: vb.pp("final_layer").pp("adaLN_modulation.1").linear(hidden, 2 * hidden, true)?,
             },
             config: config.clone(),
         })
@@ -761,8 +760,8 @@ fn expect_dims(what: &str, found: &[usize], expected: &[usize]) -> Result<()> {
 mod tests {
     use super::*;
     use crate::device::cpu;
-    use crate::model::testing::FixtureFile;
-    use crate::model::transformer_remap::DiffusersAsBfl;
+    use crate::harness::testing::FixtureFile;
+    use crate::model::flux::remap::DiffusersAsBfl;
     use burn::tensor::Tolerance;
 
     const BFL: &str = "bfl_gguf/transformer_bfl.safetensors";
@@ -971,7 +970,7 @@ mod tests {
         for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K] {
             for (d_in, segments) in &layers {
                 let row_bytes = (d_in / ty.block_size() * ty.type_size()) as u64;
-                let parts = load::part_rows(segments, row_bytes, limit).unwrap();
+                let parts = crate::model::layers::part_rows(segments, row_bytes, limit).unwrap();
                 assert_eq!(parts.last().unwrap().end, segments.iter().sum::<usize>());
                 for rows in parts {
                     let bytes = part_bytes(rows.len(), row_bytes);
@@ -980,7 +979,8 @@ mod tests {
             }
         }
         // linear1 in f32 (264 MB) and f16 (132 MB) is over the limit whole; its MLP input alone in f32 too.
-        let linear1 = |row_bytes: u64| load::part_rows(&[h, h, h, mlp], row_bytes, limit).unwrap().len();
+        let linear1 =
+            |row_bytes: u64| crate::model::layers::part_rows(&[h, h, h, mlp], row_bytes, limit).unwrap().len();
         assert_eq!((linear1(h as u64 * 4), linear1(h as u64 * 2)), (5, 4));
 
         let (n_txt, n_img) = (512, 2 * (1024 / 16) * (1024 / 16));

@@ -1,5 +1,9 @@
-//! Building burn parameters from named [`Weights`], checking every shape against what the config expects.
+//! The layers the networks share, built from named [`Weights`] with every shape checked against what the config
+//! expects: [`Projection`] (a linear layer, dense or packed ggml blocks, split to fit the device's buffers, with
+//! runtime LoRA updates [`LowRank`] on top), [`HostEmbedding`] (a token table kept on the host) and the LoRA data
+//! they take ([`LayerUpdate`], [`LoraAdapter`]). Modules reach these through [`crate::model::scope::Scope`].
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -7,11 +11,11 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::lora::LayerUpdate;
 use crate::device::max_binding_bytes;
+use crate::formats::weights::{HostTensor, Weights};
 use crate::formats::{GgmlType, dequantize};
-use crate::kernels::quant_matmul::{PackedLinear, PackedWeight, keeps_blocks, packs_on};
-use crate::weights::{HostTensor, Weights};
+use crate::kernels::packs_on;
+use crate::kernels::quant_matmul::{PackedLinear, PackedWeight, keeps_blocks};
 use crate::{Error, Result};
 
 /// Reads `name`, failing with a message naming the tensor when it is missing or its shape is not `shape`.
@@ -238,6 +242,7 @@ impl LowRank {
 pub fn part_rows(segments: &[usize], row_bytes: u64, limit: u64) -> Result<Vec<Range<usize>>> {
     let total: usize = segments.iter().sum();
     if limit == u64::MAX {
+        #[allow(clippy::single_range_in_vec_init)] // one part: all the rows
         return Ok(vec![0..total]);
     }
     // Packed parts are uploaded as whole u32 words.
@@ -383,6 +388,33 @@ impl HostEmbedding {
     }
 }
 
+/// One layer's update, ready to apply: `down` `[rank, d_in]` and `up` `[d_out, rank]` with alpha / rank folded in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerUpdate {
+    /// Stacked `A` factors, `[rank, d_in]`.
+    pub down: HostTensor,
+    /// Block-diagonal `B` factors times alpha / rank, `[d_out, rank]`.
+    pub up: HostTensor,
+}
+
+impl LayerUpdate {
+    /// The total rank.
+    pub fn rank(&self) -> usize {
+        self.down.shape[0]
+    }
+}
+
+/// A LoRA file resolved against a model: one [`LayerUpdate`] per BFL layer it adapts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraAdapter {
+    /// The file's name, for messages and recipes.
+    pub label: String,
+    /// BFL layer name → its update.
+    pub layers: BTreeMap<String, LayerUpdate>,
+    /// Text-encoder tensors in the file, which are not applied.
+    pub ignored_text_encoder_tensors: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,7 +461,7 @@ mod tests {
 
     #[test]
     fn part_rows_keep_segments_apart_and_fit_the_limit() {
-        assert_eq!(part_rows(&[3, 4], 256, u64::MAX).unwrap(), [0..7]);
+        assert_eq!(part_rows(&[3, 4], 256, u64::MAX).unwrap(), std::iter::once(0..7).collect::<Vec<_>>());
         assert_eq!(part_rows(&[3, 4], 256, 1 << 20).unwrap(), [0..3, 3..7]);
         // 1000 bytes hold 3 rows of 256: a segment of 7 becomes 3 equal-as-possible parts.
         assert_eq!(part_rows(&[7], 256, 1000).unwrap(), [0..3, 3..6, 6..7]);

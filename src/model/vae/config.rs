@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::weights::Weights;
+use crate::formats::weights::Weights;
 use crate::{Error, Result};
 
 /// Hyper-parameters of the VAE. The number of resolution levels is `block_out_channels.len()`; the image is
@@ -160,7 +160,7 @@ impl VaeConfig {
     }
 
     /// Reads the architecture from the shapes of diffusers-named weights (wrap BFL `ae.safetensors` in
-    /// [`crate::model::vae_remap::LdmVaeWeights`] first). Shapes cannot show `norm_num_groups`,
+    /// [`crate::model::vae::remap::LdmVaeWeights`] first). Shapes cannot show `norm_num_groups`,
     /// `scaling_factor` or `shift_factor`: they are set to Flux's values (32, 0.3611, 0.1159). Callers that
     /// know better (a `config.json`, a tiny test model) override them, e.g. with
     /// [`VaeConfig::with_norm_num_groups`].
@@ -257,7 +257,7 @@ mod tests {
 
     #[test]
     fn diffusers_json_of_the_tiny_model_reads_every_field() {
-        let json = include_str!("../../tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/vae/config.json");
+        let json = include_str!("../../../tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/vae/config.json");
         let cfg = VaeConfig::from_diffusers_json(json).unwrap();
         let expected = VaeConfig { block_out_channels: vec![8, 16, 32, 32], norm_num_groups: 4, ..VaeConfig::flux() };
         assert_eq!(cfg, expected);

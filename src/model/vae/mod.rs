@@ -1,18 +1,23 @@
 //! The Flux VAE: diffusers' `AutoencoderKL` (encoder → mean of the latent distribution, decoder → image),
 //! with field names equal to the diffusers checkpoint keys. BFL `ae.safetensors` loads through
-//! [`super::vae_remap::LdmVaeWeights`].
+//! [`crate::model::vae::remap::LdmVaeWeights`].
 //!
 //! Every forward is a pure function of its input (no caches, no global state), so the decoder can later be run
 //! tile by tile.
+
+pub mod config;
+pub mod remap;
+pub mod tiling;
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
 use burn::tensor::module::{conv2d, linear};
 use burn::tensor::ops::{ConvOptions, PadMode};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 
-pub use super::vae_config::VaeConfig;
-use crate::weights::Weights;
+use crate::formats::weights::Weights;
+use crate::model::scope::Scope;
+pub use crate::model::vae::config::VaeConfig;
 use crate::{Error, Result};
 
 /// GroupNorm epsilon of every norm in the VAE (diffusers `resnet_eps`, BFL `eps=1e-6`).
@@ -296,7 +301,9 @@ impl Vae {
     /// `post_quant_conv` are loaded when the config asks for them or the weights hold them.
     pub fn load(cfg: &VaeConfig, weights: &dyn Weights, device: &Device) -> Result<Self> {
         cfg.validate()?;
-        let load = Loader { weights, device, groups: cfg.norm_num_groups };
+        let load = Loader { groups: cfg.norm_num_groups };
+        let vb = Scope::new(weights, device);
+        let (encoder_vb, decoder_vb) = (vb.pp("encoder"), vb.pp("decoder"));
         let widths = &cfg.block_out_channels;
         let levels = widths.len();
         let last = widths[levels - 1];
@@ -305,50 +312,50 @@ impl Vae {
         let mut down_blocks = Vec::with_capacity(levels);
         let mut prev = widths[0];
         for (i, &width) in widths.iter().enumerate() {
-            let prefix = format!("encoder.down_blocks.{i}");
+            let block = encoder_vb.pp("down_blocks").pp(i);
             let resnets = (0..cfg.layers_per_block)
-                .map(|j| load.resnet(&format!("{prefix}.resnets.{j}"), if j == 0 { prev } else { width }, width))
+                .map(|j| load.resnet(block.pp("resnets").pp(j), if j == 0 { prev } else { width }, width))
                 .collect::<Result<_>>()?;
             let downsamplers = (i + 1 < levels)
-                .then(|| load.conv(&format!("{prefix}.downsamplers.0.conv"), width, width, 3, 2, 0))
+                .then(|| load.conv(block.pp("downsamplers.0.conv"), width, width, 3, 2, 0))
                 .transpose()?
                 .map(|conv| Downsample { conv });
             down_blocks.push(DownBlock { resnets, downsamplers });
             prev = width;
         }
         let encoder = Encoder {
-            conv_in: load.conv("encoder.conv_in", cfg.in_channels, widths[0], 3, 1, 1)?,
+            conv_in: load.conv(encoder_vb.pp("conv_in"), cfg.in_channels, widths[0], 3, 1, 1)?,
             down_blocks,
-            mid_block: load.mid_block("encoder.mid_block", last, cfg.mid_block_add_attention)?,
-            conv_norm_out: load.group_norm("encoder.conv_norm_out", last)?,
-            conv_out: load.conv("encoder.conv_out", last, 2 * latent, 3, 1, 1)?,
+            mid_block: load.mid_block(encoder_vb.pp("mid_block"), last, cfg.mid_block_add_attention)?,
+            conv_norm_out: load.group_norm(encoder_vb.pp("conv_norm_out"), last)?,
+            conv_out: load.conv(encoder_vb.pp("conv_out"), last, 2 * latent, 3, 1, 1)?,
         };
 
         let mut up_blocks = Vec::with_capacity(levels);
         let mut prev = last;
         for (i, &width) in widths.iter().rev().enumerate() {
-            let prefix = format!("decoder.up_blocks.{i}");
+            let block = decoder_vb.pp("up_blocks").pp(i);
             let resnets = (0..=cfg.layers_per_block)
-                .map(|j| load.resnet(&format!("{prefix}.resnets.{j}"), if j == 0 { prev } else { width }, width))
+                .map(|j| load.resnet(block.pp("resnets").pp(j), if j == 0 { prev } else { width }, width))
                 .collect::<Result<_>>()?;
             let upsamplers = (i + 1 < levels)
-                .then(|| load.conv(&format!("{prefix}.upsamplers.0.conv"), width, width, 3, 1, 1))
+                .then(|| load.conv(block.pp("upsamplers.0.conv"), width, width, 3, 1, 1))
                 .transpose()?
                 .map(|conv| Upsample { conv });
             up_blocks.push(UpBlock { resnets, upsamplers });
             prev = width;
         }
         let decoder = Decoder {
-            conv_in: load.conv("decoder.conv_in", latent, last, 3, 1, 1)?,
-            mid_block: load.mid_block("decoder.mid_block", last, cfg.mid_block_add_attention)?,
+            conv_in: load.conv(decoder_vb.pp("conv_in"), latent, last, 3, 1, 1)?,
+            mid_block: load.mid_block(decoder_vb.pp("mid_block"), last, cfg.mid_block_add_attention)?,
             up_blocks,
-            conv_norm_out: load.group_norm("decoder.conv_norm_out", widths[0])?,
-            conv_out: load.conv("decoder.conv_out", widths[0], cfg.out_channels, 3, 1, 1)?,
+            conv_norm_out: load.group_norm(decoder_vb.pp("conv_norm_out"), widths[0])?,
+            conv_out: load.conv(decoder_vb.pp("conv_out"), widths[0], cfg.out_channels, 3, 1, 1)?,
         };
 
         let optional_1x1 = |name: &str, wanted: bool, channels: usize| {
-            (wanted || weights.contains(&format!("{name}.weight")))
-                .then(|| load.conv(name, channels, channels, 1, 1, 0))
+            (wanted || vb.pp(name).contains("weight"))
+                .then(|| load.conv(vb.pp(name), channels, channels, 1, 1, 0))
                 .transpose()
         };
         Ok(Self {
@@ -431,31 +438,14 @@ impl Vae {
 }
 
 /// Reads named tensors into modules, checking shapes before reading data.
-struct Loader<'a> {
-    weights: &'a dyn Weights,
-    device: &'a Device,
+struct Loader {
     groups: usize,
 }
 
-impl Loader<'_> {
-    fn tensor<const D: usize>(&self, name: &str, expected: [usize; D]) -> Result<Tensor<D>> {
-        let shape = self.weights.shape(name).ok_or_else(|| Error::Invalid(format!("VAE weights lack `{name}`")))?;
-        if shape != expected {
-            return Err(Error::Invalid(format!("VAE tensor `{name}` has shape {shape:?}, expected {expected:?}")));
-        }
-        let host = self.weights.read(name)?;
-        if host.data.len() != expected.iter().product::<usize>() {
-            return Err(Error::Invalid(format!(
-                "VAE tensor `{name}`: {} values do not fill {expected:?}",
-                host.data.len()
-            )));
-        }
-        Ok(Tensor::from_data(TensorData::new(host.data, expected), self.device))
-    }
-
+impl Loader {
     fn conv(
         &self,
-        prefix: &str,
+        vb: Scope,
         c_in: usize,
         c_out: usize,
         kernel: usize,
@@ -463,64 +453,66 @@ impl Loader<'_> {
         padding: usize,
     ) -> Result<Conv2d> {
         Ok(Conv2d {
-            weight: Param::from_tensor(self.tensor(&format!("{prefix}.weight"), [c_out, c_in, kernel, kernel])?),
-            bias: Param::from_tensor(self.tensor(&format!("{prefix}.bias"), [c_out])?),
+            weight: Param::from_tensor(vb.tensor("weight", [c_out, c_in, kernel, kernel])?),
+            bias: Param::from_tensor(vb.tensor("bias", [c_out])?),
             stride,
             padding,
         })
     }
 
-    fn linear(&self, prefix: &str, channels: usize) -> Result<Linear> {
-        let weight: Tensor<2> = self.tensor(&format!("{prefix}.weight"), [channels, channels])?; // [out, in]
+    fn linear(&self, vb: Scope, channels: usize) -> Result<Linear> {
+        let weight: Tensor<2> = vb.tensor("weight", [channels, channels])?; // [out, in]
         Ok(Linear {
             weight: Param::from_tensor(weight.transpose()), // [in, out]
-            bias: Param::from_tensor(self.tensor(&format!("{prefix}.bias"), [channels])?),
+            bias: Param::from_tensor(vb.tensor("bias", [channels])?),
         })
     }
 
-    fn group_norm(&self, prefix: &str, channels: usize) -> Result<GroupNorm> {
+    fn group_norm(&self, vb: Scope, channels: usize) -> Result<GroupNorm> {
         if !channels.is_multiple_of(self.groups) {
             return Err(Error::Invalid(format!(
-                "VAE `{prefix}`: {channels} channels do not split into {} groups",
+                "VAE `{}`: {channels} channels do not split into {} groups",
+                vb.prefix(),
                 self.groups
             )));
         }
         Ok(GroupNorm {
-            weight: Param::from_tensor(self.tensor(&format!("{prefix}.weight"), [channels])?),
-            bias: Param::from_tensor(self.tensor(&format!("{prefix}.bias"), [channels])?),
+            weight: Param::from_tensor(vb.tensor("weight", [channels])?),
+            bias: Param::from_tensor(vb.tensor("bias", [channels])?),
             num_groups: self.groups,
         })
     }
 
-    fn resnet(&self, prefix: &str, c_in: usize, c_out: usize) -> Result<ResnetBlock> {
+    fn resnet(&self, vb: Scope, c_in: usize, c_out: usize) -> Result<ResnetBlock> {
         Ok(ResnetBlock {
-            norm1: self.group_norm(&format!("{prefix}.norm1"), c_in)?,
-            conv1: self.conv(&format!("{prefix}.conv1"), c_in, c_out, 3, 1, 1)?,
-            norm2: self.group_norm(&format!("{prefix}.norm2"), c_out)?,
-            conv2: self.conv(&format!("{prefix}.conv2"), c_out, c_out, 3, 1, 1)?,
+            norm1: self.group_norm(vb.pp("norm1"), c_in)?,
+            conv1: self.conv(vb.pp("conv1"), c_in, c_out, 3, 1, 1)?,
+            norm2: self.group_norm(vb.pp("norm2"), c_out)?,
+            conv2: self.conv(vb.pp("conv2"), c_out, c_out, 3, 1, 1)?,
             conv_shortcut: (c_in != c_out)
-                .then(|| self.conv(&format!("{prefix}.conv_shortcut"), c_in, c_out, 1, 1, 0))
+                .then(|| self.conv(vb.pp("conv_shortcut"), c_in, c_out, 1, 1, 0))
                 .transpose()?,
         })
     }
 
-    fn mid_block(&self, prefix: &str, channels: usize, with_attention: bool) -> Result<MidBlock> {
+    fn mid_block(&self, vb: Scope, channels: usize, with_attention: bool) -> Result<MidBlock> {
         let attentions = if with_attention {
-            let attn = format!("{prefix}.attentions.0");
+            let attn = vb.pp("attentions").pp(0);
             vec![Attention {
-                group_norm: self.group_norm(&format!("{attn}.group_norm"), channels)?,
-                to_q: self.linear(&format!("{attn}.to_q"), channels)?,
-                to_k: self.linear(&format!("{attn}.to_k"), channels)?,
-                to_v: self.linear(&format!("{attn}.to_v"), channels)?,
-                to_out: self.linear(&format!("{attn}.to_out.0"), channels)?,
+                group_norm: self.group_norm(attn.pp("group_norm"), channels)?,
+                to_q: self.linear(attn.pp("to_q"), channels)?,
+                to_k: self.linear(attn.pp("to_k"), channels)?,
+                to_v: self.linear(attn.pp("to_v"), channels)?,
+                to_out: self.linear(attn.pp("to_out").pp(0), channels)?,
             }]
         } else {
             Vec::new()
         };
+        let resnets = vb.pp("resnets");
         Ok(MidBlock {
             resnets: vec![
-                self.resnet(&format!("{prefix}.resnets.0"), channels, channels)?,
-                self.resnet(&format!("{prefix}.resnets.1"), channels, channels)?,
+                self.resnet(resnets.pp(0), channels, channels)?,
+                self.resnet(resnets.pp(1), channels, channels)?,
             ],
             attentions,
         })
@@ -530,7 +522,7 @@ impl Loader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::testing::{FixtureFile, tiny_vae, tiny_vae_config as tiny_config};
+    use crate::harness::testing::{FixtureFile, tiny_vae, tiny_vae_config as tiny_config};
     use burn::tensor::Tolerance;
 
     fn internals() -> FixtureFile {

@@ -1,10 +1,10 @@
 //! BFL's `ae.safetensors` (the LDM naming of flux `modules/autoencoder.py`) presented under diffusers'
-//! `AutoencoderKL` names, so [`super::vae::Vae::load`] reads both. The mapping is the inverse of diffusers'
+//! `AutoencoderKL` names, so [`crate::model::vae::Vae::load`] reads both. The mapping is the inverse of diffusers'
 //! `convert_ldm_vae_checkpoint`.
 
 use std::collections::HashMap;
 
-use crate::weights::{HostTensor, Weights};
+use crate::formats::weights::{HostTensor, Weights};
 use crate::{Error, Result};
 
 /// How a tensor changes between the two namings.
@@ -142,7 +142,7 @@ fn to_diffusers(ldm: &str, decoder_levels: usize) -> (String, Transform) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::testing::FixtureFile;
+    use crate::harness::testing::FixtureFile;
     use crate::model::vae::{Vae, VaeConfig};
     use burn::tensor::Tolerance;
 
@@ -180,7 +180,7 @@ mod tests {
         let device = crate::device::cpu();
         let ae = FixtureFile::open("bfl_gguf/ae.safetensors");
         let remapped = LdmVaeWeights::new(&ae).unwrap();
-        let json = include_str!("../../tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/vae/config.json");
+        let json = include_str!("../../../tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/vae/config.json");
         let groups = VaeConfig::from_diffusers_json(json).unwrap().norm_num_groups;
         let cfg = VaeConfig::infer(&remapped).unwrap().with_norm_num_groups(groups);
         assert_eq!(cfg.block_out_channels, [8, 16, 32, 32]);

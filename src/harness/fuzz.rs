@@ -5,13 +5,14 @@
 
 use std::collections::HashMap;
 
-use crate::formats::inspect::{inspect_gguf, inspect_safetensors, inspect_sharded};
-use crate::formats::{ByteSource, GgufFile, SafetensorsFile, ShardedSafetensors, infer_flux_config};
+use crate::formats::weights::Weights;
+use crate::formats::{ByteSource, GgufFile, SafetensorsFile, ShardedSafetensors};
 use crate::model::FluxConfig;
-use crate::model::vae_config::VaeConfig;
+use crate::model::flux::infer::infer_flux_config;
+use crate::model::inspect::{inspect_gguf, inspect_safetensors, inspect_sharded};
+use crate::model::vae::config::VaeConfig;
+use crate::pipeline::tokenizer::{ClipTokenizer, T5Tokenizer};
 use crate::store::manifest::Manifest;
-use crate::tokenizer::{ClipTokenizer, T5Tokenizer};
-use crate::weights::Weights;
 use crate::{Error, Result};
 
 /// Tensors read per input: enough to reach every tensor of a small file, few enough to keep runs fast.
@@ -30,7 +31,7 @@ pub fn gguf(data: &[u8]) -> Result<()> {
     let _ = inspect_gguf(&file);
     read_small_tensors(&file);
     if file.metadata("tokenizer.ggml.tokens").is_some() {
-        let tokenizer = crate::loader::t5_tokenizer_from_gguf(&file)?;
+        let tokenizer = crate::pipeline::loader::t5_tokenizer_from_gguf(&file)?;
         for prompt in PROMPTS {
             let _ = tokenizer.encode(prompt, 32);
         }
@@ -138,7 +139,7 @@ pub fn image(data: &[u8]) -> Result<()> {
 #[cfg(not(target_arch = "wasm32"))]
 pub fn lora(data: &[u8]) -> Result<()> {
     use crate::model::flux::Flux;
-    use crate::model::lora::LoraAdapter;
+    use crate::model::layers::LoraAdapter;
     thread_local! {
         static MODEL: Flux = {
             let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny/bfl_gguf/transformer_bfl.safetensors");
@@ -150,9 +151,12 @@ pub fn lora(data: &[u8]) -> Result<()> {
     MODEL.with(|model| LoraAdapter::read(data.to_vec(), model).map(|_| ()))
 }
 
+/// A fuzz target's body: reads one input, returning an error (never panicking) for bad ones.
+pub type Target = fn(&[u8]) -> Result<()>;
+
 /// The fuzz targets by name, for the corpus replay.
 #[cfg(not(target_arch = "wasm32"))]
-pub const TARGETS: [(&str, fn(&[u8]) -> Result<()>); 8] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("gguf", gguf),
     ("safetensors", safetensors),
     ("safetensors_index", safetensors_index),
@@ -185,7 +189,7 @@ fn one_tensor_safetensors(name: &str) -> Vec<u8> {
 fn encode_clip(tokenizer: &ClipTokenizer) {
     for prompt in PROMPTS {
         if let Ok(ids) = tokenizer.encode(prompt) {
-            assert_eq!(ids.len(), crate::tokenizer::CLIP_MAX_LEN, "CLIP ids are padded to 77");
+            assert_eq!(ids.len(), crate::pipeline::tokenizer::CLIP_MAX_LEN, "CLIP ids are padded to 77");
         }
     }
 }

@@ -4,7 +4,7 @@
 //! In the patterns, `{N}` stands for a block index and `{p}` for `weight` or `bias`; every placeholder of a BFL
 //! pattern takes the same value in its diffusers sources.
 
-use crate::weights::{HostTensor, RawBlock, Weights};
+use crate::formats::weights::{HostTensor, RawBlock, Weights};
 use crate::{Error, Result};
 
 /// How a BFL tensor is made from its diffusers sources.
@@ -182,7 +182,7 @@ pub fn diffusers_modules(bfl_module: &str) -> Vec<String> {
 }
 
 /// A diffusers-named Flux transformer checkpoint presented under BFL names (shapes and reads), so
-/// [`super::flux::Flux::load`] takes it like a BFL file. Tensors no rule covers are not visible.
+/// [`crate::model::flux::Flux::load`] takes it like a BFL file. Tensors no rule covers are not visible.
 pub struct DiffusersAsBfl<W: Weights> {
     inner: W,
 }

@@ -1,13 +1,13 @@
 //! The embed API's requests (`/?embed`, README "Embedding"): which parent origins may talk to the app, and how
 //! `kontext:load` and `kontext:edit` map onto the worker's [`ToWorker`] requests. The browser glue that reads
-//! `postMessage` events and answers them is `ui::embed`; this part is plain data and runs (and is tested) natively.
+//! `postMessage` events and answers them is `app::embed`; this part is plain data and runs (and is tested) natively.
 
 use serde::Deserialize;
 use serde_bytes::ByteBuf;
 
-use crate::loader::DIFFUSERS_FILES;
+use crate::pipeline::loader::DIFFUSERS_FILES;
 use crate::pipeline::size::DEFAULT_MAX_AREA;
-use crate::protocol::{EditJob, PartUrls, ToWorker};
+use crate::web::protocol::{EditJob, PartUrls, ToWorker};
 
 /// Most reference images one edit takes.
 pub const MAX_IMAGES: usize = 4;

@@ -9,9 +9,9 @@ use serde::Serialize;
 use crate::Result;
 use crate::formats::GgmlType;
 use crate::model::FluxConfig;
-use crate::model::embeddings::TIMESTEP_FEATURES;
-use crate::model::vae_config::VaeConfig;
-use crate::model::vae_tiling::{DecodeTiling, decoder_peak_bytes};
+use crate::model::flux::embeddings::TIMESTEP_FEATURES;
+use crate::model::vae::config::VaeConfig;
+use crate::model::vae::tiling::{DecodeTiling, decoder_peak_bytes};
 
 /// Bytes per activation value (f32).
 const VALUE_BYTES: u64 = 4;

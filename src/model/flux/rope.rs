@@ -6,7 +6,7 @@
 
 use burn::prelude::*;
 
-use super::embeddings::cos_sin;
+use crate::model::flux::embeddings::cos_sin;
 use crate::{Error, Result};
 
 /// The cosines and sines of every token's rotation angles, ready to rotate queries and keys.

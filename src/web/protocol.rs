@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::selfcheck::SelfCheck;
+use crate::device::selfcheck::SelfCheck;
 
 /// Page → worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,7 +54,7 @@ pub enum ToWorker {
     },
 }
 
-/// URLs of single files that replace parts of a model folder ([`crate::loader::Overrides`]).
+/// URLs of single files that replace parts of a model folder ([`crate::pipeline::loader::Overrides`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartUrls {
     /// The DiT: BFL or diffusers safetensors, or a Flux GGUF.

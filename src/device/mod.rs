@@ -1,6 +1,8 @@
 //! Choosing where tensors live: burn's Flex CPU backend, or its wgpu backend (Vulkan/Metal/DX12 natively,
 //! WebGPU in a browser). The wgpu runtime is initialised once per process; later calls reuse it.
 
+pub mod selfcheck;
+
 use std::str::FromStr;
 
 use burn::tensor::{Device, Tensor};

@@ -5,8 +5,8 @@
 use burn::tensor::{Tensor, TensorData};
 use serde::Serialize;
 
-use super::vae::{Vae, VaeConfig};
 use crate::kernels::attention::HEAD_DIM_MAX;
+use crate::model::vae::{Vae, VaeConfig};
 use crate::{Error, Result};
 
 /// Smallest tile side [`choose_tile`] considers, in latent pixels.
@@ -190,7 +190,7 @@ fn blend_weights(spans: &[(usize, usize)], f: usize) -> Vec<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::testing::{tiny_vae, tiny_vae_config as tiny_config};
+    use crate::harness::testing::{tiny_vae, tiny_vae_config as tiny_config};
     use burn::tensor::{Device, Distribution, Tolerance};
 
     /// Seeded standard-normal latents `[1, 16, h, w]`, the distribution the sampler ends near.

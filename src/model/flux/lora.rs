@@ -9,17 +9,18 @@
 //! A layer's update is `W + w · scale · B · A`. diffusers modules that BFL fuses (q, k, v and the MLP input) keep
 //! their own factors: they are stacked into one block-diagonal pair on the fused layer, so every file becomes a
 //! `down` `[Σ rank, d_in]` and an `up` `[d_out, Σ rank]` per BFL layer. The base weights are never touched: see
-//! [`super::load::Projection`].
+//! [`crate::model::layers::Projection`].
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
-use super::flux::Flux;
-use super::transformer_remap::{bfl_module, diffusers_modules};
 use crate::formats::safetensors::SafetensorsFile;
 use crate::formats::source::ByteSource;
-use crate::weights::{HostTensor, Weights};
+use crate::formats::weights::{HostTensor, Weights};
+use crate::model::flux::Flux;
+use crate::model::flux::remap::{bfl_module, diffusers_modules};
+use crate::model::layers::{LayerUpdate, LoraAdapter};
 use crate::{Error, Result};
 
 /// Prefixes that put a module in the transformer, longest first.
@@ -57,33 +58,6 @@ const FACTOR_SUFFIXES: &[(&str, Factor)] = &[
     (".lora.up.weight", Factor::Up),
     (".alpha", Factor::Alpha),
 ];
-
-/// One layer's update, ready to apply: `down` `[rank, d_in]` and `up` `[d_out, rank]` with alpha / rank folded in.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LayerUpdate {
-    /// Stacked `A` factors, `[rank, d_in]`.
-    pub down: HostTensor,
-    /// Block-diagonal `B` factors times alpha / rank, `[d_out, rank]`.
-    pub up: HostTensor,
-}
-
-impl LayerUpdate {
-    /// The total rank.
-    pub fn rank(&self) -> usize {
-        self.down.shape[0]
-    }
-}
-
-/// A LoRA file resolved against a model: one [`LayerUpdate`] per BFL layer it adapts.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoraAdapter {
-    /// The file's name, for messages and recipes.
-    pub label: String,
-    /// BFL layer name → its update.
-    pub layers: BTreeMap<String, LayerUpdate>,
-    /// Text-encoder tensors in the file, which are not applied.
-    pub ignored_text_encoder_tensors: usize,
-}
 
 /// The model's linear layers as a LoRA sees them: name → (d_in, rows of each fused part).
 struct Targets {
@@ -362,10 +336,10 @@ mod tests {
     use super::*;
     use crate::device::cpu;
     use crate::formats::FileSource;
-    use crate::loader::{self, Folder};
+    use crate::harness::testing::{FixtureFile, fixture};
     use crate::model::FluxConfig;
-    use crate::model::testing::{FixtureFile, fixture};
     use crate::pipeline::kontext::{KontextDenoiser, References, TextConditioning, sampler};
+    use crate::pipeline::loader::{self, Folder};
     use burn::tensor::{Device, Tensor, Tolerance};
 
     /// The reference LoRA (rank 4, alpha 8) in every layout of `tests/fixtures/tiny/lora`.

@@ -6,19 +6,19 @@
 
 use burn::tensor::Device;
 
+use crate::formats::weights::Weights;
 use crate::formats::{ByteSource, GgufFile, SafetensorsFile, ShardedSafetensors};
 use crate::model::FluxConfig;
 use crate::model::clip::{CLIP_HEAD_DIM, ClipTextConfig, ClipTextTransformer};
 use crate::model::flux::Flux;
+use crate::model::flux::remap::DiffusersAsBfl;
 use crate::model::t5::{LlamaCppT5Names, T5Config, T5Encoder};
-use crate::model::transformer_remap::DiffusersAsBfl;
 use crate::model::vae::Vae;
-use crate::model::vae_config::VaeConfig;
-use crate::model::vae_remap::LdmVaeWeights;
-use crate::pipeline::edit::T5_TOKENS;
+use crate::model::vae::config::VaeConfig;
+use crate::model::vae::remap::LdmVaeWeights;
+use crate::pipeline::kontext::T5_TOKENS;
 use crate::pipeline::kontext::TextConditioning;
-use crate::tokenizer::{ClipTokenizer, T5Tokenizer};
-use crate::weights::Weights;
+use crate::pipeline::tokenizer::{ClipTokenizer, T5Tokenizer};
 use crate::{Error, Result};
 
 /// Files of a diffusers-layout model folder, by path relative to its root (`transformer/config.json`, …).
@@ -98,7 +98,7 @@ pub struct MemoryPolicy {
 impl MemoryPolicy {
     /// Everything stays resident (small models, the CPU).
     pub const KEEP_ALL: Self = Self { release_text_encoders: false, release_modulation_weights: false };
-    /// Free all that can be freed (what [`crate::plan::MemoryPlan`] assumes when no budget is known).
+    /// Free all that can be freed (what [`crate::pipeline::plan::MemoryPlan`] assumes when no budget is known).
     pub const LEAN: Self = Self { release_text_encoders: true, release_modulation_weights: true };
 
     /// Lean when the DiT's weights take a gigabyte or more of a GPU, else everything stays: reloading costs a
@@ -109,10 +109,13 @@ impl MemoryPolicy {
     }
 }
 
+/// Builds a network on a device (again) from the weights it captured.
+pub type Builder<M> = Box<dyn Fn(&Device) -> Result<M>>;
+
 /// A network that can be freed from the device after use and built again from its weights.
 pub struct Reloadable<M> {
     network: Option<M>,
-    load: Box<dyn Fn(&Device) -> Result<M>>,
+    load: Builder<M>,
 }
 
 impl<M> Reloadable<M> {
@@ -285,8 +288,8 @@ fn transformer_weights(
             missing("transformer", "--transformer", "transformer/diffusion_pytorch_model.safetensors")
         })?,
     };
-    let shapes = crate::formats::inspect::tensor_shapes(weights.as_ref());
-    let mut config = crate::formats::infer_flux_config(&shapes)?;
+    let shapes = crate::model::flux::infer::tensor_shapes(weights.as_ref());
+    let mut config = crate::model::flux::infer::infer_flux_config(&shapes)?;
     if let Some(json) = files.read_text("transformer/config.json")? {
         config = config.reconcile(FluxConfig::from_diffusers_json(&json)?)?;
     }

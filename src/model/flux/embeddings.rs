@@ -5,9 +5,9 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 
 use crate::Result;
-use crate::weights::Weights;
 
-use super::load::{self, Projection};
+use crate::model::layers::Projection;
+use crate::model::scope::Scope;
 
 /// Width of the sinusoidal timestep / guidance features (`in_dim=256` in BFL, `num_channels=256` in diffusers).
 pub const TIMESTEP_FEATURES: usize = 256;
@@ -63,10 +63,10 @@ pub struct MlpEmbedder {
 
 impl MlpEmbedder {
     /// Loads `{prefix}.in_layer` `[hidden, in_dim]` and `{prefix}.out_layer` `[hidden, hidden]`.
-    pub fn load(weights: &dyn Weights, prefix: &str, in_dim: usize, hidden: usize, device: &Device) -> Result<Self> {
+    pub fn load(vb: Scope, in_dim: usize, hidden: usize) -> Result<Self> {
         Ok(Self {
-            in_layer: load::linear(weights, &format!("{prefix}.in_layer"), in_dim, hidden, true, device)?,
-            out_layer: load::linear(weights, &format!("{prefix}.out_layer"), hidden, hidden, true, device)?,
+            in_layer: vb.pp("in_layer").linear(in_dim, hidden, true)?,
+            out_layer: vb.pp("out_layer").linear(hidden, hidden, true)?,
         })
     }
 

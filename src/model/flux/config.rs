@@ -51,7 +51,7 @@ impl FluxConfig {
         }
     }
 
-    /// The random-weight reference pipeline in `shared/reference/tiny` (`make_tiny_kontext.py`).
+    /// The random-weight reference pipeline of the test fixtures (`tests/fixtures/generator/tiny_reference.json`).
     pub fn tiny() -> Self {
         Self {
             in_channels: 64,

@@ -15,9 +15,9 @@ use half::f16;
 use serde::{Deserialize, Serialize};
 
 use crate::formats::quant::{GgmlType, quantize_q4_0, quantize_q8_0};
+use crate::formats::weights::{HostTensor, RawBlock, Weights};
 use crate::kernels::precision::Precision;
-use crate::model::config::FluxConfig;
-use crate::weights::{HostTensor, RawBlock, Weights};
+use crate::model::flux::config::FluxConfig;
 use crate::{Error, Result};
 
 /// How much work a run does.
@@ -341,7 +341,8 @@ mod native {
 
     use super::*;
     use crate::kernels::attention::{HEAD_DIM_MAX, bench_attention};
-    use crate::kernels::quant_matmul::{PackedWeight, matmul_at, matmul_f16, packs_on};
+    use crate::kernels::packs_on;
+    use crate::kernels::quant_matmul::{PackedWeight, matmul_at, matmul_f16};
     use crate::model::flux::Flux;
 
     /// Waits for `t` (and everything queued before it) by reading back one value, cast to f32: timed with a

@@ -17,15 +17,16 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
 use super::{AppState, ModelState, send};
-use crate::plan::DeviceLimits;
-use crate::protocol::ToWorker;
+use crate::pipeline::plan::DeviceLimits;
 use crate::store::catalog::{self, DEMO_BASE};
 use crate::store::download::{self, CancelFlag, Outcome, Progress};
 use crate::store::footprint::{self, FileFacts, Footprint, HEAP_LOAD_LIMIT, PLANNED_EDIT};
 use crate::store::idb::{self, Store, StoreEvent};
+use crate::store::js;
 use crate::store::manifest::{DEFAULT_CHUNK_SIZE, Manifest, Source, StorageEstimate, human_bytes};
 use crate::store::meter::TransferMeter;
-use crate::web::{js, locks, probe};
+use crate::web::protocol::ToWorker;
+use crate::web::{locks, probe};
 use crate::{Error, Result};
 
 thread_local! {
@@ -104,7 +105,7 @@ pub enum Fit {
 
 /// The store's signals, shared by the model panel's components.
 #[derive(Debug, Clone, Copy)]
-pub struct StoreUi {
+pub struct StoreController {
     /// Stored models with a valid manifest.
     pub models: RwSignal<Vec<Manifest>>,
     /// `(id, why)` of unreadable manifests.
@@ -127,8 +128,14 @@ pub struct StoreUi {
     pub blocked: RwSignal<bool>,
 }
 
-impl StoreUi {
-    /// Empty signals; [`StoreUi::start`] fills them.
+impl Default for StoreController {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StoreController {
+    /// Empty signals; [`StoreController::start`] fills them.
     pub fn new() -> Self {
         Self {
             models: RwSignal::new(Vec::new()),
@@ -739,12 +746,12 @@ async fn demo_blobs(manifest: &Manifest) -> Result<Vec<(String, web_sys::Blob)>>
 }
 
 /// Stores the demo pack served with the app (5 MB), copied chunk by chunk like local files.
-pub fn add_demo(ui: StoreUi) {
+pub fn add_demo(ui: StoreController) {
     spawn_local(async move {
         let base = page_url(DEMO_BASE);
         let fetched = async {
             let mut blobs = Vec::new();
-            for path in crate::loader::DIFFUSERS_FILES {
+            for path in crate::pipeline::loader::DIFFUSERS_FILES {
                 blobs.push((path.to_string(), fetch_blob(&format!("{base}{path}")).await?));
             }
             let sizes: Vec<u64> = blobs.iter().map(|(_, b)| b.size() as u64).collect();

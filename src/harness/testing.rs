@@ -1,0 +1,131 @@
+//! Test support shared by the unit tests (`crate::harness::testing`) and the integration tests
+//! (`kontext_web::harness::testing`): the committed fixtures (`tests/fixtures/tiny`) read through the real
+//! readers, as [`Weights`] and as golden tensors on a device; the wgpu device; the `kontext` CLI run from the
+//! repository root.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use burn::prelude::*;
+
+use crate::Result;
+use crate::formats::SafetensorsFile;
+use crate::formats::weights::{HostTensor, Weights};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::formats::{FileSource, GgufFile};
+
+/// The tiny reference fixtures.
+pub const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
+
+/// Path of a file under `tests/fixtures/tiny/`.
+pub fn fixture(relative: &str) -> String {
+    format!("{TINY}/{relative}")
+}
+
+/// The repository root (fixture paths in CLI arguments are relative to it).
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Path of a file under `tests/fixtures/tiny/`.
+pub fn fixture_path(relative: &str) -> PathBuf {
+    Path::new(TINY).join(relative)
+}
+
+/// A fixture safetensors file, read through a file source.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn safetensors(relative: &str) -> SafetensorsFile {
+    let path = fixture_path(relative);
+    SafetensorsFile::open(FileSource::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A fixture GGUF file, read through a file source.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn gguf(relative: &str) -> GgufFile {
+    let path = fixture_path(relative);
+    GgufFile::open(FileSource::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The float tensor `name` of `weights` as a `D`-rank tensor on `device`.
+pub fn tensor<const D: usize>(weights: &dyn Weights, name: &str, device: &Device) -> Tensor<D> {
+    let host = weights.read(name).unwrap_or_else(|e| panic!("`{name}`: {e}"));
+    let shape: [usize; D] = host.shape.try_into().unwrap_or_else(|s| panic!("`{name}` has shape {s:?}"));
+    Tensor::from_data(TensorData::new(host.data, shape), device)
+}
+
+/// burn's wgpu device: a real GPU, or Mesa lavapipe on a machine without one.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn gpu() -> Device {
+    crate::device::wgpu().expect("a wgpu adapter (lavapipe: apt-get install mesa-vulkan-drivers)").0
+}
+
+/// Runs the `kontext` binary `bin` (`env!("CARGO_BIN_EXE_kontext")` in an integration test) with `args` in the
+/// repository root.
+pub fn run_kontext(bin: &str, args: &[&str]) -> Output {
+    Command::new(bin).args(args).current_dir(repo_root()).output().expect("cannot start kontext")
+}
+
+/// A fixture safetensors file, held in memory.
+pub struct FixtureFile(SafetensorsFile);
+
+impl FixtureFile {
+    /// Reads `tests/fixtures/tiny/{relative}`.
+    pub fn open(relative: &str) -> Self {
+        let path = fixture(relative);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        Self(SafetensorsFile::open(bytes).unwrap_or_else(|e| panic!("{path}: {e}")))
+    }
+
+    /// The float tensor `name` as a `D`-rank tensor on `device`.
+    pub fn tensor<const D: usize>(&self, name: &str, device: &Device) -> Tensor<D> {
+        tensor(self, name, device)
+    }
+
+    /// The int64 tensor `name` (token ids).
+    pub fn ids(&self, name: &str) -> TensorData {
+        let info = self.0.tensor(name).unwrap_or_else(|| panic!("no tensor `{name}`"));
+        assert_eq!(info.dtype, "I64", "`{name}` is not int64");
+        let bytes = self.0.raw(name).unwrap();
+        let ids: Vec<i64> = bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+        TensorData::new(ids, info.shape.clone())
+    }
+}
+
+impl Weights for FixtureFile {
+    fn names(&self) -> Vec<String> {
+        self.0.names()
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.0.shape(name)
+    }
+
+    fn read(&self, name: &str) -> Result<HostTensor> {
+        self.0.read(name)
+    }
+}
+
+/// The float tensor `key` of `tests/fixtures/tiny/golden/{file}`.
+pub fn golden(file: &str, key: &str) -> TensorData {
+    let tensor = FixtureFile::open(&format!("golden/{file}")).read(key).unwrap();
+    TensorData::new(tensor.data, tensor.shape)
+}
+
+/// The int64 tensor `key` of `golden/golden_run.safetensors`.
+pub fn golden_ids(key: &str) -> TensorData {
+    FixtureFile::open("golden/golden_run.safetensors").ids(key)
+}
+
+/// The tiny reference VAE's configuration (its `vae/config.json`).
+pub fn tiny_vae_config() -> crate::model::vae::config::VaeConfig {
+    let json = include_str!("../../tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/vae/config.json");
+    crate::model::vae::config::VaeConfig::from_diffusers_json(json).unwrap()
+}
+
+/// The tiny reference VAE on `device`.
+pub fn tiny_vae(device: &Device) -> crate::model::vae::Vae {
+    let weights = FixtureFile::open("FLUX.1-Kontext-dev-tiny/vae/diffusion_pytorch_model.safetensors");
+    crate::model::vae::Vae::load(&tiny_vae_config(), &weights, device).unwrap()
+}

@@ -1,0 +1,62 @@
+//! The editor: references, prompt, Fast/Quality presets, shape with the output size in pixels, steps,
+//! guidance, seed; generate and cancel with measured progress; the result with its recipe, a download
+//! (the PNG carries the recipe), "use as reference" for chains of edits, and a side-by-side comparison.
+//! The inputs and what they do live in [`crate::app::edit`]; these components render them.
+
+mod job;
+mod prompt;
+mod references;
+mod settings;
+
+use leptos::prelude::*;
+
+use super::history::History;
+use crate::app::edit::{self, EditForm};
+use crate::app::history::Rerun;
+use crate::app::{AppState, ModelState};
+use job::JobView;
+use prompt::{Presets, PromptField};
+use references::ReferencePicker;
+use settings::SettingsGrid;
+
+/// The edit form and its result, followed by the history of results.
+#[component]
+pub fn Editor() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let form = EditForm::new();
+    form.keep_results(state);
+    let rerun = Callback::new(move |rerun: Rerun| form.rerun(state, rerun));
+    let history_error = form.history_error;
+
+    view! {
+        <section class="card" id="editor" aria-labelledby="editor-title">
+            <h2 id="editor-title">"Edit"</h2>
+            <ReferencePicker form />
+            <PromptField prompt=form.prompt />
+            <Presets form />
+            <SettingsGrid form />
+            <Actions form />
+            <JobView form />
+            {move || history_error.get().map(|message| view! { <p class="status bad" role="alert">{message}</p> })}
+        </section>
+        <History revision=form.history_revision on_rerun=rerun />
+    }
+}
+
+/// Generate and Cancel, and why Generate is off when no model is loaded.
+#[component]
+fn Actions(
+    /// The editor's inputs.
+    form: EditForm,
+) -> impl IntoView {
+    let state = expect_context::<AppState>();
+    view! {
+        <div class="row">
+            <button type="button" id="generate" class="primary" on:click=move |_| form.generate(state)
+                disabled=move || !form.can_generate(state)>"Generate"</button>
+            <button type="button" id="cancel" on:click=move |_| edit::cancel(state)
+                disabled=move || !edit::running(state)>"Cancel"</button>
+            <span class="muted">{move || (!matches!(state.model.get(), ModelState::Loaded(_))).then_some("Load a model first.")}</span>
+        </div>
+    }
+}
