@@ -21,7 +21,7 @@ LIBFUZZER_FLAGS = -rss_limit_mb=4096 -malloc_limit_mb=4096 -timeout=20
 FUZZ_SECONDS ?= 600
 SMOKE_SECONDS ?= 10
 
-.PHONY: help tools web serve dist check test test-native test-wasm test-e2e test-fuzz fuzz fmt
+.PHONY: help tools web serve dist check test test-native test-wasm test-e2e test-fuzz fuzz fuzz-minimize fmt
 
 help:
 	@echo "make serve   install what is missing, build the app, serve it on http://$(HOST):$(PORT)"
@@ -29,6 +29,7 @@ help:
 	@echo "make test    make check, then every test: native (CPU + wgpu on lavapipe), wasm in headless Chromium, end-to-end, fuzz smoke"
 	@echo "make dist    the shipped build (fat LTO, wasm-opt -Oz) in dist/"
 	@echo "make fuzz    every fuzz target for FUZZ_SECONDS (600) each, growing then minimizing tests/fuzz/corpus/"
+	@echo "make fuzz-minimize   each corpus cut to its named seeds and findings plus a set cover of the rest"
 
 tools:
 	@bash .ci/ensure-tools
@@ -81,12 +82,28 @@ test-fuzz: tools
 	  rm -rf $$scratch; \
 	done
 
-# The long runs: FUZZ_SECONDS per target into the committed corpus, then `cargo fuzz cmin` to minimize it.
+# The long runs: FUZZ_SECONDS per target into the committed corpus, then the corpus minimized again.
 fuzz: tools
 	$(FUZZ) build $(FUZZ_FLAGS)
 	for target in $(FUZZ_TARGETS); do \
 	  $(FUZZ) run $(FUZZ_FLAGS) $$target -- $(LIBFUZZER_FLAGS) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1; \
-	  $(FUZZ) cmin $(FUZZ_FLAGS) $$target; \
+	done
+	$(MAKE) fuzz-minimize
+
+# Each corpus becomes its named inputs (the seeds of tests/fuzz/make_seeds.py and every past finding,
+# `*-regression-*`) plus the fewest others that keep every coverage edge in src/ they reach: first libFuzzer's
+# set cover (-set_cover_merge=1 over edges, fast), then tests/fuzz/minimize.py (each input's own edges, limited to
+# this crate's code, greedy set cover).
+FUZZ_BIN = $(FUZZ_TARGET_DIR)/x86_64-unknown-linux-gnu/release
+fuzz-minimize: tools
+	$(FUZZ) build $(FUZZ_FLAGS)
+	for target in $(FUZZ_TARGETS); do \
+	  corpus=tests/fuzz/corpus/$$target; kept=$$(mktemp -d); \
+	  find $$corpus -type f -regextype egrep ! -regex '.*/[0-9a-f]{40}' -exec cp {} $$kept/ \; ; \
+	  $(FUZZ) run $(FUZZ_FLAGS) $$target $$kept $$corpus -- $(LIBFUZZER_FLAGS) -set_cover_merge=1 -use_counters=0 >$$kept.log 2>&1 \
+	    || { cat $$kept.log; exit 1; }; \
+	  rm -rf $$corpus $$kept.log; mv $$kept $$corpus; chmod 755 $$corpus; \
+	  python3 tests/fuzz/minimize.py $(FUZZ_BIN)/$$target $$corpus src; \
 	done
 
 fmt:
