@@ -5,11 +5,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kontext_web::formats::FileSource;
 use kontext_web::harness::testing::{repo_root, run_kontext};
-use kontext_web::pipeline::loader::{self, NoFolder};
+use kontext_web::pipeline::loader::{self, MemoryFiles, NoFolder};
 use safetensors::{Dtype, SafeTensors};
 
 const TINY: &str = "tests/fixtures/tiny";
@@ -866,4 +867,46 @@ fn hostile_files_are_refused_in_one_line_quickly_and_within_4_gib() {
         &out,
     ]);
     assert!(line.contains("config.json gives depth"), "{line}");
+}
+
+/// ComfyUI's file set has no `tokenizer/` folder: a CLIP with CLIP-L's 49408 tokens gets the built-in CLIP-L
+/// tokenizer (real ids from `golden/real_clip_token_ids.json`); another vocabulary is refused in one line that
+/// says what is missing. (The tiny CLIP's width of 32 is not a multiple of CLIP's head width 64, so its
+/// `config.json` comes along, as the only file of the folder.)
+#[test]
+fn a_clip_without_tokenizer_files_gets_the_built_in_clip_l_tokenizer() {
+    let device = kontext_web::device::cpu();
+    let only_config = |vocab_size: usize| {
+        let path = root().join(TINY_MODEL).join("text_encoder/config.json");
+        let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        config["vocab_size"] = vocab_size.into();
+        let json = serde_json::to_vec(&config).unwrap();
+        MemoryFiles([("text_encoder/config.json".to_string(), Arc::new(json))].into_iter().collect())
+    };
+    let tiny = std::fs::read(root().join(TINY).join("bfl_gguf/clip_l_with_text_projection.safetensors")).unwrap();
+    let err = loader::load_clip(&only_config(4096), Some(Box::new(tiny.clone())), &device).err().unwrap().to_string();
+    assert!(err.starts_with("this CLIP has 4096 tokens, not CLIP-L's 49408"), "{err}");
+
+    // The same weights with CLIP-L's vocabulary (the token table's new rows are zeros).
+    let file = SafeTensors::deserialize(&tiny).unwrap();
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.dtype(), view.shape().to_vec(), view.data().to_vec()))
+        .collect();
+    let (_, _, shape, data) =
+        tensors.iter_mut().find(|(name, ..)| name.ends_with("embeddings.token_embedding.weight")).unwrap();
+    data.resize(49408 * shape[1] * size_of::<f32>(), 0);
+    shape[0] = 49408;
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            (name.clone(), safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap())
+        })
+        .collect();
+    let clip_l_sized = safetensors::serialize(views, None).unwrap();
+    let (_, tokenizer) = loader::load_clip(&only_config(49408), Some(Box::new(clip_l_sized)), &device).unwrap();
+    let mut expected = vec![49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407];
+    expected.resize(77, 49407);
+    assert_eq!(tokenizer.encode("A photograph of an astronaut riding a horse").unwrap(), expected);
 }

@@ -407,7 +407,11 @@ pub fn t5_tokenizer_from_gguf(gguf: &GgufFile) -> Result<T5Tokenizer> {
     )
 }
 
-/// CLIP-L from `--clip` (`clip_l.safetensors`) or `text_encoder/`; the tokenizer always from `tokenizer/`.
+/// Tokens of CLIP-L, whose tokenizer is built in ([`ClipTokenizer::clip_l`]).
+const CLIP_L_VOCAB: usize = 49408;
+
+/// CLIP-L from `--clip` (`clip_l.safetensors`) or `text_encoder/`; the tokenizer from `tokenizer/`, or the built-in
+/// CLIP-L one when the file set has none (ComfyUI's).
 pub fn load_clip(
     files: &dyn ModelFiles,
     file: Option<Box<dyn ByteSource>>,
@@ -431,8 +435,13 @@ pub fn load_clip(
         (Some(vocab), Some(merges)) => ClipTokenizer::from_vocab_merges(&vocab, &merges)?,
         _ => match files.open("tokenizer/tokenizer.json")? {
             Some(source) => ClipTokenizer::from_tokenizer_json(&read_all(source.as_ref())?)?,
+            None if config.vocab_size == CLIP_L_VOCAB => ClipTokenizer::clip_l()?,
             None => {
-                return Err(missing("CLIP tokenizer", "--model DIR", "tokenizer/vocab.json and tokenizer/merges.txt"));
+                return Err(Error::Invalid(format!(
+                    "this CLIP has {} tokens, not CLIP-L's {CLIP_L_VOCAB}: its tokenizer/vocab.json and \
+                     tokenizer/merges.txt are needed",
+                    config.vocab_size
+                )));
             }
         },
     };

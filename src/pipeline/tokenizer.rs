@@ -151,7 +151,27 @@ impl ClipTokenizer {
     pub fn from_vocab_merges(vocab_json: &str, merges_txt: &str) -> Result<Self> {
         let vocab: HashMap<String, u32> = serde_json::from_str(vocab_json)
             .map_err(|e| Error::Invalid(format!("CLIP vocab.json is not a JSON object of token ids: {e}")))?;
-        let merges = parse_merges(merges_txt)?;
+        Self::from_parts(vocab, parse_merges(merges_txt)?)
+    }
+
+    /// CLIP-L's tokenizer (49408 tokens), built in: the one every FLUX checkpoint uses, for file sets without a
+    /// `tokenizer/` folder (ComfyUI's `clip_l.safetensors` carries none). Its vocabulary follows from the merge
+    /// rules as in CLIP's `SimpleTokenizer`: the 256 byte symbols, the same with `</w>`, one token per merge, then
+    /// `<|startoftext|>` and `<|endoftext|>`.
+    pub fn clip_l() -> Result<Self> {
+        let merges = parse_merges(CLIP_L_MERGES)?;
+        let bytes = byte_symbols();
+        let tokens = bytes
+            .iter()
+            .map(char::to_string)
+            .chain(bytes.iter().map(|c| format!("{c}</w>")))
+            .chain(merges.iter().map(|(left, right)| format!("{left}{right}")))
+            .chain([CLIP_BOS.to_string(), CLIP_EOS.to_string()]);
+        let vocab = tokens.enumerate().map(|(id, token)| (token, id as u32)).collect();
+        Self::from_parts(vocab, merges)
+    }
+
+    fn from_parts(vocab: HashMap<String, u32>, merges: Vec<(String, String)>) -> Result<Self> {
         let bpe = BPE::builder()
             .vocab_and_merges(vocab.into_iter().collect::<Vocab>(), merges)
             .continuing_subword_prefix(String::new())
@@ -205,6 +225,25 @@ impl ClipTokenizer {
         let ids = encode_plain(&self.tokenizer, prompt)?;
         frame(&[self.bos_id], ids, &[self.eos_id], self.pad_id, CLIP_MAX_LEN)
     }
+}
+
+/// CLIP-L's 48894 merge rules: OpenAI CLIP's `bpe_simple_vocab_16e6` (MIT licence), as open_clip ships it; the
+/// same rules as `tokenizer/merges.txt` of every FLUX repository.
+const CLIP_L_MERGES: &str = include_str!("clip_l_merges.txt");
+
+/// GPT-2's printable stand-ins for the 256 bytes, in its order: the bytes that print as themselves (`!`..`~`,
+/// `¡`..`¬`, `®`..`ÿ`), then every other byte as U+0100 onwards.
+fn byte_symbols() -> Vec<char> {
+    let mut bytes: Vec<u32> = (u32::from(b'!')..=u32::from(b'~')).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut symbols = bytes.clone();
+    let mut stand_ins = 256..;
+    for byte in 0..256 {
+        if !bytes.contains(&byte) {
+            bytes.push(byte);
+            symbols.extend(stand_ins.next());
+        }
+    }
+    symbols.into_iter().filter_map(char::from_u32).collect()
 }
 
 /// Merge rules from `merges.txt`: one `left right` pair a line, after an optional `#version` header.
@@ -665,6 +704,29 @@ mod tests {
         expected.extend(words.iter().cycle().take(75));
         expected.push(4095);
         assert_eq!(ids, expected);
+    }
+
+    /// The built-in CLIP-L tokenizer gives transformers' ids for every prompt of `real_clip_token_ids.json`
+    /// (the real vocab.json and merges.txt, punctuation, digits, accents and an emoji), padded to 77; a tokenizer
+    /// with the merge rules in another order (the tiny one) does not.
+    #[test]
+    fn built_in_clip_l_matches_the_real_tokenizer() {
+        let real: serde_json::Value = serde_json::from_slice(&read("golden/real_clip_token_ids.json")).unwrap();
+        let ids = |value: &serde_json::Value| -> Vec<u32> {
+            value.as_array().unwrap().iter().map(|id| id.as_u64().unwrap() as u32).collect()
+        };
+        let tokenizer = ClipTokenizer::clip_l().unwrap();
+        assert_eq!((tokenizer.bos_id(), tokenizer.eos_id()), (49406, 49407));
+        assert_eq!(real["vocab_size"], 49408);
+        let prompts = real["prompts"].as_array().unwrap();
+        assert!(prompts.len() >= 4);
+        for prompt in prompts {
+            let text = prompt["text"].as_str().unwrap();
+            assert_eq!(tokenizer.encode(text).unwrap(), ids(&prompt["ids_padded77"]), "{text}");
+        }
+        let background = "Change the car's color to GREEN!!  (keep   the background) 4k, 1024x768";
+        let expected = prompts.iter().find(|p| p["text"] == background).unwrap();
+        assert_ne!(clip().encode(background).unwrap(), ids(&expected["ids_padded77"]));
     }
 
     #[test]
