@@ -3,10 +3,10 @@
 
 use std::fmt::Display;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 
 use crate::Result;
-use crate::formats::weights::{HostTensor, Weights};
+use crate::formats::weights::Weights;
 use crate::model::layers::{self, Projection};
 
 /// Named weights under a prefix, with the device they are loaded onto.
@@ -38,11 +38,6 @@ impl<'a> Scope<'a> {
         &self.prefix
     }
 
-    /// The weights the scope reads.
-    pub fn weights(&self) -> &'a dyn Weights {
-        self.weights
-    }
-
     /// The device tensors are loaded onto.
     pub fn device(&self) -> &'a Device {
         self.device
@@ -53,20 +48,9 @@ impl<'a> Scope<'a> {
         self.weights.shape(&self.key(name)).is_some()
     }
 
-    /// The host tensor `name`, failing with a message naming it when it is missing or not of `shape`.
-    pub fn host(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
-        layers::host(self.weights, &self.key(name), shape)
-    }
-
     /// The tensor `name` of `shape`, on the device.
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
         layers::tensor(self.weights, &self.key(name), shape, self.device)
-    }
-
-    /// `TensorData` of `name` with `shape`, on the host.
-    pub fn data(&self, name: &str, shape: &[usize]) -> Result<TensorData> {
-        let host = self.host(name, shape)?;
-        Ok(TensorData::new(host.data, host.shape))
     }
 
     /// This scope as a PyTorch `Linear` `[d_out, d_in]` (`weight`, and `bias` when `bias`).
