@@ -21,7 +21,7 @@ LIBFUZZER_FLAGS = -rss_limit_mb=4096 -malloc_limit_mb=4096 -timeout=20
 FUZZ_SECONDS ?= 600
 SMOKE_SECONDS ?= 10
 
-.PHONY: help tools web serve dist check test test-native test-wasm test-e2e test-fuzz fuzz fuzz-minimize fmt
+.PHONY: help tools web serve dist check test test-native test-wasm test-e2e test-fuzz fuzz fuzz-minimize fmt bench-gpu
 
 help:
 	@echo "make serve   install what is missing, build the app, serve it on http://$(HOST):$(PORT)"
@@ -30,6 +30,7 @@ help:
 	@echo "make dist    the shipped build (fat LTO, wasm-opt -Oz) in dist/"
 	@echo "make fuzz    every fuzz target for FUZZ_SECONDS (600) each, growing then minimizing tests/fuzz/corpus/"
 	@echo "make fuzz-minimize   each corpus cut to its named seeds and findings plus a set cover of the rest"
+	@echo "make bench-gpu   on a real GPU: attention, matmuls and the real-scale Kontext step, with diffusers beside (tests/bench/gpu.sh)"
 
 tools:
 	@bash .ci/ensure-tools
@@ -108,3 +109,9 @@ fuzz-minimize: tools
 
 fmt:
 	cargo fmt
+
+# On a machine with a real GPU: tests/bench/gpu.sh with KONTEXT_BIN (a prebuilt kontext; built in release when
+# unset), results in BENCH_OUT.
+BENCH_OUT ?= bench-gpu
+bench-gpu:
+	tests/bench/gpu.sh "$${KONTEXT_BIN:-}" $(BENCH_OUT)

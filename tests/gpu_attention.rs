@@ -7,7 +7,7 @@ use kontext_web::device::{self, selfcheck};
 use kontext_web::formats::SafetensorsFile;
 use kontext_web::formats::weights::Weights;
 use kontext_web::harness::testing::gpu;
-use kontext_web::kernels::attention::{attention, flash_attention, reference};
+use kontext_web::kernels::attention::{FlashKernel, attention, flash_attention, flash_attention_with, reference};
 use kontext_web::model::FluxConfig;
 use kontext_web::model::flux::Flux;
 
@@ -30,11 +30,17 @@ fn check(b: usize, h: usize, lq: usize, lk: usize, d: usize) {
     let q = Tensor::<4>::from_data(values([b, h, lq, d], 1, 2.0), &gpu);
     let k = Tensor::<4>::from_data(values([b, h, lk, d], 2, 2.0), &gpu);
     let v = Tensor::<4>::from_data(values([b, h, lk, d], 3, 1.0), &gpu);
-    let ours = flash_attention(q.clone(), k.clone(), v.clone()).expect("the kernel applies").into_data();
-    let expected = reference(q, k, v).into_data();
-    assert_eq!(ours.shape(), expected.shape());
-    eprintln!("(b {b}, h {h}, lq {lq}, lk {lk}, d {d}): max |diff| {:e}", max_abs_diff(&ours, &expected));
-    ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
+    let expected = reference(q.clone(), k.clone(), v.clone()).into_data();
+    for kernel in [FlashKernel::Rows, FlashKernel::Tiles] {
+        let ours =
+            flash_attention_with(kernel, q.clone(), k.clone(), v.clone()).expect("the kernel applies").into_data();
+        assert_eq!(ours.shape(), expected.shape());
+        eprintln!(
+            "{kernel:?} (b {b}, h {h}, lq {lq}, lk {lk}, d {d}): max |diff| {:e}",
+            max_abs_diff(&ours, &expected)
+        );
+        ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
+    }
 }
 
 #[test]
@@ -61,20 +67,20 @@ fn flash_kernel_at_4096_tokens_equals_the_cpu_reference_in_query_chunks() {
     let k = values([1, 1, l, d], 5, 2.0);
     let v = values([1, 1, l, d], 6, 1.0);
     let gpu = gpu();
-    let ours = flash_attention(
-        Tensor::from_data(q.clone(), &gpu),
-        Tensor::from_data(k.clone(), &gpu),
-        Tensor::from_data(v.clone(), &gpu),
-    )
-    .unwrap()
-    .into_data();
+    let on_gpu = |kernel| {
+        let [q, k, v] = [&q, &k, &v].map(|x| Tensor::from_data(x.clone(), &gpu));
+        flash_attention_with(kernel, q, k, v).unwrap().into_data()
+    };
+    let ours = [on_gpu(FlashKernel::Rows), on_gpu(FlashKernel::Tiles)];
 
     let cpu = device::cpu();
     let (q, k, v) = (Tensor::<4>::from_data(q, &cpu), Tensor::<4>::from_data(k, &cpu), Tensor::<4>::from_data(v, &cpu));
     let chunks = (0..l).step_by(chunk).map(|start| reference(q.clone().narrow(2, start, chunk), k.clone(), v.clone()));
     let expected = Tensor::cat(chunks.collect(), 2).into_data();
-    eprintln!("L {l}: max |diff| {:e}", max_abs_diff(&ours, &expected));
-    ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
+    for ours in ours {
+        eprintln!("L {l}: max |diff| {:e}", max_abs_diff(&ours, &expected));
+        ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@ use kontext_web::kernels::attention::bench_attention;
 #[test]
 fn bench_times_attention_and_measures_the_flash_kernels_memory_against_the_reference() {
     let (gpu, _) = device::wgpu().expect("a wgpu adapter (lavapipe without a GPU)");
-    let timings = bench_attention(&gpu, &[64, 512], 16, 2);
+    let timings = bench_attention(&gpu, &[64, 512], 16, 2, 1 << 30);
     eprintln!("{timings:?}");
     assert_eq!(timings.iter().map(|t| t.l).collect::<Vec<_>>(), [64, 512]);
     for t in &timings {

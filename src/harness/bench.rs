@@ -41,6 +41,10 @@ pub struct Sizes {
     pub step_image_tokens: usize,
     /// Text tokens of the DiT step.
     pub step_text_tokens: usize,
+    /// Weights of the DiT step, one row each: `F32`, `Q8_0`, `Q4_0`.
+    pub step_weights: Vec<String>,
+    /// Largest score matrix `[heads, L, L]` (bytes) for which the materialised reference attention is timed.
+    pub reference_score_bytes_max: u64,
     /// Timed calls per measurement (after one warm-up call).
     pub repeats: usize,
 }
@@ -58,7 +62,73 @@ impl Sizes {
             step_config: medium_flux(512, 8, 4, 8, 256),
             step_image_tokens: 1024,
             step_text_tokens: 512,
+            step_weights: all_step_weights(),
+            reference_score_bytes_max: 1 << 30,
             repeats: 3,
+        }
+    }
+
+    /// A real GPU at real scale: FLUX.1 Kontext [dev]'s DiT (random Q4_0 weights) for a 1024² edit
+    /// with one 1024² reference (4,096 + 4,096 image and 512 text tokens, 8,704 in all), its attention at
+    /// L = 8,704 and its largest matmuls at M = 8,704.
+    pub fn gpu() -> Self {
+        Self {
+            preset: "gpu".into(),
+            matmul_m: vec![8704],
+            matmul_kn: vec![(3072, 3072), (3072, 12288)],
+            attention_l: vec![1024, 4096, 8704],
+            attention_heads: 24,
+            attention_d: 128,
+            step_config: FluxConfig::kontext_dev(),
+            step_image_tokens: 8192,
+            step_text_tokens: 512,
+            step_weights: vec!["Q4_0".into()],
+            reference_score_bytes_max: 8 << 30,
+            repeats: 2,
+        }
+    }
+
+    /// [`Sizes::gpu`]'s DiT step for a 512² edit with one 512² reference (1,024 + 1,024 + 512 tokens), alone.
+    pub fn gpu_512() -> Self {
+        Self {
+            preset: "gpu-512".into(),
+            matmul_m: vec![],
+            matmul_kn: vec![],
+            attention_l: vec![2560],
+            step_image_tokens: 2048,
+            step_weights: vec!["Q4_0".into()],
+            repeats: 3,
+            ..Self::gpu()
+        }
+    }
+
+    /// Keeps only the benchmarks named in `parts` (`matmul`, `attention`, `step`).
+    pub fn only(mut self, parts: &[String]) -> Result<Self> {
+        if let Some(part) = parts.iter().find(|p| !["matmul", "attention", "step"].contains(&p.as_str())) {
+            return Err(Error::Invalid(format!("no benchmark `{part}`: matmul, attention or step")));
+        }
+        let keep = |name: &str| parts.iter().any(|p| p == name);
+        if !keep("matmul") {
+            self.matmul_kn.clear();
+        }
+        if !keep("attention") {
+            self.attention_l.clear();
+        }
+        if !keep("step") {
+            self.step_weights.clear();
+        }
+        Ok(self)
+    }
+
+    /// The preset called `name`: `full`, `quick`, `tiny`, `gpu` or `gpu-512`.
+    pub fn preset(name: &str) -> Result<Self> {
+        match name {
+            "full" => Ok(Self::full()),
+            "quick" => Ok(Self::quick()),
+            "tiny" => Ok(Self::tiny()),
+            "gpu" => Ok(Self::gpu()),
+            "gpu-512" => Ok(Self::gpu_512()),
+            _ => Err(Error::Invalid(format!("no bench preset `{name}`: full, quick, tiny, gpu or gpu-512"))),
         }
     }
 
@@ -74,6 +144,8 @@ impl Sizes {
             step_config: medium_flux(512, 8, 2, 4, 256),
             step_image_tokens: 256,
             step_text_tokens: 128,
+            step_weights: all_step_weights(),
+            reference_score_bytes_max: 1 << 30,
             repeats: 3,
         }
     }
@@ -90,9 +162,15 @@ impl Sizes {
             step_config: medium_flux(128, 2, 1, 1, 64),
             step_image_tokens: 64,
             step_text_tokens: 32,
+            step_weights: all_step_weights(),
+            reference_score_bytes_max: 1 << 30,
             repeats: 2,
         }
     }
+}
+
+fn all_step_weights() -> Vec<String> {
+    ["F32", "Q8_0", "Q4_0"].map(String::from).to_vec()
 }
 
 /// A Flux of `hidden` width in `heads` heads with `depth` double and `single` single blocks and text tokens
@@ -145,6 +223,18 @@ pub struct MatmulRow {
 pub struct AttentionRow {
     /// Sequence length (queries = keys).
     pub l: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Head width.
+    pub head_dim: usize,
+    /// The flash kernel the model's attention ran ([`FlashKernel::current`]).
+    pub kernel: crate::kernels::attention::FlashKernel,
+    /// TFLOP/s of the model's attention, counting `4·heads·L²·d` per call (the two products).
+    pub flash_tflops: f64,
+    /// Seconds per call of the other kernel design, `tiles`, where a flash kernel applies.
+    pub tiles_s: Option<f64>,
+    /// Its TFLOP/s.
+    pub tiles_tflops: Option<f64>,
     /// Whether the model's attention ran the flash kernel (wgpu, head width within its limit); when not,
     /// both timings are of the reference.
     pub flash_kernel: bool,
@@ -176,7 +266,7 @@ pub struct StepRow {
     pub device_bytes: u64,
     /// Seconds per transformer call.
     pub seconds: f64,
-    /// `seconds / seconds of F32`: below 1, faster than f32.
+    /// `seconds / seconds of F32` (1 when no F32 row came first): below 1, faster than f32.
     pub ratio_to_f32: f64,
 }
 
@@ -229,9 +319,13 @@ fn values(n: usize, salt: u32, scale: f32) -> Vec<f32> {
 /// Random BFL-named weights for a [`FluxConfig`]: linear weights uniform in `±1/√fan_in`, biases in `±0.01`,
 /// norm scales 1. With a block type, linear weights also come as ggml blocks ([`Weights::raw_block`]),
 /// quantized from the same values, so layers load packed on wgpu.
+///
+/// Quantized blocks are made once per role (the name without its block index) and shared by every block of
+/// that role, so a real-scale DiT is ready in seconds; speed does not depend on the values.
 pub struct RandomFlux {
     shapes: BTreeMap<String, Vec<usize>>,
     quantized: Option<GgmlType>,
+    blocks_by_role: std::sync::Mutex<BTreeMap<String, Vec<u8>>>,
 }
 
 impl RandomFlux {
@@ -240,7 +334,7 @@ impl RandomFlux {
         if let Some(ty) = quantized.filter(|ty| ![GgmlType::Q8_0, GgmlType::Q4_0].contains(ty)) {
             return Err(Error::Invalid(format!("random weights quantize to Q8_0 or Q4_0, not {ty}")));
         }
-        Ok(Self { shapes: bfl_shapes(config), quantized })
+        Ok(Self { shapes: bfl_shapes(config), quantized, blocks_by_role: Default::default() })
     }
 }
 
@@ -320,11 +414,19 @@ impl Weights for RandomFlux {
         if shape.len() != 2 || !shape[1].is_multiple_of(ty.block_size()) {
             return None;
         }
+        let role: String = name.split('.').filter(|part| part.parse::<usize>().is_err()).collect::<Vec<_>>().join(".");
+        let cached = self.blocks_by_role.lock().ok()?.get(&role).cloned();
+        if let Some(bytes) = cached {
+            return Some(Ok((ty, shape, bytes)));
+        }
         Some(self.read(name).and_then(|t| {
             let bytes = match ty {
                 GgmlType::Q8_0 => quantize_q8_0(&t.data)?,
                 _ => quantize_q4_0(&t.data)?,
             };
+            if let Ok(mut cache) = self.blocks_by_role.lock() {
+                cache.insert(role, bytes.clone());
+            }
             Ok((ty, t.shape, bytes))
         }))
     }
@@ -424,20 +526,32 @@ mod native {
     pub fn bench_attention_rows(device: &Device, sizes: &Sizes) -> Vec<AttentionRow> {
         let (h, d) = (sizes.attention_heads, sizes.attention_d);
         let flash_kernel = packs_on(device) && d <= HEAD_DIM_MAX;
-        bench_attention(device, &sizes.attention_l, d, h)
-            .into_iter()
-            .map(|t| AttentionRow {
-                l: t.l,
-                flash_kernel,
-                flash_s: t.flash_s,
-                reference_s: t.reference_s,
-                speedup: t.reference_s.map(|r| r / t.flash_s),
-                flash_bytes: (h * t.l * (d + 2) * size_of::<f32>()) as u64,
-                reference_bytes: (h * t.l * t.l * size_of::<f32>()) as u64,
-                flash_peak_bytes: t.flash_peak_bytes,
-                reference_peak_bytes: t.reference_peak_bytes,
-            })
-            .collect()
+        bench_attention(
+            device,
+            &sizes.attention_l,
+            d,
+            h,
+            sizes.reference_score_bytes_max.min(crate::device::max_binding_bytes(device)),
+        )
+        .into_iter()
+        .map(|t| AttentionRow {
+            l: t.l,
+            heads: h,
+            head_dim: d,
+            kernel: crate::kernels::attention::FlashKernel::current(),
+            flash_tflops: 4.0 * (h * t.l * t.l * d) as f64 / t.flash_s / 1e12,
+            tiles_s: t.tiles_s,
+            tiles_tflops: t.tiles_s.map(|s| 4.0 * (h * t.l * t.l * d) as f64 / s / 1e12),
+            flash_kernel,
+            flash_s: t.flash_s,
+            reference_s: t.reference_s,
+            speedup: t.reference_s.map(|r| r / t.flash_s),
+            flash_bytes: (h * t.l * (d + 2) * size_of::<f32>()) as u64,
+            reference_bytes: (h * t.l * t.l * size_of::<f32>()) as u64,
+            flash_peak_bytes: t.flash_peak_bytes,
+            reference_peak_bytes: t.reference_peak_bytes,
+        })
+        .collect()
     }
 
     /// One transformer call of `sizes.step_config` with random weights in f32, Q8_0 and Q4_0; each call's
@@ -465,7 +579,13 @@ mod native {
             config.guidance_embed.then(|| Tensor::<1>::from_data(TensorData::new(vec![2.5f32], [1]), device));
 
         let mut rows: Vec<StepRow> = Vec::new();
-        for quantized in [None, Some(GgmlType::Q8_0), Some(GgmlType::Q4_0)] {
+        for weights in &sizes.step_weights {
+            let quantized = match weights.as_str() {
+                "F32" => None,
+                "Q8_0" => Some(GgmlType::Q8_0),
+                "Q4_0" => Some(GgmlType::Q4_0),
+                other => return Err(Error::Invalid(format!("step weights are F32, Q8_0 or Q4_0, not {other}"))),
+            };
             let flux = Flux::load(config, &RandomFlux::new(config, quantized)?, device)?;
             let vec = flux.conditioning(timesteps.clone(), y.clone(), guidance.clone())?;
             let modulations = flux.modulations(vec)?;
@@ -481,7 +601,7 @@ mod native {
             if let Some(e) = failure {
                 return Err(e);
             }
-            let f32_seconds = rows.first().map_or(seconds, |r| r.seconds);
+            let f32_seconds = rows.first().filter(|r| r.weights == "F32").map_or(seconds, |r| r.seconds);
             rows.push(StepRow {
                 weights: quantized.map_or("F32".into(), |ty| ty.to_string()),
                 packed_linears: flux.packed_linears(),

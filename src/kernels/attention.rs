@@ -1,6 +1,11 @@
-//! Scaled dot-product attention `softmax(q·kᵀ / √d)·v` over `[b, heads, L, d]`: a tiled online-softmax WGSL
-//! kernel (`shaders/flash_attention.wgsl`, memory O(L·d), never an L×L buffer) on wgpu, and its reference twin
-//! in plain tensor ops ([`reference`], the materialised scores) everywhere else.
+//! Scaled dot-product attention `softmax(q·kᵀ / √d)·v` over `[b, heads, L, d]`: online-softmax WGSL kernels
+//! (memory O(L·d), never an L×L buffer) on wgpu, and their reference twin in plain tensor ops ([`reference`],
+//! the materialised scores) everywhere else.
+//!
+//! Two kernels, chosen by [`FlashKernel::current`]: `rows` (`shaders/flash_attention_rows.wgsl`, one query row
+//! per invocation, the default) and `tiles` (`shaders/flash_attention_tiles.wgsl`, compile-time head width,
+//! score and output micro-tiles per invocation). Measured side by side by `kontext bench`; `tiles` is not the
+//! default because it measured slower on lavapipe and in the H200 run recorded in the README.
 
 use burn::cubecl::prelude::CubeCount;
 use burn::cubecl::server::KernelArguments;
@@ -10,23 +15,117 @@ use burn::tensor::activation::softmax;
 use super::{WgslKernel, cube_tensor, grid, params, tensor_from_handle};
 use crate::{Error, Result};
 
-const FLASH: WgslKernel =
-    WgslKernel { name: "flash_attention", source: include_str!("../../shaders/flash_attention.wgsl") };
+const FLASH_TEMPLATE: &str = include_str!("../../shaders/flash_attention_tiles.wgsl");
+const FLASH_ROWS: WgslKernel =
+    WgslKernel::fixed("flash_attention_rows", include_str!("../../shaders/flash_attention_rows.wgsl"));
 
-/// Query rows per workgroup (`ROWS` in the shader).
-const ROWS: usize = 64;
-/// Largest head width the kernel takes (`HEAD_DIM_MAX` in the shader); wider heads use [`reference`].
+/// Environment variable that picks the flash kernel natively: `rows` (the default) or `tiles`.
+pub const KERNEL_ENV: &str = "KONTEXT_ATTENTION";
+
+/// Which flash-attention kernel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlashKernel {
+    /// One query row per invocation (`shaders/flash_attention_rows.wgsl`).
+    Rows,
+    /// Micro-tiles per invocation with a compile-time head width (`shaders/flash_attention_tiles.wgsl`).
+    Tiles,
+}
+
+impl FlashKernel {
+    /// [`KERNEL_ENV`] where set to `tiles`, else [`FlashKernel::Rows`]; always `Rows` in a browser.
+    pub fn current() -> Self {
+        #[cfg(not(target_arch = "wasm32"))]
+        if std::env::var(KERNEL_ENV).is_ok_and(|v| v.trim() == "tiles") {
+            return Self::Tiles;
+        }
+        Self::Rows
+    }
+}
+
+/// Query rows per workgroup of the `rows` kernel (`ROWS` in its shader).
+const ROWS_PER_GROUP: usize = 64;
+/// vec4s per key or value tile of the `rows` kernel (`TILE_VECS` in its shader).
+const ROWS_TILE_VECS: usize = 480;
+/// Most keys per tile of the `rows` kernel (`KEYS_MAX` in its shader).
+const ROWS_KEYS_MAX: usize = 64;
+
+/// Invocations per workgroup (`THREADS` in the shader), an 8 × 8 grid of row and column groups (`GROUPS`).
+const THREADS: usize = 64;
+const GROUPS: usize = 8;
+/// Widest head the kernels take; wider heads (the VAE's single 512-wide head) use [`reference`].
 pub const HEAD_DIM_MAX: usize = 256;
-/// vec4s per key or value tile (`TILE_VECS` in the shader).
-const TILE_VECS: usize = 480;
-/// Most keys per tile (`KEYS_MAX` in the shader).
-const KEYS_MAX: usize = 64;
+/// `(query rows, keys)` per tile, the first whose tiles fit the workgroup memory the device granted.
+const TILE_CHOICES: [(usize, usize); 3] = [(32, 16), (16, 16), (16, 8)];
 /// Loop iterations one invocation may run on Mesa's llvmpipe (lavapipe) before the driver silently ends every
 /// loop of the shader (`LP_MAX_TGSI_LOOP_ITERATIONS` = 65535, shared by all loops); we plan for three quarters.
 const LLVMPIPE_LOOP_BUDGET: usize = 49_152;
 
+/// The compile-time shape of one flash kernel: the constants the host prepends to the shader template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlashTiles {
+    /// Head width `d` (`HEAD_DIM`).
+    pub head_dim: usize,
+    /// vec4s per tile row: ⌈d/4⌉ rounded up to a multiple of 8 (`HEAD_VECS`).
+    pub head_vecs: usize,
+    /// Query rows per workgroup (`ROWS`).
+    pub rows: usize,
+    /// Keys per tile (`KEYS`).
+    pub keys: usize,
+}
+
+impl FlashTiles {
+    /// The largest tiles for heads of width `d` that fit `shared_bytes` of workgroup memory, or `None` when
+    /// `d` is 0 or wider than [`HEAD_DIM_MAX`] or no tiles fit.
+    pub fn choose(d: usize, shared_bytes: usize) -> Option<Self> {
+        if d == 0 || d > HEAD_DIM_MAX {
+            return None;
+        }
+        let head_vecs = d.div_ceil(4).next_multiple_of(GROUPS);
+        TILE_CHOICES
+            .iter()
+            .map(|&(rows, keys)| Self { head_dim: d, head_vecs, rows, keys })
+            .find(|tiles| tiles.shared_bytes() <= shared_bytes)
+    }
+
+    /// Workgroup memory the shader declares: the query and key/value tiles (rows padded by one vec4), the
+    /// scores (rows padded by one float), three statistics per row and the shape it shares.
+    pub fn shared_bytes(&self) -> usize {
+        16 * (self.rows + self.keys) * (self.head_vecs + 1) + 4 * self.rows * (self.keys + 1 + 3) + 16 + 8
+    }
+
+    /// The shader with these constants.
+    fn kernel(&self) -> WgslKernel {
+        let Self { head_dim, head_vecs, rows, keys } = *self;
+        WgslKernel {
+            name: format!("flash_attention_d{head_dim}_r{rows}_k{keys}").into(),
+            source: format!(
+                "const HEAD_DIM: u32 = {head_dim}u;\nconst HEAD_VECS: u32 = {head_vecs}u;\n\
+                 const ROWS: u32 = {rows}u;\nconst KEYS: u32 = {keys}u;\n{FLASH_TEMPLATE}"
+            )
+            .into(),
+        }
+    }
+
+    /// Keys per dispatch that keep one invocation within [`LLVMPIPE_LOOP_BUDGET`] loop iterations, counting
+    /// every loop of the shader as if none were unrolled, with one more iteration for its exit test.
+    fn llvmpipe_keys_per_dispatch(&self) -> usize {
+        let (hv, rows, keys) = (self.head_vecs, self.rows / GROUPS, self.keys / GROUPS);
+        let vecs = self.head_vecs / GROUPS;
+        let tile_load = (self.keys * hv).div_ceil(THREADS) + 1;
+        let scores = (hv + 1) + hv * ((keys + 1) + (rows + 1) + rows * (keys + 1));
+        let masked = (rows + 1) + rows * (keys + 1);
+        let softmax = 2 * (self.keys + 1) + (rows + 1) + rows * (vecs + 1);
+        let values = (self.keys + 1) + self.keys * ((vecs + 1) + (rows + 1) + rows * (vecs + 1));
+        let per_tile = 2 * tile_load + scores + masked + softmax + values + 1;
+        // Query tile, state and output loops.
+        let per_dispatch = (self.rows * hv).div_ceil(THREADS) + 1 + 2 * ((rows + 1) + rows * (vecs + 1));
+        (LLVMPIPE_LOOP_BUDGET - per_dispatch) / per_tile * self.keys
+    }
+}
+
 /// Attention as the models use it: [`flash_attention`] where it applies (wgpu, f32, head width at most
-/// [`HEAD_DIM_MAX`]), [`reference`] otherwise.
+/// [`HEAD_DIM_MAX`], tiles that fit the workgroup memory), [`reference`] otherwise.
 ///
 /// `q` `[b, h, lq, d]`, `k` `[b, h, lk, d]`, `v` `[b, h, lk, d]` → `[b, h, lq, d]`; no mask.
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
@@ -43,9 +142,14 @@ pub fn reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
 /// The flash kernel: one pass, keys and values streamed through workgroup memory in tiles.
 ///
 /// Errors, without touching the GPU, when the tensors are not burn wgpu f32 tensors, when the shapes do not
-/// agree (`q` `[b, h, lq, d]`, `k` and `v` `[b, h, lk, d]`), when a dimension is zero, or when `d` exceeds
-/// [`HEAD_DIM_MAX`].
+/// agree (`q` `[b, h, lq, d]`, `k` and `v` `[b, h, lk, d]`), when a dimension is zero, when `d` exceeds
+/// [`HEAD_DIM_MAX`], or when no tiles fit the device's workgroup memory.
 pub fn flash_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tensor<4>> {
+    flash_attention_with(FlashKernel::current(), q, k, v)
+}
+
+/// [`flash_attention`] through the given kernel.
+pub fn flash_attention_with(kernel: FlashKernel, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tensor<4>> {
     let [b, h, lq, d] = q.dims();
     let lk = k.dims()[2];
     if k.dims() != [b, h, lk, d] || v.dims() != [b, h, lk, d] {
@@ -72,14 +176,41 @@ pub fn flash_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tenso
     let out = client.empty(b * h * lq * d * size_of::<f32>());
     let stats = client.empty(b * h * lq * 2 * size_of::<f32>());
     let scale = (1.0 / (d as f64).sqrt()) as f32;
-    let (x, y) = grid(b * h * lq.div_ceil(ROWS));
-    let keys_per_dispatch = match client.properties().identity.name.contains("llvmpipe") {
-        true => llvmpipe_keys_per_dispatch(d),
-        false => lk,
-    };
+    let llvmpipe = client.properties().identity.name.contains("llvmpipe");
+    if kernel == FlashKernel::Rows {
+        let (x, y) = grid(b * h * lq.div_ceil(ROWS_PER_GROUP));
+        let keys_per_dispatch = if llvmpipe { rows_llvmpipe_keys_per_dispatch(d) } else { lk };
+        for begin in (0..lk).step_by(keys_per_dispatch) {
+            let end = (begin + keys_per_dispatch).min(lk);
+            let shape = [(b * h) as u32, lq as u32, lk as u32, d as u32, scale.to_bits(), begin as u32, end as u32];
+            let buffers = vec![
+                q.handle.clone().binding(),
+                k.handle.clone().binding(),
+                v.handle.clone().binding(),
+                out.clone().binding(),
+                stats.clone().binding(),
+                params(client, &shape).binding(),
+            ];
+            client.launch(
+                Box::new(FLASH_ROWS),
+                CubeCount::Static(x, y, 1),
+                KernelArguments::new().with_buffers(buffers),
+            );
+        }
+        return Ok(tensor_from_handle(&q, out, [b, h, lq, d]));
+    }
+    let shared = client.properties().hardware.max_shared_memory_size;
+    let tiles = FlashTiles::choose(d, shared).ok_or_else(|| {
+        Error::Invalid(format!(
+            "flash attention: heads of width {d} need more than the {shared} bytes of workgroup memory granted"
+        ))
+    })?;
+    let (x, y) = grid(b * h * lq.div_ceil(tiles.rows));
+    let keys_per_dispatch = if llvmpipe { tiles.llvmpipe_keys_per_dispatch() } else { lk };
+    let tiles_kernel = tiles.kernel();
     for begin in (0..lk).step_by(keys_per_dispatch) {
         let end = (begin + keys_per_dispatch).min(lk);
-        let shape = [(b * h) as u32, lq as u32, lk as u32, d as u32, scale.to_bits(), begin as u32, end as u32];
+        let shape = [(b * h) as u32, lq as u32, lk as u32, scale.to_bits(), begin as u32, end as u32];
         let buffers = vec![
             q.handle.clone().binding(),
             k.handle.clone().binding(),
@@ -88,30 +219,34 @@ pub fn flash_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tenso
             stats.clone().binding(),
             params(client, &shape).binding(),
         ];
-        client.launch(Box::new(FLASH), CubeCount::Static(x, y, 1), KernelArguments::new().with_buffers(buffers));
+        client.launch(
+            Box::new(tiles_kernel.clone()),
+            CubeCount::Static(x, y, 1),
+            KernelArguments::new().with_buffers(buffers),
+        );
     }
     Ok(tensor_from_handle(&q, out, [b, h, lq, d]))
 }
 
-/// Keys in one tile of the shader for heads of width `d`.
-fn keys_per_tile(d: usize) -> usize {
-    KEYS_MAX.min(TILE_VECS / d.div_ceil(4))
+/// Keys in one tile of the `rows` kernel for heads of width `d`.
+fn rows_keys_per_tile(d: usize) -> usize {
+    ROWS_KEYS_MAX.min(ROWS_TILE_VECS / d.div_ceil(4))
 }
 
-/// Keys per dispatch that keep one invocation within [`LLVMPIPE_LOOP_BUDGET`] loop iterations, counting one
-/// more iteration than runs for every loop (its exit test), for heads of width `d` (`d4` vec4s).
-fn llvmpipe_keys_per_dispatch(d: usize) -> usize {
-    let (d4, keys) = (d.div_ceil(4), keys_per_tile(d));
+/// Keys per dispatch of the `rows` kernel that keep one invocation within [`LLVMPIPE_LOOP_BUDGET`] loop
+/// iterations, counting one more iteration than runs for every loop (its exit test), for heads of width `d`.
+fn rows_llvmpipe_keys_per_dispatch(d: usize) -> usize {
+    let (d4, keys) = (d.div_ceil(4), rows_keys_per_tile(d));
     // Tile load, then per key: score (d4 + 1), max and exp (2), and per tile: the loops' exits and the
     // accumulator update (d4 · (keys + 1)).
-    let per_tile = (keys * d4).div_ceil(ROWS) + keys * (2 * d4 + 4) + 2 * d4 + 8;
+    let per_tile = (keys * d4).div_ceil(ROWS_PER_GROUP) + keys * (2 * d4 + 4) + 2 * d4 + 8;
     // Query, state and output loops.
     let per_dispatch = 3 * (d4 + 1) + 4;
     (LLVMPIPE_LOOP_BUDGET - per_dispatch) / per_tile * keys
 }
 
-/// Times [`attention`] (the flash kernel on wgpu) and, where its `[heads, L, L]` scores stay under 1 GiB,
-/// [`reference`] on `device`, for self-attention over each length in `lengths` with `heads` heads of width `d`
+/// Times [`attention`] (the flash kernel on wgpu) and, where its `[heads, L, L]` scores stay within
+/// `reference_score_bytes_max`, [`reference`] on `device`, for self-attention over each length in `lengths` with `heads` heads of width `d`
 /// (batch 1). Each timing is [`BENCH_REPEATS`] chained calls (the output becomes the next query, so no call
 /// can be skipped as a repeat) and one readback, after one untimed warm-up call that compiles the kernels.
 ///
@@ -123,10 +258,10 @@ pub fn bench_attention(
     lengths: &[usize],
     d: usize,
     heads: usize,
+    reference_score_bytes_max: u64,
 ) -> Vec<AttentionTiming> {
     use burn::tensor::TensorData;
 
-    const REFERENCE_SCORE_BYTES_MAX: usize = 1 << 30;
     // `into_data` may hand back lazy storage: only reading the values waits for the device.
     let read_back = |x: Tensor<4>| x.into_data().try_to_vec::<f32>().map(|values| values.len()).unwrap_or(0);
     let reserved = || device.memory_pool_usage().map(|usage| usage.bytes_reserved);
@@ -154,11 +289,17 @@ pub fn bench_attention(
                 Tensor::<4>::from_data(TensorData::new(values, shape), device)
             });
             let (flash_s, flash_peak_bytes) = time(&attention, &qkv);
-            let fits = heads * l * l * size_of::<f32>() <= REFERENCE_SCORE_BYTES_MAX;
+            let tiles = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| {
+                flash_attention_with(FlashKernel::Tiles, q.clone(), k.clone(), v.clone())
+                    .unwrap_or_else(|_| reference(q, k, v))
+            };
+            let tiles_s = (crate::kernels::packs_on(device) && d <= HEAD_DIM_MAX).then(|| time(&tiles, &qkv).0);
+            let fits = (heads * l * l * size_of::<f32>()) as u64 <= reference_score_bytes_max;
             let reference = fits.then(|| time(&reference, &qkv));
             AttentionTiming {
                 l,
                 flash_s,
+                tiles_s,
                 flash_peak_bytes,
                 reference_s: reference.map(|r| r.0),
                 reference_peak_bytes: reference.and_then(|r| r.1),
@@ -174,9 +315,11 @@ pub struct AttentionTiming {
     pub l: usize,
     /// Seconds per call of [`attention`].
     pub flash_s: f64,
+    /// Seconds per call of the `tiles` kernel, where a flash kernel applies.
+    pub tiles_s: Option<f64>,
     /// Device memory its first call added to the allocator's pools, when the backend reports pools.
     pub flash_peak_bytes: Option<u64>,
-    /// Seconds per call of [`reference`], when its scores fit 1 GiB.
+    /// Seconds per call of [`reference`], when its scores fit the limit.
     pub reference_s: Option<f64>,
     /// Device memory the reference's first call added.
     pub reference_peak_bytes: Option<u64>,
@@ -226,16 +369,57 @@ mod tests {
     }
 
     #[test]
-    fn llvmpipe_dispatches_take_whole_tiles_within_the_loop_budget() {
-        assert_eq!([16, 32, 128, 256].map(keys_per_tile), [64, 60, 15, 7]);
+    fn tiles_fit_the_granted_workgroup_memory_and_pad_heads_to_whole_column_groups() {
+        let big = FlashTiles::choose(128, 32 * 1024).unwrap();
+        assert_eq!(big, FlashTiles { head_dim: 128, head_vecs: 32, rows: 32, keys: 16 });
+        assert_eq!(big.shared_bytes(), 16 * 48 * 33 + 4 * 32 * 20 + 24);
+        assert_eq!(FlashTiles::choose(128, 16 * 1024).unwrap().rows, 16);
+        assert_eq!(FlashTiles::choose(7, 16 * 1024).unwrap().head_vecs, 8);
+        assert_eq!(FlashTiles::choose(250, 32 * 1024).unwrap().head_vecs, 64);
+        assert_eq!(FlashTiles::choose(256, 16 * 1024), None);
+        assert_eq!(FlashTiles::choose(257, 1 << 20), None);
+        assert_eq!(FlashTiles::choose(0, 1 << 20), None);
+        for d in [1, 16, 64, 128, 200, 256] {
+            let tiles = FlashTiles::choose(d, 64 * 1024).unwrap();
+            assert!(tiles.shared_bytes() <= 64 * 1024 && tiles.head_vecs * 4 >= d, "{tiles:?}");
+            assert!(
+                tiles.rows.is_multiple_of(GROUPS)
+                    && tiles.keys.is_multiple_of(GROUPS)
+                    && tiles.head_vecs.is_multiple_of(GROUPS)
+            );
+        }
+    }
+
+    #[test]
+    fn rows_kernel_llvmpipe_dispatches_take_whole_tiles_within_the_loop_budget() {
+        assert_eq!([16, 32, 128, 256].map(rows_keys_per_tile), [64, 60, 15, 7]);
         for d in [1, 16, 30, 32, 100, 128, 256] {
-            let (keys, per_tile, d4) = (llvmpipe_keys_per_dispatch(d), keys_per_tile(d), d.div_ceil(4));
+            let (keys, per_tile, d4) = (rows_llvmpipe_keys_per_dispatch(d), rows_keys_per_tile(d), d.div_ceil(4));
             assert!(keys >= per_tile && keys.is_multiple_of(per_tile), "d {d}: {keys} keys");
             // Every loop of the shader, with one extra iteration each for its exit test.
             let tiles = keys / per_tile;
-            let tile_loops =
-                (per_tile * d4).div_ceil(ROWS) + 1 + per_tile * (d4 + 2) + 1 + per_tile + 1 + d4 * (per_tile + 2) + 1;
+            let tile_loops = (per_tile * d4).div_ceil(ROWS_PER_GROUP)
+                + 1
+                + per_tile * (d4 + 2)
+                + 1
+                + per_tile
+                + 1
+                + d4 * (per_tile + 2)
+                + 1;
             assert!(3 * (d4 + 1) + tiles * (tile_loops + 1) < LLVMPIPE_LOOP_BUDGET, "d {d}: {keys} keys");
         }
+    }
+
+    #[test]
+    fn llvmpipe_dispatches_take_whole_tiles_within_the_loop_budget() {
+        for d in [1, 16, 32, 100, 128, 256] {
+            for shared in [16 * 1024, 32 * 1024, 64 * 1024] {
+                let Some(tiles) = FlashTiles::choose(d, shared) else { continue };
+                let keys = tiles.llvmpipe_keys_per_dispatch();
+                assert!(keys >= tiles.keys && keys.is_multiple_of(tiles.keys), "{tiles:?}: {keys} keys");
+            }
+        }
+        // 128-wide heads in the largest tiles: at least 30 tiles per dispatch.
+        assert!(FlashTiles::choose(128, 32 * 1024).unwrap().llvmpipe_keys_per_dispatch() >= 30 * 16);
     }
 }

@@ -13,6 +13,8 @@ pub mod pack;
 pub mod precision;
 pub mod quant_matmul;
 
+use std::borrow::Cow;
+
 use burn::backend::wgpu::CubeTensor;
 use burn::backend::{Cube, DispatchDevice};
 use burn::cubecl::ir::{UIntKind, metadata::Info, settings::Dim3};
@@ -28,18 +30,26 @@ pub const WORKGROUP: u32 = 256;
 /// Workgroups per dispatch dimension that every WebGPU adapter accepts.
 const MAX_GROUPS_PER_DIM: u32 = 65_535;
 
-/// A hand-written WGSL compute shader with entry point `main`.
-#[derive(Debug, Clone, Copy)]
+/// A hand-written WGSL compute shader with entry point `main`: a fixed text, or one generated from a template
+/// with compile-time constants (then the name carries their values).
+#[derive(Debug, Clone)]
 pub struct WgslKernel {
     /// Unique name, also the compilation-cache key.
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     /// The WGSL text.
-    pub source: &'static str,
+    pub source: Cow<'static, str>,
+}
+
+impl WgslKernel {
+    /// A kernel from a fixed text.
+    pub const fn fixed(name: &'static str, source: &'static str) -> Self {
+        Self { name: Cow::Borrowed(name), source: Cow::Borrowed(source) }
+    }
 }
 
 impl KernelMetadata for WgslKernel {
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info(self.name)
+        KernelId::new::<Self>().info(self.name.to_string())
     }
 
     fn address_type(&self) -> ElemType {

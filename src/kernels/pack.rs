@@ -6,9 +6,8 @@ use burn::tensor::Tensor;
 use super::{WgslKernel, cube_tensor, launch_1d, params, tensor_from_handle};
 use crate::kernels::latent;
 
-const PACK: WgslKernel = WgslKernel { name: "pack_latents", source: include_str!("../../shaders/pack_latents.wgsl") };
-const UNPACK: WgslKernel =
-    WgslKernel { name: "unpack_latents", source: include_str!("../../shaders/unpack_latents.wgsl") };
+const PACK: WgslKernel = WgslKernel::fixed("pack_latents", include_str!("../../shaders/pack_latents.wgsl"));
+const UNPACK: WgslKernel = WgslKernel::fixed("unpack_latents", include_str!("../../shaders/unpack_latents.wgsl"));
 
 /// `[b, c, h, w] → [b, (h/2)(w/2), 4c]`; one kernel on wgpu, [`latent::pack`] elsewhere.
 pub fn pack(latents: Tensor<4>) -> Tensor<3> {

@@ -49,33 +49,33 @@ macro_rules! quant_kernels {
     };
     ($name:literal, $file:literal, $suffix:literal, $act:literal) => {
         [
-            WgslKernel {
-                name: concat!($name, $suffix, "_vec"),
-                source: concat!(
+            WgslKernel::fixed(
+                concat!($name, $suffix, "_vec"),
+                concat!(
                     include_str!(concat!("../../shaders/", $act)),
                     include_str!(concat!("../../shaders/", $file)),
                     include_str!("../../shaders/ggml_bytes.wgsl"),
                     include_str!("../../shaders/matvec_quant.wgsl")
                 ),
-            },
-            WgslKernel {
-                name: concat!($name, $suffix),
-                source: concat!(
+            ),
+            WgslKernel::fixed(
+                concat!($name, $suffix),
+                concat!(
                     include_str!(concat!("../../shaders/", $act)),
                     include_str!(concat!("../../shaders/", $file)),
                     include_str!("../../shaders/ggml_bytes.wgsl"),
                     include_str!("../../shaders/matmul_quant.wgsl")
                 ),
-            },
-            WgslKernel {
-                name: concat!($name, $suffix, "_wide"),
-                source: concat!(
+            ),
+            WgslKernel::fixed(
+                concat!($name, $suffix, "_wide"),
+                concat!(
                     include_str!(concat!("../../shaders/", $act)),
                     include_str!(concat!("../../shaders/", $file)),
                     include_str!("../../shaders/ggml_bytes.wgsl"),
                     include_str!("../../shaders/matmul_quant_wide.wgsl")
                 ),
-            },
+            ),
         ]
     };
 }

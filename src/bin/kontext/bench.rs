@@ -17,6 +17,13 @@ pub struct BenchArgs {
     /// The smallest shapes that still run every path (for tests).
     #[arg(long, conflicts_with = "quick")]
     tiny: bool,
+    /// A named preset instead: `full` (the default), `quick`, `tiny`, `gpu` (FLUX.1 Kontext [dev] at real
+    /// scale, 1024² with one reference: for a real GPU) or `gpu-512`.
+    #[arg(long, conflicts_with_all = ["quick", "tiny"])]
+    preset: Option<String>,
+    /// Run only these benchmarks (comma-separated): `matmul`, `attention`, `step`.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -77,11 +84,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     };
     super::choose_precision(args.precision.as_deref(), &device)?;
-    let sizes = match (args.quick, args.tiny) {
-        (_, true) => Sizes::tiny(),
-        (true, _) => Sizes::quick(),
+    let sizes = match (args.quick, args.tiny, &args.preset) {
+        (_, true, _) => Sizes::tiny(),
+        (true, _, _) => Sizes::quick(),
+        (_, _, Some(name)) => Sizes::preset(name)?,
         _ => Sizes::full(),
     };
+    let sizes = if args.only.is_empty() { sizes } else { sizes.only(&args.only)? };
     let report = bench::run(&device, &args.backend, adapter, sizes)?;
     let peer = args.peer.as_deref().map(|python| peer_step(python, &report.sizes)).transpose()?;
     if args.json {
@@ -141,16 +150,18 @@ fn print_table(report: &Report) {
     }
     println!();
     println!(
-        "attention, {} heads × {}: ms per call; MiB computed from the shapes, and peak MiB measured (memory the first \
+        "attention, {} heads × {}, flash kernel `{:?}` (tiles: the other design); ms per call; MiB computed from the shapes, and peak MiB measured (memory the first \
          call added to the device allocator's pools; `-` where the backend does not report them)",
-        sizes.attention_heads, sizes.attention_d
+        sizes.attention_heads,
+        sizes.attention_d,
+        report.attention.first().map(|r| r.kernel)
     );
     if report.attention.iter().any(|r| !r.flash_kernel) {
         println!("(no flash kernel on this device: the `flash` column times the reference too)");
     }
     println!(
-        "{:>6} {:>10} {:>10} {:>8} {:>11} {:>11} {:>11} {:>11}",
-        "L", "flash ms", "ref ms", "speedup", "flash MiB", "ref MiB", "flash peak", "ref peak"
+        "{:>6} {:>10} {:>8} {:>10} {:>8} {:>10} {:>11} {:>11} {:>11} {:>11}",
+        "L", "flash ms", "TFLOP/s", "ref ms", "speedup", "tiles ms", "flash MiB", "ref MiB", "flash peak", "ref peak"
     );
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let peak = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.2}", mib(b)));
@@ -158,11 +169,13 @@ fn print_table(report: &Report) {
         let reference = r.reference_s.map_or("skipped".into(), |s| format!("{:.2}", s * 1e3));
         let speedup = r.speedup.map_or("-".into(), |s| format!("{s:.2}"));
         println!(
-            "{:>6} {:>10.2} {:>10} {:>8} {:>11.2} {:>11.2} {:>11} {:>11}",
+            "{:>6} {:>10.2} {:>8.2} {:>10} {:>8} {:>10} {:>11.2} {:>11.2} {:>11} {:>11}",
             r.l,
             r.flash_s * 1e3,
+            r.flash_tflops,
             reference,
             speedup,
+            r.tiles_s.map_or("-".into(), |s| format!("{:.2}", s * 1e3)),
             mib(r.flash_bytes),
             mib(r.reference_bytes),
             peak(r.flash_peak_bytes),

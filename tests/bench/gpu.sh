@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# `make bench-gpu`: the real-scale benchmark for a machine with a real GPU, in one command, with no build when it
+# is given a kontext binary. Writes into OUT (default bench-gpu/):
+#   gpu.txt           the card and driver (nvidia-smi, where present) and the Vulkan adapter wgpu opened
+#   bench.json        `kontext bench --preset gpu`: attention at L = 1,024, 4,096 and 8,704 (24 × 128, flash
+#                     against the materialised reference) and matmuls at M = 8,704
+#   bench-step.json   the 1024² Kontext step of a random-weight FLUX.1 Kontext [dev] DiT (Q4_0 blocks)
+#   bench-512.json    the same step at 512²
+#   diffusers.json    the same steps through diffusers on the same card (bf16 and f32), where python3 has torch
+#                     and diffusers
+# Usage: tests/bench/gpu.sh [KONTEXT_BIN] [OUT]
+set -uo pipefail
+bin=${1:-${KONTEXT_BIN:-}}
+out=${2:-bench-gpu}
+here=$(cd "$(dirname "$0")" && pwd)
+if [[ -z "$bin" ]]; then
+  cargo build --locked --release --bin kontext
+  bin=${CARGO_TARGET_DIR:-target}/release/kontext
+fi
+mkdir -p "$out"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || true; } >"$out/gpu.txt"
+# Each part has a time limit, so that one that hangs leaves the others their share of a short lease.
+part() {
+  local name=$1 limit=$2
+  shift 2
+  local started=$SECONDS
+  timeout "$limit" "$@" >"$out/$name.json" 2>>"$out/gpu.txt"
+  echo "$name: exit $?, $((SECONDS - started)) s" >>"$out/gpu.txt"
+}
+part bench 200 "$bin" bench --backend wgpu --preset gpu --only attention,matmul --json
+part bench-step 240 "$bin" bench --backend wgpu --preset gpu --only step --json
+part bench-512 120 "$bin" bench --backend wgpu --preset gpu-512 --only step --json
+part diffusers 200 python3 - "$here/diffusers_step.py" <<'PY'
+import json, subprocess, sys
+# FLUX.1 Kontext [dev]'s DiT: 19 double and 38 single blocks of 3072 in 24 heads, text 4096, pooled 768.
+dit = dict(hidden=3072, heads=24, depth=19, single=38, context=4096, vec_in_dim=768, in_channels=64,
+           axes_dim=[16, 56, 56], text_tokens=512, repeats=3, device="cuda")
+rows = []
+for image_tokens, dtype in [(8192, "bfloat16"), (8192, "float32"), (2048, "bfloat16"), (2048, "float32")]:
+    config = dict(dit, image_tokens=image_tokens, dtype=dtype)
+    run = subprocess.run([sys.executable, sys.argv[1]], input=json.dumps(config), capture_output=True, text=True)
+    row = dict(image_tokens=image_tokens, text_tokens=512, dtype=dtype)
+    row.update(json.loads(run.stdout) if run.returncode == 0 else {"error": run.stderr.strip().splitlines()[-1:]})
+    rows.append(row)
+    print(json.dumps(row), file=sys.stderr)
+print(json.dumps(rows, indent=1))
+PY
+cat "$out/gpu.txt"
