@@ -41,7 +41,7 @@ const MASKED: f32 = -3.0e38;
 @group(0) @binding(3) var<storage, read_write> output: array<f32>;
 // [b·h, lq, 2]: running maximum and sum of every row between dispatches
 @group(0) @binding(4) var<storage, read_write> stats: array<f32>;
-// [b·h, lq, lk, bits of the f32 scale, key_begin, key_end]
+// [b·h, lq, lk, d (HEAD_DIM here), bits of the f32 scale, key_begin, key_end]: the `rows` kernel's layout
 @group(0) @binding(5) var<storage, read_write> params: array<u32>;
 
 // [ROWS, STRIDE]: this workgroup's query rows, scaled
@@ -127,8 +127,8 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     if (lid == 0u) {
-        shape_shared = vec4<u32>(params[1], params[2], params[0], params[3]);
-        keys_shared = vec2<u32>(params[4], params[5]);
+        shape_shared = vec4<u32>(params[1], params[2], params[0], params[4]);
+        keys_shared = vec2<u32>(params[5], params[6]);
     }
     let shape = workgroupUniformLoad(&shape_shared);
     let keys = workgroupUniformLoad(&keys_shared);

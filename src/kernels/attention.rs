@@ -177,40 +177,23 @@ pub fn flash_attention_with(kernel: FlashKernel, q: Tensor<4>, k: Tensor<4>, v: 
     let stats = client.empty(b * h * lq * 2 * size_of::<f32>());
     let scale = (1.0 / (d as f64).sqrt()) as f32;
     let llvmpipe = client.properties().identity.name.contains("llvmpipe");
-    if kernel == FlashKernel::Rows {
-        let (x, y) = grid(b * h * lq.div_ceil(ROWS_PER_GROUP));
-        let keys_per_dispatch = if llvmpipe { rows_llvmpipe_keys_per_dispatch(d) } else { lk };
-        for begin in (0..lk).step_by(keys_per_dispatch) {
-            let end = (begin + keys_per_dispatch).min(lk);
-            let shape = [(b * h) as u32, lq as u32, lk as u32, d as u32, scale.to_bits(), begin as u32, end as u32];
-            let buffers = vec![
-                q.handle.clone().binding(),
-                k.handle.clone().binding(),
-                v.handle.clone().binding(),
-                out.clone().binding(),
-                stats.clone().binding(),
-                params(client, &shape).binding(),
-            ];
-            client.launch(
-                Box::new(FLASH_ROWS),
-                CubeCount::Static(x, y, 1),
-                KernelArguments::new().with_buffers(buffers),
-            );
+    let (shader, rows_per_group, keys_per_dispatch) = match kernel {
+        FlashKernel::Rows => (FLASH_ROWS, ROWS_PER_GROUP, rows_llvmpipe_keys_per_dispatch(d)),
+        FlashKernel::Tiles => {
+            let shared = client.properties().hardware.max_shared_memory_size;
+            let tiles = FlashTiles::choose(d, shared).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "flash attention: heads of width {d} need more than the {shared} bytes of workgroup memory granted"
+                ))
+            })?;
+            (tiles.kernel(), tiles.rows, tiles.llvmpipe_keys_per_dispatch())
         }
-        return Ok(tensor_from_handle(&q, out, [b, h, lq, d]));
-    }
-    let shared = client.properties().hardware.max_shared_memory_size;
-    let tiles = FlashTiles::choose(d, shared).ok_or_else(|| {
-        Error::Invalid(format!(
-            "flash attention: heads of width {d} need more than the {shared} bytes of workgroup memory granted"
-        ))
-    })?;
-    let (x, y) = grid(b * h * lq.div_ceil(tiles.rows));
-    let keys_per_dispatch = if llvmpipe { tiles.llvmpipe_keys_per_dispatch() } else { lk };
-    let tiles_kernel = tiles.kernel();
+    };
+    let keys_per_dispatch = if llvmpipe { keys_per_dispatch } else { lk };
+    let (x, y) = grid(b * h * lq.div_ceil(rows_per_group));
     for begin in (0..lk).step_by(keys_per_dispatch) {
         let end = (begin + keys_per_dispatch).min(lk);
-        let shape = [(b * h) as u32, lq as u32, lk as u32, scale.to_bits(), begin as u32, end as u32];
+        let shape = [(b * h) as u32, lq as u32, lk as u32, d as u32, scale.to_bits(), begin as u32, end as u32];
         let buffers = vec![
             q.handle.clone().binding(),
             k.handle.clone().binding(),
@@ -220,7 +203,7 @@ pub fn flash_attention_with(kernel: FlashKernel, q: Tensor<4>, k: Tensor<4>, v: 
             params(client, &shape).binding(),
         ];
         client.launch(
-            Box::new(tiles_kernel.clone()),
+            Box::new(shader.clone()),
             CubeCount::Static(x, y, 1),
             KernelArguments::new().with_buffers(buffers),
         );
