@@ -7,7 +7,9 @@ use kontext_web::device::{self, selfcheck};
 use kontext_web::formats::SafetensorsFile;
 use kontext_web::formats::weights::Weights;
 use kontext_web::harness::testing::gpu;
-use kontext_web::kernels::attention::{FlashKernel, attention, flash_attention, flash_attention_with, reference};
+use kontext_web::kernels::attention::{
+    AttentionKernel, attention, blocked_reference, flash_attention, gpu_attention, reference,
+};
 use kontext_web::model::FluxConfig;
 use kontext_web::model::flux::Flux;
 
@@ -31,9 +33,8 @@ fn check(b: usize, h: usize, lq: usize, lk: usize, d: usize) {
     let k = Tensor::<4>::from_data(values([b, h, lk, d], 2, 2.0), &gpu);
     let v = Tensor::<4>::from_data(values([b, h, lk, d], 3, 1.0), &gpu);
     let expected = reference(q.clone(), k.clone(), v.clone()).into_data();
-    for kernel in [FlashKernel::Rows, FlashKernel::Tiles] {
-        let ours =
-            flash_attention_with(kernel, q.clone(), k.clone(), v.clone()).expect("the kernel applies").into_data();
+    for kernel in [AttentionKernel::Auto, AttentionKernel::Scores, AttentionKernel::Rows, AttentionKernel::Tiles] {
+        let ours = gpu_attention(kernel, q.clone(), k.clone(), v.clone()).expect("the kernel applies").into_data();
         assert_eq!(ours.shape(), expected.shape());
         eprintln!(
             "{kernel:?} (b {b}, h {h}, lq {lq}, lk {lk}, d {d}): max |diff| {:e}",
@@ -69,9 +70,9 @@ fn flash_kernel_at_4096_tokens_equals_the_cpu_reference_in_query_chunks() {
     let gpu = gpu();
     let on_gpu = |kernel| {
         let [q, k, v] = [&q, &k, &v].map(|x| Tensor::from_data(x.clone(), &gpu));
-        flash_attention_with(kernel, q, k, v).unwrap().into_data()
+        gpu_attention(kernel, q, k, v).unwrap().into_data()
     };
-    let ours = [on_gpu(FlashKernel::Rows), on_gpu(FlashKernel::Tiles)];
+    let ours = [AttentionKernel::Scores, AttentionKernel::Rows, AttentionKernel::Tiles].map(on_gpu);
 
     let cpu = device::cpu();
     let (q, k, v) = (Tensor::<4>::from_data(q, &cpu), Tensor::<4>::from_data(k, &cpu), Tensor::<4>::from_data(v, &cpu));
@@ -81,6 +82,23 @@ fn flash_kernel_at_4096_tokens_equals_the_cpu_reference_in_query_chunks() {
         eprintln!("L {l}: max |diff| {:e}", max_abs_diff(&ours, &expected));
         ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
     }
+}
+
+#[test]
+fn blocked_reference_equals_the_reference_for_every_block_shape() {
+    let gpu = gpu();
+    let t = |shape: [usize; 4], salt| Tensor::<4>::from_data(values(shape, salt, 2.0), &gpu);
+    let (q, k, v) = (t([2, 3, 37, 16], 1), t([2, 3, 29, 16], 2), t([2, 3, 29, 16], 3));
+    let expected = reference(q.clone(), k.clone(), v.clone()).into_data();
+    // Scores of 29 keys are 116 bytes a row: blocks of one row, of 10 rows, of two whole heads, of everything.
+    for bytes in [1, 116, 1160, 2 * 37 * 116, 1 << 20] {
+        let ours = blocked_reference(q.clone(), k.clone(), v.clone(), bytes).into_data();
+        eprintln!("blocks of {bytes} bytes: max |diff| {:e}", max_abs_diff(&ours, &expected));
+        ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
+    }
+    // Negative control: the same comparison fails for keys in another order.
+    let shuffled = blocked_reference(q, k.clone().flip([2]), v, 1160).into_data();
+    assert!(max_abs_diff(&shuffled, &expected) > 1e-3);
 }
 
 #[test]

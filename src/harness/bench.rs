@@ -227,11 +227,13 @@ pub struct AttentionRow {
     pub heads: usize,
     /// Head width.
     pub head_dim: usize,
-    /// The flash kernel the model's attention ran ([`FlashKernel::current`]).
-    pub kernel: crate::kernels::attention::FlashKernel,
+    /// How the model's attention ran ([`AttentionKernel::current`](crate::kernels::attention::AttentionKernel)).
+    pub kernel: crate::kernels::attention::AttentionKernel,
     /// TFLOP/s of the model's attention, counting `4·heads·L²·d` per call (the two products).
     pub flash_tflops: f64,
-    /// Seconds per call of the other kernel design, `tiles`, where a flash kernel applies.
+    /// Seconds per call of the `rows` flash kernel, where a flash kernel applies.
+    pub rows_s: Option<f64>,
+    /// Seconds per call of the `tiles` flash kernel, where a flash kernel applies.
     pub tiles_s: Option<f64>,
     /// Its TFLOP/s.
     pub tiles_tflops: Option<f64>,
@@ -248,9 +250,11 @@ pub struct AttentionRow {
     pub flash_bytes: u64,
     /// Bytes of the reference's score matrix (`h·L²·4`), computed; softmax allocates as much again.
     pub reference_bytes: u64,
-    /// Device memory the flash kernel's first call added to the allocator's pools (measured on backends that
-    /// report their pools: wgpu), its peak working memory rounded up to the allocator's pages.
+    /// Device memory the model's attention's first call added to the allocator's pools (measured on backends
+    /// that report their pools: wgpu), its peak working memory rounded up to the allocator's pages.
     pub flash_peak_bytes: Option<u64>,
+    /// The same for the `rows` flash kernel.
+    pub rows_peak_bytes: Option<u64>,
     /// The same for the reference.
     pub reference_peak_bytes: Option<u64>,
 }
@@ -538,8 +542,9 @@ mod native {
             l: t.l,
             heads: h,
             head_dim: d,
-            kernel: crate::kernels::attention::FlashKernel::current(),
+            kernel: crate::kernels::attention::AttentionKernel::current(),
             flash_tflops: 4.0 * (h * t.l * t.l * d) as f64 / t.flash_s / 1e12,
+            rows_s: t.rows_s,
             tiles_s: t.tiles_s,
             tiles_tflops: t.tiles_s.map(|s| 4.0 * (h * t.l * t.l * d) as f64 / s / 1e12),
             flash_kernel,
@@ -549,6 +554,7 @@ mod native {
             flash_bytes: (h * t.l * (d + 2) * size_of::<f32>()) as u64,
             reference_bytes: (h * t.l * t.l * size_of::<f32>()) as u64,
             flash_peak_bytes: t.flash_peak_bytes,
+            rows_peak_bytes: t.rows_peak_bytes,
             reference_peak_bytes: t.reference_peak_bytes,
         })
         .collect()

@@ -2,10 +2,13 @@
 //! (memory O(L·d), never an L×L buffer) on wgpu, and their reference twin in plain tensor ops ([`reference`],
 //! the materialised scores) everywhere else.
 //!
-//! Two kernels, chosen by [`FlashKernel::current`]: `rows` (`shaders/flash_attention_rows.wgsl`, one query row
-//! per invocation, the default) and `tiles` (`shaders/flash_attention_tiles.wgsl`, compile-time head width,
-//! score and output micro-tiles per invocation). Measured side by side by `kontext bench`; `tiles` is not the
-//! default because it measured slower on lavapipe and in the H200 run recorded in the README.
+//! Three ways on wgpu, chosen by [`AttentionKernel::current`]: `scores` (the reference in blocks whose scores
+//! stay within [`SCORE_BLOCK_BYTES`], through burn's matmul and softmax), and two flash kernels, `rows`
+//! (`shaders/flash_attention_rows.wgsl`, one query row per invocation) and `tiles`
+//! (`shaders/flash_attention_tiles.wgsl`, compile-time head width, score and output micro-tiles per
+//! invocation). The default, `auto`, runs `scores` where a block holds whole heads and `rows` otherwise: so it
+//! measured fastest on an H200 and on lavapipe. `kontext bench` times them side by side; the README has the
+//! figures.
 
 use burn::cubecl::prelude::CubeCount;
 use burn::cubecl::server::KernelArguments;
@@ -19,27 +22,54 @@ const FLASH_TEMPLATE: &str = include_str!("../../shaders/flash_attention_tiles.w
 const FLASH_ROWS: WgslKernel =
     WgslKernel::fixed("flash_attention_rows", include_str!("../../shaders/flash_attention_rows.wgsl"));
 
-/// Environment variable that picks the flash kernel natively: `rows` (the default) or `tiles`.
+/// Environment variable that picks the attention natively: `auto` (the default), `scores`, `rows` or `tiles`.
 pub const KERNEL_ENV: &str = "KONTEXT_ATTENTION";
 
-/// Which flash-attention kernel runs.
+/// Largest score block `[heads, rows, lk]` of the `scores` path, in bytes: WebGPU's default storage binding.
+pub const SCORE_BLOCK_BYTES: usize = 128 << 20;
+
+/// How attention runs on wgpu.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum FlashKernel {
-    /// One query row per invocation (`shaders/flash_attention_rows.wgsl`).
+pub enum AttentionKernel {
+    /// `Scores` where one block of [`SCORE_BLOCK_BYTES`] holds at least one head's whole score matrix, `Rows`
+    /// otherwise (where blocks of query rows would re-read a head's keys and values once per block).
+    Auto,
+    /// The reference in blocks of at most [`SCORE_BLOCK_BYTES`] of scores ([`blocked_reference`]).
+    Scores,
+    /// The flash kernel with one query row per invocation (`shaders/flash_attention_rows.wgsl`).
     Rows,
-    /// Micro-tiles per invocation with a compile-time head width (`shaders/flash_attention_tiles.wgsl`).
+    /// The flash kernel with micro-tiles per invocation and a compile-time head width
+    /// (`shaders/flash_attention_tiles.wgsl`).
     Tiles,
 }
 
-impl FlashKernel {
-    /// [`KERNEL_ENV`] where set to `tiles`, else [`FlashKernel::Rows`]; always `Rows` in a browser.
+impl AttentionKernel {
+    /// [`KERNEL_ENV`] where set (natively), else [`AttentionKernel::Auto`].
+    ///
+    /// Panics on a value that names no kernel, so that a typo never measures the wrong one.
     pub fn current() -> Self {
         #[cfg(not(target_arch = "wasm32"))]
-        if std::env::var(KERNEL_ENV).is_ok_and(|v| v.trim() == "tiles") {
-            return Self::Tiles;
+        if let Ok(name) = std::env::var(KERNEL_ENV) {
+            return match name.trim() {
+                "auto" => Self::Auto,
+                "scores" => Self::Scores,
+                "rows" => Self::Rows,
+                "tiles" => Self::Tiles,
+                other => panic!("{KERNEL_ENV}={other}: the attention kernels are auto, scores, rows and tiles"),
+            };
         }
-        Self::Rows
+        Self::Auto
+    }
+
+    /// The kernel that runs for `lq` queries and `lk` keys: [`AttentionKernel::Auto`] resolved as it says,
+    /// with blocks of `score_block_bytes`; every other kernel is itself.
+    pub fn resolve(self, lq: usize, lk: usize, score_block_bytes: usize) -> Self {
+        match self {
+            Self::Auto if lq.saturating_mul(lk).saturating_mul(size_of::<f32>()) <= score_block_bytes => Self::Scores,
+            Self::Auto => Self::Rows,
+            kernel => kernel,
+        }
     }
 }
 
@@ -124,12 +154,56 @@ impl FlashTiles {
     }
 }
 
-/// Attention as the models use it: [`flash_attention`] where it applies (wgpu, f32, head width at most
-/// [`HEAD_DIM_MAX`], tiles that fit the workgroup memory), [`reference`] otherwise.
+/// Attention as the models use it: through [`AttentionKernel::current`] where a flash kernel applies (wgpu,
+/// f32, head width at most [`HEAD_DIM_MAX`], tiles that fit the workgroup memory), [`reference`] otherwise.
 ///
 /// `q` `[b, h, lq, d]`, `k` `[b, h, lk, d]`, `v` `[b, h, lk, d]` → `[b, h, lq, d]`; no mask.
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
-    flash_attention(q.clone(), k.clone(), v.clone()).unwrap_or_else(|_| reference(q, k, v))
+    attention_with(AttentionKernel::current(), q, k, v)
+}
+
+/// [`attention`] through `kernel`.
+pub fn attention_with(kernel: AttentionKernel, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    gpu_attention(kernel, q.clone(), k.clone(), v.clone()).unwrap_or_else(|_| reference(q, k, v))
+}
+
+/// Device memory the `auto` attention adds for `heads` heads of `lq` queries and `lk` keys where it takes the
+/// `scores` path, with blocks of [`SCORE_BLOCK_BYTES`] within `max_binding_bytes`: one block of scores and its
+/// softmax; 0 where it runs the flash kernel.
+pub fn auto_score_bytes(heads: usize, lq: usize, lk: usize, max_binding_bytes: u64) -> u64 {
+    let block = SCORE_BLOCK_BYTES.min(usize::try_from(max_binding_bytes).unwrap_or(usize::MAX));
+    let head_scores = lq.saturating_mul(lk).saturating_mul(size_of::<f32>());
+    match AttentionKernel::Auto.resolve(lq, lk, block) {
+        AttentionKernel::Scores => 2 * (block / head_scores.max(1)).clamp(1, heads.max(1)) as u64 * head_scores as u64,
+        _ => 0,
+    }
+}
+
+/// The reference computed for blocks of query rows (of one or more heads) whose scores fit `max_score_bytes`,
+/// so that its memory stays bounded at any length: the same values as [`reference`] (each row's softmax sees
+/// all of its keys).
+pub fn blocked_reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, max_score_bytes: usize) -> Tensor<4> {
+    let [b, h, lq, d] = q.dims();
+    let lk = k.dims()[2];
+    let heads = b * h;
+    let rows_fit = (max_score_bytes / (lk * size_of::<f32>())).max(1);
+    let (heads_per_block, rows_per_block) = match rows_fit >= lq {
+        true => ((rows_fit / lq).min(heads), lq),
+        false => (1, rows_fit),
+    };
+    if heads_per_block == heads && rows_per_block == lq {
+        return reference(q, k, v);
+    }
+    let (q, k, v) = (q.reshape([1, heads, lq, d]), k.reshape([1, heads, lk, d]), v.reshape([1, heads, lk, d]));
+    let head_blocks = (0..heads).step_by(heads_per_block).map(|first| {
+        let n = heads_per_block.min(heads - first);
+        let (q, k, v) = (q.clone().narrow(1, first, n), k.clone().narrow(1, first, n), v.clone().narrow(1, first, n));
+        let row_blocks = (0..lq).step_by(rows_per_block).map(|row| {
+            reference(q.clone().narrow(2, row, rows_per_block.min(lq - row)), k.clone(), v.clone()) // [1, n, rows, d]
+        });
+        Tensor::cat(row_blocks.collect(), 2)
+    });
+    Tensor::cat(head_blocks.collect(), 1).reshape([b, h, lq, d])
 }
 
 /// The materialised `softmax(q·kᵀ / √d)·v`: the kernel's reference twin, with a `[b, h, lq, lk]` score buffer.
@@ -145,11 +219,13 @@ pub fn reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
 /// agree (`q` `[b, h, lq, d]`, `k` and `v` `[b, h, lk, d]`), when a dimension is zero, when `d` exceeds
 /// [`HEAD_DIM_MAX`], or when no tiles fit the device's workgroup memory.
 pub fn flash_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tensor<4>> {
-    flash_attention_with(FlashKernel::current(), q, k, v)
+    gpu_attention(AttentionKernel::Rows, q, k, v)
 }
 
-/// [`flash_attention`] through the given kernel.
-pub fn flash_attention_with(kernel: FlashKernel, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tensor<4>> {
+/// Attention on wgpu through `kernel`, with [`flash_attention`]'s checks: the flash kernels, or for
+/// [`AttentionKernel::Scores`] [`blocked_reference`] within [`SCORE_BLOCK_BYTES`] and the binding limit, or
+/// for [`AttentionKernel::Auto`] the one of those two it names for these shapes.
+pub fn gpu_attention(kernel: AttentionKernel, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tensor<4>> {
     let [b, h, lq, d] = q.dims();
     let lk = k.dims()[2];
     if k.dims() != [b, h, lk, d] || v.dims() != [b, h, lk, d] {
@@ -169,6 +245,15 @@ pub fn flash_attention_with(kernel: FlashKernel, q: Tensor<4>, k: Tensor<4>, v: 
         )));
     }
     let not_wgpu = || Error::Invalid("flash attention runs on burn's wgpu backend with f32 tensors only".into());
+    let device = q.device();
+    let score_block_bytes = SCORE_BLOCK_BYTES.min(crate::device::max_binding_bytes(&device) as usize);
+    let kernel = kernel.resolve(lq, lk, score_block_bytes);
+    if kernel == AttentionKernel::Scores {
+        if !super::packs_on(&device) {
+            return Err(not_wgpu());
+        }
+        return Ok(blocked_reference(q, k, v, score_block_bytes));
+    }
     let (q, k, v) = (cube_tensor(q), cube_tensor(k), cube_tensor(v));
     let (Ok(q), Ok(k), Ok(v)) = (q, k, v) else { return Err(not_wgpu()) };
 
@@ -178,8 +263,9 @@ pub fn flash_attention_with(kernel: FlashKernel, q: Tensor<4>, k: Tensor<4>, v: 
     let scale = (1.0 / (d as f64).sqrt()) as f32;
     let llvmpipe = client.properties().identity.name.contains("llvmpipe");
     let (shader, rows_per_group, keys_per_dispatch) = match kernel {
-        FlashKernel::Rows => (FLASH_ROWS, ROWS_PER_GROUP, rows_llvmpipe_keys_per_dispatch(d)),
-        FlashKernel::Tiles => {
+        AttentionKernel::Auto | AttentionKernel::Scores => unreachable!("resolved and returned above"),
+        AttentionKernel::Rows => (FLASH_ROWS, ROWS_PER_GROUP, rows_llvmpipe_keys_per_dispatch(d)),
+        AttentionKernel::Tiles => {
             let shared = client.properties().hardware.max_shared_memory_size;
             let tiles = FlashTiles::choose(d, shared).ok_or_else(|| {
                 Error::Invalid(format!(
@@ -272,17 +358,17 @@ pub fn bench_attention(
                 Tensor::<4>::from_data(TensorData::new(values, shape), device)
             });
             let (flash_s, flash_peak_bytes) = time(&attention, &qkv);
-            let tiles = |q: Tensor<4>, k: Tensor<4>, v: Tensor<4>| {
-                flash_attention_with(FlashKernel::Tiles, q.clone(), k.clone(), v.clone())
-                    .unwrap_or_else(|_| reference(q, k, v))
-            };
-            let tiles_s = (crate::kernels::packs_on(device) && d <= HEAD_DIM_MAX).then(|| time(&tiles, &qkv).0);
+            let flash_applies = crate::kernels::packs_on(device) && d <= HEAD_DIM_MAX;
+            let [rows, tiles] = [AttentionKernel::Rows, AttentionKernel::Tiles]
+                .map(|kernel| flash_applies.then(|| time(&|q, k, v| attention_with(kernel, q, k, v), &qkv)));
             let fits = (heads * l * l * size_of::<f32>()) as u64 <= reference_score_bytes_max;
             let reference = fits.then(|| time(&reference, &qkv));
             AttentionTiming {
                 l,
                 flash_s,
-                tiles_s,
+                rows_s: rows.map(|r| r.0),
+                rows_peak_bytes: rows.and_then(|r| r.1),
+                tiles_s: tiles.map(|t| t.0),
                 flash_peak_bytes,
                 reference_s: reference.map(|r| r.0),
                 reference_peak_bytes: reference.and_then(|r| r.1),
@@ -298,7 +384,11 @@ pub struct AttentionTiming {
     pub l: usize,
     /// Seconds per call of [`attention`].
     pub flash_s: f64,
-    /// Seconds per call of the `tiles` kernel, where a flash kernel applies.
+    /// Seconds per call of the `rows` flash kernel, where a flash kernel applies.
+    pub rows_s: Option<f64>,
+    /// Device memory its first call added to the allocator's pools.
+    pub rows_peak_bytes: Option<u64>,
+    /// Seconds per call of the `tiles` flash kernel, where a flash kernel applies.
     pub tiles_s: Option<f64>,
     /// Device memory its first call added to the allocator's pools, when the backend reports pools.
     pub flash_peak_bytes: Option<u64>,
@@ -349,6 +439,23 @@ mod tests {
             &reference(t([1, 2, 5, 8]), t([1, 2, 7, 8]), t([1, 2, 7, 8])).into_data(),
             Tolerance::absolute(0.0),
         );
+    }
+
+    #[test]
+    fn auto_takes_the_scores_where_a_block_holds_a_whole_head() {
+        let block = SCORE_BLOCK_BYTES;
+        // 24 heads of the 512² edit (2,560 tokens) and of the 1024² edit (8,704 tokens) with 128 MiB blocks.
+        assert_eq!(AttentionKernel::Auto.resolve(2560, 2560, block), AttentionKernel::Scores);
+        assert_eq!(AttentionKernel::Auto.resolve(4096, 4096, block), AttentionKernel::Scores);
+        assert_eq!(AttentionKernel::Auto.resolve(8704, 8704, block), AttentionKernel::Rows);
+        assert_eq!(AttentionKernel::Auto.resolve(usize::MAX, 2, block), AttentionKernel::Rows);
+        assert_eq!(AttentionKernel::Tiles.resolve(1, 1, block), AttentionKernel::Tiles);
+        assert_eq!(AttentionKernel::Scores.resolve(8704, 8704, block), AttentionKernel::Scores);
+        // 2,560² scores are 25 MiB a head: five heads fit a 128 MiB block, twice for the softmax.
+        assert_eq!(auto_score_bytes(24, 2560, 2560, 2 << 30), 2 * 5 * 2560 * 2560 * 4);
+        assert_eq!(auto_score_bytes(2, 2560, 2560, 2 << 30), 2 * 2 * 2560 * 2560 * 4);
+        assert_eq!(auto_score_bytes(24, 8704, 8704, 2 << 30), 0);
+        assert_eq!(auto_score_bytes(24, 2560, 2560, 16 << 20), 0);
     }
 
     #[test]

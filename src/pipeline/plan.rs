@@ -96,8 +96,11 @@ pub struct MemoryPlan {
     pub largest_activation_fits: bool,
     /// Attention's own buffers, O(L·d): q, k, v and the output `[L, hidden]` each.
     pub attention_bytes: u64,
-    /// What materialised `[heads, L, L]` scores would take, and the flash kernel never allocates.
+    /// What materialised `[heads, L, L]` scores of every head would take, which attention never allocates.
     pub attention_scores_avoided_bytes: u64,
+    /// The score block attention does allocate where it takes the materialised path for whole heads (see
+    /// [`crate::kernels::attention::auto_score_bytes`]), alive with the largest activation; 0 on the flash kernel.
+    pub attention_score_block_bytes: u64,
     /// How the VAE decodes under the binding limit.
     pub vae_decode: DecodeTiling,
     /// The VAE decoder's largest buffer as planned (per tile when tiled).
@@ -179,7 +182,9 @@ impl MemoryPlan {
 
         let sum = |parts: &[Part]| parts.iter().map(|p| p.bytes).sum::<u64>();
         let text_phase = sum(&text_encoders) + embeddings;
-        let working = largest_activation_bytes.max(vae_decode_peak_bytes);
+        let attention_score_block_bytes =
+            crate::kernels::attention::auto_score_bytes(cfg.num_heads, tokens, tokens, binding);
+        let working = (largest_activation_bytes + attention_score_block_bytes).max(vae_decode_peak_bytes);
         let keep_text_encoders =
             limits.budget.is_some_and(|budget| sum(&resident) + sum(&text_encoders) + working <= budget);
         match keep_text_encoders {
@@ -189,8 +194,9 @@ impl MemoryPlan {
             ),
         }
         let resident_bytes = sum(&resident);
-        let peak_bytes =
-            text_phase.max(resident_bytes + largest_activation_bytes).max(resident_bytes + vae_decode_peak_bytes);
+        let peak_bytes = text_phase
+            .max(resident_bytes + largest_activation_bytes + attention_score_block_bytes)
+            .max(resident_bytes + vae_decode_peak_bytes);
         Ok(Self {
             limits,
             output: inputs.output,
@@ -202,6 +208,7 @@ impl MemoryPlan {
             largest_activation_fits: largest_activation_bytes <= binding,
             attention_bytes: 4 * l * hidden * VALUE_BYTES,
             attention_scores_avoided_bytes: cfg.num_heads as u64 * l * l * VALUE_BYTES,
+            attention_score_block_bytes,
             vae_decode,
             vae_decode_peak_bytes,
             peak_bytes,
@@ -239,6 +246,9 @@ impl fmt::Display for MemoryPlan {
         writeln!(f, "  {act:<52} {:>12}", size(self.largest_activation_bytes))?;
         let attn = format!("attention O(L·d) (L×L scores avoided: {})", size(self.attention_scores_avoided_bytes));
         writeln!(f, "  {attn:<52} {:>12}", size(self.attention_bytes))?;
+        if self.attention_score_block_bytes > 0 {
+            writeln!(f, "  {:<52} {:>12}", "attention score block", size(self.attention_score_block_bytes))?;
+        }
         let vae = match self.vae_decode {
             DecodeTiling::Whole => "vae decode whole".to_string(),
             DecodeTiling::Tiled { tile, overlap } => format!("vae decode tiled ({tile} latent px, overlap {overlap})"),

@@ -150,7 +150,7 @@ fn print_table(report: &Report) {
     }
     println!();
     println!(
-        "attention, {} heads × {}, flash kernel `{:?}` (tiles: the other design); ms per call; MiB computed from the shapes, and peak MiB measured (memory the first \
+        "attention, {} heads × {}, the model's attention: `{:?}` (rows, tiles: the flash kernels); ms per call; MiB computed from the shapes, and peak MiB measured (memory the first \
          call added to the device allocator's pools; `-` where the backend does not report them)",
         sizes.attention_heads,
         sizes.attention_d,
@@ -160,8 +160,18 @@ fn print_table(report: &Report) {
         println!("(no flash kernel on this device: the `flash` column times the reference too)");
     }
     println!(
-        "{:>6} {:>10} {:>8} {:>10} {:>8} {:>10} {:>11} {:>11} {:>11} {:>11}",
-        "L", "flash ms", "TFLOP/s", "ref ms", "speedup", "tiles ms", "flash MiB", "ref MiB", "flash peak", "ref peak"
+        "{:>6} {:>10} {:>8} {:>10} {:>8} {:>10} {:>10} {:>11} {:>11} {:>11} {:>11}",
+        "L",
+        "model ms",
+        "TFLOP/s",
+        "ref ms",
+        "speedup",
+        "rows ms",
+        "tiles ms",
+        "flash MiB",
+        "ref MiB",
+        "flash peak",
+        "ref peak"
     );
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let peak = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.2}", mib(b)));
@@ -169,12 +179,13 @@ fn print_table(report: &Report) {
         let reference = r.reference_s.map_or("skipped".into(), |s| format!("{:.2}", s * 1e3));
         let speedup = r.speedup.map_or("-".into(), |s| format!("{s:.2}"));
         println!(
-            "{:>6} {:>10.2} {:>8.2} {:>10} {:>8} {:>10} {:>11.2} {:>11.2} {:>11} {:>11}",
+            "{:>6} {:>10.2} {:>8.2} {:>10} {:>8} {:>10} {:>10} {:>11.2} {:>11.2} {:>11} {:>11}",
             r.l,
             r.flash_s * 1e3,
             r.flash_tflops,
             reference,
             speedup,
+            r.rows_s.map_or("-".into(), |s| format!("{:.2}", s * 1e3)),
             r.tiles_s.map_or("-".into(), |s| format!("{:.2}", s * 1e3)),
             mib(r.flash_bytes),
             mib(r.reference_bytes),

@@ -38,7 +38,7 @@ use rope::Rope;
 /// Epsilon of every LayerNorm and RMSNorm of the model.
 const NORM_EPS: f64 = 1e-6;
 
-/// Scaled dot-product attention `softmax(q·kᵀ / √d)·v` over `[b, heads, n, d]`: the flash kernel on wgpu,
+/// Scaled dot-product attention `softmax(q·kᵀ / √d)·v` over `[b, heads, n, d]`: memory-bounded on wgpu,
 /// the materialised reference elsewhere ([`crate::kernels::attention::attention`]).
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     crate::kernels::attention::attention(q, k, v)
