@@ -9,6 +9,18 @@ pub enum Error {
     /// Input that does not have the shape or content the operation needs.
     #[error("{0}")]
     Invalid(String),
+    /// A part of the model that no given file or folder provides; each front end says how to give it.
+    #[error("the model has no {part}: add {file}, or a model folder with {folder_path}")]
+    MissingPart {
+        /// What is missing ("T5 tokenizer").
+        part: String,
+        /// The kind of file that would provide it ("a T5 GGUF, which carries its tokenizer").
+        file: String,
+        /// The CLI flag that takes that file (`--t5`).
+        flag: String,
+        /// Where a diffusers folder keeps it.
+        folder_path: String,
+    },
     /// Reading a tensor back from the device failed.
     #[error("reading back from the device failed: {0}")]
     Readback(String),

@@ -493,6 +493,67 @@ fn a_lean_edit_on_wgpu_matches_the_golden_run() {
     check_tiny_edit(&tmp);
 }
 
+/// The tiny golden edit under a GPU budget on wgpu, with the DiT streamed block by block: the golden result,
+/// and `--stats` with the allocator's measured peak within the budget.
+#[test]
+fn a_streamed_edit_within_a_gpu_budget_matches_the_golden_and_measures_its_peak() {
+    let tmp = TempDir::new("budget");
+    let stats = tmp.arg("stats.json");
+    tiny_edit(&tmp, "wgpu", &["--gpu-memory", "64MiB", "--memory", "streamed", "--stats", &stats]);
+    check_tiny_edit(&tmp);
+    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path("stats.json")).unwrap()).unwrap();
+    let bytes = |key: &str| stats[key].as_u64().unwrap_or_else(|| panic!("{key}: {stats}"));
+    assert_eq!(bytes("budget_bytes"), 64 << 20);
+    assert!(bytes("planned_peak_bytes") <= 64 << 20, "{stats}");
+    let peak = bytes("peak_device_bytes");
+    assert!(peak > 0 && peak <= 64 << 20, "measured {peak} bytes: {stats}");
+    assert_eq!(stats["residency"]["stream_dit"], true);
+    assert_eq!(stats["step_seconds"].as_array().unwrap().len(), 4);
+    let phases: Vec<&str> =
+        stats["phase_peak_device_bytes"].as_array().unwrap().iter().map(|p| p[0].as_str().unwrap()).collect();
+    assert_eq!(phases, ["load", "text encoding", "reference encoding", "modulations", "denoising", "decoding"]);
+    assert!(stats["load_seconds"].as_f64().unwrap() > 0.0);
+    assert!(stats["total_seconds"].as_f64().unwrap() >= stats["load_seconds"].as_f64().unwrap());
+}
+
+/// `kontext plan`: the phases of the tiny golden edit, "fits" under a roomy budget, and under a tight one "does
+/// not fit" with the same plan as JSON.
+#[test]
+fn plan_prints_the_phases_and_whether_they_fit() {
+    let plan = |budget: &str, json: bool| -> String {
+        let mut args = vec![
+            "plan",
+            "--model",
+            TINY_MODEL,
+            "--backend",
+            "cpu",
+            "--width",
+            "64",
+            "--height",
+            "80",
+            "--reference",
+            "96x64",
+            "--no-resize",
+            "--gpu-memory",
+            budget,
+        ];
+        if json {
+            args.push("--json");
+        }
+        String::from_utf8(run_ok(&args).stdout).unwrap()
+    };
+    let roomy = plan("1GiB", false);
+    assert!(roomy.starts_with("memory plan for 64×80 px (556 tokens)"), "{roomy}");
+    assert!(roomy.contains("residency: DiT, VAE, T5 + CLIP kept") && roomy.contains("phase denoising"), "{roomy}");
+    assert_eq!(roomy.lines().last(), Some("fits"), "{roomy}");
+    let tight = plan("1MiB", false);
+    assert_eq!(tight.lines().last(), Some("does not fit, and nothing smaller does"), "{tight}");
+    let json: serde_json::Value = serde_json::from_str(&plan("1MiB", true)).unwrap();
+    assert_eq!(json["fits"], false);
+    assert_eq!(json["plan"]["residency"]["stream_dit"], true);
+    assert_eq!(json["plan"]["phases"].as_array().unwrap().len(), 5);
+}
+
 /// Runs `kontext args…`, which must fail with exactly one line on stderr, starting `kontext: ` (progress goes
 /// to stdout), and no panic; returns that line.
 fn fails_cleanly(args: &[&str]) -> String {
@@ -542,7 +603,14 @@ fn bad_input_fails_with_one_clear_line() {
         }
     }
     let line = edit(&["--model", no_vae.to_str().unwrap()]);
-    assert!(line.contains("VAE"), "{line}");
+    assert_eq!(
+        line,
+        "kontext: no VAE: give --vae FILE (ae.safetensors), or --model DIR with vae/diffusion_pytorch_model.safetensors"
+    );
+    let started = std::time::Instant::now();
+    let line = edit(&["--gpu-memory", "1MiB", "--width", "64", "--height", "80"]);
+    assert!(line.contains("a 64×80 edit needs") && line.contains("more than --gpu-memory 1.00 MiB"), "{line}");
+    assert!(started.elapsed().as_secs() < 30, "refused up front");
 
     let text = tmp.path("notes.txt");
     std::fs::write(&text, "this is not an image\n").unwrap();

@@ -58,6 +58,41 @@ pub async fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
     data.try_into_vec_as::<f32>().map_err(|e| Error::Readback(format!("{e:?}")))
 }
 
+/// Bytes the device allocator holds in pages (what the device gave it, used or kept for reuse); `None` on
+/// backends without one (the CPU).
+pub fn reserved_bytes(device: &Device) -> Option<u64> {
+    device.memory_pool_usage().map(|usage| usage.bytes_reserved)
+}
+
+/// Returns the allocator's unused pages to the driver, so that freed tensors (released weights) really leave
+/// the device instead of staying reserved for reuse.
+pub fn release_free_pages(device: &Device) {
+    device.memory_cleanup();
+}
+
+/// The most device memory held at the moments sampled: [`reserved_bytes`] just before pages are returned and
+/// after each unit of work. The allocator keeps a page until it is returned, so a sample after some work
+/// covers every allocation made during it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MemoryMeter {
+    /// The largest sample; `None` without an allocator to ask.
+    pub peak_bytes: Option<u64>,
+    /// The largest sample under each label (the plan's phases), in first-seen order.
+    pub by_label: Vec<(String, u64)>,
+}
+
+impl MemoryMeter {
+    /// Samples the device's [`reserved_bytes`] as part of `label`.
+    pub fn sample(&mut self, device: &Device, label: &str) {
+        let Some(bytes) = reserved_bytes(device) else { return };
+        self.peak_bytes = Some(self.peak_bytes.map_or(bytes, |peak| peak.max(bytes)));
+        match self.by_label.iter_mut().find(|(l, _)| l == label) {
+            Some((_, peak)) => *peak = (*peak).max(bytes),
+            None => self.by_label.push((label.to_string(), bytes)),
+        }
+    }
+}
+
 /// The CPU device.
 pub fn cpu() -> Device {
     Device::flex()

@@ -665,6 +665,10 @@ impl Weights for GgufFile {
     fn raw_block(&self, name: &str) -> Option<Result<RawBlock>> {
         self.tensor(name).map(|_| self.raw(name))
     }
+
+    fn stored_type(&self, name: &str) -> Option<GgmlType> {
+        self.tensor(name).map(|t| t.ggml_type)
+    }
 }
 
 #[cfg(test)]

@@ -231,6 +231,14 @@ impl Weights for SafetensorsFile {
 
     /// F16 and BF16 tensors as their ggml namesakes (one value per block, the same little-endian bytes), so
     /// that linear layers keep them in 16 bits on the GPU; `None` for other dtypes.
+    fn stored_type(&self, name: &str) -> Option<GgmlType> {
+        match self.tensor(name)?.dtype.as_str() {
+            "F16" => Some(GgmlType::F16),
+            "BF16" => Some(GgmlType::BF16),
+            _ => None,
+        }
+    }
+
     fn raw_block(&self, name: &str) -> Option<Result<RawBlock>> {
         let t = self.tensor(name)?;
         let ty = match t.dtype.as_str() {
@@ -396,6 +404,10 @@ impl Weights for ShardedSafetensors {
 
     fn raw_block(&self, name: &str) -> Option<Result<RawBlock>> {
         self.tensor(name)?.0.raw_block(name)
+    }
+
+    fn stored_type(&self, name: &str) -> Option<GgmlType> {
+        self.tensor(name)?.0.stored_type(name)
     }
 }
 

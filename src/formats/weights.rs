@@ -44,6 +44,11 @@ pub trait Weights {
         None
     }
 
+    /// The ggml type `name` is stored in, for sources that keep ggml blocks (GGUF), read from the header only.
+    fn stored_type(&self, _name: &str) -> Option<GgmlType> {
+        None
+    }
+
     /// Whether `name` exists.
     fn contains(&self, name: &str) -> bool {
         self.shape(name).is_some()
@@ -70,5 +75,8 @@ impl<W: Weights + ?Sized> Weights for Box<W> {
     }
     fn raw_block(&self, name: &str) -> Option<Result<RawBlock>> {
         (**self).raw_block(name)
+    }
+    fn stored_type(&self, name: &str) -> Option<GgmlType> {
+        (**self).stored_type(name)
     }
 }

@@ -143,11 +143,17 @@ pub struct Projection {
     pub parts: Vec<BaseWeight>,
     /// Active low-rank adapters, empty without LoRA.
     pub adapters: Vec<LowRank>,
+    /// The output segments of a fused layer (q, k, v, …), as loaded: kept to load it again the same way.
+    #[module(skip)]
+    pub segments: Vec<usize>,
+    /// Whether the checkpoint has a bias for it.
+    #[module(skip)]
+    pub bias: bool,
 }
 
 impl Projection {
-    fn new(parts: Vec<BaseWeight>) -> Self {
-        Self { parts, adapters: Vec::new() }
+    fn new(parts: Vec<BaseWeight>, segments: &[usize], bias: bool) -> Self {
+        Self { parts, adapters: Vec::new(), segments: segments.to_vec(), bias }
     }
 
     /// `[..., d_in] → [..., d_out]`.
@@ -215,9 +221,9 @@ impl Projection {
         self.parts = vec![BaseWeight::Released(ReleasedWeight { d_in: self.d_in(), d_out: self.d_out() })];
     }
 
-    /// Loads the base weight `{prefix}.weight` (and bias) again from `weights`, keeping the adapters.
-    pub fn reload(&mut self, weights: &dyn Weights, prefix: &str, bias: bool, device: &Device) -> Result<()> {
-        self.parts = linear(weights, prefix, self.d_in(), self.d_out(), bias, device)?.parts;
+    /// Loads the base weight `{prefix}.weight` (and its bias) again from `weights`, keeping the adapters.
+    pub fn reload(&mut self, weights: &dyn Weights, prefix: &str, device: &Device) -> Result<()> {
+        self.parts = fused_linear(weights, prefix, self.d_in(), &self.segments, self.bias, device)?.parts;
         Ok(())
     }
 }
@@ -269,6 +275,7 @@ pub fn part_rows(segments: &[usize], row_bytes: u64, limit: u64) -> Result<Vec<R
 
 /// A PyTorch `Linear` stored as `{prefix}.weight` `[d_out, d_in]` (and `{prefix}.bias` `[d_out]`), see
 /// [`fused_linear`].
+#[cfg(test)]
 pub(crate) fn linear(
     weights: &dyn Weights,
     prefix: &str,
@@ -295,6 +302,7 @@ pub(crate) fn fused_linear(
     let d_out: usize = segments.iter().sum();
     let name = format!("{prefix}.weight");
     let limit = max_binding_bytes(device);
+    let has_bias = bias;
     let read_bias = || bias.then(|| host(weights, &format!("{prefix}.bias"), &[d_out])).transpose();
     let bias_part = |bias: &Option<HostTensor>, rows: &Range<usize>| {
         bias.as_ref()
@@ -317,7 +325,7 @@ pub(crate) fn fused_linear(
                     Ok(BaseWeight::Packed(PackedLinear::new(weight, bias_part(&bias, &rows))?))
                 })
                 .collect::<Result<_>>()?;
-            return Ok(Projection::new(parts));
+            return Ok(Projection::new(parts, segments, has_bias));
         }
     }
     let weight = host(weights, &name, &[d_out, d_in])?;
@@ -338,7 +346,53 @@ pub(crate) fn fused_linear(
             Ok(BaseWeight::Dense(Linear { weight: Param::from_tensor(weight), bias }))
         })
         .collect::<Result<_>>()?;
-    Ok(Projection::new(parts))
+    Ok(Projection::new(parts, segments, has_bias))
+}
+
+/// [`fused_linear`] left on the host: the shapes are checked against the header and nothing is uploaded until
+/// [`Projection::reload`].
+pub(crate) fn deferred_linear(
+    weights: &dyn Weights,
+    prefix: &str,
+    d_in: usize,
+    segments: &[usize],
+    bias: bool,
+) -> Result<Projection> {
+    let d_out: usize = segments.iter().sum();
+    let name = format!("{prefix}.weight");
+    let found = weights
+        .shape(&name)
+        .ok_or_else(|| Error::Invalid(format!("missing tensor `{name}` (expected shape {:?})", [d_out, d_in])))?;
+    check_shape(&name, &[d_out, d_in], &found)?;
+    if bias {
+        let name = format!("{prefix}.bias");
+        let found = weights
+            .shape(&name)
+            .ok_or_else(|| Error::Invalid(format!("missing tensor `{name}` (expected shape {:?})", [d_out])))?;
+        check_shape(&name, &[d_out], &found)?;
+    }
+    Ok(Projection::new(vec![BaseWeight::Released(ReleasedWeight { d_in, d_out })], segments, bias))
+}
+
+/// The device bytes `weights` take once loaded on `device`, from their headers only: ggml blocks where
+/// [`keeps_blocks`] keeps them packed, f32 values otherwise; tensors whose name contains one of `host_only`
+/// (token tables a [`HostEmbedding`] keeps on the host) count nothing.
+pub fn planned_device_bytes(weights: &dyn Weights, device: &Device, host_only: &[&str]) -> u64 {
+    weights
+        .names()
+        .iter()
+        .filter(|name| !host_only.iter().any(|h| name.contains(h)))
+        .filter_map(|name| {
+            let shape = weights.shape(name)?;
+            let values = shape.iter().product::<usize>() as u64;
+            Some(match weights.stored_type(name) {
+                Some(ty) if keeps_blocks(ty, &shape, device) => {
+                    (values / ty.block_size() as u64 * ty.type_size() as u64).next_multiple_of(4)
+                }
+                _ => values * size_of::<f32>() as u64,
+            })
+        })
+        .sum()
 }
 
 /// An embedding table kept on the host in its stored form (f32, f16, bf16 or ggml blocks): only the rows of

@@ -15,17 +15,25 @@ pub struct Scope<'a> {
     weights: &'a dyn Weights,
     prefix: String,
     device: &'a Device,
+    /// Linear layers whose prefix this accepts are left on the host ([`Scope::deferring`]).
+    deferred: Option<&'a dyn Fn(&str) -> bool>,
 }
 
 impl<'a> Scope<'a> {
     /// The root scope: names as stored.
     pub fn new(weights: &'a dyn Weights, device: &'a Device) -> Self {
-        Self { weights, prefix: String::new(), device }
+        Self { weights, prefix: String::new(), device, deferred: None }
+    }
+
+    /// The root scope, leaving every linear layer whose checkpoint key `defer` accepts on the host (shapes
+    /// checked, nothing uploaded) until it is loaded with [`Projection::reload`].
+    pub fn deferring(weights: &'a dyn Weights, device: &'a Device, defer: &'a dyn Fn(&str) -> bool) -> Self {
+        Self { weights, prefix: String::new(), device, deferred: Some(defer) }
     }
 
     /// The scope of the child `name` (`prefix.name`).
     pub fn pp(&self, name: impl Display) -> Self {
-        Self { weights: self.weights, prefix: self.key(&name.to_string()), device: self.device }
+        Self { prefix: self.key(&name.to_string()), ..self.clone() }
     }
 
     /// The full key of `name` in this scope.
@@ -55,11 +63,16 @@ impl<'a> Scope<'a> {
 
     /// This scope as a PyTorch `Linear` `[d_out, d_in]` (`weight`, and `bias` when `bias`).
     pub fn linear(&self, d_in: usize, d_out: usize, bias: bool) -> Result<Projection> {
-        layers::linear(self.weights, &self.prefix, d_in, d_out, bias, self.device)
+        self.fused_linear(d_in, &[d_out], bias)
     }
 
     /// This scope as a `Linear` whose outputs concatenate `segments` (fused q, k, v, …).
     pub fn fused_linear(&self, d_in: usize, segments: &[usize], bias: bool) -> Result<Projection> {
-        layers::fused_linear(self.weights, &self.prefix, d_in, segments, bias, self.device)
+        match self.deferred {
+            Some(defer) if defer(&self.prefix) => {
+                layers::deferred_linear(self.weights, &self.prefix, d_in, segments, bias)
+            }
+            _ => layers::fused_linear(self.weights, &self.prefix, d_in, segments, bias, self.device),
+        }
     }
 }

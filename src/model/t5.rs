@@ -433,6 +433,10 @@ impl<W: Weights> Weights for LlamaCppT5Names<W> {
     fn raw_block(&self, name: &str) -> Option<Result<RawBlock>> {
         self.inner.raw_block(&self.source_name(name))
     }
+
+    fn stored_type(&self, name: &str) -> Option<crate::formats::GgmlType> {
+        self.inner.stored_type(&self.source_name(name))
+    }
 }
 
 /// Test-only: the metadata and tensor table of a GGUF file, enough to check names and tokenizer vocabularies.

@@ -5,11 +5,12 @@ use burn::tensor::{Device, Tensor};
 use image::RgbImage;
 
 use super::image as images;
-use super::kontext::{self, KontextDenoiser, References, VAE_SCALE};
+use super::kontext::{self, Conditioning, KontextDenoiser, References, VAE_SCALE};
 use super::sampler::Sampler;
 use super::size::{self, Resize};
 use crate::device::read_f32;
 use crate::pipeline::loader::KontextModel;
+use crate::pipeline::plan::PlanPhase;
 use crate::{Error, Result};
 
 /// What the user asks for.
@@ -33,6 +34,23 @@ pub struct EditRequest {
     pub seed: u64,
 }
 
+/// A `(width, height)` in pixels.
+pub type PixelSize = (usize, usize);
+
+impl EditRequest {
+    /// The output size and each reference's size as it is encoded.
+    pub fn sizes(&self) -> Result<(PixelSize, Vec<PixelSize>)> {
+        let first = self.references.first().map(|r| (r.width() as usize, r.height() as usize));
+        let output = size::output_size(self.size, first, self.max_area)?;
+        let references = self
+            .references
+            .iter()
+            .map(|r| size::reference_size(r.width() as usize, r.height() as usize, self.resize, self.max_area))
+            .collect::<Result<_>>()?;
+        Ok((output, references))
+    }
+}
+
 /// The stages of an edit, for progress reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -53,9 +71,10 @@ pub enum Phase {
 
 /// An edit in progress.
 pub struct Edit<'m> {
-    model: &'m KontextModel,
-    denoiser: KontextDenoiser<'m>,
+    model: &'m mut KontextModel,
+    conditioning: Conditioning,
     sampler: Sampler,
+    device: Device,
     width: usize,
     height: usize,
 }
@@ -72,7 +91,7 @@ pub struct EditResult {
 
 impl<'m> Edit<'m> {
     /// Encodes the prompt and references, computes every step's modulations and draws the initial noise (or
-    /// takes `noise`, packed `[1, n, 64]`). Parts of `model` are released or reloaded per `model.memory`.
+    /// takes `noise`, packed `[1, n, 64]`). Parts of `model` are uploaded and released per `model.residency`.
     pub fn prepare(
         model: &'m mut KontextModel,
         request: &EditRequest,
@@ -93,8 +112,7 @@ impl<'m> Edit<'m> {
         if request.steps == 0 {
             return Err(Error::Invalid("at least one step is needed".into()));
         }
-        let first = request.references.first().map(|r| (r.width() as usize, r.height() as usize));
-        let (width, height) = size::output_size(request.size, first, request.max_area)?;
+        let ((width, height), reference_sizes) = request.sizes()?;
         let (latent_height, latent_width) = (height / VAE_SCALE, width / VAE_SCALE);
 
         report(Phase::EncodingText);
@@ -102,15 +120,12 @@ impl<'m> Edit<'m> {
 
         report(Phase::EncodingReferences);
         let mut latents = Vec::with_capacity(request.references.len());
-        for reference in &request.references {
-            let (w, h) = size::reference_size(
-                reference.width() as usize,
-                reference.height() as usize,
-                request.resize,
-                request.max_area,
-            )?;
+        if !request.references.is_empty() {
+            model.enter(PlanPhase::ReferenceEncoding, device)?;
+        }
+        for (reference, &(w, h)) in request.references.iter().zip(&reference_sizes) {
             let pixels = images::to_tensor(&images::resize(reference, w, h), device);
-            latents.push(kontext::encode_reference(&model.vae, pixels)?);
+            latents.push(kontext::encode_reference(model.vae(device)?, pixels)?);
         }
         let references = if latents.is_empty() { References::none() } else { References::from_latents(latents) };
 
@@ -122,16 +137,12 @@ impl<'m> Edit<'m> {
             None => kontext::initial_noise(request.seed, latent_height, latent_width, device),
         };
         let sampler = kontext::sampler(noise, request.steps);
-        model.restore_modulation_weights(device)?;
+        model.enter(PlanPhase::Modulations, device)?;
         let modulations =
             model.flux.schedule_modulations(sampler.step_sigmas(), text.pooled.clone(), Some(request.guidance))?;
-        if model.memory.release_modulation_weights {
-            model.flux.release_modulation_weights();
-        }
-        let model: &'m KontextModel = model;
+        model.enter(PlanPhase::Denoising, device)?;
         let modulations = sampler.step_sigmas().iter().copied().zip(modulations).collect();
-        let denoiser = KontextDenoiser::with_modulations(
-            &model.flux,
+        let conditioning = Conditioning::with_modulations(
             modulations,
             text,
             references,
@@ -140,7 +151,7 @@ impl<'m> Edit<'m> {
             request.guidance,
             device,
         );
-        Ok(Self { model, denoiser, sampler, width, height })
+        Ok(Self { model, conditioning, sampler, device: device.clone(), width, height })
     }
 
     /// Output `(width, height)` in pixels.
@@ -160,7 +171,14 @@ impl<'m> Edit<'m> {
 
     /// Runs the next denoising step (queues it on the device).
     pub fn step(&mut self) -> Result<()> {
-        self.sampler.step(&self.denoiser)
+        let denoiser = KontextDenoiser {
+            flux: &self.model.flux,
+            conditioning: &self.conditioning,
+            streamed: self.model.streamed_weights(),
+        };
+        self.sampler.step(&denoiser)?;
+        self.model.meter.sample(&self.device, PlanPhase::Denoising.label());
+        Ok(())
     }
 
     /// The current packed latents (for previews).
@@ -170,9 +188,12 @@ impl<'m> Edit<'m> {
 
     /// Decodes the latents and reads the image back.
     pub async fn finish(self) -> Result<EditResult> {
-        let (width, height) = (self.width, self.height);
+        let (width, height, device) = (self.width, self.height, self.device);
         let latents = self.sampler.into_latents();
-        let decoded = kontext::decode_latents(&self.model.vae, latents.clone(), height / VAE_SCALE, width / VAE_SCALE)?;
+        self.model.enter(PlanPhase::Decoding, &device)?;
+        let vae = self.model.vae(&device)?;
+        let decoded = kontext::decode_latents(vae, latents.clone(), height / VAE_SCALE, width / VAE_SCALE)?;
+        self.model.meter.sample(&device, PlanPhase::Decoding.label());
         let pixels = read_f32((decoded / 2.0 + 0.5).clamp(0.0, 1.0)).await?;
         let image = images::from_unit_planar(&pixels, width, height)?;
         Ok(EditResult { image, latents, pixels })
@@ -184,7 +205,9 @@ mod tests {
     use super::*;
     use crate::device::cpu;
     use crate::harness::testing::{FixtureFile, fixture};
-    use crate::pipeline::loader::{Folder, MemoryPolicy, Overrides};
+    use crate::model::flux::Layers;
+    use crate::pipeline::loader::{Folder, Overrides};
+    use crate::pipeline::plan::Residency;
     use burn::tensor::Tolerance;
 
     const PROMPT: &str = "Make the red square blue and add a small yellow sun in the sky";
@@ -221,7 +244,7 @@ mod tests {
         let golden: Tensor<3> =
             FixtureFile::open("golden/golden_run.safetensors").tensor("latents_after_step_3", &device);
         let mut model = tiny_model(&device);
-        model.memory = MemoryPolicy::LEAN;
+        model.residency = Residency::LEAN;
         let resident_bytes = model.flux.device_bytes();
         for _ in 0..2 {
             let latents = golden_edit(&mut model, PROMPT, &device);
@@ -233,12 +256,58 @@ mod tests {
 
         // A new prompt loads the encoders again (and frees them again); the result equals a model that keeps all.
         let mut kept = tiny_model(&device);
-        kept.memory = MemoryPolicy::KEEP_ALL;
+        kept.residency = Residency::KEEP_ALL;
         let expected = golden_edit(&mut kept, "a yellow square", &device);
         assert!(kept.t5.is_resident() && !kept.flux.modulation_weights_released());
         let got = golden_edit(&mut model, "a yellow square", &device);
         got.into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-6));
         assert!(!model.t5.is_resident());
+    }
+
+    #[test]
+    fn every_residency_matches_the_golden_and_holds_only_what_it_keeps() {
+        let device = cpu();
+        let golden: Tensor<3> =
+            FixtureFile::open("golden/golden_run.safetensors").tensor("latents_after_step_3", &device);
+        for residency in Residency::CHOICES {
+            let mut model =
+                KontextModel::open(&Folder(fixture("FLUX.1-Kontext-dev-tiny").into()), Overrides::default(), &device)
+                    .unwrap();
+            assert!(model.flux.projections().iter().all(|p| p.is_released()), "opening uploads no linear layer");
+            assert!(!model.t5.is_resident() && !model.clip.is_resident() && !model.vae.is_resident());
+            model.residency = residency;
+            model.upload_kept(&device).unwrap();
+            assert_eq!(model.vae.is_resident(), residency.keep_vae, "{residency:?}");
+            let latents = golden_edit(&mut model, PROMPT, &device);
+            latents.into_data().assert_approx_eq::<f32>(&golden.clone().into_data(), Tolerance::absolute(1e-4));
+            // Denoising: the text encoders and the VAE stay only when kept; streamed blocks are not on the device.
+            assert_eq!(model.t5.is_resident(), residency.keep_text_encoders, "{residency:?}");
+            assert_eq!(model.vae.is_resident(), residency.keep_vae, "{residency:?}");
+            assert_eq!(model.flux.is_released(Layers::Blocks), residency.stream_dit, "{residency:?}");
+            assert_eq!(model.flux.modulation_weights_released(), residency.release_modulation_weights);
+            assert!(!model.flux.is_released(Layers::Unstreamed), "{residency:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_part_is_named_before_anything_is_uploaded() {
+        let device = cpu();
+        let overrides = Overrides {
+            transformer: Some(Box::new(
+                crate::formats::FileSource::open(fixture("bfl_gguf/transformer_bfl-Q8_0.gguf")).unwrap(),
+            )),
+            ..Overrides::default()
+        };
+        let err = KontextModel::open(&crate::pipeline::loader::NoFolder, overrides, &device).err().unwrap();
+        assert!(
+            matches!(&err, Error::MissingPart { part, flag, .. } if part == "T5 encoder" && flag == "--t5"),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the model has no T5 encoder: add a T5 GGUF or safetensors file, or a model folder with \
+             text_encoder_2/model.safetensors"
+        );
     }
 
     #[test]

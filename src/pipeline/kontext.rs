@@ -7,6 +7,7 @@ use super::ids::{self, Position};
 use super::rng::NoiseRng;
 use super::sampler::{Denoiser, Sampler};
 use super::schedule::{self, ShiftConfig};
+use crate::formats::weights::Weights;
 use crate::kernels::latent;
 use crate::model::flux::{Flux, Modulations};
 use crate::model::vae::Vae;
@@ -55,10 +56,9 @@ impl References {
     }
 }
 
-/// The DiT as a [`Denoiser`] of the noise tokens, with the text and references it is conditioned on and the
-/// modulations of every step of its schedule, computed up front.
-pub struct KontextDenoiser<'a> {
-    flux: &'a Flux,
+/// What the DiT is conditioned on in one edit: the text, the references, every token's position and the
+/// modulations of every step of the schedule, computed up front.
+pub struct Conditioning {
     /// `(σ, modulations)` of each step.
     modulations: Vec<(f32, Modulations)>,
     text: TextConditioning,
@@ -69,12 +69,12 @@ pub struct KontextDenoiser<'a> {
     noise_tokens: usize,
 }
 
-impl<'a> KontextDenoiser<'a> {
-    /// Conditions `flux` for an output of `latent_height × latent_width` latent pixels, computing the
+impl Conditioning {
+    /// Conditions an output of `latent_height × latent_width` latent pixels, computing with `flux` the
     /// modulations of the steps at `sigmas` (after this, `flux`'s modulation weights may be released).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        flux: &'a Flux,
+        flux: &Flux,
         text: TextConditioning,
         references: References,
         latent_height: usize,
@@ -85,14 +85,12 @@ impl<'a> KontextDenoiser<'a> {
     ) -> Result<Self> {
         let modulations = flux.schedule_modulations(sigmas, text.pooled.clone(), Some(guidance))?;
         let modulations = sigmas.iter().copied().zip(modulations).collect();
-        Ok(Self::with_modulations(flux, modulations, text, references, latent_height, latent_width, guidance, device))
+        Ok(Self::with_modulations(modulations, text, references, latent_height, latent_width, guidance, device))
     }
 
-    /// [`KontextDenoiser::new`] with the `(σ, modulations)` of each step computed beforehand (by
-    /// [`Flux::schedule_modulations`]), so `flux` may have released its modulation weights.
-    #[allow(clippy::too_many_arguments)]
+    /// [`Conditioning::new`] with the `(σ, modulations)` of each step computed beforehand (by
+    /// [`Flux::schedule_modulations`]).
     pub fn with_modulations(
-        flux: &'a Flux,
         modulations: Vec<(f32, Modulations)>,
         text: TextConditioning,
         references: References,
@@ -105,32 +103,44 @@ impl<'a> KontextDenoiser<'a> {
         let noise_tokens = noise_ids.len();
         let image_ids = positions_tensor(&[noise_ids, references.ids].concat(), device);
         let text_ids = positions_tensor(&ids::text_ids(text.t5.dims()[1]), device);
-        Self { flux, modulations, text, text_ids, references: references.tokens, image_ids, guidance, noise_tokens }
+        Self { modulations, text, text_ids, references: references.tokens, image_ids, guidance, noise_tokens }
     }
+}
+
+/// The DiT as a [`Denoiser`] of the noise tokens under a [`Conditioning`].
+pub struct KontextDenoiser<'a> {
+    /// The DiT.
+    pub flux: &'a Flux,
+    /// What it is conditioned on.
+    pub conditioning: &'a Conditioning,
+    /// The DiT's weights when its blocks stream from them ([`Flux::forward_streaming`]).
+    pub streamed: Option<&'a dyn Weights>,
 }
 
 impl Denoiser for KontextDenoiser<'_> {
     fn velocity(&self, latents: Tensor<3>, sigma: f32) -> Result<Tensor<3>> {
-        let img = match &self.references {
+        let c = self.conditioning;
+        let img = match &c.references {
             Some(reference) => Tensor::cat(vec![latents, reference.clone()], 1), // [1, n_noise + n_ref, 64]
             None => latents,
         };
         let computed;
-        let modulations = match self.modulations.iter().find(|(s, _)| s.to_bits() == sigma.to_bits()) {
+        let modulations = match c.modulations.iter().find(|(s, _)| s.to_bits() == sigma.to_bits()) {
             Some((_, modulations)) => modulations,
             None => {
-                computed = self.flux.schedule_modulations(&[sigma], self.text.pooled.clone(), Some(self.guidance))?;
+                computed = self.flux.schedule_modulations(&[sigma], c.text.pooled.clone(), Some(c.guidance))?;
                 &computed[0]
             }
         };
-        let out = self.flux.forward_modulated(
+        let out = self.flux.forward_streaming(
             img,
-            self.image_ids.clone(),
-            self.text.t5.clone(),
-            self.text_ids.clone(),
+            c.image_ids.clone(),
+            c.text.t5.clone(),
+            c.text_ids.clone(),
             modulations,
+            self.streamed,
         )?;
-        Ok(out.narrow(1, 0, self.noise_tokens))
+        Ok(out.narrow(1, 0, c.noise_tokens))
     }
 }
 
@@ -238,7 +248,7 @@ mod tests {
             pooled: golden.tensor("clip_pooled", device),
         };
         let mut sampler = sampler(golden.tensor("latents_init_packed", device), 4);
-        let denoiser = KontextDenoiser::new(
+        let conditioning = Conditioning::new(
             flux,
             text,
             References::from_latents(references),
@@ -249,6 +259,7 @@ mod tests {
             device,
         )
         .unwrap();
+        let denoiser = KontextDenoiser { flux, conditioning: &conditioning, streamed: None };
         for step in 0..4 {
             sampler.step(&denoiser).unwrap();
             close(sampler.latents().clone(), golden, &format!("latents_after_step_{step}"), device);

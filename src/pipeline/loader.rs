@@ -5,19 +5,23 @@
 //! [`ByteSource`]s, so this module never touches `std::fs` and runs unchanged in the browser.
 
 use burn::tensor::Device;
+use serde::Serialize;
 
+use crate::device::MemoryMeter;
 use crate::formats::weights::Weights;
 use crate::formats::{ByteSource, GgufFile, SafetensorsFile, ShardedSafetensors};
 use crate::model::FluxConfig;
 use crate::model::clip::{CLIP_HEAD_DIM, ClipTextConfig, ClipTextTransformer};
-use crate::model::flux::Flux;
 use crate::model::flux::remap::DiffusersAsBfl;
+use crate::model::flux::{Flux, Layers};
+use crate::model::layers::planned_device_bytes;
 use crate::model::t5::{LlamaCppT5Names, T5Config, T5Encoder};
 use crate::model::vae::Vae;
 use crate::model::vae::config::VaeConfig;
 use crate::model::vae::remap::LdmVaeWeights;
 use crate::pipeline::kontext::T5_TOKENS;
 use crate::pipeline::kontext::TextConditioning;
+use crate::pipeline::plan::{CACHED_PROMPTS, DeviceLimits, DitWeights, PlanInputs, PlanPhase, Residency};
 use crate::pipeline::tokenizer::{ClipTokenizer, T5Tokenizer};
 use crate::{Error, Result};
 
@@ -85,46 +89,23 @@ pub struct Overrides {
     pub vae: Option<Box<dyn ByteSource>>,
 }
 
-/// What is freed from the device between uses, to fit a model into a browser's GPU memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemoryPolicy {
-    /// Free T5 and CLIP after encoding a prompt (its embeddings stay cached); they load again for a new prompt.
-    pub release_text_encoders: bool,
-    /// Free the DiT's modulation layers (3.2 B of 11.9 B parameters) once every step's modulations are
-    /// computed; they load again for the next edit.
-    pub release_modulation_weights: bool,
-}
-
-impl MemoryPolicy {
-    /// Everything stays resident (small models, the CPU).
-    pub const KEEP_ALL: Self = Self { release_text_encoders: false, release_modulation_weights: false };
-    /// Free all that can be freed (what [`crate::pipeline::plan::MemoryPlan`] assumes when no budget is known).
-    pub const LEAN: Self = Self { release_text_encoders: true, release_modulation_weights: true };
-
-    /// Lean when the DiT's weights take a gigabyte or more of a GPU, else everything stays: reloading costs a
-    /// re-upload per edit, worth it only where memory is short.
-    pub fn auto(device: &Device, dit_device_bytes: usize) -> Self {
-        let gpu = crate::device::max_binding_bytes(device) != u64::MAX;
-        if gpu && dit_device_bytes >= 1 << 30 { Self::LEAN } else { Self::KEEP_ALL }
-    }
-}
-
 /// Builds a network on a device (again) from the weights it captured.
 pub type Builder<M> = Box<dyn Fn(&Device) -> Result<M>>;
 
-/// A network that can be freed from the device after use and built again from its weights.
+/// A network that is on the device only while needed: built from its weights on first use, freed after use,
+/// built again on the next.
 pub struct Reloadable<M> {
     network: Option<M>,
     load: Builder<M>,
 }
 
 impl<M> Reloadable<M> {
-    /// `network`, which `load` builds again after [`Reloadable::release`].
-    pub fn new(network: M, load: impl Fn(&Device) -> Result<M> + 'static) -> Self {
-        Self { network: Some(network), load: Box::new(load) }
+    /// A network `load` builds when first asked for; nothing is uploaded before.
+    pub fn deferred(load: impl Fn(&Device) -> Result<M> + 'static) -> Self {
+        Self { network: None, load: Box::new(load) }
     }
 
-    /// The network, loaded again first if it was released.
+    /// The network, loaded first if it is not on the device.
     pub fn get(&mut self, device: &Device) -> Result<&M> {
         if self.network.is_none() {
             self.network = Some((self.load)(device)?);
@@ -132,9 +113,14 @@ impl<M> Reloadable<M> {
         Ok(self.network.as_ref().expect("loaded above"))
     }
 
-    /// Frees the network (its GPU buffers go when the last tensor does).
-    pub fn release(&mut self) {
-        self.network = None;
+    /// The network when it is on the device.
+    pub fn resident(&self) -> Option<&M> {
+        self.network.as_ref()
+    }
+
+    /// Frees the network (its GPU buffers go when the last tensor does); returns whether it was there.
+    pub fn release(&mut self) -> bool {
+        self.network.take().is_some()
     }
 
     /// Whether the network is on the device.
@@ -143,58 +129,190 @@ impl<M> Reloadable<M> {
     }
 }
 
-/// Prompts whose text conditioning is kept, so repeated edits skip the text encoders.
-const CACHED_PROMPTS: usize = 4;
-
-/// Every network and tokenizer of FLUX.1 Kontext, loaded on one device.
-pub struct KontextModel {
+/// Device bytes of each part of a model as loaded, from the file headers ([`planned_device_bytes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PartBytes {
     /// The DiT.
+    pub dit: u64,
+    /// T5 (its token table stays on the host).
+    pub t5: u64,
+    /// CLIP (its token table stays on the host).
+    pub clip: u64,
+    /// The VAE.
+    pub vae: u64,
+}
+
+/// Every network and tokenizer of FLUX.1 Kontext on one device, each uploaded for the phases of an edit that
+/// use it and kept or released between them as [`KontextModel::residency`] says.
+pub struct KontextModel {
+    /// The DiT; layers not on the device are [released](crate::model::layers::Projection::is_released).
     pub flux: Flux,
     /// The DiT's configuration.
     pub flux_config: FluxConfig,
-    /// The DiT's weights as read (headers and sources), to load released layers again.
+    /// The DiT's weights as read (headers and sources), to load released layers again or stream blocks.
     transformer_weights: Box<dyn Weights>,
     /// T5 v1.1 encoder.
     pub t5: Reloadable<T5Encoder>,
+    /// T5's configuration.
+    pub t5_config: T5Config,
     /// CLIP-L text encoder.
     pub clip: Reloadable<ClipTextTransformer>,
     /// The autoencoder.
-    pub vae: Vae,
+    pub vae: Reloadable<Vae>,
+    /// The autoencoder's configuration.
+    pub vae_config: VaeConfig,
     /// CLIP BPE tokenizer.
     pub clip_tokenizer: ClipTokenizer,
     /// T5 SentencePiece tokenizer.
     pub t5_tokenizer: T5Tokenizer,
-    /// What is freed between uses.
-    pub memory: MemoryPolicy,
+    /// Device bytes of each part once loaded.
+    pub part_bytes: PartBytes,
+    /// What stays on the device between phases.
+    pub residency: Residency,
+    /// Device memory measured at every phase change and step.
+    pub meter: MemoryMeter,
     /// Text conditioning of the last prompts, most recent last.
     text_cache: Vec<(String, TextConditioning)>,
 }
 
 impl KontextModel {
-    /// Loads every part, each from its override when given, else from the folder.
+    /// Resolves every part, each from its override when given, else from the folder — formats, configurations
+    /// and tokenizers, failing on the first missing or broken part — and only then uploads what
+    /// [`Residency::unbudgeted`] keeps.
     pub fn load(files: &dyn ModelFiles, overrides: Overrides, device: &Device) -> Result<Self> {
+        let mut model = Self::open(files, overrides, device)?;
+        model.upload_kept(device)?;
+        Ok(model)
+    }
+
+    /// Resolves every part without uploading anything (the DiT's small norm scales aside); the residency is
+    /// [`Residency::unbudgeted`] until the caller sets one from a [`crate::pipeline::plan::MemoryPlan`].
+    pub fn open(files: &dyn ModelFiles, overrides: Overrides, device: &Device) -> Result<Self> {
         let (transformer_weights, flux_config) = transformer_weights(files, overrides.transformer)?;
-        let flux = Flux::load(&flux_config, transformer_weights.as_ref(), device)?;
-        let (t5, t5_tokenizer) = load_t5(files, overrides.t5, device)?;
-        let (clip, clip_tokenizer) = load_clip(files, overrides.clip, device)?;
-        let vae = load_vae(files, overrides.vae, device)?;
-        let memory = MemoryPolicy::auto(device, flux.device_bytes());
+        let (t5, t5_config, t5_tokenizer, t5_bytes) = load_t5_deferred(files, overrides.t5, device)?;
+        let (clip, clip_tokenizer, clip_bytes) = load_clip_deferred(files, overrides.clip, device)?;
+        let (vae, vae_config, vae_bytes) = load_vae_deferred(files, overrides.vae, device)?;
+        let flux = Flux::load_deferring(&flux_config, transformer_weights.as_ref(), Some(Layers::All), device)?;
+        let part_bytes = PartBytes {
+            dit: planned_device_bytes(transformer_weights.as_ref(), device, &[]),
+            t5: t5_bytes,
+            clip: clip_bytes,
+            vae: vae_bytes,
+        };
+        let gpu = crate::device::max_binding_bytes(device) != u64::MAX;
         Ok(Self {
             flux,
             flux_config,
             transformer_weights,
             t5,
+            t5_config,
             clip,
             vae,
+            vae_config,
             clip_tokenizer,
             t5_tokenizer,
-            memory,
+            residency: Residency::unbudgeted(gpu, part_bytes.dit),
+            part_bytes,
+            meter: MemoryMeter::default(),
             text_cache: Vec::new(),
         })
     }
 
-    /// T5 tokens and the pooled CLIP vector of `prompt`: from the cache, else encoded (loading the encoders if
-    /// they were released, and releasing them afterwards when the policy says so).
+    /// What a memory plan needs to know of this model for an edit of `output` pixels from `references`.
+    pub fn plan_inputs(
+        &self,
+        output: (usize, usize),
+        references: Vec<(usize, usize)>,
+        limits: DeviceLimits,
+    ) -> PlanInputs {
+        PlanInputs {
+            flux: self.flux_config.clone(),
+            dit: DitWeights::DeviceBytes(self.part_bytes.dit),
+            t5: self.t5_config.clone(),
+            t5_bytes: self.part_bytes.t5,
+            clip_bytes: self.part_bytes.clip,
+            vae: self.vae_config.clone(),
+            vae_bytes: self.part_bytes.vae,
+            limits,
+            output,
+            references,
+            text_tokens: T5_TOKENS,
+            modulation_precomputed: true,
+            residency: None,
+        }
+    }
+
+    /// Uploads the parts [`KontextModel::residency`] keeps between phases.
+    pub fn upload_kept(&mut self, device: &Device) -> Result<()> {
+        let r = self.residency;
+        if r.keep_dit && !r.stream_dit {
+            let layers = if r.release_modulation_weights { Layers::Core } else { Layers::All };
+            self.flux.reload(layers, self.transformer_weights.as_ref(), device)?;
+        }
+        if r.keep_vae {
+            self.vae.get(device)?;
+        }
+        if r.keep_text_encoders {
+            self.t5.get(device)?;
+            self.clip.get(device)?;
+        }
+        self.meter.sample(device, "load");
+        Ok(())
+    }
+
+    /// Makes the device hold what `phase` uses and what the residency keeps: everything else is released and
+    /// its pages returned to the driver first, then the missing parts are uploaded.
+    pub fn enter(&mut self, phase: PlanPhase, device: &Device) -> Result<()> {
+        let r = self.residency;
+        if let Some((label, _)) = self.meter.by_label.last() {
+            let label = label.clone();
+            self.meter.sample(device, &label);
+        }
+        let uses_dit = matches!(phase, PlanPhase::Modulations | PlanPhase::Denoising);
+        let mut freed = false;
+        if !r.keep_text_encoders && phase != PlanPhase::TextEncoding {
+            freed |= self.t5.release() | self.clip.release();
+        }
+        if !r.keep_vae && !matches!(phase, PlanPhase::ReferenceEncoding | PlanPhase::Decoding) {
+            freed |= self.vae.release();
+        }
+        if (!r.keep_dit || r.stream_dit) && !uses_dit {
+            freed |= self.flux.release(Layers::All);
+        }
+        if phase == PlanPhase::Denoising && r.release_modulation_weights {
+            freed |= self.flux.release(Layers::Modulation);
+        }
+        if freed {
+            crate::device::release_free_pages(device);
+        }
+        let weights = self.transformer_weights.as_ref();
+        match phase {
+            PlanPhase::TextEncoding => {
+                self.t5.get(device)?;
+                self.clip.get(device)?;
+            }
+            PlanPhase::ReferenceEncoding | PlanPhase::Decoding => {
+                self.vae.get(device)?;
+            }
+            PlanPhase::Modulations => {
+                let layers = if r.stream_dit { Layers::Unstreamed } else { Layers::Core };
+                self.flux.reload(Layers::Modulation, weights, device)?;
+                self.flux.reload(layers, weights, device)?;
+            }
+            PlanPhase::Denoising if !r.stream_dit => self.flux.reload(Layers::Core, weights, device)?,
+            PlanPhase::Denoising => {}
+        }
+        self.meter.sample(device, phase.label());
+        Ok(())
+    }
+
+    /// The DiT's weights, to stream its blocks when [`Residency::stream_dit`].
+    pub fn streamed_weights(&self) -> Option<&dyn Weights> {
+        self.residency.stream_dit.then_some(self.transformer_weights.as_ref())
+    }
+
+    /// T5 tokens and the pooled CLIP vector of `prompt`: from the cache, else encoded (the encoders uploaded for
+    /// it, and released after when the residency does not keep them).
     pub fn encode_text(&mut self, prompt: &str, device: &Device) -> Result<TextConditioning> {
         if let Some(at) = self.text_cache.iter().position(|(cached, _)| cached == prompt) {
             let entry = self.text_cache.remove(at);
@@ -203,12 +321,9 @@ impl KontextModel {
         }
         let t5_ids = self.t5_tokenizer.encode(prompt, T5_TOKENS)?;
         let clip_ids = self.clip_tokenizer.encode(prompt)?;
+        self.enter(PlanPhase::TextEncoding, device)?;
         let t5 = self.t5.get(device)?.forward(&t5_ids, device)?;
         let (_, pooled) = self.clip.get(device)?.forward(&clip_ids, device)?;
-        if self.memory.release_text_encoders {
-            self.t5.release();
-            self.clip.release();
-        }
         let text = TextConditioning { t5, pooled };
         if self.text_cache.len() == CACHED_PROMPTS {
             self.text_cache.remove(0);
@@ -217,12 +332,14 @@ impl KontextModel {
         Ok(text)
     }
 
+    /// The VAE, uploaded first if it is not on the device.
+    pub fn vae(&mut self, device: &Device) -> Result<&Vae> {
+        self.vae.get(device)
+    }
+
     /// Loads the DiT's modulation layers again if they were released.
     pub fn restore_modulation_weights(&mut self, device: &Device) -> Result<()> {
-        if self.flux.modulation_weights_released() {
-            self.flux.reload_modulation_weights(self.transformer_weights.as_ref(), device)?;
-        }
-        Ok(())
+        self.flux.reload(Layers::Modulation, self.transformer_weights.as_ref(), device)
     }
 }
 
@@ -259,8 +376,8 @@ fn component_weights(files: &dyn ModelFiles, dir: &str, stem: &str) -> Result<Op
     Ok(Some(Box::new(ShardedSafetensors::open(&index, shards)?)))
 }
 
-fn missing(part: &str, flag: &str, folder_path: &str) -> Error {
-    Error::Invalid(format!("no {part}: give {flag} FILE, or --model DIR with {folder_path}"))
+fn missing(part: &str, file: &str, flag: &str, folder_path: &str) -> Error {
+    Error::MissingPart { part: part.into(), file: file.into(), flag: flag.into(), folder_path: folder_path.into() }
 }
 
 /// The DiT from `--transformer` (BFL/diffusers safetensors or GGUF) or `transformer/`; the configuration is
@@ -285,7 +402,12 @@ fn transformer_weights(
             Container::Safetensors(st) => Box::new(st),
         },
         None => component_weights(files, "transformer", "diffusion_pytorch_model")?.ok_or_else(|| {
-            missing("transformer", "--transformer", "transformer/diffusion_pytorch_model.safetensors")
+            missing(
+                "transformer",
+                "a transformer file (BFL safetensors or a Flux GGUF)",
+                "--transformer",
+                "transformer/diffusion_pytorch_model.safetensors",
+            )
         })?,
     };
     let shapes = crate::model::flux::infer::tensor_shapes(weights.as_ref());
@@ -297,60 +419,69 @@ fn transformer_weights(
     Ok((if is_diffusers { Box::new(DiffusersAsBfl::new(weights)) } else { weights }, config))
 }
 
-/// T5 from `--t5` (a llama.cpp GGUF with its tokenizer, or transformers safetensors) or `text_encoder_2/`.
+/// T5 from `--t5` (a llama.cpp GGUF with its tokenizer, or transformers safetensors) or `text_encoder_2/`,
+/// resolved and uploaded on first use.
 pub fn load_t5(
     files: &dyn ModelFiles,
     file: Option<Box<dyn ByteSource>>,
     device: &Device,
 ) -> Result<(Reloadable<T5Encoder>, T5Tokenizer)> {
-    if let Some(source) = file {
-        match open_container(source)? {
-            Container::Gguf(gguf) => {
-                let tokenizer = match folder_t5_tokenizer(files)? {
-                    Some(tokenizer) => tokenizer,
-                    None => t5_tokenizer_from_gguf(&gguf)?,
-                };
-                let arch =
-                    gguf.metadata("general.architecture").and_then(|v| v.as_str()).unwrap_or("t5encoder").to_string();
-                let vocab = gguf
-                    .shape("token_embd.weight")
-                    .map(|s| s[0])
-                    .ok_or_else(|| Error::Invalid("the T5 GGUF has no token_embd".into()))?;
-                let config = T5Config::from_gguf_kv(&arch, |key| gguf.metadata(key).and_then(number), vocab)?;
-                return Ok((reloadable_t5(config, Box::new(LlamaCppT5Names::new(gguf)), device)?, tokenizer));
-            }
-            // A single transformers-named file (ComfyUI's `t5xxl_fp16.safetensors`): config from the shapes.
-            Container::Safetensors(st) => {
-                let tokenizer = folder_t5_tokenizer(files)?.ok_or_else(|| {
-                    missing(
-                        "T5 tokenizer",
-                        "--t5 as a GGUF (it carries one)",
-                        "tokenizer_2/tokenizer.json or tokenizer_2/spiece.model",
-                    )
-                })?;
-                let config = match files.read_text("text_encoder_2/config.json")? {
-                    Some(json) => T5Config::from_hf_json(&json)?,
-                    None => T5Config::from_weights(&st)?,
-                };
-                return Ok((reloadable_t5(config, Box::new(st), device)?, tokenizer));
-            }
-        }
-    }
-    let weights = component_weights(files, "text_encoder_2", "model")?
-        .ok_or_else(|| missing("T5 encoder", "--t5", "text_encoder_2/model.safetensors"))?;
-    let config = match files.read_text("text_encoder_2/config.json")? {
-        Some(json) => T5Config::from_hf_json(&json)?,
-        None => T5Config::from_weights(weights.as_ref())?,
-    };
-    let tokenizer = folder_t5_tokenizer(files)?.ok_or_else(|| {
-        missing("T5 tokenizer", "--t5 (a GGUF carries one)", "tokenizer_2/tokenizer.json or tokenizer_2/spiece.model")
-    })?;
-    Ok((reloadable_t5(config, weights, device)?, tokenizer))
+    let (t5, _, tokenizer, _) = load_t5_deferred(files, file, device)?;
+    Ok((t5, tokenizer))
 }
 
-fn reloadable_t5(config: T5Config, weights: Box<dyn Weights>, device: &Device) -> Result<Reloadable<T5Encoder>> {
-    let encoder = T5Encoder::load(&config, weights.as_ref(), device)?;
-    Ok(Reloadable::new(encoder, move |device| T5Encoder::load(&config, weights.as_ref(), device)))
+/// Names of the token tables the text encoders keep on the host ([`crate::model::layers::HostEmbedding`]).
+const HOST_TABLES: [&str; 4] = ["shared.", "embed_tokens.", "token_embd.", "token_embedding."];
+
+const T5_TOKENIZER_FILES: &str = "tokenizer_2/tokenizer.json or tokenizer_2/spiece.model";
+
+/// [`load_t5`] with T5's configuration and its planned device bytes.
+fn load_t5_deferred(
+    files: &dyn ModelFiles,
+    file: Option<Box<dyn ByteSource>>,
+    device: &Device,
+) -> Result<(Reloadable<T5Encoder>, T5Config, T5Tokenizer, u64)> {
+    let no_tokenizer = || missing("T5 tokenizer", "a T5 GGUF, which carries its tokenizer", "--t5", T5_TOKENIZER_FILES);
+    let (config, weights, tokenizer): (T5Config, Box<dyn Weights>, T5Tokenizer) = match file.map(open_container) {
+        Some(Ok(Container::Gguf(gguf))) => {
+            let tokenizer = match folder_t5_tokenizer(files)? {
+                Some(tokenizer) => tokenizer,
+                None => t5_tokenizer_from_gguf(&gguf)?,
+            };
+            let arch =
+                gguf.metadata("general.architecture").and_then(|v| v.as_str()).unwrap_or("t5encoder").to_string();
+            let vocab = gguf
+                .shape("token_embd.weight")
+                .map(|s| s[0])
+                .ok_or_else(|| Error::Invalid("the T5 GGUF has no token_embd".into()))?;
+            let config = T5Config::from_gguf_kv(&arch, |key| gguf.metadata(key).and_then(number), vocab)?;
+            (config, Box::new(LlamaCppT5Names::new(gguf)), tokenizer)
+        }
+        // A single transformers-named file (ComfyUI's `t5xxl_fp16.safetensors`): config from the shapes.
+        Some(Ok(Container::Safetensors(st))) => {
+            let tokenizer = folder_t5_tokenizer(files)?.ok_or_else(no_tokenizer)?;
+            let config = match files.read_text("text_encoder_2/config.json")? {
+                Some(json) => T5Config::from_hf_json(&json)?,
+                None => T5Config::from_weights(&st)?,
+            };
+            (config, Box::new(st), tokenizer)
+        }
+        Some(Err(e)) => return Err(e),
+        None => {
+            let weights = component_weights(files, "text_encoder_2", "model")?.ok_or_else(|| {
+                missing("T5 encoder", "a T5 GGUF or safetensors file", "--t5", "text_encoder_2/model.safetensors")
+            })?;
+            let config = match files.read_text("text_encoder_2/config.json")? {
+                Some(json) => T5Config::from_hf_json(&json)?,
+                None => T5Config::from_weights(weights.as_ref())?,
+            };
+            (config, weights, folder_t5_tokenizer(files)?.ok_or_else(no_tokenizer)?)
+        }
+    };
+    let bytes = planned_device_bytes(weights.as_ref(), device, &HOST_TABLES);
+    let load_config = config.clone();
+    let t5 = Reloadable::deferred(move |device| T5Encoder::load(&load_config, weights.as_ref(), device));
+    Ok((t5, config, tokenizer, bytes))
 }
 
 fn number(value: &crate::formats::GgufValue) -> Option<f64> {
@@ -410,13 +541,23 @@ pub fn t5_tokenizer_from_gguf(gguf: &GgufFile) -> Result<T5Tokenizer> {
 /// Tokens of CLIP-L, whose tokenizer is built in ([`ClipTokenizer::clip_l`]).
 const CLIP_L_VOCAB: usize = 49408;
 
-/// CLIP-L from `--clip` (`clip_l.safetensors`) or `text_encoder/`; the tokenizer from `tokenizer/`, or the built-in
-/// CLIP-L one when the file set has none (ComfyUI's).
+/// CLIP-L from `--clip` (`clip_l.safetensors`) or `text_encoder/`, uploaded on first use; the tokenizer from
+/// `tokenizer/`, or the built-in CLIP-L one when the file set has none (ComfyUI's).
 pub fn load_clip(
     files: &dyn ModelFiles,
     file: Option<Box<dyn ByteSource>>,
     device: &Device,
 ) -> Result<(Reloadable<ClipTextTransformer>, ClipTokenizer)> {
+    let (clip, tokenizer, _) = load_clip_deferred(files, file, device)?;
+    Ok((clip, tokenizer))
+}
+
+/// [`load_clip`] with CLIP's planned device bytes.
+fn load_clip_deferred(
+    files: &dyn ModelFiles,
+    file: Option<Box<dyn ByteSource>>,
+    device: &Device,
+) -> Result<(Reloadable<ClipTextTransformer>, ClipTokenizer, u64)> {
     let weights: Box<dyn Weights> = match file {
         Some(source) => match open_container(source)? {
             Container::Safetensors(st) => Box::new(st),
@@ -424,8 +565,9 @@ pub fn load_clip(
                 return Err(Error::Invalid("CLIP as GGUF is not supported; use clip_l.safetensors".into()));
             }
         },
-        None => component_weights(files, "text_encoder", "model")?
-            .ok_or_else(|| missing("CLIP text encoder", "--clip", "text_encoder/model.safetensors"))?,
+        None => component_weights(files, "text_encoder", "model")?.ok_or_else(|| {
+            missing("CLIP text encoder", "clip_l.safetensors", "--clip", "text_encoder/model.safetensors")
+        })?,
     };
     let config = match files.read_text("text_encoder/config.json")? {
         Some(json) => ClipTextConfig::from_hf_json(&json)?,
@@ -445,13 +587,25 @@ pub fn load_clip(
             }
         },
     };
-    let clip = ClipTextTransformer::load(&config, weights.as_ref(), device)?;
-    Ok((Reloadable::new(clip, move |device| ClipTextTransformer::load(&config, weights.as_ref(), device)), tokenizer))
+    let bytes = planned_device_bytes(weights.as_ref(), device, &HOST_TABLES);
+    let clip = Reloadable::deferred(move |device| ClipTextTransformer::load(&config, weights.as_ref(), device));
+    Ok((clip, tokenizer, bytes))
 }
 
 /// The VAE from `--vae` (BFL `ae.safetensors` or diffusers) or `vae/`. Group-norm groups cannot be seen in
 /// shapes: they come from `vae/config.json` when the folder has one, else Flux's 32.
 pub fn load_vae(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, device: &Device) -> Result<Vae> {
+    let (mut vae, _, _) = load_vae_deferred(files, file, device)?;
+    vae.get(device)?;
+    vae.network.take().ok_or_else(|| Error::Invalid("the VAE did not load".into()))
+}
+
+/// The VAE resolved (configuration and planned device bytes), uploaded on first use.
+fn load_vae_deferred(
+    files: &dyn ModelFiles,
+    file: Option<Box<dyn ByteSource>>,
+    device: &Device,
+) -> Result<(Reloadable<Vae>, VaeConfig, u64)> {
     let weights: Box<dyn Weights> = match file {
         Some(source) => match open_container(source)? {
             Container::Safetensors(st) => Box::new(st),
@@ -460,23 +614,29 @@ pub fn load_vae(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, devic
             }
         },
         None => component_weights(files, "vae", "diffusion_pytorch_model")?
-            .ok_or_else(|| missing("VAE", "--vae", "vae/diffusion_pytorch_model.safetensors"))?,
+            .ok_or_else(|| missing("VAE", "ae.safetensors", "--vae", "vae/diffusion_pytorch_model.safetensors"))?,
     };
     let folder_config =
         files.read_text("vae/config.json")?.map(|json| VaeConfig::from_diffusers_json(&json)).transpose()?;
-    if LdmVaeWeights::is_ldm(weights.as_ref()) {
-        let renamed = LdmVaeWeights::new(weights.as_ref())?;
-        let mut config = VaeConfig::infer(&renamed)?;
-        if let Some(folder) = &folder_config {
-            config = config.with_norm_num_groups(folder.norm_num_groups);
+    let ldm = LdmVaeWeights::is_ldm(weights.as_ref());
+    let config = match (ldm, folder_config) {
+        (true, folder) => {
+            let config = VaeConfig::infer(&LdmVaeWeights::new(weights.as_ref())?)?;
+            match folder {
+                Some(folder) => config.with_norm_num_groups(folder.norm_num_groups),
+                None => config,
+            }
         }
-        return Vae::load(&config, &renamed, device);
-    }
-    let config = match folder_config {
-        Some(config) => config,
-        None => VaeConfig::infer(weights.as_ref())?,
+        (false, Some(config)) => config,
+        (false, None) => VaeConfig::infer(weights.as_ref())?,
     };
-    Vae::load(&config, weights.as_ref(), device)
+    let bytes = planned_device_bytes(weights.as_ref(), device, &[]);
+    let load_config = config.clone();
+    let vae = Reloadable::deferred(move |device| match ldm {
+        true => Vae::load(&load_config, &LdmVaeWeights::new(weights.as_ref())?, device),
+        false => Vae::load(&load_config, weights.as_ref(), device),
+    });
+    Ok((vae, config, bytes))
 }
 
 /// A model folder held in memory (fetched files, or files the user picked), keyed by relative path.

@@ -195,12 +195,12 @@ mod tests {
     #[test]
     fn the_fit_explains_the_calibration_colours_and_renders_packed_latents() {
         let device = cpu();
-        let model =
+        let mut model =
             KontextModel::load(&Folder(fixture("FLUX.1-Kontext-dev-tiny").into()), Overrides::default(), &device)
                 .unwrap();
-        let preview = pollster::block_on(LatentPreview::fit(&model.vae, &device)).unwrap();
+        let preview = pollster::block_on(LatentPreview::fit(model.vae(&device).unwrap(), &device)).unwrap();
         let image = calibration_image();
-        let latents = encode_reference(&model.vae, images::to_tensor(&image, &device)).unwrap();
+        let latents = encode_reference(model.vae(&device).unwrap(), images::to_tensor(&image, &device)).unwrap();
         let side = CALIBRATION_SIDE / VAE_SCALE;
         let packed = latent::pack(latents).into_data().try_into_vec_as::<f32>().unwrap();
         let rendered = preview.render(&packed, side, side).unwrap();

@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::manifest::{Role, human_bytes};
 use crate::model::FluxConfig;
 use crate::model::flux::infer::infer_flux_config;
+use crate::model::t5::T5Config;
 use crate::model::vae::config::VaeConfig;
 use crate::pipeline::kontext::T5_TOKENS;
 use crate::pipeline::plan::{DeviceLimits, DitWeights, MemoryPlan, PlanInputs};
@@ -204,6 +205,7 @@ impl Footprint {
         let inputs = PlanInputs {
             flux: self.flux.clone(),
             dit: DitWeights::DeviceBytes(self.dit),
+            t5: T5Config::v1_1_xxl(),
             t5_bytes: self.t5,
             clip_bytes: self.clip,
             vae: self.vae_config.clone(),
@@ -213,6 +215,7 @@ impl Footprint {
             references: vec![PLANNED_EDIT],
             text_tokens: T5_TOKENS,
             modulation_precomputed: true,
+            residency: None,
         };
         let plan = match MemoryPlan::new(&inputs) {
             Ok(plan) => {

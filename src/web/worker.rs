@@ -259,12 +259,16 @@ impl Worker {
     }
 
     /// The loaded model's preview projection, fitted on first use; `None` (no previews) if the fit fails.
-    async fn preview_of(&self, model: &KontextModel, device: &burn::tensor::Device) -> Option<Rc<LatentPreview>> {
+    async fn preview_of(&self, model: &mut KontextModel, device: &burn::tensor::Device) -> Option<Rc<LatentPreview>> {
         let fitted = self.preview.borrow().clone();
         if fitted.is_some() {
             return fitted;
         }
-        match LatentPreview::fit(&model.vae, device).await {
+        let fitted = match model.vae(device) {
+            Ok(vae) => LatentPreview::fit(vae, device).await,
+            Err(e) => Err(e),
+        };
+        match fitted {
             Ok(preview) => {
                 let preview = Rc::new(preview);
                 *self.preview.borrow_mut() = Some(preview.clone());

@@ -10,7 +10,8 @@ use kontext_web::formats::{FileSource, SafetensorsFile};
 use kontext_web::model::flux::Flux;
 use kontext_web::model::layers::LoraAdapter;
 use kontext_web::pipeline::edit::{Edit, EditRequest, Phase};
-use kontext_web::pipeline::loader::{self, Folder, KontextModel, MemoryPolicy, ModelFiles, NoFolder, Overrides};
+use kontext_web::pipeline::loader::{self, Folder, KontextModel, ModelFiles, NoFolder, Overrides};
+use kontext_web::pipeline::plan::{self, DeviceLimits, MemoryPlan, PlanInputs, Residency};
 use kontext_web::pipeline::{image as images, rng, size};
 use kontext_web::{Error, Result};
 
@@ -39,10 +40,36 @@ pub struct ModelArgs {
     /// `shader-f16`; Flux's activations can overflow it); also `KONTEXT_PRECISION`. The rest stays f32.
     #[arg(long)]
     precision: Option<String>,
+    /// GPU memory the load and the edit may hold at once: `8GiB`, `300MiB`, `6GB`, or bytes. Parts are then
+    /// uploaded for the phases that use them and released after, the DiT streams block by block when it does
+    /// not fit whole, and an edit that cannot fit is refused before anything is uploaded. Without it: no limit.
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    gpu_memory: Option<u64>,
     /// A LoRA adapter for the DiT (diffusers/PEFT, kohya or ComfyUI safetensors) with its strength (default
     /// 1.0), applied at runtime on top of the weights as loaded; repeat for several.
     #[arg(long = "lora", value_name = "FILE[:WEIGHT]", value_parser = parse_lora)]
     loras: Vec<(PathBuf, f32)>,
+}
+
+/// `8GiB`, `300MiB`, `6GB`, `512MB`, `1.5GiB` or a plain byte count.
+pub fn parse_bytes(arg: &str) -> std::result::Result<u64, String> {
+    let arg = arg.trim();
+    let split = arg.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(arg.len());
+    let (number, unit) = arg.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => return Err(format!("unknown unit `{other}`: use B, MB, MiB, GB or GiB")),
+    };
+    match number.parse::<f64>() {
+        Ok(value) if value.is_finite() && value > 0.0 => Ok((value * scale as f64) as u64),
+        _ => Err(format!("`{arg}` is not a size such as 8GiB or 300MiB")),
+    }
 }
 
 /// `FILE[:WEIGHT]`: the weight is what follows the last `:` when it parses as a number (checked when applied,
@@ -95,11 +122,52 @@ pub struct EditArgs {
     /// Also write `latents` (final packed latents) and `image` (`[1,3,H,W]` in [0,1]) to this safetensors file.
     #[arg(long)]
     dump: Option<PathBuf>,
-    /// `keep`: every network stays on the device; `lean`: T5 and CLIP are freed after encoding and the DiT's
-    /// modulation layers once every step's modulations are computed; `auto`: lean for DiTs of 1 GiB or more
-    /// on a GPU.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "keep", "lean"])]
+    /// What stays on the device between the phases of the edit. `keep`: everything; `lean`: the DiT and the
+    /// VAE (T5 and CLIP are freed after encoding, the DiT's modulation layers once every step's modulations
+    /// are computed); `phased`: each part only in the phases that use it; `streamed`: `phased`, with the DiT's
+    /// blocks uploaded one at a time each step; `auto`: the most resident that fits `--gpu-memory` (without
+    /// it: lean for DiTs of 1 GiB or more on a GPU, else keep).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "keep", "lean", "phased", "streamed"])]
     memory: String,
+    /// Write measurements to this JSON file: the device allocator's peak (`peak_device_bytes`), the budget and
+    /// the planned peak, per-phase peaks, load, step and total seconds.
+    #[arg(long, value_name = "FILE")]
+    stats: Option<PathBuf>,
+}
+
+/// Options of `kontext plan`.
+#[derive(clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Output width in pixels (floored to a multiple of 16); needs --height. Default: 1024×1024, or the first
+    /// reference's aspect at --max-area.
+    #[arg(long, requires = "height")]
+    width: Option<usize>,
+    /// Output height in pixels; needs --width.
+    #[arg(long, requires = "width")]
+    height: Option<usize>,
+    /// Pixel area of the output and of the reference buckets.
+    #[arg(long, default_value_t = size::DEFAULT_MAX_AREA)]
+    max_area: usize,
+    /// A reference size `WIDTHxHEIGHT` (resized to its Kontext bucket as an edit would); repeat for several.
+    #[arg(long = "reference", value_name = "WxH", value_parser = parse_size)]
+    references: Vec<(usize, usize)>,
+    /// References at their own size (floored to ×16), as `kontext edit --no-resize`.
+    #[arg(long)]
+    no_resize: bool,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `WIDTHxHEIGHT`.
+fn parse_size(arg: &str) -> std::result::Result<(usize, usize), String> {
+    let (w, h) = arg.split_once(['x', '×']).ok_or_else(|| format!("`{arg}` is not WIDTHxHEIGHT"))?;
+    match (w.trim().parse(), h.trim().parse()) {
+        (Ok(w), Ok(h)) => Ok((w, h)),
+        _ => Err(format!("`{arg}` is not WIDTHxHEIGHT")),
+    }
 }
 
 /// Options of `kontext forward`.
@@ -154,6 +222,23 @@ impl ModelArgs {
                 (name, *weight)
             })
             .collect())
+    }
+
+    /// The adapter's limits with `--gpu-memory` as the budget.
+    fn limits(&self, device: &Device) -> DeviceLimits {
+        let binding = device::max_binding_bytes(device);
+        DeviceLimits { max_buffer_size: binding, max_storage_buffer_binding_size: binding, budget: self.gpu_memory }
+    }
+
+    /// Resolves every part of the model without uploading anything.
+    fn open(&self, device: &Device) -> Result<KontextModel> {
+        let overrides = Overrides {
+            transformer: open_file(&self.transformer)?,
+            t5: open_file(&self.t5)?,
+            clip: open_file(&self.clip)?,
+            vae: open_file(&self.vae)?,
+        };
+        KontextModel::open(self.folder()?.as_ref(), overrides, device)
     }
 
     fn folder(&self) -> Result<Box<dyn ModelFiles>> {
@@ -229,6 +314,66 @@ fn write_safetensors(path: &Path, tensors: Vec<(&str, Vec<usize>, Vec<f32>)>) ->
     std::fs::write(path, serialized).map_err(|e| Error::Invalid(format!("cannot write {}: {e}", path.display())))
 }
 
+/// What `kontext edit --stats` writes.
+#[derive(serde::Serialize)]
+struct EditStats {
+    backend: String,
+    width: usize,
+    height: usize,
+    steps: usize,
+    /// `--gpu-memory`.
+    budget_bytes: Option<u64>,
+    /// The plan's largest phase peak.
+    planned_peak_bytes: u64,
+    /// The device allocator's most reserved bytes over the load and the edit (`None` on the CPU).
+    peak_device_bytes: Option<u64>,
+    /// The allocator's most reserved bytes in each phase.
+    phase_peak_device_bytes: Vec<(String, u64)>,
+    residency: Residency,
+    plan: MemoryPlan,
+    load_seconds: f64,
+    step_seconds: Vec<f64>,
+    total_seconds: f64,
+}
+
+/// Plans `request` on `model` under `--gpu-memory` and `--memory`; refuses, before anything is uploaded, an
+/// edit that cannot fit, saying what would.
+fn plan_edit(
+    model: &KontextModel,
+    args: &ModelArgs,
+    memory: &str,
+    request: &EditRequest,
+    device: &Device,
+) -> Result<MemoryPlan> {
+    let (output, references) = request.sizes()?;
+    let mut inputs = model.plan_inputs(output, references, args.limits(device));
+    inputs.residency = match memory {
+        "keep" => Some(Residency::KEEP_ALL),
+        "lean" => Some(Residency::LEAN),
+        "phased" => Some(Residency::PHASED),
+        "streamed" => Some(Residency::STREAMED),
+        _ => None,
+    };
+    let plan = MemoryPlan::new(&inputs)?;
+    if let (Some(budget), Some(false)) = (args.gpu_memory, plan.fits_budget) {
+        let busiest = plan.busiest_phase().map(|p| p.phase.label()).unwrap_or("the edit");
+        let fits = MemoryPlan::what_would_fit(&PlanInputs { residency: None, ..inputs })?;
+        let advice = match fits.is_empty() {
+            true => "nothing smaller fits either: raise --gpu-memory".to_string(),
+            false => format!("what would fit: {}", fits.join("; ")),
+        };
+        return Err(Error::Invalid(format!(
+            "a {}×{} edit needs {} of GPU memory ({busiest}, {}), more than --gpu-memory {}; {advice}",
+            output.0,
+            output.1,
+            plan::size(plan.peak_bytes),
+            plan.residency.describe(),
+            plan::size(budget)
+        )));
+    }
+    Ok(plan)
+}
+
 /// `kontext edit`.
 pub fn edit(args: EditArgs) -> Result<()> {
     let started = Instant::now();
@@ -242,20 +387,6 @@ pub fn edit(args: EditArgs) -> Result<()> {
         None => None,
     };
     let seed = args.seed.unwrap_or_else(rng::random_seed);
-    let overrides = Overrides {
-        transformer: open_file(&args.model.transformer)?,
-        t5: open_file(&args.model.t5)?,
-        clip: open_file(&args.model.clip)?,
-        vae: open_file(&args.model.vae)?,
-    };
-    println!("loading the model…");
-    let mut model = KontextModel::load(args.model.folder()?.as_ref(), overrides, &device)?;
-    let loras = args.model.apply_loras(&mut model.flux, &device)?;
-    match args.memory.as_str() {
-        "keep" => model.memory = MemoryPolicy::KEEP_ALL,
-        "lean" => model.memory = MemoryPolicy::LEAN,
-        _ => {}
-    }
     let request = EditRequest {
         prompt: args.prompt,
         references,
@@ -266,6 +397,15 @@ pub fn edit(args: EditArgs) -> Result<()> {
         guidance: args.guidance,
         seed,
     };
+    let mut model = args.model.open(&device)?;
+    let plan = plan_edit(&model, &args.model, &args.memory, &request, &device)?;
+    model.residency = plan.residency;
+    let budget = args.model.gpu_memory.map(|b| format!(" of {}", plan::size(b))).unwrap_or_default();
+    println!("memory: {}; planned peak {}{budget}", plan.residency.describe(), plan::size(plan.peak_bytes));
+    println!("loading the model…");
+    model.upload_kept(&device)?;
+    let loras = args.model.apply_loras(&mut model.flux, &device)?;
+    let load_seconds = started.elapsed().as_secs_f64();
     let mut edit = Edit::prepare_reporting(&mut model, &request, noise, &device, &mut |phase| match phase {
         Phase::EncodingText => println!("encoding the prompt…"),
         Phase::EncodingReferences if !request.references.is_empty() => {
@@ -275,12 +415,14 @@ pub fn edit(args: EditArgs) -> Result<()> {
     })?;
     let (width, height) = edit.size();
     println!("generating {width}×{height}, {} steps, guidance {}, seed {seed}", request.steps, request.guidance);
+    let mut step_seconds = Vec::with_capacity(request.steps);
     while !edit.is_denoised() {
         let step_started = Instant::now();
         edit.step()?;
         device.sync().map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        step_seconds.push(step_started.elapsed().as_secs_f64());
         let (done, steps) = edit.progress();
-        println!("step {done}/{steps} ({:.2} s)", step_started.elapsed().as_secs_f64());
+        println!("step {done}/{steps} ({:.2} s)", step_seconds[done - 1]);
     }
     println!("decoding…");
     let result = pollster::block_on(edit.finish())?;
@@ -305,11 +447,66 @@ pub fn edit(args: EditArgs) -> Result<()> {
             vec![("latents", latents_shape, latents), ("image", vec![1, 3, height, width], result.pixels)],
         )?;
     }
-    println!(
-        "wrote {} ({width}×{height}, seed {seed}) in {:.1} s",
-        args.out.display(),
-        started.elapsed().as_secs_f64()
-    );
+    let total_seconds = started.elapsed().as_secs_f64();
+    if let Some(path) = &args.stats {
+        let stats = EditStats {
+            backend: args.model.backend.clone(),
+            width,
+            height,
+            steps: request.steps,
+            budget_bytes: args.model.gpu_memory,
+            planned_peak_bytes: plan.peak_bytes,
+            peak_device_bytes: model.meter.peak_bytes,
+            phase_peak_device_bytes: model.meter.by_label.clone(),
+            residency: plan.residency,
+            plan,
+            load_seconds,
+            step_seconds,
+            total_seconds,
+        };
+        let json = serde_json::to_string_pretty(&stats).map_err(|e| Error::Invalid(e.to_string()))?;
+        std::fs::write(path, json).map_err(|e| Error::Invalid(format!("cannot write {}: {e}", path.display())))?;
+    }
+    if let Some(peak) = model.meter.peak_bytes {
+        println!("device memory peak {} (measured)", plan::size(peak));
+    }
+    println!("wrote {} ({width}×{height}, seed {seed}) in {total_seconds:.1} s", args.out.display());
+    Ok(())
+}
+
+/// `kontext plan`.
+pub fn plan(args: PlanArgs) -> Result<()> {
+    let device = args.model.device()?;
+    let model = args.model.open(&device)?;
+    let output = match (args.width.zip(args.height), args.references.first()) {
+        (None, None) => (1024, 1024),
+        (given, first) => size::output_size(given, first.copied(), args.max_area)?,
+    };
+    let references = args
+        .references
+        .iter()
+        .map(|&(w, h)| {
+            let resize = if args.no_resize { size::Resize::None } else { size::Resize::Bucket };
+            size::reference_size(w, h, resize, args.max_area)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let inputs = model.plan_inputs(output, references, args.model.limits(&device));
+    let plan = MemoryPlan::new(&inputs)?;
+    let fits = MemoryPlan::what_would_fit(&inputs)?;
+    let verdict = match (plan.fits_budget, fits.is_empty()) {
+        (None, _) => "no budget given (--gpu-memory): nothing to check against".to_string(),
+        (Some(true), _) => "fits".to_string(),
+        (Some(false), true) => "does not fit, and nothing smaller does".to_string(),
+        (Some(false), false) => format!("does not fit; what would: {}", fits.join("; ")),
+    };
+    if args.json {
+        let value =
+            serde_json::json!({ "plan": plan, "fits": plan.fits_budget, "what_would_fit": fits, "verdict": verdict });
+        println!("{}", serde_json::to_string_pretty(&value).map_err(|e| Error::Invalid(e.to_string()))?);
+    } else {
+        println!("{plan}");
+        println!("{verdict}");
+    }
     Ok(())
 }
 

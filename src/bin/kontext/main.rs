@@ -37,6 +37,9 @@ mod cli {
         },
         /// Edit reference images (or make an image from text) with FLUX.1 Kontext.
         Edit(super::generate::EditArgs),
+        /// The memory plan of an edit for a file set, an output size and `--gpu-memory`: the phases and their
+        /// peaks, what stays on the device, and whether it fits or what would (reads file headers only).
+        Plan(super::generate::PlanArgs),
         /// One DiT call on inputs named like diffusers' transformer arguments; writes `out`.
         Forward(super::generate::ForwardArgs),
         /// Recognise a weight file from its header (no tensor data is read): format, architecture, Flux
@@ -64,6 +67,10 @@ mod cli {
         let cli = Cli::parse();
         match run(cli.command) {
             Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(Error::MissingPart { part, file, flag, folder_path }) => {
+                eprintln!("kontext: no {part}: give {flag} FILE ({file}), or --model DIR with {folder_path}");
+                std::process::ExitCode::FAILURE
+            }
             Err(e) => {
                 eprintln!("kontext: {e}");
                 std::process::ExitCode::FAILURE
@@ -81,6 +88,7 @@ mod cli {
             Command::Bench(args) => super::bench::run(args),
             Command::Edit(args) => super::generate::edit(args),
             Command::Forward(args) => super::generate::forward(args),
+            Command::Plan(args) => super::generate::plan(args),
         }
     }
 

@@ -338,7 +338,7 @@ mod tests {
     use crate::formats::FileSource;
     use crate::harness::testing::{FixtureFile, fixture};
     use crate::model::FluxConfig;
-    use crate::pipeline::kontext::{KontextDenoiser, References, TextConditioning, sampler};
+    use crate::pipeline::kontext::{Conditioning, KontextDenoiser, References, TextConditioning, sampler};
     use crate::pipeline::loader::{self, Folder};
     use burn::tensor::{Device, Tensor, Tolerance};
 
@@ -403,7 +403,9 @@ mod tests {
             TextConditioning { t5: run.tensor("t5_prompt_embeds", device), pooled: run.tensor("clip_pooled", device) };
         let references = References::from_latents(vec![run.tensor("image_latents_unpacked_scaled", device)]);
         let mut sampler = sampler(run.tensor("latents_init_packed", device), 4);
-        let denoiser = KontextDenoiser::new(flux, text, references, 10, 8, 2.5, sampler.step_sigmas(), device).unwrap();
+        let conditioning =
+            Conditioning::new(flux, text, references, 10, 8, 2.5, sampler.step_sigmas(), device).unwrap();
+        let denoiser = KontextDenoiser { flux, conditioning: &conditioning, streamed: None };
         (0..4)
             .map(|_| {
                 sampler.step(&denoiser).unwrap();

@@ -277,6 +277,38 @@ impl DoubleStreamBlock {
         })
     }
 
+    /// Its linear layers with their checkpoint keys under the block.
+    fn layers(&self) -> [(&'static str, &Projection); 10] {
+        [
+            ("img_mod.lin", &self.img_mod.lin),
+            ("img_attn.qkv", &self.img_attn.qkv),
+            ("img_attn.proj", &self.img_attn.proj),
+            ("img_mlp.0", &self.img_mlp.layer_0),
+            ("img_mlp.2", &self.img_mlp.layer_2),
+            ("txt_mod.lin", &self.txt_mod.lin),
+            ("txt_attn.qkv", &self.txt_attn.qkv),
+            ("txt_attn.proj", &self.txt_attn.proj),
+            ("txt_mlp.0", &self.txt_mlp.layer_0),
+            ("txt_mlp.2", &self.txt_mlp.layer_2),
+        ]
+    }
+
+    /// [`DoubleStreamBlock::layers`], mutable.
+    fn layers_mut(&mut self) -> [(&'static str, &mut Projection); 10] {
+        [
+            ("img_mod.lin", &mut self.img_mod.lin),
+            ("img_attn.qkv", &mut self.img_attn.qkv),
+            ("img_attn.proj", &mut self.img_attn.proj),
+            ("img_mlp.0", &mut self.img_mlp.layer_0),
+            ("img_mlp.2", &mut self.img_mlp.layer_2),
+            ("txt_mod.lin", &mut self.txt_mod.lin),
+            ("txt_attn.qkv", &mut self.txt_attn.qkv),
+            ("txt_attn.proj", &mut self.txt_attn.proj),
+            ("txt_mlp.0", &mut self.txt_mlp.layer_0),
+            ("txt_mlp.2", &mut self.txt_mlp.layer_2),
+        ]
+    }
+
     /// This block's modulation values for the conditioning vector `vec` (`[b, hidden]`).
     pub fn modulations(&self, vec: Tensor<2>) -> DoubleModulation {
         let [img_attn, img_mlp]: [ModulationOut; 2] = self.img_mod.forward(vec.clone()).try_into().expect("6 chunks");
@@ -337,6 +369,16 @@ impl SingleStreamBlock {
         })
     }
 
+    /// Its linear layers with their checkpoint keys under the block.
+    fn layers(&self) -> [(&'static str, &Projection); 3] {
+        [("linear1", &self.linear1), ("linear2", &self.linear2), ("modulation.lin", &self.modulation.lin)]
+    }
+
+    /// [`SingleStreamBlock::layers`], mutable.
+    fn layers_mut(&mut self) -> [(&'static str, &mut Projection); 3] {
+        [("linear1", &mut self.linear1), ("linear2", &mut self.linear2), ("modulation.lin", &mut self.modulation.lin)]
+    }
+
     /// This block's modulation values for `vec` (`[b, hidden]`).
     pub fn modulations(&self, vec: Tensor<2>) -> ModulationOut {
         self.modulation.forward(vec).remove(0)
@@ -391,6 +433,39 @@ pub struct Modulations {
     pub final_scale: Tensor<3>,
 }
 
+/// A set of the DiT's linear layers, by checkpoint key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layers {
+    /// Every linear layer.
+    All,
+    /// The modulation layers: the timestep, guidance and pooled-text embedders, every block's `*_mod.lin` /
+    /// `modulation.lin` and the final `adaLN_modulation`.
+    Modulation,
+    /// Every layer but the modulation layers: what denoising uses once the modulations are computed.
+    Core,
+    /// The blocks' other linear layers (attention, MLP, `linear1`/`linear2`): what streams block by block.
+    Blocks,
+    /// [`Layers::Core`] outside the blocks (`img_in`, `txt_in`, `final_layer.linear`): what stays while blocks
+    /// stream.
+    Unstreamed,
+}
+
+impl Layers {
+    /// Whether the layer with checkpoint key `name` belongs to the set.
+    pub fn contains(self, name: &str) -> bool {
+        let modulation = ["time_in.", "vector_in.", "guidance_in."].iter().any(|p| name.starts_with(p))
+            || ["_mod.lin", "modulation.lin", "adaLN_modulation.1"].iter().any(|s| name.ends_with(s));
+        let block = name.starts_with("double_blocks.") || name.starts_with("single_blocks.");
+        match self {
+            Self::All => true,
+            Self::Modulation => modulation,
+            Self::Core => !modulation,
+            Self::Blocks => !modulation && block,
+            Self::Unstreamed => !modulation && !block,
+        }
+    }
+}
+
 /// The Flux transformer; field names are BFL's checkpoint keys.
 #[derive(Module, Debug)]
 pub struct Flux {
@@ -418,8 +493,20 @@ pub struct Flux {
 impl Flux {
     /// Builds the model from BFL-named `weights`, checking every tensor's shape against `config`.
     pub fn load(config: &FluxConfig, weights: &dyn Weights, device: &Device) -> Result<Self> {
+        Self::load_deferring(config, weights, None, device)
+    }
+
+    /// [`Flux::load`] leaving the linear layers of `deferred` on the host (their shapes checked) until
+    /// [`Flux::reload`] or a streamed forward ([`Flux::forward_streaming`]) uploads them.
+    pub fn load_deferring(
+        config: &FluxConfig,
+        weights: &dyn Weights,
+        deferred: Option<Layers>,
+        device: &Device,
+    ) -> Result<Self> {
         validate(config)?;
-        let vb = Scope::new(weights, device);
+        let defer = |name: &str| deferred.is_some_and(|layers| layers.contains(name));
+        let vb = Scope::deferring(weights, device, &defer);
         let hidden = config.hidden_size;
         for (kind, depth, probe) in [
             ("double_blocks", config.depth, "img_mod.lin.weight"),
@@ -460,109 +547,116 @@ impl Flux {
         })
     }
 
+    /// Every linear layer with its checkpoint key (`double_blocks.0.img_attn.qkv`), in checkpoint order.
+    pub fn named_projections(&self) -> Vec<(String, &Projection)> {
+        let mut all = vec![("img_in".to_string(), &self.img_in), ("txt_in".to_string(), &self.txt_in)];
+        let embedders = [
+            ("time_in", Some(&self.time_in)),
+            ("vector_in", Some(&self.vector_in)),
+            ("guidance_in", self.guidance_in.as_ref()),
+        ];
+        for (name, embedder) in embedders {
+            if let Some(embedder) = embedder {
+                all.extend([
+                    (format!("{name}.in_layer"), &embedder.in_layer),
+                    (format!("{name}.out_layer"), &embedder.out_layer),
+                ]);
+            }
+        }
+        for (i, block) in self.double_blocks.iter().enumerate() {
+            all.extend(block.layers().map(|(name, p)| (format!("double_blocks.{i}.{name}"), p)));
+        }
+        for (i, block) in self.single_blocks.iter().enumerate() {
+            all.extend(block.layers().map(|(name, p)| (format!("single_blocks.{i}.{name}"), p)));
+        }
+        all.push(("final_layer.linear".to_string(), &self.final_layer.linear));
+        all.push(("final_layer.adaLN_modulation.1".to_string(), &self.final_layer.ada_ln_modulation));
+        all
+    }
+
+    /// [`Flux::named_projections`], mutable.
+    fn named_projections_mut(&mut self) -> Vec<(String, &mut Projection)> {
+        let mut all = vec![("img_in".to_string(), &mut self.img_in), ("txt_in".to_string(), &mut self.txt_in)];
+        let embedders = [
+            ("time_in", Some(&mut self.time_in)),
+            ("vector_in", Some(&mut self.vector_in)),
+            ("guidance_in", self.guidance_in.as_mut()),
+        ];
+        for (name, embedder) in embedders {
+            if let Some(embedder) = embedder {
+                all.push((format!("{name}.in_layer"), &mut embedder.in_layer));
+                all.push((format!("{name}.out_layer"), &mut embedder.out_layer));
+            }
+        }
+        for (i, block) in self.double_blocks.iter_mut().enumerate() {
+            all.extend(block.layers_mut().map(|(name, p)| (format!("double_blocks.{i}.{name}"), p)));
+        }
+        for (i, block) in self.single_blocks.iter_mut().enumerate() {
+            all.extend(block.layers_mut().map(|(name, p)| (format!("single_blocks.{i}.{name}"), p)));
+        }
+        all.push(("final_layer.linear".to_string(), &mut self.final_layer.linear));
+        all.push(("final_layer.adaLN_modulation.1".to_string(), &mut self.final_layer.ada_ln_modulation));
+        all
+    }
+
     /// Every linear layer, in checkpoint order.
     pub fn projections(&self) -> Vec<&Projection> {
-        let mut all = vec![&self.img_in, &self.txt_in];
-        for embedder in [Some(&self.time_in), Some(&self.vector_in), self.guidance_in.as_ref()].into_iter().flatten() {
-            all.extend([&embedder.in_layer, &embedder.out_layer]);
-        }
-        for block in &self.double_blocks {
-            for (modulation, attn, mlp) in
-                [(&block.img_mod, &block.img_attn, &block.img_mlp), (&block.txt_mod, &block.txt_attn, &block.txt_mlp)]
-            {
-                all.extend([&modulation.lin, &attn.qkv, &attn.proj, &mlp.layer_0, &mlp.layer_2]);
-            }
-        }
-        for block in &self.single_blocks {
-            all.extend([&block.linear1, &block.linear2, &block.modulation.lin]);
-        }
-        all.extend([&self.final_layer.linear, &self.final_layer.ada_ln_modulation]);
-        all
+        self.named_projections().into_iter().map(|(_, p)| p).collect()
     }
 
-    /// The checkpoint name of every linear layer (`double_blocks.0.img_attn.qkv`), in the order of
-    /// [`Flux::projections`].
+    /// The checkpoint key of every linear layer, in the order of [`Flux::projections`].
     pub fn projection_names(&self) -> Vec<String> {
-        let mut names = vec!["img_in".to_string(), "txt_in".to_string()];
-        let embedders = ["time_in", "vector_in"].into_iter().chain(self.guidance_in.is_some().then_some("guidance_in"));
-        for embedder in embedders {
-            names.extend([format!("{embedder}.in_layer"), format!("{embedder}.out_layer")]);
-        }
-        for i in 0..self.double_blocks.len() {
-            for stream in ["img", "txt"] {
-                names.extend(
-                    ["mod.lin", "attn.qkv", "attn.proj", "mlp.0", "mlp.2"]
-                        .map(|layer| format!("double_blocks.{i}.{stream}_{layer}")),
-                );
-            }
-        }
-        for i in 0..self.single_blocks.len() {
-            names.extend(["linear1", "linear2", "modulation.lin"].map(|layer| format!("single_blocks.{i}.{layer}")));
-        }
-        names.extend(["final_layer.linear".to_string(), "final_layer.adaLN_modulation.1".to_string()]);
-        names
-    }
-
-    /// [`Flux::projections`], mutable.
-    fn projections_mut(&mut self) -> Vec<&mut Projection> {
-        let mut all = vec![&mut self.img_in, &mut self.txt_in];
-        for embedder in
-            [Some(&mut self.time_in), Some(&mut self.vector_in), self.guidance_in.as_mut()].into_iter().flatten()
-        {
-            all.extend([&mut embedder.in_layer, &mut embedder.out_layer]);
-        }
-        for block in &mut self.double_blocks {
-            all.extend([
-                &mut block.img_mod.lin,
-                &mut block.img_attn.qkv,
-                &mut block.img_attn.proj,
-                &mut block.img_mlp.layer_0,
-                &mut block.img_mlp.layer_2,
-                &mut block.txt_mod.lin,
-                &mut block.txt_attn.qkv,
-                &mut block.txt_attn.proj,
-                &mut block.txt_mlp.layer_0,
-                &mut block.txt_mlp.layer_2,
-            ]);
-        }
-        for block in &mut self.single_blocks {
-            all.extend([&mut block.linear1, &mut block.linear2, &mut block.modulation.lin]);
-        }
-        all.extend([&mut self.final_layer.linear, &mut self.final_layer.ada_ln_modulation]);
-        all
+        self.named_projections().into_iter().map(|(name, _)| name).collect()
     }
 
     /// Whether a linear layer only computes modulations (timestep/guidance/text embedders, the blocks'
-    /// `*_mod.lin` / `modulation.lin` and the final `adaLN_modulation`): 3.2 B of Kontext dev's 11.9 B parameters,
+    /// `*_mod.lin` / `modulation.lin` and the final `adaLN_modulation`): 3.3 B of Kontext dev's 11.9 B parameters,
     /// needed only to compute [`Modulations`], which depend on the step and the prompt, never on the tokens.
     pub fn is_modulation_layer(name: &str) -> bool {
-        ["time_in.", "vector_in.", "guidance_in."].iter().any(|p| name.starts_with(p))
-            || ["_mod.lin", "modulation.lin", "adaLN_modulation.1"].iter().any(|s| name.ends_with(s))
+        Layers::Modulation.contains(name)
+    }
+
+    /// Frees the weights of `layers` from the device (adapters stay); returns whether any was there.
+    pub fn release(&mut self, layers: Layers) -> bool {
+        let mut freed = false;
+        for (name, projection) in self.named_projections_mut() {
+            if layers.contains(&name) && !projection.is_released() {
+                projection.release();
+                freed = true;
+            }
+        }
+        freed
+    }
+
+    /// Whether some layer of `layers` is not on the device.
+    pub fn is_released(&self, layers: Layers) -> bool {
+        self.named_projections().iter().any(|(name, p)| layers.contains(name) && p.is_released())
+    }
+
+    /// Loads every released layer of `layers` again from the weights the model was built from.
+    pub fn reload(&mut self, layers: Layers, weights: &dyn Weights, device: &Device) -> Result<()> {
+        for (name, projection) in self.named_projections_mut() {
+            if layers.contains(&name) && projection.is_released() {
+                projection.reload(weights, &name, device)?;
+            }
+        }
+        Ok(())
     }
 
     /// Frees the modulation layers' weights from the device (after every step's [`Modulations`] have been
     /// computed); [`Flux::reload_modulation_weights`] brings them back.
     pub fn release_modulation_weights(&mut self) {
-        for (name, projection) in self.projection_names().iter().zip(self.projections_mut()) {
-            if Self::is_modulation_layer(name) {
-                projection.release();
-            }
-        }
+        self.release(Layers::Modulation);
     }
 
     /// Whether [`Flux::release_modulation_weights`] freed them.
     pub fn modulation_weights_released(&self) -> bool {
-        self.projections().iter().any(|p| p.is_released())
+        self.is_released(Layers::Modulation)
     }
 
     /// Loads released modulation layers again from the weights the model was built from.
     pub fn reload_modulation_weights(&mut self, weights: &dyn Weights, device: &Device) -> Result<()> {
-        for (name, projection) in self.projection_names().iter().zip(self.projections_mut()) {
-            if projection.is_released() {
-                projection.reload(weights, name, true, device)?;
-            }
-        }
-        Ok(())
+        self.reload(Layers::Modulation, weights, device)
     }
 
     /// Replaces the active LoRA adapters by `adapters`, each with its strength (1.0: as trained). The base
@@ -584,11 +678,11 @@ impl Flux {
                 }
             }
         }
-        for (name, projection) in names.iter().zip(self.projections_mut()) {
+        for (name, projection) in self.named_projections_mut() {
             projection.adapters = adapters
                 .iter()
                 .filter(|(_, strength)| *strength != 0.0)
-                .filter_map(|(adapter, strength)| Some((adapter.layers.get(name)?, *strength)))
+                .filter_map(|(adapter, strength)| Some((adapter.layers.get(&name)?, *strength)))
                 .map(|(update, strength)| LowRank::new(update, strength, device))
                 .collect();
         }
@@ -696,6 +790,21 @@ impl Flux {
         txt_ids: Tensor<2>,
         modulations: &Modulations,
     ) -> Result<Tensor<3>> {
+        self.forward_streaming(img, img_ids, txt, txt_ids, modulations, None)
+    }
+
+    /// [`Flux::forward_modulated`] for a model whose blocks may be released ([`Layers::Blocks`]): each such block
+    /// is uploaded from `weights` just before it runs and freed after, so that one block's weights are on the
+    /// device at a time.
+    pub fn forward_streaming(
+        &self,
+        img: Tensor<3>,
+        img_ids: Tensor<2>,
+        txt: Tensor<3>,
+        txt_ids: Tensor<2>,
+        modulations: &Modulations,
+        weights: Option<&dyn Weights>,
+    ) -> Result<Tensor<3>> {
         let config = &self.config;
         let [b, n_img, _] = img.dims();
         let n_txt = txt.dims()[1];
@@ -713,11 +822,44 @@ impl Flux {
         let rope = Rope::new(Tensor::cat(vec![txt_ids, img_ids], 0), &config.axes_dim, config.theta)?;
         let mut img = self.img_in.forward(img);
         let mut txt = self.txt_in.forward(txt);
-        for (block, m) in self.double_blocks.iter().zip(&modulations.double) {
+        let device = img.device();
+        let stream = |prefix: &str, layers: Vec<(&'static str, &mut Projection)>| -> Result<()> {
+            for (name, projection) in layers {
+                let key = format!("{prefix}.{name}");
+                if projection.is_released() && Layers::Blocks.contains(&key) {
+                    let weights = weights.ok_or_else(|| {
+                        Error::Invalid(format!("`{key}` is not on the device and no weights were given to stream it"))
+                    })?;
+                    projection.reload(weights, &key, &device)?;
+                }
+            }
+            Ok(())
+        };
+        for (i, (block, m)) in self.double_blocks.iter().zip(&modulations.double).enumerate() {
+            let streamed;
+            let block = match block.layers().iter().any(|(_, p)| p.is_released()) {
+                false => block,
+                true => {
+                    let mut copy = block.clone();
+                    stream(&format!("double_blocks.{i}"), copy.layers_mut().into())?;
+                    streamed = copy;
+                    &streamed
+                }
+            };
             (img, txt) = block.forward(img, txt, m, &rope);
         }
         let mut x = Tensor::cat(vec![txt, img], 1); // [b, n_txt + n_img, hidden]
-        for (block, m) in self.single_blocks.iter().zip(&modulations.single) {
+        for (i, (block, m)) in self.single_blocks.iter().zip(&modulations.single).enumerate() {
+            let streamed;
+            let block = match block.layers().iter().any(|(_, p)| p.is_released()) {
+                false => block,
+                true => {
+                    let mut copy = block.clone();
+                    stream(&format!("single_blocks.{i}"), copy.layers_mut().into())?;
+                    streamed = copy;
+                    &streamed
+                }
+            };
             x = block.forward(x, m, &rope);
         }
         let img = x.narrow(1, n_txt, n_img);
