@@ -20,13 +20,23 @@ FUZZ_FLAGS = --fuzz-dir tests/fuzz --sanitizer none --target-dir $(FUZZ_TARGET_D
 LIBFUZZER_FLAGS = -rss_limit_mb=4096 -malloc_limit_mb=4096 -timeout=20
 FUZZ_SECONDS ?= 600
 SMOKE_SECONDS ?= 10
+# Real-width test packs (issue 14): made by tests/fixtures/generator/ with diffusers in a venv, both cached
+# outside the clone and made again only when the generator, its config or CLIP-L's merges change.
+VENV := $(HOME)/.cache/kontext-web/venv
+PYTHON_PACKAGES := torch==2.15.0 diffusers==0.42.1 transformers==5.24.0 safetensors==0.8.0 tokenizers==0.23.3 \
+  sentencepiece==0.2.3 gguf==0.19.0 numpy==2.4.6 pillow==13.0.0 protobuf==7.36.2
+export KONTEXT_REAL_WIDTH ?= $(HOME)/.cache/kontext-web/packs/real_width
+REAL_WIDTH_INPUTS := tests/fixtures/generator/make_fixtures.py tests/fixtures/generator/real_width.json \
+  src/pipeline/clip_l_merges.txt
+REAL_WIDTH_STAMP = $(KONTEXT_REAL_WIDTH)/.made-$(shell cat $(REAL_WIDTH_INPUTS) | sha256sum | cut -c1-16)
 
-.PHONY: help tools web serve dist check test test-native test-wasm test-e2e test-fuzz fuzz fuzz-minimize fmt bench-gpu
+.PHONY: help tools web serve dist check test test-native test-wasm test-e2e test-fuzz fuzz fuzz-minimize fmt bench-gpu packs
 
 help:
 	@echo "make serve   install what is missing, build the app, serve it on http://$(HOST):$(PORT)"
 	@echo "make check   formatting, clippy (native and wasm32, warnings are errors) and the layering test"
 	@echo "make test    make check, then every test: native (CPU + wgpu on lavapipe), wasm in headless Chromium, end-to-end, fuzz smoke"
+	@echo "make packs   the real-width test packs (diffusers in a venv; cached in ~/.cache/kontext-web/packs)"
 	@echo "make dist    the shipped build (fat LTO, wasm-opt -Oz) in dist/"
 	@echo "make fuzz    every fuzz target for FUZZ_SECONDS (600) each, growing then minimizing tests/fuzz/corpus/"
 	@echo "make fuzz-minimize   each corpus cut to its named seeds and findings plus a set cover of the rest"
@@ -55,8 +65,23 @@ check: tools
 	cargo clippy --locked --all-targets --target wasm32-unknown-unknown -- -D warnings
 	cargo test --locked --test layering
 
+$(VENV)/.installed-$(shell echo $(PYTHON_PACKAGES) | sha256sum | cut -c1-16):
+	python3 -m venv $(VENV)
+	nice -n 10 $(VENV)/bin/pip install -q $(PYTHON_PACKAGES)
+	touch $@
+
+# The real-width packs: a Kontext at real widths and one block of each kind, in every file format users have,
+# with diffusers' goldens (tests/fixtures/generator/README.md). Several GB, a few minutes on 2 cores.
+packs: $(VENV)/.installed-$(shell echo $(PYTHON_PACKAGES) | sha256sum | cut -c1-16)
+	@if [ ! -e $(REAL_WIDTH_STAMP) ]; then \
+	  rm -rf $(KONTEXT_REAL_WIDTH) && mkdir -p $(KONTEXT_REAL_WIDTH) && \
+	  nice -n 10 $(VENV)/bin/python tests/fixtures/generator/make_fixtures.py \
+	    --config tests/fixtures/generator/real_width.json --out $(KONTEXT_REAL_WIDTH) > $(KONTEXT_REAL_WIDTH)/checks.json && \
+	  touch $(REAL_WIDTH_STAMP); \
+	fi
+
 # With WebGPU's default 128 MiB storage binding as the limit, whatever the adapter grants (src/device/mod.rs).
-test-native:
+test-native: packs
 	@mkdir -p $(XDG_RUNTIME_DIR)
 	KONTEXT_MAX_BUFFER_BYTES=134217728 cargo test --locked
 

@@ -21,6 +21,26 @@ pub enum Error {
         /// Where a diffusers folder keeps it.
         folder_path: String,
     },
+    /// An edit whose memory plan exceeds the GPU memory budget, refused before anything is uploaded.
+    #[error(
+        "a {}×{} edit needs {} of GPU memory ({phase}; {residency}), more than the budget of {}; {}",
+        output.0, output.1, binary_size(*needed), binary_size(*budget),
+        match advice.is_empty() { true => "nothing smaller fits either".to_string(), false => format!("what would fit: {}", advice.join("; ")) }
+    )]
+    OverBudget {
+        /// Output width and height.
+        output: (usize, usize),
+        /// The plan's peak.
+        needed: u64,
+        /// The budget.
+        budget: u64,
+        /// The phase with that peak.
+        phase: String,
+        /// What the plan keeps on the device.
+        residency: String,
+        /// Each change that alone would fit.
+        advice: Vec<String>,
+    },
     /// Reading a tensor back from the device failed.
     #[error("reading back from the device failed: {0}")]
     Readback(String),
@@ -31,6 +51,14 @@ impl Error {
     /// the GPU state cannot be trusted any more and the device must be opened again.
     pub fn is_device_failure(&self) -> bool {
         matches!(self, Self::Readback(_))
+    }
+}
+
+/// Bytes in MiB or GiB with two decimals.
+pub fn binary_size(bytes: u64) -> String {
+    match bytes >= 1 << 30 {
+        true => format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64),
+        false => format!("{:.2} MiB", bytes as f64 / (1u64 << 20) as f64),
     }
 }
 

@@ -258,6 +258,12 @@ fn edit_with_two_references_matches_the_multireference_golden() {
 
 /// `kontext forward` of golden call 0 with `transformer` (the folder gives the RoPE axes) against `golden[key]`.
 fn check_forward(fixture: &str, model: &str, transformer: &str, golden: &str, key: &str) {
+    let out = forward_output(fixture, model, transformer);
+    assert_close(out, read(format!("{fixture}/{golden}"), key), 1e-4, transformer);
+}
+
+/// `kontext forward` on the CPU of golden call 0 with `{fixture}/bfl_gguf/{transformer}`: the output.
+fn forward_output(fixture: &str, model: &str, transformer: &str) -> (Vec<usize>, Vec<f32>) {
     let tmp = TempDir::new("forward");
     write_forward_inputs(&tmp.path("inputs.safetensors"), &format!("{fixture}/golden/golden_run.safetensors"));
     let (inputs, out) = (tmp.arg("inputs.safetensors"), tmp.arg("out.safetensors"));
@@ -275,12 +281,186 @@ fn check_forward(fixture: &str, model: &str, transformer: &str, golden: &str, ke
         "--backend",
         "cpu",
     ]);
-    assert_close(
-        read(tmp.path("out.safetensors"), "out"),
-        read(format!("{fixture}/{golden}"), key),
-        1e-4,
-        &transformer,
+    read(tmp.path("out.safetensors"), "out")
+}
+
+/// The largest `|got − want|` over the largest `|want|`.
+fn relative_error(got: &(Vec<usize>, Vec<f32>), want: &(Vec<usize>, Vec<f32>)) -> f32 {
+    assert_eq!(got.0, want.0, "shape");
+    assert!(got.1.iter().all(|v| v.is_finite()), "not finite");
+    let worst = got.1.iter().zip(&want.1).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    worst / want.1.iter().map(|v| v.abs()).fold(0.0f32, f32::max)
+}
+
+/// The real-width pack (`make packs`): FLUX.1 Kontext at its real widths with one block of each kind, T5 at
+/// d_model 4096 with one layer, CLIP-L with one layer and the real VAE, in every format users hold, with
+/// diffusers' goldens. Made outside the clone; `make test` makes it first.
+fn real_width() -> String {
+    let dir = std::env::var("KONTEXT_REAL_WIDTH").unwrap_or_else(|_| {
+        format!("{}/.cache/kontext-web/packs/real_width", std::env::var("HOME").unwrap_or_default())
+    });
+    assert!(
+        Path::new(&dir).join("golden/golden_run.safetensors").exists(),
+        "no real-width pack in {dir}: run `make packs`"
     );
+    dir
+}
+
+/// Each real-width transformer file against diffusers on its own dequantized weights (the step-0 call), within
+/// 1e-4 of the output's range; each also differs from the next type's golden by more (the negative control).
+#[test]
+fn real_width_transformers_in_every_format_match_their_goldens() {
+    let pack = real_width();
+    let model = format!("{pack}/FLUX.1-Kontext-dev-tiny");
+    let golden = |key: &str| read(format!("{pack}/bfl_gguf/golden_gguf_step0.safetensors"), key);
+    let files = [
+        ("transformer_bfl.safetensors", "f32"),
+        ("transformer_bfl-F16.gguf", "F16"),
+        ("transformer_bfl-Q8_0.gguf", "Q8_0"),
+        ("transformer_bfl-Q4_K.gguf", "Q4_K"),
+        ("transformer_bfl-Q4_0.gguf", "Q4_0"),
+    ];
+    for (i, (file, key)) in files.iter().enumerate() {
+        let out = forward_output(&pack, &model, file);
+        let error = relative_error(&out, &golden(key));
+        eprintln!("{file}: relative error {error:.2e}");
+        assert!(error <= 1e-4, "{file}: relative error {error:e}");
+        let (_, other) = files[(i + 1) % files.len()];
+        let control = relative_error(&out, &golden(other));
+        assert!(control > 10.0 * error.max(1e-5), "{file} against the {other} golden: {control:e}");
+    }
+}
+
+/// The ComfyUI file set at real width — a transformer GGUF, a T5 GGUF, `clip_l.safetensors` and `ae.safetensors`,
+/// no folder — on wgpu under a GPU budget smaller than the DiT and T5 together: `kontext plan` fits it by
+/// phases, the allocator's measured peak stays within it, and the edit lands where diffusers' does up to the
+/// Q8_0 weights' error, while another noise does not (the negative control).
+#[test]
+fn the_comfyui_file_set_edits_at_real_width_under_a_budget_smaller_than_dit_and_t5() {
+    let pack = real_width();
+    let files = [
+        ("--transformer", "transformer_bfl-Q8_0.gguf"),
+        ("--t5", "t5_encoder-Q8_0.gguf"),
+        ("--clip", "clip_l.safetensors"),
+        ("--vae", "ae.safetensors"),
+    ]
+    .map(|(flag, file)| (flag, format!("{pack}/bfl_gguf/{file}")));
+    let with_files = |mut args: Vec<String>| {
+        for (flag, file) in &files {
+            args.extend([flag.to_string(), file.clone()]);
+        }
+        args
+    };
+    let size = ["--width", "64", "--height", "64", "--no-resize", "--backend", "wgpu"].map(String::from).to_vec();
+    let plan = |budget: u64| -> serde_json::Value {
+        let mut args = ["plan", "--json", "--reference", "64x48"].map(String::from).to_vec();
+        args.extend(["--gpu-memory".to_string(), budget.to_string()]);
+        let mut args = with_files(args);
+        args.extend(size.clone());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        serde_json::from_slice(&run_ok(&args).stdout).unwrap()
+    };
+    // Everything resident, to read the parts' sizes.
+    let roomy = plan(1 << 40);
+    let part = |name: &str| -> u64 {
+        let parts = roomy["plan"]["resident"].as_array().unwrap();
+        parts.iter().filter(|p| p["name"] == name).map(|p| p["bytes"].as_u64().unwrap()).sum()
+    };
+    let (dit, t5) = (part("transformer") + part("modulation layers"), part("t5"));
+    assert!(dit > 500 << 20 && t5 > 150 << 20, "{roomy}");
+    let budget = dit + t5 - (16 << 20);
+    let tight = plan(budget);
+    assert_eq!(tight["fits"], true, "{tight}");
+    assert_eq!(tight["plan"]["residency"]["keep_dit"], false, "{tight}");
+
+    let golden = format!("{pack}/golden/golden_run.safetensors");
+    let tmp = TempDir::new("comfyui");
+    write_noise(&tmp.path("noise.safetensors"), &golden, "latents_init_packed");
+    let (out, dump, stats) = (tmp.arg("out.png"), tmp.arg("dump.safetensors"), tmp.arg("stats.json"));
+    let reference = format!("{pack}/golden/reference_input.png");
+    let edit = |noise: String| {
+        let mut args = with_files(
+            ["edit", "--prompt", TINY_PROMPT, "--image", &reference, "--steps", "1", "--guidance", "2.5"]
+                .map(String::from)
+                .to_vec(),
+        );
+        args.extend(["--noise".into(), noise, "--gpu-memory".into(), budget.to_string()]);
+        args.extend(["--out", &out, "--dump", &dump, "--stats", &stats].map(String::from));
+        args.extend(size.clone());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let stdout = String::from_utf8(run_ok(&args).stdout).unwrap();
+        // Uploads are reported in bytes per part, phase by phase (not a terminal: a line per quarter).
+        for part in ["t5", "clip", "vae", "transformer"] {
+            assert!(stdout.contains(&format!("uploading {part}: ")), "{part}: {stdout}");
+        }
+        assert!(stdout.contains("(100%, ETA 0 s)"), "{stdout}");
+        read(&dump, "latents")
+    };
+    let want = read(&golden, "latents_after_step_0");
+    let error = relative_error(&edit(tmp.arg("noise.safetensors")), &want);
+    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path("stats.json")).unwrap()).unwrap();
+    eprintln!("ComfyUI set under {budget} bytes: relative error {error:.2e}; {stats}");
+    let peak = stats["peak_device_bytes"].as_u64().unwrap();
+    assert!(peak <= budget && stats["planned_peak_bytes"].as_u64().unwrap() <= budget, "{stats}");
+    assert!(error <= 2e-2, "relative error {error:e}");
+    let (shape, values) = read(&golden, "latents_init_packed");
+    write(&tmp.path("other.safetensors"), &[("noise", shape, values.iter().map(|v| -v).collect())]);
+    let control = relative_error(&edit(tmp.arg("other.safetensors")), &want);
+    assert!(control > 5.0 * error, "another noise gives {control:e}");
+}
+
+/// A real-width edit from the sharded diffusers folder (index files, as real repositories are) on the CPU
+/// against diffusers' one-step run; another noise is the negative control.
+#[test]
+fn a_real_width_edit_from_the_sharded_folder_matches_the_golden() {
+    let pack = real_width();
+    let golden = format!("{pack}/golden/golden_run.safetensors");
+    assert!(
+        Path::new(&pack)
+            .join("FLUX.1-Kontext-dev-tiny/transformer/diffusion_pytorch_model.safetensors.index.json")
+            .exists()
+    );
+    let tmp = TempDir::new("real-width");
+    write_noise(&tmp.path("noise.safetensors"), &golden, "latents_init_packed");
+    let (noise, out, dump) = (tmp.arg("noise.safetensors"), tmp.arg("out.png"), tmp.arg("dump.safetensors"));
+    let (model, reference) = (format!("{pack}/FLUX.1-Kontext-dev-tiny"), format!("{pack}/golden/reference_input.png"));
+    let edit = |noise: &str| {
+        run_ok(&[
+            "edit",
+            "--model",
+            &model,
+            "--prompt",
+            TINY_PROMPT,
+            "--image",
+            &reference,
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--no-resize",
+            "--steps",
+            "1",
+            "--guidance",
+            "2.5",
+            "--noise",
+            noise,
+            "--backend",
+            "cpu",
+            "--out",
+            &out,
+            "--dump",
+            &dump,
+        ]);
+        read(&dump, "latents")
+    };
+    let want = read(&golden, "latents_after_step_0");
+    let error = relative_error(&edit(&noise), &want);
+    eprintln!("real-width edit: relative error {error:.2e}");
+    assert!(error <= 1e-4, "relative error {error:e}");
+    let (shape, values) = read(&golden, "latents_init_packed");
+    write(&tmp.path("other.safetensors"), &[("noise", shape, values.iter().map(|v| -v).collect())]);
+    let control = relative_error(&edit(&tmp.arg("other.safetensors")), &want);
+    assert!(control > 1e-2, "another noise gives {control:e}");
 }
 
 #[test]

@@ -155,9 +155,17 @@ impl Embed {
     fn load(&self, reply: Reply, data: &JsValue) {
         let page = web_sys::window().and_then(|w| w.location().href().ok()).unwrap_or_default();
         let source = js::get(data, "source").unwrap_or(JsValue::UNDEFINED);
+        let budget =
+            crate::web::embed_api::gpu_memory(js::get(data, "gpuMemory").map(|v| v.as_f64().unwrap_or(f64::NAN)));
         let request = serde_wasm_bindgen::from_value::<LoadSource>(source)
             .map_err(|e| format!("kontext:load: bad source: {e}"))
-            .and_then(|source| source.to_request(&page));
+            .and_then(|source| source.to_request(&page))
+            .and_then(|request| match (request, budget?) {
+                (ToWorker::LoadModel { base, files, parts, .. }, gpu_memory) => {
+                    Ok(ToWorker::LoadModel { base, files, parts, gpu_memory })
+                }
+                (other, _) => Ok(other),
+            });
         let request = match request {
             Ok(request) => request,
             Err(message) => return reply.error(&message),

@@ -570,7 +570,7 @@ impl StoreController {
                 return;
             }
             state.model.set(ModelState::Loading { phase: "reading".into(), done: 0, total: footprint.file_bytes });
-            if let Err(e) = send(&ToWorker::LoadStored { id }) {
+            if let Err(e) = send(&ToWorker::LoadStored { id, gpu_memory: None }) {
                 state.model.set(ModelState::Failed(e));
             }
         });

@@ -41,7 +41,8 @@ pub struct Sizes {
     pub step_image_tokens: usize,
     /// Text tokens of the DiT step.
     pub step_text_tokens: usize,
-    /// Weights of the DiT step, one row each: `F32`, `Q8_0`, `Q4_0`.
+    /// Weights of the DiT step, one row each: `F32`, `Q8_0`, `Q4_0`; `-streamed` after one (`Q4_0-streamed`)
+    /// keeps only the layers outside the blocks on the device and uploads each block as the step reaches it.
     pub step_weights: Vec<String>,
     /// Largest score matrix `[heads, L, L]` (bytes) for which the materialised reference attention is timed.
     pub reference_score_bytes_max: u64,
@@ -82,7 +83,7 @@ impl Sizes {
             step_config: FluxConfig::kontext_dev(),
             step_image_tokens: 8192,
             step_text_tokens: 512,
-            step_weights: vec!["Q4_0".into()],
+            step_weights: vec!["Q4_0".into(), "Q4_0-streamed".into()],
             reference_score_bytes_max: 8 << 30,
             repeats: 2,
         }
@@ -96,7 +97,7 @@ impl Sizes {
             matmul_kn: vec![],
             attention_l: vec![2560],
             step_image_tokens: 2048,
-            step_weights: vec!["Q4_0".into()],
+            step_weights: vec!["Q4_0".into(), "Q4_0-streamed".into()],
             repeats: 3,
             ..Self::gpu()
         }
@@ -170,7 +171,7 @@ impl Sizes {
 }
 
 fn all_step_weights() -> Vec<String> {
-    ["F32", "Q8_0", "Q4_0"].map(String::from).to_vec()
+    ["F32", "Q8_0", "Q4_0", "Q4_0-streamed"].map(String::from).to_vec()
 }
 
 /// A Flux of `hidden` width in `heads` heads with `depth` double and `single` single blocks and text tokens
@@ -264,10 +265,16 @@ pub struct AttentionRow {
 pub struct StepRow {
     /// `F32`, `Q8_0` or `Q4_0`.
     pub weights: String,
-    /// Linear layers kept in ggml blocks on the device.
+    /// Whether the blocks were uploaded as the step reached them ([`crate::model::flux::Flux::forward_streaming`]).
+    #[serde(default)]
+    pub streamed: bool,
+    /// Linear layers kept in ggml blocks on the device (when loaded whole).
     pub packed_linears: usize,
-    /// Bytes the weights occupy on the device.
+    /// Bytes the weights occupy on the device between steps.
     pub device_bytes: u64,
+    /// The device allocator's most reserved bytes over the load and the timed steps, on wgpu.
+    #[serde(default)]
+    pub peak_device_bytes: Option<u64>,
     /// Seconds per transformer call.
     pub seconds: f64,
     /// `seconds / seconds of F32` (1 when no F32 row came first): below 1, faster than f32.
@@ -449,7 +456,7 @@ mod native {
     use crate::kernels::attention::{HEAD_DIM_MAX, bench_attention};
     use crate::kernels::packs_on;
     use crate::kernels::quant_matmul::{PackedWeight, matmul_at, matmul_f16};
-    use crate::model::flux::Flux;
+    use crate::model::flux::{Flux, Layers};
 
     /// Waits for `t` (and everything queued before it) by reading back one value, cast to f32: timed with a
     /// one-value f16 readback instead, the f16 kernels measured impossible rates (10⁵ GFLOP/s) on lavapipe.
@@ -586,22 +593,41 @@ mod native {
 
         let mut rows: Vec<StepRow> = Vec::new();
         for weights in &sizes.step_weights {
-            let quantized = match weights.as_str() {
+            let (name, streamed) = match weights.strip_suffix("-streamed") {
+                Some(name) => (name, true),
+                None => (weights.as_str(), false),
+            };
+            let quantized = match name {
                 "F32" => None,
                 "Q8_0" => Some(GgmlType::Q8_0),
                 "Q4_0" => Some(GgmlType::Q4_0),
                 other => return Err(Error::Invalid(format!("step weights are F32, Q8_0 or Q4_0, not {other}"))),
             };
-            let flux = Flux::load(config, &RandomFlux::new(config, quantized)?, device)?;
+            crate::device::release_free_pages(device);
+            let mut meter = crate::device::MemoryMeter::default();
+            let random = RandomFlux::new(config, quantized)?;
+            let deferred = streamed.then_some(Layers::Blocks);
+            let flux = Flux::load_deferring(config, &random, deferred, device)?;
             let vec = flux.conditioning(timesteps.clone(), y.clone(), guidance.clone())?;
             let modulations = flux.modulations(vec)?;
+            meter.sample(device, "load");
+            let stream: Option<&dyn Weights> = if streamed { Some(&random) } else { None };
             let mut x = img.clone();
             let mut failure = None;
             let seconds = time(sizes.repeats, |_| {
-                match flux.forward_modulated(x.clone(), img_ids.clone(), txt.clone(), txt_ids.clone(), &modulations) {
+                let out = flux.forward_streaming(
+                    x.clone(),
+                    img_ids.clone(),
+                    txt.clone(),
+                    txt_ids.clone(),
+                    &modulations,
+                    stream,
+                );
+                match out {
                     Ok(out) => x = out,
                     Err(e) => failure = Some(e),
                 }
+                meter.sample(device, "step");
                 x.clone()
             });
             if let Some(e) = failure {
@@ -610,11 +636,15 @@ mod native {
             let f32_seconds = rows.first().filter(|r| r.weights == "F32").map_or(seconds, |r| r.seconds);
             rows.push(StepRow {
                 weights: quantized.map_or("F32".into(), |ty| ty.to_string()),
+                streamed,
                 packed_linears: flux.packed_linears(),
                 device_bytes: flux.device_bytes() as u64,
+                peak_device_bytes: meter.peak_bytes,
                 seconds,
                 ratio_to_f32: seconds / f32_seconds,
             });
+            drop(flux);
+            crate::device::release_free_pages(device);
         }
         Ok(rows)
     }

@@ -374,25 +374,22 @@ pub(crate) fn deferred_linear(
     Ok(Projection::new(vec![BaseWeight::Released(ReleasedWeight { d_in, d_out })], segments, bias))
 }
 
-/// The device bytes `weights` take once loaded on `device`, from their headers only: ggml blocks where
-/// [`keeps_blocks`] keeps them packed, f32 values otherwise; tensors whose name contains one of `host_only`
-/// (token tables a [`HostEmbedding`] keeps on the host) count nothing.
-pub fn planned_device_bytes(weights: &dyn Weights, device: &Device, host_only: &[&str]) -> u64 {
-    weights
-        .names()
-        .iter()
-        .filter(|name| !host_only.iter().any(|h| name.contains(h)))
-        .filter_map(|name| {
-            let shape = weights.shape(name)?;
-            let values = shape.iter().product::<usize>() as u64;
-            Some(match weights.stored_type(name) {
-                Some(ty) if keeps_blocks(ty, &shape, device) => {
-                    (values / ty.block_size() as u64 * ty.type_size() as u64).next_multiple_of(4)
-                }
-                _ => values * size_of::<f32>() as u64,
-            })
-        })
-        .sum()
+/// The device bytes of the tensors of `weights` that `include` accepts once loaded on `device`, from their
+/// headers only: ggml blocks where [`keeps_blocks`] keeps them packed, f32 values otherwise.
+pub fn planned_device_bytes(weights: &dyn Weights, device: &Device, include: impl Fn(&str) -> bool) -> u64 {
+    weights.names().iter().filter(|name| include(name)).map(|name| tensor_device_bytes(weights, name, device)).sum()
+}
+
+/// The device bytes of the tensor `name` once loaded on `device` (see [`planned_device_bytes`]); 0 when missing.
+pub fn tensor_device_bytes(weights: &dyn Weights, name: &str, device: &Device) -> u64 {
+    let Some(shape) = weights.shape(name) else { return 0 };
+    let values = shape.iter().product::<usize>() as u64;
+    match weights.stored_type(name) {
+        Some(ty) if keeps_blocks(ty, &shape, device) => {
+            (values / ty.block_size() as u64 * ty.type_size() as u64).next_multiple_of(4)
+        }
+        _ => values * size_of::<f32>() as u64,
+    }
 }
 
 /// An embedding table kept on the host in its stored form (f32, f16, bf16 or ggml blocks): only the rows of

@@ -10,7 +10,7 @@ use super::sampler::Sampler;
 use super::size::{self, Resize};
 use crate::device::read_f32;
 use crate::pipeline::loader::KontextModel;
-use crate::pipeline::plan::PlanPhase;
+use crate::pipeline::plan::{DeviceLimits, MemoryPlan, PlanInputs, PlanPhase, Residency};
 use crate::{Error, Result};
 
 /// What the user asks for.
@@ -49,6 +49,31 @@ impl EditRequest {
             .collect::<Result<_>>()?;
         Ok((output, references))
     }
+}
+
+/// Plans `request` on `model` within `limits`: under `residency` when given, else the most resident choice that
+/// fits `limits.budget`. An edit that cannot fit is refused ([`Error::OverBudget`]) before anything is
+/// uploaded, with what would fit.
+pub fn plan_edit(
+    model: &KontextModel,
+    request: &EditRequest,
+    limits: DeviceLimits,
+    residency: Option<Residency>,
+) -> Result<MemoryPlan> {
+    let (output, references) = request.sizes()?;
+    let inputs = PlanInputs { residency, ..model.plan_inputs(output, references, limits) };
+    let plan = MemoryPlan::new(&inputs)?;
+    if let (Some(budget), Some(false)) = (limits.budget, plan.fits_budget) {
+        return Err(Error::OverBudget {
+            output,
+            needed: plan.peak_bytes,
+            budget,
+            phase: plan.busiest_phase().map_or("the edit", |p| p.phase.label()).to_string(),
+            residency: plan.residency.describe(),
+            advice: MemoryPlan::what_would_fit(&PlanInputs { residency: None, ..inputs })?,
+        });
+    }
+    Ok(plan)
 }
 
 /// The stages of an edit, for progress reports.

@@ -4,17 +4,21 @@
 //! Files are reached through [`ModelFiles`] (a folder natively, stored chunks in the browser) and
 //! [`ByteSource`]s, so this module never touches `std::fs` and runs unchanged in the browser.
 
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
 use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::device::MemoryMeter;
 use crate::formats::weights::Weights;
 use crate::formats::{ByteSource, GgufFile, SafetensorsFile, ShardedSafetensors};
+use crate::kernels::quant_matmul::keeps_blocks;
 use crate::model::FluxConfig;
 use crate::model::clip::{CLIP_HEAD_DIM, ClipTextConfig, ClipTextTransformer};
 use crate::model::flux::remap::DiffusersAsBfl;
 use crate::model::flux::{Flux, Layers};
-use crate::model::layers::planned_device_bytes;
+use crate::model::layers::{planned_device_bytes, tensor_device_bytes};
 use crate::model::t5::{LlamaCppT5Names, T5Config, T5Encoder};
 use crate::model::vae::Vae;
 use crate::model::vae::config::VaeConfig;
@@ -129,6 +133,92 @@ impl<M> Reloadable<M> {
     }
 }
 
+/// Reports an upload of weights as it goes: the part, the bytes uploaded, the bytes of the whole upload.
+pub type UploadReport = Box<dyn FnMut(&str, u64, u64)>;
+
+/// The bytes of weights uploaded so far in the current upload of one part.
+#[derive(Default)]
+struct UploadMeter {
+    part: Cell<&'static str>,
+    done: Cell<u64>,
+    total: Cell<u64>,
+    report: RefCell<Option<UploadReport>>,
+}
+
+impl UploadMeter {
+    fn begin(&self, part: &'static str, total: u64) {
+        self.part.set(part);
+        self.done.set(0);
+        self.total.set(total);
+        self.tell();
+    }
+
+    fn add(&self, bytes: u64) {
+        self.done.set((self.done.get() + bytes).min(self.total.get()));
+        self.tell();
+    }
+
+    fn tell(&self) {
+        if let Some(report) = self.report.borrow_mut().as_mut() {
+            report(self.part.get(), self.done.get(), self.total.get());
+        }
+    }
+}
+
+/// A part's weights that count the device bytes of each tensor read for upload into an [`UploadMeter`]: ggml
+/// blocks the device keeps packed when read raw, the others when read as values.
+struct Metered {
+    inner: Box<dyn Weights>,
+    meter: Rc<UploadMeter>,
+    device: Device,
+}
+
+fn metered(weights: Box<dyn Weights>, meter: Option<&Rc<UploadMeter>>, device: &Device) -> Box<dyn Weights> {
+    match meter {
+        Some(meter) => Box::new(Metered { inner: weights, meter: meter.clone(), device: device.clone() }),
+        None => weights,
+    }
+}
+
+impl Metered {
+    fn packed(&self, name: &str) -> bool {
+        let shape = self.inner.shape(name).unwrap_or_default();
+        self.inner.stored_type(name).is_some_and(|ty| keeps_blocks(ty, &shape, &self.device))
+    }
+
+    fn count(&self, name: &str) {
+        if !is_host_table(name) {
+            self.meter.add(tensor_device_bytes(self.inner.as_ref(), name, &self.device));
+        }
+    }
+}
+
+impl Weights for Metered {
+    fn names(&self) -> Vec<String> {
+        self.inner.names()
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.inner.shape(name)
+    }
+    fn stored_type(&self, name: &str) -> Option<crate::formats::GgmlType> {
+        self.inner.stored_type(name)
+    }
+    fn read(&self, name: &str) -> Result<crate::formats::weights::HostTensor> {
+        let tensor = self.inner.read(name)?;
+        if !self.packed(name) {
+            self.count(name);
+        }
+        Ok(tensor)
+    }
+    fn raw_block(&self, name: &str) -> Option<Result<crate::formats::weights::RawBlock>> {
+        let raw = self.inner.raw_block(name);
+        if matches!(raw, Some(Ok(_))) && self.packed(name) {
+            self.count(name);
+        }
+        raw
+    }
+}
+
 /// Device bytes of each part of a model as loaded, from the file headers ([`planned_device_bytes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PartBytes {
@@ -171,6 +261,8 @@ pub struct KontextModel {
     pub residency: Residency,
     /// Device memory measured at every phase change and step.
     pub meter: MemoryMeter,
+    /// Counts the bytes of weights uploaded, for [`KontextModel::on_upload`].
+    uploads: Rc<UploadMeter>,
     /// Text conditioning of the last prompts, most recent last.
     text_cache: Vec<(String, TextConditioning)>,
 }
@@ -188,13 +280,16 @@ impl KontextModel {
     /// Resolves every part without uploading anything (the DiT's small norm scales aside); the residency is
     /// [`Residency::unbudgeted`] until the caller sets one from a [`crate::pipeline::plan::MemoryPlan`].
     pub fn open(files: &dyn ModelFiles, overrides: Overrides, device: &Device) -> Result<Self> {
+        let uploads = Rc::new(UploadMeter::default());
+        let meter = Some(&uploads);
         let (transformer_weights, flux_config) = transformer_weights(files, overrides.transformer)?;
-        let (t5, t5_config, t5_tokenizer, t5_bytes) = load_t5_deferred(files, overrides.t5, device)?;
-        let (clip, clip_tokenizer, clip_bytes) = load_clip_deferred(files, overrides.clip, device)?;
-        let (vae, vae_config, vae_bytes) = load_vae_deferred(files, overrides.vae, device)?;
+        let (t5, t5_config, t5_tokenizer, t5_bytes) = load_t5_deferred(files, overrides.t5, meter, device)?;
+        let (clip, clip_tokenizer, clip_bytes) = load_clip_deferred(files, overrides.clip, meter, device)?;
+        let (vae, vae_config, vae_bytes) = load_vae_deferred(files, overrides.vae, meter, device)?;
+        let transformer_weights = metered(transformer_weights, meter, device);
         let flux = Flux::load_deferring(&flux_config, transformer_weights.as_ref(), Some(Layers::All), device)?;
         let part_bytes = PartBytes {
-            dit: planned_device_bytes(transformer_weights.as_ref(), device, &[]),
+            dit: planned_device_bytes(transformer_weights.as_ref(), device, |_| true),
             t5: t5_bytes,
             clip: clip_bytes,
             vae: vae_bytes,
@@ -214,8 +309,58 @@ impl KontextModel {
             residency: Residency::unbudgeted(gpu, part_bytes.dit),
             part_bytes,
             meter: MemoryMeter::default(),
+            uploads,
             text_cache: Vec::new(),
         })
+    }
+
+    /// Reports every upload of weights from now on: the part, the bytes uploaded and the bytes of the whole
+    /// upload (the next edit's uploads of released parts included).
+    pub fn on_upload(&mut self, report: UploadReport) {
+        *self.uploads.report.borrow_mut() = Some(report);
+    }
+
+    /// Starts counting the upload of `part` when it is not on the device.
+    fn count_upload(&self, part: &'static str, resident: bool, bytes: u64) {
+        if !resident && bytes > 0 {
+            self.uploads.begin(part, bytes);
+        }
+    }
+
+    /// Starts counting the upload of the DiT's released layers of `layers`.
+    fn count_dit_upload(&self, layers: Layers, device: &Device) {
+        let weights = self.transformer_weights.as_ref();
+        let bytes = self
+            .flux
+            .named_projections()
+            .iter()
+            .filter(|(name, p)| layers.contains(name) && p.is_released())
+            .map(|(name, _)| {
+                ["weight", "bias"]
+                    .map(|t| tensor_device_bytes(weights, &format!("{name}.{t}"), device))
+                    .iter()
+                    .sum::<u64>()
+            })
+            .sum();
+        self.count_upload("transformer", false, bytes);
+    }
+
+    fn upload_t5_and_clip(&mut self, device: &Device) -> Result<()> {
+        self.count_upload("t5", self.t5.is_resident(), self.part_bytes.t5);
+        self.t5.get(device)?;
+        self.count_upload("clip", self.clip.is_resident(), self.part_bytes.clip);
+        self.clip.get(device)?;
+        Ok(())
+    }
+
+    fn upload_vae(&mut self, device: &Device) -> Result<()> {
+        self.count_upload("vae", self.vae.is_resident(), self.part_bytes.vae);
+        self.vae.get(device).map(|_| ())
+    }
+
+    fn upload_dit(&mut self, layers: Layers, device: &Device) -> Result<()> {
+        self.count_dit_upload(layers, device);
+        self.flux.reload(layers, self.transformer_weights.as_ref(), device)
     }
 
     /// What a memory plan needs to know of this model for an edit of `output` pixels from `references`.
@@ -246,15 +391,13 @@ impl KontextModel {
     pub fn upload_kept(&mut self, device: &Device) -> Result<()> {
         let r = self.residency;
         if r.keep_dit && !r.stream_dit {
-            let layers = if r.release_modulation_weights { Layers::Core } else { Layers::All };
-            self.flux.reload(layers, self.transformer_weights.as_ref(), device)?;
+            self.upload_dit(if r.release_modulation_weights { Layers::Core } else { Layers::All }, device)?;
         }
         if r.keep_vae {
-            self.vae.get(device)?;
+            self.upload_vae(device)?;
         }
         if r.keep_text_encoders {
-            self.t5.get(device)?;
-            self.clip.get(device)?;
+            self.upload_t5_and_clip(device)?;
         }
         self.meter.sample(device, "load");
         Ok(())
@@ -285,21 +428,15 @@ impl KontextModel {
         if freed {
             crate::device::release_free_pages(device);
         }
-        let weights = self.transformer_weights.as_ref();
         match phase {
-            PlanPhase::TextEncoding => {
-                self.t5.get(device)?;
-                self.clip.get(device)?;
+            PlanPhase::TextEncoding => self.upload_t5_and_clip(device)?,
+            PlanPhase::ReferenceEncoding | PlanPhase::Decoding => self.upload_vae(device)?,
+            PlanPhase::Modulations if r.stream_dit => {
+                self.upload_dit(Layers::Modulation, device)?;
+                self.upload_dit(Layers::Unstreamed, device)?;
             }
-            PlanPhase::ReferenceEncoding | PlanPhase::Decoding => {
-                self.vae.get(device)?;
-            }
-            PlanPhase::Modulations => {
-                let layers = if r.stream_dit { Layers::Unstreamed } else { Layers::Core };
-                self.flux.reload(Layers::Modulation, weights, device)?;
-                self.flux.reload(layers, weights, device)?;
-            }
-            PlanPhase::Denoising if !r.stream_dit => self.flux.reload(Layers::Core, weights, device)?,
+            PlanPhase::Modulations => self.upload_dit(Layers::All, device)?,
+            PlanPhase::Denoising if !r.stream_dit => self.upload_dit(Layers::Core, device)?,
             PlanPhase::Denoising => {}
         }
         self.meter.sample(device, phase.label());
@@ -426,12 +563,14 @@ pub fn load_t5(
     file: Option<Box<dyn ByteSource>>,
     device: &Device,
 ) -> Result<(Reloadable<T5Encoder>, T5Tokenizer)> {
-    let (t5, _, tokenizer, _) = load_t5_deferred(files, file, device)?;
+    let (t5, _, tokenizer, _) = load_t5_deferred(files, file, None, device)?;
     Ok((t5, tokenizer))
 }
 
-/// Names of the token tables the text encoders keep on the host ([`crate::model::layers::HostEmbedding`]).
-const HOST_TABLES: [&str; 4] = ["shared.", "embed_tokens.", "token_embd.", "token_embedding."];
+/// Whether `name` is a token table the text encoders keep on the host ([`crate::model::layers::HostEmbedding`]).
+fn is_host_table(name: &str) -> bool {
+    ["shared.", "embed_tokens.", "token_embd.", "token_embedding."].iter().any(|table| name.contains(table))
+}
 
 const T5_TOKENIZER_FILES: &str = "tokenizer_2/tokenizer.json or tokenizer_2/spiece.model";
 
@@ -439,6 +578,7 @@ const T5_TOKENIZER_FILES: &str = "tokenizer_2/tokenizer.json or tokenizer_2/spie
 fn load_t5_deferred(
     files: &dyn ModelFiles,
     file: Option<Box<dyn ByteSource>>,
+    meter: Option<&Rc<UploadMeter>>,
     device: &Device,
 ) -> Result<(Reloadable<T5Encoder>, T5Config, T5Tokenizer, u64)> {
     let no_tokenizer = || missing("T5 tokenizer", "a T5 GGUF, which carries its tokenizer", "--t5", T5_TOKENIZER_FILES);
@@ -478,7 +618,8 @@ fn load_t5_deferred(
             (config, weights, folder_t5_tokenizer(files)?.ok_or_else(no_tokenizer)?)
         }
     };
-    let bytes = planned_device_bytes(weights.as_ref(), device, &HOST_TABLES);
+    let bytes = planned_device_bytes(weights.as_ref(), device, |name| !is_host_table(name));
+    let weights = metered(weights, meter, device);
     let load_config = config.clone();
     let t5 = Reloadable::deferred(move |device| T5Encoder::load(&load_config, weights.as_ref(), device));
     Ok((t5, config, tokenizer, bytes))
@@ -548,7 +689,7 @@ pub fn load_clip(
     file: Option<Box<dyn ByteSource>>,
     device: &Device,
 ) -> Result<(Reloadable<ClipTextTransformer>, ClipTokenizer)> {
-    let (clip, tokenizer, _) = load_clip_deferred(files, file, device)?;
+    let (clip, tokenizer, _) = load_clip_deferred(files, file, None, device)?;
     Ok((clip, tokenizer))
 }
 
@@ -556,6 +697,7 @@ pub fn load_clip(
 fn load_clip_deferred(
     files: &dyn ModelFiles,
     file: Option<Box<dyn ByteSource>>,
+    meter: Option<&Rc<UploadMeter>>,
     device: &Device,
 ) -> Result<(Reloadable<ClipTextTransformer>, ClipTokenizer, u64)> {
     let weights: Box<dyn Weights> = match file {
@@ -587,7 +729,8 @@ fn load_clip_deferred(
             }
         },
     };
-    let bytes = planned_device_bytes(weights.as_ref(), device, &HOST_TABLES);
+    let bytes = planned_device_bytes(weights.as_ref(), device, |name| !is_host_table(name));
+    let weights = metered(weights, meter, device);
     let clip = Reloadable::deferred(move |device| ClipTextTransformer::load(&config, weights.as_ref(), device));
     Ok((clip, tokenizer, bytes))
 }
@@ -595,7 +738,7 @@ fn load_clip_deferred(
 /// The VAE from `--vae` (BFL `ae.safetensors` or diffusers) or `vae/`. Group-norm groups cannot be seen in
 /// shapes: they come from `vae/config.json` when the folder has one, else Flux's 32.
 pub fn load_vae(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, device: &Device) -> Result<Vae> {
-    let (mut vae, _, _) = load_vae_deferred(files, file, device)?;
+    let (mut vae, _, _) = load_vae_deferred(files, file, None, device)?;
     vae.get(device)?;
     vae.network.take().ok_or_else(|| Error::Invalid("the VAE did not load".into()))
 }
@@ -604,6 +747,7 @@ pub fn load_vae(files: &dyn ModelFiles, file: Option<Box<dyn ByteSource>>, devic
 fn load_vae_deferred(
     files: &dyn ModelFiles,
     file: Option<Box<dyn ByteSource>>,
+    meter: Option<&Rc<UploadMeter>>,
     device: &Device,
 ) -> Result<(Reloadable<Vae>, VaeConfig, u64)> {
     let weights: Box<dyn Weights> = match file {
@@ -630,7 +774,8 @@ fn load_vae_deferred(
         (false, Some(config)) => config,
         (false, None) => VaeConfig::infer(weights.as_ref())?,
     };
-    let bytes = planned_device_bytes(weights.as_ref(), device, &[]);
+    let bytes = planned_device_bytes(weights.as_ref(), device, |_| true);
+    let weights = metered(weights, meter, device);
     let load_config = config.clone();
     let vae = Reloadable::deferred(move |device| match ldm {
         true => Vae::load(&load_config, &LdmVaeWeights::new(weights.as_ref())?, device),

@@ -52,6 +52,14 @@ pub struct DeviceLimits {
     pub budget: Option<u64>,
 }
 
+impl DeviceLimits {
+    /// The limits of `device` ([`crate::device::max_binding_bytes`] for both buffer limits) with `budget`.
+    pub fn of(device: &burn::tensor::Device, budget: Option<u64>) -> Self {
+        let binding = crate::device::max_binding_bytes(device);
+        Self { max_buffer_size: binding, max_storage_buffer_binding_size: binding, budget }
+    }
+}
+
 /// What the plan is made from.
 #[derive(Debug, Clone)]
 pub struct PlanInputs {
@@ -172,6 +180,12 @@ impl Residency {
     /// upload per edit, worth it only where memory is short), else everything stays.
     pub fn unbudgeted(gpu: bool, dit_bytes: u64) -> Self {
         if gpu && dit_bytes >= 1 << 30 { Self::LEAN } else { Self::KEEP_ALL }
+    }
+
+    /// The name of one of [`Residency::CHOICES`] (`--memory` takes the plain ones), else `custom`.
+    pub fn name(&self) -> &'static str {
+        const NAMES: [&str; 6] = ["keep", "keep, mod. released", "lean", "DiT kept", "phased", "streamed"];
+        Self::CHOICES.iter().position(|r| r == self).map_or("custom", |i| NAMES[i])
     }
 
     /// A short description for reports.
@@ -522,7 +536,9 @@ impl MemoryPlan {
     /// smaller DiT quantization, a smaller output (the references scaled alike) — best first. Empty when it fits
     /// or nothing tried fits.
     pub fn what_would_fit(inputs: &PlanInputs) -> Result<Vec<String>> {
-        if inputs.limits.budget.is_none() {
+        if inputs.limits.budget.is_none()
+            || Self::new(&PlanInputs { residency: None, ..inputs.clone() })?.fits_budget == Some(true)
+        {
             return Ok(Vec::new());
         }
         let mut fits = Vec::new();
@@ -535,8 +551,8 @@ impl MemoryPlan {
         for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q4_0, GgmlType::Q2_K] {
             let smaller = PlanInputs { dit: DitWeights::Quantized(ty), residency: None, ..inputs.clone() };
             let bytes = flux_params(&inputs.flux).total * ty.type_size() as u64 / ty.block_size() as u64;
-            if bytes >= dit_bytes {
-                continue;
+            if bytes >= dit_bytes - dit_bytes / 10 {
+                continue; // not a smaller quantization than the DiT's own, at least not by a tenth
             }
             let plan = Self::new(&smaller)?;
             if plan.fits_budget == Some(true) {
@@ -580,13 +596,7 @@ fn part(name: &str, bytes: u64) -> Part {
     Part { name: name.to_string(), bytes }
 }
 
-/// Bytes in MiB or GiB with two decimals.
-pub fn size(bytes: u64) -> String {
-    match bytes >= 1 << 30 {
-        true => format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64),
-        false => format!("{:.2} MiB", bytes as f64 / (1u64 << 20) as f64),
-    }
-}
+pub use crate::error::binary_size as size;
 
 impl fmt::Display for MemoryPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -758,7 +768,9 @@ mod tests {
         // At 3 GB nothing does: T5 alone needs 3.2 GB to encode.
         let q4_at_3gb = kontext_1024(limits(Some(3 * GB)));
         assert_eq!(MemoryPlan::what_would_fit(&q4_at_3gb).unwrap(), Vec::<String>::new());
-        assert!(MemoryPlan::what_would_fit(&PlanInputs { limits: limits(None), ..q8 }).unwrap().is_empty());
+        assert!(MemoryPlan::what_would_fit(&PlanInputs { limits: limits(None), ..q8.clone() }).unwrap().is_empty());
+        let fitting = PlanInputs { limits: limits(Some(24 * GB)), ..q8 };
+        assert!(MemoryPlan::what_would_fit(&fitting).unwrap().is_empty(), "a plan that fits needs no advice");
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub fn ModelPanel() -> impl IntoView {
             done: 0,
             total: DIFFUSERS_FILES.len() as u64,
         });
-        if let Err(e) = send(&ToWorker::LoadModel { base, files, parts: Default::default() }) {
+        if let Err(e) = send(&ToWorker::LoadModel { base, files, parts: Default::default(), gpu_memory: None }) {
             state.model.set(ModelState::Failed(e));
         }
     };

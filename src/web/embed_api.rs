@@ -76,7 +76,7 @@ impl LoadSource {
             if parts.given().is_empty() {
                 return Err("source needs a base folder URL or single-file URLs (transformer, t5, clip, vae)".into());
             }
-            return Ok(ToWorker::LoadModel { base: String::new(), files: Vec::new(), parts });
+            return Ok(ToWorker::LoadModel { base: String::new(), files: Vec::new(), parts, gpu_memory: None });
         };
         let base = if base.ends_with('/') { base } else { format!("{base}/") };
         let replaced = [
@@ -90,7 +90,17 @@ impl LoadSource {
             .filter(|file| !replaced.iter().any(|(skip, weights)| *skip && file == &weights))
             .map(|file| file.to_string())
             .collect();
-        Ok(ToWorker::LoadModel { base, files, parts })
+        Ok(ToWorker::LoadModel { base, files, parts, gpu_memory: None })
+    }
+}
+
+/// `gpuMemory` of `kontext:load`: the GPU memory, in bytes, that every edit on the model must fit; absent for no
+/// limit.
+pub fn gpu_memory(value: Option<f64>) -> Result<Option<u64>, String> {
+    match value {
+        None => Ok(None),
+        Some(bytes) if bytes.is_finite() && bytes >= 1.0 && bytes <= u64::MAX as f64 => Ok(Some(bytes as u64)),
+        Some(bytes) => Err(format!("kontext:load: gpuMemory must be a positive number of bytes, not {bytes}")),
     }
 }
 
@@ -193,7 +203,8 @@ mod tests {
     fn load_skips_the_weights_a_single_file_replaces() {
         let parts = PartUrls { vae: Some("/weights/ae.safetensors".into()), ..Default::default() };
         let source = LoadSource { base: Some("demo-model".into()), parts };
-        let ToWorker::LoadModel { base, files, parts } = source.to_request("http://127.0.0.1:8080/app/?embed").unwrap()
+        let ToWorker::LoadModel { base, files, parts, .. } =
+            source.to_request("http://127.0.0.1:8080/app/?embed").unwrap()
         else {
             panic!("not a load")
         };
@@ -214,9 +225,19 @@ mod tests {
             ToWorker::LoadModel {
                 base: String::new(),
                 files: Vec::new(),
-                parts: PartUrls { transformer: Some("https://h/f.gguf".into()), ..Default::default() }
+                parts: PartUrls { transformer: Some("https://h/f.gguf".into()), ..Default::default() },
+                gpu_memory: None,
             }
         );
+    }
+
+    #[test]
+    fn gpu_memory_is_a_positive_byte_count_or_absent() {
+        assert_eq!(gpu_memory(None), Ok(None));
+        assert_eq!(gpu_memory(Some(8.0 * 1024.0 * 1024.0 * 1024.0)), Ok(Some(8 << 30)));
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(gpu_memory(Some(bad)).unwrap_err().contains("gpuMemory must be a positive number of bytes"));
+        }
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub enum ToWorker {
         /// Single-file URLs that replace parts of the folder.
         #[serde(default)]
         parts: PartUrls,
+        /// GPU memory every edit on this model must fit, in bytes (`None`: no limit).
+        #[serde(default)]
+        gpu_memory: Option<u64>,
     },
     /// Load the complete model `id` from the model store (IndexedDB, shared by the page and the worker) on the
     /// GPU. Progress comes as `reading` (bytes from storage) then `loading`; failures as an error with request
@@ -31,6 +34,9 @@ pub enum ToWorker {
     LoadStored {
         /// The model's id in the store.
         id: String,
+        /// GPU memory every edit on this model must fit, in bytes (`None`: no limit).
+        #[serde(default)]
+        gpu_memory: Option<u64>,
     },
     /// Keep a LoRA file (safetensors) under `name` for edits that enable it; checked against the model when one
     /// is loaded. Replaces an adapter of the same name.
@@ -220,8 +226,10 @@ mod tests {
         assert_eq!(back, FromWorker::Error { job: None, request: String::new(), message: "no GPU".into() });
         let cancel: ToWorker = serde_json::from_str(r#"{"type":"cancel","id":3}"#).unwrap();
         assert_eq!(cancel, ToWorker::Cancel { id: 3 });
-        let stored = serde_json::to_string(&ToWorker::LoadStored { id: "tiny-1".into() }).unwrap();
-        assert_eq!(stored, r#"{"type":"load_stored","id":"tiny-1"}"#);
+        let stored = serde_json::to_string(&ToWorker::LoadStored { id: "tiny-1".into(), gpu_memory: Some(1 << 30) });
+        assert_eq!(stored.unwrap(), r#"{"type":"load_stored","id":"tiny-1","gpu_memory":1073741824}"#);
+        let unlimited: ToWorker = serde_json::from_str(r#"{"type":"load_stored","id":"tiny-1"}"#).unwrap();
+        assert_eq!(unlimited, ToWorker::LoadStored { id: "tiny-1".into(), gpu_memory: None });
     }
 
     #[test]
@@ -233,7 +241,8 @@ mod tests {
             ToWorker::LoadModel {
                 base: "m/".into(),
                 files: vec!["vae/config.json".into()],
-                parts: PartUrls::default()
+                parts: PartUrls::default(),
+                gpu_memory: None,
             }
         );
         let parts: ToWorker = serde_json::from_str(

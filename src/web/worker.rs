@@ -16,9 +16,10 @@ use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
 use crate::device::{self, selfcheck};
 use crate::model::layers::LoraAdapter;
-use crate::pipeline::edit::{Edit, EditRequest, Phase};
+use crate::pipeline::edit::{Edit, EditRequest, Phase, plan_edit};
 use crate::pipeline::kontext::VAE_SCALE;
-use crate::pipeline::loader::{KontextModel, MemoryFiles, Overrides};
+use crate::pipeline::loader::{KontextModel, MemoryFiles, ModelFiles, Overrides};
+use crate::pipeline::plan::{DeviceLimits, MemoryPlan};
 use crate::pipeline::preview::LatentPreview;
 use crate::pipeline::{image as images, size};
 use crate::store::files::StoredModel;
@@ -49,6 +50,10 @@ struct Worker {
     queue: RefCell<VecDeque<ToWorker>>,
     /// Whether a task is draining [`Worker::queue`] (so requests run one at a time).
     busy: Cell<bool>,
+    /// GPU memory every edit on the loaded model must fit ([`ToWorker::LoadModel::gpu_memory`]).
+    gpu_memory: Cell<Option<u64>>,
+    /// The edit job running, for the progress of the uploads it causes.
+    editing: Cell<Option<u32>>,
 }
 
 thread_local! {
@@ -129,14 +134,16 @@ impl Worker {
                     Err(e) => FromWorker::Error { job: None, request: "self_check".into(), message: e.to_string() },
                 }
             }
-            ToWorker::LoadModel { base, files, parts } => match self.load_model(&base, &files, &parts).await {
-                Ok(description) => {
-                    self.recheck_loras();
-                    FromWorker::Loaded { description }
+            ToWorker::LoadModel { base, files, parts, gpu_memory } => {
+                match self.load_model(&base, &files, &parts, gpu_memory).await {
+                    Ok(description) => {
+                        self.recheck_loras();
+                        FromWorker::Loaded { description }
+                    }
+                    Err(e) => FromWorker::Error { job: None, request: "load_model".into(), message: e.to_string() },
                 }
-                Err(e) => FromWorker::Error { job: None, request: "load_model".into(), message: e.to_string() },
-            },
-            ToWorker::LoadStored { id } => match self.load_stored(&id).await {
+            }
+            ToWorker::LoadStored { id, gpu_memory } => match self.load_stored(&id, gpu_memory).await {
                 Ok(description) => {
                     self.recheck_loras();
                     FromWorker::Loaded { description }
@@ -191,7 +198,13 @@ impl Worker {
     }
 
     /// Downloads the model files `paths` under `base` and the separately given `parts`, and loads them.
-    async fn load_model(&self, base: &str, paths: &[String], parts: &PartUrls) -> Result<String> {
+    async fn load_model(
+        &self,
+        base: &str,
+        paths: &[String],
+        parts: &PartUrls,
+        gpu_memory: Option<u64>,
+    ) -> Result<String> {
         let (device, _) = device::wgpu_async().await?;
         let mut files = HashMap::new();
         let mut bytes = 0u64;
@@ -219,7 +232,7 @@ impl Worker {
             *slot = Some(Box::new(crate::formats::source::Named::new(url.as_str(), data)));
         }
         progress(None, "loading", 0, 1);
-        let model = KontextModel::load(&MemoryFiles(files), overrides, &device)?;
+        let model = self.open_within(&MemoryFiles(files), overrides, gpu_memory, &device)?;
         Ok(self.install(model, bytes, None))
     }
 
@@ -244,7 +257,7 @@ impl Worker {
 
     /// Loads the complete stored model `id` from IndexedDB (refused when any chunk is missing), streaming
     /// each tensor from its chunks to the GPU.
-    async fn load_stored(&self, id: &str) -> Result<String> {
+    async fn load_stored(&self, id: &str, gpu_memory: Option<u64>) -> Result<String> {
         let (device, _) = device::wgpu_async().await?;
         let store = Store::open().await?;
         let label = store.manifest(id).await?.map(|m| m.label).unwrap_or_else(|| id.to_string());
@@ -254,8 +267,30 @@ impl Worker {
         progress(None, "loading", 0, 1);
         // Release the previous model before the new one takes GPU memory.
         drop(self.model.take());
-        let model = KontextModel::load(&stored, stored.overrides(), &device)?;
+        let model = self.open_within(&stored, stored.overrides(), gpu_memory, &device)?;
         Ok(self.install(model, stored.total_bytes(), Some(&label)))
+    }
+
+    /// Resolves every part, then uploads what stays on the device: without a budget as
+    /// [`KontextModel::load`]; with one, what the plan of a 1024² edit from a 1024² reference keeps within it
+    /// (each edit is planned again for its own size).
+    fn open_within(
+        &self,
+        files: &dyn ModelFiles,
+        overrides: Overrides,
+        gpu_memory: Option<u64>,
+        device: &burn::tensor::Device,
+    ) -> Result<KontextModel> {
+        let mut model = KontextModel::open(files, overrides, device)?;
+        model.on_upload(upload_progress());
+        if gpu_memory.is_some() {
+            let limits = DeviceLimits::of(device, gpu_memory);
+            let typical = model.plan_inputs((1024, 1024), vec![(1024, 1024)], limits);
+            model.residency = MemoryPlan::new(&typical)?.residency;
+        }
+        model.upload_kept(device)?;
+        self.gpu_memory.set(gpu_memory);
+        Ok(model)
     }
 
     /// The loaded model's preview projection, fitted on first use; `None` (no previews) if the fit fails.
@@ -320,9 +355,11 @@ impl Worker {
             let active: Vec<(&LoraAdapter, f32)> =
                 adapters.iter().map(|(adapter, strength)| (adapter.as_ref(), *strength)).collect();
             model.flux.set_adapters(&active, &device)?;
+            self.editing.set(Some(job.id));
             self.run_edit_on(&mut model, &device, job).await
         }
         .await;
+        self.editing.set(None);
         *self.model.borrow_mut() = Some(model);
         outcome
     }
@@ -346,6 +383,9 @@ impl Worker {
             seed: job.seed,
         };
         let id = job.id;
+        if let Some(budget) = self.gpu_memory.get() {
+            model.residency = plan_edit(model, &request, DeviceLimits::of(device, Some(budget)), None)?.residency;
+        }
         let preview = self.preview_of(model, device).await;
         let mut edit = Edit::prepare_reporting(model, &request, None, device, &mut |phase| match phase {
             Phase::EncodingText => progress(Some(id), "encoding text", 0, 1),
@@ -397,6 +437,19 @@ impl Worker {
     fn take_cancel(&self, id: u32) -> bool {
         self.cancelled.borrow_mut().remove(&id)
     }
+}
+
+/// Posts uploads of weights as `loading` progress in bytes: of the load, or of the running edit when it uploads
+/// released parts again. At most one message per percent.
+fn upload_progress() -> crate::pipeline::loader::UploadReport {
+    let mut last = (String::new(), u64::MAX);
+    Box::new(move |part: &str, done: u64, total: u64| {
+        let percent = done * 100 / total.max(1);
+        if (part, percent) != (last.0.as_str(), last.1) {
+            last = (part.to_string(), percent);
+            progress(Worker::current().editing.get(), "loading", done, total);
+        }
+    })
 }
 
 /// Previews shown during an edit, at most (every ⌊steps / this⌋ steps).

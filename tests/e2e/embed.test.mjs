@@ -96,7 +96,10 @@ test('kontext:load fetches the demo model with progress, then kontext:loaded', a
   const files = packFiles().length; // the demo pack's DIFFUSERS_FILES
   assert.ok(progress.some((p) => p.phase === 'downloading' && p.total === files), JSON.stringify(progress));
   assert.ok(progress.every((p) => Number.isInteger(p.done) && Number.isInteger(p.total) && p.done <= p.total));
-  assert.ok(progress.some((p) => p.phase === 'loading'));
+  // Uploads to the GPU are counted in bytes (the demo DiT alone is about 2 MB), each part up to its total.
+  const uploads = progress.filter((p) => p.phase === 'loading' && p.total > 100_000);
+  assert.ok(uploads.length >= 2 && uploads.some((p) => p.done === p.total) && uploads.some((p) => p.done < p.total),
+    JSON.stringify(progress.filter((p) => p.phase === 'loading')));
 });
 
 test('kontext:edit with a PNG Blob returns a PNG Blob equal to the native CLI for the same seed (PSNR ≥ 40 dB)', async () => {
@@ -142,6 +145,27 @@ test('kontext:cancel stops a long edit within a step and the next edit runs', as
   assert.equal(next.type, 'kontext:result', next.message);
   assert.ok(Number.isSafeInteger(next.seed), 'a random seed is reported');
   assert.equal(await parentPage.frameLocator('#app').locator('#embed-status').getAttribute('data-state'), 'done');
+  assert.deepEqual(problems, []);
+});
+
+test('kontext:load with gpuMemory plans each edit within it: one that cannot fit is refused before any upload, and the worker goes on', async () => {
+  const base = `${app.url}demo-model/`;
+  await parentPage.evaluate((base) => send({ type: 'kontext:load', id: 'tight', source: { base }, gpuMemory: 1048576 }), base);
+  const tight = await answer(parentPage, 'tight', 'kontext:loaded', 120_000);
+  assert.equal(tight.type, 'kontext:loaded', tight.message);
+  await parentPage.evaluate(() => send({ type: 'kontext:edit', id: 'over', prompt: 'too big', width: 64, height: 64, steps: 1 }));
+  const over = await answer(parentPage, 'over', 'kontext:result', 60_000);
+  assert.equal(over.type, 'kontext:error');
+  assert.match(over.message, /^a 64×64 edit needs [\d.]+ MiB of GPU memory \(.+\), more than the budget of 1\.00 MiB; nothing smaller fits either$/);
+  assert.doesNotMatch(over.message, /--/, 'no CLI flags in the browser');
+  await parentPage.evaluate((base) => send({ type: 'kontext:load', id: 'bad', source: { base }, gpuMemory: -5 }), base);
+  assert.match((await answer(parentPage, 'bad', 'kontext:loaded', 10_000)).message, /gpuMemory must be a positive number of bytes/);
+  await parentPage.evaluate((base) => send({ type: 'kontext:load', id: 'roomy', source: { base }, gpuMemory: 512 * 1048576 }), base);
+  const roomy = await answer(parentPage, 'roomy', 'kontext:loaded', 120_000);
+  assert.equal(roomy.type, 'kontext:loaded', roomy.message);
+  await parentPage.evaluate(() => send({ type: 'kontext:edit', id: 'fits', prompt: 'within the budget', width: 64, height: 64, steps: 1 }));
+  const fits = await answer(parentPage, 'fits', 'kontext:result', 120_000);
+  assert.equal(fits.type, 'kontext:result', fits.message);
   assert.deepEqual(problems, []);
 });
 

@@ -200,13 +200,18 @@ fn print_table(report: &Report) {
         c.hidden_size, c.num_heads, c.depth, c.depth_single_blocks, sizes.step_image_tokens, sizes.step_text_tokens
     );
     println!("packed matmuls with {} activations", report.precision);
-    println!("{:<8} {:>8} {:>12} {:>10} {:>8}", "weights", "packed", "device MiB", "s/step", "vs f32");
+    println!(
+        "{:<16} {:>8} {:>12} {:>12} {:>10} {:>8}",
+        "weights", "packed", "device MiB", "peak MiB", "s/step", "vs f32"
+    );
     for r in &report.step {
+        let peak = r.peak_device_bytes.map_or("—".to_string(), |b| format!("{:.1}", mib(b)));
         println!(
-            "{:<8} {:>8} {:>12.1} {:>10.3} {:>8.2}",
-            r.weights,
+            "{:<16} {:>8} {:>12.1} {:>12} {:>10.3} {:>8.2}",
+            format!("{}{}", r.weights, if r.streamed { " streamed" } else { "" }),
             r.packed_linears,
             mib(r.device_bytes),
+            peak,
             r.seconds,
             r.ratio_to_f32
         );

@@ -9,7 +9,7 @@ use kontext_web::formats::weights::Weights;
 use kontext_web::formats::{FileSource, SafetensorsFile};
 use kontext_web::model::flux::Flux;
 use kontext_web::model::layers::LoraAdapter;
-use kontext_web::pipeline::edit::{Edit, EditRequest, Phase};
+use kontext_web::pipeline::edit::{Edit, EditRequest, Phase, plan_edit};
 use kontext_web::pipeline::loader::{self, Folder, KontextModel, ModelFiles, NoFolder, Overrides};
 use kontext_web::pipeline::plan::{self, DeviceLimits, MemoryPlan, PlanInputs, Residency};
 use kontext_web::pipeline::{image as images, rng, size};
@@ -159,6 +159,11 @@ pub struct PlanArgs {
     /// Print the plan as JSON.
     #[arg(long)]
     json: bool,
+    /// Instead of a file set: every transformer × T5 pair of the app's catalog (file sizes, FLUX.1 Kontext [dev]
+    /// widths) at 512² and 1024² with a reference of the same size, under budgets of 6, 8, 12, 16 and 24 GB on
+    /// this device's buffer limits: what stays on the device, or `—` where nothing fits.
+    #[arg(long)]
+    catalog: bool,
 }
 
 /// `WIDTHxHEIGHT`.
@@ -226,8 +231,7 @@ impl ModelArgs {
 
     /// The adapter's limits with `--gpu-memory` as the budget.
     fn limits(&self, device: &Device) -> DeviceLimits {
-        let binding = device::max_binding_bytes(device);
-        DeviceLimits { max_buffer_size: binding, max_storage_buffer_binding_size: binding, budget: self.gpu_memory }
+        DeviceLimits::of(device, self.gpu_memory)
     }
 
     /// Resolves every part of the model without uploading anything.
@@ -336,42 +340,46 @@ struct EditStats {
     total_seconds: f64,
 }
 
-/// Plans `request` on `model` under `--gpu-memory` and `--memory`; refuses, before anything is uploaded, an
-/// edit that cannot fit, saying what would.
-fn plan_edit(
-    model: &KontextModel,
-    args: &ModelArgs,
-    memory: &str,
-    request: &EditRequest,
-    device: &Device,
-) -> Result<MemoryPlan> {
-    let (output, references) = request.sizes()?;
-    let mut inputs = model.plan_inputs(output, references, args.limits(device));
-    inputs.residency = match memory {
+/// Prints uploads of weights as they go, in bytes with an ETA: one rewritten line on a terminal, a line per
+/// quarter otherwise.
+fn upload_printer() -> loader::UploadReport {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stdout().is_terminal();
+    let (mut started, mut last_part, mut last_quarter) = (Instant::now(), String::new(), 0u64);
+    Box::new(move |part: &str, done: u64, total: u64| {
+        if part != last_part || done == 0 {
+            (started, last_part, last_quarter) = (Instant::now(), part.to_string(), 0);
+        }
+        let mb = |bytes: u64| bytes as f64 / 1e6;
+        let elapsed = started.elapsed().as_secs_f64();
+        let eta = match done {
+            0 => String::new(),
+            _ => format!(", ETA {:.0} s", elapsed * (total - done) as f64 / done as f64),
+        };
+        let line =
+            format!("uploading {part}: {:.1} of {:.1} MB ({}%{eta})", mb(done), mb(total), done * 100 / total.max(1));
+        if terminal {
+            print!("\r\x1b[2K{line}");
+            if done == total {
+                println!();
+            }
+            let _ = std::io::stdout().flush();
+        } else if done == total || done * 4 / total.max(1) > last_quarter {
+            last_quarter = done * 4 / total.max(1);
+            println!("{line}");
+        }
+    })
+}
+
+/// `--memory`: a residency to plan with, or `None` (auto) for the most resident that fits.
+fn residency_flag(memory: &str) -> Option<Residency> {
+    match memory {
         "keep" => Some(Residency::KEEP_ALL),
         "lean" => Some(Residency::LEAN),
         "phased" => Some(Residency::PHASED),
         "streamed" => Some(Residency::STREAMED),
         _ => None,
-    };
-    let plan = MemoryPlan::new(&inputs)?;
-    if let (Some(budget), Some(false)) = (args.gpu_memory, plan.fits_budget) {
-        let busiest = plan.busiest_phase().map(|p| p.phase.label()).unwrap_or("the edit");
-        let fits = MemoryPlan::what_would_fit(&PlanInputs { residency: None, ..inputs })?;
-        let advice = match fits.is_empty() {
-            true => "nothing smaller fits either: raise --gpu-memory".to_string(),
-            false => format!("what would fit: {}", fits.join("; ")),
-        };
-        return Err(Error::Invalid(format!(
-            "a {}×{} edit needs {} of GPU memory ({busiest}, {}), more than --gpu-memory {}; {advice}",
-            output.0,
-            output.1,
-            plan::size(plan.peak_bytes),
-            plan.residency.describe(),
-            plan::size(budget)
-        )));
     }
-    Ok(plan)
 }
 
 /// `kontext edit`.
@@ -398,8 +406,9 @@ pub fn edit(args: EditArgs) -> Result<()> {
         seed,
     };
     let mut model = args.model.open(&device)?;
-    let plan = plan_edit(&model, &args.model, &args.memory, &request, &device)?;
+    let plan = plan_edit(&model, &request, args.model.limits(&device), residency_flag(&args.memory))?;
     model.residency = plan.residency;
+    model.on_upload(upload_printer());
     let budget = args.model.gpu_memory.map(|b| format!(" of {}", plan::size(b))).unwrap_or_default();
     println!("memory: {}; planned peak {}{budget}", plan.residency.describe(), plan::size(plan.peak_bytes));
     println!("loading the model…");
@@ -474,9 +483,56 @@ pub fn edit(args: EditArgs) -> Result<()> {
     Ok(())
 }
 
+/// `kontext plan --catalog`: a Markdown table.
+fn plan_catalog(args: &PlanArgs, device: &Device) -> Result<()> {
+    use kontext_web::store::{Role, catalog::CATALOG};
+    const BUDGETS_GB: [u64; 5] = [6, 8, 12, 16, 24];
+    let part = |role: Role| CATALOG.iter().filter(move |f| f.role == role);
+    let one = |role: Role| part(role).next().map_or(0, |f| f.size);
+    println!("| DiT | T5 | output | {} |", BUDGETS_GB.map(|gb| format!("{gb} GB")).join(" | "));
+    println!("|---|---|---|{}", "---|".repeat(BUDGETS_GB.len()));
+    for dit in part(Role::Transformer) {
+        for t5 in part(Role::T5) {
+            for side in [512, 1024] {
+                let cells = BUDGETS_GB
+                    .iter()
+                    .map(|gb| {
+                        let inputs = PlanInputs {
+                            flux: kontext_web::model::FluxConfig::kontext_dev(),
+                            dit: plan::DitWeights::DeviceBytes(dit.size),
+                            t5: kontext_web::model::t5::T5Config::v1_1_xxl(),
+                            t5_bytes: t5.size,
+                            clip_bytes: one(Role::Clip),
+                            vae: kontext_web::model::vae::config::VaeConfig::flux(),
+                            vae_bytes: one(Role::Vae),
+                            limits: DeviceLimits { budget: Some(gb * 1_000_000_000), ..args.model.limits(device) },
+                            output: (side, side),
+                            references: vec![(side, side)],
+                            text_tokens: kontext_web::pipeline::kontext::T5_TOKENS,
+                            modulation_precomputed: true,
+                            residency: None,
+                        };
+                        let plan = MemoryPlan::new(&inputs)?;
+                        Ok(match plan.fits_budget {
+                            Some(true) => plan.residency.name().to_string(),
+                            _ => "—".to_string(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let label = |label: &str| label.split(' ').next_back().unwrap_or(label).to_string();
+                println!("| {} | {} | {side}² | {} |", label(dit.label), label(t5.label), cells.join(" | "));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `kontext plan`.
 pub fn plan(args: PlanArgs) -> Result<()> {
     let device = args.model.device()?;
+    if args.catalog {
+        return plan_catalog(&args, &device);
+    }
     let model = args.model.open(&device)?;
     let output = match (args.width.zip(args.height), args.references.first()) {
         (None, None) => (1024, 1024),

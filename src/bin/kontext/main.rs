@@ -71,6 +71,14 @@ mod cli {
                 eprintln!("kontext: no {part}: give {flag} FILE ({file}), or --model DIR with {folder_path}");
                 std::process::ExitCode::FAILURE
             }
+            Err(e @ Error::OverBudget { .. }) => {
+                let line = e.to_string().replace("more than the budget of", "more than --gpu-memory");
+                eprintln!(
+                    "kontext: {}",
+                    line.replace("nothing smaller fits either", "nothing smaller fits either: raise --gpu-memory")
+                );
+                std::process::ExitCode::FAILURE
+            }
             Err(e) => {
                 eprintln!("kontext: {e}");
                 std::process::ExitCode::FAILURE
