@@ -126,6 +126,22 @@ pub struct StoreController {
     pub fit: RwSignal<Option<Fit>>,
     /// Opening the store waits for another tab that holds an older version of it.
     pub blocked: RwSignal<bool>,
+    /// The GPU memory the user set for loads and edits, in bytes; `None` until set (then
+    /// [`gpu_memory_guess`] applies).
+    pub gpu_memory: RwSignal<Option<u64>>,
+}
+
+/// Where the GPU memory setting is kept between visits (`localStorage`).
+const GPU_MEMORY_KEY: &str = "kontext-gpu-memory";
+
+/// A first guess at the GPU's memory, which WebGPU does not tell a page: twice the largest buffer the adapter
+/// allows, between 2 and 24 GB.
+pub fn gpu_memory_guess(limits: &DeviceLimits) -> u64 {
+    limits.max_buffer_size.saturating_mul(2).clamp(2_000_000_000, 24_000_000_000)
+}
+
+fn local_storage() -> Option<web_sys::Storage> {
+    web_sys::window().and_then(|w| w.local_storage().ok().flatten())
 }
 
 impl Default for StoreController {
@@ -148,6 +164,23 @@ impl StoreController {
             limits: RwSignal::new(None),
             fit: RwSignal::new(None),
             blocked: RwSignal::new(false),
+            gpu_memory: RwSignal::new(None),
+        }
+    }
+
+    /// The GPU memory loads and edits must fit: the user's setting, else the guess from the adapter's limits.
+    pub fn budget(self) -> Option<u64> {
+        self.gpu_memory.get().or_else(|| self.limits.get()?.ok().map(|limits| gpu_memory_guess(&limits)))
+    }
+
+    /// Sets (and keeps for later visits) the GPU memory setting; `None` goes back to the guess.
+    pub fn set_gpu_memory(self, bytes: Option<u64>) {
+        self.gpu_memory.set(bytes);
+        if let Some(storage) = local_storage() {
+            let _ = match bytes {
+                Some(bytes) => storage.set_item(GPU_MEMORY_KEY, &bytes.to_string()),
+                None => storage.remove_item(GPU_MEMORY_KEY),
+            };
         }
     }
 
@@ -167,6 +200,8 @@ impl StoreController {
         });
         js::on_visible(move || self.refresh());
         self.refresh();
+        let saved = local_storage().and_then(|s| s.get_item(GPU_MEMORY_KEY).ok().flatten());
+        self.gpu_memory.set(saved.and_then(|bytes| bytes.parse().ok()));
         spawn_local(async move {
             self.persisted.set(idb::persisted().await.ok());
             self.limits.set(Some(adapter_limits().await));
@@ -540,7 +575,10 @@ impl StoreController {
                 }
             };
             let limits = match limits {
-                Ok(limits) => limits,
+                Ok(limits) => DeviceLimits {
+                    budget: Some(self.gpu_memory.get_untracked().unwrap_or_else(|| gpu_memory_guess(&limits))),
+                    ..limits
+                },
                 Err(e) => return self.fit.set(Some(Fit::Failed(e))),
             };
             let footprint = async {
@@ -570,7 +608,7 @@ impl StoreController {
                 return;
             }
             state.model.set(ModelState::Loading { phase: "reading".into(), done: 0, total: footprint.file_bytes });
-            if let Err(e) = send(&ToWorker::LoadStored { id, gpu_memory: None }) {
+            if let Err(e) = send(&ToWorker::LoadStored { id, gpu_memory: limits.budget }) {
                 state.model.set(ModelState::Failed(e));
             }
         });
@@ -603,11 +641,12 @@ fn describe(footprint: &Footprint, verdict: &footprint::Assessment, limits: Devi
     )];
     if let Some(plan) = &verdict.plan {
         lines.push(format!(
-            "A {}×{} edit with one reference needs at least {} of GPU memory ({} stays loaded; the text encoders are released after encoding).",
+            "Within {} of GPU memory, a {}×{} edit with one reference peaks at {} ({}); each edit is planned again for its size.",
+            human_bytes(limits.budget.unwrap_or(plan.peak_bytes)),
             PLANNED_EDIT.0,
             PLANNED_EDIT.1,
             human_bytes(plan.peak_bytes),
-            human_bytes(plan.resident_bytes)
+            plan.residency.describe()
         ));
     }
     if let Some((name, bytes)) = &footprint.largest_tensor {

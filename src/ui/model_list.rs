@@ -114,7 +114,42 @@ pub fn StoredModels() -> impl IntoView {
                 </li>
             </For>
         </ul>
+        <GpuMemorySetting />
         <FitView />
+    }
+}
+
+/// The GPU memory every load and edit is planned to fit: the user's setting, pre-filled with a guess from the
+/// adapter's limits, and what that guess is.
+#[component]
+fn GpuMemorySetting() -> impl IntoView {
+    let ui = expect_context::<StoreController>();
+    let value = move || ui.budget().map(|bytes| format!("{:.2}", bytes as f64 / 1e9)).unwrap_or_default();
+    let note = move || {
+        match (ui.gpu_memory.get(), ui.limits.get()) {
+        (Some(_), _) => "Your setting: each load and edit is planned to fit it, parts of the model loaded only for the steps that use them.".to_string(),
+        (None, Some(Ok(limits))) => format!(
+            "A first guess: WebGPU does not tell a page how much memory the GPU has, so this is twice the largest buffer the adapter allows ({}). Set your GPU's memory, less what other programs use.",
+            human_bytes(limits.max_buffer_size)
+        ),
+        _ => "Set your GPU's memory, less what other programs use.".to_string(),
+    }
+    };
+    let change = move |ev: leptos::ev::Event| {
+        let text = event_target_value(&ev);
+        match text.trim().parse::<f64>() {
+            Ok(gb) if gb.is_finite() && gb > 0.0 => ui.set_gpu_memory(Some((gb * 1e9) as u64)),
+            _ if text.trim().is_empty() => ui.set_gpu_memory(None),
+            _ => ui.notice.set(Some(Notice::Error(format!("GPU memory: `{text}` is not a number of GB")))),
+        }
+    };
+    view! {
+        <p class="gpu-memory">
+            <label for="gpu-memory">"GPU memory (GB) "</label>
+            <input id="gpu-memory" type="number" min="0.01" step="0.01" prop:value=value on:change=change
+                aria-describedby="gpu-memory-note" />
+        </p>
+        <p id="gpu-memory-note" class="muted">{note}</p>
     }
 }
 

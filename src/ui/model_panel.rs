@@ -61,7 +61,8 @@ pub fn ModelPanel() -> impl IntoView {
             done: 0,
             total: DIFFUSERS_FILES.len() as u64,
         });
-        if let Err(e) = send(&ToWorker::LoadModel { base, files, parts: Default::default(), gpu_memory: None }) {
+        let gpu_memory = ui.budget();
+        if let Err(e) = send(&ToWorker::LoadModel { base, files, parts: Default::default(), gpu_memory }) {
             state.model.set(ModelState::Failed(e));
         }
     };
@@ -151,6 +152,9 @@ fn ModelStatus() -> impl IntoView {
                 ModelState::Empty => "No model loaded.".to_string(),
                 ModelState::Loading { phase, done, total } if phase == "reading" => {
                     format!("reading from storage… {} of {}", human_bytes(done), human_bytes(total))
+                }
+                ModelState::Loading { phase, done, total } if phase == "loading" => {
+                    format!("uploading to the GPU… {} of {}", human_bytes(done), human_bytes(total))
                 }
                 ModelState::Loading { phase, done, total } => format!("{phase}… {done}/{total}"),
                 ModelState::Loaded(description) => format!("Loaded: {description}"),

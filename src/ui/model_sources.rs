@@ -10,6 +10,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
 use crate::app::models::{Notice, StoreController, add_demo};
+use crate::pipeline::plan::DeviceLimits;
 use crate::store::catalog::{self, CATALOG};
 use crate::store::footprint::{FileFacts, Footprint};
 use crate::store::js;
@@ -112,7 +113,7 @@ pub fn CatalogSource() -> impl IntoView {
     };
     let fit = move || {
         let m = manifest().ok()?;
-        let limits = ui.limits.get()?.ok()?;
+        let limits = DeviceLimits { budget: ui.budget(), ..ui.limits.get()?.ok()? };
         let facts: Vec<FileFacts> = m
             .files
             .iter()
@@ -123,9 +124,12 @@ pub fn CatalogSource() -> impl IntoView {
             (Some(why), _) => {
                 format!("This choice cannot be loaded on this device yet: {why}. You can still store it for later.")
             }
-            (None, Some(plan)) => {
-                format!("Estimated GPU memory for a 1024×1024 edit: at least {}.", human_bytes(plan.peak_bytes))
-            }
+            (None, Some(plan)) => format!(
+                "Within {} of GPU memory, a 1024×1024 edit peaks at an estimated {} ({}).",
+                human_bytes(limits.budget.unwrap_or(plan.peak_bytes)),
+                human_bytes(plan.peak_bytes),
+                plan.residency.describe()
+            ),
             (None, None) => return None,
         })
     };

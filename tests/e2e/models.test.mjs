@@ -102,11 +102,22 @@ test('Verify finds a damaged chunk and Resume fetches only that chunk', async ()
 
 test('the stored model passes the memory check, loads from IndexedDB in the worker and runs a 1-step edit', async () => {
   const { page } = browser;
+  // The GPU memory setting starts as a guess from the adapter, explained; below what an edit needs, the load is
+  // refused with both figures before anything reaches the GPU.
+  assert.match(await page.textContent('#gpu-memory-note'), /^A first guess: WebGPU does not tell a page how much memory the GPU has/);
+  assert.ok(Number(await page.inputValue('#gpu-memory')) >= 2);
+  await setNumber(page, '#gpu-memory', 0.01);
+  assert.match(await page.textContent('#gpu-memory-note'), /^Your setting/);
+  await page.click(`${row(tinyId)} .model-load`);
+  await page.waitForSelector('#model-fit[data-verdict="refused"]', { timeout: 30_000 });
+  assert.match(await page.textContent('#fit-refusal'), /an edit needs at least [\d.]+ MB of GPU memory, more than the 10\.0 MB available/);
+  assert.notEqual(await page.getAttribute('#model-state', 'data-state'), 'loaded');
+  await setNumber(page, '#gpu-memory', 4);
   await page.click(`${row(tinyId)} .model-load`);
   await page.waitForSelector('#model-fit[data-verdict="fits"]', { timeout: 30_000 });
   const fit = await page.textContent('#model-fit');
   assert.match(fit, /Weights on the GPU: DiT [\d.]+ MB, T5 [\d.]+ (KB|MB), CLIP [\d.]+ (KB|MB), VAE [\d.]+ MB\./);
-  assert.match(fit, /A 1024×1024 edit with one reference needs at least [\d.]+ MB of GPU memory/);
+  assert.match(fit, /Within 4\.0 GB of GPU memory, a 1024×1024 edit with one reference peaks at [\d.]+ MB \(/);
   assert.match(fit, /this adapter's largest buffer: [\d.]+ (MB|GB)/);
   assert.match(fit, /It fits this adapter's limits\./);
   await page.waitForSelector('#model-state[data-state="loaded"]', { timeout: 120_000 });
@@ -160,8 +171,12 @@ test('a local folder in the diffusers layout and the demo pack are copied into t
   await page.check('#source-catalog');
   assert.match(await page.textContent('#catalog-total'), /about [\d.]+ GB\./);
   assert.match(await page.textContent('#catalog-licence'), /Non-Commercial License/);
-  // Real models stream from the store to the GPU, so the catalog choice gets the memory estimate, not a refusal.
-  assert.match(await page.textContent('#catalog-fit'), /Estimated GPU memory for a 1024×1024 edit: at least [\d.]+ GB/);
+  // Real models stream from the store to the GPU, so the catalog choice is planned within the GPU memory
+  // setting: within 24 GB it fits, within 2 GB it cannot (T5 alone is larger).
+  await setNumber(page, '#gpu-memory', 24);
+  assert.match(await page.textContent('#catalog-fit'), /^Within 24\.0 GB of GPU memory, a 1024×1024 edit peaks at an estimated [\d.]+ GB \(/);
+  await setNumber(page, '#gpu-memory', 2);
+  assert.match(await page.textContent('#catalog-fit'), /cannot be loaded on this device yet: an edit needs at least [\d.]+ GB of GPU memory, more than the 2\.0 GB available/);
   await screenshot(page, 'models-list');
 });
 
