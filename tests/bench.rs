@@ -61,16 +61,21 @@ fn bench_reports_matmul_attention_and_step_with_positive_numbers() {
 
     let step = report["step"].as_array().expect("a step section");
     let weights: Vec<&str> = step.iter().map(|row| row["weights"].as_str().unwrap()).collect();
-    assert_eq!(weights, ["F32", "Q8_0", "Q4_0"]);
+    assert_eq!(weights, ["F32", "Q8_0", "Q4_0", "Q4_0"]);
+    let streamed: Vec<bool> = step.iter().map(|row| row["streamed"].as_bool().unwrap()).collect();
+    assert_eq!(streamed, [false, false, false, true]);
     assert_eq!(step[0]["packed_linears"], 0);
     assert_eq!(step[0]["ratio_to_f32"], 1.0);
     for row in step {
         positive(row, "seconds");
         positive(row, "ratio_to_f32");
         positive(row, "device_bytes");
+        positive(row, "peak_device_bytes");
     }
     assert!(step[1]["packed_linears"].as_u64().unwrap() > 0);
     assert!(step[2]["device_bytes"].as_u64() < step[0]["device_bytes"].as_u64());
+    // Streamed, only the layers outside the blocks stay on the device between steps.
+    assert!(step[3]["device_bytes"].as_u64() < step[2]["device_bytes"].as_u64(), "{}", report["step"]);
 }
 
 /// The peer figure: the same DiT step through diffusers on the CPU, with the fixture generator's Python

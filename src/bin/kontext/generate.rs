@@ -92,18 +92,8 @@ pub struct EditArgs {
     /// A reference image (PNG, JPEG, WebP); repeat for several.
     #[arg(long = "image")]
     images: Vec<PathBuf>,
-    /// Output width in pixels (floored to a multiple of 16); needs --height.
-    #[arg(long, requires = "height")]
-    width: Option<usize>,
-    /// Output height in pixels (floored to a multiple of 16); needs --width.
-    #[arg(long, requires = "width")]
-    height: Option<usize>,
-    /// Pixel area of the output and of the reference buckets.
-    #[arg(long, default_value_t = size::DEFAULT_MAX_AREA)]
-    max_area: usize,
-    /// Use references at their own size (floored to ×16) instead of the preferred Kontext bucket.
-    #[arg(long)]
-    no_resize: bool,
+    #[command(flatten)]
+    output: OutputArgs,
     /// Denoising steps.
     #[arg(long, default_value_t = 28)]
     steps: usize,
@@ -135,27 +125,44 @@ pub struct EditArgs {
     stats: Option<PathBuf>,
 }
 
-/// Options of `kontext plan`.
+/// The output size and how references are sized, as `kontext edit` and `kontext plan` take them.
 #[derive(clap::Args)]
-pub struct PlanArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// Output width in pixels (floored to a multiple of 16); needs --height. Default: 1024×1024, or the first
-    /// reference's aspect at --max-area.
+pub struct OutputArgs {
+    /// Output width in pixels (floored to a multiple of 16); needs --height. Default: the first reference's
+    /// aspect at --max-area (1024×1024 without references).
     #[arg(long, requires = "height")]
     width: Option<usize>,
-    /// Output height in pixels; needs --width.
+    /// Output height in pixels (floored to a multiple of 16); needs --width.
     #[arg(long, requires = "width")]
     height: Option<usize>,
     /// Pixel area of the output and of the reference buckets.
     #[arg(long, default_value_t = size::DEFAULT_MAX_AREA)]
     max_area: usize,
-    /// A reference size `WIDTHxHEIGHT` (resized to its Kontext bucket as an edit would); repeat for several.
-    #[arg(long = "reference", value_name = "WxH", value_parser = parse_size)]
-    references: Vec<(usize, usize)>,
-    /// References at their own size (floored to ×16), as `kontext edit --no-resize`.
+    /// Use references at their own size (floored to ×16) instead of the preferred Kontext bucket.
     #[arg(long)]
     no_resize: bool,
+}
+
+impl OutputArgs {
+    fn size(&self) -> Option<(usize, usize)> {
+        self.width.zip(self.height)
+    }
+
+    fn resize(&self) -> size::Resize {
+        if self.no_resize { size::Resize::None } else { size::Resize::Bucket }
+    }
+}
+
+/// Options of `kontext plan`.
+#[derive(clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+    /// A reference size `WIDTHxHEIGHT`, sized as an edit sizes its references; repeat for several.
+    #[arg(long = "reference", value_name = "WxH", value_parser = parse_size)]
+    references: Vec<(usize, usize)>,
     /// Print the plan as JSON.
     #[arg(long)]
     json: bool,
@@ -398,9 +405,9 @@ pub fn edit(args: EditArgs) -> Result<()> {
     let request = EditRequest {
         prompt: args.prompt,
         references,
-        size: args.width.zip(args.height),
-        max_area: args.max_area,
-        resize: if args.no_resize { size::Resize::None } else { size::Resize::Bucket },
+        size: args.output.size(),
+        max_area: args.output.max_area,
+        resize: args.output.resize(),
         steps: args.steps,
         guidance: args.guidance,
         seed,
@@ -534,17 +541,14 @@ pub fn plan(args: PlanArgs) -> Result<()> {
         return plan_catalog(&args, &device);
     }
     let model = args.model.open(&device)?;
-    let output = match (args.width.zip(args.height), args.references.first()) {
+    let output = match (args.output.size(), args.references.first()) {
         (None, None) => (1024, 1024),
-        (given, first) => size::output_size(given, first.copied(), args.max_area)?,
+        (given, first) => size::output_size(given, first.copied(), args.output.max_area)?,
     };
     let references = args
         .references
         .iter()
-        .map(|&(w, h)| {
-            let resize = if args.no_resize { size::Resize::None } else { size::Resize::Bucket };
-            size::reference_size(w, h, resize, args.max_area)
-        })
+        .map(|&(w, h)| size::reference_size(w, h, args.output.resize(), args.output.max_area))
         .collect::<Result<Vec<_>>>()?;
     let inputs = model.plan_inputs(output, references, args.model.limits(&device));
     let plan = MemoryPlan::new(&inputs)?;

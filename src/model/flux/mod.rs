@@ -823,49 +823,66 @@ impl Flux {
         let mut img = self.img_in.forward(img);
         let mut txt = self.txt_in.forward(txt);
         let device = img.device();
-        let stream = |prefix: &str, layers: Vec<(&'static str, &mut Projection)>| -> Result<()> {
-            for (name, projection) in layers {
-                let key = format!("{prefix}.{name}");
-                if projection.is_released() && Layers::Blocks.contains(&key) {
-                    let weights = weights.ok_or_else(|| {
-                        Error::Invalid(format!("`{key}` is not on the device and no weights were given to stream it"))
-                    })?;
-                    projection.reload(weights, &key, &device)?;
-                }
-            }
-            Ok(())
-        };
         for (i, (block, m)) in self.double_blocks.iter().zip(&modulations.double).enumerate() {
-            let streamed;
-            let block = match block.layers().iter().any(|(_, p)| p.is_released()) {
-                false => block,
-                true => {
-                    let mut copy = block.clone();
-                    stream(&format!("double_blocks.{i}"), copy.layers_mut().into())?;
-                    streamed = copy;
-                    &streamed
-                }
-            };
+            let block = on_device(block, &format!("double_blocks.{i}"), weights, &device)?;
             (img, txt) = block.forward(img, txt, m, &rope);
         }
         let mut x = Tensor::cat(vec![txt, img], 1); // [b, n_txt + n_img, hidden]
         for (i, (block, m)) in self.single_blocks.iter().zip(&modulations.single).enumerate() {
-            let streamed;
-            let block = match block.layers().iter().any(|(_, p)| p.is_released()) {
-                false => block,
-                true => {
-                    let mut copy = block.clone();
-                    stream(&format!("single_blocks.{i}"), copy.layers_mut().into())?;
-                    streamed = copy;
-                    &streamed
-                }
-            };
-            x = block.forward(x, m, &rope);
+            x = on_device(block, &format!("single_blocks.{i}"), weights, &device)?.forward(x, m, &rope);
         }
         let img = x.narrow(1, n_txt, n_img);
         let img = layer_norm(img) * (modulations.final_scale.clone() + 1.0) + modulations.final_shift.clone();
         Ok(self.final_layer.linear.forward(img))
     }
+}
+
+/// A block's linear layers with their checkpoint keys under the block.
+trait BlockLayers: Clone {
+    fn layers_of(&self) -> Vec<(&'static str, &Projection)>;
+    fn layers_of_mut(&mut self) -> Vec<(&'static str, &mut Projection)>;
+}
+
+impl BlockLayers for DoubleStreamBlock {
+    fn layers_of(&self) -> Vec<(&'static str, &Projection)> {
+        self.layers().into()
+    }
+    fn layers_of_mut(&mut self) -> Vec<(&'static str, &mut Projection)> {
+        self.layers_mut().into()
+    }
+}
+
+impl BlockLayers for SingleStreamBlock {
+    fn layers_of(&self) -> Vec<(&'static str, &Projection)> {
+        self.layers().into()
+    }
+    fn layers_of_mut(&mut self) -> Vec<(&'static str, &mut Projection)> {
+        self.layers_mut().into()
+    }
+}
+
+/// `block` (checkpoint key `prefix`) as a forward pass needs it: itself when its layers are on the device, else
+/// a copy with its released [`Layers::Blocks`] layers uploaded from `weights`, freed with the copy.
+fn on_device<'b, B: BlockLayers>(
+    block: &'b B,
+    prefix: &str,
+    weights: Option<&dyn Weights>,
+    device: &Device,
+) -> Result<std::borrow::Cow<'b, B>> {
+    if !block.layers_of().iter().any(|(_, p)| p.is_released()) {
+        return Ok(std::borrow::Cow::Borrowed(block));
+    }
+    let mut copy = block.clone();
+    for (name, projection) in copy.layers_of_mut() {
+        let key = format!("{prefix}.{name}");
+        if projection.is_released() && Layers::Blocks.contains(&key) {
+            let weights = weights.ok_or_else(|| {
+                Error::Invalid(format!("`{key}` is not on the device and no weights were given to stream it"))
+            })?;
+            projection.reload(weights, &key, device)?;
+        }
+    }
+    Ok(std::borrow::Cow::Owned(copy))
 }
 
 fn validate(config: &FluxConfig) -> Result<()> {
