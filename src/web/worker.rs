@@ -232,6 +232,8 @@ impl Worker {
             *slot = Some(Box::new(crate::formats::source::Named::new(url.as_str(), data)));
         }
         progress(None, "loading", 0, 1);
+        // Release the previous model before the new one takes GPU memory (the budget is for one model).
+        drop(self.model.take());
         let model = self.open_within(&MemoryFiles(files), overrides, gpu_memory, &device)?;
         Ok(self.install(model, bytes, None))
     }
