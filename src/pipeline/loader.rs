@@ -8,7 +8,6 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use burn::tensor::Device;
-use serde::Serialize;
 
 use crate::device::MemoryMeter;
 use crate::formats::weights::Weights;
@@ -117,11 +116,6 @@ impl<M> Reloadable<M> {
         Ok(self.network.as_ref().expect("loaded above"))
     }
 
-    /// The network when it is on the device.
-    pub fn resident(&self) -> Option<&M> {
-        self.network.as_ref()
-    }
-
     /// Frees the network (its GPU buffers go when the last tensor does); returns whether it was there.
     pub fn release(&mut self) -> bool {
         self.network.take().is_some()
@@ -220,7 +214,7 @@ impl Weights for Metered {
 }
 
 /// Device bytes of each part of a model as loaded, from the file headers ([`planned_device_bytes`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartBytes {
     /// The DiT.
     pub dit: u64,
