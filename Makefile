@@ -30,12 +30,13 @@ REAL_WIDTH_INPUTS := tests/fixtures/generator/make_fixtures.py tests/fixtures/ge
   src/pipeline/clip_l_merges.txt
 REAL_WIDTH_STAMP = $(KONTEXT_REAL_WIDTH)/.made-$(shell cat $(REAL_WIDTH_INPUTS) | sha256sum | cut -c1-16)
 
-.PHONY: help tools web serve dist check test test-native test-wasm test-e2e test-fuzz fuzz fuzz-minimize fmt bench-gpu packs
+.PHONY: help tools web serve dist check test test-native test-wasm test-e2e test-long test-fuzz fuzz fuzz-minimize fmt bench-gpu packs
 
 help:
 	@echo "make serve   install what is missing, build the app, serve it on http://$(HOST):$(PORT)"
 	@echo "make check   formatting, clippy (native and wasm32, warnings are errors) and the layering test"
 	@echo "make test    make check, then every test: native (CPU + wgpu on lavapipe), wasm in headless Chromium, end-to-end, fuzz smoke"
+	@echo "make test-long   the long browser tests: a real-width edit in Chromium against the native CLI (about 10 minutes)"
 	@echo "make packs   the real-width test packs (diffusers in a venv; cached in ~/.cache/kontext-web/packs)"
 	@echo "make dist    the shipped build (fat LTO, wasm-opt -Oz) in dist/"
 	@echo "make fuzz    every fuzz target for FUZZ_SECONDS (600) each, growing then minimizing tests/fuzz/corpus/"
@@ -92,10 +93,16 @@ test-wasm:
 	CHROMEDRIVER=$$(command -v chromedriver) WASM_BINDGEN_TEST_WEBDRIVER_JSON=$(CURDIR)/tests/webdriver.json \
 	WASM_BINDGEN_TEST_TIMEOUT=600 cargo test --locked --target wasm32-unknown-unknown --profile web --test web --test web_worker --test store --test stream
 
-# The end-to-end tests compare the browser's edit with the native CLI's, so they build both.
-test-e2e: web
+# The end-to-end tests compare the browser's edit with the native CLI's, so they build both; the real-width test
+# loads the real-width packs.
+test-e2e: web packs
 	cargo build --locked --bin kontext
-	node --test --test-concurrency=1 tests/e2e/
+	node --test --test-concurrency=1 tests/e2e/*.test.mjs
+
+# The long browser tests (tests/e2e/long/: a real-width edit in Chromium against the native CLI, about 10 minutes).
+test-long: web packs
+	cargo build --locked --bin kontext
+	node --test --test-concurrency=1 tests/e2e/long/
 
 # A short libFuzzer run of every target, starting from the committed corpus; new inputs go to a scratch folder,
 # a finding to tests/fuzz/artifacts/<target>/ (and the run fails).

@@ -22,6 +22,10 @@ var<workgroup> xs: array<f32, 2048>;
 // [TILE_K, TILE_N]
 var<workgroup> ws: array<f32, 2048>;
 
+// K, the bound of the loop that holds the barriers: read through workgroup memory by invocation 0 so that it is
+// uniform for WGSL's uniformity analysis (browsers refuse a barrier in a loop over a storage buffer's value).
+var<workgroup> k_shared: u32;
+
 @compute @workgroup_size(16, 16, 1)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
@@ -30,7 +34,10 @@ fn main(
 ) {
     let m_len = dims[0];
     let n_len = dims[1];
-    let k_len = dims[2];
+    if (tid == 0u) {
+        k_shared = dims[2];
+    }
+    let k_len = workgroupUniformLoad(&k_shared);
     let row_bytes = dims[3];
     let has_bias = dims[4];
     let m0 = group.y * TILE_M;

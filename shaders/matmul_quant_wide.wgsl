@@ -28,6 +28,10 @@ fn store(m: u32, n_len: u32, n: u32, value: vec4<f32>, b: vec4<f32>) {
     }
 }
 
+// K, the bound of the loop that holds the barriers: read through workgroup memory by invocation 0 so that it is
+// uniform for WGSL's uniformity analysis (browsers refuse a barrier in a loop over a storage buffer's value).
+var<workgroup> k_shared: u32;
+
 @compute @workgroup_size(16, 16, 1)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
@@ -36,7 +40,10 @@ fn main(
 ) {
     let m_len = dims[0];
     let n_len = dims[1];
-    let k_len = dims[2];
+    if (tid == 0u) {
+        k_shared = dims[2];
+    }
+    let k_len = workgroupUniformLoad(&k_shared);
     let row_bytes = dims[3];
     let has_bias = dims[4];
     let m0 = group.y * TILE;

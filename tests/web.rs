@@ -1,9 +1,13 @@
 //! wasm tests in headless Chromium's page (WebGPU on SwiftShader): the browser probe, and our WGSL kernels
-//! on the browser's WebGPU compared with their plain-tensor twins on the CPU backend.
+//! on the browser's WebGPU compared with their plain-tensor twins on the CPU backend. The browser's WGSL compiler
+//! is stricter than the native one (uniformity analysis, limits), so every kernel family runs here too.
 #![cfg(target_arch = "wasm32")]
 
 use burn::tensor::{Tensor, TensorData};
+use half::f16;
 use kontext_web::device::{self, selfcheck};
+use kontext_web::formats::GgmlType;
+use kontext_web::kernels::quant_matmul::{PackedWeight, matmul};
 use kontext_web::kernels::{self, latent};
 use kontext_web::web::probe::{self, WebGpu};
 use wasm_bindgen_test::*;
@@ -30,4 +34,48 @@ async fn pack_kernel_on_webgpu_equals_its_reference_twin() {
     let got = device::read_f32(on_gpu).await.unwrap();
     let expected = device::read_f32(reference).await.unwrap();
     assert_eq!(got, expected);
+}
+
+/// `n` rows of `k` values in ggml blocks of `ty` (Q8_0: an f16 scale and 32 signed bytes; Q4_0: an f16 scale and
+/// 32 nibbles, value = (nibble − 8) · scale), with scales and values varying by row and block.
+fn synthetic_blocks(ty: GgmlType, n: usize, k: usize) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for row in 0..n {
+        for block in 0..k / 32 {
+            let scale = f16::from_f32(0.002 * (1 + (row * 7 + block * 3) % 11) as f32);
+            bytes.extend(scale.to_le_bytes());
+            let value = |i: usize| (row * 31 + block * 17 + i * 13) % 251;
+            match ty {
+                GgmlType::Q8_0 => bytes.extend((0..32).map(|i| (value(i) as i32 - 125) as i8 as u8)),
+                GgmlType::Q4_0 => {
+                    bytes.extend((0..16).map(|i| (value(i) % 16) as u8 | ((value(i + 16) % 16) as u8) << 4))
+                }
+                other => panic!("no synthetic {other} blocks"),
+            }
+        }
+    }
+    bytes
+}
+
+/// Each packed-matmul kernel (the matrix-vector one for few rows, the tiled one, the wide one from 256 rows)
+/// compiles under the browser's WGSL rules and equals the same blocks dequantized and multiplied on the CPU.
+#[wasm_bindgen_test]
+async fn packed_quant_matmuls_on_webgpu_equal_their_reference_twin() {
+    let (gpu, _) = device::wgpu_async().await.expect("WebGPU device");
+    let (n, k) = (128, 64);
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
+        let bytes = synthetic_blocks(ty, n, k);
+        let packed = PackedWeight::new(ty, &[n, k], &bytes, &gpu).unwrap();
+        assert!(packed.is_packed(), "{ty} stays packed on WebGPU");
+        let dense = PackedWeight::new(ty, &[n, k], &bytes, &device::cpu()).unwrap();
+        for m in [1, 6, 70, 300] {
+            let x = |d| Tensor::<2>::from_data(TensorData::new(selfcheck::test_matrix(m, k, m as u32), [m, k]), d);
+            let got = device::read_f32(matmul(x(&gpu), &packed, None)).await.unwrap();
+            let want = device::read_f32(matmul(x(&device::cpu()), &dense, None)).await.unwrap();
+            assert_eq!(got.len(), m * n, "{ty} M = {m}");
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            assert!(worst <= 1e-4 * scale.max(1.0), "{ty} M = {m}: max |kernel − reference| = {worst:e}");
+        }
+    }
 }

@@ -24,9 +24,17 @@ export function startServer(root, host = '127.0.0.1', port = 8080) {
       let file = normalize(join(base, path));
       if (!file.startsWith(base)) { res.writeHead(403).end('forbidden'); return; }
       if ((await stat(file).catch(() => null))?.isDirectory()) file = join(file, 'index.html');
-      const body = await readFile(file);
-      res.writeHead(200, {
+      const whole = await readFile(file);
+      // One byte range (model downloads resume with it), else the whole file.
+      const range = (req.headers.range ?? '').match(/^bytes=(\d+)-(\d*)$/);
+      const [start, end] = range ? [Number(range[1]), range[2] === '' ? whole.length : Math.min(whole.length, Number(range[2]) + 1)] : [0, whole.length];
+      if (range && start >= end) { res.writeHead(416, { 'Content-Range': `bytes */${whole.length}` }).end(); return; }
+      const body = whole.subarray(start, end);
+      res.writeHead(range ? 206 : 200, {
         'Content-Type': TYPES[extname(file)] ?? 'application/octet-stream',
+        'Content-Length': String(body.length),
+        'Accept-Ranges': 'bytes',
+        ...(range ? { 'Content-Range': `bytes ${start}-${end - 1}/${whole.length}` } : {}),
         'Cache-Control': 'no-cache',
         'Cross-Origin-Opener-Policy': 'same-origin',
         'X-Content-Type-Options': 'nosniff',

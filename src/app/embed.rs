@@ -14,10 +14,11 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Blob, BlobPropertyBag, MessageEvent};
 
-use super::{AppState, JobState, ModelState, send};
+use super::loading::{self, Stored};
+use super::{AppState, JobState, send};
 use crate::store::js;
 use crate::web::client::WORKER_STOPPED;
-use crate::web::embed_api::{EditOptions, LoadSource, allowed_origins, origin_of};
+use crate::web::embed_api::{self, EditOptions, LoadSource, allowed_origins, origin_of};
 use crate::web::protocol::{FromWorker, ToWorker};
 
 thread_local! {
@@ -47,6 +48,15 @@ impl Reply {
     fn error(&self, message: &str) {
         self.post("kontext:error", &[("message", message.into())]);
     }
+
+    fn cancelled(&self) {
+        self.post("kontext:error", &[("message", "cancelled".into()), ("cancelled", true.into())]);
+    }
+
+    /// Whether `other` came from the same sender with the same id.
+    fn same_request(&self, other: &Reply) -> bool {
+        self.origin == other.origin && Object::is(&self.id, &other.id)
+    }
 }
 
 fn post_to(target: &JsValue, message: &JsValue, origin: &str) {
@@ -62,7 +72,9 @@ fn post_to(target: &JsValue, message: &JsValue, origin: &str) {
 struct Embed {
     allowed: Vec<String>,
     state: AppState,
-    /// Loads in the order the worker runs them; the first one owns load progress.
+    /// The load whose files are being stored, with its number (a later load replaces it).
+    downloading: RefCell<Option<(u32, Reply)>>,
+    /// Loads sent to the worker, in the order it runs them; the first one owns load progress.
     loads: RefCell<VecDeque<Reply>>,
     /// Edits by worker job id.
     edits: RefCell<Vec<(u32, Reply)>>,
@@ -90,6 +102,7 @@ pub fn start(state: AppState) {
     let embed = Rc::new(Embed {
         allowed: allowed_origins(&own, allow.as_deref()),
         state,
+        downloading: RefCell::new(None),
         loads: RefCell::new(VecDeque::new()),
         edits: RefCell::new(Vec::new()),
         next_job: Cell::new(1),
@@ -152,32 +165,45 @@ impl Embed {
         }
     }
 
+    /// Stores the source's files (what is missing; nothing when it is stored, so an embed works offline), then has
+    /// the worker load the stored model. A load that arrives while another downloads replaces it.
     fn load(&self, reply: Reply, data: &JsValue) {
         let page = web_sys::window().and_then(|w| w.location().href().ok()).unwrap_or_default();
-        let source = js::get(data, "source").unwrap_or(JsValue::UNDEFINED);
-        let budget =
-            crate::web::embed_api::gpu_memory(js::get(data, "gpuMemory").map(|v| v.as_f64().unwrap_or(f64::NAN)));
-        let request = serde_wasm_bindgen::from_value::<LoadSource>(source)
-            .map_err(|e| format!("kontext:load: bad source: {e}"))
-            .and_then(|source| source.to_request(&page))
-            .and_then(|request| match (request, budget?) {
-                (ToWorker::LoadModel { base, files, parts, .. }, gpu_memory) => {
-                    Ok(ToWorker::LoadModel { base, files, parts, gpu_memory })
-                }
-                (other, _) => Ok(other),
-            });
-        let request = match request {
-            Ok(request) => request,
-            Err(message) => return reply.error(&message),
+        let source =
+            serde_wasm_bindgen::from_value::<LoadSource>(js::get(data, "source").unwrap_or(JsValue::UNDEFINED))
+                .map_err(|e| format!("kontext:load: bad source: {e}"))
+                .and_then(|source| source.to_source(&page));
+        let number_field = |key: &str| js::get(data, key).map(|v| v.as_f64().unwrap_or(f64::NAN));
+        let budget = embed_api::gpu_memory(number_field("gpuMemory"));
+        let chunk_size = embed_api::chunk_size(number_field("chunkSize"));
+        let (source, gpu_memory, chunk_size) = match (source, budget, chunk_size) {
+            (Ok(source), Ok(budget), Ok(chunk_size)) => (source, budget, chunk_size),
+            (Err(message), _, _) | (_, Err(message), _) | (_, _, Err(message)) => return reply.error(&message),
         };
-        self.state.model.set(ModelState::Loading { phase: "downloading".into(), done: 0, total: 1 });
-        match send(&request) {
-            Ok(()) => self.loads.borrow_mut().push_back(reply),
-            Err(e) => {
-                self.state.model.set(ModelState::Failed(e.clone()));
-                reply.error(&e)
-            }
+        let number = self.next_job.get();
+        self.next_job.set(number + 1);
+        if let Some((_, earlier)) = self.downloading.replace(Some((number, reply.clone()))) {
+            earlier.error("cancelled: a later kontext:load replaced this one");
         }
+        let state = self.state;
+        leptos::task::spawn_local(async move {
+            let progress_reply = reply.clone();
+            let mut on_progress = move |p: &crate::store::download::Progress| {
+                progress_reply.post("kontext:progress", &progress_fields("downloading", p.done, p.total));
+            };
+            let stored = loading::load_urls(state, source, gpu_memory, chunk_size, &mut on_progress).await;
+            let Some(embed) = EMBED.with(|e| e.borrow().clone()) else { return };
+            let ours = embed.downloading.borrow().as_ref().is_some_and(|(n, _)| *n == number);
+            if !ours {
+                return; // cancelled or replaced: answered then
+            }
+            embed.downloading.replace(None);
+            match stored {
+                Ok(Stored::Sent(_)) => embed.loads.borrow_mut().push_back(reply),
+                Ok(Stored::Cancelled) => reply.cancelled(),
+                Err(message) => reply.error(&message),
+            }
+        });
     }
 
     fn edit(&self, reply: Reply, data: &JsValue) {
@@ -217,20 +243,37 @@ impl Embed {
         });
     }
 
+    /// Cancels the edit or the load the sender asked for with this id, answering it `cancelled` within a second.
+    /// A load in the worker ends with the worker (a fresh one replaces it): what was queued behind it ends too.
     fn cancel(&self, reply: &Reply) {
-        let job = self
-            .edits
-            .borrow()
-            .iter()
-            .find(|(_, r)| r.origin == reply.origin && Object::is(&r.id, &reply.id))
-            .map(|(job, _)| *job);
-        match job {
-            Some(id) => {
-                if let Err(e) = send(&ToWorker::Cancel { id }) {
-                    reply.error(&e);
-                }
+        let job = self.edits.borrow().iter().find(|(_, r)| r.same_request(reply)).map(|(job, _)| *job);
+        if let Some(id) = job {
+            if let Err(e) = send(&ToWorker::Cancel { id }) {
+                reply.error(&e);
             }
-            None => reply.error("no running edit has this id"),
+            return;
+        }
+        let downloading = self.downloading.borrow().as_ref().is_some_and(|(_, r)| r.same_request(reply));
+        if downloading {
+            if let Some((_, load)) = self.downloading.replace(None) {
+                loading::cancel_load(self.state);
+                load.cancelled();
+            }
+            return;
+        }
+        let in_worker = self.loads.borrow().iter().any(|r| r.same_request(reply));
+        if !in_worker {
+            return reply.error("no running edit or load has this id");
+        }
+        loading::cancel_load(self.state);
+        let loads: Vec<Reply> = self.loads.borrow_mut().drain(..).collect();
+        let edits: Vec<(u32, Reply)> = self.edits.borrow_mut().drain(..).collect();
+        for other in loads.iter().chain(edits.iter().map(|(_, r)| r)) {
+            if other.same_request(reply) {
+                other.cancelled();
+            } else {
+                other.error("cancelled: a load before it was cancelled, which restarted the worker");
+            }
         }
     }
 
@@ -252,9 +295,16 @@ impl Embed {
                     reply.post("kontext:progress", &progress_fields(phase, *done, *total));
                 }
             }
-            FromWorker::Loaded { description, .. } => {
+            FromWorker::Loaded { description, heap_bytes } => {
                 if let Some(reply) = self.loads.borrow_mut().pop_front() {
-                    reply.post("kontext:loaded", &[("description", description.as_str().into())]);
+                    reply.post(
+                        "kontext:loaded",
+                        &[
+                            ("description", description.as_str().into()),
+                            ("workerHeapBytes", (*heap_bytes as f64).into()),
+                            ("pageHeapBytes", (js::wasm_heap_bytes() as f64).into()),
+                        ],
+                    );
                 }
             }
             FromWorker::Error { job: None, request, message, .. } if request == "load_model" => {
@@ -280,7 +330,7 @@ impl Embed {
             }
             FromWorker::Cancelled { id, .. } => {
                 if let Some(reply) = self.take_edit(*id) {
-                    reply.post("kontext:error", &[("message", "cancelled".into()), ("cancelled", true.into())]);
+                    reply.cancelled();
                 }
             }
             FromWorker::Error { job: Some(job), message, .. } => {

@@ -6,6 +6,7 @@
 pub mod edit;
 pub mod embed;
 pub mod history;
+pub mod loading;
 pub mod loras;
 pub mod models;
 
@@ -175,7 +176,7 @@ impl AppState {
                     *job = JobState::Running { id, phase, done, total, started, phase_started };
                 }
             }),
-            FromWorker::Loaded { description } => self.model.set(ModelState::Loaded(description)),
+            FromWorker::Loaded { description, .. } => self.model.set(ModelState::Loaded(description)),
             FromWorker::Preview { job, step, png } => {
                 if let Ok(url) = png_object_url(&png) {
                     if let Some((_, _, old)) = self.preview.get_untracked() {
@@ -212,10 +213,7 @@ impl AppState {
                         "{message}. A fresh worker was started: load the model again."
                     )));
                     // Not from inside the old worker's own callback: replace it once this one returns.
-                    leptos::task::spawn_local(async move {
-                        start_worker(self);
-                        loras::resend(self).await;
-                    });
+                    leptos::task::spawn_local(async move { restart_worker(self) });
                 }
                 _ => {
                     // The worker itself failed: whatever was waiting on it will not get an answer.
@@ -241,6 +239,16 @@ fn png_object_url(png: &[u8]) -> Result<String, String> {
     let blob =
         web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &options).map_err(crate::store::js::describe)?;
     web_sys::Url::create_object_url_with_blob(&blob).map_err(crate::store::js::describe)
+}
+
+/// Replaces the inference worker with a fresh one, which gets the LoRA files again. What the old one held (a
+/// model, GPU memory, queued requests) ends with it; an edit that was running or queued ends as cancelled.
+pub fn restart_worker(state: AppState) {
+    start_worker(state);
+    if matches!(state.job.get_untracked(), JobState::Running { .. }) {
+        state.job.set(JobState::Cancelled);
+    }
+    leptos::task::spawn_local(loras::resend(state));
 }
 
 /// Starts the inference worker, replacing (and terminating) any earlier one.

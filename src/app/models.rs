@@ -258,7 +258,7 @@ impl StoreController {
     /// Takes the Web Lock that lets one tab at a time fill or verify model `id`, showing the transfer as waiting
     /// while another tab holds it.
     async fn lock_model(self, id: &str) -> Result<locks::HeldLock> {
-        locks::acquire(&format!("kontext-web model {id}"), || self.show_action(Action::Waiting)).await
+        locks::model(id, || self.show_action(Action::Waiting)).await
     }
 
     fn show_action(self, action: Action) {

@@ -30,6 +30,8 @@ pub struct Inspection {
     pub params: u64,
     /// Bytes of tensor data as stored (headers excluded).
     pub bytes: u64,
+    /// The tensor with the most values and that count (a load holds about twice it as f32 in host memory).
+    pub largest: Option<(String, u64)>,
 }
 
 /// The architecture recognised from tensor names (for files that do not declare one).
@@ -47,17 +49,27 @@ pub fn architecture_from_names<'a>(mut names: impl Iterator<Item = &'a str>) -> 
     names.find_map(|name| RULES.iter().find(|(suffix, _)| name.ends_with(suffix)).map(|&(_, arch)| arch))
 }
 
-/// Counts and sums over tensor entries.
-fn tally<'a>(entries: impl Iterator<Item = (&'a str, u64, u64)>) -> (BTreeMap<String, usize>, usize, u64, u64) {
-    let mut dtypes = BTreeMap::new();
-    let (mut tensors, mut params, mut bytes) = (0, 0, 0);
-    for (dtype, numel, len) in entries {
-        *dtypes.entry(dtype.to_string()).or_insert(0) += 1;
-        tensors += 1;
-        params += numel;
-        bytes += len;
+/// Counts and sums over tensor entries `(name, dtype, values, bytes)`.
+struct Tally {
+    dtypes: BTreeMap<String, usize>,
+    tensors: usize,
+    params: u64,
+    bytes: u64,
+    largest: Option<(String, u64)>,
+}
+
+fn tally<'a>(entries: impl Iterator<Item = (&'a str, &'a str, u64, u64)>) -> Tally {
+    let mut tally = Tally { dtypes: BTreeMap::new(), tensors: 0, params: 0, bytes: 0, largest: None };
+    for (name, dtype, numel, len) in entries {
+        *tally.dtypes.entry(dtype.to_string()).or_insert(0) += 1;
+        tally.tensors += 1;
+        tally.params += numel;
+        tally.bytes += len;
+        if tally.largest.as_ref().is_none_or(|(_, most)| numel > *most) {
+            tally.largest = Some((name.to_string(), numel));
+        }
     }
-    (dtypes, tensors, params, bytes)
+    tally
 }
 
 fn flux_config(
@@ -82,7 +94,8 @@ fn inspect_safetensors_entries<'a>(
     diffusers_config: Option<&str>,
 ) -> Result<Inspection> {
     let architecture = architecture_from_names(entries.clone().map(|t| t.name.as_str()));
-    let (dtypes, tensors, params, bytes) = tally(entries.map(|t| (t.dtype.as_str(), t.numel(), t.len)));
+    let Tally { dtypes, tensors, params, bytes, largest } =
+        tally(entries.map(|t| (t.name.as_str(), t.dtype.as_str(), t.numel(), t.len)));
     Ok(Inspection {
         format,
         architecture: architecture.map(str::to_string),
@@ -91,6 +104,7 @@ fn inspect_safetensors_entries<'a>(
         tensors,
         params,
         bytes,
+        largest,
     })
 }
 
@@ -112,7 +126,8 @@ pub fn inspect_gguf(file: &GgufFile) -> Result<Inspection> {
         Some(arch) => Some(arch.to_string()),
         None => architecture_from_names(file.tensors().iter().map(|t| t.name.as_str())).map(str::to_string),
     };
-    let (dtypes, tensors, params, bytes) = tally(file.tensors().iter().map(|t| (t.ggml_type.name(), t.numel(), t.len)));
+    let Tally { dtypes, tensors, params, bytes, largest } =
+        tally(file.tensors().iter().map(|t| (t.name.as_str(), t.ggml_type.name(), t.numel(), t.len)));
     Ok(Inspection {
         format: format!("gguf v{}", file.version()),
         config: flux_config(architecture.as_deref(), file, None)?,
@@ -121,6 +136,7 @@ pub fn inspect_gguf(file: &GgufFile) -> Result<Inspection> {
         tensors,
         params,
         bytes,
+        largest,
     })
 }
 

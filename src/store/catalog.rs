@@ -2,7 +2,7 @@
 //!
 //! Sizes are approximate (from the hosting pages, rounded to about three digits): they are shown before a
 //! download and used for the quota check; the server's own answer replaces them before the first chunk is
-//! stored ([`Manifest::set_file_size`](super::manifest::Manifest::set_file_size)).
+//! stored ([`Manifest::set_remote`](super::manifest::Manifest::set_remote)).
 
 use super::manifest::{DEFAULT_CHUNK_SIZE, Manifest, Role, Source, StoredFile};
 use crate::{Error, Result};

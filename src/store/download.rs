@@ -12,7 +12,8 @@ use js_sys::{Object, Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 
 use super::idb::{Store, estimate};
-use super::manifest::{Manifest, StoredFile};
+use super::manifest::{Manifest, StoredFile, changed_on_server, is_changed_on_server};
+use super::sources::{PlannedFile, RemoteFile, UrlSource, shard_files, sharded_index, url_manifest};
 use crate::store::js;
 use crate::{Error, Result};
 
@@ -35,6 +36,11 @@ impl CancelFlag {
     /// Whether a stop was asked for.
     pub fn is_cancelled(&self) -> bool {
         self.0.get()
+    }
+
+    /// Whether `other` is this flag (a clone of it), not merely one in the same state.
+    pub fn same(&self, other: &CancelFlag) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
     }
 }
 
@@ -66,8 +72,8 @@ pub struct Progress {
 pub const MAX_ATTEMPTS_WITHOUT_PROGRESS: usize = 3;
 
 /// Downloads every missing chunk of model `id`: first asks each server for its file's true size (catalog sizes
-/// are approximate), then checks the quota and refuses with a `storage full:` error when the missing bytes will
-/// not fit, then fetches file by file.
+/// are approximate) and version (a file that changed since its first chunks is refused), then checks the quota
+/// and refuses with a `storage full:` error when the missing bytes will not fit, then fetches file by file.
 pub async fn download_model(
     store: &Store,
     id: &str,
@@ -75,21 +81,27 @@ pub async fn download_model(
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Result<Outcome> {
     let mut manifest = stored_manifest(store, id).await?;
-    let mut changed = false;
-    for file in manifest.files.clone() {
-        if file.is_complete() {
-            continue;
-        }
-        let url = file_url(id, &file)?;
-        let size = probe_size(url).await?;
-        if size != file.size {
-            manifest.set_file_size(&file.path, size)?;
-            changed = true;
-        }
+    let before = manifest.clone();
+    for file in before.files.iter().filter(|f| !f.is_complete()) {
+        let url = file_url(id, file)?;
+        let remote = probe(url).await?.ok_or_else(|| not_found(url))?;
+        manifest.set_remote(&file.path, remote.size, remote.validator)?;
     }
-    if changed {
+    if manifest != before {
         store.put_manifest(&manifest).await?;
     }
+    download_missing(store, &manifest, cancel, on_progress).await
+}
+
+/// Downloads every missing chunk of `manifest`, whose sizes and versions were just asked of the servers: checks the
+/// quota first (a `storage full:` error when the missing bytes will not fit), then fetches file by file.
+async fn download_missing(
+    store: &Store,
+    manifest: &Manifest,
+    cancel: &CancelFlag,
+    on_progress: &mut dyn FnMut(&Progress),
+) -> Result<Outcome> {
+    let id = &manifest.id;
     estimate().await?.check_fits(manifest.missing_bytes())?;
     for path in manifest.files.iter().filter(|f| !f.is_complete()).map(|f| f.path.clone()).collect::<Vec<_>>() {
         if download_file(store, id, &path, cancel, on_progress).await? == Outcome::Cancelled {
@@ -130,7 +142,8 @@ pub async fn download_file(
             Err(e) => {
                 let stored_now = stored_manifest(store, id).await?.file(path)?.stored_bytes();
                 failures = if stored_now > stored_before { 1 } else { failures + 1 };
-                if failures >= MAX_ATTEMPTS_WITHOUT_PROGRESS || super::manifest::is_storage_full(&e) {
+                let hopeless = super::manifest::is_storage_full(&e) || is_changed_on_server(&e);
+                if failures >= MAX_ATTEMPTS_WITHOUT_PROGRESS || hopeless {
                     return Err(e);
                 }
             }
@@ -153,26 +166,42 @@ async fn fetch_run(
     let end = last_start + last_len;
     let response = fetch(url, "GET", Some((start, end))).await?;
     let status = js::get_f64(&response, "status").unwrap_or(0.0) as u16;
+    if let (Some(was), Some(now)) = (&file.validator, validator(&response))
+        && *was != now
+    {
+        return Err(changed_on_server(url, &format!("it was {was:?}, it is now {now:?}")));
+    }
+    let length = header(&response, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
     let mut position = match status {
-        206 => {
-            let range = header(&response, "content-range").unwrap_or_default();
-            let (first, _, total) = parse_content_range(&range).ok_or_else(|| {
-                Error::Invalid(format!("{url}: answered 206 without a readable Content-Range ({range:?})"))
-            })?;
-            if first != start {
+        // A CDN may keep Content-Range from the page (not exposed through CORS): then the length must be the
+        // range's, and the stream must end exactly at its end.
+        206 => match header(&response, "content-range") {
+            Some(range) => {
+                let (first, _, total) = parse_content_range(&range).ok_or_else(|| {
+                    Error::Invalid(format!("{url}: answered 206 with an unreadable Content-Range ({range:?})"))
+                })?;
+                if first != start {
+                    return Err(Error::Invalid(format!(
+                        "{url}: asked for bytes from {start}, the server sent them from {first}"
+                    )));
+                }
+                if let Some(total) = total.filter(|&t| t != file.size) {
+                    let was = file.size;
+                    return Err(changed_on_server(url, &format!("it was {was} bytes, it is now {total}")));
+                }
+                first
+            }
+            None if length.is_some_and(|l| l != end - start) => {
                 return Err(Error::Invalid(format!(
-                    "{url}: asked for bytes from {start}, the server sent them from {first}"
+                    "{url}: asked for {} bytes from {start}, the server answered with {} bytes",
+                    end - start,
+                    length.unwrap_or_default()
                 )));
             }
-            if let Some(total) = total.filter(|&t| t != file.size) {
-                let expected = file.size;
-                return Err(Error::Invalid(format!(
-                    "{url} is now {total} bytes but {expected} were expected; delete the model and download it again"
-                )));
-            }
-            first
-        }
-        // The server ignored the range: read from the start and skip what is already stored.
+            None => start,
+        },
+        // The server ignored the range: read from the start and skip what is already stored. (Its Content-Length
+        // may be that of a compressed body, so a change shows only in the validator.)
         200 => 0,
         _ => return Err(Error::Invalid(format!("{url}: the server answered {status}"))),
     };
@@ -234,21 +263,121 @@ async fn fetch_run(
     Ok(Outcome::Complete)
 }
 
-/// The size of the file at `url`: `Content-Length` of a `HEAD`, else the total of a one-byte range.
-pub async fn probe_size(url: &str) -> Result<u64> {
+/// What the server says of the file at `url` (`None`: it has no such file, 404 or 410). The size comes from the
+/// first of: a `HEAD`'s `Content-Length`, a one-byte range's `Content-Range` total, a plain `GET`'s
+/// `Content-Length` (its body is not read), so that hosts that refuse `HEAD` or keep `Content-Range` from the
+/// page through CORS still work.
+pub async fn probe(url: &str) -> Result<Option<RemoteFile>> {
     let head = fetch(url, "HEAD", None).await?;
-    if js::get(&head, "ok").and_then(|v| v.as_bool()).unwrap_or(false)
-        && let Some(length) = header(&head, "content-length").and_then(|v| v.trim().parse().ok())
-    {
-        return Ok(length);
+    let status = js::get_f64(&head, "status").unwrap_or(0.0) as u16;
+    if status == 404 || status == 410 {
+        return Ok(None);
     }
-    let response = fetch(url, "GET", Some((0, 1))).await?;
-    let status = js::get_f64(&response, "status").unwrap_or(0.0);
-    let size = header(&response, "content-range").and_then(|r| parse_content_range(&r)).and_then(|(_, _, total)| total);
-    if let Some(body) = js::get(&response, "body") {
+    let length = |response: &JsValue| header(response, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+    if is_ok(&head)
+        && let Some(size) = length(&head)
+    {
+        return Ok(Some(RemoteFile { size, validator: validator(&head) }));
+    }
+    let ranged = fetch(url, "GET", Some((0, 1))).await?;
+    let total = header(&ranged, "content-range").and_then(|r| parse_content_range(&r)).and_then(|(_, _, t)| t);
+    let ranged_validator = validator(&ranged);
+    discard_body(&ranged).await;
+    if let Some(size) = total {
+        return Ok(Some(RemoteFile { size, validator: ranged_validator }));
+    }
+    let whole = fetch(url, "GET", None).await?;
+    let status = js::get_f64(&whole, "status").unwrap_or(0.0) as u16;
+    let found = (is_ok(&whole) && status == 200).then(|| length(&whole)).flatten();
+    let whole_validator = validator(&whole);
+    discard_body(&whole).await;
+    match (status, found) {
+        (404 | 410, _) => Ok(None),
+        (_, Some(size)) => Ok(Some(RemoteFile { size, validator: whole_validator })),
+        _ => Err(Error::Invalid(format!("{url}: the server does not tell the file's size (status {status})"))),
+    }
+}
+
+fn not_found(url: &str) -> Error {
+    Error::Invalid(format!("{url}: the server has no such file (404)"))
+}
+
+/// What the servers say of `planned` files. A folder's weights file the server does not have is looked up as a
+/// sharded checkpoint: its `*.safetensors.index.json` is read, and the index and the shards it names replace it.
+pub async fn probe_files(planned: Vec<PlannedFile>) -> Result<Vec<(PlannedFile, RemoteFile)>> {
+    let mut probed = Vec::with_capacity(planned.len());
+    for file in planned {
+        if let Some(remote) = probe(&file.origin).await? {
+            probed.push((file, remote));
+            continue;
+        }
+        let index = sharded_index(&file).ok_or_else(|| not_found(&file.origin))?;
+        let Some(index_remote) = probe(&index.origin).await? else {
+            return Err(Error::Invalid(format!(
+                "{}: the server has neither this file nor its sharded index {}",
+                file.origin, index.origin
+            )));
+        };
+        let shards = shard_files(&index, &fetch_text(&index.origin).await?)?;
+        probed.push((index, index_remote));
+        for shard in shards {
+            let remote = probe(&shard.origin).await?.ok_or_else(|| not_found(&shard.origin))?;
+            probed.push((shard, remote));
+        }
+    }
+    Ok(probed)
+}
+
+/// Puts the files of `source` in the store and downloads what is missing, returning the model's id
+/// ([`UrlSource::stable_id`]) and how the download ended. A model of the same URLs already complete is used as
+/// stored, without asking any server (so it loads offline); one partly stored is resumed.
+pub async fn store_url_source(
+    store: &Store,
+    source: &UrlSource,
+    chunk_size: u64,
+    cancel: &CancelFlag,
+    on_progress: &mut dyn FnMut(&Progress),
+) -> Result<(String, Outcome)> {
+    let id = source.stable_id();
+    let outcome = match store.manifest(&id).await? {
+        Some(manifest) if manifest.is_complete() => Outcome::Complete,
+        Some(_) => download_model(store, &id, cancel, on_progress).await?,
+        None => {
+            let probed = probe_files(source.plan()?).await?;
+            let manifest = url_manifest(&id, &source.label(), source.base.clone(), &probed, chunk_size)?;
+            estimate().await?.check_fits(manifest.missing_bytes())?;
+            store.put_manifest(&manifest).await?;
+            download_missing(store, &manifest, cancel, on_progress).await?
+        }
+    };
+    Ok((id, outcome))
+}
+
+fn is_ok(response: &JsValue) -> bool {
+    js::get(response, "ok").and_then(|v| v.as_bool()).unwrap_or(false)
+}
+
+/// The response's `ETag` (readable cross-origin only when the server exposes it), else its `Last-Modified` (always
+/// readable).
+fn validator(response: &JsValue) -> Option<String> {
+    header(response, "etag").or_else(|| header(response, "last-modified")).filter(|v| !v.trim().is_empty())
+}
+
+async fn discard_body(response: &JsValue) {
+    if let Some(body) = js::get(response, "body").filter(|b| !b.is_null() && !b.is_undefined()) {
         let _ = js::call_async(&body, "cancel", &[]).await;
     }
-    size.ok_or_else(|| Error::Invalid(format!("{url}: the server does not tell the file's size (status {status})")))
+}
+
+/// The text of a small file (an index), fetched without caching.
+async fn fetch_text(url: &str) -> Result<String> {
+    let response = fetch(url, "GET", None).await?;
+    if !is_ok(&response) {
+        let status = js::get_f64(&response, "status").unwrap_or(0.0);
+        return Err(Error::Invalid(format!("{url}: the server answered {status}")));
+    }
+    let text = js::call_async(&response, "text", &[]).await.map_err(|e| Error::Invalid(format!("{url}: {e}")))?;
+    text.as_string().ok_or_else(|| Error::Invalid(format!("{url}: the answer is not text")))
 }
 
 /// `fetch(url)` with method, an optional byte range `start..end` and no HTTP caching.

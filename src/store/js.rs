@@ -59,3 +59,8 @@ pub fn on_visible(callback: impl Fn() + 'static) {
     let _ = document.add_event_listener_with_callback("visibilitychange", listener.as_ref().unchecked_ref());
     listener.forget();
 }
+
+/// Bytes of this module's WebAssembly memory: it only grows, so this is the most the heap has needed so far.
+pub fn wasm_heap_bytes() -> u64 {
+    get_f64(&get(&wasm_bindgen::memory(), "buffer").unwrap_or(JsValue::UNDEFINED), "byteLength").unwrap_or(0.0) as u64
+}

@@ -106,6 +106,10 @@ pub struct StoredFile {
     pub chunk_size: u64,
     /// One entry per chunk, in order.
     pub chunks: Vec<Chunk>,
+    /// What the server said identifies this version of the file (its `ETag`, else its `Last-Modified`), when it
+    /// said so: a later answer with another one is a changed file, whose bytes are never mixed with these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator: Option<String>,
 }
 
 /// Number of chunks of a file of `size` bytes.
@@ -128,7 +132,7 @@ impl StoredFile {
     pub fn new(path: &str, role: Option<Role>, url: Option<String>, size: u64, chunk_size: u64) -> Result<Self> {
         check_sizes(path, size, chunk_size)?;
         let chunks = vec![Chunk { sha256: None, state: ChunkState::Missing }; chunk_count(size, chunk_size) as usize];
-        let file = Self { path: path.to_string(), role, url, size, chunk_size, chunks };
+        let file = Self { path: path.to_string(), role, url, size, chunk_size, chunks, validator: None };
         file.validate()?;
         Ok(file)
     }
@@ -229,6 +233,11 @@ impl StoredFile {
             && (url.is_empty() || url.len() > MAX_TEXT)
         {
             return Err(Error::Invalid(format!("{} has an empty or overlong URL", self.path)));
+        }
+        if let Some(validator) = &self.validator
+            && (validator.len() > MAX_TEXT || validator.chars().any(char::is_control))
+        {
+            return Err(Error::Invalid(format!("{} has an overlong or garbled ETag", self.path)));
         }
         for (index, chunk) in self.chunks.iter().enumerate() {
             match &chunk.sha256 {
@@ -434,22 +443,47 @@ impl Manifest {
         Ok(())
     }
 
-    /// Sets the size of a file of which nothing is stored yet (catalog sizes are approximate; the server's
-    /// answer is the truth). Refused once chunks are stored: the file then changed on the server.
-    pub fn set_file_size(&mut self, path: &str, size: u64) -> Result<()> {
+    /// Records what the server now says of file `path`: its size and validator (`ETag` or `Last-Modified`). A file
+    /// with nothing stored takes them (catalog sizes are approximate; the server's answer is the truth); one with stored chunks must still match them, or it [changed on the
+    /// server](is_changed_on_server).
+    pub fn set_remote(&mut self, path: &str, size: u64, validator: Option<String>) -> Result<()> {
         let file = self.file_mut(path)?;
-        if file.size == size {
-            return Ok(());
+        let validator_changed = matches!((&file.validator, &validator), (Some(was), Some(now)) if was != now);
+        if file.size == size && !validator_changed {
+            if file.validator.is_none() {
+                file.validator = validator;
+            }
+            return self.validate();
         }
         if file.chunks.iter().any(|c| c.state == ChunkState::Stored || c.sha256.is_some()) {
-            return Err(Error::Invalid(format!(
-                "{path} is now {size} bytes on the server but was {} when its first chunks were stored; delete the model and download it again",
-                file.size
-            )));
+            let what = if file.size != size {
+                format!("it is now {size} bytes, it was {}", file.size)
+            } else {
+                format!(
+                    "its ETag was {:?}, it is now {:?}",
+                    file.validator.as_deref().unwrap_or_default(),
+                    validator.as_deref().unwrap_or_default()
+                )
+            };
+            return Err(changed_on_server(file.url.as_deref().unwrap_or(path), &what));
         }
-        *file = StoredFile::new(&file.path.clone(), file.role, file.url.clone(), size, file.chunk_size)?;
+        let mut fresh = StoredFile::new(&file.path.clone(), file.role, file.url.clone(), size, file.chunk_size)?;
+        fresh.validator = validator;
+        *file = fresh;
         self.validate()
     }
+}
+
+/// The error for a file that changed on its server between chunks (`what` says how): its bytes are not mixed.
+pub fn changed_on_server(url: &str, what: &str) -> Error {
+    Error::Invalid(format!(
+        "{url} changed on the server since its download began ({what}); its stored chunks were not mixed with the new bytes: delete the model and download it again"
+    ))
+}
+
+/// Whether `error` is [`changed_on_server`]'s: trying again cannot help.
+pub fn is_changed_on_server(error: &Error) -> bool {
+    matches!(error, Error::Invalid(message) if message.contains(" changed on the server since its download began ("))
 }
 
 /// Space the browser grants this site, as `navigator.storage.estimate()` reports it.
@@ -566,13 +600,31 @@ mod tests {
         let err = manifest.check_chunk(path, 0, b"evil").unwrap_err().to_string();
         assert!(err.contains("does not match its SHA-256"), "{err}");
         assert!(manifest.check_chunk(path, 0, b"good").is_ok());
-        assert!(manifest.set_file_size(path, 5).unwrap_err().to_string().contains("delete the model"));
+        assert!(manifest.set_remote(path, 5, None).unwrap_err().to_string().contains("delete the model"));
+    }
+
+    #[test]
+    fn a_file_whose_etag_changes_after_chunks_are_stored_is_refused_as_changed() {
+        let mut manifest = sample();
+        let path = "ae.safetensors";
+        let size = manifest.file(path).unwrap().size;
+        manifest.set_remote(path, size, Some("v1".into())).unwrap();
+        let hash = manifest.check_chunk(path, 0, b"good").unwrap();
+        manifest.mark_stored(path, 0, hash).unwrap();
+        manifest.set_remote(path, size, None).unwrap();
+        manifest.set_remote(path, size, Some("v1".into())).unwrap();
+        let changed = manifest.set_remote(path, size, Some("v2".into())).unwrap_err();
+        assert!(is_changed_on_server(&changed), "{changed}");
+        assert!(changed.to_string().contains(r#"(it was "v1", it is now "v2")"#), "{changed}");
+        assert!(is_changed_on_server(&manifest.set_remote(path, size + 1, None).unwrap_err()));
+        assert_eq!(manifest.file(path).unwrap().stored_bytes(), 4, "the stored chunk stays");
+        assert!(!is_changed_on_server(&Error::Invalid("storage full: x".into())));
     }
 
     #[test]
     fn approximate_sizes_are_corrected_before_anything_is_stored() {
         let mut manifest = sample();
-        manifest.set_file_size("transformer/model.safetensors", 13).unwrap();
+        manifest.set_remote("transformer/model.safetensors", 13, None).unwrap();
         assert_eq!(manifest.file("transformer/model.safetensors").unwrap().chunks.len(), 4);
         assert_eq!(manifest.total_bytes(), 17);
     }

@@ -2,7 +2,8 @@
 //! local files (picked one by one, or a whole folder). Plain data, tested natively; the page probes sizes and
 //! reads the files.
 
-use super::manifest::{Manifest, Role, Source, StoredFile};
+use super::manifest::{Manifest, Role, Source, StoredFile, sha256_hex};
+use crate::formats::safetensors::ShardedSafetensors;
 use crate::pipeline::loader::DIFFUSERS_FILES;
 use crate::{Error, Result};
 
@@ -120,7 +121,8 @@ impl UrlSource {
     }
 
     /// The files to fetch: the folder's [`DIFFUSERS_FILES`] except the weights a part URL replaces, then the
-    /// parts. Without a folder every part needs its URL.
+    /// parts. Without a folder every weights part needs its URL (the CLIP tokenizer falls back to the built-in
+    /// one, as for ComfyUI's file set).
     pub fn plan(&self) -> Result<Vec<PlannedFile>> {
         let parts = [
             (Role::Transformer, &self.transformer, "DiT"),
@@ -133,9 +135,12 @@ impl UrlSource {
         if let Some(base) = &self.base {
             check_url("folder", base)?;
         } else {
-            let missing: Vec<&str> =
-                parts.iter().filter(|(_, url, _)| url.is_none()).map(|(_, _, what)| *what).collect();
-            if missing.len() == parts.len() {
+            let missing: Vec<&str> = parts
+                .iter()
+                .filter(|(role, url, _)| url.is_none() && *role != Role::Tokenizer)
+                .map(|(_, _, what)| *what)
+                .collect();
+            if parts.iter().all(|(_, url, _)| url.is_none()) {
                 return Err(Error::Invalid(
                     "give the URL of a model folder (diffusers layout) or one URL per part".into(),
                 ));
@@ -171,6 +176,16 @@ impl UrlSource {
         Ok(planned)
     }
 
+    /// The store id of this source's model: its label and a hash of its URLs, so the same URLs find the same stored
+    /// model again (after a reload, offline).
+    pub fn stable_id(&self) -> String {
+        let urls = [&self.base, &self.transformer, &self.t5, &self.clip, &self.vae, &self.vocab, &self.merges]
+            .map(|url| url.as_deref().unwrap_or_default())
+            .join("\n");
+        let hash = u64::from_str_radix(&sha256_hex(urls.as_bytes())[..12], 16).unwrap_or_default();
+        model_id(&self.label(), hash)
+    }
+
     /// A name for the model: the folder's name, else the DiT's file name.
     pub fn label(&self) -> String {
         match (&self.base, &self.transformer) {
@@ -181,19 +196,63 @@ impl UrlSource {
     }
 }
 
+/// What a server says of a file before its download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteFile {
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its `ETag`, else its `Last-Modified`, when the page may read either.
+    pub validator: Option<String>,
+}
+
 /// The manifest of planned files whose sizes are known, each fetched from its `origin` URL.
 pub fn url_manifest(
     id: &str,
     label: &str,
     base: Option<String>,
-    files: &[(PlannedFile, u64)],
+    files: &[(PlannedFile, RemoteFile)],
     chunk_size: u64,
 ) -> Result<Manifest> {
     let stored = files
         .iter()
-        .map(|(f, size)| StoredFile::new(&f.path, f.role, Some(f.origin.clone()), *size, chunk_size))
+        .map(|(f, remote)| {
+            let mut file = StoredFile::new(&f.path, f.role, Some(f.origin.clone()), remote.size, chunk_size)?;
+            file.validator = remote.validator.clone();
+            Ok(file)
+        })
         .collect::<Result<Vec<_>>>()?;
     Manifest::new(id, label, Source::Urls { base }, stored)
+}
+
+/// The index that stands for a folder's weights file when the checkpoint is sharded
+/// (`transformer/diffusion_pytorch_model.safetensors` → `….safetensors.index.json`); `None` for other files.
+pub fn sharded_index(file: &PlannedFile) -> Option<PlannedFile> {
+    let is_folder_weights = file.role.is_none() && file.path.ends_with(".safetensors") && file.path.contains('/');
+    is_folder_weights.then(|| PlannedFile {
+        path: format!("{}.index.json", file.path),
+        role: None,
+        origin: format!("{}.index.json", file.origin.split(['?', '#']).next().unwrap_or(&file.origin)),
+    })
+}
+
+/// The shards that `index` (a planned `*.safetensors.index.json`, read as `index_json`) names, each beside it in
+/// the folder and on the server.
+pub fn shard_files(index: &PlannedFile, index_json: &str) -> Result<Vec<PlannedFile>> {
+    let folder = |path: &str| path[..path.rfind('/').map_or(0, |i| i + 1)].to_string();
+    let (dir, url_dir) = (folder(&index.path), folder(&index.origin));
+    ShardedSafetensors::shard_names(index_json)?
+        .into_iter()
+        .map(|name| {
+            let bad = name.is_empty() || name.contains(['/', '\\', '?', '#']) || name.starts_with('.');
+            if bad || name.chars().any(char::is_control) {
+                return Err(Error::Invalid(format!(
+                    "{} names a shard {name:?} that is not a file beside it",
+                    index.origin
+                )));
+            }
+            Ok(PlannedFile { path: format!("{dir}{name}"), role: None, origin: format!("{url_dir}{name}") })
+        })
+        .collect()
 }
 
 /// The part a picked file most likely is, from its name (`flux1-kontext-dev-Q4_K_S.gguf` → DiT,
@@ -327,7 +386,8 @@ mod tests {
             .plan()
             .unwrap_err()
             .to_string();
-        assert!(err.contains("missing: T5, CLIP, VAE, CLIP tokenizer vocab.json, CLIP tokenizer merges.txt"), "{err}");
+        assert!(err.contains("missing: T5, CLIP, VAE"), "{err}");
+        assert!(!err.contains("tokenizer"), "the CLIP tokenizer is built in: {err}");
         assert!(UrlSource::default().plan().unwrap_err().to_string().contains("URL of a model folder"));
         let err = UrlSource { base: Some("ftp://h/".into()), ..Default::default() }.plan().unwrap_err().to_string();
         assert!(err.contains("not an http(s) address"), "{err}");
@@ -344,6 +404,52 @@ mod tests {
         let paths: Vec<String> = full.plan().unwrap().into_iter().map(|f| f.path).collect();
         assert_eq!(paths[..2], ["parts/transformer/model.safetensors", "parts/t5/model.safetensors"]);
         assert_eq!(full.label(), "model.safetensors");
+        let comfy = UrlSource { vocab: None, merges: None, ..full.clone() };
+        assert_eq!(comfy.plan().unwrap().len(), 4, "ComfyUI's four files are enough");
+    }
+
+    #[test]
+    fn the_same_urls_give_the_same_store_id_and_other_urls_another() {
+        let source = UrlSource { base: Some("https://h/m/FLUX.1-Kontext-dev/".into()), ..Default::default() };
+        let id = source.stable_id();
+        assert!(id.starts_with("flux-1-kontext-dev-"), "{id}");
+        assert_eq!(id, source.clone().stable_id());
+        let with_part = UrlSource { vae: Some("https://h/ae.safetensors".into()), ..source.clone() };
+        assert_ne!(with_part.stable_id(), id);
+        let elsewhere = UrlSource { base: Some("https://g/m/FLUX.1-Kontext-dev/".into()), ..Default::default() };
+        assert_ne!(elsewhere.stable_id(), id);
+    }
+
+    #[test]
+    fn a_sharded_folder_weights_file_is_planned_as_its_index_and_shards() {
+        let source = UrlSource { base: Some("https://h/m/".into()), ..Default::default() };
+        let plan = source.plan().unwrap();
+        let weights = plan.iter().find(|f| f.path == "transformer/diffusion_pytorch_model.safetensors").unwrap();
+        let index = sharded_index(weights).unwrap();
+        assert_eq!(index.path, "transformer/diffusion_pytorch_model.safetensors.index.json");
+        assert_eq!(index.origin, "https://h/m/transformer/diffusion_pytorch_model.safetensors.index.json");
+        assert!(plan.iter().filter(|f| f.path.ends_with(".json")).all(|f| sharded_index(f).is_none()));
+        let json = r#"{"metadata":{},"weight_map":{"a":"diffusion_pytorch_model-00002-of-00002.safetensors",
+            "b":"diffusion_pytorch_model-00001-of-00002.safetensors","c":"diffusion_pytorch_model-00001-of-00002.safetensors"}}"#;
+        let shards = shard_files(&index, json).unwrap();
+        assert_eq!(
+            shards.iter().map(|f| (f.path.as_str(), f.origin.as_str())).collect::<Vec<_>>(),
+            [
+                (
+                    "transformer/diffusion_pytorch_model-00001-of-00002.safetensors",
+                    "https://h/m/transformer/diffusion_pytorch_model-00001-of-00002.safetensors"
+                ),
+                (
+                    "transformer/diffusion_pytorch_model-00002-of-00002.safetensors",
+                    "https://h/m/transformer/diffusion_pytorch_model-00002-of-00002.safetensors"
+                ),
+            ]
+        );
+        for hostile in [r#"{"weight_map":{"a":"../../x.safetensors"}}"#, r#"{"weight_map":{"a":".hidden"}}"#] {
+            let err = shard_files(&index, hostile).unwrap_err().to_string();
+            assert!(err.contains("not a file") && err.contains("beside"), "{err}");
+        }
+        assert!(shard_files(&index, "not json").is_err());
     }
 
     #[test]

@@ -9,11 +9,10 @@ use super::model_sources::{
     CatalogSource, DemoSource, LocalPick, LocalSource, UrlSourceForm, dropped_entries, dropped_files,
 };
 use crate::app::models::{Notice, StoreController, page_url};
-use crate::app::{AppState, ModelState, send};
-use crate::pipeline::loader::DIFFUSERS_FILES;
+use crate::app::{AppState, ModelState, loading};
 use crate::store::js;
-use crate::store::manifest::human_bytes;
-use crate::web::protocol::ToWorker;
+use crate::store::manifest::{DEFAULT_CHUNK_SIZE, human_bytes};
+use crate::store::sources::UrlSource;
 
 /// Folder of the built-in demo model, next to the page (`Trunk.toml` copies it into `dist/`).
 pub const DEMO_MODEL_BASE: &str = "demo-model/";
@@ -54,17 +53,12 @@ pub fn ModelPanel() -> impl IntoView {
     });
 
     let load_demo = move |_| {
-        let base = page_url(DEMO_MODEL_BASE);
-        let files = DIFFUSERS_FILES.iter().map(|f| f.to_string()).collect();
-        state.model.set(ModelState::Loading {
-            phase: "downloading".into(),
-            done: 0,
-            total: DIFFUSERS_FILES.len() as u64,
-        });
+        let source = UrlSource { base: Some(page_url(DEMO_MODEL_BASE)), ..Default::default() }.normalized();
         let gpu_memory = ui.budget();
-        if let Err(e) = send(&ToWorker::LoadModel { base, files, parts: Default::default(), gpu_memory }) {
-            state.model.set(ModelState::Failed(e));
-        }
+        spawn_local(async move {
+            // Failures show in the model state; a cancel leaves it empty.
+            let _ = loading::load_urls(state, source, gpu_memory, DEFAULT_CHUNK_SIZE, &mut |_| {}).await;
+        });
     };
     let busy = move || matches!(state.model.get(), ModelState::Loading { .. });
 
@@ -156,6 +150,9 @@ fn ModelStatus() -> impl IntoView {
                 ModelState::Loading { phase, done, total } if phase == "loading" => {
                     format!("uploading to the GPU… {} of {}", human_bytes(done), human_bytes(total))
                 }
+                ModelState::Loading { phase, done, total } if phase == "downloading" => {
+                    format!("storing in this browser… {} of {}", human_bytes(done), human_bytes(total))
+                }
                 ModelState::Loading { phase, done, total } => format!("{phase}… {done}/{total}"),
                 ModelState::Loaded(description) => format!("Loaded: {description}"),
                 ModelState::Failed(message) => format!("Could not load: {message}"),
@@ -164,6 +161,9 @@ fn ModelStatus() -> impl IntoView {
         {move || match state.model.get() {
             ModelState::Loading { done, total, .. } => Some(view! {
                 <progress max=total.max(1) value=done aria-label="model loading progress"></progress>
+                <button type="button" id="cancel-load" on:click=move |_| {
+                    loading::cancel_load(state);
+                }>"Cancel"</button>
             }),
             _ => None,
         }}

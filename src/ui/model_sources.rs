@@ -218,21 +218,17 @@ pub fn UrlSourceForm() -> impl IntoView {
         ui.notice.set(Some(Notice::Info(format!("Asking the server for the sizes of {} files…", planned.len()))));
         let chunk_size = chunk.get_untracked();
         spawn_local(async move {
-            let mut sized = Vec::new();
-            for file in planned {
-                match download::probe_size(&file.origin).await {
-                    Ok(size) => sized.push((file, size)),
-                    Err(e) => return ui.notice.set(Some(Notice::Error(e.to_string()))),
-                }
-            }
+            let sized = match download::probe_files(planned).await {
+                Ok(sized) => sized,
+                Err(e) => return ui.notice.set(Some(Notice::Error(e.to_string()))),
+            };
             // The quota first: a source too large is refused by its size, whatever its chunking.
-            let total = sized.iter().map(|(_, size)| size).sum::<u64>();
+            let total = sized.iter().map(|(_, remote)| remote.size).sum::<u64>();
             if let Err(e) = idb::estimate().await.and_then(|estimate| estimate.check_fits(total)) {
                 return ui.notice.set(Some(Notice::Error(e.to_string())));
             }
-            let label = source.label();
-            let id = sources::model_id(&label, js_sys::Date::now() as u64);
-            match sources::url_manifest(&id, &label, source.base.clone(), &sized, chunk_size) {
+            let id = source.stable_id();
+            match sources::url_manifest(&id, &source.label(), source.base.clone(), &sized, chunk_size) {
                 Ok(manifest) => ui.add(manifest, None),
                 Err(e) => ui.notice.set(Some(Notice::Error(e.to_string()))),
             }

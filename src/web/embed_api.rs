@@ -5,9 +5,10 @@
 use serde::Deserialize;
 use serde_bytes::ByteBuf;
 
-use crate::pipeline::loader::DIFFUSERS_FILES;
 use crate::pipeline::size::DEFAULT_MAX_AREA;
-use crate::web::protocol::{EditJob, PartUrls, ToWorker};
+use crate::store::manifest::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE};
+use crate::store::sources::UrlSource;
+use crate::web::protocol::EditJob;
 
 /// Most reference images one edit takes.
 pub const MAX_IMAGES: usize = 4;
@@ -48,49 +49,51 @@ pub fn allowed_origins(own_origin: &str, allow: Option<&str>) -> Vec<String> {
     origins
 }
 
-/// `source` of `kontext:load`: a diffusers-layout folder and/or single files that replace its parts (URLs).
+/// `source` of `kontext:load`: a diffusers-layout folder (sharded or not) and/or single files that replace its parts,
+/// or the four single files alone (ComfyUI's set; the CLIP tokenizer is then the built-in one). URLs, absolute or
+/// relative to the app's page.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct LoadSource {
     /// Folder in the diffusers layout.
     #[serde(default)]
     pub base: Option<String>,
-    /// Single files, each replacing that part's weights in the folder.
-    #[serde(flatten)]
-    pub parts: PartUrls,
+    /// The DiT: BFL or diffusers safetensors, or a Flux GGUF.
+    #[serde(default)]
+    pub transformer: Option<String>,
+    /// The T5 encoder: a llama.cpp T5 GGUF or transformers safetensors.
+    #[serde(default)]
+    pub t5: Option<String>,
+    /// CLIP-L: `clip_l.safetensors` or transformers safetensors.
+    #[serde(default)]
+    pub clip: Option<String>,
+    /// The VAE: BFL `ae.safetensors` or diffusers safetensors.
+    #[serde(default)]
+    pub vae: Option<String>,
 }
 
 impl LoadSource {
-    /// The worker request: every file of the folder except the weights a single file replaces (configs and
-    /// tokenizers still come from the folder), plus the single files. Relative URLs resolve against `page`.
-    pub fn to_request(&self, page: &str) -> Result<ToWorker, String> {
+    /// The source to store, with relative URLs resolved against `page`; refused (with the reason) when it names no
+    /// file or misses a part.
+    pub fn to_source(&self, page: &str) -> Result<UrlSource, String> {
         let resolve = |url: &Option<String>| {
             url.as_deref().map(str::trim).filter(|u| !u.is_empty()).map(|u| resolve_url(page, u))
         };
-        let parts = PartUrls {
-            transformer: resolve(&self.parts.transformer),
-            t5: resolve(&self.parts.t5),
-            clip: resolve(&self.parts.clip),
-            vae: resolve(&self.parts.vae),
-        };
-        let Some(base) = resolve(&self.base) else {
-            if parts.given().is_empty() {
-                return Err("source needs a base folder URL or single-file URLs (transformer, t5, clip, vae)".into());
-            }
-            return Ok(ToWorker::LoadModel { base: String::new(), files: Vec::new(), parts, gpu_memory: None });
-        };
-        let base = if base.ends_with('/') { base } else { format!("{base}/") };
-        let replaced = [
-            (parts.transformer.is_some(), "transformer/diffusion_pytorch_model.safetensors"),
-            (parts.t5.is_some(), "text_encoder_2/model.safetensors"),
-            (parts.clip.is_some(), "text_encoder/model.safetensors"),
-            (parts.vae.is_some(), "vae/diffusion_pytorch_model.safetensors"),
-        ];
-        let files = DIFFUSERS_FILES
-            .iter()
-            .filter(|file| !replaced.iter().any(|(skip, weights)| *skip && file == &weights))
-            .map(|file| file.to_string())
-            .collect();
-        Ok(ToWorker::LoadModel { base, files, parts, gpu_memory: None })
+        let source = UrlSource {
+            base: resolve(&self.base),
+            transformer: resolve(&self.transformer),
+            t5: resolve(&self.t5),
+            clip: resolve(&self.clip),
+            vae: resolve(&self.vae),
+            vocab: None,
+            merges: None,
+        }
+        .normalized();
+        let given = [&source.base, &source.transformer, &source.t5, &source.clip, &source.vae];
+        if given.iter().all(|url| url.is_none()) {
+            return Err("source needs a base folder URL or single-file URLs (transformer, t5, clip, vae)".into());
+        }
+        source.plan().map_err(|e| format!("kontext:load: {e}"))?;
+        Ok(source)
     }
 }
 
@@ -103,6 +106,23 @@ pub fn gpu_memory(value: Option<f64>) -> Result<Option<u64>, String> {
         Some(bytes) => Err(format!("kontext:load: gpuMemory must be a positive number of bytes, not {bytes}")),
     }
 }
+
+/// `chunkSize` of `kontext:load`: the bytes of each verified chunk the files are stored in (smaller chunks lose less
+/// to a dropped connection); [`DEFAULT_CHUNK_SIZE`] when absent.
+pub fn chunk_size(value: Option<f64>) -> Result<u64, String> {
+    match value {
+        None => Ok(DEFAULT_CHUNK_SIZE),
+        Some(bytes) if bytes.fract() == 0.0 && (MIN_CHUNK_SIZE as f64..=MAX_CHUNK_SIZE as f64).contains(&bytes) => {
+            Ok(bytes as u64)
+        }
+        Some(bytes) => Err(format!(
+            "kontext:load: chunkSize must be a whole number of bytes from {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE}, not {bytes}"
+        )),
+    }
+}
+
+/// The smallest `chunkSize` accepted: 64 KiB (a smaller one makes a real model millions of records).
+pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
 
 /// `url` resolved against the page URL `page` (absolute URLs unchanged; `/x` from the origin; `x` from the page's
 /// folder).
@@ -200,35 +220,32 @@ mod tests {
     }
 
     #[test]
-    fn load_skips_the_weights_a_single_file_replaces() {
-        let parts = PartUrls { vae: Some("/weights/ae.safetensors".into()), ..Default::default() };
-        let source = LoadSource { base: Some("demo-model".into()), parts };
-        let ToWorker::LoadModel { base, files, parts, .. } =
-            source.to_request("http://127.0.0.1:8080/app/?embed").unwrap()
-        else {
-            panic!("not a load")
+    fn load_sources_resolve_against_the_page_and_need_every_part_without_a_folder() {
+        let source = LoadSource {
+            base: Some("demo-model".into()),
+            vae: Some("/weights/ae.safetensors".into()),
+            ..Default::default()
         };
-        assert_eq!(base, "http://127.0.0.1:8080/app/demo-model/");
-        assert_eq!(files.len(), DIFFUSERS_FILES.len() - 1);
+        let source = source.to_source("http://127.0.0.1:8080/app/?embed").unwrap();
+        assert_eq!(source.base.as_deref(), Some("http://127.0.0.1:8080/app/demo-model/"));
+        assert_eq!(source.vae.as_deref(), Some("http://127.0.0.1:8080/weights/ae.safetensors"));
+        let paths: Vec<String> = source.plan().unwrap().into_iter().map(|f| f.path).collect();
+        assert!(paths.contains(&"parts/vae/ae.safetensors".to_string()), "{paths:?}");
+        assert!(!paths.iter().any(|p| p.starts_with("vae/")), "the file replaces the folder's VAE: {paths:?}");
+        assert!(paths.contains(&"transformer/config.json".to_string()), "{paths:?}");
         assert!(
-            files.contains(&"vae/config.json".to_string())
-                && !files.iter().any(|f| f == "vae/diffusion_pytorch_model.safetensors")
+            LoadSource::default().to_source("http://a/").unwrap_err().contains("base folder URL or single-file URLs")
         );
-        assert_eq!(parts.vae.as_deref(), Some("http://127.0.0.1:8080/weights/ae.safetensors"));
-        assert!(LoadSource::default().to_request("http://a/").is_err());
-        let only_files = LoadSource {
-            parts: PartUrls { transformer: Some("https://h/f.gguf".into()), ..Default::default() },
+        let only_dit = LoadSource { transformer: Some("https://h/f.gguf".into()), ..Default::default() };
+        assert!(only_dit.to_source("http://a/").unwrap_err().contains("missing: T5, CLIP, VAE"));
+        let comfy = LoadSource {
+            transformer: Some("https://h/flux1-kontext-dev-Q4_0.gguf".into()),
+            t5: Some("https://h/t5-v1_1-xxl-encoder-Q8_0.gguf".into()),
+            clip: Some("https://h/clip_l.safetensors".into()),
+            vae: Some("https://h/ae.safetensors".into()),
             base: None,
         };
-        assert_eq!(
-            only_files.to_request("http://a/").unwrap(),
-            ToWorker::LoadModel {
-                base: String::new(),
-                files: Vec::new(),
-                parts: PartUrls { transformer: Some("https://h/f.gguf".into()), ..Default::default() },
-                gpu_memory: None,
-            }
-        );
+        assert_eq!(comfy.to_source("http://a/").unwrap().plan().unwrap().len(), 4);
     }
 
     #[test]
@@ -237,6 +254,15 @@ mod tests {
         assert_eq!(gpu_memory(Some(8.0 * 1024.0 * 1024.0 * 1024.0)), Ok(Some(8 << 30)));
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             assert!(gpu_memory(Some(bad)).unwrap_err().contains("gpuMemory must be a positive number of bytes"));
+        }
+    }
+
+    #[test]
+    fn chunk_size_is_whole_bytes_within_bounds_or_the_default() {
+        assert_eq!(chunk_size(None), Ok(DEFAULT_CHUNK_SIZE));
+        assert_eq!(chunk_size(Some(262144.0)), Ok(262144));
+        for bad in [1024.0, 65536.5, (MAX_CHUNK_SIZE * 2) as f64, f64::NAN, -1.0] {
+            assert!(chunk_size(Some(bad)).unwrap_err().contains("chunkSize must be a whole number of bytes"), "{bad}");
         }
     }
 

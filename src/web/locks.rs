@@ -29,6 +29,11 @@ pub async fn acquire(name: &str, on_wait: impl FnOnce()) -> Result<HeldLock> {
     request(name, false).await?.ok_or_else(|| Error::Invalid(format!("the browser did not grant the lock {name:?}")))
 }
 
+/// Takes the lock that lets one tab at a time fill or verify model `id` in the store (see [`acquire`]).
+pub async fn model(id: &str, on_wait: impl FnOnce()) -> Result<HeldLock> {
+    acquire(&format!("kontext-web model {id}"), on_wait).await
+}
+
 /// `navigator.locks.request(name, { ifAvailable }, callback)`: `None` when `if_available` and the lock is taken.
 /// The callback's promise, which holds the lock, resolves when the returned [`HeldLock`] is dropped.
 async fn request(name: &str, if_available: bool) -> Result<Option<HeldLock>> {

@@ -15,19 +15,6 @@ pub enum ToWorker {
         /// Side of the square matrices.
         size: usize,
     },
-    /// Fetch a diffusers-layout model folder from `base` (a URL ending in `/`) and load it on the GPU.
-    LoadModel {
-        /// Base URL of the folder.
-        base: String,
-        /// Paths under `base` to fetch (`transformer/config.json`, …).
-        files: Vec<String>,
-        /// Single-file URLs that replace parts of the folder.
-        #[serde(default)]
-        parts: PartUrls,
-        /// GPU memory every edit on this model must fit, in bytes (`None`: no limit).
-        #[serde(default)]
-        gpu_memory: Option<u64>,
-    },
     /// Load the complete model `id` from the model store (IndexedDB, shared by the page and the worker) on the
     /// GPU. Progress comes as `reading` (bytes from storage) then `loading`; failures as an error with request
     /// `load_model`.
@@ -58,33 +45,6 @@ pub enum ToWorker {
         /// The job to stop.
         id: u32,
     },
-}
-
-/// URLs of single files that replace parts of a model folder ([`crate::pipeline::loader::Overrides`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartUrls {
-    /// The DiT: BFL or diffusers safetensors, or a Flux GGUF.
-    #[serde(default)]
-    pub transformer: Option<String>,
-    /// The T5 encoder: a llama.cpp T5 GGUF or transformers safetensors.
-    #[serde(default)]
-    pub t5: Option<String>,
-    /// CLIP-L: `clip_l.safetensors` or transformers safetensors.
-    #[serde(default)]
-    pub clip: Option<String>,
-    /// The VAE: BFL `ae.safetensors` or diffusers safetensors.
-    #[serde(default)]
-    pub vae: Option<String>,
-}
-
-impl PartUrls {
-    /// The given parts as `(part, url)`, in the order they are fetched.
-    pub fn given(&self) -> Vec<(&'static str, &str)> {
-        [("transformer", &self.transformer), ("t5", &self.t5), ("clip", &self.clip), ("vae", &self.vae)]
-            .into_iter()
-            .filter_map(|(part, url)| url.as_deref().map(|url| (part, url)))
-            .collect()
-    }
 }
 
 /// One edit, as the page asks for it.
@@ -180,6 +140,9 @@ pub enum FromWorker {
     Loaded {
         /// What was loaded (sizes, configuration).
         description: String,
+        /// The worker's WebAssembly memory after the load, in bytes: it never shrinks, so this is its peak so far.
+        #[serde(default)]
+        heap_bytes: u64,
     },
     /// A finished edit.
     Result {
@@ -230,26 +193,5 @@ mod tests {
         assert_eq!(stored.unwrap(), r#"{"type":"load_stored","id":"tiny-1","gpu_memory":1073741824}"#);
         let unlimited: ToWorker = serde_json::from_str(r#"{"type":"load_stored","id":"tiny-1"}"#).unwrap();
         assert_eq!(unlimited, ToWorker::LoadStored { id: "tiny-1".into(), gpu_memory: None });
-    }
-
-    #[test]
-    fn load_model_parts_are_optional() {
-        let plain: ToWorker =
-            serde_json::from_str(r#"{"type":"load_model","base":"m/","files":["vae/config.json"]}"#).unwrap();
-        assert_eq!(
-            plain,
-            ToWorker::LoadModel {
-                base: "m/".into(),
-                files: vec!["vae/config.json".into()],
-                parts: PartUrls::default(),
-                gpu_memory: None,
-            }
-        );
-        let parts: ToWorker = serde_json::from_str(
-            r#"{"type":"load_model","base":"","files":[],"parts":{"vae":"https://x/ae.safetensors","t5":"t.gguf"}}"#,
-        )
-        .unwrap();
-        let ToWorker::LoadModel { parts, .. } = parts else { panic!("not a load") };
-        assert_eq!(parts.given(), vec![("t5", "t.gguf"), ("vae", "https://x/ae.safetensors")]);
     }
 }

@@ -18,14 +18,14 @@ use crate::device::{self, selfcheck};
 use crate::model::layers::LoraAdapter;
 use crate::pipeline::edit::{Edit, EditRequest, Phase, plan_edit};
 use crate::pipeline::kontext::VAE_SCALE;
-use crate::pipeline::loader::{KontextModel, MemoryFiles, ModelFiles, Overrides};
+use crate::pipeline::loader::{KontextModel, ModelFiles, Overrides};
 use crate::pipeline::plan::{DeviceLimits, MemoryPlan};
 use crate::pipeline::preview::LatentPreview;
 use crate::pipeline::{image as images, size};
 use crate::store::files::StoredModel;
 use crate::store::idb::Store;
 use crate::store::js;
-use crate::web::protocol::{EditJob, FromWorker, PartUrls, ToWorker};
+use crate::web::protocol::{EditJob, FromWorker, ToWorker};
 use crate::{Error, Result};
 
 /// Everything the worker keeps between messages. One per worker (see [`Worker::current`]); the message
@@ -134,19 +134,10 @@ impl Worker {
                     Err(e) => FromWorker::Error { job: None, request: "self_check".into(), message: e.to_string() },
                 }
             }
-            ToWorker::LoadModel { base, files, parts, gpu_memory } => {
-                match self.load_model(&base, &files, &parts, gpu_memory).await {
-                    Ok(description) => {
-                        self.recheck_loras();
-                        FromWorker::Loaded { description }
-                    }
-                    Err(e) => FromWorker::Error { job: None, request: "load_model".into(), message: e.to_string() },
-                }
-            }
             ToWorker::LoadStored { id, gpu_memory } => match self.load_stored(&id, gpu_memory).await {
                 Ok(description) => {
                     self.recheck_loras();
-                    FromWorker::Loaded { description }
+                    FromWorker::Loaded { description, heap_bytes: js::wasm_heap_bytes() }
                 }
                 Err(e) => FromWorker::Error { job: None, request: "load_model".into(), message: e.to_string() },
             },
@@ -197,53 +188,11 @@ impl Worker {
         }
     }
 
-    /// Downloads the model files `paths` under `base` and the separately given `parts`, and loads them.
-    async fn load_model(
-        &self,
-        base: &str,
-        paths: &[String],
-        parts: &PartUrls,
-        gpu_memory: Option<u64>,
-    ) -> Result<String> {
-        let (device, _) = device::wgpu_async().await?;
-        let mut files = HashMap::new();
-        let mut bytes = 0u64;
-        let total = (paths.len() + parts.given().len()) as u64;
-        for (i, path) in paths.iter().enumerate() {
-            progress(None, "downloading", i as u64, total);
-            let data = fetch_bytes(&format!("{base}{path}")).await?;
-            bytes += data.len() as u64;
-            files.insert(path.clone(), Arc::new(data));
-        }
-        let mut overrides = Overrides::default();
-        let slots = [
-            (&parts.transformer, &mut overrides.transformer),
-            (&parts.t5, &mut overrides.t5),
-            (&parts.clip, &mut overrides.clip),
-            (&parts.vae, &mut overrides.vae),
-        ];
-        let mut fetched = paths.len() as u64;
-        for (url, slot) in slots {
-            let Some(url) = url else { continue };
-            progress(None, "downloading", fetched, total);
-            let data = Arc::new(fetch_bytes(url).await?);
-            bytes += data.len() as u64;
-            fetched += 1;
-            *slot = Some(Box::new(crate::formats::source::Named::new(url.as_str(), data)));
-        }
-        progress(None, "loading", 0, 1);
-        // Release the previous model before the new one takes GPU memory (the budget is for one model).
-        drop(self.model.take());
-        let model = self.open_within(&MemoryFiles(files), overrides, gpu_memory, &device)?;
-        Ok(self.install(model, bytes, None))
-    }
-
-    /// Makes `model` the loaded one and describes it (`label` first when it came from the store).
-    fn install(&self, model: KontextModel, bytes: u64, label: Option<&str>) -> String {
+    /// Makes `model` the loaded one and describes it.
+    fn install(&self, model: KontextModel, bytes: u64, label: &str) -> String {
         let c = &model.flux_config;
         let description = format!(
-            "{}{:.1} MB · DiT width {}, {} double + {} single blocks, {} heads",
-            label.map(|l| format!("{l} · ")).unwrap_or_default(),
+            "{label} · {:.1} MB · DiT width {}, {} double + {} single blocks, {} heads",
             bytes as f64 / 1e6,
             c.hidden_size,
             c.depth,
@@ -270,7 +219,7 @@ impl Worker {
         // Release the previous model before the new one takes GPU memory.
         drop(self.model.take());
         let model = self.open_within(&stored, stored.overrides(), gpu_memory, &device)?;
-        Ok(self.install(model, stored.total_bytes(), Some(&label)))
+        Ok(self.install(model, stored.total_bytes(), &label))
     }
 
     /// Resolves every part, then uploads what stays on the device: without a budget as
@@ -459,19 +408,6 @@ const PREVIEWS_PER_EDIT: u64 = 10;
 
 fn progress(job: Option<u32>, phase: &str, done: u64, total: u64) {
     post(&FromWorker::Progress { job, phase: phase.into(), done, total });
-}
-
-async fn fetch_bytes(url: &str) -> Result<Vec<u8>> {
-    let response = js::call_async(&js_sys::global(), "fetch", &[url.into()])
-        .await
-        .map_err(|e| Error::Invalid(format!("{url}: {e}")))?;
-    let status = js::get_f64(&response, "status").unwrap_or(0.0);
-    if !js::get(&response, "ok").and_then(|v| v.as_bool()).unwrap_or(false) {
-        return Err(Error::Invalid(format!("{url}: the server answered {status}")));
-    }
-    let buffer =
-        js::call_async(&response, "arrayBuffer", &[]).await.map_err(|e| Error::Invalid(format!("{url}: {e}")))?;
-    Ok(js_sys::Uint8Array::new(&buffer).to_vec())
 }
 
 fn describe_lora(adapter: &LoraAdapter) -> String {

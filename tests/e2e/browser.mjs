@@ -15,6 +15,17 @@ export const ARTIFACTS = join(ROOT, 'tests', 'e2e', 'artifacts');
 
 /** The tiny demo pack (diffusers layout), served with the app as demo-model/; paths are from the repository root. */
 export const PACK = 'tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny';
+/** The real-width packs' ComfyUI file set (`make packs`): folder, and the file of each part. */
+export const REAL_WIDTH_FILES = join(process.env.KONTEXT_REAL_WIDTH ?? join(homedir(), '.cache', 'kontext-web', 'packs', 'real_width'), 'bfl_gguf');
+export const COMFY_FILES = { transformer: 'transformer_bfl-Q4_0.gguf', t5: 't5_encoder-Q8_0.gguf', clip: 'clip_l.safetensors', vae: 'ae.safetensors' };
+
+/** Throws, naming `make packs`, when a file of the real-width ComfyUI set is missing. */
+export function requireRealWidth() {
+  for (const file of Object.values(COMFY_FILES)) {
+    if (!existsSync(join(REAL_WIDTH_FILES, file))) throw new Error(`${join(REAL_WIDTH_FILES, file)} is missing: make the real-width packs with \`make packs\``);
+  }
+}
+
 /** The reference image of the tiny model's goldens (96×64). */
 export const REFERENCE = 'tests/fixtures/tiny/golden/reference_input.png';
 

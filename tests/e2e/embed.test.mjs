@@ -4,33 +4,13 @@
 // visit the app shell loads with the network off. No Content-Security-Policy violation anywhere.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer } from 'node:http';
 import { readFileSync } from 'node:fs';
-import { serveDist, launch, screenshot, watchProblems, psnr, nativeEdit, packFiles, REFERENCE } from './browser.mjs';
+import { serveDist, launch, screenshot, watchProblems, psnr, nativeEdit, packBytes, REFERENCE } from './browser.mjs';
+import { startParent, answer } from './embed-parent.mjs';
 
 const PROMPT = 'Make the red square blue and add a small yellow sun in the sky';
 const SEED = 1234;
 const [WIDTH, HEIGHT] = [144, 96]; // the reference's 3:2 at 13 824 px: 54 noise + 54 reference tokens
-
-// A product page: embeds the app given in `?app=`, records what the app posts, and sends messages to it.
-const PARENT_HTML = `<!doctype html><meta charset="utf-8"><title>parent</title>
-<iframe id="app" width="480" height="400" title="Kontext"></iframe>
-<script>
-  const app = new URLSearchParams(location.search).get('app');
-  window.appOrigin = new URL(app).origin;
-  window.messages = [];
-  addEventListener('message', (e) => messages.push({ origin: e.origin, data: e.data }));
-  document.getElementById('app').src = app;
-  window.send = (message) => document.getElementById('app').contentWindow.postMessage(message, appOrigin);
-</script>`;
-
-function startParent() {
-  const server = createServer((req, res) => {
-    if (req.url.startsWith('/favicon')) { res.writeHead(204).end(); return; }
-    res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' }).end(PARENT_HTML);
-  });
-  return new Promise((ok) => server.listen(0, '127.0.0.1', () => ok({ server, url: `http://127.0.0.1:${server.address().port}/` })));
-}
 
 const CSP_PROBE = () => {
   const report = (e) => console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || 'inline'}`);
@@ -58,14 +38,6 @@ after(async () => {
   for (const s of [app, parent, intruder]) { s.server.closeAllConnections?.(); s.server.close(); }
 });
 
-/** Waits for the app's answer of `type` to request `id` (or its error) and returns the message's data. */
-async function answer(page, id, type, timeout = 300_000) {
-  const handle = await page.waitForFunction(([id, type]) => window.messages.find((m) => m.data?.id === id
-    && (m.data.type === type || m.data.type === 'kontext:error'))?.data ?? null, [id, type], { timeout });
-  const data = await handle.jsonValue();
-  return data;
-}
-
 test('the embed says ready to its allowed parent and shows only the compact view', async () => {
   await parentPage.waitForFunction(() => window.messages.some((m) => m.data?.type === 'kontext:ready'), null, { timeout: 60_000 });
   const ready = await parentPage.evaluate(() => window.messages.filter((m) => m.data?.type === 'kontext:ready'));
@@ -88,13 +60,14 @@ test('bad requests from the allowed parent get an error with their id', async ()
   assert.match((await answer(parentPage, 'unknown', 'kontext:result', 10_000)).message, /unknown message type kontext:frobnicate/);
 });
 
-test('kontext:load fetches the demo model with progress, then kontext:loaded', async () => {
+test('kontext:load stores the demo model with progress in bytes, then kontext:loaded', async () => {
   await parentPage.evaluate((base) => send({ type: 'kontext:load', id: 'demo', source: { base } }), `${app.url}demo-model/`);
   const loaded = await answer(parentPage, 'demo', 'kontext:loaded', 120_000);
   assert.equal(loaded.type, 'kontext:loaded', loaded.message);
   const progress = await parentPage.evaluate(() => window.messages.filter((m) => m.data?.id === 'demo' && m.data.type === 'kontext:progress').map((m) => m.data));
-  const files = packFiles().length; // the demo pack's DIFFUSERS_FILES
-  assert.ok(progress.some((p) => p.phase === 'downloading' && p.total === files), JSON.stringify(progress));
+  const downloads = progress.filter((p) => p.phase === 'downloading');
+  assert.ok(downloads.length > 0 && downloads.every((p) => p.total === packBytes()), JSON.stringify(downloads));
+  assert.equal(downloads.at(-1).done, packBytes());
   assert.ok(progress.every((p) => Number.isInteger(p.done) && Number.isInteger(p.total) && p.done <= p.total));
   // Uploads to the GPU are counted in bytes (the demo DiT alone is about 2 MB), each part up to its total.
   const uploads = progress.filter((p) => p.phase === 'loading' && p.total > 100_000);

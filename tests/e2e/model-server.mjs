@@ -8,7 +8,7 @@ import { PACK } from './browser.mjs';
 export const CHUNK = 262144; // the 256 KiB chunk size offered in the custom-URL form
 export const HUGE = 900_000_000_000; // the fake Content-Length of the "huge" source's DiT
 
-/** Serves the tiny pack under /tiny/ (Range, CORS, slow enough to watch) and /huge/ (the same files, but a DiT
+/** Serves the tiny pack under /tiny/ and /copy/ (Range, CORS, slow enough to watch) and /huge/ (the same files, but a DiT
  * of HUGE bytes). `cutAfter` bytes of bodies in all, then the connection drops and the server stays down until
  * `down` is cleared. Every request is logged with the body bytes it sent. */
 export function startModelServer() {
@@ -22,7 +22,7 @@ export function startModelServer() {
     if (req.method === 'OPTIONS') { res.writeHead(204, { ...cors, 'Access-Control-Allow-Methods': 'GET, HEAD' }).end(); return; }
     if (control.down) { req.socket.destroy(); return; }
     const url = new URL(req.url, 'http://x');
-    const match = url.pathname.match(/^\/(tiny|huge)\/(.+)$/);
+    const match = url.pathname.match(/^\/(tiny|copy|huge)\/(.+)$/);
     const path = match ? match[2] : '';
     let file;
     try { file = statSync(join(PACK, path)); } catch { file = null; }

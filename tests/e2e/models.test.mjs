@@ -135,10 +135,12 @@ test('the stored model passes the memory check, loads from IndexedDB in the work
   await screenshot(page, 'models-edit-from-store');
 });
 
-test('pause keeps the stored chunks, Resume finishes, Cancel stops and deletes', async () => {
+test('the same URLs are stored once; pause keeps the stored chunks, Resume finishes, Cancel stops and deletes', async () => {
   const { page } = browser;
-  models.control.pieceDelayMs = 40;
   await storeFromUrl(page, `${models.url}/tiny/`);
+  await page.waitForFunction(() => /is already stored\.$/.test(document.querySelector('#store-message')?.textContent ?? ''), null, { timeout: 30_000 });
+  models.control.pieceDelayMs = 40;
+  await storeFromUrl(page, `${models.url}/copy/`);
   await transferStarted(page);
   await page.click('#transfer-pause');
   await page.waitForSelector('#transfer', { state: 'detached', timeout: 30_000 });

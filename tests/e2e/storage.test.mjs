@@ -94,7 +94,8 @@ test('a chunk that vanished from storage stops the load with a message; Verify a
 test('another tab upgrading the database is never blocked by this one, which stops its download and says to reload', async () => {
   const { page } = browser;
   models.control.pieceDelayMs = 40;
-  await storeFromUrl(page, `${models.url}/tiny/`);
+  // A second copy (other URLs, so another model: the same URLs would find the one stored).
+  await storeFromUrl(page, `${models.url}/copy/`);
   await transferStarted(page);
   assert.equal(await page.getAttribute('#transfer', 'data-action'), 'Downloading');
   // A newer kontext-web in the second tab opens the database at the next version: not blocked (the first tab
