@@ -256,7 +256,7 @@ impl Embed {
         let downloading = self.downloading.borrow().as_ref().is_some_and(|(_, r)| r.same_request(reply));
         if downloading {
             if let Some((_, load)) = self.downloading.replace(None) {
-                loading::cancel_load(self.state);
+                loading::cancel_download(self.state);
                 load.cancelled();
             }
             return;
@@ -265,7 +265,7 @@ impl Embed {
         if !in_worker {
             return reply.error("no running edit or load has this id");
         }
-        loading::cancel_load(self.state);
+        loading::cancel_worker_load(self.state);
         let loads: Vec<Reply> = self.loads.borrow_mut().drain(..).collect();
         let edits: Vec<(u32, Reply)> = self.edits.borrow_mut().drain(..).collect();
         for other in loads.iter().chain(edits.iter().map(|(_, r)| r)) {

@@ -92,25 +92,26 @@ fn fail(state: AppState, message: String) -> String {
 /// Cancels the load that is running: its download, else (when the worker is loading) the worker itself, which a
 /// fresh one replaces. Answers whether there was a load to cancel.
 pub fn cancel_load(state: AppState) -> bool {
-    let downloading = DOWNLOADING.with(|d| d.borrow_mut().take());
-    let cancelled = match downloading {
-        Some(flag) => {
-            flag.cancel();
-            true
-        }
-        None if matches!(state.model.get_untracked(), ModelState::Loading { .. }) => {
-            restart_worker(state);
-            true
-        }
-        None => false,
-    };
-    if cancelled {
-        state.model.set(ModelState::Empty);
+    if cancel_download(state) {
+        return true;
     }
-    cancelled
+    if !matches!(state.model.get_untracked(), ModelState::Loading { .. }) {
+        return false;
+    }
+    cancel_worker_load(state);
+    true
 }
 
-/// Whether a load's download is running in the page.
-pub fn is_downloading() -> bool {
-    DOWNLOADING.with(|d| d.borrow().is_some())
+/// Stops the download of the load that is running, if one is (stored chunks stay). Answers whether one was.
+pub fn cancel_download(state: AppState) -> bool {
+    let Some(flag) = DOWNLOADING.with(|d| d.borrow_mut().take()) else { return false };
+    flag.cancel();
+    state.model.set(ModelState::Empty);
+    true
+}
+
+/// Ends the load the worker runs by replacing the worker (a download running in the page goes on).
+pub fn cancel_worker_load(state: AppState) {
+    restart_worker(state);
+    state.model.set(ModelState::Empty);
 }
