@@ -13,6 +13,7 @@ use leptos::prelude::*;
 use super::{AppState, ModelState, restart_worker, send};
 use crate::store::download::{self, CancelFlag, Outcome, Progress};
 use crate::store::idb::Store;
+use crate::store::manifest::is_changed_on_server;
 use crate::store::sources::UrlSource;
 use crate::web::locks;
 use crate::web::protocol::ToWorker;
@@ -80,6 +81,7 @@ pub async fn load_urls(
             web_sys::console::info_1(&format!("a cancelled download ended with: {e}").into());
             Ok(Stored::Cancelled)
         }
+        Err(e) if is_changed_on_server(&e) => Err(fail(state, e.to_string())),
         Err(e) => Err(fail(state, format!("{e}. What was stored is kept: loading the same source again resumes."))),
     }
 }

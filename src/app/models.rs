@@ -23,7 +23,9 @@ use crate::store::download::{self, CancelFlag, Outcome, Progress};
 use crate::store::footprint::{self, FileFacts, Footprint, HEAP_LOAD_LIMIT, PLANNED_EDIT};
 use crate::store::idb::{self, Store, StoreEvent};
 use crate::store::js;
-use crate::store::manifest::{DEFAULT_CHUNK_SIZE, Manifest, Source, StorageEstimate, human_bytes};
+use crate::store::manifest::{
+    DEFAULT_CHUNK_SIZE, Manifest, Source, StorageEstimate, human_bytes, is_changed_on_server,
+};
 use crate::store::meter::TransferMeter;
 use crate::web::protocol::ToWorker;
 use crate::web::{locks, probe};
@@ -439,6 +441,9 @@ impl StoreController {
             }
             Ok(Outcome::Cancelled) => {
                 self.note(&id, Notice::Info("Paused: Resume fetches only the missing chunks.".into()))
+            }
+            Err(e) if is_changed_on_server(&e) => {
+                self.note(&id, Notice::Error(format!("{e}: delete this model and add it again.")))
             }
             Err(e) => {
                 self.note(&id, Notice::Error(format!("{e}. What was stored is kept: Resume continues from there.")))

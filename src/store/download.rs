@@ -330,7 +330,8 @@ pub async fn probe_files(planned: Vec<PlannedFile>) -> Result<Vec<(PlannedFile, 
 
 /// Puts the files of `source` in the store and downloads what is missing, returning the model's id
 /// ([`UrlSource::stable_id`]) and how the download ended. A model of the same URLs already complete is used as
-/// stored, without asking any server (so it loads offline); one partly stored is resumed.
+/// stored, without asking any server (so it loads offline); one partly stored is resumed; one whose file changed on
+/// the server since is refused and discarded.
 pub async fn store_url_source(
     store: &Store,
     source: &UrlSource,
@@ -339,18 +340,25 @@ pub async fn store_url_source(
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Result<(String, Outcome)> {
     let id = source.stable_id();
-    let outcome = match store.manifest(&id).await? {
-        Some(manifest) if manifest.is_complete() => Outcome::Complete,
-        Some(_) => download_model(store, &id, cancel, on_progress).await?,
+    let downloaded = match store.manifest(&id).await? {
+        Some(manifest) if manifest.is_complete() => Ok(Outcome::Complete),
+        Some(_) => download_model(store, &id, cancel, on_progress).await,
         None => {
             let probed = probe_files(source.plan()?).await?;
             let manifest = url_manifest(&id, &source.label(), source.base.clone(), &probed, chunk_size)?;
             estimate().await?.check_fits(manifest.missing_bytes())?;
             store.put_manifest(&manifest).await?;
-            download_missing(store, &manifest, cancel, on_progress).await?
+            download_missing(store, &manifest, cancel, on_progress).await
         }
     };
-    Ok((id, outcome))
+    match downloaded {
+        // Nobody can delete the stale copy from an embed: it goes now, and the next load starts afresh.
+        Err(e) if is_changed_on_server(&e) => {
+            store.delete_model(&id).await?;
+            Err(Error::Invalid(format!("{e} (the stored copy was discarded: loading again downloads the new version)")))
+        }
+        downloaded => Ok((id, downloaded?)),
+    }
 }
 
 fn is_ok(response: &JsValue) -> bool {
