@@ -272,7 +272,7 @@ impl Embed {
             if other.same_request(reply) {
                 other.cancelled();
             } else {
-                other.error("cancelled: a load before it was cancelled, which restarted the worker");
+                other.error("cancelled: the worker was restarted to stop another load");
             }
         }
     }

@@ -90,11 +90,12 @@ pub async fn download_model(
     if manifest != before {
         store.put_manifest(&manifest).await?;
     }
+    estimate().await?.check_fits(manifest.missing_bytes())?;
     download_missing(store, &manifest, cancel, on_progress).await
 }
 
-/// Downloads every missing chunk of `manifest`, whose sizes and versions were just asked of the servers: checks the
-/// quota first (a `storage full:` error when the missing bytes will not fit), then fetches file by file.
+/// Downloads every missing chunk of `manifest`, whose sizes and versions were just asked of the servers and whose
+/// missing bytes were checked against the quota, file by file.
 async fn download_missing(
     store: &Store,
     manifest: &Manifest,
@@ -102,7 +103,6 @@ async fn download_missing(
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Result<Outcome> {
     let id = &manifest.id;
-    estimate().await?.check_fits(manifest.missing_bytes())?;
     for path in manifest.files.iter().filter(|f| !f.is_complete()).map(|f| f.path.clone()).collect::<Vec<_>>() {
         if download_file(store, id, &path, cancel, on_progress).await? == Outcome::Cancelled {
             return Ok(Outcome::Cancelled);
