@@ -41,6 +41,19 @@ pub enum Error {
         /// Each change that alone would fit.
         advice: Vec<String>,
     },
+    /// The GPU could not allocate memory in the middle of a load or an edit. What the model had uploaded was
+    /// released, so the device is usable again and a smaller request can follow.
+    #[error("{}", out_of_memory(during, *held, *planned_peak, *budget))]
+    OutOfMemory {
+        /// What was under way ("denoising step 3").
+        during: String,
+        /// What the device allocator held when the failure was found.
+        held: Option<u64>,
+        /// The peak of the plan being followed, when there was one.
+        planned_peak: Option<u64>,
+        /// The GPU memory budget, when one was set.
+        budget: Option<u64>,
+    },
     /// Reading a tensor back from the device failed.
     #[error("reading back from the device failed: {0}")]
     Readback(String),
@@ -52,6 +65,36 @@ impl Error {
     pub fn is_device_failure(&self) -> bool {
         matches!(self, Self::Readback(_))
     }
+}
+
+/// The answer to a GPU that ran out of memory: what was held and planned, and the budget to try.
+fn out_of_memory(during: &str, held: Option<u64>, planned_peak: Option<u64>, budget: Option<u64>) -> String {
+    let mut text = format!("the GPU ran out of memory during {during}");
+    if let Some(held) = held {
+        text += &format!(", holding {}", binary_size(held));
+    }
+    text += &match (planned_peak, budget) {
+        (Some(peak), Some(budget)) => format!(
+            "; the plan's peak is {} within the budget of {}, but the GPU had less free",
+            binary_size(peak),
+            binary_size(budget)
+        ),
+        (Some(peak), None) => format!("; the plan's peak is {} and no GPU memory budget was set", binary_size(peak)),
+        (None, Some(budget)) => format!("; the budget is {}, but the GPU had less free", binary_size(budget)),
+        (None, None) => "; no GPU memory budget was set".to_string(),
+    };
+    // A budget below what the GPU gave before it refused, in steps of 256 MiB (16 MiB below 2 GiB).
+    let lower = held
+        .map(|held| {
+            let step: u64 = if held >= 2 << 30 { 256 << 20 } else { 16 << 20 };
+            (held / step).max(1) * step
+        })
+        .filter(|&lower| budget.is_none_or(|b| lower < b));
+    text += &match lower {
+        Some(lower) => format!(": try a GPU memory budget of {} or less", binary_size(lower)),
+        None => ": try a lower GPU memory budget".to_string(),
+    };
+    text + ", so that the plan releases or streams what does not fit (other programs may hold GPU memory too)"
 }
 
 /// Bytes in MiB or GiB with two decimals.
@@ -74,5 +117,29 @@ mod tests {
         assert!(Error::Readback("Device lost".into()).is_device_failure());
         assert!(!Error::Invalid("the image is empty".into()).is_device_failure());
         assert!(!Error::Gpu("no usable GPU adapter".into()).is_device_failure());
+    }
+
+    #[test]
+    fn out_of_memory_says_what_was_held_planned_and_budgeted_and_what_to_try() {
+        let gib = 1u64 << 30;
+        let error = Error::OutOfMemory {
+            during: "denoising step 3".into(),
+            held: Some(5 * gib + (300 << 20)),
+            planned_peak: Some(6 * gib),
+            budget: Some(8 * gib),
+        };
+        assert_eq!(
+            error.to_string(),
+            "the GPU ran out of memory during denoising step 3, holding 5.29 GiB; the plan's peak is 6.00 GiB \
+             within the budget of 8.00 GiB, but the GPU had less free: try a GPU memory budget of 5.25 GiB or less, \
+             so that the plan releases or streams what does not fit (other programs may hold GPU memory too)"
+        );
+        let unplanned =
+            Error::OutOfMemory { during: "the upload".into(), held: Some(100 << 20), planned_peak: None, budget: None };
+        assert!(unplanned.to_string().contains("no GPU memory budget was set: try a GPU memory budget of 96.00 MiB"));
+        let unknown =
+            Error::OutOfMemory { during: "the upload".into(), held: None, planned_peak: None, budget: Some(gib) };
+        assert!(unknown.to_string().contains("the budget is 1.00 GiB, but the GPU had less free: try a lower GPU"));
+        assert!(!unknown.is_device_failure(), "the device stays usable");
     }
 }

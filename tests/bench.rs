@@ -79,18 +79,19 @@ fn bench_reports_matmul_attention_and_step_with_positive_numbers() {
 }
 
 /// The peer figure: the same DiT step through diffusers on the CPU, with the fixture generator's Python
-/// (`~/.cache/kontext-web/venv`, see `tests/fixtures/generator/README.md`) or `KONTEXT_PEER_PYTHON`; skipped,
-/// saying so, on machines that have neither.
+/// (`~/.cache/kontext-web/venv`, which `make test` installs for the packs; see
+/// `tests/fixtures/generator/README.md`) or `KONTEXT_PEER_PYTHON`. Without either it fails, naming them.
 #[test]
 fn bench_times_the_same_step_through_diffusers_as_a_peer() {
     let python = std::env::var_os("KONTEXT_PEER_PYTHON").map(std::path::PathBuf::from).unwrap_or_else(|| {
         std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
             .join(".cache/kontext-web/venv/bin/python")
     });
-    if !python.exists() {
-        eprintln!("skipped: no Python with diffusers at {} (set KONTEXT_PEER_PYTHON)", python.display());
-        return;
-    }
+    assert!(
+        python.exists(),
+        "no Python with diffusers at {}: run `make packs` (make test does) or set KONTEXT_PEER_PYTHON",
+        python.display()
+    );
     let output = Command::new(env!("CARGO_BIN_EXE_kontext"))
         .args(["bench", "--backend", "cpu", "--tiny", "--json", "--peer"])
         .arg(&python)

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use kontext_web::device::faults;
 use kontext_web::formats::FileSource;
 use kontext_web::harness::testing::{repo_root, run_kontext};
 use kontext_web::pipeline::loader::{self, MemoryFiles, NoFolder};
@@ -737,7 +738,17 @@ fn plan_prints_the_phases_and_whether_they_fit() {
 /// Runs `kontext args…`, which must fail with exactly one line on stderr, starting `kontext: ` (progress goes
 /// to stdout), and no panic; returns that line.
 fn fails_cleanly(args: &[&str]) -> String {
-    let output = kontext(args);
+    fails_cleanly_with(args, &[])
+}
+
+/// [`fails_cleanly`] with the environment variables `env` set.
+fn fails_cleanly_with(args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_kontext"))
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(repo_root())
+        .output()
+        .expect("cannot start kontext");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(!output.status.success(), "kontext {args:?} succeeded:\n{stderr}");
     assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "kontext {args:?} panicked:\n{stderr}");
@@ -745,6 +756,37 @@ fn fails_cleanly(args: &[&str]) -> String {
     assert_eq!(lines.len(), 1, "kontext {args:?}: expected exactly one stderr line:\n{stderr}");
     assert!(lines[0].starts_with("kontext: "), "kontext {args:?}: {stderr}");
     lines[0].to_string()
+}
+
+/// A GPU that runs out of memory in the middle of the upload (injected after 256 KiB of weights) ends
+/// `kontext edit` with one line: what was held, the plan and its budget, and the `--gpu-memory` to try.
+#[test]
+fn gpu_out_of_memory_in_the_middle_of_the_upload_is_one_line_naming_the_budget_to_try() {
+    let tmp = TempDir::new("oom");
+    let out = tmp.arg("out.png");
+    let args = [
+        "edit",
+        "--model",
+        TINY_MODEL,
+        "--backend",
+        "wgpu",
+        "--prompt",
+        "a cat",
+        "--steps",
+        "1",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--gpu-memory",
+        "64MiB",
+        "--out",
+        &out,
+    ];
+    let line = fails_cleanly_with(&args, &[(faults::INJECT_OUT_OF_MEMORY_ENV, "262144")]);
+    assert!(line.starts_with("kontext: the GPU ran out of memory during the upload of the model's weights, holding "));
+    assert!(line.contains("within the budget of 64.00 MiB, but the GPU had less free: try --gpu-memory "), "{line}");
+    assert!(!tmp.path("out.png").exists());
 }
 
 #[test]

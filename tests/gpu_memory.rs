@@ -5,11 +5,17 @@
 
 use std::sync::Mutex;
 
-use kontext_web::device;
+use kontext_web::device::{self, faults};
 use kontext_web::formats::GgmlType;
 use kontext_web::harness::bench::{RandomFlux, medium_flux};
+use kontext_web::harness::testing::fixture_path;
 use kontext_web::kernels::attention::bench_attention;
 use kontext_web::model::flux::{Flux, Layers};
+use kontext_web::pipeline::edit::{Edit, EditRequest};
+use kontext_web::pipeline::loader::{Folder, KontextModel, Overrides};
+use kontext_web::pipeline::plan::Residency;
+use kontext_web::pipeline::size::Resize;
+use kontext_web::{Error, Result};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -56,4 +62,70 @@ fn bench_times_attention_and_measures_the_flash_kernels_memory_against_the_refer
         (long.rows_peak_bytes.expect("wgpu reports its pools"), long.reference_peak_bytes.unwrap());
     assert!(reference >= 2 * 512 * 512 * 4, "{long:?}");
     assert!(flash < reference / 4, "{long:?}");
+}
+
+/// A text-to-image edit of the tiny model, 2 steps, returning its final packed latents; the first error ends it.
+fn tiny_edit(
+    model: &mut KontextModel,
+    prompt: &str,
+    gpu: &burn::tensor::Device,
+    before_steps: impl FnOnce(),
+) -> Result<Vec<f32>> {
+    let request = EditRequest {
+        prompt: prompt.into(),
+        references: vec![],
+        size: Some((32, 32)),
+        max_area: 32 * 32,
+        resize: Resize::None,
+        steps: 2,
+        guidance: 2.5,
+        seed: 11,
+    };
+    let mut edit = Edit::prepare(model, &request, None, gpu)?;
+    before_steps();
+    while !edit.is_denoised() {
+        edit.step()?;
+    }
+    let result = pollster::block_on(edit.finish())?;
+    pollster::block_on(device::read_f32(result.latents))
+}
+
+/// An allocation the GPU refuses in the middle of a load or an edit ends it with an answer, not a panic: what the
+/// model had uploaded is released, its pages returned, and the next request on the same device succeeds, with
+/// the result it gives without the failure (the control).
+#[test]
+fn out_of_memory_in_a_load_or_an_edit_is_an_answer_and_the_next_request_succeeds() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (gpu, _) = device::wgpu().expect("a wgpu adapter (lavapipe without a GPU)");
+    let folder = Folder(fixture_path("FLUX.1-Kontext-dev-tiny"));
+    device::release_free_pages(&gpu);
+    let empty = device::reserved_bytes(&gpu).expect("wgpu reports its pools");
+
+    faults::inject_out_of_memory_after(Some(256 << 10));
+    let error = KontextModel::load(&folder, Overrides::default(), &gpu).err().expect("the failure ends the load");
+    assert!(matches!(error, Error::OutOfMemory { planned_peak: None, budget: None, .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.starts_with("the GPU ran out of memory during the upload of the model's weights, holding "));
+    assert!(message.contains("no GPU memory budget was set: try a GPU memory budget of "));
+    device::release_free_pages(&gpu);
+    let after = device::reserved_bytes(&gpu).unwrap();
+    assert!(after <= empty + (1 << 20), "{after} bytes stay reserved after the failed load (empty: {empty})");
+
+    // The same device loads and edits; the result is the control for what follows.
+    let mut model = KontextModel::load(&folder, Overrides::default(), &gpu).unwrap();
+    let control = tiny_edit(&mut model, "a red square", &gpu, || {}).unwrap();
+
+    // Streamed blocks are uploaded at every step: a failure there ends the edit at that step. (A new prompt makes
+    // the text encoding release the resident DiT.)
+    model.residency = Residency::STREAMED;
+    let error =
+        tiny_edit(&mut model, "a blue circle", &gpu, || faults::inject_out_of_memory_after(Some(0))).err().unwrap();
+    assert!(error.to_string().starts_with("the GPU ran out of memory during denoising step 1, holding "), "{error}");
+    assert!(model.flux.is_released(Layers::All) && !model.t5.is_resident() && !model.vae.is_resident());
+
+    // The next edit uploads what it needs again and gives the control's latents.
+    let again = tiny_edit(&mut model, "a red square", &gpu, || {}).unwrap();
+    let differs = again.iter().zip(&control).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(again.len() == control.len() && differs <= 1e-5, "the edit after the failure differs by {differs}");
+    assert!(faults::check(&gpu).is_none(), "no fault left over");
 }

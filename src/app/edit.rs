@@ -216,6 +216,7 @@ pub fn request(
         guidance: settings.guidance,
         seed,
         loras,
+        return_latents: false,
     };
     let pending = Pending {
         entry: HistoryEntry {

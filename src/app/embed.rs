@@ -312,18 +312,24 @@ impl Embed {
                     reply.error(message);
                 }
             }
-            FromWorker::Result { id, png, seed, width, height, .. } => {
+            FromWorker::Result { id, png, seed, width, height, latents, .. } => {
                 if let Some(reply) = self.take_edit(*id) {
                     match png_blob(png) {
-                        Ok(image) => reply.post(
-                            "kontext:result",
-                            &[
+                        Ok(image) => {
+                            let mut fields: Vec<(&str, JsValue)> = vec![
                                 ("image", image.into()),
                                 ("seed", (*seed as f64).into()),
                                 ("width", (*width as f64).into()),
                                 ("height", (*height as f64).into()),
-                            ],
-                        ),
+                            ];
+                            if let Some(latents) = latents {
+                                // [tokens × 64], row-major.
+                                let shape = Array::of2(&((latents.len() / 64) as f64).into(), &64.0.into());
+                                fields.push(("latents", js_sys::Float32Array::from(&latents[..]).into()));
+                                fields.push(("latentsShape", shape.into()));
+                            }
+                            reply.post("kontext:result", &fields)
+                        }
                         Err(e) => reply.error(&e),
                     }
                 }

@@ -1,6 +1,7 @@
 //! Choosing where tensors live: burn's Flex CPU backend, or its wgpu backend (Vulkan/Metal/DX12 natively,
 //! WebGPU in a browser). The wgpu runtime is initialised once per process; later calls reuse it.
 
+pub mod faults;
 pub mod selfcheck;
 
 use std::str::FromStr;
@@ -106,6 +107,7 @@ pub fn wgpu() -> Result<(Device, AdapterReport)> {
     OPENED
         .get_or_init(|| {
             let (device, setup) = Device::wgpu_options().init_with_setup().map_err(|e| e.to_string())?;
+            faults::watch(&setup.device);
             Ok((device, report_of(&setup)))
         })
         .clone()
@@ -129,6 +131,7 @@ pub async fn wgpu_async() -> Result<(Device, AdapterReport)> {
         .init_with_setup_async()
         .await
         .map_err(|e| Error::Gpu(format!("WebGPU could not be opened: {e}")))?;
+    faults::watch(&setup.device);
     let opened = (device, report_of(&setup));
     OPENED.with(|o| *o.borrow_mut() = Some(opened.clone()));
     Ok(opened)

@@ -97,11 +97,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_is_f32_and_f16_is_opt_in() {
-        assert_eq!(Precision::DEFAULT, Precision::F32);
-    }
-
-    #[test]
     fn names_parse_and_print() {
         for precision in [Precision::F32, Precision::F16] {
             assert_eq!(precision.to_string().parse::<Precision>().unwrap(), precision);

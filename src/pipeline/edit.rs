@@ -202,6 +202,8 @@ impl<'m> Edit<'m> {
             streamed: self.model.streamed_weights(),
         };
         self.sampler.step(&denoiser)?;
+        let during = format!("denoising step {}", self.sampler.steps_done());
+        self.model.check_device(&during, &self.device)?;
         self.model.meter.sample(&self.device, PlanPhase::Denoising.label());
         Ok(())
     }
@@ -220,6 +222,7 @@ impl<'m> Edit<'m> {
         let decoded = kontext::decode_latents(vae, latents.clone(), height / VAE_SCALE, width / VAE_SCALE)?;
         self.model.meter.sample(&device, PlanPhase::Decoding.label());
         let pixels = read_f32((decoded / 2.0 + 0.5).clamp(0.0, 1.0)).await?;
+        self.model.check_device(PlanPhase::Decoding.label(), &device)?;
         let image = images::from_unit_planar(&pixels, width, height)?;
         Ok(EditResult { image, latents, pixels })
     }

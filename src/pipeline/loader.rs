@@ -10,6 +10,7 @@ use std::rc::Rc;
 use burn::tensor::Device;
 
 use crate::device::MemoryMeter;
+use crate::device::faults::FaultKind;
 use crate::formats::weights::Weights;
 use crate::formats::{ByteSource, GgufFile, SafetensorsFile, ShardedSafetensors};
 use crate::kernels::quant_matmul::keeps_blocks;
@@ -24,7 +25,7 @@ use crate::model::vae::config::VaeConfig;
 use crate::model::vae::remap::LdmVaeWeights;
 use crate::pipeline::kontext::T5_TOKENS;
 use crate::pipeline::kontext::TextConditioning;
-use crate::pipeline::plan::{CACHED_PROMPTS, DeviceLimits, DitWeights, PlanInputs, PlanPhase, Residency};
+use crate::pipeline::plan::{CACHED_PROMPTS, DeviceLimits, DitWeights, MemoryPlan, PlanInputs, PlanPhase, Residency};
 use crate::pipeline::tokenizer::{ClipTokenizer, T5Tokenizer};
 use crate::{Error, Result};
 
@@ -182,7 +183,9 @@ impl Metered {
 
     fn count(&self, name: &str) {
         if !is_host_table(name) {
-            self.meter.add(tensor_device_bytes(self.inner.as_ref(), name, &self.device));
+            let bytes = tensor_device_bytes(self.inner.as_ref(), name, &self.device);
+            crate::device::faults::note_upload(&self.device, bytes);
+            self.meter.add(bytes);
         }
     }
 }
@@ -259,6 +262,8 @@ pub struct KontextModel {
     uploads: Rc<UploadMeter>,
     /// Text conditioning of the last prompts, most recent last.
     text_cache: Vec<(String, TextConditioning)>,
+    /// The peak of the plan followed and its budget, for the answer to a GPU that runs out of memory.
+    planned: (Option<u64>, Option<u64>),
 }
 
 impl KontextModel {
@@ -305,7 +310,46 @@ impl KontextModel {
             meter: MemoryMeter::default(),
             uploads,
             text_cache: Vec::new(),
+            planned: (None, None),
         })
+    }
+
+    /// Keeps between phases what `plan` keeps, and remembers its peak and budget for [`KontextModel::check_device`].
+    pub fn follow(&mut self, plan: &MemoryPlan) {
+        self.residency = plan.residency;
+        self.planned = (Some(plan.peak_bytes), plan.limits.budget);
+    }
+
+    /// Ends the load or edit with an answer when the GPU reported a failure since the last check (see
+    /// [`crate::device::faults`]): everything uploaded is released first, its pages returned, so that the device
+    /// is usable again and the next request uploads afresh. `during` says what was under way.
+    pub fn check_device(&mut self, during: &str, device: &Device) -> Result<()> {
+        let Some(fault) = crate::device::faults::check(device) else { return Ok(()) };
+        let held = crate::device::reserved_bytes(device);
+        self.release_all(device);
+        Err(match fault.kind {
+            FaultKind::OutOfMemory => Error::OutOfMemory {
+                during: during.to_string(),
+                held,
+                planned_peak: self.planned.0,
+                budget: self.planned.1,
+            },
+            FaultKind::Refused => Error::Gpu(format!(
+                "the GPU refused an operation during {during} ({}); the model's weights were released and are \
+                 uploaded again by the next request",
+                fault.message
+            )),
+        })
+    }
+
+    /// Releases every part and the cached prompts, and returns the freed pages to the driver.
+    fn release_all(&mut self, device: &Device) {
+        self.t5.release();
+        self.clip.release();
+        self.vae.release();
+        self.flux.release(Layers::All);
+        self.text_cache.clear();
+        crate::device::release_free_pages(device);
     }
 
     /// Reports every upload of weights from now on: the part, the bytes uploaded and the bytes of the whole
@@ -393,6 +437,7 @@ impl KontextModel {
         if r.keep_text_encoders {
             self.upload_t5_and_clip(device)?;
         }
+        self.check_device(UPLOADING_THE_MODEL, device)?;
         self.meter.sample(device, "load");
         Ok(())
     }
@@ -403,6 +448,7 @@ impl KontextModel {
         let r = self.residency;
         if let Some((label, _)) = self.meter.by_label.last() {
             let label = label.clone();
+            self.check_device(if label == "load" { UPLOADING_THE_MODEL } else { &label }, device)?;
             self.meter.sample(device, &label);
         }
         let uses_dit = matches!(phase, PlanPhase::Modulations | PlanPhase::Denoising);
@@ -433,6 +479,7 @@ impl KontextModel {
             PlanPhase::Denoising if !r.stream_dit => self.upload_dit(Layers::Core, device)?,
             PlanPhase::Denoising => {}
         }
+        self.check_device(&format!("the upload of the weights for {}", phase.label()), device)?;
         self.meter.sample(device, phase.label());
         Ok(())
     }
@@ -473,6 +520,9 @@ impl KontextModel {
         self.flux.reload(Layers::Modulation, self.transformer_weights.as_ref(), device)
     }
 }
+
+/// What [`KontextModel::check_device`] says was under way while the model's kept parts were uploaded.
+pub const UPLOADING_THE_MODEL: &str = "the upload of the model's weights";
 
 /// The two container formats, told apart by their first bytes.
 enum Container {

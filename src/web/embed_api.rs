@@ -161,6 +161,9 @@ pub struct EditOptions {
     /// `"bucket"` (default: references snap to a Kontext size at the output's area) or `"none"`.
     #[serde(default)]
     pub resize: Option<String>,
+    /// `returnLatents`: answer with the final packed latents (`latents`, `latentsShape`) as well.
+    #[serde(default, rename = "returnLatents")]
+    pub return_latents: bool,
 }
 
 impl EditOptions {
@@ -200,6 +203,7 @@ impl EditOptions {
             guidance,
             seed: self.seed.unwrap_or_else(random_seed),
             loras: Vec::new(),
+            return_latents: self.return_latents,
         })
     }
 }

@@ -73,6 +73,9 @@ pub struct EditJob {
     /// LoRA adapters (added with [`ToWorker::AddLora`]) to apply, with their strengths.
     #[serde(default)]
     pub loras: Vec<LoraUse>,
+    /// Answer with the final packed latents as well as the image.
+    #[serde(default)]
+    pub return_latents: bool,
 }
 
 /// One LoRA adapter enabled for an edit.
@@ -150,6 +153,9 @@ pub enum FromWorker {
         id: u32,
         /// The image as PNG.
         png: ByteBuf,
+        /// The final packed latents `[tokens × 64]`, row-major, when the job asked for them.
+        #[serde(default)]
+        latents: Option<Vec<f32>>,
         /// The seed used.
         seed: u64,
         /// Width in pixels.

@@ -18,7 +18,7 @@ use crate::device::{self, selfcheck};
 use crate::model::layers::LoraAdapter;
 use crate::pipeline::edit::{Edit, EditRequest, Phase, plan_edit};
 use crate::pipeline::kontext::VAE_SCALE;
-use crate::pipeline::loader::{KontextModel, ModelFiles, Overrides};
+use crate::pipeline::loader::{KontextModel, ModelFiles, Overrides, UPLOADING_THE_MODEL};
 use crate::pipeline::plan::{DeviceLimits, MemoryPlan};
 use crate::pipeline::preview::LatentPreview;
 use crate::pipeline::{image as images, size};
@@ -163,9 +163,10 @@ impl Worker {
             ToWorker::Edit(job) => {
                 let id = job.id;
                 match self.run_edit(job).await {
-                    Ok(Some((png, seed, width, height))) => FromWorker::Result {
+                    Ok(Some(Finished { png, seed, width, height, latents })) => FromWorker::Result {
                         id,
                         png: ByteBuf::from(png),
+                        latents,
                         seed,
                         width,
                         height,
@@ -216,9 +217,13 @@ impl Worker {
         store.close();
         let stored = stored?;
         progress(None, "loading", 0, 1);
-        // Release the previous model before the new one takes GPU memory.
+        // Release the previous model, its pages returned to the driver, before the new one takes GPU memory.
         drop(self.model.take());
-        let model = self.open_within(&stored, stored.overrides(), gpu_memory, &device)?;
+        device::release_free_pages(&device);
+        let mut model = self.open_within(&stored, stored.overrides(), gpu_memory, &device)?;
+        // A GPU error of the upload arrives as an event: wait for the device, then ask.
+        device::faults::settle(&device).await;
+        model.check_device(UPLOADING_THE_MODEL, &device)?;
         Ok(self.install(model, stored.total_bytes(), &label))
     }
 
@@ -237,7 +242,7 @@ impl Worker {
         if gpu_memory.is_some() {
             let limits = DeviceLimits::of(device, gpu_memory);
             let typical = model.plan_inputs((1024, 1024), vec![(1024, 1024)], limits);
-            model.residency = MemoryPlan::new(&typical)?.residency;
+            model.follow(&MemoryPlan::new(&typical)?);
         }
         model.upload_kept(device)?;
         self.gpu_memory.set(gpu_memory);
@@ -297,7 +302,7 @@ impl Worker {
     }
 
     /// Runs `job` on the loaded model with the job's LoRA adapters; `Ok(None)` when cancelled.
-    async fn run_edit(&self, job: EditJob) -> Result<Option<(Vec<u8>, u64, usize, usize)>> {
+    async fn run_edit(&self, job: EditJob) -> Result<Option<Finished>> {
         let adapters =
             job.loras.iter().map(|use_| Ok((self.lora(&use_.name)?, use_.strength))).collect::<Result<Vec<_>>>()?;
         let mut model = self.model.take().ok_or_else(|| Error::Invalid("load a model first".into()))?;
@@ -321,7 +326,7 @@ impl Worker {
         model: &mut KontextModel,
         device: &burn::tensor::Device,
         job: EditJob,
-    ) -> Result<Option<(Vec<u8>, u64, usize, usize)>> {
+    ) -> Result<Option<Finished>> {
         let references = job.images.iter().map(|bytes| images::decode(bytes)).collect::<Result<Vec<_>>>()?;
         let request = EditRequest {
             prompt: job.prompt.clone(),
@@ -335,7 +340,7 @@ impl Worker {
         };
         let id = job.id;
         if let Some(budget) = self.gpu_memory.get() {
-            model.residency = plan_edit(model, &request, DeviceLimits::of(device, Some(budget)), None)?.residency;
+            model.follow(&plan_edit(model, &request, DeviceLimits::of(device, Some(budget)), None)?);
         }
         let preview = self.preview_of(model, device).await;
         let mut edit = Edit::prepare_reporting(model, &request, None, device, &mut |phase| match phase {
@@ -347,13 +352,14 @@ impl Worker {
         let (latent_width, latent_height) = (edit.size().0 / VAE_SCALE, edit.size().1 / VAE_SCALE);
         let preview_every = (steps / PREVIEWS_PER_EDIT).max(1);
         progress(Some(id), "denoising", 0, steps);
+        let mut latents = Vec::new();
         while !edit.is_denoised() {
             if self.take_cancel(id) {
                 return Ok(None);
             }
             edit.step()?;
             // Waiting for this step's latents makes the progress real and lets messages (cancel) through.
-            let latents = device::read_f32(edit.latents().clone()).await?;
+            latents = device::read_f32(edit.latents().clone()).await?;
             let done = edit.progress().0 as u64;
             if let Some(preview) = &preview
                 && (done.is_multiple_of(preview_every) || done == steps)
@@ -381,13 +387,24 @@ impl Worker {
         };
         let png = recipe.encode_png(&result.image)?;
         self.take_cancel(id);
-        Ok(Some((png, job.seed, width, height)))
+        let latents = job.return_latents.then_some(latents);
+        Ok(Some(Finished { png, seed: job.seed, width, height, latents }))
     }
 
     /// Whether job `id` was asked to stop, forgetting the request.
     fn take_cancel(&self, id: u32) -> bool {
         self.cancelled.borrow_mut().remove(&id)
     }
+}
+
+/// A finished edit, as the worker answers it.
+struct Finished {
+    png: Vec<u8>,
+    seed: u64,
+    width: usize,
+    height: usize,
+    /// The final packed latents `[tokens × 64]`, when the job asked for them.
+    latents: Option<Vec<f32>>,
 }
 
 /// Posts uploads of weights as `loading` progress in bytes: of the load, or of the running edit when it uploads

@@ -2,6 +2,7 @@
 // SwiftShader (or without WebGPU, to test the explanation users get); the demo pack and its file list (read from
 // the Rust source); the native CLI; PSNR of two PNGs; the app's common steps.
 import { chromium } from 'playwright-core';
+import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { mkdtemp, mkdir, rm } from 'node:fs/promises';
@@ -140,6 +141,69 @@ export function nativeEdit(args) {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** `nativeEdit` with `--dump`: the PNG (base64) and the final packed latents (`latents`, a Float32Array of
+ * `[tokens × 64]`, with `shape`). */
+export function nativeEditWithLatents(args) {
+  const dir = mkdtempSync(join(tmpdir(), 'kontext-native-'));
+  try {
+    const [out, dump] = [join(dir, 'native.png'), join(dir, 'dump.safetensors')];
+    runNative(['edit', '--model', PACK, '--backend', 'wgpu', ...args, '--out', out, '--dump', dump]);
+    const { data, shape } = safetensorsF32(readFileSync(dump), 'latents');
+    return { png: readFileSync(out).toString('base64'), latents: data, shape: shape.slice(-2) };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The F32 tensor `name` of a safetensors file's bytes: `{ data: Float32Array, shape }`. */
+export function safetensorsF32(bytes, name) {
+  const headerLength = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString('utf8'));
+  const entry = header[name];
+  if (entry?.dtype !== 'F32') throw new Error(`no F32 tensor ${name} in the file: ${Object.keys(header)}`);
+  const [begin, end] = entry.data_offsets.map((o) => 8 + headerLength + o);
+  const copy = Uint8Array.from(bytes.subarray(begin, end));
+  return { data: new Float32Array(copy.buffer), shape: entry.shape };
+}
+
+/** The largest |a[i] − b[i]| of two equally long arrays (Infinity when their lengths differ). */
+export function maxAbsDifference(a, b) {
+  if (a.length !== b.length) return Infinity;
+  let max = 0;
+  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
+  return max;
+}
+
+/** The largest difference of one RGB channel between two PNGs given as base64, decoded by the browser in
+ * `page`, in LSB (Infinity for images of different sizes). */
+export function maxPixelDifference(page, a, b) {
+  return page.evaluate(async ([a, b]) => {
+    const pixels = async (b64) => {
+      const bitmap = await createImageBitmap(new Blob([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], { type: 'image/png' }));
+      const ctx = new OffscreenCanvas(bitmap.width, bitmap.height).getContext('2d');
+      ctx.drawImage(bitmap, 0, 0);
+      return { w: bitmap.width, h: bitmap.height, data: ctx.getImageData(0, 0, bitmap.width, bitmap.height).data };
+    };
+    const [x, y] = [await pixels(a), await pixels(b)];
+    if (x.w !== y.w || x.h !== y.h) return Infinity;
+    let max = 0;
+    for (let i = 0; i < x.data.length; i++) if (i % 4 !== 3) max = Math.max(max, Math.abs(x.data[i] - y.data[i]));
+    return max;
+  }, [a, b]);
+}
+
+/** Asserts that `png` (base64, from the browser) is within ±2 LSB of `nativeEdit(args)`, and that the same
+ * comparison fails against the native edit with `--seed` replaced by `otherSeed` (the negative control). */
+export async function assertNativeImage(page, png, args, otherSeed) {
+  const lsb = await maxPixelDifference(page, png, nativeEdit(args));
+  assert.ok(lsb <= 2, `the image differs from the native one by ${lsb} LSB`);
+  const seed = args.indexOf('--seed');
+  if (seed < 0) throw new Error('assertNativeImage needs --seed in args');
+  const other = args.map((a, i) => (i === seed + 1 ? String(otherSeed) : a));
+  const wrong = await maxPixelDifference(page, png, nativeEdit(other));
+  assert.ok(wrong > 2, `seed ${otherSeed} gives an image within ${wrong} LSB: the comparison cannot tell seeds apart`);
 }
 
 const LOADER = 'src/pipeline/loader.rs';

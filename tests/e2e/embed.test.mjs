@@ -1,11 +1,12 @@
 // The embed (`/?embed`) and its postMessage API, driven from a parent page on another origin: ready, load with
-// progress, an edit with a PNG Blob whose result equals the native CLI for the same seed (PSNR ≥ 40 dB), cancel,
+// progress, an edit with a PNG Blob whose latents and image equal the native CLI's for the same seed (≤ 5e-4, ±2 LSB;
+// another seed, prompt or one reference fewer fails the same comparison), cancel,
 // bad requests answered with errors, messages from an origin not in `?allow=` ignored. Then the PWA: after one
 // visit the app shell loads with the network off. No Content-Security-Policy violation anywhere.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { serveDist, launch, screenshot, watchProblems, psnr, nativeEdit, packBytes, REFERENCE } from './browser.mjs';
+import { serveDist, launch, screenshot, watchProblems, packBytes, nativeEditWithLatents, maxAbsDifference, maxPixelDifference, REFERENCE } from './browser.mjs';
 import { startParent, answer } from './embed-parent.mjs';
 
 const PROMPT = 'Make the red square blue and add a small yellow sun in the sky';
@@ -75,11 +76,11 @@ test('kontext:load stores the demo model with progress in bytes, then kontext:lo
     JSON.stringify(progress.filter((p) => p.phase === 'loading')));
 });
 
-test('kontext:edit with a PNG Blob returns a PNG Blob equal to the native CLI for the same seed (PSNR ≥ 40 dB)', async () => {
+test('kontext:edit with a PNG Blob and returnLatents returns a PNG Blob and the latents of the native CLI for the same seed (≤ 5e-4, ±2 LSB); another seed, prompt or one reference fewer does not', async () => {
   const reference = readFileSync(REFERENCE).toString('base64');
   await parentPage.evaluate(([b64, prompt, seed, width, height]) => {
     const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-    send({ type: 'kontext:edit', id: 7, prompt, images: [new Blob([bytes], { type: 'image/png' })], width, height, steps: 4, guidance: 2.5, seed });
+    send({ type: 'kontext:edit', id: 7, prompt, images: [new Blob([bytes], { type: 'image/png' })], width, height, steps: 4, guidance: 2.5, seed, returnLatents: true });
   }, [reference, PROMPT, SEED, WIDTH, HEIGHT]);
   const result = await parentPage.waitForFunction(() => window.messages.find((m) => m.data?.id === 7 && /result|error/.test(m.data.type))?.data ?? null,
     null, { timeout: 300_000 });
@@ -88,7 +89,8 @@ test('kontext:edit with a PNG Blob returns a PNG Blob equal to the native CLI fo
     const bytes = new Uint8Array(await r.image.arrayBuffer());
     let s = ''; for (const b of bytes) s += String.fromCharCode(b);
     const bitmap = await createImageBitmap(r.image);
-    return { isBlob: r.image instanceof Blob, mime: r.image.type, seed: r.seed, width: r.width, height: r.height, bitmap: [bitmap.width, bitmap.height], png: btoa(s) };
+    return { isBlob: r.image instanceof Blob, mime: r.image.type, seed: r.seed, width: r.width, height: r.height, bitmap: [bitmap.width, bitmap.height], png: btoa(s),
+      latentsType: r.latents?.constructor.name, latents: Array.from(r.latents ?? []), latentsShape: r.latentsShape };
   });
   assert.equal(summary.error, undefined, summary.error);
   assert.deepEqual([summary.isBlob, summary.mime, summary.seed, summary.width, summary.height, summary.bitmap],
@@ -98,10 +100,24 @@ test('kontext:edit with a PNG Blob returns a PNG Blob equal to the native CLI fo
   await parentPage.frameLocator('#app').locator('#result-image').waitFor();
   await screenshot(parentPage, 'embed-result');
 
-  const nativePng = nativeEdit(['--prompt', PROMPT, '--image', REFERENCE, '--width', String(WIDTH), '--height', String(HEIGHT),
-    '--max-area', String(WIDTH * HEIGHT), '--steps', '4', '--guidance', '2.5', '--seed', String(SEED)]);
-  const db = await psnr(parentPage, summary.png, nativePng);
-  assert.ok(db >= 40, `PSNR ${db} dB`);
+  const args = (prompt, seed, images) => ['--prompt', prompt, ...images.flatMap((i) => ['--image', i]), '--width', String(WIDTH),
+    '--height', String(HEIGHT), '--max-area', String(WIDTH * HEIGHT), '--steps', '4', '--guidance', '2.5', '--seed', String(seed)];
+  const native = nativeEditWithLatents(args(PROMPT, SEED, [REFERENCE]));
+  assert.equal(summary.latentsType, 'Float32Array');
+  assert.deepEqual(summary.latentsShape, native.shape);
+  assert.deepEqual(native.shape, [(WIDTH / 16) * (HEIGHT / 16), 64]);
+  const delta = maxAbsDifference(summary.latents, native.latents);
+  assert.ok(delta <= 5e-4, `latents differ from the native run's by ${delta}`);
+  const lsb = await maxPixelDifference(parentPage, summary.png, native.png);
+  assert.ok(lsb <= 2, `the image differs from the native one by ${lsb} LSB`);
+  // Negative controls: the same comparison fails for another seed, another prompt, one reference fewer.
+  for (const [what, control] of [['another seed', args(PROMPT, SEED + 1, [REFERENCE])], ['another prompt', args('a yellow field', SEED, [REFERENCE])],
+    ['one reference fewer', args(PROMPT, SEED, [])]]) {
+    const wrong = maxAbsDifference(summary.latents, nativeEditWithLatents(control).latents);
+    assert.ok(wrong > 5e-4, `${what}: latents within ${wrong} of the browser's; the comparison cannot tell`);
+    console.log(`${what}: latents max |Δ| ${wrong}`);
+  }
+  console.log(`browser vs native: latents max |Δ| ${delta}, image ${lsb} LSB`);
 });
 
 test('kontext:cancel stops a long edit within a step and the next edit runs', async () => {

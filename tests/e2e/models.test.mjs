@@ -1,12 +1,13 @@
 // The model store through the UI: a source too large for the quota is refused; the tiny pack is stored from a
 // custom URL with measured progress, the connection is cut mid-file, a reload shows it partial, and Resume
 // fetches exactly the missing bytes (counted on the server); Verify finds a damaged chunk and Resume fetches only
-// that chunk; the stored model loads in the worker from IndexedDB after a memory check and runs a 1-step edit;
+// that chunk; the stored model loads in the worker from IndexedDB after a memory check and runs a 1-step edit
+// equal to the native CLI's (±2 LSB; another seed is not);
 // pause / resume / cancel; a local folder and the demo pack are copied in; every control is labelled; deleting
 // frees space. A partial model cannot be loaded.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { openApp, screenshot, setNumber, packBytes, PACK, REFERENCE } from './browser.mjs';
+import { openApp, screenshot, setNumber, packBytes, resultPng, assertNativeImage, PACK, REFERENCE } from './browser.mjs';
 import { startModelServer, storeFromUrl, row, transferStarted, CHUNK } from './model-server.mjs';
 
 let models;
@@ -133,6 +134,8 @@ test('the stored model passes the memory check, loads from IndexedDB in the work
   await page.waitForSelector('#job[data-state="done"]', { timeout: 300_000 });
   assert.match(await page.textContent('.result figcaption'), /144×96 · seed 7/);
   await screenshot(page, 'models-edit-from-store');
+  await assertNativeImage(page, await resultPng(page), ['--prompt', 'Make the red square blue', '--image', REFERENCE,
+    '--max-area', String(128 * 128), '--steps', '1', '--guidance', '2.5', '--seed', '7'], 8);
 });
 
 test('the same URLs are stored once; pause keeps the stored chunks, Resume finishes, Cancel stops and deletes', async () => {

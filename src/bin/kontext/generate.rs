@@ -414,7 +414,7 @@ pub fn edit(args: EditArgs) -> Result<()> {
     };
     let mut model = args.model.open(&device)?;
     let plan = plan_edit(&model, &request, args.model.limits(&device), residency_flag(&args.memory))?;
-    model.residency = plan.residency;
+    model.follow(&plan);
     model.on_upload(upload_printer());
     let budget = args.model.gpu_memory.map(|b| format!(" of {}", plan::size(b))).unwrap_or_default();
     println!("memory: {}; planned peak {}{budget}", plan.residency.describe(), plan::size(plan.peak_bytes));

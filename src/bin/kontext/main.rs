@@ -9,7 +9,7 @@ mod generate;
 mod cli {
     use clap::{Parser, Subcommand};
     use kontext_web::device::selfcheck;
-    use kontext_web::device::{self, Backend};
+    use kontext_web::device::{self, Backend, faults};
     use kontext_web::formats::FileSource;
     use kontext_web::pipeline::loader::{self, Folder, ModelFiles, NoFolder};
     use kontext_web::{Error, Result};
@@ -65,6 +65,9 @@ mod cli {
 
     pub fn main() -> std::process::ExitCode {
         let cli = Cli::parse();
+        if let Some(bytes) = std::env::var(faults::INJECT_OUT_OF_MEMORY_ENV).ok().and_then(|v| v.trim().parse().ok()) {
+            faults::inject_out_of_memory_after(Some(bytes));
+        }
         match run(cli.command) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(Error::MissingPart { part, file, flag, folder_path }) => {
@@ -77,6 +80,11 @@ mod cli {
                     "kontext: {}",
                     line.replace("nothing smaller fits either", "nothing smaller fits either: raise --gpu-memory")
                 );
+                std::process::ExitCode::FAILURE
+            }
+            Err(e @ Error::OutOfMemory { .. }) => {
+                let line = e.to_string().replace("try a GPU memory budget of", "try --gpu-memory");
+                eprintln!("kontext: {}", line.replace("try a lower GPU memory budget", "try a lower --gpu-memory"));
                 std::process::ExitCode::FAILURE
             }
             Err(e) => {
