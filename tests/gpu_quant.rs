@@ -8,7 +8,8 @@ use half::f16;
 use kontext_web::device::{self, selfcheck};
 use kontext_web::formats::weights::Weights;
 use kontext_web::formats::{GgmlType, GgufFile};
-use kontext_web::harness::testing::{self, gpu};
+use kontext_web::harness::kernel_checks;
+use kontext_web::harness::testing::{self, fixture_path, gpu};
 use kontext_web::kernels::precision::Precision;
 use kontext_web::kernels::quant_matmul::{PackedLinear, PackedWeight, has_kernel, matmul_at, matmul_f16};
 
@@ -153,6 +154,20 @@ fn quant_vector_blocks_multiply_like_the_reference_twin() {
     covered.sort();
     use GgmlType::*;
     assert_eq!(covered, [F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, BF16]);
+}
+
+/// The same check as the browser tests (`tests/web.rs`, `tests/web_worker.rs`) on the native wgpu device.
+#[test]
+fn every_quant_vector_type_multiplies_like_its_golden() {
+    let gpu = gpu();
+    let read = |name: &str| std::fs::read(fixture_path(&format!("bfl_gguf/{name}"))).unwrap();
+    let checks = pollster::block_on(kernel_checks::quant_vectors(
+        read("quant_vectors.gguf"),
+        read("quant_vectors_expected.safetensors"),
+        &gpu,
+    ))
+    .unwrap();
+    kernel_checks::assert_quant_vectors(&checks, &gpu);
 }
 
 #[test]

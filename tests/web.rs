@@ -7,6 +7,7 @@ use burn::tensor::{Tensor, TensorData};
 use half::f16;
 use kontext_web::device::{self, selfcheck};
 use kontext_web::formats::GgmlType;
+use kontext_web::harness::kernel_checks;
 use kontext_web::kernels::quant_matmul::{PackedWeight, matmul};
 use kontext_web::kernels::{self, latent};
 use kontext_web::web::probe::{self, WebGpu};
@@ -78,4 +79,15 @@ async fn packed_quant_matmuls_on_webgpu_equal_their_reference_twin() {
             assert!(worst <= 1e-4 * scale.max(1.0), "{ty} M = {m}: max |kernel − reference| = {worst:e}");
         }
     }
+}
+
+/// Every ggml type of the quantization vectors (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, F16, BF16, F32) loads on the
+/// browser's WebGPU, packed where a kernel exists, and multiplies like gguf-py's dequantized values.
+#[wasm_bindgen_test]
+async fn every_quant_vector_type_multiplies_on_webgpu_like_its_golden() {
+    let (gpu, _) = device::wgpu_async().await.expect("WebGPU device");
+    let gguf = include_bytes!("fixtures/tiny/bfl_gguf/quant_vectors.gguf").to_vec();
+    let expected = include_bytes!("fixtures/tiny/bfl_gguf/quant_vectors_expected.safetensors").to_vec();
+    let checks = kernel_checks::quant_vectors(gguf, expected, &gpu).await.unwrap();
+    kernel_checks::assert_quant_vectors(&checks, &gpu);
 }

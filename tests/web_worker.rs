@@ -2,6 +2,7 @@
 //! equals the CPU result. Read back only through async APIs.
 #![cfg(target_arch = "wasm32")]
 
+use kontext_web::harness::kernel_checks;
 use kontext_web::web::protocol::{FromWorker, ToWorker};
 use kontext_web::web::worker;
 use wasm_bindgen_test::*;
@@ -17,4 +18,14 @@ async fn the_worker_opens_webgpu_and_its_matmul_equals_the_cpu() {
         }
         other => panic!("unexpected answer: {other:?}"),
     }
+}
+
+/// The quantization vectors' every ggml type on WebGPU inside the worker, as in the page (`tests/web.rs`).
+#[wasm_bindgen_test]
+async fn every_quant_vector_type_multiplies_on_webgpu_in_the_worker_like_its_golden() {
+    let (gpu, _) = kontext_web::device::wgpu_async().await.expect("WebGPU device");
+    let gguf = include_bytes!("fixtures/tiny/bfl_gguf/quant_vectors.gguf").to_vec();
+    let expected = include_bytes!("fixtures/tiny/bfl_gguf/quant_vectors_expected.safetensors").to_vec();
+    let checks = kernel_checks::quant_vectors(gguf, expected, &gpu).await.unwrap();
+    kernel_checks::assert_quant_vectors(&checks, &gpu);
 }

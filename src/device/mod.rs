@@ -55,8 +55,22 @@ pub struct AdapterReport {
 
 /// Reads a float tensor back to the host; the only readback path, async so it also works in a browser.
 pub async fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
-    let data = tensor.into_data_async().await.map_err(|e| Error::Readback(format!("{e:?}")))?;
-    data.try_into_vec_as::<f32>().map_err(|e| Error::Readback(format!("{e:?}")))
+    let data = tensor.into_data_async().await.map_err(|e| Error::Readback(one_line(&format!("{e:?}"))))?;
+    data.try_into_vec_as::<f32>().map_err(|e| Error::Readback(one_line(&format!("{e:?}"))))
+}
+
+/// A runtime error's report on one line: its causes joined by ": ", without the backtrace.
+fn one_line(report: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for line in report.lines().map(str::trim) {
+        if line.starts_with("Backtrace") || line == "No backtrace available" {
+            break;
+        }
+        if !line.is_empty() && line != "Caused by:" && !parts.contains(&line) {
+            parts.push(line);
+        }
+    }
+    parts.join(": ")
 }
 
 /// Bytes the device allocator holds in pages (what the device gave it, used or kept for reuse); `None` on
@@ -213,6 +227,13 @@ fn report_of(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_reports_become_one_line_without_the_backtrace() {
+        let report = "The device is poisoned\nCaused by:\n  The device is poisoned\nCaused by:\n  Destroyed: Device \
+                      was destroyed.\nBacktrace:\nNo backtrace available";
+        assert_eq!(one_line(report), "The device is poisoned: Destroyed: Device was destroyed.");
+    }
 
     #[test]
     fn the_cpu_has_no_binding_limit() {

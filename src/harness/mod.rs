@@ -4,4 +4,5 @@
 
 pub mod bench;
 pub mod fuzz;
+pub mod kernel_checks;
 pub mod testing;

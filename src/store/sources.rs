@@ -120,8 +120,9 @@ impl UrlSource {
         self
     }
 
-    /// The files to fetch: the folder's [`DIFFUSERS_FILES`] except the weights a part URL replaces, then the
-    /// parts. Without a folder every weights part needs its URL (the CLIP tokenizer falls back to the built-in
+    /// The files to fetch: the folder's [`DIFFUSERS_FILES`] except the weights a part URL replaces (their
+    /// `config.json` stays: the loader reads it beside the part's file, as `kontext edit --model DIR --transformer
+    /// FILE` does), then the parts. Without a folder every weights part needs its URL (the CLIP tokenizer falls back to the built-in
     /// one, as for ComfyUI's file set).
     pub fn plan(&self) -> Result<Vec<PlannedFile>> {
         let parts = [
@@ -169,7 +170,11 @@ impl UrlSource {
             let taken: Vec<String> = planned.iter().map(|f| f.path.clone()).collect();
             let folder = DIFFUSERS_FILES
                 .iter()
-                .filter(|path| !replaced.iter().any(|dir| path.starts_with(dir)) && !taken.iter().any(|t| t == *path))
+                .filter(|path| {
+                    let weights_replaced =
+                        replaced.iter().any(|dir| path.starts_with(dir)) && !path.ends_with("config.json");
+                    !weights_replaced && !taken.iter().any(|t| t == *path)
+                })
                 .map(|path| PlannedFile { path: path.to_string(), role: None, origin: format!("{base}{path}") });
             planned.splice(0..0, folder.collect::<Vec<_>>());
         }
@@ -362,7 +367,7 @@ mod tests {
     }
 
     #[test]
-    fn part_urls_replace_the_folders_weights() {
+    fn part_urls_replace_the_folders_weights_but_not_their_configs() {
         let source = UrlSource {
             base: Some("https://h/f/".into()),
             transformer: Some("https://h/q/flux1-kontext-dev-Q4_0.gguf?download=1".into()),
@@ -371,11 +376,13 @@ mod tests {
         };
         let plan = source.plan().unwrap();
         let paths: Vec<&str> = plan.iter().map(|f| f.path.as_str()).collect();
-        assert!(!paths.iter().any(|p| p.starts_with("transformer/")), "{paths:?}");
+        // The folder's DiT weights are replaced; its config.json stays, read beside the part's file.
+        let transformer: Vec<&&str> = paths.iter().filter(|p| p.starts_with("transformer/")).collect();
+        assert_eq!(transformer, [&"transformer/config.json"], "{paths:?}");
         assert_eq!(paths.iter().filter(|p| **p == "tokenizer/vocab.json").count(), 1, "{paths:?}");
         assert!(paths.contains(&"parts/transformer/flux1-kontext-dev-Q4_0.gguf"), "{paths:?}");
         assert!(paths.contains(&"vae/diffusion_pytorch_model.safetensors"), "{paths:?}");
-        assert_eq!(plan.len(), DIFFUSERS_FILES.len() - 2 + 1);
+        assert_eq!(plan.len(), DIFFUSERS_FILES.len() - 2 + 2);
         let vocab = plan.iter().find(|f| f.path == "tokenizer/vocab.json").unwrap();
         assert_eq!((vocab.role, vocab.origin.as_str()), (Some(Role::Tokenizer), "https://h/v.json"));
     }

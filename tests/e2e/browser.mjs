@@ -98,25 +98,35 @@ export function resultPng(page) {
   });
 }
 
+/** The RGBA pixels of two PNGs given as base64, decoded by the browser in `page`: `[{ w, h, data }, …]`. */
+function decodeTwo(page, a, b) {
+  return page.evaluate(async (images) => Promise.all(images.map(async (b64) => {
+    const bitmap = await createImageBitmap(new Blob([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], { type: 'image/png' }));
+    const ctx = new OffscreenCanvas(bitmap.width, bitmap.height).getContext('2d');
+    ctx.drawImage(bitmap, 0, 0);
+    return { w: bitmap.width, h: bitmap.height, data: Array.from(ctx.getImageData(0, 0, bitmap.width, bitmap.height).data) };
+  })), [a, b]);
+}
+
 /** PSNR in dB over the RGB channels of two PNGs given as base64, decoded by the browser in `page`: Infinity when
  * they are equal. Images of different sizes (width and height compared, not only the pixel count) throw. */
 export async function psnr(page, a, b) {
-  const result = await page.evaluate(async ([a, b]) => {
-    const pixels = async (b64) => {
-      const bitmap = await createImageBitmap(new Blob([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], { type: 'image/png' }));
-      const ctx = new OffscreenCanvas(bitmap.width, bitmap.height).getContext('2d');
-      ctx.drawImage(bitmap, 0, 0);
-      return { w: bitmap.width, h: bitmap.height, data: ctx.getImageData(0, 0, bitmap.width, bitmap.height).data };
-    };
-    const [x, y] = [await pixels(a), await pixels(b)];
-    if (x.w !== y.w || x.h !== y.h) return { error: `${x.w}×${x.h} vs ${y.w}×${y.h}` };
-    let sum = 0, n = 0;
-    for (let i = 0; i < x.data.length; i++) { if (i % 4 === 3) continue; const d = x.data[i] - y.data[i]; sum += d * d; n++; }
-    const mse = sum / n;
-    return { psnr: mse === 0 ? Infinity : 10 * Math.log10(255 * 255 / mse) };
-  }, [a, b]);
-  if (result.error !== undefined) throw new Error(`PSNR of two images of different sizes: ${result.error}`);
-  return result.psnr;
+  const [x, y] = await decodeTwo(page, a, b);
+  if (x.w !== y.w || x.h !== y.h) throw new Error(`PSNR of two images of different sizes: ${x.w}×${x.h} vs ${y.w}×${y.h}`);
+  let sum = 0, n = 0;
+  for (let i = 0; i < x.data.length; i++) { if (i % 4 === 3) continue; const d = x.data[i] - y.data[i]; sum += d * d; n++; }
+  const mse = sum / n;
+  return mse === 0 ? Infinity : 10 * Math.log10(255 * 255 / mse);
+}
+
+/** The largest difference of one RGB channel between two PNGs given as base64, decoded by the browser in
+ * `page`, in LSB (Infinity for images of different sizes). */
+export async function maxPixelDifference(page, a, b) {
+  const [x, y] = await decodeTwo(page, a, b);
+  if (x.w !== y.w || x.h !== y.h) return Infinity;
+  let max = 0;
+  for (let i = 0; i < x.data.length; i++) if (i % 4 !== 3) max = Math.max(max, Math.abs(x.data[i] - y.data[i]));
+  return max;
 }
 
 /** The native CLI as cargo builds it (`make test-e2e` does): `$CARGO_TARGET_DIR/debug/kontext`, the target
@@ -144,12 +154,12 @@ export function nativeEdit(args) {
 }
 
 /** `nativeEdit` with `--dump`: the PNG (base64) and the final packed latents (`latents`, a Float32Array of
- * `[tokens × 64]`, with `shape`). */
-export function nativeEditWithLatents(args) {
+ * `[tokens × 64]`, with `shape`). `model`: the arguments that give the model (the demo pack's folder). */
+export function nativeEditWithLatents(args, model = ['--model', PACK]) {
   const dir = mkdtempSync(join(tmpdir(), 'kontext-native-'));
   try {
     const [out, dump] = [join(dir, 'native.png'), join(dir, 'dump.safetensors')];
-    runNative(['edit', '--model', PACK, '--backend', 'wgpu', ...args, '--out', out, '--dump', dump]);
+    runNative(['edit', ...model, '--backend', 'wgpu', ...args, '--out', out, '--dump', dump]);
     const { data, shape } = safetensorsF32(readFileSync(dump), 'latents');
     return { png: readFileSync(out).toString('base64'), latents: data, shape: shape.slice(-2) };
   } finally {
@@ -174,24 +184,6 @@ export function maxAbsDifference(a, b) {
   let max = 0;
   for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
   return max;
-}
-
-/** The largest difference of one RGB channel between two PNGs given as base64, decoded by the browser in
- * `page`, in LSB (Infinity for images of different sizes). */
-export function maxPixelDifference(page, a, b) {
-  return page.evaluate(async ([a, b]) => {
-    const pixels = async (b64) => {
-      const bitmap = await createImageBitmap(new Blob([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], { type: 'image/png' }));
-      const ctx = new OffscreenCanvas(bitmap.width, bitmap.height).getContext('2d');
-      ctx.drawImage(bitmap, 0, 0);
-      return { w: bitmap.width, h: bitmap.height, data: ctx.getImageData(0, 0, bitmap.width, bitmap.height).data };
-    };
-    const [x, y] = [await pixels(a), await pixels(b)];
-    if (x.w !== y.w || x.h !== y.h) return Infinity;
-    let max = 0;
-    for (let i = 0; i < x.data.length; i++) if (i % 4 !== 3) max = Math.max(max, Math.abs(x.data[i] - y.data[i]));
-    return max;
-  }, [a, b]);
 }
 
 /** Asserts that `png` (base64, from the browser) is within ±2 LSB of `nativeEdit(args)`, and that the same

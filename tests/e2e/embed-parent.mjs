@@ -80,6 +80,12 @@ export async function openEmbedHarness(files, problems) {
 /** Sends `kontext:edit` `id` with the PNG file `reference` and `options` (prompt, width, height, steps, seed…) and
  * returns the result's PNG as base64 (throws with the app's message on an error). */
 export async function editPng(page, id, reference, options, timeout = 900_000) {
+  return (await editResult(page, id, reference, options, timeout)).png;
+}
+
+/** `editPng`'s edit, answering `{ png, latents, latentsShape }`: with `returnLatents: true` in `options`, the final
+ * packed latents as a plain array of numbers and their shape. */
+export async function editResult(page, id, reference, options, timeout = 900_000) {
   const b64 = readFileSync(reference).toString('base64');
   await page.evaluate(([id, b64, options]) => {
     const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
@@ -87,12 +93,12 @@ export async function editPng(page, id, reference, options, timeout = 900_000) {
   }, [id, b64, options]);
   const result = await page.waitForFunction((id) => window.messages.find((m) => m.data?.id === id && /result|error/.test(m.data.type))?.data ?? null,
     id, { timeout });
-  const png = await result.evaluate(async (r) => {
+  const answer = await result.evaluate(async (r) => {
     if (r.type !== 'kontext:result') return { error: r.message };
     const bytes = new Uint8Array(await r.image.arrayBuffer());
     let s = ''; for (const b of bytes) s += String.fromCharCode(b);
-    return { png: btoa(s) };
+    return { png: btoa(s), latents: r.latents ? Array.from(r.latents) : undefined, latentsShape: r.latentsShape };
   });
-  if (png.error !== undefined) throw new Error(`kontext:edit ${id}: ${png.error}`);
-  return png.png;
+  if (answer.error !== undefined) throw new Error(`kontext:edit ${id}: ${answer.error}`);
+  return answer;
 }

@@ -57,7 +57,7 @@ test('a GPU device destroyed mid-edit (GPUDevice.destroy) is reported, and a fre
   });
   await page.waitForSelector('#job[data-state="failed"]', { timeout: 60_000 });
   await page.waitForSelector('#model-state[data-state="failed"]');
-  assert.match(await page.textContent('#model-state'), /the GPU device failed .*A fresh worker was started: load the model again/);
+  assert.match(await page.textContent('#model-state'), /^Could not load: the GPU device failed \(reading back from the device failed: .*Device was destroyed\.\)\. A fresh worker was started: load the model again\.$/);
   await page.waitForFunction(() => document.querySelector('#lora-list li')?.dataset.state === 'ready', null, { timeout: 30_000 });
 
   await loadDemo(page);

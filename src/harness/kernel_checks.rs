@@ -1,0 +1,76 @@
+//! Kernel checks that run the same in a native test, in a browser page and in a Web Worker: the packed matmul of
+//! every ggml type in the quantization vectors (`tests/fixtures/tiny/bfl_gguf/quant_vectors.gguf`) against the
+//! golden dequantized values gguf-py wrote beside them.
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::device::{self, selfcheck};
+use crate::formats::weights::Weights;
+use crate::formats::{GgmlType, GgufFile, SafetensorsFile};
+use crate::kernels::quant_matmul::{PackedWeight, matmul};
+use crate::{Error, Result};
+
+/// One tensor's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantVectorCheck {
+    /// The tensor's type.
+    pub ty: GgmlType,
+    /// Whether the weight stayed in ggml blocks on the device (a packed kernel ran).
+    pub packed: bool,
+    /// The largest |kernel − golden| over every row count tried, relative to the golden's largest |value|.
+    pub worst_relative: f32,
+}
+
+/// For each tensor `qv.T` of the quantization vectors `gguf`: `x · Wᵀ` through a [`PackedWeight`] on `device`
+/// for M = 1, 5 and 70 rows of `x`, against `x · deqᵀ` on the CPU with `deq` the golden `qv.T.deq` of
+/// `expected` (gguf-py's dequantization).
+pub async fn quant_vectors(gguf: Vec<u8>, expected: Vec<u8>, device: &Device) -> Result<Vec<QuantVectorCheck>> {
+    let file = GgufFile::open(gguf)?;
+    let expected = SafetensorsFile::open(expected)?;
+    let cpu = device::cpu();
+    let mut checks = Vec::new();
+    for name in file.names() {
+        let ty = file.tensor(&name).map(|t| t.ggml_type).ok_or_else(|| Error::Invalid(format!("no {name}")))?;
+        let golden = expected.read(&format!("{name}.deq"))?;
+        let &[n, k] = golden.shape.as_slice() else {
+            return Err(Error::Invalid(format!("{name}.deq is not 2-D: {:?}", golden.shape)));
+        };
+        let weight = PackedWeight::from_gguf(&file, &name, device)?;
+        let deq = Tensor::<2>::from_data(TensorData::new(golden.data, [n, k]), &cpu);
+        let mut worst_relative = 0f32;
+        for m in [1, 5, 70] {
+            let x =
+                |d: &Device| Tensor::<2>::from_data(TensorData::new(selfcheck::test_matrix(m, k, m as u32), [m, k]), d);
+            let got = device::read_f32(matmul(x(device), &weight, None)).await?;
+            let want = device::read_f32(x(&cpu).matmul(deq.clone().transpose())).await?;
+            if got.len() != want.len() {
+                return Err(Error::Invalid(format!(
+                    "{name}: {} outputs for M = {m}, expected {}",
+                    got.len(),
+                    want.len()
+                )));
+            }
+            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs())).max(1.0);
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            worst_relative = worst_relative.max(worst / scale);
+        }
+        checks.push(QuantVectorCheck { ty, packed: weight.is_packed(), worst_relative });
+    }
+    Ok(checks)
+}
+
+/// Asserts that `checks` cover every type of the quantization vectors, that each weight stayed packed exactly
+/// where `device` has a kernel for its type, and that each matmul is within 1e-4 (relative) of the golden.
+pub fn assert_quant_vectors(checks: &[QuantVectorCheck], device: &Device) {
+    use GgmlType::*;
+    let mut types: Vec<GgmlType> = checks.iter().map(|c| c.ty).collect();
+    types.sort();
+    assert_eq!(types, [F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, BF16]);
+    let packs = crate::kernels::packs_on(device);
+    for check in checks {
+        let kernel = packs && crate::kernels::quant_matmul::has_kernel(check.ty);
+        assert_eq!(check.packed, kernel, "{check:?}");
+        assert!(check.worst_relative <= 1e-4, "{check:?}");
+    }
+    assert!(!packs || checks.iter().filter(|c| c.packed).count() == 8, "{checks:?}");
+}

@@ -1,0 +1,69 @@
+// The usual files at tiny scale through the embed API from another origin: a DiT as a GGUF of each packed type the
+// fixtures hold (Q8_0, Q4_K_S), as an F16 GGUF and as BFL-named safetensors, with the T5 GGUF, loaded with
+// per-part URLs over the demo pack's folder (stored, then streamed to the GPU) and edited with `returnLatents`.
+// CLIP and the VAE come from the folder: a standalone `clip_l` or `ae` names no head count or norm groups, which
+// are inferred as the real models' and are not the tiny ones' (the real-width ComfyUI set, with its `clip_l` and
+// `ae`, is tests/e2e/real-width.test.mjs). Each edit's
+// latents equal the native CLI's with the same files (max |Δ| ≤ 5e-4, on SwiftShader against lavapipe) and its
+// image is within ±2 LSB; the latents of the DiT in another quantization fail that comparison.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { nativeEditWithLatents, maxAbsDifference, maxPixelDifference, REFERENCE } from './browser.mjs';
+import { openEmbedHarness, answer, editResult } from './embed-parent.mjs';
+import { folderFiles } from './host-server.mjs';
+
+const ROOT = 'tests/fixtures/tiny';
+const FOLDER = 'FLUX.1-Kontext-dev-tiny';
+const PARTS = { t5: 'bfl_gguf/t5_encoder-Q8_0.gguf' };
+const TRANSFORMERS = ['bfl_gguf/transformer_bfl-Q8_0.gguf', 'bfl_gguf/transformer_bfl-Q4_K_S.gguf', 'bfl_gguf/transformer_bfl-F16.gguf',
+  'bfl_gguf/transformer_bfl.safetensors'];
+const [WIDTH, HEIGHT, SEED, PROMPT] = [144, 96, 5, 'Make the red square blue'];
+
+let harness;
+const problems = [];
+const native = new Map();
+
+/** The native CLI's edit with `transformer` and the other parts as files over the folder. */
+function nativeWith(transformer) {
+  if (!native.has(transformer)) {
+    const files = ['--model', join(ROOT, FOLDER), '--transformer', join(ROOT, transformer),
+      ...Object.entries(PARTS).flatMap(([part, file]) => [`--${part}`, join(ROOT, file)])];
+    native.set(transformer, nativeEditWithLatents(['--prompt', PROMPT, '--image', REFERENCE, '--width', String(WIDTH), '--height',
+      String(HEIGHT), '--max-area', String(WIDTH * HEIGHT), '--steps', '2', '--guidance', '2.5', '--seed', String(SEED)], files));
+  }
+  return native.get(transformer);
+}
+
+before(async () => {
+  harness = await openEmbedHarness(folderFiles(ROOT), problems);
+  harness.host.control.refuseHead = false; // hosting as it is has tests/e2e/hosting.test.mjs
+});
+after(() => harness.close());
+
+for (const [i, transformer] of TRANSFORMERS.entries()) {
+  test(`${transformer} with the T5 GGUF over the demo folder loads by per-part URLs and edits like the native CLI (latents ≤ 5e-4, ±2 LSB)`, async () => {
+    const { page, host } = harness;
+    const source = { base: `${host.hub}/m/${FOLDER}/`, transformer: `${host.hub}/m/${transformer}`,
+      ...Object.fromEntries(Object.entries(PARTS).map(([part, file]) => [part, `${host.hub}/m/${file}`])) };
+    await page.evaluate(([id, source]) => send({ type: 'kontext:load', id, source }), [`load-${i}`, source]);
+    const loaded = await answer(page, `load-${i}`, 'kontext:loaded', 300_000);
+    assert.equal(loaded.type, 'kontext:loaded', loaded.message);
+    assert.match(loaded.description, /DiT width 64, 2 double \+ 2 single blocks, 4 heads/);
+
+    const result = await editResult(page, `edit-${i}`, REFERENCE, { prompt: PROMPT, width: WIDTH, height: HEIGHT, steps: 2, guidance: 2.5, seed: SEED, returnLatents: true });
+    const expected = nativeWith(transformer);
+    assert.deepEqual(result.latentsShape, expected.shape);
+    const delta = maxAbsDifference(result.latents, expected.latents);
+    assert.ok(delta <= 5e-4, `latents differ from the native run's by ${delta}`);
+    const lsb = await maxPixelDifference(page, result.png, expected.png);
+    assert.ok(lsb <= 2, `the image differs from the native one by ${lsb} LSB`);
+    // Negative control: the DiT in another quantization (Q4_K_S, or Q8_0 for Q4_K_S itself).
+    const control = TRANSFORMERS[i === 1 ? 0 : 1];
+    const other = nativeWith(control);
+    const wrong = maxAbsDifference(result.latents, other.latents);
+    assert.ok(wrong > 5e-4, `another quantization's latents are within ${wrong}: the comparison cannot tell`);
+    console.log(`${transformer}: latents max |Δ| ${delta}, image ${lsb} LSB; against ${control}: ${wrong}`);
+    assert.deepEqual(problems, []);
+  });
+}
