@@ -18,6 +18,8 @@ pub enum FaultKind {
     OutOfMemory,
     /// An operation the GPU API rejected (validation or internal error).
     Refused,
+    /// The device stopped answering (lost: a driver reset, a GPU that went away).
+    Lost,
 }
 
 /// The first GPU error since the last [`check`].
@@ -73,22 +75,21 @@ pub fn check(device: &Device) -> Option<GpuFault> {
     }
     #[cfg(not(target_arch = "wasm32"))]
     if let Err(e) = device.sync() {
-        record(FaultKind::Refused, format!("{e:?}"));
+        record(FaultKind::Lost, format!("{e:?}"));
     }
     log().first.take()
 }
 
 /// Waits until the GPU has answered for everything queued on `device`, so that its errors have arrived
-/// (in a browser they come as events, after the GPU process has run the commands).
-pub async fn settle(device: &Device) {
+/// (in a browser they come as events, after the GPU process has run the commands). A device that can no longer
+/// answer (lost) is an [`crate::Error::Readback`], a device failure.
+pub async fn settle(device: &Device) -> crate::Result<()> {
     if !is_gpu(device) {
-        return;
+        return Ok(());
     }
     // A readback is a full round trip to the GPU, ordered after every command queued before it.
     let probe = burn::tensor::Tensor::<1>::zeros([1], device);
-    if let Err(e) = crate::device::read_f32(probe).await {
-        record(FaultKind::Refused, e.to_string());
-    }
+    crate::device::read_f32(probe).await.map(|_| ())
 }
 
 fn is_gpu(device: &Device) -> bool {

@@ -334,6 +334,7 @@ impl KontextModel {
                 planned_peak: self.planned.0,
                 budget: self.planned.1,
             },
+            FaultKind::Lost => Error::Readback(format!("the GPU device was lost during {during}: {}", fault.message)),
             FaultKind::Refused => Error::Gpu(format!(
                 "the GPU refused an operation during {during} ({}); the model's weights were released and are \
                  uploaded again by the next request",

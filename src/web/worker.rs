@@ -139,6 +139,15 @@ impl Worker {
                     self.recheck_loras();
                     FromWorker::Loaded { description, heap_bytes: js::wasm_heap_bytes() }
                 }
+                Err(e) if e.is_device_failure() => {
+                    // A lost GPU device: this worker cannot compute any more; the page replaces it.
+                    post(&FromWorker::Error { job: None, request: "load_model".into(), message: e.to_string() });
+                    FromWorker::Error {
+                        job: None,
+                        request: crate::web::client::WORKER_STOPPED.into(),
+                        message: format!("the GPU device failed ({e})"),
+                    }
+                }
                 Err(e) => FromWorker::Error { job: None, request: "load_model".into(), message: e.to_string() },
             },
             ToWorker::AddLora { name, bytes } => {
@@ -222,7 +231,7 @@ impl Worker {
         device::release_free_pages(&device);
         let mut model = self.open_within(&stored, stored.overrides(), gpu_memory, &device)?;
         // A GPU error of the upload arrives as an event: wait for the device, then ask.
-        device::faults::settle(&device).await;
+        device::faults::settle(&device).await?;
         model.check_device(UPLOADING_THE_MODEL, &device)?;
         Ok(self.install(model, stored.total_bytes(), &label))
     }
