@@ -29,6 +29,11 @@ export KONTEXT_REAL_WIDTH ?= $(HOME)/.cache/kontext-web/packs/real_width
 REAL_WIDTH_INPUTS := tests/fixtures/generator/make_fixtures.py tests/fixtures/generator/real_width.json \
   src/pipeline/clip_l_merges.txt
 REAL_WIDTH_STAMP = $(KONTEXT_REAL_WIDTH)/.made-$(shell cat $(REAL_WIDTH_INPUTS) | sha256sum | cut -c1-16)
+# The tiny Kontext of tests/fixtures/tiny with its DiT as a GGUF of every type the reader supports (a few MB).
+export KONTEXT_TINY_TYPES ?= $(HOME)/.cache/kontext-web/packs/tiny_types
+TINY_TYPES_GGUF := F16,BF16,Q8_0,Q4_0,Q4_1,Q5_0,Q5_1,Q4_K,Q5_K,Q6_K
+TINY_TYPES_INPUTS := tests/fixtures/generator/make_fixtures.py tests/fixtures/generator/tiny_reference.json
+TINY_TYPES_STAMP = $(KONTEXT_TINY_TYPES)/.made-$(shell (cat $(TINY_TYPES_INPUTS); echo $(TINY_TYPES_GGUF)) | sha256sum | cut -c1-16)
 
 .PHONY: help tools web serve dist check test test-native test-wasm test-e2e test-long test-fuzz fuzz fuzz-minimize fmt bench-gpu packs
 
@@ -37,7 +42,7 @@ help:
 	@echo "make check   formatting, clippy (native and wasm32, warnings are errors) and the layering test"
 	@echo "make test    make check, then every test: native (CPU + wgpu on lavapipe), wasm in headless Chromium, end-to-end, fuzz smoke"
 	@echo "make test-long   the long browser tests: a real-width edit in Chromium against the native CLI (about 10 minutes)"
-	@echo "make packs   the real-width test packs (diffusers in a venv; cached in ~/.cache/kontext-web/packs)"
+	@echo "make packs   the real-width and tiny-types test packs (diffusers in a venv; cached in ~/.cache/kontext-web/packs)"
 	@echo "make dist    the shipped build (fat LTO, wasm-opt -Oz) in dist/"
 	@echo "make fuzz    every fuzz target for FUZZ_SECONDS (600) each, growing then minimizing tests/fuzz/corpus/"
 	@echo "make fuzz-minimize   each corpus cut to its named seeds and findings plus a set cover of the rest"
@@ -80,6 +85,13 @@ packs: $(VENV)/.installed-$(shell echo $(PYTHON_PACKAGES) | sha256sum | cut -c1-
 	    --config tests/fixtures/generator/real_width.json --out $(KONTEXT_REAL_WIDTH) > $(KONTEXT_REAL_WIDTH)/checks.json && \
 	  touch $(REAL_WIDTH_STAMP); \
 	fi
+	@if [ ! -e $(TINY_TYPES_STAMP) ]; then \
+	  rm -rf $(KONTEXT_TINY_TYPES) && mkdir -p $(KONTEXT_TINY_TYPES) && \
+	  nice -n 10 $(VENV)/bin/python tests/fixtures/generator/make_fixtures.py \
+	    --config tests/fixtures/generator/tiny_reference.json --dit-gguf $(TINY_TYPES_GGUF) \
+	    --out $(KONTEXT_TINY_TYPES) > $(KONTEXT_TINY_TYPES)/checks.json && \
+	  touch $(TINY_TYPES_STAMP); \
+	fi
 
 # With WebGPU's default 128 MiB storage binding as the limit, whatever the adapter grants (src/device/mod.rs).
 test-native: packs
@@ -87,11 +99,13 @@ test-native: packs
 	KONTEXT_MAX_BUFFER_BYTES=134217728 cargo test --locked
 
 # wasm-bindgen-test-runner drives Debian's Chromium through chromedriver, with WebGPU on SwiftShader.
+# --nocapture shows what the tests print (which f16 checks ran, or why they were skipped).
 # tests/store.rs downloads from tests/e2e/drop-server.mjs (Range, CORS, cut connections) on port 8791.
 test-wasm:
 	node tests/e2e/drop-server.mjs 8791 & server=$$!; trap "kill $$server" EXIT; \
 	CHROMEDRIVER=$$(command -v chromedriver) WASM_BINDGEN_TEST_WEBDRIVER_JSON=$(CURDIR)/tests/webdriver.json \
-	WASM_BINDGEN_TEST_TIMEOUT=600 cargo test --locked --target wasm32-unknown-unknown --profile web --test web --test web_worker --test store --test stream
+	WASM_BINDGEN_TEST_TIMEOUT=600 cargo test --locked --target wasm32-unknown-unknown --profile web --test web --test web_worker --test store --test stream \
+	  -- --nocapture
 
 # The end-to-end tests compare the browser's edit with the native CLI's, so they build both; the real-width test
 # loads the real-width packs.

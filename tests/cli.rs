@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kontext_web::device::faults;
 use kontext_web::formats::FileSource;
-use kontext_web::harness::testing::{repo_root, run_kontext};
+use kontext_web::harness::testing::{TINY_TYPES, generated_pack, repo_root, run_kontext, tiny_types_pack};
 use kontext_web::pipeline::loader::{self, MemoryFiles, NoFolder};
 use safetensors::{Dtype, SafeTensors};
 
@@ -297,14 +297,7 @@ fn relative_error(got: &(Vec<usize>, Vec<f32>), want: &(Vec<usize>, Vec<f32>)) -
 /// d_model 4096 with one layer, CLIP-L with one layer and the real VAE, in every format users hold, with
 /// diffusers' goldens. Made outside the clone; `make test` makes it first.
 fn real_width() -> String {
-    let dir = std::env::var("KONTEXT_REAL_WIDTH").unwrap_or_else(|_| {
-        format!("{}/.cache/kontext-web/packs/real_width", std::env::var("HOME").unwrap_or_default())
-    });
-    assert!(
-        Path::new(&dir).join("golden/golden_run.safetensors").exists(),
-        "no real-width pack in {dir}: run `make packs`"
-    );
-    dir
+    generated_pack("KONTEXT_REAL_WIDTH", "real_width")
 }
 
 /// Each real-width transformer file against diffusers on its own dequantized weights (the step-0 call), within
@@ -462,6 +455,25 @@ fn a_real_width_edit_from_the_sharded_folder_matches_the_golden() {
     write(&tmp.path("other.safetensors"), &[("noise", shape, values.iter().map(|v| -v).collect())]);
     let control = relative_error(&edit(&tmp.arg("other.safetensors")), &want);
     assert!(control > 1e-2, "another noise gives {control:e}");
+}
+
+/// The tiny DiT as a GGUF of every type the reader supports against diffusers on that file's weights as gguf-py
+/// dequantizes them (the step-0 call), within 1e-4 of the output's range; each also differs from the next type's
+/// golden by more (the negative control).
+#[test]
+fn forward_with_a_transformer_gguf_of_every_type_matches_its_golden() {
+    let pack = tiny_types_pack();
+    let model = format!("{pack}/FLUX.1-Kontext-dev-tiny");
+    let golden = |key: &str| read(format!("{pack}/bfl_gguf/golden_gguf_step0.safetensors"), key);
+    for (i, kind) in TINY_TYPES.iter().enumerate() {
+        let out = forward_output(&pack, &model, &format!("transformer_bfl-{kind}.gguf"));
+        let error = relative_error(&out, &golden(kind));
+        eprintln!("{kind}: relative error {error:.2e}");
+        assert!(error <= 1e-4, "{kind}: relative error {error:e}");
+        let other = TINY_TYPES[(i + 1) % TINY_TYPES.len()];
+        let control = relative_error(&out, &golden(other));
+        assert!(control > 10.0 * error.max(1e-5), "{kind} against the {other} golden: {control:e}");
+    }
 }
 
 #[test]

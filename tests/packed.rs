@@ -1,13 +1,14 @@
 //! Quantized GGUF transformers stay in ggml blocks on wgpu (lavapipe without a GPU): the weights hold about
 //! the file's bytes on the device, the linear layers are packed, and `kontext forward` still matches the
-//! golden of each GGUF (`bfl_gguf/golden_gguf_step0.safetensors`): within 1e-4 with f32 activations, within 2e-3
-//! with f16 ones (lavapipe has `shader-f16`); on the CPU every layer stays dense.
+//! golden of each GGUF (`bfl_gguf/golden_gguf_step0.safetensors`, of the committed files and of the tiny-types pack
+//! with every type the reader supports): within 1e-4 with f32 activations, within 2e-3 with f16 ones (lavapipe has
+//! `shader-f16`); on the CPU every layer stays dense.
 
 #![cfg(not(target_arch = "wasm32"))]
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use kontext_web::harness::testing::{repo_root as root, run_kontext};
+use kontext_web::harness::testing::{TINY_TYPES, repo_root as root, run_kontext, tiny_types_pack};
 use safetensors::{Dtype, SafeTensors};
 
 const TINY_MODEL: &str = "tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny";
@@ -44,15 +45,16 @@ fn read(path: impl AsRef<Path>, key: &str) -> (Vec<usize>, Vec<f32>) {
     (view.shape().to_vec(), values)
 }
 
-/// Golden transformer call 0 (`transformer_in_0_*` of `golden_run`) as a `kontext forward --inputs` file.
-fn write_forward_inputs(path: &Path) {
+/// Golden transformer call 0 (`transformer_in_0_*` of the pack's `golden/golden_run.safetensors`) as a
+/// `kontext forward --inputs` file.
+fn write_forward_inputs(path: &Path, pack: &str) {
     let names =
         ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "guidance", "img_ids", "txt_ids"];
     let tensors: Vec<(&str, Vec<usize>, Vec<u8>)> = names
         .iter()
         .map(|name| {
             let (shape, values) =
-                read("tests/fixtures/tiny/golden/golden_run.safetensors", &format!("transformer_in_0_{name}"));
+                read(format!("{pack}/golden/golden_run.safetensors"), &format!("transformer_in_0_{name}"));
             (*name, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect())
         })
         .collect();
@@ -74,8 +76,12 @@ fn temp_dir(name: &str) -> PathBuf {
 
 #[test]
 fn quantized_weights_hold_their_file_bytes_on_wgpu_and_stay_dense_on_cpu() {
-    for kind in QUANTIZED {
-        let file = format!("{GGUF_DIR}/transformer_bfl-{kind}.gguf");
+    let pack = tiny_types_pack();
+    let committed = QUANTIZED.iter().map(|kind| (kind, format!("{GGUF_DIR}/transformer_bfl-{kind}.gguf")));
+    let generated = TINY_TYPES.iter().filter(|kind| kind.starts_with('Q'));
+    for (kind, file) in
+        committed.chain(generated.map(|kind| (kind, format!("{pack}/bfl_gguf/transformer_bfl-{kind}.gguf"))))
+    {
         let gpu = inspect_loaded(&file, "wgpu");
         let (file_bytes, device_bytes) = (number(&gpu, "file_bytes"), number(&gpu, "device_bytes"));
         eprintln!("{kind}: file {file_bytes} B, wgpu {device_bytes} B, {} packed", number(&gpu, "packed_linears"));
@@ -92,35 +98,40 @@ fn quantized_weights_hold_their_file_bytes_on_wgpu_and_stay_dense_on_cpu() {
     }
 }
 
-/// `kontext forward --backend wgpu --precision PRECISION` with each quantized GGUF against its golden.
+/// `kontext forward --backend wgpu --precision PRECISION` with each quantized GGUF against its golden: the committed
+/// ones and every type of the tiny-types pack.
 fn forward_matches_each_gguf_golden(precision: &str, tolerance: f32) {
     let dir = temp_dir(&format!("forward-{precision}"));
-    let inputs = dir.join("inputs.safetensors");
-    write_forward_inputs(&inputs);
-    for kind in QUANTIZED {
-        let transformer = format!("{GGUF_DIR}/transformer_bfl-{kind}.gguf");
-        let out = dir.join(format!("out-{kind}.safetensors"));
-        run_ok(&[
-            "forward",
-            "--backend",
-            "wgpu",
-            "--precision",
-            precision,
-            "--model",
-            TINY_MODEL,
-            "--transformer",
-            &transformer,
-            "--inputs",
-            inputs.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        let (got, want) = (read(&out, "out"), read(format!("{GGUF_DIR}/golden_gguf_step0.safetensors"), kind));
-        assert_eq!(got.0, want.0, "{kind}: shape");
-        assert!(got.1.iter().all(|v| v.is_finite()), "{kind}: not finite");
-        let worst = got.1.iter().zip(&want.1).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        eprintln!("{kind} ({precision}): max |diff| {worst:e}");
-        assert!(worst <= tolerance, "{kind} ({precision}): max abs diff {worst:e} > {tolerance:e}");
+    let pack = tiny_types_pack();
+    for (fixture, kinds) in [("tests/fixtures/tiny", &QUANTIZED[..]), (pack.as_str(), &TINY_TYPES[..])] {
+        let inputs = dir.join("inputs.safetensors");
+        write_forward_inputs(&inputs, fixture);
+        for kind in kinds {
+            let transformer = format!("{fixture}/bfl_gguf/transformer_bfl-{kind}.gguf");
+            let out = dir.join(format!("out-{kind}.safetensors"));
+            run_ok(&[
+                "forward",
+                "--backend",
+                "wgpu",
+                "--precision",
+                precision,
+                "--model",
+                &format!("{fixture}/FLUX.1-Kontext-dev-tiny"),
+                "--transformer",
+                &transformer,
+                "--inputs",
+                inputs.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+            let (got, want) =
+                (read(&out, "out"), read(format!("{fixture}/bfl_gguf/golden_gguf_step0.safetensors"), kind));
+            assert_eq!(got.0, want.0, "{transformer}: shape");
+            assert!(got.1.iter().all(|v| v.is_finite()), "{transformer}: not finite");
+            let worst = got.1.iter().zip(&want.1).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            eprintln!("{transformer} ({precision}): max |diff| {worst:e}");
+            assert!(worst <= tolerance, "{transformer} ({precision}): max abs diff {worst:e} > {tolerance:e}");
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -141,7 +152,7 @@ fn forward_with_f16_activations_on_wgpu_matches_each_gguf_golden_within_2e_3() {
 fn forward_with_a_lora_on_packed_q8_0_matches_its_golden() {
     let dir = temp_dir("lora");
     let inputs = dir.join("inputs.safetensors");
-    write_forward_inputs(&inputs);
+    write_forward_inputs(&inputs, "tests/fixtures/tiny");
     for (strength, key) in [("1.0", "Q8_0_w100"), ("0.5", "Q8_0_w050")] {
         let out = dir.join(format!("out-{key}.safetensors"));
         let lora = format!("tests/fixtures/tiny/lora/lora_diffusers.safetensors:{strength}");

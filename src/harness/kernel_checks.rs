@@ -1,13 +1,15 @@
 //! Kernel checks that run the same in a native test, in a browser page and in a Web Worker: the packed matmul of
 //! every ggml type in the quantization vectors (`tests/fixtures/tiny/bfl_gguf/quant_vectors.gguf`) against the
-//! golden dequantized values gguf-py wrote beside them.
+//! golden dequantized values gguf-py wrote beside them, with f32 or (where the adapter has `shader-f16`) f16
+//! activations.
 
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::device::{self, selfcheck};
 use crate::formats::weights::Weights;
 use crate::formats::{GgmlType, GgufFile, SafetensorsFile};
-use crate::kernels::quant_matmul::{PackedWeight, matmul};
+use crate::kernels::precision::Precision;
+use crate::kernels::quant_matmul::{PackedWeight, matmul_at};
 use crate::{Error, Result};
 
 /// One tensor's outcome.
@@ -22,9 +24,14 @@ pub struct QuantVectorCheck {
 }
 
 /// For each tensor `qv.T` of the quantization vectors `gguf`: `x · Wᵀ` through a [`PackedWeight`] on `device`
-/// for M = 1, 5 and 70 rows of `x`, against `x · deqᵀ` on the CPU with `deq` the golden `qv.T.deq` of
-/// `expected` (gguf-py's dequantization).
-pub async fn quant_vectors(gguf: Vec<u8>, expected: Vec<u8>, device: &Device) -> Result<Vec<QuantVectorCheck>> {
+/// with `precision` activations for M = 1, 5 and 70 rows of `x`, against `x · deqᵀ` on the CPU with `deq` the
+/// golden `qv.T.deq` of `expected` (gguf-py's dequantization). F16 needs [`Precision::f16_available`].
+pub async fn quant_vectors(
+    gguf: Vec<u8>,
+    expected: Vec<u8>,
+    device: &Device,
+    precision: Precision,
+) -> Result<Vec<QuantVectorCheck>> {
     let file = GgufFile::open(gguf)?;
     let expected = SafetensorsFile::open(expected)?;
     let cpu = device::cpu();
@@ -41,7 +48,7 @@ pub async fn quant_vectors(gguf: Vec<u8>, expected: Vec<u8>, device: &Device) ->
         for m in [1, 5, 70] {
             let x =
                 |d: &Device| Tensor::<2>::from_data(TensorData::new(selfcheck::test_matrix(m, k, m as u32), [m, k]), d);
-            let got = device::read_f32(matmul(x(device), &weight, None)).await?;
+            let got = device::read_f32(matmul_at(x(device), &weight, None, precision)).await?;
             let want = device::read_f32(x(&cpu).matmul(deq.clone().transpose())).await?;
             if got.len() != want.len() {
                 return Err(Error::Invalid(format!(
@@ -60,8 +67,13 @@ pub async fn quant_vectors(gguf: Vec<u8>, expected: Vec<u8>, device: &Device) ->
 }
 
 /// Asserts that `checks` cover every type of the quantization vectors, that each weight stayed packed exactly
-/// where `device` has a kernel for its type, and that each matmul is within 1e-4 (relative) of the golden.
-pub fn assert_quant_vectors(checks: &[QuantVectorCheck], device: &Device) {
+/// where `device` has a kernel for its type, and that each matmul is within the tolerance of `precision`
+/// (relative to the golden's largest value: 1e-4 for f32 activations, 2e-3 for f16 ones) of the golden.
+pub fn assert_quant_vectors(checks: &[QuantVectorCheck], device: &Device, precision: Precision) {
+    let tolerance = match precision {
+        Precision::F32 => 1e-4,
+        Precision::F16 => 2e-3,
+    };
     use GgmlType::*;
     let mut types: Vec<GgmlType> = checks.iter().map(|c| c.ty).collect();
     types.sort();
@@ -70,7 +82,35 @@ pub fn assert_quant_vectors(checks: &[QuantVectorCheck], device: &Device) {
     for check in checks {
         let kernel = packs && crate::kernels::quant_matmul::has_kernel(check.ty);
         assert_eq!(check.packed, kernel, "{check:?}");
-        assert!(check.worst_relative <= 1e-4, "{check:?}");
+        assert!(check.worst_relative <= tolerance, "{precision}: {check:?}");
     }
     assert!(!packs || checks.iter().filter(|c| c.packed).count() == 8, "{checks:?}");
+}
+
+/// [`quant_vectors`] and [`assert_quant_vectors`] with f32 activations, then with f16 ones where `device` has
+/// `shader-f16` (the f16 kernels compiled by the adapter's shader compiler, their pipelines created and run).
+/// Returns what ran, for the test's output: where the adapter has no `shader-f16` it says that the f16 check was
+/// skipped and why.
+pub async fn assert_quant_vectors_at_each_precision(gguf: Vec<u8>, expected: Vec<u8>, device: &Device) -> String {
+    let mut report = Vec::new();
+    for precision in [Precision::F32, Precision::F16] {
+        if precision == Precision::F16 && !Precision::f16_available(device) {
+            report.push(
+                "f16 kernels SKIPPED: this adapter has no `shader-f16` (the f16 kernels are checked natively, on \
+                 lavapipe, by tests/gpu_quant.rs and tests/packed.rs)"
+                    .to_string(),
+            );
+            continue;
+        }
+        let checks = quant_vectors(gguf.clone(), expected.clone(), device, precision)
+            .await
+            .unwrap_or_else(|e| panic!("{precision}: {e}"));
+        assert_quant_vectors(&checks, device, precision);
+        let worst = checks.iter().map(|c| c.worst_relative).fold(0f32, f32::max);
+        report.push(format!(
+            "{precision} kernels ran: {} quantization vectors, worst relative error {worst:.1e}",
+            checks.len()
+        ));
+    }
+    report.join("; ")
 }

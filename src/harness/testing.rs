@@ -32,6 +32,32 @@ pub fn fixture_path(relative: &str) -> PathBuf {
     Path::new(TINY).join(relative)
 }
 
+/// A test pack that `make packs` generates outside the clone (`tests/fixtures/generator/README.md`): the folder
+/// named by the environment variable `env`, else `~/.cache/kontext-web/packs/{name}`. Panics, naming the command
+/// that makes it, when it holds no goldens.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn generated_pack(env: &str, name: &str) -> String {
+    let dir = std::env::var(env)
+        .unwrap_or_else(|_| format!("{}/.cache/kontext-web/packs/{name}", std::env::var("HOME").unwrap_or_default()));
+    assert!(
+        Path::new(&dir).join("golden/golden_run.safetensors").exists(),
+        "no {name} pack in {dir}: run `make packs`"
+    );
+    dir
+}
+
+/// The tiny Kontext of [`TINY`] with its DiT as a GGUF of every type the reader supports
+/// (`bfl_gguf/transformer_bfl-{type}.gguf` and the key of its step-0 golden; `make packs`, `KONTEXT_TINY_TYPES`).
+/// K-quant rows that are not whole 256-value super-blocks fall back as llama-quantize's do (Q4_K to Q5_0, Q5_K
+/// to Q5_1, Q6_K to Q8_0).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn tiny_types_pack() -> String {
+    generated_pack("KONTEXT_TINY_TYPES", "tiny_types")
+}
+
+/// The transformer GGUF types of [`tiny_types_pack`].
+pub const TINY_TYPES: [&str; 10] = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"];
+
 /// A fixture safetensors file, read through a file source.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn safetensors(relative: &str) -> SafetensorsFile {

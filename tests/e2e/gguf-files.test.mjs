@@ -1,6 +1,7 @@
-// The usual files at tiny scale through the embed API from another origin: a DiT as a GGUF of each packed type the
-// fixtures hold (Q8_0, Q4_K_S), as an F16 GGUF and as BFL-named safetensors, with the T5 GGUF, loaded with
-// per-part URLs over the demo pack's folder (stored, then streamed to the GPU) and edited with `returnLatents`.
+// The usual files at tiny scale through the embed API from another origin: a DiT as a GGUF of every type the reader
+// supports (F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K: the committed files and the tiny-types pack of
+// `make packs`) and as BFL-named safetensors, with the T5 GGUF, loaded with per-part URLs over the demo pack's
+// folder (stored, then streamed to the GPU) and edited with `returnLatents`.
 // CLIP and the VAE come from the folder: a standalone `clip_l` or `ae` names no head count or norm groups, which
 // are inferred as the real models' and are not the tiny ones' (the real-width ComfyUI set, with its `clip_l` and
 // `ae`, is tests/e2e/real-width.test.mjs). Each edit's
@@ -8,16 +9,22 @@
 // image is within ±2 LSB; the latents of the DiT in another quantization fail that comparison.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { nativeEditWithLatents, maxAbsDifference, maxPixelDifference, REFERENCE } from './browser.mjs';
+import { nativeEditWithLatents, maxAbsDifference, maxPixelDifference, REFERENCE, TINY_TYPES_PACK } from './browser.mjs';
 import { openEmbedHarness, answer, editResult } from './embed-parent.mjs';
 import { folderFiles } from './host-server.mjs';
 
 const ROOT = 'tests/fixtures/tiny';
 const FOLDER = 'FLUX.1-Kontext-dev-tiny';
 const PARTS = { t5: 'bfl_gguf/t5_encoder-Q8_0.gguf' };
+// The tiny-types pack's files are served (and found natively) under `types/`; its model folder is the demo's.
+const TYPES = 'types/';
 const TRANSFORMERS = ['bfl_gguf/transformer_bfl-Q8_0.gguf', 'bfl_gguf/transformer_bfl-Q4_K_S.gguf', 'bfl_gguf/transformer_bfl-F16.gguf',
-  'bfl_gguf/transformer_bfl.safetensors'];
+  'bfl_gguf/transformer_bfl.safetensors',
+  ...['BF16', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1', 'Q4_K', 'Q5_K', 'Q6_K'].map((kind) => `${TYPES}bfl_gguf/transformer_bfl-${kind}.gguf`)];
+/** A served path's file on this machine. */
+const local = (path) => (path.startsWith(TYPES) ? join(TINY_TYPES_PACK, path.slice(TYPES.length)) : join(ROOT, path));
 const [WIDTH, HEIGHT, SEED, PROMPT] = [144, 96, 5, 'Make the red square blue'];
 
 let harness;
@@ -27,8 +34,8 @@ const native = new Map();
 /** The native CLI's edit with `transformer` and the other parts as files over the folder. */
 function nativeWith(transformer) {
   if (!native.has(transformer)) {
-    const files = ['--model', join(ROOT, FOLDER), '--transformer', join(ROOT, transformer),
-      ...Object.entries(PARTS).flatMap(([part, file]) => [`--${part}`, join(ROOT, file)])];
+    const files = ['--model', join(ROOT, FOLDER), '--transformer', local(transformer),
+      ...Object.entries(PARTS).flatMap(([part, file]) => [`--${part}`, local(file)])];
     native.set(transformer, nativeEditWithLatents(['--prompt', PROMPT, '--image', REFERENCE, '--width', String(WIDTH), '--height',
       String(HEIGHT), '--max-area', String(WIDTH * HEIGHT), '--steps', '2', '--guidance', '2.5', '--seed', String(SEED)], files));
   }
@@ -36,7 +43,11 @@ function nativeWith(transformer) {
 }
 
 before(async () => {
-  harness = await openEmbedHarness(folderFiles(ROOT), problems);
+  for (const transformer of TRANSFORMERS) {
+    if (!existsSync(local(transformer))) throw new Error(`${local(transformer)} is missing: make the test packs with \`make packs\``);
+  }
+  const [demo, types] = [folderFiles(ROOT), folderFiles(TINY_TYPES_PACK)];
+  harness = await openEmbedHarness((path) => (path.startsWith(TYPES) ? types(path.slice(TYPES.length)) : demo(path)), problems);
   harness.host.control.refuseHead = false; // hosting as it is has tests/e2e/hosting.test.mjs
 });
 after(() => harness.close());
