@@ -8,8 +8,9 @@ use kontext_web::formats::SafetensorsFile;
 use kontext_web::formats::weights::Weights;
 use kontext_web::harness::testing::gpu;
 use kontext_web::kernels::attention::{
-    AttentionKernel, attention, blocked_reference, flash_attention, gpu_attention, reference,
+    AttentionKernel, attention, blocked_reference, flash_attention, flash_attention_in, gpu_attention, reference,
 };
+use kontext_web::kernels::flash::FlashLayout;
 use kontext_web::model::FluxConfig;
 use kontext_web::model::flux::Flux;
 
@@ -33,7 +34,7 @@ fn check(b: usize, h: usize, lq: usize, lk: usize, d: usize) {
     let k = Tensor::<4>::from_data(values([b, h, lk, d], 2, 2.0), &gpu);
     let v = Tensor::<4>::from_data(values([b, h, lk, d], 3, 1.0), &gpu);
     let expected = reference(q.clone(), k.clone(), v.clone()).into_data();
-    for kernel in [AttentionKernel::Auto, AttentionKernel::Scores, AttentionKernel::Rows, AttentionKernel::Tiles] {
+    for kernel in [AttentionKernel::Auto, AttentionKernel::Scores, AttentionKernel::Rows, AttentionKernel::Flash] {
         let ours = gpu_attention(kernel, q.clone(), k.clone(), v.clone()).expect("the kernel applies").into_data();
         assert_eq!(ours.shape(), expected.shape());
         eprintln!(
@@ -62,6 +63,51 @@ fn flash_kernel_handles_unequal_lengths_odd_widths_and_the_widest_head() {
 }
 
 #[test]
+fn every_flash_layout_equals_the_reference_and_a_wrong_key_order_does_not() {
+    let gpu = gpu();
+    let layouts = [
+        (8, 1, 32, 4, true),
+        (8, 1, 32, 4, false),
+        (1, 1, 64, 1, false),
+        (2, 4, 64, 4, false),
+        (3, 2, 16, 2, false),
+        (1, 8, 32, 8, false),
+        (3, 1, 8, 2, true),
+    ]
+    .map(|(rows_per_thread, threads_per_row, threads, keys_per_step, broadcast)| FlashLayout {
+        rows_per_thread,
+        threads_per_row,
+        threads,
+        keys_per_step,
+        broadcast,
+    });
+    // Subgroups of 8 on lavapipe; the layouts that share rows need them.
+    let subgroups = device::subgroup_min_size().unwrap_or(0);
+    for (b, h, lq, lk, d) in [(1, 2, 37, 41, 16), (1, 1, 70, 130, 128), (2, 1, 33, 9, 7), (1, 1, 5, 300, 64)] {
+        let q = Tensor::<4>::from_data(values([b, h, lq, d], 1, 2.0), &gpu);
+        let k = Tensor::<4>::from_data(values([b, h, lk, d], 2, 2.0), &gpu);
+        let v = Tensor::<4>::from_data(values([b, h, lk, d], 3, 1.0), &gpu);
+        let expected = reference(q.clone(), k.clone(), v.clone()).into_data();
+        for layout in layouts {
+            let ours = flash_attention_in(layout, q.clone(), k.clone(), v.clone());
+            if layout.threads_per_row > subgroups || (layout.broadcast && subgroups == 0) {
+                assert!(ours.unwrap_err().to_string().contains("subgroups"), "{layout:?}");
+                continue;
+            }
+            let ours = ours.unwrap().into_data();
+            eprintln!(
+                "{layout:?} (b {b}, h {h}, lq {lq}, lk {lk}, d {d}): max |diff| {:e}",
+                max_abs_diff(&ours, &expected)
+            );
+            ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
+            // Negative control: keys in another order (values kept) must change the result.
+            let wrong = flash_attention_in(layout, q.clone(), k.clone().flip([2]), v.clone()).unwrap().into_data();
+            assert!(max_abs_diff(&wrong, &expected) > 1e-3, "{layout:?}");
+        }
+    }
+}
+
+#[test]
 fn flash_kernel_at_4096_tokens_equals_the_cpu_reference_in_query_chunks() {
     let (l, d, chunk) = (4096, 16, 512);
     let q = values([1, 1, l, d], 4, 2.0);
@@ -72,7 +118,7 @@ fn flash_kernel_at_4096_tokens_equals_the_cpu_reference_in_query_chunks() {
         let [q, k, v] = [&q, &k, &v].map(|x| Tensor::from_data(x.clone(), &gpu));
         gpu_attention(kernel, q, k, v).unwrap().into_data()
     };
-    let ours = [AttentionKernel::Scores, AttentionKernel::Rows, AttentionKernel::Tiles].map(on_gpu);
+    let ours = [AttentionKernel::Scores, AttentionKernel::Rows, AttentionKernel::Flash].map(on_gpu);
 
     let cpu = device::cpu();
     let (q, k, v) = (Tensor::<4>::from_data(q, &cpu), Tensor::<4>::from_data(k, &cpu), Tensor::<4>::from_data(v, &cpu));

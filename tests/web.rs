@@ -8,6 +8,8 @@ use half::f16;
 use kontext_web::device::{self, selfcheck};
 use kontext_web::formats::GgmlType;
 use kontext_web::harness::kernel_checks;
+use kontext_web::kernels::attention::{flash_attention_in, reference};
+use kontext_web::kernels::flash::FlashLayout;
 use kontext_web::kernels::quant_matmul::{PackedWeight, matmul};
 use kontext_web::kernels::{self, latent};
 use kontext_web::web::probe::{self, WebGpu};
@@ -35,6 +37,52 @@ async fn pack_kernel_on_webgpu_equals_its_reference_twin() {
     let got = device::read_f32(on_gpu).await.unwrap();
     let expected = device::read_f32(reference).await.unwrap();
     assert_eq!(got, expected);
+}
+
+/// The `flash` attention kernel in the CPU adapters' layouts, the plain GPU one and the subgroup one compiles
+/// under the browser's WGSL rules (its uniformity analysis included) and equals the reference on the CPU
+/// backend, with head widths that are and are not a multiple of 4; keys in another order must not. The layouts
+/// that need subgroups run where the adapter has them and are reported as skipped where it has none.
+#[wasm_bindgen_test]
+async fn flash_attention_on_webgpu_equals_the_reference_in_each_layout() {
+    let (gpu, _) = device::wgpu_async().await.expect("WebGPU device");
+    let layouts = [(8, 1, 32, 4, true), (8, 1, 32, 4, false), (1, 1, 64, 4, false), (2, 4, 64, 4, false)].map(
+        |(rows_per_thread, threads_per_row, threads, keys_per_step, broadcast)| FlashLayout {
+            rows_per_thread,
+            threads_per_row,
+            threads,
+            keys_per_step,
+            broadcast,
+        },
+    );
+    let tensor = |shape: [usize; 4], salt: u32, device: &burn::tensor::Device| {
+        let values = selfcheck::test_matrix(1, shape.iter().product(), salt).into_iter().map(|x| 2.0 * x).collect();
+        Tensor::<4>::from_data(TensorData::new(values, shape), device)
+    };
+    let mut report = Vec::new();
+    for (lq, lk, d) in [(37, 45, 16), (9, 70, 7)] {
+        let (q, k, v) = ([1, 2, lq, d], [1, 2, lk, d], [1, 2, lk, d]);
+        let cpu = device::cpu();
+        let expected = reference(tensor(q, 1, &cpu), tensor(k, 2, &cpu), tensor(v, 3, &cpu));
+        let expected = device::read_f32(expected).await.unwrap();
+        for layout in layouts {
+            let run = |keys| flash_attention_in(layout, tensor(q, 1, &gpu), keys, tensor(v, 3, &gpu));
+            let ours = match run(tensor(k, 2, &gpu)) {
+                Err(e) if (layout.threads_per_row > 1 || layout.broadcast) && device::subgroup_min_size().is_none() => {
+                    report.push(format!("{layout:?} SKIPPED: {e}"));
+                    continue;
+                }
+                ours => device::read_f32(ours.unwrap()).await.unwrap(),
+            };
+            let worst = ours.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst <= 1e-4, "{layout:?} lq {lq} lk {lk} d {d}: max |kernel − reference| = {worst:e}");
+            let shuffled = device::read_f32(run(tensor(k, 2, &gpu).flip([2])).unwrap()).await.unwrap();
+            let moved = shuffled.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(moved > 1e-3, "{layout:?}: keys in another order gave the same output");
+            report.push(format!("{layout:?} d {d}: max |diff| {worst:e}"));
+        }
+    }
+    console_log!("flash attention on WebGPU:\n{}", report.join("\n"));
 }
 
 /// `n` rows of `k` values in ggml blocks of `ty` (Q8_0: an f16 scale and 32 signed bytes; Q4_0: an f16 scale and

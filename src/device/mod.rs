@@ -51,6 +51,20 @@ pub struct AdapterReport {
     pub shader_f16: bool,
     /// Whether subgroup operations are enabled.
     pub subgroups: bool,
+    /// The smallest subgroup size the adapter may run, where subgroup operations are enabled.
+    #[serde(default)]
+    pub subgroup_min_size: Option<u32>,
+}
+
+/// [`AdapterReport::subgroup_min_size`] of the wgpu device this process opened (0: none, or not opened yet).
+static SUBGROUP_MIN_SIZE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The smallest subgroup size of the opened wgpu device, where it has subgroup operations enabled.
+pub fn subgroup_min_size() -> Option<usize> {
+    match SUBGROUP_MIN_SIZE.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        n => Some(n as usize),
+    }
 }
 
 /// Reads a float tensor back to the host; the only readback path, async so it also works in a browser.
@@ -212,6 +226,9 @@ fn report_of(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterReport {
     let info = setup.adapter.get_info();
     let limits = setup.device.limits();
     let features = setup.device.features();
+    let subgroups = features.contains(Features::SUBGROUP);
+    let subgroup_min_size = subgroups.then_some(info.subgroup_min_size).filter(|&n| n > 0);
+    SUBGROUP_MIN_SIZE.store(subgroup_min_size.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     AdapterReport {
         name: info.name.clone(),
         api: format!("{:?}", info.backend),
@@ -220,7 +237,8 @@ fn report_of(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterReport {
         max_buffer_size: limits.max_buffer_size,
         max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
         shader_f16: features.contains(Features::SHADER_F16),
-        subgroups: features.contains(Features::SUBGROUP),
+        subgroups,
+        subgroup_min_size,
     }
 }
 

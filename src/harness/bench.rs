@@ -44,8 +44,6 @@ pub struct Sizes {
     /// Weights of the DiT step, one row each: `F32`, `Q8_0`, `Q4_0`; `-streamed` after one (`Q4_0-streamed`)
     /// keeps only the layers outside the blocks on the device and uploads each block as the step reaches it.
     pub step_weights: Vec<String>,
-    /// Largest score matrix `[heads, L, L]` (bytes) for which the materialised reference attention is timed.
-    pub reference_score_bytes_max: u64,
     /// Timed calls per measurement (after one warm-up call).
     pub repeats: usize,
 }
@@ -64,7 +62,6 @@ impl Sizes {
             step_image_tokens: 1024,
             step_text_tokens: 512,
             step_weights: all_step_weights(),
-            reference_score_bytes_max: 1 << 30,
             repeats: 3,
         }
     }
@@ -84,7 +81,6 @@ impl Sizes {
             step_image_tokens: 8192,
             step_text_tokens: 512,
             step_weights: vec!["Q4_0".into(), "Q4_0-streamed".into()],
-            reference_score_bytes_max: 8 << 30,
             repeats: 2,
         }
     }
@@ -146,7 +142,6 @@ impl Sizes {
             step_image_tokens: 256,
             step_text_tokens: 128,
             step_weights: all_step_weights(),
-            reference_score_bytes_max: 1 << 30,
             repeats: 3,
         }
     }
@@ -164,7 +159,6 @@ impl Sizes {
             step_image_tokens: 64,
             step_text_tokens: 32,
             step_weights: all_step_weights(),
-            reference_score_bytes_max: 1 << 30,
             repeats: 2,
         }
     }
@@ -219,40 +213,39 @@ pub struct MatmulRow {
     pub f16_ratio_to_f32: Option<f64>,
 }
 
-/// Attention over one sequence length.
+/// Attention over one sequence length: times in milliseconds per call, memory as the allocator measured it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttentionRow {
     /// Sequence length (queries = keys).
+    #[serde(rename = "L")]
     pub l: usize,
     /// Attention heads.
     pub heads: usize,
     /// Head width.
     pub head_dim: usize,
-    /// How the model's attention ran ([`AttentionKernel::current`](crate::kernels::attention::AttentionKernel)).
-    pub kernel: crate::kernels::attention::AttentionKernel,
-    /// TFLOP/s of the model's attention, counting `4·heads·L²·d` per call (the two products).
-    pub flash_tflops: f64,
-    /// Seconds per call of the `rows` flash kernel, where a flash kernel applies.
-    pub rows_s: Option<f64>,
-    /// Seconds per call of the `tiles` flash kernel, where a flash kernel applies.
-    pub tiles_s: Option<f64>,
-    /// Its TFLOP/s.
-    pub tiles_tflops: Option<f64>,
-    /// Whether the model's attention ran the flash kernel (wgpu, head width within its limit); when not,
-    /// both timings are of the reference.
-    pub flash_kernel: bool,
-    /// Seconds per call of the model's attention (the flash kernel on wgpu, the reference elsewhere).
-    pub flash_s: f64,
-    /// Seconds per call of the materialised reference; `None` when its scores would exceed 1 GiB.
-    pub reference_s: Option<f64>,
-    /// `reference_s / flash_s`: above 1, the flash kernel is faster.
-    pub speedup: Option<f64>,
-    /// Bytes of intermediates of the flash kernel (`h·L·(d + 2)·4`: output and softmax statistics), computed.
+    /// The kernel the model's attention ran at this length ([`AttentionKernel::resolve`](crate::kernels::attention::AttentionKernel::resolve));
+    /// `scores` (the reference) on devices without our kernels.
+    pub model_kernel: crate::kernels::attention::AttentionKernel,
+    /// The model's attention.
+    pub model_ms: f64,
+    /// The `flash` kernel, where a flash kernel applies (wgpu, head width within its limit).
+    pub flash_ms: Option<f64>,
+    /// TFLOP/s of the `flash` kernel, counting `4·heads·L²·d` per call (the two products).
+    pub flash_tflops: Option<f64>,
+    /// The `rows` flash kernel, where a flash kernel applies.
+    pub rows_ms: Option<f64>,
+    /// The reference (burn's matmul and softmax on the materialised scores) in blocks of at most 128 MiB of
+    /// scores.
+    pub reference_ms: f64,
+    /// `reference_ms / flash_ms`: above 1, the flash kernel is faster.
+    pub flash_speedup: Option<f64>,
+    /// Bytes of intermediates of a flash kernel (`h·L·(d + 2)·4`: output and softmax statistics), computed.
     pub flash_bytes: u64,
-    /// Bytes of the reference's score matrix (`h·L²·4`), computed; softmax allocates as much again.
+    /// Bytes of the whole score matrix (`h·L²·4`), computed; the reference holds one block of it (and as much
+    /// again for its softmax) at a time.
     pub reference_bytes: u64,
-    /// Device memory the model's attention's first call added to the allocator's pools (measured on backends
-    /// that report their pools: wgpu), its peak working memory rounded up to the allocator's pages.
+    /// Device memory the `flash` kernel's first call added to the allocator's pools (on wgpu), its peak
+    /// working memory rounded up to the allocator's pages.
     pub flash_peak_bytes: Option<u64>,
     /// The same for the `rows` flash kernel.
     pub rows_peak_bytes: Option<u64>,
@@ -453,8 +446,7 @@ mod native {
     use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
     use super::*;
-    use crate::kernels::attention::{HEAD_DIM_MAX, bench_attention};
-    use crate::kernels::packs_on;
+    use crate::kernels::attention::{KernelTiming, bench_attention};
     use crate::kernels::quant_matmul::{PackedWeight, matmul_at, matmul_f16};
     use crate::model::flux::{Flux, Layers};
 
@@ -533,38 +525,30 @@ mod native {
         Ok(rows)
     }
 
-    /// The attention of the models against the materialised reference at each length of `sizes`.
+    /// The attention of the models, each flash kernel and the reference at each length of `sizes`.
     pub fn bench_attention_rows(device: &Device, sizes: &Sizes) -> Vec<AttentionRow> {
         let (h, d) = (sizes.attention_heads, sizes.attention_d);
-        let flash_kernel = packs_on(device) && d <= HEAD_DIM_MAX;
-        bench_attention(
-            device,
-            &sizes.attention_l,
-            d,
-            h,
-            sizes.reference_score_bytes_max.min(crate::device::max_binding_bytes(device)),
-        )
-        .into_iter()
-        .map(|t| AttentionRow {
-            l: t.l,
-            heads: h,
-            head_dim: d,
-            kernel: crate::kernels::attention::AttentionKernel::current(),
-            flash_tflops: 4.0 * (h * t.l * t.l * d) as f64 / t.flash_s / 1e12,
-            rows_s: t.rows_s,
-            tiles_s: t.tiles_s,
-            tiles_tflops: t.tiles_s.map(|s| 4.0 * (h * t.l * t.l * d) as f64 / s / 1e12),
-            flash_kernel,
-            flash_s: t.flash_s,
-            reference_s: t.reference_s,
-            speedup: t.reference_s.map(|r| r / t.flash_s),
-            flash_bytes: (h * t.l * (d + 2) * size_of::<f32>()) as u64,
-            reference_bytes: (h * t.l * t.l * size_of::<f32>()) as u64,
-            flash_peak_bytes: t.flash_peak_bytes,
-            rows_peak_bytes: t.rows_peak_bytes,
-            reference_peak_bytes: t.reference_peak_bytes,
-        })
-        .collect()
+        let ms = |t: KernelTiming| t.seconds * 1e3;
+        bench_attention(device, &sizes.attention_l, d, h)
+            .into_iter()
+            .map(|t| AttentionRow {
+                l: t.l,
+                heads: h,
+                head_dim: d,
+                model_kernel: t.model_kernel,
+                model_ms: ms(t.model),
+                flash_ms: t.flash.map(ms),
+                flash_tflops: t.flash.map(|f| 4.0 * (h * t.l * t.l * d) as f64 / f.seconds / 1e12),
+                rows_ms: t.rows.map(ms),
+                reference_ms: ms(t.reference),
+                flash_speedup: t.flash.map(|f| t.reference.seconds / f.seconds),
+                flash_bytes: (h * t.l * (d + 2) * size_of::<f32>()) as u64,
+                reference_bytes: (h * t.l * t.l * size_of::<f32>()) as u64,
+                flash_peak_bytes: t.flash.and_then(|f| f.peak_bytes),
+                rows_peak_bytes: t.rows.and_then(|r| r.peak_bytes),
+                reference_peak_bytes: t.reference.peak_bytes,
+            })
+            .collect()
     }
 
     /// One transformer call of `sizes.step_config` with random weights in f32, Q8_0 and Q4_0; each call's

@@ -3,22 +3,22 @@
 //! the materialised scores) everywhere else.
 //!
 //! Three ways on wgpu, chosen by [`AttentionKernel::current`]: `scores` (the reference in blocks whose scores
-//! stay within [`SCORE_BLOCK_BYTES`], through burn's matmul and softmax), and two flash kernels, `rows`
-//! (`shaders/flash_attention_rows.wgsl`, one query row per invocation) and `tiles`
-//! (`shaders/flash_attention_tiles.wgsl`, compile-time head width, score and output micro-tiles per
-//! invocation). The default, `auto`, runs `scores` where a block holds whole heads and `rows` otherwise: so it
-//! measured fastest on an H200 and on lavapipe. `kontext bench` times them side by side; the README has the
-//! figures.
+//! stay within [`SCORE_BLOCK_BYTES`], through burn's matmul and softmax), and two flash kernels: `flash`
+//! (`shaders/flash_attention.wgsl`, unrolled for a compile-time head width in a layout chosen for the adapter,
+//! [`super::flash`]) and `rows` (`shaders/flash_attention_rows.wgsl`, one query row per invocation, its
+//! accumulator in a per-invocation array). The default, `auto`, runs what measured fastest: `flash` on CPU
+//! adapters (lavapipe), and on GPUs (measured on an H200 before `flash` existed) `scores` where a block holds
+//! whole heads and `rows` otherwise. `kontext bench` times them side by side; the README has the figures.
 
 use burn::cubecl::prelude::CubeCount;
 use burn::cubecl::server::KernelArguments;
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 
+use super::flash::{Adapter, FlashLayout, FlashShape};
 use super::{WgslKernel, cube_tensor, grid, params, tensor_from_handle};
 use crate::{Error, Result};
 
-const FLASH_TEMPLATE: &str = include_str!("../../shaders/flash_attention_tiles.wgsl");
 const FLASH_ROWS: WgslKernel =
     WgslKernel::fixed("flash_attention_rows", include_str!("../../shaders/flash_attention_rows.wgsl"));
 
@@ -32,16 +32,17 @@ pub const SCORE_BLOCK_BYTES: usize = 128 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttentionKernel {
-    /// `Scores` where one block of [`SCORE_BLOCK_BYTES`] holds at least one head's whole score matrix, `Rows`
-    /// otherwise (where blocks of query rows would re-read a head's keys and values once per block).
+    /// On CPU adapters `Flash`; on GPUs `Scores` where one block of [`SCORE_BLOCK_BYTES`] holds at least one
+    /// head's whole score matrix, `Rows` otherwise (where blocks of query rows would re-read a head's keys and
+    /// values once per block). Each is what measured fastest there (`kontext bench`, the README).
     Auto,
     /// The reference in blocks of at most [`SCORE_BLOCK_BYTES`] of scores ([`blocked_reference`]).
     Scores,
     /// The flash kernel with one query row per invocation (`shaders/flash_attention_rows.wgsl`).
     Rows,
-    /// The flash kernel with micro-tiles per invocation and a compile-time head width
-    /// (`shaders/flash_attention_tiles.wgsl`).
-    Tiles,
+    /// The flash kernel unrolled for a compile-time head width and shaped for the adapter
+    /// (`shaders/flash_attention.wgsl`, [`super::flash`]).
+    Flash,
 }
 
 impl AttentionKernel {
@@ -55,17 +56,29 @@ impl AttentionKernel {
                 "auto" => Self::Auto,
                 "scores" => Self::Scores,
                 "rows" => Self::Rows,
-                "tiles" => Self::Tiles,
-                other => panic!("{KERNEL_ENV}={other}: the attention kernels are auto, scores, rows and tiles"),
+                "flash" => Self::Flash,
+                other => panic!("{KERNEL_ENV}={other}: the attention kernels are auto, scores, rows and flash"),
             };
         }
         Self::Auto
     }
 
-    /// The kernel that runs for `lq` queries and `lk` keys: [`AttentionKernel::Auto`] resolved as it says,
-    /// with blocks of `score_block_bytes`; every other kernel is itself.
-    pub fn resolve(self, lq: usize, lk: usize, score_block_bytes: usize) -> Self {
+    /// The name [`KERNEL_ENV`] takes.
+    pub fn name(self) -> &'static str {
         match self {
+            Self::Auto => "auto",
+            Self::Scores => "scores",
+            Self::Rows => "rows",
+            Self::Flash => "flash",
+        }
+    }
+
+    /// The kernel that runs for `lq` queries and `lk` keys on a `software` (CPU) adapter or a GPU:
+    /// [`AttentionKernel::Auto`] resolved as it says, with blocks of `score_block_bytes`; every other kernel is
+    /// itself.
+    pub fn resolve(self, lq: usize, lk: usize, score_block_bytes: usize, software: bool) -> Self {
+        match self {
+            Self::Auto if software => Self::Flash,
             Self::Auto if lq.saturating_mul(lk).saturating_mul(size_of::<f32>()) <= score_block_bytes => Self::Scores,
             Self::Auto => Self::Rows,
             kernel => kernel,
@@ -80,79 +93,11 @@ const ROWS_TILE_VECS: usize = 480;
 /// Most keys per tile of the `rows` kernel (`KEYS_MAX` in its shader).
 const ROWS_KEYS_MAX: usize = 64;
 
-/// Invocations per workgroup (`THREADS` in the shader), an 8 × 8 grid of row and column groups (`GROUPS`).
-const THREADS: usize = 64;
-const GROUPS: usize = 8;
-/// Widest head the kernels take; wider heads (the VAE's single 512-wide head) use [`reference`].
+/// Widest head the flash kernels take; wider heads (the VAE's single 512-wide head) use [`reference`].
 pub const HEAD_DIM_MAX: usize = 256;
-/// `(query rows, keys)` per tile, the first whose tiles fit the workgroup memory the device granted.
-const TILE_CHOICES: [(usize, usize); 3] = [(32, 16), (16, 16), (16, 8)];
 /// Loop iterations one invocation may run on Mesa's llvmpipe (lavapipe) before the driver silently ends every
 /// loop of the shader (`LP_MAX_TGSI_LOOP_ITERATIONS` = 65535, shared by all loops); we plan for three quarters.
 const LLVMPIPE_LOOP_BUDGET: usize = 49_152;
-
-/// The compile-time shape of one flash kernel: the constants the host prepends to the shader template.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlashTiles {
-    /// Head width `d` (`HEAD_DIM`).
-    pub head_dim: usize,
-    /// vec4s per tile row: ⌈d/4⌉ rounded up to a multiple of 8 (`HEAD_VECS`).
-    pub head_vecs: usize,
-    /// Query rows per workgroup (`ROWS`).
-    pub rows: usize,
-    /// Keys per tile (`KEYS`).
-    pub keys: usize,
-}
-
-impl FlashTiles {
-    /// The largest tiles for heads of width `d` that fit `shared_bytes` of workgroup memory, or `None` when
-    /// `d` is 0 or wider than [`HEAD_DIM_MAX`] or no tiles fit.
-    pub fn choose(d: usize, shared_bytes: usize) -> Option<Self> {
-        if d == 0 || d > HEAD_DIM_MAX {
-            return None;
-        }
-        let head_vecs = d.div_ceil(4).next_multiple_of(GROUPS);
-        TILE_CHOICES
-            .iter()
-            .map(|&(rows, keys)| Self { head_dim: d, head_vecs, rows, keys })
-            .find(|tiles| tiles.shared_bytes() <= shared_bytes)
-    }
-
-    /// Workgroup memory the shader declares: the query and key/value tiles (rows padded by one vec4), the
-    /// scores (rows padded by one float), three statistics per row and the shape it shares.
-    pub fn shared_bytes(&self) -> usize {
-        16 * (self.rows + self.keys) * (self.head_vecs + 1) + 4 * self.rows * (self.keys + 1 + 3) + 16 + 8
-    }
-
-    /// The shader with these constants.
-    fn kernel(&self) -> WgslKernel {
-        let Self { head_dim, head_vecs, rows, keys } = *self;
-        WgslKernel {
-            name: format!("flash_attention_d{head_dim}_r{rows}_k{keys}").into(),
-            source: format!(
-                "const HEAD_DIM: u32 = {head_dim}u;\nconst HEAD_VECS: u32 = {head_vecs}u;\n\
-                 const ROWS: u32 = {rows}u;\nconst KEYS: u32 = {keys}u;\n{FLASH_TEMPLATE}"
-            )
-            .into(),
-        }
-    }
-
-    /// Keys per dispatch that keep one invocation within [`LLVMPIPE_LOOP_BUDGET`] loop iterations, counting
-    /// every loop of the shader as if none were unrolled, with one more iteration for its exit test.
-    fn llvmpipe_keys_per_dispatch(&self) -> usize {
-        let (hv, rows, keys) = (self.head_vecs, self.rows / GROUPS, self.keys / GROUPS);
-        let vecs = self.head_vecs / GROUPS;
-        let tile_load = (self.keys * hv).div_ceil(THREADS) + 1;
-        let scores = (hv + 1) + hv * ((keys + 1) + (rows + 1) + rows * (keys + 1));
-        let masked = (rows + 1) + rows * (keys + 1);
-        let softmax = 2 * (self.keys + 1) + (rows + 1) + rows * (vecs + 1);
-        let values = (self.keys + 1) + self.keys * ((vecs + 1) + (rows + 1) + rows * (vecs + 1));
-        let per_tile = 2 * tile_load + scores + masked + softmax + values + 1;
-        // Query tile, state and output loops.
-        let per_dispatch = (self.rows * hv).div_ceil(THREADS) + 1 + 2 * ((rows + 1) + rows * (vecs + 1));
-        (LLVMPIPE_LOOP_BUDGET - per_dispatch) / per_tile * self.keys
-    }
-}
 
 /// Attention as the models use it: through [`AttentionKernel::current`] where a flash kernel applies (wgpu,
 /// f32, head width at most [`HEAD_DIM_MAX`], tiles that fit the workgroup memory), [`reference`] otherwise.
@@ -167,13 +112,13 @@ pub fn attention_with(kernel: AttentionKernel, q: Tensor<4>, k: Tensor<4>, v: Te
     gpu_attention(kernel, q.clone(), k.clone(), v.clone()).unwrap_or_else(|_| reference(q, k, v))
 }
 
-/// Device memory the `auto` attention adds for `heads` heads of `lq` queries and `lk` keys where it takes the
-/// `scores` path, with blocks of [`SCORE_BLOCK_BYTES`] within `max_binding_bytes`: one block of scores and its
-/// softmax; 0 where it runs the flash kernel.
+/// Device memory the `auto` attention adds on a GPU for `heads` heads of `lq` queries and `lk` keys where it
+/// takes the `scores` path, with blocks of [`SCORE_BLOCK_BYTES`] within `max_binding_bytes`: one block of scores
+/// and its softmax; 0 where it runs a flash kernel. (On CPU adapters it runs the flash kernel: this bounds it.)
 pub fn auto_score_bytes(heads: usize, lq: usize, lk: usize, max_binding_bytes: u64) -> u64 {
     let block = SCORE_BLOCK_BYTES.min(usize::try_from(max_binding_bytes).unwrap_or(usize::MAX));
     let head_scores = lq.saturating_mul(lk).saturating_mul(size_of::<f32>());
-    match AttentionKernel::Auto.resolve(lq, lk, block) {
+    match AttentionKernel::Auto.resolve(lq, lk, block, false) {
         AttentionKernel::Scores => 2 * (block / head_scores.max(1)).clamp(1, heads.max(1)) as u64 * head_scores as u64,
         _ => 0,
     }
@@ -219,13 +164,29 @@ pub fn reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
 /// agree (`q` `[b, h, lq, d]`, `k` and `v` `[b, h, lk, d]`), when a dimension is zero, when `d` exceeds
 /// [`HEAD_DIM_MAX`], or when no tiles fit the device's workgroup memory.
 pub fn flash_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tensor<4>> {
-    gpu_attention(AttentionKernel::Rows, q, k, v)
+    gpu_attention(AttentionKernel::Flash, q, k, v)
 }
 
 /// Attention on wgpu through `kernel`, with [`flash_attention`]'s checks: the flash kernels, or for
 /// [`AttentionKernel::Scores`] [`blocked_reference`] within [`SCORE_BLOCK_BYTES`] and the binding limit, or
 /// for [`AttentionKernel::Auto`] the one of those two it names for these shapes.
 pub fn gpu_attention(kernel: AttentionKernel, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tensor<4>> {
+    run(kernel, None, q, k, v)
+}
+
+/// The `flash` kernel in `layout` rather than the adapter's own, with [`flash_attention`]'s checks; an error
+/// where the adapter cannot run that layout (several invocations per row without subgroups of that size).
+pub fn flash_attention_in(layout: FlashLayout, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tensor<4>> {
+    run(AttentionKernel::Flash, Some(layout), q, k, v)
+}
+
+fn run(
+    kernel: AttentionKernel,
+    layout: Option<FlashLayout>,
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+) -> Result<Tensor<4>> {
     let [b, h, lq, d] = q.dims();
     let lk = k.dims()[2];
     if k.dims() != [b, h, lk, d] || v.dims() != [b, h, lk, d] {
@@ -247,7 +208,8 @@ pub fn gpu_attention(kernel: AttentionKernel, q: Tensor<4>, k: Tensor<4>, v: Ten
     let not_wgpu = || Error::Invalid("flash attention runs on burn's wgpu backend with f32 tensors only".into());
     let device = q.device();
     let score_block_bytes = SCORE_BLOCK_BYTES.min(crate::device::max_binding_bytes(&device) as usize);
-    let kernel = kernel.resolve(lq, lk, score_block_bytes);
+    let software = software_adapter(&device);
+    let kernel = kernel.resolve(lq, lk, score_block_bytes, software);
     if kernel == AttentionKernel::Scores {
         if !super::packs_on(&device) {
             return Err(not_wgpu());
@@ -265,14 +227,14 @@ pub fn gpu_attention(kernel: AttentionKernel, q: Tensor<4>, k: Tensor<4>, v: Ten
     let (shader, rows_per_group, keys_per_dispatch) = match kernel {
         AttentionKernel::Auto | AttentionKernel::Scores => unreachable!("resolved and returned above"),
         AttentionKernel::Rows => (FLASH_ROWS, ROWS_PER_GROUP, rows_llvmpipe_keys_per_dispatch(d)),
-        AttentionKernel::Tiles => {
-            let shared = client.properties().hardware.max_shared_memory_size;
-            let tiles = FlashTiles::choose(d, shared).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "flash attention: heads of width {d} need more than the {shared} bytes of workgroup memory granted"
-                ))
-            })?;
-            (tiles.kernel(), tiles.rows, tiles.llvmpipe_keys_per_dispatch())
+        AttentionKernel::Flash => {
+            let adapter = adapter_of(client);
+            let layout = match layout {
+                Some(layout) => layout,
+                None => FlashLayout::for_adapter(adapter)?,
+            };
+            let shape = FlashShape::new(d, HEAD_DIM_MAX, layout, adapter)?;
+            (shape.kernel(), shape.rows(), shape.llvmpipe_keys_per_dispatch())
         }
     };
     let keys_per_dispatch = if llvmpipe { keys_per_dispatch } else { lk };
@@ -297,6 +259,30 @@ pub fn gpu_attention(kernel: AttentionKernel, q: Tensor<4>, k: Tensor<4>, v: Ten
     Ok(tensor_from_handle(&q, out, [b, h, lq, d]))
 }
 
+/// Whether the adapter's name is one of the CPU (software) adapters': llvmpipe (lavapipe) or SwiftShader.
+fn is_software(adapter_name: &str) -> bool {
+    let name = adapter_name.to_lowercase();
+    ["llvmpipe", "lavapipe", "swiftshader"].iter().any(|cpu| name.contains(cpu))
+}
+
+/// Whether `device` is a wgpu device on a CPU (software) adapter.
+pub fn software_adapter(device: &burn::tensor::Device) -> bool {
+    match device.as_dispatch() {
+        burn::backend::DispatchDevice::Cube(cube) => is_software(&cube.client().properties().identity.name),
+        _ => false,
+    }
+}
+
+/// What the flash kernel's shape depends on, from the adapter behind `client`.
+fn adapter_of(client: &burn::cubecl::prelude::Client) -> Adapter {
+    let properties = client.properties();
+    Adapter {
+        software: is_software(&properties.identity.name),
+        subgroup_min: crate::device::subgroup_min_size(),
+        shared_bytes: properties.hardware.max_shared_memory_size,
+    }
+}
+
 /// Keys in one tile of the `rows` kernel for heads of width `d`.
 fn rows_keys_per_tile(d: usize) -> usize {
     ROWS_KEYS_MAX.min(ROWS_TILE_VECS / d.div_ceil(4))
@@ -314,41 +300,42 @@ fn rows_llvmpipe_keys_per_dispatch(d: usize) -> usize {
     (LLVMPIPE_LOOP_BUDGET - per_dispatch) / per_tile * keys
 }
 
-/// Times [`attention`] (the flash kernel on wgpu) and, where its `[heads, L, L]` scores stay within
-/// `reference_score_bytes_max`, [`reference`] on `device`, for self-attention over each length in `lengths` with `heads` heads of width `d`
-/// (batch 1). Each timing is [`BENCH_REPEATS`] chained calls (the output becomes the next query, so no call
-/// can be skipped as a repeat) and one readback, after one untimed warm-up call that compiles the kernels.
+/// Times, on `device`, for self-attention over each length in `lengths` with `heads` heads of width `d`
+/// (batch 1): [`attention`] as the model runs it, the reference in blocks of at most [`SCORE_BLOCK_BYTES`] of
+/// scores ([`blocked_reference`]: the reference itself where one block holds all heads), and on wgpu each flash
+/// kernel, `flash` and `rows`. Each timing is [`BENCH_REPEATS`] chained calls (the output becomes the next
+/// query, so no call can be skipped as a repeat) and one readback, after one untimed warm-up call that
+/// compiles the kernels and measures the memory it adds to the allocator's pools.
 ///
-/// Returns `(L, seconds per kernel call, seconds per reference call)`. Native only: it reads back
-/// synchronously.
+/// Native only: it reads back synchronously.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn bench_attention(
     device: &burn::tensor::Device,
     lengths: &[usize],
     d: usize,
     heads: usize,
-    reference_score_bytes_max: u64,
 ) -> Vec<AttentionTiming> {
     use burn::tensor::TensorData;
 
     // `into_data` may hand back lazy storage: only reading the values waits for the device.
     let read_back = |x: Tensor<4>| x.into_data().try_to_vec::<f32>().map(|values| values.len()).unwrap_or(0);
     let reserved = || device.memory_pool_usage().map(|usage| usage.bytes_reserved);
-    // Seconds per call, and the device memory the warm-up call added to the allocator's pools (its peak).
     let time = |run: &dyn Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>, qkv: &[Tensor<4>; 3]| {
         let [q, k, v] = qkv.clone();
         device.memory_cleanup();
         let before = reserved();
         read_back(run(q.clone(), k.clone(), v.clone()));
-        let peak = before.zip(reserved()).map(|(before, after)| after.saturating_sub(before));
+        let peak_bytes = before.zip(reserved()).map(|(before, after)| after.saturating_sub(before));
         let start = std::time::Instant::now();
         let mut x = q;
         for _ in 0..BENCH_REPEATS {
             x = run(x, k.clone(), v.clone());
         }
         read_back(x);
-        (start.elapsed().as_secs_f64() / BENCH_REPEATS as f64, peak)
+        KernelTiming { seconds: start.elapsed().as_secs_f64() / BENCH_REPEATS as f64, peak_bytes }
     };
+    let score_block_bytes = SCORE_BLOCK_BYTES.min(crate::device::max_binding_bytes(device) as usize);
+    let flash_applies = crate::kernels::packs_on(device) && d <= HEAD_DIM_MAX;
     lengths
         .iter()
         .map(|&l| {
@@ -357,24 +344,30 @@ pub fn bench_attention(
                 let values = crate::device::selfcheck::test_matrix(heads * l, d, salt);
                 Tensor::<4>::from_data(TensorData::new(values, shape), device)
             });
-            let (flash_s, flash_peak_bytes) = time(&attention, &qkv);
-            let flash_applies = crate::kernels::packs_on(device) && d <= HEAD_DIM_MAX;
-            let [rows, tiles] = [AttentionKernel::Rows, AttentionKernel::Tiles]
+            let [flash, rows] = [AttentionKernel::Flash, AttentionKernel::Rows]
                 .map(|kernel| flash_applies.then(|| time(&|q, k, v| attention_with(kernel, q, k, v), &qkv)));
-            let fits = (heads * l * l * size_of::<f32>()) as u64 <= reference_score_bytes_max;
-            let reference = fits.then(|| time(&reference, &qkv));
             AttentionTiming {
                 l,
-                flash_s,
-                rows_s: rows.map(|r| r.0),
-                rows_peak_bytes: rows.and_then(|r| r.1),
-                tiles_s: tiles.map(|t| t.0),
-                flash_peak_bytes,
-                reference_s: reference.map(|r| r.0),
-                reference_peak_bytes: reference.and_then(|r| r.1),
+                model: time(&attention, &qkv),
+                model_kernel: match flash_applies {
+                    true => AttentionKernel::current().resolve(l, l, score_block_bytes, software_adapter(device)),
+                    false => AttentionKernel::Scores,
+                },
+                flash,
+                rows,
+                reference: time(&|q, k, v| blocked_reference(q, k, v, score_block_bytes), &qkv),
             }
         })
         .collect()
+}
+
+/// One kernel's figures in [`bench_attention`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KernelTiming {
+    /// Seconds per call.
+    pub seconds: f64,
+    /// Device memory its first call added to the allocator's pools, on backends that report pools.
+    pub peak_bytes: Option<u64>,
 }
 
 /// One sequence length of [`bench_attention`].
@@ -382,20 +375,16 @@ pub fn bench_attention(
 pub struct AttentionTiming {
     /// Sequence length.
     pub l: usize,
-    /// Seconds per call of [`attention`].
-    pub flash_s: f64,
-    /// Seconds per call of the `rows` flash kernel, where a flash kernel applies.
-    pub rows_s: Option<f64>,
-    /// Device memory its first call added to the allocator's pools.
-    pub rows_peak_bytes: Option<u64>,
-    /// Seconds per call of the `tiles` flash kernel, where a flash kernel applies.
-    pub tiles_s: Option<f64>,
-    /// Device memory its first call added to the allocator's pools, when the backend reports pools.
-    pub flash_peak_bytes: Option<u64>,
-    /// Seconds per call of [`reference`], when its scores fit the limit.
-    pub reference_s: Option<f64>,
-    /// Device memory the reference's first call added.
-    pub reference_peak_bytes: Option<u64>,
+    /// [`attention`], as the model runs it.
+    pub model: KernelTiming,
+    /// The kernel [`attention`] ran (`scores` stands for the reference on devices without our kernels).
+    pub model_kernel: AttentionKernel,
+    /// The `flash` kernel, where a flash kernel applies (wgpu, heads up to [`HEAD_DIM_MAX`]).
+    pub flash: Option<KernelTiming>,
+    /// The `rows` kernel, where a flash kernel applies.
+    pub rows: Option<KernelTiming>,
+    /// The reference, in blocks of at most [`SCORE_BLOCK_BYTES`] of scores.
+    pub reference: KernelTiming,
 }
 
 /// Calls per timing in [`bench_attention`].
@@ -445,39 +434,21 @@ mod tests {
     fn auto_takes_the_scores_where_a_block_holds_a_whole_head() {
         let block = SCORE_BLOCK_BYTES;
         // 24 heads of the 512² edit (2,560 tokens) and of the 1024² edit (8,704 tokens) with 128 MiB blocks.
-        assert_eq!(AttentionKernel::Auto.resolve(2560, 2560, block), AttentionKernel::Scores);
-        assert_eq!(AttentionKernel::Auto.resolve(4096, 4096, block), AttentionKernel::Scores);
-        assert_eq!(AttentionKernel::Auto.resolve(8704, 8704, block), AttentionKernel::Rows);
-        assert_eq!(AttentionKernel::Auto.resolve(usize::MAX, 2, block), AttentionKernel::Rows);
-        assert_eq!(AttentionKernel::Tiles.resolve(1, 1, block), AttentionKernel::Tiles);
-        assert_eq!(AttentionKernel::Scores.resolve(8704, 8704, block), AttentionKernel::Scores);
+        assert_eq!(AttentionKernel::Auto.resolve(2560, 2560, block, false), AttentionKernel::Scores);
+        assert_eq!(AttentionKernel::Auto.resolve(4096, 4096, block, false), AttentionKernel::Scores);
+        assert_eq!(AttentionKernel::Auto.resolve(8704, 8704, block, false), AttentionKernel::Rows);
+        assert_eq!(AttentionKernel::Auto.resolve(usize::MAX, 2, block, false), AttentionKernel::Rows);
+        assert_eq!(AttentionKernel::Flash.resolve(1, 1, block, false), AttentionKernel::Flash);
+        assert_eq!(AttentionKernel::Scores.resolve(8704, 8704, block, true), AttentionKernel::Scores);
+        // CPU adapters: the flash kernel at every length (it measured fastest on lavapipe from L = 256).
+        assert_eq!(AttentionKernel::Auto.resolve(256, 256, block, true), AttentionKernel::Flash);
+        assert!(is_software("llvmpipe (LLVM 15.0.6, 256 bits)") && is_software("SwiftShader Device (Subzero)"));
+        assert!(!is_software("NVIDIA H200"));
         // 2,560² scores are 25 MiB a head: five heads fit a 128 MiB block, twice for the softmax.
         assert_eq!(auto_score_bytes(24, 2560, 2560, 2 << 30), 2 * 5 * 2560 * 2560 * 4);
         assert_eq!(auto_score_bytes(2, 2560, 2560, 2 << 30), 2 * 2 * 2560 * 2560 * 4);
         assert_eq!(auto_score_bytes(24, 8704, 8704, 2 << 30), 0);
         assert_eq!(auto_score_bytes(24, 2560, 2560, 16 << 20), 0);
-    }
-
-    #[test]
-    fn tiles_fit_the_granted_workgroup_memory_and_pad_heads_to_whole_column_groups() {
-        let big = FlashTiles::choose(128, 32 * 1024).unwrap();
-        assert_eq!(big, FlashTiles { head_dim: 128, head_vecs: 32, rows: 32, keys: 16 });
-        assert_eq!(big.shared_bytes(), 16 * 48 * 33 + 4 * 32 * 20 + 24);
-        assert_eq!(FlashTiles::choose(128, 16 * 1024).unwrap().rows, 16);
-        assert_eq!(FlashTiles::choose(7, 16 * 1024).unwrap().head_vecs, 8);
-        assert_eq!(FlashTiles::choose(250, 32 * 1024).unwrap().head_vecs, 64);
-        assert_eq!(FlashTiles::choose(256, 16 * 1024), None);
-        assert_eq!(FlashTiles::choose(257, 1 << 20), None);
-        assert_eq!(FlashTiles::choose(0, 1 << 20), None);
-        for d in [1, 16, 64, 128, 200, 256] {
-            let tiles = FlashTiles::choose(d, 64 * 1024).unwrap();
-            assert!(tiles.shared_bytes() <= 64 * 1024 && tiles.head_vecs * 4 >= d, "{tiles:?}");
-            assert!(
-                tiles.rows.is_multiple_of(GROUPS)
-                    && tiles.keys.is_multiple_of(GROUPS)
-                    && tiles.head_vecs.is_multiple_of(GROUPS)
-            );
-        }
     }
 
     #[test]
@@ -498,18 +469,5 @@ mod tests {
                 + 1;
             assert!(3 * (d4 + 1) + tiles * (tile_loops + 1) < LLVMPIPE_LOOP_BUDGET, "d {d}: {keys} keys");
         }
-    }
-
-    #[test]
-    fn llvmpipe_dispatches_take_whole_tiles_within_the_loop_budget() {
-        for d in [1, 16, 32, 100, 128, 256] {
-            for shared in [16 * 1024, 32 * 1024, 64 * 1024] {
-                let Some(tiles) = FlashTiles::choose(d, shared) else { continue };
-                let keys = tiles.llvmpipe_keys_per_dispatch();
-                assert!(keys >= tiles.keys && keys.is_multiple_of(tiles.keys), "{tiles:?}: {keys} keys");
-            }
-        }
-        // 128-wide heads in the largest tiles: at least 30 tiles per dispatch.
-        assert!(FlashTiles::choose(128, 32 * 1024).unwrap().llvmpipe_keys_per_dispatch() >= 30 * 16);
     }
 }

@@ -8,6 +8,7 @@
 //! read-write in a dispatch.
 
 pub mod attention;
+pub mod flash;
 pub mod latent;
 pub mod pack;
 pub mod precision;

@@ -8,6 +8,9 @@
 #   bench-512.json    the same step at 512²
 #   diffusers.json    the same steps through diffusers on the same card (bf16 and f32), where python3 has torch
 #                     and diffusers
+#   flash-R,T,W,S,B.json  attention again with the `flash` kernel in other layouts (KONTEXT_FLASH: rows per
+#                     invocation, invocations per row, invocations per workgroup, keys per softmax step,
+#                     broadcast reads), to tune it
 # Usage: tests/bench/gpu.sh [KONTEXT_BIN] [OUT]
 set -uo pipefail
 bin=${1:-${KONTEXT_BIN:-}}
@@ -45,4 +48,7 @@ for image_tokens, dtype in [(8192, "bfloat16"), (8192, "float32"), (2048, "bfloa
     print(json.dumps(row), file=sys.stderr)
 print(json.dumps(rows, indent=1))
 PY
+for layout in 1,4,64,4,0 2,8,64,4,0 4,1,64,4,1; do
+  KONTEXT_FLASH=$layout part "flash-$layout" 60 "$bin" bench --backend wgpu --preset gpu --only attention --json
+done
 cat "$out/gpu.txt"

@@ -150,43 +150,39 @@ fn print_table(report: &Report) {
     }
     println!();
     println!(
-        "attention, {} heads × {}, the model's attention: `{:?}` (rows, tiles: the flash kernels); ms per call; MiB computed from the shapes, and peak MiB measured (memory the first \
-         call added to the device allocator's pools; `-` where the backend does not report them)",
-        sizes.attention_heads,
-        sizes.attention_d,
-        report.attention.first().map(|r| r.kernel)
+        "attention, {} heads × {}: ms per call of the model's attention (its kernel), of each flash kernel and of the \
+         reference (materialised scores in blocks of ≤ 128 MiB); speedup = reference / flash; MiB computed from the \
+         shapes (flash intermediates, all scores), and peak MiB measured (memory the first call added to the device \
+         allocator's pools; `-` where the backend does not report them)",
+        sizes.attention_heads, sizes.attention_d,
     );
-    if report.attention.iter().any(|r| !r.flash_kernel) {
-        println!("(no flash kernel on this device: the `flash` column times the reference too)");
-    }
     println!(
-        "{:>6} {:>10} {:>8} {:>10} {:>8} {:>10} {:>10} {:>11} {:>11} {:>11} {:>11}",
+        "{:>6} {:>16} {:>10} {:>8} {:>10} {:>10} {:>8} {:>11} {:>11} {:>11} {:>11}",
         "L",
-        "model ms",
+        "model (kernel)",
+        "flash ms",
         "TFLOP/s",
+        "rows ms",
         "ref ms",
         "speedup",
-        "rows ms",
-        "tiles ms",
         "flash MiB",
-        "ref MiB",
+        "scores MiB",
         "flash peak",
         "ref peak"
     );
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let peak = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.2}", mib(b)));
+    let ms = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{t:.2}"));
     for r in &report.attention {
-        let reference = r.reference_s.map_or("skipped".into(), |s| format!("{:.2}", s * 1e3));
-        let speedup = r.speedup.map_or("-".into(), |s| format!("{s:.2}"));
         println!(
-            "{:>6} {:>10.2} {:>8.2} {:>10} {:>8} {:>10} {:>10} {:>11.2} {:>11.2} {:>11} {:>11}",
+            "{:>6} {:>16} {:>10} {:>8} {:>10} {:>10.2} {:>8} {:>11.2} {:>11.2} {:>11} {:>11}",
             r.l,
-            r.flash_s * 1e3,
-            r.flash_tflops,
-            reference,
-            speedup,
-            r.rows_s.map_or("-".into(), |s| format!("{:.2}", s * 1e3)),
-            r.tiles_s.map_or("-".into(), |s| format!("{:.2}", s * 1e3)),
+            format!("{:.2} ({})", r.model_ms, r.model_kernel.name()),
+            ms(r.flash_ms),
+            r.flash_tflops.map_or("-".into(), |t| format!("{t:.3}")),
+            ms(r.rows_ms),
+            r.reference_ms,
+            r.flash_speedup.map_or("-".into(), |s| format!("{s:.2}")),
             mib(r.flash_bytes),
             mib(r.reference_bytes),
             peak(r.flash_peak_bytes),
