@@ -10,7 +10,7 @@ use kontext_web::harness::testing::gpu;
 use kontext_web::kernels::attention::{
     AttentionKernel, attention, blocked_reference, flash_attention, flash_attention_in, gpu_attention, reference,
 };
-use kontext_web::kernels::flash::FlashLayout;
+use kontext_web::kernels::flash::{Adapter, FlashLayout, FlashShape};
 use kontext_web::model::FluxConfig;
 use kontext_web::model::flux::Flux;
 
@@ -58,7 +58,7 @@ fn flash_kernel_handles_unequal_lengths_odd_widths_and_the_widest_head() {
     check(1, 1, 5, 200, 48);
     check(1, 1, 65, 23, 256);
     check(2, 1, 33, 50, 7);
-    // Width not a multiple of 4, with the keys over three dispatches on llvmpipe.
+    // Width not a multiple of 4, with the keys over three dispatches of the `rows` kernel on llvmpipe.
     check(1, 1, 3, 700, 250);
 }
 
@@ -105,6 +105,46 @@ fn every_flash_layout_equals_the_reference_and_a_wrong_key_order_does_not() {
             assert!(max_abs_diff(&wrong, &expected) > 1e-3, "{layout:?}");
         }
     }
+}
+
+#[test]
+fn flash_kernel_carries_its_running_softmax_over_several_llvmpipe_dispatches() {
+    let (lq, lk, d) = (3, 230_000, 16);
+    let gpu = gpu();
+    // lavapipe's layout: the keys span three dispatches there (on a real GPU one dispatch takes them all).
+    let adapter = Adapter { software: true, subgroup_min: device::subgroup_min_size(), shared_bytes: 32 << 10 };
+    let shape = FlashShape::new(d, 256, FlashLayout::for_adapter(adapter).unwrap(), adapter).unwrap();
+    assert!(lk > 2 * shape.llvmpipe_keys_per_dispatch(), "{shape:?}");
+    let (q, k, v) = (values([1, 1, lq, d], 7, 2.0), values([1, 1, lk, d], 8, 2.0), values([1, 1, lk, d], 9, 1.0));
+    // The last key is query 0 scaled up, with a value of 10s, and the first key query 1 scaled up, with −10s:
+    // they dominate rows 0 and 1, so an output that missed the last dispatch, or lost what the first one
+    // carried, is far off.
+    let host = |x: &TensorData| x.iter::<f32>().collect::<Vec<_>>();
+    let (query, mut keys, mut vals) = (host(&q), host(&k), host(&v));
+    keys[(lk - 1) * d..].iter_mut().zip(&query[..d]).for_each(|(key, x)| *key = 4.0 * x);
+    vals[(lk - 1) * d..].fill(10.0);
+    keys[..d].iter_mut().zip(&query[d..2 * d]).for_each(|(key, x)| *key = 4.0 * x);
+    vals[..d].fill(-10.0);
+    let (k, v) = (TensorData::new(keys, [1, 1, lk, d]), TensorData::new(vals, [1, 1, lk, d]));
+    let ours = flash_attention(
+        Tensor::from_data(q.clone(), &gpu),
+        Tensor::from_data(k.clone(), &gpu),
+        Tensor::from_data(v.clone(), &gpu),
+    )
+    .unwrap()
+    .into_data();
+    let cpu = device::cpu();
+    let (q, k, v) = (Tensor::<4>::from_data(q, &cpu), Tensor::<4>::from_data(k, &cpu), Tensor::<4>::from_data(v, &cpu));
+    let expected = reference(q.clone(), k.clone(), v.clone()).into_data();
+    eprintln!("{lk} keys: max |diff| {:e}", max_abs_diff(&ours, &expected));
+    // Rows near ±10, each an f32 running sum over 230,000 keys (one key at a time in the kernel, burn's own
+    // order in the reference): 5e-3 is 5e-4 of them, and the controls below are off by more than 1.
+    ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(5e-3));
+    // Negative controls: without the last key, or without the first, the same comparison fails.
+    let without_last = reference(q.clone(), k.clone().narrow(2, 0, lk - 1), v.clone().narrow(2, 0, lk - 1)).into_data();
+    assert!(max_abs_diff(&ours, &without_last) > 1.0);
+    let without_first = reference(q, k.narrow(2, 1, lk - 1), v.narrow(2, 1, lk - 1)).into_data();
+    assert!(max_abs_diff(&ours, &without_first) > 1.0);
 }
 
 #[test]
