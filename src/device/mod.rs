@@ -2,6 +2,7 @@
 //! WebGPU in a browser). The wgpu runtime is initialised once per process; later calls reuse it.
 
 pub mod faults;
+pub mod launches;
 pub mod selfcheck;
 
 use std::str::FromStr;

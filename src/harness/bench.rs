@@ -272,6 +272,29 @@ pub struct StepRow {
     pub seconds: f64,
     /// `seconds / seconds of F32` (1 when no F32 row came first): below 1, faster than f32.
     pub ratio_to_f32: f64,
+    /// Kernel launches (ours and burn's, [`crate::device::launches`]) of one transformer call, counted after
+    /// the timed calls; `None` where the backend launches no kernels (the CPU).
+    #[serde(default)]
+    pub dispatches_per_step: Option<usize>,
+    /// Kernel launches of the first double block within the step, by kernel; empty when streamed or not
+    /// counted.
+    #[serde(default)]
+    pub double_block_kernels: Vec<(String, usize)>,
+    /// Kernel launches of the first single block within the step, by kernel.
+    #[serde(default)]
+    pub single_block_kernels: Vec<(String, usize)>,
+}
+
+impl StepRow {
+    /// Launches of one double block, when counted.
+    pub fn dispatches_per_double_block(&self) -> Option<usize> {
+        (!self.double_block_kernels.is_empty()).then(|| self.double_block_kernels.iter().map(|(_, n)| n).sum())
+    }
+
+    /// Launches of one single block, when counted.
+    pub fn dispatches_per_single_block(&self) -> Option<usize> {
+        (!self.single_block_kernels.is_empty()).then(|| self.single_block_kernels.iter().map(|(_, n)| n).sum())
+    }
 }
 
 /// Everything one run measured.
@@ -293,6 +316,45 @@ pub struct Report {
     pub attention_bytes_computed: bool,
     /// One DiT step per kind of weights.
     pub step: Vec<StepRow>,
+    /// Kernel launches of one double block in a DiT step, ours and burn's, from the step row of the model
+    /// as people run it ([`Report::counted_step`]).
+    pub dispatches_per_double_block: Option<usize>,
+    /// Kernel launches of one single block in that step.
+    pub dispatches_per_single_block: Option<usize>,
+}
+
+impl Report {
+    /// Assembles a report, taking the block launch counts from [`Report::counted_step`].
+    pub fn new(
+        backend: &str,
+        adapter: Option<String>,
+        precision: Precision,
+        sizes: Sizes,
+        matmul: Vec<MatmulRow>,
+        attention: Vec<AttentionRow>,
+        step: Vec<StepRow>,
+    ) -> Self {
+        let counted = Self::counted_step(&step);
+        Self {
+            backend: backend.into(),
+            adapter,
+            precision,
+            dispatches_per_double_block: counted.and_then(StepRow::dispatches_per_double_block),
+            dispatches_per_single_block: counted.and_then(StepRow::dispatches_per_single_block),
+            sizes,
+            matmul,
+            attention,
+            attention_bytes_computed: true,
+            step,
+        }
+    }
+
+    /// The step row whose launches stand for the model as people run it: the first with packed weights loaded
+    /// whole (quantized files are what people hold), else the first counted one.
+    pub fn counted_step(step: &[StepRow]) -> Option<&StepRow> {
+        let counted = |r: &&StepRow| !r.double_block_kernels.is_empty();
+        step.iter().filter(counted).find(|r| r.packed_linears > 0).or_else(|| step.iter().find(counted))
+    }
 }
 
 /// Q4_K blocks with random nibbles, 6-bit scales and mins (scale 10⁻³, min 5·10⁻⁴): `n·k / 256` blocks of a
@@ -446,9 +508,11 @@ mod native {
     use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
     use super::*;
+    use crate::device::launches::{Launches, count_launches};
     use crate::kernels::attention::{KernelTiming, bench_attention};
     use crate::kernels::quant_matmul::{PackedWeight, matmul_at, matmul_f16};
-    use crate::model::flux::{Flux, Layers};
+    use crate::model::flux::rope::Rope;
+    use crate::model::flux::{Flux, Layers, Modulations};
 
     /// Waits for `t` (and everything queued before it) by reading back one value, cast to f32: timed with a
     /// one-value f16 readback instead, the f16 kernels measured impossible rates (10⁵ GFLOP/s) on lavapipe.
@@ -617,6 +681,13 @@ mod native {
             if let Some(e) = failure {
                 return Err(e);
             }
+            let ids = Tensor::cat(vec![txt_ids.clone(), img_ids.clone()], 0);
+            let rope = Rope::new(ids, &config.axes_dim, config.theta)?;
+            let one_step = || {
+                flux.forward_streaming(x.clone(), img_ids.clone(), txt.clone(), txt_ids.clone(), &modulations, stream)
+            };
+            let (dispatches_per_step, double_block_kernels, single_block_kernels) =
+                count_step_launches(&flux, &modulations, &rope, (n_img, n_txt), streamed, one_step)?;
             let f32_seconds = rows.first().filter(|r| r.weights == "F32").map_or(seconds, |r| r.seconds);
             rows.push(StepRow {
                 weights: quantized.map_or("F32".into(), |ty| ty.to_string()),
@@ -626,6 +697,9 @@ mod native {
                 peak_device_bytes: meter.peak_bytes,
                 seconds,
                 ratio_to_f32: seconds / f32_seconds,
+                dispatches_per_step,
+                double_block_kernels,
+                single_block_kernels,
             });
             drop(flux);
             crate::device::release_free_pages(device);
@@ -635,16 +709,57 @@ mod native {
 
     /// Runs every benchmark of `sizes` on `device`.
     pub fn run(device: &Device, backend: &str, adapter: Option<String>, sizes: Sizes) -> Result<Report> {
-        Ok(Report {
-            backend: backend.into(),
-            adapter,
-            precision: Precision::of(device),
-            matmul: bench_matmul(device, &sizes)?,
-            attention: bench_attention_rows(device, &sizes),
-            attention_bytes_computed: true,
-            step: bench_step(device, &sizes)?,
-            sizes,
-        })
+        let matmul = bench_matmul(device, &sizes)?;
+        let attention = bench_attention_rows(device, &sizes);
+        let step = bench_step(device, &sizes)?;
+        Ok(Report::new(backend, adapter, Precision::of(device), sizes, matmul, attention, step))
+    }
+
+    /// What [`count_step_launches`] counted: launches of one step, and of one double and one single block by
+    /// kernel.
+    type StepLaunches = (Option<usize>, Vec<(String, usize)>, Vec<(String, usize)>);
+
+    /// Launches of one step (`step`) and of the first double and single block within it, each run once
+    /// uncounted first so that autotuning is over; `None`/empty where nothing launches (the CPU) and, for the
+    /// blocks, when they stream. The blocks run on hidden states of the step's shapes, with the step's
+    /// modulations and RoPE angles.
+    fn count_step_launches(
+        flux: &Flux,
+        modulations: &Modulations,
+        rope: &Rope,
+        tokens: (usize, usize),
+        streamed: bool,
+        step: impl Fn() -> Result<Tensor<3>>,
+    ) -> Result<StepLaunches> {
+        let warm_count = |run: &dyn Fn() -> Result<f32>| -> Result<Launches> {
+            run()?;
+            let (result, launches) = count_launches(run);
+            result.map(|_| launches)
+        };
+        let per_step = warm_count(&|| step().map(finish))?;
+        if per_step.total() == 0 {
+            return Ok((None, Vec::new(), Vec::new()));
+        }
+        let (n_img, n_txt) = tokens;
+        let device = rope.cos.device();
+        let hidden = flux.config.hidden_size;
+        let states = |n: usize, salt: u32| {
+            Tensor::<3>::from_data(TensorData::new(values(n * hidden, salt, 1.0), [1, n, hidden]), &device)
+        };
+        let (img, txt, joint) = (states(n_img, 4), states(n_txt, 5), states(n_txt + n_img, 6));
+        let (double, single) = match (streamed, flux.double_blocks.first(), flux.single_blocks.first()) {
+            (false, Some(double), Some(single)) => {
+                let double = warm_count(&|| {
+                    let (img, txt) = double.forward(img.clone(), txt.clone(), &modulations.double[0], rope)?;
+                    Ok(finish(img) + finish(txt))
+                })?;
+                let single =
+                    warm_count(&|| Ok(finish(single.forward(joint.clone(), &modulations.single[0], rope)?)))?;
+                (double.ranked(), single.ranked())
+            }
+            _ => (Vec::new(), Vec::new()),
+        };
+        Ok((Some(per_step.total()), double, single))
     }
 }
 

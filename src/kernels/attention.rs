@@ -16,7 +16,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 
 use super::flash::{Adapter, FlashLayout, FlashShape};
-use super::{WgslKernel, cube_tensor, grid, params, tensor_from_handle};
+use super::{LLVMPIPE_LOOP_BUDGET, WgslKernel, cube_tensor, grid, params, tensor_from_handle};
 use crate::{Error, Result};
 
 const FLASH_ROWS: WgslKernel =
@@ -95,9 +95,6 @@ const ROWS_KEYS_MAX: usize = 64;
 
 /// Widest head the flash kernels take; wider heads (the VAE's single 512-wide head) use [`reference`].
 pub const HEAD_DIM_MAX: usize = 256;
-/// Loop iterations one invocation may run on Mesa's llvmpipe (lavapipe) before the driver silently ends every
-/// loop of the shader (`LP_MAX_TGSI_LOOP_ITERATIONS` = 65535, shared by all loops); we plan for three quarters.
-const LLVMPIPE_LOOP_BUDGET: usize = 49_152;
 
 /// Attention as the models use it: through [`AttentionKernel::current`] where a flash kernel applies (wgpu,
 /// f32, head width at most [`HEAD_DIM_MAX`], tiles that fit the workgroup memory), [`reference`] otherwise.
@@ -250,11 +247,7 @@ fn run(
             stats.clone().binding(),
             params(client, &shape).binding(),
         ];
-        client.launch(
-            Box::new(shader.clone()),
-            CubeCount::Static(x, y, 1),
-            KernelArguments::new().with_buffers(buffers),
-        );
+        client.launch(Box::new(shader), CubeCount::Static(x, y, 1), KernelArguments::new().with_buffers(buffers));
     }
     Ok(tensor_from_handle(&q, out, [b, h, lq, d]))
 }

@@ -16,7 +16,7 @@
 
 use std::fmt::Write;
 
-use super::WgslKernel;
+use super::{LLVMPIPE_LOOP_BUDGET, WgslKernel};
 use crate::{Error, Result};
 
 const TEMPLATE: &str = include_str!("../../shaders/flash_attention.wgsl");
@@ -29,9 +29,6 @@ pub const SHAPE_ENV: &str = "KONTEXT_FLASH";
 const KEY_TILES: [usize; 4] = [32, 16, 8, 4];
 /// Most vec4s (`ROWS_PER_THREAD · SLICE`) one invocation holds per query row set, which bounds the unrolled code.
 const HELD_VECS_MAX: usize = 256;
-/// Loop iterations one invocation may run on Mesa's llvmpipe before the driver silently ends every loop of the
-/// shader (`LP_MAX_TGSI_LOOP_ITERATIONS` = 65535, shared by all loops); we plan for three quarters.
-const LLVMPIPE_LOOP_BUDGET: usize = 49_152;
 
 /// The adapter traits the shape is chosen from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,13 +212,10 @@ impl FlashShape {
     /// The kernel: the template with this shape's constants and unrolled code.
     pub fn kernel(&self) -> WgslKernel {
         let Self { head_dim, rows_per_thread, threads_per_row, threads, keys_per_step, broadcast_lanes, keys } = *self;
-        WgslKernel {
-            name: format!(
-                "flash_attention_d{head_dim}_r{rows_per_thread}_t{threads_per_row}_w{threads}_s{keys_per_step}_b{broadcast_lanes}_k{keys}"
-            )
-            .into(),
-            source: self.source().into(),
-        }
+        let name = format!(
+            "flash_attention_d{head_dim}_r{rows_per_thread}_t{threads_per_row}_w{threads}_s{keys_per_step}_b{broadcast_lanes}_k{keys}"
+        );
+        WgslKernel::generated(name, || self.source())
     }
 
     /// The WGSL text.

@@ -9,12 +9,14 @@
 
 pub mod attention;
 pub mod flash;
+pub mod fused;
 pub mod latent;
 pub mod pack;
 pub mod precision;
 pub mod quant_matmul;
 
-use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 use burn::backend::wgpu::CubeTensor;
 use burn::backend::{Cube, DispatchDevice};
@@ -31,26 +33,48 @@ pub const WORKGROUP: u32 = 256;
 /// Workgroups per dispatch dimension that every WebGPU adapter accepts.
 const MAX_GROUPS_PER_DIM: u32 = 65_535;
 
+/// Loop iterations one invocation may run on Mesa's llvmpipe (lavapipe) before the driver silently ends every
+/// loop of the shader (`LP_MAX_TGSI_LOOP_ITERATIONS` = 65535, shared by all loops); we plan for three quarters.
+pub const LLVMPIPE_LOOP_BUDGET: usize = 49_152;
+
 /// A hand-written WGSL compute shader with entry point `main`: a fixed text, or one generated from a template
 /// with compile-time constants (then the name carries their values).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct WgslKernel {
-    /// Unique name, also the compilation-cache key.
-    pub name: Cow<'static, str>,
+    /// Unique name, also the compilation-cache key and the name launch counts report.
+    pub name: &'static str,
     /// The WGSL text.
-    pub source: Cow<'static, str>,
+    pub source: &'static str,
 }
+
+/// Every generated kernel by name: generated once per process and kept, so that a launch neither rebuilds its
+/// text nor hashes more than the name.
+static GENERATED: LazyLock<Mutex<HashMap<String, WgslKernel>>> = LazyLock::new(Default::default);
 
 impl WgslKernel {
     /// A kernel from a fixed text.
     pub const fn fixed(name: &'static str, source: &'static str) -> Self {
-        Self { name: Cow::Borrowed(name), source: Cow::Borrowed(source) }
+        Self { name, source }
+    }
+
+    /// The kernel called `name`, its text made by `source` the first time the name is asked for. A name must
+    /// carry every constant the text depends on.
+    pub fn generated(name: String, source: impl FnOnce() -> String) -> Self {
+        let mut generated = GENERATED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *generated.entry(name).or_insert_with_key(|name| Self {
+            name: Box::leak(name.clone().into_boxed_str()),
+            source: Box::leak(source().into_boxed_str()),
+        })
     }
 }
 
 impl KernelMetadata for WgslKernel {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info(self.name.to_string())
+        KernelId::new::<Self>().info(self.name)
     }
 
     fn address_type(&self) -> ElemType {

@@ -196,20 +196,31 @@ fn print_table(report: &Report) {
         c.hidden_size, c.num_heads, c.depth, c.depth_single_blocks, sizes.step_image_tokens, sizes.step_text_tokens
     );
     println!("packed matmuls with {} activations", report.precision);
+    println!("launches: kernel dispatches (ours and burn's) per transformer call and per double/single block, counted");
     println!(
-        "{:<16} {:>8} {:>12} {:>12} {:>10} {:>8}",
-        "weights", "packed", "device MiB", "peak MiB", "s/step", "vs f32"
+        "{:<16} {:>8} {:>12} {:>12} {:>10} {:>8} {:>10} {:>8} {:>8}",
+        "weights", "packed", "device MiB", "peak MiB", "s/step", "vs f32", "launches", "double", "single"
     );
+    let count = |n: Option<usize>| n.map_or("-".to_string(), |n| n.to_string());
     for r in &report.step {
         let peak = r.peak_device_bytes.map_or("—".to_string(), |b| format!("{:.1}", mib(b)));
         println!(
-            "{:<16} {:>8} {:>12.1} {:>12} {:>10.3} {:>8.2}",
+            "{:<16} {:>8} {:>12.1} {:>12} {:>10.3} {:>8.2} {:>10} {:>8} {:>8}",
             format!("{}{}", r.weights, if r.streamed { " streamed" } else { "" }),
             r.packed_linears,
             mib(r.device_bytes),
             peak,
             r.seconds,
-            r.ratio_to_f32
+            r.ratio_to_f32,
+            count(r.dispatches_per_step),
+            count(r.dispatches_per_double_block()),
+            count(r.dispatches_per_single_block()),
         );
+    }
+    if let Some(r) = Report::counted_step(&report.step) {
+        for (block, kernels) in [("double", &r.double_block_kernels), ("single", &r.single_block_kernels)] {
+            let listed: Vec<String> = kernels.iter().map(|(name, n)| format!("{n} × {name}")).collect();
+            println!("{block} block launches ({}): {}", r.weights, listed.join(", "));
+        }
     }
 }

@@ -29,6 +29,7 @@ use std::ops::Range;
 
 use crate::device::max_binding_bytes;
 use crate::formats::weights::Weights;
+use crate::kernels::fused::{self, HeadInput};
 use crate::model::layers::LoraAdapter;
 use crate::model::layers::{LowRank, Projection};
 use crate::model::scope::Scope;
@@ -44,28 +45,30 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     crate::kernels::attention::attention(q, k, v)
 }
 
-/// LayerNorm over the last axis without affine parameters.
-fn layer_norm(x: Tensor<3>) -> Tensor<3> {
-    let centered = x.clone() - x.mean_dim(2);
-    let var = centered.clone().square().mean_dim(2);
-    centered / (var + NORM_EPS).sqrt()
+/// One stream's input to the joint attention: its q/k/v projection (the first `3·hidden` outputs, `(K H D)`),
+/// its QK-norm and its normalised, modulated tokens.
+struct StreamQkv<'a> {
+    projection: &'a Projection,
+    norm: &'a QkNorm,
+    x: Tensor<3>,
 }
 
-/// GELU with the tanh approximation (PyTorch `GELU(approximate="tanh")`).
-fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
-    let inner = (x.clone() + x.clone() * x.clone() * x.clone() * 0.044715) * SQRT_2_OVER_PI;
-    x * (inner.tanh() + 1.0) * 0.5
-}
-
-/// q, k and v of `x` from a projection whose first `3·hidden` outputs are `(K H D)`, each `[b, heads, n, d]`,
-/// computed one at a time so that no `[b, n, 3·hidden]` buffer exists.
-fn project_qkv(projection: &Projection, x: Tensor<3>, hidden: usize, heads: usize) -> [Tensor<4>; 3] {
-    let [b, n, _] = x.dims();
-    [0, 1, 2].map(|i| {
-        let y = projection.forward_columns(x.clone(), i * hidden..(i + 1) * hidden); // [b, n, hidden]
-        y.reshape([b, n, heads, hidden / heads]).swap_dims(1, 2)
-    })
+/// q, k and v of the streams joined along the tokens (in the order given), each `[b, heads, Σn, d]`: q and k
+/// RMS-normalised with each stream's norm and rotated by `rope` (which covers every token), v as projected.
+/// Computed one at a time so that no `[b, n, 3·hidden]` buffer exists; each head layout is one kernel per
+/// stream on wgpu ([`fused::split_heads`]).
+fn joint_qkv(streams: &[StreamQkv], hidden: usize, heads: usize, rope: &Rope) -> Result<[Tensor<4>; 3]> {
+    let project = |s: &StreamQkv, i: usize| s.projection.forward_columns(s.x.clone(), i * hidden..(i + 1) * hidden);
+    let norm_scale = |s: &StreamQkv, i: usize| match i {
+        0 => Some(s.norm.query_norm.scale.val()),
+        1 => Some(s.norm.key_norm.scale.val()),
+        _ => None,
+    };
+    let heads_of = |i: usize| {
+        let parts = streams.iter().map(|s| HeadInput { x: project(s, i), norm_scale: norm_scale(s, i) }).collect();
+        fused::split_heads(parts, heads, (i < 2).then(|| rope.tables()), NORM_EPS)
+    };
+    Ok([heads_of(0)?, heads_of(1)?, heads_of(2)?])
 }
 
 /// Tokens per chunk such that a `[batch, tokens, width]` f32 activation fits `limit` bytes (at least one).
@@ -113,8 +116,7 @@ impl RmsNorm {
 
     /// Normalises `[b, heads, n, d]` over `d`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let rms = (x.clone().square().mean_dim(3) + NORM_EPS).sqrt();
-        x / rms * self.scale.val().reshape([1, 1, 1, -1])
+        fused::reference::rms_norm(x, self.scale.val(), NORM_EPS)
     }
 }
 
@@ -148,9 +150,14 @@ pub struct ModulationOut {
 }
 
 impl ModulationOut {
-    /// `(1 + scale) · x + shift`.
-    fn modulate(&self, x: Tensor<3>) -> Tensor<3> {
-        x * (self.scale.clone() + 1.0) + self.shift.clone()
+    /// `(1 + scale) · LayerNorm(x) + shift` (one kernel on wgpu).
+    pub fn norm_modulate(&self, x: Tensor<3>) -> Tensor<3> {
+        fused::layer_norm_modulate(x, self.shift.clone(), self.scale.clone(), NORM_EPS)
+    }
+
+    /// `x + gate · y`, the gated residual add (one kernel on wgpu).
+    fn gated_add(&self, x: Tensor<3>, y: Tensor<3>) -> Tensor<3> {
+        fused::gated_add(x, self.gate.clone(), y)
     }
 }
 
@@ -203,10 +210,9 @@ impl SelfAttention {
         })
     }
 
-    /// Normalised q, k and v of `x` (`[b, n, hidden]`), each `[b, heads, n, head_dim]`, before RoPE.
-    fn qkv(&self, x: Tensor<3>, heads: usize) -> [Tensor<4>; 3] {
-        let [q, k, v] = project_qkv(&self.qkv, x, self.proj.d_out(), heads);
-        [self.norm.query_norm.forward(q), self.norm.key_norm.forward(k), v]
+    /// This stream's part of the joint attention for its normalised, modulated tokens `x`.
+    fn stream(&self, x: Tensor<3>) -> StreamQkv<'_> {
+        StreamQkv { projection: &self.qkv, norm: &self.norm, x }
     }
 }
 
@@ -227,7 +233,9 @@ impl Mlp {
 
     /// `[b, n, hidden] → [b, n, hidden]`, in token chunks whose `[b, chunk, mlp_hidden]` activation fits.
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        for_token_chunks(x, self.layer_0.d_out(), |x, _| self.layer_2.forward(gelu_tanh(self.layer_0.forward(x))))
+        for_token_chunks(x, self.layer_0.d_out(), |x, _| {
+            self.layer_2.forward(fused::gelu_tanh(self.layer_0.forward(x)))
+        })
     }
 }
 
@@ -317,23 +325,28 @@ impl DoubleStreamBlock {
     }
 
     /// `img` `[b, n_img, hidden]`, `txt` `[b, n_txt, hidden]`; `rope` covers `[txt, img]`.
-    pub fn forward(&self, img: Tensor<3>, txt: Tensor<3>, m: &DoubleModulation, rope: &Rope) -> (Tensor<3>, Tensor<3>) {
-        let n_txt = txt.dims()[1];
-        let [img_q, img_k, img_v] = self.img_attn.qkv(m.img_attn.modulate(layer_norm(img.clone())), self.num_heads);
-        let [txt_q, txt_k, txt_v] = self.txt_attn.qkv(m.txt_attn.modulate(layer_norm(txt.clone())), self.num_heads);
-        let q = rope.apply(Tensor::cat(vec![txt_q, img_q], 2)); // [b, h, n_txt + n_img, d]
-        let k = rope.apply(Tensor::cat(vec![txt_k, img_k], 2));
-        let v = Tensor::cat(vec![txt_v, img_v], 2);
+    pub fn forward(
+        &self,
+        img: Tensor<3>,
+        txt: Tensor<3>,
+        m: &DoubleModulation,
+        rope: &Rope,
+    ) -> Result<(Tensor<3>, Tensor<3>)> {
+        let (n_txt, n_img) = (txt.dims()[1], img.dims()[1]);
+        let streams = [
+            self.txt_attn.stream(m.txt_attn.norm_modulate(txt.clone())),
+            self.img_attn.stream(m.img_attn.norm_modulate(img.clone())),
+        ];
+        let [q, k, v] = joint_qkv(&streams, self.img_attn.proj.d_out(), self.num_heads, rope)?; // [b, h, n_txt + n_img, d]
         let attn = merge_heads(attention(q, k, v)); // [b, n_txt + n_img, hidden]
-        let n_img = img.dims()[1];
         let txt_attn = attn.clone().narrow(1, 0, n_txt);
         let img_attn = attn.narrow(1, n_txt, n_img);
 
-        let img = img + m.img_attn.gate.clone() * self.img_attn.proj.forward(img_attn);
-        let img = img.clone() + m.img_mlp.gate.clone() * self.img_mlp.forward(m.img_mlp.modulate(layer_norm(img)));
-        let txt = txt + m.txt_attn.gate.clone() * self.txt_attn.proj.forward(txt_attn);
-        let txt = txt.clone() + m.txt_mlp.gate.clone() * self.txt_mlp.forward(m.txt_mlp.modulate(layer_norm(txt)));
-        (img, txt)
+        let img = m.img_attn.gated_add(img, self.img_attn.proj.forward(img_attn));
+        let img = m.img_mlp.gated_add(img.clone(), self.img_mlp.forward(m.img_mlp.norm_modulate(img)));
+        let txt = m.txt_attn.gated_add(txt, self.txt_attn.proj.forward(txt_attn));
+        let txt = m.txt_mlp.gated_add(txt.clone(), self.txt_mlp.forward(m.txt_mlp.norm_modulate(txt)));
+        Ok((img, txt))
     }
 }
 
@@ -386,19 +399,18 @@ impl SingleStreamBlock {
 
     /// `x` `[b, n_txt + n_img, hidden]`. q, k and v are computed for all tokens, one at a time; the MLP input,
     /// GELU and `linear2` in token chunks whose `[b, chunk, hidden + mlp_hidden]` input of `linear2` fits.
-    pub fn forward(&self, x: Tensor<3>, m: &ModulationOut, rope: &Rope) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, m: &ModulationOut, rope: &Rope) -> Result<Tensor<3>> {
         let (hidden, width) = (self.hidden_size, self.linear1.d_out());
-        let normed = m.modulate(layer_norm(x.clone()));
-        let [q, k, v] = project_qkv(&self.linear1, normed.clone(), hidden, self.num_heads);
-        let q = rope.apply(self.norm.query_norm.forward(q));
-        let k = rope.apply(self.norm.key_norm.forward(k));
+        let normed = m.norm_modulate(x.clone());
+        let stream = StreamQkv { projection: &self.linear1, norm: &self.norm, x: normed.clone() };
+        let [q, k, v] = joint_qkv(&[stream], hidden, self.num_heads, rope)?;
         let attn = merge_heads(attention(q, k, v)); // [b, n, hidden]
         let out = for_token_chunks(normed, width - 2 * hidden, |normed, tokens| {
-            let mlp = gelu_tanh(self.linear1.forward_columns(normed, 3 * hidden..width));
+            let mlp = fused::gelu_tanh(self.linear1.forward_columns(normed, 3 * hidden..width));
             let attn = attn.clone().narrow(1, tokens.start, tokens.len());
             self.linear2.forward(Tensor::cat(vec![attn, mlp], 2)) // over [b, chunk, hidden + mlp_hidden]
         });
-        x + m.gate.clone() * out
+        Ok(m.gated_add(x, out))
     }
 }
 
@@ -825,14 +837,15 @@ impl Flux {
         let device = img.device();
         for (i, (block, m)) in self.double_blocks.iter().zip(&modulations.double).enumerate() {
             let block = on_device(block, &format!("double_blocks.{i}"), weights, &device)?;
-            (img, txt) = block.forward(img, txt, m, &rope);
+            (img, txt) = block.forward(img, txt, m, &rope)?;
         }
         let mut x = Tensor::cat(vec![txt, img], 1); // [b, n_txt + n_img, hidden]
         for (i, (block, m)) in self.single_blocks.iter().zip(&modulations.single).enumerate() {
-            x = on_device(block, &format!("single_blocks.{i}"), weights, &device)?.forward(x, m, &rope);
+            x = on_device(block, &format!("single_blocks.{i}"), weights, &device)?.forward(x, m, &rope)?;
         }
         let img = x.narrow(1, n_txt, n_img);
-        let img = layer_norm(img) * (modulations.final_scale.clone() + 1.0) + modulations.final_shift.clone();
+        let (shift, scale) = (modulations.final_shift.clone(), modulations.final_scale.clone());
+        let img = fused::layer_norm_modulate(img, shift, scale, NORM_EPS);
         Ok(self.final_layer.linear.forward(img))
     }
 }
@@ -1019,13 +1032,13 @@ mod tests {
 
         let (mut img, mut txt) = (img, txt);
         for (i, (block, bm)) in model.double_blocks.iter().zip(&m.double).enumerate() {
-            let norm1 = bm.img_attn.modulate(layer_norm(img.clone()));
+            let norm1 = bm.img_attn.norm_modulate(img.clone());
             assert_close(
                 &format!("double_{i}_norm1_img_out"),
                 norm1,
                 golden.tensor(&format!("double_{i}_norm1_img_out"), &device),
             );
-            (img, txt) = block.forward(img, txt, bm, &rope);
+            (img, txt) = block.forward(img, txt, bm, &rope).unwrap();
             assert_close(
                 &format!("double_{i}_img_out"),
                 img.clone(),
@@ -1040,7 +1053,7 @@ mod tests {
         let n_txt = txt.dims()[1];
         let mut x = Tensor::cat(vec![txt, img], 1);
         for (i, (block, sm)) in model.single_blocks.iter().zip(&m.single).enumerate() {
-            x = block.forward(x, sm, &rope);
+            x = block.forward(x, sm, &rope).unwrap();
             let golden_x = Tensor::cat(
                 vec![
                     golden.tensor(&format!("single_{i}_txt_out"), &device),
@@ -1051,7 +1064,7 @@ mod tests {
             assert_close(&format!("single_{i}_out"), x.clone(), golden_x);
         }
         let img = x.narrow(1, n_txt, 44);
-        let normed = layer_norm(img) * (m.final_scale + 1.0) + m.final_shift;
+        let normed = crate::kernels::fused::layer_norm_modulate(img, m.final_shift, m.final_scale, NORM_EPS);
         assert_close("norm_out_out", normed.clone(), golden.tensor("norm_out_out", &device));
         assert_close("proj_out_out", model.final_layer.linear.forward(normed), golden.tensor("proj_out_out", &device));
     }

@@ -6,6 +6,7 @@
 
 use burn::prelude::*;
 
+use crate::kernels::fused::RopeTables;
 use crate::model::flux::embeddings::cos_sin;
 use crate::{Error, Result};
 
@@ -48,15 +49,14 @@ impl Rope {
         Ok(Self { cos, sin })
     }
 
+    /// The tables as the fused kernels take them.
+    pub fn tables(&self) -> RopeTables<'_> {
+        RopeTables { cos: &self.cos, sin: &self.sin }
+    }
+
     /// Rotates the adjacent channel pairs of `x` (`[b, heads, n, head_dim]`) by the angles of its `n` tokens.
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
-        let [b, h, n, d] = x.dims();
-        let x = x.reshape([b, h, n, d / 2, 2]);
-        let x0 = x.clone().narrow(4, 0, 1).reshape([b, h, n, d / 2]);
-        let x1 = x.narrow(4, 1, 1).reshape([b, h, n, d / 2]);
-        let out0 = x0.clone() * self.cos.clone() - x1.clone() * self.sin.clone();
-        let out1 = x0 * self.sin.clone() + x1 * self.cos.clone();
-        Tensor::stack::<5>(vec![out0, out1], 4).reshape([b, h, n, d]) // [b, h, n, d/2, 2] → [b, h, n, d]
+        crate::kernels::fused::reference::rotate_pairs(x, self.tables())
     }
 }
 

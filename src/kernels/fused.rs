@@ -1,0 +1,255 @@
+//! The DiT's elementwise and row-wise work, each in one WGSL kernel instead of a chain of burn ops:
+//!
+//! - [`layer_norm_modulate`]: LayerNorm and the adaLN shift/scale (`shaders/layer_norm_modulate.wgsl`);
+//! - [`gelu_tanh`] (`shaders/gelu_tanh.wgsl`);
+//! - [`gated_add`]: the gated residual add (`shaders/gated_add.wgsl`);
+//! - [`split_heads`]: q, k or v of one or more streams into the attention's head layout, with the QK RMS-norm
+//!   and RoPE on the way (`shaders/split_heads.wgsl`).
+//!
+//! Our own kernels rather than burn's fusion: burn fuses only its own ops, and stops at every custom kernel
+//! (our packed matmuls and flash attention sit between every pair of these), while these are each one pass
+//! over data the matmuls just wrote. [`reference`] holds the plain-ops twins, used on other devices and
+//! compared with the kernels in `tests/gpu_fused.rs`.
+
+use burn::backend::wgpu::CubeTensor;
+use burn::tensor::{DType, Tensor};
+
+use super::{WgslKernel, cube_tensor, grid, launch_1d, packs_on, params, tensor_from_handle};
+use crate::{Error, Result};
+
+const LAYER_NORM_MODULATE: WgslKernel =
+    WgslKernel::fixed("layer_norm_modulate", include_str!("../../shaders/layer_norm_modulate.wgsl"));
+const GELU_TANH: WgslKernel = WgslKernel::fixed("gelu_tanh", include_str!("../../shaders/gelu_tanh.wgsl"));
+const GATED_ADD: WgslKernel = WgslKernel::fixed("gated_add", include_str!("../../shaders/gated_add.wgsl"));
+const SPLIT_HEADS: WgslKernel = WgslKernel::fixed("split_heads", include_str!("../../shaders/split_heads.wgsl"));
+/// Head rows per workgroup of `split_heads.wgsl` (`ROWS`).
+const HEAD_ROWS_PER_GROUP: usize = 8;
+
+/// Whether every tensor is an f32 tensor on wgpu, so that the kernels take them.
+fn on_kernels(tensors: &[(&burn::tensor::Device, DType)]) -> bool {
+    tensors.iter().all(|(device, dtype)| packs_on(device) && *dtype == DType::F32)
+}
+
+/// Binds a tensor already known to be a wgpu f32 tensor ([`on_kernels`]).
+fn bound<const D: usize>(t: Tensor<D>) -> CubeTensor {
+    cube_tensor(t).unwrap_or_else(|_| unreachable!("checked by on_kernels"))
+}
+
+fn index(n: usize, what: &str) -> Result<u32> {
+    u32::try_from(n).map_err(|_| Error::Invalid(format!("{what} {n} is past the kernels' 32-bit indexing")))
+}
+
+/// `LayerNorm(x) · (1 + scale) + shift` over the last axis (no affine parameters, `eps` inside the root):
+/// `x` `[b, n, w]`, `shift` and `scale` `[b, 1, w]`.
+pub fn layer_norm_modulate(x: Tensor<3>, shift: Tensor<3>, scale: Tensor<3>, eps: f64) -> Tensor<3> {
+    let [b, n, w] = x.dims();
+    let kernels =
+        on_kernels(&[(&x.device(), x.dtype()), (&shift.device(), shift.dtype()), (&scale.device(), scale.dtype())]);
+    let Ok(dims) = [b * n * w, n].map(|v| index(v, "size")).into_iter().collect::<Result<Vec<_>>>() else {
+        return reference::layer_norm_modulate(x, shift, scale, eps);
+    };
+    if !kernels || shift.dims() != [b, 1, w] || scale.dims() != [b, 1, w] {
+        return reference::layer_norm_modulate(x, shift, scale, eps);
+    }
+    let (x, shift, scale) = (bound(x), bound(shift), bound(scale));
+    let client = &x.client;
+    let out = client.empty(b * n * w * size_of::<f32>());
+    let dims = params(client, &[(b * n) as u32, w as u32, dims[1], (eps as f32).to_bits()]);
+    let (gx, gy) = grid(b * n);
+    let buffers = [&x.handle, &shift.handle, &scale.handle, &out, &dims].map(|h| h.clone().binding()).to_vec();
+    client.launch(
+        Box::new(LAYER_NORM_MODULATE),
+        burn::cubecl::prelude::CubeCount::Static(gx, gy, 1),
+        burn::cubecl::server::KernelArguments::new().with_buffers(buffers),
+    );
+    tensor_from_handle(&x, out, [b, n, w])
+}
+
+/// GELU with the tanh approximation (PyTorch `GELU(approximate="tanh")`), elementwise.
+pub fn gelu_tanh(x: Tensor<3>) -> Tensor<3> {
+    let dims = x.dims();
+    let n = dims.iter().product::<usize>();
+    if !on_kernels(&[(&x.device(), x.dtype())]) || index(n, "size").is_err() {
+        return reference::gelu_tanh(x);
+    }
+    let x = bound(x);
+    let out = x.client.empty(n * size_of::<f32>());
+    let values = params(&x.client, &[n as u32]);
+    launch_1d(&x.client, GELU_TANH, n, [&x.handle, &out, &values].map(|h| h.clone().binding()).to_vec());
+    tensor_from_handle(&x, out, dims)
+}
+
+/// The gated residual add `x + gate · y`: `x` and `y` `[b, n, w]`, `gate` `[b, 1, w]`.
+pub fn gated_add(x: Tensor<3>, gate: Tensor<3>, y: Tensor<3>) -> Tensor<3> {
+    let [b, n, w] = x.dims();
+    let tensors = [(&x.device(), x.dtype()), (&gate.device(), gate.dtype()), (&y.device(), y.dtype())];
+    let fits = index(b * n * w, "size").is_ok() && gate.dims() == [b, 1, w] && y.dims() == [b, n, w];
+    if !on_kernels(&tensors) || !fits {
+        return reference::gated_add(x, gate, y);
+    }
+    let (x, gate, y) = (bound(x), bound(gate), bound(y));
+    let values = b * n * w;
+    let out = x.client.empty(values * size_of::<f32>());
+    let dims = params(&x.client, &[values as u32, w as u32, n as u32]);
+    let buffers = [&x.handle, &gate.handle, &y.handle, &out, &dims].map(|h| h.clone().binding()).to_vec();
+    launch_1d(&x.client, GATED_ADD, values, buffers);
+    tensor_from_handle(&x, out, [b, n, w])
+}
+
+/// One stream's part of [`split_heads`]: a projection's output and the scale of its RMS-norm, if any.
+#[derive(Debug, Clone)]
+pub struct HeadInput {
+    /// `[b, n, heads·d]`.
+    pub x: Tensor<3>,
+    /// `[d]`: normalise each head vector by its root mean square, then scale by this.
+    pub norm_scale: Option<Tensor<1>>,
+}
+
+/// The RoPE angles of every token of the joined parts: cosines and sines, each `[1, 1, n, d / 2]`.
+#[derive(Debug, Clone, Copy)]
+pub struct RopeTables<'a> {
+    /// Cosines.
+    pub cos: &'a Tensor<4>,
+    /// Sines.
+    pub sin: &'a Tensor<4>,
+}
+
+/// The parts, in order along the tokens, as `[b, heads, n_1 + n_2 + …, d]`: each head vector RMS-normalised
+/// where its part has a norm scale (`eps` inside the root), then rotated by `rope` where given.
+pub fn split_heads(parts: Vec<HeadInput>, heads: usize, rope: Option<RopeTables>, eps: f64) -> Result<Tensor<4>> {
+    let first = parts.first().ok_or_else(|| Error::Invalid("split_heads needs at least one part".into()))?;
+    let [b, _, width] = first.x.dims();
+    if heads == 0 || !width.is_multiple_of(heads) {
+        return Err(Error::Invalid(format!("width {width} does not split into {heads} heads")));
+    }
+    let d = width / heads;
+    let total: usize = parts.iter().map(|p| p.x.dims()[1]).sum();
+    for part in &parts {
+        let [pb, _, pw] = part.x.dims();
+        if (pb, pw) != (b, width) || part.norm_scale.as_ref().is_some_and(|s| s.dims() != [d]) {
+            return Err(Error::Invalid(format!(
+                "split_heads parts disagree: {:?} (norm {:?}) against [{b}, _, {width}] of {heads} heads",
+                part.x.dims(),
+                part.norm_scale.as_ref().map(|s| s.dims())
+            )));
+        }
+    }
+    if let Some(rope) = rope
+        && (rope.cos.dims() != [1, 1, total, d / 2] || rope.sin.dims() != rope.cos.dims() || d % 2 == 1)
+    {
+        return Err(Error::Invalid(format!(
+            "RoPE tables {:?} do not rotate {total} tokens of heads {d} wide",
+            rope.cos.dims()
+        )));
+    }
+    let mut tensors = vec![];
+    for part in &parts {
+        tensors.push((part.x.device(), part.x.dtype()));
+        if let Some(scale) = &part.norm_scale {
+            tensors.push((scale.device(), scale.dtype()));
+        }
+    }
+    if let Some(rope) = rope {
+        tensors.extend([(rope.cos.device(), rope.cos.dtype()), (rope.sin.device(), rope.sin.dtype())]);
+    }
+    let tensors: Vec<_> = tensors.iter().map(|(device, dtype)| (device, *dtype)).collect();
+    if !on_kernels(&tensors) || index(b * heads * total * d, "size").is_err() {
+        return Ok(reference::split_heads(parts, heads, rope, eps));
+    }
+
+    let (cos, sin) = match rope {
+        Some(rope) => (bound(rope.cos.clone()), bound(rope.sin.clone())),
+        // Bound but not read: the first input stands in for the tables.
+        None => (bound(first.x.clone()), bound(first.x.clone())),
+    };
+    let client = cos.client.clone();
+    let out = client.empty(b * heads * total * d * size_of::<f32>());
+    let mut offset = 0;
+    for part in parts {
+        let n = part.x.dims()[1];
+        let flags = part.norm_scale.is_some() as u32 | (rope.is_some() as u32) << 1;
+        let scale = part.norm_scale.map(bound).unwrap_or_else(|| cos.clone());
+        let x = bound(part.x);
+        let dims = [b, n, heads, d, total, offset].map(|v| v as u32);
+        let dims = params(&client, &[&dims[..], &[flags, (eps as f32).to_bits()]].concat());
+        let (gx, gy) = grid((b * n * heads).div_ceil(HEAD_ROWS_PER_GROUP));
+        let buffers =
+            [&x.handle, &scale.handle, &cos.handle, &sin.handle, &out, &dims].map(|h| h.clone().binding()).to_vec();
+        client.launch(
+            Box::new(SPLIT_HEADS),
+            burn::cubecl::prelude::CubeCount::Static(gx, gy, 1),
+            burn::cubecl::server::KernelArguments::new().with_buffers(buffers),
+        );
+        offset += n;
+    }
+    Ok(tensor_from_handle(&cos, out, [b, heads, total, d]))
+}
+
+/// The plain-ops twins of the kernels: the path on devices other than wgpu and the reference in tests.
+pub mod reference {
+    use burn::tensor::Tensor;
+
+    use super::{HeadInput, RopeTables};
+
+    /// LayerNorm over the last axis without affine parameters.
+    pub fn layer_norm(x: Tensor<3>, eps: f64) -> Tensor<3> {
+        let centered = x.clone() - x.mean_dim(2);
+        let var = centered.clone().square().mean_dim(2);
+        centered / (var + eps).sqrt()
+    }
+
+    /// [`super::layer_norm_modulate`] in plain ops.
+    pub fn layer_norm_modulate(x: Tensor<3>, shift: Tensor<3>, scale: Tensor<3>, eps: f64) -> Tensor<3> {
+        layer_norm(x, eps) * (scale + 1.0) + shift
+    }
+
+    /// [`super::gelu_tanh`] in plain ops.
+    pub fn gelu_tanh(x: Tensor<3>) -> Tensor<3> {
+        const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+        let inner = (x.clone() + x.clone() * x.clone() * x.clone() * 0.044715) * SQRT_2_OVER_PI;
+        x * (inner.tanh() + 1.0) * 0.5
+    }
+
+    /// [`super::gated_add`] in plain ops.
+    pub fn gated_add(x: Tensor<3>, gate: Tensor<3>, y: Tensor<3>) -> Tensor<3> {
+        x + gate * y
+    }
+
+    /// RMSNorm of `[b, heads, n, d]` over `d` with a learned `scale` `[d]`.
+    pub fn rms_norm(x: Tensor<4>, scale: Tensor<1>, eps: f64) -> Tensor<4> {
+        let rms = (x.clone().square().mean_dim(3) + eps).sqrt();
+        x / rms * scale.reshape([1, 1, 1, -1])
+    }
+
+    /// Rotates the adjacent channel pairs of `x` (`[b, heads, n, d]`) by the angles of its `n` tokens.
+    pub fn rotate_pairs(x: Tensor<4>, rope: RopeTables) -> Tensor<4> {
+        let [b, h, n, d] = x.dims();
+        let x = x.reshape([b, h, n, d / 2, 2]);
+        let x0 = x.clone().narrow(4, 0, 1).reshape([b, h, n, d / 2]);
+        let x1 = x.narrow(4, 1, 1).reshape([b, h, n, d / 2]);
+        let (cos, sin) = (rope.cos.clone(), rope.sin.clone());
+        let out0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
+        let out1 = x0 * sin + x1 * cos;
+        Tensor::stack::<5>(vec![out0, out1], 4).reshape([b, h, n, d]) // [b, h, n, d/2, 2] → [b, h, n, d]
+    }
+
+    /// [`super::split_heads`] in plain ops (shapes checked by the caller).
+    pub fn split_heads(parts: Vec<HeadInput>, heads: usize, rope: Option<RopeTables>, eps: f64) -> Tensor<4> {
+        let parts = parts
+            .into_iter()
+            .map(|HeadInput { x, norm_scale }| {
+                let [b, n, width] = x.dims();
+                let x = x.reshape([b, n, heads, width / heads]).swap_dims(1, 2); // [b, heads, n, d]
+                match norm_scale {
+                    Some(scale) => rms_norm(x, scale, eps),
+                    None => x,
+                }
+            })
+            .collect();
+        let joined = Tensor::cat(parts, 2); // [b, heads, Σn, d]
+        match rope {
+            Some(rope) => rotate_pairs(joined, rope),
+            None => joined,
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The fused DiT kernels (`kontext_web::kernels::fused`) on burn's wgpu backend (Mesa lavapipe on machines
+//! without a GPU) against their plain-ops twins on the same device, each with a negative control, and the
+//! launches they save, counted.
+#![cfg(not(target_arch = "wasm32"))]
+
+use burn::tensor::{Tensor, TensorData, Tolerance};
+use kontext_web::device::launches::count_launches;
+use kontext_web::device::selfcheck;
+use kontext_web::harness::testing::gpu;
+use kontext_web::kernels::fused::{self, HeadInput, RopeTables, reference};
+
+const EPS: f64 = 1e-6;
+
+fn random<const D: usize>(shape: [usize; D], salt: u32, amplitude: f32) -> Tensor<D> {
+    let n: usize = shape.iter().product();
+    let data = selfcheck::test_matrix(1, n, salt).into_iter().map(|x| x * amplitude).collect::<Vec<_>>();
+    Tensor::from_data(TensorData::new(data, shape), &gpu())
+}
+
+fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    let (a, b) = (a.into_data(), b.into_data());
+    assert_eq!(a.shape(), b.shape());
+    a.iter::<f32>().zip(b.iter::<f32>()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// `ours` equals `expected` within `tolerance`, and `control` (the kernel given a wrong input) does not.
+fn check<const D: usize>(what: &str, ours: Tensor<D>, expected: Tensor<D>, control: Tensor<D>, tolerance: f32) {
+    let (diff, control_diff) = (max_abs_diff(ours, expected.clone()), max_abs_diff(control, expected));
+    eprintln!("{what}: max |diff| {diff:e}, control {control_diff:e}");
+    assert!(diff <= tolerance, "{what}: {diff} > {tolerance}");
+    assert!(control_diff > 100.0 * tolerance, "{what}: the control is within {control_diff}");
+}
+
+#[test]
+fn layer_norm_modulate_equals_its_twin() {
+    // Odd widths and rows, two samples, an offset mean (LayerNorm must centre), rows past 256 threads.
+    for (b, n, w) in [(1, 1, 7), (2, 37, 130), (1, 300, 3072), (2, 5, 1000)] {
+        let x = random([b, n, w], 1, 3.0) + 5.0;
+        let (shift, scale) = (random([b, 1, w], 2, 0.5), random([b, 1, w], 3, 0.5));
+        let expected = reference::layer_norm_modulate(x.clone(), shift.clone(), scale.clone(), EPS);
+        let ours = fused::layer_norm_modulate(x.clone(), shift.clone(), scale.clone(), EPS);
+        let control = fused::layer_norm_modulate(x, scale, shift, EPS);
+        check(&format!("layer_norm_modulate {b}×{n}×{w}"), ours, expected, control, 2e-5);
+    }
+}
+
+#[test]
+fn gelu_tanh_equals_its_twin_also_far_out() {
+    let x = random([2, 33, 515], 4, 12.0);
+    let expected = reference::gelu_tanh(x.clone());
+    let control = fused::gelu_tanh(x.clone() * 1.01);
+    check("gelu_tanh", fused::gelu_tanh(x), expected, control, 2e-5);
+    let far = Tensor::<3>::from_data(TensorData::new(vec![-1e30f32, -90.0, 90.0, 1e30], [1, 1, 4]), &gpu());
+    let expected = TensorData::new(vec![0.0f32, 0.0, 90.0, 1e30], [1, 1, 4]);
+    fused::gelu_tanh(far).into_data().assert_approx_eq::<f32>(&expected, Tolerance::relative(1e-6));
+}
+
+#[test]
+fn gated_add_equals_its_twin() {
+    for (b, n, w) in [(1, 3, 5), (2, 70, 640)] {
+        let (x, gate, y) = (random([b, n, w], 5, 1.0), random([b, 1, w], 6, 1.0), random([b, n, w], 7, 1.0));
+        let expected = reference::gated_add(x.clone(), gate.clone(), y.clone());
+        let control = fused::gated_add(x.clone(), gate.clone() * -1.0, y.clone());
+        check(&format!("gated_add {b}×{n}×{w}"), fused::gated_add(x, gate, y), expected, control, 1e-6);
+    }
+}
+
+/// RoPE tables of `n` tokens for heads `d` wide, angles up to ±`n`.
+fn rope_tables(n: usize, d: usize) -> (Tensor<4>, Tensor<4>) {
+    let angles = random([1, 1, n, d / 2], 8, n as f32);
+    (angles.clone().cos(), angles.sin())
+}
+
+#[test]
+fn split_heads_equals_its_twin_for_joined_streams() {
+    for (b, parts, heads, d) in [(1, vec![3, 5], 2, 8), (2, vec![17, 40], 3, 128), (1, vec![300], 4, 64)] {
+        let total = parts.iter().sum();
+        let (cos, sin) = rope_tables(total, d);
+        let rope = RopeTables { cos: &cos, sin: &sin };
+        let inputs = |salt: u32, normed: bool| -> Vec<HeadInput> {
+            (parts.iter().enumerate())
+                .map(|(i, &n)| HeadInput {
+                    x: random([b, n, heads * d], salt + i as u32, 2.0),
+                    norm_scale: normed.then(|| random([d], salt + 10 + i as u32, 1.0) + 1.5),
+                })
+                .collect()
+        };
+        let what = format!("split_heads {b}×{parts:?}×{heads}×{d}");
+        for (normed, rotated) in [(true, true), (false, false), (true, false), (false, true)] {
+            let parts = inputs(20, normed);
+            let rope = rotated.then_some(rope);
+            let expected = reference::split_heads(parts.clone(), heads, rope, EPS);
+            let ours = fused::split_heads(parts.clone(), heads, rope, EPS).unwrap();
+            // The control joins the streams in the other order, or negates a lone stream.
+            let mut swapped: Vec<HeadInput> = parts.into_iter().rev().collect();
+            if swapped.len() == 1 {
+                swapped[0].x = swapped[0].x.clone() * -1.0;
+            }
+            let control = fused::split_heads(swapped, heads, rope, EPS).unwrap();
+            check(&format!("{what} norm {normed} rope {rotated}"), ours, expected, control, 2e-5);
+        }
+    }
+}
+
+#[test]
+fn split_heads_refuses_parts_that_disagree() {
+    let part = |n: usize, w: usize| HeadInput { x: random([1, n, w], 1, 1.0), norm_scale: None };
+    let err = fused::split_heads(vec![part(3, 16), part(2, 12)], 2, None, EPS).unwrap_err().to_string();
+    assert!(err.contains("split_heads parts disagree"), "{err}");
+    let err = fused::split_heads(vec![part(3, 15)], 2, None, EPS).unwrap_err().to_string();
+    assert_eq!(err, "width 15 does not split into 2 heads");
+    let (cos, sin) = rope_tables(4, 8);
+    let err = fused::split_heads(vec![part(3, 16)], 2, Some(RopeTables { cos: &cos, sin: &sin }), EPS).unwrap_err();
+    assert!(err.to_string().contains("do not rotate 3 tokens"), "{err}");
+}
+
+#[test]
+fn each_fused_kernel_is_one_launch_where_its_twin_is_many() {
+    let (x, shift, scale) = (random([1, 16, 64], 1, 1.0), random([1, 1, 64], 2, 1.0), random([1, 1, 64], 3, 1.0));
+    let launches = |run: &dyn Fn() -> Tensor<3>| count_launches(|| run().into_data()).1.total();
+    let fused_norm = launches(&|| fused::layer_norm_modulate(x.clone(), shift.clone(), scale.clone(), EPS));
+    let twin_norm = launches(&|| reference::layer_norm_modulate(x.clone(), shift.clone(), scale.clone(), EPS));
+    let (fused_gelu, twin_gelu) =
+        (launches(&|| fused::gelu_tanh(x.clone())), launches(&|| reference::gelu_tanh(x.clone())));
+    eprintln!(
+        "layer norm + modulation: {fused_norm} launch(es), twin {twin_norm}; gelu {fused_gelu}, twin {twin_gelu}"
+    );
+    assert_eq!((fused_norm, fused_gelu), (1, 1));
+    assert!(twin_norm >= 5 && twin_gelu >= 5, "the twins launch {twin_norm} and {twin_gelu}");
+}
