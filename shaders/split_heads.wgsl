@@ -1,20 +1,37 @@
-// Attention heads from a projection's output, with the QK-norm and RoPE on the way: x [batch, tokens, heads·d]
-// → out [batch, heads, total, d] at tokens offset..offset + tokens, each head vector first RMS-normalised with
-// a learned scale (flag 1: x / √(mean(x²) + ε) · scale), then its channel pairs (2j, 2j + 1) rotated by the
-// angles of its position (flag 2: cos and sin [total, d / 2]). Several calls with different offsets fill one
-// output (the text and image streams of a double block). Reference twin: crate::kernels::fused::reference::
-// split_heads. A row (one head of one token) has LANES invocations, each owning the pairs lane, lane + LANES, …
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> norm_scale: array<f32>;
-@group(0) @binding(2) var<storage, read_write> cos_table: array<f32>;
-@group(0) @binding(3) var<storage, read_write> sin_table: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
-// [batch, tokens, heads, d, total, offset, flags, ε as f32 bits]
-@group(0) @binding(5) var<storage, read_write> dims: array<u32>;
+// Attention heads from the projections of up to two streams, with the QK-norm and RoPE on the way: x_a
+// [batch, tokens_a, heads·d] and x_b [batch, tokens_b, heads·d] → out [batch, heads, total, d] at tokens
+// offset..offset + tokens_a + tokens_b (stream a first), each head vector first RMS-normalised with its
+// stream's learned scale (flags 1 and 2: x / √(mean(x²) + ε) · scale), then its channel pairs (2j, 2j + 1)
+// rotated by the angles of its position (flag 4: cos and sin [total, d / 2]). Reference twin:
+// crate::kernels::fused::reference::split_heads. A row (one head of one token) has LANES invocations, each
+// owning the pairs lane, lane + LANES, …
+@group(0) @binding(0) var<storage, read_write> x_a: array<f32>;
+@group(0) @binding(1) var<storage, read_write> x_b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> scale_a: array<f32>;
+@group(0) @binding(3) var<storage, read_write> scale_b: array<f32>;
+@group(0) @binding(4) var<storage, read_write> cos_table: array<f32>;
+@group(0) @binding(5) var<storage, read_write> sin_table: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+// [batch, tokens_a, tokens_b, heads, d, total, offset, flags, ε as f32 bits]
+@group(0) @binding(7) var<storage, read_write> dims: array<u32>;
 
 const LANES: u32 = 32u;
 const ROWS: u32 = 8u;
 var<workgroup> partial: array<f32, 256>;
+
+fn load(in_a: bool, i: u32) -> f32 {
+    if (in_a) {
+        return x_a[i];
+    }
+    return x_b[i];
+}
+
+fn norm_scale(in_a: bool, i: u32) -> f32 {
+    if (in_a) {
+        return scale_a[i];
+    }
+    return scale_b[i];
+}
 
 @compute @workgroup_size(256)
 fn main(
@@ -22,32 +39,33 @@ fn main(
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let batch = dims[0];
-    let tokens = dims[1];
-    let heads = dims[2];
-    let d = dims[3];
-    let total = dims[4];
-    let offset = dims[5];
-    let flags = dims[6];
+    let tokens_a = dims[1];
+    let tokens_b = dims[2];
+    let tokens = tokens_a + tokens_b;
+    let heads = dims[3];
+    let d = dims[4];
+    let offset = dims[6];
+    let flags = dims[7];
     let lane = local % LANES;
-    // row = (b · tokens + t) · heads + h: consecutive rows read consecutive head vectors of x.
+    // row = (b · tokens + t) · heads + h
     let row = (wid.x + wid.y * groups.x) * ROWS + local / LANES;
     let pairs = (d + 1u) / 2u;
     // No early return: every invocation reaches the barriers; a row past the end reads and writes nothing.
-    let end = select(0u, pairs, row < batch * tokens * heads);
+    let end = select(0u, pairs, row < dims[0] * tokens * heads);
     let h = row % heads;
     let t = (row / heads) % tokens;
     let b = row / (heads * tokens);
-    let src = row * d;
-    let dst = ((b * heads + h) * total + offset + t) * d;
+    let in_a = t < tokens_a;
+    let src = select(((b * tokens_b + t - tokens_a) * heads + h) * d, ((b * tokens_a + t) * heads + h) * d, in_a);
+    let dst = ((b * heads + h) * dims[5] + offset + t) * d;
 
     // The sum of squares runs with or without the norm: barriers need control flow the whole workgroup shares.
     var squares = 0.0;
     for (var p = lane; p < end; p = p + LANES) {
-        let v0 = x[src + 2u * p];
+        let v0 = load(in_a, src + 2u * p);
         squares = squares + v0 * v0;
         if (2u * p + 1u < d) {
-            let v1 = x[src + 2u * p + 1u];
+            let v1 = load(in_a, src + 2u * p + 1u);
             squares = squares + v1 * v1;
         }
     }
@@ -59,22 +77,22 @@ fn main(
         }
         workgroupBarrier();
     }
-    let normed = (flags & 1u) != 0u;
-    let inv_rms = select(1.0, 1.0 / sqrt(partial[local - lane] / f32(d) + bitcast<f32>(dims[7])), normed);
+    let normed = (flags & select(2u, 1u, in_a)) != 0u;
+    let inv_rms = select(1.0, 1.0 / sqrt(partial[local - lane] / f32(d) + bitcast<f32>(dims[8])), normed);
     for (var p = lane; p < end; p = p + LANES) {
-        var v0 = x[src + 2u * p] * inv_rms;
+        var v0 = load(in_a, src + 2u * p) * inv_rms;
         if (normed) {
-            v0 = v0 * norm_scale[2u * p];
+            v0 = v0 * norm_scale(in_a, 2u * p);
         }
         if (2u * p + 1u >= d) {
             out[dst + 2u * p] = v0;
             continue;
         }
-        var v1 = x[src + 2u * p + 1u] * inv_rms;
+        var v1 = load(in_a, src + 2u * p + 1u) * inv_rms;
         if (normed) {
-            v1 = v1 * norm_scale[2u * p + 1u];
+            v1 = v1 * norm_scale(in_a, 2u * p + 1u);
         }
-        if ((flags & 2u) != 0u) {
+        if ((flags & 4u) != 0u) {
             let angle = (offset + t) * (d / 2u) + p;
             let c = cos_table[angle];
             let s = sin_table[angle];

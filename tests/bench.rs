@@ -78,6 +78,24 @@ fn bench_reports_matmul_attention_and_step_with_positive_numbers() {
     assert!(step[2]["device_bytes"].as_u64() < step[0]["device_bytes"].as_u64());
     // Streamed, only the layers outside the blocks stay on the device between steps.
     assert!(step[3]["device_bytes"].as_u64() < step[2]["device_bytes"].as_u64(), "{}", report["step"]);
+
+    // Launches, counted on wgpu: every step launches kernels, the blocks loaded whole are counted by kernel, and
+    // the top-level figures are those of the first packed row (Q8_0). The fused kernels keep a double block at
+    // 12 matmuls and 13 other launches and a single block at 5 + 7 (measured; their sum is checked, not a
+    // bound, so that a change in either direction is seen).
+    for row in step {
+        positive(row, "dispatches_per_step");
+    }
+    let per_block = |row: &serde_json::Value, key: &str| -> u64 {
+        row[key].as_array().expect("kernels by name").iter().map(|k| k[1].as_u64().unwrap()).sum()
+    };
+    assert_eq!(report["dispatches_per_double_block"].as_u64(), Some(per_block(&step[1], "double_block_kernels")));
+    assert_eq!(report["dispatches_per_single_block"].as_u64(), Some(per_block(&step[1], "single_block_kernels")));
+    assert_eq!(
+        (report["dispatches_per_double_block"].as_u64(), report["dispatches_per_single_block"].as_u64()),
+        (Some(25), Some(12))
+    );
+    assert!(step[3]["double_block_kernels"].as_array().unwrap().is_empty(), "streamed blocks are not counted");
 }
 
 /// The peer figure: the same DiT step through diffusers on the CPU, with the fixture generator's Python

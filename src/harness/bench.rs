@@ -660,17 +660,12 @@ mod native {
             let modulations = flux.modulations(vec)?;
             meter.sample(device, "load");
             let stream: Option<&dyn Weights> = if streamed { Some(&random) } else { None };
+            // As an edit runs its steps: the RoPE angles once, then each step.
+            let rope = flux.rope(txt_ids.clone(), img_ids.clone())?;
             let mut x = img.clone();
             let mut failure = None;
             let seconds = time(sizes.repeats, |_| {
-                let out = flux.forward_streaming(
-                    x.clone(),
-                    img_ids.clone(),
-                    txt.clone(),
-                    txt_ids.clone(),
-                    &modulations,
-                    stream,
-                );
+                let out = flux.forward_rotated(x.clone(), txt.clone(), &rope, &modulations, stream);
                 match out {
                     Ok(out) => x = out,
                     Err(e) => failure = Some(e),
@@ -681,11 +676,7 @@ mod native {
             if let Some(e) = failure {
                 return Err(e);
             }
-            let ids = Tensor::cat(vec![txt_ids.clone(), img_ids.clone()], 0);
-            let rope = Rope::new(ids, &config.axes_dim, config.theta)?;
-            let one_step = || {
-                flux.forward_streaming(x.clone(), img_ids.clone(), txt.clone(), txt_ids.clone(), &modulations, stream)
-            };
+            let one_step = || flux.forward_rotated(x.clone(), txt.clone(), &rope, &modulations, stream);
             let (dispatches_per_step, double_block_kernels, single_block_kernels) =
                 count_step_launches(&flux, &modulations, &rope, (n_img, n_txt), streamed, one_step)?;
             let f32_seconds = rows.first().filter(|r| r.weights == "F32").map_or(seconds, |r| r.seconds);
@@ -731,12 +722,14 @@ mod native {
         streamed: bool,
         step: impl Fn() -> Result<Tensor<3>>,
     ) -> Result<StepLaunches> {
-        let warm_count = |run: &dyn Fn() -> Result<f32>| -> Result<Launches> {
-            run()?;
-            let (result, launches) = count_launches(run);
-            result.map(|_| launches)
+        // The readback that waits for the outputs launches a kernel of its own: it runs after the count.
+        let warm_count = |run: &dyn Fn() -> Result<Vec<Tensor<3>>>| -> Result<Launches> {
+            run()?.into_iter().for_each(|t| _ = finish(t));
+            let (outputs, launches) = count_launches(run);
+            outputs?.into_iter().for_each(|t| _ = finish(t));
+            Ok(launches)
         };
-        let per_step = warm_count(&|| step().map(finish))?;
+        let per_step = warm_count(&|| Ok(vec![step()?]))?;
         if per_step.total() == 0 {
             return Ok((None, Vec::new(), Vec::new()));
         }
@@ -751,10 +744,17 @@ mod native {
             (false, Some(double), Some(single)) => {
                 let double = warm_count(&|| {
                     let (img, txt) = double.forward(img.clone(), txt.clone(), &modulations.double[0], rope)?;
-                    Ok(finish(img) + finish(txt))
+                    Ok(vec![img, txt])
                 })?;
-                let single =
-                    warm_count(&|| Ok(finish(single.forward(joint.clone(), &modulations.single[0], rope)?)))?;
+                // As in the step's chain of single blocks: the input normalised by the block before, the next
+                // block's LayerNorm in this one's residual add.
+                let m = &modulations.single[0];
+                let normed = m.norm_modulate(joint.clone());
+                let single = warm_count(&|| {
+                    let next = (&m.shift, &m.scale);
+                    let (x, normed) = single.forward_normed(joint.clone(), normed.clone(), m, rope, next)?;
+                    Ok(vec![x, normed])
+                })?;
                 (double.ranked(), single.ranked())
             }
             _ => (Vec::new(), Vec::new()),

@@ -3,15 +3,23 @@
 //! - [`layer_norm_modulate`]: LayerNorm and the adaLN shift/scale (`shaders/layer_norm_modulate.wgsl`);
 //! - [`gelu_tanh`] (`shaders/gelu_tanh.wgsl`);
 //! - [`gated_add`]: the gated residual add (`shaders/gated_add.wgsl`);
+//! - [`residual_layer_norm_modulate`]: the gated residual add and the next sub-layer's LayerNorm and
+//!   modulation (`shaders/residual_layer_norm_modulate.wgsl`);
 //! - [`split_heads`]: q, k or v of one or more streams into the attention's head layout, with the QK RMS-norm
-//!   and RoPE on the way (`shaders/split_heads.wgsl`).
+//!   and RoPE on the way (`shaders/split_heads.wgsl`);
+//! - [`merge_heads_split`] and [`merged_heads_beside_gelu`]: the attention's output back to token-major rows,
+//!   cut into the streams or written beside the single block's MLP activation (`shaders/merge_heads.wgsl`).
 //!
 //! Our own kernels rather than burn's fusion: burn fuses only its own ops, and stops at every custom kernel
 //! (our packed matmuls and flash attention sit between every pair of these), while these are each one pass
 //! over data the matmuls just wrote. [`reference`] holds the plain-ops twins, used on other devices and
 //! compared with the kernels in `tests/gpu_fused.rs`.
 
+use std::ops::Range;
+
 use burn::backend::wgpu::CubeTensor;
+use burn::cubecl::prelude::{Client, CubeCount};
+use burn::cubecl::server::{BufferBinding, KernelArguments};
 use burn::tensor::{DType, Tensor};
 
 use super::{WgslKernel, cube_tensor, grid, launch_1d, packs_on, params, tensor_from_handle};
@@ -21,6 +29,9 @@ const LAYER_NORM_MODULATE: WgslKernel =
     WgslKernel::fixed("layer_norm_modulate", include_str!("../../shaders/layer_norm_modulate.wgsl"));
 const GELU_TANH: WgslKernel = WgslKernel::fixed("gelu_tanh", include_str!("../../shaders/gelu_tanh.wgsl"));
 const GATED_ADD: WgslKernel = WgslKernel::fixed("gated_add", include_str!("../../shaders/gated_add.wgsl"));
+const MERGE_HEADS: WgslKernel = WgslKernel::fixed("merge_heads", include_str!("../../shaders/merge_heads.wgsl"));
+const RESIDUAL_LAYER_NORM_MODULATE: WgslKernel =
+    WgslKernel::fixed("residual_layer_norm_modulate", include_str!("../../shaders/residual_layer_norm_modulate.wgsl"));
 const SPLIT_HEADS: WgslKernel = WgslKernel::fixed("split_heads", include_str!("../../shaders/split_heads.wgsl"));
 /// Head rows per workgroup of `split_heads.wgsl` (`ROWS`).
 const HEAD_ROWS_PER_GROUP: usize = 8;
@@ -55,13 +66,8 @@ pub fn layer_norm_modulate(x: Tensor<3>, shift: Tensor<3>, scale: Tensor<3>, eps
     let client = &x.client;
     let out = client.empty(b * n * w * size_of::<f32>());
     let dims = params(client, &[(b * n) as u32, w as u32, dims[1], (eps as f32).to_bits()]);
-    let (gx, gy) = grid(b * n);
     let buffers = [&x.handle, &shift.handle, &scale.handle, &out, &dims].map(|h| h.clone().binding()).to_vec();
-    client.launch(
-        Box::new(LAYER_NORM_MODULATE),
-        burn::cubecl::prelude::CubeCount::Static(gx, gy, 1),
-        burn::cubecl::server::KernelArguments::new().with_buffers(buffers),
-    );
+    launch(client, LAYER_NORM_MODULATE, grid(b * n), buffers);
     tensor_from_handle(&x, out, [b, n, w])
 }
 
@@ -74,7 +80,8 @@ pub fn gelu_tanh(x: Tensor<3>) -> Tensor<3> {
     }
     let x = bound(x);
     let out = x.client.empty(n * size_of::<f32>());
-    let values = params(&x.client, &[n as u32]);
+    let width = dims[2] as u32;
+    let values = params(&x.client, &[n as u32, width, width, 0]);
     launch_1d(&x.client, GELU_TANH, n, [&x.handle, &out, &values].map(|h| h.clone().binding()).to_vec());
     tensor_from_handle(&x, out, dims)
 }
@@ -115,7 +122,8 @@ pub struct RopeTables<'a> {
 }
 
 /// The parts, in order along the tokens, as `[b, heads, n_1 + n_2 + …, d]`: each head vector RMS-normalised
-/// where its part has a norm scale (`eps` inside the root), then rotated by `rope` where given.
+/// where its part has a norm scale (`eps` inside the root), then rotated by `rope` where given. One kernel per
+/// two parts on wgpu.
 pub fn split_heads(parts: Vec<HeadInput>, heads: usize, rope: Option<RopeTables>, eps: f64) -> Result<Tensor<4>> {
     let first = parts.first().ok_or_else(|| Error::Invalid("split_heads needs at least one part".into()))?;
     let [b, _, width] = first.x.dims();
@@ -157,36 +165,122 @@ pub fn split_heads(parts: Vec<HeadInput>, heads: usize, rope: Option<RopeTables>
         return Ok(reference::split_heads(parts, heads, rope, eps));
     }
 
+    let like = bound(first.x.clone());
+    let client = like.client.clone();
+    // Bindings a launch does not read get a buffer of their own: WebGPU refuses a writable buffer bound twice.
+    let unread = || client.empty(size_of::<f32>());
     let (cos, sin) = match rope {
-        Some(rope) => (bound(rope.cos.clone()), bound(rope.sin.clone())),
-        // Bound but not read: the first input stands in for the tables.
-        None => (bound(first.x.clone()), bound(first.x.clone())),
+        Some(rope) => (bound(rope.cos.clone()).handle, bound(rope.sin.clone()).handle),
+        None => (unread(), unread()),
     };
-    let client = cos.client.clone();
     let out = client.empty(b * heads * total * d * size_of::<f32>());
     let mut offset = 0;
-    for part in parts {
-        let n = part.x.dims()[1];
-        let flags = part.norm_scale.is_some() as u32 | (rope.is_some() as u32) << 1;
-        let scale = part.norm_scale.map(bound).unwrap_or_else(|| cos.clone());
-        let x = bound(part.x);
-        let dims = [b, n, heads, d, total, offset].map(|v| v as u32);
+    let mut parts = parts.into_iter().peekable();
+    while let Some(a) = parts.next() {
+        let b_part = parts.next();
+        let tokens = [Some(&a), b_part.as_ref()].map(|p| p.map_or(0, |p| p.x.dims()[1]));
+        let flags = a.norm_scale.is_some() as u32
+            | (b_part.as_ref().is_some_and(|p| p.norm_scale.is_some()) as u32) << 1
+            | (rope.is_some() as u32) << 2;
+        let scale = |p: Option<&HeadInput>| match p.and_then(|p| p.norm_scale.clone()) {
+            Some(scale) => bound(scale).handle,
+            None => unread(),
+        };
+        let (scale_a, scale_b) = (scale(Some(&a)), scale(b_part.as_ref()));
+        let x_a = bound(a.x).handle;
+        let x_b = b_part.map_or_else(unread, |p| bound(p.x).handle);
+        let dims = [b, tokens[0], tokens[1], heads, d, total, offset].map(|v| v as u32);
         let dims = params(&client, &[&dims[..], &[flags, (eps as f32).to_bits()]].concat());
-        let (gx, gy) = grid((b * n * heads).div_ceil(HEAD_ROWS_PER_GROUP));
-        let buffers =
-            [&x.handle, &scale.handle, &cos.handle, &sin.handle, &out, &dims].map(|h| h.clone().binding()).to_vec();
-        client.launch(
-            Box::new(SPLIT_HEADS),
-            burn::cubecl::prelude::CubeCount::Static(gx, gy, 1),
-            burn::cubecl::server::KernelArguments::new().with_buffers(buffers),
-        );
-        offset += n;
+        let (gx, gy) = grid((b * (tokens[0] + tokens[1]) * heads).div_ceil(HEAD_ROWS_PER_GROUP));
+        let buffers = [&x_a, &x_b, &scale_a, &scale_b, &cos, &sin, &out, &dims].map(|h| h.clone().binding()).to_vec();
+        launch(&client, SPLIT_HEADS, (gx, gy), buffers);
+        offset += tokens[0] + tokens[1];
     }
-    Ok(tensor_from_handle(&cos, out, [b, heads, total, d]))
+    Ok(tensor_from_handle(&like, out, [b, heads, total, d]))
+}
+
+/// The attention's output `[b, heads, n, d]` back to token-major rows `[b, n, heads·d]`, cut after `split`
+/// tokens: `(rows of the first split tokens, rows of the rest)` (the text and image streams of a double block);
+/// `0 < split < n`.
+pub fn merge_heads_split(attention: Tensor<4>, split: usize) -> (Tensor<3>, Tensor<3>) {
+    let [b, heads, n, d] = attention.dims();
+    if !on_kernels(&[(&attention.device(), attention.dtype())]) || index(b * heads * n * d, "size").is_err() {
+        return reference::merge_heads_split(attention, split);
+    }
+    let src = bound(attention);
+    let client = &src.client;
+    let width = heads * d;
+    let (first, rest) = (client.empty(b * split * width * 4), client.empty(b * (n - split) * width * 4));
+    let dims = params(client, &[b, heads, n, d, 0, n, split, width, 0].map(|v| v as u32));
+    let buffers = [&src.handle, &first, &rest, &dims].map(|h| h.clone().binding()).to_vec();
+    launch_1d(client, MERGE_HEADS, b * n * width, buffers);
+    (tensor_from_handle(&src, first, [b, split, width]), tensor_from_handle(&src, rest, [b, n - split, width]))
+}
+
+/// A single block's input to `linear2` for the tokens `tokens` of the attention's output `[b, heads, n, d]`
+/// and their MLP activation `mlp` `[b, tokens.len(), w]`: `[b, tokens.len(), heads·d + w]`, the merged heads
+/// beside `gelu_tanh(mlp)`, written in place by two kernels on wgpu.
+pub fn merged_heads_beside_gelu(attention: Tensor<4>, tokens: Range<usize>, mlp: Tensor<3>) -> Tensor<3> {
+    let [b, heads, n, d] = attention.dims();
+    let [_, len, w] = mlp.dims();
+    let tensors = [(&attention.device(), attention.dtype()), (&mlp.device(), mlp.dtype())];
+    let width = heads * d + w;
+    let fits = tokens.end <= n && len == tokens.len() && index(b * n.max(len) * width.max(heads * d), "size").is_ok();
+    if !on_kernels(&tensors) || !fits {
+        return reference::merged_heads_beside_gelu(attention, tokens, mlp);
+    }
+    let (src, mlp) = (bound(attention), bound(mlp));
+    let client = &src.client;
+    let out = client.empty(b * len * width * size_of::<f32>());
+    let unread = client.empty(size_of::<f32>());
+    let merge = params(client, &[b, heads, n, d, tokens.start, len, len, width, 0].map(|v| v as u32));
+    let buffers = [&src.handle, &out, &unread, &merge].map(|h| h.clone().binding()).to_vec();
+    launch_1d(client, MERGE_HEADS, b * len * heads * d, buffers);
+    let gelu = params(client, &[b * len * w, w, width, heads * d].map(|v| v as u32));
+    launch_1d(client, GELU_TANH, b * len * w, [&mlp.handle, &out, &gelu].map(|h| h.clone().binding()).to_vec());
+    tensor_from_handle(&src, out, [b, len, width])
+}
+
+/// `(x + gate · y, LayerNorm(x + gate · y) · (1 + scale) + shift)`: a gated residual add and the next
+/// sub-layer's normalised, modulated input, in one kernel on wgpu. `x` and `y` `[b, n, w]`, the others
+/// `[b, 1, w]`.
+pub fn residual_layer_norm_modulate(
+    x: Tensor<3>,
+    gate: Tensor<3>,
+    y: Tensor<3>,
+    shift: Tensor<3>,
+    scale: Tensor<3>,
+    eps: f64,
+) -> (Tensor<3>, Tensor<3>) {
+    let [b, n, w] = x.dims();
+    let all = [&x, &gate, &y, &shift, &scale];
+    let tensors: Vec<_> = all.iter().map(|t| (t.device(), t.dtype())).collect();
+    let tensors: Vec<_> = tensors.iter().map(|(device, dtype)| (device, *dtype)).collect();
+    let rows_fit = [&gate, &shift, &scale].iter().all(|t| t.dims() == [b, 1, w]) && y.dims() == [b, n, w];
+    if !on_kernels(&tensors) || !rows_fit || index(b * n * w, "size").is_err() {
+        return reference::residual_layer_norm_modulate(x, gate, y, shift, scale, eps);
+    }
+    let [x, gate, y, shift, scale] = [x, gate, y, shift, scale].map(bound);
+    let client = &x.client;
+    let (sum, normed) = (client.empty(b * n * w * 4), client.empty(b * n * w * 4));
+    let dims = params(client, &[(b * n) as u32, w as u32, n as u32, (eps as f32).to_bits()]);
+    let buffers = [&x.handle, &gate.handle, &y.handle, &shift.handle, &scale.handle, &sum, &normed, &dims]
+        .map(|h| h.clone().binding())
+        .to_vec();
+    launch(client, RESIDUAL_LAYER_NORM_MODULATE, grid(b * n), buffers);
+    (tensor_from_handle(&x, sum, [b, n, w]), tensor_from_handle(&x, normed, [b, n, w]))
+}
+
+/// Launches `kernel` on `groups` workgroups.
+fn launch(client: &Client, kernel: WgslKernel, groups: (u32, u32), buffers: Vec<BufferBinding>) {
+    let arguments = KernelArguments::new().with_buffers(buffers);
+    client.launch(Box::new(kernel), CubeCount::Static(groups.0, groups.1, 1), arguments);
 }
 
 /// The plain-ops twins of the kernels: the path on devices other than wgpu and the reference in tests.
 pub mod reference {
+    use std::ops::Range;
+
     use burn::tensor::Tensor;
 
     use super::{HeadInput, RopeTables};
@@ -231,6 +325,38 @@ pub mod reference {
         let out0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
         let out1 = x0 * sin + x1 * cos;
         Tensor::stack::<5>(vec![out0, out1], 4).reshape([b, h, n, d]) // [b, h, n, d/2, 2] → [b, h, n, d]
+    }
+
+    /// [`super::residual_layer_norm_modulate`] in plain ops.
+    pub fn residual_layer_norm_modulate(
+        x: Tensor<3>,
+        gate: Tensor<3>,
+        y: Tensor<3>,
+        shift: Tensor<3>,
+        scale: Tensor<3>,
+        eps: f64,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let sum = gated_add(x, gate, y);
+        (sum.clone(), layer_norm_modulate(sum, shift, scale, eps))
+    }
+
+    /// `[b, heads, n, d]` → `[b, n, heads·d]`.
+    pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
+        let [b, h, n, d] = x.dims();
+        x.swap_dims(1, 2).reshape([b, n, h * d])
+    }
+
+    /// [`super::merge_heads_split`] in plain ops.
+    pub fn merge_heads_split(attention: Tensor<4>, split: usize) -> (Tensor<3>, Tensor<3>) {
+        let merged = merge_heads(attention);
+        let n = merged.dims()[1];
+        (merged.clone().narrow(1, 0, split), merged.narrow(1, split, n - split))
+    }
+
+    /// [`super::merged_heads_beside_gelu`] in plain ops.
+    pub fn merged_heads_beside_gelu(attention: Tensor<4>, tokens: Range<usize>, mlp: Tensor<3>) -> Tensor<3> {
+        let attention = merge_heads(attention).narrow(1, tokens.start, tokens.len());
+        Tensor::cat(vec![attention, gelu_tanh(mlp)], 2)
     }
 
     /// [`super::split_heads`] in plain ops (shapes checked by the caller).

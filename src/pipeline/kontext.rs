@@ -1,6 +1,8 @@
 //! One Kontext edit on already-loaded networks: text → embeddings, references → latent tokens and ids,
 //! noise → Euler steps through the DiT → VAE decode. Backend-agnostic; readback only at the end, async.
 
+use std::sync::OnceLock;
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::ids::{self, Position};
@@ -9,6 +11,7 @@ use super::sampler::{Denoiser, Sampler};
 use super::schedule::{self, ShiftConfig};
 use crate::formats::weights::Weights;
 use crate::kernels::latent;
+use crate::model::flux::rope::Rope;
 use crate::model::flux::{Flux, Modulations};
 use crate::model::vae::Vae;
 use crate::model::vae::tiling;
@@ -67,6 +70,8 @@ pub struct Conditioning {
     image_ids: Tensor<2>,
     guidance: f32,
     noise_tokens: usize,
+    /// The RoPE angles of `[text, image]` tokens, computed at the first step and reused by the others.
+    rope: OnceLock<Rope>,
 }
 
 impl Conditioning {
@@ -103,7 +108,8 @@ impl Conditioning {
         let noise_tokens = noise_ids.len();
         let image_ids = positions_tensor(&[noise_ids, references.ids].concat(), device);
         let text_ids = positions_tensor(&ids::text_ids(text.t5.dims()[1]), device);
-        Self { modulations, text, text_ids, references: references.tokens, image_ids, guidance, noise_tokens }
+        let references = references.tokens;
+        Self { modulations, text, text_ids, references, image_ids, guidance, noise_tokens, rope: OnceLock::new() }
     }
 }
 
@@ -132,14 +138,14 @@ impl Denoiser for KontextDenoiser<'_> {
                 &computed[0]
             }
         };
-        let out = self.flux.forward_streaming(
-            img,
-            c.image_ids.clone(),
-            c.text.t5.clone(),
-            c.text_ids.clone(),
-            modulations,
-            self.streamed,
-        )?;
+        let rope = match c.rope.get() {
+            Some(rope) => rope,
+            None => {
+                let rope = self.flux.rope(c.text_ids.clone(), c.image_ids.clone())?;
+                c.rope.get_or_init(|| rope)
+            }
+        };
+        let out = self.flux.forward_rotated(img, c.text.t5.clone(), rope, modulations, self.streamed)?;
         Ok(out.narrow(1, 0, c.noise_tokens))
     }
 }

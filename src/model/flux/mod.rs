@@ -96,12 +96,6 @@ fn for_token_chunks(x: Tensor<3>, width: usize, f: impl Fn(Tensor<3>, Range<usiz
     Tensor::cat(outputs, 1)
 }
 
-/// `[b, heads, n, d]` → `[b, n, heads·d]`.
-fn merge_heads(x: Tensor<4>) -> Tensor<3> {
-    let [b, h, n, d] = x.dims();
-    x.swap_dims(1, 2).reshape([b, n, h * d])
-}
-
 /// RMSNorm over the last axis with a learned scale (BFL `RMSNorm`).
 #[derive(Module, Debug)]
 pub struct RmsNorm {
@@ -158,6 +152,13 @@ impl ModulationOut {
     /// `x + gate · y`, the gated residual add (one kernel on wgpu).
     fn gated_add(&self, x: Tensor<3>, y: Tensor<3>) -> Tensor<3> {
         fused::gated_add(x, self.gate.clone(), y)
+    }
+
+    /// `(x + gate · y, next.norm_modulate(x + gate · y))`: this sub-layer's residual add and the next one's
+    /// input (one kernel on wgpu).
+    fn gated_add_norm(&self, x: Tensor<3>, y: Tensor<3>, next: &ModulationOut) -> (Tensor<3>, Tensor<3>) {
+        let (gate, shift, scale) = (self.gate.clone(), next.shift.clone(), next.scale.clone());
+        fused::residual_layer_norm_modulate(x, gate, y, shift, scale, NORM_EPS)
     }
 }
 
@@ -338,14 +339,13 @@ impl DoubleStreamBlock {
             self.img_attn.stream(m.img_attn.norm_modulate(img.clone())),
         ];
         let [q, k, v] = joint_qkv(&streams, self.img_attn.proj.d_out(), self.num_heads, rope)?; // [b, h, n_txt + n_img, d]
-        let attn = merge_heads(attention(q, k, v)); // [b, n_txt + n_img, hidden]
-        let txt_attn = attn.clone().narrow(1, 0, n_txt);
-        let img_attn = attn.narrow(1, n_txt, n_img);
+        let (txt_attn, img_attn) = fused::merge_heads_split(attention(q, k, v), n_txt); // [b, n_*, hidden]
+        debug_assert_eq!(img_attn.dims()[1], n_img);
 
-        let img = m.img_attn.gated_add(img, self.img_attn.proj.forward(img_attn));
-        let img = m.img_mlp.gated_add(img.clone(), self.img_mlp.forward(m.img_mlp.norm_modulate(img)));
-        let txt = m.txt_attn.gated_add(txt, self.txt_attn.proj.forward(txt_attn));
-        let txt = m.txt_mlp.gated_add(txt.clone(), self.txt_mlp.forward(m.txt_mlp.norm_modulate(txt)));
+        let (img, img_normed) = m.img_attn.gated_add_norm(img, self.img_attn.proj.forward(img_attn), &m.img_mlp);
+        let img = m.img_mlp.gated_add(img, self.img_mlp.forward(img_normed));
+        let (txt, txt_normed) = m.txt_attn.gated_add_norm(txt, self.txt_attn.proj.forward(txt_attn), &m.txt_mlp);
+        let txt = m.txt_mlp.gated_add(txt, self.txt_mlp.forward(txt_normed));
         Ok((img, txt))
     }
 }
@@ -400,17 +400,39 @@ impl SingleStreamBlock {
     /// `x` `[b, n_txt + n_img, hidden]`. q, k and v are computed for all tokens, one at a time; the MLP input,
     /// GELU and `linear2` in token chunks whose `[b, chunk, hidden + mlp_hidden]` input of `linear2` fits.
     pub fn forward(&self, x: Tensor<3>, m: &ModulationOut, rope: &Rope) -> Result<Tensor<3>> {
+        let update = self.update(m.norm_modulate(x.clone()), rope)?;
+        Ok(m.gated_add(x, update))
+    }
+
+    /// [`SingleStreamBlock::forward`] for `x` already normalised and modulated (`normed`, by the block before),
+    /// returning the block's output and its normalised input to the next sub-layer, modulated with `next`'s
+    /// `(shift, scale)`: in a chain of blocks each LayerNorm runs in the residual add before it.
+    pub fn forward_normed(
+        &self,
+        x: Tensor<3>,
+        normed: Tensor<3>,
+        m: &ModulationOut,
+        rope: &Rope,
+        next: (&Tensor<3>, &Tensor<3>),
+    ) -> Result<(Tensor<3>, Tensor<3>)> {
+        let update = self.update(normed, rope)?;
+        let (gate, shift, scale) = (m.gate.clone(), next.0.clone(), next.1.clone());
+        Ok(fused::residual_layer_norm_modulate(x, gate, update, shift, scale, NORM_EPS))
+    }
+
+    /// What the block adds to `x` before its gate: `linear2([attention, gelu(mlp)])` of the normalised,
+    /// modulated `normed`.
+    fn update(&self, normed: Tensor<3>, rope: &Rope) -> Result<Tensor<3>> {
         let (hidden, width) = (self.hidden_size, self.linear1.d_out());
-        let normed = m.norm_modulate(x.clone());
         let stream = StreamQkv { projection: &self.linear1, norm: &self.norm, x: normed.clone() };
         let [q, k, v] = joint_qkv(&[stream], hidden, self.num_heads, rope)?;
-        let attn = merge_heads(attention(q, k, v)); // [b, n, hidden]
+        let attn = attention(q, k, v); // [b, heads, n, d]
         let out = for_token_chunks(normed, width - 2 * hidden, |normed, tokens| {
-            let mlp = fused::gelu_tanh(self.linear1.forward_columns(normed, 3 * hidden..width));
-            let attn = attn.clone().narrow(1, tokens.start, tokens.len());
-            self.linear2.forward(Tensor::cat(vec![attn, mlp], 2)) // over [b, chunk, hidden + mlp_hidden]
+            let mlp = self.linear1.forward_columns(normed, 3 * hidden..width);
+            // over [b, chunk, hidden + mlp_hidden]: the chunk's attention beside gelu(mlp)
+            self.linear2.forward(fused::merged_heads_beside_gelu(attn.clone(), tokens, mlp))
         });
-        Ok(m.gated_add(x, out))
+        Ok(out)
     }
 }
 
@@ -443,6 +465,33 @@ pub struct Modulations {
     pub final_shift: Tensor<3>,
     /// Scale of the final layer, `[b, 1, hidden]`.
     pub final_scale: Tensor<3>,
+}
+
+impl ModulationOut {
+    /// The values of sample `i` of a batch, `[1, 1, hidden]` each.
+    fn sample(&self, i: usize) -> Self {
+        let row = |t: &Tensor<3>| t.clone().narrow(0, i, 1);
+        Self { shift: row(&self.shift), scale: row(&self.scale), gate: row(&self.gate) }
+    }
+}
+
+impl Modulations {
+    /// The modulations of sample `i` of a batch ([`Flux::schedule_modulations`] batches the steps).
+    pub fn sample(&self, i: usize) -> Self {
+        Self {
+            double: (self.double.iter())
+                .map(|m| DoubleModulation {
+                    img_attn: m.img_attn.sample(i),
+                    img_mlp: m.img_mlp.sample(i),
+                    txt_attn: m.txt_attn.sample(i),
+                    txt_mlp: m.txt_mlp.sample(i),
+                })
+                .collect(),
+            single: self.single.iter().map(|m| m.sample(i)).collect(),
+            final_shift: self.final_shift.clone().narrow(0, i, 1),
+            final_scale: self.final_scale.clone().narrow(0, i, 1),
+        }
+    }
 }
 
 /// A set of the DiT's linear layers, by checkpoint key.
@@ -752,23 +801,25 @@ impl Flux {
         })
     }
 
-    /// The modulations of every step of a denoising schedule (`sigmas`: the σ of each step), computed before
-    /// the loop so that the modulation weights can be released during it.
+    /// The modulations of every step of a denoising schedule (`sigmas`: the σ of each step) for one sample
+    /// (`y` `[1, vec_in_dim]`), computed before the loop so that the modulation weights can be released during
+    /// it. All steps run as one batch: each modulation weight is read once for the whole schedule.
     pub fn schedule_modulations(
         &self,
         sigmas: &[f32],
         y: Tensor<2>,
         guidance: Option<f32>,
     ) -> Result<Vec<Modulations>> {
+        let steps = sigmas.len();
+        if steps == 0 {
+            return Ok(Vec::new());
+        }
+        expect_dims("y (pooled text vector)", &y.dims(), &[1, self.config.vec_in_dim])?;
         let device = y.device();
-        sigmas
-            .iter()
-            .map(|&sigma| {
-                let timesteps = Tensor::<1>::from_data(TensorData::new(vec![sigma], [1]), &device);
-                let guidance = guidance.map(|g| Tensor::<1>::from_data(TensorData::new(vec![g], [1]), &device));
-                self.modulations(self.conditioning(timesteps, y.clone(), guidance)?)
-            })
-            .collect()
+        let timesteps = Tensor::<1>::from_data(TensorData::new(sigmas.to_vec(), [steps]), &device);
+        let guidance = guidance.map(|g| Tensor::<1>::from_data(TensorData::new(vec![g; steps], [steps]), &device));
+        let batch = self.modulations(self.conditioning(timesteps, y.repeat_dim(0, steps), guidance)?)?; // [steps, 1, …]
+        Ok((0..steps).map(|step| batch.sample(step)).collect())
     }
 
     /// Predicts the velocity of every image token.
@@ -817,21 +868,42 @@ impl Flux {
         modulations: &Modulations,
         weights: Option<&dyn Weights>,
     ) -> Result<Tensor<3>> {
+        let axes = self.config.axes_dim.len();
+        expect_dims("img_ids", &img_ids.dims(), &[img.dims()[1], axes])?;
+        expect_dims("txt_ids", &txt_ids.dims(), &[txt.dims()[1], axes])?;
+        let rope = self.rope(txt_ids, img_ids)?;
+        self.forward_rotated(img, txt, &rope, modulations, weights)
+    }
+
+    /// The RoPE angles of the text tokens at `txt_ids` (`[n_txt, axes]`) followed by the image tokens at
+    /// `img_ids` (`[n_img, axes]`): the same for every step of an edit ([`Flux::forward_rotated`]).
+    pub fn rope(&self, txt_ids: Tensor<2>, img_ids: Tensor<2>) -> Result<Rope> {
+        Rope::new(Tensor::cat(vec![txt_ids, img_ids], 0), &self.config.axes_dim, self.config.theta)
+    }
+
+    /// [`Flux::forward_streaming`] with the RoPE angles of the text and image tokens computed beforehand by
+    /// [`Flux::rope`].
+    pub fn forward_rotated(
+        &self,
+        img: Tensor<3>,
+        txt: Tensor<3>,
+        rope: &Rope,
+        modulations: &Modulations,
+        weights: Option<&dyn Weights>,
+    ) -> Result<Tensor<3>> {
         let config = &self.config;
         let [b, n_img, _] = img.dims();
         let n_txt = txt.dims()[1];
-        let axes = config.axes_dim.len();
         expect_dims("img", &img.dims(), &[b, n_img, config.in_channels])?;
         expect_dims("txt", &txt.dims(), &[b, n_txt, config.context_in_dim])?;
-        expect_dims("img_ids", &img_ids.dims(), &[n_img, axes])?;
-        expect_dims("txt_ids", &txt_ids.dims(), &[n_txt, axes])?;
+        expect_dims("rope", &rope.cos.dims()[..3], &[1, 1, n_txt + n_img])?;
         expect_dims("modulations", &modulations.final_shift.dims(), &[b, 1, config.hidden_size])?;
         if modulations.double.len() != self.double_blocks.len() || modulations.single.len() != self.single_blocks.len()
         {
             return Err(Error::Invalid("the modulations were computed for a different model".into()));
         }
 
-        let rope = Rope::new(Tensor::cat(vec![txt_ids, img_ids], 0), &config.axes_dim, config.theta)?;
+        let rope = rope.clone();
         let mut img = self.img_in.forward(img);
         let mut txt = self.txt_in.forward(txt);
         let device = img.device();
@@ -840,13 +912,17 @@ impl Flux {
             (img, txt) = block.forward(img, txt, m, &rope)?;
         }
         let mut x = Tensor::cat(vec![txt, img], 1); // [b, n_txt + n_img, hidden]
+        // Each single block's LayerNorm runs in the residual add of the block before it; the last block's
+        // residual add normalises for the final layer.
+        let final_norm = (&modulations.final_shift, &modulations.final_scale);
+        let (shift, scale) = modulations.single.first().map_or(final_norm, |m| (&m.shift, &m.scale));
+        let mut normed = fused::layer_norm_modulate(x.clone(), shift.clone(), scale.clone(), NORM_EPS);
         for (i, (block, m)) in self.single_blocks.iter().zip(&modulations.single).enumerate() {
-            x = on_device(block, &format!("single_blocks.{i}"), weights, &device)?.forward(x, m, &rope)?;
+            let next = modulations.single.get(i + 1).map_or(final_norm, |m| (&m.shift, &m.scale));
+            let block = on_device(block, &format!("single_blocks.{i}"), weights, &device)?;
+            (x, normed) = block.forward_normed(x, normed, m, &rope, next)?;
         }
-        let img = x.narrow(1, n_txt, n_img);
-        let (shift, scale) = (modulations.final_shift.clone(), modulations.final_scale.clone());
-        let img = fused::layer_norm_modulate(img, shift, scale, NORM_EPS);
-        Ok(self.final_layer.linear.forward(img))
+        Ok(self.final_layer.linear.forward(normed.narrow(1, n_txt, n_img)))
     }
 }
 
@@ -996,6 +1072,37 @@ mod tests {
             assert_eq!(remapped.shape(name), bfl.shape(name), "{name}");
             assert_eq!(remapped.read(name).unwrap(), bfl.read(name).unwrap(), "{name}");
         }
+    }
+
+    /// The schedule's modulations, computed as one batch, equal each step's computed alone; a neighbouring
+    /// step's do not.
+    #[test]
+    fn batched_schedule_modulations_equal_each_step_alone() {
+        let device = cpu();
+        let model = Flux::load(&FluxConfig::tiny(), &FixtureFile::open(BFL), &device).unwrap();
+        let y = Tensor::<2>::from_data(
+            TensorData::new(vec![0.3f32; model.config.vec_in_dim], [1, model.config.vec_in_dim]),
+            &device,
+        );
+        let sigmas = [1.0f32, 0.6, 0.25];
+        let batched = model.schedule_modulations(&sigmas, y.clone(), Some(3.5)).unwrap();
+        assert_eq!(batched.len(), 3);
+        for (step, &sigma) in sigmas.iter().enumerate() {
+            let one = |v: f32| Tensor::<1>::from_data(TensorData::new(vec![v], [1]), &device);
+            let alone = model.modulations(model.conditioning(one(sigma), y.clone(), Some(one(3.5))).unwrap()).unwrap();
+            let values = |m: &Modulations| {
+                let mut parts = vec![m.final_shift.clone(), m.final_scale.clone(), m.single[0].gate.clone()];
+                parts.extend([m.double[0].img_attn.shift.clone(), m.double[0].txt_mlp.scale.clone()]);
+                Tensor::cat(parts, 2).into_data()
+            };
+            let expected = values(&alone);
+            values(&batched[step]).assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-6));
+            let neighbour = values(&batched[(step + 1) % 3]);
+            let diff =
+                neighbour.iter::<f32>().zip(expected.iter::<f32>()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(diff > 1e-3, "step {step}: the neighbouring step's modulations are within {diff}");
+        }
+        assert!(model.schedule_modulations(&[], y, Some(3.5)).unwrap().is_empty());
     }
 
     /// Step 0 internals against diffusers' hooks, to localise a mismatch.
