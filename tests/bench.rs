@@ -61,14 +61,24 @@ fn bench_reports_matmul_attention_and_step_with_positive_numbers() {
     }
     assert_eq!(report["attention_bytes_computed"], true);
 
-    let step = report["step"].as_array().expect("a step section");
+    // The f16 row where the adapter has shader-f16 (lavapipe does); the checks below read the others.
+    let all_rows = report["step"].as_array().expect("a step section");
+    let rows_f16: Vec<&serde_json::Value> = all_rows.iter().filter(|r| r["precision"] == "f16").collect();
+    assert_eq!(rows_f16.len(), f16 as usize, "{}", report["step"]);
+    for row in &rows_f16 {
+        assert_eq!((row["weights"].as_str(), row["streamed"].as_bool()), (Some("Q8_0"), Some(false)), "{row}");
+        positive(row, "seconds");
+        positive(row, "dispatches_per_step");
+        assert!(row["plain_seconds"].is_null(), "the plain ops have no f16 activations: {row}");
+    }
+    let step: Vec<serde_json::Value> = all_rows.iter().filter(|r| r["precision"] == "f32").cloned().collect();
     let weights: Vec<&str> = step.iter().map(|row| row["weights"].as_str().unwrap()).collect();
     assert_eq!(weights, ["F32", "Q8_0", "Q4_0", "Q4_0"]);
     let streamed: Vec<bool> = step.iter().map(|row| row["streamed"].as_bool().unwrap()).collect();
     assert_eq!(streamed, [false, false, false, true]);
     assert_eq!(step[0]["packed_linears"], 0);
     assert_eq!(step[0]["ratio_to_f32"], 1.0);
-    for row in step {
+    for row in &step {
         positive(row, "seconds");
         positive(row, "ratio_to_f32");
         positive(row, "device_bytes");
@@ -83,8 +93,11 @@ fn bench_reports_matmul_attention_and_step_with_positive_numbers() {
     // the top-level figures are those of the first packed row (Q8_0). The fused kernels keep a double block at
     // 12 matmuls and 13 other launches and a single block at 5 + 7 (measured; their sum is checked, not a
     // bound, so that a change in either direction is seen).
-    for row in step {
+    for row in &step {
         positive(row, "dispatches_per_step");
+        // The plain-ops reference path beside each row.
+        let speedup = positive(row, "plain_seconds") / positive(row, "seconds");
+        assert!((speedup - positive(row, "speedup_over_plain")).abs() < 1e-9 * speedup.max(1.0), "{row}");
     }
     let per_block = |row: &serde_json::Value, key: &str| -> u64 {
         row[key].as_array().expect("kernels by name").iter().map(|k| k[1].as_u64().unwrap()).sum()

@@ -181,3 +181,69 @@ fn forward_with_a_lora_on_packed_q8_0_matches_its_golden() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `kontext make-random` writes the bench's random-weight Flux as a GGUF that `kontext inspect` recognises with
+/// the preset's config and that loads packed on wgpu into the same model as the bench's in-memory weights:
+/// equal outputs, where the file of the other block type differs.
+#[test]
+fn make_random_writes_the_bench_model_as_a_gguf() {
+    use burn::tensor::{Tensor, TensorData};
+    use kontext_web::device::selfcheck::test_matrix;
+    use kontext_web::formats::gguf::GgufFile;
+    use kontext_web::formats::quant::GgmlType;
+    use kontext_web::harness::bench::{RandomFlux, Sizes};
+    use kontext_web::harness::testing::gpu;
+    use kontext_web::model::flux::Flux;
+
+    let dir = std::env::temp_dir().join(format!("kontext-make-random-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |ty: &str| dir.join(format!("random-{ty}.gguf"));
+    for ty in ["Q8_0", "Q4_0"] {
+        let out = file(ty);
+        let printed = run_ok(&["make-random", "--preset", "tiny", "--type", ty, "--out", out.to_str().unwrap()]);
+        assert!(String::from_utf8_lossy(&printed.stdout).contains("bytes"), "{printed:?}");
+    }
+    let report = run_ok(&["inspect", file("Q8_0").to_str().unwrap(), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let config = Sizes::tiny().step_config;
+    assert_eq!(report["architecture"], "flux", "{report}");
+    assert_eq!(report["config"]["hidden_size"].as_u64(), Some(config.hidden_size as u64), "{report}");
+    assert_eq!(report["config"]["depth_single_blocks"].as_u64(), Some(config.depth_single_blocks as u64));
+
+    let device = gpu();
+    let n_img = 16;
+    let values = |n: usize, salt: u32| test_matrix(1, n, salt);
+    let forward = |flux: &Flux| -> Vec<f32> {
+        let axes = config.axes_dim.len();
+        let img_ids: Vec<f32> = (0..n_img).flat_map(|i| [0.0, (i / 4) as f32, (i % 4) as f32]).collect();
+        let img = TensorData::new(values(n_img * config.in_channels, 1), [1, n_img, config.in_channels]);
+        let txt = TensorData::new(values(8 * config.context_in_dim, 2), [1, 8, config.context_in_dim]);
+        let y = TensorData::new(values(config.vec_in_dim, 3), [1, config.vec_in_dim]);
+        let out = flux
+            .forward(
+                Tensor::from_data(img, &device),
+                Tensor::from_data(TensorData::new(img_ids, [n_img, axes]), &device),
+                Tensor::from_data(txt, &device),
+                Tensor::zeros([8, axes], &device),
+                Tensor::from_data(TensorData::new(vec![0.7f32], [1]), &device),
+                Tensor::from_data(y, &device),
+                Some(Tensor::from_data(TensorData::new(vec![2.5f32], [1]), &device)),
+            )
+            .unwrap();
+        out.into_data().iter::<f32>().collect()
+    };
+    let in_memory =
+        forward(&Flux::load(&config, &RandomFlux::new(&config, Some(GgmlType::Q8_0)).unwrap(), &device).unwrap());
+    let from_file = |ty: &str| {
+        let gguf = GgufFile::open(std::fs::read(file(ty)).unwrap()).unwrap();
+        let flux = Flux::load(&config, &gguf, &device).unwrap();
+        assert!(flux.packed_linears() > 0, "{ty}: the file's blocks stay packed");
+        forward(&flux)
+    };
+    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let (same, other) = (max_diff(&from_file("Q8_0"), &in_memory), max_diff(&from_file("Q4_0"), &in_memory));
+    eprintln!("make-random Q8_0 file against the in-memory Q8_0 model: {same:e}; the Q4_0 file: {other:e}");
+    assert!(same <= 1e-6, "{same}");
+    assert!(other > 1e-3, "{other}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -3,6 +3,7 @@
 //! tensors are then read one at a time through [`weights::Weights`].
 
 pub mod gguf;
+pub mod gguf_writer;
 pub mod quant;
 pub mod safetensors;
 pub mod source;

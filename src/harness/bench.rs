@@ -42,10 +42,18 @@ pub struct Sizes {
     /// Text tokens of the DiT step.
     pub step_text_tokens: usize,
     /// Weights of the DiT step, one row each: `F32`, `Q8_0`, `Q4_0`; `-streamed` after one (`Q4_0-streamed`)
-    /// keeps only the layers outside the blocks on the device and uploads each block as the step reaches it.
+    /// keeps only the layers outside the blocks on the device and uploads each block as the step reaches it;
+    /// `-f16` runs the packed matmuls with f16 activations (a row only where the adapter has `shader-f16`).
     pub step_weights: Vec<String>,
+    /// Whether each step row is also timed through the plain-ops reference path ([`StepRow::plain_seconds`]).
+    #[serde(default = "default_step_plain")]
+    pub step_plain: bool,
     /// Timed calls per measurement (after one warm-up call).
     pub repeats: usize,
+}
+
+fn default_step_plain() -> bool {
+    true
 }
 
 impl Sizes {
@@ -62,6 +70,7 @@ impl Sizes {
             step_image_tokens: 1024,
             step_text_tokens: 512,
             step_weights: all_step_weights(),
+            step_plain: true,
             repeats: 3,
         }
     }
@@ -80,7 +89,9 @@ impl Sizes {
             step_config: FluxConfig::kontext_dev(),
             step_image_tokens: 8192,
             step_text_tokens: 512,
-            step_weights: vec!["Q4_0".into(), "Q4_0-streamed".into()],
+            step_weights: vec!["Q4_0".into(), "Q4_0-f16".into(), "Q4_0-streamed".into()],
+            // Dense f32 weights of the real DiT (48 GB) and their step would not fit a short lease.
+            step_plain: false,
             repeats: 2,
         }
     }
@@ -93,7 +104,7 @@ impl Sizes {
             matmul_kn: vec![],
             attention_l: vec![2560],
             step_image_tokens: 2048,
-            step_weights: vec!["Q4_0".into(), "Q4_0-streamed".into()],
+            step_weights: vec!["Q4_0".into(), "Q4_0-f16".into(), "Q4_0-streamed".into()],
             repeats: 3,
             ..Self::gpu()
         }
@@ -142,6 +153,7 @@ impl Sizes {
             step_image_tokens: 256,
             step_text_tokens: 128,
             step_weights: all_step_weights(),
+            step_plain: true,
             repeats: 3,
         }
     }
@@ -159,13 +171,14 @@ impl Sizes {
             step_image_tokens: 64,
             step_text_tokens: 32,
             step_weights: all_step_weights(),
+            step_plain: true,
             repeats: 2,
         }
     }
 }
 
 fn all_step_weights() -> Vec<String> {
-    ["F32", "Q8_0", "Q4_0", "Q4_0-streamed"].map(String::from).to_vec()
+    ["F32", "Q8_0", "Q8_0-f16", "Q4_0", "Q4_0-streamed"].map(String::from).to_vec()
 }
 
 /// A Flux of `hidden` width in `heads` heads with `depth` double and `single` single blocks and text tokens
@@ -261,6 +274,9 @@ pub struct StepRow {
     /// Whether the blocks were uploaded as the step reached them ([`crate::model::flux::Flux::forward_streaming`]).
     #[serde(default)]
     pub streamed: bool,
+    /// Activations of the packed matmuls in this row.
+    #[serde(default = "default_precision")]
+    pub precision: Precision,
     /// Linear layers kept in ggml blocks on the device (when loaded whole).
     pub packed_linears: usize,
     /// Bytes the weights occupy on the device between steps.
@@ -272,6 +288,15 @@ pub struct StepRow {
     pub seconds: f64,
     /// `seconds / seconds of F32` (1 when no F32 row came first): below 1, faster than f32.
     pub ratio_to_f32: f64,
+    /// Seconds per transformer call of the same model through the plain-ops reference path (our kernels off,
+    /// [`crate::kernels::with_plain_ops`]: weights dequantized to dense f32, burn's ops, attention on
+    /// materialised scores), timed after every row; `None` where the step ran no kernel of ours (the CPU), for
+    /// f16 rows and when [`Sizes::step_plain`] is off.
+    #[serde(default)]
+    pub plain_seconds: Option<f64>,
+    /// `plain_seconds / seconds`: above 1, our kernels are faster than the plain ops.
+    #[serde(default)]
+    pub speedup_over_plain: Option<f64>,
     /// Kernel launches (ours and burn's, [`crate::device::launches`]) of one transformer call, counted after
     /// the timed calls; `None` where the backend launches no kernels (the CPU).
     #[serde(default)]
@@ -283,6 +308,10 @@ pub struct StepRow {
     /// Kernel launches of the first single block within the step, by kernel.
     #[serde(default)]
     pub single_block_kernels: Vec<(String, usize)>,
+}
+
+fn default_precision() -> Precision {
+    Precision::F32
 }
 
 impl StepRow {
@@ -498,6 +527,40 @@ impl Weights for RandomFlux {
     }
 }
 
+/// Writes a random-weight BFL Flux of `config` as a GGUF file, as the DiT files people hold are laid out (city96's
+/// Flux GGUFs): every linear weight in `ty` blocks (`Q8_0` or `Q4_0`; [`RandomFlux`]'s values), biases and norm
+/// scales in F32. Streams one tensor at a time; returns the bytes written. `kontext make-random`.
+pub fn write_random_flux(out: &mut impl std::io::Write, config: &FluxConfig, ty: GgmlType) -> Result<u64> {
+    use crate::formats::gguf_writer::{MetadataValue, TensorEntry, write_gguf};
+    let random = RandomFlux::new(config, Some(ty))?;
+    let tensors: Vec<TensorEntry> = (random.shapes.iter())
+        .map(|(name, shape)| {
+            let quantized = shape.len() == 2 && shape[1].is_multiple_of(ty.block_size());
+            TensorEntry {
+                name: name.clone(),
+                ggml_type: if quantized { ty } else { GgmlType::F32 },
+                shape: shape.clone(),
+            }
+        })
+        .collect();
+    let metadata = [
+        ("general.architecture", MetadataValue::String("flux".into())),
+        ("general.name", MetadataValue::String(format!("random-weight Flux, {ty} (kontext make-random)"))),
+    ];
+    write_gguf(out, &metadata, &tensors, |i| {
+        let tensor = &tensors[i];
+        match tensor.ggml_type {
+            GgmlType::F32 => Ok(random.read(&tensor.name)?.data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            _ => {
+                let raw = random
+                    .raw_block(&tensor.name)
+                    .ok_or_else(|| Error::Invalid(format!("no blocks for `{}`", tensor.name)))?;
+                Ok(raw?.2)
+            }
+        }
+    })
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 pub use native::*;
 
@@ -640,10 +703,18 @@ mod native {
             config.guidance_embed.then(|| Tensor::<1>::from_data(TensorData::new(vec![2.5f32], [1]), device));
 
         let mut rows: Vec<StepRow> = Vec::new();
+        // Rows to time again through the plain ops, after all others so that the dense weights they load do
+        // not sit in the allocator's pools while the others' peaks are measured: (row, weights, streamed).
+        let mut plain = Vec::new();
         for weights in &sizes.step_weights {
             let (name, streamed) = match weights.strip_suffix("-streamed") {
                 Some(name) => (name, true),
                 None => (weights.as_str(), false),
+            };
+            let (name, precision) = match name.strip_suffix("-f16") {
+                Some(_) if !Precision::f16_available(device) => continue,
+                Some(name) => (name, Precision::F16),
+                None => (name, Precision::F32),
             };
             let quantized = match name {
                 "F32" => None,
@@ -655,45 +726,88 @@ mod native {
             let mut meter = crate::device::MemoryMeter::default();
             let random = RandomFlux::new(config, quantized)?;
             let deferred = streamed.then_some(Layers::Blocks);
-            let flux = Flux::load_deferring(config, &random, deferred, device)?;
-            let vec = flux.conditioning(timesteps.clone(), y.clone(), guidance.clone())?;
-            let modulations = flux.modulations(vec)?;
-            meter.sample(device, "load");
             let stream: Option<&dyn Weights> = if streamed { Some(&random) } else { None };
-            // As an edit runs its steps: the RoPE angles once, then each step.
-            let rope = flux.rope(txt_ids.clone(), img_ids.clone())?;
-            let mut x = img.clone();
-            let mut failure = None;
-            let seconds = time(sizes.repeats, |_| {
-                let out = flux.forward_rotated(x.clone(), txt.clone(), &rope, &modulations, stream);
-                match out {
-                    Ok(out) => x = out,
-                    Err(e) => failure = Some(e),
+            let mut fast = || -> Result<(f64, StepLaunches, usize, u64)> {
+                let flux = Flux::load_deferring(config, &random, deferred, device)?;
+                let vec = flux.conditioning(timesteps.clone(), y.clone(), guidance.clone())?;
+                let modulations = flux.modulations(vec)?;
+                meter.sample(device, "load");
+                // As an edit runs its steps: the RoPE angles once, then each step.
+                let rope = flux.rope(txt_ids.clone(), img_ids.clone())?;
+                let mut x = img.clone();
+                let mut failure = None;
+                let seconds = time(sizes.repeats, |_| {
+                    let out = flux.forward_rotated(x.clone(), txt.clone(), &rope, &modulations, stream);
+                    match out {
+                        Ok(out) => x = out,
+                        Err(e) => failure = Some(e),
+                    }
+                    meter.sample(device, "step");
+                    x.clone()
+                });
+                if let Some(e) = failure {
+                    return Err(e);
                 }
-                meter.sample(device, "step");
-                x.clone()
-            });
-            if let Some(e) = failure {
-                return Err(e);
+                let one_step = || flux.forward_rotated(x.clone(), txt.clone(), &rope, &modulations, stream);
+                let launches = count_step_launches(&flux, &modulations, &rope, (n_img, n_txt), streamed, one_step)?;
+                let (packed_linears, device_bytes) = (flux.packed_linears(), flux.device_bytes() as u64);
+                Ok((seconds, launches, packed_linears, device_bytes))
+            };
+            let (seconds, launches, packed_linears, device_bytes) = match precision {
+                Precision::F16 => crate::kernels::precision::with_precision(Precision::F16, fast)?,
+                Precision::F32 => fast()?,
+            };
+            let (dispatches_per_step, double_block_kernels, single_block_kernels) = launches;
+            crate::device::release_free_pages(device);
+
+            let ran_kernels = packed_linears > 0 || dispatches_per_step.is_some();
+            if sizes.step_plain && precision == Precision::F32 && ran_kernels {
+                plain.push((rows.len(), quantized, streamed));
             }
-            let one_step = || flux.forward_rotated(x.clone(), txt.clone(), &rope, &modulations, stream);
-            let (dispatches_per_step, double_block_kernels, single_block_kernels) =
-                count_step_launches(&flux, &modulations, &rope, (n_img, n_txt), streamed, one_step)?;
+            crate::device::release_free_pages(device);
             let f32_seconds = rows.first().filter(|r| r.weights == "F32").map_or(seconds, |r| r.seconds);
             rows.push(StepRow {
                 weights: quantized.map_or("F32".into(), |ty| ty.to_string()),
                 streamed,
-                packed_linears: flux.packed_linears(),
-                device_bytes: flux.device_bytes() as u64,
+                precision: match precision {
+                    Precision::F16 => Precision::F16,
+                    Precision::F32 => Precision::of(device),
+                },
+                packed_linears,
+                device_bytes,
                 peak_device_bytes: meter.peak_bytes,
                 seconds,
                 ratio_to_f32: seconds / f32_seconds,
+                plain_seconds: None,
+                speedup_over_plain: None,
                 dispatches_per_step,
                 double_block_kernels,
                 single_block_kernels,
             });
-            drop(flux);
+        }
+        // The same steps with our kernels off: weights dequantized to dense f32, burn's ops only.
+        for (row, quantized, streamed) in plain {
+            let random = RandomFlux::new(config, quantized)?;
+            let stream: Option<&dyn Weights> = if streamed { Some(&random) } else { None };
+            let seconds = crate::kernels::with_plain_ops(|| -> Result<f64> {
+                let flux = Flux::load_deferring(config, &random, streamed.then_some(Layers::Blocks), device)?;
+                let vec = flux.conditioning(timesteps.clone(), y.clone(), guidance.clone())?;
+                let modulations = flux.modulations(vec)?;
+                let rope = flux.rope(txt_ids.clone(), img_ids.clone())?;
+                let mut x = img.clone();
+                let mut failure = None;
+                let seconds = time(sizes.repeats, |_| {
+                    match flux.forward_rotated(x.clone(), txt.clone(), &rope, &modulations, stream) {
+                        Ok(out) => x = out,
+                        Err(e) => failure = Some(e),
+                    }
+                    x.clone()
+                });
+                failure.map_or(Ok(seconds), Err)
+            })?;
             crate::device::release_free_pages(device);
+            rows[row].plain_seconds = Some(seconds);
+            rows[row].speedup_over_plain = Some(seconds / rows[row].seconds);
         }
         Ok(rows)
     }

@@ -105,7 +105,12 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
 }
 
 /// [`attention`] through `kernel`.
+/// With our kernels off ([`super::with_plain_ops`]), the reference in bounded blocks of scores.
 pub fn attention_with(kernel: AttentionKernel, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    if super::plain_ops() {
+        let block = SCORE_BLOCK_BYTES.min(crate::device::max_binding_bytes(&q.device()) as usize);
+        return blocked_reference(q, k, v, block);
+    }
     gpu_attention(kernel, q.clone(), k.clone(), v.clone()).unwrap_or_else(|_| reference(q, k, v))
 }
 

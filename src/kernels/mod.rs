@@ -16,6 +16,7 @@ pub mod precision;
 pub mod quant_matmul;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex};
 
 use burn::backend::wgpu::CubeTensor;
@@ -93,9 +94,32 @@ impl CubeKernel for WgslKernel {
     }
 }
 
-/// Whether `device` runs our kernels (wgpu), so that weights may stay packed there.
+/// Whether `device` runs our kernels (wgpu, unless [`with_plain_ops`] turned them off), so that weights may
+/// stay packed there.
 pub fn packs_on(device: &Device) -> bool {
-    matches!(device.as_dispatch(), DispatchDevice::Cube(_))
+    !plain_ops() && matches!(device.as_dispatch(), DispatchDevice::Cube(_))
+}
+
+/// Set while [`with_plain_ops`] runs.
+static PLAIN_OPS: AtomicBool = AtomicBool::new(false);
+
+/// Whether our kernels are off ([`with_plain_ops`]).
+pub fn plain_ops() -> bool {
+    PLAIN_OPS.load(Ordering::Relaxed)
+}
+
+/// Runs `f` with every kernel of ours off, on every thread: the reference twins in plain burn ops instead, and
+/// weights loaded in the meantime dequantized to dense f32 (`kontext bench` times the model both ways side by
+/// side). Not for use while other work runs.
+pub fn with_plain_ops<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PLAIN_OPS.store(self.0, Ordering::Relaxed);
+        }
+    }
+    let _restore = Restore(PLAIN_OPS.swap(true, Ordering::Relaxed));
+    f()
 }
 
 /// A float tensor on burn's wgpu backend, contiguous, ready to bind; `Err` gives back tensors of other backends.

@@ -92,6 +92,24 @@ impl Precision {
     }
 }
 
+/// Runs `f` with `precision` as the process-wide choice (on devices that can run it, see [`Precision::of`]),
+/// then puts the previous choice back (`kontext bench` times f32 and f16 activations side by side). Not for
+/// use while other work runs.
+pub fn with_precision<R>(precision: Precision, f: impl FnOnce() -> R) -> R {
+    struct Restore(u8);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CHOSEN.store(self.0, Ordering::Relaxed);
+        }
+    }
+    let chosen = match precision {
+        Precision::F32 => 1,
+        Precision::F16 => 2,
+    };
+    let _restore = Restore(CHOSEN.swap(chosen, Ordering::Relaxed));
+    f()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,10 +4,13 @@
 #   gpu.txt           the card and driver (nvidia-smi, where present) and the Vulkan adapter wgpu opened
 #   bench.json        `kontext bench --preset gpu`: attention at L = 1,024, 4,096 and 8,704 (24 × 128, flash
 #                     against the materialised reference) and matmuls at M = 8,704
-#   bench-step.json   the 1024² Kontext step of a random-weight FLUX.1 Kontext [dev] DiT (Q4_0 blocks)
+#   bench-step.json   the 1024² Kontext step of a random-weight FLUX.1 Kontext [dev] DiT (Q4_0 blocks; f32 and f16
+#                     activations, and streamed), with its kernel launches per step and per block counted
 #   bench-512.json    the same step at 512²
 #   diffusers.json    the same steps through diffusers on the same card (bf16 and f32), where python3 has torch
 #                     and diffusers
+#   load.json         `kontext make-random` (the same DiT as a Q4_0 GGUF file, 6.7 GB, written into OUT and
+#                     deleted after) loaded by `kontext inspect --load --backend wgpu`: device against file bytes
 #   flash-R,T,W,S,B.json  attention again with the `flash` kernel in other layouts (KONTEXT_FLASH: rows per
 #                     invocation, invocations per row, invocations per workgroup, keys per softmax step,
 #                     broadcast reads), to tune it
@@ -48,6 +51,9 @@ for image_tokens, dtype in [(8192, "bfloat16"), (8192, "float32"), (2048, "bfloa
     print(json.dumps(row), file=sys.stderr)
 print(json.dumps(rows, indent=1))
 PY
+part make-random 120 "$bin" make-random --preset gpu --type Q4_0 --out "$out/random-q4_0.gguf"
+part load 120 "$bin" inspect "$out/random-q4_0.gguf" --load --backend wgpu --json
+rm -f "$out/random-q4_0.gguf"
 for layout in 1,4,64,4,0 2,8,64,4,0 4,1,64,4,1; do
   KONTEXT_FLASH=$layout part "flash-$layout" 60 "$bin" bench --backend wgpu --preset gpu --only attention --json
 done

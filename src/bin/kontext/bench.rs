@@ -2,7 +2,8 @@
 //! by side on one device ([`kontext_web::harness::bench`]).
 
 use kontext_web::device::{self, Backend};
-use kontext_web::harness::bench::{self, Report, Sizes};
+use kontext_web::harness::bench::{self, Report, Sizes, StepRow};
+use kontext_web::kernels::precision::Precision;
 use kontext_web::{Error, Result};
 
 /// Options of `kontext bench`.
@@ -106,15 +107,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// A step row's weights, `streamed` and `f16` where they apply.
+fn row_name(r: &StepRow) -> String {
+    let streamed = if r.streamed { " streamed" } else { "" };
+    let f16 = if r.precision == Precision::F16 { " f16" } else { "" };
+    format!("{}{streamed}{f16}", r.weights)
+}
+
 fn print_peer(report: &Report, peer: &PeerStep) {
     println!();
     println!(
         "peer: the same step through diffusers {} (torch {}, f32, CPU, {} threads): {:.3} s/step",
         peer.diffusers, peer.torch, peer.threads, peer.seconds
     );
-    println!("{:<8} {:>10} {:>14}", "weights", "s/step", "peer / ours");
+    println!("{:<16} {:>10} {:>14}", "weights", "s/step", "peer / ours");
     for r in &report.step {
-        println!("{:<8} {:>10.3} {:>14.2}", r.weights, r.seconds, peer.seconds / r.seconds);
+        println!("{:<16} {:>10.3} {:>14.2}", row_name(r), r.seconds, peer.seconds / r.seconds);
     }
 }
 
@@ -195,23 +203,36 @@ fn print_table(report: &Report) {
         "DiT step: hidden {}, {} heads, {} double + {} single blocks, {} image + {} text tokens, random weights",
         c.hidden_size, c.num_heads, c.depth, c.depth_single_blocks, sizes.step_image_tokens, sizes.step_text_tokens
     );
-    println!("packed matmuls with {} activations", report.precision);
+    println!("packed matmuls with {} activations (f16 where a row says so)", report.precision);
+    println!("plain s: the same step with our kernels off (dense f32 weights, burn's ops); speedup = plain / ours");
     println!("launches: kernel dispatches (ours and burn's) per transformer call and per double/single block, counted");
     println!(
-        "{:<16} {:>8} {:>12} {:>12} {:>10} {:>8} {:>10} {:>8} {:>8}",
-        "weights", "packed", "device MiB", "peak MiB", "s/step", "vs f32", "launches", "double", "single"
+        "{:<16} {:>8} {:>12} {:>12} {:>10} {:>8} {:>9} {:>8} {:>10} {:>8} {:>8}",
+        "weights",
+        "packed",
+        "device MiB",
+        "peak MiB",
+        "s/step",
+        "vs f32",
+        "plain s",
+        "speedup",
+        "launches",
+        "double",
+        "single"
     );
     let count = |n: Option<usize>| n.map_or("-".to_string(), |n| n.to_string());
     for r in &report.step {
         let peak = r.peak_device_bytes.map_or("—".to_string(), |b| format!("{:.1}", mib(b)));
         println!(
-            "{:<16} {:>8} {:>12.1} {:>12} {:>10.3} {:>8.2} {:>10} {:>8} {:>8}",
-            format!("{}{}", r.weights, if r.streamed { " streamed" } else { "" }),
+            "{:<16} {:>8} {:>12.1} {:>12} {:>10.3} {:>8.2} {:>9} {:>8} {:>10} {:>8} {:>8}",
+            row_name(r),
             r.packed_linears,
             mib(r.device_bytes),
             peak,
             r.seconds,
             r.ratio_to_f32,
+            r.plain_seconds.map_or("-".into(), |s| format!("{s:.3}")),
+            r.speedup_over_plain.map_or("-".into(), |s| format!("{s:.2}")),
             count(r.dispatches_per_step),
             count(r.dispatches_per_double_block()),
             count(r.dispatches_per_single_block()),

@@ -42,6 +42,19 @@ mod cli {
         Plan(super::generate::PlanArgs),
         /// One DiT call on inputs named like diffusers' transformer arguments; writes `out`.
         Forward(super::generate::ForwardArgs),
+        /// Write a random-weight Flux DiT as a GGUF file with real names and shapes (no download needed): the
+        /// step model of a `kontext bench` preset, FLUX.1 Kontext [dev] by default (`gpu`; 6.7 GB in Q4_0).
+        MakeRandom {
+            /// The file to write.
+            #[arg(long)]
+            out: std::path::PathBuf,
+            /// Block type of the linear weights: `Q4_0` or `Q8_0`.
+            #[arg(long = "type", default_value = "Q4_0")]
+            ty: String,
+            /// The `kontext bench` preset whose DiT to write: `gpu` (FLUX.1 Kontext [dev]), `full`, `quick`, `tiny`.
+            #[arg(long, default_value = "gpu")]
+            preset: String,
+        },
         /// Recognise a weight file from its header (no tensor data is read): format, architecture, Flux
         /// configuration, tensor types, parameters and bytes.
         Inspect {
@@ -105,7 +118,24 @@ mod cli {
             Command::Edit(args) => super::generate::edit(args),
             Command::Forward(args) => super::generate::forward(args),
             Command::Plan(args) => super::generate::plan(args),
+            Command::MakeRandom { out, ty, preset } => make_random(&out, &ty, &preset),
         }
+    }
+
+    fn make_random(out: &std::path::Path, ty: &str, preset: &str) -> Result<()> {
+        let ty = match ty {
+            "Q4_0" => kontext_web::formats::quant::GgmlType::Q4_0,
+            "Q8_0" => kontext_web::formats::quant::GgmlType::Q8_0,
+            other => return Err(Error::Invalid(format!("--type {other}: random weights are Q4_0 or Q8_0"))),
+        };
+        let config = kontext_web::harness::bench::Sizes::preset(preset)?.step_config;
+        let failed = |e: std::io::Error| Error::Invalid(format!("cannot write {}: {e}", out.display()));
+        let mut file = std::io::BufWriter::new(std::fs::File::create(out).map_err(failed)?);
+        let written = kontext_web::harness::bench::write_random_flux(&mut file, &config, ty)
+            .and_then(|bytes| std::io::Write::flush(&mut file).map(|()| bytes).map_err(failed));
+        let bytes = written.inspect_err(|_| _ = std::fs::remove_file(out))?;
+        println!("{}: a random-weight Flux ({preset} preset, {ty}), {bytes} bytes", out.display());
+        Ok(())
     }
 
     fn inspect(path: &std::path::Path, json: bool) -> Result<()> {
