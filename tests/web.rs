@@ -85,6 +85,95 @@ async fn flash_attention_on_webgpu_equals_the_reference_in_each_layout() {
     console_log!("flash attention on WebGPU:\n{}", report.join("\n"));
 }
 
+/// Every fused DiT kernel (`kernels::fused`) compiles under the browser's WGSL rules (barriers in uniform
+/// control flow, no writable buffer bound twice) and equals its plain-ops twin (what `fused::*` runs on the CPU
+/// backend); the same kernel given a wrong input does not.
+#[wasm_bindgen_test]
+async fn fused_kernels_on_webgpu_equal_their_twins() {
+    use kontext_web::kernels::fused::{self, HeadInput, RopeTables};
+    let (gpu, _) = device::wgpu_async().await.expect("WebGPU device");
+    let cpu = device::cpu();
+    let tensor = |shape: [usize; 3], salt: u32, device: &burn::tensor::Device| {
+        let values = selfcheck::test_matrix(1, shape.iter().product(), salt).into_iter().map(|x| 2.0 * x).collect();
+        Tensor::<3>::from_data(TensorData::new(values, shape), device)
+    };
+    let mut report = Vec::new();
+    // (what, on WebGPU, on the CPU, on WebGPU with a wrong input), each flattened.
+    let mut cases: Vec<(&str, Tensor<3>, Tensor<3>, Tensor<3>)> = Vec::new();
+    let (x, row, y) = ([2, 37, 130], [2, 1, 130], [2, 37, 130]);
+    let norm = |d: &burn::tensor::Device, swap: bool| {
+        let (shift, scale) = (tensor(row, 2, d), tensor(row, 3, d));
+        let (shift, scale) = if swap { (scale, shift) } else { (shift, scale) };
+        fused::layer_norm_modulate(tensor(x, 1, d), shift, scale, 1e-6)
+    };
+    cases.push(("layer_norm_modulate", norm(&gpu, false), norm(&cpu, false), norm(&gpu, true)));
+    let residual = |d: &burn::tensor::Device, sign: f32, which: usize| {
+        let (sum, normed) = fused::residual_layer_norm_modulate(
+            tensor(x, 1, d),
+            tensor(row, 4, d) * sign,
+            tensor(y, 5, d),
+            tensor(row, 2, d),
+            tensor(row, 3, d),
+            1e-6,
+        );
+        [sum, normed][which].clone()
+    };
+    for (which, what) in [(0, "residual_layer_norm_modulate sum"), (1, "residual_layer_norm_modulate normed")] {
+        cases.push((what, residual(&gpu, 1.0, which), residual(&cpu, 1.0, which), residual(&gpu, -1.0, which)));
+    }
+    let gated = |d: &burn::tensor::Device, sign: f32| {
+        fused::gated_add(tensor(x, 1, d), tensor(row, 4, d) * sign, tensor(y, 5, d))
+    };
+    cases.push(("gated_add", gated(&gpu, 1.0), gated(&cpu, 1.0), gated(&gpu, -1.0)));
+    let gelu = |d: &burn::tensor::Device, scale: f32| fused::gelu_tanh(tensor(x, 1, d) * scale);
+    cases.push(("gelu_tanh", gelu(&gpu, 3.0), gelu(&cpu, 3.0), gelu(&gpu, 3.1)));
+    // Heads: two streams of 5 and 9 tokens, 2 heads of 16, normalised and rotated; merged back.
+    let heads = |d: &burn::tensor::Device, swap: bool| {
+        let part = |n: usize, salt: u32| HeadInput {
+            x: tensor([1, n, 32], salt, d),
+            norm_scale: Some(tensor([1, 1, 16], salt + 10, d).reshape([16]) + 1.5),
+        };
+        let parts = if swap { vec![part(9, 2), part(5, 1)] } else { vec![part(5, 1), part(9, 2)] };
+        // The same tables on both devices (the browser's own cos of large angles is less precise).
+        let angles: Vec<f32> = selfcheck::test_matrix(1, 14 * 8, 7).into_iter().map(|a| 28.0 * a).collect();
+        let table = |f: fn(f32) -> f32| {
+            Tensor::<4>::from_data(TensorData::new(angles.iter().map(|&a| f(a)).collect::<Vec<_>>(), [1, 1, 14, 8]), d)
+        };
+        let (cos, sin) = (table(f32::cos), table(f32::sin));
+        fused::split_heads(parts, 2, Some(RopeTables { cos: &cos, sin: &sin }), 1e-6).unwrap()
+    };
+    let flat = |t: Tensor<4>| t.reshape([1, 2 * 14, 16]);
+    cases.push(("split_heads", flat(heads(&gpu, false)), flat(heads(&cpu, false)), flat(heads(&gpu, true))));
+    let merged =
+        |d: &burn::tensor::Device, flip: bool| {
+            let attention = tensor([2, 14, 16], 8, d).reshape([1, 2, 14, 16]);
+            let attention = if flip { attention.flip([2]) } else { attention };
+            let (txt, img) = fused::merge_heads_split(attention.clone(), 5);
+            let beside = fused::merged_heads_beside_gelu(attention, 2..9, tensor([1, 7, 12], 9, d));
+            Tensor::cat(vec![txt.reshape([1, 5 * 32]), img.reshape([1, 9 * 32]), beside.reshape([1, 7 * 44])], 1)
+                .reshape([1, 1, 5 * 32 + 9 * 32 + 7 * 44])
+        };
+    cases.push((
+        "merge_heads_split + merged_heads_beside_gelu",
+        merged(&gpu, false),
+        merged(&cpu, false),
+        merged(&gpu, true),
+    ));
+    for (what, ours, expected, control) in cases {
+        let (ours, expected, control) = (
+            device::read_f32(ours).await.unwrap(),
+            device::read_f32(expected).await.unwrap(),
+            device::read_f32(control).await.unwrap(),
+        );
+        let max_diff = |a: &[f32]| a.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let (worst, moved) = (max_diff(&ours), max_diff(&control));
+        assert!(worst <= 2e-5, "{what}: max |kernel − twin| = {worst:e}");
+        assert!(moved > 1e-3, "{what}: the control is within {moved:e}");
+        report.push(format!("{what}: max |diff| {worst:e}, control {moved:e}"));
+    }
+    console_log!("fused kernels on WebGPU:\n{}", report.join("\n"));
+}
+
 /// `n` rows of `k` values in ggml blocks of `ty` (Q8_0: an f16 scale and 32 signed bytes; Q4_0: an f16 scale and
 /// 32 nibbles, value = (nibble − 8) · scale), with scales and values varying by row and block.
 fn synthetic_blocks(ty: GgmlType, n: usize, k: usize) -> Vec<u8> {
