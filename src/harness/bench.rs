@@ -89,10 +89,12 @@ impl Sizes {
             step_config: FluxConfig::kontext_dev(),
             step_image_tokens: 8192,
             step_text_tokens: 512,
-            step_weights: vec!["Q4_0".into(), "Q4_0-f16".into(), "Q4_0-streamed".into()],
-            // Dense f32 weights of the real DiT (48 GB) and their step would not fit a short lease.
+            // Each row is a load, a warm-up, a timed and a counted step (about 25 s each on an H200 in
+            // December): what fits a part of a short lease. Dense f32 weights of the real DiT (48 GB) and
+            // their plain-ops step would not fit it.
+            step_weights: vec!["Q4_0".into(), "Q4_0-f16".into()],
             step_plain: false,
-            repeats: 2,
+            repeats: 1,
         }
     }
 
@@ -105,7 +107,7 @@ impl Sizes {
             attention_l: vec![2560],
             step_image_tokens: 2048,
             step_weights: vec!["Q4_0".into(), "Q4_0-f16".into(), "Q4_0-streamed".into()],
-            repeats: 3,
+            repeats: 2,
             ..Self::gpu()
         }
     }
@@ -824,9 +826,9 @@ mod native {
     /// kernel.
     type StepLaunches = (Option<usize>, Vec<(String, usize)>, Vec<(String, usize)>);
 
-    /// Launches of one step (`step`) and of the first double and single block within it, each run once
-    /// uncounted first so that autotuning is over; `None`/empty where nothing launches (the CPU) and, for the
-    /// blocks, when they stream. The blocks run on hidden states of the step's shapes, with the step's
+    /// Launches of one step (`step`) and of the first double and single block within it, after the timed steps
+    /// (so that autotuning is over); `None`/empty where nothing launches (the CPU) and, for the blocks, when
+    /// they stream. The blocks run on hidden states of the step's shapes, with the step's
     /// modulations and RoPE angles.
     fn count_step_launches(
         flux: &Flux,
@@ -836,14 +838,14 @@ mod native {
         streamed: bool,
         step: impl Fn() -> Result<Tensor<3>>,
     ) -> Result<StepLaunches> {
-        // The readback that waits for the outputs launches a kernel of its own: it runs after the count.
-        let warm_count = |run: &dyn Fn() -> Result<Vec<Tensor<3>>>| -> Result<Launches> {
-            run()?.into_iter().for_each(|t| _ = finish(t));
+        // The timed steps ran every shape here (autotuning is over). The readback that waits for the outputs
+        // launches a kernel of its own: it runs after the count.
+        let count = |run: &dyn Fn() -> Result<Vec<Tensor<3>>>| -> Result<Launches> {
             let (outputs, launches) = count_launches(run);
             outputs?.into_iter().for_each(|t| _ = finish(t));
             Ok(launches)
         };
-        let per_step = warm_count(&|| Ok(vec![step()?]))?;
+        let per_step = count(&|| Ok(vec![step()?]))?;
         if per_step.total() == 0 {
             return Ok((None, Vec::new(), Vec::new()));
         }
@@ -856,7 +858,7 @@ mod native {
         let (img, txt, joint) = (states(n_img, 4), states(n_txt, 5), states(n_txt + n_img, 6));
         let (double, single) = match (streamed, flux.double_blocks.first(), flux.single_blocks.first()) {
             (false, Some(double), Some(single)) => {
-                let double = warm_count(&|| {
+                let double = count(&|| {
                     let (img, txt) = double.forward(img.clone(), txt.clone(), &modulations.double[0], rope)?;
                     Ok(vec![img, txt])
                 })?;
@@ -864,7 +866,7 @@ mod native {
                 // block's LayerNorm in this one's residual add.
                 let m = &modulations.single[0];
                 let normed = m.norm_modulate(joint.clone());
-                let single = warm_count(&|| {
+                let single = count(&|| {
                     let next = (&m.shift, &m.scale);
                     let (x, normed) = single.forward_normed(joint.clone(), normed.clone(), m, rope, next)?;
                     Ok(vec![x, normed])

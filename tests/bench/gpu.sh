@@ -4,9 +4,9 @@
 #   gpu.txt           the card and driver (nvidia-smi, where present) and the Vulkan adapter wgpu opened
 #   bench.json        `kontext bench --preset gpu`: attention at L = 1,024, 4,096 and 8,704 (24 × 128, flash
 #                     against the materialised reference) and matmuls at M = 8,704
-#   bench-step.json   the 1024² Kontext step of a random-weight FLUX.1 Kontext [dev] DiT (Q4_0 blocks; f32 and f16
+#   bench-512.json    the 512² Kontext step of a random-weight FLUX.1 Kontext [dev] DiT (Q4_0 blocks; f32 and f16
 #                     activations, and streamed), with its kernel launches per step and per block counted
-#   bench-512.json    the same step at 512²
+#   bench-step.json   the same step at 1024² (f32 and f16 activations)
 #   diffusers.json    the same steps through diffusers on the same card (bf16 and f32), where python3 has torch
 #                     and diffusers
 #   load.json         `kontext make-random` (the same DiT as a Q4_0 GGUF file, 6.7 GB, written into OUT and
@@ -33,9 +33,10 @@ part() {
   timeout "$limit" "$@" >"$out/$name.json" 2>>"$out/gpu.txt"
   echo "$name: exit $?, $((SECONDS - started)) s" >>"$out/gpu.txt"
 }
+# In order of what a short lease should not lose: the parts after the first ones may be cut off.
+part bench-512 150 "$bin" bench --backend wgpu --preset gpu-512 --only step --json
 part bench 200 "$bin" bench --backend wgpu --preset gpu --only attention,matmul --json
 part bench-step 240 "$bin" bench --backend wgpu --preset gpu --only step --json
-part bench-512 120 "$bin" bench --backend wgpu --preset gpu-512 --only step --json
 part diffusers 200 python3 - "$here/diffusers_step.py" <<'PY'
 import json, subprocess, sys
 # FLUX.1 Kontext [dev]'s DiT: 19 double and 38 single blocks of 3072 in 24 heads, text 4096, pooled 768.
