@@ -109,6 +109,13 @@ fn bench_reports_matmul_attention_and_step_with_positive_numbers() {
         (Some(25), Some(12))
     );
     assert!(step[3]["double_block_kernels"].as_array().unwrap().is_empty(), "streamed blocks are not counted");
+    // Activation bytes, counted at our launches, against the minimum (each activation written and read once).
+    let bytes = positive(&report, "activation_bytes_per_step");
+    let minimum = positive(&report, "activation_bytes_minimum");
+    assert_eq!(bytes, positive(&step[1], "activation_bytes_per_step"));
+    assert!(bytes > 0.5 * minimum && bytes < 10.0 * minimum, "{bytes} against {minimum}");
+    let ours = positive(&step[1], "activation_launches_per_step");
+    assert!(ours <= positive(&step[1], "dispatches_per_step"), "{}", step[1]);
 }
 
 /// The peer figure: the same DiT step through diffusers on the CPU, with the fixture generator's Python

@@ -7,6 +7,7 @@ use burn::tensor::{Tensor, TensorData, Tolerance};
 use kontext_web::device::launches::count_launches;
 use kontext_web::device::selfcheck;
 use kontext_web::harness::testing::gpu;
+use kontext_web::kernels::count_activation_bytes;
 use kontext_web::kernels::fused::{self, HeadInput, RopeTables, reference};
 
 const EPS: f64 = 1e-6;
@@ -188,4 +189,38 @@ fn each_fused_kernel_is_one_launch_where_its_twin_is_many() {
     );
     assert_eq!((fused_norm, fused_gelu), (1, 1));
     assert!(twin_norm >= 5 && twin_gelu >= 5, "the twins launch {twin_norm} and {twin_gelu}");
+}
+
+#[test]
+fn activation_bytes_count_each_binding_of_ours_once_and_no_weight() {
+    let _gpu = one_at_a_time();
+    let x = random([1, 16, 64], 1, 1.0);
+    let (out, counted) = count_activation_bytes(|| fused::gelu_tanh(x.clone()));
+    out.into_data();
+    assert_eq!((counted.bytes, counted.launches), (2 * 16 * 64 * 4, 1), "gelu reads x and writes y");
+    // A packed matmul: x [16, 64] and y [16, 32]; its Q8_0 blocks and bias are weights.
+    let device = gpu();
+    let weights = kontext_web::formats::quant::quantize_q8_0(&vec![0.5f32; 32 * 64]).unwrap();
+    let w = kontext_web::kernels::quant_matmul::PackedWeight::new(
+        kontext_web::formats::quant::GgmlType::Q8_0,
+        &[32, 64],
+        &weights,
+        &device,
+    )
+    .unwrap();
+    let x = random([16, 64], 2, 1.0);
+    let (y, counted) = count_activation_bytes(|| {
+        kontext_web::kernels::quant_matmul::matmul_at(
+            x.clone(),
+            &w,
+            None,
+            kontext_web::kernels::precision::Precision::F32,
+        )
+    });
+    y.into_data();
+    assert_eq!((counted.bytes, counted.launches), ((16 * 64 + 16 * 32) * 4, 1));
+    // burn's own ops are not counted.
+    let (sum, counted) = count_activation_bytes(|| x.clone() + 1.0);
+    sum.into_data();
+    assert_eq!(counted, Default::default());
 }

@@ -303,6 +303,17 @@ pub struct StepRow {
     /// the timed calls; `None` where the backend launches no kernels (the CPU).
     #[serde(default)]
     pub dispatches_per_step: Option<usize>,
+    /// Activation bytes our kernels bound in that call ([`crate::kernels::count_activation_bytes`]: per launch,
+    /// every binding but weights and parameters, counted once); burn's own launches are not counted (there are
+    /// `dispatches_per_step − activation_launches_per_step` of them).
+    #[serde(default)]
+    pub activation_bytes_per_step: Option<u64>,
+    /// Launches of ours in that call, whose bindings `activation_bytes_per_step` counts.
+    #[serde(default)]
+    pub activation_launches_per_step: Option<usize>,
+    /// [`activation_bytes_minimum`] of the step.
+    #[serde(default)]
+    pub activation_bytes_minimum: u64,
     /// Kernel launches of the first double block within the step, by kernel; empty when streamed or not
     /// counted.
     #[serde(default)]
@@ -352,6 +363,11 @@ pub struct Report {
     pub dispatches_per_double_block: Option<usize>,
     /// Kernel launches of one single block in that step.
     pub dispatches_per_single_block: Option<usize>,
+    /// Activation bytes our kernels bound in that step ([`StepRow::activation_bytes_per_step`]).
+    pub activation_bytes_per_step: Option<u64>,
+    /// The step's activation bytes if each activation were written once and read once
+    /// ([`activation_bytes_minimum`]).
+    pub activation_bytes_minimum: Option<u64>,
 }
 
 impl Report {
@@ -372,6 +388,8 @@ impl Report {
             precision,
             dispatches_per_double_block: counted.and_then(StepRow::dispatches_per_double_block),
             dispatches_per_single_block: counted.and_then(StepRow::dispatches_per_single_block),
+            activation_bytes_per_step: counted.and_then(|r| r.activation_bytes_per_step),
+            activation_bytes_minimum: counted.map(|r| r.activation_bytes_minimum),
             sizes,
             matmul,
             attention,
@@ -386,6 +404,22 @@ impl Report {
         let counted = |r: &&StepRow| !r.double_block_kernels.is_empty();
         step.iter().filter(counted).find(|r| r.packed_linears > 0).or_else(|| step.iter().find(counted))
     }
+}
+
+/// The bytes one DiT call of `config` over `n_img` image and `n_txt` text tokens moves if each activation (f32) is
+/// written once and read once: the call's inputs, the embedders' outputs, per double block the normalised and
+/// modulated input, q, k, v, the attention, its projection, the residual, the MLP's normalised input, its hidden
+/// layer (after GELU) and its output, and the block's output (N·(10·hidden + mlp) values for N tokens), per
+/// single block the normalised input, q, k, v, the attention, the MLP's hidden layer, `linear2`'s output and the
+/// block's output (N·(7·hidden + mlp)), then the final layer's normalised input and its output.
+pub fn activation_bytes_minimum(config: &FluxConfig, n_img: usize, n_txt: usize) -> u64 {
+    let (h, mlp, n) = (config.hidden_size, config.mlp_hidden(), n_img + n_txt);
+    let values = n_img * config.in_channels + n_txt * config.context_in_dim // inputs
+        + n * h // img_in and txt_in
+        + config.depth * n * (10 * h + mlp)
+        + config.depth_single_blocks * n * (7 * h + mlp)
+        + n_img * (h + config.in_channels); // final layer
+    2 * (values * size_of::<f32>()) as u64
 }
 
 /// Q4_K blocks with random nibbles, 6-bit scales and mins (scale 10⁻³, min 5·10⁻⁴): `n·k / 256` blocks of a
@@ -576,6 +610,7 @@ mod native {
     use crate::device::launches::{Launches, count_launches};
     use crate::kernels::attention::{KernelTiming, bench_attention};
     use crate::kernels::quant_matmul::{PackedWeight, matmul_at, matmul_f16};
+    use crate::kernels::{ActivationBytes, count_activation_bytes};
     use crate::model::flux::rope::Rope;
     use crate::model::flux::{Flux, Layers, Modulations};
 
@@ -759,7 +794,7 @@ mod native {
                 Precision::F16 => crate::kernels::precision::with_precision(Precision::F16, fast)?,
                 Precision::F32 => fast()?,
             };
-            let (dispatches_per_step, double_block_kernels, single_block_kernels) = launches;
+            let (dispatches_per_step, activations, double_block_kernels, single_block_kernels) = launches;
             crate::device::release_free_pages(device);
 
             let ran_kernels = packed_linears > 0 || dispatches_per_step.is_some();
@@ -783,6 +818,9 @@ mod native {
                 plain_seconds: None,
                 speedup_over_plain: None,
                 dispatches_per_step,
+                activation_bytes_per_step: activations.map(|a| a.bytes),
+                activation_launches_per_step: activations.map(|a| a.launches as usize),
+                activation_bytes_minimum: activation_bytes_minimum(config, n_img, n_txt),
                 double_block_kernels,
                 single_block_kernels,
             });
@@ -822,9 +860,9 @@ mod native {
         Ok(Report::new(backend, adapter, Precision::of(device), sizes, matmul, attention, step))
     }
 
-    /// What [`count_step_launches`] counted: launches of one step, and of one double and one single block by
-    /// kernel.
-    type StepLaunches = (Option<usize>, Vec<(String, usize)>, Vec<(String, usize)>);
+    /// What [`count_step_launches`] counted: launches of one step and the activation bytes our kernels bound in
+    /// it, and the launches of one double and one single block by kernel.
+    type StepLaunches = (Option<usize>, Option<ActivationBytes>, Vec<(String, usize)>, Vec<(String, usize)>);
 
     /// Launches of one step (`step`) and of the first double and single block within it, after the timed steps
     /// (so that autotuning is over); `None`/empty where nothing launches (the CPU) and, for the blocks, when
@@ -845,9 +883,10 @@ mod native {
             outputs?.into_iter().for_each(|t| _ = finish(t));
             Ok(launches)
         };
-        let per_step = count(&|| Ok(vec![step()?]))?;
+        let ((output, activations), per_step) = count_launches(|| count_activation_bytes(&step));
+        finish(output?);
         if per_step.total() == 0 {
-            return Ok((None, Vec::new(), Vec::new()));
+            return Ok((None, None, Vec::new(), Vec::new()));
         }
         let (n_img, n_txt) = tokens;
         let device = rope.cos.device();
@@ -875,7 +914,7 @@ mod native {
             }
             _ => (Vec::new(), Vec::new()),
         };
-        Ok((Some(per_step.total()), double, single))
+        Ok((Some(per_step.total()), Some(activations), double, single))
     }
 }
 
@@ -896,6 +935,15 @@ mod tests {
         assert!(weights.raw_block("img_in.bias").is_none());
         let err = RandomFlux::new(&config, Some(GgmlType::Q6_K)).err().unwrap().to_string();
         assert_eq!(err, "random weights quantize to Q8_0 or Q4_0, not Q6_K");
+    }
+
+    #[test]
+    fn the_minimum_counts_each_activation_twice() {
+        // hidden 128, MLP 512, 64 channels in and 64 text features, one block of each kind; 64 + 32 tokens:
+        // inputs 4096 + 2048, embedders 96·128, double 96·1792, single 96·1408, final 64·192 values.
+        let config = Sizes::tiny().step_config;
+        let values = 4096 + 2048 + 12_288 + 172_032 + 135_168 + 12_288;
+        assert_eq!(activation_bytes_minimum(&config, 64, 32), 2 * 4 * values);
     }
 
     #[test]

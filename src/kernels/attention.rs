@@ -11,7 +11,6 @@
 //! whole heads and `rows` otherwise. `kontext bench` times them side by side; the README has the figures.
 
 use burn::cubecl::prelude::CubeCount;
-use burn::cubecl::server::KernelArguments;
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 
@@ -252,7 +251,7 @@ fn run(
             stats.clone().binding(),
             params(client, &shape).binding(),
         ];
-        client.launch(Box::new(shader), CubeCount::Static(x, y, 1), KernelArguments::new().with_buffers(buffers));
+        super::dispatch(client, shader, CubeCount::Static(x, y, 1), buffers, &[]);
     }
     Ok(tensor_from_handle(&q, out, [b, h, lq, d]))
 }

@@ -19,10 +19,10 @@ use std::ops::Range;
 
 use burn::backend::wgpu::CubeTensor;
 use burn::cubecl::prelude::{Client, CubeCount};
-use burn::cubecl::server::{BufferBinding, KernelArguments};
+use burn::cubecl::server::BufferBinding;
 use burn::tensor::{DType, Tensor};
 
-use super::{WgslKernel, cube_tensor, grid, launch_1d, packs_on, params, tensor_from_handle};
+use super::{WgslKernel, cube_tensor, dispatch, grid, launch_1d, packs_on, params, tensor_from_handle};
 use crate::{Error, Result};
 
 const LAYER_NORM_MODULATE: WgslKernel =
@@ -273,8 +273,7 @@ pub fn residual_layer_norm_modulate(
 
 /// Launches `kernel` on `groups` workgroups.
 fn launch(client: &Client, kernel: WgslKernel, groups: (u32, u32), buffers: Vec<BufferBinding>) {
-    let arguments = KernelArguments::new().with_buffers(buffers);
-    client.launch(Box::new(kernel), CubeCount::Static(groups.0, groups.1, 1), arguments);
+    dispatch(client, kernel, CubeCount::Static(groups.0, groups.1, 1), buffers, &[]);
 }
 
 /// The plain-ops twins of the kernels: the path on devices other than wgpu and the reference in tests.

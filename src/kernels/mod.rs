@@ -16,7 +16,7 @@ pub mod precision;
 pub mod quant_matmul;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 
 use burn::backend::wgpu::CubeTensor;
@@ -166,7 +166,52 @@ pub fn params(client: &Client, values: &[u32]) -> Handle {
 /// `gid.x + gid.y * num_workgroups.x * 256` and return past the end.
 pub fn launch_1d(client: &Client, kernel: WgslKernel, invocations: usize, buffers: Vec<BufferBinding>) {
     let (x, y) = grid_1d(invocations);
-    client.launch(Box::new(kernel), CubeCount::Static(x, y, 1), KernelArguments::new().with_buffers(buffers));
+    dispatch(client, kernel, CubeCount::Static(x, y, 1), buffers, &[]);
+}
+
+/// Set while [`count_activation_bytes`] runs.
+static COUNTING_BYTES: AtomicBool = AtomicBool::new(false);
+/// What [`count_activation_bytes`] counts: activation bytes bound and launches of ours.
+static ACTIVATION_BYTES: AtomicU64 = AtomicU64::new(0);
+static LAUNCHES: AtomicU64 = AtomicU64::new(0);
+
+/// Launches `kernel` on `count` workgroups: every launch of ours goes through here. `buffers` ends with the
+/// kernel's parameters and holds weights at the positions `weights`; the other bindings are activations, which
+/// [`count_activation_bytes`] counts.
+pub fn dispatch(client: &Client, kernel: WgslKernel, count: CubeCount, buffers: Vec<BufferBinding>, weights: &[usize]) {
+    if COUNTING_BYTES.load(Ordering::Relaxed) {
+        let activations = buffers.len().saturating_sub(1);
+        let bytes: u64 = (buffers.iter().take(activations).enumerate())
+            .filter(|(i, _)| !weights.contains(i))
+            .map(|(_, b)| b.size - b.offset_start.unwrap_or(0) - b.offset_end.unwrap_or(0))
+            .sum();
+        ACTIVATION_BYTES.fetch_add(bytes, Ordering::Relaxed);
+        LAUNCHES.fetch_add(1, Ordering::Relaxed);
+    }
+    client.launch(Box::new(kernel), count, KernelArguments::new().with_buffers(buffers));
+}
+
+/// What our kernels bound while [`count_activation_bytes`] ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ActivationBytes {
+    /// Activation bytes: per launch, every binding but weights and parameters, read or written, counted once (a
+    /// kernel that reads an input again, as a matmul does for each tile of outputs, counts it once).
+    pub bytes: u64,
+    /// Launches of ours (burn's own kernels are neither counted here nor in `bytes`).
+    pub launches: u64,
+}
+
+/// Runs `f` and counts the activation bytes our kernels bind while it runs, on any thread: run nothing else on
+/// the GPU meanwhile.
+pub fn count_activation_bytes<R>(f: impl FnOnce() -> R) -> (R, ActivationBytes) {
+    ACTIVATION_BYTES.store(0, Ordering::Relaxed);
+    LAUNCHES.store(0, Ordering::Relaxed);
+    COUNTING_BYTES.store(true, Ordering::Relaxed);
+    let result = f();
+    COUNTING_BYTES.store(false, Ordering::Relaxed);
+    let counted =
+        ActivationBytes { bytes: ACTIVATION_BYTES.load(Ordering::Relaxed), launches: LAUNCHES.load(Ordering::Relaxed) };
+    (result, counted)
 }
 
 /// Workgroups `(x, y)` covering `invocations` threads of [`WORKGROUP`] each, see [`grid`].

@@ -16,7 +16,6 @@
 use burn::backend::Cube;
 use burn::backend::wgpu::CubeTensor;
 use burn::cubecl::prelude::CubeCount;
-use burn::cubecl::server::KernelArguments;
 use burn::module::Module;
 use burn::tensor::{Bytes, DType, Device, FloatDType, Int, Tensor, TensorData};
 
@@ -319,7 +318,7 @@ fn quant_kernel(
         (square, (TILE, TILE))
     };
     let groups = CubeCount::Static(n.div_ceil(tile_n) as u32, m.div_ceil(tile_m) as u32, 1);
-    client.launch(Box::new(kernel), groups, KernelArguments::new().with_buffers(buffers));
+    super::dispatch(&client, kernel, groups, buffers, &[1, 2]); // the blocks and the bias are weights
     tensor_from_handle_of(&x, out, [m, n], dtype)
 }
 

@@ -238,6 +238,15 @@ fn print_table(report: &Report) {
             count(r.dispatches_per_single_block()),
         );
     }
+    if let (Some(bytes), Some(minimum)) = (report.activation_bytes_per_step, report.activation_bytes_minimum) {
+        println!(
+            "activation bytes per step, counted at our launches (each binding once): {:.1} MiB; minimum (each \
+             activation written and read once): {:.1} MiB; {:.2}× the minimum",
+            mib(bytes),
+            mib(minimum),
+            bytes as f64 / minimum as f64
+        );
+    }
     if let Some(r) = Report::counted_step(&report.step) {
         for (block, kernels) in [("double", &r.double_block_kernels), ("single", &r.single_block_kernels)] {
             let listed: Vec<String> = kernels.iter().map(|(name, n)| format!("{n} × {name}")).collect();
