@@ -55,8 +55,8 @@ struct StreamQkv<'a> {
 
 /// q, k and v of the streams joined along the tokens (in the order given), each `[b, heads, Σn, d]`: q and k
 /// RMS-normalised with each stream's norm and rotated by `rope` (which covers every token), v as projected.
-/// Computed one at a time so that no `[b, n, 3·hidden]` buffer exists; each head layout is one kernel per
-/// stream on wgpu ([`fused::split_heads`]).
+/// Computed one at a time so that no `[b, n, 3·hidden]` buffer exists; each of the three head layouts is one
+/// kernel for both streams on wgpu ([`fused::split_heads`]).
 fn joint_qkv(streams: &[StreamQkv], hidden: usize, heads: usize, rope: &Rope) -> Result<[Tensor<4>; 3]> {
     let project = |s: &StreamQkv, i: usize| s.projection.forward_columns(s.x.clone(), i * hidden..(i + 1) * hidden);
     let norm_scale = |s: &StreamQkv, i: usize| match i {
