@@ -14,22 +14,7 @@
 @group(0) @binding(7) var<storage, read_write> dims: array<u32>;
 
 const THREADS: u32 = 256u;
-var<workgroup> partial: array<f32, THREADS>;
-
-// The sum of every invocation's `value`; called by the whole workgroup.
-fn workgroup_sum(value: f32, lane: u32) -> f32 {
-    partial[lane] = value;
-    workgroupBarrier();
-    for (var stride = THREADS / 2u; stride > 0u; stride = stride / 2u) {
-        if (lane < stride) {
-            partial[lane] = partial[lane] + partial[lane + stride];
-        }
-        workgroupBarrier();
-    }
-    let total = partial[0];
-    workgroupBarrier();
-    return total;
-}
+// workgroup_sum: shaders/workgroup_sum.wgsl, appended by src/kernels/fused.rs.
 
 @compute @workgroup_size(256)
 fn main(

@@ -739,6 +739,27 @@ mod native {
         let guidance =
             config.guidance_embed.then(|| Tensor::<1>::from_data(TensorData::new(vec![2.5f32], [1]), device));
 
+        // Loads the model from `random` (its blocks streamed from it when `streamed`), then times chained steps as
+        // an edit runs them: the RoPE angles once, then each step; `sample` runs after the load and each step.
+        let run_steps = |random: &RandomFlux, streamed: bool, sample: &mut dyn FnMut(&str)| -> Result<TimedSteps> {
+            let flux = Flux::load_deferring(config, random, streamed.then_some(Layers::Blocks), device)?;
+            let modulations = flux.modulations(flux.conditioning(timesteps.clone(), y.clone(), guidance.clone())?)?;
+            sample("load");
+            let rope = flux.rope(txt_ids.clone(), img_ids.clone())?;
+            let stream: Option<&dyn Weights> = if streamed { Some(random) } else { None };
+            let mut x = img.clone();
+            let mut failure = None;
+            let seconds = time(sizes.repeats, |_| {
+                match flux.forward_rotated(x.clone(), txt.clone(), &rope, &modulations, stream) {
+                    Ok(out) => x = out,
+                    Err(e) => failure = Some(e),
+                }
+                sample("step");
+                x.clone()
+            });
+            failure.map_or(Ok(TimedSteps { flux, modulations, rope, x, seconds }), Err)
+        };
+
         let mut rows: Vec<StepRow> = Vec::new();
         // Rows to time again through the plain ops, after all others so that the dense weights they load do
         // not sit in the allocator's pools while the others' peaks are measured: (row, weights, streamed).
@@ -762,33 +783,14 @@ mod native {
             crate::device::release_free_pages(device);
             let mut meter = crate::device::MemoryMeter::default();
             let random = RandomFlux::new(config, quantized)?;
-            let deferred = streamed.then_some(Layers::Blocks);
             let stream: Option<&dyn Weights> = if streamed { Some(&random) } else { None };
             let mut fast = || -> Result<(f64, StepLaunches, usize, u64)> {
-                let flux = Flux::load_deferring(config, &random, deferred, device)?;
-                let vec = flux.conditioning(timesteps.clone(), y.clone(), guidance.clone())?;
-                let modulations = flux.modulations(vec)?;
-                meter.sample(device, "load");
-                // As an edit runs its steps: the RoPE angles once, then each step.
-                let rope = flux.rope(txt_ids.clone(), img_ids.clone())?;
-                let mut x = img.clone();
-                let mut failure = None;
-                let seconds = time(sizes.repeats, |_| {
-                    let out = flux.forward_rotated(x.clone(), txt.clone(), &rope, &modulations, stream);
-                    match out {
-                        Ok(out) => x = out,
-                        Err(e) => failure = Some(e),
-                    }
-                    meter.sample(device, "step");
-                    x.clone()
-                });
-                if let Some(e) = failure {
-                    return Err(e);
-                }
-                let one_step = || flux.forward_rotated(x.clone(), txt.clone(), &rope, &modulations, stream);
-                let launches = count_step_launches(&flux, &modulations, &rope, (n_img, n_txt), streamed, one_step)?;
-                let (packed_linears, device_bytes) = (flux.packed_linears(), flux.device_bytes() as u64);
-                Ok((seconds, launches, packed_linears, device_bytes))
+                let t = run_steps(&random, streamed, &mut |phase| meter.sample(device, phase))?;
+                let one_step = || t.flux.forward_rotated(t.x.clone(), txt.clone(), &t.rope, &t.modulations, stream);
+                let launches =
+                    count_step_launches(&t.flux, &t.modulations, &t.rope, (n_img, n_txt), streamed, one_step)?;
+                let (packed_linears, device_bytes) = (t.flux.packed_linears(), t.flux.device_bytes() as u64);
+                Ok((t.seconds, launches, packed_linears, device_bytes))
             };
             let (seconds, launches, packed_linears, device_bytes) = match precision {
                 Precision::F16 => crate::kernels::precision::with_precision(Precision::F16, fast)?,
@@ -828,23 +830,7 @@ mod native {
         // The same steps with our kernels off: weights dequantized to dense f32, burn's ops only.
         for (row, quantized, streamed) in plain {
             let random = RandomFlux::new(config, quantized)?;
-            let stream: Option<&dyn Weights> = if streamed { Some(&random) } else { None };
-            let seconds = crate::kernels::with_plain_ops(|| -> Result<f64> {
-                let flux = Flux::load_deferring(config, &random, streamed.then_some(Layers::Blocks), device)?;
-                let vec = flux.conditioning(timesteps.clone(), y.clone(), guidance.clone())?;
-                let modulations = flux.modulations(vec)?;
-                let rope = flux.rope(txt_ids.clone(), img_ids.clone())?;
-                let mut x = img.clone();
-                let mut failure = None;
-                let seconds = time(sizes.repeats, |_| {
-                    match flux.forward_rotated(x.clone(), txt.clone(), &rope, &modulations, stream) {
-                        Ok(out) => x = out,
-                        Err(e) => failure = Some(e),
-                    }
-                    x.clone()
-                });
-                failure.map_or(Ok(seconds), Err)
-            })?;
+            let seconds = crate::kernels::with_plain_ops(|| run_steps(&random, streamed, &mut |_| {}))?.seconds;
             crate::device::release_free_pages(device);
             rows[row].plain_seconds = Some(seconds);
             rows[row].speedup_over_plain = Some(seconds / rows[row].seconds);
@@ -858,6 +844,16 @@ mod native {
         let attention = bench_attention_rows(device, &sizes);
         let step = bench_step(device, &sizes)?;
         Ok(Report::new(backend, adapter, Precision::of(device), sizes, matmul, attention, step))
+    }
+
+    /// A model loaded for the step and timed ([`bench_step`]): what the launch counts run on.
+    struct TimedSteps {
+        flux: Flux,
+        modulations: Modulations,
+        rope: Rope,
+        /// The last step's output.
+        x: Tensor<3>,
+        seconds: f64,
     }
 
     /// What [`count_step_launches`] counted: launches of one step and the activation bytes our kernels bound in

@@ -25,20 +25,37 @@ use burn::tensor::{DType, Tensor};
 use super::{WgslKernel, cube_tensor, dispatch, grid, launch_1d, packs_on, params, tensor_from_handle};
 use crate::{Error, Result};
 
-const LAYER_NORM_MODULATE: WgslKernel =
-    WgslKernel::fixed("layer_norm_modulate", include_str!("../../shaders/layer_norm_modulate.wgsl"));
+/// A row-wise kernel and the workgroup reduction it calls.
+macro_rules! row_kernel {
+    ($name:literal) => {
+        WgslKernel::fixed(
+            $name,
+            concat!(
+                include_str!(concat!("../../shaders/", $name, ".wgsl")),
+                include_str!("../../shaders/workgroup_sum.wgsl")
+            ),
+        )
+    };
+}
+
+const LAYER_NORM_MODULATE: WgslKernel = row_kernel!("layer_norm_modulate");
 const GELU_TANH: WgslKernel = WgslKernel::fixed("gelu_tanh", include_str!("../../shaders/gelu_tanh.wgsl"));
 const GATED_ADD: WgslKernel = WgslKernel::fixed("gated_add", include_str!("../../shaders/gated_add.wgsl"));
 const MERGE_HEADS: WgslKernel = WgslKernel::fixed("merge_heads", include_str!("../../shaders/merge_heads.wgsl"));
-const RESIDUAL_LAYER_NORM_MODULATE: WgslKernel =
-    WgslKernel::fixed("residual_layer_norm_modulate", include_str!("../../shaders/residual_layer_norm_modulate.wgsl"));
+const RESIDUAL_LAYER_NORM_MODULATE: WgslKernel = row_kernel!("residual_layer_norm_modulate");
 const SPLIT_HEADS: WgslKernel = WgslKernel::fixed("split_heads", include_str!("../../shaders/split_heads.wgsl"));
 /// Head rows per workgroup of `split_heads.wgsl` (`ROWS`).
 const HEAD_ROWS_PER_GROUP: usize = 8;
 
-/// Whether every tensor is an f32 tensor on wgpu, so that the kernels take them.
-fn on_kernels(tensors: &[(&burn::tensor::Device, DType)]) -> bool {
-    tensors.iter().all(|(device, dtype)| packs_on(device) && *dtype == DType::F32)
+/// Whether every tensor, given by its device and element type, is an f32 tensor on wgpu, so that the kernels
+/// take them.
+fn on_kernels(tensors: impl IntoIterator<Item = (burn::tensor::Device, DType)>) -> bool {
+    tensors.into_iter().all(|(device, dtype)| packs_on(&device) && dtype == DType::F32)
+}
+
+/// The device and element type of `t`, for [`on_kernels`].
+fn placed<const D: usize>(t: &Tensor<D>) -> (burn::tensor::Device, DType) {
+    (t.device(), t.dtype())
 }
 
 /// Binds a tensor already known to be a wgpu f32 tensor ([`on_kernels`]).
@@ -54,18 +71,14 @@ fn index(n: usize, what: &str) -> Result<u32> {
 /// `x` `[b, n, w]`, `shift` and `scale` `[b, 1, w]`.
 pub fn layer_norm_modulate(x: Tensor<3>, shift: Tensor<3>, scale: Tensor<3>, eps: f64) -> Tensor<3> {
     let [b, n, w] = x.dims();
-    let kernels =
-        on_kernels(&[(&x.device(), x.dtype()), (&shift.device(), shift.dtype()), (&scale.device(), scale.dtype())]);
-    let Ok(dims) = [b * n * w, n].map(|v| index(v, "size")).into_iter().collect::<Result<Vec<_>>>() else {
-        return reference::layer_norm_modulate(x, shift, scale, eps);
-    };
-    if !kernels || shift.dims() != [b, 1, w] || scale.dims() != [b, 1, w] {
+    let rows_fit = shift.dims() == [b, 1, w] && scale.dims() == [b, 1, w];
+    if !on_kernels([placed(&x), placed(&shift), placed(&scale)]) || !rows_fit || index(b * n * w, "size").is_err() {
         return reference::layer_norm_modulate(x, shift, scale, eps);
     }
     let (x, shift, scale) = (bound(x), bound(shift), bound(scale));
     let client = &x.client;
     let out = client.empty(b * n * w * size_of::<f32>());
-    let dims = params(client, &[(b * n) as u32, w as u32, dims[1], (eps as f32).to_bits()]);
+    let dims = params(client, &[(b * n) as u32, w as u32, n as u32, (eps as f32).to_bits()]);
     let buffers = [&x.handle, &shift.handle, &scale.handle, &out, &dims].map(|h| h.clone().binding()).to_vec();
     launch(client, LAYER_NORM_MODULATE, grid(b * n), buffers);
     tensor_from_handle(&x, out, [b, n, w])
@@ -75,7 +88,7 @@ pub fn layer_norm_modulate(x: Tensor<3>, shift: Tensor<3>, scale: Tensor<3>, eps
 pub fn gelu_tanh(x: Tensor<3>) -> Tensor<3> {
     let dims = x.dims();
     let n = dims.iter().product::<usize>();
-    if !on_kernels(&[(&x.device(), x.dtype())]) || index(n, "size").is_err() {
+    if !on_kernels([placed(&x)]) || index(n, "size").is_err() {
         return reference::gelu_tanh(x);
     }
     let x = bound(x);
@@ -89,9 +102,8 @@ pub fn gelu_tanh(x: Tensor<3>) -> Tensor<3> {
 /// The gated residual add `x + gate · y`: `x` and `y` `[b, n, w]`, `gate` `[b, 1, w]`.
 pub fn gated_add(x: Tensor<3>, gate: Tensor<3>, y: Tensor<3>) -> Tensor<3> {
     let [b, n, w] = x.dims();
-    let tensors = [(&x.device(), x.dtype()), (&gate.device(), gate.dtype()), (&y.device(), y.dtype())];
     let fits = index(b * n * w, "size").is_ok() && gate.dims() == [b, 1, w] && y.dims() == [b, n, w];
-    if !on_kernels(&tensors) || !fits {
+    if !on_kernels([placed(&x), placed(&gate), placed(&y)]) || !fits {
         return reference::gated_add(x, gate, y);
     }
     let (x, gate, y) = (bound(x), bound(gate), bound(y));
@@ -150,18 +162,9 @@ pub fn split_heads(parts: Vec<HeadInput>, heads: usize, rope: Option<RopeTables>
             rope.cos.dims()
         )));
     }
-    let mut tensors = vec![];
-    for part in &parts {
-        tensors.push((part.x.device(), part.x.dtype()));
-        if let Some(scale) = &part.norm_scale {
-            tensors.push((scale.device(), scale.dtype()));
-        }
-    }
-    if let Some(rope) = rope {
-        tensors.extend([(rope.cos.device(), rope.cos.dtype()), (rope.sin.device(), rope.sin.dtype())]);
-    }
-    let tensors: Vec<_> = tensors.iter().map(|(device, dtype)| (device, *dtype)).collect();
-    if !on_kernels(&tensors) || index(b * heads * total * d, "size").is_err() {
+    let inputs = (parts.iter()).flat_map(|p| [Some(placed(&p.x)), p.norm_scale.as_ref().map(placed)]).flatten();
+    let tables = rope.into_iter().flat_map(|rope| [placed(rope.cos), placed(rope.sin)]);
+    if !on_kernels(inputs.chain(tables)) || index(b * heads * total * d, "size").is_err() {
         return Ok(reference::split_heads(parts, heads, rope, eps));
     }
 
@@ -204,7 +207,7 @@ pub fn split_heads(parts: Vec<HeadInput>, heads: usize, rope: Option<RopeTables>
 /// `0 < split < n`.
 pub fn merge_heads_split(attention: Tensor<4>, split: usize) -> (Tensor<3>, Tensor<3>) {
     let [b, heads, n, d] = attention.dims();
-    if !on_kernels(&[(&attention.device(), attention.dtype())]) || index(b * heads * n * d, "size").is_err() {
+    if !on_kernels([placed(&attention)]) || index(b * heads * n * d, "size").is_err() {
         return reference::merge_heads_split(attention, split);
     }
     let src = bound(attention);
@@ -223,10 +226,9 @@ pub fn merge_heads_split(attention: Tensor<4>, split: usize) -> (Tensor<3>, Tens
 pub fn merged_heads_beside_gelu(attention: Tensor<4>, tokens: Range<usize>, mlp: Tensor<3>) -> Tensor<3> {
     let [b, heads, n, d] = attention.dims();
     let [_, len, w] = mlp.dims();
-    let tensors = [(&attention.device(), attention.dtype()), (&mlp.device(), mlp.dtype())];
     let width = heads * d + w;
     let fits = tokens.end <= n && len == tokens.len() && index(b * n.max(len) * width.max(heads * d), "size").is_ok();
-    if !on_kernels(&tensors) || !fits {
+    if !on_kernels([placed(&attention), placed(&mlp)]) || !fits {
         return reference::merged_heads_beside_gelu(attention, tokens, mlp);
     }
     let (src, mlp) = (bound(attention), bound(mlp));
@@ -253,11 +255,9 @@ pub fn residual_layer_norm_modulate(
     eps: f64,
 ) -> (Tensor<3>, Tensor<3>) {
     let [b, n, w] = x.dims();
-    let all = [&x, &gate, &y, &shift, &scale];
-    let tensors: Vec<_> = all.iter().map(|t| (t.device(), t.dtype())).collect();
-    let tensors: Vec<_> = tensors.iter().map(|(device, dtype)| (device, *dtype)).collect();
     let rows_fit = [&gate, &shift, &scale].iter().all(|t| t.dims() == [b, 1, w]) && y.dims() == [b, n, w];
-    if !on_kernels(&tensors) || !rows_fit || index(b * n * w, "size").is_err() {
+    let tensors = [&x, &gate, &y, &shift, &scale].map(placed);
+    if !on_kernels(tensors) || !rows_fit || index(b * n * w, "size").is_err() {
         return reference::residual_layer_norm_modulate(x, gate, y, shift, scale, eps);
     }
     let [x, gate, y, shift, scale] = [x, gate, y, shift, scale].map(bound);
