@@ -1,9 +1,10 @@
-// bfloat16, one value per 2 bytes: the high half of an f32.
+// bfloat16 values (the high half of an f32), two per word: values 8·part .. +8 of a chunk are one 16-byte word.
 fn dequant8(row: u32, chunk: u32, part: u32) -> array<f32, 8> {
-    let first = row + (chunk * 32u + part * 8u) * 2u;
+    let q = quad(chunk_index(row, chunk) * 4u + part);
     var out: array<f32, 8>;
-    for (var t = 0u; t < 8u; t++) {
-        out[t] = bitcast<f32>((read_u8(first + 2u * t) | (read_u8(first + 2u * t + 1u) << 8u)) << 16u);
+    for (var t = 0u; t < 4u; t++) {
+        out[2u * t] = bitcast<f32>(q[t] << 16u);
+        out[2u * t + 1u] = bitcast<f32>(q[t] & 0xffff0000u);
     }
     return out;
 }

@@ -1,9 +1,10 @@
-// IEEE half, one value per 2 bytes.
+// IEEE half values, two per word: values 8·part .. +8 of a chunk are one 16-byte word.
 fn dequant8(row: u32, chunk: u32, part: u32) -> array<f32, 8> {
-    let first = row + (chunk * 32u + part * 8u) * 2u;
+    let q = quad(chunk_index(row, chunk) * 4u + part);
     var out: array<f32, 8>;
-    for (var t = 0u; t < 8u; t++) {
-        out[t] = read_f16(first + 2u * t);
+    for (var t = 0u; t < 4u; t++) {
+        out[2u * t] = f16_bits_to_f32(q[t] & 0xffffu);
+        out[2u * t + 1u] = f16_bits_to_f32(q[t] >> 16u);
     }
     return out;
 }

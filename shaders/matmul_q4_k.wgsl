@@ -1,16 +1,14 @@
-// block_q4_K { f16 d; f16 dmin; u8 scales[12]; u8 qs[128]; } (144 bytes, 256 values in 8 sub-blocks of 32).
-// Sub-block s: value l = d · scale_s · nibble − dmin · min_s, the nibble of qs[32·(s/2) + l], high when s is odd.
+// Q4_K: value j = (D · scale) · code − Dmin · min, with the sub-block's 6-bit scale | min << 8 per chunk and the
+// f16 D, Dmin per 256 values.
 fn dequant8(row: u32, chunk: u32, part: u32) -> array<f32, 8> {
-    let block = row + (chunk / 8u) * 144u;
-    let s = chunk % 8u;
-    let sm = scale_min_k4(block + 4u, s);
-    let scale = read_f16(block) * f32(sm.x);
-    let min = read_f16(block + 2u) * f32(sm.y);
-    let shift = (s % 2u) * 4u;
-    let qs = block + 16u + (s / 2u) * 32u + part * 8u;
+    let i = chunk_index(row, chunk);
+    let scale_min = half_bits(packing.scales, i);
+    let scale = super_scale(row, chunk, 2u, 0u) * f32(scale_min & 0xffu);
+    let min = super_scale(row, chunk, 2u, 1u) * f32(scale_min >> 8u);
+    let q = nibble_word(i, part);
     var out: array<f32, 8>;
     for (var t = 0u; t < 8u; t++) {
-        out[t] = scale * f32((read_u8(qs + t) >> shift) & 0xfu) - min;
+        out[t] = scale * f32((q >> (4u * t)) & 0xfu) - min;
     }
     return out;
 }

@@ -1,14 +1,13 @@
-// block_q5_0 { f16 d; u8 qh[4]; u8 qs[16]; } (22 bytes): value j = (nibble | bit j of qh << 4 − 16) · d.
+// Q5_0: value j = (code − 16) · d, the code's 5th bit in bit j of the chunk's high word, one f16 d per chunk.
 fn dequant8(row: u32, chunk: u32, part: u32) -> array<f32, 8> {
-    let block = row + chunk * 22u;
-    let d = read_f16(block);
-    let qh = read_u8(block + 2u) | (read_u8(block + 3u) << 8u) | (read_u8(block + 4u) << 16u) | (read_u8(block + 5u) << 24u);
-    let shift = (part / 2u) * 4u;
+    let i = chunk_index(row, chunk);
+    let d = chunk_scale(i, 1u, 0u);
+    let q = nibble_word(i, part);
+    let high = word(packing.high + i) >> (8u * part);
     var out: array<f32, 8>;
     for (var t = 0u; t < 8u; t++) {
-        let j = part * 8u + t;
-        let q = ((read_u8(block + 6u + (part % 2u) * 8u + t) >> shift) & 0xfu) | (((qh >> j) & 1u) << 4u);
-        out[t] = f32(i32(q) - 16) * d;
+        let code = ((q >> (4u * t)) & 0xfu) | (((high >> t) & 1u) << 4u);
+        out[t] = f32(i32(code) - 16) * d;
     }
     return out;
 }

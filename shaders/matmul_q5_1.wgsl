@@ -1,15 +1,14 @@
-// block_q5_1 { f16 d; f16 m; u8 qh[4]; u8 qs[16]; } (24 bytes): value j = (nibble | bit j of qh << 4) · d + m.
+// Q5_1: value j = code · d + m, the code's 5th bit in bit j of the chunk's high word, f16 d and m per chunk.
 fn dequant8(row: u32, chunk: u32, part: u32) -> array<f32, 8> {
-    let block = row + chunk * 24u;
-    let d = read_f16(block);
-    let m = read_f16(block + 2u);
-    let qh = read_u8(block + 4u) | (read_u8(block + 5u) << 8u) | (read_u8(block + 6u) << 16u) | (read_u8(block + 7u) << 24u);
-    let shift = (part / 2u) * 4u;
+    let i = chunk_index(row, chunk);
+    let d = chunk_scale(i, 2u, 0u);
+    let m = chunk_scale(i, 2u, 1u);
+    let q = nibble_word(i, part);
+    let high = word(packing.high + i) >> (8u * part);
     var out: array<f32, 8>;
     for (var t = 0u; t < 8u; t++) {
-        let j = part * 8u + t;
-        let q = ((read_u8(block + 8u + (part % 2u) * 8u + t) >> shift) & 0xfu) | (((qh >> j) & 1u) << 4u);
-        out[t] = f32(q) * d + m;
+        let code = ((q >> (4u * t)) & 0xfu) | (((high >> t) & 1u) << 4u);
+        out[t] = f32(code) * d + m;
     }
     return out;
 }

@@ -1,19 +1,16 @@
-// block_q5_K { f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]; } (176 bytes, 8 sub-blocks of 32).
-// Sub-block s: value l = d · scale_s · (nibble + 16 · bit s of qh[l]) − dmin · min_s, the nibble of
-// qs[32·(s/2) + l], high when s is odd.
+// Q5_K: value j = (D · scale) · code − Dmin · min, the code's 5th bit in bit j of the chunk's high word, the
+// sub-block's 6-bit scale | min << 8 per chunk and the f16 D, Dmin per 256 values.
 fn dequant8(row: u32, chunk: u32, part: u32) -> array<f32, 8> {
-    let block = row + (chunk / 8u) * 176u;
-    let s = chunk % 8u;
-    let sm = scale_min_k4(block + 4u, s);
-    let scale = read_f16(block) * f32(sm.x);
-    let min = read_f16(block + 2u) * f32(sm.y);
-    let shift = (s % 2u) * 4u;
-    let qh = block + 16u + part * 8u;
-    let qs = block + 48u + (s / 2u) * 32u + part * 8u;
+    let i = chunk_index(row, chunk);
+    let scale_min = half_bits(packing.scales, i);
+    let scale = super_scale(row, chunk, 2u, 0u) * f32(scale_min & 0xffu);
+    let min = super_scale(row, chunk, 2u, 1u) * f32(scale_min >> 8u);
+    let q = nibble_word(i, part);
+    let high = word(packing.high + i) >> (8u * part);
     var out: array<f32, 8>;
     for (var t = 0u; t < 8u; t++) {
-        let q = ((read_u8(qs + t) >> shift) & 0xfu) | (((read_u8(qh + t) >> s) & 1u) << 4u);
-        out[t] = scale * f32(q) - min;
+        let code = ((q >> (4u * t)) & 0xfu) | (((high >> t) & 1u) << 4u);
+        out[t] = scale * f32(code) - min;
     }
     return out;
 }

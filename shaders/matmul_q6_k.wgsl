@@ -1,20 +1,15 @@
-// block_q6_K { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d; } (210 bytes, 256 values in two halves of 128).
-// Value 128h + 32g + l (g < 4, l < 32) = d · scales[8h + 2g + l/16] · (q − 32), with q's low nibble from
-// ql[64h + 32·(g%2) + l] (high nibble when g ≥ 2) and its two high bits from bits 2g of qh[32h + l].
+// Q6_K: value j = (D · scale) · (code − 32), the code's two high bits at bits 2·(j % 16) of the chunk's high word
+// j / 16, the i8 scales of values 0..16 and 16..32 as the chunk's scale half and the f16 D per 256 values.
 fn dequant8(row: u32, chunk: u32, part: u32) -> array<f32, 8> {
-    let block = row + (chunk / 8u) * 210u;
-    let s = chunk % 8u;
-    let h = s / 4u;
-    let g = s % 4u;
-    let l = part * 8u;
-    let scale = read_f16(block + 208u) * f32(read_i8(block + 192u + 8u * h + 2u * g + l / 16u));
-    let ql = block + 64u * h + 32u * (g % 2u) + l;
-    let qh = block + 128u + 32u * h + l;
-    let shift = (g / 2u) * 4u;
+    let i = chunk_index(row, chunk);
+    let scale_byte = (half_bits(packing.scales, i) >> (8u * (part / 2u))) & 0xffu;
+    let scale = super_scale(row, chunk, 1u, 0u) * f32(bitcast<i32>(scale_byte << 24u) >> 24u);
+    let q = nibble_word(i, part);
+    let high = word(packing.high + i * 2u + part / 2u) >> (16u * (part & 1u));
     var out: array<f32, 8>;
     for (var t = 0u; t < 8u; t++) {
-        let q = ((read_u8(ql + t) >> shift) & 0xfu) | (((read_u8(qh + t) >> (2u * g)) & 3u) << 4u);
-        out[t] = scale * f32(i32(q) - 32);
+        let code = ((q >> (4u * t)) & 0xfu) | (((high >> (2u * t)) & 3u) << 4u);
+        out[t] = scale * f32(i32(code) - 32);
     }
     return out;
 }

@@ -1,16 +1,17 @@
-// y[m, n] = Σ_k x[m, k] · W[n, k] (+ bias[n]) with W [N, K] in ggml blocks, dequantized while a tile of it is
-// loaded (f32 accumulation). Reference twin: crate::kernels::quant_matmul::reference.
+// y[m, n] = Σ_k x[m, k] · W[n, k] (+ bias[n]) with W [N, K] repacked (crate::kernels::repack), dequantized while a
+// tile of it is loaded (f32 accumulation). Reference twin: crate::kernels::quant_matmul::reference.
 // Prepended by one matmul_<type>.wgsl, which defines `fn dequant8(row, chunk, part) -> array<f32, 8>`:
-// values chunk·32 + part·8 .. +8 of the row whose blocks start at byte `row`, and by ggml_bytes.wgsl; first of
-// all by act_f32.wgsl or act_f16.wgsl, which name the type `act` of x and y (the bias stays f32).
+// values chunk·32 + part·8 .. +8 of row `row`, and by packed_weights.wgsl; first of all by act_f32.wgsl or
+// act_f16.wgsl, which name the type `act` of x and y (the bias stays f32).
 //
 // One workgroup of 16×16 threads computes a 64×64 tile of y; thread (tx, ty) owns rows ty + 16i and columns
-// tx + 16j (i, j < 4), so shared-memory reads are broadcasts (xs) or consecutive (ws).
+// tx + 16j (i, j < 4), so shared-memory reads are broadcasts (xs) or consecutive (ws). Four consecutive threads
+// load the four parts of one row's chunk: a warp reads consecutive words of W.
 @group(0) @binding(0) var<storage, read_write> x: array<act>;
-@group(0) @binding(1) var<storage, read_write> w: array<u32>;
+@group(0) @binding(1) var<storage, read_write> w: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read_write> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<act>;
-// [m, n, k, bytes per row of W, has bias]
+// [m, n, k, has bias, first word of the high bits, of the scales, of the super-block scales]
 @group(0) @binding(4) var<storage, read_write> dims: array<u32>;
 
 const TILE_M: u32 = 64u;
@@ -19,8 +20,13 @@ const TILE_K: u32 = 32u;
 
 // [TILE_M, TILE_K]
 var<workgroup> xs: array<f32, 2048>;
-// [TILE_K, TILE_N]
+// [TILE_K, TILE_N], swizzled (ws_at) so that the stores of a warp hit 32 banks
 var<workgroup> ws: array<f32, 2048>;
+
+// Where W's value (k, n) of the tile lies in ws: column n XOR 8·(k / 8).
+fn ws_at(k: u32, n: u32) -> u32 {
+    return k * TILE_N + (n ^ ((k >> 3u) << 3u));
+}
 
 // K, the bound of the loop that holds the barriers: read through workgroup memory by invocation 0 so that it is
 // uniform for WGSL's uniformity analysis (browsers refuse a barrier in a loop over a storage buffer's value).
@@ -38,16 +44,16 @@ fn main(
         k_shared = dims[2];
     }
     let k_len = workgroupUniformLoad(&k_shared);
-    let row_bytes = dims[3];
-    let has_bias = dims[4];
+    let has_bias = dims[3];
+    packing = Packing(n_len, dims[4], dims[5], dims[6]);
     let m0 = group.y * TILE_M;
     let n0 = group.x * TILE_N;
 
     // Loading roles: x row xm + 8r, column xk; W row n0 + wn, values part·8 .. +8 of the chunk.
     let xk = tid % TILE_K;
     let xm = tid / TILE_K;
-    let wn = tid % TILE_N;
-    let part = tid / TILE_N;
+    let wn = tid / 4u;
+    let part = tid % 4u;
     let w_row = n0 + wn;
 
     var acc0 = vec4<f32>(0.0);
@@ -67,29 +73,30 @@ fn main(
         }
         var values: array<f32, 8>;
         if (w_row < n_len) {
-            values = dequant8(w_row * row_bytes, chunk, part);
+            values = dequant8(w_row, chunk, part);
         }
         for (var t = 0u; t < 8u; t++) {
-            ws[(part * 8u + t) * TILE_N + wn] = values[t];
+            ws[ws_at(part * 8u + t, wn)] = values[t];
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TILE_K; kk++) {
-            let a = vec4<f32>(
-                xs[local.y * TILE_K + kk],
-                xs[(local.y + 16u) * TILE_K + kk],
-                xs[(local.y + 32u) * TILE_K + kk],
-                xs[(local.y + 48u) * TILE_K + kk],
-            );
-            let b = vec4<f32>(
-                ws[kk * TILE_N + local.x],
-                ws[kk * TILE_N + local.x + 16u],
-                ws[kk * TILE_N + local.x + 32u],
-                ws[kk * TILE_N + local.x + 48u],
-            );
-            acc0 += a.x * b;
-            acc1 += a.y * b;
-            acc2 += a.z * b;
-            acc3 += a.w * b;
+        for (var group8 = 0u; group8 < TILE_K / 8u; group8++) {
+            // Where columns local.x + 16j of ws rows 8·group8 .. +8 lie (ws_at's swizzle, once per 8 rows).
+            let cols = (vec4<u32>(0u, 16u, 32u, 48u) + local.x) ^ vec4<u32>(group8 * 8u);
+            for (var t = 0u; t < 8u; t++) {
+                let kk = group8 * 8u + t;
+                let a = vec4<f32>(
+                    xs[local.y * TILE_K + kk],
+                    xs[(local.y + 16u) * TILE_K + kk],
+                    xs[(local.y + 32u) * TILE_K + kk],
+                    xs[(local.y + 48u) * TILE_K + kk],
+                );
+                let row = kk * TILE_N;
+                let b = vec4<f32>(ws[row + cols.x], ws[row + cols.y], ws[row + cols.z], ws[row + cols.w]);
+                acc0 += a.x * b;
+                acc1 += a.y * b;
+                acc2 += a.z * b;
+                acc3 += a.w * b;
+            }
         }
         workgroupBarrier();
     }

@@ -1,14 +1,16 @@
-// y[m, n] = Σ_k x[m, k] · W[n, k] (+ bias[n]) with W [N, K] in ggml blocks: the variant for many rows of x
-// (same bindings, `act` and `dequant8` as matmul_quant.wgsl). Reference twin: crate::kernels::quant_matmul::reference.
+// y[m, n] = Σ_k x[m, k] · W[n, k] (+ bias[n]) with W [N, K] repacked: the variant for many rows of x (same
+// `act` and `dequant8` as matmul_quant.wgsl, x read as vec4s). Reference twin:
+// crate::kernels::quant_matmul::reference.
 //
 // One workgroup of 16×16 threads computes a 128×128 tile of y in steps of 16 along K; thread (tx, ty) owns the
 // 8×8 outputs at rows 4ty + i and 64 + 4ty + i, columns 4tx + j and 64 + 4tx + j (i, j < 4), read from shared
-// memory as vec4s: 4 loads per 64 multiply-adds.
-@group(0) @binding(0) var<storage, read_write> x: array<act>;
-@group(0) @binding(1) var<storage, read_write> w: array<u32>;
+// memory as vec4s: 4 loads per 64 multiply-adds. Two consecutive threads load the two halves of a step of one
+// row of W, so that a warp reads consecutive words.
+@group(0) @binding(0) var<storage, read_write> x: array<vec4<act>>;
+@group(0) @binding(1) var<storage, read_write> w: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read_write> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<act>;
-// [m, n, k, bytes per row of W, has bias]
+// [m, n, k, has bias, first word of the high bits, of the scales, of the super-block scales]
 @group(0) @binding(4) var<storage, read_write> dims: array<u32>;
 
 const TILE: u32 = 128u;
@@ -16,8 +18,13 @@ const STEP: u32 = 16u;
 
 // [STEP, TILE / 4]: x values at (k, m = 4·q + c) in xs[k · 32 + q][c]
 var<workgroup> xs: array<vec4<f32>, 512>;
-// [STEP, TILE / 4]: W values at (k, n = 4·q + c) in ws[k · 32 + q][c]
+// [STEP, TILE / 4]: W values at (k, n = 4·q + c) in ws[ws_at(k, q)][c], swizzled so that the stores of a warp hit
+// 32 banks
 var<workgroup> ws: array<vec4<f32>, 512>;
+
+fn ws_at(k: u32, q: u32) -> u32 {
+    return k * 32u + (q ^ ((k >> 3u) << 2u));
+}
 
 fn store(m: u32, n_len: u32, n: u32, value: vec4<f32>, b: vec4<f32>) {
     let sum = value + b;
@@ -44,16 +51,16 @@ fn main(
         k_shared = dims[2];
     }
     let k_len = workgroupUniformLoad(&k_shared);
-    let row_bytes = dims[3];
-    let has_bias = dims[4];
+    let has_bias = dims[3];
+    packing = Packing(n_len, dims[4], dims[5], dims[6]);
     let m0 = group.y * TILE;
     let n0 = group.x * TILE;
 
     // Loading roles: x rows xm and 64 + xm, columns 4·xq .. +4; W row n0 + wn, values 8·half .. +8 of the step.
     let xq = tid % 4u;
     let xm = tid / 4u;
-    let wn = tid % TILE;
-    let half = tid / TILE;
+    let wn = tid / 2u;
+    let half = tid % 2u;
     let w_row = n0 + wn;
 
     var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0); var c02 = vec4<f32>(0.0); var c03 = vec4<f32>(0.0);
@@ -66,31 +73,37 @@ fn main(
         for (var r = 0u; r < 2u; r++) {
             let lm = xm + 64u * r;
             let m = m0 + lm;
+            var v = vec4<f32>(0.0);
+            if (m < m_len) {
+                v = vec4<f32>(x[(m * k_len + step * STEP) / 4u + xq]);
+            }
             for (var c = 0u; c < 4u; c++) {
-                var v = 0.0;
-                if (m < m_len) {
-                    v = f32(x[m * k_len + step * STEP + 4u * xq + c]);
-                }
-                xs[(4u * xq + c) * 32u + lm / 4u][lm % 4u] = v;
+                xs[(4u * xq + c) * 32u + lm / 4u][lm % 4u] = v[c];
             }
         }
         var values: array<f32, 8>;
         if (w_row < n_len) {
-            values = dequant8(w_row * row_bytes, step / 2u, (step % 2u) * 2u + half);
+            values = dequant8(w_row, step / 2u, (step % 2u) * 2u + half);
         }
         for (var t = 0u; t < 8u; t++) {
-            ws[(half * 8u + t) * 32u + wn / 4u][wn % 4u] = values[t];
+            ws[ws_at(half * 8u + t, wn / 4u)][wn % 4u] = values[t];
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < STEP; kk++) {
-            let a0 = xs[kk * 32u + local.y];
-            let a1 = xs[kk * 32u + 16u + local.y];
-            let b0 = ws[kk * 32u + local.x];
-            let b1 = ws[kk * 32u + 16u + local.x];
-            c00 += a0.x * b0; c01 += a0.y * b0; c02 += a0.z * b0; c03 += a0.w * b0;
-            c10 += a0.x * b1; c11 += a0.y * b1; c12 += a0.z * b1; c13 += a0.w * b1;
-            c20 += a1.x * b0; c21 += a1.y * b0; c22 += a1.z * b0; c23 += a1.w * b0;
-            c30 += a1.x * b1; c31 += a1.y * b1; c32 += a1.z * b1; c33 += a1.w * b1;
+        for (var group8 = 0u; group8 < STEP / 8u; group8++) {
+            // Where vec4s local.x and 16 + local.x of ws rows 8·group8 .. +8 lie (ws_at's swizzle).
+            let q0 = local.x ^ (group8 * 4u);
+            let q1 = (16u + local.x) ^ (group8 * 4u);
+            for (var t = 0u; t < 8u; t++) {
+                let kk = group8 * 8u + t;
+                let a0 = xs[kk * 32u + local.y];
+                let a1 = xs[kk * 32u + 16u + local.y];
+                let b0 = ws[kk * 32u + q0];
+                let b1 = ws[kk * 32u + q1];
+                c00 += a0.x * b0; c01 += a0.y * b0; c02 += a0.z * b0; c03 += a0.w * b0;
+                c10 += a0.x * b1; c11 += a0.y * b1; c12 += a0.z * b1; c13 += a0.w * b1;
+                c20 += a1.x * b0; c21 += a1.y * b0; c22 += a1.z * b0; c23 += a1.w * b0;
+                c30 += a1.x * b1; c31 += a1.y * b1; c32 += a1.z * b1; c33 += a1.w * b1;
+            }
         }
         workgroupBarrier();
     }

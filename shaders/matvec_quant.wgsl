@@ -1,20 +1,21 @@
-// y[m, n] = Σ_k x[m, k] · W[n, k] (+ bias[n]) with W [N, K] in ggml blocks: the variant for a few rows of x
-// (same bindings, `act` and `dequant8` as matmul_quant.wgsl). Reference twin: crate::kernels::quant_matmul::reference.
+// y[m, n] = Σ_k x[m, k] · W[n, k] (+ bias[n]) with W [N, K] repacked: the variant for a few rows of x (same
+// bindings, `act` and `dequant8` as matmul_quant.wgsl). Reference twin: crate::kernels::quant_matmul::reference.
 //
-// One workgroup: 8 teams of 32 threads, team r computing row n = 8·group.x + r of W against rows
-// 4·group.y .. +4 of x. Lane l takes the 8-value parts l, l + 32, … of the row; the team then sums its lanes.
+// One workgroup: 32 rows of W (lanes) × 8 slices of K, against rows 4·group.y .. +4 of x. Thread (slice, lane)
+// takes row n = 32·group.x + lane, chunks slice, slice + 8, …, whole: a warp reads 32 consecutive chunks of W
+// and one broadcast value of x at a time. The slices are then summed.
 @group(0) @binding(0) var<storage, read_write> x: array<act>;
-@group(0) @binding(1) var<storage, read_write> w: array<u32>;
+@group(0) @binding(1) var<storage, read_write> w: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read_write> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<act>;
-// [m, n, k, bytes per row of W, has bias]
+// [m, n, k, has bias, first word of the high bits, of the scales, of the super-block scales]
 @group(0) @binding(4) var<storage, read_write> dims: array<u32>;
 
-const TEAM: u32 = 32u;
-const TEAMS: u32 = 8u;
+const LANES: u32 = 32u;
+const SLICES: u32 = 8u;
 const ROWS: u32 = 4u;
 
-// One partial sum per thread, for the ROWS rows of x.
+// One partial sum per thread, for the ROWS rows of x: [SLICES, LANES].
 var<workgroup> partial: array<vec4<f32>, 256>;
 
 @compute @workgroup_size(256, 1, 1)
@@ -22,38 +23,42 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
     let m_len = dims[0];
     let n_len = dims[1];
     let k_len = dims[2];
-    let row_bytes = dims[3];
-    let has_bias = dims[4];
-    let lane = tid % TEAM;
-    let n = group.x * TEAMS + tid / TEAM;
+    let has_bias = dims[3];
+    packing = Packing(n_len, dims[4], dims[5], dims[6]);
+    let lane = tid % LANES;
+    let slice = tid / LANES;
+    let n = group.x * LANES + lane;
     let m0 = group.y * ROWS;
 
     var acc = vec4<f32>(0.0);
     if (n < n_len) {
-        let parts = k_len / 8u;
-        for (var p = lane; p < parts; p += TEAM) {
-            let values = dequant8(n * row_bytes, p / 4u, p % 4u);
-            for (var r = 0u; r < ROWS; r++) {
-                let m = m0 + r;
-                if (m < m_len) {
-                    var sum = 0.0;
-                    for (var t = 0u; t < 8u; t++) {
-                        sum += f32(x[m * k_len + p * 8u + t]) * values[t];
+        let chunks = k_len / 32u;
+        for (var chunk = slice; chunk < chunks; chunk += SLICES) {
+            for (var part = 0u; part < 4u; part++) {
+                let values = dequant8(n, chunk, part);
+                let first = chunk * 32u + part * 8u;
+                for (var r = 0u; r < ROWS; r++) {
+                    let m = m0 + r;
+                    if (m < m_len) {
+                        var sum = 0.0;
+                        for (var t = 0u; t < 8u; t++) {
+                            sum += f32(x[m * k_len + first + t]) * values[t];
+                        }
+                        acc[r] += sum;
                     }
-                    acc[r] += sum;
                 }
             }
         }
     }
     partial[tid] = acc;
     workgroupBarrier();
-    for (var stride = TEAM / 2u; stride > 0u; stride /= 2u) {
-        if (lane < stride) {
-            partial[tid] += partial[tid + stride];
+    for (var stride = SLICES / 2u; stride > 0u; stride /= 2u) {
+        if (slice < stride) {
+            partial[tid] += partial[tid + stride * LANES];
         }
         workgroupBarrier();
     }
-    if (lane == 0u && n < n_len) {
+    if (slice == 0u && n < n_len) {
         var b = 0.0;
         if (has_bias != 0u) {
             b = bias[n];

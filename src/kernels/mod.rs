@@ -14,6 +14,7 @@ pub mod latent;
 pub mod pack;
 pub mod precision;
 pub mod quant_matmul;
+pub mod repack;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

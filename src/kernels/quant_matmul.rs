@@ -1,8 +1,9 @@
-//! Linear layers whose weights stay in ggml blocks on the GPU: `y = x · Wᵀ (+ b)` with `W [n, k]` uploaded once
-//! as the raw block bytes of a GGUF tensor and dequantized inside the matmul, accumulating in f32. Three kernels by
-//! rows of x: `shaders/matvec_quant.wgsl` (up to 8 rows: 32 threads share one row of W),
-//! `matmul_quant.wgsl` (64×64 outputs per workgroup) and `matmul_quant_wide.wgsl` (128×128, from
-//! 256 rows), each completed by one `shaders/matmul_<type>.wgsl` per block type.
+//! Linear layers whose weights stay quantized on the GPU: `y = x · Wᵀ (+ b)` with `W [n, k]` the blocks of a GGUF
+//! tensor, repacked once at load into aligned chunk-major sections ([`super::repack`]) and dequantized inside the
+//! matmul, accumulating in f32. Three kernels by rows of x: `shaders/matvec_quant.wgsl` (up to 8 rows: 8 threads
+//! split one row of W), `matmul_quant.wgsl` (64×64 outputs per workgroup) and `matmul_quant_wide.wgsl` (128×128,
+//! from 256 rows), each completed by one `shaders/matmul_<type>.wgsl` per block type and
+//! `shaders/packed_weights.wgsl`, which reads the layout.
 //!
 //! Each kernel comes in two activation precisions ([`Precision`]), generated from the same sources by a first
 //! line `shaders/act_f32.wgsl` or `shaders/act_f16.wgsl` (`enable f16; alias act = f16;`): x is read and y
@@ -17,9 +18,10 @@ use burn::backend::Cube;
 use burn::backend::wgpu::CubeTensor;
 use burn::cubecl::prelude::CubeCount;
 use burn::module::Module;
-use burn::tensor::{Bytes, DType, Device, FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use super::precision::Precision;
+use super::repack::{self, Layout};
 use super::{WgslKernel, cube_tensor, cube_tensor_of, packs_on, params, tensor_from_handle_of};
 use crate::formats::{GgmlType, GgufFile, dequantize};
 use crate::{Error, Result};
@@ -34,13 +36,13 @@ const WIDE_TILE: usize = 128;
 const WIDE_FROM_ROWS: usize = 256;
 /// Rows of x up to which the matrix-vector kernel (W read once per 4 rows) replaces the square one.
 const MATVEC_MAX_ROWS: usize = 8;
-/// Rows of W and of x one workgroup of the matrix-vector kernel covers (`TEAMS`, `ROWS`).
-const MATVEC_TILE: (usize, usize) = (8, 4);
+/// Rows of W and of x one workgroup of the matrix-vector kernel covers (`LANES`, `ROWS`).
+const MATVEC_TILE: (usize, usize) = (32, 4);
 /// Rows of W the matrix-vector kernel reaches within WebGPU's 65 535 workgroups per dimension.
 const MAX_PACKED_ROWS: usize = 65_535 * MATVEC_TILE.0;
 
 /// The matrix-vector, square and wide kernels reading one block type, for f32 and for f16 activations:
-/// `shaders/act_<precision>.wgsl`, `shaders/matmul_<type>.wgsl` (its `dequant8`), `shaders/ggml_bytes.wgsl`
+/// `shaders/act_<precision>.wgsl`, `shaders/matmul_<type>.wgsl` (its `dequant8`), `shaders/packed_weights.wgsl`
 /// and the matmul itself.
 macro_rules! quant_kernels {
     ($name:literal, $file:literal) => {
@@ -53,7 +55,7 @@ macro_rules! quant_kernels {
                 concat!(
                     include_str!(concat!("../../shaders/", $act)),
                     include_str!(concat!("../../shaders/", $file)),
-                    include_str!("../../shaders/ggml_bytes.wgsl"),
+                    include_str!("../../shaders/packed_weights.wgsl"),
                     include_str!("../../shaders/matvec_quant.wgsl")
                 ),
             ),
@@ -62,7 +64,7 @@ macro_rules! quant_kernels {
                 concat!(
                     include_str!(concat!("../../shaders/", $act)),
                     include_str!(concat!("../../shaders/", $file)),
-                    include_str!("../../shaders/ggml_bytes.wgsl"),
+                    include_str!("../../shaders/packed_weights.wgsl"),
                     include_str!("../../shaders/matmul_quant.wgsl")
                 ),
             ),
@@ -71,7 +73,7 @@ macro_rules! quant_kernels {
                 concat!(
                     include_str!(concat!("../../shaders/", $act)),
                     include_str!(concat!("../../shaders/", $file)),
-                    include_str!("../../shaders/ggml_bytes.wgsl"),
+                    include_str!("../../shaders/packed_weights.wgsl"),
                     include_str!("../../shaders/matmul_quant_wide.wgsl")
                 ),
             ),
@@ -116,7 +118,7 @@ pub fn keeps_blocks(ty: GgmlType, shape: &[usize], device: &Device) -> bool {
 /// Where a [`PackedWeight`] keeps its values.
 #[derive(Module, Debug)]
 pub enum WeightStorage {
-    /// The ggml block bytes as little-endian `u32` words (zero-padded to a multiple of 4 bytes), on wgpu.
+    /// The blocks repacked ([`repack::repack`]) as `u32` words, on wgpu.
     Blocks(Tensor<1, Int>),
     /// The dequantized `[n, k]` matrix, on devices without our kernels.
     Dense(Tensor<2>),
@@ -132,13 +134,16 @@ pub struct PackedWeight {
     pub n: usize,
     /// Input features (values per row of W).
     pub k: usize,
+    /// Where the sections of the packed words lie (unused by dense storage).
+    #[module(skip)]
+    pub layout: Option<Layout>,
     /// The values, packed or dequantized.
     pub storage: WeightStorage,
 }
 
 impl PackedWeight {
     /// Uploads a weight from its ggml type, PyTorch-order shape `[n, k]` and block bytes (as
-    /// [`GgufFile::raw`] returns them): packed on wgpu when a kernel reads `ty`, dequantized otherwise.
+    /// [`GgufFile::raw`] returns them): repacked on wgpu when a kernel reads `ty`, dequantized otherwise.
     pub fn new(ty: GgmlType, shape: &[usize], bytes: &[u8], device: &Device) -> Result<Self> {
         let (n, k) = check(ty, shape, bytes)?;
         if !packs_on(device) || !has_kernel(ty) {
@@ -152,15 +157,10 @@ impl PackedWeight {
                 "a packed {ty} weight {shape:?} needs input features in multiples of {TILE_K}, got {k}"
             )));
         }
-        let mut words = vec![0u32; bytes.len().div_ceil(4)];
-        for (word, chunk) in words.iter_mut().zip(bytes.chunks(4)) {
-            let mut le = [0u8; 4];
-            le[..chunk.len()].copy_from_slice(chunk);
-            *word = u32::from_le_bytes(le);
-        }
+        let (layout, words) = repack::repack(ty, n, k, bytes)?;
         let len = words.len();
         let blocks = Tensor::<1, Int>::from_data(TensorData::new(words, [len]), (device, DType::U32));
-        Ok(Self { ty, n, k, storage: WeightStorage::Blocks(blocks) })
+        Ok(Self { ty, n, k, layout: Some(layout), storage: WeightStorage::Blocks(blocks) })
     }
 
     /// The reference twin: the weight dequantized on the host to an f32 `[n, k]` tensor on `device`.
@@ -168,7 +168,7 @@ impl PackedWeight {
         let (n, k) = check(ty, shape, bytes)?;
         let values = dequantize(ty, bytes, n * k)?;
         let dense = Tensor::<2>::from_data(TensorData::new(values, [n, k]), device);
-        Ok(Self { ty, n, k, storage: WeightStorage::Dense(dense) })
+        Ok(Self { ty, n, k, layout: None, storage: WeightStorage::Dense(dense) })
     }
 
     /// The GGUF tensor `name` as a weight on `device` (see [`PackedWeight::new`]).
@@ -177,7 +177,7 @@ impl PackedWeight {
         Self::new(ty, &shape, &bytes, device).map_err(|e| Error::Invalid(format!("tensor `{name}`: {e}")))
     }
 
-    /// Whether the weight stays in ggml blocks (wgpu) rather than dequantized.
+    /// Whether the weight stays quantized (repacked blocks, wgpu) rather than dequantized.
     pub fn is_packed(&self) -> bool {
         matches!(self.storage, WeightStorage::Blocks(_))
     }
@@ -297,12 +297,14 @@ fn quant_kernel(
     let words: CubeTensor =
         words.try_into_primitive::<Cube>().unwrap_or_else(|_| panic!("packed blocks are not on wgpu"));
     let bias = bias.map(|b| cube_tensor(b.clone()).unwrap_or_else(|_| panic!("the bias is not on the wgpu device")));
+    // Without a bias the kernels read none: any 4 bytes fill the binding.
     let bias_handle = match &bias {
         Some(b) => b.handle.clone(),
-        None => client.create(Bytes::from_elems(vec![0f32])),
+        None => client.empty(size_of::<f32>()),
     };
-    let row_bytes = k / weight.ty.block_size() * weight.ty.type_size();
-    let dims = params(&client, &[m as u32, n as u32, k as u32, row_bytes as u32, bias.is_some() as u32]);
+    let layout = weight.layout.expect("packed weights have a layout");
+    let sections = [layout.high_at, layout.scales_at, layout.supers_at].map(|words| words as u32);
+    let dims = params(&client, &[&[m as u32, n as u32, k as u32, bias.is_some() as u32][..], &sections].concat());
     let buffers = vec![
         x.handle.clone().binding(),
         words.handle.clone().binding(),

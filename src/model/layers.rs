@@ -16,6 +16,7 @@ use crate::formats::weights::{HostTensor, Weights};
 use crate::formats::{GgmlType, dequantize};
 use crate::kernels::packs_on;
 use crate::kernels::quant_matmul::{PackedLinear, PackedWeight, keeps_blocks};
+use crate::kernels::repack::Layout;
 use crate::{Error, Result};
 
 /// Reads `name`, failing with a message naming the tensor when it is missing or its shape is not `shape`.
@@ -375,7 +376,8 @@ pub(crate) fn deferred_linear(
 }
 
 /// The device bytes of the tensors of `weights` that `include` accepts once loaded on `device`, from their
-/// headers only: ggml blocks where [`keeps_blocks`] keeps them packed, f32 values otherwise.
+/// headers only: repacked blocks ([`Layout::bytes`]) where [`keeps_blocks`] keeps them packed, f32 values
+/// otherwise.
 pub fn planned_device_bytes(weights: &dyn Weights, device: &Device, include: impl Fn(&str) -> bool) -> u64 {
     weights.names().iter().filter(|name| include(name)).map(|name| tensor_device_bytes(weights, name, device)).sum()
 }
@@ -386,7 +388,7 @@ pub fn tensor_device_bytes(weights: &dyn Weights, name: &str, device: &Device) -
     let values = shape.iter().product::<usize>() as u64;
     match weights.stored_type(name) {
         Some(ty) if keeps_blocks(ty, &shape, device) => {
-            (values / ty.block_size() as u64 * ty.type_size() as u64).next_multiple_of(4)
+            Layout::new(ty, shape[0], shape[1]).map_or(0, |layout| layout.bytes() as u64)
         }
         _ => values * size_of::<f32>() as u64,
     }
