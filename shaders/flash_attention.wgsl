@@ -40,7 +40,7 @@ const LOG2_E: f32 = 1.4426950408889634;
 // [b·h, lq, 2]: running maximum (base 2) and sum of every row between dispatches
 @group(0) @binding(4) var<storage, read_write> stats: array<f32>;
 // [b·h, lq, lk, d, bits of the f32 scale, key_begin, key_end]
-@group(0) @binding(5) var<storage, read_write> params: array<u32>;
+@group(0) @binding(5) var<uniform> params: array<vec4<u32>, 3>;
 
 // [KEYS, HEAD_VECS] each: the key tile and the value tile, zeros past the last key
 var<workgroup> key_tile: array<vec4<f32>, KEYS * HEAD_VECS>;
@@ -60,8 +60,8 @@ fn main(
 //@BUILTINS
 ) {
     if (lid == 0u) {
-        shape_shared = vec4<u32>(params[1], params[2], params[0], params[4]);
-        keys_shared = vec2<u32>(params[5], params[6]);
+        shape_shared = vec4<u32>(params[0].y, params[0].z, params[0].x, params[1].x);
+        keys_shared = vec2<u32>(params[1].y, params[1].z);
     }
     let shape = workgroupUniformLoad(&shape_shared);
     let keys = workgroupUniformLoad(&keys_shared);

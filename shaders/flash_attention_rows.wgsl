@@ -30,7 +30,7 @@ const KEYS_MAX: u32 = 64u;
 // [b·h, lq, 2]: running maximum and sum of every row between dispatches
 @group(0) @binding(4) var<storage, read_write> stats: array<f32>;
 // [b·h, lq, lk, d, bits of the f32 scale, key_begin, key_end]
-@group(0) @binding(5) var<storage, read_write> params: array<u32>;
+@group(0) @binding(5) var<uniform> params: array<vec4<u32>, 3>;
 
 var<workgroup> key_tile: array<vec4<f32>, TILE_VECS>;
 var<workgroup> value_tile: array<vec4<f32>, TILE_VECS>;
@@ -97,8 +97,8 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     if (lid == 0u) {
-        shape_shared = vec4<u32>(params[1], params[2], params[3], params[0]);
-        keys_shared = vec2<u32>(params[5], params[6]);
+        shape_shared = vec4<u32>(params[0].y, params[0].z, params[0].w, params[0].x);
+        keys_shared = vec2<u32>(params[1].y, params[1].z);
     }
     let shape = workgroupUniformLoad(&shape_shared);
     let keys = workgroupUniformLoad(&keys_shared);
@@ -122,7 +122,7 @@ fn main(
     let bh = group / query_tiles;
     let row = (group % query_tiles) * ROWS + lid;
     let in_range = row < lq;
-    let scale = bitcast<f32>(params[4]);
+    let scale = bitcast<f32>(params[1].x);
 
     var q: array<vec4<f32>, HEAD_VECS_MAX>;
     var acc: array<vec4<f32>, HEAD_VECS_MAX>;

@@ -7,7 +7,7 @@
 @group(0) @binding(2) var<storage, read_write> scale: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 // [rows, width, tokens per sample, ε as f32 bits]
-@group(0) @binding(4) var<storage, read_write> dims: array<u32>;
+@group(0) @binding(4) var<uniform> dims: array<vec4<u32>, 3>;
 
 const THREADS: u32 = 256u;
 // workgroup_sum: shaders/workgroup_sum.wgsl, appended by src/kernels/fused.rs.
@@ -18,8 +18,8 @@ fn main(
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) lane: u32,
 ) {
-    let rows = dims[0];
-    let width = dims[1];
+    let rows = dims[0].x;
+    let width = dims[0].y;
     let row = wid.x + wid.y * groups.x;
     // No early return: every invocation reaches the barriers; a workgroup past the end reads and writes nothing.
     let end = select(0u, width, row < rows);
@@ -34,8 +34,8 @@ fn main(
         let centred = x[base + i] - mean;
         squares = squares + centred * centred;
     }
-    let inv_std = 1.0 / sqrt(workgroup_sum(squares, lane) / f32(width) + bitcast<f32>(dims[3]));
-    let sample = (row / max(dims[2], 1u)) * width;
+    let inv_std = 1.0 / sqrt(workgroup_sum(squares, lane) / f32(width) + bitcast<f32>(dims[0].w));
+    let sample = (row / max(dims[0].z, 1u)) * width;
     for (var i = lane; i < end; i = i + THREADS) {
         y[base + i] = (x[base + i] - mean) * inv_std * (1.0 + scale[sample + i]) + shift[sample + i];
     }

@@ -12,7 +12,7 @@
 @group(0) @binding(2) var<storage, read_write> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<act>;
 // [m, n, k, has bias, first word of the high bits, of the scales, of the super-block scales]
-@group(0) @binding(4) var<storage, read_write> dims: array<u32>;
+@group(0) @binding(4) var<uniform> dims: array<vec4<u32>, 3>;
 
 const TILE_M: u32 = 64u;
 const TILE_N: u32 = 64u;
@@ -38,14 +38,14 @@ fn main(
     @builtin(local_invocation_id) local: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    let m_len = dims[0];
-    let n_len = dims[1];
+    let m_len = dims[0].x;
+    let n_len = dims[0].y;
     if (tid == 0u) {
-        k_shared = dims[2];
+        k_shared = dims[0].z;
     }
     let k_len = workgroupUniformLoad(&k_shared);
-    let has_bias = dims[3];
-    packing = Packing(n_len, dims[4], dims[5], dims[6]);
+    let has_bias = dims[0].w;
+    packing = Packing(n_len, dims[1].x, dims[1].y, dims[1].z);
     let m0 = group.y * TILE_M;
     let n0 = group.x * TILE_N;
 

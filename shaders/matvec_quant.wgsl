@@ -9,7 +9,7 @@
 @group(0) @binding(2) var<storage, read_write> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<act>;
 // [m, n, k, has bias, first word of the high bits, of the scales, of the super-block scales]
-@group(0) @binding(4) var<storage, read_write> dims: array<u32>;
+@group(0) @binding(4) var<uniform> dims: array<vec4<u32>, 3>;
 
 const LANES: u32 = 32u;
 const SLICES: u32 = 8u;
@@ -20,11 +20,11 @@ var<workgroup> partial: array<vec4<f32>, 256>;
 
 @compute @workgroup_size(256, 1, 1)
 fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    let m_len = dims[0];
-    let n_len = dims[1];
-    let k_len = dims[2];
-    let has_bias = dims[3];
-    packing = Packing(n_len, dims[4], dims[5], dims[6]);
+    let m_len = dims[0].x;
+    let n_len = dims[0].y;
+    let k_len = dims[0].z;
+    let has_bias = dims[0].w;
+    packing = Packing(n_len, dims[1].x, dims[1].y, dims[1].z);
     let lane = tid % LANES;
     let slice = tid / LANES;
     let n = group.x * LANES + lane;

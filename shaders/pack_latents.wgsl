@@ -3,14 +3,14 @@
 @group(0) @binding(0) var<storage, read_write> latents: array<f32>;
 @group(0) @binding(1) var<storage, read_write> tokens: array<f32>;
 // [batch, channels, height, width]
-@group(0) @binding(2) var<storage, read_write> dims: array<u32>;
+@group(0) @binding(2) var<uniform> dims: array<vec4<u32>, 3>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let batch = dims[0];
-    let channels = dims[1];
-    let height = dims[2];
-    let width = dims[3];
+    let batch = dims[0].x;
+    let channels = dims[0].y;
+    let height = dims[0].z;
+    let width = dims[0].w;
     let i = gid.x + gid.y * groups.x * 256u;
     if (i >= batch * channels * height * width) {
         return;

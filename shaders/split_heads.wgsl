@@ -13,7 +13,7 @@
 @group(0) @binding(5) var<storage, read_write> sin_table: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 // [batch, tokens_a, tokens_b, heads, d, total, offset, flags, ε as f32 bits]
-@group(0) @binding(7) var<storage, read_write> dims: array<u32>;
+@group(0) @binding(7) var<uniform> dims: array<vec4<u32>, 3>;
 
 const LANES: u32 = 32u;
 const ROWS: u32 = 8u;
@@ -39,25 +39,25 @@ fn main(
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let tokens_a = dims[1];
-    let tokens_b = dims[2];
+    let tokens_a = dims[0].y;
+    let tokens_b = dims[0].z;
     let tokens = tokens_a + tokens_b;
-    let heads = dims[3];
-    let d = dims[4];
-    let offset = dims[6];
-    let flags = dims[7];
+    let heads = dims[0].w;
+    let d = dims[1].x;
+    let offset = dims[1].z;
+    let flags = dims[1].w;
     let lane = local % LANES;
     // row = (b · tokens + t) · heads + h
     let row = (wid.x + wid.y * groups.x) * ROWS + local / LANES;
     let pairs = (d + 1u) / 2u;
     // No early return: every invocation reaches the barriers; a row past the end reads and writes nothing.
-    let end = select(0u, pairs, row < dims[0] * tokens * heads);
+    let end = select(0u, pairs, row < dims[0].x * tokens * heads);
     let h = row % heads;
     let t = (row / heads) % tokens;
     let b = row / (heads * tokens);
     let in_a = t < tokens_a;
     let src = select(((b * tokens_b + t - tokens_a) * heads + h) * d, ((b * tokens_a + t) * heads + h) * d, in_a);
-    let dst = ((b * heads + h) * dims[5] + offset + t) * d;
+    let dst = ((b * heads + h) * dims[1].y + offset + t) * d;
 
     // The sum of squares runs with or without the norm: barriers need control flow the whole workgroup shares.
     var squares = 0.0;
@@ -78,7 +78,7 @@ fn main(
         workgroupBarrier();
     }
     let normed = (flags & select(2u, 1u, in_a)) != 0u;
-    let inv_rms = select(1.0, 1.0 / sqrt(partial[local - lane] / f32(d) + bitcast<f32>(dims[8])), normed);
+    let inv_rms = select(1.0, 1.0 / sqrt(partial[local - lane] / f32(d) + bitcast<f32>(dims[2].x)), normed);
     for (var p = lane; p < end; p = p + LANES) {
         var v0 = load(in_a, src + 2u * p) * inv_rms;
         if (normed) {

@@ -249,9 +249,8 @@ fn run(
             v.handle.clone().binding(),
             out.clone().binding(),
             stats.clone().binding(),
-            params(client, &shape).binding(),
         ];
-        super::dispatch(client, shader, CubeCount::Static(x, y, 1), buffers, &[]);
+        super::dispatch(client, shader, CubeCount::Static(x, y, 1), buffers, params(&shape), &[]);
     }
     Ok(tensor_from_handle(&q, out, [b, h, lq, d]))
 }

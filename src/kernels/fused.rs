@@ -22,7 +22,7 @@ use burn::cubecl::prelude::{Client, CubeCount};
 use burn::cubecl::server::BufferBinding;
 use burn::tensor::{DType, Tensor};
 
-use super::{WgslKernel, cube_tensor, dispatch, grid, launch_1d, packs_on, params, tensor_from_handle};
+use super::{Params, WgslKernel, cube_tensor, dispatch, grid, launch_1d, packs_on, params, tensor_from_handle};
 use crate::{Error, Result};
 
 /// A row-wise kernel and the workgroup reduction it calls.
@@ -78,9 +78,9 @@ pub fn layer_norm_modulate(x: Tensor<3>, shift: Tensor<3>, scale: Tensor<3>, eps
     let (x, shift, scale) = (bound(x), bound(shift), bound(scale));
     let client = &x.client;
     let out = client.empty(b * n * w * size_of::<f32>());
-    let dims = params(client, &[(b * n) as u32, w as u32, n as u32, (eps as f32).to_bits()]);
-    let buffers = [&x.handle, &shift.handle, &scale.handle, &out, &dims].map(|h| h.clone().binding()).to_vec();
-    launch(client, LAYER_NORM_MODULATE, grid(b * n), buffers);
+    let dims = params(&[(b * n) as u32, w as u32, n as u32, (eps as f32).to_bits()]);
+    let buffers = [&x.handle, &shift.handle, &scale.handle, &out].map(|h| h.clone().binding()).to_vec();
+    launch(client, LAYER_NORM_MODULATE, grid(b * n), buffers, dims);
     tensor_from_handle(&x, out, [b, n, w])
 }
 
@@ -94,8 +94,8 @@ pub fn gelu_tanh(x: Tensor<3>) -> Tensor<3> {
     let x = bound(x);
     let out = x.client.empty(n * size_of::<f32>());
     let width = dims[2] as u32;
-    let values = params(&x.client, &[n as u32, width, width, 0]);
-    launch_1d(&x.client, GELU_TANH, n, [&x.handle, &out, &values].map(|h| h.clone().binding()).to_vec());
+    let values = params(&[n as u32, width, width, 0]);
+    launch_1d(&x.client, GELU_TANH, n, [&x.handle, &out].map(|h| h.clone().binding()).to_vec(), values);
     tensor_from_handle(&x, out, dims)
 }
 
@@ -109,9 +109,9 @@ pub fn gated_add(x: Tensor<3>, gate: Tensor<3>, y: Tensor<3>) -> Tensor<3> {
     let (x, gate, y) = (bound(x), bound(gate), bound(y));
     let values = b * n * w;
     let out = x.client.empty(values * size_of::<f32>());
-    let dims = params(&x.client, &[values as u32, w as u32, n as u32]);
-    let buffers = [&x.handle, &gate.handle, &y.handle, &out, &dims].map(|h| h.clone().binding()).to_vec();
-    launch_1d(&x.client, GATED_ADD, values, buffers);
+    let dims = params(&[values as u32, w as u32, n as u32]);
+    let buffers = [&x.handle, &gate.handle, &y.handle, &out].map(|h| h.clone().binding()).to_vec();
+    launch_1d(&x.client, GATED_ADD, values, buffers, dims);
     tensor_from_handle(&x, out, [b, n, w])
 }
 
@@ -193,10 +193,10 @@ pub fn split_heads(parts: Vec<HeadInput>, heads: usize, rope: Option<RopeTables>
         let x_a = bound(a.x).handle;
         let x_b = b_part.map_or_else(unread, |p| bound(p.x).handle);
         let dims = [b, tokens[0], tokens[1], heads, d, total, offset].map(|v| v as u32);
-        let dims = params(&client, &[&dims[..], &[flags, (eps as f32).to_bits()]].concat());
+        let dims = params(&[&dims[..], &[flags, (eps as f32).to_bits()]].concat());
         let (gx, gy) = grid((b * (tokens[0] + tokens[1]) * heads).div_ceil(HEAD_ROWS_PER_GROUP));
-        let buffers = [&x_a, &x_b, &scale_a, &scale_b, &cos, &sin, &out, &dims].map(|h| h.clone().binding()).to_vec();
-        launch(&client, SPLIT_HEADS, (gx, gy), buffers);
+        let buffers = [&x_a, &x_b, &scale_a, &scale_b, &cos, &sin, &out].map(|h| h.clone().binding()).to_vec();
+        launch(&client, SPLIT_HEADS, (gx, gy), buffers, dims);
         offset += tokens[0] + tokens[1];
     }
     Ok(tensor_from_handle(&like, out, [b, heads, total, d]))
@@ -214,9 +214,9 @@ pub fn merge_heads_split(attention: Tensor<4>, split: usize) -> (Tensor<3>, Tens
     let client = &src.client;
     let width = heads * d;
     let (first, rest) = (client.empty(b * split * width * 4), client.empty(b * (n - split) * width * 4));
-    let dims = params(client, &[b, heads, n, d, 0, n, split, width, 0].map(|v| v as u32));
-    let buffers = [&src.handle, &first, &rest, &dims].map(|h| h.clone().binding()).to_vec();
-    launch_1d(client, MERGE_HEADS, b * n * width, buffers);
+    let dims = params(&[b, heads, n, d, 0, n, split, width, 0].map(|v| v as u32));
+    let buffers = [&src.handle, &first, &rest].map(|h| h.clone().binding()).to_vec();
+    launch_1d(client, MERGE_HEADS, b * n * width, buffers, dims);
     (tensor_from_handle(&src, first, [b, split, width]), tensor_from_handle(&src, rest, [b, n - split, width]))
 }
 
@@ -235,11 +235,11 @@ pub fn merged_heads_beside_gelu(attention: Tensor<4>, tokens: Range<usize>, mlp:
     let client = &src.client;
     let out = client.empty(b * len * width * size_of::<f32>());
     let unread = client.empty(size_of::<f32>());
-    let merge = params(client, &[b, heads, n, d, tokens.start, len, len, width, 0].map(|v| v as u32));
-    let buffers = [&src.handle, &out, &unread, &merge].map(|h| h.clone().binding()).to_vec();
-    launch_1d(client, MERGE_HEADS, b * len * heads * d, buffers);
-    let gelu = params(client, &[b * len * w, w, width, heads * d].map(|v| v as u32));
-    launch_1d(client, GELU_TANH, b * len * w, [&mlp.handle, &out, &gelu].map(|h| h.clone().binding()).to_vec());
+    let merge = params(&[b, heads, n, d, tokens.start, len, len, width, 0].map(|v| v as u32));
+    let buffers = [&src.handle, &out, &unread].map(|h| h.clone().binding()).to_vec();
+    launch_1d(client, MERGE_HEADS, b * len * heads * d, buffers, merge);
+    let gelu = params(&[b * len * w, w, width, heads * d].map(|v| v as u32));
+    launch_1d(client, GELU_TANH, b * len * w, [&mlp.handle, &out].map(|h| h.clone().binding()).to_vec(), gelu);
     tensor_from_handle(&src, out, [b, len, width])
 }
 
@@ -263,17 +263,17 @@ pub fn residual_layer_norm_modulate(
     let [x, gate, y, shift, scale] = [x, gate, y, shift, scale].map(bound);
     let client = &x.client;
     let (sum, normed) = (client.empty(b * n * w * 4), client.empty(b * n * w * 4));
-    let dims = params(client, &[(b * n) as u32, w as u32, n as u32, (eps as f32).to_bits()]);
-    let buffers = [&x.handle, &gate.handle, &y.handle, &shift.handle, &scale.handle, &sum, &normed, &dims]
+    let dims = params(&[(b * n) as u32, w as u32, n as u32, (eps as f32).to_bits()]);
+    let buffers = [&x.handle, &gate.handle, &y.handle, &shift.handle, &scale.handle, &sum, &normed]
         .map(|h| h.clone().binding())
         .to_vec();
-    launch(client, RESIDUAL_LAYER_NORM_MODULATE, grid(b * n), buffers);
+    launch(client, RESIDUAL_LAYER_NORM_MODULATE, grid(b * n), buffers, dims);
     (tensor_from_handle(&x, sum, [b, n, w]), tensor_from_handle(&x, normed, [b, n, w]))
 }
 
 /// Launches `kernel` on `groups` workgroups.
-fn launch(client: &Client, kernel: WgslKernel, groups: (u32, u32), buffers: Vec<BufferBinding>) {
-    dispatch(client, kernel, CubeCount::Static(groups.0, groups.1, 1), buffers, &[]);
+fn launch(client: &Client, kernel: WgslKernel, groups: (u32, u32), buffers: Vec<BufferBinding>, params: Params) {
+    dispatch(client, kernel, CubeCount::Static(groups.0, groups.1, 1), buffers, params, &[]);
 }
 
 /// The plain-ops twins of the kernels: the path on devices other than wgpu and the reference in tests.

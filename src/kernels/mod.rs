@@ -3,9 +3,9 @@
 //! Every kernel has a reference path in plain burn tensor ops, used on devices that are not wgpu (the CPU
 //! backend) and compared with the kernel in tests.
 //!
-//! Shaders declare every binding `var<storage, read_write>`, inputs included: natively, cubecl's memory pool
+//! Shaders declare every buffer `var<storage, read_write>`, inputs included: natively, cubecl's memory pool
 //! places several allocations in one wgpu buffer, and wgpu refuses one buffer bound both read-only and
-//! read-write in a dispatch.
+//! read-write in a dispatch. Their parameters come last, in a uniform ([`Params`]).
 
 pub mod attention;
 pub mod flash;
@@ -27,8 +27,8 @@ use burn::cubecl::prelude::{
     AddressType, Client, CubeCount, CubeKernel, ElemType, ExecutionMode, KernelDefinition, KernelId, KernelMetadata,
     KernelSettings, PrecompiledSource, Scope,
 };
-use burn::cubecl::server::{BufferBinding, Handle, KernelArguments};
-use burn::tensor::{Bytes, DType, Device, Shape, Tensor};
+use burn::cubecl::server::{BufferBinding, Handle, KernelArguments, MetadataBindingInfo};
+use burn::tensor::{DType, Device, Shape, Tensor};
 
 /// Threads per workgroup in every elementwise kernel of ours (`@workgroup_size(256)`).
 pub const WORKGROUP: u32 = 256;
@@ -157,17 +157,34 @@ pub fn tensor_from_handle_of<const D: usize>(
     Tensor::from_primitive::<Cube>(out)
 }
 
-/// Uploads the `u32` parameters a kernel reads from its last binding.
-pub fn params(client: &Client, values: &[u32]) -> Handle {
-    client.create(Bytes::from_elems(values.to_vec()))
+/// `u32` values a launch's parameters hold at most.
+pub const PARAMS_MAX: usize = 12;
+
+/// The `u32` parameters of one launch. Shaders read them from the binding after their buffers, a uniform
+/// `array<vec4<u32>, 3>` (value `i` at `[i / 4][i % 4]`), which cubecl stages in its pool of uniforms once per
+/// distinct content and reuses for every later launch with the same values: no buffer per dispatch.
+#[derive(Debug, Clone)]
+pub struct Params(Vec<u64>);
+
+/// [`Params`] holding `values`, zero-padded to [`PARAMS_MAX`].
+///
+/// # Panics
+/// With more than [`PARAMS_MAX`] values.
+pub fn params(values: &[u32]) -> Params {
+    assert!(values.len() <= PARAMS_MAX, "{} kernel parameters, at most {PARAMS_MAX}", values.len());
+    let mut words = [0u32; PARAMS_MAX];
+    words[..values.len()].copy_from_slice(values);
+    // Little-endian: the first u32 of each pair is the low half of its u64.
+    let pairs = words.chunks_exact(2).map(|pair| pair[0] as u64 | (pair[1] as u64) << 32).collect();
+    Params(pairs)
 }
 
 /// Dispatches `kernel` so that at least `invocations` threads run, spread over x and y when one dimension
 /// would exceed the adapter's workgroup limit. Shaders index with
 /// `gid.x + gid.y * num_workgroups.x * 256` and return past the end.
-pub fn launch_1d(client: &Client, kernel: WgslKernel, invocations: usize, buffers: Vec<BufferBinding>) {
+pub fn launch_1d(client: &Client, kernel: WgslKernel, invocations: usize, buffers: Vec<BufferBinding>, params: Params) {
     let (x, y) = grid_1d(invocations);
-    dispatch(client, kernel, CubeCount::Static(x, y, 1), buffers, &[]);
+    dispatch(client, kernel, CubeCount::Static(x, y, 1), buffers, params, &[]);
 }
 
 /// Set while [`count_activation_bytes`] runs.
@@ -176,26 +193,36 @@ static COUNTING_BYTES: AtomicBool = AtomicBool::new(false);
 static ACTIVATION_BYTES: AtomicU64 = AtomicU64::new(0);
 static LAUNCHES: AtomicU64 = AtomicU64::new(0);
 
-/// Launches `kernel` on `count` workgroups: every launch of ours goes through here. `buffers` ends with the
-/// kernel's parameters and holds weights at the positions `weights`; the other bindings are activations, which
+/// Launches `kernel` on `count` workgroups with `params` bound after `buffers`: every launch of ours goes
+/// through here. `buffers` holds weights at the positions `weights`; the other bindings are activations, which
 /// [`count_activation_bytes`] counts.
-pub fn dispatch(client: &Client, kernel: WgslKernel, count: CubeCount, buffers: Vec<BufferBinding>, weights: &[usize]) {
+pub fn dispatch(
+    client: &Client,
+    kernel: WgslKernel,
+    count: CubeCount,
+    buffers: Vec<BufferBinding>,
+    params: Params,
+    weights: &[usize],
+) {
     if COUNTING_BYTES.load(Ordering::Relaxed) {
-        let activations = buffers.len().saturating_sub(1);
-        let bytes: u64 = (buffers.iter().take(activations).enumerate())
+        let bytes: u64 = (buffers.iter().enumerate())
             .filter(|(i, _)| !weights.contains(i))
             .map(|(_, b)| b.size - b.offset_start.unwrap_or(0) - b.offset_end.unwrap_or(0))
             .sum();
         ACTIVATION_BYTES.fetch_add(bytes, Ordering::Relaxed);
         LAUNCHES.fetch_add(1, Ordering::Relaxed);
     }
-    client.launch(Box::new(kernel), count, KernelArguments::new().with_buffers(buffers));
+    client.launch(
+        Box::new(kernel),
+        count,
+        KernelArguments::new().with_buffers(buffers).with_info(MetadataBindingInfo::custom(params.0)),
+    );
 }
 
 /// What our kernels bound while [`count_activation_bytes`] ran.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ActivationBytes {
-    /// Activation bytes: per launch, every binding but weights and parameters, read or written, counted once (a
+    /// Activation bytes: per launch, every buffer but weights, read or written, counted once (a
     /// kernel that reads an input again, as a matmul does for each tile of outputs, counts it once).
     pub bytes: u64,
     /// Launches of ours (burn's own kernels are neither counted here nor in `bytes`).
@@ -231,6 +258,33 @@ pub fn grid(groups: usize) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_shader_reads_its_parameters_from_a_uniform() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+        let mut with_params = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let source = std::fs::read_to_string(&path).unwrap();
+            for line in source.lines().filter(|l| l.contains("@binding(")) {
+                let is_params = line.contains(" dims:") || line.contains(" params:");
+                assert_eq!(
+                    is_params,
+                    line.contains("var<uniform>"),
+                    "{}: parameters go in the uniform after the buffers, buffers in storage: {line}",
+                    path.display()
+                );
+                if is_params {
+                    assert!(line.contains("array<vec4<u32>, 3>"), "{}: {line}", path.display());
+                    with_params += 1;
+                }
+            }
+        }
+        assert!(with_params >= 13, "{with_params} shaders declare parameters");
+        // PARAMS_MAX values fill that array exactly, two per u64 word of the metadata cubecl stages.
+        assert_eq!(params(&[1, 2, 3]).0, [1 | 2 << 32, 3, 0, 0, 0, 0]);
+        assert_eq!(PARAMS_MAX, 3 * 4);
+    }
 
     #[test]
     fn grids_cover_every_invocation_within_the_dimension_limit() {

@@ -18,8 +18,8 @@ pub fn pack(latents: Tensor<4>) -> Tensor<3> {
     };
     let n = b * c * h * w;
     let out = input.client.empty(n * size_of::<f32>());
-    let dims = params(&input.client, &[b as u32, c as u32, h as u32, w as u32]);
-    launch_1d(&input.client, PACK, n, vec![input.handle.clone().binding(), out.clone().binding(), dims.binding()]);
+    let dims = params(&[b as u32, c as u32, h as u32, w as u32]);
+    launch_1d(&input.client, PACK, n, vec![input.handle.clone().binding(), out.clone().binding()], dims);
     tensor_from_handle(&input, out, [b, (h / 2) * (w / 2), c * 4])
 }
 
@@ -33,7 +33,7 @@ pub fn unpack(tokens: Tensor<3>, height: usize, width: usize) -> Tensor<4> {
     let c = c4 / 4;
     let n = b * c * height * width;
     let out = input.client.empty(n * size_of::<f32>());
-    let dims = params(&input.client, &[b as u32, c as u32, height as u32, width as u32]);
-    launch_1d(&input.client, UNPACK, n, vec![input.handle.clone().binding(), out.clone().binding(), dims.binding()]);
+    let dims = params(&[b as u32, c as u32, height as u32, width as u32]);
+    launch_1d(&input.client, UNPACK, n, vec![input.handle.clone().binding(), out.clone().binding()], dims);
     tensor_from_handle(&input, out, [b, c, height, width])
 }

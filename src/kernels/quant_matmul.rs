@@ -304,14 +304,9 @@ fn quant_kernel(
     };
     let layout = weight.layout.expect("packed weights have a layout");
     let sections = [layout.high_at, layout.scales_at, layout.supers_at].map(|words| words as u32);
-    let dims = params(&client, &[&[m as u32, n as u32, k as u32, bias.is_some() as u32][..], &sections].concat());
-    let buffers = vec![
-        x.handle.clone().binding(),
-        words.handle.clone().binding(),
-        bias_handle.binding(),
-        out.clone().binding(),
-        dims.binding(),
-    ];
+    let dims = params(&[&[m as u32, n as u32, k as u32, bias.is_some() as u32][..], &sections].concat());
+    let buffers =
+        vec![x.handle.clone().binding(), words.handle.clone().binding(), bias_handle.binding(), out.clone().binding()];
     let (kernel, (tile_n, tile_m)) = if m <= MATVEC_MAX_ROWS {
         (matvec, MATVEC_TILE)
     } else if m >= WIDE_FROM_ROWS && n >= WIDE_TILE {
@@ -320,7 +315,7 @@ fn quant_kernel(
         (square, (TILE, TILE))
     };
     let groups = CubeCount::Static(n.div_ceil(tile_n) as u32, m.div_ceil(tile_m) as u32, 1);
-    super::dispatch(&client, kernel, groups, buffers, &[1, 2]); // the blocks and the bias are weights
+    super::dispatch(&client, kernel, groups, buffers, dims, &[1, 2]); // the blocks and the bias are weights
     tensor_from_handle_of(&x, out, [m, n], dtype)
 }
 

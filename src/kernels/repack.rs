@@ -278,7 +278,8 @@ pub fn dequantize(ty: GgmlType, layout: &Layout, words: &[u32]) -> Vec<f32> {
             let i = c * n + row;
             let quants = &words[i * layout.quant_words..];
             let scale = |s: usize| half_at(layout.scales_at, i * layout.scale_halves + s);
-            let sup = |s: usize| half_at(layout.supers_at, ((c / CHUNKS_PER_SUPER) * n + row) * layout.super_halves + s);
+            let sup =
+                |s: usize| half_at(layout.supers_at, ((c / CHUNKS_PER_SUPER) * n + row) * layout.super_halves + s);
             for j in 0..CHUNK {
                 let code = match bits {
                     8 => (quants[j / 4] >> (8 * (j % 4))) & 0xFF,
@@ -333,7 +334,8 @@ mod tests {
         let stride = if ty.block_size() == 1 { 2 } else { ty.type_size() };
         for (b, block) in bytes.chunks_mut(stride).enumerate() {
             for (s, &at) in scales.iter().enumerate() {
-                let value = half::f16::from_f32(0.001 * (1 + (b * 7 + s) % 13) as f32 * if b % 3 == 0 { -1.0 } else { 1.0 });
+                let value =
+                    half::f16::from_f32(0.001 * (1 + (b * 7 + s) % 13) as f32 * if b % 3 == 0 { -1.0 } else { 1.0 });
                 block[at..at + 2].copy_from_slice(&value.to_le_bytes());
             }
         }
