@@ -1212,3 +1212,94 @@ fn a_clip_without_tokenizer_files_gets_the_built_in_clip_l_tokenizer() {
     expected.resize(77, 49407);
     assert_eq!(tokenizer.encode("A photograph of an astronaut riding a horse").unwrap(), expected);
 }
+
+/// `kontext COMMAND…` (`edit` or `calibrate-cache --ratios FILE`) of the golden call at the 12 steps of
+/// `golden/golden_cache.safetensors` (its noise) on wgpu, with `extra` arguments; writes `NAME.png` and the dump
+/// `NAME.safetensors`.
+fn cached_tiny_edit(tmp: &TempDir, command: &[&str], name: &str, extra: &[&str]) {
+    write_noise(&tmp.path("noise.safetensors"), "tests/fixtures/tiny/golden/golden_cache.safetensors", "noise");
+    let noise = tmp.arg("noise.safetensors");
+    let (out, dump) = (tmp.arg(&format!("{name}.png")), tmp.arg(&format!("{name}.safetensors")));
+    let call = [
+        "--model",
+        TINY_MODEL,
+        "--prompt",
+        TINY_PROMPT,
+        "--image",
+        "tests/fixtures/tiny/golden/reference_input.png",
+        "--width",
+        "64",
+        "--height",
+        "80",
+        "--no-resize",
+        "--steps",
+        "12",
+        "--guidance",
+        "2.5",
+        "--noise",
+        &noise,
+        "--backend",
+        "wgpu",
+        "--out",
+        &out,
+        "--dump",
+        &dump,
+    ];
+    run_ok(&[command, &call[..], extra].concat());
+}
+
+/// The step caches through the CLI on wgpu (lavapipe): `kontext calibrate-cache` measures diffusers' magnitude
+/// ratios, and `--cache fbc:…` and `--cache mag:… --cache-ratios` reuse the steps diffusers' hooks reuse
+/// (`--stats` `cached_steps`) with its final latents; malformed caches fail in one line.
+#[test]
+fn step_caches_through_the_cli_on_wgpu_reuse_diffusers_steps() {
+    let tmp = TempDir::new("cache");
+    let golden = "tests/fixtures/tiny/golden/golden_cache.safetensors";
+    let json = |path: PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+            .unwrap()
+    };
+    let meta = json(root().join("tests/fixtures/tiny/golden/golden_cache_meta.json"));
+    let reused_in = |name: &str| -> Vec<u64> {
+        let computed = meta[name]["computed"].as_array().unwrap();
+        (0..computed.len() as u64).filter(|&i| computed[i as usize].as_u64() == Some(0)).collect()
+    };
+
+    let ratios = tmp.arg("ratios.json");
+    cached_tiny_edit(&tmp, &["calibrate-cache", "--ratios", &ratios], "calibrated", &[]);
+    let file = json(tmp.path("ratios.json"));
+    assert_eq!(file["steps"], 12);
+    let measured: Vec<f32> =
+        file["mag_ratios"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    assert_close((vec![measured.len()], measured), read(golden, "calibration/ratios"), 1e-4, "calibrated ratios");
+    assert_close(
+        read(tmp.path("calibrated.safetensors"), "latents"),
+        read(golden, "uncached/latents"),
+        1e-4,
+        "uncached",
+    );
+
+    for (name, cache) in [("fbc", "fbc:0.42"), ("mag", "mag:0.06,2,0.2")] {
+        let stats = tmp.arg(&format!("{name}.json"));
+        let mut extra = vec!["--cache", cache, "--stats", &stats];
+        if name == "mag" {
+            extra.extend(["--cache-ratios", &ratios]);
+        }
+        cached_tiny_edit(&tmp, &["edit"], name, &extra);
+        let stats = json(tmp.path(&format!("{name}.json")));
+        let cached: Vec<u64> = stats["cached_steps"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!(cached, reused_in(name), "{name}: cached_steps");
+        assert_eq!(stats["cache"], cache);
+        let latents = read(tmp.path(&format!("{name}.safetensors")), "latents");
+        assert_close(latents, read(golden, &format!("{name}/latents")), 1e-4, name);
+    }
+
+    let edit = |cache: &[&str]| {
+        let mut args = vec!["edit", "--model", TINY_MODEL, "--prompt", "a cat", "--steps", "2", "--out", "/dev/null"];
+        args.extend_from_slice(cache);
+        fails_cleanly(&args)
+    };
+    assert!(edit(&["--cache", "mag:0.06"]).contains("calibrate-cache"));
+    assert!(edit(&["--cache", "fbc:often"]).contains("is not a number"));
+    assert!(edit(&["--cache", "fbc:0.1", "--cache-ratios", &ratios]).contains("--cache-ratios is for --cache mag"));
+}

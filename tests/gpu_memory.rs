@@ -11,6 +11,7 @@ use kontext_web::harness::bench::{RandomFlux, medium_flux};
 use kontext_web::harness::testing::fixture_path;
 use kontext_web::kernels::attention::bench_attention;
 use kontext_web::model::flux::{Flux, Layers};
+use kontext_web::pipeline::cache::CacheConfig;
 use kontext_web::pipeline::edit::{Edit, EditRequest};
 use kontext_web::pipeline::loader::{Folder, KontextModel, Overrides};
 use kontext_web::pipeline::plan::Residency;
@@ -81,11 +82,12 @@ fn tiny_edit(
         steps: 2,
         guidance: 2.5,
         seed: 11,
+        cache: CacheConfig::None,
     };
     let mut edit = Edit::prepare(model, &request, None, gpu)?;
     before_steps();
     while !edit.is_denoised() {
-        edit.step()?;
+        pollster::block_on(edit.step())?;
     }
     let result = pollster::block_on(edit.finish())?;
     pollster::block_on(device::read_f32(result.latents))

@@ -11,6 +11,7 @@ use wasm_bindgen_futures::JsFuture;
 use super::history::{HistoryEntry, Rerun};
 use super::loras::LoraEntry;
 use super::{AppState, JobState, ModelState, send};
+use crate::pipeline::cache::CacheConfig;
 use crate::pipeline::size::{DEFAULT_MAX_AREA, output_size};
 use crate::web::protocol::{EditJob, LoraUse, ToWorker};
 
@@ -217,6 +218,7 @@ pub fn request(
         seed,
         loras,
         return_latents: false,
+        cache: CacheConfig::None,
     };
     let pending = Pending {
         entry: HistoryEntry {

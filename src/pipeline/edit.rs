@@ -4,6 +4,7 @@
 use burn::tensor::{Device, Tensor};
 use image::RgbImage;
 
+use super::cache::{CacheConfig, StepCache};
 use super::image as images;
 use super::kontext::{self, Conditioning, KontextDenoiser, References, VAE_SCALE};
 use super::sampler::Sampler;
@@ -32,6 +33,8 @@ pub struct EditRequest {
     pub guidance: f32,
     /// Seed of the initial noise.
     pub seed: u64,
+    /// The step cache.
+    pub cache: CacheConfig,
 }
 
 /// A `(width, height)` in pixels.
@@ -61,7 +64,11 @@ pub fn plan_edit(
     residency: Option<Residency>,
 ) -> Result<MemoryPlan> {
     let (output, references) = request.sizes()?;
-    let inputs = PlanInputs { residency, ..model.plan_inputs(output, references, limits) };
+    let inputs = PlanInputs {
+        residency,
+        cached_residuals: request.cache.residuals(),
+        ..model.plan_inputs(output, references, limits)
+    };
     let plan = MemoryPlan::new(&inputs)?;
     if let (Some(budget), Some(false)) = (limits.budget, plan.fits_budget) {
         return Err(Error::OverBudget {
@@ -99,6 +106,7 @@ pub struct Edit<'m> {
     model: &'m mut KontextModel,
     conditioning: Conditioning,
     sampler: Sampler,
+    cache: StepCache,
     device: Device,
     width: usize,
     height: usize,
@@ -137,6 +145,7 @@ impl<'m> Edit<'m> {
         if request.steps == 0 {
             return Err(Error::Invalid("at least one step is needed".into()));
         }
+        request.cache.validate()?;
         let ((width, height), reference_sizes) = request.sizes()?;
         let (latent_height, latent_width) = (height / VAE_SCALE, width / VAE_SCALE);
 
@@ -176,7 +185,8 @@ impl<'m> Edit<'m> {
             request.guidance,
             device,
         );
-        Ok(Self { model, conditioning, sampler, device: device.clone(), width, height })
+        let cache = StepCache::new(request.cache.clone(), request.steps);
+        Ok(Self { model, conditioning, sampler, cache, device: device.clone(), width, height })
     }
 
     /// Output `(width, height)` in pixels.
@@ -194,18 +204,24 @@ impl<'m> Edit<'m> {
         self.sampler.is_done()
     }
 
-    /// Runs the next denoising step (queues it on the device).
-    pub fn step(&mut self) -> Result<()> {
-        let denoiser = KontextDenoiser {
+    /// Runs the next denoising step (queues it on the device; a step cache may wait for a value it reads back).
+    pub async fn step(&mut self) -> Result<()> {
+        let mut denoiser = KontextDenoiser {
             flux: &self.model.flux,
             conditioning: &self.conditioning,
             streamed: self.model.streamed_weights(),
+            cache: &mut self.cache,
         };
-        self.sampler.step(&denoiser)?;
+        self.sampler.step(&mut denoiser).await?;
         let during = format!("denoising step {}", self.sampler.steps_done());
         self.model.check_device(&during, &self.device)?;
         self.model.meter.sample(&self.device, PlanPhase::Denoising.label());
         Ok(())
+    }
+
+    /// The step cache: which steps reused it so far, and what it calibrated.
+    pub fn cache(&self) -> &StepCache {
+        &self.cache
     }
 
     /// The current packed latents (for previews).
@@ -257,13 +273,87 @@ mod tests {
             steps: 4,
             guidance: 2.5,
             seed: 0,
+            cache: CacheConfig::None,
         };
         let mut edit =
             Edit::prepare(model, &request, Some(golden.tensor("latents_init_packed", device)), device).unwrap();
         while !edit.is_denoised() {
-            edit.step().unwrap();
+            pollster::block_on(edit.step()).unwrap();
         }
         edit.sampler.into_latents()
+    }
+
+    /// The golden call of `golden_edit` at the 12 steps of `golden/golden_cache.safetensors` with `cache`: the
+    /// final latents, the steps that reused the cache and the ratios it measured.
+    fn cached_edit(model: &mut KontextModel, cache: CacheConfig, device: &Device) -> (Tensor<3>, Vec<usize>, Vec<f32>) {
+        let golden = FixtureFile::open("golden/golden_cache.safetensors");
+        let reference = images::decode(&std::fs::read(fixture("golden/reference_input.png")).unwrap()).unwrap();
+        let request = EditRequest {
+            prompt: PROMPT.into(),
+            references: vec![reference],
+            size: Some((64, 80)),
+            max_area: 64 * 80,
+            resize: Resize::None,
+            steps: 12,
+            guidance: 2.5,
+            seed: 0,
+            cache,
+        };
+        let mut edit = Edit::prepare(model, &request, Some(golden.tensor("noise", device)), device).unwrap();
+        while !edit.is_denoised() {
+            pollster::block_on(edit.step()).unwrap();
+        }
+        let (reused, ratios) = (edit.cache().reused_steps().to_vec(), edit.cache().measured_ratios().to_vec());
+        (edit.sampler.into_latents(), reused, ratios)
+    }
+
+    fn max_abs_difference(a: Tensor<3>, b: Tensor<3>) -> f32 {
+        (a - b).abs().max().into_scalar()
+    }
+
+    /// diffusers' `FirstBlockCacheConfig` at two thresholds and `MagCacheConfig` with the ratios it calibrated,
+    /// on the tiny pack (`tests/fixtures/generator/cache_golden.py`): the same steps reuse the cache and the final
+    /// latents agree; calibration measures diffusers' ratios.
+    #[test]
+    fn step_caches_reuse_the_steps_diffusers_reuses_and_match_its_latents() {
+        let device = cpu();
+        let golden = FixtureFile::open("golden/golden_cache.safetensors");
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture("golden/golden_cache_meta.json")).unwrap()).unwrap();
+        let reused_in = |name: &str| -> Vec<usize> {
+            let computed = meta[name]["computed"].as_array().unwrap();
+            (0..computed.len()).filter(|&i| computed[i].as_u64() == Some(0)).collect()
+        };
+        let mut model = tiny_model(&device);
+
+        let (uncached, reused, ratios) = cached_edit(&mut model, CacheConfig::Calibrate, &device);
+        assert!(reused.is_empty(), "calibration runs every step");
+        let uncached_golden: Tensor<3> = golden.tensor("uncached/latents", &device);
+        let err = max_abs_difference(uncached, uncached_golden.clone());
+        assert!(err <= 1e-4, "uncached: max |ours − diffusers| = {err:.2e}");
+        let golden_ratios = golden.tensor::<1>("calibration/ratios", &device).into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(ratios.len(), 12);
+        for (step, (ours, theirs)) in ratios.iter().zip(&golden_ratios).enumerate() {
+            assert!((ours - theirs).abs() <= 1e-4, "ratio of step {step}: ours {ours}, diffusers {theirs}");
+        }
+
+        let mag = CacheConfig::Mag { threshold: 0.06, max_skip_steps: 2, retention_ratio: 0.2, ratios: golden_ratios };
+        for (name, config) in [
+            ("fbc", CacheConfig::Fbc { threshold: 0.42 }),
+            ("fbc_low", CacheConfig::Fbc { threshold: 0.36 }),
+            ("mag", mag),
+        ] {
+            let (latents, reused, _) = cached_edit(&mut model, config, &device);
+            assert!(!reused.is_empty() && reused.len() < 10, "{name}: the goldens reuse some steps, not all");
+            assert_eq!(reused, reused_in(name), "{name}: the steps that reused the cache");
+            let expected: Tensor<3> = golden.tensor(&format!("{name}/latents"), &device);
+            let err = max_abs_difference(latents.clone(), expected.clone());
+            assert!(err <= 1e-4, "{name}: max |ours − diffusers| = {err:.2e}");
+            // Control: reusing the cache changes the result by more than 10× that tolerance (one reused step of
+            // twelve: 6e-3), so a cache that reused other steps, or none, would fail the comparison.
+            let effect = max_abs_difference(expected, uncached_golden.clone());
+            assert!(effect > 1e-3, "{name}: the cache changes the latents by only {effect:.2e}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use super::cache::StepCache;
 use super::ids::{self, Position};
 use super::rng::NoiseRng;
 use super::sampler::{Denoiser, Sampler};
@@ -121,10 +122,12 @@ pub struct KontextDenoiser<'a> {
     pub conditioning: &'a Conditioning,
     /// The DiT's weights when its blocks stream from them ([`Flux::forward_streaming`]).
     pub streamed: Option<&'a dyn Weights>,
+    /// The edit's step cache.
+    pub cache: &'a mut StepCache,
 }
 
 impl Denoiser for KontextDenoiser<'_> {
-    fn velocity(&self, latents: Tensor<3>, sigma: f32) -> Result<Tensor<3>> {
+    async fn velocity(&mut self, latents: Tensor<3>, sigma: f32) -> Result<Tensor<3>> {
         let c = self.conditioning;
         let img = match &c.references {
             Some(reference) => Tensor::cat(vec![latents, reference.clone()], 1), // [1, n_noise + n_ref, 64]
@@ -145,7 +148,7 @@ impl Denoiser for KontextDenoiser<'_> {
                 c.rope.get_or_init(|| rope)
             }
         };
-        let out = self.flux.forward_rotated(img, c.text.t5.clone(), rope, modulations, self.streamed)?;
+        let out = self.cache.forward(self.flux, img, c.text.t5.clone(), rope, modulations, self.streamed).await?;
         Ok(out.narrow(1, 0, c.noise_tokens))
     }
 }
@@ -265,9 +268,10 @@ mod tests {
             device,
         )
         .unwrap();
-        let denoiser = KontextDenoiser { flux, conditioning: &conditioning, streamed: None };
+        let mut cache = StepCache::none();
+        let mut denoiser = KontextDenoiser { flux, conditioning: &conditioning, streamed: None, cache: &mut cache };
         for step in 0..4 {
-            sampler.step(&denoiser).unwrap();
+            futures_lite::future::block_on(sampler.step(&mut denoiser)).unwrap();
             close(sampler.latents().clone(), golden, &format!("latents_after_step_{step}"), device);
         }
         let decoded = decode_latents(vae, sampler.into_latents(), 10, 8).unwrap();

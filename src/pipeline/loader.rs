@@ -423,6 +423,7 @@ impl KontextModel {
             text_tokens: T5_TOKENS,
             modulation_precomputed: true,
             residency: None,
+            cached_residuals: 0,
         }
     }
 

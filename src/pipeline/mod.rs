@@ -1,6 +1,7 @@
 //! The Kontext pipeline around the networks: the model as a whole and how it is loaded, tokenizers, sizes,
 //! images, position ids, noise, schedule, sampler and the memory plan.
 
+pub mod cache;
 pub mod edit;
 pub mod ids;
 pub mod image;

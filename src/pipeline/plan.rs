@@ -89,6 +89,8 @@ pub struct PlanInputs {
     pub modulation_precomputed: bool,
     /// A residency to plan instead of the one chosen for the budget (`kontext edit --memory`).
     pub residency: Option<Residency>,
+    /// Image-stream tensors a step cache keeps between steps ([`crate::pipeline::cache::CacheConfig::residuals`]).
+    pub cached_residuals: usize,
 }
 
 /// Weights of one part of the model.
@@ -446,6 +448,7 @@ impl MemoryPlan {
         let embeddings = (inputs.text_tokens * cfg.context_in_dim + cfg.vec_in_dim) as u64 * VALUE_BYTES;
         // The latents, the sampler's velocity and next latents, and the reference tokens: `[tokens, 64]` each.
         let latents = (3 * tokens_of(inputs.output) + image_tokens) as u64 * cfg.in_channels as u64 * VALUE_BYTES;
+        let cached_residuals = (inputs.cached_residuals * image_tokens) as u64 * hidden * VALUE_BYTES;
         let encode_working = inputs
             .references
             .iter()
@@ -456,7 +459,7 @@ impl MemoryPlan {
             t5_working_bytes(&inputs.t5, inputs.text_tokens),
             encode_working,
             embeddings,
-            dit_working_bytes(cfg, tokens) + attention_score_block_bytes + latents,
+            dit_working_bytes(cfg, tokens) + attention_score_block_bytes + latents + cached_residuals,
             VAE_LIVE_TENSORS * vae_decode_peak_bytes + pixels(inputs.output) + latents,
         ];
         let sizes = Sizes {
@@ -659,6 +662,7 @@ mod tests {
             text_tokens: 512,
             modulation_precomputed: true,
             residency: None,
+            cached_residuals: 0,
         }
     }
 

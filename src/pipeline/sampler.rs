@@ -5,10 +5,13 @@ use burn::tensor::Tensor;
 
 use crate::Result;
 
-/// A model that predicts the flow velocity of the noise tokens at noise level `sigma`.
+/// A model that predicts the flow velocity of the noise tokens at noise level `sigma`. Async, so that a model
+/// may read a value back mid-step (a step cache's decision) in a browser too; mutable, so that it may keep
+/// state from step to step.
+#[allow(async_fn_in_trait)] // driven by our own loops, never spawned onto a multi-threaded executor
 pub trait Denoiser {
     /// `latents`: packed noise tokens `[b, n, c]`; returns the velocity, same shape.
-    fn velocity(&self, latents: Tensor<3>, sigma: f32) -> Result<Tensor<3>>;
+    async fn velocity(&mut self, latents: Tensor<3>, sigma: f32) -> Result<Tensor<3>>;
 }
 
 /// Denoising state: the latents and where they are in the schedule.
@@ -46,12 +49,12 @@ impl Sampler {
     }
 
     /// One Euler step `x ← x + (σ_next − σ)·v`. Does nothing when done.
-    pub fn step(&mut self, model: &impl Denoiser) -> Result<()> {
+    pub async fn step(&mut self, model: &mut impl Denoiser) -> Result<()> {
         if self.is_done() {
             return Ok(());
         }
         let (sigma, sigma_next) = (self.sigmas[self.step], self.sigmas[self.step + 1]);
-        let velocity = model.velocity(self.latents.clone(), sigma)?;
+        let velocity = model.velocity(self.latents.clone(), sigma).await?;
         self.latents = self.latents.clone() + velocity * (sigma_next - sigma);
         self.step += 1;
         Ok(())
@@ -76,7 +79,7 @@ mod tests {
     /// The velocity of the straight path from `x` to zero, `v = x / σ`.
     struct Straight;
     impl Denoiser for Straight {
-        fn velocity(&self, latents: Tensor<3>, sigma: f32) -> Result<Tensor<3>> {
+        async fn velocity(&mut self, latents: Tensor<3>, sigma: f32) -> Result<Tensor<3>> {
             Ok(latents / sigma)
         }
     }
@@ -86,14 +89,14 @@ mod tests {
         let device = crate::device::cpu();
         let x = Tensor::<3>::from_data(TensorData::new(vec![2.0f32, -4.0], [1, 2, 1]), &device);
         let mut sampler = Sampler::new(x, vec![1.0, 0.5, 0.0]);
-        sampler.step(&Straight).unwrap();
+        futures_lite::future::block_on(sampler.step(&mut Straight)).unwrap();
         // x + (0.5 − 1)·x/1 = x/2
         sampler
             .latents()
             .to_data()
             .assert_approx_eq::<f32>(&TensorData::new(vec![1.0f32, -2.0], [1, 2, 1]), Tolerance::absolute(1e-6));
         assert!(!sampler.is_done());
-        sampler.step(&Straight).unwrap();
+        futures_lite::future::block_on(sampler.step(&mut Straight)).unwrap();
         assert!(sampler.is_done());
         sampler
             .into_latents()

@@ -216,6 +216,7 @@ impl Footprint {
             text_tokens: T5_TOKENS,
             modulation_precomputed: true,
             residency: None,
+            cached_residuals: 0,
         };
         let plan = match MemoryPlan::new(&inputs) {
             Ok(plan) => {

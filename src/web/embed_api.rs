@@ -5,6 +5,7 @@
 use serde::Deserialize;
 use serde_bytes::ByteBuf;
 
+use crate::pipeline::cache::CacheConfig;
 use crate::pipeline::size::DEFAULT_MAX_AREA;
 use crate::store::manifest::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE};
 use crate::store::sources::UrlSource;
@@ -204,6 +205,7 @@ impl EditOptions {
             seed: self.seed.unwrap_or_else(random_seed),
             loras: Vec::new(),
             return_latents: self.return_latents,
+            cache: CacheConfig::None,
         })
     }
 }

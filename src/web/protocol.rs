@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::device::selfcheck::SelfCheck;
+use crate::pipeline::cache::CacheConfig;
 
 /// Page → worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +77,9 @@ pub struct EditJob {
     /// Answer with the final packed latents as well as the image.
     #[serde(default)]
     pub return_latents: bool,
+    /// The step cache (none by default).
+    #[serde(default)]
+    pub cache: CacheConfig,
 }
 
 /// One LoRA adapter enabled for an edit.

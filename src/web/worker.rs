@@ -346,6 +346,7 @@ impl Worker {
             steps: job.steps,
             guidance: job.guidance,
             seed: job.seed,
+            cache: job.cache.clone(),
         };
         let id = job.id;
         if let Some(budget) = self.gpu_memory.get() {
@@ -366,7 +367,7 @@ impl Worker {
             if self.take_cancel(id) {
                 return Ok(None);
             }
-            edit.step()?;
+            edit.step().await?;
             // Waiting for this step's latents makes the progress real and lets messages (cancel) through.
             latents = device::read_f32(edit.latents().clone()).await?;
             let done = edit.progress().0 as u64;

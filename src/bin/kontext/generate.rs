@@ -9,6 +9,7 @@ use kontext_web::formats::weights::Weights;
 use kontext_web::formats::{FileSource, SafetensorsFile};
 use kontext_web::model::flux::Flux;
 use kontext_web::model::layers::LoraAdapter;
+use kontext_web::pipeline::cache::{CacheConfig, MagRatios};
 use kontext_web::pipeline::edit::{Edit, EditRequest, Phase, plan_edit};
 use kontext_web::pipeline::loader::{self, Folder, KontextModel, ModelFiles, NoFolder, Overrides};
 use kontext_web::pipeline::plan::{self, DeviceLimits, MemoryPlan, PlanInputs, Residency};
@@ -120,9 +121,28 @@ pub struct EditArgs {
     #[arg(long, default_value = "auto", value_parser = ["auto", "keep", "lean", "phased", "streamed"])]
     memory: String,
     /// Write measurements to this JSON file: the device allocator's peak (`peak_device_bytes`), the budget and
-    /// the planned peak, per-phase peaks, load, step and total seconds.
+    /// the planned peak, per-phase peaks, load, step and total seconds, and the steps that reused the step
+    /// cache (`cached_steps`, 0-based).
     #[arg(long, value_name = "FILE")]
     stats: Option<PathBuf>,
+    /// Step cache: `none`, `fbc:THRESHOLD` (First-Block-Cache: skip the other blocks while the first block's
+    /// residual changes by at most THRESHOLD, relative L1) or `mag:THRESHOLD[,MAX_SKIP[,RETENTION]]`
+    /// (MagCache, defaults 3 and 0.2; needs --cache-ratios), as diffusers' hooks define them.
+    #[arg(long, default_value = "none", value_name = "KIND")]
+    cache: String,
+    /// The model's magnitude ratios for MagCache: the JSON file `kontext calibrate-cache` writes.
+    #[arg(long, value_name = "FILE")]
+    cache_ratios: Option<PathBuf>,
+}
+
+/// Options of `kontext calibrate-cache`.
+#[derive(clap::Args)]
+pub struct CalibrateArgs {
+    #[command(flatten)]
+    edit: EditArgs,
+    /// Where to write the magnitude ratios (JSON; `kontext edit --cache-ratios` and the app read it).
+    #[arg(long, value_name = "FILE")]
+    ratios: PathBuf,
 }
 
 /// The output size and how references are sized, as `kontext edit` and `kontext plan` take them.
@@ -336,6 +356,10 @@ struct EditStats {
     budget_bytes: Option<u64>,
     /// The plan's largest phase peak.
     planned_peak_bytes: u64,
+    /// The step cache (`--cache`).
+    cache: String,
+    /// Steps (0-based) that reused the step cache instead of running the DiT's blocks after the first.
+    cached_steps: Vec<usize>,
     /// The device allocator's most reserved bytes over the load and the edit (`None` on the CPU).
     peak_device_bytes: Option<u64>,
     /// The allocator's most reserved bytes in each phase.
@@ -389,9 +413,48 @@ fn residency_flag(memory: &str) -> Option<Residency> {
     }
 }
 
+/// The step cache `--cache` and `--cache-ratios` ask for.
+fn cache_flag(args: &EditArgs) -> Result<CacheConfig> {
+    let config = CacheConfig::parse(&args.cache)?;
+    match (&config, &args.cache_ratios) {
+        (CacheConfig::Mag { .. }, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+            let file = MagRatios::parse(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+            let config = config.with_ratios(file.mag_ratios);
+            config.validate()?;
+            Ok(config)
+        }
+        (_, Some(_)) => Err(Error::Invalid("--cache-ratios is for --cache mag:…".into())),
+        _ => {
+            config.validate()?;
+            Ok(config)
+        }
+    }
+}
+
+/// `kontext calibrate-cache`: an edit with every step run, writing the magnitude ratios it measured.
+pub fn calibrate_cache(mut args: CalibrateArgs) -> Result<()> {
+    if args.edit.cache != "none" {
+        return Err(Error::Invalid("calibrate-cache runs every step: leave --cache out".into()));
+    }
+    let ratios = args.ratios.clone();
+    args.edit.cache = "calibrate".into();
+    run_edit(args.edit, Some(&ratios))
+}
+
 /// `kontext edit`.
 pub fn edit(args: EditArgs) -> Result<()> {
+    run_edit(args, None)
+}
+
+/// An edit; with `ratios_out`, a calibration whose ratios go to that file.
+fn run_edit(args: EditArgs, ratios_out: Option<&Path>) -> Result<()> {
     let started = Instant::now();
+    let cache = match ratios_out {
+        Some(_) => CacheConfig::Calibrate,
+        None => cache_flag(&args)?,
+    };
     let device = args.model.device()?;
     let references = args.images.iter().map(|p| read_image(p)).collect::<Result<Vec<_>>>()?;
     let noise = match &args.noise {
@@ -411,6 +474,7 @@ pub fn edit(args: EditArgs) -> Result<()> {
         steps: args.steps,
         guidance: args.guidance,
         seed,
+        cache,
     };
     let mut model = args.model.open(&device)?;
     let plan = plan_edit(&model, &request, args.model.limits(&device), residency_flag(&args.memory))?;
@@ -434,12 +498,18 @@ pub fn edit(args: EditArgs) -> Result<()> {
     let mut step_seconds = Vec::with_capacity(request.steps);
     while !edit.is_denoised() {
         let step_started = Instant::now();
-        edit.step()?;
+        pollster::block_on(edit.step())?;
         device.sync().map_err(|e| Error::Gpu(format!("{e:?}")))?;
         step_seconds.push(step_started.elapsed().as_secs_f64());
         let (done, steps) = edit.progress();
-        println!("step {done}/{steps} ({:.2} s)", step_seconds[done - 1]);
+        let reused = if edit.cache().last_step_reused() { " · reused" } else { "" };
+        println!("step {done}/{steps} ({:.2} s){reused}", step_seconds[done - 1]);
     }
+    let cached_steps = edit.cache().reused_steps().to_vec();
+    if !cached_steps.is_empty() {
+        println!("step cache {}: {} of {} steps reused", request.cache.describe(), cached_steps.len(), request.steps);
+    }
+    let measured_ratios = edit.cache().measured_ratios().to_vec();
     println!("decoding…");
     let result = pollster::block_on(edit.finish())?;
     let recipe = images::Recipe {
@@ -455,6 +525,12 @@ pub fn edit(args: EditArgs) -> Result<()> {
     };
     let png = recipe.encode_png(&result.image)?;
     std::fs::write(&args.out, png).map_err(|e| Error::Invalid(format!("cannot write {}: {e}", args.out.display())))?;
+    if let Some(path) = ratios_out {
+        let ratios = MagRatios { model: recipe.model.clone(), steps: request.steps, mag_ratios: measured_ratios };
+        let json = serde_json::to_string_pretty(&ratios).map_err(|e| Error::Invalid(e.to_string()))?;
+        std::fs::write(path, json).map_err(|e| Error::Invalid(format!("cannot write {}: {e}", path.display())))?;
+        println!("wrote the magnitude ratios of {} steps to {}", request.steps, path.display());
+    }
     if let Some(dump) = &args.dump {
         let latents_shape = result.latents.dims().to_vec();
         let latents = pollster::block_on(read_f32(result.latents))?;
@@ -472,6 +548,8 @@ pub fn edit(args: EditArgs) -> Result<()> {
             steps: request.steps,
             budget_bytes: args.model.gpu_memory,
             planned_peak_bytes: plan.peak_bytes,
+            cache: request.cache.describe(),
+            cached_steps,
             peak_device_bytes: model.meter.peak_bytes,
             phase_peak_device_bytes: model.meter.by_label.clone(),
             residency: plan.residency,
@@ -518,6 +596,7 @@ fn plan_catalog(args: &PlanArgs, device: &Device) -> Result<()> {
                             text_tokens: kontext_web::pipeline::kontext::T5_TOKENS,
                             modulation_precomputed: true,
                             residency: None,
+                            cached_residuals: 0,
                         };
                         let plan = MemoryPlan::new(&inputs)?;
                         Ok(match plan.fits_budget {

@@ -37,6 +37,9 @@ mod cli {
         },
         /// Edit reference images (or make an image from text) with FLUX.1 Kontext.
         Edit(super::generate::EditArgs),
+        /// Run one edit with every step computed and write the model's magnitude ratios, which MagCache
+        /// (`kontext edit --cache mag:… --cache-ratios FILE`) needs, as diffusers' `calibrate=True` measures them.
+        CalibrateCache(super::generate::CalibrateArgs),
         /// The memory plan of an edit for a file set, an output size and `--gpu-memory`: the phases and their
         /// peaks, what stays on the device, and whether it fits or what would (reads file headers only).
         Plan(super::generate::PlanArgs),
@@ -116,6 +119,7 @@ mod cli {
             }
             Command::Bench(args) => super::bench::run(args),
             Command::Edit(args) => super::generate::edit(args),
+            Command::CalibrateCache(args) => super::generate::calibrate_cache(args),
             Command::Forward(args) => super::generate::forward(args),
             Command::Plan(args) => super::generate::plan(args),
             Command::MakeRandom { out, ty, preset } => make_random(&out, &ty, &preset),

@@ -338,6 +338,7 @@ mod tests {
     use crate::formats::FileSource;
     use crate::harness::testing::{FixtureFile, fixture};
     use crate::model::FluxConfig;
+    use crate::pipeline::cache::StepCache;
     use crate::pipeline::kontext::{Conditioning, KontextDenoiser, References, TextConditioning, sampler};
     use crate::pipeline::loader::{self, Folder};
     use burn::tensor::{Device, Tensor, Tolerance};
@@ -405,10 +406,11 @@ mod tests {
         let mut sampler = sampler(run.tensor("latents_init_packed", device), 4);
         let conditioning =
             Conditioning::new(flux, text, references, 10, 8, 2.5, sampler.step_sigmas(), device).unwrap();
-        let denoiser = KontextDenoiser { flux, conditioning: &conditioning, streamed: None };
+        let mut cache = StepCache::none();
+        let mut denoiser = KontextDenoiser { flux, conditioning: &conditioning, streamed: None, cache: &mut cache };
         (0..4)
             .map(|_| {
-                sampler.step(&denoiser).unwrap();
+                futures_lite::future::block_on(sampler.step(&mut denoiser)).unwrap();
                 sampler.latents().clone()
             })
             .collect()

@@ -891,6 +891,13 @@ impl Flux {
         modulations: &Modulations,
         weights: Option<&dyn Weights>,
     ) -> Result<Tensor<3>> {
+        self.check_inputs(&img, &txt, rope, modulations)?;
+        let (img, txt) = self.embed_streams(img, txt);
+        Ok(self.blocks_from(0, img, txt, rope, modulations, weights)?.1)
+    }
+
+    /// Checks the shapes [`Flux::forward_rotated`] takes.
+    pub fn check_inputs(&self, img: &Tensor<3>, txt: &Tensor<3>, rope: &Rope, modulations: &Modulations) -> Result<()> {
         let config = &self.config;
         let [b, n_img, _] = img.dims();
         let n_txt = txt.dims()[1];
@@ -902,15 +909,45 @@ impl Flux {
         {
             return Err(Error::Invalid("the modulations were computed for a different model".into()));
         }
+        Ok(())
+    }
 
-        let rope = rope.clone();
-        let mut img = self.img_in.forward(img);
-        let mut txt = self.txt_in.forward(txt);
+    /// The image and text streams `[b, n, hidden]` after their input projections.
+    pub fn embed_streams(&self, img: Tensor<3>, txt: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+        (self.img_in.forward(img), self.txt_in.forward(txt))
+    }
+
+    /// Double block `index` on the streams: `(img, txt)` after it.
+    pub fn double_block(
+        &self,
+        index: usize,
+        img: Tensor<3>,
+        txt: Tensor<3>,
+        rope: &Rope,
+        modulations: &Modulations,
+        weights: Option<&dyn Weights>,
+    ) -> Result<(Tensor<3>, Tensor<3>)> {
         let device = img.device();
-        for (i, (block, m)) in self.double_blocks.iter().zip(&modulations.double).enumerate() {
-            let block = on_device(block, &format!("double_blocks.{i}"), weights, &device)?;
-            (img, txt) = block.forward(img, txt, m, &rope)?;
+        let block = on_device(&self.double_blocks[index], &format!("double_blocks.{index}"), weights, &device)?;
+        block.forward(img, txt, &modulations.double[index], rope)
+    }
+
+    /// The double blocks from `first` on and every single block, then the final layer: `(the image stream after
+    /// the last block [b, n_img, hidden], the velocity of every image token [b, n_img, in_channels])`.
+    pub fn blocks_from(
+        &self,
+        first: usize,
+        mut img: Tensor<3>,
+        mut txt: Tensor<3>,
+        rope: &Rope,
+        modulations: &Modulations,
+        weights: Option<&dyn Weights>,
+    ) -> Result<(Tensor<3>, Tensor<3>)> {
+        let (n_txt, n_img) = (txt.dims()[1], img.dims()[1]);
+        for i in first..self.double_blocks.len() {
+            (img, txt) = self.double_block(i, img, txt, rope, modulations, weights)?;
         }
+        let device = img.device();
         let mut x = Tensor::cat(vec![txt, img], 1); // [b, n_txt + n_img, hidden]
         // Each single block's LayerNorm runs in the residual add of the block before it; the last block's
         // residual add normalises for the final layer.
@@ -920,9 +957,17 @@ impl Flux {
         for (i, (block, m)) in self.single_blocks.iter().zip(&modulations.single).enumerate() {
             let next = modulations.single.get(i + 1).map_or(final_norm, |m| (&m.shift, &m.scale));
             let block = on_device(block, &format!("single_blocks.{i}"), weights, &device)?;
-            (x, normed) = block.forward_normed(x, normed, m, &rope, next)?;
+            (x, normed) = block.forward_normed(x, normed, m, rope, next)?;
         }
-        Ok(self.final_layer.linear.forward(normed.narrow(1, n_txt, n_img)))
+        let velocity = self.final_layer.linear.forward(normed.narrow(1, n_txt, n_img));
+        Ok((x.narrow(1, n_txt, n_img), velocity))
+    }
+
+    /// The final layer on an image stream `[b, n_img, hidden]` (as [`Flux::blocks_from`] returns it): the
+    /// velocity of every image token `[b, n_img, in_channels]`.
+    pub fn final_layer_of(&self, img: Tensor<3>, modulations: &Modulations) -> Tensor<3> {
+        let (shift, scale) = (modulations.final_shift.clone(), modulations.final_scale.clone());
+        self.final_layer.linear.forward(fused::layer_norm_modulate(img, shift, scale, NORM_EPS))
     }
 }
 
