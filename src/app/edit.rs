@@ -1,5 +1,5 @@
 //! The editor's inputs and intents, without rendering: the references (read from files, drops, pastes, history
-//! entries or a result), the prompt, the Fast/Quality presets, the output shape and size arithmetic, steps,
+//! entries or a result), the prompt, the Draft/Quality presets, the output shape and size arithmetic, steps,
 //! guidance and seed ([`EditForm`]); building the edit request sent to the worker ([`request`]), starting and
 //! cancelling it, re-running a history entry, and keeping finished results in [`super::history`].
 
@@ -42,9 +42,43 @@ pub struct Preset {
     pub side: usize,
 }
 
-/// Fast: few steps at a quarter of the area; Quality: the reference pipeline's 28 steps at 1024².
+/// Draft: few steps at a quarter of the area (a rough look, not a fast mode of the model); Quality: the reference
+/// pipeline's 28 steps at 1024².
 pub const PRESETS: [Preset; 2] =
-    [Preset { name: "Fast", steps: 8, side: 512 }, Preset { name: "Quality", steps: 28, side: 1024 }];
+    [Preset { name: "Draft", steps: 8, side: 512 }, Preset { name: "Quality", steps: 28, side: 1024 }];
+
+/// A level of the "Speed" control: the step cache it turns on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Speed {
+    /// Shown in the control.
+    pub name: &'static str,
+    /// First-Block-Cache's threshold; `None`: every step runs every block.
+    pub fbc_threshold: Option<f64>,
+}
+
+impl Speed {
+    /// The step cache of this level.
+    pub fn cache(&self) -> CacheConfig {
+        self.fbc_threshold.map_or(CacheConfig::None, |threshold| CacheConfig::Fbc { threshold })
+    }
+
+    /// The control's text, naming the threshold.
+    pub fn label(&self) -> String {
+        match self.fbc_threshold {
+            Some(threshold) => format!("{} · First-Block-Cache {threshold}", self.name),
+            None => format!("{} · every step runs every block", self.name),
+        }
+    }
+}
+
+/// Off, and First-Block-Cache at 0.08 and 0.12: ComfyUI-nunchaku's guidance for Flux's `cache_threshold`
+/// (values up to 0.12 give increasing speed with minor quality loss, above it the loss becomes noticeable;
+/// 0.12 is nunchaku's default).
+pub const SPEEDS: [Speed; 3] = [
+    Speed { name: "Off", fbc_threshold: None },
+    Speed { name: "Fast", fbc_threshold: Some(0.08) },
+    Speed { name: "Faster", fbc_threshold: Some(0.12) },
+];
 
 /// The name of the preset with these steps and side, or `"custom"` when none has them.
 pub fn preset_name(steps: usize, side: usize) -> &'static str {
@@ -194,6 +228,8 @@ pub struct Settings {
     pub steps: usize,
     /// Distilled guidance.
     pub guidance: f32,
+    /// Index of [`SPEEDS`].
+    pub speed: usize,
 }
 
 /// The edit request for the worker and the history entry it will make, for job `id` with `seed`.
@@ -218,7 +254,7 @@ pub fn request(
         seed,
         loras,
         return_latents: false,
-        cache: CacheConfig::None,
+        cache: SPEEDS.get(settings.speed).map_or(CacheConfig::None, Speed::cache),
     };
     let pending = Pending {
         entry: HistoryEntry {
@@ -232,6 +268,7 @@ pub fn request(
             guidance: job.guidance,
             seed,
             loras: job.loras.iter().map(|l| (l.name.clone(), l.strength)).collect(),
+            cache: job.cache.clone(),
             model: String::new(),
             references: Vec::new(),
             seconds: 0.0,
@@ -282,6 +319,8 @@ pub struct EditForm {
     pub steps: RwSignal<usize>,
     /// Distilled guidance.
     pub guidance: RwSignal<f32>,
+    /// Index of [`SPEEDS`].
+    pub speed: RwSignal<usize>,
     /// The seed as typed; empty for a random one (the one used is written back).
     pub seed: RwSignal<String>,
     /// The first reference of the last job started, for the comparison.
@@ -295,7 +334,7 @@ pub struct EditForm {
 }
 
 impl EditForm {
-    /// A fresh form: no references, empty prompt, the Fast preset, the first reference's aspect.
+    /// A fresh form: no references, empty prompt, the Draft preset, the first reference's aspect, no step cache.
     pub fn new() -> Self {
         Self {
             references: RwSignal::new(Vec::new()),
@@ -306,6 +345,7 @@ impl EditForm {
             custom_size: RwSignal::new((1024, 768)),
             steps: RwSignal::new(PRESETS[0].steps),
             guidance: RwSignal::new(2.5),
+            speed: RwSignal::new(0),
             seed: RwSignal::new(String::new()),
             first_of_job: RwSignal::new(None),
             history_revision: RwSignal::new(0),
@@ -396,6 +436,7 @@ impl EditForm {
             custom: self.custom_size.get_untracked(),
             steps: self.steps.get_untracked(),
             guidance: self.guidance.get_untracked(),
+            speed: self.speed.get_untracked(),
         };
         self.first_of_job.set(self.references.with_untracked(|r| r.first().cloned()));
         let loras = state.loras.with_untracked(|all| LoraEntry::active(all));
@@ -443,6 +484,7 @@ impl EditForm {
         self.area_side.set(entry.side);
         self.steps.set(entry.steps);
         self.guidance.set(entry.guidance);
+        self.speed.set(SPEEDS.iter().position(|speed| speed.cache() == entry.cache).unwrap_or(0));
         self.seed.set(entry.seed.to_string());
         if self.can_generate(state) {
             self.generate(state);

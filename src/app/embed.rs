@@ -290,9 +290,10 @@ impl Embed {
                     reply.post("kontext:progress", &progress_fields(phase, *done, *total));
                 }
             }
-            FromWorker::Progress { job: Some(job), phase, done, total, .. } => {
+            FromWorker::Progress { job: Some(job), phase, done, total, reused } => {
                 if let Some((_, reply)) = self.edits.borrow().iter().find(|(id, _)| id == job) {
-                    reply.post("kontext:progress", &progress_fields(phase, *done, *total));
+                    let [phase, done, total] = progress_fields(phase, *done, *total);
+                    reply.post("kontext:progress", &[phase, done, total, ("reused", (*reused).into())]);
                 }
             }
             FromWorker::Loaded { description, heap_bytes } => {

@@ -5,6 +5,7 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::pipeline::cache::CacheConfig;
 use crate::store::idb::Store;
 use crate::{Error, Result};
 
@@ -45,6 +46,9 @@ pub struct HistoryEntry {
     pub seed: u64,
     /// LoRA adapters and strengths.
     pub loras: Vec<(String, f32)>,
+    /// The step cache.
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// The model that made it.
     pub model: String,
     /// The references: file name and SHA-256 of the bytes, in order.

@@ -83,6 +83,8 @@ pub enum JobState {
         done: u64,
         /// Units in the phase.
         total: u64,
+        /// Whether the last step reused the step cache.
+        reused: bool,
         /// `Date.now()` at the start.
         started: f64,
         /// `Date.now()` when the current phase started.
@@ -113,7 +115,15 @@ impl JobState {
     /// Edit `id` just sent to the worker, started now.
     pub fn starting(id: u32) -> Self {
         let now = js_sys::Date::now();
-        Self::Running { id, phase: "starting".into(), done: 0, total: 1, started: now, phase_started: now }
+        Self::Running {
+            id,
+            phase: "starting".into(),
+            done: 0,
+            total: 1,
+            reused: false,
+            started: now,
+            phase_started: now,
+        }
     }
 }
 
@@ -159,10 +169,10 @@ impl AppState {
                 max_abs_error: check.max_abs_error,
                 millis,
             })),
-            FromWorker::Progress { job: None, phase, done, total } => {
+            FromWorker::Progress { job: None, phase, done, total, .. } => {
                 self.model.set(ModelState::Loading { phase, done, total })
             }
-            FromWorker::Progress { job: Some(id), phase, done, total } => self.job.update(|job| {
+            FromWorker::Progress { job: Some(id), phase, done, total, reused } => self.job.update(|job| {
                 if let JobState::Running { id: running, .. } = job
                     && *running == id
                 {
@@ -173,7 +183,7 @@ impl AppState {
                         JobState::Running { started, .. } => (*started, js_sys::Date::now()),
                         _ => (js_sys::Date::now(), js_sys::Date::now()),
                     };
-                    *job = JobState::Running { id, phase, done, total, started, phase_started };
+                    *job = JobState::Running { id, phase, done, total, reused, started, phase_started };
                 }
             }),
             FromWorker::Loaded { description, .. } => self.model.set(ModelState::Loaded(description)),

@@ -30,9 +30,10 @@ pub const MAG_MAX_SKIP_STEPS: usize = 3;
 /// MagCache's `retention_ratio` when not given (diffusers' default).
 pub const MAG_RETENTION_RATIO: f64 = 0.2;
 
-/// Which step cache an edit uses.
+/// Which step cache an edit uses. As JSON (the embed API's `cache`): `{"kind": "fbc", "threshold": 0.08}`,
+/// `{"kind": "mag", "threshold": 0.06, "maxSkipSteps": 3, "retentionRatio": 0.2, "ratios": […]}`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(tag = "kind", rename_all = "lowercase", rename_all_fields = "camelCase")]
 pub enum CacheConfig {
     /// Every step runs every block.
     #[default]
@@ -55,6 +56,7 @@ pub enum CacheConfig {
         retention_ratio: f64,
         /// Magnitude ratio per step (from [`CacheConfig::Calibrate`]), interpolated to the edit's steps as
         /// diffusers does when the counts differ.
+        #[serde(default)]
         ratios: Vec<f32>,
     },
     /// Every step runs; the magnitude ratios are measured.
@@ -120,8 +122,18 @@ impl CacheConfig {
         }
     }
 
-    /// Checks what the kind needs: MagCache its ratios.
+    /// Checks the values and what the kind needs: MagCache its ratios.
     pub fn validate(&self) -> Result<()> {
+        if let Self::Fbc { threshold } | Self::Mag { threshold, .. } = self
+            && !(threshold.is_finite() && *threshold >= 0.0)
+        {
+            return Err(Error::Invalid(format!("a cache threshold must be 0 or more, not {threshold}")));
+        }
+        if let Self::Mag { retention_ratio, .. } = self
+            && !(0.0..=1.0).contains(retention_ratio)
+        {
+            return Err(Error::Invalid(format!("MagCache's retention ratio is a fraction, not {retention_ratio}")));
+        }
         match self {
             Self::Mag { ratios, .. } if ratios.is_empty() => Err(Error::Invalid(
                 "MagCache needs the model's magnitude ratios: run `kontext calibrate-cache` once and pass its file \
@@ -397,6 +409,14 @@ mod tests {
         assert_eq!(fbc, CacheConfig::Fbc { threshold: 0.2 });
         let mag: CacheConfig = serde_json::from_str(r#"{"kind": "mag", "threshold": 0.06, "ratios": [1.0]}"#).unwrap();
         assert_eq!(mag.describe(), "mag:0.06,3,0.2");
+        let mag: CacheConfig = serde_json::from_str(
+            r#"{"kind": "mag", "threshold": 0.1, "maxSkipSteps": 2, "retentionRatio": 0.3, "ratios": [1.0]}"#,
+        )
+        .unwrap();
+        assert_eq!(mag.describe(), "mag:0.1,2,0.3");
+        assert!(serde_json::from_str::<CacheConfig>(r#"{"kind": "tea", "threshold": 0.1}"#).is_err());
+        let negative: CacheConfig = serde_json::from_str(r#"{"kind": "fbc", "threshold": -1}"#).unwrap();
+        assert!(negative.validate().is_err());
     }
 
     #[test]

@@ -111,6 +111,9 @@ pub struct Recipe {
     /// The LoRA adapters applied, by file name, with their strengths.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loras: Vec<(String, f32)>,
+    /// The step cache, where one was used (`fbc:0.08`, as `kontext edit --cache` takes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
 }
 
 impl Recipe {
@@ -217,6 +220,7 @@ mod tests {
             model: "DiT width 64".into(),
             references: 2,
             loras: vec![("style.safetensors".into(), 0.75)],
+            cache: Some("fbc:0.08".into()),
         };
         let bytes = recipe.encode_png(&RgbImage::new(2, 2)).unwrap();
         let texts = png_text_chunks(&bytes).unwrap();

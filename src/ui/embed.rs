@@ -17,7 +17,9 @@ pub fn EmbedView() -> impl IntoView {
         _ => None,
     };
     let status = move || match (state.model.get(), state.job.get()) {
-        (_, JobState::Running { phase, done, total, .. }) => format!("{phase}: {done}/{total}"),
+        (_, JobState::Running { phase, done, total, reused, .. }) => {
+            format!("{phase}: {done}/{total}{}", if reused { " · reused" } else { "" })
+        }
         (ModelState::Loading { phase, done, total }, _) => format!("{phase}… {done}/{total}"),
         (ModelState::Failed(message), _) => format!("Could not load the model: {message}"),
         (_, JobState::Done { width, height, seed, millis, .. }) => {

@@ -165,6 +165,10 @@ pub struct EditOptions {
     /// `returnLatents`: answer with the final packed latents (`latents`, `latentsShape`) as well.
     #[serde(default, rename = "returnLatents")]
     pub return_latents: bool,
+    /// The step cache, `{kind: "fbc", threshold}` or `{kind: "mag", threshold, maxSkipSteps, retentionRatio,
+    /// ratios}` (none when absent); progress messages of reused steps say `reused: true`.
+    #[serde(default)]
+    pub cache: Option<CacheConfig>,
 }
 
 impl EditOptions {
@@ -179,6 +183,11 @@ impl EditOptions {
             (None, None) => DEFAULT_MAX_AREA,
             _ => return Err("give both width and height (positive), or neither".into()),
         };
+        let cache = self.cache.clone().unwrap_or_default();
+        if cache == CacheConfig::Calibrate {
+            return Err("cache: calibration runs in `kontext calibrate-cache`".into());
+        }
+        cache.validate().map_err(|e| format!("cache: {e}"))?;
         let steps = self.steps.unwrap_or(DEFAULT_STEPS);
         if !(1..=MAX_STEPS).contains(&steps) {
             return Err(format!("steps must be between 1 and {MAX_STEPS}, got {steps}"));
@@ -205,7 +214,7 @@ impl EditOptions {
             seed: self.seed.unwrap_or_else(random_seed),
             loras: Vec::new(),
             return_latents: self.return_latents,
-            cache: CacheConfig::None,
+            cache,
         })
     }
 }
@@ -295,10 +304,15 @@ mod tests {
             EditOptions { steps: Some(0), ..Default::default() },
             EditOptions { guidance: Some(f32::NAN), ..Default::default() },
             EditOptions { resize: Some("crop".into()), ..Default::default() },
+            EditOptions { cache: Some(CacheConfig::Calibrate), ..Default::default() },
+            EditOptions { cache: Some(CacheConfig::Fbc { threshold: f64::NAN }), ..Default::default() },
+            EditOptions { cache: CacheConfig::parse("mag:0.1").ok(), ..Default::default() },
         ];
         for options in bad {
             assert!(options.to_job(1, Vec::new(), || 0).is_err(), "{options:?}");
         }
         assert!(EditOptions::default().to_job(1, vec![Vec::new(); 5], || 0).is_err());
+        let cached = EditOptions { cache: Some(CacheConfig::Fbc { threshold: 0.1 }), ..Default::default() };
+        assert_eq!(cached.to_job(1, Vec::new(), || 0).unwrap().cache, CacheConfig::Fbc { threshold: 0.1 });
     }
 }

@@ -114,6 +114,9 @@ pub enum FromWorker {
         done: u64,
         /// Units in the phase.
         total: u64,
+        /// Whether the step just done reused the step cache (`denoising` only).
+        #[serde(default)]
+        reused: bool,
     },
     /// Answer to [`ToWorker::AddLora`].
     LoraAdded {

@@ -16,6 +16,7 @@ use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
 use crate::device::{self, selfcheck};
 use crate::model::layers::LoraAdapter;
+use crate::pipeline::cache::CacheConfig;
 use crate::pipeline::edit::{Edit, EditRequest, Phase, plan_edit};
 use crate::pipeline::kontext::VAE_SCALE;
 use crate::pipeline::loader::{KontextModel, ModelFiles, Overrides, UPLOADING_THE_MODEL};
@@ -379,7 +380,8 @@ impl Worker {
             {
                 post(&FromWorker::Preview { job: id, step: done, png: ByteBuf::from(png) });
             }
-            progress(Some(id), "denoising", done, steps);
+            let reused = edit.cache().last_step_reused();
+            post(&FromWorker::Progress { job: Some(id), phase: "denoising".into(), done, total: steps, reused });
         }
         progress(Some(id), "decoding", 0, 1);
         let (width, height) = edit.size();
@@ -394,6 +396,7 @@ impl Worker {
             model: images::Recipe::describe_model(model),
             references: job.images.len(),
             loras: job.loras.iter().map(|l| (l.name.clone(), l.strength)).collect(),
+            cache: (job.cache != CacheConfig::None).then(|| job.cache.describe()),
         };
         let png = recipe.encode_png(&result.image)?;
         self.take_cancel(id);
@@ -434,7 +437,7 @@ fn upload_progress() -> crate::pipeline::loader::UploadReport {
 const PREVIEWS_PER_EDIT: u64 = 10;
 
 fn progress(job: Option<u32>, phase: &str, done: u64, total: u64) {
-    post(&FromWorker::Progress { job, phase: phase.into(), done, total });
+    post(&FromWorker::Progress { job, phase: phase.into(), done, total, reused: false });
 }
 
 fn describe_lora(adapter: &LoraAdapter) -> String {

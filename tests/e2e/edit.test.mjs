@@ -1,8 +1,8 @@
 // A full edit through the UI with the built-in demo model: the worker loads it, the page sends an edit,
 // progress is shown, the result appears, and it equals the native CLI's output for the same seed (±2 LSB; another
 // seed is not). Then the result's PNG carries its recipe, "use as reference" chains edits, the comparison shows
-// both images, the Fast/Quality presets set steps and size (output size in pixels shown), and the form works from
-// the keyboard.
+// both images, the Draft/Quality presets set steps and size (output size in pixels shown), the Speed control's step
+// cache reaches the recipe, and the form works from the keyboard.
 // While running, the phase, elapsed time, an ETA and live previews of the latents are shown.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -57,6 +57,10 @@ test('cancel stops a long edit within a step and the worker takes the next job',
   await page.click('#cancel');
   await page.waitForSelector('#job[data-state="cancelled"]', { timeout: 60_000 });
   await setNumber(page, '#steps', 1);
+  // The next job with the Speed control's second level: its recipe (next test) names the step cache.
+  assert.deepEqual(await page.$$eval('#speed option', (options) => options.map((o) => o.textContent)),
+    ['Off · every step runs every block', 'Fast · First-Block-Cache 0.08', 'Faster · First-Block-Cache 0.12']);
+  await page.selectOption('#speed', { index: 2 });
   await page.click('#generate');
   await page.waitForSelector('#job[data-state="done"]', { timeout: 120_000 });
   assert.deepEqual(browser.problems, []);
@@ -96,6 +100,8 @@ test('the downloaded PNG carries its recipe in tEXt chunks', async () => {
   assert.equal(recipe.prompt, PROMPT);
   assert.deepEqual([recipe.steps, recipe.guidance, recipe.seed, recipe.width, recipe.height, recipe.references], [1, 2.5, 1234, 144, 96, 1]);
   assert.match(recipe.model, /DiT width 64, 2 double \+ 2 single blocks, 4 heads/);
+  assert.equal(recipe.cache, 'fbc:0.12');
+  await page.selectOption('#speed', { index: 0 });
 });
 
 test('compare shows the first reference beside the result, with captions', async () => {
@@ -138,7 +144,7 @@ test('"use as reference" appends the result to the references, from the keyboard
   assert.deepEqual(browser.problems, []);
 });
 
-test('Fast and Quality presets set steps and size; the output size follows the first reference; custom sizes snap to ×16', async () => {
+test('Draft and Quality presets set steps and size; the output size follows the first reference; custom sizes snap to ×16', async () => {
   const { page } = browser;
   await page.click('#preset-quality');
   assert.equal(await page.inputValue('#steps'), '28');
@@ -147,13 +153,13 @@ test('Fast and Quality presets set steps and size; the output size follows the f
   assert.equal(await page.getAttribute('#preset-quality', 'aria-pressed'), 'true');
   // The first reference is 96×64 (3:2): round(sqrt(1024²·1.5)) = 1254 → 1248, 836 → 832.
   assert.equal(await page.textContent('#output-size'), 'output: 1248×832 px');
-  await page.click('#preset-fast');
+  await page.click('#preset-draft');
   assert.equal(await page.inputValue('#steps'), '8');
-  assert.equal(await page.getAttribute('#presets', 'data-preset'), 'Fast');
+  assert.equal(await page.getAttribute('#presets', 'data-preset'), 'Draft');
   assert.equal(await page.textContent('#output-size'), 'output: 624×416 px');
   await setNumber(page, '#steps', 5);
   assert.equal(await page.getAttribute('#presets', 'data-preset'), 'custom');
-  assert.equal(await page.getAttribute('#preset-fast', 'aria-pressed'), 'false');
+  assert.equal(await page.getAttribute('#preset-draft', 'aria-pressed'), 'false');
   await page.selectOption('#aspect', { label: '16:9' });
   assert.equal(await page.textContent('#output-size'), 'output: 672×384 px');
   await page.selectOption('#aspect', { label: 'custom width × height' });
@@ -180,11 +186,11 @@ test('every control has an accessible name and the form is in tab order', async 
   assert.equal(clickable, 0, 'controls are real buttons and inputs, in document order');
   await page.focus('#prompt');
   const order = [];
-  for (let i = 0; i < 9; i++) {
+  for (let i = 0; i < 10; i++) {
     await page.keyboard.press('Tab');
     order.push(await page.evaluate(() => document.activeElement?.id || document.activeElement?.tagName));
   }
-  assert.deepEqual(order, ['preset-fast', 'preset-quality', 'aspect', 'area', 'steps', 'guidance', 'seed', 'generate', 'download']);
+  assert.deepEqual(order, ['preset-draft', 'preset-quality', 'aspect', 'area', 'steps', 'speed', 'guidance', 'seed', 'generate', 'download']);
   await page.keyboard.press('Tab');
   assert.equal(await page.evaluate(() => document.activeElement?.id), 'use-as-reference');
 });

@@ -1,6 +1,7 @@
 // The embed (`/?embed`) and its postMessage API, driven from a parent page on another origin: ready, load with
 // progress, an edit with a PNG Blob whose latents and image equal the native CLI's for the same seed (≤ 5e-4, ±2 LSB;
-// another seed, prompt or one reference fewer fails the same comparison), cancel,
+// another seed, prompt or one reference fewer fails the same comparison), an edit with a step cache reusing the
+// steps the native CLI reuses, cancel,
 // bad requests answered with errors, messages from an origin not in `?allow=` ignored. Then the PWA: after one
 // visit the app shell loads with the network off. No Content-Security-Policy violation anywhere.
 import { test, before, after } from 'node:test';
@@ -55,10 +56,14 @@ test('bad requests from the allowed parent get an error with their id', async ()
     send({ type: 'kontext:load', id: 'empty', source: {} });
     send({ type: 'kontext:edit', id: 'half-size', prompt: 'x', width: 64 });
     send({ type: 'kontext:frobnicate', id: 'unknown' });
+    send({ type: 'kontext:edit', id: 'mag-without-ratios', prompt: 'x', cache: { kind: 'mag', threshold: 0.06 } });
+    send({ type: 'kontext:edit', id: 'tea-cache', prompt: 'x', cache: { kind: 'tea', threshold: 0.1 } });
   });
   assert.match((await answer(parentPage, 'empty', 'kontext:loaded', 10_000)).message, /base folder URL or single-file URLs/);
   assert.match((await answer(parentPage, 'half-size', 'kontext:result', 10_000)).message, /both width and height/);
   assert.match((await answer(parentPage, 'unknown', 'kontext:result', 10_000)).message, /unknown message type kontext:frobnicate/);
+  assert.match((await answer(parentPage, 'mag-without-ratios', 'kontext:result', 10_000)).message, /MagCache needs the model's magnitude ratios/);
+  assert.match((await answer(parentPage, 'tea-cache', 'kontext:result', 10_000)).message, /unknown variant `tea`/);
 });
 
 test('kontext:load stores the demo model with progress in bytes, then kontext:loaded', async () => {
@@ -118,6 +123,35 @@ test('kontext:edit with a PNG Blob and returnLatents returns a PNG Blob and the 
     console.log(`${what}: latents max |Δ| ${wrong}`);
   }
   console.log(`browser vs native: latents max |Δ| ${delta}, image ${lsb} LSB`);
+});
+
+test('kontext:edit with cache {kind: "fbc"} reuses the steps the native CLI and diffusers reuse (progress says reused) with the CLI\'s latents (≤ 5e-4); without the cache the latents differ', async () => {
+  // The tiny golden call at 12 steps from seed 0 (diffusers' golden noise): FirstBlockCacheConfig(threshold=0.42)
+  // reuses steps 2, 3, 5, 7 and 10 (tests/fixtures/tiny/golden/golden_cache_meta.json).
+  const [width, height, steps, threshold] = [64, 80, 12, 0.42];
+  const reference = readFileSync(REFERENCE).toString('base64');
+  await parentPage.evaluate(([b64, prompt, width, height, steps, threshold]) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    send({ type: 'kontext:edit', id: 'cached', prompt, images: [new Blob([bytes], { type: 'image/png' })], width, height, resize: 'none',
+      steps, guidance: 2.5, seed: 0, cache: { kind: 'fbc', threshold }, returnLatents: true });
+  }, [reference, PROMPT, width, height, steps, threshold]);
+  const result = await parentPage.waitForFunction(() => window.messages.find((m) => m.data?.id === 'cached' && /result|error/.test(m.data.type))?.data ?? null,
+    null, { timeout: 300_000 });
+  const summary = await result.evaluate((r) => (r.type !== 'kontext:result' ? { error: r.message } : { latents: Array.from(r.latents ?? []) }));
+  assert.equal(summary.error, undefined, summary.error);
+  const reused = await parentPage.evaluate(() => window.messages
+    .filter((m) => m.data?.id === 'cached' && m.data.type === 'kontext:progress' && m.data.phase === 'denoising' && m.data.reused)
+    .map((m) => m.data.done - 1));
+  assert.deepEqual(reused, [2, 3, 5, 7, 10]);
+
+  const args = ['--prompt', PROMPT, '--image', REFERENCE, '--width', String(width), '--height', String(height), '--max-area', String(width * height),
+    '--no-resize', '--steps', String(steps), '--guidance', '2.5', '--seed', '0'];
+  const native = nativeEditWithLatents([...args, '--cache', `fbc:${threshold}`]);
+  const delta = maxAbsDifference(summary.latents, native.latents);
+  assert.ok(delta <= 5e-4, `latents differ from the native cached run's by ${delta}`);
+  const uncached = maxAbsDifference(summary.latents, nativeEditWithLatents(args).latents);
+  assert.ok(uncached > 5e-4, `the uncached native run is within ${uncached}: the comparison cannot tell`);
+  console.log(`cached browser vs native: latents max |Δ| ${delta}; vs uncached ${uncached}`);
 });
 
 test('kontext:cancel stops a long edit within a step and the next edit runs', async () => {

@@ -522,6 +522,7 @@ fn run_edit(args: EditArgs, ratios_out: Option<&Path>) -> Result<()> {
         model: images::Recipe::describe_model(&model),
         references: request.references.len(),
         loras,
+        cache: (request.cache != CacheConfig::None).then(|| request.cache.describe()),
     };
     let png = recipe.encode_png(&result.image)?;
     std::fs::write(&args.out, png).map_err(|e| Error::Invalid(format!("cannot write {}: {e}", args.out.display())))?;

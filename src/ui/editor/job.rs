@@ -26,9 +26,9 @@ pub fn JobView(
         }>
             {move || match state.job.get() {
                 JobState::Idle => ().into_any(),
-                JobState::Running { id, phase, done, total, started, phase_started } => {
+                JobState::Running { id, phase, done, total, reused, started, phase_started } => {
                     let preview = state.preview.get().filter(|(job, ..)| *job == id);
-                    view! { <JobProgress phase done total started phase_started preview /> }.into_any()
+                    view! { <JobProgress phase done total reused started phase_started preview /> }.into_any()
                 }
                 JobState::Done { url, png, seed, width, height, millis } => {
                     let first = form.first_of_job.get();
@@ -50,6 +50,8 @@ fn JobProgress(
     done: u64,
     /// Units in the phase.
     total: u64,
+    /// Whether the last step reused the step cache.
+    reused: bool,
     /// `Date.now()` when the edit started.
     started: f64,
     /// `Date.now()` when the phase started.
@@ -64,7 +66,7 @@ fn JobProgress(
         .map(|left| format!(" · about {left:.0} s left"))
         .unwrap_or_default();
     view! {
-        <p id="job-phase">{format!("{phase}: {done}/{total} · {elapsed:.1} s{eta}")}</p>
+        <p id="job-phase">{format!("{phase}: {done}/{total}{} · {elapsed:.1} s{eta}", if reused { " · reused" } else { "" })}</p>
         <progress max=total.max(1) value=done aria-label="generation progress"></progress>
         {preview.map(|(_, step, url)| view! {
             <img id="preview" class="preview" src=url alt=format!("preview after step {step}") />

@@ -1,4 +1,4 @@
-//! The editor: references, prompt, Fast/Quality presets, shape with the output size in pixels, steps,
+//! The editor: references, prompt, Draft/Quality presets, shape with the output size in pixels, steps,
 //! guidance, seed; generate and cancel with measured progress; the result with its recipe, a download
 //! (the PNG carries the recipe), "use as reference" for chains of edits, and a side-by-side comparison.
 //! The inputs and what they do live in [`crate::app::edit`]; these components render them.

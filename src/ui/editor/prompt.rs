@@ -1,4 +1,4 @@
-//! The instruction and the Fast/Quality presets.
+//! The instruction and the Draft/Quality presets.
 
 use leptos::prelude::*;
 

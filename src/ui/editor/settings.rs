@@ -1,17 +1,17 @@
 //! The settings grid: output shape (with the output size in pixels), custom width and height, size, steps,
-//! guidance and seed.
+//! the speed (step cache), guidance and seed.
 
 use leptos::prelude::*;
 
-use crate::app::edit::{ASPECTS, CUSTOM, EditForm, snap};
+use crate::app::edit::{ASPECTS, CUSTOM, EditForm, SPEEDS, snap};
 
-/// The settings grid: the shape fields, then steps, guidance and seed.
+/// The settings grid: the shape fields, then steps, speed, guidance and seed.
 #[component]
 pub fn SettingsGrid(
     /// The editor's inputs, which the fields show and set.
     form: EditForm,
 ) -> impl IntoView {
-    let EditForm { steps, guidance, seed, .. } = form;
+    let EditForm { steps, speed, guidance, seed, .. } = form;
     view! {
         <div class="grid">
             <ShapeFields form />
@@ -19,6 +19,13 @@ pub fn SettingsGrid(
                 <label for="steps">"Steps"</label>
                 <input id="steps" type="number" min="1" max="100" prop:value=move || steps.get().to_string()
                     on:change=move |ev| steps.set(event_target_value(&ev).parse::<usize>().map(|v| v.clamp(1, 100)).unwrap_or(4)) />
+            </div>
+            <div class="field">
+                <label for="speed">"Speed (reuses the DiT's work on steps that change little)"</label>
+                <select id="speed" prop:value=move || speed.get().to_string()
+                    on:change=move |ev| speed.set(event_target_value(&ev).parse().unwrap_or(0))>
+                    {SPEEDS.iter().enumerate().map(|(i, level)| view! { <option value=i.to_string()>{level.label()}</option> }).collect_view()}
+                </select>
             </div>
             <div class="field">
                 <label for="guidance">"Guidance"</label>
