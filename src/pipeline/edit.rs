@@ -154,12 +154,8 @@ impl<'m> Edit<'m> {
 
         report(Phase::EncodingReferences);
         let mut latents = Vec::with_capacity(request.references.len());
-        if !request.references.is_empty() {
-            model.enter(PlanPhase::ReferenceEncoding, device)?;
-        }
         for (reference, &(w, h)) in request.references.iter().zip(&reference_sizes) {
-            let pixels = images::to_tensor(&images::resize(reference, w, h), device);
-            latents.push(kontext::encode_reference(model.vae(device)?, pixels)?);
+            latents.push(model.encode_reference(&images::resize(reference, w, h), device)?);
         }
         let references = if latents.is_empty() { References::none() } else { References::from_latents(latents) };
 
@@ -354,6 +350,39 @@ mod tests {
             let effect = max_abs_difference(expected, uncached_golden.clone());
             assert!(effect > 1e-3, "{name}: the cache changes the latents by only {effect:.2e}");
         }
+    }
+
+    #[test]
+    fn references_encode_once_and_the_next_edits_with_the_same_pixels_reuse_them() {
+        let device = cpu();
+        let golden: Tensor<3> =
+            FixtureFile::open("golden/golden_run.safetensors").tensor("latents_after_step_3", &device);
+        let mut model = tiny_model(&device);
+        let first = golden_edit(&mut model, PROMPT, &device);
+        assert_eq!(model.references_encoded(), 1);
+        // A re-run and a new instruction on the same reference: no encoding, the same result.
+        let again = golden_edit(&mut model, PROMPT, &device);
+        golden_edit(&mut model, "a yellow square", &device);
+        assert_eq!(model.references_encoded(), 1, "the same pixels are not encoded again");
+        again.into_data().assert_approx_eq::<f32>(&first.clone().into_data(), Tolerance::absolute(0.0));
+        first.into_data().assert_approx_eq::<f32>(&golden.into_data(), Tolerance::absolute(1e-4));
+
+        // One changed pixel is another reference.
+        let mut reference = images::decode(&std::fs::read(fixture("golden/reference_input.png")).unwrap()).unwrap();
+        reference.get_pixel_mut(0, 0).0[0] ^= 1;
+        let request = EditRequest {
+            prompt: PROMPT.into(),
+            references: vec![reference],
+            size: Some((64, 80)),
+            max_area: 64 * 80,
+            resize: Resize::None,
+            steps: 1,
+            guidance: 2.5,
+            seed: 0,
+            cache: CacheConfig::None,
+        };
+        Edit::prepare(&mut model, &request, None, &device).unwrap();
+        assert_eq!(model.references_encoded(), 2);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
+use image::RgbImage;
+use sha2::{Digest, Sha256};
 
 use crate::device::MemoryMeter;
 use crate::device::faults::FaultKind;
@@ -23,9 +25,11 @@ use crate::model::t5::{LlamaCppT5Names, T5Config, T5Encoder};
 use crate::model::vae::Vae;
 use crate::model::vae::config::VaeConfig;
 use crate::model::vae::remap::LdmVaeWeights;
-use crate::pipeline::kontext::T5_TOKENS;
-use crate::pipeline::kontext::TextConditioning;
-use crate::pipeline::plan::{CACHED_PROMPTS, DeviceLimits, DitWeights, MemoryPlan, PlanInputs, PlanPhase, Residency};
+use crate::pipeline::image as images;
+use crate::pipeline::kontext::{self, T5_TOKENS, TextConditioning};
+use crate::pipeline::plan::{
+    CACHED_PROMPTS, CACHED_REFERENCES, DeviceLimits, DitWeights, MemoryPlan, PlanInputs, PlanPhase, Residency,
+};
 use crate::pipeline::tokenizer::{ClipTokenizer, T5Tokenizer};
 use crate::{Error, Result};
 
@@ -262,6 +266,10 @@ pub struct KontextModel {
     uploads: Rc<UploadMeter>,
     /// Text conditioning of the last prompts, most recent last.
     text_cache: Vec<(String, TextConditioning)>,
+    /// Scaled VAE latents of the last references, by the SHA-256 of their pixels as encoded, most recent last.
+    reference_cache: Vec<([u8; 32], Tensor<4>)>,
+    /// References run through the VAE encoder since the model was opened.
+    references_encoded: usize,
     /// The peak of the plan followed and its budget, for the answer to a GPU that runs out of memory.
     planned: (Option<u64>, Option<u64>),
 }
@@ -310,6 +318,8 @@ impl KontextModel {
             meter: MemoryMeter::default(),
             uploads,
             text_cache: Vec::new(),
+            reference_cache: Vec::new(),
+            references_encoded: 0,
             planned: (None, None),
         })
     }
@@ -343,13 +353,14 @@ impl KontextModel {
         })
     }
 
-    /// Releases every part and the cached prompts, and returns the freed pages to the driver.
+    /// Releases every part and the cached prompts and references, and returns the freed pages to the driver.
     fn release_all(&mut self, device: &Device) {
         self.t5.release();
         self.clip.release();
         self.vae.release();
         self.flux.release(Layers::All);
         self.text_cache.clear();
+        self.reference_cache.clear();
         crate::device::release_free_pages(device);
     }
 
@@ -510,6 +521,35 @@ impl KontextModel {
         }
         self.text_cache.push((prompt.to_string(), text.clone()));
         Ok(text)
+    }
+
+    /// The scaled latent `[1, 16, h/8, w/8]` of a reference already resized to its encoding size: from the cache
+    /// when the same pixels were encoded lately (a re-run, or a chain of edits that keeps its references), else
+    /// through the VAE encoder (uploaded for it, in [`PlanPhase::ReferenceEncoding`]).
+    pub fn encode_reference(&mut self, image: &RgbImage, device: &Device) -> Result<Tensor<4>> {
+        let mut hasher = Sha256::new();
+        hasher.update((image.width() as u64).to_le_bytes());
+        hasher.update((image.height() as u64).to_le_bytes());
+        hasher.update(image.as_raw());
+        let key: [u8; 32] = hasher.finalize().into();
+        if let Some(at) = self.reference_cache.iter().position(|(cached, _)| *cached == key) {
+            let entry = self.reference_cache.remove(at);
+            self.reference_cache.push(entry.clone());
+            return Ok(entry.1);
+        }
+        self.enter(PlanPhase::ReferenceEncoding, device)?;
+        let latent = kontext::encode_reference(self.vae.get(device)?, images::to_tensor(image, device))?;
+        self.references_encoded += 1;
+        if self.reference_cache.len() == CACHED_REFERENCES {
+            self.reference_cache.remove(0);
+        }
+        self.reference_cache.push((key, latent.clone()));
+        Ok(latent)
+    }
+
+    /// References run through the VAE encoder since the model was opened (cache hits not counted).
+    pub fn references_encoded(&self) -> usize {
+        self.references_encoded
     }
 
     /// The VAE, uploaded first if it is not on the device.

@@ -31,6 +31,8 @@ const SMALL_ALLOCATION_PAGES: u64 = 16 << 20;
 const FRAGMENTATION_DIVISOR: u64 = 4;
 /// Prompts whose T5 tokens and pooled vector the model keeps ([`crate::pipeline::loader::KontextModel`]).
 pub const CACHED_PROMPTS: usize = 4;
+/// Encoded references (their VAE latents) the model keeps, by content ([`crate::pipeline::loader::KontextModel`]).
+pub const CACHED_REFERENCES: usize = 4;
 
 /// How big the transformer's weights are on the device.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -343,8 +345,8 @@ struct Sizes {
     t5: u64,
     clip: u64,
     vae: u64,
-    /// Cached text conditioning, alive in every phase.
-    text_cache: u64,
+    /// Cached text conditioning and reference latents, alive in every phase.
+    caches: u64,
     /// Working memory of text encoding, reference encoding, modulations, denoising and decoding.
     working: [u64; 5],
     /// Whether there are references to encode.
@@ -402,7 +404,7 @@ impl Sizes {
                         weights.push(p);
                     }
                 }
-                let working_bytes = working + self.text_cache;
+                let working_bytes = working + self.caches;
                 let working_bytes = working_bytes + SMALL_ALLOCATION_PAGES + working_bytes / FRAGMENTATION_DIVISOR;
                 let peak_bytes = weights.iter().map(|p| p.bytes).sum::<u64>() + working_bytes;
                 PhasePlan { phase, weights, working_bytes, peak_bytes }
@@ -446,6 +448,9 @@ impl MemoryPlan {
         };
         let pixels = |(w, h): (usize, usize)| (w * h) as u64 * 3 * VALUE_BYTES;
         let embeddings = (inputs.text_tokens * cfg.context_in_dim + cfg.vec_in_dim) as u64 * VALUE_BYTES;
+        // A reference's latent `[16, h/8, w/8]`; the cache is planned as if each held the largest of this edit.
+        let largest_reference_latent =
+            inputs.references.iter().map(|&(w, h)| (16 * (w / 8) * (h / 8)) as u64 * VALUE_BYTES).max().unwrap_or(0);
         // The latents, the sampler's velocity and next latents, and the reference tokens: `[tokens, 64]` each.
         let latents = (3 * tokens_of(inputs.output) + image_tokens) as u64 * cfg.in_channels as u64 * VALUE_BYTES;
         let cached_residuals = (inputs.cached_residuals * image_tokens) as u64 * hidden * VALUE_BYTES;
@@ -470,7 +475,7 @@ impl MemoryPlan {
             t5: inputs.t5_bytes,
             clip: inputs.clip_bytes,
             vae: inputs.vae_bytes,
-            text_cache: CACHED_PROMPTS as u64 * embeddings,
+            caches: CACHED_PROMPTS as u64 * embeddings + CACHED_REFERENCES as u64 * largest_reference_latent,
             working,
             references: !inputs.references.is_empty(),
         };
@@ -708,11 +713,12 @@ mod tests {
         assert_eq!(plan.vae_decode, DecodeTiling::Tiled { tile: 40, overlap: 10 });
         let phases: Vec<PlanPhase> = plan.phases.iter().map(|p| p.phase).collect();
         assert_eq!(phases, PlanPhase::ALL);
-        // Denoising holds the DiT without its modulation layers, the VAE, the text cache and a single block's
-        // activations: 8704 · (6 · 3072 + 3 · 12288) · 4 = 1,925,185,536, plus the latents.
+        // Denoising holds the DiT without its modulation layers, the VAE, the text and reference caches (4 prompts,
+        // 4 latents of the 1024² reference) and a single block's activations: 8704 · (6 · 3072 + 3 · 12288) · 4 =
+        // 1,925,185,536, plus the latents.
         let denoising = &plan.phases[3];
         assert_eq!(denoising.weights, plan.resident);
-        let cache = 4 * (512 * 4096 + 768) * 4;
+        let cache = 4 * (512 * 4096 + 768) * 4 + 4 * (16 * 128 * 128) * 4;
         let latents = (3 * 4096 + 8192) * 64 * 4;
         let working = 1_925_185_536 + latents + cache;
         assert_eq!(denoising.working_bytes, working + (16 << 20) + working / 4);
