@@ -117,9 +117,9 @@ pub struct Recipe {
 }
 
 impl Recipe {
-    /// The `model` field for a loaded model: its DiT shape (the same text in the app and the CLI).
-    pub fn describe_model(model: &crate::pipeline::loader::KontextModel) -> String {
-        let c = &model.flux_config;
+    /// The `model` field for a loaded model with DiT configuration `c`: its shape (the same text in the app and
+    /// the CLI).
+    pub fn describe_model(c: &crate::model::FluxConfig) -> String {
         format!(
             "FLUX.1 Kontext, DiT width {}, {} double + {} single blocks, {} heads",
             c.hidden_size, c.depth, c.depth_single_blocks, c.num_heads

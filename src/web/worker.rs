@@ -393,7 +393,7 @@ impl Worker {
             seed: job.seed,
             width,
             height,
-            model: images::Recipe::describe_model(model),
+            model: images::Recipe::describe_model(&model.flux_config),
             references: job.images.len(),
             loras: job.loras.iter().map(|l| (l.name.clone(), l.strength)).collect(),
             cache: (job.cache != CacheConfig::None).then(|| job.cache.describe()),

@@ -519,7 +519,7 @@ fn run_edit(args: EditArgs, ratios_out: Option<&Path>) -> Result<()> {
         seed,
         width,
         height,
-        model: images::Recipe::describe_model(&model),
+        model: images::Recipe::describe_model(&model.flux_config),
         references: request.references.len(),
         loras,
         cache: (request.cache != CacheConfig::None).then(|| request.cache.describe()),
