@@ -1,5 +1,5 @@
-//! `kontext bench --tiny --json` on wgpu (lavapipe without a GPU): every section is there and every time and
-//! rate is a positive number. It checks that the benchmark runs, not what it measures.
+//! `kontext bench --tiny --json` on wgpu (lavapipe without a GPU): every section (matmul, attention, step, step
+//! caches) is there and every time and rate is a positive number. It checks that the benchmark runs, not what it measures.
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::process::Command;
@@ -13,7 +13,7 @@ fn positive(value: &serde_json::Value, key: &str) -> f64 {
 }
 
 #[test]
-fn bench_reports_matmul_attention_and_step_with_positive_numbers() {
+fn bench_reports_matmul_attention_step_and_caches_with_positive_numbers() {
     let output = run_kontext(env!("CARGO_BIN_EXE_kontext"), &["bench", "--backend", "wgpu", "--tiny", "--json"]);
     assert!(output.status.success(), "kontext bench failed:\n{}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("bench prints JSON");
@@ -116,6 +116,19 @@ fn bench_reports_matmul_attention_and_step_with_positive_numbers() {
     assert!(bytes > 0.5 * minimum && bytes < 10.0 * minimum, "{bytes} against {minimum}");
     let ours = positive(&step[1], "activation_launches_per_step");
     assert!(ours <= positive(&step[1], "dispatches_per_step"), "{}", step[1]);
+
+    // The step caches: one edit per setting, none first; evaluations and reused steps agree.
+    let cache = report["cache"].as_array().expect("a cache section");
+    let settings: Vec<&str> = cache.iter().map(|row| row["cache"].as_str().unwrap()).collect();
+    assert_eq!(settings, ["none", "fbc:0.08", "fbc:0.12", "mag:0.06"]);
+    assert_eq!((cache[0]["evaluations"].as_u64(), cache[0]["speedup"].as_f64()), (Some(4), Some(1.0)));
+    for row in cache {
+        positive(row, "seconds");
+        let reused = row["reused_steps"].as_array().unwrap().len() as u64;
+        assert_eq!(row["evaluations"].as_u64().unwrap() + reused, 4, "{row}");
+        let speedup = positive(&cache[0], "seconds") / positive(row, "seconds");
+        assert!((speedup - positive(row, "speedup")).abs() < 1e-9 * speedup.max(1.0), "{row}");
+    }
 }
 
 /// The peer figure: the same DiT step through diffusers on the CPU, with the fixture generator's Python

@@ -50,10 +50,24 @@ pub struct Sizes {
     pub step_plain: bool,
     /// Timed calls per measurement (after one warm-up call).
     pub repeats: usize,
+    /// Steps of the text-to-image edit on the step model (Q8_0, `step_image_tokens` noise tokens) timed with each
+    /// of [`Sizes::cache_settings`]; 0: none.
+    #[serde(default)]
+    pub cache_steps: usize,
+    /// Step caches timed on that edit, as `kontext edit --cache` takes them (`none` first, the baseline);
+    /// `mag:…` uses the ratios a calibrating run of the same edit measures first.
+    #[serde(default)]
+    pub cache_settings: Vec<String>,
 }
 
 fn default_step_plain() -> bool {
     true
+}
+
+/// The cache settings of every preset that times them: none, the app's two levels, MagCache at diffusers'
+/// default threshold.
+fn all_cache_settings() -> Vec<String> {
+    ["none", "fbc:0.08", "fbc:0.12", "mag:0.06"].map(String::from).to_vec()
 }
 
 impl Sizes {
@@ -72,6 +86,8 @@ impl Sizes {
             step_weights: all_step_weights(),
             step_plain: true,
             repeats: 3,
+            cache_steps: 28,
+            cache_settings: all_cache_settings(),
         }
     }
 
@@ -95,6 +111,8 @@ impl Sizes {
             step_weights: vec!["Q4_0".into(), "Q4_0-f16".into()],
             step_plain: false,
             repeats: 1,
+            cache_steps: 0,
+            cache_settings: Vec::new(),
         }
     }
 
@@ -112,10 +130,10 @@ impl Sizes {
         }
     }
 
-    /// Keeps only the benchmarks named in `parts` (`matmul`, `attention`, `step`).
+    /// Keeps only the benchmarks named in `parts` (`matmul`, `attention`, `step`, `cache`).
     pub fn only(mut self, parts: &[String]) -> Result<Self> {
-        if let Some(part) = parts.iter().find(|p| !["matmul", "attention", "step"].contains(&p.as_str())) {
-            return Err(Error::Invalid(format!("no benchmark `{part}`: matmul, attention or step")));
+        if let Some(part) = parts.iter().find(|p| !["matmul", "attention", "step", "cache"].contains(&p.as_str())) {
+            return Err(Error::Invalid(format!("no benchmark `{part}`: matmul, attention, step or cache")));
         }
         let keep = |name: &str| parts.iter().any(|p| p == name);
         if !keep("matmul") {
@@ -126,6 +144,9 @@ impl Sizes {
         }
         if !keep("step") {
             self.step_weights.clear();
+        }
+        if !keep("cache") {
+            self.cache_settings.clear();
         }
         Ok(self)
     }
@@ -157,6 +178,8 @@ impl Sizes {
             step_weights: all_step_weights(),
             step_plain: true,
             repeats: 3,
+            cache_steps: 12,
+            cache_settings: all_cache_settings(),
         }
     }
 
@@ -175,6 +198,8 @@ impl Sizes {
             step_weights: all_step_weights(),
             step_plain: true,
             repeats: 2,
+            cache_steps: 4,
+            cache_settings: all_cache_settings(),
         }
     }
 }
@@ -266,6 +291,24 @@ pub struct AttentionRow {
     pub rows_peak_bytes: Option<u64>,
     /// The same for the reference.
     pub reference_peak_bytes: Option<u64>,
+}
+
+/// One edit of [`Sizes::cache_steps`] steps with one step cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheRow {
+    /// The cache, as `kontext edit --cache` takes it.
+    pub cache: String,
+    /// Steps of the edit.
+    pub steps: usize,
+    /// DiT evaluations done: steps that ran every block (a First-Block-Cache step that reused the cache still
+    /// ran the first block).
+    pub evaluations: usize,
+    /// Steps (0-based) that reused the cache.
+    pub reused_steps: Vec<usize>,
+    /// Seconds for all the steps.
+    pub seconds: f64,
+    /// The first row's seconds (no cache) over this row's.
+    pub speedup: f64,
 }
 
 /// One DiT step with one kind of weights.
@@ -368,6 +411,9 @@ pub struct Report {
     /// The step's activation bytes if each activation were written once and read once
     /// ([`activation_bytes_minimum`]).
     pub activation_bytes_minimum: Option<u64>,
+    /// One edit on the step model with each step cache.
+    #[serde(default)]
+    pub cache: Vec<CacheRow>,
 }
 
 impl Report {
@@ -395,6 +441,7 @@ impl Report {
             attention,
             attention_bytes_computed: true,
             step,
+            cache: Vec::new(),
         }
     }
 
@@ -613,6 +660,8 @@ mod native {
     use crate::kernels::{ActivationBytes, count_activation_bytes};
     use crate::model::flux::rope::Rope;
     use crate::model::flux::{Flux, Layers, Modulations};
+    use crate::pipeline::cache::{CacheConfig, StepCache};
+    use crate::pipeline::kontext::{self, Conditioning, KontextDenoiser, References, TextConditioning};
 
     /// Waits for `t` (and everything queued before it) by reading back one value, cast to f32: timed with a
     /// one-value f16 readback instead, the f16 kernels measured impossible rates (10⁵ GFLOP/s) on lavapipe.
@@ -843,7 +892,70 @@ mod native {
         let matmul = bench_matmul(device, &sizes)?;
         let attention = bench_attention_rows(device, &sizes);
         let step = bench_step(device, &sizes)?;
-        Ok(Report::new(backend, adapter, Precision::of(device), sizes, matmul, attention, step))
+        let cache = bench_cache(device, &sizes)?;
+        Ok(Report { cache, ..Report::new(backend, adapter, Precision::of(device), sizes, matmul, attention, step) })
+    }
+
+    /// A text-to-image edit of [`Sizes::cache_steps`] steps on the step model with Q8_0 weights (random text
+    /// conditioning, noise and weights), once per [`Sizes::cache_settings`], side by side; a calibrating run of
+    /// the same edit first measures the ratios the `mag:` settings use.
+    pub fn bench_cache(device: &Device, sizes: &Sizes) -> Result<Vec<CacheRow>> {
+        let (steps, config) = (sizes.cache_steps, &sizes.step_config);
+        if steps == 0 || sizes.cache_settings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let side = (sizes.step_image_tokens as f64).sqrt() as usize;
+        let random = RandomFlux::new(config, Some(GgmlType::Q8_0))?;
+        let flux = Flux::load(config, &random, device)?;
+        let n_txt = sizes.step_text_tokens;
+        let text = TextConditioning {
+            t5: Tensor::from_data(
+                TensorData::new(values(n_txt * config.context_in_dim, 4, 1.0), [1, n_txt, config.context_in_dim]),
+                device,
+            ),
+            pooled: Tensor::from_data(
+                TensorData::new(values(config.vec_in_dim, 5, 1.0), [1, config.vec_in_dim]),
+                device,
+            ),
+        };
+        let noise = Tensor::<3>::from_data(
+            TensorData::new(values(side * side * config.in_channels, 6, 1.0), [1, side * side, config.in_channels]),
+            device,
+        );
+        let sigmas = kontext::sampler(noise.clone(), steps).step_sigmas().to_vec();
+        let conditioning =
+            Conditioning::new(&flux, text, References::none(), 2 * side, 2 * side, 2.5, &sigmas, device)?;
+        // One edit with `cache`: the step cache afterwards and the seconds of all its steps (the first edit, a
+        // warm-up, is not timed).
+        let edit = |cache: CacheConfig| -> Result<(StepCache, f64)> {
+            let mut sampler = kontext::sampler(noise.clone(), steps);
+            let mut cache = StepCache::new(cache, steps);
+            let start = Instant::now();
+            while !sampler.is_done() {
+                let mut denoiser =
+                    KontextDenoiser { flux: &flux, conditioning: &conditioning, streamed: None, cache: &mut cache };
+                futures_lite::future::block_on(sampler.step(&mut denoiser))?;
+            }
+            finish(sampler.into_latents());
+            Ok((cache, start.elapsed().as_secs_f64()))
+        };
+        edit(CacheConfig::None)?;
+        let ratios = edit(CacheConfig::Calibrate)?.0.measured_ratios().to_vec();
+        let mut rows: Vec<CacheRow> = Vec::new();
+        for setting in &sizes.cache_settings {
+            let (cache, seconds) = edit(CacheConfig::parse(setting)?.with_ratios(ratios.clone()))?;
+            let reused_steps = cache.reused_steps().to_vec();
+            let baseline = rows.first().map_or(seconds, |r| r.seconds);
+            rows.push(CacheRow {
+                cache: setting.clone(),
+                steps,
+                evaluations: steps - reused_steps.len(),
+                reused_steps,
+                seconds,
+                speedup: baseline / seconds,
+            });
+        }
+        Ok(rows)
     }
 
     /// A model loaded for the step and timed ([`bench_step`]): what the launch counts run on.

@@ -22,7 +22,7 @@ pub struct BenchArgs {
     /// scale, 1024² with one reference: for a real GPU) or `gpu-512`.
     #[arg(long, conflicts_with_all = ["quick", "tiny"])]
     preset: Option<String>,
-    /// Run only these benchmarks (comma-separated): `matmul`, `attention`, `step`.
+    /// Run only these benchmarks (comma-separated): `matmul`, `attention`, `step`, `cache`.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Print the results as JSON.
@@ -251,6 +251,27 @@ fn print_table(report: &Report) {
         for (block, kernels) in [("double", &r.double_block_kernels), ("single", &r.single_block_kernels)] {
             let listed: Vec<String> = kernels.iter().map(|(name, n)| format!("{n} × {name}")).collect();
             println!("{block} block launches ({}): {}", r.weights, listed.join(", "));
+        }
+    }
+    if let Some(first) = report.cache.first() {
+        println!();
+        println!(
+            "step caches: a text-to-image edit of {} steps on the DiT step model (Q8_0, random weights: the steps \
+             saved are exact, what they cost in quality cannot be judged); evaluations = steps that ran every block; \
+             mag uses the ratios of a calibrating run of the same edit",
+            first.steps
+        );
+        println!("{:<16} {:>12} {:>10} {:>9}  reused steps", "cache", "evaluations", "seconds", "speedup");
+        for r in &report.cache {
+            let reused: Vec<String> = r.reused_steps.iter().map(usize::to_string).collect();
+            println!(
+                "{:<16} {:>12} {:>10.2} {:>9.2}  {}",
+                r.cache,
+                format!("{}/{}", r.evaluations, r.steps),
+                r.seconds,
+                r.speedup,
+                if reused.is_empty() { "-".to_string() } else { reused.join(",") }
+            );
         }
     }
 }
