@@ -47,37 +47,82 @@ pub struct Preset {
 pub const PRESETS: [Preset; 2] =
     [Preset { name: "Draft", steps: 8, side: 512 }, Preset { name: "Quality", steps: 28, side: 1024 }];
 
+/// What a level of the "Speed" control does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SpeedLevel {
+    /// Every step runs every block.
+    Off,
+    /// First-Block-Cache at this threshold.
+    FirstBlockCache(f64),
+    /// MagCache at [`MAG_THRESHOLD`] (diffusers' default, with its defaults for the rest) and the loaded model's
+    /// ratios as calibrated in this browser.
+    MagCache,
+    /// Every step runs; the model's MagCache ratios are measured and kept.
+    Calibrate,
+}
+
 /// A level of the "Speed" control: the step cache it turns on.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Speed {
     /// Shown in the control.
     pub name: &'static str,
-    /// First-Block-Cache's threshold; `None`: every step runs every block.
-    pub fbc_threshold: Option<f64>,
+    /// The cache.
+    pub level: SpeedLevel,
 }
 
+/// MagCache's threshold in the Speed control: diffusers' default.
+pub const MAG_THRESHOLD: f64 = 0.06;
+
 impl Speed {
-    /// The step cache of this level.
-    pub fn cache(&self) -> CacheConfig {
-        self.fbc_threshold.map_or(CacheConfig::None, |threshold| CacheConfig::Fbc { threshold })
+    /// The step cache of this level, `None` for MagCache without `mag_ratios`.
+    pub fn cache(&self, mag_ratios: Option<&[f32]>) -> Option<CacheConfig> {
+        match self.level {
+            SpeedLevel::Off => Some(CacheConfig::None),
+            SpeedLevel::FirstBlockCache(threshold) => Some(CacheConfig::Fbc { threshold }),
+            SpeedLevel::MagCache => mag_ratios.map(|ratios| {
+                CacheConfig::parse(&format!("mag:{MAG_THRESHOLD}"))
+                    .expect("a valid MagCache setting")
+                    .with_ratios(ratios.to_vec())
+            }),
+            SpeedLevel::Calibrate => Some(CacheConfig::Calibrate),
+        }
     }
 
     /// The control's text, naming the threshold.
     pub fn label(&self) -> String {
-        match self.fbc_threshold {
-            Some(threshold) => format!("{} · First-Block-Cache {threshold}", self.name),
-            None => format!("{} · every step runs every block", self.name),
+        match self.level {
+            SpeedLevel::Off => format!("{} · every step runs every block", self.name),
+            SpeedLevel::FirstBlockCache(threshold) => format!("{} · First-Block-Cache {threshold}", self.name),
+            SpeedLevel::MagCache => format!("{} {MAG_THRESHOLD} · this model's calibrated ratios", self.name),
+            SpeedLevel::Calibrate => format!("{} · every step runs and measures this model's ratios", self.name),
         }
+    }
+
+    /// The level of [`SPEEDS`] that runs `cache` (Off when none does).
+    pub fn index_of(cache: &CacheConfig) -> usize {
+        SPEEDS
+            .iter()
+            .position(|speed| match (speed.level, cache) {
+                (SpeedLevel::Off, CacheConfig::None) => true,
+                (SpeedLevel::FirstBlockCache(a), CacheConfig::Fbc { threshold: b }) => a == *b,
+                (SpeedLevel::MagCache, CacheConfig::Mag { .. }) => true,
+                (SpeedLevel::Calibrate, CacheConfig::Calibrate) => true,
+                _ => false,
+            })
+            .unwrap_or(0)
     }
 }
 
-/// Off, and First-Block-Cache at 0.08 and 0.12: ComfyUI-nunchaku's guidance for Flux's `cache_threshold`
-/// (values up to 0.12 give increasing speed with minor quality loss, above it the loss becomes noticeable;
-/// 0.12 is nunchaku's default).
-pub const SPEEDS: [Speed; 3] = [
-    Speed { name: "Off", fbc_threshold: None },
-    Speed { name: "Fast", fbc_threshold: Some(0.08) },
-    Speed { name: "Faster", fbc_threshold: Some(0.12) },
+/// Off; First-Block-Cache at 0.08 and 0.12, after ComfyUI-nunchaku's guidance for Flux's `cache_threshold`
+/// (values up to 0.12 give increasing speed with minor quality loss, above it the loss becomes noticeable; 0.12
+/// is nunchaku's default); MagCache with the ratios a calibrating edit measured on the loaded model; and that
+/// calibration.
+pub const SPEEDS: [Speed; 5] = [
+    Speed { name: "Off", level: SpeedLevel::Off },
+    Speed { name: "Fast", level: SpeedLevel::FirstBlockCache(0.08) },
+    Speed { name: "Faster", level: SpeedLevel::FirstBlockCache(0.12) },
+    Speed { name: "MagCache", level: SpeedLevel::MagCache },
+    Speed { name: "Calibrate MagCache", level: SpeedLevel::Calibrate },
 ];
 
 /// The name of the preset with these steps and side, or `"custom"` when none has them.
@@ -230,6 +275,8 @@ pub struct Settings {
     pub guidance: f32,
     /// Index of [`SPEEDS`].
     pub speed: usize,
+    /// The loaded model's MagCache ratios, where calibrated.
+    pub mag_ratios: Option<Vec<f32>>,
 }
 
 /// The edit request for the worker and the history entry it will make, for job `id` with `seed`.
@@ -254,7 +301,10 @@ pub fn request(
         seed,
         loras,
         return_latents: false,
-        cache: SPEEDS.get(settings.speed).map_or(CacheConfig::None, Speed::cache),
+        cache: SPEEDS
+            .get(settings.speed)
+            .and_then(|speed| speed.cache(settings.mag_ratios.as_deref()))
+            .unwrap_or(CacheConfig::None),
     };
     let pending = Pending {
         entry: HistoryEntry {
@@ -437,7 +487,13 @@ impl EditForm {
             steps: self.steps.get_untracked(),
             guidance: self.guidance.get_untracked(),
             speed: self.speed.get_untracked(),
+            mag_ratios: state.mag_ratios.get_untracked(),
         };
+        if SPEEDS[settings.speed].cache(settings.mag_ratios.as_deref()).is_none() {
+            // MagCache chosen for a model without ratios (another model was loaded since): the edit runs
+            // without a cache, and the control says so.
+            self.speed.set(0);
+        }
         self.first_of_job.set(self.references.with_untracked(|r| r.first().cloned()));
         let loras = state.loras.with_untracked(|all| LoraEntry::active(all));
         let (job, pending) =
@@ -484,7 +540,7 @@ impl EditForm {
         self.area_side.set(entry.side);
         self.steps.set(entry.steps);
         self.guidance.set(entry.guidance);
-        self.speed.set(SPEEDS.iter().position(|speed| speed.cache() == entry.cache).unwrap_or(0));
+        self.speed.set(Speed::index_of(&entry.cache));
         self.seed.set(entry.seed.to_string());
         if self.can_generate(state) {
             self.generate(state);

@@ -8,12 +8,14 @@ pub mod embed;
 pub mod history;
 pub mod loading;
 pub mod loras;
+pub mod mag_ratios;
 pub mod models;
 
 use std::cell::RefCell;
 
 use leptos::prelude::*;
 
+use crate::pipeline::cache::MagRatios;
 use crate::web::client::{WORKER_STOPPED, WorkerClient};
 use crate::web::protocol::{FromWorker, ToWorker};
 use loras::{LoraEntry, LoraStatus};
@@ -140,6 +142,8 @@ pub struct AppState {
     pub loras: RwSignal<Vec<LoraEntry>>,
     /// The running edit's latest preview: job, steps done and the image's object URL.
     pub preview: RwSignal<Option<(u32, u64, String)>>,
+    /// The loaded model's MagCache ratios, where it was calibrated in this browser.
+    pub mag_ratios: RwSignal<Option<Vec<f32>>>,
 }
 
 impl Default for AppState {
@@ -157,6 +161,7 @@ impl AppState {
             job: RwSignal::new(JobState::Idle),
             loras: RwSignal::new(Vec::new()),
             preview: RwSignal::new(None),
+            mag_ratios: RwSignal::new(None),
         }
     }
 
@@ -186,7 +191,16 @@ impl AppState {
                     *job = JobState::Running { id, phase, done, total, reused, started, phase_started };
                 }
             }),
-            FromWorker::Loaded { description, .. } => self.model.set(ModelState::Loaded(description)),
+            FromWorker::Loaded { description, .. } => {
+                self.mag_ratios.set(None);
+                let (model, ratios) = (description.clone(), self.mag_ratios);
+                leptos::task::spawn_local(async move {
+                    if let Ok(Some(stored)) = mag_ratios::load(&model).await {
+                        ratios.set(Some(stored.mag_ratios));
+                    }
+                });
+                self.model.set(ModelState::Loaded(description))
+            }
             FromWorker::Preview { job, step, png } => {
                 if let Ok(url) = png_object_url(&png) {
                     if let Some((_, _, old)) = self.preview.get_untracked() {
@@ -200,7 +214,16 @@ impl AppState {
             }
             FromWorker::LoraRejected { name, message } => loras::set_status(self, &name, LoraStatus::Rejected(message)),
             FromWorker::LoraRemoved { .. } => {}
-            FromWorker::Result { png, seed, width, height, millis, .. } => {
+            FromWorker::Result { png, seed, width, height, millis, mag_ratios: measured, .. } => {
+                if let (Some(measured), ModelState::Loaded(model)) = (measured, self.model.get_untracked()) {
+                    let ratios = MagRatios { model, steps: measured.len(), mag_ratios: measured.clone() };
+                    self.mag_ratios.set(Some(measured));
+                    leptos::task::spawn_local(async move {
+                        if let Err(e) = mag_ratios::store(&ratios).await {
+                            web_sys::console::warn_1(&format!("the MagCache ratios were not kept: {e}").into());
+                        }
+                    });
+                }
                 let state = match png_object_url(&png) {
                     Ok(url) => JobState::Done { url, png: png.into_vec().into(), seed, width, height, millis },
                     Err(e) => JobState::Failed(e),

@@ -163,6 +163,9 @@ pub enum FromWorker {
         /// The final packed latents `[tokens × 64]`, row-major, when the job asked for them.
         #[serde(default)]
         latents: Option<Vec<f32>>,
+        /// The magnitude ratio of each step, when the job's cache calibrated ([`CacheConfig::Calibrate`]).
+        #[serde(default)]
+        mag_ratios: Option<Vec<f32>>,
         /// The seed used.
         seed: u64,
         /// Width in pixels.

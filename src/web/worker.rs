@@ -173,10 +173,11 @@ impl Worker {
             ToWorker::Edit(job) => {
                 let id = job.id;
                 match self.run_edit(job).await {
-                    Ok(Some(Finished { png, seed, width, height, latents })) => FromWorker::Result {
+                    Ok(Some(Finished { png, seed, width, height, latents, mag_ratios })) => FromWorker::Result {
                         id,
                         png: ByteBuf::from(png),
                         latents,
+                        mag_ratios,
                         seed,
                         width,
                         height,
@@ -385,6 +386,7 @@ impl Worker {
         }
         progress(Some(id), "decoding", 0, 1);
         let (width, height) = edit.size();
+        let mag_ratios = (job.cache == CacheConfig::Calibrate).then(|| edit.cache().measured_ratios().to_vec());
         let result = edit.finish().await?;
         let recipe = images::Recipe {
             prompt: job.prompt.clone(),
@@ -401,7 +403,7 @@ impl Worker {
         let png = recipe.encode_png(&result.image)?;
         self.take_cancel(id);
         let latents = job.return_latents.then_some(latents);
-        Ok(Some(Finished { png, seed: job.seed, width, height, latents }))
+        Ok(Some(Finished { png, seed: job.seed, width, height, latents, mag_ratios }))
     }
 
     /// Whether job `id` was asked to stop, forgetting the request.
@@ -418,6 +420,8 @@ struct Finished {
     height: usize,
     /// The final packed latents `[tokens × 64]`, when the job asked for them.
     latents: Option<Vec<f32>>,
+    /// The magnitude ratio of each step, when the job's cache calibrated.
+    mag_ratios: Option<Vec<f32>>,
 }
 
 /// Posts uploads of weights as `loading` progress in bytes: of the load, or of the running edit when it uploads

@@ -2,7 +2,7 @@
 // progress is shown, the result appears, and it equals the native CLI's output for the same seed (±2 LSB; another
 // seed is not). Then the result's PNG carries its recipe, "use as reference" chains edits, the comparison shows
 // both images, the Draft/Quality presets set steps and size (output size in pixels shown), the Speed control's step
-// cache reaches the recipe, and the form works from the keyboard.
+// cache reaches the recipe, the form works from the keyboard, and a MagCache calibration is kept for the model.
 // While running, the phase, elapsed time, an ETA and live previews of the latents are shown.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -59,7 +59,8 @@ test('cancel stops a long edit within a step and the worker takes the next job',
   await setNumber(page, '#steps', 1);
   // The next job with the Speed control's second level: its recipe (next test) names the step cache.
   assert.deepEqual(await page.$$eval('#speed option', (options) => options.map((o) => o.textContent)),
-    ['Off · every step runs every block', 'Fast · First-Block-Cache 0.08', 'Faster · First-Block-Cache 0.12']);
+    ['Off · every step runs every block', 'Fast · First-Block-Cache 0.08', 'Faster · First-Block-Cache 0.12',
+      'MagCache 0.06 · this model\'s calibrated ratios', 'Calibrate MagCache · every step runs and measures this model\'s ratios']);
   await page.selectOption('#speed', { index: 2 });
   await page.click('#generate');
   await page.waitForSelector('#job[data-state="done"]', { timeout: 120_000 });
@@ -193,4 +194,46 @@ test('every control has an accessible name and the form is in tab order', async 
   assert.deepEqual(order, ['preset-draft', 'preset-quality', 'aspect', 'area', 'steps', 'speed', 'guidance', 'seed', 'generate', 'download']);
   await page.keyboard.press('Tab');
   assert.equal(await page.evaluate(() => document.activeElement?.id), 'use-as-reference');
+});
+
+/** The recipe of the result on the page (its download's `kontext-recipe` chunk). */
+async function shownRecipe(page) {
+  const href = await page.getAttribute('#download', 'href');
+  const b64 = await page.evaluate(async (url) => {
+    const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
+    let s = ''; for (const b of bytes) s += String.fromCharCode(b);
+    return btoa(s);
+  }, href);
+  return JSON.parse(pngTextChunks(Buffer.from(b64, 'base64'))['kontext-recipe']);
+}
+
+/** Generates with the form as it is and waits for the result. */
+async function generate(page) {
+  await page.click('#generate');
+  await page.waitForSelector('#job[data-state="running"]', { timeout: 10_000 });
+  await page.waitForSelector('#job:not([data-state="running"])', { timeout: 300_000 });
+  assert.equal(await page.getAttribute('#job', 'data-state'), 'done', await page.textContent('#job'));
+}
+
+test('Speed: a calibrating edit measures the model\'s MagCache ratios and keeps them, across a reload; MagCache then runs with them', async () => {
+  const { page } = browser;
+  const magCacheOff = () => page.$eval('#speed option[value="3"]', (o) => o.disabled);
+  assert.equal(await magCacheOff(), true, 'MagCache waits for a calibration');
+  await setNumber(page, '#area', SIDE);
+  await setNumber(page, '#steps', 4);
+  await page.selectOption('#speed', { index: 4 });
+  await generate(page);
+  assert.equal((await shownRecipe(page)).cache, 'calibrate');
+  await page.waitForFunction(() => !document.querySelector('#speed option[value="3"]').disabled, null, { timeout: 10_000 });
+  await page.selectOption('#speed', { index: 3 });
+  await generate(page);
+  assert.equal((await shownRecipe(page)).cache, 'mag:0.06,3,0.2');
+  // Kept in this browser for this model: after a reload, loading the model brings the level back.
+  await page.reload();
+  await page.waitForSelector('#speed option[value="3"]', { state: 'attached' });
+  assert.equal(await magCacheOff(), true, 'no model loaded yet');
+  await loadDemo(page);
+  await page.waitForFunction(() => !document.querySelector('#speed option[value="3"]').disabled, null, { timeout: 10_000 });
+  await screenshot(page, 'speed-magcache');
+  assert.deepEqual(browser.problems, []);
 });

@@ -413,8 +413,8 @@ fn residency_flag(memory: &str) -> Option<Residency> {
     }
 }
 
-/// The step cache `--cache` and `--cache-ratios` ask for.
-fn cache_flag(args: &EditArgs) -> Result<CacheConfig> {
+/// The step cache `--cache` and `--cache-ratios` ask for, and the model the ratios file says it was measured on.
+fn cache_flag(args: &EditArgs) -> Result<(CacheConfig, Option<String>)> {
     let config = CacheConfig::parse(&args.cache)?;
     match (&config, &args.cache_ratios) {
         (CacheConfig::Mag { .. }, Some(path)) => {
@@ -423,12 +423,12 @@ fn cache_flag(args: &EditArgs) -> Result<CacheConfig> {
             let file = MagRatios::parse(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
             let config = config.with_ratios(file.mag_ratios);
             config.validate()?;
-            Ok(config)
+            Ok((config, Some(file.model).filter(|m| !m.is_empty())))
         }
         (_, Some(_)) => Err(Error::Invalid("--cache-ratios is for --cache mag:…".into())),
         _ => {
             config.validate()?;
-            Ok(config)
+            Ok((config, None))
         }
     }
 }
@@ -451,8 +451,8 @@ pub fn edit(args: EditArgs) -> Result<()> {
 /// An edit; with `ratios_out`, a calibration whose ratios go to that file.
 fn run_edit(args: EditArgs, ratios_out: Option<&Path>) -> Result<()> {
     let started = Instant::now();
-    let cache = match ratios_out {
-        Some(_) => CacheConfig::Calibrate,
+    let (cache, ratios_model) = match ratios_out {
+        Some(_) => (CacheConfig::Calibrate, None),
         None => cache_flag(&args)?,
     };
     let device = args.model.device()?;
@@ -477,6 +477,10 @@ fn run_edit(args: EditArgs, ratios_out: Option<&Path>) -> Result<()> {
         cache,
     };
     let mut model = args.model.open(&device)?;
+    let this_model = images::Recipe::describe_model(&model.flux_config);
+    if let Some(measured_on) = ratios_model.filter(|m| *m != this_model) {
+        println!("note: the MagCache ratios were measured on another model ({measured_on}); they are used as given");
+    }
     let plan = plan_edit(&model, &request, args.model.limits(&device), residency_flag(&args.memory))?;
     model.follow(&plan);
     model.on_upload(upload_printer());
@@ -519,7 +523,7 @@ fn run_edit(args: EditArgs, ratios_out: Option<&Path>) -> Result<()> {
         seed,
         width,
         height,
-        model: images::Recipe::describe_model(&model.flux_config),
+        model: this_model,
         references: request.references.len(),
         loras,
         cache: (request.cache != CacheConfig::None).then(|| request.cache.describe()),

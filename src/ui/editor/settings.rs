@@ -3,7 +3,8 @@
 
 use leptos::prelude::*;
 
-use crate::app::edit::{ASPECTS, CUSTOM, EditForm, SPEEDS, snap};
+use crate::app::AppState;
+use crate::app::edit::{ASPECTS, CUSTOM, EditForm, SPEEDS, SpeedLevel, snap};
 
 /// The settings grid: the shape fields, then steps, speed, guidance and seed.
 #[component]
@@ -12,6 +13,9 @@ pub fn SettingsGrid(
     form: EditForm,
 ) -> impl IntoView {
     let EditForm { steps, speed, guidance, seed, .. } = form;
+    let state = expect_context::<AppState>();
+    // MagCache needs the loaded model's ratios: until a calibrating edit measured them, its level is off.
+    let unavailable = move |level: SpeedLevel| level == SpeedLevel::MagCache && state.mag_ratios.with(Option::is_none);
     view! {
         <div class="grid">
             <ShapeFields form />
@@ -24,7 +28,9 @@ pub fn SettingsGrid(
                 <label for="speed">"Speed (reuses the DiT's work on steps that change little)"</label>
                 <select id="speed" prop:value=move || speed.get().to_string()
                     on:change=move |ev| speed.set(event_target_value(&ev).parse().unwrap_or(0))>
-                    {SPEEDS.iter().enumerate().map(|(i, level)| view! { <option value=i.to_string()>{level.label()}</option> }).collect_view()}
+                    {SPEEDS.iter().enumerate().map(|(i, level)| view! {
+                        <option value=i.to_string() disabled=move || unavailable(level.level)>{level.label()}</option>
+                    }).collect_view()}
                 </select>
             </div>
             <div class="field">
