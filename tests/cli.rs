@@ -141,14 +141,24 @@ fn assert_png_within_one_lsb(got: &Path, want: &str) {
 
 /// `kontext edit` of the tiny golden call (4 steps, guidance 2.5, 64×80 from the 96×64 reference) with its noise.
 fn tiny_edit(tmp: &TempDir, backend: &str, extra: &[&str]) {
-    write_noise(
-        &tmp.path("noise.safetensors"),
-        "tests/fixtures/tiny/golden/golden_run.safetensors",
-        "latents_init_packed",
-    );
-    let (noise, out, dump) = (tmp.arg("noise.safetensors"), tmp.arg("out.png"), tmp.arg("dump.safetensors"));
-    let mut args = vec![
-        "edit",
+    golden_call(tmp, &["edit"], ("golden_run", "latents_init_packed", 4), backend, ("out", "dump"), extra);
+}
+
+/// `kontext COMMAND…` of the tiny golden call (guidance 2.5, 64×80 from the 96×64 reference at its own size) for
+/// `steps` steps from the noise `key` of `golden/GOLDEN.safetensors`, on `backend`, writing `OUT.png` and the dump
+/// `DUMP.safetensors` in `tmp`, with `extra` arguments.
+fn golden_call(
+    tmp: &TempDir,
+    command: &[&str],
+    (golden, key, steps): (&str, &str, usize),
+    backend: &str,
+    (out, dump): (&str, &str),
+    extra: &[&str],
+) {
+    write_noise(&tmp.path("noise.safetensors"), &format!("tests/fixtures/tiny/golden/{golden}.safetensors"), key);
+    let (noise, steps) = (tmp.arg("noise.safetensors"), steps.to_string());
+    let (out, dump) = (tmp.arg(&format!("{out}.png")), tmp.arg(&format!("{dump}.safetensors")));
+    let call = [
         "--model",
         TINY_MODEL,
         "--prompt",
@@ -161,7 +171,7 @@ fn tiny_edit(tmp: &TempDir, backend: &str, extra: &[&str]) {
         "80",
         "--no-resize",
         "--steps",
-        "4",
+        &steps,
         "--guidance",
         "2.5",
         "--noise",
@@ -173,8 +183,7 @@ fn tiny_edit(tmp: &TempDir, backend: &str, extra: &[&str]) {
         "--dump",
         &dump,
     ];
-    args.extend_from_slice(extra);
-    run_ok(&args);
+    run_ok(&[command, &call[..], extra].concat());
 }
 
 fn check_tiny_edit(tmp: &TempDir) {
@@ -1217,35 +1226,7 @@ fn a_clip_without_tokenizer_files_gets_the_built_in_clip_l_tokenizer() {
 /// `golden/golden_cache.safetensors` (its noise) on wgpu, with `extra` arguments; writes `NAME.png` and the dump
 /// `NAME.safetensors`.
 fn cached_tiny_edit(tmp: &TempDir, command: &[&str], name: &str, extra: &[&str]) {
-    write_noise(&tmp.path("noise.safetensors"), "tests/fixtures/tiny/golden/golden_cache.safetensors", "noise");
-    let noise = tmp.arg("noise.safetensors");
-    let (out, dump) = (tmp.arg(&format!("{name}.png")), tmp.arg(&format!("{name}.safetensors")));
-    let call = [
-        "--model",
-        TINY_MODEL,
-        "--prompt",
-        TINY_PROMPT,
-        "--image",
-        "tests/fixtures/tiny/golden/reference_input.png",
-        "--width",
-        "64",
-        "--height",
-        "80",
-        "--no-resize",
-        "--steps",
-        "12",
-        "--guidance",
-        "2.5",
-        "--noise",
-        &noise,
-        "--backend",
-        "wgpu",
-        "--out",
-        &out,
-        "--dump",
-        &dump,
-    ];
-    run_ok(&[command, &call[..], extra].concat());
+    golden_call(tmp, command, ("golden_cache", "noise", 12), "wgpu", (name, name), extra);
 }
 
 /// The step caches through the CLI on wgpu (lavapipe): `kontext calibrate-cache` measures diffusers' magnitude

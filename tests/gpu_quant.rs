@@ -196,15 +196,7 @@ fn transformer_blocks_multiply_like_the_reference_twin() {
 
 /// `n` rows of `k` values of `ty` with pseudo-random quants and sane f16 scales at `scale_offsets` of each block.
 fn synthetic(ty: GgmlType, n: usize, k: usize, scale_offsets: &[usize]) -> Raw {
-    let mut state = 0x9e37_79b9u32;
-    let mut bytes: Vec<u8> = (0..n * k / ty.block_size() * ty.type_size())
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (state >> 24) as u8
-        })
-        .collect();
+    let mut bytes = testing::pseudo_random_bytes(n * k / ty.block_size() * ty.type_size(), 0x9e37_79b9);
     for (b, block) in bytes.chunks_mut(ty.type_size()).enumerate() {
         for (i, &at) in scale_offsets.iter().enumerate() {
             let scale = 0.0005 * (1 + (b + i) % 5) as f32;

@@ -93,6 +93,19 @@ pub fn run_kontext(bin: &str, args: &[&str]) -> Output {
     Command::new(bin).args(args).current_dir(repo_root()).output().expect("cannot start kontext")
 }
 
+/// `len` pseudo-random bytes (xorshift32 from `seed`, which must not be 0), for synthetic ggml blocks.
+pub fn pseudo_random_bytes(len: usize, seed: u32) -> Vec<u8> {
+    let mut state = seed;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
 /// A fixture safetensors file, held in memory.
 pub struct FixtureFile(SafetensorsFile);
 

@@ -318,19 +318,12 @@ pub fn dequantize(ty: GgmlType, layout: &Layout, words: &[u32]) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::formats;
+    use crate::harness::testing::pseudo_random_bytes;
 
     /// `n · k` values' worth of pseudo-random blocks of `ty` whose f16 scales at `scales` (byte offsets in each
     /// block) are finite.
     fn random_blocks(ty: GgmlType, n: usize, k: usize, scales: &[usize], seed: u32) -> Vec<u8> {
-        let mut state = seed | 1;
-        let mut bytes: Vec<u8> = (0..n * k / ty.block_size() * ty.type_size())
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state >> 24) as u8
-            })
-            .collect();
+        let mut bytes = pseudo_random_bytes(n * k / ty.block_size() * ty.type_size(), seed | 1);
         let stride = if ty.block_size() == 1 { 2 } else { ty.type_size() };
         for (b, block) in bytes.chunks_mut(stride).enumerate() {
             for (s, &at) in scales.iter().enumerate() {

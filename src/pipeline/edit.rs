@@ -256,51 +256,50 @@ mod tests {
         KontextModel::load(&Folder(fixture("FLUX.1-Kontext-dev-tiny").into()), Overrides::default(), device).unwrap()
     }
 
-    /// The golden call: 64×80 from the 96×64 reference at its own size, 4 steps, guidance 2.5, the golden noise.
-    fn golden_edit(model: &mut KontextModel, prompt: &str, device: &Device) -> Tensor<3> {
-        let golden = FixtureFile::open("golden/golden_run.safetensors");
-        let reference = images::decode(&std::fs::read(fixture("golden/reference_input.png")).unwrap()).unwrap();
-        let request = EditRequest {
+    /// The golden call on `reference` (the golden reference image when `None`): 64×80 at the reference's own
+    /// size, guidance 2.5, with `prompt`, `steps` and `cache`.
+    fn golden_request(prompt: &str, reference: Option<RgbImage>, steps: usize, cache: CacheConfig) -> EditRequest {
+        let golden_reference =
+            || images::decode(&std::fs::read(fixture("golden/reference_input.png")).unwrap()).unwrap();
+        EditRequest {
             prompt: prompt.into(),
-            references: vec![reference],
+            references: vec![reference.unwrap_or_else(golden_reference)],
             size: Some((64, 80)),
             max_area: 64 * 80,
             resize: Resize::None,
-            steps: 4,
-            guidance: 2.5,
-            seed: 0,
-            cache: CacheConfig::None,
-        };
-        let mut edit =
-            Edit::prepare(model, &request, Some(golden.tensor("latents_init_packed", device)), device).unwrap();
-        while !edit.is_denoised() {
-            pollster::block_on(edit.step()).unwrap();
-        }
-        edit.sampler.into_latents()
-    }
-
-    /// The golden call of `golden_edit` at the 12 steps of `golden/golden_cache.safetensors` with `cache`: the
-    /// final latents, the steps that reused the cache and the ratios it measured.
-    fn cached_edit(model: &mut KontextModel, cache: CacheConfig, device: &Device) -> (Tensor<3>, Vec<usize>, Vec<f32>) {
-        let golden = FixtureFile::open("golden/golden_cache.safetensors");
-        let reference = images::decode(&std::fs::read(fixture("golden/reference_input.png")).unwrap()).unwrap();
-        let request = EditRequest {
-            prompt: PROMPT.into(),
-            references: vec![reference],
-            size: Some((64, 80)),
-            max_area: 64 * 80,
-            resize: Resize::None,
-            steps: 12,
+            steps,
             guidance: 2.5,
             seed: 0,
             cache,
-        };
-        let mut edit = Edit::prepare(model, &request, Some(golden.tensor("noise", device)), device).unwrap();
+        }
+    }
+
+    /// Runs `request` from `noise` to its final latents; returns the finished edit's step cache with them.
+    fn denoise(
+        model: &mut KontextModel,
+        request: &EditRequest,
+        noise: Tensor<3>,
+        device: &Device,
+    ) -> (Tensor<3>, StepCache) {
+        let mut edit = Edit::prepare(model, request, Some(noise), device).unwrap();
         while !edit.is_denoised() {
             pollster::block_on(edit.step()).unwrap();
         }
-        let (reused, ratios) = (edit.cache().reused_steps().to_vec(), edit.cache().measured_ratios().to_vec());
-        (edit.sampler.into_latents(), reused, ratios)
+        (edit.sampler.into_latents(), edit.cache)
+    }
+
+    /// The golden call: 4 steps from the golden noise.
+    fn golden_edit(model: &mut KontextModel, prompt: &str, device: &Device) -> Tensor<3> {
+        let noise = FixtureFile::open("golden/golden_run.safetensors").tensor("latents_init_packed", device);
+        denoise(model, &golden_request(prompt, None, 4, CacheConfig::None), noise, device).0
+    }
+
+    /// The golden call at the 12 steps of `golden/golden_cache.safetensors` (its noise) with `cache`: the final
+    /// latents, the steps that reused the cache and the ratios it measured.
+    fn cached_edit(model: &mut KontextModel, cache: CacheConfig, device: &Device) -> (Tensor<3>, Vec<usize>, Vec<f32>) {
+        let noise = FixtureFile::open("golden/golden_cache.safetensors").tensor("noise", device);
+        let (latents, cache) = denoise(model, &golden_request(PROMPT, None, 12, cache), noise, device);
+        (latents, cache.reused_steps().to_vec(), cache.measured_ratios().to_vec())
     }
 
     fn max_abs_difference(a: Tensor<3>, b: Tensor<3>) -> f32 {
@@ -370,18 +369,8 @@ mod tests {
         // One changed pixel is another reference.
         let mut reference = images::decode(&std::fs::read(fixture("golden/reference_input.png")).unwrap()).unwrap();
         reference.get_pixel_mut(0, 0).0[0] ^= 1;
-        let request = EditRequest {
-            prompt: PROMPT.into(),
-            references: vec![reference],
-            size: Some((64, 80)),
-            max_area: 64 * 80,
-            resize: Resize::None,
-            steps: 1,
-            guidance: 2.5,
-            seed: 0,
-            cache: CacheConfig::None,
-        };
-        Edit::prepare(&mut model, &request, None, &device).unwrap();
+        Edit::prepare(&mut model, &golden_request(PROMPT, Some(reference), 1, CacheConfig::None), None, &device)
+            .unwrap();
         assert_eq!(model.references_encoded(), 2);
     }
 
