@@ -83,6 +83,7 @@ fn tiny_edit(
         guidance: 2.5,
         seed: 11,
         cache: CacheConfig::None,
+        mask: None,
     };
     let mut edit = Edit::prepare(model, &request, None, gpu)?;
     before_steps();

@@ -122,6 +122,13 @@ impl FixtureFile {
         tensor(self, name, device)
     }
 
+    /// The bytes of the u8 tensor `name`.
+    pub fn bytes(&self, name: &str) -> Vec<u8> {
+        let info = self.0.tensor(name).unwrap_or_else(|| panic!("no tensor `{name}`"));
+        assert_eq!(info.dtype, "U8", "`{name}` is not u8");
+        self.0.raw(name).unwrap().to_vec()
+    }
+
     /// The int64 tensor `name` (token ids).
     pub fn ids(&self, name: &str) -> TensorData {
         let info = self.0.tensor(name).unwrap_or_else(|| panic!("no tensor `{name}`"));
@@ -150,6 +157,34 @@ impl Weights for FixtureFile {
 pub fn golden(file: &str, key: &str) -> TensorData {
     let tensor = FixtureFile::open(&format!("golden/{file}")).read(key).unwrap();
     TensorData::new(tensor.data, tensor.shape)
+}
+
+/// The masked edit of case `case` of `golden/golden_inpaint_meta.json` (`tests/fixtures/generator/inpaint_golden.py`)
+/// as a request on the golden reference image: 96×64 at its own size, 6 steps, guidance 2.5 (the golden's noise is
+/// `noise` of `golden/golden_inpaint.safetensors`).
+pub fn golden_masked_request(case: &str) -> crate::pipeline::edit::EditRequest {
+    use crate::pipeline::{cache::CacheConfig, image, mask::MaskedEdit, size::Resize};
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("golden/golden_inpaint_meta.json")).unwrap()).unwrap();
+    let entry = &meta["cases"][case];
+    let png = |name: &str| image::decode(&std::fs::read(fixture(&format!("golden/{name}"))).unwrap()).unwrap();
+    crate::pipeline::edit::EditRequest {
+        prompt: meta["call"]["prompt"].as_str().unwrap().into(),
+        references: vec![png("reference_input.png")],
+        size: None,
+        max_area: 96 * 64,
+        resize: Resize::None,
+        steps: meta["call"]["num_inference_steps"].as_u64().unwrap() as usize,
+        guidance: meta["call"]["guidance_scale"].as_f64().unwrap() as f32,
+        seed: 0,
+        cache: CacheConfig::None,
+        mask: Some(MaskedEdit {
+            mask: png(entry["mask"].as_str().unwrap()),
+            strength: entry["strength"].as_f64().unwrap(),
+            crop_padding: entry["padding_mask_crop"].as_u64().map(|p| p as u32),
+            reference: entry["image_reference"].as_str().map(png),
+        }),
+    }
 }
 
 /// The int64 tensor `key` of `golden/golden_run.safetensors`.

@@ -2,7 +2,7 @@
 //! from the VAE's `[-1, 1]` NCHW tensors.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use image::{DynamicImage, ImageReader, Limits, RgbImage, imageops::FilterType};
+use image::{ImageReader, Limits, RgbImage};
 
 use crate::{Error, Result};
 
@@ -44,12 +44,10 @@ pub fn decode_within(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     Ok(image.to_rgb8())
 }
 
-/// Resizes with a Lanczos filter (as the reference pipeline does) unless the size already matches.
+/// Resizes with Pillow's Lanczos filter, byte for byte as the reference pipeline does, unless the size already
+/// matches.
 pub fn resize(image: &RgbImage, width: usize, height: usize) -> RgbImage {
-    if image.width() as usize == width && image.height() as usize == height {
-        return image.clone();
-    }
-    DynamicImage::ImageRgb8(image.clone()).resize_exact(width as u32, height as u32, FilterType::Lanczos3).to_rgb8()
+    super::resample::resize(image, width, height)
 }
 
 /// RGB pixels → `[1, 3, h, w]` in `[-1, 1]` (`x / 255 · 2 − 1`).

@@ -435,6 +435,7 @@ impl KontextModel {
             modulation_precomputed: true,
             residency: None,
             cached_residuals: 0,
+            masked: false,
         }
     }
 

@@ -93,6 +93,9 @@ pub struct PlanInputs {
     pub residency: Option<Residency>,
     /// Image-stream tensors a step cache keeps between steps ([`crate::pipeline::cache::CacheConfig::residuals`]).
     pub cached_residuals: usize,
+    /// Whether the edit is masked ([`crate::pipeline::mask`]): the edited image is encoded too, and its latents,
+    /// the noise and the mask stay beside the latents while denoising.
+    pub masked: bool,
 }
 
 /// Weights of one part of the model.
@@ -452,11 +455,14 @@ impl MemoryPlan {
         let largest_reference_latent =
             inputs.references.iter().map(|&(w, h)| (16 * (w / 8) * (h / 8)) as u64 * VALUE_BYTES).max().unwrap_or(0);
         // The latents, the sampler's velocity and next latents, and the reference tokens: `[tokens, 64]` each.
-        let latents = (3 * tokens_of(inputs.output) + image_tokens) as u64 * cfg.in_channels as u64 * VALUE_BYTES;
+        let blended = if inputs.masked { 3 * tokens_of(inputs.output) } else { 0 };
+        let latents =
+            (3 * tokens_of(inputs.output) + blended + image_tokens) as u64 * cfg.in_channels as u64 * VALUE_BYTES;
         let cached_residuals = (inputs.cached_residuals * image_tokens) as u64 * hidden * VALUE_BYTES;
         let encode_working = inputs
             .references
             .iter()
+            .chain(inputs.masked.then_some(&inputs.output))
             .map(|&(w, h)| VAE_LIVE_TENSORS * decoder_peak_bytes(&inputs.vae, h / 8, w / 8) + pixels((w, h)))
             .max()
             .unwrap_or(0);
@@ -668,6 +674,7 @@ mod tests {
             modulation_precomputed: true,
             residency: None,
             cached_residuals: 0,
+            masked: false,
         }
     }
 

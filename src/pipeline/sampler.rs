@@ -60,6 +60,16 @@ impl Sampler {
         Ok(())
     }
 
+    /// The σ of the current latents (0 when done).
+    pub fn sigma(&self) -> f32 {
+        self.sigmas[self.step]
+    }
+
+    /// Replaces the latents by `f(latents)`, between steps (a masked edit's blend).
+    pub fn replace_latents(&mut self, f: impl FnOnce(Tensor<3>) -> Tensor<3>) {
+        self.latents = f(self.latents.clone());
+    }
+
     /// The current latents.
     pub fn latents(&self) -> &Tensor<3> {
         &self.latents

@@ -217,6 +217,7 @@ impl Footprint {
             modulation_precomputed: true,
             residency: None,
             cached_residuals: 0,
+            masked: false,
         };
         let plan = match MemoryPlan::new(&inputs) {
             Ok(plan) => {

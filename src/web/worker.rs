@@ -349,6 +349,7 @@ impl Worker {
             guidance: job.guidance,
             seed: job.seed,
             cache: job.cache.clone(),
+            mask: None,
         };
         let id = job.id;
         if let Some(budget) = self.gpu_memory.get() {

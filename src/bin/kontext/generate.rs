@@ -475,6 +475,7 @@ fn run_edit(args: EditArgs, ratios_out: Option<&Path>) -> Result<()> {
         guidance: args.guidance,
         seed,
         cache,
+        mask: None,
     };
     let mut model = args.model.open(&device)?;
     let this_model = images::Recipe::describe_model(&model.flux_config);
@@ -602,6 +603,7 @@ fn plan_catalog(args: &PlanArgs, device: &Device) -> Result<()> {
                             modulation_precomputed: true,
                             residency: None,
                             cached_residuals: 0,
+                            masked: false,
                         };
                         let plan = MemoryPlan::new(&inputs)?;
                         Ok(match plan.fits_budget {
