@@ -1284,3 +1284,113 @@ fn step_caches_through_the_cli_on_wgpu_reuse_diffusers_steps() {
     assert!(edit(&["--cache", "fbc:often"]).contains("is not a number"));
     assert!(edit(&["--cache", "fbc:0.1", "--cache-ratios", &ratios]).contains("--cache-ratios is for --cache mag"));
 }
+
+/// `kontext edit --mask` of case `case` of the inpainting goldens (`tests/fixtures/generator/inpaint_golden.py`)
+/// on wgpu, from their noise, with `extra` arguments; writes `CASE.png`, `CASE.safetensors` and `CASE.json`
+/// (`--stats`) in `tmp`.
+fn masked_tiny_edit(tmp: &TempDir, case: &str, extra: &[&str]) {
+    let golden = "tests/fixtures/tiny/golden";
+    write_noise(&tmp.path("noise.safetensors"), &format!("{golden}/golden_inpaint.safetensors"), "noise");
+    let (noise, out) = (tmp.arg("noise.safetensors"), tmp.arg(&format!("{case}.png")));
+    let (dump, stats) = (tmp.arg(&format!("{case}.safetensors")), tmp.arg(&format!("{case}.json")));
+    let image = format!("{golden}/reference_input.png");
+    let call = [
+        "edit",
+        "--model",
+        TINY_MODEL,
+        "--prompt",
+        TINY_PROMPT,
+        "--image",
+        &image,
+        "--no-resize",
+        "--steps",
+        "6",
+        "--guidance",
+        "2.5",
+        "--noise",
+        &noise,
+        "--backend",
+        "wgpu",
+        "--out",
+        &out,
+        "--dump",
+        &dump,
+        "--stats",
+        &stats,
+    ];
+    run_ok(&[&call[..], extra].concat());
+}
+
+/// Masked edits through the CLI on wgpu (lavapipe) against diffusers' `FluxKontextInpaintPipeline`: a mask at
+/// twice the image's size with strength 0.6, and a crop around a small mask with an extra reference and strength
+/// 0.8 — the final latents, the decoded image (±1 LSB) and, for the crop, the image pasted back; the recipe names
+/// the mask by its hash. Bad masks fail in one line.
+#[test]
+fn masked_edits_through_the_cli_on_wgpu_match_diffusers_inpainting() {
+    let tmp = TempDir::new("mask");
+    let golden = "tests/fixtures/tiny/golden";
+    let inpaint = format!("{golden}/golden_inpaint.safetensors");
+    let (ellipse, square) =
+        (format!("{golden}/inpaint_mask_ellipse.png"), format!("{golden}/inpaint_mask_small_square.png"));
+    let reference = format!("{golden}/multiref_ref2.png");
+    let cases: [(&str, Vec<&str>, usize); 2] = [
+        ("strength", vec!["--mask", &ellipse, "--strength", "0.6"], 4),
+        (
+            "crop_reference",
+            vec!["--mask", &square, "--strength", "0.8", "--mask-crop", "5", "--mask-reference", &reference],
+            5,
+        ),
+    ];
+    for (case, extra, steps_run) in &cases {
+        masked_tiny_edit(&tmp, case, extra);
+        let last = format!("{case}/latents/step_{}", steps_run - 1);
+        assert_close(read(tmp.path(&format!("{case}.safetensors")), "latents"), read(&inpaint, &last), 1e-4, case);
+        let (shape, pixels) = read(tmp.path(&format!("{case}.safetensors")), "image");
+        assert_eq!(shape, [1, 3, 64, 96]);
+        let decoded = kontext_web::pipeline::image::from_unit_planar(&pixels, 96, 64).unwrap();
+        decoded.save(tmp.path(&format!("{case}_decoded.png"))).unwrap();
+        assert_png_within_one_lsb(&tmp.path(&format!("{case}_decoded.png")), &format!("{golden}/inpaint_{case}.png"));
+        let stats: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(tmp.path(&format!("{case}.json"))).unwrap()).unwrap();
+        assert_eq!(stats["step_seconds"].as_array().unwrap().len(), *steps_run, "{case}: the strength's steps");
+    }
+    // The crop, pasted back into the image as diffusers' apply_overlay does.
+    assert_png_within_one_lsb(&tmp.path("crop_reference.png"), &format!("{golden}/inpaint_crop_reference_overlay.png"));
+    let png = std::fs::read(tmp.path("crop_reference.png")).unwrap();
+    let texts = kontext_web::pipeline::image::png_text_chunks(&png).unwrap();
+    let recipe: serde_json::Value = serde_json::from_str(&texts[1].1).unwrap();
+    assert_eq!(recipe["mask"]["name"], "inpaint_mask_small_square.png");
+    assert_eq!(recipe["mask"]["strength"], 0.8);
+    assert_eq!(recipe["mask"]["cropPadding"], 5);
+    assert_eq!(recipe["mask"]["reference"], true);
+    assert_eq!(recipe["mask"]["sha256"].as_str().unwrap().len(), 64);
+    // Control: the other case's latents are far from this one's golden.
+    let other = read(tmp.path("strength.safetensors"), "latents");
+    let worst = other.1.iter().zip(read(&inpaint, "crop_reference/latents/step_4").1).map(|(a, b)| (a - b).abs());
+    assert!(worst.fold(0.0f32, f32::max) > 1e-2);
+
+    let out = tmp.arg("bad.png");
+    let image = format!("{golden}/reference_input.png");
+    let edit = |extra: &[&str]| {
+        let mut args = vec!["edit", "--model", TINY_MODEL, "--prompt", "a cat", "--steps", "2", "--out", &out];
+        args.extend_from_slice(extra);
+        fails_cleanly(&args)
+    };
+    let square_mask = format!("{golden}/multiref_ref2.png"); // 48×64: not the image's 3:2
+    assert_eq!(
+        edit(&["--image", &image, "--mask", &square_mask]),
+        "kontext: the mask is 48×64 pixels and the image 96×64: the mask must have the image's aspect ratio"
+    );
+    let black = tmp.path("black.png");
+    image::RgbImage::new(96, 64).save(&black).unwrap();
+    assert!(edit(&["--image", &image, "--mask", &black.to_string_lossy()]).contains("the mask has no white pixel"));
+    assert!(edit(&["--mask", &ellipse]).contains("--mask needs the image to edit"));
+    assert!(edit(&["--image", &image, "--mask", &ellipse, "--strength", "1.5"]).contains("(0, 1]"));
+    assert!(
+        edit(&["--image", &image, "--mask", &ellipse, "--width", "64", "--height", "64"]).contains("keeps the size")
+    );
+    let without_mask =
+        kontext(&["edit", "--model", TINY_MODEL, "--prompt", "a cat", "--strength", "0.5", "--out", &out]);
+    assert!(!without_mask.status.success());
+    assert!(String::from_utf8_lossy(&without_mask.stderr).contains("--mask"));
+}

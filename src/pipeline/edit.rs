@@ -73,6 +73,17 @@ impl EditRequest {
         }
         Ok((image, references))
     }
+
+    /// Refuses what [`Edit::prepare`] would refuse before it encodes anything: sizes, and a mask that does not
+    /// fit the image or the strength the steps.
+    pub fn check(&self) -> Result<()> {
+        let ((width, height), references) = self.sizes()?;
+        if let (Some(mask), Some(image)) = (&self.mask, self.references.first()) {
+            mask.check(image.dimensions(), self.steps)?;
+            mask.prepare(image, (width, height), mask.reference.as_ref().map(|_| references[0]))?;
+        }
+        Ok(())
+    }
 }
 
 /// Plans `request` on `model` within `limits`: under `residency` when given, else the most resident choice that
@@ -84,6 +95,7 @@ pub fn plan_edit(
     limits: DeviceLimits,
     residency: Option<Residency>,
 ) -> Result<MemoryPlan> {
+    request.check()?;
     let (output, references) = request.sizes()?;
     let inputs = PlanInputs {
         residency,

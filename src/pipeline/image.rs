@@ -112,6 +112,41 @@ pub struct Recipe {
     /// The step cache, where one was used (`fbc:0.08`, as `kontext edit --cache` takes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<String>,
+    /// The mask of a masked edit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<MaskRecipe>,
+}
+
+/// How a recipe names the mask of a masked edit.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MaskRecipe {
+    /// The mask's file name, or `painted` for one painted in the app.
+    pub name: String,
+    /// SHA-256 of the mask's RGB pixels, row by row (the same for any encoding of the same mask), in hex.
+    pub sha256: String,
+    /// The strength.
+    pub strength: f64,
+    /// The crop padding, where the edit ran on a crop around the mask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop_padding: Option<u32>,
+    /// Whether an extra reference conditioned the edit instead of the image.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reference: bool,
+}
+
+impl MaskRecipe {
+    /// The recipe entry of `mask`, named `name`.
+    pub fn of(mask: &super::mask::MaskedEdit, name: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        Self {
+            name: name.into(),
+            sha256: format!("{:x}", Sha256::digest(mask.mask.as_raw())),
+            strength: mask.strength,
+            crop_padding: mask.crop_padding,
+            reference: mask.reference.is_some(),
+        }
+    }
 }
 
 impl Recipe {
@@ -219,6 +254,13 @@ mod tests {
             references: 2,
             loras: vec![("style.safetensors".into(), 0.75)],
             cache: Some("fbc:0.08".into()),
+            mask: Some(MaskRecipe {
+                name: "painted".into(),
+                sha256: "ab".repeat(32),
+                strength: 0.6,
+                crop_padding: Some(32),
+                reference: true,
+            }),
         };
         let bytes = recipe.encode_png(&RgbImage::new(2, 2)).unwrap();
         let texts = png_text_chunks(&bytes).unwrap();

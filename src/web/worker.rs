@@ -400,6 +400,7 @@ impl Worker {
             references: job.images.len(),
             loras: job.loras.iter().map(|l| (l.name.clone(), l.strength)).collect(),
             cache: (job.cache != CacheConfig::None).then(|| job.cache.describe()),
+            mask: None,
         };
         let png = recipe.encode_png(&result.image)?;
         self.take_cancel(id);

@@ -12,6 +12,7 @@ use kontext_web::model::layers::LoraAdapter;
 use kontext_web::pipeline::cache::{CacheConfig, MagRatios};
 use kontext_web::pipeline::edit::{Edit, EditRequest, Phase, plan_edit};
 use kontext_web::pipeline::loader::{self, Folder, KontextModel, ModelFiles, NoFolder, Overrides};
+use kontext_web::pipeline::mask::MaskedEdit;
 use kontext_web::pipeline::plan::{self, DeviceLimits, MemoryPlan, PlanInputs, Residency};
 use kontext_web::pipeline::{image as images, rng, size};
 use kontext_web::{Error, Result};
@@ -133,6 +134,22 @@ pub struct EditArgs {
     /// The model's magnitude ratios for MagCache: the JSON file `kontext calibrate-cache` writes.
     #[arg(long, value_name = "FILE")]
     cache_ratios: Option<PathBuf>,
+    /// A masked edit of the first --image: a PNG, white where the edit may change the image and black where it
+    /// must not, of any size with the image's aspect ratio. The result keeps the image's size.
+    #[arg(long, value_name = "FILE")]
+    mask: Option<PathBuf>,
+    /// With --mask: how much of the schedule runs, in (0, 1] (default 1: from noise; 0.6 starts from the image
+    /// and keeps more of it).
+    #[arg(long, requires = "mask")]
+    strength: Option<f64>,
+    /// With --mask: edit only a crop around the mask, PADDING pixels wider on each side (scaled up to the
+    /// image's size while it is edited), and paste it back; for small masks on large images.
+    #[arg(long, requires = "mask", value_name = "PADDING")]
+    mask_crop: Option<u32>,
+    /// With --mask: an image that conditions the edit instead of the image being edited (what goes into the
+    /// masked area).
+    #[arg(long, requires = "mask", value_name = "FILE")]
+    mask_reference: Option<PathBuf>,
 }
 
 /// Options of `kontext calibrate-cache`.
@@ -448,6 +465,22 @@ pub fn edit(args: EditArgs) -> Result<()> {
     run_edit(args, None)
 }
 
+/// `--mask` and its options, checked against the image to edit (the first of `references`).
+fn read_mask(args: &EditArgs, references: &[image::RgbImage]) -> Result<Option<MaskedEdit>> {
+    let Some(path) = &args.mask else { return Ok(None) };
+    let Some(image) = references.first() else {
+        return Err(Error::Invalid("--mask needs the image to edit: give it with --image".into()));
+    };
+    let mask = MaskedEdit {
+        mask: read_image(path)?,
+        strength: args.strength.unwrap_or(1.0),
+        crop_padding: args.mask_crop,
+        reference: args.mask_reference.as_deref().map(read_image).transpose()?,
+    };
+    mask.check(image.dimensions(), args.steps)?;
+    Ok(Some(mask))
+}
+
 /// An edit; with `ratios_out`, a calibration whose ratios go to that file.
 fn run_edit(args: EditArgs, ratios_out: Option<&Path>) -> Result<()> {
     let started = Instant::now();
@@ -455,8 +488,9 @@ fn run_edit(args: EditArgs, ratios_out: Option<&Path>) -> Result<()> {
         Some(_) => (CacheConfig::Calibrate, None),
         None => cache_flag(&args)?,
     };
-    let device = args.model.device()?;
     let references = args.images.iter().map(|p| read_image(p)).collect::<Result<Vec<_>>>()?;
+    let mask = read_mask(&args, &references)?;
+    let device = args.model.device()?;
     let noise = match &args.noise {
         Some(path) => {
             let file = SafetensorsFile::open(FileSource::open(path)?)?;
@@ -464,6 +498,9 @@ fn run_edit(args: EditArgs, ratios_out: Option<&Path>) -> Result<()> {
         }
         None => None,
     };
+    let mask_recipe = args.mask.as_ref().zip(mask.as_ref()).map(|(path, mask)| {
+        images::MaskRecipe::of(mask, &path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+    });
     let seed = args.seed.unwrap_or_else(rng::random_seed);
     let request = EditRequest {
         prompt: args.prompt,
@@ -475,7 +512,7 @@ fn run_edit(args: EditArgs, ratios_out: Option<&Path>) -> Result<()> {
         guidance: args.guidance,
         seed,
         cache,
-        mask: None,
+        mask,
     };
     let mut model = args.model.open(&device)?;
     let this_model = images::Recipe::describe_model(&model.flux_config);
@@ -499,7 +536,19 @@ fn run_edit(args: EditArgs, ratios_out: Option<&Path>) -> Result<()> {
         _ => {}
     })?;
     let (width, height) = edit.size();
-    println!("generating {width}×{height}, {} steps, guidance {}, seed {seed}", request.steps, request.guidance);
+    let (_, steps_run) = edit.progress();
+    match &request.mask {
+        Some(mask) => println!(
+            "masked edit of {width}×{height}{}: {steps_run} of {} steps (strength {}), guidance {}, seed {seed}",
+            mask.crop_padding.map(|p| format!(" (a crop around the mask, padding {p})")).unwrap_or_default(),
+            request.steps,
+            mask.strength,
+            request.guidance
+        ),
+        None => {
+            println!("generating {width}×{height}, {} steps, guidance {}, seed {seed}", request.steps, request.guidance)
+        }
+    }
     let mut step_seconds = Vec::with_capacity(request.steps);
     while !edit.is_denoised() {
         let step_started = Instant::now();
@@ -528,6 +577,7 @@ fn run_edit(args: EditArgs, ratios_out: Option<&Path>) -> Result<()> {
         references: request.references.len(),
         loras,
         cache: (request.cache != CacheConfig::None).then(|| request.cache.describe()),
+        mask: mask_recipe,
     };
     let png = recipe.encode_png(&result.image)?;
     std::fs::write(&args.out, png).map_err(|e| Error::Invalid(format!("cannot write {}: {e}", args.out.display())))?;
