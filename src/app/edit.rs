@@ -305,6 +305,7 @@ pub fn request(
             .get(settings.speed)
             .and_then(|speed| speed.cache(settings.mag_ratios.as_deref()))
             .unwrap_or(CacheConfig::None),
+        mask: None,
     };
     let pending = Pending {
         entry: HistoryEntry {

@@ -18,7 +18,7 @@ use super::loading::{self, Stored};
 use super::{AppState, JobState, send};
 use crate::store::js;
 use crate::web::client::WORKER_STOPPED;
-use crate::web::embed_api::{self, EditOptions, LoadSource, allowed_origins, origin_of};
+use crate::web::embed_api::{self, EditBlobs, EditOptions, LoadSource, allowed_origins, origin_of};
 use crate::web::protocol::{FromWorker, ToWorker};
 
 thread_local! {
@@ -216,6 +216,7 @@ impl Embed {
             Some(images) if Array::is_array(&images) => Array::from(&images).to_vec(),
             Some(_) => return reply.error("kontext:edit: images must be an array of Blobs"),
         };
+        let (mask, mask_reference) = (js::get(data, "mask"), js::get(data, "maskReference"));
         let job_id = self.next_job.get();
         self.next_job.set(job_id + 1);
         // Registered now, so a cancel that arrives while the images are read still finds the job.
@@ -225,11 +226,18 @@ impl Embed {
             let outcome = async {
                 let mut images = Vec::with_capacity(blobs.len());
                 for (i, blob) in blobs.into_iter().enumerate() {
-                    let blob: Blob = blob.dyn_into().map_err(|_| format!("images[{i}] is not a Blob"))?;
-                    let buffer = JsFuture::from(blob.array_buffer()).await.map_err(js::describe)?;
-                    images.push(js_sys::Uint8Array::new(&buffer).to_vec());
+                    images.push(blob_bytes(blob, &format!("images[{i}]")).await?);
                 }
-                let job = options.to_job(job_id, images, crate::pipeline::rng::random_seed)?;
+                let mask = match mask {
+                    Some(mask) => Some(blob_bytes(mask, "mask").await?),
+                    None => None,
+                };
+                let mask_reference = match mask_reference {
+                    Some(reference) => Some(blob_bytes(reference, "maskReference").await?),
+                    None => None,
+                };
+                let blobs = EditBlobs { images, mask, mask_reference };
+                let job = options.to_job(job_id, blobs, crate::pipeline::rng::random_seed)?;
                 state.job.set(JobState::starting(job_id));
                 send(&ToWorker::Edit(job))
             }
@@ -363,11 +371,20 @@ fn progress_fields(phase: &str, done: u64, total: u64) -> [(&'static str, JsValu
     [("phase", phase.into()), ("done", (done as f64).into()), ("total", (total as f64).into())]
 }
 
-/// `data` without `images` (Blobs do not deserialize), as a plain object.
+/// `data` without its Blobs (`images`, `mask`, `maskReference`: Blobs do not deserialize), as a plain object.
 fn without_images(data: &JsValue) -> JsValue {
     let copy = Object::assign(&Object::new(), &Object::from(data.clone()));
-    let _ = Reflect::delete_property(&copy, &"images".into());
+    for key in ["images", "mask", "maskReference"] {
+        let _ = Reflect::delete_property(&copy, &key.into());
+    }
     copy.into()
+}
+
+/// The bytes of the Blob `value`, the field `what` of a request.
+async fn blob_bytes(value: JsValue, what: &str) -> Result<Vec<u8>, String> {
+    let blob: Blob = value.dyn_into().map_err(|_| format!("{what} is not a Blob"))?;
+    let buffer = JsFuture::from(blob.array_buffer()).await.map_err(js::describe)?;
+    Ok(js_sys::Uint8Array::new(&buffer).to_vec())
 }
 
 fn png_blob(png: &[u8]) -> Result<Blob, String> {

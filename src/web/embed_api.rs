@@ -9,7 +9,7 @@ use crate::pipeline::cache::CacheConfig;
 use crate::pipeline::size::DEFAULT_MAX_AREA;
 use crate::store::manifest::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE};
 use crate::store::sources::UrlSource;
-use crate::web::protocol::EditJob;
+use crate::web::protocol::{EditJob, MaskJob};
 
 /// Most reference images one edit takes.
 pub const MAX_IMAGES: usize = 4;
@@ -169,15 +169,59 @@ pub struct EditOptions {
     /// ratios}` (none when absent); progress messages of reused steps say `reused: true`.
     #[serde(default)]
     pub cache: Option<CacheConfig>,
+    /// With a `mask`: how much of the schedule runs, in (0, 1] (1 when absent).
+    #[serde(default)]
+    pub strength: Option<f64>,
+    /// With a `mask`: edit a crop around the mask with this many pixels of margin, and paste it back.
+    #[serde(default, rename = "maskCrop")]
+    pub mask_crop: Option<u32>,
+}
+
+/// The Blobs of `kontext:edit`, as bytes read by the page.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EditBlobs {
+    /// `images`: the references, the image to edit first.
+    pub images: Vec<Vec<u8>>,
+    /// `mask`: a PNG, white where the first image may change.
+    pub mask: Option<Vec<u8>>,
+    /// `maskReference`: an image that conditions a masked edit instead of the image.
+    pub mask_reference: Option<Vec<u8>>,
+}
+
+impl From<Vec<Vec<u8>>> for EditBlobs {
+    fn from(images: Vec<Vec<u8>>) -> Self {
+        Self { images, ..Self::default() }
+    }
 }
 
 impl EditOptions {
-    /// The worker's job `id` with the encoded `images`. With `width` and `height`, references are bucketed at the
-    /// output's area (as `kontext edit --width W --height H --max-area W·H`); without, at 1024².
-    pub fn to_job(&self, id: u32, images: Vec<Vec<u8>>, random_seed: impl FnOnce() -> u64) -> Result<EditJob, String> {
+    /// The worker's job `id` with the encoded images and mask. With `width` and `height`, references are bucketed
+    /// at the output's area (as `kontext edit --width W --height H --max-area W·H`); without, at 1024².
+    pub fn to_job(&self, id: u32, blobs: EditBlobs, random_seed: impl FnOnce() -> u64) -> Result<EditJob, String> {
+        let EditBlobs { images, mask, mask_reference } = blobs;
         if images.len() > MAX_IMAGES {
             return Err(format!("an edit takes at most {MAX_IMAGES} images, got {}", images.len()));
         }
+        let mask = match mask {
+            Some(_) if images.is_empty() => return Err("a mask needs the image to edit as images[0]".into()),
+            Some(image) => {
+                let strength = self.strength.unwrap_or(1.0);
+                if !(strength > 0.0 && strength <= 1.0) {
+                    return Err(format!("strength must be in (0, 1], got {strength}"));
+                }
+                Some(MaskJob {
+                    image: ByteBuf::from(image),
+                    name: "mask".into(),
+                    strength,
+                    crop_padding: self.mask_crop,
+                    reference: mask_reference.map(ByteBuf::from),
+                })
+            }
+            None if self.strength.is_some() || self.mask_crop.is_some() || mask_reference.is_some() => {
+                return Err("strength, maskCrop and maskReference are for masked edits: add a mask".into());
+            }
+            None => None,
+        };
         let max_area = match (self.width, self.height) {
             (Some(w), Some(h)) if w > 0 && h > 0 => w * h,
             (None, None) => DEFAULT_MAX_AREA,
@@ -215,6 +259,7 @@ impl EditOptions {
             loras: Vec::new(),
             return_latents: self.return_latents,
             cache,
+            mask,
         })
     }
 }
@@ -284,7 +329,8 @@ mod tests {
 
     #[test]
     fn edit_options_fill_defaults_and_refuse_bad_values() {
-        let job = EditOptions { prompt: "p".into(), ..Default::default() }.to_job(7, vec![vec![1]], || 99).unwrap();
+        let job =
+            EditOptions { prompt: "p".into(), ..Default::default() }.to_job(7, vec![vec![1]].into(), || 99).unwrap();
         assert_eq!((job.id, job.steps, job.guidance, job.seed, job.max_area), (7, 28, 2.5, 99, 1024 * 1024));
         assert!(!job.keep_reference_size && job.width.is_none());
         let sized = EditOptions {
@@ -294,7 +340,7 @@ mod tests {
             resize: Some("none".into()),
             ..Default::default()
         };
-        let job = sized.to_job(1, Vec::new(), || unreachable!("the seed is given")).unwrap();
+        let job = sized.to_job(1, EditBlobs::default(), || unreachable!("the seed is given")).unwrap();
         assert_eq!(
             (job.width, job.height, job.max_area, job.seed, job.keep_reference_size),
             (Some(144), Some(96), 144 * 96, 5, true)
@@ -309,10 +355,34 @@ mod tests {
             EditOptions { cache: CacheConfig::parse("mag:0.1").ok(), ..Default::default() },
         ];
         for options in bad {
-            assert!(options.to_job(1, Vec::new(), || 0).is_err(), "{options:?}");
+            assert!(options.to_job(1, EditBlobs::default(), || 0).is_err(), "{options:?}");
         }
-        assert!(EditOptions::default().to_job(1, vec![Vec::new(); 5], || 0).is_err());
+        assert!(EditOptions::default().to_job(1, vec![Vec::new(); 5].into(), || 0).is_err());
         let cached = EditOptions { cache: Some(CacheConfig::Fbc { threshold: 0.1 }), ..Default::default() };
-        assert_eq!(cached.to_job(1, Vec::new(), || 0).unwrap().cache, CacheConfig::Fbc { threshold: 0.1 });
+        assert_eq!(cached.to_job(1, EditBlobs::default(), || 0).unwrap().cache, CacheConfig::Fbc { threshold: 0.1 });
+    }
+
+    #[test]
+    fn masked_edits_need_a_mask_and_an_image_and_a_strength_in_range() {
+        let blobs = |mask: bool, reference: bool| EditBlobs {
+            images: vec![vec![1]],
+            mask: mask.then(|| vec![2]),
+            mask_reference: reference.then(|| vec![3]),
+        };
+        let options = EditOptions { strength: Some(0.6), mask_crop: Some(32), ..Default::default() };
+        let mask = options.to_job(1, blobs(true, true), || 0).unwrap().mask.unwrap();
+        assert_eq!((mask.strength, mask.crop_padding, mask.image.to_vec()), (0.6, Some(32), vec![2]));
+        assert_eq!(mask.reference.map(|r| r.to_vec()), Some(vec![3]));
+        let plain = EditOptions::default().to_job(1, blobs(true, false), || 0).unwrap().mask.unwrap();
+        assert_eq!((plain.strength, plain.crop_padding, plain.reference), (1.0, None, None));
+        let err = |options: &EditOptions, blobs: EditBlobs| options.to_job(1, blobs, || 0).unwrap_err();
+        assert!(err(&options, blobs(false, false)).contains("add a mask"));
+        assert!(err(&EditOptions::default(), blobs(false, true)).contains("add a mask"));
+        let no_image = EditBlobs { mask: Some(vec![2]), ..EditBlobs::default() };
+        assert!(err(&EditOptions::default(), no_image).contains("needs the image to edit"));
+        for strength in [0.0, 1.5, f64::NAN] {
+            let options = EditOptions { strength: Some(strength), ..Default::default() };
+            assert!(err(&options, blobs(true, false)).contains("strength must be in (0, 1]"), "{strength}");
+        }
     }
 }

@@ -80,6 +80,26 @@ pub struct EditJob {
     /// The step cache (none by default).
     #[serde(default)]
     pub cache: CacheConfig,
+    /// A masked edit of the first image.
+    #[serde(default)]
+    pub mask: Option<MaskJob>,
+}
+
+/// The mask of a masked edit ([`crate::pipeline::mask::MaskedEdit`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaskJob {
+    /// The mask, encoded (PNG): white where the edit may change the image.
+    pub image: ByteBuf,
+    /// Its name in the result's recipe: a file name, or `painted`.
+    pub name: String,
+    /// How much of the schedule runs, in (0, 1].
+    pub strength: f64,
+    /// Pixels of margin around the mask when editing a crop of the image; `None` edits the whole image.
+    #[serde(default)]
+    pub crop_padding: Option<u32>,
+    /// An encoded image that conditions the edit instead of the image being edited.
+    #[serde(default)]
+    pub reference: Option<ByteBuf>,
 }
 
 /// One LoRA adapter enabled for an edit.

@@ -20,6 +20,7 @@ use crate::pipeline::cache::CacheConfig;
 use crate::pipeline::edit::{Edit, EditRequest, Phase, plan_edit};
 use crate::pipeline::kontext::VAE_SCALE;
 use crate::pipeline::loader::{KontextModel, ModelFiles, Overrides, UPLOADING_THE_MODEL};
+use crate::pipeline::mask::MaskedEdit;
 use crate::pipeline::plan::{DeviceLimits, MemoryPlan};
 use crate::pipeline::preview::LatentPreview;
 use crate::pipeline::{image as images, size};
@@ -339,6 +340,17 @@ impl Worker {
         job: EditJob,
     ) -> Result<Option<Finished>> {
         let references = job.images.iter().map(|bytes| images::decode(bytes)).collect::<Result<Vec<_>>>()?;
+        let mask = match &job.mask {
+            Some(mask) => Some(MaskedEdit {
+                mask: images::decode(&mask.image).map_err(|e| Error::Invalid(format!("the mask: {e}")))?,
+                strength: mask.strength,
+                crop_padding: mask.crop_padding,
+                reference: mask.reference.as_ref().map(|bytes| images::decode(bytes)).transpose()?,
+            }),
+            None => None,
+        };
+        let mask_recipe =
+            job.mask.as_ref().zip(mask.as_ref()).map(|(job, mask)| images::MaskRecipe::of(mask, &job.name));
         let request = EditRequest {
             prompt: job.prompt.clone(),
             references,
@@ -349,7 +361,7 @@ impl Worker {
             guidance: job.guidance,
             seed: job.seed,
             cache: job.cache.clone(),
-            mask: None,
+            mask,
         };
         let id = job.id;
         if let Some(budget) = self.gpu_memory.get() {
@@ -361,7 +373,7 @@ impl Worker {
             Phase::EncodingReferences => progress(Some(id), "encoding references", 0, request.references.len() as u64),
             _ => {}
         })?;
-        let steps = job.steps as u64;
+        let steps = edit.progress().1 as u64;
         let (latent_width, latent_height) = (edit.size().0 / VAE_SCALE, edit.size().1 / VAE_SCALE);
         let preview_every = (steps / PREVIEWS_PER_EDIT).max(1);
         progress(Some(id), "denoising", 0, steps);
@@ -400,7 +412,7 @@ impl Worker {
             references: job.images.len(),
             loras: job.loras.iter().map(|l| (l.name.clone(), l.strength)).collect(),
             cache: (job.cache != CacheConfig::None).then(|| job.cache.describe()),
-            mask: None,
+            mask: mask_recipe,
         };
         let png = recipe.encode_png(&result.image)?;
         self.take_cancel(id);

@@ -1,7 +1,7 @@
 // The embed (`/?embed`) and its postMessage API, driven from a parent page on another origin: ready, load with
 // progress, an edit with a PNG Blob whose latents and image equal the native CLI's for the same seed (≤ 5e-4, ±2 LSB;
 // another seed, prompt or one reference fewer fails the same comparison), an edit with a step cache reusing the
-// steps the native CLI reuses, cancel,
+// steps the native CLI reuses, a masked edit (mask, strength, crop, extra reference) equal to the native CLI's, cancel,
 // bad requests answered with errors, messages from an origin not in `?allow=` ignored. Then the PWA: after one
 // visit the app shell loads with the network off. No Content-Security-Policy violation anywhere.
 import { test, before, after } from 'node:test';
@@ -152,6 +152,49 @@ test('kontext:edit with cache {kind: "fbc"} reuses the steps the native CLI and 
   const uncached = maxAbsDifference(summary.latents, nativeEditWithLatents(args).latents);
   assert.ok(uncached > 5e-4, `the uncached native run is within ${uncached}: the comparison cannot tell`);
   console.log(`cached browser vs native: latents max |Δ| ${delta}; vs uncached ${uncached}`);
+});
+
+test('kontext:edit with a mask Blob, strength, maskCrop and maskReference equals the native CLI given the same mask file (latents ≤ 5e-4, image ±2 LSB), and without the mask it does not; a mask of another aspect answers kontext:error', async () => {
+  // The inpainting goldens' crop case (tests/fixtures/tiny/golden/golden_inpaint_meta.json): a 13×13 square mask,
+  // a crop padded by 5, an extra reference, strength 0.8, so 5 of the 6 steps run.
+  const [steps, seed, strength, maskCrop] = [6, 42, 0.8, 5];
+  const [mask, maskReference] = ['tests/fixtures/tiny/golden/inpaint_mask_small_square.png', 'tests/fixtures/tiny/golden/multiref_ref2.png'];
+  const files = [REFERENCE, mask, maskReference].map((f) => readFileSync(f).toString('base64'));
+  await parentPage.evaluate(([files, prompt, steps, seed, strength, maskCrop]) => {
+    const [image, mask, reference] = files.map((b64) => new Blob([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], { type: 'image/png' }));
+    send({ type: 'kontext:edit', id: 'masked', prompt, images: [image], mask, maskReference: reference, strength, maskCrop, resize: 'none',
+      steps, guidance: 2.5, seed, returnLatents: true });
+  }, [files, PROMPT, steps, seed, strength, maskCrop]);
+  const result = await parentPage.waitForFunction(() => window.messages.find((m) => m.data?.id === 'masked' && /result|error/.test(m.data.type))?.data ?? null,
+    null, { timeout: 300_000 });
+  const summary = await result.evaluate(async (r) => {
+    if (r.type !== 'kontext:result') return { error: r.message };
+    const bytes = new Uint8Array(await r.image.arrayBuffer());
+    let s = ''; for (const b of bytes) s += String.fromCharCode(b);
+    return { png: btoa(s), width: r.width, height: r.height, latents: Array.from(r.latents ?? []) };
+  });
+  assert.equal(summary.error, undefined, summary.error);
+  assert.deepEqual([summary.width, summary.height], [96, 64], 'a masked edit keeps the image\'s size');
+  const totals = await parentPage.evaluate(() => window.messages
+    .filter((m) => m.data?.id === 'masked' && m.data.type === 'kontext:progress' && m.data.phase === 'denoising').map((m) => m.data.total));
+  assert.deepEqual([...new Set(totals)], [5], 'strength 0.8 runs 5 of 6 steps');
+  await parentPage.evaluate(([image, mask, prompt]) => {
+    const blob = (b64) => new Blob([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], { type: 'image/png' });
+    send({ type: 'kontext:edit', id: 'bad-mask', prompt, images: [blob(image)], mask: blob(mask), steps: 2 });
+  }, [files[0], files[2], PROMPT]);
+  const bad = await answer(parentPage, 'bad-mask', 'kontext:error', 300_000);
+  assert.match(bad.message, /the mask is 48×64 pixels and the image 96×64: the mask must have the image's aspect ratio/);
+
+  const args = ['--prompt', PROMPT, '--image', REFERENCE, '--no-resize', '--steps', String(steps), '--guidance', '2.5', '--seed', String(seed)];
+  const masked = ['--mask', mask, '--strength', String(strength), '--mask-crop', String(maskCrop), '--mask-reference', maskReference];
+  const native = nativeEditWithLatents([...args, ...masked]);
+  const delta = maxAbsDifference(summary.latents, native.latents);
+  assert.ok(delta <= 5e-4, `latents differ from the native masked run's by ${delta}`);
+  const lsb = await maxPixelDifference(parentPage, summary.png, native.png);
+  assert.ok(lsb <= 2, `the pasted-back image differs from the native one by ${lsb} LSB`);
+  const unmasked = maxAbsDifference(summary.latents, nativeEditWithLatents(args).latents);
+  assert.ok(unmasked > 5e-4, `the unmasked native run is within ${unmasked}: the comparison cannot tell`);
+  console.log(`masked browser vs native: latents max |Δ| ${delta}, image ${lsb} LSB; vs unmasked ${unmasked}`);
 });
 
 test('kontext:cancel stops a long edit within a step and the next edit runs', async () => {
