@@ -8,12 +8,13 @@ use leptos::task::spawn_local;
 use serde_bytes::ByteBuf;
 use wasm_bindgen_futures::JsFuture;
 
-use super::history::{HistoryEntry, Rerun};
+use super::history::{HistoryEntry, HistoryMask, Rerun};
 use super::loras::LoraEntry;
+use super::masking::MaskForm;
 use super::{AppState, JobState, ModelState, send};
 use crate::pipeline::cache::CacheConfig;
-use crate::pipeline::size::{DEFAULT_MAX_AREA, output_size};
-use crate::web::protocol::{EditJob, LoraUse, ToWorker};
+use crate::pipeline::size::{DEFAULT_MAX_AREA, Resize, output_size, reference_size};
+use crate::web::protocol::{EditJob, LoraUse, MaskJob, ToWorker};
 
 /// Most references one edit takes.
 pub const MAX_REFERENCES: usize = 4;
@@ -29,6 +30,13 @@ pub struct Reference {
     pub thumbnail: String,
     /// Width and height from the image header; `None` when the header could not be read.
     pub size: Option<(usize, usize)>,
+}
+
+impl Reference {
+    /// What a mask painted over this reference belongs to: its thumbnail URL (unique per reference) and its size.
+    pub fn mask_owner(&self) -> Option<(&str, (usize, usize))> {
+        Some((self.thumbnail.as_str(), self.size?))
+    }
 }
 
 /// A named pair of steps and area (side of the same-area square).
@@ -256,6 +264,8 @@ pub struct Pending {
     pub entry: HistoryEntry,
     /// The references' names and bytes, in order.
     pub references: Vec<(String, Vec<u8>)>,
+    /// The mask's PNG, for a masked edit.
+    pub mask: Option<Vec<u8>>,
 }
 
 /// The form's settings, read once when an edit starts.
@@ -279,15 +289,20 @@ pub struct Settings {
     pub mag_ratios: Option<Vec<f32>>,
 }
 
-/// The edit request for the worker and the history entry it will make, for job `id` with `seed`.
+/// The edit request for the worker and the history entry it will make, for job `id` with `seed`. A masked edit
+/// keeps the size of its image (the first reference, bucketed at the chosen area).
 pub fn request(
     id: u32,
     settings: &Settings,
     seed: u64,
     references: &[Reference],
     loras: Vec<LoraUse>,
+    mask: Option<MaskJob>,
 ) -> (EditJob, Pending) {
-    let (size, max_area) = requested_size(settings.aspect, settings.side, settings.custom, !references.is_empty());
+    let (size, max_area) = match &mask {
+        Some(_) => (None, (settings.side * settings.side).min(DEFAULT_MAX_AREA * 4)),
+        None => requested_size(settings.aspect, settings.side, settings.custom, !references.is_empty()),
+    };
     let job = EditJob {
         id,
         prompt: settings.prompt.clone(),
@@ -305,7 +320,7 @@ pub fn request(
             .get(settings.speed)
             .and_then(|speed| speed.cache(settings.mag_ratios.as_deref()))
             .unwrap_or(CacheConfig::None),
-        mask: None,
+        mask: mask.map(Box::new),
     };
     let pending = Pending {
         entry: HistoryEntry {
@@ -323,8 +338,14 @@ pub fn request(
             model: String::new(),
             references: Vec::new(),
             seconds: 0.0,
+            mask: job.mask.as_ref().map(|m| HistoryMask {
+                sha256: String::new(),
+                strength: m.strength,
+                crop_padding: m.crop_padding,
+            }),
         },
         references: references.iter().map(|r| (r.name.clone(), r.bytes.clone())).collect(),
+        mask: job.mask.as_ref().map(|m| m.image.to_vec()),
     };
     (job, pending)
 }
@@ -358,6 +379,8 @@ pub struct EditForm {
     pub references: RwSignal<Vec<Reference>>,
     /// Why the last file could not be added.
     pub reference_error: RwSignal<Option<String>>,
+    /// The mask painted over the first reference, for a masked edit.
+    pub mask: MaskForm,
     /// The instruction.
     pub prompt: RwSignal<String>,
     /// Index of [`ASPECTS`], or [`CUSTOM`].
@@ -390,6 +413,7 @@ impl EditForm {
         Self {
             references: RwSignal::new(Vec::new()),
             reference_error: RwSignal::new(None),
+            mask: MaskForm::new(),
             prompt: RwSignal::new(String::new()),
             aspect: RwSignal::new(0),
             area_side: RwSignal::new(PRESETS[0].side),
@@ -465,6 +489,15 @@ impl EditForm {
     /// The output size text for the current inputs (tracked); see [`describe_output`].
     pub fn output_description(self) -> String {
         let first = self.references.with(|r| r.first().map(|r| r.size));
+        if self.mask.enabled.get()
+            && let Some(Some((width, height))) = first
+        {
+            let side = self.area_side.get();
+            return match reference_size(width, height, Resize::Bucket, (side * side).min(DEFAULT_MAX_AREA * 4)) {
+                Ok((w, h)) => format!("output: {w}×{h} px (a masked edit keeps the image's shape)"),
+                Err(e) => e.to_string(),
+            };
+        }
         describe_output(self.aspect.get(), self.area_side.get(), self.custom_size.get(), first)
     }
 
@@ -495,17 +528,21 @@ impl EditForm {
             // without a cache, and the control says so.
             self.speed.set(0);
         }
+        let mask = match self.mask.job() {
+            Ok(mask) => mask,
+            Err(message) => return state.job.set(JobState::Failed(message)),
+        };
         self.first_of_job.set(self.references.with_untracked(|r| r.first().cloned()));
         let loras = state.loras.with_untracked(|all| LoraEntry::active(all));
         let (job, pending) =
-            self.references.with_untracked(|references| request(id, &settings, seed, references, loras));
+            self.references.with_untracked(|references| request(id, &settings, seed, references, loras, mask));
         self.pending.set_value(Some(pending));
         start(state, job);
     }
 
     /// Fills the form with a history entry (its references, settings and LoRA choices) and starts it when it
     /// can; an entry whose LoRAs are gone, or whose references cannot be shown, sets `history_error` instead.
-    pub fn rerun(self, state: AppState, (entry, files): Rerun) {
+    pub fn rerun(self, state: AppState, Rerun { entry, references: files, mask }: Rerun) {
         let mut restored = Vec::new();
         for (name, bytes) in files {
             match reference_from_bytes(name, bytes) {
@@ -532,6 +569,15 @@ impl EditForm {
             }
         });
         self.history_error.set(None);
+        match (&mask, &entry.mask) {
+            (Some(png), Some(kept)) => {
+                let first = restored.first().and_then(Reference::mask_owner);
+                if let Err(e) = self.mask.restore(first, png, kept.strength, kept.crop_padding) {
+                    return self.history_error.set(Some(e));
+                }
+            }
+            _ => self.mask.enabled.set(false),
+        }
         self.references.set(restored);
         self.prompt.set(entry.prompt.clone());
         self.aspect.set(entry.aspect.min(CUSTOM));
@@ -554,7 +600,8 @@ impl EditForm {
         let (pending, history_revision, history_error) = (self.pending, self.history_revision, self.history_error);
         Effect::new(move |_| match state.job.get() {
             JobState::Done { png, seed, width, height, millis, .. } => {
-                let Some(Pending { mut entry, references }) = pending.try_update_value(Option::take).flatten() else {
+                let Some(Pending { mut entry, references, mask }) = pending.try_update_value(Option::take).flatten()
+                else {
                     return;
                 };
                 entry.id = js_sys::Date::now() as u64;
@@ -564,7 +611,7 @@ impl EditForm {
                     _ => String::new(),
                 };
                 spawn_local(async move {
-                    match super::history::add(entry, &png, &references).await {
+                    match super::history::add(entry, &png, &references, mask.as_deref()).await {
                         Ok(()) => history_revision.update(|r| *r += 1),
                         Err(e) => history_error.set(Some(format!("the result could not be kept in the history: {e}"))),
                     }

@@ -1,6 +1,6 @@
 //! The history of results, kept in the browser's IndexedDB (the model store's blob table) so it survives
-//! reloads and works offline: each result's PNG (which also carries its recipe), the references it was made
-//! from (stored once by content hash, shared by the entries that use them) and its settings. Entries can be
+//! reloads and works offline: each result's PNG (which also carries its recipe), the references and mask it was
+//! made from (stored once by content hash, shared by the entries that use them) and its settings. Entries can be
 //! re-run (the form is filled with them and the edit starts) or deleted.
 
 use sha2::{Digest, Sha256};
@@ -55,10 +55,32 @@ pub struct HistoryEntry {
     pub references: Vec<(String, String)>,
     /// Seconds the edit took.
     pub seconds: f64,
+    /// The mask of a masked edit.
+    #[serde(default)]
+    pub mask: Option<HistoryMask>,
 }
 
-/// What a re-run needs: the entry and its reference files (name, bytes).
-pub type Rerun = (HistoryEntry, Vec<(String, Vec<u8>)>);
+/// The mask of a masked edit in the history.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryMask {
+    /// SHA-256 of the mask's PNG, stored once like the references.
+    pub sha256: String,
+    /// The strength.
+    pub strength: f64,
+    /// The crop padding, where the edit ran on a crop around the mask.
+    pub crop_padding: Option<u32>,
+}
+
+/// What a re-run needs.
+#[derive(Debug, Clone)]
+pub struct Rerun {
+    /// The entry.
+    pub entry: HistoryEntry,
+    /// Its reference files (name, bytes), in order.
+    pub references: Vec<(String, Vec<u8>)>,
+    /// Its mask's PNG, for a masked edit.
+    pub mask: Option<Vec<u8>>,
+}
 
 async fn read_index(store: &Store) -> Result<Vec<HistoryEntry>> {
     match store.get_blob(INDEX_BLOB).await? {
@@ -80,17 +102,30 @@ pub async fn entries() -> Result<Vec<HistoryEntry>> {
     Ok(entries)
 }
 
-/// Stores a result: its PNG, its references (those not stored yet) and the entry. Drops the oldest entries
-/// beyond [`MAX_ENTRIES`].
-pub async fn add(mut entry: HistoryEntry, png: &[u8], references: &[(String, Vec<u8>)]) -> Result<()> {
+/// Stores `bytes` once under their SHA-256, which it returns.
+async fn put_content(store: &Store, bytes: &[u8]) -> Result<String> {
+    let hash = format!("{:x}", Sha256::digest(bytes));
+    if store.get_blob(&reference_blob(&hash)).await?.is_none() {
+        store.put_blob(&reference_blob(&hash), bytes).await?;
+    }
+    Ok(hash)
+}
+
+/// Stores a result: its PNG, its references and mask (those not stored yet) and the entry (whose mask's hash is
+/// filled in). Drops the oldest entries beyond [`MAX_ENTRIES`].
+pub async fn add(
+    mut entry: HistoryEntry,
+    png: &[u8],
+    references: &[(String, Vec<u8>)],
+    mask: Option<&[u8]>,
+) -> Result<()> {
     let store = Store::open().await?;
     entry.references.clear();
     for (name, bytes) in references {
-        let hash = format!("{:x}", Sha256::digest(bytes));
-        if store.get_blob(&reference_blob(&hash)).await?.is_none() {
-            store.put_blob(&reference_blob(&hash), bytes).await?;
-        }
-        entry.references.push((name.clone(), hash));
+        entry.references.push((name.clone(), put_content(&store, bytes).await?));
+    }
+    if let (Some(kept), Some(bytes)) = (entry.mask.as_mut(), mask) {
+        kept.sha256 = put_content(&store, bytes).await?;
     }
     store.put_blob(&png_blob(entry.id), png).await?;
     let mut all = read_index(&store).await.unwrap_or_default();
@@ -113,11 +148,16 @@ pub async fn delete(id: u64) -> Result<()> {
     remove_files(&store, &removed, &all).await
 }
 
-/// Deletes the PNG of `removed` and its references that no entry of `kept` uses.
+/// The hashes of the stored files `entry` uses: its references and its mask.
+fn contents(entry: &HistoryEntry) -> impl Iterator<Item = &String> {
+    entry.references.iter().map(|(_, hash)| hash).chain(entry.mask.as_ref().map(|m| &m.sha256))
+}
+
+/// Deletes the PNG of `removed` and its references and mask that no entry of `kept` uses.
 async fn remove_files(store: &Store, removed: &HistoryEntry, kept: &[HistoryEntry]) -> Result<()> {
     store.delete_blob(&png_blob(removed.id)).await?;
-    for (_, hash) in &removed.references {
-        if !kept.iter().any(|e| e.references.iter().any(|(_, h)| h == hash)) {
+    for hash in contents(removed) {
+        if !kept.iter().any(|e| contents(e).any(|h| h == hash)) {
             store.delete_blob(&reference_blob(hash)).await?;
         }
     }
@@ -131,6 +171,22 @@ pub async fn png(id: u64) -> Result<Vec<u8>> {
         .get_blob(&png_blob(id))
         .await?
         .ok_or_else(|| Error::Invalid("this result is no longer stored".into()))
+}
+
+/// The stored mask of `entry`, for a masked edit.
+pub async fn mask(entry: &HistoryEntry) -> Result<Option<Vec<u8>>> {
+    let Some(mask) = &entry.mask else { return Ok(None) };
+    Store::open()
+        .await?
+        .get_blob(&reference_blob(&mask.sha256))
+        .await?
+        .map(Some)
+        .ok_or_else(|| Error::Invalid("the mask of this result is no longer stored".into()))
+}
+
+/// Everything a re-run of `entry` needs.
+pub async fn rerun(entry: HistoryEntry) -> Result<Rerun> {
+    Ok(Rerun { references: references(&entry).await?, mask: mask(&entry).await?, entry })
 }
 
 /// The stored reference files of `entry`, in order.

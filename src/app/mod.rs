@@ -9,6 +9,7 @@ pub mod history;
 pub mod loading;
 pub mod loras;
 pub mod mag_ratios;
+pub mod masking;
 pub mod models;
 
 use std::cell::RefCell;

@@ -60,13 +60,13 @@ impl EditRequest {
         let Some(&image) = references.first() else {
             return Err(Error::Invalid("a masked edit needs the image to edit, given as the first reference".into()));
         };
-        if let Some(requested) = self.size {
-            if size::output_size(Some(requested), None, self.max_area)? != image {
-                return Err(Error::Invalid(format!(
-                    "a masked edit keeps the size of its image, {}×{} as it is encoded: leave out the output size",
-                    image.0, image.1
-                )));
-            }
+        if let Some(requested) = self.size
+            && size::output_size(Some(requested), None, self.max_area)? != image
+        {
+            return Err(Error::Invalid(format!(
+                "a masked edit keeps the size of its image, {}×{} as it is encoded: leave out the output size",
+                image.0, image.1
+            )));
         }
         if let Some(reference) = &mask.reference {
             references[0] = sized(reference)?;

@@ -4,7 +4,7 @@
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
-use crate::app::history::{HistoryEntry, MAX_ENTRIES, Rerun, delete, entries, png, references};
+use crate::app::history::{self, HistoryEntry, MAX_ENTRIES, Rerun, delete, entries, png, references};
 use crate::{Error, Result};
 
 /// An entry as shown: its data and object URLs of its images.
@@ -13,6 +13,7 @@ struct Shown {
     entry: HistoryEntry,
     result_url: String,
     reference_urls: Vec<(String, String)>,
+    mask_url: Option<String>,
 }
 
 fn object_url(bytes: &[u8], mime: &str) -> Result<String> {
@@ -33,7 +34,9 @@ async fn shown() -> Result<Vec<Shown>> {
             .iter()
             .filter_map(|(name, bytes)| Some((name.clone(), object_url(bytes, "image/*").ok()?)))
             .collect();
-        out.push(Shown { result_url: object_url(&png, "image/png")?, reference_urls, entry });
+        let mask_url =
+            history::mask(&entry).await.ok().flatten().and_then(|bytes| object_url(&bytes, "image/png").ok());
+        out.push(Shown { result_url: object_url(&png, "image/png")?, reference_urls, mask_url, entry });
     }
     Ok(out)
 }
@@ -53,6 +56,7 @@ pub fn History(revision: RwSignal<u32>, on_rerun: Callback<Rerun>) -> impl IntoV
                 Ok(items) => {
                     for old in list.get_untracked() {
                         let _ = web_sys::Url::revoke_object_url(&old.result_url);
+                        old.mask_url.iter().for_each(|url| drop(web_sys::Url::revoke_object_url(url)));
                         old.reference_urls.iter().for_each(|(_, url)| drop(web_sys::Url::revoke_object_url(url)));
                     }
                     list.set(items);
@@ -71,8 +75,8 @@ pub fn History(revision: RwSignal<u32>, on_rerun: Callback<Rerun>) -> impl IntoV
     };
     let rerun = move |entry: HistoryEntry| {
         spawn_local(async move {
-            match references(&entry).await {
-                Ok(files) => on_rerun.run((entry, files)),
+            match history::rerun(entry).await {
+                Ok(rerun) => on_rerun.run(rerun),
                 Err(e) => error.set(Some(e.to_string())),
             }
         });
@@ -103,11 +107,21 @@ pub fn History(revision: RwSignal<u32>, on_rerun: Callback<Rerun>) -> impl IntoV
                                         )}
                                     </p>
                                     {(!loras.is_empty()).then(|| view! { <p class="muted">{format!("LoRA: {loras}")}</p> })}
+                                    {entry.mask.as_ref().map(|mask| view! {
+                                        <p class="muted history-mask-recipe">{format!(
+                                            "masked · strength {}{}",
+                                            mask.strength,
+                                            mask.crop_padding.map(|p| format!(" · crop padding {p} px")).unwrap_or_default()
+                                        )}</p>
+                                    })}
                                     <p class="muted">{entry.model.clone()}</p>
                                     <ul class="history-references" aria-label="references">
                                         {item.reference_urls.iter().map(|(name, url)| view! {
                                             <li><img src=url.clone() alt=name.clone() /></li>
                                         }).collect_view()}
+                                        {item.mask_url.clone().map(|url| view! {
+                                            <li class="history-mask"><img src=url alt="the mask" /></li>
+                                        })}
                                     </ul>
                                 </div>
                                 <div class="row" role="group" aria-label="actions">

@@ -209,13 +209,13 @@ impl EditOptions {
                 if !(strength > 0.0 && strength <= 1.0) {
                     return Err(format!("strength must be in (0, 1], got {strength}"));
                 }
-                Some(MaskJob {
+                Some(Box::new(MaskJob {
                     image: ByteBuf::from(image),
                     name: "mask".into(),
                     strength,
                     crop_padding: self.mask_crop,
                     reference: mask_reference.map(ByteBuf::from),
-                })
+                }))
             }
             None if self.strength.is_some() || self.mask_crop.is_some() || mask_reference.is_some() => {
                 return Err("strength, maskCrop and maskReference are for masked edits: add a mask".into());

@@ -3,6 +3,7 @@
 //! browser, the inference worker and the page's handle on it.
 
 pub mod embed_api;
+pub mod mask_painting;
 pub mod protocol;
 
 #[cfg(target_arch = "wasm32")]

@@ -82,7 +82,7 @@ pub struct EditJob {
     pub cache: CacheConfig,
     /// A masked edit of the first image.
     #[serde(default)]
-    pub mask: Option<MaskJob>,
+    pub mask: Option<Box<MaskJob>>,
 }
 
 /// The mask of a masked edit ([`crate::pipeline::mask::MaskedEdit`]).

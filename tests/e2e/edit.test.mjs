@@ -2,11 +2,12 @@
 // progress is shown, the result appears, and it equals the native CLI's output for the same seed (±2 LSB; another
 // seed is not). Then the result's PNG carries its recipe, "use as reference" chains edits, the comparison shows
 // both images, the Draft/Quality presets set steps and size (output size in pixels shown), the Speed control's step
-// cache reaches the recipe, the form works from the keyboard, and a MagCache calibration is kept for the model.
+// cache reaches the recipe, the form works from the keyboard, a MagCache calibration is kept for the model, and a
+// mask painted with the mouse makes a masked edit equal to the native CLI's with the same mask file.
 // While running, the phase, elapsed time, an ETA and live previews of the latents are shown.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { openApp, screenshot, setNumber, loadDemo, resultPng, assertNativeImage, REFERENCE } from './browser.mjs';
+import { openApp, screenshot, setNumber, loadDemo, resultPng, assertNativeImage, nativeEdit, maxPixelDifference, REFERENCE } from './browser.mjs';
 
 const PROMPT = 'Make the red square blue and add a small yellow sun in the sky';
 const SEED = '1234';
@@ -235,5 +236,80 @@ test('Speed: a calibrating edit measures the model\'s MagCache ratios and keeps 
   await loadDemo(page);
   await page.waitForFunction(() => !document.querySelector('#speed option[value="3"]').disabled, null, { timeout: 10_000 });
   await screenshot(page, 'speed-magcache');
+  assert.deepEqual(browser.problems, []);
+});
+
+test('a mask painted with the mouse: the edit equals the native CLI given the saved mask file (±2 LSB; without the mask it does not), the recipe names the mask, the history keeps it and Re-run restores it', async () => {
+  const { page } = browser;
+  await page.setViewportSize({ width: 1400, height: 1000 });
+  if (!(await page.$('.thumbs img'))) {
+    await page.setInputFiles('#reference-input', REFERENCE);
+    await page.waitForSelector('.thumbs img');
+  }
+  await page.fill('#prompt', PROMPT);
+  await setNumber(page, '#area', SIDE);
+  await setNumber(page, '#steps', 4);
+  await page.selectOption('#speed', { index: 0 });
+  await page.fill('#seed', SEED);
+  await page.check('#mask-toggle');
+  const canvas = page.locator('#mask-canvas');
+  await canvas.waitFor();
+  const painted = () => canvas.evaluate((c) => {
+    const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let n = 0; for (let i = 3; i < data.length; i += 4) n += data[i] > 0 ? 1 : 0;
+    return [c.width, c.height, n];
+  });
+  assert.deepEqual(await painted(), [96, 64, 0], 'the canvas has the image\'s size and starts empty');
+  const box = await canvas.boundingBox();
+  const stroke = async (from, to) => {
+    await page.mouse.move(box.x + box.width * from[0], box.y + box.height * from[1]);
+    await page.mouse.down();
+    await page.mouse.move(box.x + box.width * to[0], box.y + box.height * to[1], { steps: 12 });
+    await page.mouse.up();
+  };
+  await stroke([0.55, 0.3], [0.9, 0.35]);
+  const [, , first] = await painted();
+  assert.ok(first > 100, `a stroke paints the canvas (${first} pixels)`);
+  await stroke([0.1, 0.8], [0.3, 0.8]);
+  await page.click('#mask-undo');
+  assert.equal((await painted())[2], first, 'undo takes the second stroke back');
+  await page.keyboard.press('i');
+  assert.equal((await painted())[2], 96 * 64 - first, 'I inverts');
+  await page.keyboard.press('Control+z');
+  assert.equal((await painted())[2], first, 'Ctrl+Z undoes the inversion');
+  assert.match(await page.textContent('#mask-shortcuts'), /B brush · E eraser/);
+  await screenshot(page, 'mask-editor');
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#mask-save')]);
+  const maskFile = await download.path();
+
+  await generate(page);
+  assert.match(await page.textContent('.result figcaption'), /144×96 · seed 1234/);
+  const browserPng = await resultPng(page);
+  const args = ['--prompt', PROMPT, '--image', REFERENCE, '--max-area', String(SIDE * SIDE), '--steps', '4', '--guidance', '2.5', '--seed', SEED];
+  const lsb = await maxPixelDifference(page, browserPng, nativeEdit([...args, '--mask', maskFile]));
+  assert.ok(lsb <= 2, `the masked image differs from the native one by ${lsb} LSB`);
+  const unmasked = await maxPixelDifference(page, browserPng, nativeEdit([...args, '--width', '144', '--height', '96']));
+  assert.ok(unmasked > 2, `the unmasked native edit is within ${unmasked} LSB: the comparison cannot tell`);
+  const recipe = await shownRecipe(page);
+  assert.equal(recipe.mask.name, 'painted');
+  assert.equal(recipe.mask.strength, 1);
+  assert.match(recipe.mask.sha256, /^[0-9a-f]{64}$/);
+
+  // The history keeps the mask (a thumbnail) and Re-run restores it: the same image again.
+  await page.waitForSelector('#history li .history-mask img');
+  await page.uncheck('#mask-toggle');
+  await page.click('#history li:first-child .history-rerun');
+  await page.waitForSelector('#job[data-state="running"]', { timeout: 10_000 });
+  await page.waitForSelector('#job:not([data-state="running"])', { timeout: 300_000 });
+  assert.equal(await page.isChecked('#mask-toggle'), true, 'Re-run opens the mask editor');
+  assert.equal((await painted())[2], first, 'Re-run restores the mask');
+  assert.ok(await maxPixelDifference(page, await resultPng(page), browserPng) <= 0, 'the re-run gives the same image');
+  await screenshot(page, 'mask-history');
+  // The mask editor at phone width: one column, the canvas within the screen.
+  await page.setViewportSize({ width: 390, height: 844 });
+  const narrow = await canvas.boundingBox();
+  assert.ok(narrow.x >= 0 && narrow.x + narrow.width <= 390, `the canvas fits a 390 px screen: ${JSON.stringify(narrow)}`);
+  await screenshot(page, 'mask-editor-390x844');
+  await page.setViewportSize({ width: 1400, height: 1000 });
   assert.deepEqual(browser.problems, []);
 });

@@ -1,9 +1,10 @@
-//! The editor: references, prompt, Draft/Quality presets, shape with the output size in pixels, steps,
+//! The editor: references, a mask painted over the first one for a masked edit, prompt, Draft/Quality presets, shape with the output size in pixels, steps,
 //! guidance, seed; generate and cancel with measured progress; the result with its recipe, a download
 //! (the PNG carries the recipe), "use as reference" for chains of edits, and a side-by-side comparison.
 //! The inputs and what they do live in [`crate::app::edit`]; these components render them.
 
 mod job;
+mod mask;
 mod prompt;
 mod references;
 mod settings;
@@ -15,6 +16,7 @@ use crate::app::edit::{self, EditForm};
 use crate::app::history::Rerun;
 use crate::app::{AppState, ModelState};
 use job::JobView;
+use mask::MaskEditor;
 use prompt::{Presets, PromptField};
 use references::ReferencePicker;
 use settings::SettingsGrid;
@@ -32,6 +34,7 @@ pub fn Editor() -> impl IntoView {
         <section class="card" id="editor" aria-labelledby="editor-title">
             <h2 id="editor-title">"Edit"</h2>
             <ReferencePicker form />
+            <MaskEditor form />
             <PromptField prompt=form.prompt />
             <Presets form />
             <SettingsGrid form />
