@@ -224,9 +224,6 @@ impl<'m> Edit<'m> {
         let ((width, height), reference_sizes) = request.sizes()?;
         let (latent_height, latent_width) = (height / VAE_SCALE, width / VAE_SCALE);
 
-        report(Phase::EncodingText);
-        let text = model.encode_text(&request.prompt, device)?;
-
         let prepared = match &request.mask {
             Some(mask) => {
                 let image = &request.references[0];
@@ -236,6 +233,9 @@ impl<'m> Edit<'m> {
             }
             None => None,
         };
+
+        report(Phase::EncodingText);
+        let text = model.encode_text(&request.prompt, device)?;
 
         report(Phase::EncodingReferences);
         let mut latents = Vec::with_capacity(request.references.len());

@@ -80,14 +80,14 @@ impl MaskedEdit {
         let (width, height) = size;
         let original = resample::resize(image, width, height);
         let (mw, mh) = (self.mask.width() as usize, self.mask.height() as usize);
+        // The region is found on the mask as given (as diffusers does) and scaled to the image at the edit's size
+        // (the same numbers when the mask has that size; diffusers applies them unscaled).
         let crop = self.crop_padding.map(|pad| {
             let in_mask = crop_region(&resample::luma(&self.mask), width, height, pad as i64);
             let scale = |v: i64, to: usize, from: usize| (v * to as i64 + from as i64 / 2) / from as i64;
-            let in_image = [scale(in_mask[0], width, mw), scale(in_mask[1], height, mh)]
-                .into_iter()
-                .chain([scale(in_mask[2], width, mw), scale(in_mask[3], height, mh)])
-                .collect::<Vec<_>>();
-            (in_mask, [in_image[0], in_image[1], in_image[2], in_image[3]])
+            let [x0, y0, x1, y1] = in_mask;
+            let in_image = [scale(x0, width, mw), scale(y0, height, mh), scale(x1, width, mw), scale(y1, height, mh)];
+            (in_mask, in_image)
         });
         // diffusers: crop, then resize ("fill" after a crop), then grey, then cut at 0.5.
         let (edited, mask) = match crop {

@@ -4,8 +4,9 @@
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
+use super::object_url;
+use crate::Result;
 use crate::app::history::{self, HistoryEntry, MAX_ENTRIES, Rerun, delete, entries, png, references};
-use crate::{Error, Result};
 
 /// An entry as shown: its data and object URLs of its images.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,15 +15,6 @@ struct Shown {
     result_url: String,
     reference_urls: Vec<(String, String)>,
     mask_url: Option<String>,
-}
-
-fn object_url(bytes: &[u8], mime: &str) -> Result<String> {
-    let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(bytes));
-    let options = web_sys::BlobPropertyBag::new();
-    options.set_type(mime);
-    let blob = web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &options)
-        .map_err(|e| Error::Invalid(crate::store::js::describe(e)))?;
-    web_sys::Url::create_object_url_with_blob(&blob).map_err(|e| Error::Invalid(crate::store::js::describe(e)))
 }
 
 async fn shown() -> Result<Vec<Shown>> {

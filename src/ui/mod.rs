@@ -56,6 +56,16 @@ pub fn App() -> impl IntoView {
     .into_any()
 }
 
+/// An object URL of a Blob holding `bytes` of type `mime` (revoke it when done).
+pub fn object_url(bytes: &[u8], mime: &str) -> crate::Result<String> {
+    let describe = |e| crate::Error::Invalid(crate::store::js::describe(e));
+    let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(bytes));
+    let options = web_sys::BlobPropertyBag::new();
+    options.set_type(mime);
+    let blob = web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &options).map_err(describe)?;
+    web_sys::Url::create_object_url_with_blob(&blob).map_err(describe)
+}
+
 /// `1536` → "1.5 KiB"; binary units, as browsers and GPUs count.
 pub fn format_bytes(bytes: f64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

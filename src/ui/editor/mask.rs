@@ -157,11 +157,7 @@ fn draw(canvas: &web_sys::HtmlCanvasElement, rgba: &[u8], width: u32, height: u3
 /// Downloads the painted mask as `kontext-mask.png`.
 fn save(mask: MaskForm) {
     let Some(Ok(png)) = mask.png() else { return };
-    let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(&png[..]));
-    let options = web_sys::BlobPropertyBag::new();
-    options.set_type("image/png");
-    let Ok(blob) = web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &options) else { return };
-    let Ok(url) = web_sys::Url::create_object_url_with_blob(&blob) else { return };
+    let Ok(url) = crate::ui::object_url(&png, "image/png") else { return };
     let anchor: web_sys::HtmlAnchorElement =
         document().create_element("a").expect("a document makes anchors").unchecked_into();
     anchor.set_href(&url);

@@ -21,7 +21,9 @@ use prompt::{Presets, PromptField};
 use references::ReferencePicker;
 use settings::SettingsGrid;
 
-/// The edit form and its result, followed by the history of results.
+/// The editor, working image first: the running edit's progress and live preview or the result, then the
+/// instruction and Generate, then the references (and the mask over the first), presets and settings; followed by
+/// the history of results.
 #[component]
 pub fn Editor() -> impl IntoView {
     let state = expect_context::<AppState>();
@@ -33,14 +35,14 @@ pub fn Editor() -> impl IntoView {
     view! {
         <section class="card" id="editor" aria-labelledby="editor-title">
             <h2 id="editor-title">"Edit"</h2>
+            <JobView form />
+            <PromptField prompt=form.prompt />
+            <Actions form />
+            {move || history_error.get().map(|message| view! { <p class="status bad" role="alert">{message}</p> })}
             <ReferencePicker form />
             <MaskEditor form />
-            <PromptField prompt=form.prompt />
             <Presets form />
             <SettingsGrid form />
-            <Actions form />
-            <JobView form />
-            {move || history_error.get().map(|message| view! { <p class="status bad" role="alert">{message}</p> })}
         </section>
         <History revision=form.history_revision on_rerun=rerun />
     }
