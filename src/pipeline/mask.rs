@@ -200,37 +200,28 @@ pub fn crop_region(mask: &GrayImage, width: usize, height: usize, pad: i64) -> R
         ((left - pad).max(0), (top - pad).max(0), (w - right + pad).min(w), (h - bottom + pad).min(h));
     let ratio_crop = (x2 - x1) as f64 / (y2 - y1) as f64;
     let ratio = width as f64 / height as f64;
-    // Python's `//` floors; the differences here are never negative.
     if ratio_crop > ratio {
-        let diff = ((x2 - x1) as f64 / ratio - (y2 - y1) as f64) as i64;
-        y1 -= diff / 2;
-        y2 += diff - diff / 2;
-        if y2 >= h {
-            let over = y2 - h;
-            y2 -= over;
-            y1 -= over;
-        }
-        if y1 < 0 {
-            y2 -= y1;
-            y1 = 0;
-        }
-        y2 = y2.min(h);
+        let grow = ((x2 - x1) as f64 / ratio - (y2 - y1) as f64) as i64;
+        (y1, y2) = widen(y1, y2, grow, h);
     } else {
-        let diff = ((y2 - y1) as f64 * ratio - (x2 - x1) as f64) as i64;
-        x1 -= diff / 2;
-        x2 += diff - diff / 2;
-        if x2 >= w {
-            let over = x2 - w;
-            x2 -= over;
-            x1 -= over;
-        }
-        if x1 < 0 {
-            x2 -= x1;
-            x1 = 0;
-        }
-        x2 = x2.min(w);
+        let grow = ((y2 - y1) as f64 * ratio - (x2 - x1) as f64) as i64;
+        (x1, x2) = widen(x1, x2, grow, w);
     }
     [x1, y1, x2, y2]
+}
+
+/// The span `lo..hi` grown by `grow` pixels (half before it, the rest after), shifted back inside `0..limit` and
+/// cut at `limit`, as `get_crop_region` widens one axis (`grow` is never negative there, so `/` is Python's `//`).
+fn widen(lo: i64, hi: i64, grow: i64, limit: i64) -> (i64, i64) {
+    let (mut lo, mut hi) = (lo - grow / 2, hi + grow - grow / 2);
+    if hi >= limit {
+        let over = hi - limit;
+        (lo, hi) = (lo - over, hi - over);
+    }
+    if lo < 0 {
+        (lo, hi) = (0, hi - lo);
+    }
+    (lo, hi.min(limit))
 }
 
 #[cfg(test)]

@@ -170,6 +170,28 @@ pub fn paste<P: Pixel<Subpixel = u8>>(
     }
 }
 
+/// `image` resized keeping its aspect — to cover `width × height` when `cover`, else to fit inside it — and
+/// pasted centred on a black `width × height` canvas (the shared part of diffusers' "fill" and "crop" modes);
+/// returns the canvas and the resized image.
+fn resize_centred<P: Pixel<Subpixel = u8>>(
+    image: &ImageBuffer<P, Vec<u8>>,
+    width: usize,
+    height: usize,
+    cover: bool,
+) -> (ImageBuffer<P, Vec<u8>>, ImageBuffer<P, Vec<u8>>) {
+    let (iw, ih) = (image.width() as usize, image.height() as usize);
+    let ratio = width as f64 / height as f64;
+    let src_ratio = iw as f64 / ih as f64;
+    let full_width = if cover { ratio > src_ratio } else { ratio < src_ratio };
+    let full_height = if cover { ratio <= src_ratio } else { ratio >= src_ratio };
+    let src_w = if full_width { width } else { iw * height / ih };
+    let src_h = if full_height { height } else { ih * width / iw };
+    let resized = resize(image, src_w, src_h);
+    let mut canvas = ImageBuffer::new(width as u32, height as u32);
+    paste(&mut canvas, &resized, (width / 2) as i64 - (src_w / 2) as i64, (height / 2) as i64 - (src_h / 2) as i64);
+    (canvas, resized)
+}
+
 /// diffusers' `VaeImageProcessor._resize_and_fill`: resized to fit inside `width × height` keeping its aspect,
 /// centred, and the uncovered bands filled from the image's first and last rows (or columns).
 pub fn resize_fill<P: Pixel<Subpixel = u8>>(
@@ -177,15 +199,11 @@ pub fn resize_fill<P: Pixel<Subpixel = u8>>(
     width: usize,
     height: usize,
 ) -> ImageBuffer<P, Vec<u8>> {
-    let (iw, ih) = (image.width() as usize, image.height() as usize);
+    let (mut out, resized) = resize_centred(image, width, height, false);
+    let (src_w, src_h) = (resized.width() as usize, resized.height() as usize);
+    let (rw, rh) = (src_w as f32, src_h as f32);
     let ratio = width as f64 / height as f64;
-    let src_ratio = iw as f64 / ih as f64;
-    let src_w = if ratio < src_ratio { width } else { iw * height / ih };
-    let src_h = if ratio >= src_ratio { height } else { ih * width / iw };
-    let resized = resize(image, src_w, src_h);
-    let mut out = ImageBuffer::new(width as u32, height as u32);
-    paste(&mut out, &resized, (width / 2) as i64 - (src_w / 2) as i64, (height / 2) as i64 - (src_h / 2) as i64);
-    let (rw, rh) = (resized.width() as f32, resized.height() as f32);
+    let src_ratio = image.width() as f64 / image.height() as f64;
     if ratio < src_ratio {
         let fill = (height / 2) as i64 - (src_h / 2) as i64;
         if fill > 0 {
@@ -211,15 +229,7 @@ pub fn resize_crop<P: Pixel<Subpixel = u8>>(
     width: usize,
     height: usize,
 ) -> ImageBuffer<P, Vec<u8>> {
-    let (iw, ih) = (image.width() as usize, image.height() as usize);
-    let ratio = width as f64 / height as f64;
-    let src_ratio = iw as f64 / ih as f64;
-    let src_w = if ratio > src_ratio { width } else { iw * height / ih };
-    let src_h = if ratio <= src_ratio { height } else { ih * width / iw };
-    let resized = resize(image, src_w, src_h);
-    let mut out = ImageBuffer::new(width as u32, height as u32);
-    paste(&mut out, &resized, (width / 2) as i64 - (src_w / 2) as i64, (height / 2) as i64 - (src_h / 2) as i64);
-    out
+    resize_centred(image, width, height, true).0
 }
 
 /// Pillow's `image.convert("L")`: ITU-R 601 luma in 16-bit fixed point, rounded.
