@@ -561,7 +561,7 @@ fn run_edit(args: EditArgs, ratios_out: Option<&Path>) -> Result<()> {
     }
     let cached_steps = edit.cache().reused_steps().to_vec();
     if !cached_steps.is_empty() {
-        println!("step cache {}: {} of {} steps reused", request.cache.describe(), cached_steps.len(), request.steps);
+        println!("step cache {}: {} of {} steps reused", request.cache.describe(), cached_steps.len(), steps_run);
     }
     let measured_ratios = edit.cache().measured_ratios().to_vec();
     println!("decoding…");
