@@ -15,6 +15,7 @@ use super::{AppState, JobState, ModelState, send};
 use crate::pipeline::cache::CacheConfig;
 use crate::pipeline::size::{DEFAULT_MAX_AREA, Resize, output_size, reference_size};
 use crate::web::protocol::{EditJob, LoraUse, MaskJob, ToWorker};
+use crate::web::stage::{Showable, StageView};
 
 /// Most references one edit takes.
 pub const MAX_REFERENCES: usize = 4;
@@ -298,15 +299,25 @@ pub fn request(
     references: &[Reference],
     loras: Vec<LoraUse>,
     mask: Option<MaskJob>,
+    mask_reference: Option<usize>,
 ) -> (EditJob, Pending) {
     let (size, max_area) = match &mask {
         Some(_) => (None, (settings.side * settings.side).min(DEFAULT_MAX_AREA * 4)),
         None => requested_size(settings.aspect, settings.side, settings.custom, !references.is_empty()),
     };
+    // A masked edit's conditioning reference goes as the mask's `reference`, not among the images.
+    let mask_reference = mask_reference.filter(|&i| mask.is_some() && i > 0 && i < references.len());
+    let mask = mask
+        .map(|mask| MaskJob { reference: mask_reference.map(|i| ByteBuf::from(references[i].bytes.clone())), ..mask });
     let job = EditJob {
         id,
         prompt: settings.prompt.clone(),
-        images: references.iter().map(|r| ByteBuf::from(r.bytes.clone())).collect(),
+        images: references
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != mask_reference)
+            .map(|(_, r)| ByteBuf::from(r.bytes.clone()))
+            .collect(),
         width: size.map(|s| s.0),
         height: size.map(|s| s.1),
         max_area,
@@ -342,6 +353,7 @@ pub fn request(
                 sha256: String::new(),
                 strength: m.strength,
                 crop_padding: m.crop_padding,
+                reference: mask_reference,
             }),
         },
         references: references.iter().map(|r| (r.name.clone(), r.bytes.clone())).collect(),
@@ -399,6 +411,8 @@ pub struct EditForm {
     pub seed: RwSignal<String>,
     /// The first reference of the last job started, for the comparison.
     pub first_of_job: RwSignal<Option<Reference>>,
+    /// The stage's view as last asked for (shown when it has something to show; see [`StageView::shown`]).
+    pub stage: RwSignal<StageView>,
     /// Bumped after a result is stored in the history.
     pub history_revision: RwSignal<u32>,
     /// Why a result could not be stored or an entry re-run.
@@ -423,6 +437,7 @@ impl EditForm {
             speed: RwSignal::new(0),
             seed: RwSignal::new(String::new()),
             first_of_job: RwSignal::new(None),
+            stage: RwSignal::new(StageView::Reference),
             history_revision: RwSignal::new(0),
             history_error: RwSignal::new(None),
             next_id: StoredValue::new(1),
@@ -501,6 +516,30 @@ impl EditForm {
         describe_output(self.aspect.get(), self.area_side.get(), self.custom_size.get(), first)
     }
 
+    /// What the stage has to show (tracked).
+    pub fn showable(self, state: AppState) -> Showable {
+        let paintable = self.references.with(|r| r.first().and_then(Reference::mask_owner).is_some());
+        let (job, compare) = state.job.with(|job| match job {
+            JobState::Running { .. } => (true, false),
+            JobState::Done { .. } => (true, self.first_of_job.with(Option::is_some)),
+            _ => (false, false),
+        });
+        Showable {
+            reference: self.references.with(|r| !r.is_empty()),
+            mask: paintable && self.mask.enabled.get(),
+            job,
+            compare,
+        }
+    }
+
+    /// Turns masking on (the stage shows the mask) or off.
+    pub fn set_masking(self, on: bool) {
+        self.mask.enabled.set(on);
+        if on {
+            self.stage.set(StageView::Mask);
+        }
+    }
+
     /// Whether an edit can start: a model loaded, none running, a non-empty prompt (tracked).
     pub fn can_generate(self, state: AppState) -> bool {
         matches!(state.model.get(), ModelState::Loaded(_)) && !running(state) && !self.prompt.get().trim().is_empty()
@@ -533,9 +572,12 @@ impl EditForm {
             Err(message) => return state.job.set(JobState::Failed(message)),
         };
         self.first_of_job.set(self.references.with_untracked(|r| r.first().cloned()));
+        self.stage.set(StageView::Job);
         let loras = state.loras.with_untracked(|all| LoraEntry::active(all));
-        let (job, pending) =
-            self.references.with_untracked(|references| request(id, &settings, seed, references, loras, mask));
+        let mask_reference = self.mask.reference.get_untracked();
+        let (job, pending) = self
+            .references
+            .with_untracked(|references| request(id, &settings, seed, references, loras, mask, mask_reference));
         self.pending.set_value(Some(pending));
         start(state, job);
     }
@@ -572,7 +614,7 @@ impl EditForm {
         match (&mask, &entry.mask) {
             (Some(png), Some(kept)) => {
                 let first = restored.first().and_then(Reference::mask_owner);
-                if let Err(e) = self.mask.restore(first, png, kept.strength, kept.crop_padding) {
+                if let Err(e) = self.mask.restore(first, png, kept) {
                     return self.history_error.set(Some(e));
                 }
             }

@@ -69,6 +69,9 @@ pub struct HistoryMask {
     pub strength: f64,
     /// The crop padding, where the edit ran on a crop around the mask.
     pub crop_padding: Option<u32>,
+    /// The reference (index in the entry's references) that conditioned the edit instead of the image.
+    #[serde(default)]
+    pub reference: Option<usize>,
 }
 
 /// What a re-run needs.

@@ -72,8 +72,8 @@ async fn save_index(entries: &[LoraEntry]) -> crate::Result<()> {
     Store::open().await?.put_blob(INDEX_BLOB, &json).await
 }
 
-/// Saves the current list, reporting a failure (a full quota, storage evicted) in the panel.
-fn persist(state: AppState, error: RwSignal<Option<String>>) {
+/// Saves the current list, reporting a failure (a full quota, storage evicted) in `error`.
+pub fn persist(state: AppState, error: RwSignal<Option<String>>) {
     let entries = state.loras.get_untracked();
     spawn_local(async move {
         if let Err(e) = save_index(&entries).await {
@@ -83,7 +83,7 @@ fn persist(state: AppState, error: RwSignal<Option<String>>) {
 }
 
 /// Stores a new adapter's file and the list, then hands it to the worker.
-async fn store_and_add(state: AppState, name: String, bytes: Vec<u8>) -> crate::Result<()> {
+pub async fn store_and_add(state: AppState, name: String, bytes: Vec<u8>) -> crate::Result<()> {
     Store::open().await?.put_blob(&file_blob(&name), &bytes).await?;
     add_lora(state, name, bytes, true, 1.0);
     save_index(&state.loras.get_untracked()).await

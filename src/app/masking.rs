@@ -5,6 +5,7 @@
 use leptos::prelude::*;
 use serde_bytes::ByteBuf;
 
+use super::history::HistoryMask;
 use crate::web::mask_painting::MaskPainting;
 use crate::web::protocol::MaskJob;
 
@@ -31,6 +32,9 @@ pub struct MaskForm {
     pub strength: RwSignal<f64>,
     /// Pixels of margin around the mask for editing a crop; `None` edits the whole image.
     pub crop: RwSignal<Option<u32>>,
+    /// The reference (its index, 1 or more) that conditions the masked edit instead of the image being edited
+    /// (diffusers' `image_reference`); `None`: the image itself.
+    pub reference: RwSignal<Option<usize>>,
     painting: StoredValue<Option<MaskPainting>>,
     /// The thumbnail URL of the reference the painting belongs to.
     owner: StoredValue<Option<String>>,
@@ -47,6 +51,7 @@ impl MaskForm {
             show: RwSignal::new(true),
             strength: RwSignal::new(1.0),
             crop: RwSignal::new(None),
+            reference: RwSignal::new(None),
             painting: StoredValue::new(None),
             owner: StoredValue::new(None),
         }
@@ -123,20 +128,15 @@ impl MaskForm {
         self.painting.with_value(|p| p.as_ref().map(|p| p.to_png().map_err(|e| e.to_string())))
     }
 
-    /// Restores a re-run's mask over `first`: its PNG, strength and crop; the editor opens.
-    pub fn restore(
-        self,
-        first: Option<(&str, (usize, usize))>,
-        png: &[u8],
-        strength: f64,
-        crop: Option<u32>,
-    ) -> Result<(), String> {
+    /// Restores a re-run's mask over `first`: its PNG, strength, crop and conditioning reference; the editor opens.
+    pub fn restore(self, first: Option<(&str, (usize, usize))>, png: &[u8], kept: &HistoryMask) -> Result<(), String> {
         self.follow(first).ok_or("the re-run's image has no readable size for its mask")?;
         let mut outcome = Ok(());
         self.change(|p| outcome = p.load(png).map_err(|e| e.to_string()));
         outcome?;
-        self.strength.set(strength);
-        self.crop.set(crop);
+        self.strength.set(kept.strength);
+        self.crop.set(kept.crop_padding);
+        self.reference.set(kept.reference);
         self.enabled.set(true);
         Ok(())
     }

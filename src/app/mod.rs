@@ -1,6 +1,7 @@
 //! The app's state and intents, without rendering: the signals the components read ([`AppState`]), the
 //! inference worker they talk to, and the controllers behind the panels: the model store ([`models`]), LoRA
-//! adapters ([`loras`]), the history ([`history`]), the editor's inputs ([`edit`]) and the embed API ([`embed`]).
+//! adapters ([`loras`]) and the Turbo presets ([`turbo`]), the history ([`history`]), the editor's inputs
+//! ([`edit`]) and the embed API ([`embed`]).
 //! Components in `ui/` render these and call their intents.
 
 pub mod edit;
@@ -11,6 +12,7 @@ pub mod loras;
 pub mod mag_ratios;
 pub mod masking;
 pub mod models;
+pub mod turbo;
 
 use std::cell::RefCell;
 

@@ -1,10 +1,12 @@
-//! The public files of the real FLUX.1 Kontext [dev] model, as data in one table, and the built-in demo pack.
+//! The public files of the real FLUX.1 Kontext [dev] model, as data in one table; the public turbo LoRAs people
+//! use on it ([`TURBO_LORAS`]); and the built-in demo pack.
 //!
-//! Sizes are approximate (from the hosting pages, rounded to about three digits): they are shown before a
-//! download and used for the quota check; the server's own answer replaces them before the first chunk is
-//! stored ([`Manifest::set_remote`](super::manifest::Manifest::set_remote)).
+//! The model files' sizes are approximate (from the hosting pages, rounded to about three digits): they are shown
+//! before a download and used for the quota check; the server's own answer replaces them before the first chunk is
+//! stored ([`Manifest::set_remote`](super::manifest::Manifest::set_remote)). The LoRAs' sizes and hashes are
+//! exact, and a fetched file is checked against both.
 
-use super::manifest::{DEFAULT_CHUNK_SIZE, Manifest, Role, Source, StoredFile};
+use super::manifest::{DEFAULT_CHUNK_SIZE, Manifest, Role, Source, StoredFile, sha256_hex};
 use crate::{Error, Result};
 
 /// One downloadable file.
@@ -126,6 +128,96 @@ pub const CATALOG: &[CatalogFile] = &[
     },
 ];
 
+/// A public FLUX.1 [dev] LoRA that makes Kontext [dev] edit in a few steps, with its model card's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TurboLora {
+    /// Stable id, used in element ids.
+    pub id: &'static str,
+    /// What the preset is called.
+    pub label: &'static str,
+    /// The name it is stored under (its LoRA entry's name; a file added with this name is taken for it).
+    pub name: &'static str,
+    /// Where it is fetched from (a Hugging Face `resolve` URL: CORS allowed).
+    pub url: &'static str,
+    /// Its model card.
+    pub card: &'static str,
+    /// Exact size in bytes.
+    pub size: u64,
+    /// SHA-256 of the file, lower-case hex.
+    pub sha256: &'static str,
+    /// The licence the file is under.
+    pub licence: &'static str,
+    /// Denoising steps it was distilled for.
+    pub steps: usize,
+    /// LoRA strength the card recommends.
+    pub strength: f32,
+    /// Distilled guidance the card recommends.
+    pub guidance: f32,
+}
+
+/// The turbo LoRAs of the presets. Both are diffusers/PEFT files over every linear layer of the FLUX.1
+/// transformer (rank 64, no alphas, no metadata); `tests/fixtures/generator/turbo_lora_golden.py` writes the same
+/// layout at tiny size. Sizes and hashes are those of the files' Git LFS pointers on Hugging Face; settings and
+/// licences from the model cards (Turbo-Alpha: "guidance_scale=3.5 and lora_scale=1", 8 steps; Hyper-FLUX:
+/// "LoRA scales around 0.125", "guidance scale could be kept on 3.5", 8 steps; Hyper-SD's LICENSE.md puts its
+/// FLUX.1-dev LoRAs under the FLUX.1 [dev] licence).
+pub const TURBO_LORAS: &[TurboLora] = &[
+    TurboLora {
+        id: "turbo-alpha",
+        label: "Turbo-Alpha (8 steps)",
+        name: "FLUX.1-Turbo-Alpha.safetensors",
+        url: "https://huggingface.co/alimama-creative/FLUX.1-Turbo-Alpha/resolve/main/diffusion_pytorch_model.safetensors",
+        card: "https://huggingface.co/alimama-creative/FLUX.1-Turbo-Alpha",
+        size: 694_082_424,
+        sha256: "77f7523a5e9c3da6cfc730c6b07461129fa52997ea06168e9ed5312228aa0bff",
+        licence: KONTEXT_LICENCE,
+        steps: 8,
+        strength: 1.0,
+        guidance: 3.5,
+    },
+    TurboLora {
+        id: "hyper-flux",
+        label: "Hyper-FLUX (8 steps)",
+        name: "Hyper-FLUX.1-dev-8steps-lora.safetensors",
+        url: "https://huggingface.co/ByteDance/Hyper-SD/resolve/main/Hyper-FLUX.1-dev-8steps-lora.safetensors",
+        card: "https://huggingface.co/ByteDance/Hyper-SD",
+        size: 1_388_026_440,
+        sha256: "e0ab0fdf569cd01a382f19bd87681f628879dea7ad51fe5a3799b6c18c7b2d03",
+        licence: KONTEXT_LICENCE,
+        steps: 8,
+        strength: 0.125,
+        guidance: 3.5,
+    },
+];
+
+impl TurboLora {
+    /// Whether an added LoRA of this name and size is this file: its stored name, or its exact size (the
+    /// files' own names, such as Turbo-Alpha's `diffusion_pytorch_model.safetensors`, say nothing).
+    pub fn is(&self, name: &str, size: u64) -> bool {
+        name == self.name || size == self.size
+    }
+
+    /// Checks fetched bytes against the catalog: size, then SHA-256.
+    pub fn verify(&self, bytes: &[u8]) -> Result<()> {
+        if bytes.len() as u64 != self.size {
+            return Err(Error::Invalid(format!(
+                "{} arrived with {} bytes, the catalog's file has {}: not stored",
+                self.name,
+                bytes.len(),
+                self.size
+            )));
+        }
+        let hex = sha256_hex(bytes);
+        if hex != self.sha256 {
+            return Err(Error::Invalid(format!(
+                "{} arrived with SHA-256 {hex}, the catalog's file has {}: not stored",
+                self.name, self.sha256
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The catalog row `id`.
 pub fn entry(id: &str) -> Result<&'static CatalogFile> {
     CATALOG.iter().find(|f| f.id == id).ok_or_else(|| Error::Invalid(format!("the catalog has no file {id:?}")))
@@ -210,6 +302,31 @@ mod tests {
         assert!(m.label.contains("Q4_K_S") && m.label.contains("Q8_0"), "{}", m.label);
         assert!(manifest("x", "t5-xxl-q8_0", "t5-xxl-q8_0").unwrap_err().to_string().contains("not a Transformer"));
         assert!(manifest("x", "kontext-dev-q9", "t5-xxl-q8_0").is_err());
+    }
+
+    #[test]
+    fn turbo_loras_are_well_formed_and_told_apart() {
+        for lora in TURBO_LORAS {
+            assert!(lora.url.starts_with("https://huggingface.co/") && lora.url.contains("/resolve/main/"), "{lora:?}");
+            assert!(lora.card.starts_with("https://huggingface.co/") && lora.size > 100_000_000, "{lora:?}");
+            assert!(lora.sha256.len() == 64 && lora.sha256.bytes().all(|b| b.is_ascii_hexdigit()), "{lora:?}");
+            assert!(lora.steps == 8 && lora.strength > 0.0 && lora.strength <= 1.0 && lora.guidance > 0.0);
+            assert!(lora.is(lora.name, 1) && lora.is("diffusion_pytorch_model.safetensors", lora.size));
+            assert!(TURBO_LORAS.iter().filter(|other| other.is(lora.name, lora.size)).count() == 1, "{lora:?}");
+        }
+    }
+
+    #[test]
+    fn fetched_turbo_lora_bytes_are_checked_by_size_then_hash() {
+        let bytes = b"not a LoRA".to_vec();
+        let lora = TurboLora { size: bytes.len() as u64, sha256: "00", ..TURBO_LORAS[0] };
+        let short = TurboLora { size: 11, ..lora };
+        assert!(
+            short.verify(&bytes).unwrap_err().to_string().contains("arrived with 10 bytes, the catalog's file has 11")
+        );
+        assert!(lora.verify(&bytes).unwrap_err().to_string().contains("arrived with SHA-256"));
+        let good = TurboLora { sha256: Box::leak(sha256_hex(&bytes).into_boxed_str()), ..lora };
+        assert!(good.verify(&bytes).is_ok());
     }
 
     #[test]

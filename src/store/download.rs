@@ -377,6 +377,47 @@ async fn discard_body(response: &JsValue) {
     }
 }
 
+/// The whole body of `url`, which must be `size` bytes, with the bytes read so far reported as they arrive;
+/// `None` when `cancel` was set. One request, not resumed: for single files of the catalog such as a LoRA.
+pub async fn fetch_all(
+    url: &str,
+    size: u64,
+    cancel: &CancelFlag,
+    on_progress: &mut dyn FnMut(u64),
+) -> Result<Option<Vec<u8>>> {
+    let response = fetch(url, "GET", None).await?;
+    if !is_ok(&response) {
+        let status = js::get_f64(&response, "status").unwrap_or(0.0);
+        return Err(Error::Invalid(format!("{url}: the server answered {status}")));
+    }
+    let body = js::get(&response, "body").ok_or_else(|| Error::Invalid(format!("{url}: the response has no body")))?;
+    let reader = call(&body, "getReader")?;
+    let mut bytes = Vec::with_capacity(size as usize);
+    loop {
+        if cancel.is_cancelled() {
+            let _ = js::call_async(&reader, "cancel", &[]).await;
+            return Ok(None);
+        }
+        let read = js::call_async(&reader, "read", &[])
+            .await
+            .map_err(|e| Error::Invalid(format!("{url}: the download was interrupted at byte {}: {e}", bytes.len())))?;
+        if js::get(&read, "done").and_then(|v| v.as_bool()).unwrap_or(false) {
+            return Ok(Some(bytes));
+        }
+        let piece: Uint8Array = js::get(&read, "value")
+            .and_then(|v| v.dyn_into().ok())
+            .ok_or_else(|| Error::Invalid(format!("{url}: the response stream gave something other than bytes")))?;
+        if bytes.len() as u64 + u64::from(piece.length()) > size {
+            let _ = js::call_async(&reader, "cancel", &[]).await;
+            return Err(Error::Invalid(format!("{url}: the server sends more than the {size} bytes expected")));
+        }
+        let filled = bytes.len();
+        bytes.resize(filled + piece.length() as usize, 0);
+        piece.copy_to(&mut bytes[filled..]);
+        on_progress(bytes.len() as u64);
+    }
+}
+
 /// The text of a small file (an index), fetched without caching.
 async fn fetch_text(url: &str) -> Result<String> {
     let response = fetch(url, "GET", None).await?;

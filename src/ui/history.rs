@@ -101,9 +101,10 @@ pub fn History(revision: RwSignal<u32>, on_rerun: Callback<Rerun>) -> impl IntoV
                                     {(!loras.is_empty()).then(|| view! { <p class="muted">{format!("LoRA: {loras}")}</p> })}
                                     {entry.mask.as_ref().map(|mask| view! {
                                         <p class="muted history-mask-recipe">{format!(
-                                            "masked · strength {}{}",
+                                            "masked · strength {}{}{}",
                                             mask.strength,
-                                            mask.crop_padding.map(|p| format!(" · crop padding {p} px")).unwrap_or_default()
+                                            mask.crop_padding.map(|p| format!(" · crop padding {p} px")).unwrap_or_default(),
+                                            mask.reference.map(|i| format!(" · conditioned on reference {}", i + 1)).unwrap_or_default()
                                         )}</p>
                                     })}
                                     <p class="muted">{entry.model.clone()}</p>

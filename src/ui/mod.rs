@@ -48,8 +48,8 @@ pub fn App() -> impl IntoView {
         </header>
         <main class="content">
             <ModelPanel />
-            <LoraPanel />
             <Editor />
+            <LoraPanel />
             <DeviceReport />
         </main>
     }

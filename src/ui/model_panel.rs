@@ -1,5 +1,6 @@
 //! The Model panel: which model is loaded in the worker; the sources a model can be stored from (catalog,
 //! custom URLs, local files or folder, the demo pack); the stored models and their downloads; loading one.
+//! Once a model is loaded the panel folds to one line (its state and "Change model").
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -44,11 +45,27 @@ pub fn ModelPanel() -> impl IntoView {
     ui.start();
     let source = RwSignal::new(SourceKind::Catalog);
     let dragging = RwSignal::new(false);
+    let fold = RwSignal::new(false);
+    let loaded = move || matches!(state.model.get(), ModelState::Loaded(_));
+    let folded = move || fold.get() && loaded();
 
-    // A model loaded or failed: the list may have changed (a load never writes, but a refresh is cheap).
-    Effect::new(move |_| {
-        if matches!(state.model.get(), ModelState::Loaded(_) | ModelState::Failed(_)) {
+    // A model loaded or failed: the list may have changed (a load never writes, but a refresh is cheap). A
+    // model that has just loaded folds the panel (once: unfolded by hand, it stays open).
+    Effect::new(move |was_loaded: Option<bool>| {
+        let model = state.model.get();
+        if matches!(model, ModelState::Loaded(_) | ModelState::Failed(_)) {
             ui.refresh();
+        }
+        let is_loaded = matches!(model, ModelState::Loaded(_));
+        if is_loaded && was_loaded != Some(true) {
+            fold.set(true);
+        }
+        is_loaded
+    });
+    // A problem with the store is never folded away.
+    Effect::new(move |_| {
+        if matches!(ui.notice.get(), Some(Notice::Error(_))) {
+            fold.set(false);
         }
     });
 
@@ -85,48 +102,60 @@ pub fn ModelPanel() -> impl IntoView {
 
     view! {
         <section class="card" id="model-panel" aria-labelledby="model-title" class:dragging=move || dragging.get()
+            class:folded=folded
             on:dragover=move |ev: leptos::ev::DragEvent| { ev.prevent_default(); dragging.set(true); }
             on:dragleave=move |_| dragging.set(false)
             on:drop=on_drop>
-            <h2 id="model-title">"Model"</h2>
-            <div class="row">
-                <button type="button" id="load-demo" on:click=load_demo disabled=busy>"Load the demo model"</button>
+            <div class="row panel-head">
+                <h2 id="model-title">"Model"</h2>
                 <ModelStatus />
+                {move || loaded().then(|| view! {
+                    <button type="button" id="model-panel-toggle" class="small" aria-controls="model-details"
+                        aria-expanded=move || (!folded()).to_string()
+                        on:click=move |_| fold.update(|f| *f = !*f)>
+                        {move || if folded() { "Change model" } else { "Fold" }}
+                    </button>
+                })}
             </div>
-            <p class="muted">
-                "The built-in demo model is a 5 MB FLUX.1 Kontext with tiny random weights: it runs the whole pipeline "
-                "on your GPU in seconds, but its pictures are abstract noise, not real edits. Real models are stored in "
-                "this browser first (once), then loaded from there, also offline."
-            </p>
-            <fieldset class="sources">
-                <legend>"Add a model from"</legend>
-                <div class="row" role="radiogroup" aria-label="model source">
-                    {SOURCES.iter().map(|(kind, id, label)| {
-                        let kind = *kind;
-                        view! {
-                            <label for=*id class="radio">
-                                <input type="radio" name="model-source" id=*id prop:checked=move || source.get() == kind
-                                    on:change=move |_| source.set(kind) />
-                                {*label}
-                            </label>
-                        }
-                    }).collect_view()}
+            <div id="model-details" hidden=folded>
+                <div class="row">
+                    <button type="button" id="load-demo" on:click=load_demo disabled=busy>"Load the demo model"</button>
                 </div>
-                <div id="source-form" data-source=move || format!("{:?}", source.get()).to_lowercase()>
-                    {move || match source.get() {
-                        SourceKind::Catalog => view! { <CatalogSource /> }.into_any(),
-                        SourceKind::Urls => view! { <UrlSourceForm /> }.into_any(),
-                        SourceKind::Local => view! { <LocalSource /> }.into_any(),
-                        SourceKind::Demo => view! { <DemoSource /> }.into_any(),
-                    }}
-                </div>
-            </fieldset>
-            {move || ui.notice.get().map(|n| match n {
-                Notice::Info(text) => view! { <p id="store-message" data-kind="info" class="status ok" role="status">{text}</p> }.into_any(),
-                Notice::Error(text) => view! { <p id="store-message" data-kind="error" class="status bad" role="alert">{text}</p> }.into_any(),
-            })}
-            <TransferView />
-            <StoredModels />
+                <p class="muted">
+                    "The built-in demo model is a 5 MB FLUX.1 Kontext with tiny random weights: it runs the whole pipeline "
+                    "on your GPU in seconds, but its pictures are abstract noise, not real edits. Real models are stored in "
+                    "this browser first (once), then loaded from there, also offline."
+                </p>
+                <fieldset class="sources">
+                    <legend>"Add a model from"</legend>
+                    <div class="row" role="radiogroup" aria-label="model source">
+                        {SOURCES.iter().map(|(kind, id, label)| {
+                            let kind = *kind;
+                            view! {
+                                <label for=*id class="radio">
+                                    <input type="radio" name="model-source" id=*id prop:checked=move || source.get() == kind
+                                        on:change=move |_| source.set(kind) />
+                                    {*label}
+                                </label>
+                            }
+                        }).collect_view()}
+                    </div>
+                    <div id="source-form" data-source=move || format!("{:?}", source.get()).to_lowercase()>
+                        {move || match source.get() {
+                            SourceKind::Catalog => view! { <CatalogSource /> }.into_any(),
+                            SourceKind::Urls => view! { <UrlSourceForm /> }.into_any(),
+                            SourceKind::Local => view! { <LocalSource /> }.into_any(),
+                            SourceKind::Demo => view! { <DemoSource /> }.into_any(),
+                        }}
+                    </div>
+                </fieldset>
+                {move || ui.notice.get().map(|n| match n {
+                    Notice::Info(text) => view! { <p id="store-message" data-kind="info" class="status ok" role="status">{text}</p> }.into_any(),
+                    Notice::Error(text) => view! { <p id="store-message" data-kind="error" class="status bad" role="alert">{text}</p> }.into_any(),
+                })}
+                <TransferView />
+                <StoredModels />
+            </div>
         </section>
     }
 }

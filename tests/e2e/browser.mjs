@@ -86,8 +86,14 @@ export async function setNumber(page, selector, value) {
   await page.dispatchEvent(selector, 'change');
 }
 
+/** Opens the model panel when a loaded model has folded it to its status line. */
+export async function unfoldModelPanel(page) {
+  if (await page.isVisible('#model-panel-toggle[aria-expanded="false"]')) await page.click('#model-panel-toggle');
+}
+
 /** Clicks "Load the demo model" and waits until the worker has loaded it. */
 export async function loadDemo(page) {
+  await unfoldModelPanel(page);
   await page.click('#load-demo');
   await page.waitForSelector('#model-state[data-state="loaded"]', { timeout: 120_000 });
 }

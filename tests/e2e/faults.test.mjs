@@ -4,7 +4,7 @@
 // the new worker. A GPU that runs out of memory is an answer: the same worker loads and edits afterwards.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { openApp, screenshot, setNumber, loadDemo, resultPng } from './browser.mjs';
+import { openApp, screenshot, setNumber, loadDemo, resultPng, unfoldModelPanel } from './browser.mjs';
 
 let browser;
 before(async () => { browser = await openApp('#load-demo'); });
@@ -96,6 +96,7 @@ test('a GPU out of memory in a load or an edit is a message, and the same worker
   await worker.evaluate(() => { self.sameWorker = true; });
 
   await gpuMemoryAllowance(worker, 0);
+  await unfoldModelPanel(page);
   await page.click('#load-demo');
   await page.waitForSelector('#model-state[data-state="failed"]', { timeout: 120_000 });
   assert.match(await page.textContent('#model-state'),

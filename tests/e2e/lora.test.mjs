@@ -2,12 +2,17 @@
 // to an edit that equals the native CLI with the same `--lora FILE:WEIGHT` (±2 LSB; another strength and no LoRA
 // are not); the recipe names it;
 // a file that is not a LoRA for the model is refused with the reason; removing an adapter restores the base.
+// A Turbo preset offers its catalog file when it is not stored and refuses a download that is not that file; a
+// file of its name is taken for it, at the card's strength, steps and guidance, and the edit equals the native CLI.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { openApp, screenshot, setNumber, loadDemo, resultPng, maxPixelDifference, nativeEdit, REFERENCE } from './browser.mjs';
 
 const LORA = 'tests/fixtures/tiny/lora/lora_kohya.safetensors';
 const NOT_A_LORA = 'tests/fixtures/tiny/bfl_gguf/transformer_bfl.safetensors';
+// Hyper-FLUX's real layout at tiny size (tests/fixtures/generator/turbo_lora_golden.py).
+const TURBO = 'tests/fixtures/tiny/lora/hyper_flux_layout.safetensors';
 const PROMPT = 'Make the red square blue';
 const SEED = '77';
 const SIDE = 128;
@@ -96,5 +101,61 @@ test('adapters and their settings survive a reload (IndexedDB) and are checked a
   await page.waitForSelector('#model-panel');
   await new Promise((resolve) => setTimeout(resolve, 1000));
   assert.equal(await page.locator('#lora-list li').count(), 0, 'a removed adapter stays removed');
+  assert.deepEqual(browser.problems, []);
+});
+
+test('a Turbo preset offers its LoRA from the catalog and refuses a download that is not it; a file of its name is taken for it, at the card\'s strength, steps and guidance, and the edit equals the native CLI', async () => {
+  const { page } = browser;
+  await loadDemo(page);
+  await page.click('#preset-hyper-flux');
+  await page.waitForSelector('#turbo-offer');
+  assert.match(await page.textContent('#turbo-offer'),
+    /Hyper-FLUX \(8 steps\) needs Hyper-FLUX\.1-dev-8steps-lora\.safetensors \(1\.4 GB\), not in this browser yet\. Licence: FLUX\.1 \[dev\] Non-Commercial License/);
+  assert.equal(await page.getAttribute('#turbo-offer a', 'href'), 'https://huggingface.co/ByteDance/Hyper-SD');
+  await screenshot(page, 'turbo-offer');
+  // The catalog's URL answers with another file: it is read with progress, then refused by size, and nothing is kept.
+  const served = readFileSync(TURBO);
+  await page.route('https://huggingface.co/ByteDance/Hyper-SD/**', (route) => route.fulfill({
+    status: 200, body: served, headers: { 'access-control-allow-origin': '*', 'content-type': 'application/octet-stream' } }));
+  await page.click('#turbo-fetch');
+  await page.waitForSelector('#turbo-error');
+  assert.match(await page.textContent('#turbo-error'),
+    new RegExp(`^Hyper-FLUX\\.1-dev-8steps-lora\\.safetensors could not be fetched: .*arrived with ${served.length} bytes, the catalog's file has 1388026440: not stored$`));
+  assert.equal(await page.locator('#lora-list li').count(), 0, 'nothing was kept');
+  await page.click('#turbo-dismiss');
+  await page.waitForSelector('#turbo-offer', { state: 'detached' });
+
+  // A file of the catalog's name (here the tiny one) is taken for it: the preset enables it at 0.125 with 8 steps
+  // and guidance 3.5.
+  await page.setInputFiles('#lora-input', { name: 'Hyper-FLUX.1-dev-8steps-lora.safetensors', mimeType: 'application/octet-stream', buffer: served });
+  await page.waitForFunction(() => /36 layers, rank 16/.test(document.querySelector('#lora-list li[data-state="ready"]')?.textContent ?? ''), null, { timeout: 60_000 });
+  await page.uncheck('#lora-list input[type="checkbox"]');
+  await page.click('#preset-hyper-flux');
+  assert.equal(await page.$('#turbo-offer'), null, 'a stored LoRA is not offered');
+  assert.equal(await page.getAttribute('#preset-hyper-flux', 'aria-pressed'), 'true');
+  assert.equal(await page.getAttribute('#presets', 'data-preset'), 'Hyper-FLUX (8 steps)');
+  assert.equal(await page.isChecked('#lora-list input[type="checkbox"]'), true);
+  assert.deepEqual([await page.inputValue('#steps'), await page.inputValue('#guidance'), await page.inputValue('#area')], ['8', '3.5', '1024']);
+  await screenshot(page, 'turbo-preset');
+  // A smaller area keeps SwiftShader fast; the LoRA, steps and guidance stay the preset's.
+  await setNumber(page, '#area', SIDE);
+  await page.setInputFiles('#reference-input', REFERENCE);
+  await page.fill('#prompt', PROMPT);
+  await page.fill('#seed', SEED);
+  const png = await generate(page);
+  const recipe = JSON.parse(Buffer.from(png, 'base64').toString('latin1').match(/kontext-recipe\0(\{.*?\})/s)[1]);
+  assert.deepEqual(recipe.loras, [['Hyper-FLUX.1-dev-8steps-lora.safetensors', 0.125]]);
+  const turbo = (strength) => nativeEdit(['--prompt', PROMPT, '--image', REFERENCE, '--max-area', String(SIDE * SIDE), '--steps', '8',
+    '--guidance', '3.5', '--seed', SEED, ...(strength ? ['--lora', `${TURBO}:${strength}`] : [])]);
+  const lsb = await maxPixelDifference(page, png, turbo(0.125));
+  assert.ok(lsb <= 2, `${lsb} LSB from the native CLI with the LoRA at 0.125, 8 steps, guidance 3.5`);
+  for (const [what, strength] of [['full strength', 1], ['no LoRA', 0]]) {
+    const wrong = await maxPixelDifference(page, png, turbo(strength));
+    assert.ok(wrong > 2, `${what} is within ${wrong} LSB: the comparison cannot tell`);
+  }
+  // A preset without a turbo LoRA turns it off.
+  await page.click('#preset-quality');
+  assert.equal(await page.isChecked('#lora-list input[type="checkbox"]'), false);
+  assert.equal(await page.getAttribute('#preset-hyper-flux', 'aria-pressed'), 'false');
   assert.deepEqual(browser.problems, []);
 });

@@ -3,7 +3,7 @@
 import { createServer } from 'node:http';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { PACK } from './browser.mjs';
+import { PACK, unfoldModelPanel } from './browser.mjs';
 
 export const CHUNK = 262144; // the 256 KiB chunk size offered in the custom-URL form
 export const HUGE = 900_000_000_000; // the fake Content-Length of the "huge" source's DiT
@@ -64,6 +64,7 @@ export function startModelServer() {
 
 /** Stores the pack from `base` through the custom-URL form, in 256 KiB chunks. */
 export async function storeFromUrl(page, base) {
+  await unfoldModelPanel(page);
   await page.check('#source-urls');
   await page.fill('#url-base', base);
   await page.selectOption('#url-chunk', String(CHUNK));

@@ -433,6 +433,39 @@ mod tests {
         }
     }
 
+    /// The catalog's turbo LoRAs in their real layout (diffusers names over every linear layer, no alphas, BF16
+    /// for Turbo-Alpha and F32 for Hyper-FLUX; `tests/fixtures/generator/turbo_lora_golden.py`), at each card's
+    /// strength, against diffusers' `load_lora_weights` + `set_adapters`. Controls: without the adapter, and
+    /// Hyper-FLUX at full strength, the latents are far from the golden ones.
+    #[test]
+    fn turbo_lora_layouts_adapt_every_linear_layer_and_match_diffusers() {
+        let device = cpu();
+        let mut flux = tiny_flux(&device);
+        let golden = FixtureFile::open("lora/golden_turbo_lora.safetensors");
+        let layers = flux.projection_names().len();
+        let last_gap = |flux: &Flux, tag: &str| {
+            let latents = denoise_golden_run(flux, &device).pop().unwrap();
+            let expected: Tensor<3> = golden.tensor(&format!("{tag}_latents_after_step_3"), &device);
+            (latents - expected).abs().max().into_scalar::<f32>()
+        };
+        for lora in crate::store::catalog::TURBO_LORAS {
+            let tag = lora.id.replace('-', "_");
+            let adapter = read(&format!("{tag}_layout"), &flux).unwrap();
+            assert_eq!(adapter.layers.len(), layers, "{tag}: every linear layer is adapted");
+            flux.set_adapters(&[(&adapter, lora.strength)], &device).unwrap();
+            for (step, latents) in denoise_golden_run(&flux, &device).into_iter().enumerate() {
+                let expected: Tensor<3> = golden.tensor(&format!("{tag}_latents_after_step_{step}"), &device);
+                latents.into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
+            }
+            if lora.strength < 1.0 {
+                flux.set_adapters(&[(&adapter, 1.0)], &device).unwrap();
+                assert!(last_gap(&flux, &tag) > 1e-2, "{tag} at full strength matches the card's strength");
+            }
+            flux.set_adapters(&[], &device).unwrap();
+            assert!(last_gap(&flux, &tag) > 1e-2, "{tag}: the golden run does not tell the adapter's effect");
+        }
+    }
+
     fn step0(flux: &Flux, device: &Device) -> Tensor<3> {
         let run = FixtureFile::open("golden/golden_run.safetensors");
         let input = |key: &str| format!("transformer_in_0_{key}");

@@ -17,9 +17,9 @@ const BRUSH_RANGE: (f32, f32) = (2.0, 256.0);
 const SHORTCUTS: &str =
     "B brush · E eraser · [ ] smaller / larger · Ctrl+Z undo · I invert · M show or hide · Delete clear";
 
-/// The mask toggle and, when on, the image with its mask and the tools.
+/// The switch that makes the next edit masked (the stage then shows the mask over the first reference).
 #[component]
-pub fn MaskEditor(
+pub fn MaskToggle(
     /// The editor's inputs: the mask belongs to the first of its references.
     form: EditForm,
 ) -> impl IntoView {
@@ -28,28 +28,24 @@ pub fn MaskEditor(
     // The painting follows the first reference (a new one for another image); `size` is that image's.
     let size = RwSignal::new(None);
     Effect::new(move |_| size.set(references.with(|r| mask.follow(r.first().and_then(Reference::mask_owner)))));
-    let shortcuts = window_event_listener(leptos::ev::keydown, move |ev: web_sys::KeyboardEvent| {
-        if mask.enabled.get_untracked() && size.get_untracked().is_some() && !typing(&ev) && shortcut(mask, &ev) {
-            ev.prevent_default();
+    // A conditioning reference that was removed is the image itself again.
+    Effect::new(move |_| {
+        let count = references.with(Vec::len);
+        if mask.reference.get_untracked().is_some_and(|i| i >= count) {
+            mask.reference.set(None);
         }
     });
-    on_cleanup(move || shortcuts.remove());
     view! {
         <div class="field" id="mask-editor">
             <label class="inline">
                 <input type="checkbox" id="mask-toggle" prop:checked=move || mask.enabled.get()
                     disabled=move || size.get().is_none()
-                    on:change=move |ev| mask.enabled.set(event_target_checked(&ev)) />
+                    on:change=move |ev| form.set_masking(event_target_checked(&ev)) />
                 " Masked edit: paint where the image may change"
             </label>
-            {move || match (mask.enabled.get(), size.get()) {
-                (true, Some((width, height))) => {
-                    let image = references.with(|r| r.first().map(|r| (r.thumbnail.clone(), r.name.clone())));
-                    view! { <MaskStage mask width height image /> <MaskTools mask /> }.into_any()
-                }
-                (_, None) => view! { <p class="muted hint">"Add the image to edit as the first reference to paint a mask."</p> }.into_any(),
-                _ => ().into_any(),
-            }}
+            {move || size.get().is_none().then(|| view! {
+                <p class="muted hint">"Add the image to edit as the first reference to paint a mask."</p>
+            })}
         </div>
     }
 }
@@ -84,7 +80,7 @@ fn shortcut(mask: MaskForm, ev: &web_sys::KeyboardEvent) -> bool {
 
 /// The image with the mask drawn over it on a canvas of the image's size, painted with pointer events.
 #[component]
-fn MaskStage(
+pub(super) fn MaskStage(
     /// The mask's state.
     mask: MaskForm,
     /// The image's width in pixels.
@@ -133,7 +129,7 @@ fn MaskStage(
     let (url, name) = image.unwrap_or_default();
     view! {
         // Through the CSSOM (`style:`), which the app's Content-Security-Policy allows; style attributes it blocks.
-        <div class="mask-stage" style:width=format!("min(100%, calc(70vh * {width} / {height}))")>
+        <div class="mask-stage" style:width=format!("min(100%, calc(60vh * {width} / {height}))")>
             <img src=url alt=format!("the image to edit, {name}") draggable="false" />
             <canvas node_ref=canvas id="mask-canvas" width=width height=height
                 class:mask-hidden=move || !mask.show.get()
@@ -166,12 +162,21 @@ fn save(mask: MaskForm) {
     set_timeout(move || drop(web_sys::Url::revoke_object_url(&url)), std::time::Duration::from_secs(10));
 }
 
-/// Brush, eraser, size, undo, clear, invert, save, show, strength and crop, and the shortcuts.
+/// Brush, eraser, size, undo, clear, invert, save, show, strength and crop, and the shortcuts (active while
+/// the tools are shown).
 #[component]
-fn MaskTools(
+pub(super) fn MaskTools(
     /// The mask's state.
     mask: MaskForm,
+    /// The editor's references: any after the first may condition the masked edit instead of the image.
+    references: RwSignal<Vec<Reference>>,
 ) -> impl IntoView {
+    let shortcuts = window_event_listener(leptos::ev::keydown, move |ev: web_sys::KeyboardEvent| {
+        if !typing(&ev) && shortcut(mask, &ev) {
+            ev.prevent_default();
+        }
+    });
+    on_cleanup(move || shortcuts.remove());
     view! {
         <div class="row mask-tools" role="toolbar" aria-label="mask tools">
             <button type="button" id="mask-brush" aria-pressed=move || (!mask.erasing.get()).to_string()
@@ -216,6 +221,18 @@ fn MaskTools(
                             }}
                         </option>
                     }).collect_view()}
+                </select>
+            </label>
+            <label class="inline" title="diffusers' image_reference: what the edit is conditioned on">"Conditioned on "
+                <select id="mask-reference" on:change=move |ev| {
+                    mask.reference.set(event_target_value(&ev).parse().ok().filter(|&i: &usize| i > 0));
+                }>
+                    <option value="0" selected=move || mask.reference.get().is_none()>"the image itself"</option>
+                    {move || references.with(|r| r.iter().enumerate().skip(1).map(|(i, reference)| view! {
+                        <option value=i.to_string() selected=move || mask.reference.get() == Some(i)>
+                            {format!("reference {} · {}", i + 1, reference.name)}
+                        </option>
+                    }).collect_view())}
                 </select>
             </label>
         </div>

@@ -1,6 +1,7 @@
-//! The editor: references, a mask painted over the first one for a masked edit, prompt, Draft/Quality presets, shape with the output size in pixels, steps,
-//! guidance, seed; generate and cancel with measured progress; the result with its recipe, a download
-//! (the PNG carries the recipe), "use as reference" for chains of edits, and a side-by-side comparison.
+//! The editor, canvas-centred: a stage with the working picture (the first reference, the mask painted over it,
+//! the live preview, the result, or before and after side by side); under it the edit's progress or the result's
+//! download and "use as reference"; the instruction and Generate; then references, the masked-edit switch,
+//! Draft/Quality presets, shape with the output size in pixels, steps, speed, guidance and seed.
 //! The inputs and what they do live in [`crate::app::edit`]; these components render them.
 
 mod job;
@@ -8,6 +9,7 @@ mod mask;
 mod prompt;
 mod references;
 mod settings;
+mod stage;
 
 use leptos::prelude::*;
 
@@ -16,14 +18,14 @@ use crate::app::edit::{self, EditForm};
 use crate::app::history::Rerun;
 use crate::app::{AppState, ModelState};
 use job::JobView;
-use mask::MaskEditor;
+use mask::MaskToggle;
 use prompt::{Presets, PromptField};
 use references::ReferencePicker;
 use settings::SettingsGrid;
+use stage::Stage;
 
-/// The editor, working image first: the running edit's progress and live preview or the result, then the
-/// instruction and Generate, then the references (and the mask over the first), presets and settings; followed by
-/// the history of results.
+/// The editor, working picture first: the stage, the edit's progress or the result's actions, the instruction and
+/// Generate, then the references, the masked-edit switch, presets and settings; followed by the history of results.
 #[component]
 pub fn Editor() -> impl IntoView {
     let state = expect_context::<AppState>();
@@ -35,12 +37,13 @@ pub fn Editor() -> impl IntoView {
     view! {
         <section class="card" id="editor" aria-labelledby="editor-title">
             <h2 id="editor-title">"Edit"</h2>
+            <Stage form />
             <JobView form />
             <PromptField prompt=form.prompt />
             <Actions form />
             {move || history_error.get().map(|message| view! { <p class="status bad" role="alert">{message}</p> })}
             <ReferencePicker form />
-            <MaskEditor form />
+            <MaskToggle form />
             <Presets form />
             <SettingsGrid form />
         </section>

@@ -19,13 +19,6 @@ pub fn ReferencePicker(
         form.add(files);
     };
     let dragging = RwSignal::new(false);
-    let drop_files = move |ev: web_sys::DragEvent| {
-        ev.prevent_default();
-        dragging.set(false);
-        if let Some(files) = ev.data_transfer().and_then(|t| t.files()) {
-            form.add(edit::file_list(&files));
-        }
-    };
     // Images pasted anywhere on the page (a screenshot, an image copied in another app) become references.
     let paste = window_event_listener(leptos::ev::paste, move |ev: web_sys::ClipboardEvent| {
         let files =
@@ -43,13 +36,21 @@ pub fn ReferencePicker(
         <div class="field drop-zone" id="reference-drop" class:dragging=move || dragging.get()
             on:dragover=move |ev: web_sys::DragEvent| { ev.prevent_default(); dragging.set(true); }
             on:dragleave=move |_| dragging.set(false)
-            on:drop=drop_files>
+            on:drop=move |ev: web_sys::DragEvent| { dragging.set(false); drop_files(form, &ev); }>
             <label for="reference-input">"Reference images (up to 4; none for text-to-image)"</label>
             <input id="reference-input" type="file" accept="image/png,image/jpeg,image/webp" multiple on:change=add_files />
             <p class="muted hint">"…or drop images here, or paste one. The first reference sets the output's shape."</p>
             {move || reference_error.get().map(|message| view! { <p class="status bad" role="alert">{message}</p> })}
             <Thumbnails form />
         </div>
+    }
+}
+
+/// Adds the files of a drop to the references.
+pub(super) fn drop_files(form: EditForm, ev: &web_sys::DragEvent) {
+    ev.prevent_default();
+    if let Some(files) = ev.data_transfer().and_then(|t| t.files()) {
+        form.add(edit::file_list(&files));
     }
 }
 
