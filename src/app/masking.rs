@@ -6,7 +6,7 @@ use leptos::prelude::*;
 use serde_bytes::ByteBuf;
 
 use super::history::HistoryMask;
-use crate::web::mask_painting::MaskPainting;
+use crate::web::mask_painting::{MaskPainting, Region};
 use crate::web::protocol::MaskJob;
 
 /// Crop paddings offered (pixels); `None` edits the whole image.
@@ -81,6 +81,19 @@ impl MaskForm {
     pub fn with_painting<R>(self, f: impl FnOnce(&MaskPainting) -> R) -> Option<R> {
         self.revision.track();
         self.painting.with_value(|p| p.as_ref().map(f))
+    }
+
+    /// The overlay's pixels that changed since the last call, or all of them when `all` (a fresh canvas), with
+    /// their region (tracks the painting's changes); `None` when nothing changed.
+    pub fn overlay_changes(self, all: bool, color: [u8; 3], alpha: u8) -> Option<(Region, Vec<u8>)> {
+        self.revision.track();
+        self.painting.try_update_value(|p| {
+            let painting = p.as_mut()?;
+            let changed = painting.take_changed();
+            let (width, height) = painting.size();
+            let region = if all { Some(Region { x0: 0, y0: 0, x1: width, y1: height }) } else { changed }?;
+            Some((region, painting.overlay_rgba_of(region, color, alpha)))
+        })?
     }
 
     fn change(self, f: impl FnOnce(&mut MaskPainting)) {

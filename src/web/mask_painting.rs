@@ -28,11 +28,42 @@ pub enum MaskOp {
     Load(GrayImage),
 }
 
+/// A rectangle of pixels: `x0..x1` × `y0..y1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    /// First column.
+    pub x0: u32,
+    /// First row.
+    pub y0: u32,
+    /// One past the last column.
+    pub x1: u32,
+    /// One past the last row.
+    pub y1: u32,
+}
+
+impl Region {
+    /// Width and height.
+    pub fn size(&self) -> (u32, u32) {
+        (self.x1 - self.x0, self.y1 - self.y0)
+    }
+
+    fn union(self, other: Region) -> Region {
+        Region {
+            x0: self.x0.min(other.x0),
+            y0: self.y0.min(other.y0),
+            x1: self.x1.max(other.x1),
+            y1: self.y1.max(other.y1),
+        }
+    }
+}
+
 /// A painted mask and how it was painted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MaskPainting {
     ops: Vec<MaskOp>,
     raster: GrayImage,
+    /// The pixels changed since [`MaskPainting::take_changed`] was last called.
+    changed: Option<Region>,
 }
 
 const WHITE: Luma<u8> = Luma([255]);
@@ -41,7 +72,24 @@ const BLACK: Luma<u8> = Luma([0]);
 impl MaskPainting {
     /// An empty (all black) mask of `width × height` pixels.
     pub fn new(width: u32, height: u32) -> Self {
-        Self { ops: Vec::new(), raster: GrayImage::new(width, height) }
+        Self { ops: Vec::new(), raster: GrayImage::new(width, height), changed: None }
+    }
+
+    /// The region whose pixels changed since the last call (so that an overlay redraws only that), and forgets it.
+    pub fn take_changed(&mut self) -> Option<Region> {
+        self.changed.take()
+    }
+
+    fn mark(&mut self, region: Option<Region>) {
+        self.changed = match (self.changed, region) {
+            (Some(a), Some(b)) => Some(a.union(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    fn mark_all(&mut self) {
+        let (x1, y1) = self.size();
+        self.mark(Some(Region { x0: 0, y0: 0, x1, y1 }));
     }
 
     /// `(width, height)` in pixels.
@@ -67,7 +115,8 @@ impl MaskPainting {
     /// Starts a stroke at `point` (a dot until it is extended).
     pub fn begin_stroke(&mut self, erase: bool, radius: f32, point: (f32, f32)) {
         let radius = radius.max(0.5);
-        paint_segment(&mut self.raster, point, point, radius, if erase { BLACK } else { WHITE });
+        let region = paint_segment(&mut self.raster, point, point, radius, if erase { BLACK } else { WHITE });
+        self.mark(region);
         self.ops.push(MaskOp::Stroke { erase, radius, points: vec![point] });
     }
 
@@ -76,7 +125,8 @@ impl MaskPainting {
         if let Some(MaskOp::Stroke { erase, radius, points }) = self.ops.last_mut() {
             let from = *points.last().expect("a stroke has a point");
             points.push(point);
-            paint_segment(&mut self.raster, from, point, *radius, if *erase { BLACK } else { WHITE });
+            let region = paint_segment(&mut self.raster, from, point, *radius, if *erase { BLACK } else { WHITE });
+            self.mark(region);
         }
     }
 
@@ -113,12 +163,14 @@ impl MaskPainting {
                 replay(&mut raster, op);
             }
             self.raster = raster;
+            self.mark_all();
         }
     }
 
     fn apply(&mut self, op: MaskOp) {
         replay(&mut self.raster, &op);
         self.ops.push(op);
+        self.mark_all();
     }
 
     /// The mask as an RGB PNG (white and black), as the worker and `kontext edit --mask` take it.
@@ -132,9 +184,19 @@ impl MaskPainting {
 
     /// RGBA pixels for an overlay on the image: `color` at `alpha` where the mask is white, clear elsewhere.
     pub fn overlay_rgba(&self, color: [u8; 3], alpha: u8) -> Vec<u8> {
-        self.raster
-            .pixels()
-            .flat_map(|p| if p.0[0] > 0 { [color[0], color[1], color[2], alpha] } else { [0; 4] })
+        let (x1, y1) = self.size();
+        self.overlay_rgba_of(Region { x0: 0, y0: 0, x1, y1 }, color, alpha)
+    }
+
+    /// [`MaskPainting::overlay_rgba`] of `region` only (row by row, `region.size()` pixels).
+    pub fn overlay_rgba_of(&self, region: Region, color: [u8; 3], alpha: u8) -> Vec<u8> {
+        (region.y0..region.y1)
+            .flat_map(|y| (region.x0..region.x1).map(move |x| (x, y)))
+            .flat_map(
+                |(x, y)| {
+                    if self.raster.get_pixel(x, y).0[0] > 0 { [color[0], color[1], color[2], alpha] } else { [0; 4] }
+                },
+            )
             .collect()
     }
 }
@@ -154,13 +216,14 @@ fn replay(raster: &mut GrayImage, op: &MaskOp) {
     }
 }
 
-/// Sets every pixel whose centre lies within `radius` of the segment `a`–`b` to `value`.
-fn paint_segment(raster: &mut GrayImage, a: (f32, f32), b: (f32, f32), radius: f32, value: Luma<u8>) {
+/// Sets every pixel whose centre lies within `radius` of the segment `a`–`b` to `value`; returns the region it
+/// looked at (`None` when that lies outside the raster).
+fn paint_segment(raster: &mut GrayImage, a: (f32, f32), b: (f32, f32), radius: f32, value: Luma<u8>) -> Option<Region> {
     let (w, h) = (raster.width() as f32, raster.height() as f32);
-    let x0 = (a.0.min(b.0) - radius).floor().max(0.0) as u32;
-    let y0 = (a.1.min(b.1) - radius).floor().max(0.0) as u32;
-    let x1 = (a.0.max(b.0) + radius).ceil().min(w) as u32;
-    let y1 = (a.1.max(b.1) + radius).ceil().min(h) as u32;
+    let x0 = (a.0.min(b.0) - radius).floor().clamp(0.0, w) as u32;
+    let y0 = (a.1.min(b.1) - radius).floor().clamp(0.0, h) as u32;
+    let x1 = (a.0.max(b.0) + radius).ceil().clamp(0.0, w) as u32;
+    let y1 = (a.1.max(b.1) + radius).ceil().clamp(0.0, h) as u32;
     let (dx, dy) = (b.0 - a.0, b.1 - a.1);
     let length_squared = dx * dx + dy * dy;
     for y in y0..y1 {
@@ -177,6 +240,7 @@ fn paint_segment(raster: &mut GrayImage, a: (f32, f32), b: (f32, f32), radius: f
             }
         }
     }
+    (x0 < x1 && y0 < y1).then_some(Region { x0, y0, x1, y1 })
 }
 
 #[cfg(test)]
@@ -229,5 +293,36 @@ mod tests {
         assert_eq!(err, "the mask is 16×8 pixels; this image is 8×8");
         assert_eq!(&other.overlay_rgba([255, 0, 0], 100)[..4], &[0, 0, 0, 0]);
         assert!(other.overlay_rgba([255, 0, 0], 100).chunks(4).any(|p| p == [255, 0, 0, 100]));
+    }
+
+    #[test]
+    fn changes_are_reported_as_the_region_to_redraw() {
+        let mut mask = MaskPainting::new(40, 20);
+        assert_eq!(mask.take_changed(), None);
+        mask.begin_stroke(false, 2.0, (10.0, 10.0));
+        mask.extend_stroke((20.0, 10.0));
+        let region = mask.take_changed().unwrap();
+        assert_eq!(region, Region { x0: 8, y0: 8, x1: 22, y1: 12 });
+        assert_eq!(mask.take_changed(), None, "taken once");
+        // The region's overlay is the whole overlay's rows and columns of it.
+        let (whole, part) = (mask.overlay_rgba([9, 8, 7], 6), mask.overlay_rgba_of(region, [9, 8, 7], 6));
+        let (w, h) = region.size();
+        for (row, y) in (region.y0..region.y1).enumerate() {
+            let start = ((y * 40 + region.x0) * 4) as usize;
+            assert_eq!(&part[row * w as usize * 4..][..w as usize * 4], &whole[start..start + w as usize * 4]);
+        }
+        assert_eq!(part.len(), (w * h * 4) as usize);
+        // Every pixel outside the region is as before: clear.
+        let white_outside = (0..20)
+            .flat_map(|y| (0..40).map(move |x| (x, y)))
+            .filter(|&(x, y)| !(region.x0..region.x1).contains(&x) || !(region.y0..region.y1).contains(&y));
+        assert!(white_outside.into_iter().all(|(x, y)| mask.raster().get_pixel(x, y).0 == [0]));
+        // Strokes off the image change nothing; invert, clear, load and undo change everything.
+        mask.begin_stroke(false, 2.0, (-50.0, -50.0));
+        assert_eq!(mask.take_changed(), None);
+        mask.invert();
+        assert_eq!(mask.take_changed(), Some(Region { x0: 0, y0: 0, x1: 40, y1: 20 }));
+        mask.undo();
+        assert_eq!(mask.take_changed(), Some(Region { x0: 0, y0: 0, x1: 40, y1: 20 }));
     }
 }
