@@ -1,15 +1,17 @@
 // y[m, n] = Σ_k x[m, k] · W[n, k] (+ bias[n]) with W [N, K] repacked: the variant for a few rows of x (same
-// bindings, `act` and `dequant8` as matmul_quant.wgsl). Reference twin: crate::kernels::quant_matmul::reference.
+// bindings, `work` and `dequant8` as matmul_quant.wgsl). Reference twin: crate::kernels::quant_matmul::reference.
 //
 // One workgroup: 32 rows of W (lanes) × 8 slices of K, against rows 4·group.y .. +4 of x. Thread (slice, lane)
 // takes row n = 32·group.x + lane, chunks slice, slice + 8, …, whole: a warp reads 32 consecutive chunks of W
 // and one broadcast value of x at a time. The slices are then summed.
-@group(0) @binding(0) var<storage, read_write> x: array<act>;
+@group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> w: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read_write> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<act>;
-// [m, n, k, has bias, first word of the high bits, of the scales, of the super-block scales]
-@group(0) @binding(4) var<uniform> dims: array<vec4<u32>, 3>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+// residual and gate: matmul_epilogue.wgsl's, bindings 4 and 5
+// [m, n, k, has bias, first word of the high bits, of the scales, of the super-block scales, 0, tokens per
+// gate row]
+@group(0) @binding(6) var<uniform> dims: array<vec4<u32>, 3>;
 
 const LANES: u32 = 32u;
 const SLICES: u32 = 8u;
@@ -42,7 +44,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
                     if (m < m_len) {
                         var sum = 0.0;
                         for (var t = 0u; t < 8u; t++) {
-                            sum += f32(x[m * k_len + first + t]) * values[t];
+                            sum += f32(work(x[m * k_len + first + t]) * work(values[t]));
                         }
                         acc[r] += sum;
                     }
@@ -66,7 +68,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
         for (var r = 0u; r < ROWS; r++) {
             let m = m0 + r;
             if (m < m_len) {
-                y[m * n_len + n] = act(partial[tid][r] + b);
+                y[m * n_len + n] = finish(m, n, n_len, partial[tid][r] + b);
             }
         }
     }

@@ -1,17 +1,19 @@
 //! Matmuls over ggml blocks packed on the GPU (`kernels::quant_matmul`, wgpu; lavapipe without a GPU) equal
-//! their reference twin: the same blocks dequantized on the host and multiplied on the CPU, with f32 activations
-//! and, where the adapter has `shader-f16` (lavapipe has), with f16 activations.
+//! their reference twin: the same blocks dequantized on the host and multiplied on the CPU, computing in f32 and,
+//! where the adapter has `shader-f16` (lavapipe has), in f16.
 #![cfg(not(target_arch = "wasm32"))]
 
-use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData, Tolerance};
+use burn::tensor::{DType, Device, Tensor, TensorData, Tolerance};
 use half::f16;
 use kontext_web::device::{self, selfcheck};
 use kontext_web::formats::weights::Weights;
-use kontext_web::formats::{GgmlType, GgufFile};
+use kontext_web::formats::{GgmlType, GgufFile, dequantize};
 use kontext_web::harness::kernel_checks;
 use kontext_web::harness::testing::{self, fixture_path, gpu};
 use kontext_web::kernels::precision::Precision;
-use kontext_web::kernels::quant_matmul::{PackedLinear, PackedWeight, has_kernel, matmul_at, matmul_f16};
+use kontext_web::kernels::quant_matmul::{
+    Epilogue, PackedLinear, PackedWeight, has_kernel, matmul_at, matmul_with, reference,
+};
 
 fn gguf(rel: &str) -> GgufFile {
     testing::gguf(&format!("bfl_gguf/{rel}"))
@@ -65,16 +67,15 @@ fn input(m: usize, k: usize, salt: u32, device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(selfcheck::test_matrix(m, k, salt), [m, k]), device)
 }
 
-/// x rounded to f16, as the f16 kernels read it.
-fn rounded_to_f16(x: Tensor<2>) -> Tensor<2> {
-    let [m, k] = x.dims();
-    let values = x.into_data().try_to_vec::<f32>().unwrap().into_iter().map(|v| f16::from_f32(v).to_f32()).collect();
-    Tensor::from_data(TensorData::new(values, [m, k]), &device::cpu())
+/// `values` `[rows, cols]` rounded to f16, as the f16 kernels hold them, on the CPU.
+fn rounded_to_f16(values: Vec<f32>, rows: usize, cols: usize) -> Tensor<2> {
+    let values = values.into_iter().map(|v| f16::from_f32(v).to_f32()).collect();
+    Tensor::from_data(TensorData::new(values, [rows, cols]), &device::cpu())
 }
 
 /// Kernel on wgpu vs reference twin on the CPU for each M (the matrix-vector kernel up to 8 rows, the square
-/// one, and from 256 rows the wide one when N ≥ 128), with f32 activations and with f16 ones (the adapter must
-/// have `shader-f16`, as lavapipe does).
+/// one, and from 256 rows the wide one when N ≥ 128), computing in f32 and in f16 (the adapter must have
+/// `shader-f16`, as lavapipe does).
 fn assert_kernel_matches(raw: &Raw, bias: Option<&[f32]>, what: &str) {
     assert_kernel_matches_at(raw, bias, what, Precision::F32);
     assert!(
@@ -108,13 +109,15 @@ fn assert_kernel_matches_at(raw: &Raw, bias: Option<&[f32]>, what: &str, precisi
                 got.assert_approx_eq::<f32>(&want, Tolerance::rel_abs(1e-4, 1e-4));
             }
             Precision::F16 => {
-                // Against the twin on x rounded to f16: only the f16 rounding of y and the order of the f32
-                // sums differ (half an ulp of f16 is 4.9e-4 relative; measured ≤ 4.9e-4).
-                let twin = matmul_at(rounded_to_f16(x), &dense, cpu_bias.as_ref(), Precision::F32).into_data();
+                // Against the twin on x and W rounded to f16: only the f16 rounding of each product and the
+                // order of the f32 sums differ (half an ulp of f16 is 4.9e-4 relative).
+                let x16 = rounded_to_f16(x.clone().into_data().try_to_vec::<f32>().unwrap(), m, raw.k);
+                let w16 = rounded_to_f16(dequantize(raw.ty, &raw.bytes, raw.n * raw.k).unwrap(), raw.n, raw.k);
+                let twin = reference(x16, w16, cpu_bias.clone()).into_data();
                 let t = twin.try_to_vec::<f32>().unwrap();
                 worst = g.iter().zip(&t).map(|(a, b)| (a - b).abs() / b.abs().max(1e-3 * scale)).fold(worst, f32::max);
                 got.assert_approx_eq::<f32>(&twin, Tolerance::rel_abs(1e-3, 1e-3 * scale));
-                // Against the f32 twin: the rounding of x too, relative to the largest output (measured ≤ 6.9e-4
+                // Against the f32 twin: the rounding of x and W too, relative to the largest output (measured ≤ 1.5e-3
                 // over every type and shape here).
                 let rel = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
                 worst_rel = worst_rel.max(rel);
@@ -127,7 +130,7 @@ fn assert_kernel_matches_at(raw: &Raw, bias: Option<&[f32]>, what: &str, precisi
             eprintln!("{what}: {} [{}, {}] f32 worst |kernel − reference| {worst:.2e}", raw.ty, raw.n, raw.k)
         }
         Precision::F16 => eprintln!(
-            "{what}: {} [{}, {}] f16 worst relative error {worst:.2e} to the f16-x twin, max |Δ| / max |y| \
+            "{what}: {} [{}, {}] f16 worst relative error {worst:.2e} to the twin on f16 x and W, max |Δ| / max |y| \
              {worst_rel:.2e} to the f32 twin",
             raw.ty, raw.n, raw.k
         ),
@@ -157,7 +160,7 @@ fn quant_vector_blocks_multiply_like_the_reference_twin() {
 }
 
 /// The same check as the browser tests (`tests/web.rs`, `tests/web_worker.rs`) on the native wgpu device, with f32
-/// and f16 activations (lavapipe has `shader-f16`).
+/// and f16 compute (lavapipe has `shader-f16`).
 #[test]
 fn every_quant_vector_type_multiplies_like_its_golden() {
     let gpu = gpu();
@@ -240,7 +243,7 @@ fn packed_linear_on_wgpu_keeps_the_file_bytes_and_matches_the_cpu() {
         let flat = selfcheck::test_matrix(2 * 64, 5, 11);
         Tensor::<3>::from_data(TensorData::new(flat, [2, 64, 5]), device).swap_dims(1, 2)
     };
-    // The layer runs at the device's precision: f16 activations where the adapter has shader-f16.
+    // The layer runs at the device's precision: f16 compute where the adapter has shader-f16.
     let got = on_gpu.forward(x(&gpu));
     assert_eq!(got.dims(), [2, 5, 256]);
     let tolerance = match Precision::of(&gpu) {
@@ -261,20 +264,60 @@ fn packed_linear_on_wgpu_keeps_the_file_bytes_and_matches_the_cpu() {
 }
 
 #[test]
-fn f16_kernels_take_and_give_f16_tensors() {
+fn f16_compute_takes_and_gives_f32_tensors() {
     let gpu = gpu();
     // Lavapipe, and nearly every GPU, has shader-f16; an adapter without it cannot check these kernels.
     assert!(Precision::f16_available(&gpu), "this adapter has no shader-f16: the f16 kernels cannot be checked on it");
     assert_eq!(Precision::of(&gpu), Precision::F32, "f16 is opt-in even with shader-f16");
     let raw = Raw::of(&gguf("transformer_bfl-Q8_0.gguf"), "double_blocks.0.img_mlp.0.weight").rows(0..3);
     let packed = raw.packed(&gpu);
-    // M = 1, N = 3: three f16 outputs, 6 bytes in a binding of whole words.
-    for m in [1, 5] {
+    // The matrix-vector, square and wide kernels convert as they load: f32 in, f32 out, no cast pass around them
+    // (tests/bench.rs checks that the f16 DiT step launches no more kernels than the f32 one).
+    for m in [1, 37, 300] {
         let x = input(m, raw.k, 3, &gpu);
-        let y = matmul_f16(x.clone().cast(FloatDType::F16), &packed, None);
-        assert_eq!((y.dims(), y.dtype()), ([m, 3], DType::F16));
-        let via_f32 = matmul_at(x, &packed, None, Precision::F16);
-        assert_eq!(via_f32.dtype(), DType::F32);
-        y.cast(FloatDType::F32).into_data().assert_eq(&via_f32.into_data(), true);
+        let f32_y = matmul_at(x.clone(), &packed, None, Precision::F32);
+        let f16_y = matmul_at(x, &packed, None, Precision::F16);
+        assert_eq!((f16_y.dims(), f16_y.dtype()), ([m, 3], DType::F32));
+        // It computed in f16: close to the f32 kernel, and not equal to it.
+        let (a, b) = (f16_y.into_data().try_to_vec::<f32>().unwrap(), f32_y.into_data().try_to_vec::<f32>().unwrap());
+        let scale = b.iter().fold(0f32, |s, v| s.max(v.abs()));
+        let worst = a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst > 0.0 && worst <= 2e-3 * scale, "M = {m}: max |f16 − f32| {worst:.2e}, max |y| {scale:.2e}");
+    }
+}
+
+#[test]
+fn epilogues_apply_gelu_and_the_gated_residual_add_like_their_twins() {
+    let (gpu, cpu) = (gpu(), device::cpu());
+    let raw = Raw::of(&gguf("transformer_bfl-Q8_0.gguf"), "double_blocks.0.img_mlp.0.weight");
+    let (packed, dense) = (raw.packed(&gpu), raw.packed(&cpu));
+    assert!(packed.is_packed() && !dense.is_packed());
+    let bias = selfcheck::test_matrix(1, raw.n, 5);
+    // The matrix-vector, square and wide kernels; 2 samples, so that later rows take the second gate row.
+    for m in [2, 38, 300] {
+        let matrix = |rows: usize, cols: usize, salt: u32, d: &Device| {
+            Tensor::<2>::from_data(TensorData::new(selfcheck::test_matrix(rows, cols, salt), [rows, cols]), d)
+        };
+        // y = x · Wᵀ + b, then `epilogue` (0 plain, 1 GELU, 2 gated add), with the packed weight on wgpu or the
+        // dequantized one on the CPU (the twin: Epilogue::reference in plain ops).
+        let run = |epilogue: u8, d: &Device| {
+            let weight = if *d == cpu { &dense } else { &packed };
+            let (residual, gate) = (matrix(m, raw.n, 7, d), matrix(2, raw.n, 8, d));
+            let epilogue = match epilogue {
+                0 => Epilogue::Plain,
+                1 => Epilogue::Gelu,
+                _ => Epilogue::GatedAdd { residual: &residual, gate: &gate },
+            };
+            let bias = Tensor::<1>::from_data(TensorData::new(bias.clone(), [raw.n]), d);
+            matmul_with(matrix(m, raw.k, m as u32, d), weight, Some(&bias), epilogue).into_data()
+        };
+        let plain = run(0, &cpu).try_to_vec::<f32>().unwrap();
+        for (epilogue, name) in [(1, "GELU"), (2, "gated add")] {
+            let got = run(epilogue, &gpu);
+            got.assert_approx_eq::<f32>(&run(epilogue, &cpu), Tolerance::rel_abs(1e-4, 1e-4));
+            // Control: the plain output is not what the epilogue gives.
+            let differs = got.try_to_vec::<f32>().unwrap().iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-2);
+            assert!(differs, "M = {m}: the {name} epilogue changed nothing");
+        }
     }
 }

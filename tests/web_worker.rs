@@ -21,7 +21,7 @@ async fn the_worker_opens_webgpu_and_its_matmul_equals_the_cpu() {
 }
 
 /// The quantization vectors' every ggml type on WebGPU inside the worker, as in the page (`tests/web.rs`), with f32
-/// and (where the adapter has `shader-f16`) f16 activations; the output says which ran.
+/// and (where the adapter has `shader-f16`) f16 compute; the output says which ran.
 #[wasm_bindgen_test]
 async fn every_quant_vector_type_multiplies_on_webgpu_in_the_worker_like_its_golden() {
     let (gpu, _) = kontext_web::device::wgpu_async().await.expect("WebGPU device");

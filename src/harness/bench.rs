@@ -1,5 +1,5 @@
 //! Benchmarks that can be rerun on any device (`kontext bench`): packed ggml matmuls with f32 and (where the
-//! adapter has `shader-f16`) f16 activations against burn's f32 matmul, the flash attention kernel against the
+//! adapter has `shader-f16`) f16 compute against burn's f32 matmul, the flash attention kernel against the
 //! materialised reference, and one DiT step of a medium random-weight Flux in f32, Q8_0 and Q4_0. Every figure
 //! is a time measured here, side by side in one run; the report gives ratios so that runs on different machines
 //! compare.
@@ -43,7 +43,7 @@ pub struct Sizes {
     pub step_text_tokens: usize,
     /// Weights of the DiT step, one row each: `F32`, `Q8_0`, `Q4_0`; `-streamed` after one (`Q4_0-streamed`)
     /// keeps only the layers outside the blocks on the device and uploads each block as the step reaches it;
-    /// `-f16` runs the packed matmuls with f16 activations (a row only where the adapter has `shader-f16`).
+    /// `-f16` runs the packed matmuls computing in f16 (a row only where the adapter has `shader-f16`).
     pub step_weights: Vec<String>,
     /// Whether each step row is also timed through the plain-ops reference path ([`StepRow::plain_seconds`]).
     #[serde(default = "default_step_plain")]
@@ -242,12 +242,10 @@ pub struct MatmulRow {
     pub f32_gflops: f64,
     /// `packed_gflops / f32_gflops`: above 1, the packed kernel is faster.
     pub ratio: f64,
-    /// GFLOP/s of the packed matmul with f16 activations (x and y in f16, as a model kept in f16 would call
-    /// it); `None` without `shader-f16` or packed weights.
+    /// GFLOP/s of the packed matmul computing in f16 (tiles and products in f16, x and y f32, as the model
+    /// calls it with `--precision f16`); `None` without `shader-f16` or packed weights.
     pub f16_gflops: Option<f64>,
-    /// GFLOP/s of the f16 path as our f32 model runs it: x cast to f16, the f16 kernel, y cast back to f32.
-    pub f16_cast_gflops: Option<f64>,
-    /// `f16_gflops / packed_gflops`: above 1, f16 activations beat f32 ones in the same kernel.
+    /// `f16_gflops / packed_gflops`: above 1, f16 compute beats f32 in the same kernel.
     pub f16_ratio_to_packed: Option<f64>,
     /// `f16_gflops / f32_gflops`: above 1, the f16 packed kernel beats burn's f32 matmul.
     pub f16_ratio_to_f32: Option<f64>,
@@ -656,7 +654,7 @@ mod native {
     use super::*;
     use crate::device::launches::{Launches, count_launches};
     use crate::kernels::attention::{KernelTiming, bench_attention};
-    use crate::kernels::quant_matmul::{PackedWeight, matmul_at, matmul_f16};
+    use crate::kernels::quant_matmul::{PackedWeight, matmul_at};
     use crate::kernels::{ActivationBytes, count_activation_bytes};
     use crate::model::flux::rope::Rope;
     use crate::model::flux::{Flux, Layers, Modulations};
@@ -686,7 +684,7 @@ mod native {
         start.elapsed().as_secs_f64() / repeats.max(1) as f64
     }
 
-    /// Packed Q8_0, Q4_0 and Q4_K matmuls with f32 and (where available) f16 activations against burn's f32
+    /// Packed Q8_0, Q4_0 and Q4_K matmuls with f32 and (where available) f16 compute against burn's f32
     /// matmul for every shape of `sizes`.
     pub fn bench_matmul(device: &Device, sizes: &Sizes) -> Result<Vec<MatmulRow>> {
         let f16 = Precision::f16_available(device);
@@ -705,19 +703,12 @@ mod native {
                 let xs: Vec<Tensor<2>> = (0..=sizes.repeats)
                     .map(|salt| Tensor::from_data(TensorData::new(values(m * k, salt as u32, 1.0), [m, k]), device))
                     .collect();
-                let xs_f16: Vec<Tensor<2>> =
-                    xs.iter().filter(|_| f16).map(|x| x.clone().cast(FloatDType::F16)).collect();
                 let f32_s = time(sizes.repeats, |i| xs[i].clone().matmul(w_f32.clone()));
                 for (ty, bytes) in &weights {
                     let w = PackedWeight::new(*ty, &[n, k], bytes, device)?;
                     let packed_s = time(sizes.repeats, |i| matmul_at(xs[i].clone(), &w, None, Precision::F32));
-                    let (f16_s, f16_cast_s) = if f16 && w.is_packed() {
-                        let kernel = time(sizes.repeats, |i| matmul_f16(xs_f16[i].clone(), &w, None));
-                        let cast = time(sizes.repeats, |i| matmul_at(xs[i].clone(), &w, None, Precision::F16));
-                        (Some(kernel), Some(cast))
-                    } else {
-                        (None, None)
-                    };
+                    let f16_s = (f16 && w.is_packed())
+                        .then(|| time(sizes.repeats, |i| matmul_at(xs[i].clone(), &w, None, Precision::F16)));
                     rows.push(MatmulRow {
                         ty: ty.to_string(),
                         m,
@@ -728,7 +719,6 @@ mod native {
                         f32_gflops: flops / f32_s,
                         ratio: f32_s / packed_s,
                         f16_gflops: f16_s.map(|s| flops / s),
-                        f16_cast_gflops: f16_cast_s.map(|s| flops / s),
                         f16_ratio_to_packed: f16_s.map(|s| packed_s / s),
                         f16_ratio_to_f32: f16_s.map(|s| f32_s / s),
                     });

@@ -1,7 +1,7 @@
 //! Kernel checks that run the same in a native test, in a browser page and in a Web Worker: the packed matmul of
 //! every ggml type in the quantization vectors (`tests/fixtures/tiny/bfl_gguf/quant_vectors.gguf`) against the
-//! golden dequantized values gguf-py wrote beside them, with f32 or (where the adapter has `shader-f16`) f16
-//! activations.
+//! golden dequantized values gguf-py wrote beside them, computing in f32 or (where the adapter has `shader-f16`)
+//! in f16.
 
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -24,7 +24,7 @@ pub struct QuantVectorCheck {
 }
 
 /// For each tensor `qv.T` of the quantization vectors `gguf`: `x · Wᵀ` through a [`PackedWeight`] on `device`
-/// with `precision` activations for M = 1, 5 and 70 rows of `x`, against `x · deqᵀ` on the CPU with `deq` the
+/// computing at `precision` for M = 1, 5 and 70 rows of `x`, against `x · deqᵀ` on the CPU with `deq` the
 /// golden `qv.T.deq` of `expected` (gguf-py's dequantization). F16 needs [`Precision::f16_available`].
 pub async fn quant_vectors(
     gguf: Vec<u8>,
@@ -68,7 +68,7 @@ pub async fn quant_vectors(
 
 /// Asserts that `checks` cover every type of the quantization vectors, that each weight stayed packed exactly
 /// where `device` has a kernel for its type, and that each matmul is within the tolerance of `precision`
-/// (relative to the golden's largest value: 1e-4 for f32 activations, 2e-3 for f16 ones) of the golden.
+/// (relative to the golden's largest value: 1e-4 computing in f32, 2e-3 in f16) of the golden.
 pub fn assert_quant_vectors(checks: &[QuantVectorCheck], device: &Device, precision: Precision) {
     let tolerance = match precision {
         Precision::F32 => 1e-4,
@@ -87,7 +87,7 @@ pub fn assert_quant_vectors(checks: &[QuantVectorCheck], device: &Device, precis
     assert!(!packs || checks.iter().filter(|c| c.packed).count() == 8, "{checks:?}");
 }
 
-/// [`quant_vectors`] and [`assert_quant_vectors`] with f32 activations, then with f16 ones where `device` has
+/// [`quant_vectors`] and [`assert_quant_vectors`] computing in f32, then in f16 where `device` has
 /// `shader-f16` (the f16 kernels compiled by the adapter's shader compiler, their pipelines created and run).
 /// Returns what ran, for the test's output: where the adapter has no `shader-f16` it says that the f16 check was
 /// skipped and why.

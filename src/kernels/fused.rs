@@ -39,7 +39,10 @@ macro_rules! row_kernel {
 }
 
 const LAYER_NORM_MODULATE: WgslKernel = row_kernel!("layer_norm_modulate");
-const GELU_TANH: WgslKernel = WgslKernel::fixed("gelu_tanh", include_str!("../../shaders/gelu_tanh.wgsl"));
+const GELU_TANH: WgslKernel = WgslKernel::fixed(
+    "gelu_tanh",
+    concat!(include_str!("../../shaders/gelu.wgsl"), include_str!("../../shaders/gelu_tanh.wgsl")),
+);
 const GATED_ADD: WgslKernel = WgslKernel::fixed("gated_add", include_str!("../../shaders/gated_add.wgsl"));
 const MERGE_HEADS: WgslKernel = WgslKernel::fixed("merge_heads", include_str!("../../shaders/merge_heads.wgsl"));
 const RESIDUAL_LAYER_NORM_MODULATE: WgslKernel = row_kernel!("residual_layer_norm_modulate");

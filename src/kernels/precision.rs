@@ -1,13 +1,16 @@
-//! The activation precision of the packed matmuls ([`super::quant_matmul`]): f32 by default; f16 on request
+//! The compute precision of the packed matmuls ([`super::quant_matmul`]): f32 by default; f16 on request
 //! (`kontext --precision f16`, `KONTEXT_PRECISION=f16`) on adapters with `shader-f16`.
 //!
 //! f16 is opt-in because Flux's activations can leave f16's range (±65504): the model is trained and shipped in
 //! bf16, and fp16 runs of it in other tools need clamping against overflow. Where the activations stay in
-//! range (the GGUF goldens do: within 7e-4), f16 halves the activation bytes the kernels move.
+//! range (the GGUF goldens do: within 7e-4), f16 halves the workgroup memory a tile takes and the bytes each
+//! product reads from it.
 //!
-//! Only the packed kernels read and write f16 activations (weights still dequantize to f32 and products still
-//! accumulate in f32); the rest of the model stays f32, because its norms, softmax, RoPE and modulations lose
-//! accuracy in f16, and some adapters (Apple GPUs) gave garbage with f16 accumulation.
+//! Only the packed kernels compute in f16, and only their products: x is converted as its tile is loaded, the
+//! dequantized weights as theirs is, and every product is widened to f32 and accumulated in f32 (some adapters,
+//! Apple GPUs among them, gave garbage with f16 accumulation). x, y and the bias stay f32 in memory, so no cast
+//! pass runs around the kernels; the rest of the model stays f32, because its norms, softmax, RoPE and
+//! modulations lose accuracy in f16.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -18,13 +21,13 @@ use serde::{Deserialize, Serialize};
 use super::packs_on;
 use crate::{Error, Result};
 
-/// Element type of the activations (x and y) of the packed matmuls.
+/// Element type in which the packed matmuls hold and multiply their tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// 32-bit floats: every adapter.
     F32,
-    /// 16-bit floats: adapters with `shader-f16`; halves the activation bytes the kernels read and write.
+    /// 16-bit floats: adapters with `shader-f16`; halves the workgroup memory of the kernels' tiles.
     F16,
 }
 
@@ -93,7 +96,7 @@ impl Precision {
 }
 
 /// Runs `f` with `precision` as the process-wide choice (on devices that can run it, see [`Precision::of`]),
-/// then puts the previous choice back (`kontext bench` times f32 and f16 activations side by side). Not for
+/// then puts the previous choice back (`kontext bench` times f32 and f16 compute side by side). Not for
 /// use while other work runs.
 pub fn with_precision<R>(precision: Precision, f: impl FnOnce() -> R) -> R {
     struct Restore(u8);

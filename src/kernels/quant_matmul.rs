@@ -5,11 +5,12 @@
 //! from 256 rows), each completed by one `shaders/matmul_<type>.wgsl` per block type and
 //! `shaders/packed_weights.wgsl`, which reads the layout.
 //!
-//! Each kernel comes in two activation precisions ([`Precision`]), generated from the same sources by a first
-//! line `shaders/act_f32.wgsl` or `shaders/act_f16.wgsl` (`enable f16; alias act = f16;`): x is read and y
-//! written as `act`, while the weights dequantize to f32 and the products accumulate in f32. The f16 path
-//! writes y in f16 too, so that a model kept in f16 could chain layers without casts; [`matmul`] casts x to
-//! f16 and y back to f32 for the f32 rest of our model.
+//! Each kernel comes in two precisions ([`Precision`]), generated from the same sources by a first line
+//! `shaders/work_f32.wgsl` or `shaders/work_f16.wgsl` (`enable f16; alias work = f16;`): the tiles of x and of
+//! the dequantized W are held in workgroup memory and multiplied as `work`, each product accumulating in f32.
+//! x, y and the bias are f32 in memory either way, so the f16 path needs no cast pass before or after it.
+//! The square and wide kernels double-buffer through registers: the next step's values are loaded while the
+//! current tiles are multiplied.
 //!
 //! The reference twin, [`reference`], dequantizes on the host ([`crate::formats::dequantize`]) and multiplies with
 //! plain tensor ops; it is the path on devices that are not wgpu.
@@ -18,11 +19,11 @@ use burn::backend::Cube;
 use burn::backend::wgpu::CubeTensor;
 use burn::cubecl::prelude::CubeCount;
 use burn::module::Module;
-use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use super::precision::Precision;
 use super::repack::{self, Layout};
-use super::{WgslKernel, cube_tensor, cube_tensor_of, packs_on, params, tensor_from_handle_of};
+use super::{WgslKernel, cube_tensor, fused, packs_on, params, tensor_from_handle};
 use crate::formats::{GgmlType, GgufFile, dequantize};
 use crate::{Error, Result};
 
@@ -41,47 +42,53 @@ const MATVEC_TILE: (usize, usize) = (32, 4);
 /// Rows of W the matrix-vector kernel reaches within WebGPU's 65 535 workgroups per dimension.
 const MAX_PACKED_ROWS: usize = 65_535 * MATVEC_TILE.0;
 
-/// The matrix-vector, square and wide kernels reading one block type, for f32 and for f16 activations:
-/// `shaders/act_<precision>.wgsl`, `shaders/matmul_<type>.wgsl` (its `dequant8`), `shaders/packed_weights.wgsl`
+/// The matrix-vector, square and wide kernels reading one block type, multiplying in f32 and in f16:
+/// `shaders/work_<precision>.wgsl`, `shaders/matmul_<type>.wgsl` (its `dequant8`), `shaders/packed_weights.wgsl`
 /// and the matmul itself.
 macro_rules! quant_kernels {
     ($name:literal, $file:literal) => {
-        [quant_kernels!($name, $file, "", "act_f32.wgsl"), quant_kernels!($name, $file, "_f16", "act_f16.wgsl")]
+        [quant_kernels!($name, $file, "", "work_f32.wgsl"), quant_kernels!($name, $file, "_f16", "work_f16.wgsl")]
     };
-    ($name:literal, $file:literal, $suffix:literal, $act:literal) => {
+    ($name:literal, $file:literal, $suffix:literal, $work:literal) => {
         [
             WgslKernel::fixed(
                 concat!($name, $suffix, "_vec"),
                 concat!(
-                    include_str!(concat!("../../shaders/", $act)),
+                    include_str!(concat!("../../shaders/", $work)),
                     include_str!(concat!("../../shaders/", $file)),
                     include_str!("../../shaders/packed_weights.wgsl"),
-                    include_str!("../../shaders/matvec_quant.wgsl")
+                    include_str!("../../shaders/matvec_quant.wgsl"),
+                    include_str!("../../shaders/gelu.wgsl"),
+                    include_str!("../../shaders/matmul_epilogue.wgsl")
                 ),
             ),
             WgslKernel::fixed(
                 concat!($name, $suffix),
                 concat!(
-                    include_str!(concat!("../../shaders/", $act)),
+                    include_str!(concat!("../../shaders/", $work)),
                     include_str!(concat!("../../shaders/", $file)),
                     include_str!("../../shaders/packed_weights.wgsl"),
-                    include_str!("../../shaders/matmul_quant.wgsl")
+                    include_str!("../../shaders/matmul_quant.wgsl"),
+                    include_str!("../../shaders/gelu.wgsl"),
+                    include_str!("../../shaders/matmul_epilogue.wgsl")
                 ),
             ),
             WgslKernel::fixed(
                 concat!($name, $suffix, "_wide"),
                 concat!(
-                    include_str!(concat!("../../shaders/", $act)),
+                    include_str!(concat!("../../shaders/", $work)),
                     include_str!(concat!("../../shaders/", $file)),
                     include_str!("../../shaders/packed_weights.wgsl"),
-                    include_str!("../../shaders/matmul_quant_wide.wgsl")
+                    include_str!("../../shaders/matmul_quant_wide.wgsl"),
+                    include_str!("../../shaders/gelu.wgsl"),
+                    include_str!("../../shaders/matmul_epilogue.wgsl")
                 ),
             ),
         ]
     };
 }
 
-/// The matrix-vector, square and wide kernels that read `ty` blocks with `precision` activations, or `None`
+/// The matrix-vector, square and wide kernels that read `ty` blocks and multiply at `precision`, or `None`
 /// for types without kernels.
 fn kernels_for(ty: GgmlType, precision: Precision) -> Option<[WgslKernel; 3]> {
     let [f32_kernels, f16_kernels] = match ty {
@@ -218,50 +225,108 @@ fn check(ty: GgmlType, shape: &[usize], bytes: &[u8]) -> Result<(usize, usize)> 
 /// # Panics
 /// When `x` has not `k` columns, or `x` and the weight live on different devices (like burn's own ops).
 pub fn matmul(x: Tensor<2>, weight: &PackedWeight, bias: Option<&Tensor<1>>) -> Tensor<2> {
-    let precision = Precision::of(&x.device());
-    matmul_at(x, weight, bias, precision)
+    matmul_with(x, weight, bias, Epilogue::Plain)
 }
 
-/// [`matmul`] at a given precision: with F16, a packed weight casts the f32 `x` to f16, runs the f16 kernel and
-/// casts its f16 output back to f32. Dense weights ignore `precision` ([`reference`] in f32).
-///
-/// # Panics
-/// As [`matmul`]; also for F16 on a device without `shader-f16` ([`Precision::f16_available`]).
-pub fn matmul_at(x: Tensor<2>, weight: &PackedWeight, bias: Option<&Tensor<1>>, precision: Precision) -> Tensor<2> {
-    let [m, k] = x.dims();
-    assert_eq!(k, weight.k, "matmul of x [{m}, {k}] with a {} weight [{}, {}]", weight.ty, weight.n, weight.k);
-    match (&weight.storage, precision) {
-        (WeightStorage::Dense(dense), _) => reference(x, dense.clone(), bias.cloned()),
-        (WeightStorage::Blocks(words), Precision::F32) => {
-            let x = cube_tensor(x).unwrap_or_else(|_| panic!("x is not on the wgpu device of its packed weight"));
-            quant_kernel(x, words.clone(), weight, bias, Precision::F32)
+/// What a packed matmul does with each output `y = x · Wᵀ + b` before storing it (`finish` in
+/// `shaders/matmul_epilogue.wgsl`), so that an MLP's GELU and a block's gated residual add take no launch of
+/// their own.
+#[derive(Debug, Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// `y` as it is.
+    Plain,
+    /// `gelu_tanh(y)`: an MLP's first layer.
+    Gelu,
+    /// `residual + gate · y` with `residual` `[m, n]` and `gate` `[g, n]`, `m` a multiple of `g`: row `r` takes
+    /// gate row `r / (m / g)` (a block's gated residual add, one gate row per sample).
+    GatedAdd {
+        /// `[m, n]`.
+        residual: &'a Tensor<2>,
+        /// `[g, n]`.
+        gate: &'a Tensor<2>,
+    },
+}
+
+impl Epilogue<'_> {
+    /// `kernel` compiled for this epilogue: the shader's `EPILOGUE` appended, and a name suffix but for
+    /// [`Epilogue::Plain`].
+    fn kernel(&self, kernel: WgslKernel) -> WgslKernel {
+        let (code, suffix) = match self {
+            Self::Plain => (0, ""),
+            Self::Gelu => (1, "_gelu"),
+            Self::GatedAdd { .. } => (2, "_gated"),
+        };
+        let source = || format!("{}\nconst EPILOGUE: u32 = {code}u;\n", kernel.source);
+        WgslKernel::generated(format!("{}{suffix}", kernel.name), source)
+    }
+
+    /// The reference twin: the epilogue applied to `y` `[m, n]` in plain tensor ops.
+    pub fn reference(&self, y: Tensor<2>) -> Tensor<2> {
+        let [m, n] = y.dims();
+        match self {
+            Self::Plain => y,
+            Self::Gelu => fused::reference::gelu_tanh(y.reshape([1, m, n])).reshape([m, n]),
+            Self::GatedAdd { residual, gate } => {
+                let g = gate.dims()[0];
+                let per_gate = |t: Tensor<2>| t.reshape([g, m / g, n]); // [m, n] → [g, m / g, n]
+                let sum = per_gate((*residual).clone()) + (*gate).clone().reshape([g, 1, n]) * per_gate(y);
+                sum.reshape([m, n])
+            }
         }
-        (WeightStorage::Blocks(_), Precision::F16) => {
-            matmul_f16(x.cast(FloatDType::F16), weight, bias).cast(FloatDType::F32)
+    }
+
+    /// Panics when a gated add's tensors do not fit an output `[m, n]`.
+    fn check(&self, m: usize, n: usize) {
+        if let Self::GatedAdd { residual, gate } = self {
+            let g = gate.dims()[0];
+            assert!(
+                residual.dims() == [m, n] && gate.dims()[1] == n && g > 0 && m.is_multiple_of(g),
+                "a gated add of residual {:?} and gate {:?} to an output [{m}, {n}]",
+                residual.dims(),
+                gate.dims()
+            );
         }
     }
 }
 
-/// `x [m, k] · Wᵀ (+ bias [n]) → [m, n]` with x and the result in f16 (the bias stays f32): the f16 kernel for
-/// packed weights, [`reference`] in f32 between casts for dense ones.
+/// [`matmul`] followed by `epilogue`, inside the kernel for packed weights.
 ///
 /// # Panics
-/// As [`matmul_at`] with F16, and when a packed weight gets an `x` that is not f16.
-pub fn matmul_f16(x: Tensor<2>, weight: &PackedWeight, bias: Option<&Tensor<1>>) -> Tensor<2> {
+/// As [`matmul`], and when a [`Epilogue::GatedAdd`]'s tensors do not fit the output.
+pub fn matmul_with(x: Tensor<2>, weight: &PackedWeight, bias: Option<&Tensor<1>>, epilogue: Epilogue) -> Tensor<2> {
+    let precision = Precision::of(&x.device());
+    matmul_at_with(x, weight, bias, precision, epilogue)
+}
+
+/// [`matmul`] at a given precision: with F16, a packed weight's kernel holds and multiplies its tiles in f16
+/// (x and y stay f32). Dense weights ignore `precision` ([`reference`] in f32).
+///
+/// # Panics
+/// As [`matmul`]; also for F16 with a packed weight on a device without `shader-f16`
+/// ([`Precision::f16_available`]).
+pub fn matmul_at(x: Tensor<2>, weight: &PackedWeight, bias: Option<&Tensor<1>>, precision: Precision) -> Tensor<2> {
+    matmul_at_with(x, weight, bias, precision, Epilogue::Plain)
+}
+
+fn matmul_at_with(
+    x: Tensor<2>,
+    weight: &PackedWeight,
+    bias: Option<&Tensor<1>>,
+    precision: Precision,
+    epilogue: Epilogue,
+) -> Tensor<2> {
     let [m, k] = x.dims();
     assert_eq!(k, weight.k, "matmul of x [{m}, {k}] with a {} weight [{}, {}]", weight.ty, weight.n, weight.k);
+    epilogue.check(m, weight.n);
     match &weight.storage {
-        WeightStorage::Dense(dense) => {
-            reference(x.cast(FloatDType::F32), dense.clone(), bias.cloned()).cast(FloatDType::F16)
-        }
+        WeightStorage::Dense(dense) => epilogue.reference(reference(x, dense.clone(), bias.cloned())),
         WeightStorage::Blocks(words) => {
             assert!(
-                Precision::f16_available(&x.device()),
-                "f16 activations need a wgpu adapter with shader-f16 (Precision::f16_available)"
+                precision == Precision::F32 || Precision::f16_available(&x.device()),
+                "f16 matmuls need a wgpu adapter with shader-f16 (Precision::f16_available)"
             );
-            let x = cube_tensor_of(x, DType::F16)
-                .unwrap_or_else(|_| panic!("x is not an f16 tensor on the wgpu device of its packed weight"));
-            quant_kernel(x, words.clone(), weight, bias, Precision::F16)
+            let x = cube_tensor(x).unwrap_or_else(|_| panic!("x is not on the wgpu device of its packed weight"));
+            quant_kernel(x, words.clone(), weight, bias, precision, epilogue)
         }
     }
 }
@@ -281,32 +346,39 @@ fn quant_kernel(
     weight: &PackedWeight,
     bias: Option<&Tensor<1>>,
     precision: Precision,
+    epilogue: Epilogue,
 ) -> Tensor<2> {
     let [matvec, square, wide] = kernels_for(weight.ty, precision).expect("packed weights have a kernel");
     let (m, n, k) = (x.meta.shape()[0], weight.n, weight.k);
     let client = x.client.clone();
-    let (dtype, bytes) = match precision {
-        Precision::F32 => (DType::F32, size_of::<f32>()),
-        Precision::F16 => (DType::F16, size_of::<half::f16>()),
-    };
-    // Bindings are whole 4-byte words.
-    let out = client.empty(((m * n).max(1) * bytes).next_multiple_of(4));
+    let out = client.empty((m * n).max(1) * size_of::<f32>());
     if m == 0 || n == 0 {
-        return tensor_from_handle_of(&x, out, [m, n], dtype);
+        return tensor_from_handle(&x, out, [m, n]);
     }
     let words: CubeTensor =
         words.try_into_primitive::<Cube>().unwrap_or_else(|_| panic!("packed blocks are not on wgpu"));
+    let on_device =
+        |t: &Tensor<2>| cube_tensor(t.clone()).unwrap_or_else(|_| panic!("an epilogue input is not on wgpu"));
     let bias = bias.map(|b| cube_tensor(b.clone()).unwrap_or_else(|_| panic!("the bias is not on the wgpu device")));
-    // Without a bias the kernels read none: any 4 bytes fill the binding.
-    let bias_handle = match &bias {
-        Some(b) => b.handle.clone(),
-        None => client.empty(size_of::<f32>()),
+    let (residual, gate, tokens) = match epilogue {
+        Epilogue::GatedAdd { residual, gate } => (Some(on_device(residual)), Some(on_device(gate)), m / gate.dims()[0]),
+        _ => (None, None, 0),
     };
+    // Inputs the kernel does not read: any 4 bytes fill their bindings.
+    let unread = || client.empty(size_of::<f32>());
+    let handle = |t: &Option<CubeTensor>| t.as_ref().map_or_else(unread, |t| t.handle.clone());
     let layout = weight.layout.expect("packed weights have a layout");
-    let sections = [layout.high_at, layout.scales_at, layout.supers_at].map(|words| words as u32);
-    let dims = params(&[&[m as u32, n as u32, k as u32, bias.is_some() as u32][..], &sections].concat());
-    let buffers =
-        vec![x.handle.clone().binding(), words.handle.clone().binding(), bias_handle.binding(), out.clone().binding()];
+    let has_bias = bias.is_some() as usize;
+    let values = [m, n, k, has_bias, layout.high_at, layout.scales_at, layout.supers_at, 0, tokens];
+    let dims = params(&values.map(|v| v as u32));
+    let buffers = vec![
+        x.handle.clone().binding(),
+        words.handle.clone().binding(),
+        handle(&bias).binding(),
+        out.clone().binding(),
+        handle(&residual).binding(),
+        handle(&gate).binding(),
+    ];
     let (kernel, (tile_n, tile_m)) = if m <= MATVEC_MAX_ROWS {
         (matvec, MATVEC_TILE)
     } else if m >= WIDE_FROM_ROWS && n >= WIDE_TILE {
@@ -315,8 +387,8 @@ fn quant_kernel(
         (square, (TILE, TILE))
     };
     let groups = CubeCount::Static(n.div_ceil(tile_n) as u32, m.div_ceil(tile_m) as u32, 1);
-    super::dispatch(&client, kernel, groups, buffers, dims, &[1, 2]); // the blocks and the bias are weights
-    tensor_from_handle_of(&x, out, [m, n], dtype)
+    super::dispatch(&client, epilogue.kernel(kernel), groups, buffers, dims, &[1, 2]); // the blocks and the bias are weights
+    tensor_from_handle(&x, out, [m, n])
 }
 
 /// A linear layer `y = x · Wᵀ + b` over a [`PackedWeight`] (field names as in the checkpoints).
@@ -346,10 +418,16 @@ impl PackedLinear {
 
     /// `[..., in] → [..., out]` in f32; a packed weight computes at the device's [`Precision`] ([`matmul`]).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.forward_with(x, Epilogue::Plain)
+    }
+
+    /// [`PackedLinear::forward`] followed by `epilogue` ([`matmul_with`]), whose tensors are `[b·n, out]` and
+    /// `[g, out]` for `x` `[..., in]` of b·n rows.
+    pub fn forward_with<const D: usize>(&self, x: Tensor<D>, epilogue: Epilogue) -> Tensor<D> {
         let dims = x.dims();
         let k = dims[D - 1];
         let rows = dims[..D - 1].iter().product();
-        let y = matmul(x.reshape([rows, k]), &self.weight, self.bias.as_ref()); // [b·n, out]
+        let y = matmul_with(x.reshape([rows, k]), &self.weight, self.bias.as_ref(), epilogue); // [b·n, out]
         let mut out = dims;
         out[D - 1] = self.weight.n;
         y.reshape(out)

@@ -14,9 +14,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::device::max_binding_bytes;
 use crate::formats::weights::{HostTensor, Weights};
 use crate::formats::{GgmlType, dequantize};
-use crate::kernels::packs_on;
-use crate::kernels::quant_matmul::{PackedLinear, PackedWeight, keeps_blocks};
+use crate::kernels::quant_matmul::{Epilogue, PackedLinear, PackedWeight, keeps_blocks};
 use crate::kernels::repack::Layout;
+use crate::kernels::{fused, packs_on};
 use crate::{Error, Result};
 
 /// Reads `name`, failing with a message naming the tensor when it is missing or its shape is not `shape`.
@@ -180,6 +180,38 @@ impl Projection {
             _ => Tensor::cat(outputs, D - 1),
         };
         self.adapters.iter().fold(y, |y, adapter| y + adapter.forward_columns(x.clone(), columns.clone()))
+    }
+
+    /// `gelu_tanh(self.forward(x))`: in the matmul's epilogue where the layer is one packed part without
+    /// adapters, else a GELU launch after it.
+    pub fn forward_gelu(&self, x: Tensor<3>) -> Tensor<3> {
+        match self.single_packed() {
+            Some(linear) => linear.forward_with(x, Epilogue::Gelu),
+            None => fused::gelu_tanh(self.forward(x)),
+        }
+    }
+
+    /// `residual + gate · self.forward(x)` with `x` `[b, n, in]`, `residual` `[b, n, out]` and `gate`
+    /// `[b, 1, out]` (a block's gated residual add): in the matmul's epilogue where the layer is one packed
+    /// part without adapters, else a gated-add launch after it.
+    pub fn forward_gated_add(&self, x: Tensor<3>, residual: Tensor<3>, gate: Tensor<3>) -> Tensor<3> {
+        let ([b, n, _], out) = (x.dims(), self.d_out());
+        let fits = residual.dims() == [b, n, out] && gate.dims() == [b, 1, out];
+        match self.single_packed() {
+            Some(linear) if fits => {
+                let (residual, gate) = (residual.reshape([b * n, out]), gate.reshape([b, out]));
+                linear.forward_with(x, Epilogue::GatedAdd { residual: &residual, gate: &gate })
+            }
+            _ => fused::gated_add(residual, gate, self.forward(x)),
+        }
+    }
+
+    /// The layer's one packed part, where it has no other part and no adapter: what an epilogue can run in.
+    fn single_packed(&self) -> Option<&PackedLinear> {
+        match self.parts.as_slice() {
+            [BaseWeight::Packed(linear)] if self.adapters.is_empty() && linear.weight.is_packed() => Some(linear),
+            _ => None,
+        }
     }
 
     /// Input features.

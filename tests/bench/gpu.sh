@@ -6,7 +6,7 @@
 #                     against the materialised reference) and matmuls at M = 8,704
 #   bench-512.json    the 512² Kontext step of a random-weight FLUX.1 Kontext [dev] DiT (Q4_0 blocks; f32 and f16
 #                     activations, and streamed), with its kernel launches per step and per block counted
-#   bench-step.json   the same step at 1024² (f32 and f16 activations)
+#   bench-step.json   the same step at 1024² (f32 and f16 compute)
 #   diffusers.json    the same steps through diffusers on the same card (bf16 and f32), where python3 has torch
 #                     and diffusers
 #   load.json         `kontext make-random` (the same DiT as a Q4_0 GGUF file, 6.7 GB, written into OUT and

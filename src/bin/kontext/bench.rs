@@ -32,7 +32,7 @@ pub struct BenchArgs {
     /// needs torch and diffusers (`tests/bench/diffusers_step.py`): the peer figure.
     #[arg(long, value_name = "PYTHON")]
     peer: Option<std::path::PathBuf>,
-    /// Activations of the packed matmuls in the DiT step: `f32` (the default) or `f16` (adapters with
+    /// What the packed matmuls of the DiT step compute in: `f32` (the default) or `f16` (adapters with
     /// `shader-f16`); also `KONTEXT_PRECISION`. The matmul table measures both either way.
     #[arg(long)]
     precision: Option<String>,
@@ -132,16 +132,16 @@ fn print_table(report: &Report) {
     println!("preset    {}, {} timed calls per figure after one warm-up", sizes.preset, sizes.repeats);
     println!();
     println!("matmul x [M, K] · Wᵀ [K → N]: packed ggml blocks vs burn f32 (GFLOP/s; ratio = packed / f32)");
-    println!("  f16: the packed kernel with f16 activations; +cast: with x cast to f16 and y back to f32, as the");
-    println!("  model runs it; f16/pk and f16/f32: f16 against the f32-activation packed kernel and burn's f32");
+    println!("  f16: the packed kernel computing in f16 (x and y f32, as the model runs it with --precision f16);");
+    println!("  f16/pk and f16/f32: f16 against the packed kernel computing in f32 and against burn's f32");
     println!(
-        "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10} {:>10} {:>7} {:>10} {:>10} {:>7} {:>7}",
-        "type", "M", "K", "N", "packed", "packed", "f32", "ratio", "f16", "f16+cast", "f16/pk", "f16/f32"
+        "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10} {:>10} {:>7} {:>10} {:>7} {:>7}",
+        "type", "M", "K", "N", "packed", "packed", "f32", "ratio", "f16", "f16/pk", "f16/f32"
     );
     let or_dash = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     for r in &report.matmul {
         println!(
-            "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10.2} {:>10.2} {:>7.2} {:>10} {:>10} {:>7} {:>7}",
+            "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10.2} {:>10.2} {:>7.2} {:>10} {:>7} {:>7}",
             r.ty,
             r.m,
             r.k,
@@ -151,7 +151,6 @@ fn print_table(report: &Report) {
             r.f32_gflops,
             r.ratio,
             or_dash(r.f16_gflops),
-            or_dash(r.f16_cast_gflops),
             or_dash(r.f16_ratio_to_packed),
             or_dash(r.f16_ratio_to_f32)
         );
@@ -203,7 +202,7 @@ fn print_table(report: &Report) {
         "DiT step: hidden {}, {} heads, {} double + {} single blocks, {} image + {} text tokens, random weights",
         c.hidden_size, c.num_heads, c.depth, c.depth_single_blocks, sizes.step_image_tokens, sizes.step_text_tokens
     );
-    println!("packed matmuls with {} activations (f16 where a row says so)", report.precision);
+    println!("packed matmuls computing in {} (f16 where a row says so)", report.precision);
     println!("plain s: the same step with our kernels off (dense f32 weights, burn's ops); speedup = plain / ours");
     println!("launches: kernel dispatches (ours and burn's) per transformer call and per double/single block, counted");
     println!(

@@ -232,10 +232,17 @@ impl Mlp {
         Ok(Self { layer_0: vb.pp("0").linear(hidden, mlp, true)?, layer_2: vb.pp("2").linear(mlp, hidden, true)? })
     }
 
-    /// `[b, n, hidden] → [b, n, hidden]`, in token chunks whose `[b, chunk, mlp_hidden]` activation fits.
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        for_token_chunks(x, self.layer_0.d_out(), |x, _| {
-            self.layer_2.forward(fused::gelu_tanh(self.layer_0.forward(x)))
+    /// `residual + gate · mlp(x)`: `x` and `residual` `[b, n, hidden]`, `gate` `[b, 1, hidden]`, in token chunks
+    /// whose `[b, chunk, mlp_hidden]` activation fits; the GELU and the gated add run in the matmuls' epilogues
+    /// where the layers allow ([`Projection::forward_gelu`], [`Projection::forward_gated_add`]).
+    fn forward_gated_add(&self, x: Tensor<3>, residual: Tensor<3>, gate: &Tensor<3>) -> Tensor<3> {
+        let n = x.dims()[1];
+        for_token_chunks(x, self.layer_0.d_out(), |x, tokens| {
+            let residual = match tokens.len() == n {
+                true => residual.clone(),
+                false => residual.clone().narrow(1, tokens.start, tokens.len()),
+            };
+            self.layer_2.forward_gated_add(self.layer_0.forward_gelu(x), residual, gate.clone())
         })
     }
 }
@@ -343,9 +350,9 @@ impl DoubleStreamBlock {
         debug_assert_eq!(img_attn.dims()[1], n_img);
 
         let (img, img_normed) = m.img_attn.gated_add_norm(img, self.img_attn.proj.forward(img_attn), &m.img_mlp);
-        let img = m.img_mlp.gated_add(img, self.img_mlp.forward(img_normed));
+        let img = self.img_mlp.forward_gated_add(img_normed, img, &m.img_mlp.gate);
         let (txt, txt_normed) = m.txt_attn.gated_add_norm(txt, self.txt_attn.proj.forward(txt_attn), &m.txt_mlp);
-        let txt = m.txt_mlp.gated_add(txt, self.txt_mlp.forward(txt_normed));
+        let txt = self.txt_mlp.forward_gated_add(txt_normed, txt, &m.txt_mlp.gate);
         Ok((img, txt))
     }
 }
