@@ -92,8 +92,12 @@ const ROWS_TILE_VECS: usize = 480;
 /// Most keys per tile of the `rows` kernel (`KEYS_MAX` in its shader).
 const ROWS_KEYS_MAX: usize = 64;
 
-/// Widest head the flash kernels take; wider heads (the VAE's single 512-wide head) use [`reference`].
-pub const HEAD_DIM_MAX: usize = 256;
+/// Widest head the `flash` kernel takes (the VAE's single 512-wide head among them); wider heads use
+/// [`reference`].
+pub const HEAD_DIM_MAX: usize = 512;
+
+/// Widest head the `rows` kernel takes (`HEAD_VECS_MAX` in its shader); wider heads take `flash`.
+const ROWS_HEAD_DIM_MAX: usize = 256;
 
 /// Attention as the models use it: through [`AttentionKernel::current`] where a flash kernel applies (wgpu,
 /// f32, head width at most [`HEAD_DIM_MAX`], tiles that fit the workgroup memory), [`reference`] otherwise.
@@ -210,7 +214,10 @@ fn run(
     let device = q.device();
     let score_block_bytes = SCORE_BLOCK_BYTES.min(crate::device::max_binding_bytes(&device) as usize);
     let software = software_adapter(&device);
-    let kernel = kernel.resolve(lq, lk, score_block_bytes, software);
+    let kernel = match kernel.resolve(lq, lk, score_block_bytes, software) {
+        AttentionKernel::Rows if d > ROWS_HEAD_DIM_MAX => AttentionKernel::Flash,
+        kernel => kernel,
+    };
     if kernel == AttentionKernel::Scores {
         if !super::packs_on(&device) {
             return Err(not_wgpu());
@@ -232,7 +239,7 @@ fn run(
             let adapter = adapter_of(client);
             let layout = match layout {
                 Some(layout) => layout,
-                None => FlashLayout::for_adapter(adapter)?,
+                None => FlashLayout::for_adapter(adapter, d)?,
             };
             let shape = FlashShape::new(d, HEAD_DIM_MAX, layout, adapter)?;
             (shape.kernel(), shape.rows(), shape.llvmpipe_keys_per_dispatch())
@@ -417,8 +424,8 @@ mod tests {
         assert_eq!(err, "flash attention runs on burn's wgpu backend with f32 tensors only");
         let err = flash_attention(t([1, 2, 5, 8]), t([1, 2, 7, 8]), t([1, 2, 6, 8])).unwrap_err().to_string();
         assert!(err.starts_with("attention: query [1, 2, 5, 8], key [1, 2, 7, 8] and value [1, 2, 6, 8]"), "{err}");
-        let err = flash_attention(t([1, 1, 2, 300]), t([1, 1, 2, 300]), t([1, 1, 2, 300])).unwrap_err().to_string();
-        assert!(err.contains("head width at most 256"), "{err}");
+        let err = flash_attention(t([1, 1, 2, 600]), t([1, 1, 2, 600]), t([1, 1, 2, 600])).unwrap_err().to_string();
+        assert!(err.contains("head width at most 512"), "{err}");
         let ours = attention(t([1, 2, 5, 8]), t([1, 2, 7, 8]), t([1, 2, 7, 8]));
         ours.into_data().assert_approx_eq::<f32>(
             &reference(t([1, 2, 5, 8]), t([1, 2, 7, 8]), t([1, 2, 7, 8])).into_data(),

@@ -7,8 +7,11 @@
 //! - **CPU adapters** (llvmpipe, SwiftShader): 32 invocations, 8 query rows each. Each read of workgroup memory
 //!   is a loop over the SIMD lanes there, so each key or value vec4 read serves 8 rows; where subgroups exist
 //!   (llvmpipe: 8 lanes), each lane reads a different vec4 and `subgroupBroadcast` hands it to the others.
+//!   Heads over 256 wide (the VAE's 512) are split over several invocations per row, 128 columns each.
 //! - **GPUs with subgroups**: 4 invocations share a row (32 of a 128-wide head's columns each) and add their
 //!   partial scores with `subgroupShuffleXor`; 2 rows per invocation, 64 invocations: about 150 registers.
+//!   Wider heads take more invocations per row, up to the subgroup size (16 for the VAE's 512), so that each
+//!   still holds 32 columns.
 //! - **other GPUs**: one invocation per row, 64 invocations.
 //!
 //! `KONTEXT_FLASH=ROWS_PER_THREAD,THREADS_PER_ROW,THREADS,KEYS_PER_STEP,BROADCAST` forces a layout natively, to
@@ -25,8 +28,9 @@ const TEMPLATE: &str = include_str!("../../shaders/flash_attention.wgsl");
 /// (`BROADCAST` 0 or 1).
 pub const SHAPE_ENV: &str = "KONTEXT_FLASH";
 
-/// Keys per tile, the first whose key and value tiles fit the workgroup memory granted.
-const KEY_TILES: [usize; 4] = [32, 16, 8, 4];
+/// Keys per tile, the first whose key and value tiles fit the workgroup memory granted (a 512-wide head's tiles
+/// of 4 keys take just over WebGPU's default 16 KiB).
+const KEY_TILES: [usize; 6] = [32, 16, 8, 4, 2, 1];
 /// Most vec4s (`ROWS_PER_THREAD · SLICE`) one invocation holds per query row set, which bounds the unrolled code.
 const HELD_VECS_MAX: usize = 256;
 
@@ -60,14 +64,25 @@ pub struct FlashLayout {
 }
 
 impl FlashLayout {
-    /// The layout for `adapter` (see the module documentation), or the one [`SHAPE_ENV`] forces natively.
-    pub fn for_adapter(adapter: Adapter) -> Result<Self> {
+    /// The layout for heads of width `d` on `adapter` (see the module documentation), or the one [`SHAPE_ENV`]
+    /// forces natively.
+    pub fn for_adapter(adapter: Adapter, d: usize) -> Result<Self> {
         if let Some(forced) = Self::forced()? {
             return Ok(forced);
         }
+        let head_vecs = d.div_ceil(4);
+        // Invocations per row so that each holds at most `slice` vec4s of it, within the subgroup size.
+        let split = |slice: usize, subgroup: usize| head_vecs.div_ceil(slice).next_power_of_two().min(subgroup);
         let (rows_per_thread, threads_per_row, threads, keys_per_step, broadcast) = match adapter {
+            Adapter { software: true, subgroup_min: Some(lanes), .. } if head_vecs > 64 => {
+                let per_row = split(32, lanes);
+                (8, per_row, 32 * per_row, 4, false)
+            }
             Adapter { software: true, subgroup_min, .. } => (8, 1, 32, 4, subgroup_min.is_some()),
-            Adapter { subgroup_min: Some(4..), .. } => (2, 4, 64, 4, false),
+            Adapter { subgroup_min: Some(lanes @ 4..), .. } => {
+                let per_row = split(8, lanes).max(4);
+                (2, per_row, 16 * per_row, 4, false)
+            }
             _ => (1, 1, 64, 4, false),
         };
         Ok(Self { rows_per_thread, threads_per_row, threads, keys_per_step, broadcast })
@@ -162,13 +177,14 @@ impl FlashShape {
         shape.rows_per_thread = rows_per_thread.min((HELD_VECS_MAX / shape.slice()).max(1));
         shape.keys = KEY_TILES
             .into_iter()
-            .find(|&keys| keys >= keys_per_step && Self { keys, ..shape }.shared_bytes() <= adapter.shared_bytes)
+            .find(|&keys| Self { keys, ..shape }.shared_bytes() <= adapter.shared_bytes)
             .ok_or_else(|| {
                 Error::Invalid(format!(
                     "flash attention: heads of width {d} need more than the {} bytes of workgroup memory granted",
                     adapter.shared_bytes
                 ))
             })?;
+        shape.keys_per_step = keys_per_step.min(shape.keys);
         Ok(shape)
     }
 
@@ -461,7 +477,7 @@ mod tests {
     const PLAIN: Adapter = Adapter { software: false, subgroup_min: None, shared_bytes: 16 << 10 };
 
     fn choose(d: usize, adapter: Adapter) -> Result<FlashShape> {
-        FlashShape::new(d, 256, FlashLayout::for_adapter(adapter).unwrap(), adapter)
+        FlashShape::new(d, 512, FlashLayout::for_adapter(adapter, d).unwrap(), adapter)
     }
 
     #[test]
@@ -496,7 +512,16 @@ mod tests {
         assert_eq!(choose(256, CPU).unwrap().rows_per_thread, 4);
         assert_eq!(choose(8, GPU).unwrap().head_vecs(), 4);
         assert_eq!(choose(7, CPU).unwrap().head_vecs(), 2);
-        for d in [0, 257] {
+        // The VAE's one 512-wide head: split over invocations, 32 vec4s each, and on WebGPU's default 16 KiB
+        // tiles of 2 keys stepped 2 at a time.
+        let cpu = choose(512, CPU).unwrap();
+        assert_eq!((cpu.threads_per_row, cpu.slice(), cpu.rows_per_thread, cpu.keys), (4, 32, 8, 4));
+        let gpu = choose(512, GPU).unwrap();
+        assert_eq!((gpu.threads_per_row, gpu.threads, gpu.slice(), gpu.rows(), gpu.keys), (16, 256, 8, 32, 8));
+        let browser = Adapter { shared_bytes: 16 << 10, ..CPU };
+        let small = choose(512, browser).unwrap();
+        assert_eq!((small.keys, small.keys_per_step), (2, 2));
+        for d in [0, 513] {
             assert!(choose(d, CPU).is_err());
         }
         let tight = Adapter { shared_bytes: 1024, ..PLAIN };
@@ -517,7 +542,7 @@ mod tests {
 
     #[test]
     fn llvmpipe_dispatches_take_whole_tiles_within_the_loop_budget() {
-        for d in [1, 16, 64, 128, 250, 256] {
+        for d in [1, 16, 64, 128, 250, 256, 512] {
             let shape = choose(d, CPU).unwrap();
             let keys = shape.llvmpipe_keys_per_dispatch();
             assert!(keys >= 100 * shape.keys && keys.is_multiple_of(shape.keys), "{shape:?}: {keys} keys");

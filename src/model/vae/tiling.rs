@@ -54,7 +54,7 @@ impl DecodeTiling {
 ///
 /// That is the widest `channels × H × W` activation over the mid block and every up block (before and after
 /// its ×2 upsampler), and the mid-block attention's `[hw, hw]` scores when that attention cannot run on the
-/// flash kernel (one head of width `block_out_channels.last()` > [`HEAD_DIM_MAX`], as in Flux's 512). Where
+/// flash kernel (one head of width `block_out_channels.last()` > [`HEAD_DIM_MAX`]; Flux's 512 runs on it). Where
 /// the flash kernel does not apply at all (the CPU backend) the scores are materialised at any width, but the
 /// CPU has no binding limit. Convolutions run direct (burn without autotune), so they add no im2col buffer.
 pub fn decoder_peak_bytes(cfg: &VaeConfig, h: usize, w: usize) -> u64 {
@@ -246,8 +246,12 @@ mod tests {
         assert_eq!(decoder_peak_bytes(&flux, 128, 128), 1 << 30);
         // 40×40: 256 × 320² × 4 = 104,857,600 beats 1600² × 4 = 10,240,000.
         assert_eq!(decoder_peak_bytes(&flux, 40, 40), 104_857_600);
-        // 256×256 (2048² px): scores (65536² × 4 = 16 GiB) beat 256 × 2048² × 4 = 4 GiB.
-        assert_eq!(decoder_peak_bytes(&flux, 256, 256), 1 << 34);
+        // 256×256 (2048² px): 256 × 2048² × 4 = 4 GiB; the 512-wide attention runs on the flash kernel, so its
+        // 65536² scores (16 GiB) never exist.
+        assert_eq!(decoder_peak_bytes(&flux, 256, 256), 1 << 32);
+        // A head wider than the flash kernel takes materialises them: they beat its largest activation (4 GiB).
+        let wide = VaeConfig { block_out_channels: vec![128, 256, 512, 1024], ..VaeConfig::flux() };
+        assert_eq!(decoder_peak_bytes(&wide, 256, 256), 1 << 34);
         // The tiny VAE (widths [8, 16, 32, 32]) runs its 32-wide attention on the flash kernel: at 10×8, the
         // largest tensor is the last upsampler's 16 channels × 80 × 64 px × 4 B = 327,680.
         assert_eq!(decoder_peak_bytes(&tiny_config(), 10, 8), 327_680);
