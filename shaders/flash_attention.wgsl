@@ -1,14 +1,19 @@
 // Scaled dot-product attention softmax(q·kᵀ·scale)·v over [b, h, L, d], flash-style: keys and values stream
 // through workgroup memory one tile at a time while every query row keeps a running maximum, a running sum
-// and its output accumulator in registers (online softmax), so no L×L buffer exists anywhere. f32 throughout.
-// Reference twin: crate::kernels::attention::reference.
+// and its output accumulator in registers (online softmax), so no L×L buffer exists anywhere. Scores, softmax
+// statistics and accumulators are f32; the query, key and value buffers and the tiles are f32, or f16 where
+// the adapter has `shader-f16` and the inputs are f16 (INPUT and TILE; every value is widened to f32 as it is
+// read). Reference twin: crate::kernels::attention::reference.
 //
 // A template: crate::kernels::flash::FlashShape prepends the compile-time shape and writes the `//@` lines as
 // straight-line code, unrolled over rows, keys and head columns, so that every per-invocation value is a named
 // variable (no array is indexed at run time):
 //   HEAD_VECS        vec4s per head row in registers and tiles: ⌈d/4⌉ rounded up to THREADS_PER_ROW;
 //   ROW_VECS         vec4s per row in the buffers (⌈d/4⌉), when they are bound as vec4s (d a multiple of 4);
-//   HEAD_DIM         d, when the buffers are bound as f32s;
+//   HEAD_DIM         d, when the buffers are bound as scalars;
+//   ELEMENT, INPUT   an element of the output buffer (f32) and of the query, key and value buffers (f32 or f16):
+//                    vec4s or scalars;
+//   TILE             a vec4 of the key and value tiles, vec4<f32> or vec4<f16>;
 //   SLICE            vec4s of a row one invocation holds: HEAD_VECS / THREADS_PER_ROW;
 //   THREADS          invocations per workgroup; THREADS_PER_ROW of them share a query row, each owning one
 //                    slice of its columns and adding its partial scores to theirs with subgroup shuffles;
@@ -33,9 +38,9 @@ const MASKED: f32 = -3.0e38;
 const LOG2_E: f32 = 1.4426950408889634;
 
 // [b·h, lq, d], then [b·h, lk, d] twice, and the output [b·h, lq, d]
-@group(0) @binding(0) var<storage, read_write> query: array<ELEMENT>;
-@group(0) @binding(1) var<storage, read_write> key: array<ELEMENT>;
-@group(0) @binding(2) var<storage, read_write> value: array<ELEMENT>;
+@group(0) @binding(0) var<storage, read_write> query: array<INPUT>;
+@group(0) @binding(1) var<storage, read_write> key: array<INPUT>;
+@group(0) @binding(2) var<storage, read_write> value: array<INPUT>;
 @group(0) @binding(3) var<storage, read_write> output: array<ELEMENT>;
 // [b·h, lq, 2]: running maximum (base 2) and sum of every row between dispatches
 @group(0) @binding(4) var<storage, read_write> stats: array<f32>;
@@ -43,8 +48,8 @@ const LOG2_E: f32 = 1.4426950408889634;
 @group(0) @binding(5) var<uniform> params: array<vec4<u32>, 3>;
 
 // [KEYS, HEAD_VECS] each: the key tile and the value tile, zeros past the last key
-var<workgroup> key_tile: array<vec4<f32>, KEYS * HEAD_VECS>;
-var<workgroup> value_tile: array<vec4<f32>, KEYS * HEAD_VECS>;
+var<workgroup> key_tile: array<TILE, KEYS * HEAD_VECS>;
+var<workgroup> value_tile: array<TILE, KEYS * HEAD_VECS>;
 // (lq, lk, b·h, scale bits) and (key_begin, key_end), copied by invocation 0 so that every invocation sees
 // them as uniform values.
 var<workgroup> shape_shared: vec4<u32>;
@@ -95,8 +100,8 @@ fn main(
         for (var i = lid; i < KEYS * HEAD_VECS; i += THREADS) {
             let key_index = bh * lk + min(first_key + i / HEAD_VECS, lk - 1u);
             let kept = i / HEAD_VECS < count;
-            key_tile[i] = select(vec4<f32>(0.0), load_key(key_index, i % HEAD_VECS), kept);
-            value_tile[i] = select(vec4<f32>(0.0), load_value(key_index, i % HEAD_VECS), kept);
+            key_tile[i] = TILE(select(vec4<f32>(0.0), load_key(key_index, i % HEAD_VECS), kept));
+            value_tile[i] = TILE(select(vec4<f32>(0.0), load_value(key_index, i % HEAD_VECS), kept));
         }
         workgroupBarrier();
         for (var c = 0u; c < count; c += CHUNK) {

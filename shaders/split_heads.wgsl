@@ -4,14 +4,15 @@
 // stream's learned scale (flags 1 and 2: x / √(mean(x²) + ε) · scale), then its channel pairs (2j, 2j + 1)
 // rotated by the angles of its position (flag 4: cos and sin [total, d / 2]). Reference twin:
 // crate::kernels::fused::reference::split_heads. A row (one head of one token) has LANES invocations, each
-// owning the pairs lane, lane + LANES, …
+// owning the pairs lane, lane + LANES, … The host prepends the output's element type: `alias OUT = f32;`, or f16
+// for the flash kernel's f16 inputs (computed in f32, rounded once as stored).
 @group(0) @binding(0) var<storage, read_write> x_a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> x_b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> scale_a: array<f32>;
 @group(0) @binding(3) var<storage, read_write> scale_b: array<f32>;
 @group(0) @binding(4) var<storage, read_write> cos_table: array<f32>;
 @group(0) @binding(5) var<storage, read_write> sin_table: array<f32>;
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<OUT>;
 // [batch, tokens_a, tokens_b, heads, d, total, offset, flags, ε as f32 bits]
 @group(0) @binding(7) var<uniform> dims: array<vec4<u32>, 3>;
 
@@ -85,7 +86,7 @@ fn main(
             v0 = v0 * norm_scale(in_a, 2u * p);
         }
         if (2u * p + 1u >= d) {
-            out[dst + 2u * p] = v0;
+            out[dst + 2u * p] = OUT(v0);
             continue;
         }
         var v1 = load(in_a, src + 2u * p + 1u) * inv_rms;
@@ -96,11 +97,11 @@ fn main(
             let angle = (offset + t) * (d / 2u) + p;
             let c = cos_table[angle];
             let s = sin_table[angle];
-            out[dst + 2u * p] = v0 * c - v1 * s;
-            out[dst + 2u * p + 1u] = v0 * s + v1 * c;
+            out[dst + 2u * p] = OUT(v0 * c - v1 * s);
+            out[dst + 2u * p + 1u] = OUT(v0 * s + v1 * c);
         } else {
-            out[dst + 2u * p] = v0;
-            out[dst + 2u * p + 1u] = v1;
+            out[dst + 2u * p] = OUT(v0);
+            out[dst + 2u * p + 1u] = OUT(v1);
         }
     }
 }

@@ -2,7 +2,7 @@
 //! materialised reference twin, and the tiny Flux DiT on wgpu against the golden run.
 #![cfg(not(target_arch = "wasm32"))]
 
-use burn::tensor::{Tensor, TensorData, Tolerance};
+use burn::tensor::{DType, FloatDType, Tensor, TensorData, Tolerance};
 use kontext_web::device::{self, selfcheck};
 use kontext_web::formats::SafetensorsFile;
 use kontext_web::formats::weights::Weights;
@@ -11,6 +11,7 @@ use kontext_web::kernels::attention::{
     AttentionKernel, attention, blocked_reference, flash_attention, flash_attention_in, gpu_attention, reference,
 };
 use kontext_web::kernels::flash::{Adapter, FlashLayout, FlashShape};
+use kontext_web::kernels::precision::Precision;
 use kontext_web::model::FluxConfig;
 use kontext_web::model::flux::Flux;
 
@@ -136,12 +137,37 @@ fn the_vae_s_512_wide_head_runs_on_the_flash_kernel_split_over_invocations() {
 }
 
 #[test]
+fn f16_inputs_run_on_the_flash_kernel_with_f32_statistics_and_the_other_paths_widen_them() {
+    let gpu = gpu();
+    assert!(Precision::f16_available(&gpu), "this adapter has no shader-f16: the f16 flash kernel cannot be checked");
+    let (b, h, lq, lk) = (1, 2, 45, 90);
+    for d in [128, 512, 7] {
+        let f32_inputs = [(lq, 1, 2.0), (lk, 2, 2.0), (lk, 3, 1.0)]
+            .map(|(l, salt, a)| Tensor::<4>::from_data(values([b, h, l, d], salt, a), &gpu));
+        let [q, k, v] = f32_inputs.map(|t| t.cast(FloatDType::F16));
+        // The reference on the same (f16-rounded) values in f32: only the order of the f32 sums differs.
+        let widened = [&q, &k, &v].map(|t| t.clone().cast(FloatDType::F32));
+        let expected = reference(widened[0].clone(), widened[1].clone(), widened[2].clone()).into_data();
+        let ours = flash_attention(q.clone(), k.clone(), v.clone()).unwrap();
+        assert_eq!(ours.dtype(), DType::F32);
+        let ours = ours.into_data();
+        eprintln!("f16 inputs, d {d}: max |diff| {:e}", max_abs_diff(&ours, &expected));
+        ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
+        let wrong = flash_attention(q.clone(), k.clone().flip([2]), v.clone()).unwrap().into_data();
+        assert!(max_abs_diff(&wrong, &expected) > 1e-3, "d {d}");
+        // The blocked scores widen f16 inputs to f32.
+        let scores = gpu_attention(AttentionKernel::Scores, q, k, v).unwrap().into_data();
+        scores.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
+    }
+}
+
+#[test]
 fn flash_kernel_carries_its_running_softmax_over_several_llvmpipe_dispatches() {
     let (lq, lk, d) = (3, 230_000, 16);
     let gpu = gpu();
     // lavapipe's layout: the keys span three dispatches there (on a real GPU one dispatch takes them all).
     let adapter = Adapter { software: true, subgroup_min: device::subgroup_min_size(), shared_bytes: 32 << 10 };
-    let shape = FlashShape::new(d, 256, FlashLayout::for_adapter(adapter, d).unwrap(), adapter).unwrap();
+    let shape = FlashShape::new(d, 256, FlashLayout::for_adapter(adapter, d).unwrap(), adapter, false).unwrap();
     assert!(lk > 2 * shape.llvmpipe_keys_per_dispatch(), "{shape:?}");
     let (q, k, v) = (values([1, 1, lq, d], 7, 2.0), values([1, 1, lk, d], 8, 2.0), values([1, 1, lk, d], 9, 1.0));
     // The last key is query 0 scaled up, with a value of 10s, and the first key query 1 scaled up, with −10s:

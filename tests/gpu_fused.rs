@@ -3,7 +3,7 @@
 //! launches they save, counted.
 #![cfg(not(target_arch = "wasm32"))]
 
-use burn::tensor::{Tensor, TensorData, Tolerance};
+use burn::tensor::{DType, FloatDType, Tensor, TensorData, Tolerance};
 use kontext_web::device::launches::count_launches;
 use kontext_web::device::selfcheck;
 use kontext_web::harness::testing::gpu;
@@ -105,6 +105,13 @@ fn split_heads_equals_its_twin_for_joined_streams() {
             let rope = rotated.then_some(rope);
             let expected = reference::split_heads(parts.clone(), heads, rope, EPS);
             let ours = fused::split_heads(parts.clone(), heads, rope, EPS).unwrap();
+            // The f16 variant stores the same values, each rounded once to f16 (within half an ulp, 2⁻¹¹).
+            let halves = fused::split_heads_f16(parts.clone(), heads, rope, EPS).unwrap();
+            assert_eq!(halves.dtype(), DType::F16, "{what}");
+            let (h, f) = (halves.cast(FloatDType::F32).into_data(), ours.clone().into_data());
+            let (h, f) = (h.iter::<f32>().collect::<Vec<_>>(), f.iter::<f32>().collect::<Vec<_>>());
+            let worst = h.iter().zip(&f).map(|(a, b)| (a - b).abs() / b.abs().max(1e-4)).fold(0f32, f32::max);
+            assert!(worst <= 1.0 / 2048.0 + 1e-6, "{what}: f16 heads off by {worst:e} relative");
             // The control joins the streams in the other order, or negates a lone stream.
             let mut swapped: Vec<HeadInput> = parts.into_iter().rev().collect();
             if swapped.len() == 1 {

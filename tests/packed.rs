@@ -1,8 +1,8 @@
 //! Quantized GGUF transformers stay in ggml blocks on wgpu (lavapipe without a GPU): the weights hold about
 //! the file's bytes on the device, the linear layers are packed, and `kontext forward` still matches the
 //! golden of each GGUF (`bfl_gguf/golden_gguf_step0.safetensors`, of the committed files and of the tiny-types pack
-//! with every type the reader supports): within 1e-4 with f32 activations, within 2e-3 with f16 ones (lavapipe has
-//! `shader-f16`); on the CPU every layer stays dense.
+//! with every type the reader supports): within 1e-4 computing in f32, within 2e-3 computing in f16 (f16 matmul
+//! tiles and attention heads; lavapipe has `shader-f16`); on the CPU every layer stays dense.
 
 #![cfg(not(target_arch = "wasm32"))]
 use std::path::{Path, PathBuf};
@@ -142,7 +142,7 @@ fn forward_with_packed_weights_on_wgpu_matches_each_gguf_golden() {
 }
 
 #[test]
-fn forward_with_f16_activations_on_wgpu_matches_each_gguf_golden_within_2e_3() {
+fn forward_computing_in_f16_on_wgpu_matches_each_gguf_golden_within_2e_3() {
     forward_matches_each_gguf_golden("f16", 2e-3);
 }
 

@@ -11,11 +11,11 @@
 //! whole heads and `rows` otherwise. `kontext bench` times them side by side; the README has the figures.
 
 use burn::cubecl::prelude::CubeCount;
-use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
+use burn::tensor::{DType, FloatDType, Tensor};
 
 use super::flash::{Adapter, FlashLayout, FlashShape};
-use super::{LLVMPIPE_LOOP_BUDGET, WgslKernel, cube_tensor, grid, params, tensor_from_handle};
+use super::{LLVMPIPE_LOOP_BUDGET, WgslKernel, cube_tensor, cube_tensor_of, grid, params, tensor_from_handle};
 use crate::{Error, Result};
 
 const FLASH_ROWS: WgslKernel =
@@ -100,9 +100,11 @@ pub const HEAD_DIM_MAX: usize = 512;
 const ROWS_HEAD_DIM_MAX: usize = 256;
 
 /// Attention as the models use it: through [`AttentionKernel::current`] where a flash kernel applies (wgpu,
-/// f32, head width at most [`HEAD_DIM_MAX`], tiles that fit the workgroup memory), [`reference`] otherwise.
+/// head width at most [`HEAD_DIM_MAX`], tiles that fit the workgroup memory), [`reference`] otherwise.
 ///
-/// `q` `[b, h, lq, d]`, `k` `[b, h, lk, d]`, `v` `[b, h, lk, d]` → `[b, h, lq, d]`; no mask.
+/// `q` `[b, h, lq, d]`, `k` `[b, h, lk, d]`, `v` `[b, h, lk, d]` → `[b, h, lq, d]`; no mask. The inputs are f32,
+/// or f16 (the heads of a model computing in f16): the `flash` kernel reads those as they are, every other
+/// path casts them to f32 first. The result is f32.
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     attention_with(AttentionKernel::current(), q, k, v)
 }
@@ -112,9 +114,18 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
 pub fn attention_with(kernel: AttentionKernel, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     if super::plain_ops() {
         let block = SCORE_BLOCK_BYTES.min(crate::device::max_binding_bytes(&q.device()) as usize);
-        return blocked_reference(q, k, v, block);
+        return blocked_reference(widened(q), widened(k), widened(v), block);
     }
-    gpu_attention(kernel, q.clone(), k.clone(), v.clone()).unwrap_or_else(|_| reference(q, k, v))
+    gpu_attention(kernel, q.clone(), k.clone(), v.clone())
+        .unwrap_or_else(|_| reference(widened(q), widened(k), widened(v)))
+}
+
+/// `t` in f32: cast where it is f16.
+fn widened(t: Tensor<4>) -> Tensor<4> {
+    match t.dtype() {
+        DType::F16 => t.cast(FloatDType::F32),
+        _ => t,
+    }
 }
 
 /// Device memory the `auto` attention adds on a GPU for `heads` heads of `lq` queries and `lk` keys where it
@@ -210,7 +221,7 @@ fn run(
             k.dims()
         )));
     }
-    let not_wgpu = || Error::Invalid("flash attention runs on burn's wgpu backend with f32 tensors only".into());
+    let not_wgpu = || Error::Invalid("flash attention runs on burn's wgpu backend with f32 or f16 tensors only".into());
     let device = q.device();
     let score_block_bytes = SCORE_BLOCK_BYTES.min(crate::device::max_binding_bytes(&device) as usize);
     let software = software_adapter(&device);
@@ -222,10 +233,18 @@ fn run(
         if !super::packs_on(&device) {
             return Err(not_wgpu());
         }
-        return Ok(blocked_reference(q, k, v, score_block_bytes));
+        return Ok(blocked_reference(widened(q), widened(k), widened(v), score_block_bytes));
     }
-    let (q, k, v) = (cube_tensor(q), cube_tensor(k), cube_tensor(v));
-    let (Ok(q), Ok(k), Ok(v)) = (q, k, v) else { return Err(not_wgpu()) };
+    // f16 inputs go to the `flash` kernel as they are, to `rows` widened.
+    let f16_inputs = kernel == AttentionKernel::Flash && [&q, &k, &v].iter().all(|t| t.dtype() == DType::F16);
+    let bound = |t: Tensor<4>| {
+        match f16_inputs {
+            true => cube_tensor_of(t, DType::F16),
+            false => cube_tensor(widened(t)),
+        }
+        .ok()
+    };
+    let (Some(q), Some(k), Some(v)) = (bound(q), bound(k), bound(v)) else { return Err(not_wgpu()) };
 
     let client = &q.client;
     let out = client.empty(b * h * lq * d * size_of::<f32>());
@@ -241,7 +260,7 @@ fn run(
                 Some(layout) => layout,
                 None => FlashLayout::for_adapter(adapter, d)?,
             };
-            let shape = FlashShape::new(d, HEAD_DIM_MAX, layout, adapter)?;
+            let shape = FlashShape::new(d, HEAD_DIM_MAX, layout, adapter, f16_inputs)?;
             (shape.kernel(), shape.rows(), shape.llvmpipe_keys_per_dispatch())
         }
     };
@@ -421,7 +440,7 @@ mod tests {
             Tensor::<4>::from_data(TensorData::new(crate::device::selfcheck::test_matrix(1, n, 3), shape), &device)
         };
         let err = flash_attention(t([1, 2, 5, 8]), t([1, 2, 7, 8]), t([1, 2, 7, 8])).unwrap_err().to_string();
-        assert_eq!(err, "flash attention runs on burn's wgpu backend with f32 tensors only");
+        assert_eq!(err, "flash attention runs on burn's wgpu backend with f32 or f16 tensors only");
         let err = flash_attention(t([1, 2, 5, 8]), t([1, 2, 7, 8]), t([1, 2, 6, 8])).unwrap_err().to_string();
         assert!(err.starts_with("attention: query [1, 2, 5, 8], key [1, 2, 7, 8] and value [1, 2, 6, 8]"), "{err}");
         let err = flash_attention(t([1, 1, 2, 600]), t([1, 1, 2, 600]), t([1, 1, 2, 600])).unwrap_err().to_string();

@@ -128,14 +128,17 @@ pub struct FlashShape {
     pub broadcast_lanes: usize,
     /// Keys per tile of workgroup memory, a multiple of `keys_per_step`.
     pub keys: usize,
+    /// Whether the query, key and value buffers and the tiles hold f16 (adapters with `shader-f16`): half the
+    /// workgroup memory per key and half the bytes read; scores and sums stay f32.
+    pub f16_inputs: bool,
 }
 
 impl FlashShape {
     /// The shape for heads of width `d` in `layout` on `adapter`, or an error when `d` is 0 or over
     /// `head_dim_max`, when the layout is not one this adapter runs or when no key tile fits its workgroup
     /// memory. Wide heads get fewer rows per invocation than the layout asks, so that the unrolled code stays
-    /// bounded.
-    pub fn new(d: usize, head_dim_max: usize, layout: FlashLayout, adapter: Adapter) -> Result<Self> {
+    /// bounded. With `f16_inputs` the inputs and tiles are f16 ([`FlashShape::f16_inputs`]).
+    pub fn new(d: usize, head_dim_max: usize, layout: FlashLayout, adapter: Adapter, f16_inputs: bool) -> Result<Self> {
         if d == 0 || d > head_dim_max {
             return Err(Error::Invalid(format!("flash attention takes heads of width 1 to {head_dim_max}, not {d}")));
         }
@@ -170,6 +173,7 @@ impl FlashShape {
             keys_per_step,
             broadcast_lanes: 1,
             keys: KEY_TILES[0],
+            f16_inputs,
         };
         if broadcast {
             shape.broadcast_lanes = adapter.subgroup_min.unwrap_or(1).min(shape.slice()).min(threads);
@@ -205,7 +209,8 @@ impl FlashShape {
 
     /// Workgroup memory the shader declares: the key and value tiles and the shape it shares.
     pub fn shared_bytes(&self) -> usize {
-        2 * 16 * self.keys * self.head_vecs() + 16 + 8
+        let vec4_bytes = if self.f16_inputs { 8 } else { 16 };
+        2 * vec4_bytes * self.keys * self.head_vecs() + 16 + 8
     }
 
     /// Keys per dispatch that keep one invocation within [`LLVMPIPE_LOOP_BUDGET`] loop iterations, counting
@@ -227,9 +232,11 @@ impl FlashShape {
 
     /// The kernel: the template with this shape's constants and unrolled code.
     pub fn kernel(&self) -> WgslKernel {
-        let Self { head_dim, rows_per_thread, threads_per_row, threads, keys_per_step, broadcast_lanes, keys } = *self;
+        let Self { head_dim, rows_per_thread, threads_per_row, threads, keys_per_step, broadcast_lanes, keys, .. } =
+            *self;
+        let half = if self.f16_inputs { "_h" } else { "" };
         let name = format!(
-            "flash_attention_d{head_dim}_r{rows_per_thread}_t{threads_per_row}_w{threads}_s{keys_per_step}_b{broadcast_lanes}_k{keys}"
+            "flash_attention_d{head_dim}_r{rows_per_thread}_t{threads_per_row}_w{threads}_s{keys_per_step}_b{broadcast_lanes}_k{keys}{half}"
         );
         WgslKernel::generated(name, || self.source())
     }
@@ -238,6 +245,9 @@ impl FlashShape {
     pub fn source(&self) -> String {
         let (head_vecs, slice, rows) = (self.head_vecs(), self.slice(), self.rows());
         let mut text = String::new();
+        if self.f16_inputs {
+            text.push_str("enable f16;\n");
+        }
         if cfg!(target_arch = "wasm32") && (self.threads_per_row > 1 || self.broadcast_lanes > 1) {
             // Browsers need the directive; naga (natively) enables subgroups from the device's features.
             text.push_str("enable subgroups;\n");
@@ -255,10 +265,20 @@ impl FlashShape {
             self.keys,
             self.keys_per_step
         );
+        let input = if self.f16_inputs { "f16" } else { "f32" };
         let _ = match vec4_rows {
-            true => writeln!(text, "const ROW_VECS: u32 = {}u;\nalias ELEMENT = vec4<f32>;", self.head_dim / 4),
-            false => writeln!(text, "const HEAD_DIM: u32 = {}u;\nalias ELEMENT = f32;", self.head_dim),
+            true => writeln!(
+                text,
+                "const ROW_VECS: u32 = {}u;\nalias ELEMENT = vec4<f32>;\nalias INPUT = vec4<{input}>;",
+                self.head_dim / 4
+            ),
+            false => writeln!(
+                text,
+                "const HEAD_DIM: u32 = {}u;\nalias ELEMENT = f32;\nalias INPUT = {input};",
+                self.head_dim
+            ),
         };
+        let _ = writeln!(text, "alias TILE = vec4<{input}>;");
         let mut body = TEMPLATE.to_string();
         for (marker, code) in [
             ("//@ROW_ACCESS", self.row_access()),
@@ -282,22 +302,22 @@ impl FlashShape {
             let _ = match (self.head_dim.is_multiple_of(4), padded) {
                 (true, false) => writeln!(
                     code,
-                    "fn load_{buffer}(row: u32, j: u32) -> vec4<f32> {{\n    return {buffer}[row * ROW_VECS + j];\n}}"
+                    "fn load_{buffer}(row: u32, j: u32) -> vec4<f32> {{\n    return vec4<f32>({buffer}[row * ROW_VECS + j]);\n}}"
                 ),
                 (true, true) => writeln!(
                     code,
                     "fn load_{buffer}(row: u32, j: u32) -> vec4<f32> {{\n    \
-                     return select(vec4<f32>(0.0), {buffer}[row * ROW_VECS + min(j, ROW_VECS - 1u)], j < ROW_VECS);\n}}"
+                     return select(vec4<f32>(0.0), vec4<f32>({buffer}[row * ROW_VECS + min(j, ROW_VECS - 1u)]), j < ROW_VECS);\n}}"
                 ),
                 (false, _) => writeln!(
                     code,
                     "fn load_{buffer}(row: u32, j: u32) -> vec4<f32> {{\n    \
                      let at = 4u * j;\n    let first = row * HEAD_DIM;\n    let last = first + HEAD_DIM - 1u;\n    \
                      return vec4<f32>(\n        \
-                     select(0.0, {buffer}[min(first + at, last)], at < HEAD_DIM),\n        \
-                     select(0.0, {buffer}[min(first + at + 1u, last)], at + 1u < HEAD_DIM),\n        \
-                     select(0.0, {buffer}[min(first + at + 2u, last)], at + 2u < HEAD_DIM),\n        \
-                     select(0.0, {buffer}[min(first + at + 3u, last)], at + 3u < HEAD_DIM),\n    );\n}}"
+                     select(0.0, f32({buffer}[min(first + at, last)]), at < HEAD_DIM),\n        \
+                     select(0.0, f32({buffer}[min(first + at + 1u, last)]), at + 1u < HEAD_DIM),\n        \
+                     select(0.0, f32({buffer}[min(first + at + 2u, last)]), at + 2u < HEAD_DIM),\n        \
+                     select(0.0, f32({buffer}[min(first + at + 3u, last)]), at + 3u < HEAD_DIM),\n    );\n}}"
                 ),
             };
         }
@@ -425,7 +445,10 @@ impl FlashShape {
                 let _ = writeln!(code, "{indent}{{");
                 if lanes > 1 {
                     let last = lanes.min(slice - first) - 1;
-                    let _ = writeln!(code, "{indent}    let read = {tile}[base + {at}u + min(reader, {last}u)];");
+                    let _ = writeln!(
+                        code,
+                        "{indent}    let read = vec4<f32>({tile}[base + {at}u + min(reader, {last}u)]);"
+                    );
                 }
                 for j in first..(first + lanes).min(slice) {
                     let _ = match lanes > 1 {
@@ -435,7 +458,8 @@ impl FlashShape {
                             j - first
                         ),
                         false => {
-                            writeln!(code, "{indent}    {{\n{indent}    let k = {tile}[base + {}u];", u * head_vecs + j)
+                            let at = u * head_vecs + j;
+                            writeln!(code, "{indent}    {{\n{indent}    let k = vec4<f32>({tile}[base + {at}u]);")
                         }
                     };
                     use_vec(code, u, j);
@@ -477,7 +501,7 @@ mod tests {
     const PLAIN: Adapter = Adapter { software: false, subgroup_min: None, shared_bytes: 16 << 10 };
 
     fn choose(d: usize, adapter: Adapter) -> Result<FlashShape> {
-        FlashShape::new(d, 512, FlashLayout::for_adapter(adapter, d).unwrap(), adapter)
+        FlashShape::new(d, 512, FlashLayout::for_adapter(adapter, d).unwrap(), adapter, false)
     }
 
     #[test]
@@ -491,6 +515,7 @@ mod tests {
             keys_per_step: 4,
             broadcast_lanes: 8,
             keys: 16,
+            f16_inputs: false,
         };
         assert_eq!(cpu, expected);
         assert_eq!((cpu.head_vecs(), cpu.rows(), cpu.shared_bytes()), (32, 256, 16 * 1024 + 24));
@@ -503,6 +528,7 @@ mod tests {
             keys_per_step: 4,
             broadcast_lanes: 1,
             keys: 32,
+            f16_inputs: false,
         };
         assert_eq!(gpu, expected);
         assert_eq!((gpu.slice(), gpu.rows()), (8, 32));
@@ -518,6 +544,12 @@ mod tests {
         assert_eq!((cpu.threads_per_row, cpu.slice(), cpu.rows_per_thread, cpu.keys), (4, 32, 8, 4));
         let gpu = choose(512, GPU).unwrap();
         assert_eq!((gpu.threads_per_row, gpu.threads, gpu.slice(), gpu.rows(), gpu.keys), (16, 256, 8, 32, 8));
+        // f16 tiles take half the memory: twice the keys.
+        let half = FlashShape::new(128, 512, FlashLayout::for_adapter(PLAIN, 128).unwrap(), PLAIN, true).unwrap();
+        assert_eq!((half.keys, half.shared_bytes()), (16, 8 * 1024 + 24));
+        let source = half.source();
+        assert!(source.starts_with("enable f16;") && source.contains("alias INPUT = vec4<f16>;"), "{source}");
+        assert!(half.kernel().name.ends_with("_h"));
         let browser = Adapter { shared_bytes: 16 << 10, ..CPU };
         let small = choose(512, browser).unwrap();
         assert_eq!((small.keys, small.keys_per_step), (2, 2));
@@ -529,15 +561,15 @@ mod tests {
         assert!(err.contains("more than the 1024 bytes"), "{err}");
         let split =
             FlashLayout { rows_per_thread: 2, threads_per_row: 4, threads: 64, keys_per_step: 4, broadcast: false };
-        let err = FlashShape::new(128, 256, split, PLAIN).unwrap_err().to_string();
+        let err = FlashShape::new(128, 256, split, PLAIN, false).unwrap_err().to_string();
         assert!(err.contains("4 invocations per row need subgroups of at least that size; this adapter has none"));
         let odd =
             FlashLayout { rows_per_thread: 1, threads_per_row: 3, threads: 63, keys_per_step: 4, broadcast: false };
-        assert!(FlashShape::new(128, 256, odd, GPU).is_err());
+        assert!(FlashShape::new(128, 256, odd, GPU, false).is_err());
         let step = FlashLayout { keys_per_step: 3, ..split };
-        assert!(FlashShape::new(128, 256, step, GPU).is_err());
+        assert!(FlashShape::new(128, 256, step, GPU, false).is_err());
         let shared_rows = FlashLayout { broadcast: true, ..split };
-        assert!(FlashShape::new(128, 256, shared_rows, GPU).is_err());
+        assert!(FlashShape::new(128, 256, shared_rows, GPU, false).is_err());
     }
 
     #[test]

@@ -20,9 +20,12 @@ use std::ops::Range;
 use burn::backend::wgpu::CubeTensor;
 use burn::cubecl::prelude::{Client, CubeCount};
 use burn::cubecl::server::BufferBinding;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, FloatDType, Tensor};
 
-use super::{Params, WgslKernel, cube_tensor, dispatch, grid, launch_1d, packs_on, params, tensor_from_handle};
+use super::{
+    Params, WgslKernel, cube_tensor, dispatch, grid, launch_1d, packs_on, params, tensor_from_handle,
+    tensor_from_handle_of,
+};
 use crate::{Error, Result};
 
 /// A row-wise kernel and the workgroup reduction it calls.
@@ -46,7 +49,12 @@ const GELU_TANH: WgslKernel = WgslKernel::fixed(
 const GATED_ADD: WgslKernel = WgslKernel::fixed("gated_add", include_str!("../../shaders/gated_add.wgsl"));
 const MERGE_HEADS: WgslKernel = WgslKernel::fixed("merge_heads", include_str!("../../shaders/merge_heads.wgsl"));
 const RESIDUAL_LAYER_NORM_MODULATE: WgslKernel = row_kernel!("residual_layer_norm_modulate");
-const SPLIT_HEADS: WgslKernel = WgslKernel::fixed("split_heads", include_str!("../../shaders/split_heads.wgsl"));
+const SPLIT_HEADS: WgslKernel =
+    WgslKernel::fixed("split_heads", concat!("alias OUT = f32;\n", include_str!("../../shaders/split_heads.wgsl")));
+const SPLIT_HEADS_F16: WgslKernel = WgslKernel::fixed(
+    "split_heads_f16",
+    concat!("enable f16;\nalias OUT = f16;\n", include_str!("../../shaders/split_heads.wgsl")),
+);
 /// Head rows per workgroup of `split_heads.wgsl` (`ROWS`).
 const HEAD_ROWS_PER_GROUP: usize = 8;
 
@@ -140,6 +148,23 @@ pub struct RopeTables<'a> {
 /// where its part has a norm scale (`eps` inside the root), then rotated by `rope` where given. One kernel per
 /// two parts on wgpu.
 pub fn split_heads(parts: Vec<HeadInput>, heads: usize, rope: Option<RopeTables>, eps: f64) -> Result<Tensor<4>> {
+    split_heads_as(parts, heads, rope, eps, false)
+}
+
+/// [`split_heads`] into an f16 tensor (computed in f32, rounded once as stored): the `flash` attention kernel's
+/// f16 inputs. Needs `shader-f16` on wgpu ([`super::precision::Precision::f16_available`]); elsewhere the
+/// reference, cast.
+pub fn split_heads_f16(parts: Vec<HeadInput>, heads: usize, rope: Option<RopeTables>, eps: f64) -> Result<Tensor<4>> {
+    split_heads_as(parts, heads, rope, eps, true)
+}
+
+fn split_heads_as(
+    parts: Vec<HeadInput>,
+    heads: usize,
+    rope: Option<RopeTables>,
+    eps: f64,
+    f16_out: bool,
+) -> Result<Tensor<4>> {
     let first = parts.first().ok_or_else(|| Error::Invalid("split_heads needs at least one part".into()))?;
     let [b, _, width] = first.x.dims();
     if heads == 0 || !width.is_multiple_of(heads) {
@@ -167,8 +192,10 @@ pub fn split_heads(parts: Vec<HeadInput>, heads: usize, rope: Option<RopeTables>
     }
     let inputs = (parts.iter()).flat_map(|p| [Some(placed(&p.x)), p.norm_scale.as_ref().map(placed)]).flatten();
     let tables = rope.into_iter().flat_map(|rope| [placed(rope.cos), placed(rope.sin)]);
-    if !on_kernels(inputs.chain(tables)) || index(b * heads * total * d, "size").is_err() {
-        return Ok(reference::split_heads(parts, heads, rope, eps));
+    let f16_available = f16_out && super::precision::Precision::f16_available(&first.x.device());
+    if !on_kernels(inputs.chain(tables)) || index(b * heads * total * d, "size").is_err() || f16_out != f16_available {
+        let heads = reference::split_heads(parts, heads, rope, eps);
+        return Ok(if f16_out { heads.cast(FloatDType::F16) } else { heads });
     }
 
     let like = bound(first.x.clone());
@@ -179,7 +206,12 @@ pub fn split_heads(parts: Vec<HeadInput>, heads: usize, rope: Option<RopeTables>
         Some(rope) => (bound(rope.cos.clone()).handle, bound(rope.sin.clone()).handle),
         None => (unread(), unread()),
     };
-    let out = client.empty(b * heads * total * d * size_of::<f32>());
+    let (kernel, dtype, value_bytes) = match f16_out {
+        true => (SPLIT_HEADS_F16, DType::F16, size_of::<half::f16>()),
+        false => (SPLIT_HEADS, DType::F32, size_of::<f32>()),
+    };
+    // Bindings are whole 4-byte words.
+    let out = client.empty((b * heads * total * d * value_bytes).next_multiple_of(4));
     let mut offset = 0;
     let mut parts = parts.into_iter().peekable();
     while let Some(a) = parts.next() {
@@ -199,10 +231,10 @@ pub fn split_heads(parts: Vec<HeadInput>, heads: usize, rope: Option<RopeTables>
         let dims = params(&[&dims[..], &[flags, (eps as f32).to_bits()]].concat());
         let (gx, gy) = grid((b * (tokens[0] + tokens[1]) * heads).div_ceil(HEAD_ROWS_PER_GROUP));
         let buffers = [&x_a, &x_b, &scale_a, &scale_b, &cos, &sin, &out].map(|h| h.clone().binding()).to_vec();
-        launch(&client, SPLIT_HEADS, (gx, gy), buffers, dims);
+        launch(&client, kernel, (gx, gy), buffers, dims);
         offset += tokens[0] + tokens[1];
     }
-    Ok(tensor_from_handle(&like, out, [b, heads, total, d]))
+    Ok(tensor_from_handle_of(&like, out, [b, heads, total, d], dtype))
 }
 
 /// The attention's output `[b, heads, n, d]` back to token-major rows `[b, n, heads·d]`, cut after `split`

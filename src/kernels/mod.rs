@@ -194,8 +194,8 @@ static ACTIVATION_BYTES: AtomicU64 = AtomicU64::new(0);
 static LAUNCHES: AtomicU64 = AtomicU64::new(0);
 
 /// Launches `kernel` on `count` workgroups with `params` bound after `buffers`: every launch of ours goes
-/// through here. `buffers` holds weights at the positions `weights`; the other bindings are activations, which
-/// [`count_activation_bytes`] counts.
+/// through here. `buffers` holds weights (or unread placeholders) at the positions `weights`; the other bindings
+/// are activations, which [`count_activation_bytes`] counts.
 pub fn dispatch(
     client: &Client,
     kernel: WgslKernel,

@@ -387,7 +387,12 @@ fn quant_kernel(
         (square, (TILE, TILE))
     };
     let groups = CubeCount::Static(n.div_ceil(tile_n) as u32, m.div_ceil(tile_m) as u32, 1);
-    super::dispatch(&client, epilogue.kernel(kernel), groups, buffers, dims, &[1, 2]); // the blocks and the bias are weights
+    // The blocks and the bias are weights; without a gated add, its two bindings are unread.
+    let not_activations: &[usize] = match epilogue {
+        Epilogue::GatedAdd { .. } => &[1, 2],
+        _ => &[1, 2, 4, 5],
+    };
+    super::dispatch(&client, epilogue.kernel(kernel), groups, buffers, dims, not_activations);
     tensor_from_handle(&x, out, [m, n])
 }
 

@@ -30,6 +30,7 @@ use std::ops::Range;
 use crate::device::max_binding_bytes;
 use crate::formats::weights::Weights;
 use crate::kernels::fused::{self, HeadInput};
+use crate::kernels::precision::Precision;
 use crate::model::layers::LoraAdapter;
 use crate::model::layers::{LowRank, Projection};
 use crate::model::scope::Scope;
@@ -64,9 +65,15 @@ fn joint_qkv(streams: &[StreamQkv], hidden: usize, heads: usize, rope: &Rope) ->
         1 => Some(s.norm.key_norm.scale.val()),
         _ => None,
     };
+    // Computing in f16, the heads are f16: the flash attention kernel reads them so (the others widen them).
+    let f16 = streams.first().is_some_and(|s| Precision::of(&s.x.device()) == Precision::F16);
     let heads_of = |i: usize| {
         let parts = streams.iter().map(|s| HeadInput { x: project(s, i), norm_scale: norm_scale(s, i) }).collect();
-        fused::split_heads(parts, heads, (i < 2).then(|| rope.tables()), NORM_EPS)
+        let rope = (i < 2).then(|| rope.tables());
+        match f16 {
+            true => fused::split_heads_f16(parts, heads, rope, NORM_EPS),
+            false => fused::split_heads(parts, heads, rope, NORM_EPS),
+        }
     };
     Ok([heads_of(0)?, heads_of(1)?, heads_of(2)?])
 }
