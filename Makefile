@@ -156,8 +156,8 @@ fuzz-minimize: tools
 fmt:
 	cargo fmt
 
-# On a machine with a real GPU: tests/bench/gpu.sh with KONTEXT_BIN (a prebuilt kontext; built in release when
-# unset), results in BENCH_OUT.
+# On a machine with a real GPU: tests/bench/gpu.sh with KONTEXT_BIN (a prebuilt kontext, best built with
+# --features autotune; built so in release when unset), results in BENCH_OUT.
 BENCH_OUT ?= bench-gpu
 bench-gpu:
 	tests/bench/gpu.sh "$${KONTEXT_BIN:-}" $(BENCH_OUT)

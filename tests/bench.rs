@@ -26,6 +26,8 @@ fn bench_reports_matmul_attention_step_and_caches_with_positive_numbers() {
     // The model's default is f32; with shader-f16 (lavapipe has it) every row also times the kernel computing in
     // f16; without, those figures are null.
     assert_eq!(report["precision"], "f32");
+    // Whether burn's matmul baseline ran autotuned (builds with `--features autotune`) is stated.
+    assert!(report["burn_autotune"].is_boolean(), "{}", report["burn_autotune"]);
     let device = run_kontext(env!("CARGO_BIN_EXE_kontext"), &["device", "--backend", "wgpu", "--json"]);
     let device: serde_json::Value = serde_json::from_slice(&device.stdout).expect("device prints JSON");
     let f16 = device["adapter"]["shader_f16"].as_bool().expect("the adapter says whether it has shader-f16");

@@ -389,6 +389,10 @@ pub struct Report {
     pub adapter: Option<String>,
     /// Activations of the packed matmuls in the DiT step ([`Precision::of`] the device).
     pub precision: Precision,
+    /// Whether burn's own kernels (its f32 matmul baseline among them) ran autotuned: builds with the `autotune`
+    /// feature, as benchmarks should be; without it burn's matmul is its untuned default.
+    #[serde(default)]
+    pub burn_autotune: bool,
     /// What was run.
     pub sizes: Sizes,
     /// Packed against f32 matmuls.
@@ -430,6 +434,7 @@ impl Report {
             backend: backend.into(),
             adapter,
             precision,
+            burn_autotune: cfg!(feature = "autotune"),
             dispatches_per_double_block: counted.and_then(StepRow::dispatches_per_double_block),
             dispatches_per_single_block: counted.and_then(StepRow::dispatches_per_single_block),
             activation_bytes_per_step: counted.and_then(|r| r.activation_bytes_per_step),

@@ -20,7 +20,7 @@ bin=${1:-${KONTEXT_BIN:-}}
 out=${2:-bench-gpu}
 here=$(cd "$(dirname "$0")" && pwd)
 if [[ -z "$bin" ]]; then
-  cargo build --locked --release --bin kontext
+  cargo build --locked --release --features autotune --bin kontext
   bin=${CARGO_TARGET_DIR:-target}/release/kontext
 fi
 mkdir -p "$out"

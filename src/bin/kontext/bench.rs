@@ -131,7 +131,8 @@ fn print_table(report: &Report) {
     println!("device    {} ({})", report.adapter.as_deref().unwrap_or("CPU"), report.backend);
     println!("preset    {}, {} timed calls per figure after one warm-up", sizes.preset, sizes.repeats);
     println!();
-    println!("matmul x [M, K] · Wᵀ [K → N]: packed ggml blocks vs burn f32 (GFLOP/s; ratio = packed / f32)");
+    let tuned = if report.burn_autotune { "autotuned" } else { "untuned: a build without --features autotune" };
+    println!("matmul x [M, K] · Wᵀ [K → N]: packed ggml blocks vs burn f32 ({tuned}) (GFLOP/s; ratio = packed / f32)");
     println!("  f16: the packed kernel computing in f16 (x and y f32, as the model runs it with --precision f16);");
     println!("  f16/pk and f16/f32: f16 against the packed kernel computing in f32 and against burn's f32");
     println!(
