@@ -108,11 +108,12 @@ impl Default for TurboForm {
 
 /// The listed, usable adapter that is `lora` (by its stored name or its exact size), if any (tracked).
 fn stored(state: AppState, lora: &TurboLora) -> Option<String> {
-    state.loras.with(|all| {
-        all.iter()
-            .find(|e| lora.is(&e.name, e.size as u64) && !matches!(e.status, LoraStatus::Rejected(_)))
-            .map(|e| e.name.clone())
-    })
+    state.loras.with(|all| all.iter().find(|e| usable(lora, e)).map(|e| e.name.clone()))
+}
+
+/// Whether `entry` is `lora` (by its stored name or its exact size) and was not refused by the model.
+fn usable(lora: &TurboLora, entry: &LoraEntry) -> bool {
+    lora.is(&entry.name, entry.size as u64) && !matches!(entry.status, LoraStatus::Rejected(_))
 }
 
 /// Whether `entry` is one of the catalog's turbo LoRAs.
@@ -147,13 +148,6 @@ pub fn active(state: AppState, form: EditForm) -> Option<&'static TurboLora> {
         form.steps.get() == lora.steps
             && form.guidance.get() == lora.guidance
             && form.area_side.get() == TURBO_SIDE
-            && state.loras.with(|all| {
-                all.iter().any(|e| {
-                    e.enabled
-                        && e.strength == lora.strength
-                        && lora.is(&e.name, e.size as u64)
-                        && !matches!(e.status, LoraStatus::Rejected(_))
-                })
-            })
+            && state.loras.with(|all| all.iter().any(|e| e.enabled && e.strength == lora.strength && usable(lora, e)))
     })
 }

@@ -213,15 +213,7 @@ async fn fetch_run(
             let _ = js::call_async(&reader, "cancel", &[]).await;
             return Ok(Outcome::Cancelled);
         }
-        let read = js::call_async(&reader, "read", &[])
-            .await
-            .map_err(|e| Error::Invalid(format!("{url}: the download was interrupted at byte {position}: {e}")))?;
-        if js::get(&read, "done").and_then(|v| v.as_bool()).unwrap_or(false) {
-            break;
-        }
-        let piece: Uint8Array = js::get(&read, "value")
-            .and_then(|v| v.dyn_into().ok())
-            .ok_or_else(|| Error::Invalid(format!("{url}: the response stream gave something other than bytes")))?;
+        let Some(piece) = read_piece(&reader, url, position).await? else { break };
         let mut offset = 0u64;
         let piece_len = piece.length() as u64;
         while offset < piece_len && position < end {
@@ -398,15 +390,7 @@ pub async fn fetch_all(
             let _ = js::call_async(&reader, "cancel", &[]).await;
             return Ok(None);
         }
-        let read = js::call_async(&reader, "read", &[])
-            .await
-            .map_err(|e| Error::Invalid(format!("{url}: the download was interrupted at byte {}: {e}", bytes.len())))?;
-        if js::get(&read, "done").and_then(|v| v.as_bool()).unwrap_or(false) {
-            return Ok(Some(bytes));
-        }
-        let piece: Uint8Array = js::get(&read, "value")
-            .and_then(|v| v.dyn_into().ok())
-            .ok_or_else(|| Error::Invalid(format!("{url}: the response stream gave something other than bytes")))?;
+        let Some(piece) = read_piece(&reader, url, bytes.len() as u64).await? else { return Ok(Some(bytes)) };
         if bytes.len() as u64 + u64::from(piece.length()) > size {
             let _ = js::call_async(&reader, "cancel", &[]).await;
             return Err(Error::Invalid(format!("{url}: the server sends more than the {size} bytes expected")));
@@ -416,6 +400,19 @@ pub async fn fetch_all(
         piece.copy_to(&mut bytes[filled..]);
         on_progress(bytes.len() as u64);
     }
+}
+
+/// The next piece of a response body from its `reader`, `None` at its end; `position` (bytes read so far) names
+/// where an interruption happened.
+async fn read_piece(reader: &JsValue, url: &str, position: u64) -> Result<Option<Uint8Array>> {
+    let read = js::call_async(reader, "read", &[])
+        .await
+        .map_err(|e| Error::Invalid(format!("{url}: the download was interrupted at byte {position}: {e}")))?;
+    if js::get(&read, "done").and_then(|v| v.as_bool()).unwrap_or(false) {
+        return Ok(None);
+    }
+    let piece = js::get(&read, "value").and_then(|v| v.dyn_into().ok());
+    piece.map(Some).ok_or_else(|| Error::Invalid(format!("{url}: the response stream gave something other than bytes")))
 }
 
 /// The text of a small file (an index), fetched without caching.
