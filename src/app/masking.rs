@@ -85,14 +85,14 @@ impl MaskForm {
 
     /// The overlay's pixels that changed since the last call, or all of them when `all` (a fresh canvas), with
     /// their region (tracks the painting's changes); `None` when nothing changed.
-    pub fn overlay_changes(self, all: bool, color: [u8; 3], alpha: u8) -> Option<(Region, Vec<u8>)> {
+    pub fn overlay_changes(self, all: bool, colors: [[u8; 3]; 2], alpha: u8) -> Option<(Region, Vec<u8>)> {
         self.revision.track();
         self.painting.try_update_value(|p| {
             let painting = p.as_mut()?;
             let changed = painting.take_changed();
             let (width, height) = painting.size();
             let region = if all { Some(Region { x0: 0, y0: 0, x1: width, y1: height }) } else { changed }?;
-            Some((region, painting.overlay_rgba_of(region, color, alpha)))
+            Some((region, painting.overlay_rgba_of(region, colors, alpha)))
         })?
     }
 

@@ -182,21 +182,28 @@ impl MaskPainting {
         images::encode_png_with_text(&rgb, &[])
     }
 
-    /// RGBA pixels for an overlay on the image: `color` at `alpha` where the mask is white, clear elsewhere.
-    pub fn overlay_rgba(&self, color: [u8; 3], alpha: u8) -> Vec<u8> {
+    /// RGBA pixels for an overlay on the image: where the mask is white, diagonal stripes of the two `colors`
+    /// at `alpha` (so that one of them stands out on any image, a red one included), each about 1 % of the
+    /// image's longer side wide; clear elsewhere.
+    pub fn overlay_rgba(&self, colors: [[u8; 3]; 2], alpha: u8) -> Vec<u8> {
         let (x1, y1) = self.size();
-        self.overlay_rgba_of(Region { x0: 0, y0: 0, x1, y1 }, color, alpha)
+        self.overlay_rgba_of(Region { x0: 0, y0: 0, x1, y1 }, colors, alpha)
     }
 
-    /// [`MaskPainting::overlay_rgba`] of `region` only (row by row, `region.size()` pixels).
-    pub fn overlay_rgba_of(&self, region: Region, color: [u8; 3], alpha: u8) -> Vec<u8> {
+    /// [`MaskPainting::overlay_rgba`] of `region` only (row by row, `region.size()` pixels). The stripes lie at
+    /// the image's coordinates, so a region redrawn continues them.
+    pub fn overlay_rgba_of(&self, region: Region, colors: [[u8; 3]; 2], alpha: u8) -> Vec<u8> {
+        let (w, h) = self.size();
+        let stripe = (w.max(h) / 96).max(4);
         (region.y0..region.y1)
             .flat_map(|y| (region.x0..region.x1).map(move |x| (x, y)))
-            .flat_map(
-                |(x, y)| {
-                    if self.raster.get_pixel(x, y).0[0] > 0 { [color[0], color[1], color[2], alpha] } else { [0; 4] }
-                },
-            )
+            .flat_map(|(x, y)| match self.raster.get_pixel(x, y).0[0] > 0 {
+                true => {
+                    let [r, g, b] = colors[((x + y) / stripe % 2) as usize];
+                    [r, g, b, alpha]
+                }
+                false => [0; 4],
+            })
             .collect()
     }
 }
@@ -291,8 +298,12 @@ mod tests {
         assert_eq!(other.raster(), &painted, "a mask survives its PNG");
         let err = MaskPainting::new(8, 8).load(&png).unwrap_err().to_string();
         assert_eq!(err, "the mask is 16×8 pixels; this image is 8×8");
-        assert_eq!(&other.overlay_rgba([255, 0, 0], 100)[..4], &[0, 0, 0, 0]);
-        assert!(other.overlay_rgba([255, 0, 0], 100).chunks(4).any(|p| p == [255, 0, 0, 100]));
+        let overlay = other.overlay_rgba([[255, 0, 0], [0, 0, 255]], 100);
+        assert_eq!(&overlay[..4], &[0, 0, 0, 0]);
+        // Stripes of both colours (4 pixels wide on this small image) over the painted pixels.
+        assert!(overlay.chunks(4).any(|p| p == [255, 0, 0, 100]) && overlay.chunks(4).any(|p| p == [0, 0, 255, 100]));
+        let painted_count = painted.pixels().filter(|p| p.0[0] > 0).count();
+        assert_eq!(overlay.chunks(4).filter(|p| p[3] == 100).count(), painted_count);
     }
 
     #[test]
@@ -305,7 +316,8 @@ mod tests {
         assert_eq!(region, Region { x0: 8, y0: 8, x1: 22, y1: 12 });
         assert_eq!(mask.take_changed(), None, "taken once");
         // The region's overlay is the whole overlay's rows and columns of it.
-        let (whole, part) = (mask.overlay_rgba([9, 8, 7], 6), mask.overlay_rgba_of(region, [9, 8, 7], 6));
+        let colors = [[9, 8, 7], [1, 2, 3]];
+        let (whole, part) = (mask.overlay_rgba(colors, 6), mask.overlay_rgba_of(region, colors, 6));
         let (w, h) = region.size();
         for (row, y) in (region.y0..region.y1).enumerate() {
             let start = ((y * 40 + region.x0) * 4) as usize;

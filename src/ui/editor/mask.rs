@@ -9,8 +9,9 @@ use crate::app::edit::{EditForm, Reference};
 use crate::app::masking::{CROP_PADDINGS, MaskForm};
 use crate::web::mask_painting::Region;
 
-/// Colour and opacity of the painted area over the image.
-const OVERLAY: ([u8; 3], u8) = ([255, 48, 96], 150);
+/// Colours (diagonal stripes: pink and cyan, so that one stands out on any image) and opacity of the painted
+/// area over the image.
+const OVERLAY: ([[u8; 3]; 2], u8) = ([[255, 48, 96], [0, 200, 255]], 150);
 /// Brush radius limits, in pixels of the image.
 const BRUSH_RANGE: (f32, f32) = (2.0, 256.0);
 
