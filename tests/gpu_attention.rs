@@ -8,7 +8,8 @@ use kontext_web::formats::SafetensorsFile;
 use kontext_web::formats::weights::Weights;
 use kontext_web::harness::testing::gpu;
 use kontext_web::kernels::attention::{
-    AttentionKernel, attention, blocked_reference, flash_attention, flash_attention_in, gpu_attention, reference,
+    AttentionKernel, attention, blocked_reference, flash_attention, flash_attention_in, gpu_attention, reads_f16_heads,
+    reference,
 };
 use kontext_web::kernels::flash::{Adapter, FlashLayout, FlashShape};
 use kontext_web::kernels::precision::Precision;
@@ -140,6 +141,10 @@ fn the_vae_s_512_wide_head_runs_on_the_flash_kernel_split_over_invocations() {
 fn f16_inputs_run_on_the_flash_kernel_with_f32_statistics_and_the_other_paths_widen_them() {
     let gpu = gpu();
     assert!(Precision::f16_available(&gpu), "this adapter has no shader-f16: the f16 flash kernel cannot be checked");
+    // A model computing in f16 writes its heads in f16 where the flash kernel takes them: always on CPU adapters,
+    // never past its widest head or on the CPU backend.
+    assert!(reads_f16_heads(&gpu, 100, 100, 128) && !reads_f16_heads(&gpu, 100, 100, 600));
+    assert!(!reads_f16_heads(&device::cpu(), 100, 100, 128));
     let (b, h, lq, lk) = (1, 2, 45, 90);
     for d in [128, 512, 7] {
         let f32_inputs = [(lq, 1, 2.0), (lk, 2, 2.0), (lk, 3, 1.0)]

@@ -128,6 +128,33 @@ fn widened(t: Tensor<4>) -> Tensor<4> {
     }
 }
 
+/// Whether [`attention`] on `device` takes the `flash` kernel for `lq` queries and `lk` keys of width `d`, the
+/// one path that reads f16 heads as they are: a model computing in f16 writes its heads in f16 only then (the
+/// other paths would widen them again).
+pub fn reads_f16_heads(device: &burn::tensor::Device, lq: usize, lk: usize, d: usize) -> bool {
+    if !super::packs_on(device) || super::plain_ops() || d > HEAD_DIM_MAX {
+        return false;
+    }
+    let block = SCORE_BLOCK_BYTES.min(crate::device::max_binding_bytes(device) as usize);
+    kernel_for(AttentionKernel::current(), lq, lk, d, block, software_adapter(device)) == AttentionKernel::Flash
+}
+
+/// The kernel `kernel` resolves to ([`AttentionKernel::resolve`]) for heads of width `d`: heads wider than the
+/// `rows` kernel takes go to `flash`.
+fn kernel_for(
+    kernel: AttentionKernel,
+    lq: usize,
+    lk: usize,
+    d: usize,
+    block: usize,
+    software: bool,
+) -> AttentionKernel {
+    match kernel.resolve(lq, lk, block, software) {
+        AttentionKernel::Rows if d > ROWS_HEAD_DIM_MAX => AttentionKernel::Flash,
+        kernel => kernel,
+    }
+}
+
 /// Device memory the `auto` attention adds on a GPU for `heads` heads of `lq` queries and `lk` keys where it
 /// takes the `scores` path, with blocks of [`SCORE_BLOCK_BYTES`] within `max_binding_bytes`: one block of scores
 /// and its softmax; 0 where it runs a flash kernel. (On CPU adapters it runs the flash kernel: this bounds it.)
@@ -225,10 +252,7 @@ fn run(
     let device = q.device();
     let score_block_bytes = SCORE_BLOCK_BYTES.min(crate::device::max_binding_bytes(&device) as usize);
     let software = software_adapter(&device);
-    let kernel = match kernel.resolve(lq, lk, score_block_bytes, software) {
-        AttentionKernel::Rows if d > ROWS_HEAD_DIM_MAX => AttentionKernel::Flash,
-        kernel => kernel,
-    };
+    let kernel = kernel_for(kernel, lq, lk, d, score_block_bytes, software);
     if kernel == AttentionKernel::Scores {
         if !super::packs_on(&device) {
             return Err(not_wgpu());

@@ -89,7 +89,7 @@ macro_rules! quant_kernels {
 }
 
 /// The matrix-vector, square and wide kernels that read `ty` blocks and multiply at `precision`, or `None`
-/// for types without kernels.
+/// for types without kernels. Each source is completed by [`Epilogue::kernel`], which appends its `EPILOGUE`.
 fn kernels_for(ty: GgmlType, precision: Precision) -> Option<[WgslKernel; 3]> {
     let [f32_kernels, f16_kernels] = match ty {
         GgmlType::Q8_0 => quant_kernels!("matmul_q8_0", "matmul_q8_0.wgsl"),

@@ -65,8 +65,13 @@ fn joint_qkv(streams: &[StreamQkv], hidden: usize, heads: usize, rope: &Rope) ->
         1 => Some(s.norm.key_norm.scale.val()),
         _ => None,
     };
-    // Computing in f16, the heads are f16: the flash attention kernel reads them so (the others widen them).
-    let f16 = streams.first().is_some_and(|s| Precision::of(&s.x.device()) == Precision::F16);
+    // Computing in f16, the heads are f16 where the attention takes the flash kernel, which reads them so.
+    let tokens = streams.iter().map(|s| s.x.dims()[1]).sum();
+    let f16 = streams.first().is_some_and(|s| {
+        let device = s.x.device();
+        Precision::of(&device) == Precision::F16
+            && crate::kernels::attention::reads_f16_heads(&device, tokens, tokens, hidden / heads)
+    });
     let heads_of = |i: usize| {
         let parts = streams.iter().map(|s| HeadInput { x: project(s, i), norm_scale: norm_scale(s, i) }).collect();
         let rope = (i < 2).then(|| rope.tables());
