@@ -1,5 +1,5 @@
 //! `kontext bench --tiny --json` on wgpu (lavapipe without a GPU): every section (matmul, attention, step, step
-//! caches) is there and every time and rate is a positive number. It checks that the benchmark runs, not what it measures.
+//! caches, live previews) is there and every time and rate is a positive number. It checks that the benchmark runs, not what it measures.
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::process::Command;
@@ -139,6 +139,16 @@ fn bench_reports_matmul_attention_step_and_caches_with_positive_numbers() {
         let speedup = positive(&cache[0], "seconds") / positive(row, "seconds");
         assert!((speedup - positive(row, "speedup")).abs() < 1e-9 * speedup.max(1.0), "{row}");
     }
+
+    // Live previews: the edit with a preview drawn after every step and without, side by side. The previews
+    // read nothing back during the steps; the edit reads its final latents once.
+    let previews = &report["previews"];
+    assert_eq!(previews["steps"].as_u64(), Some(2), "{previews}");
+    let overhead = positive(previews, "seconds_per_step_on") / positive(previews, "seconds_per_step_off") - 1.0;
+    assert!((overhead - previews["overhead"].as_f64().unwrap()).abs() < 1e-9, "{previews}");
+    assert_eq!(previews["step_readbacks_on"].as_u64(), Some(0), "{previews}");
+    assert_eq!(previews["step_readbacks_off"].as_u64(), Some(0), "{previews}");
+    assert_eq!(previews["readbacks_on"].as_u64(), Some(1), "{previews}");
 }
 
 /// The peer figure: the same DiT step through diffusers on the CPU, with the fixture generator's Python

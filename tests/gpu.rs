@@ -55,3 +55,58 @@ fn pack_kernel_reads_strided_views() {
     let reference = latent::pack(ramp([1, 4, 6, 8], &device::cpu()).swap_dims(2, 3));
     on_gpu.to_data().assert_approx_eq::<f32>(&reference.to_data(), Tolerance::absolute(0.0));
 }
+
+/// The most any channel of `a` differs from `b`'s, and how many pixels differ by more than one step.
+fn pixel_difference(a: &image::RgbImage, b: &image::RgbImage) -> (u8, usize) {
+    assert_eq!(a.dimensions(), b.dimensions());
+    let per_pixel = a.pixels().zip(b.pixels()).map(|(p, q)| (0..3).map(|c| p[c].abs_diff(q[c])).max().unwrap());
+    per_pixel.fold((0, 0), |(most, over), d| (most.max(d), over + usize::from(d > 1)))
+}
+
+/// The display pass (`shaders/display.wgsl`) draws an image and coloured packed latents, nearest-sampled to
+/// its target, as its CPU twin does, within one 8-bit step; a wrong picture is far from it.
+#[test]
+fn the_display_pass_draws_images_and_latents_like_its_cpu_twin() {
+    use kontext_web::kernels::display::{self, Display, Picture, TextureTarget};
+    let handles = device::wgpu_handles().unwrap();
+    let display = Display::new(&handles, TextureTarget::FORMAT);
+    let values = |n: usize, salt: u32| selfcheck::test_matrix(1, n, salt).into_iter().map(|v| v * 0.7 + 0.5).collect();
+
+    // An image with values past [0, 1] (clamped), drawn at a size that is no multiple of its own.
+    let (width, height, target) = (29, 37, (50, 61));
+    let pixels: Vec<f32> = values(3 * width * height, 3);
+    let image = Tensor::<4>::from_data(TensorData::new(pixels.clone(), [1, 3, height, width]), &gpu());
+    let texture = TextureTarget::new(&handles, target);
+    display.draw(&handles, Picture::Image(&image), &texture.view, target).unwrap();
+    let drawn = pollster::block_on(texture.read(&handles)).unwrap();
+    let expected = display::reference(&pixels, (width, height), None, target).unwrap();
+    let reversed: Vec<f32> = pixels.iter().rev().copied().collect();
+    let control = display::reference(&reversed, (width, height), None, target).unwrap();
+    let ((most, over), (_, control_over)) = (pixel_difference(&drawn, &expected), pixel_difference(&drawn, &control));
+    eprintln!("image: most {most} off, control {control_over} pixels off");
+    assert!(most <= 1 && over == 0, "{most}");
+    assert!(control_over > drawn.len() / 3 / 2, "{control_over}");
+
+    // Packed latents of a 6×4 latent, each latent pixel an 8×8 block of the target.
+    let (width, height, target) = (6, 4, (48, 32));
+    let packed: Vec<f32> = selfcheck::test_matrix(1, 16 * width * height, 5);
+    let latents = Tensor::<3>::from_data(TensorData::new(packed.clone(), [1, width * height / 4, 64]), &gpu());
+    let projection: display::Projection = std::array::from_fn(|c| {
+        std::array::from_fn(|k| if k == 16 { 0.5 } else { 0.2 * ((c * 7 + k) % 5) as f32 - 0.4 })
+    });
+    let texture = TextureTarget::new(&handles, target);
+    let picture = Picture::Latents { packed: &latents, width, height, projection: &projection };
+    display.draw(&handles, picture, &texture.view, target).unwrap();
+    let drawn = pollster::block_on(texture.read(&handles)).unwrap();
+    let expected = display::reference(&packed, (width, height), Some(&projection), target).unwrap();
+    let mut other = projection;
+    other[0].swap(0, 1);
+    other[1].swap(2, 3);
+    let control = display::reference(&packed, (width, height), Some(&other), target).unwrap();
+    let ((most, over), (_, control_over)) = (pixel_difference(&drawn, &expected), pixel_difference(&drawn, &control));
+    eprintln!("latents: most {most} off, control {control_over} pixels off");
+    assert!(most <= 1 && over == 0, "{most}");
+    assert!(control_over > 0, "{control_over}");
+    let wrong = Picture::Latents { packed: &latents, width: 8, height, projection: &projection };
+    assert!(display.draw(&handles, wrong, &texture.view, target).unwrap_err().to_string().contains("not [1, 6, 64]"));
+}

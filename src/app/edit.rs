@@ -332,6 +332,7 @@ pub fn request(
             .and_then(|speed| speed.cache(settings.mag_ratios.as_deref()))
             .unwrap_or(CacheConfig::None),
         mask: mask.map(Box::new),
+        previews: true,
     };
     let pending = Pending {
         entry: HistoryEntry {

@@ -321,7 +321,18 @@ impl Embed {
                     reply.error(message);
                 }
             }
-            FromWorker::Result { id, png, seed, width, height, latents, .. } => {
+            FromWorker::Result {
+                id,
+                png,
+                seed,
+                width,
+                height,
+                latents,
+                readbacks,
+                step_readbacks,
+                denoise_millis,
+                ..
+            } => {
                 if let Some(reply) = self.take_edit(*id) {
                     match png_blob(png) {
                         Ok(image) => {
@@ -330,6 +341,9 @@ impl Embed {
                                 ("seed", (*seed as f64).into()),
                                 ("width", (*width as f64).into()),
                                 ("height", (*height as f64).into()),
+                                ("readbacks", (*readbacks as f64).into()),
+                                ("stepReadbacks", (*step_readbacks as f64).into()),
+                                ("denoiseMillis", (*denoise_millis).into()),
                             ];
                             if let Some(latents) = latents {
                                 // [tokens × 64], row-major.

@@ -17,8 +17,10 @@ pub mod turbo;
 use std::cell::RefCell;
 
 use leptos::prelude::*;
+use wasm_bindgen::JsCast;
 
 use crate::pipeline::cache::MagRatios;
+use crate::web::canvas::DisplayChoice;
 use crate::web::client::{WORKER_STOPPED, WorkerClient};
 use crate::web::protocol::{FromWorker, ToWorker};
 use loras::{LoraEntry, LoraStatus};
@@ -109,6 +111,10 @@ pub enum JobState {
         height: usize,
         /// Time taken.
         millis: f64,
+        /// Whether the result canvas shows it (the worker drew it there).
+        shown: bool,
+        /// Buffers the edit read back to the CPU, in all and during its steps.
+        readbacks: (u64, u64),
     },
     /// Stopped by the user.
     Cancelled,
@@ -143,8 +149,12 @@ pub struct AppState {
     pub job: RwSignal<JobState>,
     /// LoRA adapters the user added.
     pub loras: RwSignal<Vec<LoraEntry>>,
-    /// The running edit's latest preview: job, steps done and the image's object URL.
-    pub preview: RwSignal<Option<(u32, u64, String)>>,
+    /// The running edit's latest preview on the result canvas: job and steps done.
+    pub preview: RwSignal<Option<(u32, u64)>>,
+    /// The result canvas the worker draws on (a new one with each worker: a canvas is transferred once).
+    pub canvas: RwSignal<Option<web_sys::HtmlCanvasElement>, LocalStorage>,
+    /// How the worker draws on the result canvas (`webgpu`, `2d`), once its self-check said.
+    pub display: RwSignal<Option<String>>,
     /// The loaded model's MagCache ratios, where it was calibrated in this browser.
     pub mag_ratios: RwSignal<Option<Vec<f32>>>,
 }
@@ -164,6 +174,8 @@ impl AppState {
             job: RwSignal::new(JobState::Idle),
             loras: RwSignal::new(Vec::new()),
             preview: RwSignal::new(None),
+            canvas: RwSignal::new_local(None),
+            display: RwSignal::new(None),
             mag_ratios: RwSignal::new(None),
         }
     }
@@ -172,11 +184,14 @@ impl AppState {
     fn apply(self, event: FromWorker) {
         match event {
             FromWorker::Ready => {}
-            FromWorker::SelfCheck { check, millis } => self.check.set(Some(CheckState::Done {
-                passed: check.passed,
-                max_abs_error: check.max_abs_error,
-                millis,
-            })),
+            FromWorker::SelfCheck { check, millis, display } => {
+                self.display.set(display);
+                self.check.set(Some(CheckState::Done {
+                    passed: check.passed,
+                    max_abs_error: check.max_abs_error,
+                    millis,
+                }))
+            }
             FromWorker::Progress { job: None, phase, done, total, .. } => {
                 self.model.set(ModelState::Loading { phase, done, total })
             }
@@ -204,20 +219,24 @@ impl AppState {
                 });
                 self.model.set(ModelState::Loaded(description))
             }
-            FromWorker::Preview { job, step, png } => {
-                if let Ok(url) = png_object_url(&png) {
-                    if let Some((_, _, old)) = self.preview.get_untracked() {
-                        let _ = web_sys::Url::revoke_object_url(&old);
-                    }
-                    self.preview.set(Some((job, step, url)));
-                }
-            }
+            FromWorker::Preview { job, step } => self.preview.set(Some((job, step))),
             FromWorker::LoraAdded { name, description } => {
                 loras::set_status(self, &name, LoraStatus::Ready(description))
             }
             FromWorker::LoraRejected { name, message } => loras::set_status(self, &name, LoraStatus::Rejected(message)),
             FromWorker::LoraRemoved { .. } => {}
-            FromWorker::Result { png, seed, width, height, millis, mag_ratios: measured, .. } => {
+            FromWorker::Result {
+                png,
+                seed,
+                width,
+                height,
+                millis,
+                mag_ratios: measured,
+                shown,
+                readbacks,
+                step_readbacks,
+                ..
+            } => {
                 if let (Some(measured), ModelState::Loaded(model)) = (measured, self.model.get_untracked()) {
                     let ratios = MagRatios { model, steps: measured.len(), mag_ratios: measured.clone() };
                     self.mag_ratios.set(Some(measured));
@@ -228,7 +247,16 @@ impl AppState {
                     });
                 }
                 let state = match png_object_url(&png) {
-                    Ok(url) => JobState::Done { url, png: png.into_vec().into(), seed, width, height, millis },
+                    Ok(url) => JobState::Done {
+                        url,
+                        png: png.into_vec().into(),
+                        seed,
+                        width,
+                        height,
+                        millis,
+                        shown,
+                        readbacks: (readbacks, step_readbacks),
+                    },
                     Err(e) => JobState::Failed(e),
                 };
                 self.job.set(state);
@@ -294,7 +322,34 @@ pub fn start_worker(state: AppState) {
         embed::on_worker(&event);
         state.apply(event)
     }) {
-        Ok(client) => WORKER.with(|w| *w.borrow_mut() = Some(client)),
+        Ok(client) => {
+            match hand_over_canvas(&client) {
+                Ok(canvas) => state.canvas.set(Some(canvas)),
+                Err(e) => {
+                    web_sys::console::warn_1(&format!("no result canvas: {e}").into());
+                    state.canvas.set(None)
+                }
+            }
+            WORKER.with(|w| *w.borrow_mut() = Some(client))
+        }
         Err(e) => state.model.set(ModelState::Failed(format!("the inference worker could not start: {e}"))),
     }
+}
+
+/// Makes a result canvas and transfers it to the worker, which draws previews and results on it; the page
+/// keeps the element to show. `?display=2d` or `?display=webgpu` chooses the worker's path
+/// ([`crate::web::canvas::DisplayChoice`]).
+fn hand_over_canvas(client: &WorkerClient) -> Result<web_sys::HtmlCanvasElement, String> {
+    let document = web_sys::window().and_then(|w| w.document()).ok_or("no document")?;
+    let canvas: web_sys::HtmlCanvasElement =
+        document.create_element("canvas").map_err(crate::store::js::describe)?.unchecked_into();
+    canvas.set_class_name("stage-image result-canvas");
+    let offscreen = canvas.transfer_control_to_offscreen().map_err(crate::store::js::describe)?;
+    let display = web_sys::window()
+        .and_then(|w| w.location().search().ok())
+        .and_then(|search| web_sys::UrlSearchParams::new_with_str(&search).ok())
+        .and_then(|params| params.get("display"))
+        .unwrap_or_default();
+    client.attach_canvas(&offscreen, DisplayChoice::named(&display))?;
+    Ok(canvas)
 }

@@ -70,8 +70,37 @@ pub fn subgroup_min_size() -> Option<usize> {
 
 /// Reads a float tensor back to the host; the only readback path, async so it also works in a browser.
 pub async fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
+    READBACKS.with(|count| count.set(count.get() + 1));
     let data = tensor.into_data_async().await.map_err(|e| Error::Readback(one_line(&format!("{e:?}"))))?;
     data.try_into_vec_as::<f32>().map_err(|e| Error::Readback(one_line(&format!("{e:?}"))))
+}
+
+thread_local! {
+    /// Readbacks [`read_f32`] made on this thread.
+    static READBACKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many tensors [`read_f32`] has read back to the CPU on this thread so far (each a mapped buffer on a GPU);
+/// the difference of two calls counts what ran between them.
+pub fn readbacks() -> u64 {
+    READBACKS.with(std::cell::Cell::get)
+}
+
+/// Counts a readback made outside [`read_f32`] (a texture copied back).
+pub(crate) fn note_readback() {
+    READBACKS.with(|count| count.set(count.get() + 1));
+}
+
+/// Waits until the GPU has run everything queued on `device` so far (wgpu's `onSubmittedWorkDone`), reading
+/// nothing back: what an edit awaits after each step, so that its progress is measured and messages get through.
+/// Reports a device fault the wait finds; returns at once on the CPU.
+pub async fn queue_done(device: &Device) -> Result<()> {
+    match device.as_dispatch() {
+        burn::backend::DispatchDevice::Cube(cube) => {
+            cube.client().sync().await.map_err(|e| Error::Readback(one_line(&format!("{e:?}"))))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A runtime error's report on one line: its causes joined by ": ", without the backtrace.
@@ -128,16 +157,31 @@ pub fn cpu() -> Device {
     Device::flex()
 }
 
+/// The wgpu objects under burn's device: what drawing on a canvas, or any other wgpu work beside burn's, needs
+/// to share the device and the queue with the model's tensors.
+pub type GpuHandles = burn::tensor::wgpu::WgpuSetup;
+
 /// Opens (once) the default GPU through wgpu and returns the burn device with the adapter's report.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn wgpu() -> Result<(Device, AdapterReport)> {
+    opened_natively().map(|(device, report, _)| (device, report))
+}
+
+/// The wgpu objects of the GPU [`wgpu`] opens (opening it if needed).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn wgpu_handles() -> Result<GpuHandles> {
+    opened_natively().map(|(_, _, handles)| handles)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn opened_natively() -> Result<(Device, AdapterReport, GpuHandles)> {
     use std::sync::OnceLock;
-    static OPENED: OnceLock<std::result::Result<(Device, AdapterReport), String>> = OnceLock::new();
+    static OPENED: OnceLock<std::result::Result<(Device, AdapterReport, GpuHandles), String>> = OnceLock::new();
     OPENED
         .get_or_init(|| {
             let (device, setup) = Device::wgpu_options().init_with_setup().map_err(|e| e.to_string())?;
             faults::watch(&setup.device);
-            Ok((device, report_of(&setup)))
+            Ok((device, report_of(&setup), setup))
         })
         .clone()
         .map_err(|e| {
@@ -150,8 +194,20 @@ pub fn wgpu() -> Result<(Device, AdapterReport)> {
 /// Opens (once) the GPU through WebGPU; in a browser this must be awaited before any tensor op.
 #[cfg(target_arch = "wasm32")]
 pub async fn wgpu_async() -> Result<(Device, AdapterReport)> {
+    wgpu_opened_async().await.map(|(device, report, _)| (device, report))
+}
+
+/// The wgpu objects of the GPU [`wgpu_async`] opens (opening it if needed).
+#[cfg(target_arch = "wasm32")]
+pub async fn wgpu_handles_async() -> Result<GpuHandles> {
+    wgpu_opened_async().await.map(|(_, _, handles)| handles)
+}
+
+#[cfg(target_arch = "wasm32")]
+async fn wgpu_opened_async() -> Result<(Device, AdapterReport, GpuHandles)> {
     thread_local! {
-        static OPENED: std::cell::RefCell<Option<(Device, AdapterReport)>> = const { std::cell::RefCell::new(None) };
+        static OPENED: std::cell::RefCell<Option<(Device, AdapterReport, GpuHandles)>> =
+            const { std::cell::RefCell::new(None) };
     }
     if let Some(opened) = OPENED.with(|o| o.borrow().clone()) {
         return Ok(opened);
@@ -161,7 +217,7 @@ pub async fn wgpu_async() -> Result<(Device, AdapterReport)> {
         .await
         .map_err(|e| Error::Gpu(format!("WebGPU could not be opened: {e}")))?;
     faults::watch(&setup.device);
-    let opened = (device, report_of(&setup));
+    let opened = (device, report_of(&setup), setup);
     OPENED.with(|o| *o.borrow_mut() = Some(opened.clone()));
     Ok(opened)
 }

@@ -58,6 +58,10 @@ pub struct Sizes {
     /// `mag:…` uses the ratios a calibrating run of the same edit measures first.
     #[serde(default)]
     pub cache_settings: Vec<String>,
+    /// Steps of that edit timed with a live preview drawn after every step and without, side by side
+    /// ([`PreviewRow`]; on wgpu only); 0: none.
+    #[serde(default)]
+    pub preview_steps: usize,
 }
 
 fn default_step_plain() -> bool {
@@ -88,6 +92,7 @@ impl Sizes {
             repeats: 3,
             cache_steps: 28,
             cache_settings: all_cache_settings(),
+            preview_steps: 8,
         }
     }
 
@@ -113,6 +118,8 @@ impl Sizes {
             repeats: 1,
             cache_steps: 0,
             cache_settings: Vec::new(),
+            // The previews' edit would load a second copy of the real DiT: timed at the smaller presets.
+            preview_steps: 0,
         }
     }
 
@@ -130,10 +137,11 @@ impl Sizes {
         }
     }
 
-    /// Keeps only the benchmarks named in `parts` (`matmul`, `attention`, `step`, `cache`).
+    /// Keeps only the benchmarks named in `parts` (`matmul`, `attention`, `step`, `cache`, `previews`).
     pub fn only(mut self, parts: &[String]) -> Result<Self> {
-        if let Some(part) = parts.iter().find(|p| !["matmul", "attention", "step", "cache"].contains(&p.as_str())) {
-            return Err(Error::Invalid(format!("no benchmark `{part}`: matmul, attention, step or cache")));
+        const PARTS: [&str; 5] = ["matmul", "attention", "step", "cache", "previews"];
+        if let Some(part) = parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
+            return Err(Error::Invalid(format!("no benchmark `{part}`: matmul, attention, step, cache or previews")));
         }
         let keep = |name: &str| parts.iter().any(|p| p == name);
         if !keep("matmul") {
@@ -147,6 +155,9 @@ impl Sizes {
         }
         if !keep("cache") {
             self.cache_settings.clear();
+        }
+        if !keep("previews") {
+            self.preview_steps = 0;
         }
         Ok(self)
     }
@@ -180,6 +191,7 @@ impl Sizes {
             repeats: 3,
             cache_steps: 12,
             cache_settings: all_cache_settings(),
+            preview_steps: 6,
         }
     }
 
@@ -200,6 +212,7 @@ impl Sizes {
             repeats: 2,
             cache_steps: 4,
             cache_settings: all_cache_settings(),
+            preview_steps: 2,
         }
     }
 }
@@ -309,6 +322,28 @@ pub struct CacheRow {
     pub speedup: f64,
 }
 
+/// The step caches' edit (without a cache) timed with a live preview drawn after every step and without, side by
+/// side in one run, as the app's worker runs it: after each step it waits for the queue to finish (no readback),
+/// and with previews it first draws the latents on a texture the size of the output image with the display pass
+/// ([`crate::kernels::display`]; a fixed colour projection, since the edit has no VAE to fit one to).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreviewRow {
+    /// Steps of each edit.
+    pub steps: usize,
+    /// Seconds per step without previews.
+    pub seconds_per_step_off: f64,
+    /// Seconds per step with a preview after every step.
+    pub seconds_per_step_on: f64,
+    /// `on / off − 1`: what the previews cost per step.
+    pub overhead: f64,
+    /// Buffers read back during the steps of the edit with previews (0: the previews read nothing back).
+    pub step_readbacks_on: u64,
+    /// Buffers read back during the steps of the edit without previews.
+    pub step_readbacks_off: u64,
+    /// Buffers read back by the whole edit with previews: the final latents.
+    pub readbacks_on: u64,
+}
+
 /// One DiT step with one kind of weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRow {
@@ -416,6 +451,9 @@ pub struct Report {
     /// One edit on the step model with each step cache.
     #[serde(default)]
     pub cache: Vec<CacheRow>,
+    /// That edit with previews and without ([`Sizes::preview_steps`]; wgpu only).
+    #[serde(default)]
+    pub previews: Option<PreviewRow>,
 }
 
 impl Report {
@@ -445,6 +483,7 @@ impl Report {
             attention_bytes_computed: true,
             step,
             cache: Vec::new(),
+            previews: None,
         }
     }
 
@@ -659,6 +698,7 @@ mod native {
     use super::*;
     use crate::device::launches::{Launches, count_launches};
     use crate::kernels::attention::{KernelTiming, bench_attention};
+    use crate::kernels::display::{Display, Picture, Projection, TextureTarget};
     use crate::kernels::quant_matmul::{PackedWeight, matmul_at};
     use crate::kernels::{ActivationBytes, count_activation_bytes};
     use crate::model::flux::rope::Rope;
@@ -888,57 +928,136 @@ mod native {
         let attention = bench_attention_rows(device, &sizes);
         let step = bench_step(device, &sizes)?;
         let cache = bench_cache(device, &sizes)?;
-        Ok(Report { cache, ..Report::new(backend, adapter, Precision::of(device), sizes, matmul, attention, step) })
+        let previews = bench_previews(device, &sizes)?;
+        Ok(Report {
+            cache,
+            previews,
+            ..Report::new(backend, adapter, Precision::of(device), sizes, matmul, attention, step)
+        })
     }
+
+    /// A text-to-image edit on the step model with Q8_0 weights (random text conditioning, noise and weights):
+    /// what [`bench_cache`] and [`bench_previews`] time.
+    struct BenchEdit {
+        flux: Flux,
+        conditioning: Conditioning,
+        noise: Tensor<3>,
+        /// Latent pixels per side.
+        latent_side: usize,
+        device: Device,
+    }
+
+    /// What one [`BenchEdit::run`] measured.
+    struct EditRun {
+        cache: StepCache,
+        /// Seconds of all its steps.
+        seconds: f64,
+        /// Buffers read back during the steps, and by the whole edit.
+        step_readbacks: u64,
+        readbacks: u64,
+    }
+
+    /// Where [`BenchEdit::run`] draws a preview after each step.
+    struct PreviewScreen {
+        gpu: crate::device::GpuHandles,
+        display: Display,
+        target: TextureTarget,
+    }
+
+    impl BenchEdit {
+        fn new(sizes: &Sizes, steps: usize, device: &Device) -> Result<Self> {
+            let config = &sizes.step_config;
+            let side = (sizes.step_image_tokens as f64).sqrt() as usize;
+            let random = RandomFlux::new(config, Some(GgmlType::Q8_0))?;
+            let flux = Flux::load(config, &random, device)?;
+            let n_txt = sizes.step_text_tokens;
+            let text = TextConditioning {
+                t5: Tensor::from_data(
+                    TensorData::new(values(n_txt * config.context_in_dim, 4, 1.0), [1, n_txt, config.context_in_dim]),
+                    device,
+                ),
+                pooled: Tensor::from_data(
+                    TensorData::new(values(config.vec_in_dim, 5, 1.0), [1, config.vec_in_dim]),
+                    device,
+                ),
+            };
+            let noise = Tensor::<3>::from_data(
+                TensorData::new(values(side * side * config.in_channels, 6, 1.0), [1, side * side, config.in_channels]),
+                device,
+            );
+            let sigmas = kontext::sampler(noise.clone(), steps).step_sigmas().to_vec();
+            let conditioning =
+                Conditioning::new(&flux, text, References::none(), 2 * side, 2 * side, 2.5, &sigmas, device)?;
+            Ok(Self { flux, conditioning, noise, latent_side: 2 * side, device: device.clone() })
+        }
+
+        /// Runs the edit for `steps` steps with `cache`; `wait` waits for the queue after each step (as the app
+        /// does) and `previews` draws each step's latents first. Ends with the final latents read back.
+        fn run(
+            &self,
+            steps: usize,
+            cache: CacheConfig,
+            wait: bool,
+            previews: Option<&PreviewScreen>,
+        ) -> Result<EditRun> {
+            let mut sampler = kontext::sampler(self.noise.clone(), steps);
+            let mut cache = StepCache::new(cache, steps);
+            let readbacks_before = crate::device::readbacks();
+            let start = Instant::now();
+            while !sampler.is_done() {
+                let mut denoiser = KontextDenoiser {
+                    flux: &self.flux,
+                    conditioning: &self.conditioning,
+                    streamed: None,
+                    cache: &mut cache,
+                };
+                futures_lite::future::block_on(sampler.step(&mut denoiser))?;
+                if let Some(screen) = previews {
+                    let (width, height) = (self.latent_side, self.latent_side);
+                    let picture =
+                        Picture::Latents { packed: sampler.latents(), width, height, projection: &PREVIEW_PROJECTION };
+                    screen.display.draw(&screen.gpu, picture, &screen.target.view, screen.target.size)?;
+                }
+                if wait {
+                    futures_lite::future::block_on(crate::device::queue_done(&self.device))?;
+                }
+            }
+            let step_readbacks = crate::device::readbacks() - readbacks_before;
+            futures_lite::future::block_on(crate::device::read_f32(sampler.into_latents()))?;
+            let seconds = start.elapsed().as_secs_f64();
+            Ok(EditRun { cache, seconds, step_readbacks, readbacks: crate::device::readbacks() - readbacks_before })
+        }
+    }
+
+    /// The colour map of the bench's previews: each colour a mix of the first channels around grey.
+    const PREVIEW_PROJECTION: Projection = {
+        let mut projection = [[0.0; 17]; 3];
+        let mut c = 0;
+        while c < 3 {
+            projection[c][c] = 0.25;
+            projection[c][c + 3] = -0.125;
+            projection[c][16] = 0.5;
+            c += 1;
+        }
+        projection
+    };
 
     /// A text-to-image edit of [`Sizes::cache_steps`] steps on the step model with Q8_0 weights (random text
     /// conditioning, noise and weights), once per [`Sizes::cache_settings`], side by side; a calibrating run of
     /// the same edit first measures the ratios the `mag:` settings use.
     pub fn bench_cache(device: &Device, sizes: &Sizes) -> Result<Vec<CacheRow>> {
-        let (steps, config) = (sizes.cache_steps, &sizes.step_config);
+        let steps = sizes.cache_steps;
         if steps == 0 || sizes.cache_settings.is_empty() {
             return Ok(Vec::new());
         }
-        let side = (sizes.step_image_tokens as f64).sqrt() as usize;
-        let random = RandomFlux::new(config, Some(GgmlType::Q8_0))?;
-        let flux = Flux::load(config, &random, device)?;
-        let n_txt = sizes.step_text_tokens;
-        let text = TextConditioning {
-            t5: Tensor::from_data(
-                TensorData::new(values(n_txt * config.context_in_dim, 4, 1.0), [1, n_txt, config.context_in_dim]),
-                device,
-            ),
-            pooled: Tensor::from_data(
-                TensorData::new(values(config.vec_in_dim, 5, 1.0), [1, config.vec_in_dim]),
-                device,
-            ),
-        };
-        let noise = Tensor::<3>::from_data(
-            TensorData::new(values(side * side * config.in_channels, 6, 1.0), [1, side * side, config.in_channels]),
-            device,
-        );
-        let sigmas = kontext::sampler(noise.clone(), steps).step_sigmas().to_vec();
-        let conditioning =
-            Conditioning::new(&flux, text, References::none(), 2 * side, 2 * side, 2.5, &sigmas, device)?;
-        // One edit with `cache`: the step cache afterwards and the seconds of all its steps (the first edit, a
-        // warm-up, is not timed).
-        let edit = |cache: CacheConfig| -> Result<(StepCache, f64)> {
-            let mut sampler = kontext::sampler(noise.clone(), steps);
-            let mut cache = StepCache::new(cache, steps);
-            let start = Instant::now();
-            while !sampler.is_done() {
-                let mut denoiser =
-                    KontextDenoiser { flux: &flux, conditioning: &conditioning, streamed: None, cache: &mut cache };
-                futures_lite::future::block_on(sampler.step(&mut denoiser))?;
-            }
-            finish(sampler.into_latents());
-            Ok((cache, start.elapsed().as_secs_f64()))
-        };
-        edit(CacheConfig::None)?;
-        let ratios = edit(CacheConfig::Calibrate)?.0.measured_ratios().to_vec();
+        let edit = BenchEdit::new(sizes, steps, device)?;
+        // The first edit, a warm-up, is not timed.
+        edit.run(steps, CacheConfig::None, false, None)?;
+        let ratios = edit.run(steps, CacheConfig::Calibrate, false, None)?.cache.measured_ratios().to_vec();
         let mut rows: Vec<CacheRow> = Vec::new();
         for setting in &sizes.cache_settings {
-            let (cache, seconds) = edit(CacheConfig::parse(setting)?.with_ratios(ratios.clone()))?;
+            let EditRun { cache, seconds, .. } =
+                edit.run(steps, CacheConfig::parse(setting)?.with_ratios(ratios.clone()), false, None)?;
             let reused_steps = cache.reused_steps().to_vec();
             let baseline = rows.first().map_or(seconds, |r| r.seconds);
             rows.push(CacheRow {
@@ -951,6 +1070,38 @@ mod native {
             });
         }
         Ok(rows)
+    }
+
+    /// The edit of [`bench_cache`], [`Sizes::preview_steps`] long, without previews and with one after every
+    /// step, each waiting for the queue after every step, side by side after an untimed warm-up; `None` on the
+    /// CPU or without preview steps.
+    pub fn bench_previews(device: &Device, sizes: &Sizes) -> Result<Option<PreviewRow>> {
+        let steps = sizes.preview_steps;
+        if steps == 0 || !matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_)) {
+            return Ok(None);
+        }
+        let edit = BenchEdit::new(sizes, steps, device)?;
+        let gpu = crate::device::wgpu_handles()?;
+        // The output image's size: 8 pixels per latent pixel.
+        let side = (edit.latent_side * 8) as u32;
+        let screen = PreviewScreen {
+            display: Display::new(&gpu, TextureTarget::FORMAT),
+            target: TextureTarget::new(&gpu, (side, side)),
+            gpu,
+        };
+        edit.run(steps, CacheConfig::None, true, Some(&screen))?;
+        let off = edit.run(steps, CacheConfig::None, true, None)?;
+        let on = edit.run(steps, CacheConfig::None, true, Some(&screen))?;
+        let per_step = |run: &EditRun| run.seconds / steps as f64;
+        Ok(Some(PreviewRow {
+            steps,
+            seconds_per_step_off: per_step(&off),
+            seconds_per_step_on: per_step(&on),
+            overhead: per_step(&on) / per_step(&off) - 1.0,
+            step_readbacks_on: on.step_readbacks,
+            step_readbacks_off: off.step_readbacks,
+            readbacks_on: on.readbacks,
+        }))
     }
 
     /// A model loaded for the step and timed ([`bench_step`]): what the launch counts run on.

@@ -8,6 +8,7 @@
 //! read-write in a dispatch. Their parameters come last, in a uniform ([`Params`]).
 
 pub mod attention;
+pub mod display;
 pub mod flash;
 pub mod fused;
 pub mod latent;
@@ -265,6 +266,9 @@ mod tests {
         let mut with_params = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
+            if path.ends_with("display.wgsl") {
+                continue; // a render pass that wgpu runs directly (kernels::display), not a kernel cubecl launches
+            }
             let source = std::fs::read_to_string(&path).unwrap();
             for line in source.lines().filter(|l| l.contains("@binding(")) {
                 let is_params = line.contains(" dims:") || line.contains(" params:");

@@ -337,19 +337,51 @@ impl<'m> Edit<'m> {
 
     /// Decodes the latents and reads the image back (an edited crop is pasted back into its image).
     pub async fn finish(self) -> Result<EditResult> {
+        self.decode()?.read().await
+    }
+
+    /// Queues the decoding of the latents; the image stays on the device until [`Decoded::read`].
+    pub fn decode(self) -> Result<Decoded<'m>> {
         let (width, height, device) = (self.width, self.height, self.device);
         let latents = self.sampler.into_latents();
         self.model.enter(PlanPhase::Decoding, &device)?;
         let vae = self.model.vae(&device)?;
         let decoded = kontext::decode_latents(vae, latents.clone(), height / VAE_SCALE, width / VAE_SCALE)?;
         self.model.meter.sample(&device, PlanPhase::Decoding.label());
-        let pixels = read_f32((decoded / 2.0 + 0.5).clamp(0.0, 1.0)).await?;
-        self.model.check_device(PlanPhase::Decoding.label(), &device)?;
-        let mut image = images::from_unit_planar(&pixels, width, height)?;
+        let pixels = (decoded / 2.0 + 0.5).clamp(0.0, 1.0);
+        Ok(Decoded { model: self.model, pixels, latents, paste_back: self.paste_back, device, width, height })
+    }
+}
+
+/// A decoded edit whose image is still on the device.
+pub struct Decoded<'m> {
+    model: &'m mut KontextModel,
+    /// The decoded image `[1, 3, h, w]` in `[0, 1]` (for an edited crop: the crop, before it is pasted back).
+    pub pixels: Tensor<4>,
+    /// Final packed latents `[1, tokens, 64]`.
+    pub latents: Tensor<3>,
+    paste_back: Option<PasteBack>,
+    device: Device,
+    width: usize,
+    height: usize,
+}
+
+impl Decoded<'_> {
+    /// Whether the finished image is [`Decoded::pixels`] pasted back into the image it edits a crop of, so that
+    /// `pixels` alone is not the result.
+    pub fn pastes_back(&self) -> bool {
+        self.paste_back.is_some()
+    }
+
+    /// Reads the image back (one readback) and pastes an edited crop back into its image.
+    pub async fn read(self) -> Result<EditResult> {
+        let pixels = read_f32(self.pixels).await?;
+        self.model.check_device(PlanPhase::Decoding.label(), &self.device)?;
+        let mut image = images::from_unit_planar(&pixels, self.width, self.height)?;
         if let Some(paste_back) = &self.paste_back {
             image = paste_back.apply(&image);
         }
-        Ok(EditResult { image, latents, pixels })
+        Ok(EditResult { image, latents: self.latents, pixels })
     }
 }
 

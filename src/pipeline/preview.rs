@@ -13,6 +13,7 @@ use image::{Rgb, RgbImage};
 use super::image as images;
 use super::kontext::{LATENT_CHANNELS, VAE_SCALE, encode_reference};
 use crate::device::read_f32;
+use crate::kernels::display::{self, Projection};
 use crate::model::vae::Vae;
 use crate::{Error, Result};
 
@@ -26,7 +27,7 @@ const FEATURES: usize = LATENT_CHANNELS + 1;
 #[derive(Debug, Clone, PartialEq)]
 pub struct LatentPreview {
     /// `rgb[c] = Σ weights[c][k]·z[k] + weights[c][16]`.
-    pub weights: [[f32; FEATURES]; 3],
+    pub weights: Projection,
 }
 
 /// The calibration image: two colour gradients crossed, and discs of saturated colours.
@@ -99,29 +100,10 @@ impl LatentPreview {
     }
 
     /// The preview of packed latents `[1, (h/2)(w/2), 64]` (as read back) of a `latent_height × latent_width`
-    /// latent: one pixel per latent pixel (1/8 of the output's side).
+    /// latent: one pixel per latent pixel (1/8 of the output's side), as [`crate::kernels::display`] draws it.
     pub fn render(&self, packed: &[f32], latent_height: usize, latent_width: usize) -> Result<RgbImage> {
-        if packed.len() != LATENT_CHANNELS * latent_height * latent_width {
-            return Err(Error::Invalid(format!(
-                "{} latent values for a {latent_width}×{latent_height} preview",
-                packed.len()
-            )));
-        }
-        let tokens_per_row = latent_width / 2;
-        Ok(RgbImage::from_fn(latent_width as u32, latent_height as u32, |x, y| {
-            let (x, y) = (x as usize, y as usize);
-            // Token (y/2, x/2) holds channel-major 2×2 patches: index c·4 + (y%2)·2 + x%2.
-            let token = &packed[((y / 2) * tokens_per_row + x / 2) * LATENT_CHANNELS * 4..][..LATENT_CHANNELS * 4];
-            let within = (y % 2) * 2 + x % 2;
-            let mut rgb = [0u8; 3];
-            for (c, out) in rgb.iter_mut().enumerate() {
-                let w = &self.weights[c];
-                let value =
-                    (0..LATENT_CHANNELS).map(|k| w[k] * token[k * 4 + within]).sum::<f32>() + w[LATENT_CHANNELS];
-                *out = (value.clamp(0.0, 1.0) * 255.0).round() as u8;
-            }
-            Rgb(rgb)
-        }))
+        let size = (latent_width, latent_height);
+        display::reference(packed, size, Some(&self.weights), (latent_width as u32, latent_height as u32))
     }
 }
 
@@ -221,6 +203,6 @@ mod tests {
         // Measured 0.517 on the tiny random VAE (a real VAE is far more linear in colour).
         assert!(explained > 0.45, "R² {explained}");
         let wrong = preview.render(&packed[1..], side, side).unwrap_err().to_string();
-        assert!(wrong.contains("latent values"), "{wrong}");
+        assert!(wrong.contains("values for a 32×32 picture"), "{wrong}");
     }
 }

@@ -82,6 +82,17 @@ fn AdapterRows(
         ),
         Some(CheckState::Failed(message)) => format!("could not run: {message}"),
     };
+    let display = expect_context::<AppState>().display;
+    let display_text = move || match display.get().as_deref() {
+        None => "known after the GPU check".to_string(),
+        Some("webgpu") => "drawn by the GPU (WebGPU canvas): previews read nothing back".to_string(),
+        Some("2d") => {
+            "2D canvas: one readback per preview (on software adapters, where presenting a WebGPU canvas can lose the \
+             device, or as asked with ?display=2d)"
+                .to_string()
+        }
+        Some(other) => other.to_string(),
+    };
     view! {
         <p class="status ok" data-field="webgpu">"WebGPU is available."</p>
         {adapter.fallback.then(|| view! {
@@ -95,6 +106,7 @@ fn AdapterRows(
             <dt>"shader-f16"</dt><dd data-field="shader-f16">{yes_no(adapter.shader_f16)}</dd>
             <dt>"subgroups"</dt><dd data-field="subgroups">{yes_no(adapter.subgroups)}</dd>
             <dt>"GPU check"</dt><dd id="self-check" data-state=check_state>{check_text}</dd>
+            <dt>"Result canvas"</dt><dd data-field="display" data-path=move || display.get().unwrap_or_default()>{display_text}</dd>
         </dl>
     }
 }

@@ -3,6 +3,7 @@
 use leptos::prelude::*;
 
 use crate::app::{self, AppState, JobState, ModelState};
+use crate::ui::result_canvas::ResultCanvas;
 
 /// The compact view: the result (or a placeholder), one progress bar for loads and edits, and Cancel.
 #[component]
@@ -34,9 +35,19 @@ pub fn EmbedView() -> impl IntoView {
         <main class="embed" id="embed" aria-label="Kontext image editing">
             <div class="embed-stage">
                 {move || match state.job.get() {
+                    JobState::Done { shown: true, width, height, .. } => {
+                        let label = Signal::stored(format!("the generated image, {width}×{height} pixels"));
+                        view! { <ResultCanvas label showing="result" /> }.into_any()
+                    }
                     JobState::Done { url, width, height, .. } => view! {
                         <img id="result-image" src=url alt=format!("the generated image, {width}×{height} pixels") width=width height=height />
                     }.into_any(),
+                    JobState::Running { id, .. } if state.preview.get().is_some_and(|(job, _)| job == id) => {
+                        let label = Signal::derive(move || {
+                            state.preview.get().map(|(_, step)| format!("preview after step {step}")).unwrap_or_default()
+                        });
+                        view! { <ResultCanvas label showing="preview" /> }.into_any()
+                    }
                     _ => view! { <div class="embed-placeholder" aria-hidden="true"></div> }.into_any(),
                 }}
             </div>

@@ -9,6 +9,7 @@ mod lora_panel;
 mod model_list;
 mod model_panel;
 mod model_sources;
+mod result_canvas;
 
 use leptos::prelude::*;
 

@@ -8,8 +8,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
-use web_sys::{ErrorEvent, MessageEvent, Worker, WorkerOptions, WorkerType};
+use web_sys::{ErrorEvent, MessageEvent, OffscreenCanvas, Worker, WorkerOptions, WorkerType};
 
+use crate::web::canvas::{self, DisplayChoice};
 use crate::web::protocol::{FromWorker, ToWorker};
 
 use crate::store::js;
@@ -18,11 +19,14 @@ use crate::store::js;
 /// device that made burn panic): it answers nothing more and must be replaced.
 pub const WORKER_STOPPED: &str = "worker_stopped";
 
+/// A message for the worker and the objects it transfers.
+type Pending = (JsValue, js_sys::Array);
+
 /// A running worker. Dropping it terminates the worker.
 pub struct WorkerClient {
     worker: Worker,
-    /// Requests posted before the worker was ready; `None` once it is.
-    queue: Rc<RefCell<Option<Vec<JsValue>>>>,
+    /// Requests posted before the worker was ready, with what each transfers; `None` once it is.
+    queue: Rc<RefCell<Option<Vec<Pending>>>>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_error: Closure<dyn FnMut(ErrorEvent)>,
 }
@@ -34,7 +38,7 @@ impl WorkerClient {
         options.set_type(WorkerType::Module);
         let worker = Worker::new_with_options("./worker.js", &options).map_err(js::describe)?;
         let on_event = Rc::new(on_event);
-        let queue: Rc<RefCell<Option<Vec<JsValue>>>> = Rc::new(RefCell::new(Some(Vec::new())));
+        let queue: Rc<RefCell<Option<Vec<Pending>>>> = Rc::new(RefCell::new(Some(Vec::new())));
         let on_message = {
             let (on_event, queue, worker) = (on_event.clone(), queue.clone(), worker.clone());
             Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
@@ -44,8 +48,8 @@ impl WorkerClient {
                     message: format!("unreadable message from the worker: {e}"),
                 });
                 if message == FromWorker::Ready {
-                    for pending in queue.borrow_mut().take().unwrap_or_default() {
-                        let _ = worker.post_message(&pending);
+                    for (message, transfer) in queue.borrow_mut().take().unwrap_or_default() {
+                        let _ = worker.post_message_with_transfer(&message, &transfer);
                     }
                 }
                 on_event(message)
@@ -67,12 +71,21 @@ impl WorkerClient {
     /// Posts a request (queued until the worker is ready); the answer arrives through the callback given to
     /// [`WorkerClient::spawn`].
     pub fn send(&self, request: &ToWorker) -> Result<(), String> {
-        let value = js::to_message(request)?;
+        self.post(js::to_message(request)?, js_sys::Array::new())
+    }
+
+    /// Hands the worker the result canvas, transferred (see [`crate::web::canvas`]), to be drawn on as `choice`
+    /// asks.
+    pub fn attach_canvas(&self, canvas: &OffscreenCanvas, choice: DisplayChoice) -> Result<(), String> {
+        self.post(canvas::attach_message(canvas, choice), js_sys::Array::of1(canvas))
+    }
+
+    fn post(&self, message: JsValue, transfer: js_sys::Array) -> Result<(), String> {
         if let Some(pending) = self.queue.borrow_mut().as_mut() {
-            pending.push(value);
+            pending.push((message, transfer));
             return Ok(());
         }
-        self.worker.post_message(&value).map_err(js::describe)
+        self.worker.post_message_with_transfer(&message, &transfer).map_err(js::describe)
     }
 }
 

@@ -165,6 +165,9 @@ pub struct EditOptions {
     /// `returnLatents`: answer with the final packed latents (`latents`, `latentsShape`) as well.
     #[serde(default, rename = "returnLatents")]
     pub return_latents: bool,
+    /// `previews`: draw live previews on the view's canvas (true when absent).
+    #[serde(default)]
+    pub previews: Option<bool>,
     /// The step cache, `{kind: "fbc", threshold}` or `{kind: "mag", threshold, maxSkipSteps, retentionRatio,
     /// ratios}` (none when absent); progress messages of reused steps say `reused: true`.
     #[serde(default)]
@@ -260,6 +263,7 @@ impl EditOptions {
             return_latents: self.return_latents,
             cache,
             mask,
+            previews: self.previews.unwrap_or(true),
         })
     }
 }

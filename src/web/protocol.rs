@@ -83,6 +83,13 @@ pub struct EditJob {
     /// A masked edit of the first image.
     #[serde(default)]
     pub mask: Option<Box<MaskJob>>,
+    /// Draw live previews on the result canvas (on by default).
+    #[serde(default = "previews_by_default")]
+    pub previews: bool,
+}
+
+fn previews_by_default() -> bool {
+    true
 }
 
 /// The mask of a masked edit ([`crate::pipeline::mask::MaskedEdit`]).
@@ -123,6 +130,9 @@ pub enum FromWorker {
         check: SelfCheck,
         /// Milliseconds from the request to the answer, GPU start-up included.
         millis: f64,
+        /// How the result canvas is drawn on (`webgpu`, `2d`), when the page gave the worker one.
+        #[serde(default)]
+        display: Option<String>,
     },
     /// Measured progress of a load (`job` = None) or an edit.
     Progress {
@@ -157,14 +167,12 @@ pub enum FromWorker {
         /// The adapter's key.
         name: String,
     },
-    /// A preview of an edit's latents after `step` ([`crate::pipeline::preview`]): one pixel per latent pixel.
+    /// The result canvas shows a preview of an edit's latents after `step` ([`crate::pipeline::preview`]).
     Preview {
         /// The edit.
         job: u32,
         /// Steps done.
         step: u64,
-        /// The preview as PNG.
-        png: ByteBuf,
     },
     /// The model is loaded and ready for edits.
     Loaded {
@@ -194,6 +202,20 @@ pub enum FromWorker {
         height: usize,
         /// Milliseconds the edit took.
         millis: f64,
+        /// Whether the result canvas shows the image.
+        #[serde(default)]
+        shown: bool,
+        /// Buffers the edit read back to the CPU: the image for the PNG, the latents when asked for, and on the
+        /// 2D canvas path one per preview.
+        #[serde(default)]
+        readbacks: u64,
+        /// Of those, the ones read back during the denoising steps (0 with previews drawn by the GPU and no step
+        /// cache that reads its measure back).
+        #[serde(default)]
+        step_readbacks: u64,
+        /// Milliseconds of the denoising steps, each measured to the GPU queue's end (previews included).
+        #[serde(default)]
+        denoise_millis: f64,
     },
     /// The edit stopped on request.
     Cancelled {

@@ -27,6 +27,7 @@ use crate::pipeline::{image as images, size};
 use crate::store::files::StoredModel;
 use crate::store::idb::Store;
 use crate::store::js;
+use crate::web::canvas::{self, ResultCanvas};
 use crate::web::protocol::{EditJob, FromWorker, ToWorker};
 use crate::{Error, Result};
 
@@ -56,6 +57,8 @@ struct Worker {
     gpu_memory: Cell<Option<u64>>,
     /// The edit job running, for the progress of the uploads it causes.
     editing: Cell<Option<u32>>,
+    /// The page's result canvas, once given; taken out while an edit draws on it.
+    canvas: RefCell<Option<ResultCanvas>>,
 }
 
 thread_local! {
@@ -90,6 +93,10 @@ impl Worker {
 
     /// Handles one message from the page: a cancel at once, any other request queued behind the running one.
     fn receive(self: &Rc<Self>, event: MessageEvent) {
+        if let Some(canvas) = canvas::attached(&event.data()) {
+            *self.canvas.borrow_mut() = Some(canvas);
+            return;
+        }
         match serde_wasm_bindgen::from_value::<ToWorker>(event.data()) {
             Ok(ToWorker::Cancel { id }) => {
                 self.cancelled.borrow_mut().insert(id);
@@ -128,11 +135,14 @@ impl Worker {
             ToWorker::SelfCheck { size } => {
                 let outcome = async {
                     let (device, _) = device::wgpu_async().await?;
-                    selfcheck::matmul_check(&device, size).await
+                    let check = selfcheck::matmul_check(&device, size).await?;
+                    Ok::<_, Error>((check, self.open_canvas().await))
                 }
                 .await;
                 match outcome {
-                    Ok(check) => FromWorker::SelfCheck { check, millis: js_sys::Date::now() - started },
+                    Ok((check, display)) => {
+                        FromWorker::SelfCheck { check, millis: js_sys::Date::now() - started, display }
+                    }
                     Err(e) => FromWorker::Error { job: None, request: "self_check".into(), message: e.to_string() },
                 }
             }
@@ -173,17 +183,8 @@ impl Worker {
             }
             ToWorker::Edit(job) => {
                 let id = job.id;
-                match self.run_edit(job).await {
-                    Ok(Some(Finished { png, seed, width, height, latents, mag_ratios })) => FromWorker::Result {
-                        id,
-                        png: ByteBuf::from(png),
-                        latents,
-                        mag_ratios,
-                        seed,
-                        width,
-                        height,
-                        millis: js_sys::Date::now() - started,
-                    },
+                match self.run_edit(job, started).await {
+                    Ok(Some(result)) => result,
                     Ok(None) => FromWorker::Cancelled { id },
                     Err(e) if e.is_device_failure() => {
                         // A lost or failed GPU device: this worker cannot compute any more; the page replaces it.
@@ -284,6 +285,16 @@ impl Worker {
         }
     }
 
+    /// Opens the page's canvas on the GPU, if the page gave one; says how it is drawn on (`None` without one).
+    async fn open_canvas(&self) -> Option<String> {
+        let gpu = device::wgpu_handles_async().await.ok()?;
+        let mut canvas = self.canvas.borrow_mut();
+        match canvas.as_mut()?.open(&gpu) {
+            Ok(path) => Some(path.name().to_string()),
+            Err(e) => Some(format!("none ({e})")),
+        }
+    }
+
     /// The LoRA file `name` resolved against the loaded model (cached until the next load).
     fn lora(&self, name: &str) -> Result<Rc<LoraAdapter>> {
         let cached = self.loras.borrow().get(name).cloned();
@@ -313,22 +324,27 @@ impl Worker {
         }
     }
 
-    /// Runs `job` on the loaded model with the job's LoRA adapters; `Ok(None)` when cancelled.
-    async fn run_edit(&self, job: EditJob) -> Result<Option<Finished>> {
+    /// Runs `job` (asked for at `started`, `Date.now()`) on the loaded model with the job's LoRA adapters and
+    /// answers with its [`FromWorker::Result`]; `Ok(None)` when cancelled.
+    async fn run_edit(&self, job: EditJob, started: f64) -> Result<Option<FromWorker>> {
         let adapters =
             job.loras.iter().map(|use_| Ok((self.lora(&use_.name)?, use_.strength))).collect::<Result<Vec<_>>>()?;
         let mut model = self.model.take().ok_or_else(|| Error::Invalid("load a model first".into()))?;
+        let mut canvas = self.canvas.take();
         let outcome = async {
             let (device, _) = device::wgpu_async().await?;
             let active: Vec<(&LoraAdapter, f32)> =
                 adapters.iter().map(|(adapter, strength)| (adapter.as_ref(), *strength)).collect();
             model.flux.set_adapters(&active, &device)?;
             self.editing.set(Some(job.id));
-            self.run_edit_on(&mut model, &device, job).await
+            self.run_edit_on(&mut model, &device, canvas.as_mut(), job, started).await
         }
         .await;
         self.editing.set(None);
         *self.model.borrow_mut() = Some(model);
+        if self.canvas.borrow().is_none() {
+            *self.canvas.borrow_mut() = canvas;
+        }
         outcome
     }
 
@@ -337,8 +353,10 @@ impl Worker {
         &self,
         model: &mut KontextModel,
         device: &burn::tensor::Device,
+        mut canvas: Option<&mut ResultCanvas>,
         job: EditJob,
-    ) -> Result<Option<Finished>> {
+        started: f64,
+    ) -> Result<Option<FromWorker>> {
         let references = job.images.iter().map(|bytes| images::decode(bytes)).collect::<Result<Vec<_>>>()?;
         let mask = match &job.mask {
             Some(mask) => Some(MaskedEdit {
@@ -367,40 +385,82 @@ impl Worker {
         if let Some(budget) = self.gpu_memory.get() {
             model.follow(&plan_edit(model, &request, DeviceLimits::of(device, Some(budget)), None)?);
         }
-        let preview = self.preview_of(model, device).await;
+        let preview = match canvas {
+            Some(_) if job.previews => self.preview_of(model, device).await,
+            _ => None,
+        };
+        let gpu = device::wgpu_handles_async().await?;
+        // Counted from here: the preview's fit (above) is one readback per loaded model, at its first edit.
+        let readbacks_before = device::readbacks();
         let mut edit = Edit::prepare_reporting(model, &request, None, device, &mut |phase| match phase {
             Phase::EncodingText => progress(Some(id), "encoding text", 0, 1),
             Phase::EncodingReferences => progress(Some(id), "encoding references", 0, request.references.len() as u64),
             _ => {}
         })?;
         let steps = edit.progress().1 as u64;
-        let (latent_width, latent_height) = (edit.size().0 / VAE_SCALE, edit.size().1 / VAE_SCALE);
-        let preview_every = (steps / PREVIEWS_PER_EDIT).max(1);
+        let output_size = edit.size();
+        let latent_size = (output_size.0 / VAE_SCALE, output_size.1 / VAE_SCALE);
+        // The GPU draws a preview after every step; the 2D path reads each back, so it shows fewer.
+        let preview_every = |canvas: &ResultCanvas| match canvas.draws_on_gpu() {
+            true => 1,
+            false => (steps / PREVIEWS_PER_EDIT).max(1),
+        };
         progress(Some(id), "denoising", 0, steps);
-        let mut latents = Vec::new();
+        let mut step_readbacks = 0;
+        let denoise_started = js_sys::Date::now();
         while !edit.is_denoised() {
             if self.take_cancel(id) {
                 return Ok(None);
             }
+            let before = device::readbacks();
             edit.step().await?;
-            // Waiting for this step's latents makes the progress real and lets messages (cancel) through.
-            latents = device::read_f32(edit.latents().clone()).await?;
             let done = edit.progress().0 as u64;
-            if let Some(preview) = &preview
-                && (done.is_multiple_of(preview_every) || done == steps)
-                && let Ok(png) = preview
-                    .render(&latents, latent_height, latent_width)
-                    .and_then(|image| images::encode_png_with_text(&image, &[]))
-            {
-                post(&FromWorker::Preview { job: id, step: done, png: ByteBuf::from(png) });
+            let mut shown = false;
+            if let (Some(canvas), Some(preview)) = (canvas.as_deref_mut(), &preview) {
+                let every = preview_every(canvas);
+                if done.is_multiple_of(every) || done == steps {
+                    let latents = edit.latents();
+                    match canvas.show_latents(&gpu, latents, latent_size, &preview.weights, output_size).await {
+                        Ok(()) => shown = true,
+                        Err(e) => web_sys::console::warn_1(&format!("no preview after step {done}: {e}").into()),
+                    }
+                }
+            }
+            // Waiting for the queue to finish this step makes the progress real and lets messages (cancel) in.
+            device::queue_done(device).await?;
+            step_readbacks += device::readbacks() - before;
+            if shown {
+                post(&FromWorker::Preview { job: id, step: done });
             }
             let reused = edit.cache().last_step_reused();
             post(&FromWorker::Progress { job: Some(id), phase: "denoising".into(), done, total: steps, reused });
         }
+        let denoise_millis = js_sys::Date::now() - denoise_started;
         progress(Some(id), "decoding", 0, 1);
         let (width, height) = edit.size();
         let mag_ratios = (job.cache == CacheConfig::Calibrate).then(|| edit.cache().measured_ratios().to_vec());
-        let result = edit.finish().await?;
+        let decoded = edit.decode()?;
+        let latents = match job.return_latents {
+            true => Some(device::read_f32(decoded.latents.clone()).await?),
+            false => None,
+        };
+        let pixels = (!decoded.pastes_back()).then(|| decoded.pixels.clone());
+        let result = decoded.read().await?;
+        let shown = match canvas {
+            Some(canvas) => {
+                // An edited crop pasted back is shown from the pasted image, uploaded (nothing read back).
+                let pixels = pixels.unwrap_or_else(|| (images::to_tensor(&result.image, device) + 1.0) / 2.0);
+                match canvas.show_result(&gpu, &pixels, &result.image) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        web_sys::console::warn_1(&format!("the result was not drawn: {e}").into());
+                        false
+                    }
+                }
+            }
+            None => false,
+        };
+        let readbacks = device::readbacks() - readbacks_before;
         let recipe = images::Recipe {
             prompt: job.prompt.clone(),
             steps: job.steps,
@@ -416,26 +476,26 @@ impl Worker {
         };
         let png = recipe.encode_png(&result.image)?;
         self.take_cancel(id);
-        let latents = job.return_latents.then_some(latents);
-        Ok(Some(Finished { png, seed: job.seed, width, height, latents, mag_ratios }))
+        Ok(Some(FromWorker::Result {
+            id,
+            png: ByteBuf::from(png),
+            latents,
+            mag_ratios,
+            seed: job.seed,
+            width,
+            height,
+            millis: js_sys::Date::now() - started,
+            shown,
+            readbacks,
+            step_readbacks,
+            denoise_millis,
+        }))
     }
 
     /// Whether job `id` was asked to stop, forgetting the request.
     fn take_cancel(&self, id: u32) -> bool {
         self.cancelled.borrow_mut().remove(&id)
     }
-}
-
-/// A finished edit, as the worker answers it.
-struct Finished {
-    png: Vec<u8>,
-    seed: u64,
-    width: usize,
-    height: usize,
-    /// The final packed latents `[tokens × 64]`, when the job asked for them.
-    latents: Option<Vec<f32>>,
-    /// The magnitude ratio of each step, when the job's cache calibrated.
-    mag_ratios: Option<Vec<f32>>,
 }
 
 /// Posts uploads of weights as `loading` progress in bytes: of the load, or of the running edit when it uploads
@@ -451,7 +511,8 @@ fn upload_progress() -> crate::pipeline::loader::UploadReport {
     })
 }
 
-/// Previews shown during an edit, at most (every ⌊steps / this⌋ steps).
+/// Previews shown during an edit on the 2D canvas path, each read back, at most (every ⌊steps / this⌋ steps);
+/// the GPU draws one after every step.
 const PREVIEWS_PER_EDIT: u64 = 10;
 
 fn progress(job: Option<u32>, phase: &str, done: u64, total: u64) {

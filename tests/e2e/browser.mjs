@@ -98,13 +98,40 @@ export async function loadDemo(page) {
   await page.waitForSelector('#model-state[data-state="loaded"]', { timeout: 120_000 });
 }
 
-/** The result's PNG (`#result-image`), as base64. */
+/** The result's kept PNG (the Download link's), as base64. */
 export function resultPng(page) {
   return page.evaluate(async () => {
-    const bytes = new Uint8Array(await (await fetch(document.querySelector('#result-image').src)).arrayBuffer());
+    const bytes = new Uint8Array(await (await fetch(document.querySelector('#download').href)).arrayBuffer());
     let s = ''; for (const b of bytes) s += String.fromCharCode(b);
     return btoa(s);
   });
+}
+
+/** The result canvas (`#result-canvas`, drawn by the worker) in `target` (a page or a frame) against a PNG given
+ * as base64: both sizes, the largest channel difference, and (a negative control) the largest difference from the
+ * PNG moved one pixel to the right. Both are read through a 2D canvas, the PNG without colour conversion. */
+export function canvasAgainstPng(target, b64) {
+  return target.evaluate(async (b64) => {
+    const canvas = document.querySelector('#result-canvas');
+    const png = await createImageBitmap(new Blob([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], { type: 'image/png' }),
+      { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+    const [w, h] = [png.width, png.height];
+    const pixels = (source, dx) => {
+      const context = new OffscreenCanvas(w, h).getContext('2d');
+      context.drawImage(source, dx, 0);
+      return context.getImageData(0, 0, w, h).data;
+    };
+    const drawn = pixels(canvas, 0);
+    const largest = (other) => {
+      let most = 0;
+      for (let y = 0; y < h; y++) for (let x = 1; x < w; x++) for (let c = 0; c < 3; c++) {
+        const at = (y * w + x) * 4 + c;
+        most = Math.max(most, Math.abs(drawn[at] - other[at]));
+      }
+      return most;
+    };
+    return { canvas: [canvas.width, canvas.height], png: [w, h], maxDiff: largest(pixels(png, 0)), shiftedDiff: largest(pixels(png, 1)) };
+  }, b64);
 }
 
 /** The RGBA pixels of two PNGs given as base64, decoded by the browser in `page`: `[{ w, h, data }, …]`. */

@@ -26,6 +26,9 @@ test('device report shows the adapter, limits, storage and a passing GPU self-ch
     const text = await page.textContent('#self-check');
     assert.equal(state, 'passed', `self-check: ${text}`);
     assert.match(text, /largest error \d\.\de-?\d+/);
+    // The worker opened the page's result canvas: on this software adapter through a 2D context.
+    assert.equal(await page.getAttribute('[data-field="display"]', 'data-path'), '2d');
+    assert.match(await page.textContent('[data-field="display"]'), /^2D canvas: one readback per preview/);
     await screenshot(page, 'device-report-webgpu');
     assert.deepEqual(browser.problems, []);
   } finally {

@@ -7,7 +7,7 @@
 // While running, the phase, elapsed time, an ETA and live previews of the latents are shown.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { openApp, screenshot, setNumber, loadDemo, resultPng, assertNativeImage, nativeEdit, maxPixelDifference, REFERENCE } from './browser.mjs';
+import { openApp, screenshot, setNumber, loadDemo, resultPng, canvasAgainstPng, assertNativeImage, nativeEdit, maxPixelDifference, REFERENCE } from './browser.mjs';
 
 const PROMPT = 'Make the red square blue and add a small yellow sun in the sky';
 const SEED = '1234';
@@ -42,6 +42,21 @@ test('an edit through the UI equals the native CLI for the same seed (±2 LSB; a
   const browserPng = await resultPng(page);
   await assertNativeImage(page, browserPng, ['--prompt', PROMPT, '--image', REFERENCE, '--max-area', String(SIDE * SIDE),
     '--steps', '4', '--guidance', '2.5', '--seed', SEED], Number(SEED) + 1);
+  // The stage shows the result on the canvas the worker drew, pixel for pixel the kept PNG (±1 LSB).
+  assert.equal(await page.getAttribute('#result-canvas', 'data-showing'), 'result');
+  const drawn = await canvasAgainstPng(page, browserPng);
+  console.log(`result canvas against the PNG: ${JSON.stringify(drawn)}`);
+  assert.deepEqual([drawn.canvas, drawn.png], [[144, 96], [144, 96]]);
+  assert.ok(drawn.maxDiff <= 1, `the canvas differs from the PNG by ${drawn.maxDiff}`);
+  assert.ok(drawn.shiftedDiff > 1, `the canvas is within ${drawn.shiftedDiff} of the PNG moved by a pixel: the check cannot tell`);
+  // Read back: the image for the PNG once and, during the steps, nothing where the GPU draws the previews on a
+  // WebGPU canvas, one per preview (every step of 4) where a 2D canvas shows them (software adapters such as this
+  // SwiftShader, whose presented frames would end the page's WebGPU instance). The device report names the path.
+  const path = await page.getAttribute('#device-report [data-field="display"]', 'data-path');
+  assert.ok(['webgpu', '2d'].includes(path), `display path ${path}`);
+  const readbacks = [await page.getAttribute('#stage .result', 'data-readbacks'), await page.getAttribute('#stage .result', 'data-step-readbacks')];
+  console.log(`display path ${path}: readbacks ${readbacks[0]} in all, ${readbacks[1]} during the 4 steps`);
+  assert.deepEqual(readbacks, path === 'webgpu' ? ['1', '0'] : ['5', '4']);
   assert.deepEqual(browser.problems, []);
 });
 
@@ -51,11 +66,19 @@ test('cancel stops a long edit within a step and the worker takes the next job',
   await page.click('#generate');
   await page.waitForFunction(() => /denoising: [1-9]/.test(document.querySelector('#job-phase')?.textContent ?? ''), null, { timeout: 120_000 });
   assert.match(await page.textContent('#job-phase'), /denoising: \d+\/60 · [\d.]+ s · about \d+ s left/);
-  // Live previews: the latents through the VAE-fitted projection, one pixel per latent pixel (144×96 / 8).
-  await page.waitForSelector('#preview', { timeout: 60_000 });
-  const size = await page.$eval('#preview', async (img) => { await img.decode(); return [img.naturalWidth, img.naturalHeight]; });
-  assert.deepEqual(size, [18, 12]);
-  assert.match(await page.getAttribute('#preview', 'alt'), /^preview after step \d+$/);
+  // Live previews on the result canvas: the latents through the VAE-fitted projection, each latent pixel an 8×8
+  // block, at the output's size from step to step.
+  await page.waitForSelector('#result-canvas[data-showing="preview"]', { timeout: 60_000 });
+  const sizes = [];
+  for (let i = 0; i < 2; i++) {
+    await page.waitForFunction((seen) => !seen.includes(document.querySelector('#result-canvas')?.getAttribute('aria-label')),
+      sizes.map((s) => s.label), { timeout: 240_000 });
+    sizes.push(await page.$eval('#result-canvas', (c) => ({ label: c.getAttribute('aria-label'), size: [c.width, c.height] })));
+  }
+  for (const { label, size } of sizes) {
+    assert.match(label, /^preview after step \d+$/);
+    assert.deepEqual(size, [144, 96], label);
+  }
   await screenshot(page, 'preview');
   await page.click('#cancel');
   await page.waitForSelector('#job[data-state="cancelled"]', { timeout: 60_000 });
@@ -122,7 +145,7 @@ test('compare shows the first reference beside the result, with captions', async
   await page.focus('#compare');
   await page.keyboard.press('Enter');
   await page.waitForSelector('#compare-view', { state: 'detached' });
-  assert.equal(await page.locator('#result-image').count(), 1);
+  assert.equal(await page.locator('#result-canvas').count(), 1);
 });
 
 test('"use as reference" appends the result to the references, from the keyboard too', async () => {
@@ -294,7 +317,7 @@ test('a mask painted with the mouse: the edit equals the native CLI given the sa
   // Generate are all in the first screen of a 1400×1000 window.
   assert.equal(await page.getAttribute('#model-panel-toggle', 'aria-expanded'), 'false', 'the loaded model folds its panel');
   await page.evaluate(() => window.scrollTo(0, 0));
-  for (const id of ['#stage', '#result-image', '#prompt', '#generate']) {
+  for (const id of ['#stage', '#result-canvas', '#prompt', '#generate']) {
     const box = await page.locator(id).boundingBox();
     assert.ok(box && box.y >= 0 && box.y + box.height <= 1000, `${id} is in the first screen: ${JSON.stringify(box)}`);
   }

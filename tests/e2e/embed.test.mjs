@@ -7,7 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { serveDist, launch, screenshot, watchProblems, packBytes, nativeEditWithLatents, maxAbsDifference, maxPixelDifference, REFERENCE } from './browser.mjs';
+import { serveDist, launch, screenshot, watchProblems, packBytes, nativeEditWithLatents, maxAbsDifference, maxPixelDifference, canvasAgainstPng, REFERENCE } from './browser.mjs';
 import { startParent, answer } from './embed-parent.mjs';
 
 const PROMPT = 'Make the red square blue and add a small yellow sun in the sky';
@@ -102,8 +102,15 @@ test('kontext:edit with a PNG Blob and returnLatents returns a PNG Blob and the 
     [true, 'image/png', SEED, WIDTH, HEIGHT, [WIDTH, HEIGHT]]);
   const phases = await parentPage.evaluate(() => window.messages.filter((m) => m.data?.id === 7 && m.data.type === 'kontext:progress').map((m) => m.data.phase));
   for (const phase of ['encoding text', 'encoding references', 'denoising', 'decoding']) assert.ok(phases.includes(phase), `no ${phase} progress: ${phases}`);
-  await parentPage.frameLocator('#app').locator('#result-image').waitFor();
+  await parentPage.frameLocator('#app').locator('#result-canvas[data-showing="result"]').waitFor();
   await screenshot(parentPage, 'embed-result');
+  // The embed view shows the result on the canvas the worker drew: the kontext:result PNG's pixels (±1 LSB).
+  const frame = parentPage.frames().find((f) => f.url().startsWith(app.url));
+  const drawn = await canvasAgainstPng(frame, summary.png);
+  console.log(`embed result canvas against the kontext:result PNG: ${JSON.stringify(drawn)}`);
+  assert.deepEqual([drawn.canvas, drawn.png], [[WIDTH, HEIGHT], [WIDTH, HEIGHT]]);
+  assert.ok(drawn.maxDiff <= 1, `the canvas differs from the PNG by ${drawn.maxDiff}`);
+  assert.ok(drawn.shiftedDiff > 1, `the canvas is within ${drawn.shiftedDiff} of the PNG moved by a pixel: the check cannot tell`);
 
   const args = (prompt, seed, images) => ['--prompt', prompt, ...images.flatMap((i) => ['--image', i]), '--width', String(WIDTH),
     '--height', String(HEIGHT), '--max-area', String(WIDTH * HEIGHT), '--steps', '4', '--guidance', '2.5', '--seed', String(seed)];
@@ -123,6 +130,33 @@ test('kontext:edit with a PNG Blob and returnLatents returns a PNG Blob and the 
     console.log(`${what}: latents max |Δ| ${wrong}`);
   }
   console.log(`browser vs native: latents max |Δ| ${delta}, image ${lsb} LSB`);
+});
+
+test('kontext:edit with previews on and off, side by side: the per-step time of each and the buffers read back (the 2D canvas on this SwiftShader reads one per preview, the WebGPU canvas none)', async () => {
+  const reference = readFileSync(REFERENCE).toString('base64');
+  const run = (id, previews) => parentPage.evaluate(([b64, prompt, id, previews, width, height]) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    send({ type: 'kontext:edit', id, prompt, images: [new Blob([bytes], { type: 'image/png' })], width, height, steps: 4, seed: 5, previews });
+  }, [reference, PROMPT, id, previews, WIDTH, HEIGHT]);
+  const answered = async (id) => (await parentPage.waitForFunction((id) => window.messages.find((m) => m.data?.id === id && /result|error/.test(m.data.type))?.data ?? null,
+    id, { timeout: 300_000 })).evaluate((r) => (r.type !== 'kontext:result' ? { error: r.message }
+    : { readbacks: r.readbacks, stepReadbacks: r.stepReadbacks, denoiseMillis: r.denoiseMillis }));
+  await run('previews-off', false);
+  const off = await answered('previews-off');
+  await run('previews-on', true);
+  const on = await answered('previews-on');
+  assert.equal(off.error, undefined, off.error);
+  assert.equal(on.error, undefined, on.error);
+  console.log(`previews off: ${(off.denoiseMillis / 4).toFixed(0)} ms/step, readbacks ${off.readbacks} (${off.stepReadbacks} in the steps); `
+    + `on: ${(on.denoiseMillis / 4).toFixed(0)} ms/step, readbacks ${on.readbacks} (${on.stepReadbacks} in the steps); `
+    + `on/off ${(on.denoiseMillis / off.denoiseMillis).toFixed(3)}`);
+  assert.ok(off.denoiseMillis > 0 && on.denoiseMillis > 0);
+  // Without previews only the image is read back; with them, the 2D canvas path adds one readback per step here.
+  assert.deepEqual([off.readbacks, off.stepReadbacks], [1, 0]);
+  const frame = parentPage.frames().find((f) => f.url().startsWith(app.url));
+  const path = await frame.evaluate(() => document.querySelector('#result-canvas')?.dataset.showing);
+  assert.equal(path, 'result');
+  assert.ok([[1, 0], [5, 4]].some(([all, steps]) => on.readbacks === all && on.stepReadbacks === steps), JSON.stringify(on));
 });
 
 test('kontext:edit with cache {kind: "fbc"} reuses the steps the native CLI and diffusers reuse (progress says reused) with the CLI\'s latents (≤ 5e-4); without the cache the latents differ', async () => {

@@ -274,4 +274,22 @@ fn print_table(report: &Report) {
             );
         }
     }
+    if let Some(p) = &report.previews {
+        println!();
+        println!(
+            "live previews: that edit, {} steps, waiting for the queue after each step as the app does; with a \
+             preview drawn on the GPU after every step against none, side by side",
+            p.steps
+        );
+        println!(
+            "previews off {:.3} s/step · on {:.3} s/step · overhead {:+.1} % · readbacks during the steps: {} on, {} \
+             off · in the whole edit with previews: {}",
+            p.seconds_per_step_off,
+            p.seconds_per_step_on,
+            100.0 * p.overhead,
+            p.step_readbacks_on,
+            p.step_readbacks_off,
+            p.readbacks_on
+        );
+    }
 }

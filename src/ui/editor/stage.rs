@@ -8,6 +8,7 @@ use super::mask::{MaskStage, MaskTools};
 use super::references::drop_files;
 use crate::app::edit::{EditForm, Reference};
 use crate::app::{AppState, JobState};
+use crate::ui::result_canvas::ResultCanvas;
 use crate::web::stage::StageView;
 
 /// The view buttons and the view shown.
@@ -91,26 +92,37 @@ fn MaskView(
 }
 
 /// The running edit's latest preview (a placeholder before the first), or the finished image with its size,
-/// seed and time.
+/// seed and time: both on the result canvas the worker draws on (the kept PNG where it drew nothing).
 #[component]
 fn JobPicture() -> impl IntoView {
     let state = expect_context::<AppState>();
     move || match state.job.get() {
-        JobState::Running { id, .. } => match state.preview.get().filter(|(job, ..)| *job == id) {
-            Some((_, step, url)) => {
-                view! { <img id="preview" class="stage-image" src=url alt=format!("preview after step {step}") /> }
-                    .into_any()
+        JobState::Running { id, .. } => match state.preview.get().filter(|(job, _)| *job == id) {
+            Some(_) => {
+                let label = Signal::derive(move || {
+                    state.preview.get().map(|(_, step)| format!("preview after step {step}")).unwrap_or_default()
+                });
+                view! { <ResultCanvas label showing="preview" /> }.into_any()
             }
             None => view! { <p class="stage-empty muted">"The preview appears after the first step."</p> }.into_any(),
         },
-        JobState::Done { url, seed, width, height, millis, .. } => view! {
-            <figure class="result">
-                <img id="result-image" class="stage-image" src=url
-                    alt=format!("the generated image, {width}×{height} pixels") width=width height=height />
-                <figcaption>{format!("{width}×{height} · seed {seed} · {:.1} s", millis / 1000.0)}</figcaption>
-            </figure>
+        JobState::Done { url, seed, width, height, millis, shown, readbacks, .. } => {
+            let alt = format!("the generated image, {width}×{height} pixels");
+            let picture = match shown {
+                true => view! { <ResultCanvas label=Signal::stored(alt) showing="result" /> }.into_any(),
+                false => {
+                    view! { <img id="result-image" class="stage-image" src=url alt=alt width=width height=height /> }
+                        .into_any()
+                }
+            };
+            view! {
+                <figure class="result" data-readbacks=readbacks.0 data-step-readbacks=readbacks.1>
+                    {picture}
+                    <figcaption>{format!("{width}×{height} · seed {seed} · {:.1} s", millis / 1000.0)}</figcaption>
+                </figure>
+            }
+            .into_any()
         }
-        .into_any(),
         _ => ().into_any(),
     }
 }
@@ -131,7 +143,7 @@ fn Comparison(
                         <figcaption>{format!("First reference · {name}")}</figcaption>
                     </figure>
                     <figure>
-                        <img id="result-image" src=url alt=format!("the generated image, {width}×{height} pixels")
+                        <img id="compare-result" src=url alt=format!("the generated image, {width}×{height} pixels")
                             width=width height=height />
                         <figcaption>"Result"</figcaption>
                     </figure>
