@@ -192,8 +192,8 @@ fn split_heads_as(
     }
     let inputs = (parts.iter()).flat_map(|p| [Some(placed(&p.x)), p.norm_scale.as_ref().map(placed)]).flatten();
     let tables = rope.into_iter().flat_map(|rope| [placed(rope.cos), placed(rope.sin)]);
-    let f16_available = f16_out && super::precision::Precision::f16_available(&first.x.device());
-    if !on_kernels(inputs.chain(tables)) || index(b * heads * total * d, "size").is_err() || f16_out != f16_available {
+    let f16_missing = f16_out && !super::precision::Precision::f16_available(&first.x.device());
+    if !on_kernels(inputs.chain(tables)) || index(b * heads * total * d, "size").is_err() || f16_missing {
         let heads = reference::split_heads(parts, heads, rope, eps);
         return Ok(if f16_out { heads.cast(FloatDType::F16) } else { heads });
     }
