@@ -33,14 +33,17 @@ REAL_WIDTH_STAMP = $(KONTEXT_REAL_WIDTH)/.made-$(shell cat $(REAL_WIDTH_INPUTS) 
 export KONTEXT_TINY_TYPES ?= $(HOME)/.cache/kontext-web/packs/tiny_types
 TINY_TYPES_GGUF := F16,BF16,Q8_0,Q4_0,Q4_1,Q5_0,Q5_1,Q4_K,Q5_K,Q6_K
 TINY_TYPES_INPUTS := tests/fixtures/generator/make_fixtures.py tests/fixtures/generator/tiny_reference.json
+# A Debian 13 root with Mesa 26's lavapipe, whose cooperative matrices run the coop suite (tests/coop/).
+COOP_ROOT ?= $(HOME)/.cache/kontext-web/trixie-root
 TINY_TYPES_STAMP = $(KONTEXT_TINY_TYPES)/.made-$(shell (cat $(TINY_TYPES_INPUTS); echo $(TINY_TYPES_GGUF)) | sha256sum | cut -c1-16)
 
-.PHONY: help tools web serve dist check test test-native test-wasm test-e2e test-long test-fuzz fuzz fuzz-minimize fmt bench-gpu packs
+.PHONY: help tools web serve dist check test test-native test-coop test-wasm test-e2e test-long test-fuzz fuzz fuzz-minimize fmt bench-gpu packs
 
 help:
 	@echo "make serve   install what is missing, build the app, serve it on http://$(HOST):$(PORT)"
 	@echo "make check   formatting, clippy (native and wasm32, warnings are errors) and the layering test"
 	@echo "make test    make check, then every test: native (CPU + wgpu on lavapipe), wasm in headless Chromium, end-to-end, fuzz smoke"
+	@echo "make test-coop   the coop kernel path (cooperative matrices) on Mesa 26's lavapipe, in a Debian 13 root made once"
 	@echo "make test-long   the long browser tests: a real-width edit in Chromium against the native CLI (about 10 minutes)"
 	@echo "make packs   the real-width and tiny-types test packs (diffusers in a venv; cached in ~/.cache/kontext-web/packs)"
 	@echo "make dist    the shipped build (fat LTO, wasm-opt -Oz) in dist/"
@@ -62,7 +65,7 @@ serve: web
 	@echo "Serving http://$(HOST):$(PORT)/ (Ctrl-C stops)"
 	node www/serve.mjs dist $(HOST) $(PORT)
 
-test: tools check test-native test-wasm test-e2e test-fuzz
+test: tools check test-native test-coop test-wasm test-e2e test-fuzz
 
 # fmt, clippy for the host and for the browser, and tests/layering.rs (no import cycles, no import up the layers).
 check: tools
@@ -97,6 +100,14 @@ packs: $(VENV)/.installed-$(shell echo $(PYTHON_PACKAGES) | sha256sum | cut -c1-
 test-native: packs
 	@mkdir -p $(XDG_RUNTIME_DIR)
 	KONTEXT_MAX_BUFFER_BYTES=134217728 cargo test --locked
+
+# The coop suite on a software device with cooperative matrices; KONTEXT_REQUIRE_COOP makes a skip a failure.
+test-coop:
+	@mkdir -p $(XDG_RUNTIME_DIR)
+	bash tests/coop/ensure-root.sh $(COOP_ROOT)
+	binary=$$(cargo test --locked --no-run --test gpu_coop 2>&1 | sed -n 's/.*Executable tests\/gpu_coop.rs (\(.*\))/\1/p'); \
+	test -x "$$binary" || { echo "test-coop: the gpu_coop test binary did not build"; exit 1; }; \
+	KONTEXT_REQUIRE_COOP=1 KONTEXT_MAX_BUFFER_BYTES=134217728 bash tests/coop/run.sh $(COOP_ROOT) $$binary
 
 # wasm-bindgen-test-runner drives Debian's Chromium through chromedriver, with WebGPU on SwiftShader.
 # --nocapture shows what the tests print (which f16 checks ran, or why they were skipped).

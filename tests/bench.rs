@@ -31,7 +31,31 @@ fn bench_reports_matmul_attention_step_and_caches_with_positive_numbers() {
     let device = run_kontext(env!("CARGO_BIN_EXE_kontext"), &["device", "--backend", "wgpu", "--json"]);
     let device: serde_json::Value = serde_json::from_slice(&device.stdout).expect("device prints JSON");
     let f16 = device["adapter"]["shader_f16"].as_bool().expect("the adapter says whether it has shader-f16");
+    // Each operation's kernel path, chosen from the adapter's features: coop where a hardware adapter has
+    // cooperative matrices (Debian 12's lavapipe has none; `make test-coop` runs Mesa 26's), else f32 (f16 is
+    // opt-in).
+    let coop = device["adapter"]["coop_fragment"].is_u64();
+    let software = device["adapter"]["software"].as_bool().expect("the adapter says whether it is software");
+    let best = if coop && !software { "coop" } else { "f32" };
+    assert_eq!(device["kernels"]["chosen"], best, "{}", device["kernels"]);
+    assert_eq!(report["kernels"], device["kernels"]);
+    let paths = ["coop", "subgroup-f16", "f32"];
+    let available = device["kernels"]["available"].as_array().expect("available paths");
+    assert_eq!(available.len(), 1 + coop as usize + f16 as usize, "{available:?}");
+    if !coop {
+        let forced = run_kontext(env!("CARGO_BIN_EXE_kontext"), &["device", "--backend", "wgpu", "--kernels", "coop"]);
+        let stderr = String::from_utf8_lossy(&forced.stderr);
+        assert!(!forced.status.success());
+        assert!(
+            stderr.starts_with("kontext: kernel path `coop` is not available on this adapter: it needs"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
     for row in matmul {
+        let path = row["kernel_path"].as_str().expect("every matmul row names its kernel path");
+        assert_eq!(path, if best == "coop" && row["m"].as_u64() > Some(8) { "coop" } else { "f32" }, "{row}");
+        assert_eq!(row["coop_gflops"].is_null(), !coop || row["m"].as_u64() <= Some(8), "{row}");
         assert_eq!(row["packed"], true, "{row}");
         let ratio = positive(row, "packed_gflops") / positive(row, "f32_gflops");
         assert!((ratio - positive(row, "ratio")).abs() < 1e-9 * ratio.max(1.0), "{row}");
@@ -49,6 +73,10 @@ fn bench_reports_matmul_attention_step_and_caches_with_positive_numbers() {
     let attention = report["attention"].as_array().expect("an attention section");
     assert_eq!(attention.len(), 1);
     for row in attention {
+        assert!(
+            paths.contains(&row["kernel_path"].as_str().unwrap_or("none")),
+            "every attention row names its path: {row}"
+        );
         for key in ["L", "heads", "head_dim", "model_ms", "flash_ms", "flash_tflops", "rows_ms", "reference_ms"] {
             positive(row, key);
         }

@@ -12,10 +12,18 @@ wasm_bindgen_test_configure!(run_in_dedicated_worker);
 #[wasm_bindgen_test]
 async fn the_worker_opens_webgpu_and_its_matmul_equals_the_cpu() {
     match worker::answer(ToWorker::SelfCheck { size: 48 }).await {
-        FromWorker::SelfCheck { check, millis, display } => {
+        FromWorker::SelfCheck { check, millis, display, kernels } => {
             assert!(check.passed, "{check:?}");
             assert!(millis > 0.0);
             assert_eq!(display, None, "no canvas was given to this worker");
+            // SwiftShader has no cooperative matrices (nor, here, shader-f16): the worker falls back to f32 and
+            // says so.
+            use kontext_web::kernels::path::KernelPath;
+            let kernels = kernels.expect("the self-check names the kernel paths");
+            console_log!("kernel paths in the worker: {kernels:?}");
+            assert_eq!(kernels.chosen, KernelPath::F32);
+            assert!(!kernels.available.contains(&KernelPath::Coop), "{kernels:?}");
+            assert_eq!((kernels.matmul, kernels.attention), (KernelPath::F32, KernelPath::F32));
         }
         other => panic!("unexpected answer: {other:?}"),
     }

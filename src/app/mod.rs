@@ -155,6 +155,8 @@ pub struct AppState {
     pub canvas: RwSignal<Option<web_sys::HtmlCanvasElement>, LocalStorage>,
     /// How the worker draws on the result canvas (`webgpu`, `2d`), once its self-check said.
     pub display: RwSignal<Option<String>>,
+    /// The kernel path of each operation in the worker, once its self-check said.
+    pub kernels: RwSignal<Option<crate::kernels::path::KernelPaths>>,
     /// The loaded model's MagCache ratios, where it was calibrated in this browser.
     pub mag_ratios: RwSignal<Option<Vec<f32>>>,
 }
@@ -176,6 +178,7 @@ impl AppState {
             preview: RwSignal::new(None),
             canvas: RwSignal::new_local(None),
             display: RwSignal::new(None),
+            kernels: RwSignal::new(None),
             mag_ratios: RwSignal::new(None),
         }
     }
@@ -184,8 +187,9 @@ impl AppState {
     fn apply(self, event: FromWorker) {
         match event {
             FromWorker::Ready => {}
-            FromWorker::SelfCheck { check, millis, display } => {
+            FromWorker::SelfCheck { check, millis, display, kernels } => {
                 self.display.set(display);
+                self.kernels.set(kernels);
                 self.check.set(Some(CheckState::Done {
                     passed: check.passed,
                     max_abs_error: check.max_abs_error,

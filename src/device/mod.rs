@@ -55,6 +55,21 @@ pub struct AdapterReport {
     /// The smallest subgroup size the adapter may run, where subgroup operations are enabled.
     #[serde(default)]
     pub subgroup_min_size: Option<u32>,
+    /// The largest subgroup size the adapter may run, where subgroup operations are enabled.
+    #[serde(default)]
+    pub subgroup_max_size: Option<u32>,
+    /// Workgroup memory one kernel may declare, in bytes (as granted).
+    #[serde(default)]
+    pub max_workgroup_storage_bytes: u32,
+    /// The cooperative-matrix products the device offers (wgpu's `EXPERIMENTAL_COOPERATIVE_MATRIX`), as
+    /// `MxNxK inputs→accumulator`; empty without the feature.
+    #[serde(default)]
+    pub cooperative_matrix: Vec<String>,
+    /// The fragment size (8 or 16) of the cooperative products with f16 inputs and f32 accumulators that the
+    /// `coop` kernels use ([`coop_fragment`]); `None` where the device has no such product, `shader-f16`, or
+    /// 32 KiB of workgroup memory.
+    #[serde(default)]
+    pub coop_fragment: Option<u32>,
 }
 
 /// [`AdapterReport::subgroup_min_size`] of the wgpu device this process opened (0: none, or not opened yet).
@@ -63,6 +78,33 @@ static SUBGROUP_MIN_SIZE: std::sync::atomic::AtomicU32 = std::sync::atomic::Atom
 /// The smallest subgroup size of the opened wgpu device, where it has subgroup operations enabled.
 pub fn subgroup_min_size() -> Option<usize> {
     match SUBGROUP_MIN_SIZE.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        n => Some(n as usize),
+    }
+}
+
+/// [`AdapterReport::subgroup_max_size`] of the opened wgpu device (0: none, or not opened yet).
+static SUBGROUP_MAX_SIZE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The largest subgroup size of the opened wgpu device, where it has subgroup operations enabled.
+pub fn subgroup_max_size() -> Option<usize> {
+    match SUBGROUP_MAX_SIZE.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        n => Some(n as usize),
+    }
+}
+
+/// [`AdapterReport::coop_fragment`] of the opened wgpu device (0: none, or not opened yet).
+static COOP_FRAGMENT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Workgroup memory the `coop` kernels declare at most, in bytes.
+pub const COOP_WORKGROUP_BYTES: u32 = 32_768;
+
+/// The square fragment size (8 or 16) of the opened wgpu device's cooperative products with f16 inputs and f32
+/// accumulators, where the device also has `shader-f16` and [`COOP_WORKGROUP_BYTES`] of workgroup memory: what
+/// the `coop` kernel path needs ([`crate::kernels::path::KernelPath`]).
+pub fn coop_fragment() -> Option<usize> {
+    match COOP_FRAGMENT.load(std::sync::atomic::Ordering::Relaxed) {
         0 => None,
         n => Some(n as usize),
     }
@@ -285,7 +327,27 @@ fn report_of(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterReport {
     let features = setup.device.features();
     let subgroups = features.contains(Features::SUBGROUP);
     let subgroup_min_size = subgroups.then_some(info.subgroup_min_size).filter(|&n| n > 0);
+    let subgroup_max_size = subgroups.then_some(info.subgroup_max_size).filter(|&n| n > 0);
     SUBGROUP_MIN_SIZE.store(subgroup_min_size.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    SUBGROUP_MAX_SIZE.store(subgroup_max_size.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    let products = match features.contains(Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+        true => setup.adapter.cooperative_matrix_properties(),
+        false => Vec::new(),
+    };
+    let shader_f16 = features.contains(Features::SHADER_F16);
+    let coop_fragment = [16, 8].into_iter().find(|&size| {
+        use burn::tensor::wgpu::wgpu::CooperativeScalarType::{F16, F32};
+        shader_f16
+            && limits.max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES
+            && products
+                .iter()
+                .any(|p| [p.m_size, p.n_size, p.k_size] == [size; 3] && p.ab_type == F16 && p.cr_type == F32)
+    });
+    COOP_FRAGMENT.store(coop_fragment.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    let cooperative_matrix = products
+        .iter()
+        .map(|p| format!("{}x{}x{} {:?}→{:?}", p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type).to_lowercase())
+        .collect();
     AdapterReport {
         name: info.name.clone(),
         api: format!("{:?}", info.backend),
@@ -293,9 +355,13 @@ fn report_of(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterReport {
         software: info.device_type == DeviceType::Cpu,
         max_buffer_size: limits.max_buffer_size,
         max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
-        shader_f16: features.contains(Features::SHADER_F16),
+        shader_f16,
         subgroups,
         subgroup_min_size,
+        subgroup_max_size,
+        max_workgroup_storage_bytes: limits.max_compute_workgroup_storage_size,
+        cooperative_matrix,
+        coop_fragment,
     }
 }
 

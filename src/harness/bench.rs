@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::formats::quant::{GgmlType, quantize_q4_0, quantize_q8_0};
 use crate::formats::weights::{HostTensor, RawBlock, Weights};
+use crate::kernels::path::{KernelPath, KernelPaths};
 use crate::kernels::precision::Precision;
 use crate::model::flux::config::FluxConfig;
 use crate::{Error, Result};
@@ -262,6 +263,16 @@ pub struct MatmulRow {
     pub f16_ratio_to_packed: Option<f64>,
     /// `f16_gflops / f32_gflops`: above 1, the f16 packed kernel beats burn's f32 matmul.
     pub f16_ratio_to_f32: Option<f64>,
+    /// GFLOP/s of the packed matmul on cooperative matrices (the `coop` path: f16 fragments, f32
+    /// accumulators); `None` where the adapter has none, for dense weights, and up to
+    /// [`crate::kernels::coop_matmul::MIN_ROWS`] rows.
+    #[serde(default)]
+    pub coop_gflops: Option<f64>,
+    /// `coop_gflops / packed_gflops`: above 1, the coop kernel beats the plain one in f32.
+    #[serde(default)]
+    pub coop_ratio_to_packed: Option<f64>,
+    /// The kernel path the model's matmul of this shape takes on this device ([`KernelPath::for_matmul`]).
+    pub kernel_path: KernelPath,
 }
 
 /// Attention over one sequence length: times in milliseconds per call, memory as the allocator measured it.
@@ -277,6 +288,8 @@ pub struct AttentionRow {
     /// The kernel the model's attention ran at this length ([`AttentionKernel::resolve`](crate::kernels::attention::AttentionKernel::resolve));
     /// `scores` (the reference) on devices without our kernels.
     pub model_kernel: crate::kernels::attention::AttentionKernel,
+    /// The kernel path of the model's attention at this length ([`KernelPath::for_attention`]).
+    pub kernel_path: KernelPath,
     /// The model's attention.
     pub model_ms: f64,
     /// The `flash` kernel, where a flash kernel applies (wgpu, head width within its limit).
@@ -355,6 +368,8 @@ pub struct StepRow {
     /// Activations of the packed matmuls in this row.
     #[serde(default = "default_precision")]
     pub precision: Precision,
+    /// The kernel path of the step's packed matmuls ([`KernelPath::for_matmul`] over the step's tokens).
+    pub kernel_path: KernelPath,
     /// Linear layers kept in ggml blocks on the device (when loaded whole).
     pub packed_linears: usize,
     /// Bytes the weights occupy on the device between steps.
@@ -424,6 +439,8 @@ pub struct Report {
     pub adapter: Option<String>,
     /// Activations of the packed matmuls in the DiT step ([`Precision::of`] the device).
     pub precision: Precision,
+    /// The kernel path of each operation under the run's choice ([`KernelPaths::of`] the device).
+    pub kernels: KernelPaths,
     /// Whether burn's own kernels (its f32 matmul baseline among them) ran autotuned: builds with the `autotune`
     /// feature, as benchmarks should be; without it burn's matmul is its untuned default.
     #[serde(default)]
@@ -457,11 +474,12 @@ pub struct Report {
 }
 
 impl Report {
-    /// Assembles a report, taking the block launch counts from [`Report::counted_step`].
+    /// Assembles a report, taking the block launch counts from [`Report::counted_step`] and the precision and
+    /// kernel paths from `device` under the process-wide choice.
     pub fn new(
         backend: &str,
         adapter: Option<String>,
-        precision: Precision,
+        device: &burn::tensor::Device,
         sizes: Sizes,
         matmul: Vec<MatmulRow>,
         attention: Vec<AttentionRow>,
@@ -471,7 +489,8 @@ impl Report {
         Self {
             backend: backend.into(),
             adapter,
-            precision,
+            precision: Precision::of(device),
+            kernels: KernelPaths::of(device),
             burn_autotune: cfg!(feature = "autotune"),
             dispatches_per_double_block: counted.and_then(StepRow::dispatches_per_double_block),
             dispatches_per_single_block: counted.and_then(StepRow::dispatches_per_single_block),
@@ -699,7 +718,7 @@ mod native {
     use crate::device::launches::{Launches, count_launches};
     use crate::kernels::attention::{KernelTiming, bench_attention};
     use crate::kernels::display::{Display, Picture, Projection, TextureTarget};
-    use crate::kernels::quant_matmul::{PackedWeight, matmul_at};
+    use crate::kernels::quant_matmul::{Epilogue, PackedWeight, matmul_at, matmul_on_with};
     use crate::kernels::{ActivationBytes, count_activation_bytes};
     use crate::model::flux::rope::Rope;
     use crate::model::flux::{Flux, Layers, Modulations};
@@ -733,6 +752,7 @@ mod native {
     /// matmul for every shape of `sizes`.
     pub fn bench_matmul(device: &Device, sizes: &Sizes) -> Result<Vec<MatmulRow>> {
         let f16 = Precision::f16_available(device);
+        let coop = KernelPath::Coop.missing_on(device).is_none();
         let mut rows = Vec::new();
         for &(k, n) in &sizes.matmul_kn {
             let dense = values(n * k, 7, 1.0 / (k as f32).sqrt());
@@ -754,6 +774,11 @@ mod native {
                     let packed_s = time(sizes.repeats, |i| matmul_at(xs[i].clone(), &w, None, Precision::F32));
                     let f16_s = (f16 && w.is_packed())
                         .then(|| time(sizes.repeats, |i| matmul_at(xs[i].clone(), &w, None, Precision::F16)));
+                    let coop_s = (coop && w.is_packed() && m > crate::kernels::coop_matmul::MIN_ROWS).then(|| {
+                        let on_coop =
+                            |i: usize| matmul_on_with(xs[i].clone(), &w, None, KernelPath::Coop, Epilogue::Plain);
+                        time(sizes.repeats, on_coop)
+                    });
                     rows.push(MatmulRow {
                         ty: ty.to_string(),
                         m,
@@ -766,6 +791,12 @@ mod native {
                         f16_gflops: f16_s.map(|s| flops / s),
                         f16_ratio_to_packed: f16_s.map(|s| packed_s / s),
                         f16_ratio_to_f32: f16_s.map(|s| f32_s / s),
+                        coop_gflops: coop_s.map(|s| flops / s),
+                        coop_ratio_to_packed: coop_s.map(|s| packed_s / s),
+                        kernel_path: match w.is_packed() {
+                            true => KernelPath::for_matmul(m, device),
+                            false => KernelPath::F32,
+                        },
                     });
                 }
             }
@@ -784,6 +815,7 @@ mod native {
                 heads: h,
                 head_dim: d,
                 model_kernel: t.model_kernel,
+                kernel_path: KernelPath::for_attention(device, t.l, t.l, d),
                 model_ms: ms(t.model),
                 flash_ms: t.flash.map(ms),
                 flash_tflops: t.flash.map(|f| 4.0 * (h * t.l * t.l * d) as f64 / f.seconds / 1e12),
@@ -877,7 +909,7 @@ mod native {
                 Ok((t.seconds, launches, packed_linears, device_bytes))
             };
             let (seconds, launches, packed_linears, device_bytes) = match precision {
-                Precision::F16 => crate::kernels::precision::with_precision(Precision::F16, fast)?,
+                Precision::F16 => crate::kernels::path::with_path(KernelPath::SubgroupF16, fast)?,
                 Precision::F32 => fast()?,
             };
             let (dispatches_per_step, activations, double_block_kernels, single_block_kernels) = launches;
@@ -895,6 +927,11 @@ mod native {
                 precision: match precision {
                     Precision::F16 => Precision::F16,
                     Precision::F32 => Precision::of(device),
+                },
+                kernel_path: match (precision, packed_linears) {
+                    (_, 0) => KernelPath::F32,
+                    (Precision::F16, _) => KernelPath::SubgroupF16,
+                    (Precision::F32, _) => KernelPath::for_matmul(n_img + n_txt, device),
                 },
                 packed_linears,
                 device_bytes,
@@ -929,11 +966,7 @@ mod native {
         let step = bench_step(device, &sizes)?;
         let cache = bench_cache(device, &sizes)?;
         let previews = bench_previews(device, &sizes)?;
-        Ok(Report {
-            cache,
-            previews,
-            ..Report::new(backend, adapter, Precision::of(device), sizes, matmul, attention, step)
-        })
+        Ok(Report { cache, previews, ..Report::new(backend, adapter, device, sizes, matmul, attention, step) })
     }
 
     /// A text-to-image edit on the step model with Q8_0 weights (random text conditioning, noise and weights):

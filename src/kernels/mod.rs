@@ -8,11 +8,13 @@
 //! read-write in a dispatch. Their parameters come last, in a uniform ([`Params`]).
 
 pub mod attention;
+pub mod coop_matmul;
 pub mod display;
 pub mod flash;
 pub mod fused;
 pub mod latent;
 pub mod pack;
+pub mod path;
 pub mod precision;
 pub mod quant_matmul;
 pub mod repack;

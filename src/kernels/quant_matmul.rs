@@ -21,6 +21,8 @@ use burn::cubecl::prelude::CubeCount;
 use burn::module::Module;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
+use super::coop_matmul::{self, CoopMatmul};
+use super::path::KernelPath;
 use super::precision::Precision;
 use super::repack::{self, Layout};
 use super::{WgslKernel, cube_tensor, fused, packs_on, params, tensor_from_handle};
@@ -219,8 +221,8 @@ fn check(ty: GgmlType, shape: &[usize], bytes: &[u8]) -> Result<(usize, usize)> 
     Ok((n, k))
 }
 
-/// `x [m, k] · Wᵀ (+ bias [n]) → [m, n]` in f32: the kernel for packed weights at the precision of x's device
-/// ([`Precision::of`]), [`reference`] for dense ones.
+/// `x [m, k] · Wᵀ (+ bias [n]) → [m, n]` in f32: the kernel for packed weights on the kernel path of x's device
+/// ([`KernelPath::for_matmul`]), [`reference`] for dense ones.
 ///
 /// # Panics
 /// When `x` has not `k` columns, or `x` and the weight live on different devices (like burn's own ops).
@@ -248,15 +250,20 @@ pub enum Epilogue<'a> {
 }
 
 impl Epilogue<'_> {
+    /// `EPILOGUE` in `shaders/matmul_epilogue.wgsl`.
+    fn code(&self) -> u32 {
+        match self {
+            Self::Plain => 0,
+            Self::Gelu => 1,
+            Self::GatedAdd { .. } => 2,
+        }
+    }
+
     /// `kernel` compiled for this epilogue: the shader's `EPILOGUE` appended, and a name suffix but for
     /// [`Epilogue::Plain`].
     fn kernel(&self, kernel: WgslKernel) -> WgslKernel {
-        let (code, suffix) = match self {
-            Self::Plain => (0, ""),
-            Self::Gelu => (1, "_gelu"),
-            Self::GatedAdd { .. } => (2, "_gated"),
-        };
-        let source = || format!("{}\nconst EPILOGUE: u32 = {code}u;\n", kernel.source);
+        let suffix = ["", "_gelu", "_gated"][self.code() as usize];
+        let source = || format!("{}\nconst EPILOGUE: u32 = {}u;\n", kernel.source, self.code());
         WgslKernel::generated(format!("{}{suffix}", kernel.name), source)
     }
 
@@ -294,8 +301,8 @@ impl Epilogue<'_> {
 /// # Panics
 /// As [`matmul`], and when a [`Epilogue::GatedAdd`]'s tensors do not fit the output.
 pub fn matmul_with(x: Tensor<2>, weight: &PackedWeight, bias: Option<&Tensor<1>>, epilogue: Epilogue) -> Tensor<2> {
-    let precision = Precision::of(&x.device());
-    matmul_at_with(x, weight, bias, precision, epilogue)
+    let path = KernelPath::for_matmul(x.dims()[0], &x.device());
+    matmul_on_with(x, weight, bias, path, epilogue)
 }
 
 /// [`matmul`] at a given precision: with F16, a packed weight's kernel holds and multiplies its tiles in f16
@@ -305,14 +312,24 @@ pub fn matmul_with(x: Tensor<2>, weight: &PackedWeight, bias: Option<&Tensor<1>>
 /// As [`matmul`]; also for F16 with a packed weight on a device without `shader-f16`
 /// ([`Precision::f16_available`]).
 pub fn matmul_at(x: Tensor<2>, weight: &PackedWeight, bias: Option<&Tensor<1>>, precision: Precision) -> Tensor<2> {
-    matmul_at_with(x, weight, bias, precision, Epilogue::Plain)
+    let path = match precision {
+        Precision::F32 => KernelPath::F32,
+        Precision::F16 => KernelPath::SubgroupF16,
+    };
+    matmul_on_with(x, weight, bias, path, Epilogue::Plain)
 }
 
-fn matmul_at_with(
+/// [`matmul_with`] on a given kernel path: `coop` takes the cooperative-matrix kernel from
+/// [`coop_matmul::MIN_ROWS`] + 1 rows on (fewer rows the matrix-vector kernel, in f32). Dense weights ignore
+/// `path` ([`reference`] in f32).
+///
+/// # Panics
+/// As [`matmul_with`]; also for a path the device cannot run ([`KernelPath::missing_on`]) with a packed weight.
+pub fn matmul_on_with(
     x: Tensor<2>,
     weight: &PackedWeight,
     bias: Option<&Tensor<1>>,
-    precision: Precision,
+    path: KernelPath,
     epilogue: Epilogue,
 ) -> Tensor<2> {
     let [m, k] = x.dims();
@@ -321,12 +338,11 @@ fn matmul_at_with(
     match &weight.storage {
         WeightStorage::Dense(dense) => epilogue.reference(reference(x, dense.clone(), bias.cloned())),
         WeightStorage::Blocks(words) => {
-            assert!(
-                precision == Precision::F32 || Precision::f16_available(&x.device()),
-                "f16 matmuls need a wgpu adapter with shader-f16 (Precision::f16_available)"
-            );
+            if let Some(why) = path.missing_on(&x.device()) {
+                panic!("a packed matmul on the kernel path {path}, which this device cannot run: {why}");
+            }
             let x = cube_tensor(x).unwrap_or_else(|_| panic!("x is not on the wgpu device of its packed weight"));
-            quant_kernel(x, words.clone(), weight, bias, precision, epilogue)
+            quant_kernel(x, words.clone(), weight, bias, path, epilogue)
         }
     }
 }
@@ -345,9 +361,13 @@ fn quant_kernel(
     words: Tensor<1, Int>,
     weight: &PackedWeight,
     bias: Option<&Tensor<1>>,
-    precision: Precision,
+    path: KernelPath,
     epilogue: Epilogue,
 ) -> Tensor<2> {
+    let precision = match path {
+        KernelPath::SubgroupF16 => Precision::F16,
+        _ => Precision::F32,
+    };
     let [matvec, square, wide] = kernels_for(weight.ty, precision).expect("packed weights have a kernel");
     let (m, n, k) = (x.meta.shape()[0], weight.n, weight.k);
     let client = x.client.clone();
@@ -379,12 +399,17 @@ fn quant_kernel(
         handle(&residual).binding(),
         handle(&gate).binding(),
     ];
-    let (kernel, (tile_n, tile_m)) = if m <= MATVEC_MAX_ROWS {
-        (matvec, MATVEC_TILE)
+    let coop = crate::device::coop_fragment().filter(|_| path == KernelPath::Coop && m > coop_matmul::MIN_ROWS);
+    let (kernel, (tile_n, tile_m)) = if let Some(fragment) = coop {
+        let subgroup_max = crate::device::subgroup_max_size().unwrap_or(32);
+        let kernel = CoopMatmul::new(weight.ty, fragment, subgroup_max, epilogue.code()).kernel();
+        (kernel, (coop_matmul::TILE, coop_matmul::TILE))
+    } else if m <= MATVEC_MAX_ROWS {
+        (epilogue.kernel(matvec), MATVEC_TILE)
     } else if m >= WIDE_FROM_ROWS && n >= WIDE_TILE {
-        (wide, (WIDE_TILE, WIDE_TILE))
+        (epilogue.kernel(wide), (WIDE_TILE, WIDE_TILE))
     } else {
-        (square, (TILE, TILE))
+        (epilogue.kernel(square), (TILE, TILE))
     };
     let groups = CubeCount::Static(n.div_ceil(tile_n) as u32, m.div_ceil(tile_m) as u32, 1);
     // The blocks and the bias are weights; without a gated add, its two bindings are unread.
@@ -392,7 +417,7 @@ fn quant_kernel(
         Epilogue::GatedAdd { .. } => &[1, 2],
         _ => &[1, 2, 4, 5],
     };
-    super::dispatch(&client, epilogue.kernel(kernel), groups, buffers, dims, not_activations);
+    super::dispatch(&client, kernel, groups, buffers, dims, not_activations);
     tensor_from_handle(&x, out, [m, n])
 }
 

@@ -93,6 +93,21 @@ fn AdapterRows(
         }
         Some(other) => other.to_string(),
     };
+    let kernels = expect_context::<AppState>().kernels;
+    let kernels_text = move || match kernels.get() {
+        None => "known after the GPU check".to_string(),
+        Some(k) => {
+            let available: Vec<&str> = k.available.iter().map(|p| p.name()).collect();
+            format!(
+                "{}: matmuls {}, attention {} (this GPU can run {})",
+                k.chosen,
+                k.matmul,
+                k.attention,
+                available.join(", ")
+            )
+        }
+    };
+    let chosen = move || kernels.get().map(|k| k.chosen.name()).unwrap_or_default();
     view! {
         <p class="status ok" data-field="webgpu">"WebGPU is available."</p>
         {adapter.fallback.then(|| view! {
@@ -106,6 +121,7 @@ fn AdapterRows(
             <dt>"shader-f16"</dt><dd data-field="shader-f16">{yes_no(adapter.shader_f16)}</dd>
             <dt>"subgroups"</dt><dd data-field="subgroups">{yes_no(adapter.subgroups)}</dd>
             <dt>"GPU check"</dt><dd id="self-check" data-state=check_state>{check_text}</dd>
+            <dt>"Kernels"</dt><dd data-field="kernels" data-path=chosen>{kernels_text}</dd>
             <dt>"Result canvas"</dt><dd data-field="display" data-path=move || display.get().unwrap_or_default()>{display_text}</dd>
         </dl>
     }

@@ -133,6 +133,9 @@ pub enum FromWorker {
         /// How the result canvas is drawn on (`webgpu`, `2d`), when the page gave the worker one.
         #[serde(default)]
         display: Option<String>,
+        /// The kernel path of each operation on the worker's device.
+        #[serde(default)]
+        kernels: Option<crate::kernels::path::KernelPaths>,
     },
     /// Measured progress of a load (`job` = None) or an edit.
     Progress {

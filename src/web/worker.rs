@@ -136,13 +136,17 @@ impl Worker {
                 let outcome = async {
                     let (device, _) = device::wgpu_async().await?;
                     let check = selfcheck::matmul_check(&device, size).await?;
-                    Ok::<_, Error>((check, self.open_canvas().await))
+                    let kernels = crate::kernels::path::KernelPaths::of(&device);
+                    Ok::<_, Error>((check, self.open_canvas().await, kernels))
                 }
                 .await;
                 match outcome {
-                    Ok((check, display)) => {
-                        FromWorker::SelfCheck { check, millis: js_sys::Date::now() - started, display }
-                    }
+                    Ok((check, display, kernels)) => FromWorker::SelfCheck {
+                        check,
+                        millis: js_sys::Date::now() - started,
+                        display,
+                        kernels: Some(kernels),
+                    },
                     Err(e) => FromWorker::Error { job: None, request: "self_check".into(), message: e.to_string() },
                 }
             }

@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// `shader-f16`); also `KONTEXT_PRECISION`. The matmul table measures both either way.
     #[arg(long)]
     precision: Option<String>,
+    /// The kernel path of the DiT step: `coop`, `subgroup-f16` or `f32` (also `KONTEXT_KERNELS`); without it,
+    /// the adapter's best. The matmul table measures every path the adapter has either way.
+    #[arg(long)]
+    kernels: Option<String>,
 }
 
 /// The DiT step through diffusers on the CPU, as `tests/bench/diffusers_step.py` reports it.
@@ -84,7 +88,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             (device, Some(report.name))
         }
     };
-    super::choose_precision(args.precision.as_deref(), &device)?;
+    super::choose_kernels(args.kernels.as_deref(), args.precision.as_deref(), &device)?;
     let sizes = match (args.quick, args.tiny, &args.preset) {
         (_, true, _) => Sizes::tiny(),
         (true, _, _) => Sizes::quick(),
@@ -129,20 +133,44 @@ fn print_peer(report: &Report, peer: &PeerStep) {
 fn print_table(report: &Report) {
     let sizes = &report.sizes;
     println!("device    {} ({})", report.adapter.as_deref().unwrap_or("CPU"), report.backend);
+    let k = &report.kernels;
+    let available: Vec<&str> = k.available.iter().map(|p| p.name()).collect();
+    println!(
+        "kernels   {} (available: {}): matmul {}, attention {}",
+        k.chosen,
+        available.join(", "),
+        k.matmul,
+        k.attention
+    );
     println!("preset    {}, {} timed calls per figure after one warm-up", sizes.preset, sizes.repeats);
     println!();
     let tuned = if report.burn_autotune { "autotuned" } else { "untuned: a build without --features autotune" };
     println!("matmul x [M, K] · Wᵀ [K → N]: packed ggml blocks vs burn f32 ({tuned}) (GFLOP/s; ratio = packed / f32)");
     println!("  f16: the packed kernel computing in f16 (x and y f32, as the model runs it with --precision f16);");
     println!("  f16/pk and f16/f32: f16 against the packed kernel computing in f32 and against burn's f32");
+    println!("  coop: the packed kernel on cooperative matrices (f16 fragments, f32 sums); coop/pk against f32");
+    println!("  path: the kernel path the model's matmul of that shape takes here");
     println!(
-        "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10} {:>10} {:>7} {:>10} {:>7} {:>7}",
-        "type", "M", "K", "N", "packed", "packed", "f32", "ratio", "f16", "f16/pk", "f16/f32"
+        "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10} {:>10} {:>7} {:>10} {:>7} {:>7} {:>10} {:>7} {:>12}",
+        "type",
+        "M",
+        "K",
+        "N",
+        "packed",
+        "packed",
+        "f32",
+        "ratio",
+        "f16",
+        "f16/pk",
+        "f16/f32",
+        "coop",
+        "coop/pk",
+        "path"
     );
     let or_dash = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     for r in &report.matmul {
         println!(
-            "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10.2} {:>10.2} {:>7.2} {:>10} {:>7} {:>7}",
+            "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10.2} {:>10.2} {:>7.2} {:>10} {:>7} {:>7} {:>10} {:>7} {:>12}",
             r.ty,
             r.m,
             r.k,
@@ -153,7 +181,10 @@ fn print_table(report: &Report) {
             r.ratio,
             or_dash(r.f16_gflops),
             or_dash(r.f16_ratio_to_packed),
-            or_dash(r.f16_ratio_to_f32)
+            or_dash(r.f16_ratio_to_f32),
+            or_dash(r.coop_gflops),
+            or_dash(r.coop_ratio_to_packed),
+            r.kernel_path
         );
     }
     println!();
@@ -165,7 +196,7 @@ fn print_table(report: &Report) {
         sizes.attention_heads, sizes.attention_d,
     );
     println!(
-        "{:>6} {:>16} {:>10} {:>8} {:>10} {:>10} {:>8} {:>11} {:>11} {:>11} {:>11}",
+        "{:>6} {:>22} {:>10} {:>8} {:>10} {:>10} {:>8} {:>11} {:>11} {:>11} {:>11}",
         "L",
         "model (kernel)",
         "flash ms",
@@ -183,9 +214,9 @@ fn print_table(report: &Report) {
     let ms = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{t:.2}"));
     for r in &report.attention {
         println!(
-            "{:>6} {:>16} {:>10} {:>8} {:>10} {:>10.2} {:>8} {:>11.2} {:>11.2} {:>11} {:>11}",
+            "{:>6} {:>22} {:>10} {:>8} {:>10} {:>10.2} {:>8} {:>11.2} {:>11.2} {:>11} {:>11}",
             r.l,
-            format!("{:.2} ({})", r.model_ms, r.model_kernel.name()),
+            format!("{:.2} ({}, {})", r.model_ms, r.model_kernel.name(), r.kernel_path),
             ms(r.flash_ms),
             r.flash_tflops.map_or("-".into(), |t| format!("{t:.3}")),
             ms(r.rows_ms),
@@ -203,7 +234,7 @@ fn print_table(report: &Report) {
         "DiT step: hidden {}, {} heads, {} double + {} single blocks, {} image + {} text tokens, random weights",
         c.hidden_size, c.num_heads, c.depth, c.depth_single_blocks, sizes.step_image_tokens, sizes.step_text_tokens
     );
-    println!("packed matmuls computing in {} (f16 where a row says so)", report.precision);
+    println!("packed matmuls on the {} path (subgroup-f16 where a row says f16)", report.kernels.matmul);
     println!("plain s: the same step with our kernels off (dense f32 weights, burn's ops); speedup = plain / ours");
     println!("launches: kernel dispatches (ours and burn's) per transformer call and per double/single block, counted");
     println!(

@@ -42,6 +42,11 @@ pub struct ModelArgs {
     /// `shader-f16`; Flux's activations can overflow it); also `KONTEXT_PRECISION`. The rest stays f32.
     #[arg(long)]
     precision: Option<String>,
+    /// The kernel path on wgpu: `coop` (cooperative matrices, f16 products accumulated in f32), `subgroup-f16`
+    /// (as `--precision f16`) or `f32`; also `KONTEXT_KERNELS`. Without it, `coop` where the adapter has
+    /// cooperative matrices, else `f32`. A path the adapter lacks is an error.
+    #[arg(long)]
+    kernels: Option<String>,
     /// GPU memory the load and the edit may hold at once: `8GiB`, `300MiB`, `6GB`, or bytes. Parts are then
     /// uploaded for the phases that use them and released after, the DiT streams block by block when it does
     /// not fit whole, and an edit that cannot fit is refused before anything is uploaded. Without it: no limit.
@@ -236,7 +241,7 @@ pub struct ForwardArgs {
 impl ModelArgs {
     fn device(&self) -> Result<Device> {
         let device = device::open(self.backend.parse::<Backend>()?)?;
-        super::choose_precision(self.precision.as_deref(), &device)?;
+        super::choose_kernels(self.kernels.as_deref(), self.precision.as_deref(), &device)?;
         Ok(device)
     }
 

@@ -34,6 +34,10 @@ mod cli {
             /// Print the report as JSON.
             #[arg(long)]
             json: bool,
+            /// The kernel path to report on: `coop`, `subgroup-f16` or `f32` (also `KONTEXT_KERNELS`); a path
+            /// the adapter lacks is an error. Without it, the adapter's best.
+            #[arg(long)]
+            kernels: Option<String>,
         },
         /// Edit reference images (or make an image from text) with FLUX.1 Kontext.
         Edit(super::generate::EditArgs),
@@ -112,7 +116,7 @@ mod cli {
 
     fn run(command: Command) -> Result<()> {
         match command {
-            Command::Device { backend, json } => device_report(backend.parse()?, json),
+            Command::Device { backend, json, kernels } => device_report(backend.parse()?, json, kernels.as_deref()),
             Command::Inspect { path, json, load: false, .. } => inspect(&path, json),
             Command::Inspect { path, json, load: true, backend, model } => {
                 inspect_loaded(&path, json, backend.parse()?, model.as_deref())
@@ -215,7 +219,7 @@ mod cli {
         format!("{value:.2}{}", units[unit])
     }
 
-    fn device_report(backend: Backend, json: bool) -> Result<()> {
+    fn device_report(backend: Backend, json: bool, kernels: Option<&str>) -> Result<()> {
         let (device, adapter) = match backend {
             Backend::Cpu => (device::cpu(), None),
             Backend::Wgpu => {
@@ -223,9 +227,13 @@ mod cli {
                 (device, Some(report))
             }
         };
+        super::choose_kernels(kernels, None, &device)?;
+        let paths = kontext_web::kernels::path::KernelPaths::of(&device);
         let check = pollster::block_on(selfcheck::matmul_check(&device, 64))?;
         if json {
-            let value = serde_json::json!({ "backend": backend, "adapter": adapter, "self_check": check });
+            let value = serde_json::json!({
+                "backend": backend, "adapter": adapter, "kernels": paths, "self_check": check
+            });
             println!("{}", serde_json::to_string_pretty(&value).map_err(|e| Error::Invalid(e.to_string()))?);
         } else {
             match &adapter {
@@ -236,9 +244,15 @@ mod cli {
                     println!("max binding  {} bytes", a.max_storage_buffer_binding_size);
                     println!("shader-f16   {}", a.shader_f16);
                     println!("subgroups    {}", a.subgroups);
+                    let products = a.cooperative_matrix.join(", ");
+                    println!("coop matrix  {}", if products.is_empty() { "none" } else { &products });
                 }
                 None => println!("backend      cpu (burn flex)"),
             }
+            let available: Vec<&str> = paths.available.iter().map(|p| p.name()).collect();
+            println!("kernels      {} (available: {})", paths.chosen, available.join(", "));
+            println!("  matmul     {}", paths.matmul);
+            println!("  attention  {}", paths.attention);
             println!(
                 "self-check   {}: {n}×{n} matmul, max error {:.2e}",
                 if check.passed { "passed" } else { "FAILED" },
@@ -250,19 +264,19 @@ mod cli {
     }
 }
 
-/// Settles the precision of the packed matmuls on `device` from `--precision`, else `KONTEXT_PRECISION`, else
-/// the adapter's default; returns it.
+/// Settles the kernel path on `device` (and with it the precision of the plain kernels) from `--kernels`
+/// (else `KONTEXT_KERNELS`) and `--precision` (else `KONTEXT_PRECISION`), else the adapter's best; returns it.
 #[cfg(not(target_arch = "wasm32"))]
-fn choose_precision(
-    flag: Option<&str>,
+fn choose_kernels(
+    kernels: Option<&str>,
+    precision: Option<&str>,
     device: &burn::tensor::Device,
-) -> kontext_web::Result<kontext_web::kernels::precision::Precision> {
-    use kontext_web::kernels::precision::Precision;
-    let requested = match flag.map(str::to_string).or_else(|| std::env::var("KONTEXT_PRECISION").ok()) {
-        Some(name) => Some(name.parse::<Precision>()?),
-        None => None,
-    };
-    Precision::choose(requested, device)
+) -> kontext_web::Result<kontext_web::kernels::path::KernelPath> {
+    use kontext_web::kernels::{path::KernelPath, precision::Precision};
+    let given = |flag: Option<&str>, env: &str| flag.map(str::to_string).or_else(|| std::env::var(env).ok());
+    let kernels = given(kernels, "KONTEXT_KERNELS").map(|name| name.parse::<KernelPath>()).transpose()?;
+    let precision = given(precision, "KONTEXT_PRECISION").map(|name| name.parse::<Precision>()).transpose()?;
+    KernelPath::choose(KernelPath::requested(kernels, precision)?, device)
 }
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -1,0 +1,214 @@
+//! The packed matmuls on cooperative matrices (the `coop` kernel path, [`super::path::KernelPath::Coop`]):
+//! `shaders/matmul_quant_coop.wgsl`, generated for each block type, fragment size (8 or 16: what the adapter
+//! offers with f16 inputs and f32 accumulators, [`crate::device::coop_fragment`]) and subgroup width, completed
+//! by the type's `shaders/matmul_<type>.wgsl` and `shaders/packed_weights.wgsl` as the plain kernels are
+//! ([`super::quant_matmul`]). Its twin is the plain kernels' ([`super::quant_matmul::reference`]).
+
+use super::WgslKernel;
+use crate::formats::GgmlType;
+
+/// Rows of x up to which the matrix-vector kernel stays in use on the `coop` path (its tiles would be mostly
+/// padding).
+pub const MIN_ROWS: usize = 8;
+/// Outputs along M and N one workgroup computes (`TILE_M`, `TILE_N`).
+pub const TILE: usize = 64;
+/// Subgroups per workgroup, each computing a 32×32 quarter of the tile.
+const SUBGROUPS: usize = 4;
+/// The side of one subgroup's quarter.
+const QUARTER: usize = 32;
+
+/// The dequantizing part of a block type's kernels (`dequant8`), or `None` for types without one.
+pub fn dequant_source(ty: GgmlType) -> Option<&'static str> {
+    Some(match ty {
+        GgmlType::Q8_0 => include_str!("../../shaders/matmul_q8_0.wgsl"),
+        GgmlType::Q4_0 => include_str!("../../shaders/matmul_q4_0.wgsl"),
+        GgmlType::Q4_1 => include_str!("../../shaders/matmul_q4_1.wgsl"),
+        GgmlType::Q5_0 => include_str!("../../shaders/matmul_q5_0.wgsl"),
+        GgmlType::Q5_1 => include_str!("../../shaders/matmul_q5_1.wgsl"),
+        GgmlType::Q4_K => include_str!("../../shaders/matmul_q4_k.wgsl"),
+        GgmlType::Q5_K => include_str!("../../shaders/matmul_q5_k.wgsl"),
+        GgmlType::Q6_K => include_str!("../../shaders/matmul_q6_k.wgsl"),
+        GgmlType::F16 => include_str!("../../shaders/matmul_f16.wgsl"),
+        GgmlType::BF16 => include_str!("../../shaders/matmul_bf16.wgsl"),
+        _ => return None,
+    })
+}
+
+/// One variant of the kernel: what its text depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoopMatmul {
+    /// Block type of the weights.
+    pub ty: GgmlType,
+    /// Side of the square fragments: 8 or 16.
+    pub fragment: usize,
+    /// Invocations per workgroup: four subgroups of the adapter's largest size, within 16 ..= 256.
+    pub threads: usize,
+    /// The epilogue's code (`EPILOGUE` in `shaders/matmul_epilogue.wgsl`).
+    pub epilogue: u32,
+}
+
+impl CoopMatmul {
+    /// The variant for `ty` on an adapter whose fragments are `fragment` wide and whose subgroups are at most
+    /// `subgroup_max` invocations.
+    ///
+    /// # Panics
+    /// For fragments other than 8 and 16.
+    pub fn new(ty: GgmlType, fragment: usize, subgroup_max: usize, epilogue: u32) -> Self {
+        assert!(matches!(fragment, 8 | 16), "cooperative fragments of {fragment}: 8 or 16");
+        let threads = (SUBGROUPS * subgroup_max).next_power_of_two().clamp(16, 256);
+        Self { ty, fragment, threads, epilogue }
+    }
+
+    /// The kernel, its text generated once per process ([`WgslKernel::generated`]).
+    ///
+    /// # Panics
+    /// For types without a dequantizing part ([`dequant_source`]).
+    pub fn kernel(&self) -> WgslKernel {
+        let name = format!(
+            "matmul_{}_coop{}_t{}_e{}",
+            self.ty.to_string().to_lowercase(),
+            self.fragment,
+            self.threads,
+            self.epilogue
+        );
+        WgslKernel::generated(name, || self.source())
+    }
+
+    /// The WGSL text.
+    ///
+    /// # Panics
+    /// For types without a dequantizing part ([`dequant_source`]).
+    pub fn source(&self) -> String {
+        let dequant = dequant_source(self.ty).unwrap_or_else(|| panic!("no packed kernel reads {}", self.ty));
+        let f = self.fragment;
+        let per_side = QUARTER / f;
+        let fragment = |scalar: &str, role: &str| format!("coop_mat{f}x{f}<{scalar}, {role}>");
+        let mut accumulators = String::new();
+        let mut products = String::new();
+        let mut stores = String::new();
+        for i in 0..per_side {
+            // naga's SPIR-V writer wants the index of a cooperative load or store bound to a name first.
+            products.push_str(&format!(
+                "let a_at{i} = base + (sm + {}u) * TILE_K;\nlet a{i} = coopLoadT<{}>(&xs[a_at{i}], TILE_K);\n",
+                i * f,
+                fragment("f16", "A")
+            ));
+            products.push_str(&format!(
+                "let b_at{i} = base + (sn + {}u) * TILE_K;\nlet b{i} = coopLoad<{}>(&ws[b_at{i}], TILE_K);\n",
+                i * f,
+                fragment("f16", "B")
+            ));
+        }
+        for i in 0..per_side {
+            for j in 0..per_side {
+                accumulators.push_str(&format!("var acc{i}_{j} = {}();\n", fragment("f32", "C")));
+                products.push_str(&format!("acc{i}_{j} = coopMultiplyAdd(a{i}, b{j}, acc{i}_{j});\n"));
+                stores.push_str(&format!(
+                    "let y_at{i}_{j} = (sm + {}u) * TILE_N + sn + {}u;\ncoopStoreT(acc{i}_{j}, &ys[y_at{i}_{j}], TILE_N);\n",
+                    i * f,
+                    j * f
+                ));
+            }
+        }
+        let body = include_str!("../../shaders/matmul_quant_coop.wgsl")
+            .replace("    //# accumulators\n", &accumulators)
+            .replace("            //# products\n", &products)
+            .replace("    //# stores\n", &stores);
+        format!(
+            "enable f16;\nenable wgpu_cooperative_matrix;\nconst FRAG: u32 = {f}u;\nconst THREADS: u32 = {}u;\n\
+             {dequant}{}{body}{}{}\nconst EPILOGUE: u32 = {}u;\n",
+            self.threads,
+            include_str!("../../shaders/packed_weights.wgsl"),
+            include_str!("../../shaders/gelu.wgsl"),
+            include_str!("../../shaders/matmul_epilogue.wgsl"),
+            self.epilogue,
+        )
+    }
+}
+
+/// Every variant the product can generate for `fragment`: each packed type, the subgroup widths of real
+/// adapters, each epilogue.
+pub fn variants(fragment: usize) -> Vec<CoopMatmul> {
+    let types = [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::F16,
+        GgmlType::BF16,
+    ];
+    let mut all = Vec::new();
+    for ty in types {
+        for subgroup_max in [8, 32, 64] {
+            for epilogue in 0..3 {
+                all.push(CoopMatmul::new(ty, fragment, subgroup_max, epilogue));
+            }
+        }
+    }
+    all
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    /// Parses and validates `source` with naga, then writes it as SPIR-V (Vulkan) and as MSL (Metal).
+    fn translate(source: &str) -> Result<(usize, usize), String> {
+        use naga::valid::{Capabilities, ValidationFlags, Validator};
+        let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
+        let info = Validator::new(ValidationFlags::all(), Capabilities::all())
+            .validate(&module)
+            .map_err(|e| e.emit_to_string(source))?;
+        let spv = naga::back::spv::write_vec(&module, &info, &naga::back::spv::Options::default(), None)
+            .map_err(|e| format!("SPIR-V: {e}"))?;
+        let pipeline = naga::back::msl::PipelineOptions::default();
+        // Metal's simdgroup matrices, which wgpu maps cooperative matrices to, need MSL 2.3.
+        let options = naga::back::msl::Options { lang_version: (2, 3), ..Default::default() };
+        let (msl, _) =
+            naga::back::msl::write_string(&module, &info, &options, &pipeline).map_err(|e| format!("MSL: {e}"))?;
+        Ok((spv.len(), msl.len()))
+    }
+
+    #[test]
+    fn every_coop_variant_translates_to_spirv_and_msl() {
+        let mut translated = 0;
+        for fragment in [8, 16] {
+            for variant in variants(fragment) {
+                let source = variant.source();
+                for marker in ["//# accumulators", "//# products", "//# stores"] {
+                    assert!(!source.contains(marker), "{variant:?}: `{marker}` was not generated");
+                }
+                let (spv, msl) = translate(&source).unwrap_or_else(|e| panic!("{variant:?}:\n{e}"));
+                assert!(spv > 0 && msl > 0);
+                translated += 1;
+            }
+        }
+        assert_eq!(translated, 2 * 10 * 3 * 3);
+    }
+
+    #[test]
+    fn a_broken_coop_shader_fails_translation() {
+        let source = CoopMatmul::new(GgmlType::Q8_0, 16, 32, 0).source();
+        // A B fragment where the product wants an A: naga refuses it.
+        let broken = source.replacen("coopLoadT<coop_mat16x16<f16, A>>", "coopLoadT<coop_mat16x16<f16, B>>", 1);
+        assert!(translate(&broken).is_err());
+        assert!(translate(&source).is_ok());
+    }
+
+    #[test]
+    fn variants_size_their_workgroups_and_fragments() {
+        let v = CoopMatmul::new(GgmlType::Q4_K, 16, 32, 2);
+        assert_eq!(v.threads, 128);
+        assert_eq!(CoopMatmul::new(GgmlType::Q4_K, 8, 8, 0).threads, 32);
+        assert_eq!(CoopMatmul::new(GgmlType::Q4_K, 8, 128, 0).threads, 256);
+        let source = v.source();
+        assert_eq!(source.matches("coopMultiplyAdd").count(), 4);
+        assert_eq!(CoopMatmul::new(GgmlType::Q4_K, 8, 8, 0).source().matches("coopMultiplyAdd").count(), 16);
+        assert!(source.contains("const EPILOGUE: u32 = 2u;"));
+        assert_eq!(v.kernel().name, "matmul_q4_k_coop16_t128_e2");
+    }
+}
