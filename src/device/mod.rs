@@ -67,7 +67,7 @@ pub struct AdapterReport {
     pub cooperative_matrix: Vec<String>,
     /// The fragment size (8 or 16) of the cooperative products with f16 inputs and f32 accumulators that the
     /// `coop` kernels use ([`coop_fragment`]); `None` where the device has no such product, `shader-f16`,
-    /// subgroups (the kernels number their subgroups) or 32 KiB of workgroup memory.
+    /// subgroups of at most 64 (the kernels number four subgroups) or 32 KiB of workgroup memory.
     #[serde(default)]
     pub coop_fragment: Option<u32>,
 }
@@ -97,12 +97,17 @@ pub fn subgroup_max_size() -> Option<usize> {
 /// [`AdapterReport::coop_fragment`] of the opened wgpu device (0: none, or not opened yet).
 static COOP_FRAGMENT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
+/// The largest subgroup size the `coop` kernels run on: their workgroup of four subgroups stays within WebGPU's
+/// 256 invocations.
+pub const COOP_SUBGROUP_MAX: u32 = 64;
+
 /// Workgroup memory the `coop` kernels declare at most, in bytes.
 pub const COOP_WORKGROUP_BYTES: u32 = 32_768;
 
 /// The square fragment size (8 or 16) of the opened wgpu device's cooperative products with f16 inputs and f32
-/// accumulators, where the device also has `shader-f16`, subgroups and [`COOP_WORKGROUP_BYTES`] of workgroup
-/// memory: what the `coop` kernel path needs ([`crate::kernels::path::KernelPath`]).
+/// accumulators, where the device also has `shader-f16`, subgroups of at most [`COOP_SUBGROUP_MAX`] and
+/// [`COOP_WORKGROUP_BYTES`] of workgroup memory: what the `coop` kernel path needs
+/// ([`crate::kernels::path::KernelPath`]).
 pub fn coop_fragment() -> Option<usize> {
     match COOP_FRAGMENT.load(std::sync::atomic::Ordering::Relaxed) {
         0 => None,
@@ -338,7 +343,7 @@ fn report_of(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterReport {
     let coop_fragment = [16, 8].into_iter().find(|&size| {
         use burn::tensor::wgpu::wgpu::CooperativeScalarType::{F16, F32};
         shader_f16
-            && subgroups
+            && subgroup_max_size.is_some_and(|n| n <= COOP_SUBGROUP_MAX)
             && limits.max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES
             && products
                 .iter()

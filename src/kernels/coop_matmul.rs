@@ -41,7 +41,8 @@ pub struct CoopMatmul {
     pub ty: GgmlType,
     /// Side of the square fragments: 8 or 16.
     pub fragment: usize,
-    /// Invocations per workgroup: four subgroups of the adapter's largest size, within 16 ..= 256.
+    /// Invocations per workgroup: four subgroups of the adapter's largest size (at most 64, so that all four fit
+    /// in 256), at least 16.
     pub threads: usize,
     /// The epilogue's code (`EPILOGUE` in `shaders/matmul_epilogue.wgsl`).
     pub epilogue: u32,
