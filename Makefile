@@ -37,7 +37,7 @@ TINY_TYPES_INPUTS := tests/fixtures/generator/make_fixtures.py tests/fixtures/ge
 COOP_ROOT ?= $(HOME)/.cache/kontext-web/trixie-root
 TINY_TYPES_STAMP = $(KONTEXT_TINY_TYPES)/.made-$(shell (cat $(TINY_TYPES_INPUTS); echo $(TINY_TYPES_GGUF)) | sha256sum | cut -c1-16)
 
-.PHONY: help tools web serve dist check test test-native test-coop test-wasm test-e2e test-long test-fuzz fuzz fuzz-minimize fmt bench-gpu packs
+.PHONY: help tools web serve dist check test test-native test-coop test-gpu gpu-bundle test-wasm test-e2e test-long test-fuzz fuzz fuzz-minimize fmt bench-gpu packs
 
 help:
 	@echo "make serve   install what is missing, build the app, serve it on http://$(HOST):$(PORT)"
@@ -50,6 +50,8 @@ help:
 	@echo "make fuzz    every fuzz target for FUZZ_SECONDS (600) each, growing then minimizing tests/fuzz/corpus/"
 	@echo "make fuzz-minimize   each corpus cut to its named seeds and findings plus a set cover of the rest"
 	@echo "make bench-gpu   on a real GPU: attention, matmuls and the real-scale Kontext step, with diffusers beside (tests/bench/gpu.sh)"
+	@echo "make test-gpu    on a real GPU: the GPU suites with the coop path required and the real-width coop block at 1024²"
+	@echo "make gpu-bundle  those suites' test binaries, stripped and packed in .gpu-bundle/, for a GPU machine without Rust (tests/gpu/run.sh)"
 
 tools:
 	@bash .ci/ensure-tools
@@ -102,12 +104,25 @@ test-native: packs
 	KONTEXT_MAX_BUFFER_BYTES=134217728 cargo test --locked
 
 # The coop suite on a software device with cooperative matrices; KONTEXT_REQUIRE_COOP makes a skip a failure.
+# One test at a time: lavapipe's emulated products, several tests at once on 2 cores, took 504 s against 58 s.
 test-coop:
 	@mkdir -p $(XDG_RUNTIME_DIR)
 	bash tests/coop/ensure-root.sh $(COOP_ROOT)
 	binary=$$(cargo test --locked --no-run --test gpu_coop 2>&1 | sed -n 's/.*Executable tests\/gpu_coop.rs (\(.*\))/\1/p'); \
 	test -x "$$binary" || { echo "test-coop: the gpu_coop test binary did not build"; exit 1; }; \
-	KONTEXT_REQUIRE_COOP=1 KONTEXT_MAX_BUFFER_BYTES=134217728 bash tests/coop/run.sh $(COOP_ROOT) $$binary
+	KONTEXT_REQUIRE_COOP=1 KONTEXT_MAX_BUFFER_BYTES=134217728 bash tests/coop/run.sh $(COOP_ROOT) $$binary --test-threads=1
+
+# On a machine with a real GPU: the GPU suites one test at a time, a missing coop path a failure, the real-width coop
+# block at 1024². Where that machine has no Rust toolchain, `make gpu-bundle` here and `bash tests/gpu/run.sh
+# .gpu-bundle` there.
+GPU_SUITES := gpu_coop gpu_attention gpu_quant
+test-gpu: packs
+	@mkdir -p $(XDG_RUNTIME_DIR)
+	KONTEXT_REQUIRE_COOP=1 KONTEXT_COOP_1024=1 KONTEXT_MAX_BUFFER_BYTES=134217728 \
+	  cargo test --locked $(GPU_SUITES:%=--test %) -- --test-threads=1
+
+gpu-bundle: packs
+	bash tests/gpu/bundle.sh .gpu-bundle $(GPU_SUITES)
 
 # wasm-bindgen-test-runner drives Debian's Chromium through chromedriver, with WebGPU on SwiftShader.
 # --nocapture shows what the tests print (which f16 checks ran, or why they were skipped).

@@ -2,9 +2,8 @@
 // compile-time EPILOGUE (a line the host appends, so that each kernel keeps only its own case): 0 nothing;
 // 1 GELU (an MLP's first layer; gelu.wgsl); 2 the gated residual add residual[m, n] + gate[m / tokens, n] · v (a
 // block's last projection), with dims[2].x tokens per gate row. Reference twin:
-// crate::kernels::quant_matmul::Epilogue::reference. Appended to the three matmul kernels, which declare `dims`.
-@group(0) @binding(4) var<storage, read_write> residual: array<f32>;
-@group(0) @binding(5) var<storage, read_write> gate: array<f32>;
+// crate::kernels::quant_matmul::Epilogue::reference. Appended to every packed matmul; residual, gate and `dims`
+// are in matmul_bindings.wgsl.
 
 fn finish(m: u32, n: u32, n_len: u32, v: f32) -> f32 {
     switch EPILOGUE {

@@ -11,13 +11,7 @@
 // registers: the next chunk's x values and dequantized W values are loaded while the current chunk's tiles are
 // multiplied, so the loads' latency overlaps the arithmetic.
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> w: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read_write> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-// residual and gate: matmul_epilogue.wgsl's, bindings 4 and 5
-// [m, n, k, has bias, first word of the high bits, of the scales, of the super-block scales, 0, tokens per
-// gate row]
-@group(0) @binding(6) var<uniform> dims: array<vec4<u32>, 3>;
+// the others: matmul_bindings.wgsl
 
 const TILE_M: u32 = 64u;
 const TILE_N: u32 = 64u;

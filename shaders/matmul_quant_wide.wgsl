@@ -8,13 +8,7 @@
 // row of W, so that a warp reads consecutive words. Double-buffered through registers like matmul_quant.wgsl:
 // the next step's values are loaded while the current tiles are multiplied.
 @group(0) @binding(0) var<storage, read_write> x: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read_write> w: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read_write> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-// residual and gate: matmul_epilogue.wgsl's, bindings 4 and 5
-// [m, n, k, has bias, first word of the high bits, of the scales, of the super-block scales, 0, tokens per
-// gate row]
-@group(0) @binding(6) var<uniform> dims: array<vec4<u32>, 3>;
+// the others: matmul_bindings.wgsl
 
 const TILE: u32 = 128u;
 const STEP: u32 = 16u;

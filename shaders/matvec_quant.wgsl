@@ -5,13 +5,7 @@
 // takes row n = 32·group.x + lane, chunks slice, slice + 8, …, whole: a warp reads 32 consecutive chunks of W
 // and one broadcast value of x at a time. The slices are then summed.
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> w: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read_write> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-// residual and gate: matmul_epilogue.wgsl's, bindings 4 and 5
-// [m, n, k, has bias, first word of the high bits, of the scales, of the super-block scales, 0, tokens per
-// gate row]
-@group(0) @binding(6) var<uniform> dims: array<vec4<u32>, 3>;
+// the others: matmul_bindings.wgsl
 
 const LANES: u32 = 32u;
 const SLICES: u32 = 8u;

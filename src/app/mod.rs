@@ -156,7 +156,7 @@ pub struct AppState {
     /// How the worker draws on the result canvas (`webgpu`, `2d`), once its self-check said.
     pub display: RwSignal<Option<String>>,
     /// The kernel path of each operation in the worker, once its self-check said.
-    pub kernels: RwSignal<Option<crate::kernels::path::KernelPaths>>,
+    pub kernels: RwSignal<Option<crate::kernels::report::KernelPaths>>,
     /// The loaded model's MagCache ratios, where it was calibrated in this browser.
     pub mag_ratios: RwSignal<Option<Vec<f32>>>,
 }

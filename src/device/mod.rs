@@ -75,6 +75,29 @@ pub struct AdapterReport {
 /// [`AdapterReport::subgroup_min_size`] of the wgpu device this process opened (0: none, or not opened yet).
 static SUBGROUP_MIN_SIZE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
+/// Whether the adapter's name is one of the CPU (software) adapters': llvmpipe (lavapipe) or SwiftShader.
+pub fn is_software(adapter_name: &str) -> bool {
+    let name = adapter_name.to_lowercase();
+    ["llvmpipe", "lavapipe", "swiftshader"].iter().any(|cpu| name.contains(cpu))
+}
+
+/// Whether `device` is a wgpu device on a CPU (software) adapter. Settled once: a process opens one wgpu adapter.
+pub fn software_adapter(device: &Device) -> bool {
+    static SOFTWARE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    adapter_name(device).is_some_and(|name| *SOFTWARE.get_or_init(|| is_software(name)))
+}
+
+/// The adapter's name where `device` is a wgpu device. Read once: a process opens one wgpu adapter.
+pub fn adapter_name(device: &Device) -> Option<&'static str> {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    match device.as_dispatch() {
+        burn::backend::DispatchDevice::Cube(cube) => {
+            Some(NAME.get_or_init(|| cube.client().properties().identity.name.clone()))
+        }
+        _ => None,
+    }
+}
+
 /// The smallest subgroup size of the opened wgpu device, where it has subgroup operations enabled.
 pub fn subgroup_min_size() -> Option<usize> {
     match SUBGROUP_MIN_SIZE.load(std::sync::atomic::Ordering::Relaxed) {

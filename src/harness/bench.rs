@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::formats::quant::{GgmlType, quantize_q4_0, quantize_q8_0};
 use crate::formats::weights::{HostTensor, RawBlock, Weights};
-use crate::kernels::path::{KernelPath, KernelPaths};
+use crate::kernels::path::KernelPath;
 use crate::kernels::precision::Precision;
+use crate::kernels::report::KernelPaths;
 use crate::model::flux::config::FluxConfig;
 use crate::{Error, Result};
 
@@ -288,7 +289,7 @@ pub struct AttentionRow {
     /// The kernel the model's attention ran at this length ([`AttentionKernel::resolve`](crate::kernels::attention::AttentionKernel::resolve));
     /// `scores` (the reference) on devices without our kernels.
     pub model_kernel: crate::kernels::attention::AttentionKernel,
-    /// The kernel path of the model's attention at this length ([`KernelPath::for_attention`]).
+    /// The kernel path of the model's attention at this length ([`crate::kernels::attention::kernel_path`]).
     pub kernel_path: KernelPath,
     /// The model's attention.
     pub model_ms: f64,
@@ -298,6 +299,12 @@ pub struct AttentionRow {
     pub flash_tflops: Option<f64>,
     /// The `rows` flash kernel, where a flash kernel applies.
     pub rows_ms: Option<f64>,
+    /// The `coop` flash kernel (cooperative matrices), where the adapter has the `coop` path and the kernel
+    /// takes these heads.
+    pub coop_ms: Option<f64>,
+    /// TFLOP/s of the `coop` kernel, counting `4·heads·L²·d` per call as for `flash` (it computes q·kᵀ twice,
+    /// so it executes 1.5 times that).
+    pub coop_tflops: Option<f64>,
     /// The reference (burn's matmul and softmax on the materialised scores) in blocks of at most 128 MiB of
     /// scores.
     pub reference_ms: f64,
@@ -313,6 +320,8 @@ pub struct AttentionRow {
     pub flash_peak_bytes: Option<u64>,
     /// The same for the `rows` flash kernel.
     pub rows_peak_bytes: Option<u64>,
+    /// The same for the `coop` flash kernel.
+    pub coop_peak_bytes: Option<u64>,
     /// The same for the reference.
     pub reference_peak_bytes: Option<u64>,
 }
@@ -815,17 +824,20 @@ mod native {
                 heads: h,
                 head_dim: d,
                 model_kernel: t.model_kernel,
-                kernel_path: KernelPath::for_attention(device, t.l, t.l, d),
+                kernel_path: crate::kernels::attention::kernel_path(device, t.l, t.l, d),
                 model_ms: ms(t.model),
                 flash_ms: t.flash.map(ms),
                 flash_tflops: t.flash.map(|f| 4.0 * (h * t.l * t.l * d) as f64 / f.seconds / 1e12),
                 rows_ms: t.rows.map(ms),
+                coop_ms: t.coop.map(ms),
+                coop_tflops: t.coop.map(|c| 4.0 * (h * t.l * t.l * d) as f64 / c.seconds / 1e12),
                 reference_ms: ms(t.reference),
                 flash_speedup: t.flash.map(|f| t.reference.seconds / f.seconds),
                 flash_bytes: (h * t.l * (d + 2) * size_of::<f32>()) as u64,
                 reference_bytes: (h * t.l * t.l * size_of::<f32>()) as u64,
                 flash_peak_bytes: t.flash.and_then(|f| f.peak_bytes),
                 rows_peak_bytes: t.rows.and_then(|r| r.peak_bytes),
+                coop_peak_bytes: t.coop.and_then(|c| c.peak_bytes),
                 reference_peak_bytes: t.reference.peak_bytes,
             })
             .collect()

@@ -2,26 +2,32 @@
 //! (memory O(L·d), never an L×L buffer) on wgpu, and their reference twin in plain tensor ops ([`reference`],
 //! the materialised scores) everywhere else.
 //!
-//! Three ways on wgpu, chosen by [`AttentionKernel::current`]: `scores` (the reference in blocks whose scores
-//! stay within [`SCORE_BLOCK_BYTES`], through burn's matmul and softmax), and two flash kernels: `flash`
+//! Four ways on wgpu, chosen by [`AttentionKernel::current`]: `scores` (the reference in blocks whose scores
+//! stay within [`SCORE_BLOCK_BYTES`], through burn's matmul and softmax), and three flash kernels: `flash`
 //! (`shaders/flash_attention.wgsl`, unrolled for a compile-time head width in a layout chosen for the adapter,
-//! [`super::flash`]) and `rows` (`shaders/flash_attention_rows.wgsl`, one query row per invocation, its
-//! accumulator in a per-invocation array). The default, `auto`, runs what measured fastest: `flash` on CPU
-//! adapters (lavapipe), and on GPUs (measured on an H200 before `flash` existed) `scores` where a block holds
-//! whole heads and `rows` otherwise. `kontext bench` times them side by side; the README has the figures.
+//! [`super::flash`]), `rows` (`shaders/flash_attention_rows.wgsl`, one query row per invocation, its
+//! accumulator in a per-invocation array) and `coop` (`shaders/flash_attention_coop.wgsl`, on cooperative
+//! matrices, [`super::coop_attention`]). The default, `auto`, runs `coop` where the kernel path is `coop` and the
+//! heads fit it, else what measured fastest: `flash` on CPU adapters (lavapipe), and on GPUs (measured on an H200
+//! before `flash` existed) `scores` where a block holds whole heads and `rows` otherwise. `kontext bench` times
+//! them side by side; the README has the figures.
 
 use burn::cubecl::prelude::CubeCount;
 use burn::tensor::activation::softmax;
 use burn::tensor::{DType, FloatDType, Tensor};
 
+use super::coop_attention::CoopAttention;
 use super::flash::{Adapter, FlashLayout, FlashShape};
+use super::path::KernelPath;
 use super::{LLVMPIPE_LOOP_BUDGET, WgslKernel, cube_tensor, cube_tensor_of, grid, params, tensor_from_handle};
+use crate::device::{adapter_name, is_software, software_adapter};
 use crate::{Error, Result};
 
 const FLASH_ROWS: WgslKernel =
     WgslKernel::fixed("flash_attention_rows", include_str!("../../shaders/flash_attention_rows.wgsl"));
 
-/// Environment variable that picks the attention natively: `auto` (the default), `scores`, `rows` or `tiles`.
+/// Environment variable that picks the attention natively: `auto` (the default), `scores`, `rows`, `flash` or
+/// `coop`.
 pub const KERNEL_ENV: &str = "KONTEXT_ATTENTION";
 
 /// Largest score block `[heads, rows, lk]` of the `scores` path, in bytes: WebGPU's default storage binding.
@@ -31,7 +37,7 @@ pub const SCORE_BLOCK_BYTES: usize = 128 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttentionKernel {
-    /// On CPU adapters `Flash`; on GPUs `Scores` where one block of [`SCORE_BLOCK_BYTES`] holds at least one
+    /// `Coop` where it runs; else on CPU adapters `Flash`; on GPUs `Scores` where one block of [`SCORE_BLOCK_BYTES`] holds at least one
     /// head's whole score matrix, `Rows` otherwise (where blocks of query rows would re-read a head's keys and
     /// values once per block). Each is what measured fastest there (`kontext bench`, the README).
     Auto,
@@ -42,6 +48,9 @@ pub enum AttentionKernel {
     /// The flash kernel unrolled for a compile-time head width and shaped for the adapter
     /// (`shaders/flash_attention.wgsl`, [`super::flash`]).
     Flash,
+    /// The flash kernel on cooperative matrices ([`super::coop_attention`]), where the kernel path is `coop`
+    /// and the heads fit it; elsewhere what `auto` would run.
+    Coop,
 }
 
 impl AttentionKernel {
@@ -56,7 +65,8 @@ impl AttentionKernel {
                 "scores" => Self::Scores,
                 "rows" => Self::Rows,
                 "flash" => Self::Flash,
-                other => panic!("{KERNEL_ENV}={other}: the attention kernels are auto, scores, rows and flash"),
+                "coop" => Self::Coop,
+                other => panic!("{KERNEL_ENV}={other}: the attention kernels are auto, scores, rows, flash and coop"),
             };
         }
         Self::Auto
@@ -69,17 +79,21 @@ impl AttentionKernel {
             Self::Scores => "scores",
             Self::Rows => "rows",
             Self::Flash => "flash",
+            Self::Coop => "coop",
         }
     }
 
-    /// The kernel that runs for `lq` queries and `lk` keys on a `software` (CPU) adapter or a GPU:
-    /// [`AttentionKernel::Auto`] resolved as it says, with blocks of `score_block_bytes`; every other kernel is
-    /// itself.
-    pub fn resolve(self, lq: usize, lk: usize, score_block_bytes: usize, software: bool) -> Self {
+    /// The kernel that runs for `lq` queries and `lk` keys on a `software` (CPU) adapter or a GPU, where the
+    /// `coop` kernel can run or not: [`AttentionKernel::Auto`] and [`AttentionKernel::Coop`] resolved as they
+    /// say, with blocks of `score_block_bytes`; every other kernel is itself.
+    pub fn resolve(self, lq: usize, lk: usize, score_block_bytes: usize, software: bool, coop: bool) -> Self {
         match self {
-            Self::Auto if software => Self::Flash,
-            Self::Auto if lq.saturating_mul(lk).saturating_mul(size_of::<f32>()) <= score_block_bytes => Self::Scores,
-            Self::Auto => Self::Rows,
+            Self::Auto | Self::Coop if coop => Self::Coop,
+            Self::Auto | Self::Coop if software => Self::Flash,
+            Self::Auto | Self::Coop if lq.saturating_mul(lk).saturating_mul(size_of::<f32>()) <= score_block_bytes => {
+                Self::Scores
+            }
+            Self::Auto | Self::Coop => Self::Rows,
             kernel => kernel,
         }
     }
@@ -135,8 +149,40 @@ pub fn reads_f16_heads(device: &burn::tensor::Device, lq: usize, lk: usize, d: u
     if !super::packs_on(device) || super::plain_ops() || d > HEAD_DIM_MAX {
         return false;
     }
+    kernel_on(device, lq, lk, d) == AttentionKernel::Flash
+}
+
+/// The kernel path [`attention`] takes on `device` for `lq` queries and `lk` keys of width `d`: `coop` where it
+/// runs the kernel on cooperative matrices, `subgroup-f16` where its kernel reads f16 heads, else `f32`.
+pub fn kernel_path(device: &burn::tensor::Device, lq: usize, lk: usize, d: usize) -> KernelPath {
+    let ours = super::packs_on(device) && !super::plain_ops() && d <= HEAD_DIM_MAX;
+    match (ours.then(|| kernel_on(device, lq, lk, d)), KernelPath::plain(device)) {
+        (Some(AttentionKernel::Coop), _) => KernelPath::Coop,
+        (Some(AttentionKernel::Flash), KernelPath::SubgroupF16) => KernelPath::SubgroupF16,
+        _ => KernelPath::F32,
+    }
+}
+
+/// The kernel [`attention`] runs on the wgpu `device` for `lq` queries and `lk` keys of width `d` (heads up to
+/// [`HEAD_DIM_MAX`]).
+pub fn kernel_on(device: &burn::tensor::Device, lq: usize, lk: usize, d: usize) -> AttentionKernel {
     let block = SCORE_BLOCK_BYTES.min(crate::device::max_binding_bytes(device) as usize);
-    kernel_for(AttentionKernel::current(), lq, lk, d, block, software_adapter(device)) == AttentionKernel::Flash
+    let coop = coop_variant(device, lk, d, false).is_some();
+    kernel_for(AttentionKernel::current(), lq, lk, d, block, software_adapter(device), coop)
+}
+
+/// The `coop` kernel for `lk` keys of width `d` (in f16 with `f16_inputs`) on `device`, where the process-wide
+/// kernel path is `coop` and the kernel takes these heads, on llvmpipe within the keys one dispatch may cover.
+fn coop_variant(device: &burn::tensor::Device, lk: usize, d: usize, f16_inputs: bool) -> Option<CoopAttention> {
+    let fragment = crate::device::coop_fragment()?;
+    let path = KernelPath::of(device);
+    if !super::packs_on(device) || super::plain_ops() || path != KernelPath::Coop || !CoopAttention::takes(d) {
+        return None;
+    }
+    let subgroup_max = crate::device::subgroup_max_size().unwrap_or(32);
+    let variant = CoopAttention::new(fragment, subgroup_max, d, f16_inputs);
+    let llvmpipe = adapter_name(device).is_some_and(|name| name.contains("llvmpipe"));
+    (!llvmpipe || lk <= variant.llvmpipe_max_keys()).then_some(variant)
 }
 
 /// The kernel `kernel` resolves to ([`AttentionKernel::resolve`]) for heads of width `d`: heads wider than the
@@ -148,8 +194,9 @@ fn kernel_for(
     d: usize,
     block: usize,
     software: bool,
+    coop: bool,
 ) -> AttentionKernel {
-    match kernel.resolve(lq, lk, block, software) {
+    match kernel.resolve(lq, lk, block, software, coop) {
         AttentionKernel::Rows if d > ROWS_HEAD_DIM_MAX => AttentionKernel::Flash,
         kernel => kernel,
     }
@@ -161,7 +208,7 @@ fn kernel_for(
 pub fn auto_score_bytes(heads: usize, lq: usize, lk: usize, max_binding_bytes: u64) -> u64 {
     let block = SCORE_BLOCK_BYTES.min(usize::try_from(max_binding_bytes).unwrap_or(usize::MAX));
     let head_scores = lq.saturating_mul(lk).saturating_mul(size_of::<f32>());
-    match AttentionKernel::Auto.resolve(lq, lk, block, false) {
+    match AttentionKernel::Auto.resolve(lq, lk, block, false, false) {
         AttentionKernel::Scores => 2 * (block / head_scores.max(1)).clamp(1, heads.max(1)) as u64 * head_scores as u64,
         _ => 0,
     }
@@ -252,15 +299,17 @@ fn run(
     let device = q.device();
     let score_block_bytes = SCORE_BLOCK_BYTES.min(crate::device::max_binding_bytes(&device) as usize);
     let software = software_adapter(&device);
-    let kernel = kernel_for(kernel, lq, lk, d, score_block_bytes, software);
+    let all_f16 = [&q, &k, &v].iter().all(|t| t.dtype() == DType::F16);
+    let coop = coop_variant(&device, lk, d, all_f16);
+    let kernel = kernel_for(kernel, lq, lk, d, score_block_bytes, software, coop.is_some());
     if kernel == AttentionKernel::Scores {
         if !super::packs_on(&device) {
             return Err(not_wgpu());
         }
         return Ok(blocked_reference(widened(q), widened(k), widened(v), score_block_bytes));
     }
-    // f16 inputs go to the `flash` kernel as they are, to `rows` widened.
-    let f16_inputs = kernel == AttentionKernel::Flash && [&q, &k, &v].iter().all(|t| t.dtype() == DType::F16);
+    // f16 inputs go to the `flash` and `coop` kernels as they are, to `rows` widened.
+    let f16_inputs = matches!(kernel, AttentionKernel::Flash | AttentionKernel::Coop) && all_f16;
     let bound = |t: Tensor<4>| {
         match f16_inputs {
             true => cube_tensor_of(t, DType::F16),
@@ -272,11 +321,25 @@ fn run(
 
     let client = &q.client;
     let out = client.empty(b * h * lq * d * size_of::<f32>());
-    let stats = client.empty(b * h * lq * 2 * size_of::<f32>());
     let scale = (1.0 / (d as f64).sqrt()) as f32;
+    if let (AttentionKernel::Coop, Some(variant)) = (kernel, coop) {
+        let (x, y) = grid(b * h * lq.div_ceil(super::coop_attention::ROWS));
+        let shape = [(b * h) as u32, lq as u32, lk as u32, scale.to_bits()];
+        let buffers = vec![
+            q.handle.clone().binding(),
+            k.handle.clone().binding(),
+            v.handle.clone().binding(),
+            out.clone().binding(),
+        ];
+        super::dispatch(client, variant.kernel(), CubeCount::Static(x, y, 1), buffers, params(&shape), &[]);
+        return Ok(tensor_from_handle(&q, out, [b, h, lq, d]));
+    }
+    let stats = client.empty(b * h * lq * 2 * size_of::<f32>());
     let llvmpipe = client.properties().identity.name.contains("llvmpipe");
     let (shader, rows_per_group, keys_per_dispatch) = match kernel {
-        AttentionKernel::Auto | AttentionKernel::Scores => unreachable!("resolved and returned above"),
+        AttentionKernel::Auto | AttentionKernel::Scores | AttentionKernel::Coop => {
+            unreachable!("resolved and returned above")
+        }
         AttentionKernel::Rows => (FLASH_ROWS, ROWS_PER_GROUP, rows_llvmpipe_keys_per_dispatch(d)),
         AttentionKernel::Flash => {
             let adapter = adapter_of(client);
@@ -303,20 +366,6 @@ fn run(
         super::dispatch(client, shader, CubeCount::Static(x, y, 1), buffers, params(&shape), &[]);
     }
     Ok(tensor_from_handle(&q, out, [b, h, lq, d]))
-}
-
-/// Whether the adapter's name is one of the CPU (software) adapters': llvmpipe (lavapipe) or SwiftShader.
-fn is_software(adapter_name: &str) -> bool {
-    let name = adapter_name.to_lowercase();
-    ["llvmpipe", "lavapipe", "swiftshader"].iter().any(|cpu| name.contains(cpu))
-}
-
-/// Whether `device` is a wgpu device on a CPU (software) adapter.
-pub fn software_adapter(device: &burn::tensor::Device) -> bool {
-    match device.as_dispatch() {
-        burn::backend::DispatchDevice::Cube(cube) => is_software(&cube.client().properties().identity.name),
-        _ => false,
-    }
 }
 
 /// What the flash kernel's shape depends on, from the adapter behind `client`.
@@ -349,7 +398,7 @@ fn rows_llvmpipe_keys_per_dispatch(d: usize) -> usize {
 /// Times, on `device`, for self-attention over each length in `lengths` with `heads` heads of width `d`
 /// (batch 1): [`attention`] as the model runs it, the reference in blocks of at most [`SCORE_BLOCK_BYTES`] of
 /// scores ([`blocked_reference`]: the reference itself where one block holds all heads), and on wgpu each flash
-/// kernel, `flash` and `rows`. Each timing is [`BENCH_REPEATS`] chained calls (the output becomes the next
+/// kernel, `flash` and `rows`, and `coop` where it runs. Each timing is [`BENCH_REPEATS`] chained calls (the output becomes the next
 /// query, so no call can be skipped as a repeat) and one readback, after one untimed warm-up call that
 /// compiles the kernels and measures the memory it adds to the allocator's pools.
 ///
@@ -392,15 +441,20 @@ pub fn bench_attention(
             });
             let [flash, rows] = [AttentionKernel::Flash, AttentionKernel::Rows]
                 .map(|kernel| flash_applies.then(|| time(&|q, k, v| attention_with(kernel, q, k, v), &qkv)));
+            let coop = super::path::with_path(KernelPath::Coop, || {
+                let runs = coop_variant(device, l, d, false).is_some();
+                runs.then(|| time(&|q, k, v| attention_with(AttentionKernel::Coop, q, k, v), &qkv))
+            });
             AttentionTiming {
                 l,
                 model: time(&attention, &qkv),
                 model_kernel: match flash_applies {
-                    true => AttentionKernel::current().resolve(l, l, score_block_bytes, software_adapter(device)),
+                    true => kernel_on(device, l, l, d),
                     false => AttentionKernel::Scores,
                 },
                 flash,
                 rows,
+                coop,
                 reference: time(&|q, k, v| blocked_reference(q, k, v, score_block_bytes), &qkv),
             }
         })
@@ -429,6 +483,8 @@ pub struct AttentionTiming {
     pub flash: Option<KernelTiming>,
     /// The `rows` kernel, where a flash kernel applies.
     pub rows: Option<KernelTiming>,
+    /// The `coop` kernel, where the adapter has the `coop` path and the kernel takes these heads.
+    pub coop: Option<KernelTiming>,
     /// The reference, in blocks of at most [`SCORE_BLOCK_BYTES`] of scores.
     pub reference: KernelTiming,
 }
@@ -480,14 +536,22 @@ mod tests {
     fn auto_takes_the_scores_where_a_block_holds_a_whole_head() {
         let block = SCORE_BLOCK_BYTES;
         // 24 heads of the 512² edit (2,560 tokens) and of the 1024² edit (8,704 tokens) with 128 MiB blocks.
-        assert_eq!(AttentionKernel::Auto.resolve(2560, 2560, block, false), AttentionKernel::Scores);
-        assert_eq!(AttentionKernel::Auto.resolve(4096, 4096, block, false), AttentionKernel::Scores);
-        assert_eq!(AttentionKernel::Auto.resolve(8704, 8704, block, false), AttentionKernel::Rows);
-        assert_eq!(AttentionKernel::Auto.resolve(usize::MAX, 2, block, false), AttentionKernel::Rows);
-        assert_eq!(AttentionKernel::Flash.resolve(1, 1, block, false), AttentionKernel::Flash);
-        assert_eq!(AttentionKernel::Scores.resolve(8704, 8704, block, true), AttentionKernel::Scores);
+        assert_eq!(AttentionKernel::Auto.resolve(2560, 2560, block, false, false), AttentionKernel::Scores);
+        assert_eq!(AttentionKernel::Auto.resolve(4096, 4096, block, false, false), AttentionKernel::Scores);
+        assert_eq!(AttentionKernel::Auto.resolve(8704, 8704, block, false, false), AttentionKernel::Rows);
+        assert_eq!(AttentionKernel::Auto.resolve(usize::MAX, 2, block, false, false), AttentionKernel::Rows);
+        assert_eq!(AttentionKernel::Flash.resolve(1, 1, block, false, false), AttentionKernel::Flash);
+        assert_eq!(AttentionKernel::Scores.resolve(8704, 8704, block, true, false), AttentionKernel::Scores);
         // CPU adapters: the flash kernel at every length (it measured fastest on lavapipe from L = 256).
-        assert_eq!(AttentionKernel::Auto.resolve(256, 256, block, true), AttentionKernel::Flash);
+        assert_eq!(AttentionKernel::Auto.resolve(256, 256, block, true, false), AttentionKernel::Flash);
+        // Where the coop kernel runs, auto and coop take it; where it does not, coop is what auto would run.
+        for software in [false, true] {
+            assert_eq!(AttentionKernel::Auto.resolve(8704, 8704, block, software, true), AttentionKernel::Coop);
+            assert_eq!(AttentionKernel::Coop.resolve(8704, 8704, block, software, true), AttentionKernel::Coop);
+            assert_eq!(AttentionKernel::Flash.resolve(8704, 8704, block, software, true), AttentionKernel::Flash);
+        }
+        assert_eq!(AttentionKernel::Coop.resolve(256, 256, block, true, false), AttentionKernel::Flash);
+        assert_eq!(AttentionKernel::Coop.resolve(8704, 8704, block, false, false), AttentionKernel::Rows);
         assert!(is_software("llvmpipe (LLVM 15.0.6, 256 bits)") && is_software("SwiftShader Device (Subzero)"));
         assert!(!is_software("NVIDIA H200"));
         // 2,560² scores are 25 MiB a head: five heads fit a 128 MiB block, twice for the softmax.

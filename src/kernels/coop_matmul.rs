@@ -4,7 +4,7 @@
 //! by the type's `shaders/matmul_<type>.wgsl` and `shaders/packed_weights.wgsl` as the plain kernels are
 //! ([`super::quant_matmul`]). Its twin is the plain kernels' ([`super::quant_matmul::reference`]).
 
-use super::WgslKernel;
+use super::{WgslKernel, dequant};
 use crate::formats::GgmlType;
 
 /// Rows of x up to which the matrix-vector kernel stays in use on the `coop` path (its tiles would be mostly
@@ -16,23 +16,6 @@ pub const TILE: usize = 64;
 const SUBGROUPS: usize = 4;
 /// The side of one subgroup's quarter.
 const QUARTER: usize = 32;
-
-/// The dequantizing part of a block type's kernels (`dequant8`), or `None` for types without one.
-pub fn dequant_source(ty: GgmlType) -> Option<&'static str> {
-    Some(match ty {
-        GgmlType::Q8_0 => include_str!("../../shaders/matmul_q8_0.wgsl"),
-        GgmlType::Q4_0 => include_str!("../../shaders/matmul_q4_0.wgsl"),
-        GgmlType::Q4_1 => include_str!("../../shaders/matmul_q4_1.wgsl"),
-        GgmlType::Q5_0 => include_str!("../../shaders/matmul_q5_0.wgsl"),
-        GgmlType::Q5_1 => include_str!("../../shaders/matmul_q5_1.wgsl"),
-        GgmlType::Q4_K => include_str!("../../shaders/matmul_q4_k.wgsl"),
-        GgmlType::Q5_K => include_str!("../../shaders/matmul_q5_k.wgsl"),
-        GgmlType::Q6_K => include_str!("../../shaders/matmul_q6_k.wgsl"),
-        GgmlType::F16 => include_str!("../../shaders/matmul_f16.wgsl"),
-        GgmlType::BF16 => include_str!("../../shaders/matmul_bf16.wgsl"),
-        _ => return None,
-    })
-}
 
 /// One variant of the kernel: what its text depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,11 +46,11 @@ impl CoopMatmul {
     /// The kernel, its text generated once per process ([`WgslKernel::generated`]).
     ///
     /// # Panics
-    /// For types without a dequantizing part ([`dequant_source`]).
+    /// For types without a dequantizing part ([`dequant::dequant_source`]).
     pub fn kernel(&self) -> WgslKernel {
         let name = format!(
             "matmul_{}_coop{}_t{}_e{}",
-            self.ty.to_string().to_lowercase(),
+            dequant::type_name(self.ty),
             self.fragment,
             self.threads,
             self.epilogue
@@ -78,9 +61,8 @@ impl CoopMatmul {
     /// The WGSL text.
     ///
     /// # Panics
-    /// For types without a dequantizing part ([`dequant_source`]).
+    /// For types without a dequantizing part ([`dequant::dequant_source`]).
     pub fn source(&self) -> String {
-        let dequant = dequant_source(self.ty).unwrap_or_else(|| panic!("no packed kernel reads {}", self.ty));
         let f = self.fragment;
         let per_side = QUARTER / f;
         let fragment = |scalar: &str, role: &str| format!("coop_mat{f}x{f}<{scalar}, {role}>");
@@ -115,15 +97,11 @@ impl CoopMatmul {
             .replace("    //# accumulators\n", &accumulators)
             .replace("            //# products\n", &products)
             .replace("    //# stores\n", &stores);
-        format!(
-            "enable f16;\nenable wgpu_cooperative_matrix;\nconst FRAG: u32 = {f}u;\nconst THREADS: u32 = {}u;\n\
-             {dequant}{}{body}{}{}\nconst EPILOGUE: u32 = {}u;\n",
-            self.threads,
-            include_str!("../../shaders/packed_weights.wgsl"),
-            include_str!("../../shaders/gelu.wgsl"),
-            include_str!("../../shaders/matmul_epilogue.wgsl"),
-            self.epilogue,
-        )
+        let prelude = format!(
+            "enable f16;\nenable wgpu_cooperative_matrix;\nconst FRAG: u32 = {f}u;\nconst THREADS: u32 = {}u;\n",
+            self.threads
+        );
+        dequant::matmul_source(&prelude, self.ty, &body, self.epilogue)
     }
 }
 
@@ -154,11 +132,11 @@ pub fn variants(fragment: usize) -> Vec<CoopMatmul> {
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Parses and validates `source` with naga, then writes it as SPIR-V (Vulkan) and as MSL (Metal).
-    fn translate(source: &str) -> Result<(usize, usize), String> {
+    pub(crate) fn translate(source: &str) -> Result<(usize, usize), String> {
         use naga::valid::{Capabilities, ValidationFlags, Validator};
         let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
         let info = Validator::new(ValidationFlags::all(), Capabilities::all())

@@ -3,7 +3,8 @@
 //!
 //! - `coop`: cooperative matrices (tensor cores on NVIDIA, matrix cores on AMD, simdgroup matrices on Apple),
 //!   through wgpu's `EXPERIMENTAL_COOPERATIVE_MATRIX`: tiles multiplied as f16 fragments, accumulated in f32.
-//!   The packed matmuls from 9 rows on run [`super::coop_matmul`]; the rest runs as on `f32`.
+//!   The packed matmuls from 9 rows on run [`super::coop_matmul`], the attention over heads of 16 to 128
+//!   [`super::coop_attention`]; the rest runs as on `f32`.
 //! - `subgroup-f16`: the plain kernels computing their products in f16 (where the adapter has `shader-f16`),
 //!   with subgroup operations where the adapter has them ([`super::precision::Precision::F16`]).
 //! - `f32`: the plain kernels in f32, subgroups where the adapter has them; also the name of the CPU's path.
@@ -44,6 +45,16 @@ impl FromStr for KernelPath {
             .into_iter()
             .find(|path| path.name() == s)
             .ok_or_else(|| Error::Invalid(format!("unknown kernel path `{s}`: use `coop`, `subgroup-f16` or `f32`")))
+    }
+}
+
+impl From<Precision> for KernelPath {
+    /// The plain kernels' path at `precision`: `subgroup-f16` for f16, `f32` for f32.
+    fn from(precision: Precision) -> Self {
+        match precision {
+            Precision::F16 => Self::SubgroupF16,
+            Precision::F32 => Self::F32,
+        }
     }
 }
 
@@ -96,7 +107,7 @@ impl KernelPath {
     /// The path when none is requested: `coop` where a hardware `device` offers it, else `f32`.
     pub fn auto(device: &Device) -> Self {
         match Self::Coop.missing_on(device) {
-            None if !super::attention::software_adapter(device) => Self::Coop,
+            None if !crate::device::software_adapter(device) => Self::Coop,
             _ => Self::F32,
         }
     }
@@ -131,22 +142,18 @@ impl KernelPath {
             )));
         }
         REQUESTED.store(requested.map_or(0, Self::code), Ordering::Relaxed);
-        let precision = (requested == Some(Self::SubgroupF16)).then_some(Precision::F16);
-        Precision::choose(precision, device)?;
+        Precision::choose(requested.map(Self::precision).filter(|&p| p == Precision::F16), device)?;
         Ok(Self::of(device))
     }
 
     /// The path from `--kernels` or `--precision` (`f16` is `subgroup-f16`, `f32` is `f32`); both given must
     /// agree.
     pub fn requested(kernels: Option<Self>, precision: Option<Precision>) -> Result<Option<Self>> {
-        let from_precision = precision.map(|p| match p {
-            Precision::F16 => Self::SubgroupF16,
-            Precision::F32 => Self::F32,
-        });
+        let from_precision = precision.map(Self::from);
         match (kernels, from_precision) {
             (Some(k), Some(p)) if k != p => Err(Error::Invalid(format!(
                 "--kernels {k} and --precision {} disagree: give one (precision f16 is the path subgroup-f16)",
-                precision.map_or("", |p| if p == Precision::F16 { "f16" } else { "f32" })
+                p.precision()
             ))),
             (k, p) => Ok(k.or(p)),
         }
@@ -161,50 +168,17 @@ impl KernelPath {
         }
     }
 
-    /// The path the attention takes on `device` at lengths `lq`, `lk` and head width `d`: `subgroup-f16`
-    /// where its kernel reads f16 heads, else `f32` (no attention kernel of ours uses cooperative matrices yet).
-    pub fn for_attention(device: &Device, lq: usize, lk: usize, d: usize) -> Self {
-        match Self::plain(device) {
-            Self::SubgroupF16 if super::attention::reads_f16_heads(device, lq, lk, d) => Self::SubgroupF16,
-            _ => Self::F32,
-        }
-    }
-
     /// The plain kernels' path at the device's precision.
-    fn plain(device: &Device) -> Self {
-        match Precision::of(device) {
-            Precision::F16 => Self::SubgroupF16,
-            Precision::F32 => Self::F32,
-        }
+    pub fn plain(device: &Device) -> Self {
+        Self::from(Precision::of(device))
     }
-}
 
-/// The kernel path of each operation on a device, as reports name them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KernelPaths {
-    /// The process-wide path ([`KernelPath::of`]).
-    pub chosen: KernelPath,
-    /// Every path the device can run, fastest first.
-    pub available: Vec<KernelPath>,
-    /// The path of the model's packed matmuls over many rows ([`KernelPath::for_matmul`]).
-    pub matmul: KernelPath,
-    /// The path of the model's attention at a 1024² text-to-image length, 4 608 tokens of 128-wide heads
-    /// ([`KernelPath::for_attention`]).
-    pub attention: KernelPath,
-}
-
-impl KernelPaths {
-    /// Tokens of a 1024² text-to-image edit: 4 096 image tokens and 512 of text.
-    const REPORTED_TOKENS: usize = 4608;
-
-    /// The paths on `device` under the process-wide choice.
-    pub fn of(device: &Device) -> Self {
-        let tokens = Self::REPORTED_TOKENS;
-        Self {
-            chosen: KernelPath::of(device),
-            available: KernelPath::available(device),
-            matmul: KernelPath::for_matmul(tokens, device),
-            attention: KernelPath::for_attention(device, tokens, tokens, 128),
+    /// The precision of the plain kernels on this path: f16 on `subgroup-f16`, else f32 (`coop` computes in
+    /// f16 only inside its own kernels).
+    pub fn precision(self) -> Precision {
+        match self {
+            Self::SubgroupF16 => Precision::F16,
+            Self::Coop | Self::F32 => Precision::F32,
         }
     }
 }
@@ -219,11 +193,7 @@ pub fn with_path<R>(path: KernelPath, f: impl FnOnce() -> R) -> R {
         }
     }
     let _restore = Restore(REQUESTED.swap(path.code(), Ordering::Relaxed));
-    let precision = match path {
-        KernelPath::SubgroupF16 => Precision::F16,
-        _ => Precision::F32,
-    };
-    precision::with_precision(precision, f)
+    precision::with_precision(path.precision(), f)
 }
 
 #[cfg(test)]

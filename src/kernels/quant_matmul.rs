@@ -2,8 +2,9 @@
 //! tensor, repacked once at load into aligned chunk-major sections ([`super::repack`]) and dequantized inside the
 //! matmul, accumulating in f32. Three kernels by rows of x: `shaders/matvec_quant.wgsl` (up to 8 rows: 8 threads
 //! split one row of W), `matmul_quant.wgsl` (64×64 outputs per workgroup) and `matmul_quant_wide.wgsl` (128×128,
-//! from 256 rows), each completed by one `shaders/matmul_<type>.wgsl` per block type and
-//! `shaders/packed_weights.wgsl`, which reads the layout.
+//! from 256 rows), each completed by one `shaders/matmul_<type>.wgsl` per block type,
+//! `shaders/packed_weights.wgsl`, which reads the layout, and the shared bindings and epilogues
+//! ([`super::dequant::matmul_source`]).
 //!
 //! Each kernel comes in two precisions ([`Precision`]), generated from the same sources by a first line
 //! `shaders/work_f32.wgsl` or `shaders/work_f16.wgsl` (`enable f16; alias work = f16;`): the tiles of x and of
@@ -25,7 +26,7 @@ use super::coop_matmul::{self, CoopMatmul};
 use super::path::KernelPath;
 use super::precision::Precision;
 use super::repack::{self, Layout};
-use super::{WgslKernel, cube_tensor, fused, packs_on, params, tensor_from_handle};
+use super::{WgslKernel, cube_tensor, dequant, fused, packs_on, params, tensor_from_handle};
 use crate::formats::{GgmlType, GgufFile, dequantize};
 use crate::{Error, Result};
 
@@ -44,77 +45,38 @@ const MATVEC_TILE: (usize, usize) = (32, 4);
 /// Rows of W the matrix-vector kernel reaches within WebGPU's 65 535 workgroups per dimension.
 const MAX_PACKED_ROWS: usize = 65_535 * MATVEC_TILE.0;
 
-/// The matrix-vector, square and wide kernels reading one block type, multiplying in f32 and in f16:
-/// `shaders/work_<precision>.wgsl`, `shaders/matmul_<type>.wgsl` (its `dequant8`), `shaders/packed_weights.wgsl`
-/// and the matmul itself.
-macro_rules! quant_kernels {
-    ($name:literal, $file:literal) => {
-        [quant_kernels!($name, $file, "", "work_f32.wgsl"), quant_kernels!($name, $file, "_f16", "work_f16.wgsl")]
-    };
-    ($name:literal, $file:literal, $suffix:literal, $work:literal) => {
-        [
-            WgslKernel::fixed(
-                concat!($name, $suffix, "_vec"),
-                concat!(
-                    include_str!(concat!("../../shaders/", $work)),
-                    include_str!(concat!("../../shaders/", $file)),
-                    include_str!("../../shaders/packed_weights.wgsl"),
-                    include_str!("../../shaders/matvec_quant.wgsl"),
-                    include_str!("../../shaders/gelu.wgsl"),
-                    include_str!("../../shaders/matmul_epilogue.wgsl")
-                ),
-            ),
-            WgslKernel::fixed(
-                concat!($name, $suffix),
-                concat!(
-                    include_str!(concat!("../../shaders/", $work)),
-                    include_str!(concat!("../../shaders/", $file)),
-                    include_str!("../../shaders/packed_weights.wgsl"),
-                    include_str!("../../shaders/matmul_quant.wgsl"),
-                    include_str!("../../shaders/gelu.wgsl"),
-                    include_str!("../../shaders/matmul_epilogue.wgsl")
-                ),
-            ),
-            WgslKernel::fixed(
-                concat!($name, $suffix, "_wide"),
-                concat!(
-                    include_str!(concat!("../../shaders/", $work)),
-                    include_str!(concat!("../../shaders/", $file)),
-                    include_str!("../../shaders/packed_weights.wgsl"),
-                    include_str!("../../shaders/matmul_quant_wide.wgsl"),
-                    include_str!("../../shaders/gelu.wgsl"),
-                    include_str!("../../shaders/matmul_epilogue.wgsl")
-                ),
-            ),
-        ]
-    };
+/// The plain kernels by rows of x.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plain {
+    /// Up to [`MATVEC_MAX_ROWS`] rows: `shaders/matvec_quant.wgsl`.
+    Matvec,
+    /// `shaders/matmul_quant.wgsl`, [`TILE`]² outputs per workgroup.
+    Square,
+    /// From [`WIDE_FROM_ROWS`] rows: `shaders/matmul_quant_wide.wgsl`, [`WIDE_TILE`]² outputs per workgroup.
+    Wide,
 }
 
-/// The matrix-vector, square and wide kernels that read `ty` blocks and multiply at `precision`, or `None`
-/// for types without kernels. Each source is completed by [`Epilogue::kernel`], which appends its `EPILOGUE`.
-fn kernels_for(ty: GgmlType, precision: Precision) -> Option<[WgslKernel; 3]> {
-    let [f32_kernels, f16_kernels] = match ty {
-        GgmlType::Q8_0 => quant_kernels!("matmul_q8_0", "matmul_q8_0.wgsl"),
-        GgmlType::Q4_0 => quant_kernels!("matmul_q4_0", "matmul_q4_0.wgsl"),
-        GgmlType::Q4_1 => quant_kernels!("matmul_q4_1", "matmul_q4_1.wgsl"),
-        GgmlType::Q5_0 => quant_kernels!("matmul_q5_0", "matmul_q5_0.wgsl"),
-        GgmlType::Q5_1 => quant_kernels!("matmul_q5_1", "matmul_q5_1.wgsl"),
-        GgmlType::Q4_K => quant_kernels!("matmul_q4_k", "matmul_q4_k.wgsl"),
-        GgmlType::Q5_K => quant_kernels!("matmul_q5_k", "matmul_q5_k.wgsl"),
-        GgmlType::Q6_K => quant_kernels!("matmul_q6_k", "matmul_q6_k.wgsl"),
-        GgmlType::F16 => quant_kernels!("matmul_f16", "matmul_f16.wgsl"),
-        GgmlType::BF16 => quant_kernels!("matmul_bf16", "matmul_bf16.wgsl"),
-        _ => return None,
-    };
-    Some(match precision {
-        Precision::F32 => f32_kernels,
-        Precision::F16 => f16_kernels,
-    })
+impl Plain {
+    /// The kernel reading `ty` blocks, multiplying at `precision`, finishing with `epilogue`: the shader
+    /// completed by [`dequant::matmul_source`] after `shaders/work_<precision>.wgsl`.
+    fn kernel(self, ty: GgmlType, precision: Precision, epilogue: &Epilogue) -> WgslKernel {
+        let (body, suffix) = match self {
+            Self::Matvec => (include_str!("../../shaders/matvec_quant.wgsl"), "_vec"),
+            Self::Square => (include_str!("../../shaders/matmul_quant.wgsl"), ""),
+            Self::Wide => (include_str!("../../shaders/matmul_quant_wide.wgsl"), "_wide"),
+        };
+        let (work, half) = match precision {
+            Precision::F32 => (include_str!("../../shaders/work_f32.wgsl"), ""),
+            Precision::F16 => (include_str!("../../shaders/work_f16.wgsl"), "_f16"),
+        };
+        let name = format!("matmul_{}{half}{suffix}{}", dequant::type_name(ty), epilogue.suffix());
+        WgslKernel::generated(name, || dequant::matmul_source(work, ty, body, epilogue.code()))
+    }
 }
 
 /// Whether [`PackedWeight`] keeps `ty` packed on wgpu (it dequantizes the other dequantizable types).
 pub fn has_kernel(ty: GgmlType) -> bool {
-    kernels_for(ty, Precision::F32).is_some()
+    dequant::dequant_source(ty).is_some()
 }
 
 /// Whether [`PackedWeight::new`] keeps a `ty` weight of PyTorch-order `shape` in blocks on `device`: on wgpu,
@@ -259,12 +221,9 @@ impl Epilogue<'_> {
         }
     }
 
-    /// `kernel` compiled for this epilogue: the shader's `EPILOGUE` appended, and a name suffix but for
-    /// [`Epilogue::Plain`].
-    fn kernel(&self, kernel: WgslKernel) -> WgslKernel {
-        let suffix = ["", "_gelu", "_gated"][self.code() as usize];
-        let source = || format!("{}\nconst EPILOGUE: u32 = {}u;\n", kernel.source, self.code());
-        WgslKernel::generated(format!("{}{suffix}", kernel.name), source)
+    /// The suffix of the plain kernels' names for this epilogue (none for [`Epilogue::Plain`]).
+    fn suffix(&self) -> &'static str {
+        ["", "_gelu", "_gated"][self.code() as usize]
     }
 
     /// The reference twin: the epilogue applied to `y` `[m, n]` in plain tensor ops.
@@ -312,11 +271,7 @@ pub fn matmul_with(x: Tensor<2>, weight: &PackedWeight, bias: Option<&Tensor<1>>
 /// As [`matmul`]; also for F16 with a packed weight on a device without `shader-f16`
 /// ([`Precision::f16_available`]).
 pub fn matmul_at(x: Tensor<2>, weight: &PackedWeight, bias: Option<&Tensor<1>>, precision: Precision) -> Tensor<2> {
-    let path = match precision {
-        Precision::F32 => KernelPath::F32,
-        Precision::F16 => KernelPath::SubgroupF16,
-    };
-    matmul_on_with(x, weight, bias, path, Epilogue::Plain)
+    matmul_on_with(x, weight, bias, KernelPath::from(precision), Epilogue::Plain)
 }
 
 /// [`matmul_with`] on a given kernel path: `coop` takes the cooperative-matrix kernel from
@@ -364,11 +319,7 @@ fn quant_kernel(
     path: KernelPath,
     epilogue: Epilogue,
 ) -> Tensor<2> {
-    let precision = match path {
-        KernelPath::SubgroupF16 => Precision::F16,
-        _ => Precision::F32,
-    };
-    let [matvec, square, wide] = kernels_for(weight.ty, precision).expect("packed weights have a kernel");
+    let precision = path.precision();
     let (m, n, k) = (x.meta.shape()[0], weight.n, weight.k);
     let client = x.client.clone();
     let out = client.empty((m * n).max(1) * size_of::<f32>());
@@ -405,11 +356,11 @@ fn quant_kernel(
         let kernel = CoopMatmul::new(weight.ty, fragment, subgroup_max, epilogue.code()).kernel();
         (kernel, (coop_matmul::TILE, coop_matmul::TILE))
     } else if m <= MATVEC_MAX_ROWS {
-        (epilogue.kernel(matvec), MATVEC_TILE)
+        (Plain::Matvec.kernel(weight.ty, precision, &epilogue), MATVEC_TILE)
     } else if m >= WIDE_FROM_ROWS && n >= WIDE_TILE {
-        (epilogue.kernel(wide), (WIDE_TILE, WIDE_TILE))
+        (Plain::Wide.kernel(weight.ty, precision, &epilogue), (WIDE_TILE, WIDE_TILE))
     } else {
-        (epilogue.kernel(square), (TILE, TILE))
+        (Plain::Square.kernel(weight.ty, precision, &epilogue), (TILE, TILE))
     };
     let groups = CubeCount::Static(n.div_ceil(tile_n) as u32, m.div_ceil(tile_m) as u32, 1);
     // The blocks and the bias are weights; without a gated add, its two bindings are unread.

@@ -135,7 +135,7 @@ pub enum FromWorker {
         display: Option<String>,
         /// The kernel path of each operation on the worker's device.
         #[serde(default)]
-        kernels: Option<crate::kernels::path::KernelPaths>,
+        kernels: Option<crate::kernels::report::KernelPaths>,
     },
     /// Measured progress of a load (`job` = None) or an edit.
     Progress {

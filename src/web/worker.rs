@@ -136,7 +136,7 @@ impl Worker {
                 let outcome = async {
                     let (device, _) = device::wgpu_async().await?;
                     let check = selfcheck::matmul_check(&device, size).await?;
-                    let kernels = crate::kernels::path::KernelPaths::of(&device);
+                    let kernels = crate::kernels::report::KernelPaths::of(&device);
                     Ok::<_, Error>((check, self.open_canvas().await, kernels))
                 }
                 .await;

@@ -3,10 +3,13 @@
 # is given a kontext binary. Writes into OUT (default bench-gpu/):
 #   gpu.txt           the card and driver (nvidia-smi, where present) and the Vulkan adapter wgpu opened
 #   bench.json        `kontext bench --preset gpu`: attention at L = 1,024, 4,096 and 8,704 (24 × 128, flash
-#                     against the materialised reference) and matmuls at M = 8,704
+#                     and, where the adapter has cooperative matrices, coop against the materialised reference)
+#                     and matmuls at M = 8,704 (the coop kernel beside the plain ones)
 #   bench-512.json    the 512² Kontext step of a random-weight FLUX.1 Kontext [dev] DiT (Q4_0 blocks; f32 and f16
 #                     activations, and streamed), with its kernel launches per step and per block counted
-#   bench-step.json   the same step at 1024² (f32 and f16 compute)
+#   bench-step.json   the same step at 1024² (f32 and f16 compute), on the adapter's kernel path (coop where it
+#                     has cooperative matrices)
+#   bench-step-f32.json  the 1024² step again on the plain f32 kernels (`--kernels f32`), beside it
 #   diffusers.json    the same steps through diffusers on the same card (bf16 and f32), where python3 has torch
 #                     and diffusers
 #   load.json         `kontext make-random` (the same DiT as a Q4_0 GGUF file, 6.7 GB, written into OUT and
@@ -55,6 +58,7 @@ PY
 part make-random 120 "$bin" make-random --preset gpu --type Q4_0 --out "$out/random-q4_0.gguf"
 part load 120 "$bin" inspect "$out/random-q4_0.gguf" --load --backend wgpu --json
 rm -f "$out/random-q4_0.gguf"
+part bench-step-f32 240 "$bin" bench --backend wgpu --preset gpu --only step --kernels f32 --json
 for layout in 1,4,64,4,0 2,8,64,4,0 4,1,64,4,1; do
   KONTEXT_FLASH=$layout part "flash-$layout" 60 "$bin" bench --backend wgpu --preset gpu --only attention --json
 done

@@ -196,12 +196,14 @@ fn print_table(report: &Report) {
         sizes.attention_heads, sizes.attention_d,
     );
     println!(
-        "{:>6} {:>22} {:>10} {:>8} {:>10} {:>10} {:>8} {:>11} {:>11} {:>11} {:>11}",
+        "{:>6} {:>22} {:>10} {:>8} {:>10} {:>10} {:>8} {:>10} {:>8} {:>11} {:>11} {:>11} {:>11}",
         "L",
         "model (kernel)",
         "flash ms",
         "TFLOP/s",
         "rows ms",
+        "coop ms",
+        "TFLOP/s",
         "ref ms",
         "speedup",
         "flash MiB",
@@ -214,12 +216,14 @@ fn print_table(report: &Report) {
     let ms = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{t:.2}"));
     for r in &report.attention {
         println!(
-            "{:>6} {:>22} {:>10} {:>8} {:>10} {:>10.2} {:>8} {:>11.2} {:>11.2} {:>11} {:>11}",
+            "{:>6} {:>22} {:>10} {:>8} {:>10} {:>10} {:>8} {:>10.2} {:>8} {:>11.2} {:>11.2} {:>11} {:>11}",
             r.l,
             format!("{:.2} ({}, {})", r.model_ms, r.model_kernel.name(), r.kernel_path),
             ms(r.flash_ms),
             r.flash_tflops.map_or("-".into(), |t| format!("{t:.3}")),
             ms(r.rows_ms),
+            ms(r.coop_ms),
+            r.coop_tflops.map_or("-".into(), |t| format!("{t:.3}")),
             r.reference_ms,
             r.flash_speedup.map_or("-".into(), |s| format!("{s:.2}")),
             mib(r.flash_bytes),

@@ -228,7 +228,7 @@ mod cli {
             }
         };
         super::choose_kernels(kernels, None, &device)?;
-        let paths = kontext_web::kernels::path::KernelPaths::of(&device);
+        let paths = kontext_web::kernels::report::KernelPaths::of(&device);
         let check = pollster::block_on(selfcheck::matmul_check(&device, 64))?;
         if json {
             let value = serde_json::json!({

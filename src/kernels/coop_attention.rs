@@ -1,0 +1,246 @@
+//! Flash attention on cooperative matrices (the `coop` kernel path's attention): `shaders/flash_attention_coop.wgsl`,
+//! generated for the fragment size (8 or 16, [`crate::device::coop_fragment`]), the subgroup width, the head
+//! width and the element of the heads (f32 or f16). Its twin is [`super::attention::reference`].
+//!
+//! Heads of width 16 to 128 in steps of 16 (Flux's 128, the tiny packs' 16 and 32); wider heads (the VAE's 512)
+//! take the other kernels. See the shader for why it makes two passes over the keys.
+
+use std::fmt::Write;
+
+use super::{LLVMPIPE_LOOP_BUDGET, WgslKernel};
+
+/// Query rows one workgroup computes (`ROWS`).
+pub const ROWS: usize = 64;
+/// Keys per tile (`KEYS`).
+const KEYS: usize = 32;
+/// Query rows per subgroup.
+const SUBGROUP_ROWS: usize = 16;
+/// Output columns per round of the final stores (`OUT_COLS`).
+const OUT_COLS: usize = 16;
+/// Subgroups per workgroup.
+const SUBGROUPS: usize = 4;
+/// Widest head the kernel takes: its tiles then fill [`crate::device::COOP_WORKGROUP_BYTES`].
+pub const HEAD_DIM_MAX: usize = 128;
+
+/// One variant of the kernel: what its text depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoopAttention {
+    /// Side of the square fragments: 8 or 16.
+    pub fragment: usize,
+    /// Invocations per workgroup: four subgroups of the adapter's largest size, at least 16.
+    pub threads: usize,
+    /// Head width `d`.
+    pub head_dim: usize,
+    /// Whether the query, key and value buffers hold f16 (else f32).
+    pub f16_inputs: bool,
+}
+
+impl CoopAttention {
+    /// Whether the kernel takes heads of width `d`: a multiple of 16 up to [`HEAD_DIM_MAX`].
+    pub fn takes(d: usize) -> bool {
+        d.is_multiple_of(16) && (16..=HEAD_DIM_MAX).contains(&d)
+    }
+
+    /// The variant for heads of width `head_dim` on an adapter whose fragments are `fragment` wide and whose
+    /// subgroups are at most `subgroup_max` invocations.
+    ///
+    /// # Panics
+    /// For fragments other than 8 and 16, and heads the kernel does not take ([`CoopAttention::takes`]).
+    pub fn new(fragment: usize, subgroup_max: usize, head_dim: usize, f16_inputs: bool) -> Self {
+        assert!(matches!(fragment, 8 | 16), "cooperative fragments of {fragment}: 8 or 16");
+        assert!(
+            Self::takes(head_dim),
+            "coop attention takes heads of 16 to {HEAD_DIM_MAX} in steps of 16, not {head_dim}"
+        );
+        let threads = (SUBGROUPS * subgroup_max).next_power_of_two().clamp(16, 256);
+        Self { fragment, threads, head_dim, f16_inputs }
+    }
+
+    /// Bytes of workgroup memory the kernel declares.
+    pub fn workgroup_bytes(&self) -> usize {
+        let staged = ROWS * self.head_dim * 2;
+        let scores = ROWS * KEYS * 4;
+        let probs = ROWS * KEYS * 2;
+        staged + scores + probs + 2 * ROWS * 4 + 16
+    }
+
+    /// Keys one dispatch may cover on Mesa's llvmpipe within [`LLVMPIPE_LOOP_BUDGET`], counting every loop's
+    /// iterations plus one for its exit test, with a margin of half for the loops the driver's own lowering of
+    /// the cooperative products may add. The kernel makes one dispatch, so longer keys take another kernel there.
+    pub fn llvmpipe_max_keys(&self) -> usize {
+        let per = |n: usize| n.div_ceil(self.threads) + 1;
+        let rows = ROWS.div_ceil(self.threads);
+        let fixed = per(ROWS * self.head_dim) + per(ROWS) + 2 + self.head_dim / OUT_COLS * per(ROWS * OUT_COLS);
+        let pass1 = 1 + per(KEYS * self.head_dim) + rows * (2 * (KEYS + 1) + 1) + 1;
+        let pass2 = 1 + per(KEYS * self.head_dim) + per(ROWS * KEYS);
+        (LLVMPIPE_LOOP_BUDGET / 2).saturating_sub(fixed) / (pass1 + pass2) * KEYS
+    }
+
+    /// The kernel, its text generated once per process ([`WgslKernel::generated`]).
+    pub fn kernel(&self) -> WgslKernel {
+        let half = if self.f16_inputs { "_h" } else { "" };
+        let name = format!("flash_attention_coop{}_t{}_d{}{half}", self.fragment, self.threads, self.head_dim);
+        WgslKernel::generated(name, || self.source())
+    }
+
+    /// The WGSL text.
+    pub fn source(&self) -> String {
+        let f = self.fragment;
+        let row_frags = SUBGROUP_ROWS / f;
+        let dim_frags = self.head_dim / f;
+        let key_frags = KEYS / f;
+        let fragment = |scalar: &str, role: &str| format!("coop_mat{f}x{f}<{scalar}, {role}>");
+        let (a16, b16, c32) = (fragment("f16", "A"), fragment("f16", "B"), fragment("f32", "C"));
+        // naga's SPIR-V writer wants the index of a cooperative load or store bound to a name first.
+        let mut queries = String::new();
+        for i in 0..row_frags {
+            for k in 0..dim_frags {
+                let (r, c) = (i * f, k * f);
+                let _ = writeln!(queries, "let q_at{i}_{k} = (sr + {r}u) * HEAD_DIM + {c}u;");
+                let _ = writeln!(queries, "let q{i}_{k} = coopLoadT<{a16}>(&staged[q_at{i}_{k}], HEAD_DIM);");
+            }
+        }
+        let mut scores = String::new();
+        for i in 0..row_frags {
+            for j in 0..key_frags {
+                let _ = writeln!(scores, "var s{i}_{j} = {c32}();");
+            }
+        }
+        for j in 0..key_frags {
+            for k in 0..dim_frags {
+                let (key, c) = (j * f, k * f);
+                // Kᵀ [d, keys] is the key tile read column-major.
+                let _ = writeln!(scores, "let k_at{j}_{k} = {key}u * HEAD_DIM + {c}u;");
+                let _ = writeln!(scores, "let k{j}_{k} = coopLoad<{b16}>(&staged[k_at{j}_{k}], HEAD_DIM);");
+                for i in 0..row_frags {
+                    let _ = writeln!(scores, "s{i}_{j} = coopMultiplyAdd(q{i}_{k}, k{j}_{k}, s{i}_{j});");
+                }
+            }
+        }
+        for i in 0..row_frags {
+            for j in 0..key_frags {
+                let (r, c) = (i * f, j * f);
+                let _ = writeln!(scores, "let s_at{i}_{j} = (sr + {r}u) * KEYS + {c}u;");
+                let _ = writeln!(scores, "coopStoreT(s{i}_{j}, &scores[s_at{i}_{j}], KEYS);");
+            }
+        }
+        let mut accumulators = String::new();
+        for i in 0..row_frags {
+            for n in 0..dim_frags {
+                let _ = writeln!(accumulators, "var o{i}_{n} = {c32}();");
+            }
+        }
+        let mut values = String::new();
+        for kk in 0..key_frags {
+            for i in 0..row_frags {
+                let (r, c) = (i * f, kk * f);
+                let _ = writeln!(values, "let p_at{i}_{kk} = (sr + {r}u) * KEYS + {c}u;");
+                let _ = writeln!(values, "let p{i}_{kk} = coopLoadT<{a16}>(&probs[p_at{i}_{kk}], KEYS);");
+            }
+            for n in 0..dim_frags {
+                let (key, c) = (kk * f, n * f);
+                let _ = writeln!(values, "let v_at{kk}_{n} = VALUES_AT + {key}u * HEAD_DIM + {c}u;");
+                let _ = writeln!(values, "let v{kk}_{n} = coopLoadT<{b16}>(&staged[v_at{kk}_{n}], HEAD_DIM);");
+                for i in 0..row_frags {
+                    let _ = writeln!(values, "o{i}_{n} = coopMultiplyAdd(p{i}_{kk}, v{kk}_{n}, o{i}_{n});");
+                }
+            }
+        }
+        let mut outputs = String::new();
+        let per_round = OUT_COLS / f;
+        for round in 0..self.head_dim / OUT_COLS {
+            let _ = writeln!(outputs, "workgroupBarrier();");
+            for i in 0..row_frags {
+                for c in 0..per_round {
+                    let n = round * per_round + c;
+                    let (r, col) = (i * f, c * f);
+                    let _ = writeln!(outputs, "let o_at{i}_{n} = (sr + {r}u) * OUT_COLS + {col}u;");
+                    let _ = writeln!(outputs, "coopStoreT(o{i}_{n}, &scores[o_at{i}_{n}], OUT_COLS);");
+                }
+            }
+            let _ = writeln!(outputs, "workgroupBarrier();");
+            let _ = writeln!(outputs, "write_output(first_row, rows, {}u, lid);", round * OUT_COLS);
+        }
+        let body = include_str!("../../shaders/flash_attention_coop.wgsl")
+            .replace("    //# queries\n", &queries)
+            .replace("        //# scores\n", &scores)
+            .replace("    //# accumulators\n", &accumulators)
+            .replace("        //# values\n", &values)
+            .replace("    //# outputs\n", &outputs);
+        let input = if self.f16_inputs { "f16" } else { "f32" };
+        format!(
+            "enable f16;\nenable wgpu_cooperative_matrix;\nconst FRAG: u32 = {f}u;\nconst THREADS: u32 = {}u;\n\
+             const HEAD_DIM: u32 = {}u;\nalias INPUT = {input};\n{body}",
+            self.threads, self.head_dim
+        )
+    }
+}
+
+/// Every variant the product can generate for `fragment`: each head width, the subgroup widths of real adapters,
+/// f32 and f16 heads.
+pub fn variants(fragment: usize) -> Vec<CoopAttention> {
+    let mut all = Vec::new();
+    for head_dim in (16..=HEAD_DIM_MAX).step_by(16) {
+        for subgroup_max in [8, 32, 64] {
+            for f16_inputs in [false, true] {
+                all.push(CoopAttention::new(fragment, subgroup_max, head_dim, f16_inputs));
+            }
+        }
+    }
+    all
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use crate::kernels::coop_matmul::tests::translate;
+
+    #[test]
+    fn every_coop_attention_variant_translates_to_spirv_and_msl() {
+        let mut translated = 0;
+        for fragment in [8, 16] {
+            for variant in variants(fragment) {
+                let source = variant.source();
+                for marker in ["//# queries", "//# scores", "//# accumulators", "//# values", "//# outputs"] {
+                    assert!(!source.contains(marker), "{variant:?}: `{marker}` was not generated");
+                }
+                let (spv, msl) = translate(&source).unwrap_or_else(|e| panic!("{variant:?}:\n{e}"));
+                assert!(spv > 0 && msl > 0);
+                translated += 1;
+            }
+        }
+        assert_eq!(translated, 2 * 8 * 3 * 2);
+    }
+
+    #[test]
+    fn a_broken_coop_attention_shader_fails_translation() {
+        let source = CoopAttention::new(16, 32, 128, false).source();
+        // The probabilities as a B fragment where the product wants an A: naga refuses it.
+        let broken =
+            source.replacen("coopLoadT<coop_mat16x16<f16, A>>(&probs", "coopLoadT<coop_mat16x16<f16, B>>(&probs", 1);
+        assert_ne!(broken, source);
+        assert!(translate(&broken).is_err());
+        assert!(translate(&source).is_ok());
+    }
+
+    #[test]
+    fn variants_fit_the_workgroup_memory_the_path_needs_and_count_their_products() {
+        for fragment in [8, 16] {
+            for v in variants(fragment) {
+                assert!(v.workgroup_bytes() <= crate::device::COOP_WORKGROUP_BYTES as usize, "{v:?}");
+            }
+        }
+        let v = CoopAttention::new(16, 32, 128, false);
+        assert_eq!(v.threads, 128);
+        // Two passes of Q·Kᵀ (1 × 2 fragments of 8 products each) and P·V (2 keys × 8 columns).
+        assert_eq!(v.source().matches("coopMultiplyAdd").count(), 2 * 16 + 16);
+        assert_eq!(v.kernel().name, "flash_attention_coop16_t128_d128");
+        assert!(CoopAttention::takes(16) && CoopAttention::takes(128));
+        assert!(!CoopAttention::takes(24) && !CoopAttention::takes(144) && !CoopAttention::takes(512));
+        // lavapipe's 8-wide fragments and subgroups: 32 invocations; a few thousand keys per dispatch.
+        let lavapipe = CoopAttention::new(8, 8, 128, false);
+        assert_eq!(lavapipe.threads, 32);
+        let keys = lavapipe.llvmpipe_max_keys();
+        assert!((1000..8704).contains(&keys), "{keys}");
+    }
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# `make gpu-bundle`: the GPU test suites for a machine with a GPU but no Rust toolchain (a lent machine, see
+# tests/gpu/run.sh). Builds the suites' test binaries here, strips them and packs them with xz into OUT, beside
+# the tiny-types pack (`make packs`) that tests/gpu_coop.rs reads; the committed fixtures travel with the checkout.
+# Usage: tests/gpu/bundle.sh OUT SUITE...
+set -euo pipefail
+out=$1
+shift
+rm -rf "$out" && mkdir -p "$out"
+for suite in "$@"; do
+  binary=$(cargo test --locked --no-run --test "$suite" 2>&1 | sed -n "s/.*Executable tests\/$suite.rs (\(.*\))/\1/p")
+  test -x "$binary" || { echo "gpu-bundle: the $suite test binary did not build"; exit 1; }
+  strip -o "$out/$suite" "$binary"
+  xz -T0 -6 "$out/$suite"
+done
+tar -C "$(dirname "$KONTEXT_TINY_TYPES")" -cJf "$out/tiny_types.tar.xz" "$(basename "$KONTEXT_TINY_TYPES")"
+du -sh "$out"/*
