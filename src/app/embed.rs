@@ -83,10 +83,7 @@ struct Embed {
 
 /// Whether the page was opened as `/?embed`.
 pub fn requested() -> bool {
-    web_sys::window()
-        .and_then(|w| w.location().search().ok())
-        .and_then(|search| web_sys::UrlSearchParams::new_with_str(&search).ok())
-        .is_some_and(|params| params.has("embed"))
+    super::query_param("embed").is_some()
 }
 
 /// Starts listening to the parent and tells it `kontext:ready`.

@@ -340,6 +340,14 @@ pub fn start_worker(state: AppState) {
     }
 }
 
+/// The value of `name` in the page's query string (`?embed` gives `Some("")`), or `None` without it.
+pub fn query_param(name: &str) -> Option<String> {
+    web_sys::window()
+        .and_then(|w| w.location().search().ok())
+        .and_then(|search| web_sys::UrlSearchParams::new_with_str(&search).ok())
+        .and_then(|params| params.get(name))
+}
+
 /// Makes a result canvas and transfers it to the worker, which draws previews and results on it; the page
 /// keeps the element to show. `?display=2d` or `?display=webgpu` chooses the worker's path
 /// ([`crate::web::canvas::DisplayChoice`]).
@@ -349,11 +357,7 @@ fn hand_over_canvas(client: &WorkerClient) -> Result<web_sys::HtmlCanvasElement,
         document.create_element("canvas").map_err(crate::store::js::describe)?.unchecked_into();
     canvas.set_class_name("stage-image result-canvas");
     let offscreen = canvas.transfer_control_to_offscreen().map_err(crate::store::js::describe)?;
-    let display = web_sys::window()
-        .and_then(|w| w.location().search().ok())
-        .and_then(|search| web_sys::UrlSearchParams::new_with_str(&search).ok())
-        .and_then(|params| params.get("display"))
-        .unwrap_or_default();
+    let display = query_param("display").unwrap_or_default();
     client.attach_canvas(&offscreen, DisplayChoice::named(&display))?;
     Ok(canvas)
 }

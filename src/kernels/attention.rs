@@ -37,9 +37,10 @@ pub const SCORE_BLOCK_BYTES: usize = 128 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttentionKernel {
-    /// `Coop` where it runs; else on CPU adapters `Flash`; on GPUs `Scores` where one block of [`SCORE_BLOCK_BYTES`] holds at least one
-    /// head's whole score matrix, `Rows` otherwise (where blocks of query rows would re-read a head's keys and
-    /// values once per block). Each is what measured fastest there (`kontext bench`, the README).
+    /// `Coop` where it runs; else on CPU adapters `Flash`; on GPUs `Scores` where one block of
+    /// [`SCORE_BLOCK_BYTES`] holds at least one head's whole score matrix, `Rows` otherwise (where blocks of query
+    /// rows would re-read a head's keys and values once per block). Each is what measured fastest there
+    /// (`kontext bench`, the README).
     Auto,
     /// The reference in blocks of at most [`SCORE_BLOCK_BYTES`] of scores ([`blocked_reference`]).
     Scores,

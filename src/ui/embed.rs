@@ -3,12 +3,13 @@
 use leptos::prelude::*;
 
 use crate::app::{self, AppState, JobState, ModelState};
-use crate::ui::result_canvas::ResultCanvas;
+use crate::ui::result_canvas::{Picture, PreviewCanvas, ResultCanvas};
 
 /// The compact view: the result (or a placeholder), one progress bar for loads and edits, and Cancel.
 #[component]
 pub fn EmbedView() -> impl IntoView {
     let state = expect_context::<AppState>();
+    let picture = Picture::of(state);
     let running = move || matches!(state.job.get(), JobState::Running { .. });
     let cancel = move |_| app::edit::cancel(state);
     let progress = move || match (state.model.get(), state.job.get()) {
@@ -34,20 +35,15 @@ pub fn EmbedView() -> impl IntoView {
     view! {
         <main class="embed" id="embed" aria-label="Kontext image editing">
             <div class="embed-stage">
-                {move || match state.job.get() {
-                    JobState::Done { shown: true, width, height, .. } => {
+                {move || match (picture.get(), state.job.get_untracked()) {
+                    (Picture::Result(_), JobState::Done { shown: true, width, height, .. }) => {
                         let label = Signal::stored(format!("the generated image, {width}×{height} pixels"));
                         view! { <ResultCanvas label showing="result" /> }.into_any()
                     }
-                    JobState::Done { url, width, height, .. } => view! {
+                    (Picture::Result(_), JobState::Done { url, width, height, .. }) => view! {
                         <img id="result-image" src=url alt=format!("the generated image, {width}×{height} pixels") width=width height=height />
                     }.into_any(),
-                    JobState::Running { id, .. } if state.preview.get().is_some_and(|(job, _)| job == id) => {
-                        let label = Signal::derive(move || {
-                            state.preview.get().map(|(_, step)| format!("preview after step {step}")).unwrap_or_default()
-                        });
-                        view! { <ResultCanvas label showing="preview" /> }.into_any()
-                    }
+                    (Picture::Preview, _) => view! { <PreviewCanvas /> }.into_any(),
                     _ => view! { <div class="embed-placeholder" aria-hidden="true"></div> }.into_any(),
                 }}
             </div>

@@ -8,7 +8,7 @@ use super::mask::{MaskStage, MaskTools};
 use super::references::drop_files;
 use crate::app::edit::{EditForm, Reference};
 use crate::app::{AppState, JobState};
-use crate::ui::result_canvas::ResultCanvas;
+use crate::ui::result_canvas::{Picture, PreviewCanvas, ResultCanvas};
 use crate::web::stage::StageView;
 
 /// The view buttons and the view shown.
@@ -96,17 +96,13 @@ fn MaskView(
 #[component]
 fn JobPicture() -> impl IntoView {
     let state = expect_context::<AppState>();
-    move || match state.job.get() {
-        JobState::Running { id, .. } => match state.preview.get().filter(|(job, _)| *job == id) {
-            Some(_) => {
-                let label = Signal::derive(move || {
-                    state.preview.get().map(|(_, step)| format!("preview after step {step}")).unwrap_or_default()
-                });
-                view! { <ResultCanvas label showing="preview" /> }.into_any()
-            }
-            None => view! { <p class="stage-empty muted">"The preview appears after the first step."</p> }.into_any(),
-        },
-        JobState::Done { url, seed, width, height, millis, shown, readbacks, .. } => {
+    let picture = Picture::of(state);
+    move || match (picture.get(), state.job.get_untracked()) {
+        (Picture::Preview, _) => view! { <PreviewCanvas /> }.into_any(),
+        (Picture::Waiting, _) => {
+            view! { <p class="stage-empty muted">"The preview appears after the first step."</p> }.into_any()
+        }
+        (Picture::Result(_), JobState::Done { url, seed, width, height, millis, shown, readbacks, .. }) => {
             let alt = format!("the generated image, {width}×{height} pixels");
             let picture = match shown {
                 true => view! { <ResultCanvas label=Signal::stored(alt) showing="result" /> }.into_any(),
