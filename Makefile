@@ -35,6 +35,9 @@ TINY_TYPES_GGUF := F16,BF16,Q8_0,Q4_0,Q4_1,Q5_0,Q5_1,Q4_K,Q5_K,Q6_K
 TINY_TYPES_INPUTS := tests/fixtures/generator/make_fixtures.py tests/fixtures/generator/tiny_reference.json
 # A Debian 13 root with Mesa 26's lavapipe, whose cooperative matrices run the coop suite (tests/coop/).
 COOP_ROOT ?= $(HOME)/.cache/kontext-web/trixie-root
+# burn/cubecl's own CMMA matmul and attention through its SPIR-V compiler (tests/cmma/, a crate of its own).
+CMMA = cargo build --locked --release --manifest-path tests/cmma/Cargo.toml
+CMMA_BIN = $(CARGO_TARGET_DIR)/release/burn-cmma
 TINY_TYPES_STAMP = $(KONTEXT_TINY_TYPES)/.made-$(shell (cat $(TINY_TYPES_INPUTS); echo $(TINY_TYPES_GGUF)) | sha256sum | cut -c1-16)
 
 .PHONY: help tools web serve dist check test test-native test-coop test-gpu gpu-bundle test-wasm test-e2e test-long test-fuzz fuzz fuzz-minimize fmt bench-gpu packs
@@ -43,7 +46,7 @@ help:
 	@echo "make serve   install what is missing, build the app, serve it on http://$(HOST):$(PORT)"
 	@echo "make check   formatting, clippy (native and wasm32, warnings are errors) and the layering test"
 	@echo "make test    make check, then every test: native (CPU + wgpu on lavapipe), wasm in headless Chromium, end-to-end, fuzz smoke"
-	@echo "make test-coop   the coop kernel path (cooperative matrices) on Mesa 26's lavapipe, in a Debian 13 root made once"
+	@echo "make test-coop   the coop kernel path (cooperative matrices) on Mesa 26's lavapipe, in a Debian 13 root made once, and burn/cubecl's own CMMA kernels there (tests/cmma --quick)"
 	@echo "make test-long   the long browser tests: a real-width edit in Chromium against the native CLI (about 10 minutes)"
 	@echo "make packs   the real-width and tiny-types test packs (diffusers in a venv; cached in ~/.cache/kontext-web/packs)"
 	@echo "make dist    the shipped build (fat LTO, wasm-opt -Oz) in dist/"
@@ -69,11 +72,13 @@ serve: web
 
 test: tools check test-native test-coop test-wasm test-e2e test-fuzz
 
-# fmt, clippy for the host and for the browser, and tests/layering.rs (no import cycles, no import up the layers).
+# fmt, clippy for the host, the browser and tests/cmma, and tests/layering.rs (no import cycles, no import up the layers).
 check: tools
 	cargo fmt --check
+	cargo fmt --check --manifest-path tests/cmma/Cargo.toml
 	cargo clippy --locked --all-targets -- -D warnings
 	cargo clippy --locked --all-targets --target wasm32-unknown-unknown -- -D warnings
+	cargo clippy --locked --release --manifest-path tests/cmma/Cargo.toml -- -D warnings
 	cargo test --locked --test layering
 
 $(VENV)/.installed-$(shell echo $(PYTHON_PACKAGES) | sha256sum | cut -c1-16):
@@ -111,6 +116,8 @@ test-coop:
 	binary=$$(cargo test --locked --no-run --test gpu_coop 2>&1 | sed -n 's/.*Executable tests\/gpu_coop.rs (\(.*\))/\1/p'); \
 	test -x "$$binary" || { echo "test-coop: the gpu_coop test binary did not build"; exit 1; }; \
 	KONTEXT_REQUIRE_COOP=1 KONTEXT_MAX_BUFFER_BYTES=134217728 bash tests/coop/run.sh $(COOP_ROOT) $$binary --test-threads=1
+	$(CMMA)
+	bash tests/coop/run.sh $(COOP_ROOT) $(CMMA_BIN) --quick --require-cmma >/dev/null
 
 # On a machine with a real GPU: the GPU suites one test at a time, a missing coop path a failure, the real-width coop
 # block at 1024². Where that machine has no Rust toolchain, `make gpu-bundle` here and `bash tests/gpu/run.sh
@@ -122,6 +129,7 @@ test-gpu: packs
 	  cargo test --locked $(GPU_SUITES:%=--test %) -- --test-threads=1
 
 gpu-bundle: packs
+	$(CMMA)
 	bash tests/gpu/bundle.sh .gpu-bundle $(GPU_SUITES)
 
 # wasm-bindgen-test-runner drives Debian's Chromium through chromedriver, with WebGPU on SwiftShader.

@@ -22,7 +22,7 @@ fn bench_reports_matmul_attention_step_and_caches_with_positive_numbers() {
 
     let matmul = report["matmul"].as_array().expect("a matmul section");
     let types: Vec<&str> = matmul.iter().map(|row| row["ty"].as_str().unwrap()).collect();
-    assert_eq!(types, ["Q8_0", "Q4_0", "Q4_K"]);
+    assert_eq!(types, ["Q8_0", "Q4_0", "Q4_K", "F16"]);
     // The model's default is f32; with shader-f16 (lavapipe has it) every row also times the kernel computing in
     // f16; without, those figures are null.
     assert_eq!(report["precision"], "f32");

@@ -87,6 +87,12 @@ pub fn software_adapter(device: &Device) -> bool {
     adapter_name(device).is_some_and(|name| *SOFTWARE.get_or_init(|| is_software(name)))
 }
 
+/// Whether `device` is a wgpu device on Mesa's llvmpipe (lavapipe), which ends every loop of a shader after
+/// 65,535 iterations in all, silently: kernels that loop over keys split their dispatches there.
+pub fn llvmpipe(device: &Device) -> bool {
+    adapter_name(device).is_some_and(|name| name.contains("llvmpipe"))
+}
+
 /// The adapter's name where `device` is a wgpu device. Read once: a process opens one wgpu adapter.
 pub fn adapter_name(device: &Device) -> Option<&'static str> {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();

@@ -757,8 +757,9 @@ mod native {
         start.elapsed().as_secs_f64() / repeats.max(1) as f64
     }
 
-    /// Packed Q8_0, Q4_0 and Q4_K matmuls with f32 and (where available) f16 compute against burn's f32
-    /// matmul for every shape of `sizes`.
+    /// Packed Q8_0, Q4_0, Q4_K and F16 matmuls with f32 and (where available) f16 compute against burn's f32
+    /// matmul for every shape of `sizes`. The F16 rows' coop figures stand beside burn/cubecl's own f16 CMMA
+    /// matmul at the same shapes (`tests/cmma`, in `make bench-gpu`).
     pub fn bench_matmul(device: &Device, sizes: &Sizes) -> Result<Vec<MatmulRow>> {
         let f16 = Precision::f16_available(device);
         let coop = KernelPath::Coop.missing_on(device).is_none();
@@ -769,6 +770,7 @@ mod native {
                 (GgmlType::Q8_0, quantize_q8_0(&dense)?),
                 (GgmlType::Q4_0, quantize_q4_0(&dense)?),
                 (GgmlType::Q4_K, random_q4_k(n * k, 7)?),
+                (GgmlType::F16, dense.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect()),
             ];
             let transposed: Vec<f32> = (0..k * n).map(|i| dense[(i % n) * k + i / n]).collect();
             let w_f32 = Tensor::<2>::from_data(TensorData::new(transposed, [k, n]), device); // [k, n]

@@ -20,7 +20,7 @@ use super::coop_attention::CoopAttention;
 use super::flash::{Adapter, FlashLayout, FlashShape};
 use super::path::KernelPath;
 use super::{LLVMPIPE_LOOP_BUDGET, WgslKernel, cube_tensor, cube_tensor_of, grid, params, tensor_from_handle};
-use crate::device::{adapter_name, is_software, software_adapter};
+use crate::device::{is_software, software_adapter};
 use crate::{Error, Result};
 
 const FLASH_ROWS: WgslKernel =
@@ -182,8 +182,7 @@ fn coop_variant(device: &burn::tensor::Device, lk: usize, d: usize, f16_inputs: 
     }
     let subgroup_max = crate::device::subgroup_max_size().unwrap_or(32);
     let variant = CoopAttention::new(fragment, subgroup_max, d, f16_inputs);
-    let llvmpipe = adapter_name(device).is_some_and(|name| name.contains("llvmpipe"));
-    (!llvmpipe || lk <= variant.llvmpipe_max_keys()).then_some(variant)
+    (!crate::device::llvmpipe(device) || lk <= variant.llvmpipe_max_keys()).then_some(variant)
 }
 
 /// The kernel `kernel` resolves to ([`AttentionKernel::resolve`]) for heads of width `d`: heads wider than the
@@ -336,7 +335,7 @@ fn run(
         return Ok(tensor_from_handle(&q, out, [b, h, lq, d]));
     }
     let stats = client.empty(b * h * lq * 2 * size_of::<f32>());
-    let llvmpipe = client.properties().identity.name.contains("llvmpipe");
+    let llvmpipe = crate::device::llvmpipe(&device);
     let (shader, rows_per_group, keys_per_dispatch) = match kernel {
         AttentionKernel::Auto | AttentionKernel::Scores | AttentionKernel::Coop => {
             unreachable!("resolved and returned above")

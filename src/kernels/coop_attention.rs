@@ -193,22 +193,12 @@ pub fn variants(fragment: usize) -> Vec<CoopAttention> {
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
-    use crate::kernels::coop_matmul::tests::translate;
+    use crate::kernels::coop_matmul::tests::{translate, translate_all};
 
     #[test]
     fn every_coop_attention_variant_translates_to_spirv_and_msl() {
-        let mut translated = 0;
-        for fragment in [8, 16] {
-            for variant in variants(fragment) {
-                let source = variant.source();
-                for marker in ["//# queries", "//# scores", "//# accumulators", "//# values", "//# outputs"] {
-                    assert!(!source.contains(marker), "{variant:?}: `{marker}` was not generated");
-                }
-                let (spv, msl) = translate(&source).unwrap_or_else(|e| panic!("{variant:?}:\n{e}"));
-                assert!(spv > 0 && msl > 0);
-                translated += 1;
-            }
-        }
+        let markers = ["//# queries", "//# scores", "//# accumulators", "//# values", "//# outputs"];
+        let translated = translate_all([8, 16].into_iter().flat_map(variants), CoopAttention::source, &markers);
         assert_eq!(translated, 2 * 8 * 3 * 2);
     }
 

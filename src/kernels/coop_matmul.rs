@@ -152,20 +152,29 @@ pub(crate) mod tests {
         Ok((spv.len(), msl.len()))
     }
 
+    /// Translates every variant's source, first checking that no `markers` were left ungenerated; the count.
+    pub(crate) fn translate_all<V: std::fmt::Debug>(
+        variants: impl IntoIterator<Item = V>,
+        source: impl Fn(&V) -> String,
+        markers: &[&str],
+    ) -> usize {
+        let mut translated = 0;
+        for variant in variants {
+            let source = source(&variant);
+            for marker in markers {
+                assert!(!source.contains(marker), "{variant:?}: `{marker}` was not generated");
+            }
+            let (spv, msl) = translate(&source).unwrap_or_else(|e| panic!("{variant:?}:\n{e}"));
+            assert!(spv > 0 && msl > 0);
+            translated += 1;
+        }
+        translated
+    }
+
     #[test]
     fn every_coop_variant_translates_to_spirv_and_msl() {
-        let mut translated = 0;
-        for fragment in [8, 16] {
-            for variant in variants(fragment) {
-                let source = variant.source();
-                for marker in ["//# accumulators", "//# products", "//# stores"] {
-                    assert!(!source.contains(marker), "{variant:?}: `{marker}` was not generated");
-                }
-                let (spv, msl) = translate(&source).unwrap_or_else(|e| panic!("{variant:?}:\n{e}"));
-                assert!(spv > 0 && msl > 0);
-                translated += 1;
-            }
-        }
+        let markers = ["//# accumulators", "//# products", "//# stores"];
+        let translated = translate_all([8, 16].into_iter().flat_map(variants), CoopMatmul::source, &markers);
         assert_eq!(translated, 2 * 10 * 3 * 3);
     }
 

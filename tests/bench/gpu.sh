@@ -10,6 +10,9 @@
 #   bench-step.json   the same step at 1024² (f32 and f16 compute), on the adapter's kernel path (coop where it
 #                     has cooperative matrices)
 #   bench-step-f32.json  the 1024² step again on the plain f32 kernels (`--kernels f32`), beside it
+#   burn-cmma.json    burn/cubecl's own f16 matmul and attention at the matmul and attention shapes of bench.json,
+#                     through cubecl's SPIR-V compiler and its CMMA kernels (tests/cmma; BURN_CMMA_BIN, else built
+#                     here where cargo is): beside the coop rows of bench.json (the F16 rows for the matmul)
 #   diffusers.json    the same steps through diffusers on the same card (bf16 and f32), where python3 has torch
 #                     and diffusers
 #   load.json         `kontext make-random` (the same DiT as a Q4_0 GGUF file, 6.7 GB, written into OUT and
@@ -17,7 +20,7 @@
 #   flash-R,T,W,S,B.json  attention again with the `flash` kernel in other layouts (KONTEXT_FLASH: rows per
 #                     invocation, invocations per row, invocations per workgroup, keys per softmax step,
 #                     broadcast reads), to tune it
-# Usage: tests/bench/gpu.sh [KONTEXT_BIN] [OUT]
+# Usage: [BURN_CMMA_BIN=…] tests/bench/gpu.sh [KONTEXT_BIN] [OUT]
 set -uo pipefail
 bin=${1:-${KONTEXT_BIN:-}}
 out=${2:-bench-gpu}
@@ -25,6 +28,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 if [[ -z "$bin" ]]; then
   cargo build --locked --release --features autotune --bin kontext
   bin=${CARGO_TARGET_DIR:-target}/release/kontext
+fi
+cmma=${BURN_CMMA_BIN:-}
+if [[ -z "$cmma" ]] && command -v cargo >/dev/null; then
+  cargo build --locked --release --manifest-path "$here/../cmma/Cargo.toml"
+  cmma=${CARGO_TARGET_DIR:-$here/../cmma/target}/release/burn-cmma
 fi
 mkdir -p "$out"
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || true; } >"$out/gpu.txt"
@@ -40,6 +48,7 @@ part() {
 part bench-512 150 "$bin" bench --backend wgpu --preset gpu-512 --only step --json
 part bench 200 "$bin" bench --backend wgpu --preset gpu --only attention,matmul --json
 part bench-step 240 "$bin" bench --backend wgpu --preset gpu --only step --json
+if [[ -n "$cmma" ]]; then part burn-cmma 200 "$cmma"; else echo "burn-cmma: no binary (BURN_CMMA_BIN)" >>"$out/gpu.txt"; fi
 part diffusers 200 python3 - "$here/diffusers_step.py" <<'PY'
 import json, subprocess, sys
 # FLUX.1 Kontext [dev]'s DiT: 19 double and 38 single blocks of 3072 in 24 heads, text 4096, pooled 768.

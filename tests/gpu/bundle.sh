@@ -2,6 +2,7 @@
 # `make gpu-bundle`: the GPU test suites for a machine with a GPU but no Rust toolchain (a lent machine, see
 # tests/gpu/run.sh). Builds the suites' test binaries here, strips them and packs them with xz into OUT, beside
 # the tiny-types pack (`make packs`) that tests/gpu_coop.rs reads; the committed fixtures travel with the checkout.
+# With them, in OUT/bench/, burn/cubecl's CMMA bench (tests/cmma, built by `make gpu-bundle`) for tests/bench/gpu.sh.
 # Usage: tests/gpu/bundle.sh OUT SUITE...
 set -euo pipefail
 out=$1
@@ -13,5 +14,8 @@ for suite in "$@"; do
   strip -o "$out/$suite" "$binary"
   xz -T0 -6 "$out/$suite"
 done
+mkdir -p "$out/bench"
+strip -o "$out/bench/burn-cmma" "${CARGO_TARGET_DIR:-target}/release/burn-cmma"
+xz -T0 -6 "$out/bench/burn-cmma"
 tar -C "$(dirname "$KONTEXT_TINY_TYPES")" -cJf "$out/tiny_types.tar.xz" "$(basename "$KONTEXT_TINY_TYPES")"
-du -sh "$out"/*
+du -sh "$out"/* "$out"/bench/*
