@@ -4,8 +4,9 @@
 // stream's learned scale (flags 1 and 2: x / √(mean(x²) + ε) · scale), then its channel pairs (2j, 2j + 1)
 // rotated by the angles of its position (flag 4: cos and sin [total, d / 2]). Reference twin:
 // crate::kernels::fused::reference::split_heads. A row (one head of one token) has LANES invocations, each
-// owning the pairs lane, lane + LANES, … The host prepends the output's element type: `alias OUT = f32;`, or f16
-// for the flash kernel's f16 inputs (computed in f32, rounded once as stored).
+// owning the pairs lane, lane + LANES, … The host prepends the output's element type OUT and `to_out`: f32 as it
+// is, or f16 clamped to ±65504 for the f16 heads of the flash and coop kernels (computed in f32, rounded once as
+// stored, as the coop kernel rounds f32 heads).
 @group(0) @binding(0) var<storage, read_write> x_a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> x_b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> scale_a: array<f32>;
@@ -86,7 +87,7 @@ fn main(
             v0 = v0 * norm_scale(in_a, 2u * p);
         }
         if (2u * p + 1u >= d) {
-            out[dst + 2u * p] = OUT(v0);
+            out[dst + 2u * p] = to_out(v0);
             continue;
         }
         var v1 = load(in_a, src + 2u * p + 1u) * inv_rms;
@@ -97,11 +98,11 @@ fn main(
             let angle = (offset + t) * (d / 2u) + p;
             let c = cos_table[angle];
             let s = sin_table[angle];
-            out[dst + 2u * p] = OUT(v0 * c - v1 * s);
-            out[dst + 2u * p + 1u] = OUT(v0 * s + v1 * c);
+            out[dst + 2u * p] = to_out(v0 * c - v1 * s);
+            out[dst + 2u * p + 1u] = to_out(v0 * s + v1 * c);
         } else {
-            out[dst + 2u * p] = OUT(v0);
-            out[dst + 2u * p + 1u] = OUT(v1);
+            out[dst + 2u * p] = to_out(v0);
+            out[dst + 2u * p + 1u] = to_out(v1);
         }
     }
 }

@@ -394,6 +394,14 @@ fn the_tiny_dit_on_the_coop_path_matches_each_gguf_golden_within_2e_3() {
 
 /// The tiny golden edit (4 steps from the golden noise, 64×80 from the golden reference) with the Q8_0 DiT on
 /// `path`: its final packed latents and the decoded image, and the kernels launched.
+/// Whether the DiT wrote its heads in f16 (`split_heads_f16`) and the coop attention read them so (its `_h`
+/// variant): the coop path's heads, which that kernel would round to f16 itself.
+fn f16_heads(launched: &[(String, usize)]) -> bool {
+    let ran = |f: &dyn Fn(&str) -> bool| launched.iter().any(|(name, _)| f(name));
+    ran(&|name| name == "split_heads_f16")
+        && ran(&|name| name.starts_with("flash_attention_coop") && name.ends_with("_h"))
+}
+
 fn tiny_q8_0_edit(path: KernelPath, prompt: &str) -> (Vec<f32>, Vec<f32>, Vec<(String, usize)>) {
     use kontext_web::harness::testing::{FixtureFile, fixture, fixture_path};
     use kontext_web::pipeline::cache::CacheConfig;
@@ -447,6 +455,7 @@ fn the_tiny_edit_on_the_coop_path_stays_within_the_f16_tolerance_of_f32() {
         let ran = |names: &[(String, usize)]| names.iter().any(|(n, _)| n.contains(kernel) && n.contains("_coop"));
         assert!(ran(&kernels) && !ran(&f32_kernels), "{kernel}: {kernels:?}");
     }
+    assert!(f16_heads(&kernels) && !f16_heads(&f32_kernels), "{kernels:?}\n{f32_kernels:?}");
     let worst = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert_eq!((latents.len(), image.len()), (f32_latents.len(), f32_image.len()));
     let (latent_error, image_error) = (worst(&latents, &f32_latents), worst(&image, &f32_image));
@@ -507,6 +516,7 @@ fn one_real_width_double_and_single_block_on_coop_is_within_1e_2_rms_of_f32() {
             let ran = names.iter().any(|(name, _)| name.contains(kernel) && name.contains("_coop"));
             assert_eq!(ran, path == KernelPath::Coop, "{path}: {kernel} {names:?}");
         }
+        assert_eq!(f16_heads(&names), path == KernelPath::Coop, "{path}: {names:?}");
         let out = out.unwrap();
         eprintln!("{path}: {:.1} s", started.elapsed().as_secs_f64());
         out

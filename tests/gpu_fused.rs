@@ -121,6 +121,18 @@ fn split_heads_equals_its_twin_for_joined_streams() {
             check(&format!("{what} norm {normed} rope {rotated}"), ours, expected, control, 2e-5);
         }
     }
+    // Beyond f16's range the f16 heads are clamped to ±65504, as the coop kernel clamps the f32 heads it stages,
+    // never ±inf; the values within it pass as they are.
+    let wide = vec![HeadInput { x: random([1, 4, 2 * 8], 3, 1.0) * 1e5, norm_scale: None }];
+    let halves = fused::split_heads_f16(wide.clone(), 2, None, EPS).unwrap().cast(FloatDType::F32).into_data();
+    let exact = fused::split_heads(wide, 2, None, EPS).unwrap().into_data();
+    let pairs: Vec<(f32, f32)> = halves.iter::<f32>().zip(exact.iter::<f32>()).collect();
+    let clamped = pairs.iter().filter(|(_, x)| x.abs() > 65504.0).count();
+    assert!(clamped > 0 && clamped < pairs.len(), "{clamped} of {} values beyond f16", pairs.len());
+    for (half, x) in pairs {
+        let want = x.clamp(-65504.0, 65504.0);
+        assert!((half - want).abs() <= want.abs() / 2048.0, "{x} became {half} in f16");
+    }
 }
 
 #[test]

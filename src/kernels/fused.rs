@@ -49,11 +49,19 @@ const GELU_TANH: WgslKernel = WgslKernel::fixed(
 const GATED_ADD: WgslKernel = WgslKernel::fixed("gated_add", include_str!("../../shaders/gated_add.wgsl"));
 const MERGE_HEADS: WgslKernel = WgslKernel::fixed("merge_heads", include_str!("../../shaders/merge_heads.wgsl"));
 const RESIDUAL_LAYER_NORM_MODULATE: WgslKernel = row_kernel!("residual_layer_norm_modulate");
-const SPLIT_HEADS: WgslKernel =
-    WgslKernel::fixed("split_heads", concat!("alias OUT = f32;\n", include_str!("../../shaders/split_heads.wgsl")));
+const SPLIT_HEADS: WgslKernel = WgslKernel::fixed(
+    "split_heads",
+    concat!(
+        "alias OUT = f32;\nfn to_out(v: f32) -> OUT { return v; }\n",
+        include_str!("../../shaders/split_heads.wgsl")
+    ),
+);
 const SPLIT_HEADS_F16: WgslKernel = WgslKernel::fixed(
     "split_heads_f16",
-    concat!("enable f16;\nalias OUT = f16;\n", include_str!("../../shaders/split_heads.wgsl")),
+    concat!(
+        "enable f16;\nalias OUT = f16;\nfn to_out(v: f32) -> OUT { return OUT(clamp(v, -65504.0, 65504.0)); }\n",
+        include_str!("../../shaders/split_heads.wgsl")
+    ),
 );
 /// Head rows per workgroup of `split_heads.wgsl` (`ROWS`).
 const HEAD_ROWS_PER_GROUP: usize = 8;
@@ -151,8 +159,8 @@ pub fn split_heads(parts: Vec<HeadInput>, heads: usize, rope: Option<RopeTables>
     split_heads_as(parts, heads, rope, eps, false)
 }
 
-/// [`split_heads`] into an f16 tensor (computed in f32, rounded once as stored): the `flash` attention kernel's
-/// f16 inputs. Needs `shader-f16` on wgpu ([`super::precision::Precision::f16_available`]); elsewhere the
+/// [`split_heads`] into an f16 tensor (computed in f32, clamped to f16's ±65504 and rounded once as stored): the
+/// f16 inputs of the `flash` and `coop` attention kernels. Needs `shader-f16` on wgpu ([`super::precision::Precision::f16_available`]); elsewhere the
 /// reference, cast.
 pub fn split_heads_f16(parts: Vec<HeadInput>, heads: usize, rope: Option<RopeTables>, eps: f64) -> Result<Tensor<4>> {
     split_heads_as(parts, heads, rope, eps, true)
@@ -195,7 +203,8 @@ fn split_heads_as(
     let f16_missing = f16_out && !super::precision::Precision::f16_available(&first.x.device());
     if !on_kernels(inputs.chain(tables)) || index(b * heads * total * d, "size").is_err() || f16_missing {
         let heads = reference::split_heads(parts, heads, rope, eps);
-        return Ok(if f16_out { heads.cast(FloatDType::F16) } else { heads });
+        let f16_max = half::f16::MAX.to_f32();
+        return Ok(if f16_out { heads.clamp(-f16_max, f16_max).cast(FloatDType::F16) } else { heads });
     }
 
     let like = bound(first.x.clone());

@@ -30,7 +30,7 @@ use std::ops::Range;
 use crate::device::max_binding_bytes;
 use crate::formats::weights::Weights;
 use crate::kernels::fused::{self, HeadInput};
-use crate::kernels::precision::Precision;
+use crate::kernels::path::KernelPath;
 use crate::model::layers::LoraAdapter;
 use crate::model::layers::{LowRank, Projection};
 use crate::model::scope::Scope;
@@ -65,12 +65,11 @@ fn joint_qkv(streams: &[StreamQkv], hidden: usize, heads: usize, rope: &Rope) ->
         1 => Some(s.norm.key_norm.scale.val()),
         _ => None,
     };
-    // Computing in f16, the heads are f16 where the attention takes the flash kernel, which reads them so.
+    // The heads are f16 wherever the attention reads them so: the `coop` kernel (which would round them to f16
+    // itself) and, computing in f16, the `flash` kernel.
     let tokens = streams.iter().map(|s| s.x.dims()[1]).sum();
     let f16 = streams.first().is_some_and(|s| {
-        let device = s.x.device();
-        Precision::of(&device) == Precision::F16
-            && crate::kernels::attention::reads_f16_heads(&device, tokens, tokens, hidden / heads)
+        crate::kernels::attention::kernel_path(&s.x.device(), tokens, tokens, hidden / heads) != KernelPath::F32
     });
     let heads_of = |i: usize| {
         let parts = streams.iter().map(|s| HeadInput { x: project(s, i), norm_scale: norm_scale(s, i) }).collect();
