@@ -144,8 +144,8 @@ fn widened(t: Tensor<4>) -> Tensor<4> {
 }
 
 /// Whether [`attention`] on `device` takes the `flash` kernel for `lq` queries and `lk` keys of width `d`, the
-/// one path that reads f16 heads as they are: a model computing in f16 writes its heads in f16 only then (the
-/// other paths would widen them again).
+/// one plain kernel that reads f16 heads as they are (the others would widen them again). The model writes f16
+/// heads where [`kernel_path`] is not `f32`: this kernel computing in f16, or the `coop` kernel.
 pub fn reads_f16_heads(device: &burn::tensor::Device, lq: usize, lk: usize, d: usize) -> bool {
     if !super::packs_on(device) || super::plain_ops() || d > HEAD_DIM_MAX {
         return false;

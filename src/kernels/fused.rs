@@ -160,8 +160,8 @@ pub fn split_heads(parts: Vec<HeadInput>, heads: usize, rope: Option<RopeTables>
 }
 
 /// [`split_heads`] into an f16 tensor (computed in f32, clamped to f16's ±65504 and rounded once as stored): the
-/// f16 inputs of the `flash` and `coop` attention kernels. Needs `shader-f16` on wgpu ([`super::precision::Precision::f16_available`]); elsewhere the
-/// reference, cast.
+/// f16 inputs of the `flash` and `coop` attention kernels. Needs `shader-f16` on wgpu
+/// ([`super::precision::Precision::f16_available`]); elsewhere the reference, clamped and cast.
 pub fn split_heads_f16(parts: Vec<HeadInput>, heads: usize, rope: Option<RopeTables>, eps: f64) -> Result<Tensor<4>> {
     split_heads_as(parts, heads, rope, eps, true)
 }
