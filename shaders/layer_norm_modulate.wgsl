@@ -1,7 +1,8 @@
 // LayerNorm without affine parameters, then the adaLN modulation, in one pass over each row:
 // y = (x − mean) / √(var + ε) · (1 + scale) + shift, x [rows, width], row r of sample r / tokens, whose shift
 // and scale are rows of [batch, width]. Reference twin: crate::kernels::fused::reference::layer_norm_modulate.
-// One workgroup per row; mean, then the mean of the centred squares, as the reference computes them.
+// ROWS rows per workgroup, LANES invocations per row (prepended by the host, chosen from the width); mean, then
+// the mean of the centred squares, as the reference computes them.
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> shift: array<f32>;
 @group(0) @binding(2) var<storage, read_write> scale: array<f32>;
@@ -9,34 +10,34 @@
 // [rows, width, tokens per sample, ε as f32 bits]
 @group(0) @binding(4) var<uniform> dims: array<vec4<u32>, 3>;
 
-const THREADS: u32 = 256u;
-// workgroup_sum: shaders/workgroup_sum.wgsl, appended by src/kernels/fused.rs.
+// row_sum: shaders/row_sum.wgsl, appended by src/kernels/fused.rs.
 
 @compute @workgroup_size(256)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) lane: u32,
+    @builtin(local_invocation_index) local: u32,
 ) {
     let rows = dims[0].x;
     let width = dims[0].y;
-    let row = wid.x + wid.y * groups.x;
-    // No early return: every invocation reaches the barriers; a workgroup past the end reads and writes nothing.
+    let lane = local % LANES;
+    let row = (wid.x + wid.y * groups.x) * ROWS + local / LANES;
+    // No early return: every invocation reaches the barriers; a row past the end reads and writes nothing.
     let end = select(0u, width, row < rows);
     let base = row * width;
     var sum = 0.0;
-    for (var i = lane; i < end; i = i + THREADS) {
+    for (var i = lane; i < end; i = i + LANES) {
         sum = sum + x[base + i];
     }
-    let mean = workgroup_sum(sum, lane) / f32(width);
+    let mean = row_sum(sum, local) / f32(width);
     var squares = 0.0;
-    for (var i = lane; i < end; i = i + THREADS) {
+    for (var i = lane; i < end; i = i + LANES) {
         let centred = x[base + i] - mean;
         squares = squares + centred * centred;
     }
-    let inv_std = 1.0 / sqrt(workgroup_sum(squares, lane) / f32(width) + bitcast<f32>(dims[0].w));
+    let inv_std = 1.0 / sqrt(row_sum(squares, local) / f32(width) + bitcast<f32>(dims[0].w));
     let sample = (row / max(dims[0].z, 1u)) * width;
-    for (var i = lane; i < end; i = i + THREADS) {
+    for (var i = lane; i < end; i = i + LANES) {
         y[base + i] = (x[base + i] - mean) * inv_std * (1.0 + scale[sample + i]) + shift[sample + i];
     }
 }

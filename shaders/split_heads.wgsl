@@ -4,9 +4,10 @@
 // stream's learned scale (flags 1 and 2: x / √(mean(x²) + ε) · scale), then its channel pairs (2j, 2j + 1)
 // rotated by the angles of its position (flag 4: cos and sin [total, d / 2]). Reference twin:
 // crate::kernels::fused::reference::split_heads. A row (one head of one token) has LANES invocations, each
-// owning the pairs lane, lane + LANES, … The host prepends the output's element type OUT and `to_out`: f32 as it
-// is, or f16 clamped to ±65504 for the f16 heads of the flash and coop kernels (computed in f32, rounded once as
-// stored, as the coop kernel rounds f32 heads).
+// owning the pairs lane, lane + LANES, …; a workgroup has ROWS rows. The host prepends LANES and ROWS (chosen from
+// the head width), the output's element type OUT and `to_out`: f32 as it is, or f16 clamped to ±65504 for the f16
+// heads of the flash and coop kernels (computed in f32, rounded once as stored, as the coop kernel rounds f32
+// heads).
 @group(0) @binding(0) var<storage, read_write> x_a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> x_b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> scale_a: array<f32>;
@@ -17,9 +18,7 @@
 // [batch, tokens_a, tokens_b, heads, d, total, offset, flags, ε as f32 bits]
 @group(0) @binding(7) var<uniform> dims: array<vec4<u32>, 3>;
 
-const LANES: u32 = 32u;
-const ROWS: u32 = 8u;
-var<workgroup> partial: array<f32, 256>;
+// row_sum: shaders/row_sum.wgsl, appended by src/kernels/fused.rs.
 
 fn load(in_a: bool, i: u32) -> f32 {
     if (in_a) {
@@ -71,16 +70,9 @@ fn main(
             squares = squares + v1 * v1;
         }
     }
-    partial[local] = squares;
-    workgroupBarrier();
-    for (var stride = LANES / 2u; stride > 0u; stride = stride / 2u) {
-        if (lane < stride) {
-            partial[local] = partial[local] + partial[local + stride];
-        }
-        workgroupBarrier();
-    }
+    let sum_of_squares = row_sum(squares, local);
     let normed = (flags & select(2u, 1u, in_a)) != 0u;
-    let inv_rms = select(1.0, 1.0 / sqrt(partial[local - lane] / f32(d) + bitcast<f32>(dims[2].x)), normed);
+    let inv_rms = select(1.0, 1.0 / sqrt(sum_of_squares / f32(d) + bitcast<f32>(dims[2].x)), normed);
     for (var p = lane; p < end; p = p + LANES) {
         var v0 = load(in_a, src + 2u * p) * inv_rms;
         if (normed) {

@@ -43,8 +43,9 @@ fn check<const D: usize>(what: &str, ours: Tensor<D>, expected: Tensor<D>, contr
 #[test]
 fn layer_norm_modulate_equals_its_twin() {
     let _gpu = one_at_a_time();
-    // Odd widths and rows, two samples, an offset mean (LayerNorm must centre), rows past 256 threads.
-    for (b, n, w) in [(1, 1, 7), (2, 37, 130), (1, 300, 3072), (2, 5, 1000)] {
+    // Odd widths and rows, two samples, an offset mean (LayerNorm must centre), rows past 256 threads; every
+    // lane count (8 to 256 lanes a row, 32 to 1 rows a workgroup) with a last workgroup part empty.
+    for (b, n, w) in [(1, 1, 7), (3, 50, 64), (1, 9, 100), (2, 37, 130), (1, 11, 500), (1, 300, 3072), (2, 5, 1000)] {
         let x = random([b, n, w], 1, 3.0) + 5.0;
         let (shift, scale) = (random([b, 1, w], 2, 0.5), random([b, 1, w], 3, 0.5));
         let expected = reference::layer_norm_modulate(x.clone(), shift.clone(), scale.clone(), EPS);
@@ -86,7 +87,13 @@ fn rope_tables(n: usize, d: usize) -> (Tensor<4>, Tensor<4>) {
 #[test]
 fn split_heads_equals_its_twin_for_joined_streams() {
     let _gpu = one_at_a_time();
-    let cases = [(1, vec![3, 5], 2, 8), (2, vec![17, 40], 3, 128), (1, vec![300], 4, 64), (2, vec![6, 1, 9], 2, 16)];
+    let cases = [
+        (1, vec![3, 5], 2, 8),
+        (2, vec![17, 40], 3, 128),
+        (1, vec![300], 4, 64),
+        (2, vec![6, 1, 9], 2, 16),
+        (1, vec![5, 7], 1, 256),
+    ];
     for (b, parts, heads, d) in cases {
         let total = parts.iter().sum();
         let (cos, sin) = rope_tables(total, d);
@@ -138,7 +145,7 @@ fn split_heads_equals_its_twin_for_joined_streams() {
 #[test]
 fn residual_layer_norm_modulate_equals_its_twin() {
     let _gpu = one_at_a_time();
-    for (b, n, w) in [(1, 1, 7), (2, 37, 130), (1, 300, 3072)] {
+    for (b, n, w) in [(1, 1, 7), (3, 50, 64), (2, 37, 130), (1, 300, 3072)] {
         let (x, y) = (random([b, n, w], 1, 3.0) + 5.0, random([b, n, w], 2, 1.0));
         let [gate, shift, scale] = [3, 4, 5].map(|salt| random([b, 1, w], salt, 0.5));
         let (sum, normed) = reference::residual_layer_norm_modulate(

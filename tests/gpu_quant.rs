@@ -156,7 +156,7 @@ fn quant_vector_blocks_multiply_like_the_reference_twin() {
     }
     covered.sort();
     use GgmlType::*;
-    assert_eq!(covered, [F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, BF16]);
+    assert_eq!(covered, [F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, BF16]);
 }
 
 /// The same check as the browser tests (`tests/web.rs`, `tests/web_worker.rs`) on the native wgpu device, with f32

@@ -81,10 +81,19 @@ pub fn is_software(adapter_name: &str) -> bool {
     ["llvmpipe", "lavapipe", "swiftshader"].iter().any(|cpu| name.contains(cpu))
 }
 
-/// Whether `device` is a wgpu device on a CPU (software) adapter. Settled once: a process opens one wgpu adapter.
+/// Whether the wgpu adapter this process opened reported itself a CPU one ([`AdapterReport::software`]): in
+/// browsers, whose adapter names are often empty, the only sign of SwiftShader.
+static SOFTWARE_OPENED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the opened adapter, named `adapter_name`, is a CPU (software) one: by its name, or by the device type
+/// it reported when opened.
+pub fn is_software_adapter(adapter_name: &str) -> bool {
+    SOFTWARE_OPENED.load(std::sync::atomic::Ordering::Relaxed) || is_software(adapter_name)
+}
+
+/// Whether `device` is a wgpu device on a CPU (software) adapter ([`is_software_adapter`]).
 pub fn software_adapter(device: &Device) -> bool {
-    static SOFTWARE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    adapter_name(device).is_some_and(|name| *SOFTWARE.get_or_init(|| is_software(name)))
+    adapter_name(device).is_some_and(is_software_adapter)
 }
 
 /// Whether `device` is a wgpu device on Mesa's llvmpipe (lavapipe), which ends every loop of a shader after
@@ -379,6 +388,8 @@ fn report_of(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterReport {
                 .any(|p| [p.m_size, p.n_size, p.k_size] == [size; 3] && p.ab_type == F16 && p.cr_type == F32)
     });
     COOP_FRAGMENT.store(coop_fragment.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    let software = info.device_type == DeviceType::Cpu || is_software(&info.name);
+    SOFTWARE_OPENED.store(software, std::sync::atomic::Ordering::Relaxed);
     let cooperative_matrix = products
         .iter()
         .map(|p| format!("{}x{}x{} {:?}→{:?}", p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type).to_lowercase())
@@ -387,7 +398,7 @@ fn report_of(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterReport {
         name: info.name.clone(),
         api: format!("{:?}", info.backend),
         driver: [info.driver.as_str(), info.driver_info.as_str()].join(" ").trim().to_string(),
-        software: info.device_type == DeviceType::Cpu,
+        software,
         max_buffer_size: limits.max_buffer_size,
         max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
         shader_f16,

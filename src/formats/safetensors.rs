@@ -229,10 +229,11 @@ impl Weights for SafetensorsFile {
         HostTensor::new(t.shape.clone(), convert(&self.raw(name)?))
     }
 
-    /// F16 and BF16 tensors as their ggml namesakes (one value per block, the same little-endian bytes), so
-    /// that linear layers keep them in 16 bits on the GPU; `None` for other dtypes.
+    /// F32, F16 and BF16 tensors as their ggml namesakes (one value per block, the same little-endian bytes), so
+    /// that linear layers keep them as stored on the GPU, read by the packed matmuls; `None` for other dtypes.
     fn stored_type(&self, name: &str) -> Option<GgmlType> {
         match self.tensor(name)?.dtype.as_str() {
+            "F32" => Some(GgmlType::F32),
             "F16" => Some(GgmlType::F16),
             "BF16" => Some(GgmlType::BF16),
             _ => None,
@@ -242,6 +243,7 @@ impl Weights for SafetensorsFile {
     fn raw_block(&self, name: &str) -> Option<Result<RawBlock>> {
         let t = self.tensor(name)?;
         let ty = match t.dtype.as_str() {
+            "F32" => GgmlType::F32,
             "F16" => GgmlType::F16,
             "BF16" => GgmlType::BF16,
             _ => return None,

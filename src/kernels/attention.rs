@@ -20,7 +20,7 @@ use super::coop_attention::CoopAttention;
 use super::flash::{Adapter, FlashLayout, FlashShape};
 use super::path::KernelPath;
 use super::{LLVMPIPE_LOOP_BUDGET, WgslKernel, cube_tensor, cube_tensor_of, grid, params, tensor_from_handle};
-use crate::device::{is_software, software_adapter};
+use crate::device::{is_software_adapter, software_adapter};
 use crate::{Error, Result};
 
 const FLASH_ROWS: WgslKernel =
@@ -372,7 +372,7 @@ fn run(
 fn adapter_of(client: &burn::cubecl::prelude::Client) -> Adapter {
     let properties = client.properties();
     Adapter {
-        software: is_software(&properties.identity.name),
+        software: is_software_adapter(&properties.identity.name),
         subgroup_min: crate::device::subgroup_min_size(),
         shared_bytes: properties.hardware.max_shared_memory_size,
     }
@@ -552,8 +552,11 @@ mod tests {
         }
         assert_eq!(AttentionKernel::Coop.resolve(256, 256, block, true, false), AttentionKernel::Flash);
         assert_eq!(AttentionKernel::Coop.resolve(8704, 8704, block, false, false), AttentionKernel::Rows);
-        assert!(is_software("llvmpipe (LLVM 15.0.6, 256 bits)") && is_software("SwiftShader Device (Subzero)"));
-        assert!(!is_software("NVIDIA H200"));
+        assert!(
+            crate::device::is_software("llvmpipe (LLVM 15.0.6, 256 bits)")
+                && crate::device::is_software("SwiftShader Device (Subzero)")
+        );
+        assert!(!crate::device::is_software("NVIDIA H200"));
         // 2,560² scores are 25 MiB a head: five heads fit a 128 MiB block, twice for the softmax.
         assert_eq!(auto_score_bytes(24, 2560, 2560, 2 << 30), 2 * 5 * 2560 * 2560 * 4);
         assert_eq!(auto_score_bytes(2, 2560, 2560, 2 << 30), 2 * 2 * 2560 * 2560 * 4);

@@ -119,6 +119,7 @@ pub fn variants(fragment: usize) -> Vec<CoopMatmul> {
         GgmlType::Q6_K,
         GgmlType::F16,
         GgmlType::BF16,
+        GgmlType::F32,
     ];
     let mut all = Vec::new();
     for ty in types {
@@ -175,7 +176,7 @@ pub(crate) mod tests {
     fn every_coop_variant_translates_to_spirv_and_msl() {
         let markers = ["//# accumulators", "//# products", "//# stores"];
         let translated = translate_all([8, 16].into_iter().flat_map(variants), CoopMatmul::source, &markers);
-        assert_eq!(translated, 2 * 10 * 3 * 3);
+        assert_eq!(translated, 2 * 11 * 3 * 3);
     }
 
     #[test]

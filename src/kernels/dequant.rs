@@ -18,6 +18,7 @@ pub fn dequant_source(ty: GgmlType) -> Option<&'static str> {
         GgmlType::Q6_K => include_str!("../../shaders/matmul_q6_k.wgsl"),
         GgmlType::F16 => include_str!("../../shaders/matmul_f16.wgsl"),
         GgmlType::BF16 => include_str!("../../shaders/matmul_bf16.wgsl"),
+        GgmlType::F32 => include_str!("../../shaders/matmul_f32.wgsl"),
         _ => return None,
     })
 }

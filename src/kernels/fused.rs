@@ -28,43 +28,39 @@ use super::{
 };
 use crate::{Error, Result};
 
-/// A row-wise kernel and the workgroup reduction it calls.
-macro_rules! row_kernel {
-    ($name:literal) => {
-        WgslKernel::fixed(
-            $name,
-            concat!(
-                include_str!(concat!("../../shaders/", $name, ".wgsl")),
-                include_str!("../../shaders/workgroup_sum.wgsl")
-            ),
-        )
-    };
-}
-
-const LAYER_NORM_MODULATE: WgslKernel = row_kernel!("layer_norm_modulate");
+/// The row reduction the row kernels call (`shaders/row_sum.wgsl`).
+const ROW_SUM: &str = include_str!("../../shaders/row_sum.wgsl");
+const LAYER_NORM_MODULATE: &str = include_str!("../../shaders/layer_norm_modulate.wgsl");
+const RESIDUAL_LAYER_NORM_MODULATE: &str = include_str!("../../shaders/residual_layer_norm_modulate.wgsl");
+const SPLIT_HEADS: &str = include_str!("../../shaders/split_heads.wgsl");
+const F32_HEADS: &str = "alias OUT = f32;\nfn to_out(v: f32) -> OUT { return v; }\n";
+const F16_HEADS: &str =
+    "enable f16;\nalias OUT = f16;\nfn to_out(v: f32) -> OUT { return OUT(clamp(v, -65504.0, 65504.0)); }\n";
 const GELU_TANH: WgslKernel = WgslKernel::fixed(
     "gelu_tanh",
     concat!(include_str!("../../shaders/gelu.wgsl"), include_str!("../../shaders/gelu_tanh.wgsl")),
 );
 const GATED_ADD: WgslKernel = WgslKernel::fixed("gated_add", include_str!("../../shaders/gated_add.wgsl"));
 const MERGE_HEADS: WgslKernel = WgslKernel::fixed("merge_heads", include_str!("../../shaders/merge_heads.wgsl"));
-const RESIDUAL_LAYER_NORM_MODULATE: WgslKernel = row_kernel!("residual_layer_norm_modulate");
-const SPLIT_HEADS: WgslKernel = WgslKernel::fixed(
-    "split_heads",
-    concat!(
-        "alias OUT = f32;\nfn to_out(v: f32) -> OUT { return v; }\n",
-        include_str!("../../shaders/split_heads.wgsl")
-    ),
-);
-const SPLIT_HEADS_F16: WgslKernel = WgslKernel::fixed(
-    "split_heads_f16",
-    concat!(
-        "enable f16;\nalias OUT = f16;\nfn to_out(v: f32) -> OUT { return OUT(clamp(v, -65504.0, 65504.0)); }\n",
-        include_str!("../../shaders/split_heads.wgsl")
-    ),
-);
-/// Head rows per workgroup of `split_heads.wgsl` (`ROWS`).
-const HEAD_ROWS_PER_GROUP: usize = 8;
+/// Invocations per workgroup of the row kernels: `LANES · ROWS`.
+const ROW_KERNEL_THREADS: usize = 256;
+
+/// Lanes per row for rows of `values` values a lane takes about four of: a power of two from `fewest` to `most`.
+/// Narrow rows share a workgroup, so a software device passes fewer barriers for the same arithmetic.
+fn lanes_for(values: usize, fewest: usize, most: usize) -> usize {
+    values.div_ceil(4).next_power_of_two().clamp(fewest, most)
+}
+
+/// The row kernel `name` (`source`, after `prelude`) with `lanes` invocations per row and the row reduction it
+/// calls.
+fn row_kernel(name: &str, prelude: &str, source: &str, lanes: usize) -> WgslKernel {
+    WgslKernel::generated(format!("{name}_l{lanes}"), || {
+        let (rows, chunk) = (ROW_KERNEL_THREADS / lanes, lanes.min(16));
+        format!(
+            "{prelude}const LANES: u32 = {lanes}u;\nconst ROWS: u32 = {rows}u;\nconst CHUNK: u32 = {chunk}u;\n{source}{ROW_SUM}"
+        )
+    })
+}
 
 /// Whether every tensor, given by its device and element type, is an f32 tensor on wgpu, so that the kernels
 /// take them.
@@ -99,7 +95,9 @@ pub fn layer_norm_modulate(x: Tensor<3>, shift: Tensor<3>, scale: Tensor<3>, eps
     let out = client.empty(b * n * w * size_of::<f32>());
     let dims = params(&[(b * n) as u32, w as u32, n as u32, (eps as f32).to_bits()]);
     let buffers = [&x.handle, &shift.handle, &scale.handle, &out].map(|h| h.clone().binding()).to_vec();
-    launch(client, LAYER_NORM_MODULATE, grid(b * n), buffers, dims);
+    let lanes = lanes_for(w, 8, ROW_KERNEL_THREADS);
+    let kernel = row_kernel("layer_norm_modulate", "", LAYER_NORM_MODULATE, lanes);
+    launch(client, kernel, grid((b * n).div_ceil(ROW_KERNEL_THREADS / lanes)), buffers, dims);
     tensor_from_handle(&x, out, [b, n, w])
 }
 
@@ -215,10 +213,12 @@ fn split_heads_as(
         Some(rope) => (bound(rope.cos.clone()).handle, bound(rope.sin.clone()).handle),
         None => (unread(), unread()),
     };
-    let (kernel, dtype, value_bytes) = match f16_out {
-        true => (SPLIT_HEADS_F16, DType::F16, size_of::<half::f16>()),
-        false => (SPLIT_HEADS, DType::F32, size_of::<f32>()),
+    let (name, prelude, dtype, value_bytes) = match f16_out {
+        true => ("split_heads_f16", F16_HEADS, DType::F16, size_of::<half::f16>()),
+        false => ("split_heads", F32_HEADS, DType::F32, size_of::<f32>()),
     };
+    let lanes = lanes_for(d.div_ceil(2), 8, 32);
+    let kernel = row_kernel(name, prelude, SPLIT_HEADS, lanes);
     // Bindings are whole 4-byte words.
     let out = client.empty((b * heads * total * d * value_bytes).next_multiple_of(4));
     let mut offset = 0;
@@ -238,7 +238,7 @@ fn split_heads_as(
         let x_b = b_part.map_or_else(unread, |p| bound(p.x).handle);
         let dims = [b, tokens[0], tokens[1], heads, d, total, offset].map(|v| v as u32);
         let dims = params(&[&dims[..], &[flags, (eps as f32).to_bits()]].concat());
-        let (gx, gy) = grid((b * (tokens[0] + tokens[1]) * heads).div_ceil(HEAD_ROWS_PER_GROUP));
+        let (gx, gy) = grid((b * (tokens[0] + tokens[1]) * heads).div_ceil(ROW_KERNEL_THREADS / lanes));
         let buffers = [&x_a, &x_b, &scale_a, &scale_b, &cos, &sin, &out].map(|h| h.clone().binding()).to_vec();
         launch(&client, kernel, (gx, gy), buffers, dims);
         offset += tokens[0] + tokens[1];
@@ -311,7 +311,9 @@ pub fn residual_layer_norm_modulate(
     let buffers = [&x.handle, &gate.handle, &y.handle, &shift.handle, &scale.handle, &sum, &normed]
         .map(|h| h.clone().binding())
         .to_vec();
-    launch(client, RESIDUAL_LAYER_NORM_MODULATE, grid(b * n), buffers, dims);
+    let lanes = lanes_for(w, 8, ROW_KERNEL_THREADS);
+    let kernel = row_kernel("residual_layer_norm_modulate", "", RESIDUAL_LAYER_NORM_MODULATE, lanes);
+    launch(client, kernel, grid((b * n).div_ceil(ROW_KERNEL_THREADS / lanes)), buffers, dims);
     (tensor_from_handle(&x, sum, [b, n, w]), tensor_from_handle(&x, normed, [b, n, w]))
 }
 

@@ -5,7 +5,8 @@
 //! One buffer of `u32` words holds four sections, each starting on a 16-byte boundary:
 //! - **quants**, a whole number of 16-byte words per chunk: the low 4 bits of every value (4-, 5- and 6-bit
 //!   types; value `j` in bits `4·(j % 8)` of word `j / 8`), the bytes of Q8_0 (value `j` in byte `j % 4` of
-//!   word `j / 4`) or the halves of F16/BF16 (value `j` in half `j % 2` of word `j / 2`);
+//!   word `j / 4`), the halves of F16/BF16 (value `j` in half `j % 2` of word `j / 2`) or the words of F32
+//!   (value `j` in word `j`);
 //! - **high bits** of 5-bit types (one word per chunk, bit `j` for value `j`) and Q6_K (two words, bits
 //!   `2·(j % 16)` of word `j / 16`);
 //! - **scales**, halves per chunk: the f16 `d` (and `m`) of the legacy types, the unpacked 6-bit
@@ -28,7 +29,7 @@ const CHUNKS_PER_SUPER: usize = 8;
 /// How one type's chunks are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Format {
-    /// Bits of each value's code: 4, 5, 6, 8 or 16.
+    /// Bits of each value's code: 4, 5, 6, 8, 16 or 32.
     bits: u32,
     /// Scale halves per chunk.
     scale_halves: usize,
@@ -48,6 +49,7 @@ fn format(ty: GgmlType) -> Option<Format> {
         Q5_K => (5, 1, 2),
         Q6_K => (6, 1, 1),
         F16 | BF16 => (16, 0, 0),
+        F32 => (32, 0, 0),
         _ => return None,
     };
     Some(Format { bits, scale_halves, super_halves })
@@ -65,7 +67,7 @@ pub struct Layout {
     pub rows: usize,
     /// Chunks per row (`k / 32`).
     pub chunks: usize,
-    /// Quant words per chunk (4, 8 or 16).
+    /// Quant words per chunk (4, 8, 16 or 32).
     pub quant_words: usize,
     /// High-bit words per chunk (0, 1 or 2).
     pub high_words: usize,
@@ -93,7 +95,8 @@ impl Layout {
         let quant_words = match f.bits {
             4..=6 => 4,
             8 => 8,
-            _ => 16,
+            16 => 16,
+            _ => 32,
         };
         let high_words = match f.bits {
             5 => 1,
@@ -129,7 +132,7 @@ impl Layout {
 /// One chunk as decoded from its ggml block: the unsigned code of each value and the chunk's scale halves.
 #[derive(Debug, Clone, Copy, Default)]
 struct Chunk {
-    codes: [u16; CHUNK],
+    codes: [u32; CHUNK],
     scales: [u16; 2],
 }
 
@@ -148,14 +151,14 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u16, u16) {
 }
 
 /// Decodes the ggml block `b` into its chunks (1 for the legacy types, 8 for the K-quants, `block / 32` of the
-/// f16 types' single values) and its super-block scale halves.
+/// float types' single values) and its super-block scale halves.
 fn decode(ty: GgmlType, b: &[u8], chunks: &mut [Chunk], supers: &mut [u16; 2]) {
     use GgmlType::*;
-    let nibbles = |qs: &[u8], j: usize| (qs[j % 16] >> (4 * (j / 16))) as u16 & 0xF;
+    let nibbles = |qs: &[u8], j: usize| (qs[j % 16] >> (4 * (j / 16))) as u32 & 0xF;
     match ty {
         Q8_0 => {
             chunks[0].scales[0] = half(b, 0);
-            chunks[0].codes.iter_mut().zip(&b[2..34]).for_each(|(c, &q)| *c = q as u16);
+            chunks[0].codes.iter_mut().zip(&b[2..34]).for_each(|(c, &q)| *c = q as u32);
         }
         Q4_0 | Q4_1 => {
             let qs_at = if ty == Q4_0 { 2 } else { 4 };
@@ -167,7 +170,7 @@ fn decode(ty: GgmlType, b: &[u8], chunks: &mut [Chunk], supers: &mut [u16; 2]) {
             let qh = u32::from_le_bytes([b[qh_at], b[qh_at + 1], b[qh_at + 2], b[qh_at + 3]]);
             chunks[0].scales = [half(b, 0), if ty == Q5_1 { half(b, 2) } else { 0 }];
             let qs = &b[qh_at + 4..];
-            (0..CHUNK).for_each(|j| chunks[0].codes[j] = nibbles(qs, j) | (((qh >> j) & 1) << 4) as u16);
+            (0..CHUNK).for_each(|j| chunks[0].codes[j] = nibbles(qs, j) | ((qh >> j) & 1) << 4);
         }
         Q4_K | Q5_K => {
             *supers = [half(b, 0), half(b, 2)];
@@ -177,9 +180,9 @@ fn decode(ty: GgmlType, b: &[u8], chunks: &mut [Chunk], supers: &mut [u16; 2]) {
                 chunk.scales[0] = scale | min << 8;
                 let qs = &b[qs_at + 32 * (s / 2)..];
                 for (l, code) in chunk.codes.iter_mut().enumerate() {
-                    *code = (qs[l] >> (4 * (s % 2))) as u16 & 0xF;
+                    *code = (qs[l] >> (4 * (s % 2))) as u32 & 0xF;
                     if ty == Q5_K {
-                        *code |= (((b[16 + l] >> s) & 1) as u16) << 4;
+                        *code |= (((b[16 + l] >> s) & 1) as u32) << 4;
                     }
                 }
             }
@@ -193,14 +196,18 @@ fn decode(ty: GgmlType, b: &[u8], chunks: &mut [Chunk], supers: &mut [u16; 2]) {
                 for (l, code) in chunk.codes.iter_mut().enumerate() {
                     let low = (b[64 * h + 32 * (g % 2) + l] >> (4 * (g / 2))) & 0xF;
                     let high = (b[128 + 32 * h + l] >> (2 * g)) & 3;
-                    *code = (low | high << 4) as u16;
+                    *code = (low | high << 4) as u32;
                 }
             }
         }
         F16 | BF16 => {
             for (c, chunk) in chunks.iter_mut().enumerate() {
-                (0..CHUNK).for_each(|j| chunk.codes[j] = half(b, 2 * (c * CHUNK + j)));
+                (0..CHUNK).for_each(|j| chunk.codes[j] = half(b, 2 * (c * CHUNK + j)) as u32);
             }
+        }
+        F32 => {
+            let word = |j: usize| u32::from_le_bytes([b[4 * j], b[4 * j + 1], b[4 * j + 2], b[4 * j + 3]]);
+            (0..CHUNK).for_each(|j| chunks[0].codes[j] = word(j));
         }
         _ => unreachable!("types without a layout are refused before decoding"),
     }
@@ -244,18 +251,18 @@ fn store_half(words: &mut [u32], at: usize, index: usize, value: u16) {
 fn store_chunk(words: &mut [u32], layout: &Layout, bits: u32, i: usize, chunk: &Chunk) {
     let quants = &mut words[i * layout.quant_words..(i + 1) * layout.quant_words];
     for (j, &code) in chunk.codes.iter().enumerate() {
-        let code = code as u32;
         match bits {
             8 => quants[j / 4] |= code << (8 * (j % 4)),
             16 => quants[j / 2] |= code << (16 * (j % 2)),
+            32 => quants[j] = code,
             _ => quants[j / 8] |= (code & 0xF) << (4 * (j % 8)),
         }
     }
     let high = layout.high_at + i * layout.high_words;
     for (j, &code) in chunk.codes.iter().enumerate() {
         match bits {
-            5 => words[high] |= ((code as u32 >> 4) & 1) << j,
-            6 => words[high + j / 16] |= ((code as u32 >> 4) & 3) << (2 * (j % 16)),
+            5 => words[high] |= ((code >> 4) & 1) << j,
+            6 => words[high + j / 16] |= ((code >> 4) & 3) << (2 * (j % 16)),
             _ => {}
         }
     }
@@ -284,6 +291,7 @@ pub fn dequantize(ty: GgmlType, layout: &Layout, words: &[u32]) -> Vec<f32> {
                 let code = match bits {
                     8 => (quants[j / 4] >> (8 * (j % 4))) & 0xFF,
                     16 => (quants[j / 2] >> (16 * (j % 2))) & 0xFFFF,
+                    32 => quants[j],
                     _ => {
                         let low = (quants[j / 8] >> (4 * (j % 8))) & 0xF;
                         let high_at = layout.high_at + i * layout.high_words;
@@ -306,6 +314,7 @@ pub fn dequantize(ty: GgmlType, layout: &Layout, words: &[u32]) -> Vec<f32> {
                     Q6_K => f16(sup(0)) * (scale(0).to_le_bytes()[j / 16] as i8) as f32 * (code as i32 - 32) as f32,
                     F16 => f16(code as u16),
                     BF16 => f32::from_bits(code << 16),
+                    F32 => f32::from_bits(code),
                     _ => unreachable!("a repacked type"),
                 };
             }
@@ -338,7 +347,7 @@ mod tests {
     #[test]
     fn every_layout_dequantizes_bit_for_bit_like_ggml() {
         use GgmlType::*;
-        let cases: [(GgmlType, &[usize]); 10] = [
+        let cases: [(GgmlType, &[usize]); 11] = [
             (Q8_0, &[0]),
             (Q4_0, &[0]),
             (Q4_1, &[0, 2]),
@@ -349,6 +358,7 @@ mod tests {
             (Q6_K, &[208]),
             (F16, &[0]),
             (BF16, &[]),
+            (F32, &[]),
         ];
         for (ty, scales) in cases {
             for (n, k) in [(1, 256), (3, 512), (7, 768)] {

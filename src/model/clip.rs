@@ -5,13 +5,13 @@
 //! prefix; `text_projection.weight` may be present and is ignored (FLUX uses `pooler_output`).
 
 use burn::module::{Module, Param};
-use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{Embedding, LayerNorm, LayerNormConfig};
 use burn::tensor::activation::{gelu, sigmoid, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::formats::weights::Weights;
-use crate::model::layers::HostEmbedding;
+use crate::model::layers::{HostEmbedding, Projection};
 use crate::model::scope::Scope;
 use crate::{Error, Result};
 
@@ -132,13 +132,6 @@ fn key_prefix(weights: &dyn Weights) -> Result<&'static str> {
         })
 }
 
-/// A dense Linear from `weight` `[d_out, d_in]` and `bias`.
-fn linear(vb: Scope, d_in: usize, d_out: usize) -> Result<Linear> {
-    let weight = vb.tensor("weight", [d_out, d_in])?.transpose(); // [d_in, d_out]
-    let bias = vb.tensor("bias", [d_out])?;
-    Ok(Linear { weight: Param::from_tensor(weight), bias: Some(Param::from_tensor(bias)) })
-}
-
 fn layer_norm(vb: Scope, cfg: &ClipTextConfig) -> Result<LayerNorm> {
     let d = cfg.hidden_size;
     let mut norm = LayerNormConfig::new(d).with_epsilon(cfg.layer_norm_eps).init(vb.device());
@@ -162,13 +155,13 @@ pub struct ClipEmbeddings {
 #[derive(Module, Debug)]
 pub struct ClipAttention {
     /// `q_proj`.
-    pub q_proj: Linear,
+    pub q_proj: Projection,
     /// `k_proj`.
-    pub k_proj: Linear,
+    pub k_proj: Projection,
     /// `v_proj`.
-    pub v_proj: Linear,
+    pub v_proj: Projection,
     /// `out_proj`.
-    pub out_proj: Linear,
+    pub out_proj: Projection,
     /// Number of heads.
     pub num_heads: usize,
 }
@@ -194,9 +187,9 @@ impl ClipAttention {
 #[derive(Module, Debug)]
 pub struct ClipMlp {
     /// `fc1`: hidden → intermediate.
-    pub fc1: Linear,
+    pub fc1: Projection,
     /// `fc2`: intermediate → hidden.
-    pub fc2: Linear,
+    pub fc2: Projection,
     /// Whether the activation is quick-GELU (otherwise exact GELU).
     pub quick_gelu: bool,
 }
@@ -284,16 +277,16 @@ impl ClipTextTransformer {
                 let attention = layer.pp("self_attn");
                 Ok(ClipEncoderLayer {
                     self_attn: ClipAttention {
-                        q_proj: linear(attention.pp("q_proj"), d, d)?,
-                        k_proj: linear(attention.pp("k_proj"), d, d)?,
-                        v_proj: linear(attention.pp("v_proj"), d, d)?,
-                        out_proj: linear(attention.pp("out_proj"), d, d)?,
+                        q_proj: attention.pp("q_proj").linear(d, d, true)?,
+                        k_proj: attention.pp("k_proj").linear(d, d, true)?,
+                        v_proj: attention.pp("v_proj").linear(d, d, true)?,
+                        out_proj: attention.pp("out_proj").linear(d, d, true)?,
                         num_heads: cfg.num_attention_heads,
                     },
                     layer_norm1: layer_norm(layer.pp("layer_norm1"), cfg)?,
                     mlp: ClipMlp {
-                        fc1: linear(layer.pp("mlp.fc1"), d, ff)?,
-                        fc2: linear(layer.pp("mlp.fc2"), ff, d)?,
+                        fc1: layer.pp("mlp.fc1").linear(d, ff, true)?,
+                        fc2: layer.pp("mlp.fc2").linear(ff, d, true)?,
                         quick_gelu: cfg.hidden_act == ClipActivation::QuickGelu,
                     },
                     layer_norm2: layer_norm(layer.pp("layer_norm2"), cfg)?,

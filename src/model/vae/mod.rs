@@ -11,11 +11,12 @@ pub mod tiling;
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
-use burn::tensor::module::{conv2d, linear};
+use burn::tensor::module::conv2d;
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Device, Tensor};
 
 use crate::formats::weights::Weights;
+use crate::model::layers::Projection;
 use crate::model::scope::Scope;
 pub use crate::model::vae::config::VaeConfig;
 use crate::{Error, Result};
@@ -41,22 +42,6 @@ impl Conv2d {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
         conv2d(x, self.weight.val(), Some(self.bias.val()), options)
-    }
-}
-
-/// A Linear layer, weight stored in burn's `[in, out]` order.
-#[derive(Module, Debug)]
-pub struct Linear {
-    /// `[in, out]` (the checkpoint's `[out, in]`, transposed at load).
-    pub weight: Param<Tensor<2>>,
-    /// `[out]`.
-    pub bias: Param<Tensor<1>>,
-}
-
-impl Linear {
-    /// `[.., in] → [.., out]`.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        linear(x, self.weight.val(), Some(self.bias.val()))
     }
 }
 
@@ -117,13 +102,13 @@ pub struct Attention {
     /// Norm of the input (BFL `norm`).
     pub group_norm: GroupNorm,
     /// Query projection (BFL `q`, a 1×1 conv).
-    pub to_q: Linear,
+    pub to_q: Projection,
     /// Key projection (BFL `k`).
-    pub to_k: Linear,
+    pub to_k: Projection,
     /// Value projection (BFL `v`).
-    pub to_v: Linear,
+    pub to_v: Projection,
     /// Output projection, diffusers `to_out.0` (BFL `proj_out`).
-    pub to_out: Linear,
+    pub to_out: Projection,
 }
 
 impl Attention {
@@ -131,7 +116,7 @@ impl Attention {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let tokens = self.group_norm.forward(x.clone()).reshape([b, c, h * w]).swap_dims(1, 2); // [b, hw, c]
-        let heads = |proj: &Linear| proj.forward(tokens.clone()).unsqueeze_dim::<4>(1); // [b, 1, hw, c]
+        let heads = |proj: &Projection| proj.forward(tokens.clone()).unsqueeze_dim::<4>(1); // [b, 1, hw, c]
         let attended = crate::kernels::attention::attention(heads(&self.to_q), heads(&self.to_k), heads(&self.to_v));
         let out = self.to_out.forward(attended.reshape([b, h * w, c])); // [b, hw, c]
         out.swap_dims(1, 2).reshape([b, c, h, w]) + x
@@ -460,14 +445,6 @@ impl Loader {
         })
     }
 
-    fn linear(&self, vb: Scope, channels: usize) -> Result<Linear> {
-        let weight: Tensor<2> = vb.tensor("weight", [channels, channels])?; // [out, in]
-        Ok(Linear {
-            weight: Param::from_tensor(weight.transpose()), // [in, out]
-            bias: Param::from_tensor(vb.tensor("bias", [channels])?),
-        })
-    }
-
     fn group_norm(&self, vb: Scope, channels: usize) -> Result<GroupNorm> {
         if !channels.is_multiple_of(self.groups) {
             return Err(Error::Invalid(format!(
@@ -500,10 +477,10 @@ impl Loader {
             let attn = vb.pp("attentions").pp(0);
             vec![Attention {
                 group_norm: self.group_norm(attn.pp("group_norm"), channels)?,
-                to_q: self.linear(attn.pp("to_q"), channels)?,
-                to_k: self.linear(attn.pp("to_k"), channels)?,
-                to_v: self.linear(attn.pp("to_v"), channels)?,
-                to_out: self.linear(attn.pp("to_out").pp(0), channels)?,
+                to_q: attn.pp("to_q").linear(channels, channels, true)?,
+                to_k: attn.pp("to_k").linear(channels, channels, true)?,
+                to_v: attn.pp("to_v").linear(channels, channels, true)?,
+                to_out: attn.pp("to_out").pp(0).linear(channels, channels, true)?,
             }]
         } else {
             Vec::new()

@@ -4,7 +4,8 @@
 
 use std::collections::HashMap;
 
-use crate::formats::weights::{HostTensor, Weights};
+use crate::formats::GgmlType;
+use crate::formats::weights::{HostTensor, RawBlock, Weights};
 use crate::{Error, Result};
 
 /// How a tensor changes between the two namings.
@@ -98,6 +99,16 @@ impl Weights for LdmVaeWeights<'_> {
         let HostTensor { shape, data } = self.inner.read(ldm)?;
         HostTensor::new(transform.shape(shape), data)
     }
+
+    /// As stored: a reshape keeps the bytes, so the attention's 1×1 convs reach the packed matmuls as Linears.
+    fn raw_block(&self, name: &str) -> Option<Result<RawBlock>> {
+        let (_, ldm, transform) = self.entry(name)?;
+        Some(self.inner.raw_block(ldm)?.map(|(ty, shape, bytes)| (ty, transform.shape(shape), bytes)))
+    }
+
+    fn stored_type(&self, name: &str) -> Option<GgmlType> {
+        self.inner.stored_type(&self.entry(name)?.1)
+    }
 }
 
 impl Transform {
@@ -160,6 +171,9 @@ mod tests {
         for name in &want {
             assert_eq!(remapped.shape(name), diffusers.shape(name), "{name}");
             assert_eq!(remapped.read(name).unwrap(), diffusers.read(name).unwrap(), "{name}");
+            let stored = |w: &dyn Weights| w.raw_block(name).map(Result::unwrap);
+            assert_eq!(stored(&remapped), stored(&diffusers), "{name}: as stored");
+            assert_eq!(remapped.stored_type(name), diffusers.stored_type(name), "{name}");
         }
     }
 
