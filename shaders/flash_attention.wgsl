@@ -32,6 +32,10 @@
 // running maximum and sum of every row wait in `stats` and its unnormalised accumulator in `output` between
 // dispatches; the dispatch that reaches the last key divides by the sum. Scores are kept in base 2 (the
 // queries are scaled by scale · log2(e)), so the softmax uses exp2.
+//
+// A biased kernel adds bias[head, row, key] to every score before the softmax (T5's relative-position bias, CLIP's
+// causal mask as −∞ above the diagonal): the bias is [h or 1, lq, lk], the same for every batch, and broadcast over
+// the heads where it has one. A bias below MASKED counts as MASKED.
 
 // Below every score: a masked key's exp2(score − max) is 0, and so is the first step's rescale.
 const MASKED: f32 = -3.0e38;
@@ -44,8 +48,9 @@ const LOG2_E: f32 = 1.4426950408889634;
 @group(0) @binding(3) var<storage, read_write> output: array<ELEMENT>;
 // [b·h, lq, 2]: running maximum (base 2) and sum of every row between dispatches
 @group(0) @binding(4) var<storage, read_write> stats: array<f32>;
-// [b·h, lq, lk, d, bits of the f32 scale, key_begin, key_end]
-@group(0) @binding(5) var<uniform> params: array<vec4<u32>, 3>;
+// [b·h, lq, lk, d, bits of the f32 scale, key_begin, key_end, h, bias per head (0 or 1)]: binding 5, or 6 where a
+// biased kernel binds its bias [h or 1, lq, lk] as 5
+//@PARAMS
 
 // [KEYS, HEAD_VECS] each: the key tile and the value tile, zeros past the last key
 var<workgroup> key_tile: array<TILE, KEYS * HEAD_VECS>;

@@ -3,13 +3,14 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 use burn::tensor::{DType, FloatDType, Tensor, TensorData, Tolerance};
+use kontext_web::device::launches::count_launches;
 use kontext_web::device::{self, selfcheck};
 use kontext_web::formats::SafetensorsFile;
 use kontext_web::formats::weights::Weights;
 use kontext_web::harness::testing::gpu;
 use kontext_web::kernels::attention::{
-    AttentionKernel, attention, blocked_reference, flash_attention, flash_attention_in, gpu_attention, reads_f16_heads,
-    reference,
+    AttentionKernel, attention, biased_attention, biased_reference, blocked_reference, flash_attention,
+    flash_attention_in, gpu_attention, reads_f16_heads, reference,
 };
 use kontext_web::kernels::flash::{Adapter, FlashLayout, FlashShape};
 use kontext_web::kernels::precision::Precision;
@@ -204,6 +205,81 @@ fn flash_kernel_carries_its_running_softmax_over_several_llvmpipe_dispatches() {
     assert!(max_abs_diff(&ours, &without_last) > 1.0);
     let without_first = reference(q, k.narrow(2, 1, lk - 1), v.narrow(2, 1, lk - 1)).into_data();
     assert!(max_abs_diff(&ours, &without_first) > 1.0);
+}
+
+/// `[1, l, l]`: 0 on and below the diagonal, `f32::MIN` above it (CLIP's causal mask).
+fn causal_bias(l: usize) -> TensorData {
+    let bias = (0..l * l).map(|i| if i % l > i / l { f32::MIN } else { 0.0 }).collect();
+    TensorData::new(bias, [1, l, l])
+}
+
+#[test]
+fn biased_flash_equals_the_biased_reference_with_a_bias_per_head_or_a_causal_one() {
+    let gpu = gpu();
+    // T5's shape (unscaled, a bias per head), CLIP's (scaled, causal), an odd width and fewer queries than keys.
+    for (b, h, lq, lk, d, per_head, scale) in [
+        (1, 4, 130, 130, 64, true, 1.0),
+        (2, 3, 77, 77, 8, false, 8f32.powf(-0.5)),
+        (1, 2, 40, 70, 9, true, 0.5),
+        (1, 2, 33, 33, 16, false, 0.25),
+    ] {
+        let t = |shape, salt, amplitude| Tensor::<4>::from_data(values(shape, salt, amplitude), &gpu);
+        let (q, k, v) = (t([b, h, lq, d], 1, 2.0), t([b, h, lk, d], 2, 2.0), t([b, h, lk, d], 3, 1.0));
+        let bias = match per_head {
+            true => t([1, h, lq, lk], 4, 3.0).reshape([h, lq, lk]),
+            false => Tensor::<3>::from_data(causal_bias(lq), &gpu),
+        };
+        let (ours, launches) =
+            count_launches(|| biased_attention(q.clone(), k.clone(), v.clone(), bias.clone(), scale).into_data());
+        let names = launches.ranked();
+        assert!(
+            names.iter().any(|(name, _)| name.starts_with("flash_attention_d") && name.ends_with("_bias")),
+            "{names:?}"
+        );
+        let expected = biased_reference(q.clone(), k.clone(), v.clone(), bias.clone(), scale).into_data();
+        eprintln!("biased (b {b}, h {h}, lq {lq}, lk {lk}, d {d}): max |diff| {:e}", max_abs_diff(&ours, &expected));
+        ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
+        // Negative controls: without the bias, and with each head's bias moved to the next, the same comparison
+        // fails.
+        let unbiased = biased_reference(q.clone(), k.clone(), v.clone(), bias.clone().zeros_like(), scale).into_data();
+        assert!(max_abs_diff(&ours, &unbiased) > 1e-2, "the bias changes nothing here");
+        if per_head {
+            let moved = Tensor::cat(vec![bias.clone().narrow(0, 1, h - 1), bias.narrow(0, 0, 1)], 0);
+            let moved = biased_reference(q, k, v, moved, scale).into_data();
+            assert!(max_abs_diff(&ours, &moved) > 1e-2, "the heads' biases are interchangeable here");
+        }
+    }
+}
+
+#[test]
+fn biased_flash_carries_the_bias_over_several_llvmpipe_dispatches() {
+    let (lq, lk, d) = (3, 230_000, 16);
+    let gpu = gpu();
+    let (q, k, v) = (values([1, 1, lq, d], 7, 2.0), values([1, 1, lk, d], 8, 2.0), values([1, 1, lk, d], 9, 1.0));
+    // Values of 10s at the last key and −10s at the first; the bias makes the last key dominate row 0 (+40) and
+    // the first dominate row 1 (+40), and masks the last key from row 2: the keys of the first and last
+    // dispatches decide the rows.
+    let mut vals = v.iter::<f32>().collect::<Vec<_>>();
+    vals[(lk - 1) * d..].fill(10.0);
+    vals[..d].fill(-10.0);
+    let v = TensorData::new(vals, [1, 1, lk, d]);
+    let mut bias = vec![0f32; lq * lk];
+    bias[lk - 1] = 40.0;
+    bias[lk] = 40.0;
+    bias[3 * lk - 1] = f32::MIN;
+    let bias = TensorData::new(bias, [1, lq, lk]);
+    let on = |device| {
+        let [q, k, v] = [&q, &k, &v].map(|x| Tensor::<4>::from_data(x.clone(), device));
+        (q, k, v, Tensor::<3>::from_data(bias.clone(), device))
+    };
+    let (q_gpu, k_gpu, v_gpu, bias_gpu) = on(&gpu);
+    let ours = biased_attention(q_gpu, k_gpu, v_gpu, bias_gpu, 0.25).into_data();
+    let (q, k, v, bias) = on(&device::cpu());
+    let expected = biased_reference(q.clone(), k.clone(), v.clone(), bias.clone(), 0.25).into_data();
+    eprintln!("biased, {lk} keys: max |diff| {:e}", max_abs_diff(&ours, &expected));
+    ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(5e-3));
+    let unbiased = biased_reference(q, k, v, bias.zeros_like(), 0.25).into_data();
+    assert!(max_abs_diff(&ours, &unbiased) > 1.0);
 }
 
 #[test]

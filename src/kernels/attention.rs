@@ -11,6 +11,10 @@
 //! heads fit it, else what measured fastest: `flash` on CPU adapters (lavapipe), and on GPUs (measured on an H200
 //! before `flash` existed) `scores` where a block holds whole heads and `rows` otherwise. `kontext bench` times
 //! them side by side; the README has the figures.
+//!
+//! The text encoders' attention has an additive bias on its scores (T5's relative-position bias, CLIP's causal
+//! mask): on wgpu [`biased_attention`] runs it on the `flash` kernel with the bias bound beside the keys, so no
+//! burn matmul is compiled or run for it and no score buffer exists.
 
 use burn::cubecl::prelude::CubeCount;
 use burn::tensor::activation::softmax;
@@ -248,6 +252,46 @@ pub fn reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     softmax(scores, 3).matmul(v)
 }
 
+/// `softmax(q·kᵀ·scale + bias)·v`: attention with an additive bias on its scores, as the text encoders have it
+/// (T5's relative-position bias, unscaled; CLIP's causal mask, `f32::MIN` above the diagonal, scaled by 1/√d).
+/// `q` `[b, h, lq, d]`, `k` and `v` `[b, h, lk, d]`, `bias` `[h or 1, lq, lk]` (the same for every batch and,
+/// with one, for every head) → `[b, h, lq, d]` in f32.
+///
+/// On wgpu the `flash` kernel adds the bias to its f32 scores, keys and values streamed as [`attention`]'s are
+/// (no score buffer); elsewhere, or with our kernels off, [`biased_reference`].
+///
+/// Panics where the bias has another shape.
+pub fn biased_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Tensor<3>, scale: f32) -> Tensor<4> {
+    let ([_, h, lq, _], lk) = (q.dims(), k.dims()[2]);
+    let [bias_heads, rows, keys] = bias.dims();
+    assert!(
+        (bias_heads == 1 || bias_heads == h) && (rows, keys) == (lq, lk),
+        "an attention bias {:?} for {h} heads of {lq} queries and {lk} keys",
+        bias.dims()
+    );
+    if !super::plain_ops() {
+        let biased = ScoreBias { bias: bias.clone(), scale };
+        if let Ok(out) = run(AttentionKernel::Flash, None, Some(biased), q.clone(), k.clone(), v.clone()) {
+            return out;
+        }
+    }
+    biased_reference(widened(q), widened(k), widened(v), bias, scale)
+}
+
+/// The materialised `softmax(q·kᵀ·scale + bias)·v` with `bias` `[h or 1, lq, lk]`: [`biased_attention`]'s
+/// reference twin.
+pub fn biased_reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Tensor<3>, scale: f32) -> Tensor<4> {
+    let scores = q.matmul(k.transpose()) * scale as f64 + bias.unsqueeze::<4>(); // [b, h, lq, lk]
+    softmax(scores, 3).matmul(v)
+}
+
+/// [`biased_attention`]'s bias on the scores, and the scale of `q·kᵀ`.
+struct ScoreBias {
+    /// `[h or 1, lq, lk]`.
+    bias: Tensor<3>,
+    scale: f32,
+}
+
 /// The flash kernel: one pass, keys and values streamed through workgroup memory in tiles.
 ///
 /// Errors, without touching the GPU, when the tensors are not burn wgpu f32 tensors, when the shapes do not
@@ -261,18 +305,20 @@ pub fn flash_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tenso
 /// [`AttentionKernel::Scores`] [`blocked_reference`] within [`SCORE_BLOCK_BYTES`] and the binding limit, or
 /// for [`AttentionKernel::Auto`] the one of those two it names for these shapes.
 pub fn gpu_attention(kernel: AttentionKernel, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tensor<4>> {
-    run(kernel, None, q, k, v)
+    run(kernel, None, None, q, k, v)
 }
 
 /// The `flash` kernel in `layout` rather than the adapter's own, with [`flash_attention`]'s checks; an error
 /// where the adapter cannot run that layout (several invocations per row without subgroups of that size).
 pub fn flash_attention_in(layout: FlashLayout, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tensor<4>> {
-    run(AttentionKernel::Flash, Some(layout), q, k, v)
+    run(AttentionKernel::Flash, Some(layout), None, q, k, v)
 }
 
+/// Attention through `kernel` (in `layout`, for `flash`); with a `bias`, always the `flash` kernel.
 fn run(
     kernel: AttentionKernel,
     layout: Option<FlashLayout>,
+    bias: Option<ScoreBias>,
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
@@ -300,8 +346,11 @@ fn run(
     let score_block_bytes = SCORE_BLOCK_BYTES.min(crate::device::max_binding_bytes(&device) as usize);
     let software = software_adapter(&device);
     let all_f16 = [&q, &k, &v].iter().all(|t| t.dtype() == DType::F16);
-    let coop = coop_variant(&device, lk, d, all_f16);
-    let kernel = kernel_for(kernel, lq, lk, d, score_block_bytes, software, coop.is_some());
+    let coop = coop_variant(&device, lk, d, all_f16).filter(|_| bias.is_none());
+    let kernel = match bias {
+        Some(_) => AttentionKernel::Flash,
+        None => kernel_for(kernel, lq, lk, d, score_block_bytes, software, coop.is_some()),
+    };
     if kernel == AttentionKernel::Scores {
         if !super::packs_on(&device) {
             return Err(not_wgpu());
@@ -318,10 +367,16 @@ fn run(
         .ok()
     };
     let (Some(q), Some(k), Some(v)) = (bound(q), bound(k), bound(v)) else { return Err(not_wgpu()) };
+    let (scale, bias) = match bias {
+        Some(ScoreBias { bias, scale }) => {
+            let per_head = bias.dims()[0] > 1;
+            (scale, Some((cube_tensor(bias).map_err(|_| not_wgpu())?, per_head)))
+        }
+        None => ((1.0 / (d as f64).sqrt()) as f32, None),
+    };
 
     let client = &q.client;
     let out = client.empty(b * h * lq * d * size_of::<f32>());
-    let scale = (1.0 / (d as f64).sqrt()) as f32;
     if let (AttentionKernel::Coop, Some(variant)) = (kernel, coop) {
         let (x, y) = grid(b * h * lq.div_ceil(super::coop_attention::ROWS));
         let shape = [(b * h) as u32, lq as u32, lk as u32, scale.to_bits()];
@@ -348,6 +403,7 @@ fn run(
                 None => FlashLayout::for_adapter(adapter, d)?,
             };
             let shape = FlashShape::new(d, HEAD_DIM_MAX, layout, adapter, f16_inputs)?;
+            let shape = if bias.is_some() { shape.with_bias() } else { shape };
             (shape.kernel(), shape.rows(), shape.llvmpipe_keys_per_dispatch())
         }
     };
@@ -355,14 +411,26 @@ fn run(
     let (x, y) = grid(b * h * lq.div_ceil(rows_per_group));
     for begin in (0..lk).step_by(keys_per_dispatch) {
         let end = (begin + keys_per_dispatch).min(lk);
-        let shape = [(b * h) as u32, lq as u32, lk as u32, d as u32, scale.to_bits(), begin as u32, end as u32];
-        let buffers = vec![
+        let per_head = bias.as_ref().is_some_and(|(_, per_head)| *per_head) as u32;
+        let shape = [
+            (b * h) as u32,
+            lq as u32,
+            lk as u32,
+            d as u32,
+            scale.to_bits(),
+            begin as u32,
+            end as u32,
+            h as u32,
+            per_head,
+        ];
+        let mut buffers = vec![
             q.handle.clone().binding(),
             k.handle.clone().binding(),
             v.handle.clone().binding(),
             out.clone().binding(),
             stats.clone().binding(),
         ];
+        buffers.extend(bias.as_ref().map(|(bias, _)| bias.handle.clone().binding()));
         super::dispatch(client, shader, CubeCount::Static(x, y, 1), buffers, params(&shape), &[]);
     }
     Ok(tensor_from_handle(&q, out, [b, h, lq, d]))

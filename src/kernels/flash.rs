@@ -131,6 +131,9 @@ pub struct FlashShape {
     /// Whether the query, key and value buffers and the tiles hold f16 (adapters with `shader-f16`): half the
     /// workgroup memory per key and half the bytes read; scores and sums stay f32.
     pub f16_inputs: bool,
+    /// Whether an additive bias `[h or 1, lq, lk]` joins every score before the softmax (T5's position bias,
+    /// CLIP's causal mask).
+    pub biased: bool,
 }
 
 impl FlashShape {
@@ -174,6 +177,7 @@ impl FlashShape {
             broadcast_lanes: 1,
             keys: KEY_TILES[0],
             f16_inputs,
+            biased: false,
         };
         if broadcast {
             shape.broadcast_lanes = adapter.subgroup_min.unwrap_or(1).min(shape.slice()).min(threads);
@@ -190,6 +194,11 @@ impl FlashShape {
             })?;
         shape.keys_per_step = keys_per_step.min(shape.keys);
         Ok(shape)
+    }
+
+    /// This shape adding a bias to the scores ([`FlashShape::biased`]).
+    pub fn with_bias(self) -> Self {
+        Self { biased: true, ..self }
     }
 
     /// vec4s per head row in registers and tiles: ⌈d/4⌉ rounded up to a multiple of the invocations per row.
@@ -235,8 +244,9 @@ impl FlashShape {
         let Self { head_dim, rows_per_thread, threads_per_row, threads, keys_per_step, broadcast_lanes, keys, .. } =
             *self;
         let half = if self.f16_inputs { "_h" } else { "" };
+        let bias = if self.biased { "_bias" } else { "" };
         let name = format!(
-            "flash_attention_d{head_dim}_r{rows_per_thread}_t{threads_per_row}_w{threads}_s{keys_per_step}_b{broadcast_lanes}_k{keys}{half}"
+            "flash_attention_d{head_dim}_r{rows_per_thread}_t{threads_per_row}_w{threads}_s{keys_per_step}_b{broadcast_lanes}_k{keys}{half}{bias}"
         );
         WgslKernel::generated(name, || self.source())
     }
@@ -281,6 +291,7 @@ impl FlashShape {
         let _ = writeln!(text, "alias TILE = vec4<{input}>;");
         let mut body = TEMPLATE.to_string();
         for (marker, code) in [
+            ("//@PARAMS", self.params()),
             ("//@ROW_ACCESS", self.row_access()),
             ("//@BUILTINS", self.builtins()),
             ("//@ROW_STATE", self.row_state()),
@@ -291,6 +302,17 @@ impl FlashShape {
             body = body.replace(marker, code.trim_end());
         }
         text + &body
+    }
+
+    /// The bias binding of a biased kernel, then the parameters.
+    fn params(&self) -> String {
+        let params = "var<uniform> params: array<vec4<u32>, 3>;";
+        match self.biased {
+            true => format!(
+                "@group(0) @binding(5) var<storage, read_write> bias: array<f32>;\n@group(0) @binding(6) {params}"
+            ),
+            false => format!("@group(0) @binding(5) {params}"),
+        }
     }
 
     /// `load_query`, `load_key`, `load_value`, `load_output` (vec4 `j` of a row, zeros past the head's width)
@@ -346,11 +368,16 @@ impl FlashShape {
     }
 
     /// Per row `r`: `row_r`, its buffer index `index_r`, the scaled query slice `q_r_j`, the running `max_r`
-    /// and `sum_r` and the accumulator `acc_r_j`, continued from the previous dispatch where there was one.
+    /// and `sum_r` and the accumulator `acc_r_j`, continued from the previous dispatch where there was one; in a
+    /// biased kernel `bias_r`, where the row's bias starts.
     fn row_state(&self) -> String {
         let mut code = String::new();
         if self.broadcast_lanes > 1 {
             let _ = writeln!(code, "    let reader = min(lane, {}u);", self.broadcast_lanes - 1);
+        }
+        if self.biased {
+            // [h or 1, lq, lk]: this head's, or the one shared by every head.
+            code.push_str("    let bias_head = select(0u, bh % params[1].w, params[2].x == 1u);\n");
         }
         for r in 0..self.rows_per_thread {
             let _ = writeln!(
@@ -358,6 +385,9 @@ impl FlashShape {
                 "    let row_{r} = first_row + {r}u * ROW_STRIDE;\n    let index_{r} = bh * lq + min(row_{r}, lq - 1u);\n    \
                  var max_{r} = MASKED;\n    var sum_{r} = 0.0;"
             );
+            if self.biased {
+                let _ = writeln!(code, "    let bias_{r} = (bias_head * lq + min(row_{r}, lq - 1u)) * lk;");
+            }
             for j in 0..self.slice() {
                 let _ = writeln!(
                     code,
@@ -401,6 +431,14 @@ impl FlashShape {
                 }
             }
             lane *= 2;
+        }
+        if self.biased {
+            for u in 0..step {
+                let _ = writeln!(code, "{indent}let key_{u} = min(first_key + c + {u}u, lk - 1u);");
+                for r in 0..rows {
+                    let _ = writeln!(code, "{indent}s_{r}_{u} += max(bias[bias_{r} + key_{u}] * LOG2_E, MASKED);");
+                }
+            }
         }
         // The step's first key is always below `count`.
         for u in 1..step {
@@ -516,6 +554,7 @@ mod tests {
             broadcast_lanes: 8,
             keys: 16,
             f16_inputs: false,
+            biased: false,
         };
         assert_eq!(cpu, expected);
         assert_eq!((cpu.head_vecs(), cpu.rows(), cpu.shared_bytes()), (32, 256, 16 * 1024 + 24));
@@ -529,6 +568,7 @@ mod tests {
             broadcast_lanes: 1,
             keys: 32,
             f16_inputs: false,
+            biased: false,
         };
         assert_eq!(gpu, expected);
         assert_eq!((gpu.slice(), gpu.rows()), (8, 32));
@@ -597,5 +637,14 @@ mod tests {
         assert!(!source.contains("array<vec4<f32>, HEAD") && !source.contains("var q"));
         let cpu = choose(7, CPU).unwrap().source();
         assert!(cpu.contains("alias ELEMENT = f32;") && !cpu.contains("subgroupShuffleXor("));
+        assert!(source.contains("@binding(5) var<uniform> params") && !source.contains("read_write> bias"));
+        let biased = shape.with_bias();
+        let source = biased.source();
+        assert!(
+            source.contains("@binding(5) var<storage, read_write> bias")
+                && source.contains("@binding(6) var<uniform> params")
+        );
+        assert!(source.contains("s_1_3 += max(bias[bias_1 + key_3] * LOG2_E, MASKED);"), "{source}");
+        assert!(biased.kernel().name.ends_with("_bias") && !shape.kernel().name.ends_with("_bias"));
     }
 }

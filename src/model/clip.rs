@@ -6,11 +6,12 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig};
-use burn::tensor::activation::{gelu, sigmoid, softmax};
+use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::{Bool, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::formats::weights::Weights;
+use crate::kernels::attention::biased_attention;
 use crate::model::layers::{HostEmbedding, Projection};
 use crate::model::scope::Scope;
 use crate::{Error, Result};
@@ -167,18 +168,16 @@ pub struct ClipAttention {
 }
 
 impl ClipAttention {
-    /// `x [b, n, d]`, `causal [n, n]` (true above the diagonal) → `[b, n, d]`.
-    pub fn forward(&self, x: Tensor<3>, causal: Tensor<2, Bool>) -> Tensor<3> {
+    /// `x [b, n, d]`, `causal [1, n, n]` (`f32::MIN` above the diagonal, 0 elsewhere) → `[b, n, d]`.
+    pub fn forward(&self, x: Tensor<3>, causal: Tensor<3>) -> Tensor<3> {
         let [b, n, d] = x.dims();
         let heads = self.num_heads;
         let head_dim = d / heads;
         let split = |t: Tensor<3>| t.reshape([b, n, heads, head_dim]).swap_dims(1, 2); // [b, h, n, hd]
-        let q = split(self.q_proj.forward(x.clone())) * (head_dim as f64).powf(-0.5);
+        let q = split(self.q_proj.forward(x.clone()));
         let k = split(self.k_proj.forward(x.clone()));
         let v = split(self.v_proj.forward(x));
-        let scores = q.matmul(k.swap_dims(2, 3)); // [b, h, n, n]
-        let scores = scores.mask_fill(causal.unsqueeze::<4>().expand([b, heads, n, n]), f32::MIN);
-        let out = softmax(scores, 3).matmul(v); // [b, h, n, hd]
+        let out = biased_attention(q, k, v, causal, (head_dim as f32).powf(-0.5)); // [b, h, n, hd]
         self.out_proj.forward(out.swap_dims(1, 2).reshape([b, n, d]))
     }
 }
@@ -218,7 +217,7 @@ pub struct ClipEncoderLayer {
 
 impl ClipEncoderLayer {
     /// `[b, n, d] → [b, n, d]`.
-    pub fn forward(&self, x: Tensor<3>, causal: Tensor<2, Bool>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, causal: Tensor<3>) -> Tensor<3> {
         let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x), causal);
         x.clone() + self.mlp.forward(self.layer_norm2.forward(x))
     }
@@ -313,7 +312,8 @@ impl ClipTextTransformer {
     pub fn forward(&self, ids: &[u32], device: &Device) -> Result<(Tensor<3>, Tensor<2>)> {
         let n = ids.len();
         let mut x = self.embed(ids, device)?;
-        let causal = Tensor::<2, Bool>::tril_mask([n, n], 0, device);
+        let above_diagonal = Tensor::<2, Bool>::tril_mask([n, n], 0, device);
+        let causal = Tensor::<2>::zeros([n, n], device).mask_fill(above_diagonal, f32::MIN).unsqueeze::<3>(); // [1, n, n]
         for layer in &self.encoder.layers {
             x = layer.forward(x, causal.clone());
         }

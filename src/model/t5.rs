@@ -7,11 +7,11 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, RmsNorm};
-use burn::tensor::activation::{gelu_approximate, softmax};
-use burn::tensor::module::embedding;
+use burn::tensor::activation::gelu_approximate;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::attention::biased_attention;
 use crate::model::layers::{HostEmbedding, Projection};
 use crate::model::scope::Scope;
 
@@ -213,8 +213,8 @@ pub struct T5Attention {
 }
 
 impl T5Attention {
-    /// `x [b, n, d]` with `position_bias [1, h, n, n]` → `[b, n, d]`.
-    pub fn forward(&self, x: Tensor<3>, position_bias: Tensor<4>) -> Tensor<3> {
+    /// `x [b, n, d]` with `position_bias [h, n, n]` → `[b, n, d]`.
+    pub fn forward(&self, x: Tensor<3>, position_bias: Tensor<3>) -> Tensor<3> {
         let [b, n, _] = x.dims();
         let heads = self.num_heads;
         let inner = self.q.d_out();
@@ -223,8 +223,7 @@ impl T5Attention {
         let q = split(self.q.forward(x.clone()));
         let k = split(self.k.forward(x.clone()));
         let v = split(self.v.forward(x));
-        let scores = q.matmul(k.swap_dims(2, 3)) + position_bias; // [b, h, n, n]
-        let out = softmax(scores, 3).matmul(v); // [b, h, n, dk]
+        let out = biased_attention(q, k, v, position_bias, 1.0); // [b, h, n, dk]
         self.o.forward(out.swap_dims(1, 2).reshape([b, n, inner]))
     }
 }
@@ -263,7 +262,7 @@ pub struct T5Block {
 
 impl T5Block {
     /// `[b, n, d] → [b, n, d]`.
-    pub fn forward(&self, x: Tensor<3>, position_bias: Tensor<4>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, position_bias: Tensor<3>) -> Tensor<3> {
         let x = x.clone() + self.self_attention.forward(self.attention_norm.forward(x), position_bias);
         x.clone() + self.dense_relu_dense.forward(self.ff_norm.forward(x))
     }
@@ -334,19 +333,18 @@ impl T5Encoder {
         })
     }
 
-    /// The attention bias for `n` tokens: `[1, heads, n, n]`, query along rows, key along columns.
-    pub fn position_bias(&self, n: usize, device: &Device) -> Tensor<4> {
-        let [num_buckets, _] = self.relative_attention_bias.weight.dims();
+    /// The attention bias for `n` tokens: `[heads, n, n]`, query along rows, key along columns.
+    pub fn position_bias(&self, n: usize, device: &Device) -> Tensor<3> {
+        let [num_buckets, heads] = self.relative_attention_bias.weight.dims();
         let max_distance = self.relative_attention_max_distance;
         let buckets: Vec<i64> = (0..n as i64)
             .flat_map(|query| {
                 (0..n as i64).map(move |key| relative_position_bucket(key - query, num_buckets, max_distance) as i64)
             })
             .collect();
-        let buckets = Tensor::<2, Int>::from_data(TensorData::new(buckets, [n, n]), device);
-        embedding(self.relative_attention_bias.weight.val(), buckets) // [n, n, h]
-            .permute([2, 0, 1])
-            .unsqueeze::<4>() // [1, h, n, n]
+        let buckets = Tensor::<1, Int>::from_data(TensorData::new(buckets, [n * n]), device);
+        // [buckets, h] → [h, n·n], written contiguous so that every block binds it as it is.
+        self.relative_attention_bias.weight.val().transpose().select(1, buckets).reshape([heads, n, n])
     }
 
     /// Token `ids` (one sequence) → last hidden state `[1, n, d_model]` after the final norm, on `device`.

@@ -324,13 +324,13 @@ pub fn dit_working_bytes(cfg: &FluxConfig, tokens: usize) -> u64 {
 }
 
 /// Device memory the T5 encoder holds in activations over `tokens` tokens: the residual stream and a normed
-/// copy, q/k/v and the attention output, the two feed-forward projections and their product, and one head's
-/// score matrix per head with the position bias.
+/// copy, q/k/v and the attention output, the two feed-forward projections and their product, and the position
+/// bias `[h, L, L]` (the flash kernel keeps no scores, [`crate::kernels::attention::biased_attention`]).
 pub fn t5_working_bytes(cfg: &T5Config, tokens: usize) -> u64 {
     let (l, inner) = (tokens as u64, (cfg.num_heads * cfg.d_kv) as u64);
     let streams = l * (2 * cfg.d_model as u64 + 4 * inner + 3 * cfg.d_ff as u64);
-    let scores = 2 * cfg.num_heads as u64 * l * l;
-    (streams + scores) * VALUE_BYTES
+    let position_bias = cfg.num_heads as u64 * l * l;
+    (streams + position_bias) * VALUE_BYTES
 }
 
 /// Device bytes of each part and the working memory of each phase, from which phases are planned under any
