@@ -11,8 +11,9 @@ use kontext_web::formats::{GgmlType, GgufFile, dequantize};
 use kontext_web::harness::kernel_checks;
 use kontext_web::harness::testing::{self, fixture_path, gpu};
 use kontext_web::kernels::precision::Precision;
+use kontext_web::kernels::quant_matmul::PlainKernel::{Matvec, Square, Wide};
 use kontext_web::kernels::quant_matmul::{
-    Epilogue, PackedLinear, PackedWeight, has_kernel, matmul_at, matmul_with, reference,
+    Epilogue, PackedLinear, PackedWeight, has_kernel, matmul_at, matmul_in, reference,
 };
 
 fn gguf(rel: &str) -> GgufFile {
@@ -73,9 +74,9 @@ fn rounded_to_f16(values: Vec<f32>, rows: usize, cols: usize) -> Tensor<2> {
     Tensor::from_data(TensorData::new(values, [rows, cols]), &device::cpu())
 }
 
-/// Kernel on wgpu vs reference twin on the CPU for each M (the matrix-vector kernel up to 8 rows, the square
-/// one, and from 256 rows the wide one when N ≥ 128), computing in f32 and in f16 (the adapter must have
-/// `shader-f16`, as lavapipe does).
+/// Kernel on wgpu vs reference twin on the CPU for each M and kernel (the matrix-vector kernel up to 8 rows, the
+/// square and the wide one with partial tiles, whichever this adapter would take), computing in f32 and in f16 (the
+/// adapter must have `shader-f16`, as lavapipe does).
 fn assert_kernel_matches(raw: &Raw, bias: Option<&[f32]>, what: &str) {
     assert_kernel_matches_at(raw, bias, what, Precision::F32);
     assert!(
@@ -95,8 +96,9 @@ fn assert_kernel_matches_at(raw: &Raw, bias: Option<&[f32]>, what: &str, precisi
     let (gpu_bias, cpu_bias) = (bias_on(&gpu), bias_on(&cpu));
     let mut worst = 0f32;
     let mut worst_rel = 0f32;
-    for m in [1, 3, 6, 37, 70, 300] {
-        let got = matmul_at(input(m, raw.k, m as u32, &gpu), &packed, gpu_bias.as_ref(), precision).into_data();
+    for (m, kernel) in [(1, Matvec), (3, Matvec), (6, Matvec), (37, Square), (70, Square), (70, Wide), (300, Wide)] {
+        let x = input(m, raw.k, m as u32, &gpu);
+        let got = matmul_in(x, &packed, gpu_bias.as_ref(), kernel, precision, Epilogue::Plain).into_data();
         assert_eq!(got.shape().as_slice(), [m, raw.n], "{what}");
         let g = got.try_to_vec::<f32>().unwrap();
         let x = input(m, raw.k, m as u32, &cpu);
@@ -273,10 +275,10 @@ fn f16_compute_takes_and_gives_f32_tensors() {
     let packed = raw.packed(&gpu);
     // The matrix-vector, square and wide kernels convert as they load: f32 in, f32 out, no cast pass around them
     // (tests/bench.rs checks that the f16 DiT step launches no more kernels than the f32 one).
-    for m in [1, 37, 300] {
+    for (m, kernel) in [(1, Matvec), (37, Square), (300, Wide)] {
         let x = input(m, raw.k, 3, &gpu);
-        let f32_y = matmul_at(x.clone(), &packed, None, Precision::F32);
-        let f16_y = matmul_at(x, &packed, None, Precision::F16);
+        let f32_y = matmul_in(x.clone(), &packed, None, kernel, Precision::F32, Epilogue::Plain);
+        let f16_y = matmul_in(x, &packed, None, kernel, Precision::F16, Epilogue::Plain);
         assert_eq!((f16_y.dims(), f16_y.dtype()), ([m, 3], DType::F32));
         // It computed in f16: close to the f32 kernel, and not equal to it.
         let (a, b) = (f16_y.into_data().try_to_vec::<f32>().unwrap(), f32_y.into_data().try_to_vec::<f32>().unwrap());
@@ -294,7 +296,7 @@ fn epilogues_apply_gelu_and_the_gated_residual_add_like_their_twins() {
     assert!(packed.is_packed() && !dense.is_packed());
     let bias = selfcheck::test_matrix(1, raw.n, 5);
     // The matrix-vector, square and wide kernels; 2 samples, so that later rows take the second gate row.
-    for m in [2, 38, 300] {
+    for (m, kernel) in [(2, Matvec), (38, Square), (300, Wide)] {
         let matrix = |rows: usize, cols: usize, salt: u32, d: &Device| {
             Tensor::<2>::from_data(TensorData::new(selfcheck::test_matrix(rows, cols, salt), [rows, cols]), d)
         };
@@ -309,7 +311,7 @@ fn epilogues_apply_gelu_and_the_gated_residual_add_like_their_twins() {
                 _ => Epilogue::GatedAdd { residual: &residual, gate: &gate },
             };
             let bias = Tensor::<1>::from_data(TensorData::new(bias.clone(), [raw.n]), d);
-            matmul_with(matrix(m, raw.k, m as u32, d), weight, Some(&bias), epilogue).into_data()
+            matmul_in(matrix(m, raw.k, m as u32, d), weight, Some(&bias), kernel, Precision::F32, epilogue).into_data()
         };
         let plain = run(0, &cpu).try_to_vec::<f32>().unwrap();
         for (epilogue, name) in [(1, "GELU"), (2, "gated add")] {

@@ -9,7 +9,7 @@ use crate::device::{self, selfcheck};
 use crate::formats::weights::Weights;
 use crate::formats::{GgmlType, GgufFile, SafetensorsFile};
 use crate::kernels::precision::Precision;
-use crate::kernels::quant_matmul::{PackedWeight, matmul_at};
+use crate::kernels::quant_matmul::{Epilogue, PackedWeight, PlainKernel, matmul_in};
 use crate::{Error, Result};
 
 /// One tensor's outcome.
@@ -24,8 +24,10 @@ pub struct QuantVectorCheck {
 }
 
 /// For each tensor `qv.T` of the quantization vectors `gguf`: `x · Wᵀ` through a [`PackedWeight`] on `device`
-/// computing at `precision` for M = 1, 5 and 70 rows of `x`, against `x · deqᵀ` on the CPU with `deq` the
-/// golden `qv.T.deq` of `expected` (gguf-py's dequantization). F16 needs [`Precision::f16_available`].
+/// computing at `precision` for M = 1 and 5 rows of `x` (the matrix-vector kernel) and 70 (the square kernel,
+/// which CPU adapters leave for the wide one: the browser's end-to-end edits run that one for each type), against
+/// `x · deqᵀ` on the CPU with `deq` the golden `qv.T.deq` of `expected` (gguf-py's dequantization). F16 needs
+/// [`Precision::f16_available`].
 pub async fn quant_vectors(
     gguf: Vec<u8>,
     expected: Vec<u8>,
@@ -45,10 +47,10 @@ pub async fn quant_vectors(
         let weight = PackedWeight::from_gguf(&file, &name, device)?;
         let deq = Tensor::<2>::from_data(TensorData::new(golden.data, [n, k]), &cpu);
         let mut worst_relative = 0f32;
-        for m in [1, 5, 70] {
+        for (m, kernel) in [(1, PlainKernel::Matvec), (5, PlainKernel::Matvec), (70, PlainKernel::Square)] {
             let x =
                 |d: &Device| Tensor::<2>::from_data(TensorData::new(selfcheck::test_matrix(m, k, m as u32), [m, k]), d);
-            let got = device::read_f32(matmul_at(x(device), &weight, None, precision)).await?;
+            let got = device::read_f32(matmul_in(x(device), &weight, None, kernel, precision, Epilogue::Plain)).await?;
             let want = device::read_f32(x(&cpu).matmul(deq.clone().transpose())).await?;
             if got.len() != want.len() {
                 return Err(Error::Invalid(format!(

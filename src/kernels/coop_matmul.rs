@@ -27,8 +27,6 @@ pub struct CoopMatmul {
     /// Invocations per workgroup: four subgroups of the adapter's largest size (at most 64, so that all four fit
     /// in 256), at least 16.
     pub threads: usize,
-    /// The epilogue's code (`EPILOGUE` in `shaders/matmul_epilogue.wgsl`).
-    pub epilogue: u32,
 }
 
 impl CoopMatmul {
@@ -37,10 +35,10 @@ impl CoopMatmul {
     ///
     /// # Panics
     /// For fragments other than 8 and 16.
-    pub fn new(ty: GgmlType, fragment: usize, subgroup_max: usize, epilogue: u32) -> Self {
+    pub fn new(ty: GgmlType, fragment: usize, subgroup_max: usize) -> Self {
         assert!(matches!(fragment, 8 | 16), "cooperative fragments of {fragment}: 8 or 16");
         let threads = (SUBGROUPS * subgroup_max).next_power_of_two().clamp(16, 256);
-        Self { ty, fragment, threads, epilogue }
+        Self { ty, fragment, threads }
     }
 
     /// The kernel, its text generated once per process ([`WgslKernel::generated`]).
@@ -48,13 +46,7 @@ impl CoopMatmul {
     /// # Panics
     /// For types without a dequantizing part ([`dequant::dequant_source`]).
     pub fn kernel(&self) -> WgslKernel {
-        let name = format!(
-            "matmul_{}_coop{}_t{}_e{}",
-            dequant::type_name(self.ty),
-            self.fragment,
-            self.threads,
-            self.epilogue
-        );
+        let name = format!("matmul_{}_coop{}_t{}", dequant::type_name(self.ty), self.fragment, self.threads);
         WgslKernel::generated(name, || self.source())
     }
 
@@ -101,12 +93,12 @@ impl CoopMatmul {
             "enable f16;\nenable wgpu_cooperative_matrix;\nconst FRAG: u32 = {f}u;\nconst THREADS: u32 = {}u;\n",
             self.threads
         );
-        dequant::matmul_source(&prelude, self.ty, &body, self.epilogue)
+        dequant::matmul_source(&prelude, self.ty, &body)
     }
 }
 
 /// Every variant the product can generate for `fragment`: each packed type, the subgroup widths of real
-/// adapters, each epilogue.
+/// adapters.
 pub fn variants(fragment: usize) -> Vec<CoopMatmul> {
     let types = [
         GgmlType::Q8_0,
@@ -124,9 +116,7 @@ pub fn variants(fragment: usize) -> Vec<CoopMatmul> {
     let mut all = Vec::new();
     for ty in types {
         for subgroup_max in [8, 32, 64] {
-            for epilogue in 0..3 {
-                all.push(CoopMatmul::new(ty, fragment, subgroup_max, epilogue));
-            }
+            all.push(CoopMatmul::new(ty, fragment, subgroup_max));
         }
     }
     all
@@ -176,12 +166,12 @@ pub(crate) mod tests {
     fn every_coop_variant_translates_to_spirv_and_msl() {
         let markers = ["//# accumulators", "//# products", "//# stores"];
         let translated = translate_all([8, 16].into_iter().flat_map(variants), CoopMatmul::source, &markers);
-        assert_eq!(translated, 2 * 11 * 3 * 3);
+        assert_eq!(translated, 2 * 11 * 3);
     }
 
     #[test]
     fn a_broken_coop_shader_fails_translation() {
-        let source = CoopMatmul::new(GgmlType::Q8_0, 16, 32, 0).source();
+        let source = CoopMatmul::new(GgmlType::Q8_0, 16, 32).source();
         // A B fragment where the product wants an A: naga refuses it.
         let broken = source.replacen("coopLoadT<coop_mat16x16<f16, A>>", "coopLoadT<coop_mat16x16<f16, B>>", 1);
         assert!(translate(&broken).is_err());
@@ -190,14 +180,14 @@ pub(crate) mod tests {
 
     #[test]
     fn variants_size_their_workgroups_and_fragments() {
-        let v = CoopMatmul::new(GgmlType::Q4_K, 16, 32, 2);
+        let v = CoopMatmul::new(GgmlType::Q4_K, 16, 32);
         assert_eq!(v.threads, 128);
-        assert_eq!(CoopMatmul::new(GgmlType::Q4_K, 8, 8, 0).threads, 32);
-        assert_eq!(CoopMatmul::new(GgmlType::Q4_K, 8, 128, 0).threads, 256);
+        assert_eq!(CoopMatmul::new(GgmlType::Q4_K, 8, 8).threads, 32);
+        assert_eq!(CoopMatmul::new(GgmlType::Q4_K, 8, 128).threads, 256);
         let source = v.source();
         assert_eq!(source.matches("coopMultiplyAdd").count(), 4);
-        assert_eq!(CoopMatmul::new(GgmlType::Q4_K, 8, 8, 0).source().matches("coopMultiplyAdd").count(), 16);
-        assert!(source.contains("const EPILOGUE: u32 = 2u;"));
-        assert_eq!(v.kernel().name, "matmul_q4_k_coop16_t128_e2");
+        assert_eq!(CoopMatmul::new(GgmlType::Q4_K, 8, 8).source().matches("coopMultiplyAdd").count(), 16);
+        assert!(source.contains("switch dims[1].w"), "one kernel for every epilogue");
+        assert_eq!(v.kernel().name, "matmul_q4_k_coop16_t128");
     }
 }

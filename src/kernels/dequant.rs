@@ -24,12 +24,12 @@ pub fn dequant_source(ty: GgmlType) -> Option<&'static str> {
 }
 
 /// The text of a packed matmul over `ty` weights: `prelude` (enables and constants), the type's dequantizer, the
-/// layout reader, the shared bindings, `body` (the kernel, which declares its `x`), GELU and the epilogues, and
-/// the `EPILOGUE` constant that picks one.
+/// layout reader, the shared bindings, `body` (the kernel, which declares its `x`), GELU and the epilogues (one
+/// picked per launch by a parameter).
 ///
 /// # Panics
 /// For types without a dequantizing part ([`dequant_source`]).
-pub fn matmul_source(prelude: &str, ty: GgmlType, body: &str, epilogue: u32) -> String {
+pub fn matmul_source(prelude: &str, ty: GgmlType, body: &str) -> String {
     let dequant = dequant_source(ty).unwrap_or_else(|| panic!("no packed kernel reads {ty}"));
     [
         prelude,
@@ -39,7 +39,6 @@ pub fn matmul_source(prelude: &str, ty: GgmlType, body: &str, epilogue: u32) -> 
         body,
         include_str!("../../shaders/gelu.wgsl"),
         include_str!("../../shaders/matmul_epilogue.wgsl"),
-        &format!("\nconst EPILOGUE: u32 = {epilogue}u;\n"),
     ]
     .concat()
 }

@@ -4,8 +4,9 @@
 //! Every per-invocation value (a query row's slice, its accumulator, a step's scores) is a named variable,
 //! because GPU compilers and llvmpipe keep arrays indexed at run time in memory, not registers. The layouts
 //! ([`FlashLayout::for_adapter`]):
-//! - **CPU adapters** (llvmpipe, SwiftShader): 32 invocations, 8 query rows each. Each read of workgroup memory
-//!   is a loop over the SIMD lanes there, so each key or value vec4 read serves 8 rows; where subgroups exist
+//! - **CPU adapters** (llvmpipe, SwiftShader): 32 invocations, 4 query rows each. Each read of workgroup memory
+//!   is a loop over the SIMD lanes there, so each key or value vec4 read serves 4 rows (8 ran no faster on
+//!   llvmpipe and took twice as long to compile on both, a cost every fresh browser worker pays); where subgroups exist
 //!   (llvmpipe: 8 lanes), each lane reads a different vec4 and `subgroupBroadcast` hands it to the others.
 //!   Heads over 256 wide (the VAE's 512) are split over several invocations per row, 128 columns each.
 //! - **GPUs with subgroups**: 4 invocations share a row (32 of a 128-wide head's columns each) and add their
@@ -76,9 +77,9 @@ impl FlashLayout {
         let (rows_per_thread, threads_per_row, threads, keys_per_step, broadcast) = match adapter {
             Adapter { software: true, subgroup_min: Some(lanes), .. } if head_vecs > 64 => {
                 let per_row = split(32, lanes);
-                (8, per_row, 32 * per_row, 4, false)
+                (4, per_row, 32 * per_row, 4, false)
             }
-            Adapter { software: true, subgroup_min, .. } => (8, 1, 32, 4, subgroup_min.is_some()),
+            Adapter { software: true, subgroup_min, .. } => (4, 1, 32, 4, subgroup_min.is_some()),
             Adapter { subgroup_min: Some(lanes @ 4..), .. } => {
                 let per_row = split(8, lanes).max(4);
                 (2, per_row, 16 * per_row, 4, false)
@@ -547,7 +548,7 @@ mod tests {
         let cpu = choose(128, CPU).unwrap();
         let expected = FlashShape {
             head_dim: 128,
-            rows_per_thread: 8,
+            rows_per_thread: 4,
             threads_per_row: 1,
             threads: 32,
             keys_per_step: 4,
@@ -557,7 +558,7 @@ mod tests {
             biased: false,
         };
         assert_eq!(cpu, expected);
-        assert_eq!((cpu.head_vecs(), cpu.rows(), cpu.shared_bytes()), (32, 256, 16 * 1024 + 24));
+        assert_eq!((cpu.head_vecs(), cpu.rows(), cpu.shared_bytes()), (32, 128, 16 * 1024 + 24));
         let gpu = choose(128, GPU).unwrap();
         let expected = FlashShape {
             head_dim: 128,
@@ -575,13 +576,15 @@ mod tests {
         // WebGPU's default 16 KiB: the key and value tiles of 8 keys.
         assert_eq!(choose(128, PLAIN).unwrap().keys, 8);
         // Wide heads hold fewer rows, so the unrolled code stays bounded; narrow ones pad to whole slices.
-        assert_eq!(choose(256, CPU).unwrap().rows_per_thread, 4);
+        let software_without_subgroups = Adapter { subgroup_min: None, ..CPU };
+        assert_eq!(choose(256, software_without_subgroups).unwrap().rows_per_thread, 4);
+        assert_eq!(choose(512, software_without_subgroups).unwrap().rows_per_thread, 2);
         assert_eq!(choose(8, GPU).unwrap().head_vecs(), 4);
         assert_eq!(choose(7, CPU).unwrap().head_vecs(), 2);
         // The VAE's one 512-wide head: split over invocations, 32 vec4s each, and on WebGPU's default 16 KiB
         // tiles of 2 keys stepped 2 at a time.
         let cpu = choose(512, CPU).unwrap();
-        assert_eq!((cpu.threads_per_row, cpu.slice(), cpu.rows_per_thread, cpu.keys), (4, 32, 8, 4));
+        assert_eq!((cpu.threads_per_row, cpu.slice(), cpu.rows_per_thread, cpu.keys), (4, 32, 4, 4));
         let gpu = choose(512, GPU).unwrap();
         assert_eq!((gpu.threads_per_row, gpu.threads, gpu.slice(), gpu.rows(), gpu.keys), (16, 256, 8, 32, 8));
         // f16 tiles take half the memory: twice the keys.

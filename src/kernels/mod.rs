@@ -45,8 +45,8 @@ const MAX_GROUPS_PER_DIM: u32 = 65_535;
 /// loop of the shader (`LP_MAX_TGSI_LOOP_ITERATIONS` = 65535, shared by all loops); we plan for three quarters.
 pub const LLVMPIPE_LOOP_BUDGET: usize = 49_152;
 
-/// A hand-written WGSL compute shader with entry point `main`: a fixed text, or one generated from a template
-/// with compile-time constants (then the name carries their values).
+/// A hand-written WGSL compute shader with entry point `main` (renamed after the kernel when compiled): a fixed
+/// text, or one generated from a template with compile-time constants (then the name carries their values).
 #[derive(Debug, Clone, Copy)]
 pub struct WgslKernel {
     /// Unique name, also the compilation-cache key and the name launch counts report.
@@ -97,8 +97,17 @@ impl CubeKernel for WgslKernel {
     }
 
     fn source(&self) -> Option<PrecompiledSource> {
-        Some(PrecompiledSource { source: self.source.to_string(), entrypoint_name: "main".into(), lang: "wgsl" })
+        let entry = entry_point(self.name);
+        let source = self.source.replacen("fn main(", &format!("fn {entry}("), 1);
+        Some(PrecompiledSource { source, entrypoint_name: entry, lang: "wgsl" })
     }
+}
+
+/// The entry point a kernel's `main` is renamed to: its name as a WGSL identifier, so that driver traces and
+/// pipeline labels say which kernel they are.
+fn entry_point(name: &str) -> String {
+    let identifier: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    format!("k_{identifier}")
 }
 
 /// Whether `device` runs our kernels (wgpu, unless [`with_plain_ops`] turned them off), so that weights may
@@ -309,5 +318,13 @@ mod tests {
             assert!(x <= MAX_GROUPS_PER_DIM && y <= MAX_GROUPS_PER_DIM, "{groups}: {x}×{y}");
             assert!(x as usize * y as usize >= groups, "{groups}: {x}×{y}");
         }
+    }
+
+    #[test]
+    fn kernels_compile_with_their_name_as_entry_point() {
+        let kernel = WgslKernel::fixed("matmul_q8_0.w64-f16", "@compute @workgroup_size(1)\nfn main() {}\n");
+        let source = kernel.source().unwrap();
+        assert_eq!(source.entrypoint_name, "k_matmul_q8_0_w64_f16");
+        assert_eq!(source.source, "@compute @workgroup_size(1)\nfn k_matmul_q8_0_w64_f16() {}\n");
     }
 }

@@ -1,8 +1,9 @@
 //! Linear layers whose weights stay quantized on the GPU: `y = x · Wᵀ (+ b)` with `W [n, k]` the blocks of a GGUF
 //! tensor, repacked once at load into aligned chunk-major sections ([`super::repack`]) and dequantized inside the
-//! matmul, accumulating in f32. Three kernels by rows of x: `shaders/matvec_quant.wgsl` (up to 8 rows: 8 threads
-//! split one row of W), `matmul_quant.wgsl` (64×64 outputs per workgroup) and `matmul_quant_wide.wgsl` (128×128,
-//! from 256 rows), each completed by one `shaders/matmul_<type>.wgsl` per block type,
+//! matmul, accumulating in f32. Three kernels by rows of x ([`PlainKernel::for_shape`]): `shaders/matvec_quant.wgsl`
+//! (up to 8 rows: 8 threads split one row of W), `matmul_quant.wgsl` (64×64 outputs per workgroup) and
+//! `matmul_quant_wide.wgsl` (128×128, from 256 rows; on CPU adapters from 9), each completed by one
+//! `shaders/matmul_<type>.wgsl` per block type,
 //! `shaders/packed_weights.wgsl`, which reads the layout, and the shared bindings and epilogues
 //! ([`super::dequant::matmul_source`]).
 //!
@@ -45,9 +46,9 @@ const MATVEC_TILE: (usize, usize) = (32, 4);
 /// Rows of W the matrix-vector kernel reaches within WebGPU's 65 535 workgroups per dimension.
 const MAX_PACKED_ROWS: usize = 65_535 * MATVEC_TILE.0;
 
-/// The plain kernels by rows of x.
+/// The plain kernels (the `f32` and `subgroup-f16` paths), by rows of x.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Plain {
+pub enum PlainKernel {
     /// Up to [`MATVEC_MAX_ROWS`] rows: `shaders/matvec_quant.wgsl`.
     Matvec,
     /// `shaders/matmul_quant.wgsl`, [`TILE`]² outputs per workgroup.
@@ -56,10 +57,33 @@ enum Plain {
     Wide,
 }
 
-impl Plain {
-    /// The kernel reading `ty` blocks, multiplying at `precision`, finishing with `epilogue`: the shader
-    /// completed by [`dequant::matmul_source`] after `shaders/work_<precision>.wgsl`.
-    fn kernel(self, ty: GgmlType, precision: Precision, epilogue: &Epilogue) -> WgslKernel {
+impl PlainKernel {
+    /// The kernel for x of `m` rows and a weight of `n` rows. CPU adapters (`software`: llvmpipe, SwiftShader)
+    /// take the wide kernel wherever the matrix-vector one does not serve: there it ran 2× (64 rows) to 4× (256
+    /// rows) as fast as the square one on llvmpipe (`kontext bench --quick --only matmul`, side by side), and one
+    /// kernel fewer per block type is one pipeline fewer for every fresh browser worker to compile.
+    pub fn for_shape(m: usize, n: usize, software: bool) -> Self {
+        if m <= MATVEC_MAX_ROWS {
+            Self::Matvec
+        } else if software || (m >= WIDE_FROM_ROWS && n >= WIDE_TILE) {
+            Self::Wide
+        } else {
+            Self::Square
+        }
+    }
+
+    /// Outputs along N and M one workgroup computes.
+    fn tile(self) -> (usize, usize) {
+        match self {
+            Self::Matvec => MATVEC_TILE,
+            Self::Square => (TILE, TILE),
+            Self::Wide => (WIDE_TILE, WIDE_TILE),
+        }
+    }
+
+    /// The kernel reading `ty` blocks, multiplying at `precision` (every epilogue, picked by a parameter): the
+    /// shader completed by [`dequant::matmul_source`] after `shaders/work_<precision>.wgsl`.
+    fn kernel(self, ty: GgmlType, precision: Precision) -> WgslKernel {
         let (body, suffix) = match self {
             Self::Matvec => (include_str!("../../shaders/matvec_quant.wgsl"), "_vec"),
             Self::Square => (include_str!("../../shaders/matmul_quant.wgsl"), ""),
@@ -69,8 +93,8 @@ impl Plain {
             Precision::F32 => (include_str!("../../shaders/work_f32.wgsl"), ""),
             Precision::F16 => (include_str!("../../shaders/work_f16.wgsl"), "_f16"),
         };
-        let name = format!("matmul_{}{half}{suffix}{}", dequant::type_name(ty), epilogue.suffix());
-        WgslKernel::generated(name, || dequant::matmul_source(work, ty, body, epilogue.code()))
+        let name = format!("matmul_{}{half}{suffix}", dequant::type_name(ty));
+        WgslKernel::generated(name, || dequant::matmul_source(work, ty, body))
     }
 }
 
@@ -212,18 +236,13 @@ pub enum Epilogue<'a> {
 }
 
 impl Epilogue<'_> {
-    /// `EPILOGUE` in `shaders/matmul_epilogue.wgsl`.
+    /// The parameter `dims[1].w` that picks the epilogue in `shaders/matmul_epilogue.wgsl`.
     fn code(&self) -> u32 {
         match self {
             Self::Plain => 0,
             Self::Gelu => 1,
             Self::GatedAdd { .. } => 2,
         }
-    }
-
-    /// The suffix of the plain kernels' names for this epilogue (none for [`Epilogue::Plain`]).
-    fn suffix(&self) -> &'static str {
-        ["", "_gelu", "_gated"][self.code() as usize]
     }
 
     /// The reference twin: the epilogue applied to `y` `[m, n]` in plain tensor ops.
@@ -287,6 +306,60 @@ pub fn matmul_on_with(
     path: KernelPath,
     epilogue: Epilogue,
 ) -> Tensor<2> {
+    let m = x.dims()[0];
+    let launch = match crate::device::coop_fragment() {
+        Some(fragment) if path == KernelPath::Coop && m > coop_matmul::MIN_ROWS => Launch::Coop(fragment),
+        _ => Launch::Plain(PlainKernel::for_shape(m, weight.n, crate::device::software_adapter(&x.device()))),
+    };
+    packed_matmul(x, weight, bias, path, launch, epilogue)
+}
+
+/// [`matmul_with`] in the plain kernel `kernel` at `precision`, whatever [`PlainKernel::for_shape`] would take:
+/// tests check each kernel on any adapter with it. Dense weights ignore both ([`reference`] in f32).
+///
+/// # Panics
+/// As [`matmul_at`].
+pub fn matmul_in(
+    x: Tensor<2>,
+    weight: &PackedWeight,
+    bias: Option<&Tensor<1>>,
+    kernel: PlainKernel,
+    precision: Precision,
+    epilogue: Epilogue,
+) -> Tensor<2> {
+    packed_matmul(x, weight, bias, KernelPath::from(precision), Launch::Plain(kernel), epilogue)
+}
+
+/// The kernel a packed matmul launches.
+#[derive(Debug, Clone, Copy)]
+enum Launch {
+    /// The cooperative-matrix kernel with fragments of this side.
+    Coop(usize),
+    /// A plain kernel, at the precision of the path.
+    Plain(PlainKernel),
+}
+
+impl Launch {
+    /// The kernel over `ty` blocks and the outputs (along N, M) each of its workgroups computes.
+    fn kernel(self, ty: GgmlType, precision: Precision) -> (WgslKernel, (usize, usize)) {
+        match self {
+            Self::Coop(fragment) => {
+                let subgroup_max = crate::device::subgroup_max_size().unwrap_or(32);
+                (CoopMatmul::new(ty, fragment, subgroup_max).kernel(), (coop_matmul::TILE, coop_matmul::TILE))
+            }
+            Self::Plain(plain) => (plain.kernel(ty, precision), plain.tile()),
+        }
+    }
+}
+
+fn packed_matmul(
+    x: Tensor<2>,
+    weight: &PackedWeight,
+    bias: Option<&Tensor<1>>,
+    path: KernelPath,
+    launch: Launch,
+    epilogue: Epilogue,
+) -> Tensor<2> {
     let [m, k] = x.dims();
     assert_eq!(k, weight.k, "matmul of x [{m}, {k}] with a {} weight [{}, {}]", weight.ty, weight.n, weight.k);
     epilogue.check(m, weight.n);
@@ -297,7 +370,7 @@ pub fn matmul_on_with(
                 panic!("a packed matmul on the kernel path {path}, which this device cannot run: {why}");
             }
             let x = cube_tensor(x).unwrap_or_else(|_| panic!("x is not on the wgpu device of its packed weight"));
-            quant_kernel(x, words.clone(), weight, bias, path, epilogue)
+            quant_kernel(x, words.clone(), weight, bias, launch.kernel(weight.ty, path.precision()), epilogue)
         }
     }
 }
@@ -316,10 +389,9 @@ fn quant_kernel(
     words: Tensor<1, Int>,
     weight: &PackedWeight,
     bias: Option<&Tensor<1>>,
-    path: KernelPath,
+    (kernel, (tile_n, tile_m)): (WgslKernel, (usize, usize)),
     epilogue: Epilogue,
 ) -> Tensor<2> {
-    let precision = path.precision();
     let (m, n, k) = (x.meta.shape()[0], weight.n, weight.k);
     let client = x.client.clone();
     let out = client.empty((m * n).max(1) * size_of::<f32>());
@@ -340,7 +412,8 @@ fn quant_kernel(
     let handle = |t: &Option<CubeTensor>| t.as_ref().map_or_else(unread, |t| t.handle.clone());
     let layout = weight.layout.expect("packed weights have a layout");
     let has_bias = bias.is_some() as usize;
-    let values = [m, n, k, has_bias, layout.high_at, layout.scales_at, layout.supers_at, 0, tokens];
+    let epilogue_code = epilogue.code() as usize;
+    let values = [m, n, k, has_bias, layout.high_at, layout.scales_at, layout.supers_at, epilogue_code, tokens];
     let dims = params(&values.map(|v| v as u32));
     let buffers = vec![
         x.handle.clone().binding(),
@@ -350,18 +423,6 @@ fn quant_kernel(
         handle(&residual).binding(),
         handle(&gate).binding(),
     ];
-    let coop = crate::device::coop_fragment().filter(|_| path == KernelPath::Coop && m > coop_matmul::MIN_ROWS);
-    let (kernel, (tile_n, tile_m)) = if let Some(fragment) = coop {
-        let subgroup_max = crate::device::subgroup_max_size().unwrap_or(32);
-        let kernel = CoopMatmul::new(weight.ty, fragment, subgroup_max, epilogue.code()).kernel();
-        (kernel, (coop_matmul::TILE, coop_matmul::TILE))
-    } else if m <= MATVEC_MAX_ROWS {
-        (Plain::Matvec.kernel(weight.ty, precision, &epilogue), MATVEC_TILE)
-    } else if m >= WIDE_FROM_ROWS && n >= WIDE_TILE {
-        (Plain::Wide.kernel(weight.ty, precision, &epilogue), (WIDE_TILE, WIDE_TILE))
-    } else {
-        (Plain::Square.kernel(weight.ty, precision, &epilogue), (TILE, TILE))
-    };
     let groups = CubeCount::Static(n.div_ceil(tile_n) as u32, m.div_ceil(tile_m) as u32, 1);
     // The blocks and the bias are weights; without a gated add, its two bindings are unread.
     let not_activations: &[usize] = match epilogue {
@@ -433,6 +494,22 @@ mod tests {
             bytes.extend((0..32i32).map(|j| ((j * 7 + r as i32 * 3) % 255 - 127) as i8 as u8));
         }
         bytes
+    }
+
+    #[test]
+    fn gpus_take_the_square_kernel_below_256_rows_and_cpu_adapters_the_wide_one() {
+        use PlainKernel::{Matvec, Square, Wide};
+        for (m, n, gpu, cpu) in [
+            (1, 3072, Matvec, Matvec),
+            (8, 3072, Matvec, Matvec),
+            (9, 3072, Square, Wide),
+            (255, 3072, Square, Wide),
+            (256, 3072, Wide, Wide),
+            (4096, 64, Square, Wide),
+        ] {
+            assert_eq!(PlainKernel::for_shape(m, n, false), gpu, "{m}×{n} on a GPU");
+            assert_eq!(PlainKernel::for_shape(m, n, true), cpu, "{m}×{n} on a CPU adapter");
+        }
     }
 
     #[test]
