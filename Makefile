@@ -49,7 +49,7 @@ help:
 	@echo "make test-coop   the coop kernel path (cooperative matrices) on Mesa 26's lavapipe, in a Debian 13 root made once, and burn/cubecl's own CMMA kernels there (tests/cmma --quick)"
 	@echo "make test-long   the long browser tests: a real-width edit in Chromium against the native CLI (about 10 minutes)"
 	@echo "make packs   the real-width and tiny-types test packs (diffusers in a venv; cached in ~/.cache/kontext-web/packs)"
-	@echo "make dist    the shipped build (fat LTO, wasm-opt -Oz) in dist/"
+	@echo "make dist    the shipped build (opt-level z, fat LTO, wasm-opt -O1) in dist/"
 	@echo "make fuzz    every fuzz target for FUZZ_SECONDS (600) each, growing then minimizing tests/fuzz/corpus/"
 	@echo "make fuzz-minimize   each corpus cut to its named seeds and findings plus a set cover of the rest"
 	@echo "make bench-gpu   on a real GPU: attention, matmuls and the real-scale Kontext step, with diffusers beside (tests/bench/gpu.sh)"

@@ -37,7 +37,7 @@ const TILE_K: usize = 32;
 const TILE: usize = 64;
 /// Outputs along M and N one workgroup of the wide kernel computes (`TILE` in `matmul_quant_wide.wgsl`).
 const WIDE_TILE: usize = 128;
-/// Rows of x from which the wide kernel (8×8 outputs per thread) replaces the square one (4×4).
+/// Rows of x from which the wide kernel (8×8 outputs per thread) replaces the square one (4×4) on GPUs.
 const WIDE_FROM_ROWS: usize = 256;
 /// Rows of x up to which the matrix-vector kernel (W read once per 4 rows) replaces the square one.
 const MATVEC_MAX_ROWS: usize = 8;
@@ -53,7 +53,8 @@ pub enum PlainKernel {
     Matvec,
     /// `shaders/matmul_quant.wgsl`, [`TILE`]² outputs per workgroup.
     Square,
-    /// From [`WIDE_FROM_ROWS`] rows: `shaders/matmul_quant_wide.wgsl`, [`WIDE_TILE`]² outputs per workgroup.
+    /// From [`WIDE_FROM_ROWS`] rows on GPUs, beyond [`MATVEC_MAX_ROWS`] on CPU adapters:
+    /// `shaders/matmul_quant_wide.wgsl`, [`WIDE_TILE`]² outputs per workgroup.
     Wide,
 }
 
@@ -352,6 +353,7 @@ impl Launch {
     }
 }
 
+/// `x · Wᵀ (+ bias)` then `epilogue`: the reference twin for dense weights, `launch` for packed ones.
 fn packed_matmul(
     x: Tensor<2>,
     weight: &PackedWeight,
