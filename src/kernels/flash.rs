@@ -6,8 +6,9 @@
 //! ([`FlashLayout::for_adapter`]):
 //! - **CPU adapters** (llvmpipe, SwiftShader): 32 invocations, 4 query rows each. Each read of workgroup memory
 //!   is a loop over the SIMD lanes there, so each key or value vec4 read serves 4 rows (8 ran no faster on
-//!   llvmpipe and took twice as long to compile on both, a cost every fresh browser worker pays); where subgroups exist
-//!   (llvmpipe: 8 lanes), each lane reads a different vec4 and `subgroupBroadcast` hands it to the others.
+//!   llvmpipe and took twice as long to compile on SwiftShader, which every fresh browser worker pays); where
+//!   subgroups exist (llvmpipe: 8 lanes), each lane reads a different vec4 and `subgroupBroadcast` hands it to
+//!   the others.
 //!   Heads over 256 wide (the VAE's 512) are split over several invocations per row, 128 columns each.
 //! - **GPUs with subgroups**: 4 invocations share a row (32 of a 128-wide head's columns each) and add their
 //!   partial scores with `subgroupShuffleXor`; 2 rows per invocation, 64 invocations: about 150 registers.
