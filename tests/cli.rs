@@ -890,11 +890,12 @@ fn bad_input_fails_with_one_clear_line() {
 }
 
 /// The LoRA goldens: the golden call with the reference LoRA at 0.5, given in the kohya layout, and at 1.0 (as
-/// two halves at 0.5, in the ComfyUI and diffusers layouts).
+/// two halves at 0.5, in the ComfyUI and diffusers layouts), on the CPU and on wgpu (the adapters' products in
+/// the packed kernels).
 #[test]
 fn edit_with_loras_matches_the_lora_goldens() {
     let golden = "tests/fixtures/tiny/lora/golden_lora.safetensors";
-    for (tag, loras) in [
+    let cases = [
         ("w050", vec!["--lora", "tests/fixtures/tiny/lora/lora_kohya.safetensors:0.5"]),
         (
             "w100",
@@ -905,12 +906,14 @@ fn edit_with_loras_matches_the_lora_goldens() {
                 "tests/fixtures/tiny/lora/lora_diffusers.safetensors:0.5",
             ],
         ),
-    ] {
-        let tmp = TempDir::new(&format!("lora-{tag}"));
-        tiny_edit(&tmp, "cpu", &loras);
+    ];
+    for (backend, (tag, loras)) in ["cpu", "wgpu"].into_iter().flat_map(|b| cases.iter().map(move |case| (b, case))) {
+        let tmp = TempDir::new(&format!("lora-{backend}-{tag}"));
+        tiny_edit(&tmp, backend, loras);
         let dump = tmp.path("dump.safetensors");
-        assert_close(read(&dump, "latents"), read(golden, &format!("{tag}_final_latents_packed")), 1e-4, tag);
-        assert_close(read(&dump, "image"), read(golden, &format!("{tag}_image_pt")), 1e-4, tag);
+        let what = format!("{tag} on {backend}");
+        assert_close(read(&dump, "latents"), read(golden, &format!("{tag}_final_latents_packed")), 1e-4, &what);
+        assert_close(read(&dump, "image"), read(golden, &format!("{tag}_image_pt")), 1e-4, &what);
         assert_png_within_one_lsb(&tmp.path("out.png"), &format!("tests/fixtures/tiny/lora/output_lora_{tag}.png"));
         let png = String::from_utf8_lossy(&std::fs::read(tmp.path("out.png")).unwrap()).into_owned();
         assert!(png.contains(r#""loras":[["lora_"#), "the recipe records the adapters");

@@ -14,7 +14,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::device::max_binding_bytes;
 use crate::formats::weights::{HostTensor, Weights};
 use crate::formats::{GgmlType, dequantize};
-use crate::kernels::quant_matmul::{Epilogue, PackedLinear, PackedWeight, keeps_blocks};
+use crate::kernels::quant_matmul::{self, Epilogue, PackedLinear, PackedWeight, keeps_blocks};
 use crate::kernels::repack::Layout;
 use crate::kernels::{fused, packs_on};
 use crate::{Error, Result};
@@ -80,29 +80,93 @@ pub struct ReleasedWeight {
     pub d_out: usize,
 }
 
-/// A low-rank adapter on one linear layer: adds `x · down · up` to its output.
+/// A low-rank adapter on one linear layer: adds `x · Aᵀ · Bᵀ` to its output, both products in the packed
+/// matmul kernels (an F32 weight is one more block type to them), so an adapter adds no pipeline per shape.
+/// The rank is padded with zeros to whole K tiles of the kernels, which leaves the product unchanged.
 #[derive(Module, Debug)]
 pub struct LowRank {
-    /// `Aᵀ`, `[d_in, rank]`.
-    pub down: Param<Tensor<2>>,
-    /// `Bᵀ` times the adapter's strength × alpha / rank, `[rank, d_out]`.
-    pub up: Param<Tensor<2>>,
+    /// `A`, `[rank, d_in]`.
+    pub down: PackedWeight,
+    /// `B` times the adapter's strength × alpha / rank, `[rows, rank]` for each part of the base weight's rows
+    /// (a fused layer's segments stay apart, as in [`Projection::parts`]).
+    pub up: Vec<PackedWeight>,
 }
 
 impl LowRank {
-    /// Uploads `update` at `strength`.
-    pub fn new(update: &LayerUpdate, strength: f32, device: &Device) -> Self {
+    /// Uploads `update` at `strength`, `up` cut into the row ranges `parts` of the layer's outputs.
+    pub fn new(update: &LayerUpdate, strength: f32, parts: &[Range<usize>], device: &Device) -> Result<Self> {
         let [rank, d_in] = [update.down.shape[0], update.down.shape[1]];
         let d_out = update.up.shape[0];
-        let down = Tensor::<2>::from_data(TensorData::new(update.down.data.clone(), [rank, d_in]), device);
-        let up = Tensor::<2>::from_data(TensorData::new(update.up.data.clone(), [d_out, rank]), device);
-        Self { down: Param::from_tensor(down.transpose()), up: Param::from_tensor(up.transpose() * strength) }
+        if parts.iter().map(Range::len).sum::<usize>() != d_out {
+            return Err(Error::Invalid(format!("an update of {d_out} outputs on parts {parts:?}")));
+        }
+        let padded = rank.max(1).next_multiple_of(RANK_TILE);
+        let mut down = update.down.data.clone();
+        down.resize(padded * d_in, 0.0); // [rank, d_in] → [padded, d_in]
+        let up_part = |rows: &Range<usize>| {
+            let mut part = vec![0.0f32; rows.len() * padded]; // [rows, padded]
+            for (row, values) in
+                part.chunks_exact_mut(padded).zip(update.up.data[rows.start * rank..].chunks_exact(rank))
+            {
+                for (to, &from) in row.iter_mut().zip(values) {
+                    *to = from * strength;
+                }
+            }
+            f32_weight(&part, [rows.len(), padded], device)
+        };
+        Ok(Self {
+            down: f32_weight(&down, [padded, d_in], device)?,
+            up: parts.iter().map(up_part).collect::<Result<_>>()?,
+        })
     }
 
-    /// `[..., d_in] → [..., d_out]`.
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        x.matmul(self.down.val().unsqueeze()).matmul(self.up.val().unsqueeze())
+    /// `[..., d_in] → [..., columns.len()]`: the adapter's outputs in `columns`.
+    fn forward_columns<const D: usize>(&self, x: Tensor<D>, columns: Range<usize>) -> Tensor<D> {
+        let dims = x.dims();
+        let d_in = dims[D - 1];
+        let rows = dims[..D - 1].iter().product();
+        let low = quant_matmul::matmul(x.reshape([rows, d_in]), &self.down, None); // [rows, padded rank]
+        let mut outputs = Vec::new();
+        let mut offset = 0;
+        for part in &self.up {
+            let (start, end) = (columns.start.max(offset), columns.end.min(offset + part.n));
+            if start < end {
+                let y = quant_matmul::matmul(low.clone(), part, None);
+                outputs.push(match end - start == part.n {
+                    true => y,
+                    false => y.narrow(1, start - offset, end - start),
+                });
+            }
+            offset += part.n;
+        }
+        let y = match outputs.len() {
+            1 => outputs.remove(0),
+            _ => Tensor::cat(outputs, 1),
+        };
+        let mut out_dims = dims;
+        out_dims[D - 1] = columns.len();
+        y.reshape(out_dims)
     }
+
+    /// Bytes the factors occupy on their device.
+    pub fn device_bytes(&self) -> usize {
+        self.down.device_bytes() + self.up.iter().map(PackedWeight::device_bytes).sum::<usize>()
+    }
+}
+
+/// The multiple a [`LowRank`]'s rank is padded to: the packed kernels' K tile.
+const RANK_TILE: usize = 32;
+
+/// An f32 matrix `[n, k]` as a [`PackedWeight`] of type F32: in blocks where [`keeps_blocks`] keeps them, dense
+/// otherwise.
+fn f32_weight(values: &[f32], [n, k]: [usize; 2], device: &Device) -> Result<PackedWeight> {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let weight = match keeps_blocks(GgmlType::F32, &[n, k], device) {
+        true => PackedWeight::new(GgmlType::F32, &[n, k], &bytes, device)?,
+        false => PackedWeight::dense(GgmlType::F32, &[n, k], &bytes, device)?,
+    };
+    dispatch_uploads(device)?;
+    Ok(weight)
 }
 
 impl BaseWeight {
@@ -228,6 +292,18 @@ impl Projection {
         self.parts.iter().map(BaseWeight::d_out).sum()
     }
 
+    /// The row ranges along `d_out` that [`Projection::parts`] hold.
+    pub fn part_ranges(&self) -> Vec<Range<usize>> {
+        let mut start = 0;
+        self.parts
+            .iter()
+            .map(|part| {
+                start += part.d_out();
+                start - part.d_out()..start
+            })
+            .collect()
+    }
+
     /// Whether the weight stays in ggml blocks on the device.
     pub fn is_packed(&self) -> bool {
         self.parts.iter().all(|part| matches!(part, BaseWeight::Packed(_)))
@@ -241,6 +317,11 @@ impl Projection {
             BaseWeight::Released(_) => 0,
         };
         self.parts.iter().map(part_bytes).sum()
+    }
+
+    /// Bytes the adapters' factors occupy on their device.
+    pub fn adapter_bytes(&self) -> usize {
+        self.adapters.iter().map(LowRank::device_bytes).sum()
     }
 
     /// Whether the base weight was freed ([`Projection::release`]).
@@ -258,18 +339,6 @@ impl Projection {
     pub fn reload(&mut self, weights: &dyn Weights, prefix: &str, device: &Device) -> Result<()> {
         self.parts = fused_linear(weights, prefix, self.d_in(), &self.segments, self.bias, device)?.parts;
         Ok(())
-    }
-}
-
-impl LowRank {
-    /// `[..., d_in] → [..., columns.len()]`: the adapter's outputs in `columns`.
-    fn forward_columns<const D: usize>(&self, x: Tensor<D>, columns: Range<usize>) -> Tensor<D> {
-        let up = self.up.val();
-        let up = match columns.len() == up.dims()[1] {
-            true => up,
-            false => up.narrow(1, columns.start, columns.len()),
-        };
-        x.matmul(self.down.val().unsqueeze()).matmul(up.unsqueeze())
     }
 }
 
@@ -576,6 +645,42 @@ mod tests {
         let expected = whole.forward(x.clone()).narrow(2, 1, 5).into_data();
         cols(&split).assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
         cols(&whole).assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
+    }
+
+    /// On the CPU (dense factors) and on wgpu (the factors in the packed kernels, rank 5 padded to 32), every
+    /// column range of a two-part layer equals `x · Aᵀ · Bᵀ · strength` in plain tensor ops.
+    #[test]
+    #[cfg(not(target_arch = "wasm32"))]
+    fn a_low_rank_update_equals_its_product_in_plain_ops_for_any_columns() {
+        let ramp =
+            |len: usize, step: usize| (0..len).map(|i| ((i * step) % 31) as f32 / 15.0 - 1.0).collect::<Vec<_>>();
+        let (rank, d_in, d_out, tokens) = (5, 64, 16, 9);
+        let update = LayerUpdate {
+            down: HostTensor::new(vec![rank, d_in], ramp(rank * d_in, 7)).unwrap(),
+            up: HostTensor::new(vec![d_out, rank], ramp(d_out * rank, 11)).unwrap(),
+        };
+        let x = ramp(tokens * d_in, 13);
+        for device in [cpu(), crate::harness::testing::gpu()] {
+            let lora = LowRank::new(&update, 0.5, &[0..7, 7..16], &device).unwrap();
+            assert_eq!(lora.down.is_packed(), packs_on(&device));
+            assert_eq!((lora.down.n, lora.up.len(), lora.up[1].n, lora.up[1].k), (32, 2, 9, 32));
+            let x = Tensor::<3>::from_data(TensorData::new(x.clone(), [1, tokens, d_in]), &device);
+            let tensor = |t: &HostTensor| {
+                Tensor::<2>::from_data(TensorData::new(t.data.clone(), [t.shape[0], t.shape[1]]), &device)
+            };
+            let expected = x
+                .clone()
+                .matmul(tensor(&update.down).transpose().unsqueeze())
+                .matmul(tensor(&update.up).transpose().unsqueeze())
+                * 0.5;
+            for columns in [0..16, 7..16, 3..12, 0..7] {
+                let want = expected.clone().narrow(2, columns.start, columns.len()).into_data();
+                let got = lora.forward_columns(x.clone(), columns.clone()).into_data();
+                got.assert_approx_eq::<f32>(&want, Tolerance::absolute(1e-4));
+            }
+        }
+        let mismatched = LowRank::new(&update, 1.0, &[0..7, 7..15], &cpu()).unwrap_err().to_string();
+        assert_eq!(mismatched, "an update of 16 outputs on parts [0..7, 7..15]");
     }
 
     #[test]

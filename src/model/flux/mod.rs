@@ -757,13 +757,21 @@ impl Flux {
                 }
             }
         }
-        for (name, projection) in self.named_projections_mut() {
-            projection.adapters = adapters
-                .iter()
-                .filter(|(_, strength)| *strength != 0.0)
-                .filter_map(|(adapter, strength)| Some((adapter.layers.get(&name)?, *strength)))
-                .map(|(update, strength)| LowRank::new(update, strength, device))
-                .collect();
+        // Every upload first, so that a failed one leaves the previous adapters in place.
+        let uploaded: Vec<Vec<LowRank>> = names
+            .iter()
+            .zip(self.projections())
+            .map(|(name, projection)| {
+                adapters
+                    .iter()
+                    .filter(|(_, strength)| *strength != 0.0)
+                    .filter_map(|(adapter, strength)| Some((adapter.layers.get(name)?, *strength)))
+                    .map(|(update, strength)| LowRank::new(update, strength, &projection.part_ranges(), device))
+                    .collect()
+            })
+            .collect::<Result<_>>()?;
+        for ((_, projection), adapters) in self.named_projections_mut().into_iter().zip(uploaded) {
+            projection.adapters = adapters;
         }
         Ok(())
     }
@@ -773,11 +781,13 @@ impl Flux {
         self.projections().into_iter().filter(|p| p.is_packed()).count()
     }
 
-    /// Bytes the weights occupy on the device: f32 parameters, plus the blocks and biases of packed layers.
+    /// Bytes the weights occupy on the device: f32 parameters, plus the blocks and biases of packed layers and
+    /// the factors of LoRA adapters.
     pub fn device_bytes(&self) -> usize {
-        let packed: usize =
-            self.projections().into_iter().filter(|p| p.is_packed()).map(Projection::device_bytes).sum();
-        self.num_params() * size_of::<f32>() + packed
+        let projections = self.projections();
+        let packed: usize = projections.iter().filter(|p| p.is_packed()).map(|p| p.device_bytes()).sum();
+        let adapters: usize = projections.iter().map(|p| p.adapter_bytes()).sum();
+        self.num_params() * size_of::<f32>() + packed + adapters
     }
 
     /// The conditioning vector `[b, hidden]` from the timesteps σ (`[b]`, in [0, 1]), the pooled text vector `y`
