@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/kontext-web/target
-export PATH := $(CURDIR)/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
+export PATH := $(CURDIR)/.ci/cached-tools:$(CURDIR)/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
 export XDG_RUNTIME_DIR ?= /tmp/kontext-web-xdg
 # Native wgpu tests run on whatever Vulkan device exists; on a GPU-less machine that is Mesa lavapipe.
 export RUST_BACKTRACE ?= 0
