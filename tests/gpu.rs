@@ -5,6 +5,7 @@
 use burn::tensor::{Device, Tensor, TensorData, Tolerance};
 use kontext_web::device::{self, selfcheck};
 use kontext_web::harness::testing::gpu;
+use kontext_web::kernels::quant_matmul::self_check_multiply;
 use kontext_web::kernels::{self, latent};
 
 fn ramp(shape: [usize; 4], device: &Device) -> Tensor<4> {
@@ -21,12 +22,28 @@ fn wgpu_adapter_reports_limits_and_uses_wgsl() {
     assert!(report.max_storage_buffer_binding_size >= 128 << 20, "{report:?}");
 }
 
+/// The self-check passes with burn's matmul and with the packed f32 kernel that the app and the CLI check, on
+/// wgpu and on the CPU; a multiply that reads `b` transposed fails it (the negative control).
 #[test]
 fn wgpu_matmul_equals_the_cpu() {
-    let check = pollster::block_on(selfcheck::matmul_check(&gpu(), 96)).unwrap();
-    assert!(check.passed, "{check:?}");
-    let cpu = pollster::block_on(selfcheck::matmul_check(&device::cpu(), 96)).unwrap();
-    assert!(cpu.passed, "{cpu:?}");
+    let burn_matmul = |a: Tensor<2>, b: &[f32]| {
+        let [k, n] = [a.dims()[1], b.len() / a.dims()[1]];
+        Ok(a.clone().matmul(Tensor::from_data(TensorData::new(b.to_vec(), [k, n]), &a.device())))
+    };
+    let transposed = |a: Tensor<2>, b: &[f32]| {
+        let [k, n] = [a.dims()[1], b.len() / a.dims()[1]];
+        Ok(a.clone().matmul(Tensor::<2>::from_data(TensorData::new(b.to_vec(), [k, n]), &a.device()).transpose()))
+    };
+    for device in [gpu(), device::cpu()] {
+        for size in [96, 64, 40] {
+            let check = pollster::block_on(selfcheck::matmul_check(&device, size, burn_matmul)).unwrap();
+            assert!(check.passed, "burn: {check:?}");
+            let check = pollster::block_on(selfcheck::matmul_check(&device, size, self_check_multiply)).unwrap();
+            assert!(check.passed, "packed f32: {check:?}");
+            let wrong = pollster::block_on(selfcheck::matmul_check(&device, size, transposed)).unwrap();
+            assert!(!wrong.passed, "b transposed passes: {wrong:?}");
+        }
+    }
 }
 
 #[test]

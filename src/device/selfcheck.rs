@@ -1,7 +1,9 @@
 //! A small computation whose answer is known, run on a device before trusting it with a model.
 //!
 //! Software and buggy drivers exist (SwiftShader, old Mesa, f16 accumulation bugs on some Apple GPUs): a
-//! matmul checked against a plain f64 loop on the CPU tells the user early whether this GPU computes right.
+//! matmul checked against a plain f64 loop on the CPU tells the user early whether this GPU computes right. The
+//! kernel is the caller's ([`matmul_check`]): the app and the CLI check the packed f32 matmul of the model's
+//! layers (`kernels::quant_matmul::self_check_multiply`).
 
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -46,14 +48,19 @@ pub fn matmul_oracle(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<
     out
 }
 
-/// Multiplies two `size`×`size` matrices on `device` and compares with [`matmul_oracle`].
-pub async fn matmul_check(device: &Device, size: usize) -> Result<SelfCheck> {
+/// Multiplies two `size`×`size` matrices on `device` with `multiply(a, b)` (`a` on the device, `b` `[k, n]` as
+/// host values; the caller picks the kernel, so that the check runs what its models run) and compares with
+/// [`matmul_oracle`].
+pub async fn matmul_check(
+    device: &Device,
+    size: usize,
+    multiply: impl FnOnce(Tensor<2>, &[f32]) -> Result<Tensor<2>>,
+) -> Result<SelfCheck> {
     let a = test_matrix(size, size, 1);
     let b = test_matrix(size, size, 2);
     let expected = matmul_oracle(&a, &b, size, size, size);
     let ta = Tensor::<2>::from_data(TensorData::new(a, [size, size]), device);
-    let tb = Tensor::<2>::from_data(TensorData::new(b, [size, size]), device);
-    let got = crate::device::read_f32(ta.matmul(tb)).await?;
+    let got = crate::device::read_f32(multiply(ta, &b)?).await?;
     let max_abs_error = got.iter().zip(&expected).map(|(g, e)| (g - e).abs()).fold(0f32, f32::max);
     let passed = got.len() == expected.len() && max_abs_error <= matmul_tolerance(size);
     Ok(SelfCheck { size, max_abs_error, passed })

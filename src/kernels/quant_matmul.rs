@@ -167,6 +167,16 @@ impl PackedWeight {
         Ok(Self { ty, n, k, layout: None, storage: WeightStorage::Dense(dense) })
     }
 
+    /// An f32 matrix `[n, k]` (row-major) as an F32 weight: in blocks where [`keeps_blocks`] keeps it, else
+    /// dense (for shapes the kernels do not cover, and on devices without them).
+    pub fn from_f32(values: &[f32], [n, k]: [usize; 2], device: &Device) -> Result<Self> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        match keeps_blocks(GgmlType::F32, &[n, k], device) {
+            true => Self::new(GgmlType::F32, &[n, k], &bytes, device),
+            false => Self::dense(GgmlType::F32, &[n, k], &bytes, device),
+        }
+    }
+
     /// The GGUF tensor `name` as a weight on `device` (see [`PackedWeight::new`]).
     pub fn from_gguf(file: &GgufFile, name: &str, device: &Device) -> Result<Self> {
         let (ty, shape, bytes) = file.raw(name)?;
@@ -329,6 +339,24 @@ pub fn matmul_in(
     epilogue: Epilogue,
 ) -> Tensor<2> {
     packed_matmul(x, weight, bias, KernelPath::from(precision), Launch::Plain(kernel), epilogue)
+}
+
+/// `a [m, k] · b [k, n]` (`b` as host values) for the device self-check
+/// ([`crate::device::selfcheck::matmul_check`]): `b` becomes an F32 weight in the matrix-vector kernel, in f32
+/// whatever the device's path. That kernel serves any number of rows, and every model runs it (its modulation
+/// layers take one row), so the check tests what the model runs, to f32's tolerance, and a fresh worker compiles
+/// its pipeline once for both.
+pub fn self_check_multiply(a: Tensor<2>, b: &[f32]) -> Result<Tensor<2>> {
+    let k = a.dims()[1];
+    let n = b.len() / k.max(1);
+    let mut weight = vec![0f32; n * k]; // b [k, n] → W = bᵀ [n, k]
+    for (row, values) in b.chunks_exact(n.max(1)).enumerate() {
+        for (column, &value) in values.iter().enumerate() {
+            weight[column * k + row] = value;
+        }
+    }
+    let weight = PackedWeight::from_f32(&weight, [n, k], &a.device())?;
+    Ok(matmul_in(a, &weight, None, PlainKernel::Matvec, Precision::F32, Epilogue::Plain))
 }
 
 /// The kernel a packed matmul launches.

@@ -157,14 +157,9 @@ impl LowRank {
 /// The multiple a [`LowRank`]'s rank is padded to: the packed kernels' K tile.
 const RANK_TILE: usize = 32;
 
-/// An f32 matrix `[n, k]` as a [`PackedWeight`] of type F32: in blocks where [`keeps_blocks`] keeps them, dense
-/// otherwise.
-fn f32_weight(values: &[f32], [n, k]: [usize; 2], device: &Device) -> Result<PackedWeight> {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let weight = match keeps_blocks(GgmlType::F32, &[n, k], device) {
-        true => PackedWeight::new(GgmlType::F32, &[n, k], &bytes, device)?,
-        false => PackedWeight::dense(GgmlType::F32, &[n, k], &bytes, device)?,
-    };
+/// An f32 matrix `[n, k]` uploaded as an F32 [`PackedWeight`] ([`PackedWeight::from_f32`]).
+fn f32_weight(values: &[f32], shape: [usize; 2], device: &Device) -> Result<PackedWeight> {
+    let weight = PackedWeight::from_f32(values, shape, device)?;
     dispatch_uploads(device)?;
     Ok(weight)
 }

@@ -135,7 +135,9 @@ impl Worker {
             ToWorker::SelfCheck { size } => {
                 let outcome = async {
                     let (device, _) = device::wgpu_async().await?;
-                    let check = selfcheck::matmul_check(&device, size).await?;
+                    let check =
+                        selfcheck::matmul_check(&device, size, crate::kernels::quant_matmul::self_check_multiply)
+                            .await?;
                     let kernels = crate::kernels::report::KernelPaths::of(&device);
                     Ok::<_, Error>((check, self.open_canvas().await, kernels))
                 }

@@ -11,6 +11,7 @@ mod cli {
     use kontext_web::device::selfcheck;
     use kontext_web::device::{self, Backend, faults};
     use kontext_web::formats::FileSource;
+    use kontext_web::kernels::quant_matmul;
     use kontext_web::pipeline::loader::{self, Folder, ModelFiles, NoFolder};
     use kontext_web::{Error, Result};
 
@@ -229,7 +230,7 @@ mod cli {
         };
         super::choose_kernels(kernels, None, &device)?;
         let paths = kontext_web::kernels::report::KernelPaths::of(&device);
-        let check = pollster::block_on(selfcheck::matmul_check(&device, 64))?;
+        let check = pollster::block_on(selfcheck::matmul_check(&device, 64, quant_matmul::self_check_multiply))?;
         if json {
             let value = serde_json::json!({
                 "backend": backend, "adapter": adapter, "kernels": paths, "self_check": check
