@@ -920,6 +920,30 @@ fn edit_with_loras_matches_the_lora_goldens() {
     }
 }
 
+/// LoRA adapters count in the memory plan before they are uploaded: with everything kept (`--memory keep`) and a
+/// budget between the plan's peak without and with the Hyper-FLUX layout (37.87 and 39.07 MiB), the edit without
+/// the adapter runs and the one with it is refused before anything is uploaded.
+#[test]
+fn a_lora_counts_in_the_memory_plan_before_it_is_uploaded() {
+    let tmp = TempDir::new("lora-budget");
+    let out = tmp.arg("out.png");
+    let edit = |lora: &[&str]| {
+        let mut args = vec!["edit", "--model", TINY_MODEL, "--backend", "wgpu", "--prompt", TINY_PROMPT];
+        args.extend(["--image", "tests/fixtures/tiny/golden/reference_input.png", "--max-area", "16384"]);
+        args.extend(["--steps", "1", "--seed", "7", "--gpu-memory", "38.5MiB", "--memory", "keep", "--out", &out]);
+        args.extend(lora);
+        kontext(&args)
+    };
+    let without = edit(&[]);
+    assert!(without.status.success(), "{}", String::from_utf8_lossy(&without.stderr));
+    assert!(String::from_utf8_lossy(&without.stdout).contains("uploading"), "an edit reports its uploads");
+    let with = edit(&["--lora", "tests/fixtures/tiny/lora/hyper_flux_layout.safetensors:0.125"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&with.stdout), String::from_utf8_lossy(&with.stderr));
+    assert!(!with.status.success(), "{stdout}");
+    assert!(stderr.contains("more than --gpu-memory 38.50 MiB"), "{stderr}");
+    assert!(!stdout.contains("uploading"), "refused before any upload: {stdout}");
+}
+
 /// A GGUF v3 file: metadata as (key, value type id, encoded value), tensor infos as (name, dims, ggml type id,
 /// offset into the data section), then `data` at the default 32-byte alignment.
 fn gguf_bytes(kv: &[(&str, u32, Vec<u8>)], tensors: &[(&str, Vec<u64>, u32, u64)], data: &[u8]) -> Vec<u8> {

@@ -87,20 +87,30 @@ pub struct ReleasedWeight {
 pub struct LowRank {
     /// `A`, `[rank, d_in]`.
     pub down: PackedWeight,
-    /// `B` times the adapter's strength × alpha / rank, `[rows, rank]` for each part of the base weight's rows
-    /// (a fused layer's segments stay apart, as in [`Projection::parts`]).
+    /// `B` times the adapter's strength × alpha / rank, `[rows, rank]` for each segment of a fused layer's
+    /// outputs ([`Projection::segment_ranges`]), so that a forward of one segment computes only its own.
     pub up: Vec<PackedWeight>,
 }
 
 impl LowRank {
-    /// Uploads `update` at `strength`, `up` cut into the row ranges `parts` of the layer's outputs.
+    /// Uploads `update` at `strength`, `up` cut into the row ranges `parts` of the layer's outputs. Errors when
+    /// the parts do not cover the outputs, or a factor would not fit one of the device's buffers.
     pub fn new(update: &LayerUpdate, strength: f32, parts: &[Range<usize>], device: &Device) -> Result<Self> {
         let [rank, d_in] = [update.down.shape[0], update.down.shape[1]];
         let d_out = update.up.shape[0];
         if parts.iter().map(Range::len).sum::<usize>() != d_out {
             return Err(Error::Invalid(format!("an update of {d_out} outputs on parts {parts:?}")));
         }
-        let padded = rank.max(1).next_multiple_of(RANK_TILE);
+        let padded = padded_rank(rank);
+        let widest = parts.iter().map(Range::len).max().unwrap_or(0).max(d_in);
+        let limit = max_binding_bytes(device);
+        if (padded * widest * size_of::<f32>()) as u64 > limit {
+            return Err(Error::Invalid(format!(
+                "a LoRA factor of rank {rank} over {widest} features takes {} bytes, more than this device's \
+                 {limit}-byte buffer limit",
+                padded * widest * size_of::<f32>()
+            )));
+        }
         let mut down = update.down.data.clone();
         down.resize(padded * d_in, 0.0); // [rank, d_in] → [padded, d_in]
         let up_part = |rows: &Range<usize>| {
@@ -156,6 +166,11 @@ impl LowRank {
 
 /// The multiple a [`LowRank`]'s rank is padded to: the packed kernels' K tile.
 const RANK_TILE: usize = 32;
+
+/// The rank a [`LowRank`] stores for an update of `rank`.
+fn padded_rank(rank: usize) -> usize {
+    rank.max(1).next_multiple_of(RANK_TILE)
+}
 
 /// An f32 matrix `[n, k]` uploaded as an F32 [`PackedWeight`] ([`PackedWeight::from_f32`]).
 fn f32_weight(values: &[f32], shape: [usize; 2], device: &Device) -> Result<PackedWeight> {
@@ -287,14 +302,16 @@ impl Projection {
         self.parts.iter().map(BaseWeight::d_out).sum()
     }
 
-    /// The row ranges along `d_out` that [`Projection::parts`] hold.
-    pub fn part_ranges(&self) -> Vec<Range<usize>> {
+    /// The row ranges along `d_out` of the outputs a fused layer concatenates ([`Projection::segments`]: q, k, v,
+    /// …; one range for a plain layer), whether its weight is on the device or released.
+    pub fn segment_ranges(&self) -> Vec<Range<usize>> {
         let mut start = 0;
-        self.parts
+        self.segments
             .iter()
-            .map(|part| {
-                start += part.d_out();
-                start - part.d_out()..start
+            .filter(|&&rows| rows > 0)
+            .map(|&rows| {
+                start += rows;
+                start - rows..start
             })
             .collect()
     }
@@ -550,6 +567,12 @@ impl LayerUpdate {
     /// The total rank.
     pub fn rank(&self) -> usize {
         self.down.shape[0]
+    }
+
+    /// Bytes its [`LowRank`] takes on a device: both factors in f32 at the padded rank.
+    pub fn device_bytes(&self) -> usize {
+        let [d_in, d_out] = [self.down.shape[1], self.up.shape[0]];
+        padded_rank(self.rank()) * (d_in + d_out) * size_of::<f32>()
     }
 }
 

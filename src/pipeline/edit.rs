@@ -13,6 +13,8 @@ use super::schedule::{self, ShiftConfig};
 use super::size::{self, Resize};
 use crate::device::read_f32;
 use crate::kernels::latent;
+use crate::model::flux::lora;
+use crate::model::layers::LoraAdapter;
 use crate::pipeline::loader::KontextModel;
 use crate::pipeline::plan::{DeviceLimits, MemoryPlan, PlanInputs, PlanPhase, Residency};
 use crate::{Error, Result};
@@ -86,12 +88,16 @@ impl EditRequest {
     }
 }
 
-/// Plans `request` on `model` within `limits`: under `residency` when given, else the most resident choice that
-/// fits `limits.budget`. An edit that cannot fit is refused ([`Error::OverBudget`]) before anything is
-/// uploaded, with what would fit.
+/// Plans `request` on `model` with the LoRA `adapters` (at their strengths, [`Flux::set_adapters`]) within
+/// `limits`: under `residency` when given, else the most resident choice that fits `limits.budget`. An edit that
+/// cannot fit is refused ([`Error::OverBudget`]) before anything is uploaded, the adapters included, with what
+/// would fit.
+///
+/// [`Flux::set_adapters`]: crate::model::flux::Flux::set_adapters
 pub fn plan_edit(
     model: &KontextModel,
     request: &EditRequest,
+    adapters: &[(&LoraAdapter, f32)],
     limits: DeviceLimits,
     residency: Option<Residency>,
 ) -> Result<MemoryPlan> {
@@ -101,6 +107,7 @@ pub fn plan_edit(
         residency,
         cached_residuals: request.cache.residuals(),
         masked: request.mask.is_some(),
+        adapter_bytes: lora::active_device_bytes(adapters),
         ..model.plan_inputs(output, references, limits)
     };
     let plan = MemoryPlan::new(&inputs)?;

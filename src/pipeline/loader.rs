@@ -436,6 +436,7 @@ impl KontextModel {
             residency: None,
             cached_residuals: 0,
             masked: false,
+            adapter_bytes: self.flux.adapter_bytes() as u64,
         }
     }
 

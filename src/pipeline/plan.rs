@@ -96,6 +96,9 @@ pub struct PlanInputs {
     /// Whether the edit is masked ([`crate::pipeline::mask`]): the edited image is encoded too, and its latents,
     /// the noise and the mask stay beside the latents while denoising.
     pub masked: bool,
+    /// Device bytes of the LoRA adapters' factors ([`crate::model::flux::Flux::adapter_bytes`]): on the device in
+    /// every phase, as they stay while the DiT's own weights come and go.
+    pub adapter_bytes: u64,
 }
 
 /// Weights of one part of the model.
@@ -354,6 +357,8 @@ struct Sizes {
     working: [u64; 5],
     /// Whether there are references to encode.
     references: bool,
+    /// The LoRA adapters' factors.
+    adapters: u64,
 }
 
 impl Sizes {
@@ -365,6 +370,9 @@ impl Sizes {
         };
         let modulation = part("modulation layers", self.modulation);
         let mut kept = Vec::new();
+        if self.adapters > 0 {
+            kept.push(part("LoRA adapters", self.adapters));
+        }
         if r.keep_dit && !streamed {
             kept.push(transformer.clone());
             if !r.release_modulation_weights {
@@ -484,6 +492,7 @@ impl MemoryPlan {
             caches: CACHED_PROMPTS as u64 * embeddings + CACHED_REFERENCES as u64 * largest_reference_latent,
             working,
             references: !inputs.references.is_empty(),
+            adapters: inputs.adapter_bytes,
         };
         let allowed = |r: Residency| inputs.modulation_precomputed || !r.release_modulation_weights;
         let peak = |r: Residency| sizes.phases(r).iter().map(|p| p.peak_bytes).max().unwrap_or(0);
@@ -675,6 +684,7 @@ mod tests {
             residency: None,
             cached_residuals: 0,
             masked: false,
+            adapter_bytes: 0,
         }
     }
 
@@ -771,6 +781,31 @@ mod tests {
         // Below what streaming needs, nothing fits: the plan says so.
         let tiny_budget = plan(2 * GB);
         assert_eq!((tiny_budget.residency, tiny_budget.fits_budget), (Residency::STREAMED, Some(false)));
+    }
+
+    /// Hyper-FLUX's LoRA (rank 64 over every linear layer, 1,388,026,440 bytes of F32 factors) is on the device
+    /// in every phase: a resident part that moves the 10 GB choice from lean to phased, and the peak of every
+    /// phase grows by its size.
+    #[test]
+    fn lora_adapters_are_resident_in_every_phase_and_count_against_the_budget() {
+        let adapters = 1_388_026_440;
+        let plan = |budget, adapter_bytes| {
+            MemoryPlan::new(&PlanInputs { adapter_bytes, ..kontext_1024(limits(Some(budget))) }).unwrap()
+        };
+        let (without, with) = (plan(10 * GB, 0), plan(10 * GB, adapters));
+        assert_eq!((without.residency, with.residency), (Residency::LEAN, Residency::PHASED), "{with}");
+        assert_eq!(with.fits_budget, Some(true));
+        assert!(with.resident.contains(&part("LoRA adapters", adapters)), "{with}");
+        assert!(with.phases.iter().all(|p| p.weights.contains(&part("LoRA adapters", adapters))), "{with}");
+        assert!(without.phases.iter().all(|p| p.weights.iter().all(|w| w.name != "LoRA adapters")));
+        // Under one residency the adapters add exactly their bytes to every phase.
+        let lean = |adapter_bytes| {
+            let inputs = PlanInputs { adapter_bytes, residency: Some(Residency::LEAN), ..kontext_1024(limits(None)) };
+            MemoryPlan::new(&inputs).unwrap()
+        };
+        for (a, b) in lean(0).phases.iter().zip(&lean(adapters).phases) {
+            assert_eq!(b.peak_bytes - a.peak_bytes, adapters, "{:?}", a.phase);
+        }
     }
 
     #[test]

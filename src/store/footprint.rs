@@ -218,6 +218,7 @@ impl Footprint {
             residency: None,
             cached_residuals: 0,
             masked: false,
+            adapter_bytes: 0,
         };
         let plan = match MemoryPlan::new(&inputs) {
             Ok(plan) => {

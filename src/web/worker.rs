@@ -341,9 +341,8 @@ impl Worker {
             let (device, _) = device::wgpu_async().await?;
             let active: Vec<(&LoraAdapter, f32)> =
                 adapters.iter().map(|(adapter, strength)| (adapter.as_ref(), *strength)).collect();
-            model.flux.set_adapters(&active, &device)?;
             self.editing.set(Some(job.id));
-            self.run_edit_on(&mut model, &device, canvas.as_mut(), job, started).await
+            self.run_edit_on(&mut model, &device, canvas.as_mut(), job, &active, started).await
         }
         .await;
         self.editing.set(None);
@@ -354,13 +353,14 @@ impl Worker {
         outcome
     }
 
-    /// Runs `job` on `model`; `Ok(None)` when cancelled.
+    /// Runs `job` on `model` with the LoRA `adapters` (planned first, then applied); `Ok(None)` when cancelled.
     async fn run_edit_on(
         &self,
         model: &mut KontextModel,
         device: &burn::tensor::Device,
         mut canvas: Option<&mut ResultCanvas>,
         job: EditJob,
+        adapters: &[(&LoraAdapter, f32)],
         started: f64,
     ) -> Result<Option<FromWorker>> {
         let references = job.images.iter().map(|bytes| images::decode(bytes)).collect::<Result<Vec<_>>>()?;
@@ -389,8 +389,9 @@ impl Worker {
         };
         let id = job.id;
         if let Some(budget) = self.gpu_memory.get() {
-            model.follow(&plan_edit(model, &request, DeviceLimits::of(device, Some(budget)), None)?);
+            model.follow(&plan_edit(model, &request, adapters, DeviceLimits::of(device, Some(budget)), None)?);
         }
+        model.flux.set_adapters(adapters, device)?;
         let preview = match canvas {
             Some(_) if job.previews => self.preview_of(model, device).await,
             _ => None,

@@ -238,6 +238,11 @@ pub struct ForwardArgs {
     out: PathBuf,
 }
 
+/// Adapters as [`Flux::set_adapters`] and [`plan_edit`] take them.
+fn active(adapters: &[(LoraAdapter, f32)]) -> Vec<(&LoraAdapter, f32)> {
+    adapters.iter().map(|(adapter, weight)| (adapter, *weight)).collect()
+}
+
 impl ModelArgs {
     fn device(&self) -> Result<Device> {
         let device = device::open(self.backend.parse::<Backend>()?)?;
@@ -247,8 +252,13 @@ impl ModelArgs {
 
     /// Reads every `--lora` against `flux` and makes them its active adapters; returns them by file name.
     fn apply_loras(&self, flux: &mut Flux, device: &Device) -> Result<Vec<(String, f32)>> {
-        let adapters = self
-            .loras
+        let adapters = self.read_loras(flux)?;
+        self.activate_loras(&adapters, flux, device)
+    }
+
+    /// Reads every `--lora` against `flux`, with its weight.
+    fn read_loras(&self, flux: &Flux) -> Result<Vec<(LoraAdapter, f32)>> {
+        self.loras
             .iter()
             .map(|(path, weight)| {
                 if !weight.is_finite() {
@@ -259,13 +269,21 @@ impl ModelArgs {
                 }
                 Ok((LoraAdapter::read(FileSource::open(path)?, flux)?, *weight))
             })
-            .collect::<Result<Vec<_>>>()?;
-        let active: Vec<(&LoraAdapter, f32)> = adapters.iter().map(|(adapter, weight)| (adapter, *weight)).collect();
-        flux.set_adapters(&active, device)?;
+            .collect()
+    }
+
+    /// Makes `adapters` (read by [`ModelArgs::read_loras`]) `flux`'s active adapters; returns them by file name.
+    fn activate_loras(
+        &self,
+        adapters: &[(LoraAdapter, f32)],
+        flux: &mut Flux,
+        device: &Device,
+    ) -> Result<Vec<(String, f32)>> {
+        flux.set_adapters(&active(adapters), device)?;
         Ok(self
             .loras
             .iter()
-            .zip(&adapters)
+            .zip(adapters)
             .map(|((path, weight), (adapter, _))| {
                 let name =
                     path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
@@ -524,14 +542,16 @@ fn run_edit(args: EditArgs, ratios_out: Option<&Path>) -> Result<()> {
     if let Some(measured_on) = ratios_model.filter(|m| *m != this_model) {
         println!("note: the MagCache ratios were measured on another model ({measured_on}); they are used as given");
     }
-    let plan = plan_edit(&model, &request, args.model.limits(&device), residency_flag(&args.memory))?;
+    let adapters = args.model.read_loras(&model.flux)?;
+    let limits = args.model.limits(&device);
+    let plan = plan_edit(&model, &request, &active(&adapters), limits, residency_flag(&args.memory))?;
     model.follow(&plan);
     model.on_upload(upload_printer());
     let budget = args.model.gpu_memory.map(|b| format!(" of {}", plan::size(b))).unwrap_or_default();
     println!("memory: {}; planned peak {}{budget}", plan.residency.describe(), plan::size(plan.peak_bytes));
     println!("loading the model…");
     model.upload_kept(&device)?;
-    let loras = args.model.apply_loras(&mut model.flux, &device)?;
+    let loras = args.model.activate_loras(&adapters, &mut model.flux, &device)?;
     let load_seconds = started.elapsed().as_secs_f64();
     let mut edit = Edit::prepare_reporting(&mut model, &request, noise, &device, &mut |phase| match phase {
         Phase::EncodingText => println!("encoding the prompt…"),
@@ -659,6 +679,7 @@ fn plan_catalog(args: &PlanArgs, device: &Device) -> Result<()> {
                             residency: None,
                             cached_residuals: 0,
                             masked: false,
+                            adapter_bytes: 0,
                         };
                         let plan = MemoryPlan::new(&inputs)?;
                         Ok(match plan.fits_budget {

@@ -267,6 +267,17 @@ impl LoraAdapter {
     pub fn num_params(&self) -> usize {
         self.layers.values().map(|u| u.down.data.len() + u.up.data.len()).sum()
     }
+
+    /// Bytes its factors take on a device once applied ([`LayerUpdate::device_bytes`]).
+    pub fn device_bytes(&self) -> usize {
+        self.layers.values().map(LayerUpdate::device_bytes).sum()
+    }
+}
+
+/// Device bytes of `adapters` applied at their strengths ([`Flux::set_adapters`] leaves out those at 0): what a
+/// memory plan counts for them before they are uploaded.
+pub fn active_device_bytes(adapters: &[(&LoraAdapter, f32)]) -> u64 {
+    adapters.iter().filter(|(_, strength)| *strength != 0.0).map(|(adapter, _)| adapter.device_bytes() as u64).sum()
 }
 
 fn two_dimensional(weights: &dyn Weights, name: &str) -> Result<HostTensor> {

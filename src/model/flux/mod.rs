@@ -765,8 +765,13 @@ impl Flux {
                 adapters
                     .iter()
                     .filter(|(_, strength)| *strength != 0.0)
-                    .filter_map(|(adapter, strength)| Some((adapter.layers.get(name)?, *strength)))
-                    .map(|(update, strength)| LowRank::new(update, strength, &projection.part_ranges(), device))
+                    .filter_map(|(adapter, strength)| Some((adapter, adapter.layers.get(name)?, *strength)))
+                    .map(|(adapter, update, strength)| {
+                        LowRank::new(update, strength, &projection.segment_ranges(), device).map_err(|e| match e {
+                            Error::Invalid(why) => Error::Invalid(format!("LoRA {}: `{name}`: {why}", adapter.label)),
+                            other => other,
+                        })
+                    })
                     .collect()
             })
             .collect::<Result<_>>()?;
@@ -784,10 +789,13 @@ impl Flux {
     /// Bytes the weights occupy on the device: f32 parameters, plus the blocks and biases of packed layers and
     /// the factors of LoRA adapters.
     pub fn device_bytes(&self) -> usize {
-        let projections = self.projections();
-        let packed: usize = projections.iter().filter(|p| p.is_packed()).map(|p| p.device_bytes()).sum();
-        let adapters: usize = projections.iter().map(|p| p.adapter_bytes()).sum();
-        self.num_params() * size_of::<f32>() + packed + adapters
+        let packed: usize = self.projections().iter().filter(|p| p.is_packed()).map(|p| p.device_bytes()).sum();
+        self.num_params() * size_of::<f32>() + packed + self.adapter_bytes()
+    }
+
+    /// Bytes the active LoRA adapters' factors occupy on the device ([`Flux::set_adapters`]).
+    pub fn adapter_bytes(&self) -> usize {
+        self.projections().iter().map(|p| p.adapter_bytes()).sum()
     }
 
     /// The conditioning vector `[b, hidden]` from the timesteps σ (`[b]`, in [0, 1]), the pooled text vector `y`
