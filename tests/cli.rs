@@ -921,7 +921,7 @@ fn edit_with_loras_matches_the_lora_goldens() {
 }
 
 /// LoRA adapters count in the memory plan before they are uploaded: with everything kept (`--memory keep`) and a
-/// budget between the plan's peak without and with the Hyper-FLUX layout (37.87 and 39.07 MiB), the edit without
+/// budget between the plan's peak without and with the Hyper-FLUX layout (37.87 and 39.18 MiB), the edit without
 /// the adapter runs and the one with it is refused before anything is uploaded.
 #[test]
 fn a_lora_counts_in_the_memory_plan_before_it_is_uploaded() {

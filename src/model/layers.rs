@@ -80,74 +80,115 @@ pub struct ReleasedWeight {
     pub d_out: usize,
 }
 
-/// A low-rank adapter on one linear layer: adds `x · Aᵀ · Bᵀ` to its output, both products in the packed
-/// matmul kernels (an F32 weight is one more block type to them), so an adapter adds no pipeline per shape.
-/// The rank is padded with zeros to whole K tiles of the kernels, which leaves the product unchanged.
+/// A low-rank adapter on one linear layer: adds `x · Aᵀ · Bᵀ` to the outputs of each of its blocks, both
+/// products in the packed matmul kernels (an F32 weight is one more block type to them), so an adapter adds no
+/// pipeline per shape. Each rank is padded with zeros to whole K tiles of the kernels, which leaves the product
+/// unchanged.
 #[derive(Module, Debug)]
 pub struct LowRank {
+    /// One per [`UpdateBlock`], in the order of their rows.
+    pub blocks: Vec<LowRankBlock>,
+}
+
+/// One [`UpdateBlock`] on the device.
+#[derive(Module, Debug)]
+pub struct LowRankBlock {
+    /// The first output row it changes.
+    #[module(skip)]
+    pub start: usize,
     /// `A`, `[rank, d_in]`.
     pub down: PackedWeight,
-    /// `B` times the adapter's strength × alpha / rank, `[rows, rank]` for each segment of a fused layer's
-    /// outputs ([`Projection::segment_ranges`]), so that a forward of one segment computes only its own.
+    /// `B` times the adapter's strength, `[rows, rank]`, cut where the layer's segments (q, k, v, …) meet, so
+    /// that a forward of one segment computes only its own rows.
     pub up: Vec<PackedWeight>,
 }
 
+impl LowRankBlock {
+    /// Output rows it changes.
+    fn rows(&self) -> usize {
+        self.up.iter().map(|up| up.n).sum()
+    }
+}
+
 impl LowRank {
-    /// Uploads `update` at `strength`, `up` cut into the row ranges `parts` of the layer's outputs. Errors when
-    /// the parts do not cover the outputs, or a factor would not fit one of the device's buffers.
-    pub fn new(update: &LayerUpdate, strength: f32, parts: &[Range<usize>], device: &Device) -> Result<Self> {
-        let [rank, d_in] = [update.down.shape[0], update.down.shape[1]];
-        let d_out = update.up.shape[0];
-        if parts.iter().map(Range::len).sum::<usize>() != d_out {
-            return Err(Error::Invalid(format!("an update of {d_out} outputs on parts {parts:?}")));
+    /// Uploads `update` at `strength`, each block's `up` cut where the row ranges `segments` of the layer's
+    /// outputs meet. Errors when the segments do not cover the outputs, or a factor would not fit one of the
+    /// device's buffers.
+    pub fn new(update: &LayerUpdate, strength: f32, segments: &[Range<usize>], device: &Device) -> Result<Self> {
+        if segments.iter().map(Range::len).sum::<usize>() != update.d_out {
+            return Err(Error::Invalid(format!("an update of {} outputs on segments {segments:?}", update.d_out)));
         }
-        let padded = padded_rank(rank);
-        let widest = parts.iter().map(Range::len).max().unwrap_or(0).max(d_in);
         let limit = max_binding_bytes(device);
-        if (padded * widest * size_of::<f32>()) as u64 > limit {
-            return Err(Error::Invalid(format!(
-                "a LoRA factor of rank {rank} over {widest} features takes {} bytes, more than this device's \
-                 {limit}-byte buffer limit",
-                padded * widest * size_of::<f32>()
-            )));
-        }
-        let mut down = update.down.data.clone();
-        down.resize(padded * d_in, 0.0); // [rank, d_in] → [padded, d_in]
-        let up_part = |rows: &Range<usize>| {
-            let mut part = vec![0.0f32; rows.len() * padded]; // [rows, padded]
-            for (row, values) in
-                part.chunks_exact_mut(padded).zip(update.up.data[rows.start * rank..].chunks_exact(rank))
-            {
-                for (to, &from) in row.iter_mut().zip(values) {
-                    *to = from * strength;
-                }
+        let blocks = update.blocks.iter().map(|block| {
+            let (rank, d_in) = (block.rank(), update.d_in);
+            let padded = padded_rank(rank);
+            let widest = block.rows.len().max(d_in);
+            if (padded * widest * size_of::<f32>()) as u64 > limit {
+                return Err(Error::Invalid(format!(
+                    "a LoRA factor of rank {rank} over {widest} features takes {} bytes, more than this device's \
+                     {limit}-byte buffer limit",
+                    padded * widest * size_of::<f32>()
+                )));
             }
-            f32_weight(&part, [rows.len(), padded], device)
-        };
-        Ok(Self {
-            down: f32_weight(&down, [padded, d_in], device)?,
-            up: parts.iter().map(up_part).collect::<Result<_>>()?,
-        })
+            let mut down = block.down.data.clone();
+            down.resize(padded * d_in, 0.0); // [rank, d_in] → [padded, d_in]
+            let up_piece = |rows: Range<usize>| {
+                let mut piece = vec![0.0f32; rows.len() * padded]; // [rows, padded]
+                let source = block.up.data[(rows.start - block.rows.start) * rank..].chunks_exact(rank);
+                for (row, values) in piece.chunks_exact_mut(padded).zip(source) {
+                    for (to, &from) in row.iter_mut().zip(values) {
+                        *to = from * strength;
+                    }
+                }
+                f32_weight(&piece, [rows.len(), padded], device)
+            };
+            let pieces = segments
+                .iter()
+                .map(|segment| segment.start.max(block.rows.start)..segment.end.min(block.rows.end))
+                .filter(|rows| !rows.is_empty());
+            Ok(LowRankBlock {
+                start: block.rows.start,
+                down: f32_weight(&down, [padded, d_in], device)?,
+                up: pieces.map(up_piece).collect::<Result<_>>()?,
+            })
+        });
+        Ok(Self { blocks: blocks.collect::<Result<_>>()? })
     }
 
-    /// `[..., d_in] → [..., columns.len()]`: the adapter's outputs in `columns`.
+    /// `[..., d_in] → [..., columns.len()]`: the adapter's outputs in `columns` (zeros in rows no block changes).
     fn forward_columns<const D: usize>(&self, x: Tensor<D>, columns: Range<usize>) -> Tensor<D> {
         let dims = x.dims();
         let d_in = dims[D - 1];
-        let rows = dims[..D - 1].iter().product();
-        let low = quant_matmul::matmul(x.reshape([rows, d_in]), &self.down, None); // [rows, padded rank]
+        let tokens = dims[..D - 1].iter().product();
+        let x = x.reshape([tokens, d_in]);
+        let zeros = |len: usize| Tensor::<2>::zeros([tokens, len], &x.device());
         let mut outputs = Vec::new();
-        let mut offset = 0;
-        for part in &self.up {
-            let (start, end) = (columns.start.max(offset), columns.end.min(offset + part.n));
-            if start < end {
-                let y = quant_matmul::matmul(low.clone(), part, None);
-                outputs.push(match end - start == part.n {
-                    true => y,
-                    false => y.narrow(1, start - offset, end - start),
-                });
+        let mut done = columns.start;
+        for block in &self.blocks {
+            let (start, end) = (block.start.max(columns.start), (block.start + block.rows()).min(columns.end));
+            if start >= end {
+                continue;
             }
-            offset += part.n;
+            if done < start {
+                outputs.push(zeros(start - done));
+            }
+            let low = quant_matmul::matmul(x.clone(), &block.down, None); // [tokens, padded rank]
+            let mut offset = block.start;
+            for up in &block.up {
+                let (from, to) = (start.max(offset), end.min(offset + up.n));
+                if from < to {
+                    let y = quant_matmul::matmul(low.clone(), up, None); // [tokens, up.n]
+                    outputs.push(match to - from == up.n {
+                        true => y,
+                        false => y.narrow(1, from - offset, to - from),
+                    });
+                }
+                offset += up.n;
+            }
+            done = end;
+        }
+        if done < columns.end {
+            outputs.push(zeros(columns.end - done));
         }
         let y = match outputs.len() {
             1 => outputs.remove(0),
@@ -160,7 +201,9 @@ impl LowRank {
 
     /// Bytes the factors occupy on their device.
     pub fn device_bytes(&self) -> usize {
-        self.down.device_bytes() + self.up.iter().map(PackedWeight::device_bytes).sum::<usize>()
+        let block =
+            |b: &LowRankBlock| b.down.device_bytes() + b.up.iter().map(PackedWeight::device_bytes).sum::<usize>();
+        self.blocks.iter().map(block).sum()
     }
 }
 
@@ -554,25 +597,64 @@ impl HostEmbedding {
     }
 }
 
-/// One layer's update, ready to apply: `down` `[rank, d_in]` and `up` `[d_out, rank]` with alpha / rank folded in.
+/// Part of a layer's update: the output rows `rows` get `x · Aᵀ · Bᵀ`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LayerUpdate {
-    /// Stacked `A` factors, `[rank, d_in]`.
+pub struct UpdateBlock {
+    /// The output rows it changes.
+    pub rows: Range<usize>,
+    /// `A`, `[rank, d_in]`.
     pub down: HostTensor,
-    /// Block-diagonal `B` factors times alpha / rank, `[d_out, rank]`.
+    /// `B` with alpha / rank folded in, `[rows.len(), rank]`.
     pub up: HostTensor,
 }
 
-impl LayerUpdate {
-    /// The total rank.
+impl UpdateBlock {
+    /// Its rank.
     pub fn rank(&self) -> usize {
         self.down.shape[0]
     }
+}
 
-    /// Bytes its [`LowRank`] takes on a device: both factors in f32 at the padded rank.
+/// One layer's update, ready to apply: blocks over disjoint output rows, in their order — one for a pair of
+/// factors over the whole layer (kohya's fused qkv), one for each fused part with factors of its own (diffusers'
+/// q, k and v), so that no factor holds zeros for the others' rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerUpdate {
+    /// Input features.
+    pub d_in: usize,
+    /// Output features.
+    pub d_out: usize,
+    /// The blocks, by their first row.
+    pub blocks: Vec<UpdateBlock>,
+}
+
+impl LayerUpdate {
+    /// The total rank (of all blocks).
+    pub fn rank(&self) -> usize {
+        self.blocks.iter().map(UpdateBlock::rank).sum()
+    }
+
+    /// Bytes its [`LowRank`] takes on a device: each block's factors in f32 at the padded rank.
     pub fn device_bytes(&self) -> usize {
-        let [d_in, d_out] = [self.down.shape[1], self.up.shape[0]];
-        padded_rank(self.rank()) * (d_in + d_out) * size_of::<f32>()
+        let block = |b: &UpdateBlock| padded_rank(b.rank()) * (self.d_in + b.rows.len()) * size_of::<f32>();
+        self.blocks.iter().map(block).sum()
+    }
+
+    /// `Σ B · A` over the blocks, `[d_out, d_in]` (for tests and inspection).
+    pub fn delta(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.d_out * self.d_in];
+        for block in &self.blocks {
+            let rank = block.rank();
+            for (o, up) in block.rows.clone().zip(block.up.data.chunks_exact(rank)) {
+                for (r, &u) in up.iter().enumerate() {
+                    let down = &block.down.data[r * self.d_in..][..self.d_in];
+                    for (to, &d) in out[o * self.d_in..][..self.d_in].iter_mut().zip(down) {
+                        *to += u * d;
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
@@ -665,40 +747,39 @@ mod tests {
         cols(&whole).assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
     }
 
-    /// On the CPU (dense factors) and on wgpu (the factors in the packed kernels, rank 5 padded to 32), every
-    /// column range of a two-part layer equals `x · Aᵀ · Bᵀ · strength` in plain tensor ops.
+    /// On the CPU (dense factors) and on wgpu (the factors in the packed kernels, ranks 3 and 5 padded to 32),
+    /// every column range of a two-segment layer with two blocks (rows 0..2, and 5..14 across the segments'
+    /// boundary at 7; rows 2..5 and 14..16 unchanged) equals `x · (Σ B · A)ᵀ · strength` in plain tensor ops.
     #[test]
     #[cfg(not(target_arch = "wasm32"))]
     fn a_low_rank_update_equals_its_product_in_plain_ops_for_any_columns() {
-        let ramp =
-            |len: usize, step: usize| (0..len).map(|i| ((i * step) % 31) as f32 / 15.0 - 1.0).collect::<Vec<_>>();
-        let (rank, d_in, d_out, tokens) = (5, 64, 16, 9);
-        let update = LayerUpdate {
-            down: HostTensor::new(vec![rank, d_in], ramp(rank * d_in, 7)).unwrap(),
-            up: HostTensor::new(vec![d_out, rank], ramp(d_out * rank, 11)).unwrap(),
+        let ramp = |len: usize, step: usize| (0..len).map(|i| ((i * step) % 31) as f32 / 15.0 - 1.0).collect();
+        let (d_in, d_out, tokens) = (64, 16, 9);
+        let block = |rows: Range<usize>, rank: usize, salt: usize| UpdateBlock {
+            down: HostTensor::new(vec![rank, d_in], ramp(rank * d_in, 7 + salt)).unwrap(),
+            up: HostTensor::new(vec![rows.len(), rank], ramp(rows.len() * rank, 11 + salt)).unwrap(),
+            rows,
         };
+        let update = LayerUpdate { d_in, d_out, blocks: vec![block(0..2, 3, 0), block(5..14, 5, 2)] };
         let x = ramp(tokens * d_in, 13);
         for device in [cpu(), crate::harness::testing::gpu()] {
             let lora = LowRank::new(&update, 0.5, &[0..7, 7..16], &device).unwrap();
-            assert_eq!(lora.down.is_packed(), packs_on(&device));
-            assert_eq!((lora.down.n, lora.up.len(), lora.up[1].n, lora.up[1].k), (32, 2, 9, 32));
+            let second = &lora.blocks[1];
+            assert_eq!(second.down.is_packed(), packs_on(&device));
+            let pieces: Vec<[usize; 2]> = second.up.iter().map(|up| [up.n, up.k]).collect();
+            assert_eq!((second.start, second.down.n, pieces), (5, 32, vec![[2, 32], [7, 32]]));
+            assert_eq!(lora.device_bytes(), update.device_bytes());
             let x = Tensor::<3>::from_data(TensorData::new(x.clone(), [1, tokens, d_in]), &device);
-            let tensor = |t: &HostTensor| {
-                Tensor::<2>::from_data(TensorData::new(t.data.clone(), [t.shape[0], t.shape[1]]), &device)
-            };
-            let expected = x
-                .clone()
-                .matmul(tensor(&update.down).transpose().unsqueeze())
-                .matmul(tensor(&update.up).transpose().unsqueeze())
-                * 0.5;
-            for columns in [0..16, 7..16, 3..12, 0..7] {
+            let delta = Tensor::<2>::from_data(TensorData::new(update.delta(), [d_out, d_in]), &device);
+            let expected = x.clone().matmul(delta.transpose().unsqueeze()) * 0.5;
+            for columns in [0..16, 7..16, 3..12, 0..7, 2..5, 14..16] {
                 let want = expected.clone().narrow(2, columns.start, columns.len()).into_data();
                 let got = lora.forward_columns(x.clone(), columns.clone()).into_data();
                 got.assert_approx_eq::<f32>(&want, Tolerance::absolute(1e-4));
             }
         }
         let mismatched = LowRank::new(&update, 1.0, &[0..7, 7..15], &cpu()).unwrap_err().to_string();
-        assert_eq!(mismatched, "an update of 16 outputs on parts [0..7, 7..15]");
+        assert_eq!(mismatched, "an update of 16 outputs on segments [0..7, 7..15]");
     }
 
     #[test]

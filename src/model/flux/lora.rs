@@ -20,7 +20,7 @@ use crate::formats::source::ByteSource;
 use crate::formats::weights::{HostTensor, Weights};
 use crate::model::flux::Flux;
 use crate::model::flux::remap::{bfl_module, diffusers_modules};
-use crate::model::layers::{LayerUpdate, LoraAdapter};
+use crate::model::layers::{LayerUpdate, LoraAdapter, UpdateBlock};
 use crate::{Error, Result};
 
 /// Prefixes that put a module in the transformer, longest first.
@@ -265,7 +265,8 @@ impl LoraAdapter {
 
     /// The total number of factor values.
     pub fn num_params(&self) -> usize {
-        self.layers.values().map(|u| u.down.data.len() + u.up.data.len()).sum()
+        let block = |b: &UpdateBlock| b.down.data.len() + b.up.data.len();
+        self.layers.values().flat_map(|u| &u.blocks).map(block).sum()
     }
 
     /// Bytes its factors take on a device once applied ([`LayerUpdate::device_bytes`]).
@@ -304,42 +305,41 @@ fn nothing_matches(names: &[String]) -> Error {
 /// half-swapped, `down` and `up` (scale folded in).
 type Part = (Option<usize>, bool, HostTensor, HostTensor);
 
-/// Stacks the parts of one BFL layer into `down` `[Σ rank, d_in]` and a block-diagonal `up` `[d_out, Σ rank]`.
+/// The parts of one BFL layer as the blocks of its update, by their first row.
 fn fuse(layer: &str, d_in: usize, rows: &[usize], parts: Vec<Part>) -> Result<LayerUpdate> {
     let d_out: usize = rows.iter().sum();
-    let total_rank: usize = parts.iter().map(|(_, _, down, _)| down.shape[0]).sum();
-    let mut down = Vec::with_capacity(total_rank * d_in);
-    let mut up = vec![0.0f32; d_out * total_rank];
     let mut covered = vec![false; d_out];
-    let mut column = 0;
-    for (part, swap_halves, part_down, part_up) in parts {
-        let rank = part_down.shape[0];
+    let mut blocks = Vec::with_capacity(parts.len());
+    for (part, swap_halves, down, part_up) in parts {
+        let rank = down.shape[0];
         let (row_offset, part_rows) = match part {
             None => (0, d_out),
             Some(part) => (rows[..part].iter().sum(), rows[part]),
         };
-        if part_down.shape[1] != d_in || part_up.shape[0] != part_rows {
+        if down.shape[1] != d_in || part_up.shape[0] != part_rows {
             return Err(Error::Invalid(format!(
                 "`{layer}` takes down [rank, {d_in}] and up [{part_rows}, rank]; the file has down {:?} and up {:?}",
-                part_down.shape, part_up.shape
+                down.shape, part_up.shape
             )));
         }
         if covered[row_offset..row_offset + part_rows].iter().any(|&c| c) {
             return Err(Error::Invalid(format!("`{layer}` is adapted twice in the same file")));
         }
         covered[row_offset..row_offset + part_rows].fill(true);
-        down.extend_from_slice(&part_down.data);
-        for r in 0..part_rows {
-            let source = if swap_halves { (r + part_rows / 2) % part_rows } else { r };
-            let target = &mut up[(row_offset + r) * total_rank + column..][..rank];
-            target.copy_from_slice(&part_up.data[source * rank..][..rank]);
-        }
-        column += rank;
+        let up = match swap_halves {
+            true => (0..part_rows)
+                .flat_map(|r| part_up.data[(r + part_rows / 2) % part_rows * rank..][..rank].iter().copied())
+                .collect(),
+            false => part_up.data,
+        };
+        blocks.push(UpdateBlock {
+            rows: row_offset..row_offset + part_rows,
+            down,
+            up: HostTensor::new(vec![part_rows, rank], up)?,
+        });
     }
-    Ok(LayerUpdate {
-        down: HostTensor::new(vec![total_rank, d_in], down)?,
-        up: HostTensor::new(vec![d_out, total_rank], up)?,
-    })
+    blocks.sort_by_key(|block| block.rows.start);
+    Ok(LayerUpdate { d_in, d_out, blocks })
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
@@ -370,21 +370,6 @@ mod tests {
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
     }
 
-    /// `up · down`, `[d_out, d_in]`.
-    fn delta(update: &LayerUpdate) -> Vec<f32> {
-        let ([d_out, rank], d_in) = ([update.up.shape[0], update.rank()], update.down.shape[1]);
-        let mut out = vec![0.0; d_out * d_in];
-        for o in 0..d_out {
-            for r in 0..rank {
-                let u = update.up.data[o * rank + r];
-                for i in 0..d_in {
-                    out[o * d_in + i] += u * update.down.data[r * d_in + i];
-                }
-            }
-        }
-        out
-    }
-
     #[test]
     fn every_layout_gives_the_reference_deltas() {
         let device = cpu();
@@ -394,8 +379,12 @@ mod tests {
             let adapter = read(layout, &flux).unwrap();
             assert_eq!(adapter.layers.len(), 23, "{layout}");
             for (layer, update) in &adapter.layers {
-                let full = delta(update);
-                let d_in = update.down.shape[1];
+                // diffusers' q, k and v keep factors of their own: one block each, no zeros for the others.
+                let parts = diffusers_modules(layer).len();
+                let blocks = if layout == "lora_diffusers" { parts } else { 1 };
+                assert_eq!(update.blocks.len(), blocks, "{layout} {layer}");
+                let full = update.delta();
+                let d_in = update.d_in;
                 let mut row = 0;
                 for module in diffusers_modules(layer) {
                     let expected = reference.read(&format!("delta.{module}")).unwrap();
@@ -404,7 +393,7 @@ mod tests {
                     assert!(worst <= 1e-6, "{layout} {module}: {worst:e}");
                     row += rows;
                 }
-                assert_eq!(row, update.up.shape[0], "{layout} {layer}");
+                assert_eq!(row, update.d_out, "{layout} {layer}");
             }
         }
     }
@@ -595,7 +584,8 @@ mod tests {
             &flux,
         )
         .unwrap();
-        let ratio = |layer: &str| scaled.layers[layer].up.data[1] / plain.layers[layer].up.data[1];
+        let up = |adapter: &LoraAdapter, layer: &str| adapter.layers[layer].blocks[0].up.data[1];
+        let ratio = |layer: &str| up(&scaled, layer) / up(&plain, layer);
         assert!((ratio("img_in") - 4.0).abs() < 1e-6, "{}", ratio("img_in"));
         assert!((ratio("final_layer.linear") - 0.5).abs() < 1e-6, "{}", ratio("final_layer.linear"));
         let broken = LoraAdapter::from_weights(&tensors, &metadata("{"), "broken", &flux).unwrap_err();

@@ -749,10 +749,10 @@ impl Flux {
                 let Some(&[d_out, d_in]) = shapes.get(layer.as_str()) else {
                     return Err(Error::Invalid(format!("LoRA {}: this model has no layer `{layer}`", adapter.label)));
                 };
-                if update.down.shape[1] != d_in || update.up.shape[0] != d_out {
+                if update.d_in != d_in || update.d_out != d_out {
                     return Err(Error::Invalid(format!(
                         "LoRA {}: `{layer}` is [{d_out}, {d_in}] but the adapter is for [{}, {}]",
-                        adapter.label, update.up.shape[0], update.down.shape[1]
+                        adapter.label, update.d_out, update.d_in
                     )));
                 }
             }
