@@ -783,7 +783,7 @@ mod tests {
         assert_eq!((tiny_budget.residency, tiny_budget.fits_budget), (Residency::STREAMED, Some(false)));
     }
 
-    /// Hyper-FLUX's LoRA (rank 64 over every linear layer, 1,388,026,440 bytes of F32 factors) is on the device
+    /// Hyper-FLUX's LoRA (rank 64 over every linear layer, about its file's 1,388,026,440 bytes of F32 factors) is on the device
     /// in every phase: a resident part that moves the 10 GB choice from lean to phased, and the peak of every
     /// phase grows by its size.
     #[test]
