@@ -75,8 +75,8 @@ fn rounded_to_f16(values: Vec<f32>, rows: usize, cols: usize) -> Tensor<2> {
 }
 
 /// Kernel on wgpu vs reference twin on the CPU for each M and kernel (the matrix-vector kernel up to 8 rows, the
-/// square and the wide one with partial tiles, whichever this adapter would take), computing in f32 and in f16 (the
-/// adapter must have `shader-f16`, as lavapipe does).
+/// square and the wide one with partial tiles, each named, so every kernel runs whichever this adapter would
+/// choose), computing in f32 and in f16 (the adapter must have `shader-f16`, as lavapipe does).
 fn assert_kernel_matches(raw: &Raw, bias: Option<&[f32]>, what: &str) {
     assert_kernel_matches_at(raw, bias, what, Precision::F32);
     assert!(
