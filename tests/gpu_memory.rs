@@ -7,10 +7,12 @@ use std::sync::Mutex;
 
 use kontext_web::device::{self, faults};
 use kontext_web::formats::GgmlType;
+use kontext_web::formats::weights::HostTensor;
 use kontext_web::harness::bench::{RandomFlux, medium_flux};
 use kontext_web::harness::testing::fixture_path;
 use kontext_web::kernels::attention::bench_attention;
 use kontext_web::model::flux::{Flux, Layers};
+use kontext_web::model::layers::{AdapterId, LayerUpdate, LoraAdapter, UpdateBlock};
 use kontext_web::pipeline::cache::CacheConfig;
 use kontext_web::pipeline::edit::{Edit, EditRequest};
 use kontext_web::pipeline::loader::{Folder, KontextModel, Overrides};
@@ -44,6 +46,64 @@ fn released_weights_leave_the_device_allocator() {
 
     flux.reload(Layers::All, &weights, &gpu).unwrap();
     assert_eq!(flux.device_bytes() as u64, bytes);
+}
+
+/// An adapter of `rank` over every linear layer of `flux`, one block per layer, its values spread by `salt`.
+fn every_layer_adapter(flux: &Flux, rank: usize, salt: usize) -> LoraAdapter {
+    let ramp = |len: usize, step: usize| (0..len).map(|i| ((i * step + salt) % 29) as f32 / 280.0 - 0.05).collect();
+    let layers = flux.named_projections().into_iter().map(|(name, projection)| {
+        let (d_in, d_out) = (projection.d_in(), projection.d_out());
+        let block = UpdateBlock {
+            rows: 0..d_out,
+            down: HostTensor::new(vec![rank, d_in], ramp(rank * d_in, 7)).unwrap(),
+            up: HostTensor::new(vec![d_out, rank], ramp(d_out * rank, 11)).unwrap(),
+        };
+        (name, LayerUpdate { d_in, d_out, blocks: vec![block] })
+    });
+    let layers = layers.collect();
+    LoraAdapter {
+        id: AdapterId::fresh(),
+        label: format!("every layer #{salt}"),
+        layers,
+        ignored_text_encoder_tensors: 0,
+    }
+}
+
+/// [`Flux::set_adapters`] keeps the factors of the adapters already active (asked for again, they upload
+/// nothing: an injected out-of-memory failure stays unseen, while another strength meets it), and frees them
+/// before it uploads others, so that the allocator holds one set of factors, not both. Control: a second adapter
+/// beside the first grows the allocator by about its bytes.
+#[test]
+fn lora_adapters_stay_when_asked_for_again_and_one_set_is_held_when_replaced() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (gpu, _) = device::wgpu().expect("a wgpu adapter (lavapipe without a GPU)");
+    let config = medium_flux(512, 8, 2, 2, 512);
+    let weights = RandomFlux::new(&config, Some(GgmlType::Q8_0)).unwrap();
+    let mut flux = Flux::load(&config, &weights, &gpu).unwrap();
+    let [first, second, third] = [1, 2, 3].map(|salt| every_layer_adapter(&flux, 64, salt));
+    let reserved = || device::reserved_bytes(&gpu).expect("wgpu reports its pools");
+
+    assert!(flux.set_adapters(&[(&first, 1.0)], &gpu).unwrap());
+    let bytes = flux.adapter_bytes() as u64;
+    assert_eq!(bytes, first.device_bytes() as u64);
+    assert!(bytes > 8 << 20, "{bytes} bytes of factors");
+    faults::inject_out_of_memory_after(Some(0));
+    assert!(!flux.set_adapters(&[(&first, 1.0)], &gpu).unwrap());
+    assert_eq!(faults::check(&gpu), None, "asked for again, the factors were uploaded again");
+    assert!(flux.set_adapters(&[(&first, 0.5)], &gpu).unwrap());
+    let fault = faults::check(&gpu).expect("another strength uploads");
+    assert_eq!(fault.kind, faults::FaultKind::OutOfMemory);
+    faults::inject_out_of_memory_after(None);
+
+    device::release_free_pages(&gpu);
+    let one = reserved();
+    assert!(flux.set_adapters(&[(&second, 1.0)], &gpu).unwrap());
+    let replaced = reserved();
+    assert!(replaced < one + bytes / 4, "{replaced} reserved after replacing {bytes} bytes of factors on {one}");
+    assert!(flux.set_adapters(&[(&second, 1.0), (&third, 1.0)], &gpu).unwrap());
+    let two = reserved();
+    assert!(two >= one + bytes * 9 / 10, "{two} reserved with two adapters of {bytes} bytes, one took {one}");
+    assert_eq!(flux.adapter_bytes() as u64, 2 * bytes);
 }
 
 #[test]

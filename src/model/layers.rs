@@ -6,12 +6,13 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::device::max_binding_bytes;
+use crate::device::{faults, max_binding_bytes};
 use crate::formats::weights::{HostTensor, Weights};
 use crate::formats::{GgmlType, dequantize};
 use crate::kernels::quant_matmul::{self, Epilogue, PackedLinear, PackedWeight, keeps_blocks};
@@ -215,9 +216,11 @@ fn padded_rank(rank: usize) -> usize {
     rank.max(1).next_multiple_of(RANK_TILE)
 }
 
-/// An f32 matrix `[n, k]` uploaded as an F32 [`PackedWeight`] ([`PackedWeight::from_f32`]).
+/// An f32 matrix `[n, k]` uploaded as an F32 [`PackedWeight`] ([`PackedWeight::from_f32`]), counted as uploaded
+/// weights ([`faults::note_upload`]).
 fn f32_weight(values: &[f32], shape: [usize; 2], device: &Device) -> Result<PackedWeight> {
     let weight = PackedWeight::from_f32(values, shape, device)?;
+    faults::note_upload(device, size_of_val(values) as u64);
     dispatch_uploads(device)?;
     Ok(weight)
 }
@@ -658,9 +661,24 @@ impl LayerUpdate {
     }
 }
 
+/// Tells adapters apart for the device: [`crate::model::flux::Flux::set_adapters`] keeps the factors it uploaded
+/// while the adapters with the same ids at the same strengths are asked for again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdapterId(u64);
+
+impl AdapterId {
+    /// An id that no adapter of this process has had before.
+    pub fn fresh() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
 /// A LoRA file resolved against a model: one [`LayerUpdate`] per BFL layer it adapts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraAdapter {
+    /// Fresh for every file read ([`AdapterId::fresh`]); a clone shares it, as it shares the factors.
+    pub id: AdapterId,
     /// The file's name, for messages and recipes.
     pub label: String,
     /// BFL layer name → its update.

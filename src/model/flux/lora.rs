@@ -20,7 +20,7 @@ use crate::formats::source::ByteSource;
 use crate::formats::weights::{HostTensor, Weights};
 use crate::model::flux::Flux;
 use crate::model::flux::remap::{bfl_module, diffusers_modules};
-use crate::model::layers::{LayerUpdate, LoraAdapter, UpdateBlock};
+use crate::model::layers::{AdapterId, LayerUpdate, LoraAdapter, UpdateBlock};
 use crate::{Error, Result};
 
 /// Prefixes that put a module in the transformer, longest first.
@@ -255,7 +255,7 @@ impl LoraAdapter {
             let (d_in, rows) = &targets.layers[&layer];
             layers.insert(layer.clone(), fuse(&layer, *d_in, rows, parts)?);
         }
-        Ok(Self { label: label.to_string(), layers, ignored_text_encoder_tensors })
+        Ok(Self { id: AdapterId::fresh(), label: label.to_string(), layers, ignored_text_encoder_tensors })
     }
 
     /// The largest total rank of a layer.
@@ -275,10 +275,15 @@ impl LoraAdapter {
     }
 }
 
-/// Device bytes of `adapters` applied at their strengths ([`Flux::set_adapters`] leaves out those at 0): what a
-/// memory plan counts for them before they are uploaded.
+/// The adapters of `adapters` that change the model: those at a strength other than 0.
+pub fn active<'a>(adapters: &'a [(&'a LoraAdapter, f32)]) -> impl Iterator<Item = (&'a LoraAdapter, f32)> {
+    adapters.iter().filter(|(_, strength)| *strength != 0.0).map(|&(adapter, strength)| (adapter, strength))
+}
+
+/// Device bytes of the [`active`] `adapters` ([`Flux::set_adapters`]): what a memory plan counts for them before
+/// they are uploaded.
 pub fn active_device_bytes(adapters: &[(&LoraAdapter, f32)]) -> u64 {
-    adapters.iter().filter(|(_, strength)| *strength != 0.0).map(|(adapter, _)| adapter.device_bytes() as u64).sum()
+    active(adapters).map(|(adapter, _)| adapter.device_bytes() as u64).sum()
 }
 
 fn two_dimensional(weights: &dyn Weights, name: &str) -> Result<HostTensor> {
@@ -502,6 +507,56 @@ mod tests {
         flux.set_adapters(&[(&kohya, 1.0)], &device).unwrap();
         flux.set_adapters(&[], &device).unwrap();
         assert_eq!(values(step0(&flux, &device)), base);
+    }
+
+    /// The same adapters at the same strengths keep their factors on the device: [`Flux::set_adapters`] says
+    /// whether it changed anything, and the outputs say which factors are active.
+    #[test]
+    fn the_active_adapters_stay_until_others_or_other_strengths_are_asked_for() {
+        let device = cpu();
+        let mut flux = tiny_flux(&device);
+        let base = values(step0(&flux, &device));
+        let kohya = read("lora_kohya", &flux).unwrap();
+        let diffusers = read("lora_diffusers", &flux).unwrap();
+        assert!(flux.set_adapters(&[(&kohya, 1.0)], &device).unwrap());
+        let full = values(step0(&flux, &device));
+        let bytes = flux.adapter_bytes();
+        assert_eq!(bytes, kohya.device_bytes());
+        assert!(!flux.set_adapters(&[(&kohya, 1.0)], &device).unwrap(), "the same adapter again is kept");
+        assert!(!flux.set_adapters(&[(&kohya, 1.0), (&diffusers, 0.0)], &device).unwrap(), "one at 0 changes nothing");
+        assert!(!flux.set_adapters(&[(&kohya.clone(), 1.0)], &device).unwrap(), "a clone is the same adapter");
+        assert_eq!((flux.adapter_bytes(), values(step0(&flux, &device))), (bytes, full.clone()));
+
+        assert!(flux.set_adapters(&[(&kohya, 0.5)], &device).unwrap(), "another strength is uploaded");
+        assert!(max_diff(&values(step0(&flux, &device)), &full) > 1e-3);
+        let again = read("lora_kohya", &flux).unwrap();
+        assert!(flux.set_adapters(&[(&again, 1.0)], &device).unwrap(), "the file read again is another adapter");
+        assert!(max_diff(&values(step0(&flux, &device)), &full) <= 1e-6);
+        assert!(flux.set_adapters(&[(&again, 1.0), (&diffusers, 1.0)], &device).unwrap());
+        assert_eq!(flux.adapter_bytes(), again.device_bytes() + diffusers.device_bytes());
+        assert!(flux.set_adapters(&[], &device).unwrap());
+        assert!(!flux.set_adapters(&[(&kohya, 0.0)], &device).unwrap(), "none active, as before");
+        assert_eq!((flux.adapter_bytes(), values(step0(&flux, &device))), (0, base));
+    }
+
+    /// An adapter that fails to upload leaves none active (the previous ones were freed first), and the next
+    /// request uploads again. Under a 50,000-byte buffer limit, diffusers' factors fit (q, k, v and the MLP input
+    /// apart; the largest is a double block's modulation, 32 × 384 × 4 bytes) and kohya's fused `linear1`
+    /// (32 × 448 × 4) does not.
+    #[test]
+    fn a_failed_upload_leaves_no_adapter_active() {
+        let device = cpu();
+        let mut flux = tiny_flux(&device);
+        let base = values(step0(&flux, &device));
+        let kohya = read("lora_kohya", &flux).unwrap();
+        let diffusers = read("lora_diffusers", &flux).unwrap();
+        let err = crate::device::with_binding_limit(50_000, || {
+            assert!(flux.set_adapters(&[(&diffusers, 1.0)], &device).unwrap());
+            flux.set_adapters(&[(&kohya, 1.0)], &device).unwrap_err().to_string()
+        });
+        assert!(err.contains("lora_kohya.safetensors: `single_blocks.0.linear1`: a LoRA factor of rank 4"), "{err}");
+        assert_eq!((flux.adapter_bytes(), values(step0(&flux, &device))), (0, base));
+        assert!(flux.set_adapters(&[(&diffusers, 1.0)], &device).unwrap(), "uploaded again after the failure");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::device::max_binding_bytes;
 use crate::formats::weights::Weights;
 use crate::kernels::fused::{self, HeadInput};
 use crate::kernels::path::KernelPath;
-use crate::model::layers::LoraAdapter;
+use crate::model::layers::{AdapterId, LoraAdapter};
 use crate::model::layers::{LowRank, Projection};
 use crate::model::scope::Scope;
 use crate::{Error, Result};
@@ -567,6 +567,9 @@ pub struct Flux {
     /// The hyper-parameters the weights were checked against.
     #[module(skip)]
     pub config: FluxConfig,
+    /// The adapters whose factors the projections hold, with their strengths ([`Flux::set_adapters`]).
+    #[module(skip)]
+    active_adapters: Vec<(AdapterId, f32)>,
 }
 
 impl Flux {
@@ -623,6 +626,7 @@ impl Flux {
                 ada_ln_modulation: vb.pp("final_layer").pp("adaLN_modulation.1").linear(hidden, 2 * hidden, true)?,
             },
             config: config.clone(),
+            active_adapters: Vec::new(),
         })
     }
 
@@ -738,9 +742,13 @@ impl Flux {
         self.reload(Layers::Modulation, weights, device)
     }
 
-    /// Replaces the active LoRA adapters by `adapters`, each with its strength (1.0: as trained). The base
-    /// weights stay as loaded; an empty list removes every adapter.
-    pub fn set_adapters(&mut self, adapters: &[(&LoraAdapter, f32)], device: &Device) -> Result<()> {
+    /// Makes `adapters` (each with its strength, 1.0: as trained) the active LoRA adapters; those at strength 0
+    /// are left out, and an empty list removes every adapter. The base weights stay as loaded.
+    ///
+    /// The factors on the device stay when the same adapters ([`LoraAdapter::id`]) at the same strengths are
+    /// active already. Otherwise the active factors are freed before the new ones are uploaded, so that the
+    /// device never holds both (a failed upload leaves no adapter active). Returns whether anything changed.
+    pub fn set_adapters(&mut self, adapters: &[(&LoraAdapter, f32)], device: &Device) -> Result<bool> {
         let names = self.projection_names();
         let shapes: HashMap<&str, [usize; 2]> =
             names.iter().map(String::as_str).zip(self.projections().iter().map(|p| [p.d_out(), p.d_in()])).collect();
@@ -757,28 +765,37 @@ impl Flux {
                 }
             }
         }
-        // Every upload first, so that a failed one leaves the previous adapters in place.
-        let uploaded: Vec<Vec<LowRank>> = names
-            .iter()
-            .zip(self.projections())
-            .map(|(name, projection)| {
-                adapters
-                    .iter()
-                    .filter(|(_, strength)| *strength != 0.0)
-                    .filter_map(|(adapter, strength)| Some((adapter, adapter.layers.get(name)?, *strength)))
-                    .map(|(adapter, update, strength)| {
-                        LowRank::new(update, strength, &projection.segment_ranges(), device).map_err(|e| match e {
-                            Error::Invalid(why) => Error::Invalid(format!("LoRA {}: `{name}`: {why}", adapter.label)),
-                            other => other,
-                        })
-                    })
-                    .collect()
-            })
-            .collect::<Result<_>>()?;
-        for ((_, projection), adapters) in self.named_projections_mut().into_iter().zip(uploaded) {
-            projection.adapters = adapters;
+        let wanted: Vec<(AdapterId, f32)> = lora::active(adapters).map(|(adapter, s)| (adapter.id, s)).collect();
+        if wanted == self.active_adapters {
+            return Ok(false);
         }
-        Ok(())
+        self.remove_adapters();
+        let upload = |flux: &mut Flux| -> Result<()> {
+            for (name, projection) in flux.named_projections_mut() {
+                let segments = projection.segment_ranges();
+                for (adapter, strength) in lora::active(adapters) {
+                    let Some(update) = adapter.layers.get(&name) else { continue };
+                    let low_rank = LowRank::new(update, strength, &segments, device).map_err(|e| match e {
+                        Error::Invalid(why) => Error::Invalid(format!("LoRA {}: `{name}`: {why}", adapter.label)),
+                        other => other,
+                    })?;
+                    projection.adapters.push(low_rank);
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = upload(self) {
+            self.remove_adapters();
+            return Err(e);
+        }
+        self.active_adapters = wanted;
+        Ok(true)
+    }
+
+    /// Frees every adapter's factors.
+    fn remove_adapters(&mut self) {
+        self.active_adapters.clear();
+        self.named_projections_mut().into_iter().for_each(|(_, projection)| projection.adapters.clear());
     }
 
     /// Linear layers whose weights stay in ggml blocks on the device.
