@@ -72,10 +72,19 @@ async fn save_index(entries: &[LoraEntry]) -> crate::Result<()> {
     Store::open().await?.put_blob(INDEX_BLOB, &json).await
 }
 
+/// Runs the storage write `write` in the background, counted in [`AppState::lora_writes`] while it runs.
+fn spawn_write(state: AppState, write: impl std::future::Future<Output = ()> + 'static) {
+    state.lora_writes.update(|n| *n += 1);
+    spawn_local(async move {
+        write.await;
+        state.lora_writes.update(|n| *n -= 1);
+    });
+}
+
 /// Saves the current list, reporting a failure (a full quota, storage evicted) in `error`.
 pub fn persist(state: AppState, error: RwSignal<Option<String>>) {
     let entries = state.loras.get_untracked();
-    spawn_local(async move {
+    spawn_write(state, async move {
         if let Err(e) = save_index(&entries).await {
             error.set(Some(format!("the LoRA settings could not be saved: {e}")));
         }
@@ -84,9 +93,15 @@ pub fn persist(state: AppState, error: RwSignal<Option<String>>) {
 
 /// Stores a new adapter's file and the list, then hands it to the worker.
 pub async fn store_and_add(state: AppState, name: String, bytes: Vec<u8>) -> crate::Result<()> {
-    Store::open().await?.put_blob(&file_blob(&name), &bytes).await?;
-    add_lora(state, name, bytes, true, 1.0);
-    save_index(&state.loras.get_untracked()).await
+    state.lora_writes.update(|n| *n += 1);
+    let stored = async {
+        Store::open().await?.put_blob(&file_blob(&name), &bytes).await?;
+        add_lora(state, name, bytes, true, 1.0);
+        save_index(&state.loras.get_untracked()).await
+    }
+    .await;
+    state.lora_writes.update(|n| *n -= 1);
+    stored
 }
 
 /// Restores the adapters kept from earlier visits and hands them to the worker.
@@ -175,7 +190,7 @@ pub fn remove(state: AppState, name: String, error: RwSignal<Option<String>>) {
     if let Err(e) = send(&ToWorker::RemoveLora { name: name.clone() }) {
         error.set(Some(e));
     }
-    spawn_local(async move {
+    spawn_write(state, async move {
         let deleted = async { Store::open().await?.delete_blob(&file_blob(&name)).await }.await;
         if let Err(e) = deleted {
             error.set(Some(format!("{name} could not be deleted from storage: {e}")));

@@ -149,6 +149,8 @@ pub struct AppState {
     pub job: RwSignal<JobState>,
     /// LoRA adapters the user added.
     pub loras: RwSignal<Vec<LoraEntry>>,
+    /// Writes of the LoRA list or of an adapter's file to the browser's storage still under way.
+    pub lora_writes: RwSignal<u32>,
     /// The running edit's latest preview on the result canvas: job and steps done.
     pub preview: RwSignal<Option<(u32, u64)>>,
     /// The result canvas the worker draws on (a new one with each worker: a canvas is transferred once).
@@ -175,6 +177,7 @@ impl AppState {
             model: RwSignal::new(ModelState::Empty),
             job: RwSignal::new(JobState::Idle),
             loras: RwSignal::new(Vec::new()),
+            lora_writes: RwSignal::new(0),
             preview: RwSignal::new(None),
             canvas: RwSignal::new_local(None),
             display: RwSignal::new(None),

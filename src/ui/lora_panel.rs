@@ -44,7 +44,12 @@ pub fn LoraPanel() -> impl IntoView {
                 <input id="lora-input" type="file" accept=".safetensors" multiple on:change=add_files />
             </div>
             {move || error.get().map(|message| view! { <p class="status bad" role="alert">{message}</p> })}
-            <ul id="lora-list" class="loras" aria-label="LoRA adapters">
+            <ul
+                id="lora-list"
+                class="loras"
+                aria-label="LoRA adapters"
+                aria-busy=move || (state.lora_writes.get() > 0).to_string()
+            >
                 <For each=move || state.loras.get() key=|entry| (entry.name.clone(), entry.size) let:entry>
                     <LoraRow entry update remove />
                 </For>

@@ -141,9 +141,10 @@ pub enum FromWorker {
     Progress {
         /// The edit, or `None` for a model load.
         job: Option<u32>,
-        /// What is being done: `downloading`, `loading`, `encoding text`, `encoding references`, `denoising`, `decoding`.
+        /// What is being done: `downloading`, `loading`, `applying LoRA adapters`, `encoding text`,
+        /// `encoding references`, `denoising`, `decoding`.
         phase: String,
-        /// Units done (bytes, files or steps, per phase).
+        /// Units done (bytes, files, layers or steps, per phase).
         done: u64,
         /// Units in the phase.
         total: u64,

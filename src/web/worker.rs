@@ -391,7 +391,9 @@ impl Worker {
         if let Some(budget) = self.gpu_memory.get() {
             model.follow(&plan_edit(model, &request, adapters, DeviceLimits::of(device, Some(budget)), None)?);
         }
-        model.flux.set_adapters(adapters, device)?;
+        model.flux.set_adapters_reporting(adapters, device, &mut |done, total| {
+            progress(Some(job.id), "applying LoRA adapters", done as u64, total as u64)
+        })?;
         let preview = match canvas {
             Some(_) if job.previews => self.preview_of(model, device).await,
             _ => None,

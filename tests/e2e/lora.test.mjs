@@ -1,7 +1,8 @@
 // LoRA adapters in the app: a file is added, checked against the loaded model, enabled at a strength and applied
 // to an edit that equals the native CLI with the same `--lora FILE:WEIGHT` (±2 LSB; another strength and no LoRA
-// are not); the recipe names it;
-// a file that is not a LoRA for the model is refused with the reason; removing an adapter restores the base.
+// are not); the recipe names it; the edit shows the upload of its factors, which a repeat with the same adapter
+// and strength skips; a file that is not a LoRA for the model is refused with the reason; removing an adapter
+// restores the base.
 // A Turbo preset offers its catalog file when it is not stored and refuses a download that is not that file; a
 // file of its name is taken for it, at the card's strength, steps and guidance, and the edit equals the native CLI.
 import { test, before, after } from 'node:test';
@@ -63,7 +64,27 @@ test('an edit with the LoRA at 0.5 equals the native CLI with --lora FILE:0.5, a
     slider.dispatchEvent(new Event('input', { bubbles: true }));
   });
   assert.equal(await page.textContent('#lora-list .lora-strength'), '0.50');
+  // Every phase text the edit shows, in order.
+  const watchPhases = () => page.evaluate(() => {
+    window.phasesSeen = [];
+    window.phaseWatch?.disconnect();
+    window.phaseWatch = new MutationObserver(() => {
+      const text = document.querySelector('#job-phase')?.textContent;
+      if (text && text !== window.phasesSeen.at(-1)) window.phasesSeen.push(text);
+    });
+    window.phaseWatch.observe(document.querySelector('#job'), { subtree: true, childList: true, characterData: true });
+  });
+  const phasesSeen = () => page.evaluate(() => window.phasesSeen.map((text) => text.split(':')[0]));
+  await watchPhases();
   const withLora = await generate(page);
+  const uploading = (await page.evaluate(() => window.phasesSeen)).filter((t) => t.startsWith('applying LoRA adapters'));
+  assert.ok(uploading.some((t) => t.startsWith('applying LoRA adapters: 23/23')), `the upload's progress: ${uploading}`);
+  // The same adapter at the same strength again keeps its factors on the device: nothing is uploaded, and the
+  // image is the same.
+  await watchPhases();
+  assert.equal(await generate(page), withLora);
+  const again = await phasesSeen();
+  assert.ok(again.includes('denoising') && !again.includes('applying LoRA adapters'), `the repeat's phases: ${again}`);
   // The recipe is a flat JSON object in the PNG's `kontext-recipe` tEXt chunk.
   const recipe = JSON.parse(Buffer.from(withLora, 'base64').toString('latin1').match(/kontext-recipe\0(\{.*?\})/s)[1]);
   assert.deepEqual(recipe.loras, [['lora_kohya.safetensors', 0.5]]);
@@ -87,6 +108,8 @@ test('an edit with the LoRA at 0.5 equals the native CLI with --lora FILE:0.5, a
 
 test('adapters and their settings survive a reload (IndexedDB) and are checked again when a model loads', async () => {
   const { page } = browser;
+  // The list says when its writes to storage are done.
+  await page.waitForSelector('#lora-list[aria-busy="false"]', { state: 'attached' });
   await page.reload();
   await page.waitForSelector('#lora-list li[data-state="ready"]', { timeout: 60_000 });
   assert.equal(await page.locator('#lora-list li').count(), 1);
@@ -97,6 +120,7 @@ test('adapters and their settings survive a reload (IndexedDB) and are checked a
   await page.waitForFunction(() => /23 layers, rank 4/.test(document.querySelector('#lora-list li')?.textContent ?? ''));
   await page.click('[aria-label="remove lora_kohya.safetensors"]');
   await page.waitForFunction(() => document.querySelectorAll('#lora-list li').length === 0);
+  await page.waitForSelector('#lora-list[aria-busy="false"]', { state: 'attached' });
   await page.reload();
   await page.waitForSelector('#model-panel');
   await new Promise((resolve) => setTimeout(resolve, 1000));

@@ -749,6 +749,17 @@ impl Flux {
     /// active already. Otherwise the active factors are freed before the new ones are uploaded, so that the
     /// device never holds both (a failed upload leaves no adapter active). Returns whether anything changed.
     pub fn set_adapters(&mut self, adapters: &[(&LoraAdapter, f32)], device: &Device) -> Result<bool> {
+        self.set_adapters_reporting(adapters, device, &mut |_, _| {})
+    }
+
+    /// [`Flux::set_adapters`], calling `report(done, total)` as it uploads the layers' factors: `(0, total)`
+    /// first, then after each layer of each adapter (never when nothing is uploaded).
+    pub fn set_adapters_reporting(
+        &mut self,
+        adapters: &[(&LoraAdapter, f32)],
+        device: &Device,
+        report: &mut dyn FnMut(usize, usize),
+    ) -> Result<bool> {
         let names = self.projection_names();
         let shapes: HashMap<&str, [usize; 2]> =
             names.iter().map(String::as_str).zip(self.projections().iter().map(|p| [p.d_out(), p.d_in()])).collect();
@@ -770,7 +781,12 @@ impl Flux {
             return Ok(false);
         }
         self.remove_adapters();
-        let upload = |flux: &mut Flux| -> Result<()> {
+        let total: usize = lora::active(adapters).map(|(adapter, _)| adapter.layers.len()).sum();
+        let mut done = 0;
+        let mut upload = |flux: &mut Flux| -> Result<()> {
+            if total > 0 {
+                report(0, total);
+            }
             for (name, projection) in flux.named_projections_mut() {
                 let segments = projection.segment_ranges();
                 for (adapter, strength) in lora::active(adapters) {
@@ -780,6 +796,8 @@ impl Flux {
                         other => other,
                     })?;
                     projection.adapters.push(low_rank);
+                    done += 1;
+                    report(done, total);
                 }
             }
             Ok(())
