@@ -3,6 +3,7 @@
 //! runtime LoRA updates [`LowRank`] on top), [`HostEmbedding`] (a token table kept on the host) and the LoRA data
 //! they take ([`LayerUpdate`], [`LoraAdapter`]). Modules reach these through [`crate::model::scope::Scope`].
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
@@ -156,16 +157,22 @@ impl LowRank {
         Ok(Self { blocks: blocks.collect::<Result<_>>()? })
     }
 
-    /// `[..., d_in] → [..., columns.len()]`: the adapter's outputs in `columns` (zeros in rows no block changes).
-    fn forward_columns<const D: usize>(&self, x: Tensor<D>, columns: Range<usize>) -> Tensor<D> {
+    /// `[..., d_in] → [..., columns.len()]`: the adapter's outputs in `columns` (zeros in rows no block changes),
+    /// with each block's `x · Aᵀ` taken from `low` (one per block) or computed into it.
+    fn forward_columns<const D: usize>(
+        &self,
+        x: &Tensor<D>,
+        low: &[OnceCell<Tensor<2>>],
+        columns: Range<usize>,
+    ) -> Tensor<D> {
         let dims = x.dims();
         let d_in = dims[D - 1];
         let tokens = dims[..D - 1].iter().product();
-        let x = x.reshape([tokens, d_in]);
+        let x = x.clone().reshape([tokens, d_in]);
         let zeros = |len: usize| Tensor::<2>::zeros([tokens, len], &x.device());
         let mut outputs = Vec::new();
         let mut done = columns.start;
-        for block in &self.blocks {
+        for (block, low) in self.blocks.iter().zip(low) {
             let (start, end) = (block.start.max(columns.start), (block.start + block.rows()).min(columns.end));
             if start >= end {
                 continue;
@@ -173,7 +180,7 @@ impl LowRank {
             if done < start {
                 outputs.push(zeros(start - done));
             }
-            let low = quant_matmul::matmul(x.clone(), &block.down, None); // [tokens, padded rank]
+            let low = low.get_or_init(|| quant_matmul::matmul(x.clone(), &block.down, None)); // [tokens, padded rank]
             let mut offset = block.start;
             for up in &block.up {
                 let (from, to) = (start.max(offset), end.min(offset + up.n));
@@ -282,24 +289,17 @@ impl Projection {
         self.forward_columns(x, 0..self.d_out())
     }
 
-    /// `[..., d_in] → [..., columns.len()]`: only the output features in `columns` (one segment of a fused
-    /// projection, such as the q of a qkv), computed part by part and concatenated.
+    /// `[..., d_in] → [..., columns.len()]`: only the output features in `columns` ([`ProjectionInput::columns`]).
     pub fn forward_columns<const D: usize>(&self, x: Tensor<D>, columns: Range<usize>) -> Tensor<D> {
-        let mut outputs = Vec::new();
-        let mut offset = 0;
-        for part in &self.parts {
-            let rows = part.d_out();
-            let (start, end) = (columns.start.max(offset), columns.end.min(offset + rows));
-            if start < end {
-                outputs.push(part.forward_columns(x.clone(), start - offset, end - start));
-            }
-            offset += rows;
-        }
-        let y = match outputs.len() {
-            1 => outputs.remove(0),
-            _ => Tensor::cat(outputs, D - 1),
-        };
-        self.adapters.iter().fold(y, |y, adapter| y + adapter.forward_columns(x.clone(), columns.clone()))
+        self.input(x).columns(columns)
+    }
+
+    /// `x` as this layer's input, for computing its outputs a few columns at a time (the q, k and v of a fused
+    /// qkv): each adapter computes its `x · Aᵀ` once, for every range that needs it.
+    pub fn input<const D: usize>(&self, x: Tensor<D>) -> ProjectionInput<'_, D> {
+        let low =
+            self.adapters.iter().map(|adapter| adapter.blocks.iter().map(|_| OnceCell::new()).collect()).collect();
+        ProjectionInput { projection: self, x, low }
     }
 
     /// `gelu_tanh(self.forward(x))`: in the matmul's epilogue where the layer is one packed part without
@@ -397,6 +397,43 @@ impl Projection {
     pub fn reload(&mut self, weights: &dyn Weights, prefix: &str, device: &Device) -> Result<()> {
         self.parts = fused_linear(weights, prefix, self.d_in(), &self.segments, self.bias, device)?.parts;
         Ok(())
+    }
+}
+
+/// A [`Projection`]'s input `[..., d_in]` ([`Projection::input`]), with each adapter block's `x · Aᵀ`
+/// (`[tokens, padded rank]`) once some range of columns has needed it.
+pub struct ProjectionInput<'a, const D: usize> {
+    projection: &'a Projection,
+    x: Tensor<D>,
+    /// Per adapter, per block.
+    low: Vec<Vec<OnceCell<Tensor<2>>>>,
+}
+
+impl<const D: usize> ProjectionInput<'_, D> {
+    /// The input.
+    pub fn x(&self) -> &Tensor<D> {
+        &self.x
+    }
+
+    /// `[..., columns.len()]`: the output features in `columns` (one segment of a fused projection, such as the
+    /// q of a qkv), computed part by part and concatenated, plus the adapters' updates of those columns.
+    pub fn columns(&self, columns: Range<usize>) -> Tensor<D> {
+        let mut outputs = Vec::new();
+        let mut offset = 0;
+        for part in &self.projection.parts {
+            let rows = part.d_out();
+            let (start, end) = (columns.start.max(offset), columns.end.min(offset + rows));
+            if start < end {
+                outputs.push(part.forward_columns(self.x.clone(), start - offset, end - start));
+            }
+            offset += rows;
+        }
+        let y = match outputs.len() {
+            1 => outputs.remove(0),
+            _ => Tensor::cat(outputs, D - 1),
+        };
+        let adapters = self.projection.adapters.iter().zip(&self.low);
+        adapters.fold(y, |y, (adapter, low)| y + adapter.forward_columns(&self.x, low, columns.clone()))
     }
 }
 
@@ -767,7 +804,8 @@ mod tests {
 
     /// On the CPU (dense factors) and on wgpu (the factors in the packed kernels, ranks 3 and 5 padded to 32),
     /// every column range of a two-segment layer with two blocks (rows 0..2, and 5..14 across the segments'
-    /// boundary at 7; rows 2..5 and 14..16 unchanged) equals `x · (Σ B · A)ᵀ · strength` in plain tensor ops.
+    /// boundary at 7; rows 2..5 and 14..16 unchanged) equals `x · (Σ B · A)ᵀ · strength` in plain tensor ops,
+    /// the blocks' `x · Aᵀ` computed by the first range and reused by the others.
     #[test]
     #[cfg(not(target_arch = "wasm32"))]
     fn a_low_rank_update_equals_its_product_in_plain_ops_for_any_columns() {
@@ -782,6 +820,7 @@ mod tests {
         let x = ramp(tokens * d_in, 13);
         for device in [cpu(), crate::harness::testing::gpu()] {
             let lora = LowRank::new(&update, 0.5, &[0..7, 7..16], &device).unwrap();
+            let low: Vec<OnceCell<Tensor<2>>> = lora.blocks.iter().map(|_| OnceCell::new()).collect();
             let second = &lora.blocks[1];
             assert_eq!(second.down.is_packed(), packs_on(&device));
             let pieces: Vec<[usize; 2]> = second.up.iter().map(|up| [up.n, up.k]).collect();
@@ -792,8 +831,9 @@ mod tests {
             let expected = x.clone().matmul(delta.transpose().unsqueeze()) * 0.5;
             for columns in [0..16, 7..16, 3..12, 0..7, 2..5, 14..16] {
                 let want = expected.clone().narrow(2, columns.start, columns.len()).into_data();
-                let got = lora.forward_columns(x.clone(), columns.clone()).into_data();
+                let got = lora.forward_columns(&x, &low, columns.clone()).into_data();
                 got.assert_approx_eq::<f32>(&want, Tolerance::absolute(1e-4));
+                assert!(low.iter().all(|low| low.get().is_some()), "the first range covers both blocks");
             }
         }
         let mismatched = LowRank::new(&update, 1.0, &[0..7, 7..15], &cpu()).unwrap_err().to_string();

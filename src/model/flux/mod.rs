@@ -32,7 +32,7 @@ use crate::formats::weights::Weights;
 use crate::kernels::fused::{self, HeadInput};
 use crate::kernels::path::KernelPath;
 use crate::model::layers::{AdapterId, LoraAdapter};
-use crate::model::layers::{LowRank, Projection};
+use crate::model::layers::{LowRank, Projection, ProjectionInput};
 use crate::model::scope::Scope;
 use crate::{Error, Result};
 use rope::Rope;
@@ -46,12 +46,11 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     crate::kernels::attention::attention(q, k, v)
 }
 
-/// One stream's input to the joint attention: its q/k/v projection (the first `3·hidden` outputs, `(K H D)`),
-/// its QK-norm and its normalised, modulated tokens.
+/// One stream's input to the joint attention: its normalised, modulated tokens as the input of its q/k/v
+/// projection (the first `3·hidden` outputs, `(K H D)`), and its QK-norm.
 struct StreamQkv<'a> {
-    projection: &'a Projection,
+    input: ProjectionInput<'a, 3>,
     norm: &'a QkNorm,
-    x: Tensor<3>,
 }
 
 /// q, k and v of the streams joined along the tokens (in the order given), each `[b, heads, Σn, d]`: q and k
@@ -59,7 +58,7 @@ struct StreamQkv<'a> {
 /// Computed one at a time so that no `[b, n, 3·hidden]` buffer exists; each of the three head layouts is one
 /// kernel for both streams on wgpu ([`fused::split_heads`]).
 fn joint_qkv(streams: &[StreamQkv], hidden: usize, heads: usize, rope: &Rope) -> Result<[Tensor<4>; 3]> {
-    let project = |s: &StreamQkv, i: usize| s.projection.forward_columns(s.x.clone(), i * hidden..(i + 1) * hidden);
+    let project = |s: &StreamQkv, i: usize| s.input.columns(i * hidden..(i + 1) * hidden);
     let norm_scale = |s: &StreamQkv, i: usize| match i {
         0 => Some(s.norm.query_norm.scale.val()),
         1 => Some(s.norm.key_norm.scale.val()),
@@ -67,9 +66,9 @@ fn joint_qkv(streams: &[StreamQkv], hidden: usize, heads: usize, rope: &Rope) ->
     };
     // The heads are f16 wherever the attention reads them so: the `coop` kernel (which would round them to f16
     // itself) and, computing in f16, the `flash` kernel.
-    let tokens = streams.iter().map(|s| s.x.dims()[1]).sum();
+    let tokens = streams.iter().map(|s| s.input.x().dims()[1]).sum();
     let f16 = streams.first().is_some_and(|s| {
-        crate::kernels::attention::kernel_path(&s.x.device(), tokens, tokens, hidden / heads) != KernelPath::F32
+        crate::kernels::attention::kernel_path(&s.input.x().device(), tokens, tokens, hidden / heads) != KernelPath::F32
     });
     let heads_of = |i: usize| {
         let parts = streams.iter().map(|s| HeadInput { x: project(s, i), norm_scale: norm_scale(s, i) }).collect();
@@ -224,7 +223,7 @@ impl SelfAttention {
 
     /// This stream's part of the joint attention for its normalised, modulated tokens `x`.
     fn stream(&self, x: Tensor<3>) -> StreamQkv<'_> {
-        StreamQkv { projection: &self.qkv, norm: &self.norm, x }
+        StreamQkv { input: self.qkv.input(x), norm: &self.norm }
     }
 }
 
@@ -442,11 +441,15 @@ impl SingleStreamBlock {
     /// modulated `normed`.
     fn update(&self, normed: Tensor<3>, rope: &Rope) -> Result<Tensor<3>> {
         let (hidden, width) = (self.hidden_size, self.linear1.d_out());
-        let stream = StreamQkv { projection: &self.linear1, norm: &self.norm, x: normed.clone() };
-        let [q, k, v] = joint_qkv(&[stream], hidden, self.num_heads, rope)?;
+        let stream = StreamQkv { input: self.linear1.input(normed.clone()), norm: &self.norm };
+        let [q, k, v] = joint_qkv(std::slice::from_ref(&stream), hidden, self.num_heads, rope)?;
         let attn = attention(q, k, v); // [b, heads, n, d]
+        let n = normed.dims()[1];
         let out = for_token_chunks(normed, width - 2 * hidden, |normed, tokens| {
-            let mlp = self.linear1.forward_columns(normed, 3 * hidden..width);
+            let mlp = match tokens.len() == n {
+                true => stream.input.columns(3 * hidden..width),
+                false => self.linear1.forward_columns(normed, 3 * hidden..width),
+            };
             // over [b, chunk, hidden + mlp_hidden]: the chunk's attention beside gelu(mlp)
             self.linear2.forward(fused::merged_heads_beside_gelu(attn.clone(), tokens, mlp))
         });
