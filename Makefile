@@ -145,23 +145,18 @@ test-wasm:
 # loads the real-width packs.
 test-e2e: web packs
 	cargo build --locked --bin kontext
-	node --test --test-concurrency=1 tests/e2e/*.test.mjs
+	node --test --test-concurrency=2 tests/e2e/*.test.mjs
 
 # The long browser tests (tests/e2e/long/: a real-width edit in Chromium against the native CLI, about 10 minutes).
 test-long: web packs
 	cargo build --locked --bin kontext
 	node --test --test-concurrency=1 tests/e2e/long/
 
-# A short libFuzzer run of every target, starting from the committed corpus; new inputs go to a scratch folder,
-# a finding to tests/fuzz/artifacts/<target>/ (and the run fails).
+# A short libFuzzer run of every target, two at a time, starting from the committed corpus; new inputs go to a
+# scratch folder, a finding to tests/fuzz/artifacts/<target>/ (and the run fails).
 test-fuzz: tools
 	$(FUZZ) build $(FUZZ_FLAGS)
-	for target in $(FUZZ_TARGETS); do \
-	  scratch=$$(mktemp -d); \
-	  $(FUZZ) run $(FUZZ_FLAGS) $$target $$scratch tests/fuzz/corpus/$$target -- $(LIBFUZZER_FLAGS) \
-	    -max_total_time=$(SMOKE_SECONDS) -print_final_stats=1 2>&1 | grep -E '^(Done|stat::number_of_executed_units)|panicked|ERROR|SUMMARY|artifact'; \
-	  rm -rf $$scratch; \
-	done
+	LIBFUZZER_FLAGS="$(LIBFUZZER_FLAGS)" bash tests/fuzz/smoke.sh $(FUZZ_BIN) $(SMOKE_SECONDS) $(FUZZ_TARGETS)
 
 # The long runs: FUZZ_SECONDS per target into the committed corpus, then the corpus minimized again.
 fuzz: tools
