@@ -72,12 +72,28 @@ async fn save_index(entries: &[LoraEntry]) -> crate::Result<()> {
     Store::open().await?.put_blob(INDEX_BLOB, &json).await
 }
 
-/// Runs the storage write `write` in the background, counted in [`AppState::lora_writes`] while it runs.
+/// One storage write, counted in [`AppState::lora_writes`] from its start until it is dropped.
+struct CountedWrite(AppState);
+
+impl CountedWrite {
+    fn start(state: AppState) -> Self {
+        state.lora_writes.update(|n| *n += 1);
+        Self(state)
+    }
+}
+
+impl Drop for CountedWrite {
+    fn drop(&mut self) {
+        self.0.lora_writes.update(|n| *n -= 1);
+    }
+}
+
+/// Runs the storage write `write` in the background, counted from now until it is done.
 fn spawn_write(state: AppState, write: impl std::future::Future<Output = ()> + 'static) {
-    state.lora_writes.update(|n| *n += 1);
+    let counted = CountedWrite::start(state);
     spawn_local(async move {
         write.await;
-        state.lora_writes.update(|n| *n -= 1);
+        drop(counted);
     });
 }
 
@@ -93,15 +109,10 @@ pub fn persist(state: AppState, error: RwSignal<Option<String>>) {
 
 /// Stores a new adapter's file and the list, then hands it to the worker.
 pub async fn store_and_add(state: AppState, name: String, bytes: Vec<u8>) -> crate::Result<()> {
-    state.lora_writes.update(|n| *n += 1);
-    let stored = async {
-        Store::open().await?.put_blob(&file_blob(&name), &bytes).await?;
-        add_lora(state, name, bytes, true, 1.0);
-        save_index(&state.loras.get_untracked()).await
-    }
-    .await;
-    state.lora_writes.update(|n| *n -= 1);
-    stored
+    let _counted = CountedWrite::start(state);
+    Store::open().await?.put_blob(&file_blob(&name), &bytes).await?;
+    add_lora(state, name, bytes, true, 1.0);
+    save_index(&state.loras.get_untracked()).await
 }
 
 /// Restores the adapters kept from earlier visits and hands them to the worker.
