@@ -88,6 +88,9 @@ pub struct ReleasedWeight {
 /// unchanged.
 #[derive(Module, Debug)]
 pub struct LowRank {
+    /// The adapter whose factors these are.
+    #[module(skip)]
+    pub adapter: AdapterId,
     /// One per [`UpdateBlock`], in the order of their rows.
     pub blocks: Vec<LowRankBlock>,
 }
@@ -113,10 +116,16 @@ impl LowRankBlock {
 }
 
 impl LowRank {
-    /// Uploads `update` at `strength`, each block's `up` cut where the row ranges `segments` of the layer's
-    /// outputs meet. Errors when the segments do not cover the outputs, or a factor would not fit one of the
-    /// device's buffers.
-    pub fn new(update: &LayerUpdate, strength: f32, segments: &[Range<usize>], device: &Device) -> Result<Self> {
+    /// Uploads `update` of `adapter` at `strength`, each block's `up` cut where the row ranges `segments` of the
+    /// layer's outputs meet. Errors when the segments do not cover the outputs, or a factor would not fit one of
+    /// the device's buffers.
+    pub fn new(
+        adapter: AdapterId,
+        update: &LayerUpdate,
+        strength: f32,
+        segments: &[Range<usize>],
+        device: &Device,
+    ) -> Result<Self> {
         if segments.iter().map(Range::len).sum::<usize>() != update.d_out {
             return Err(Error::Invalid(format!("an update of {} outputs on segments {segments:?}", update.d_out)));
         }
@@ -154,7 +163,7 @@ impl LowRank {
                 up: pieces.map(up_piece).collect::<Result<_>>()?,
             })
         });
-        Ok(Self { blocks: blocks.collect::<Result<_>>()? })
+        Ok(Self { adapter, blocks: blocks.collect::<Result<_>>()? })
     }
 
     /// `[..., d_in] → [..., columns.len()]`: the adapter's outputs in `columns` (zeros in rows no block changes),
@@ -819,7 +828,7 @@ mod tests {
         let update = LayerUpdate { d_in, d_out, blocks: vec![block(0..2, 3, 0), block(5..14, 5, 2)] };
         let x = ramp(tokens * d_in, 13);
         for device in [cpu(), crate::harness::testing::gpu()] {
-            let lora = LowRank::new(&update, 0.5, &[0..7, 7..16], &device).unwrap();
+            let lora = LowRank::new(AdapterId::fresh(), &update, 0.5, &[0..7, 7..16], &device).unwrap();
             let low: Vec<OnceCell<Tensor<2>>> = lora.blocks.iter().map(|_| OnceCell::new()).collect();
             let second = &lora.blocks[1];
             assert_eq!(second.down.is_packed(), packs_on(&device));
@@ -836,7 +845,8 @@ mod tests {
                 assert!(low.iter().all(|low| low.get().is_some()), "the first range covers both blocks");
             }
         }
-        let mismatched = LowRank::new(&update, 1.0, &[0..7, 7..15], &cpu()).unwrap_err().to_string();
+        let mismatched =
+            LowRank::new(AdapterId::fresh(), &update, 1.0, &[0..7, 7..15], &cpu()).unwrap_err().to_string();
         assert_eq!(mismatched, "an update of 16 outputs on segments [0..7, 7..15]");
     }
 

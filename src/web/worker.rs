@@ -170,7 +170,7 @@ impl Worker {
             },
             ToWorker::AddLora { name, bytes } => {
                 self.lora_files.borrow_mut().insert(name.clone(), Arc::new(bytes.into_vec()));
-                self.loras.borrow_mut().remove(&name);
+                self.forget_lora(&name);
                 if self.model.borrow().is_none() {
                     return FromWorker::LoraAdded { name, description: "checked when a model is loaded".into() };
                 }
@@ -184,7 +184,7 @@ impl Worker {
             }
             ToWorker::RemoveLora { name } => {
                 self.lora_files.borrow_mut().remove(&name);
-                self.loras.borrow_mut().remove(&name);
+                self.forget_lora(&name);
                 FromWorker::LoraRemoved { name }
             }
             ToWorker::Edit(job) => {
@@ -319,6 +319,15 @@ impl Worker {
         Ok(adapter)
     }
 
+    /// Forgets the adapter read from LoRA file `name`, and frees its factors where the loaded model applies it
+    /// (during an edit, which holds the model, [`Worker::run_edit`] frees them when it ends).
+    fn forget_lora(&self, name: &str) {
+        let Some(adapter) = self.loras.borrow_mut().remove(name) else { return };
+        if let Some(model) = self.model.borrow_mut().as_mut() {
+            model.flux.release_adapter(adapter.id);
+        }
+    }
+
     /// Checks every added LoRA file against the model just loaded, posting the outcome of each.
     fn recheck_loras(&self) {
         let names: Vec<String> = self.lora_files.borrow().keys().cloned().collect();
@@ -346,6 +355,12 @@ impl Worker {
         }
         .await;
         self.editing.set(None);
+        // The edit held the model: an adapter removed meanwhile is freed now.
+        for (adapter, _) in &adapters {
+            if !self.loras.borrow().values().any(|known| known.id == adapter.id) {
+                model.flux.release_adapter(adapter.id);
+            }
+        }
         *self.model.borrow_mut() = Some(model);
         if self.canvas.borrow().is_none() {
             *self.canvas.borrow_mut() = canvas;

@@ -539,6 +539,29 @@ mod tests {
         assert_eq!((flux.adapter_bytes(), values(step0(&flux, &device))), (0, base));
     }
 
+    /// Releasing one adapter frees its factors and keeps the others' on the device: asking for those again
+    /// uploads nothing. An adapter that is not active is not released.
+    #[test]
+    fn a_released_adapter_frees_its_factors_and_the_others_stay() {
+        let device = cpu();
+        let mut flux = tiny_flux(&device);
+        let kohya = read("lora_kohya", &flux).unwrap();
+        let diffusers = read("lora_diffusers", &flux).unwrap();
+        assert!(flux.set_adapters(&[(&diffusers, 1.0)], &device).unwrap());
+        let diffusers_only = values(step0(&flux, &device));
+        assert!(flux.set_adapters(&[(&kohya, 1.0), (&diffusers, 1.0)], &device).unwrap());
+        assert_eq!(flux.adapter_bytes(), kohya.device_bytes() + diffusers.device_bytes());
+
+        assert!(flux.release_adapter(kohya.id));
+        assert_eq!(flux.adapter_bytes(), diffusers.device_bytes());
+        assert!(max_diff(&values(step0(&flux, &device)), &diffusers_only) <= 1e-6);
+        assert!(!flux.set_adapters(&[(&diffusers, 1.0)], &device).unwrap(), "the other adapter stayed");
+        assert!(!flux.release_adapter(kohya.id), "released already");
+        assert!(flux.release_adapter(diffusers.id));
+        assert_eq!(flux.adapter_bytes(), 0);
+        assert!(flux.set_adapters(&[(&diffusers, 1.0)], &device).unwrap(), "uploaded again when asked for");
+    }
+
     /// An adapter that fails to upload leaves none active (the previous ones were freed first), and the next
     /// request uploads again. Under a 50,000-byte buffer limit, diffusers' factors fit (q, k, v and the MLP input
     /// apart; the largest is a double block's modulation, 32 × 384 × 4 bytes) and kohya's fused `linear1`

@@ -794,10 +794,11 @@ impl Flux {
                 let segments = projection.segment_ranges();
                 for (adapter, strength) in lora::active(adapters) {
                     let Some(update) = adapter.layers.get(&name) else { continue };
-                    let low_rank = LowRank::new(update, strength, &segments, device).map_err(|e| match e {
-                        Error::Invalid(why) => Error::Invalid(format!("LoRA {}: `{name}`: {why}", adapter.label)),
-                        other => other,
-                    })?;
+                    let low_rank =
+                        LowRank::new(adapter.id, update, strength, &segments, device).map_err(|e| match e {
+                            Error::Invalid(why) => Error::Invalid(format!("LoRA {}: `{name}`: {why}", adapter.label)),
+                            other => other,
+                        })?;
                     projection.adapters.push(low_rank);
                     done += 1;
                     report(done, total);
@@ -811,6 +812,19 @@ impl Flux {
         }
         self.active_adapters = wanted;
         Ok(true)
+    }
+
+    /// Frees the factors of adapter `id` where it is active, keeping the others'; whether it was active. The app
+    /// calls it when a LoRA is removed, so that its factors do not wait on the device for the next edit.
+    pub fn release_adapter(&mut self, id: AdapterId) -> bool {
+        if !self.active_adapters.iter().any(|&(active, _)| active == id) {
+            return false;
+        }
+        self.active_adapters.retain(|&(active, _)| active != id);
+        for (_, projection) in self.named_projections_mut() {
+            projection.adapters.retain(|low_rank| low_rank.adapter != id);
+        }
+        true
     }
 
     /// Frees every adapter's factors.
