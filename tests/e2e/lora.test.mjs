@@ -48,6 +48,10 @@ test('a LoRA file is checked against the model, and a file that is not one is re
   assert.equal(await page.isDisabled('#lora-list li[data-state="rejected"] input[type="checkbox"]'), true);
   await page.click('[aria-label="remove transformer_bfl.safetensors"]');
   await page.waitForFunction(() => document.querySelectorAll('#lora-list li').length === 1);
+  // In the narrow column the file's name keeps a line of its own (it was wrapped a few letters to a line).
+  const lines = await page.$eval('#lora-list li .lora-name', (name) => name.getBoundingClientRect().height
+    / parseFloat(getComputedStyle(name).lineHeight));
+  assert.ok(lines < 1.5, `the name takes ${lines.toFixed(1)} lines`);
   await screenshot(page, 'lora-panel');
 });
 
