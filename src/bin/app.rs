@@ -7,7 +7,7 @@ use wasm_bindgen::prelude::wasm_bindgen;
 unsafe extern "C" {
     /// The linker's function that runs every static constructor (cubecl's WGSL compiler registers its operations
     /// through `inventory`). Named here, so wasm-ld links this module as a reactor: otherwise it wraps every
-    /// export (`__wbindgen_malloc`, `__externref_table_alloc`, …) in a call of all ~5,000 constructors, which
+    /// export (`__wbindgen_malloc`, `__externref_table_alloc`, …) in a call of all ~4,900 constructors, which
     /// took most of the worker's time between GPU dispatches.
     fn __wasm_call_ctors();
 }

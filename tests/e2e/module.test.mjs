@@ -1,7 +1,7 @@
 // The built app module, dist/app_bg.wasm: wasm-ld links it as a reactor (src/bin/app.rs runs the static
 // constructors once), so the helpers that JavaScript calls at every crossing (wasm-bindgen's allocator, its
 // externref table) are exported as they are. Linked as a command, each export was a wrapper that ran all of
-// cubecl's ~5,000 constructors again, and most of the worker's time went there.
+// cubecl's ~4,900 constructors again, and most of the worker's time went there.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
