@@ -1,12 +1,14 @@
 //! Flash attention on cooperative matrices (the `coop` kernel path's attention): `shaders/flash_attention_coop.wgsl`,
 //! generated for the fragment size (8 or 16, [`crate::device::coop_fragment`]), the subgroup width, the head
-//! width and the element of the heads (f32 or f16). Its twin is [`super::attention::reference`].
+//! width, the element of the heads (f32 or f16) and the dialect (wgpu's or Chromium's, [`CoopDialect`]). Its twin
+//! is [`super::attention::reference`].
 //!
 //! Heads of width 16 to 128 in steps of 16 (Flux's 128, the tiny packs' 16 and 32); wider heads (the VAE's 512)
 //! take the other kernels. See the shader for why it makes two passes over the keys.
 
 use std::fmt::Write;
 
+use super::coop_dialect::{CoopDialect, Major, Role};
 use super::{LLVMPIPE_LOOP_BUDGET, WgslKernel};
 
 /// Query rows one workgroup computes (`ROWS`).
@@ -33,6 +35,8 @@ pub struct CoopAttention {
     pub head_dim: usize,
     /// Whether the query, key and value buffers hold f16 (else f32).
     pub f16_inputs: bool,
+    /// The spelling of the cooperative operations.
+    pub dialect: CoopDialect,
 }
 
 impl CoopAttention {
@@ -42,7 +46,7 @@ impl CoopAttention {
     }
 
     /// The variant for heads of width `head_dim` on an adapter whose fragments are `fragment` wide and whose
-    /// subgroups are at most `subgroup_max` invocations.
+    /// subgroups are at most `subgroup_max` invocations, in the dialect of the target ([`CoopDialect::of_target`]).
     ///
     /// # Panics
     /// For fragments other than 8 and 16, and heads the kernel does not take ([`CoopAttention::takes`]).
@@ -53,7 +57,12 @@ impl CoopAttention {
             "coop attention takes heads of 16 to {HEAD_DIM_MAX} in steps of 16, not {head_dim}"
         );
         let threads = (SUBGROUPS * subgroup_max).next_power_of_two().clamp(16, 256);
-        Self { fragment, threads, head_dim, f16_inputs }
+        Self { fragment, threads, head_dim, f16_inputs, dialect: CoopDialect::of_target() }
+    }
+
+    /// The same variant in `dialect`.
+    pub fn in_dialect(self, dialect: CoopDialect) -> Self {
+        Self { dialect, ..self }
     }
 
     /// Bytes of workgroup memory the kernel declares.
@@ -79,25 +88,32 @@ impl CoopAttention {
     /// The kernel, its text generated once per process ([`WgslKernel::generated`]).
     pub fn kernel(&self) -> WgslKernel {
         let half = if self.f16_inputs { "_h" } else { "" };
-        let name = format!("flash_attention_coop{}_t{}_d{}{half}", self.fragment, self.threads, self.head_dim);
+        let dialect = self.dialect.suffix();
+        let name = format!("flash_attention_coop{}_t{}_d{}{half}{dialect}", self.fragment, self.threads, self.head_dim);
         WgslKernel::generated(name, || self.source())
     }
 
     /// The WGSL text.
     pub fn source(&self) -> String {
-        let f = self.fragment;
+        let (f, dialect) = (self.fragment, self.dialect);
         let row_frags = SUBGROUP_ROWS / f;
         let dim_frags = self.head_dim / f;
         let key_frags = KEYS / f;
-        let fragment = |scalar: &str, role: &str| format!("coop_mat{f}x{f}<{scalar}, {role}>");
-        let (a16, b16, c32) = (fragment("f16", "A"), fragment("f16", "B"), fragment("f32", "C"));
-        // naga's SPIR-V writer wants the index of a cooperative load or store bound to a name first.
+        let (a16, b16, c32) = (
+            dialect.fragment(f, "f16", Role::A),
+            dialect.fragment(f, "f16", Role::B),
+            dialect.fragment(f, "f32", Role::C),
+        );
+        let load = |fragment: &str, array: &str, at: String, stride: &str, major: Major| {
+            dialect.load(fragment, array, &at, stride, major)
+        };
         let mut queries = String::new();
         for i in 0..row_frags {
             for k in 0..dim_frags {
                 let (r, c) = (i * f, k * f);
                 let _ = writeln!(queries, "let q_at{i}_{k} = (sr + {r}u) * HEAD_DIM + {c}u;");
-                let _ = writeln!(queries, "let q{i}_{k} = coopLoadT<{a16}>(&staged[q_at{i}_{k}], HEAD_DIM);");
+                let q = load(&a16, "staged", format!("q_at{i}_{k}"), "HEAD_DIM", Major::Row);
+                let _ = writeln!(queries, "let q{i}_{k} = {q};");
             }
         }
         let mut scores = String::new();
@@ -111,9 +127,12 @@ impl CoopAttention {
                 let (key, c) = (j * f, k * f);
                 // Kᵀ [d, keys] is the key tile read column-major.
                 let _ = writeln!(scores, "let k_at{j}_{k} = {key}u * HEAD_DIM + {c}u;");
-                let _ = writeln!(scores, "let k{j}_{k} = coopLoad<{b16}>(&staged[k_at{j}_{k}], HEAD_DIM);");
+                let key_fragment = load(&b16, "staged", format!("k_at{j}_{k}"), "HEAD_DIM", Major::Column);
+                let _ = writeln!(scores, "let k{j}_{k} = {key_fragment};");
                 for i in 0..row_frags {
-                    let _ = writeln!(scores, "s{i}_{j} = coopMultiplyAdd(q{i}_{k}, k{j}_{k}, s{i}_{j});");
+                    let product =
+                        dialect.multiply_add(&format!("q{i}_{k}"), &format!("k{j}_{k}"), &format!("s{i}_{j}"));
+                    let _ = writeln!(scores, "s{i}_{j} = {product};");
                 }
             }
         }
@@ -121,7 +140,11 @@ impl CoopAttention {
             for j in 0..key_frags {
                 let (r, c) = (i * f, j * f);
                 let _ = writeln!(scores, "let s_at{i}_{j} = (sr + {r}u) * KEYS + {c}u;");
-                let _ = writeln!(scores, "coopStoreT(s{i}_{j}, &scores[s_at{i}_{j}], KEYS);");
+                let _ = writeln!(
+                    scores,
+                    "{}",
+                    dialect.store_rows(&format!("s{i}_{j}"), "scores", &format!("s_at{i}_{j}"), "KEYS")
+                );
             }
         }
         let mut accumulators = String::new();
@@ -135,14 +158,18 @@ impl CoopAttention {
             for i in 0..row_frags {
                 let (r, c) = (i * f, kk * f);
                 let _ = writeln!(values, "let p_at{i}_{kk} = (sr + {r}u) * KEYS + {c}u;");
-                let _ = writeln!(values, "let p{i}_{kk} = coopLoadT<{a16}>(&probs[p_at{i}_{kk}], KEYS);");
+                let p = load(&a16, "probs", format!("p_at{i}_{kk}"), "KEYS", Major::Row);
+                let _ = writeln!(values, "let p{i}_{kk} = {p};");
             }
             for n in 0..dim_frags {
                 let (key, c) = (kk * f, n * f);
                 let _ = writeln!(values, "let v_at{kk}_{n} = VALUES_AT + {key}u * HEAD_DIM + {c}u;");
-                let _ = writeln!(values, "let v{kk}_{n} = coopLoadT<{b16}>(&staged[v_at{kk}_{n}], HEAD_DIM);");
+                let v = load(&b16, "staged", format!("v_at{kk}_{n}"), "HEAD_DIM", Major::Row);
+                let _ = writeln!(values, "let v{kk}_{n} = {v};");
                 for i in 0..row_frags {
-                    let _ = writeln!(values, "o{i}_{n} = coopMultiplyAdd(p{i}_{kk}, v{kk}_{n}, o{i}_{n});");
+                    let product =
+                        dialect.multiply_add(&format!("p{i}_{kk}"), &format!("v{kk}_{n}"), &format!("o{i}_{n}"));
+                    let _ = writeln!(values, "o{i}_{n} = {product};");
                 }
             }
         }
@@ -155,7 +182,8 @@ impl CoopAttention {
                     let n = round * per_round + c;
                     let (r, col) = (i * f, c * f);
                     let _ = writeln!(outputs, "let o_at{i}_{n} = (sr + {r}u) * OUT_COLS + {col}u;");
-                    let _ = writeln!(outputs, "coopStoreT(o{i}_{n}, &scores[o_at{i}_{n}], OUT_COLS);");
+                    let store = dialect.store_rows(&format!("o{i}_{n}"), "scores", &format!("o_at{i}_{n}"), "OUT_COLS");
+                    let _ = writeln!(outputs, "{store}");
                 }
             }
             let _ = writeln!(outputs, "workgroupBarrier();");
@@ -169,15 +197,17 @@ impl CoopAttention {
             .replace("    //# outputs\n", &outputs);
         let input = if self.f16_inputs { "f16" } else { "f32" };
         format!(
-            "enable f16;\nenable wgpu_cooperative_matrix;\nconst FRAG: u32 = {f}u;\nconst THREADS: u32 = {}u;\n\
+            "enable f16;\n{}const FRAG: u32 = {f}u;\nconst THREADS: u32 = {}u;\n\
              const HEAD_DIM: u32 = {}u;\nalias INPUT = {input};\n{body}",
-            self.threads, self.head_dim
+            dialect.enables(),
+            self.threads,
+            self.head_dim
         )
     }
 }
 
-/// Every variant the product can generate for `fragment`: each head width, the subgroup widths of real adapters,
-/// f32 and f16 heads.
+/// Every variant the product can generate for `fragment` in the target's dialect: each head width, the subgroup
+/// widths of real adapters, f32 and f16 heads.
 pub fn variants(fragment: usize) -> Vec<CoopAttention> {
     let mut all = Vec::new();
     for head_dim in (16..=HEAD_DIM_MAX).step_by(16) {
@@ -193,13 +223,29 @@ pub fn variants(fragment: usize) -> Vec<CoopAttention> {
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
-    use crate::kernels::coop_matmul::tests::{translate, translate_all};
+    use crate::kernels::coop_matmul::tests::{translate, translate_all, undialected_lines};
 
     #[test]
     fn every_coop_attention_variant_translates_to_spirv_and_msl() {
         let markers = ["//# queries", "//# scores", "//# accumulators", "//# values", "//# outputs"];
         let translated = translate_all([8, 16].into_iter().flat_map(variants), CoopAttention::source, &markers);
         assert_eq!(translated, 2 * 8 * 3 * 2);
+    }
+
+    #[test]
+    fn the_chromium_dialect_spells_the_same_attention_in_subgroup_matrices() {
+        let wgpu = CoopAttention::new(16, 32, 128, true).in_dialect(CoopDialect::Wgpu);
+        let chromium = wgpu.in_dialect(CoopDialect::SubgroupMatrix);
+        let (w, c) = (wgpu.source(), chromium.source());
+        let products = c.matches("subgroupMatrixMultiplyAccumulate").count();
+        assert_eq!((products, w.matches("coopMultiplyAdd").count()), (48, 48));
+        assert_eq!(c.matches("subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&staged,").count(), 32);
+        assert_eq!(c.matches("subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&staged,").count(), 16);
+        assert_eq!(c.matches("subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&probs,").count(), 2);
+        assert!(!c.contains("coop_mat16x16") && !c.contains("coopLoad") && !c.contains("coopStore"));
+        assert_eq!(undialected_lines(&w), undialected_lines(&c));
+        assert_eq!(chromium.kernel().name, "flash_attention_coop16_t128_d128_h_sm");
+        assert!(translate(&c).is_err());
     }
 
     #[test]

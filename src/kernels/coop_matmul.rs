@@ -1,9 +1,11 @@
 //! The packed matmuls on cooperative matrices (the `coop` kernel path, [`super::path::KernelPath::Coop`]):
 //! `shaders/matmul_quant_coop.wgsl`, generated for each block type, fragment size (8 or 16: what the adapter
-//! offers with f16 inputs and f32 accumulators, [`crate::device::coop_fragment`]) and subgroup width, completed
+//! offers with f16 inputs and f32 accumulators, [`crate::device::coop_fragment`]), subgroup width and dialect
+//! (wgpu's or Chromium's, [`CoopDialect`]), completed
 //! by the type's `shaders/matmul_<type>.wgsl` and `shaders/packed_weights.wgsl` as the plain kernels are
 //! ([`super::quant_matmul`]). Its twin is the plain kernels' ([`super::quant_matmul::reference`]).
 
+use super::coop_dialect::{CoopDialect, Major, Role};
 use super::{WgslKernel, dequant};
 use crate::formats::GgmlType;
 
@@ -27,18 +29,25 @@ pub struct CoopMatmul {
     /// Invocations per workgroup: four subgroups of the adapter's largest size (at most 64, so that all four fit
     /// in 256), at least 16.
     pub threads: usize,
+    /// The spelling of the cooperative operations.
+    pub dialect: CoopDialect,
 }
 
 impl CoopMatmul {
     /// The variant for `ty` on an adapter whose fragments are `fragment` wide and whose subgroups are at most
-    /// `subgroup_max` invocations.
+    /// `subgroup_max` invocations, in the dialect of the target ([`CoopDialect::of_target`]).
     ///
     /// # Panics
     /// For fragments other than 8 and 16.
     pub fn new(ty: GgmlType, fragment: usize, subgroup_max: usize) -> Self {
         assert!(matches!(fragment, 8 | 16), "cooperative fragments of {fragment}: 8 or 16");
         let threads = (SUBGROUPS * subgroup_max).next_power_of_two().clamp(16, 256);
-        Self { ty, fragment, threads }
+        Self { ty, fragment, threads, dialect: CoopDialect::of_target() }
+    }
+
+    /// The same variant in `dialect`.
+    pub fn in_dialect(self, dialect: CoopDialect) -> Self {
+        Self { dialect, ..self }
     }
 
     /// The kernel, its text generated once per process ([`WgslKernel::generated`]).
@@ -46,7 +55,13 @@ impl CoopMatmul {
     /// # Panics
     /// For types without a dequantizing part ([`dequant::dequant_source`]).
     pub fn kernel(&self) -> WgslKernel {
-        let name = format!("matmul_{}_coop{}_t{}", dequant::type_name(self.ty), self.fragment, self.threads);
+        let name = format!(
+            "matmul_{}_coop{}_t{}{}",
+            dequant::type_name(self.ty),
+            self.fragment,
+            self.threads,
+            self.dialect.suffix()
+        );
         WgslKernel::generated(name, || self.source())
     }
 
@@ -55,34 +70,32 @@ impl CoopMatmul {
     /// # Panics
     /// For types without a dequantizing part ([`dequant::dequant_source`]).
     pub fn source(&self) -> String {
-        let f = self.fragment;
+        let (f, dialect) = (self.fragment, self.dialect);
         let per_side = QUARTER / f;
-        let fragment = |scalar: &str, role: &str| format!("coop_mat{f}x{f}<{scalar}, {role}>");
+        let (a16, b16, c32) = (
+            dialect.fragment(f, "f16", Role::A),
+            dialect.fragment(f, "f16", Role::B),
+            dialect.fragment(f, "f32", Role::C),
+        );
         let mut accumulators = String::new();
         let mut products = String::new();
         let mut stores = String::new();
         for i in 0..per_side {
-            // naga's SPIR-V writer wants the index of a cooperative load or store bound to a name first.
-            products.push_str(&format!(
-                "let a_at{i} = base + (sm + {}u) * TILE_K;\nlet a{i} = coopLoadT<{}>(&xs[a_at{i}], TILE_K);\n",
-                i * f,
-                fragment("f16", "A")
-            ));
-            products.push_str(&format!(
-                "let b_at{i} = base + (sn + {}u) * TILE_K;\nlet b{i} = coopLoad<{}>(&ws[b_at{i}], TILE_K);\n",
-                i * f,
-                fragment("f16", "B")
-            ));
+            let a = dialect.load(&a16, "xs", &format!("a_at{i}"), "TILE_K", Major::Row);
+            let b = dialect.load(&b16, "ws", &format!("b_at{i}"), "TILE_K", Major::Column);
+            products.push_str(&format!("let a_at{i} = base + (sm + {}u) * TILE_K;\nlet a{i} = {a};\n", i * f));
+            products.push_str(&format!("let b_at{i} = base + (sn + {}u) * TILE_K;\nlet b{i} = {b};\n", i * f));
         }
         for i in 0..per_side {
             for j in 0..per_side {
-                accumulators.push_str(&format!("var acc{i}_{j} = {}();\n", fragment("f32", "C")));
-                products.push_str(&format!("acc{i}_{j} = coopMultiplyAdd(a{i}, b{j}, acc{i}_{j});\n"));
-                stores.push_str(&format!(
-                    "let y_at{i}_{j} = (sm + {}u) * TILE_N + sn + {}u;\ncoopStoreT(acc{i}_{j}, &ys[y_at{i}_{j}], TILE_N);\n",
-                    i * f,
-                    j * f
+                let acc = format!("acc{i}_{j}");
+                accumulators.push_str(&format!("var {acc} = {c32}();\n"));
+                products.push_str(&format!(
+                    "{acc} = {};\n",
+                    dialect.multiply_add(&format!("a{i}"), &format!("b{j}"), &acc)
                 ));
+                let store = dialect.store_rows(&acc, "ys", &format!("y_at{i}_{j}"), "TILE_N");
+                stores.push_str(&format!("let y_at{i}_{j} = (sm + {}u) * TILE_N + sn + {}u;\n{store}\n", i * f, j * f));
             }
         }
         let body = include_str!("../../shaders/matmul_quant_coop.wgsl")
@@ -90,15 +103,16 @@ impl CoopMatmul {
             .replace("            //# products\n", &products)
             .replace("    //# stores\n", &stores);
         let prelude = format!(
-            "enable f16;\nenable wgpu_cooperative_matrix;\nconst FRAG: u32 = {f}u;\nconst THREADS: u32 = {}u;\n",
+            "enable f16;\n{}const FRAG: u32 = {f}u;\nconst THREADS: u32 = {}u;\n",
+            dialect.enables(),
             self.threads
         );
         dequant::matmul_source(&prelude, self.ty, &body)
     }
 }
 
-/// Every variant the product can generate for `fragment`: each packed type, the subgroup widths of real
-/// adapters.
+/// Every variant the product can generate for `fragment` in the target's dialect: each packed type, the subgroup
+/// widths of real adapters.
 pub fn variants(fragment: usize) -> Vec<CoopMatmul> {
     let types = [
         GgmlType::Q8_0,
@@ -125,6 +139,7 @@ pub fn variants(fragment: usize) -> Vec<CoopMatmul> {
 #[cfg(all(test, not(target_arch = "wasm32")))]
 pub(crate) mod tests {
     use super::*;
+    use crate::kernels::coop_dialect::CoopDialect;
 
     /// Parses and validates `source` with naga, then writes it as SPIR-V (Vulkan) and as MSL (Metal).
     pub(crate) fn translate(source: &str) -> Result<(usize, usize), String> {
@@ -141,6 +156,11 @@ pub(crate) mod tests {
         let (msl, _) =
             naga::back::msl::write_string(&module, &info, &options, &pipeline).map_err(|e| format!("MSL: {e}"))?;
         Ok((spv.len(), msl.len()))
+    }
+
+    /// The lines of a generated kernel that neither dialect spells (no cooperative or subgroup operation).
+    pub(crate) fn undialected_lines(source: &str) -> Vec<&str> {
+        source.lines().filter(|l| !l.contains("coop") && !l.contains("ubgroup")).collect()
     }
 
     /// Translates every variant's source, first checking that no `markers` were left ungenerated; the count.
@@ -189,5 +209,23 @@ pub(crate) mod tests {
         assert_eq!(CoopMatmul::new(GgmlType::Q4_K, 8, 8).source().matches("coopMultiplyAdd").count(), 16);
         assert!(source.contains("switch dims[1].w"), "one kernel for every epilogue");
         assert_eq!(v.kernel().name, "matmul_q4_k_coop16_t128");
+    }
+
+    #[test]
+    fn the_chromium_dialect_spells_the_same_kernel_in_subgroup_matrices() {
+        let wgpu = CoopMatmul::new(GgmlType::Q8_0, 8, 8).in_dialect(CoopDialect::Wgpu);
+        let chromium = wgpu.in_dialect(CoopDialect::SubgroupMatrix);
+        let (w, c) = (wgpu.source(), chromium.source());
+        assert_eq!(w.matches("coopMultiplyAdd").count(), c.matches("subgroupMatrixMultiplyAccumulate").count());
+        assert_eq!(c.matches("subgroupMatrixLoad<subgroup_matrix_left<f16, 8, 8>, row_major>(&xs,").count(), 4);
+        assert_eq!(c.matches("subgroupMatrixLoad<subgroup_matrix_right<f16, 8, 8>, col_major>(&ws,").count(), 4);
+        assert_eq!(c.matches("subgroupMatrixStore<row_major>(&ys,").count(), 16);
+        assert!(c.starts_with("enable f16;\nenable subgroups;\nenable chromium_experimental_subgroup_matrix;\n"));
+        assert!(!c.contains("coop_mat8x8") && !c.contains("coopLoad") && !c.contains("wgpu_cooperative_matrix"));
+        // Outside the generated lines the two texts are the same kernel.
+        assert_eq!(undialected_lines(&w), undialected_lines(&c));
+        assert_eq!(chromium.kernel().name, "matmul_q8_0_coop8_t32_sm");
+        // naga knows only wgpu's spelling.
+        assert!(translate(&c).is_err());
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod attention;
 pub mod coop_attention;
+pub mod coop_dialect;
 pub mod coop_matmul;
 pub mod dequant;
 pub mod display;
