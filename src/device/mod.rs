@@ -4,6 +4,7 @@
 pub mod faults;
 pub mod launches;
 pub mod selfcheck;
+pub mod subgroup_matrix;
 
 use std::str::FromStr;
 
@@ -369,16 +370,15 @@ fn report_of(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterReport {
     let limits = setup.device.limits();
     let features = setup.device.features();
     let subgroups = features.contains(Features::SUBGROUP);
-    let subgroup_min_size = subgroups.then_some(info.subgroup_min_size).filter(|&n| n > 0);
-    let subgroup_max_size = subgroups.then_some(info.subgroup_max_size).filter(|&n| n > 0);
+    let mut subgroup_min_size = subgroups.then_some(info.subgroup_min_size).filter(|&n| n > 0);
+    let mut subgroup_max_size = subgroups.then_some(info.subgroup_max_size).filter(|&n| n > 0);
     SUBGROUP_MIN_SIZE.store(subgroup_min_size.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
-    SUBGROUP_MAX_SIZE.store(subgroup_max_size.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     let products = match features.contains(Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
         true => setup.adapter.cooperative_matrix_properties(),
         false => Vec::new(),
     };
     let shader_f16 = features.contains(Features::SHADER_F16);
-    let coop_fragment = [16, 8].into_iter().find(|&size| {
+    let mut coop_fragment = [16, 8].into_iter().find(|&size| {
         use burn::tensor::wgpu::wgpu::CooperativeScalarType::{F16, F32};
         shader_f16
             && subgroup_max_size.is_some_and(|n| n <= COOP_SUBGROUP_MAX)
@@ -387,13 +387,26 @@ fn report_of(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterReport {
                 .iter()
                 .any(|p| [p.m_size, p.n_size, p.k_size] == [size; 3] && p.ab_type == F16 && p.cr_type == F32)
     });
-    COOP_FRAGMENT.store(coop_fragment.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
-    let software = info.device_type == DeviceType::Cpu || is_software(&info.name);
-    SOFTWARE_OPENED.store(software, std::sync::atomic::Ordering::Relaxed);
-    let cooperative_matrix = products
+    let mut cooperative_matrix: Vec<String> = products
         .iter()
         .map(|p| format!("{}x{}x{} {:?}→{:?}", p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type).to_lowercase())
         .collect();
+    let mut subgroups = subgroups;
+    // In a browser, wgpu requests neither subgroups nor subgroup matrices: the worker's own request adds them
+    // (www/subgroup-matrix.js) and says what the device was granted. Only the coop kernels use them there (the
+    // plain kernels' subgroup variants keep SUBGROUP_MIN_SIZE unset: no browser has compiled them yet).
+    if let Some(granted) = subgroup_matrix::granted().filter(|g| {
+        shader_f16 && limits.max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES && g.coop_fragment().is_some()
+    }) {
+        subgroups = true;
+        (subgroup_min_size, subgroup_max_size) = (Some(granted.subgroup_min_size), Some(granted.subgroup_max_size));
+        coop_fragment = granted.coop_fragment();
+        cooperative_matrix = granted.configs.clone();
+    }
+    SUBGROUP_MAX_SIZE.store(subgroup_max_size.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    COOP_FRAGMENT.store(coop_fragment.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    let software = info.device_type == DeviceType::Cpu || is_software(&info.name);
+    SOFTWARE_OPENED.store(software, std::sync::atomic::Ordering::Relaxed);
     AdapterReport {
         name: info.name.clone(),
         api: format!("{:?}", info.backend),
