@@ -46,7 +46,7 @@ help:
 	@echo "make serve   install what is missing, build the app, serve it on http://$(HOST):$(PORT)"
 	@echo "make check   formatting, clippy (native and wasm32, warnings are errors) and the layering test"
 	@echo "make test    make check, then every test: native (CPU + wgpu on lavapipe), wasm in headless Chromium, end-to-end, fuzz smoke"
-	@echo "make test-coop   the coop kernel path (cooperative matrices) on Mesa 26's lavapipe, in a Debian 13 root made once, and burn/cubecl's own CMMA kernels there (tests/cmma --quick)"
+	@echo "make test-coop   the coop kernel path (cooperative matrices) on Mesa 26's lavapipe, in a Debian 13 root made once, burn/cubecl's own CMMA kernels there (tests/cmma --quick), and the coop kernels in Chromium's dialect on Dawn there (tests/subgroup_matrix.rs)"
 	@echo "make test-long   the long browser tests: a real-width edit in Chromium against the native CLI (about 10 minutes)"
 	@echo "make packs   the real-width and tiny-types test packs (diffusers in a venv; cached in ~/.cache/kontext-web/packs)"
 	@echo "make dist    the shipped build (opt-level z, fat LTO, wasm-opt -O1) in dist/"
@@ -108,7 +108,8 @@ test-native: packs
 	@mkdir -p $(XDG_RUNTIME_DIR)
 	KONTEXT_MAX_BUFFER_BYTES=134217728 cargo test --locked
 
-# The coop suite on a software device with cooperative matrices; KONTEXT_REQUIRE_COOP makes a skip a failure.
+# The coop suite on a software device with cooperative matrices, then the coop kernels in Chromium's dialect on
+# Dawn (tests/subgroup_matrix.rs); KONTEXT_REQUIRE_COOP makes a skip a failure.
 # One test at a time: lavapipe's emulated products, several tests at once on 2 cores, took 504 s against 58 s.
 test-coop:
 	@mkdir -p $(XDG_RUNTIME_DIR)
@@ -116,6 +117,7 @@ test-coop:
 	binary=$$(cargo test --locked --no-run --test gpu_coop 2>&1 | sed -n 's/.*Executable tests\/gpu_coop.rs (\(.*\))/\1/p'); \
 	test -x "$$binary" || { echo "test-coop: the gpu_coop test binary did not build"; exit 1; }; \
 	KONTEXT_REQUIRE_COOP=1 KONTEXT_MAX_BUFFER_BYTES=134217728 bash tests/coop/run.sh $(COOP_ROOT) $$binary --test-threads=1
+	KONTEXT_REQUIRE_COOP=1 KONTEXT_COOP_ROOT=$(COOP_ROOT) cargo test --locked --test subgroup_matrix
 	$(CMMA)
 	bash tests/coop/run.sh $(COOP_ROOT) $(CMMA_BIN) --quick --require-cmma >/dev/null
 

@@ -6,11 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kontext_web::device::faults;
 use kontext_web::formats::FileSource;
-use kontext_web::harness::testing::{TINY_TYPES, generated_pack, repo_root, run_kontext, tiny_types_pack};
+use kontext_web::harness::testing::{TINY_TYPES, TempDir, generated_pack, repo_root, run_kontext, tiny_types_pack};
 use kontext_web::pipeline::loader::{self, MemoryFiles, NoFolder};
 use safetensors::{Dtype, SafeTensors};
 
@@ -22,34 +21,6 @@ const TINY_PROMPT: &str = "Make the red square blue and add a small yellow sun i
 
 fn root() -> &'static Path {
     repo_root()
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("kontext-cli-{name}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-
-    fn arg(&self, file: &str) -> String {
-        self.path(file).to_str().unwrap().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Runs `kontext args…` in the repository root (fixture paths are relative to it).

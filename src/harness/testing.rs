@@ -22,6 +22,45 @@ pub fn fixture(relative: &str) -> String {
     format!("{TINY}/{relative}")
 }
 
+/// A fresh directory under the system temp dir, removed on drop.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct TempDir(PathBuf);
+
+#[cfg(not(target_arch = "wasm32"))]
+impl TempDir {
+    /// A new empty directory whose name starts `kontext-{name}-`, unique to this process and call.
+    pub fn new(name: &str) -> Self {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("kontext-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        Self(dir)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.0
+    }
+
+    /// `file` in the directory.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+
+    /// `file` in the directory, as an argument.
+    pub fn arg(&self, file: &str) -> String {
+        self.path(file).to_str().expect("a UTF-8 temp dir").to_string()
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The repository root (fixture paths in CLI arguments are relative to it).
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -248,7 +248,7 @@ pub enum Epilogue<'a> {
 
 impl Epilogue<'_> {
     /// The parameter `dims[1].w` that picks the epilogue in `shaders/matmul_epilogue.wgsl`.
-    fn code(&self) -> u32 {
+    pub fn code(&self) -> u32 {
         match self {
             Self::Plain => 0,
             Self::Gelu => 1,
@@ -441,10 +441,7 @@ fn quant_kernel(
     let unread = || client.empty(size_of::<f32>());
     let handle = |t: &Option<CubeTensor>| t.as_ref().map_or_else(unread, |t| t.handle.clone());
     let layout = weight.layout.expect("packed weights have a layout");
-    let has_bias = bias.is_some() as usize;
-    let epilogue_code = epilogue.code() as usize;
-    let values = [m, n, k, has_bias, layout.high_at, layout.scales_at, layout.supers_at, epilogue_code, tokens];
-    let dims = params(&values.map(|v| v as u32));
+    let dims = params(&packed_params([m, n, k], &layout, bias.is_some(), epilogue.code(), tokens));
     let buffers = vec![
         x.handle.clone().binding(),
         words.handle.clone().binding(),
@@ -461,6 +458,15 @@ fn quant_kernel(
     };
     super::dispatch(&client, kernel, groups, buffers, dims, not_activations);
     tensor_from_handle(&x, out, [m, n])
+}
+
+/// The parameters of a packed matmul's launch (`dims` in `shaders/matmul_bindings.wgsl`): `[m, n, k]`, whether a
+/// bias is bound, where the `layout`'s high bits, scales and super-block scales start, the epilogue's code and
+/// the tokens per gate row.
+pub fn packed_params([m, n, k]: [usize; 3], layout: &Layout, has_bias: bool, epilogue: u32, tokens: usize) -> [u32; 9] {
+    let values =
+        [m, n, k, has_bias as usize, layout.high_at, layout.scales_at, layout.supers_at, epilogue as usize, tokens];
+    values.map(|v| v as u32)
 }
 
 /// A linear layer `y = x · Wᵀ + b` over a [`PackedWeight`] (field names as in the checkpoints).
