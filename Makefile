@@ -46,7 +46,7 @@ help:
 	@echo "make serve   install what is missing, build the app, serve it on http://$(HOST):$(PORT)"
 	@echo "make check   formatting, clippy (native and wasm32, warnings are errors) and the layering test"
 	@echo "make test    make check, then every test: native (CPU + wgpu on lavapipe), wasm in headless Chromium, end-to-end, fuzz smoke"
-	@echo "make test-coop   the coop kernel path (cooperative matrices) on Mesa 26's lavapipe, in a Debian 13 root made once, burn/cubecl's own CMMA kernels there (tests/cmma --quick), and the coop kernels in Chromium's dialect on Dawn there (tests/subgroup_matrix.rs)"
+	@echo "make test-coop   the coop kernel path (cooperative matrices) on Mesa 26's lavapipe, in a Debian 13 root made once, burn/cubecl's own CMMA kernels there (tests/cmma --quick), the coop kernels in Chromium's dialect on Dawn there (tests/subgroup_matrix.rs), and the wasm build's worker and DiT on Dawn (tests/dawn_wasm.rs)"
 	@echo "make test-long   the long browser tests: a real-width edit in Chromium against the native CLI (about 10 minutes)"
 	@echo "make packs   the real-width and tiny-types test packs (diffusers in a venv; cached in ~/.cache/kontext-web/packs)"
 	@echo "make dist    the shipped build (opt-level z, fat LTO, wasm-opt -O1) in dist/"
@@ -109,7 +109,8 @@ test-native: packs
 	KONTEXT_MAX_BUFFER_BYTES=134217728 cargo test --locked
 
 # The coop suite on a software device with cooperative matrices, then the coop kernels in Chromium's dialect on
-# Dawn (tests/subgroup_matrix.rs); KONTEXT_REQUIRE_COOP makes a skip a failure.
+# Dawn (tests/subgroup_matrix.rs; KONTEXT_REQUIRE_COOP makes a skip a failure), then the wasm build on Dawn in node
+# (tests/dawn_wasm.rs: tests/coop/dawn-bin/node stands in for node, see tests/coop/dawn-node.sh).
 # One test at a time: lavapipe's emulated products, several tests at once on 2 cores, took 504 s against 58 s.
 test-coop:
 	@mkdir -p $(XDG_RUNTIME_DIR)
@@ -118,6 +119,8 @@ test-coop:
 	test -x "$$binary" || { echo "test-coop: the gpu_coop test binary did not build"; exit 1; }; \
 	KONTEXT_REQUIRE_COOP=1 KONTEXT_MAX_BUFFER_BYTES=134217728 bash tests/coop/run.sh $(COOP_ROOT) $$binary --test-threads=1
 	KONTEXT_REQUIRE_COOP=1 KONTEXT_COOP_ROOT=$(COOP_ROOT) cargo test --locked --test subgroup_matrix
+	KONTEXT_COOP_ROOT=$(COOP_ROOT) PATH=$(CURDIR)/tests/coop/dawn-bin:$$PATH \
+	  cargo test --locked --target wasm32-unknown-unknown --profile web --test dawn_wasm -- --nocapture
 	$(CMMA)
 	bash tests/coop/run.sh $(COOP_ROOT) $(CMMA_BIN) --quick --require-cmma >/dev/null
 

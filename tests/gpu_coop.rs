@@ -107,14 +107,7 @@ fn coop_matmuls_of_every_packed_type_match_their_twin() {
         assert_coop_matches(ty, shape[0], shape[1], &bytes, None, &info.name);
         covered.push(ty);
     }
-    for (ty, scales) in [(GgmlType::Q5_K, &[0usize, 2][..]), (GgmlType::Q6_K, &[208][..])] {
-        let (n, k) = (133, 512);
-        let mut bytes = testing::pseudo_random_bytes(n * k / ty.block_size() * ty.type_size(), 0x9e37_79b9);
-        for (b, block) in bytes.chunks_mut(ty.type_size()).enumerate() {
-            for (i, &at) in scales.iter().enumerate() {
-                block[at..at + 2].copy_from_slice(&f16::from_f32(0.0005 * (1 + (b + i) % 5) as f32).to_le_bytes());
-            }
-        }
+    for (ty, n, k, bytes) in testing::random_k_quant_weights() {
         let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01 - 0.5).collect();
         assert_coop_matches(ty, n, k, &bytes, Some(&bias), ty.name());
         covered.push(ty);

@@ -145,6 +145,27 @@ pub fn pseudo_random_bytes(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
+/// The K-quants the quantization vectors lack, as `(type, n, k, blocks)` weights `[133, 512]`: Q5_K and Q6_K blocks
+/// of random codes whose f16 scales (`d`, `dmin` of Q5_K; `d` of Q6_K) are small, so that products stay in f16's
+/// range as the coop kernels need.
+pub fn random_k_quant_weights() -> Vec<(crate::formats::GgmlType, usize, usize, Vec<u8>)> {
+    use crate::formats::GgmlType;
+    let (n, k) = (133, 512);
+    [(GgmlType::Q5_K, &[0usize, 2][..]), (GgmlType::Q6_K, &[208][..])]
+        .into_iter()
+        .map(|(ty, scales)| {
+            let mut bytes = pseudo_random_bytes(n * k / ty.block_size() * ty.type_size(), 0x9e37_79b9);
+            for (b, block) in bytes.chunks_mut(ty.type_size()).enumerate() {
+                for (i, &at) in scales.iter().enumerate() {
+                    let scale = half::f16::from_f32(0.0005 * (1 + (b + i) % 5) as f32);
+                    block[at..at + 2].copy_from_slice(&scale.to_le_bytes());
+                }
+            }
+            (ty, n, k, bytes)
+        })
+        .collect()
+}
+
 /// A fixture safetensors file, held in memory.
 pub struct FixtureFile(SafetensorsFile);
 

@@ -92,7 +92,8 @@ impl KernelPath {
             Self::Coop if !packs_on(device) || crate::device::coop_fragment().is_none() => Some(
                 "it needs a wgpu adapter with cooperative matrices of f16 inputs and f32 accumulators \
                  (EXPERIMENTAL_COOPERATIVE_MATRIX: Vulkan's VK_KHR_cooperative_matrix or Metal's simdgroup \
-                 matrices), `shader-f16`, subgroups of at most 64 and 32 KiB of workgroup memory"
+                 matrices; in a browser, Chromium's `chromium-experimental-subgroup-matrix`), `shader-f16`, \
+                 subgroups of at most 64 and 32 KiB of workgroup memory"
                     .into(),
             ),
             Self::Coop => None,

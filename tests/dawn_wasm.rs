@@ -1,0 +1,103 @@
+//! The wasm build on Dawn, Chromium's WebGPU implementation, where the adapter offers subgroup matrices: node
+//! in the Debian 13 root with npm `webgpu` as `navigator.gpu` and the worker's device request
+//! (`www/subgroup-matrix.js`) installed first (`tests/coop/dawn-node.sh`, run by `make test-coop`). wgpu's WebGPU
+//! backend opens the device, the kernels in Chromium's dialect compile in Tint and run on lavapipe's emulated
+//! products: the browser's coop path end to end, minus the browser's page and worker around it.
+#![cfg(target_arch = "wasm32")]
+
+use burn::tensor::{Tensor, TensorData};
+use kontext_web::device::{self, subgroup_matrix};
+use kontext_web::formats::SafetensorsFile;
+use kontext_web::formats::weights::Weights;
+use kontext_web::kernels::path::KernelPath;
+use kontext_web::pipeline::loader::{self, MemoryFiles};
+use kontext_web::web::protocol::{FromWorker, ToWorker};
+use kontext_web::web::worker;
+use wasm_bindgen_test::*;
+
+macro_rules! tiny {
+    ($path:literal) => {
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny/", $path)).as_slice()
+    };
+}
+
+/// The worker's own self-check on this adapter: its report names `coop` among the paths (the grant reached
+/// `report_of`), and keeps `f32` as the choice on a software adapter, as `KernelPath::auto` says.
+#[wasm_bindgen_test]
+async fn the_worker_reports_the_coop_path_where_the_browser_grants_subgroup_matrices() {
+    let (gpu, _) = device::wgpu_async().await.expect("WebGPU device");
+    KernelPath::choose(None, &gpu).unwrap();
+    match worker::answer(ToWorker::SelfCheck { size: 48 }).await {
+        FromWorker::SelfCheck { check, kernels, .. } => {
+            assert!(check.passed, "{check:?}");
+            let granted = subgroup_matrix::granted().expect("the device request recorded a grant");
+            console_log!("granted: {granted:?}");
+            assert_eq!(device::coop_fragment(), granted.coop_fragment().map(|side| side as usize));
+            let kernels = kernels.expect("the self-check names the kernel paths");
+            console_log!("kernel paths in the worker: {kernels:?}");
+            assert_eq!(kernels.available, KernelPath::ALL.to_vec(), "{kernels:?}");
+            assert_eq!(kernels.chosen, KernelPath::F32, "a software adapter takes coop only on request");
+        }
+        other => panic!("unexpected answer: {other:?}"),
+    }
+}
+
+/// The tiny DiT of each committed quantized GGUF on the coop path, one call from the golden run's first
+/// transformer inputs, within the f16 path's tolerance of diffusers' output on the file's dequantized weights
+/// (2e-3, as `tests/gpu_coop.rs` sets natively); Chromium's coop matmul and attention (`_sm`) among the launches.
+/// Control: the same call with the text tokens negated is far from that golden.
+#[wasm_bindgen_test]
+async fn the_tiny_dit_on_chromiums_coop_kernels_matches_each_gguf_golden() {
+    let (gpu, _) = device::wgpu_async().await.expect("WebGPU device");
+    assert_eq!(KernelPath::choose(Some(KernelPath::Coop), &gpu).expect("coop on this adapter"), KernelPath::Coop);
+    let ggufs = [
+        ("Q8_0", tiny!("bfl_gguf/transformer_bfl-Q8_0.gguf")),
+        ("Q4_0", tiny!("bfl_gguf/transformer_bfl-Q4_0.gguf")),
+        ("Q4_K_S", tiny!("bfl_gguf/transformer_bfl-Q4_K_S.gguf")),
+    ];
+    let inputs = SafetensorsFile::open(tiny!("golden/golden_run.safetensors").to_vec()).unwrap();
+    let input = |name: &str| {
+        let host = inputs.read(&format!("transformer_in_0_{name}")).unwrap();
+        TensorData::new(host.data, host.shape)
+    };
+    let golden = SafetensorsFile::open(tiny!("bfl_gguf/golden_gguf_step0.safetensors").to_vec()).unwrap();
+    for (kind, gguf) in ggufs {
+        let mut files = MemoryFiles::default();
+        let config = tiny!("FLUX.1-Kontext-dev-tiny/transformer/config.json");
+        files.0.insert("transformer/config.json".into(), std::sync::Arc::new(config.to_vec()));
+        let (flux, _) = loader::load_transformer(&files, Some(Box::new(gguf.to_vec())), &gpu).unwrap();
+        assert!(flux.packed_linears() > 0, "{kind}: the weights stay packed");
+        let call = |text_sign: f32| {
+            device::launches::count_launches(|| {
+                flux.forward(
+                    Tensor::from_data(input("hidden_states"), &gpu),
+                    Tensor::from_data(input("img_ids"), &gpu),
+                    Tensor::<3>::from_data(input("encoder_hidden_states"), &gpu) * text_sign,
+                    Tensor::from_data(input("txt_ids"), &gpu),
+                    Tensor::from_data(input("timestep"), &gpu),
+                    Tensor::from_data(input("pooled_projections"), &gpu),
+                    Some(Tensor::from_data(input("guidance"), &gpu)),
+                )
+            })
+        };
+        let (out, launches) = call(1.0);
+        let out = device::read_f32(out.unwrap()).await.unwrap();
+        let names = launches.ranked();
+        for kernel in ["matmul_", "flash_attention_coop"] {
+            let chromiums = |name: &str| name.contains(kernel) && name.contains("_coop") && name.contains("_sm");
+            assert!(
+                names.iter().any(|(name, _)| chromiums(name)),
+                "{kind}: no coop {kernel} kernel in Chromium's dialect ran: {names:?}"
+            );
+        }
+        let want = golden.read(kind).unwrap().data;
+        assert_eq!(out.len(), want.len(), "{kind}");
+        let worst = |got: &[f32]| got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let error = worst(&out);
+        let (control, _) = call(-1.0);
+        let control = worst(&device::read_f32(control.unwrap()).await.unwrap());
+        console_log!("tiny {kind} DiT on Chromium's coop kernels: max |diff| {error:e}; negated text {control:e}");
+        assert!(out.iter().all(|v| v.is_finite()) && error <= 2e-3, "{kind}: max |diff| {error:e} > 2e-3");
+        assert!(control > 20.0 * error.max(1e-4), "{kind}, negated text: {control:e} against {error:e}");
+    }
+}
