@@ -1,14 +1,15 @@
 //! The wasm build on Dawn, Chromium's WebGPU implementation, where the adapter offers subgroup matrices: node
 //! in the Debian 13 root with npm `webgpu` as `navigator.gpu` and the worker's device request
-//! (`www/subgroup-matrix.js`) installed first (`tests/coop/dawn-node.sh`, run by `make test-coop`). wgpu's WebGPU
+//! (`www/device-request.js`) installed first (`tests/coop/dawn-node.sh`, run by `make test-coop`). wgpu's WebGPU
 //! backend opens the device, the kernels in Chromium's dialect compile in Tint and run on lavapipe's emulated
 //! products: the browser's coop path end to end, minus the browser's page and worker around it.
 #![cfg(target_arch = "wasm32")]
 
 use burn::tensor::{Tensor, TensorData};
-use kontext_web::device::{self, subgroup_matrix};
+use kontext_web::device::{self, browser_grant};
 use kontext_web::formats::SafetensorsFile;
 use kontext_web::formats::weights::Weights;
+use kontext_web::harness::kernel_checks;
 use kontext_web::kernels::path::KernelPath;
 use kontext_web::pipeline::loader::{self, MemoryFiles};
 use kontext_web::web::protocol::{FromWorker, ToWorker};
@@ -30,8 +31,10 @@ async fn the_worker_reports_the_coop_path_where_the_browser_grants_subgroup_matr
     match worker::answer(ToWorker::SelfCheck { size: 48 }).await {
         FromWorker::SelfCheck { check, kernels, .. } => {
             assert!(check.passed, "{check:?}");
-            let granted = subgroup_matrix::granted().expect("the device request recorded a grant");
-            console_log!("granted: {granted:?}");
+            let subgroups = browser_grant::subgroups().expect("the device request recorded its subgroups");
+            let granted = browser_grant::subgroup_matrices().expect("the device request recorded subgroup matrices");
+            console_log!("granted: {subgroups:?}, {granted:?}");
+            assert_eq!(device::subgroup_min_size(), Some(subgroups.subgroup_min_size as usize));
             assert_eq!(device::coop_fragment(), granted.coop_fragment().map(|side| side as usize));
             let kernels = kernels.expect("the self-check names the kernel paths");
             console_log!("kernel paths in the worker: {kernels:?}");
@@ -100,4 +103,14 @@ async fn the_tiny_dit_on_chromiums_coop_kernels_matches_each_gguf_golden() {
         assert!(out.iter().all(|v| v.is_finite()) && error <= 2e-3, "{kind}: max |diff| {error:e} > 2e-3");
         assert!(control > 20.0 * error.max(1e-4), "{kind}, negated text: {control:e} against {error:e}");
     }
+}
+
+/// The flash attention in each of its layouts, the subgroup ones among them, compiled by Tint for a device
+/// granted subgroups by the worker's request ([`kernel_checks::assert_flash_layouts`]): none skipped.
+#[wasm_bindgen_test]
+async fn flash_attention_in_each_layout_with_the_granted_subgroups() {
+    let (gpu, _) = device::wgpu_async().await.expect("WebGPU device");
+    let (report, skipped) = kernel_checks::assert_flash_layouts(&gpu).await;
+    console_log!("flash attention on Dawn ({skipped} layouts skipped):\n{report}");
+    assert_eq!(skipped, 0, "{report}");
 }

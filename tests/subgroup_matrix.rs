@@ -1,7 +1,7 @@
 //! The `coop` kernels in Chromium's dialect (`kernels::coop_dialect`, what the web worker runs where the browser
 //! grants `chromium-experimental-subgroup-matrix`), compiled by Tint and run by Dawn (npm `webgpu`: the WebGPU
 //! implementation inside Chromium) on Mesa 26's lavapipe, in the Debian 13 root of `make test-coop`
-//! (`tests/coop/dawn.sh`). The worker's device request (`www/subgroup-matrix.js`) opens that device, as in a
+//! (`tests/coop/dawn.sh`). The worker's device request (`www/device-request.js`) opens that device, as in a
 //! browser. Each kernel's output is checked against its host twin on the same f16-rounded values, with controls.
 //!
 //! `make test-coop` sets `KONTEXT_COOP_ROOT` (and `KONTEXT_REQUIRE_COOP`, which makes a skip a failure);
@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use half::f16;
+use kontext_web::device::browser_grant::SubgroupMatrixGrant;
 use kontext_web::device::selfcheck::test_matrix;
-use kontext_web::device::subgroup_matrix::Granted;
 use kontext_web::formats::GgmlType;
 use kontext_web::harness::testing::{self, TempDir};
 use kontext_web::kernels::coop_attention::{self, CoopAttention};
@@ -82,12 +82,12 @@ fn dawn(root: &Path, command: &str, dir: &Path) {
 }
 
 /// What the worker's device request got on the root's adapter.
-fn granted(root: &Path) -> Granted {
+fn granted(root: &Path) -> SubgroupMatrixGrant {
     let dir = TempDir::new("dawn-probe");
     dawn(root, "probe", dir.dir());
     let adapter = std::fs::read_to_string(dir.path("adapter.json")).unwrap();
     let granted = std::fs::read_to_string(dir.path("granted.json")).unwrap();
-    let granted: Option<Granted> = serde_json::from_str(&granted).unwrap();
+    let granted: Option<SubgroupMatrixGrant> = serde_json::from_str(&granted).unwrap();
     granted.unwrap_or_else(|| panic!("the worker's request got no subgroup matrices on {adapter}"))
 }
 

@@ -1,6 +1,7 @@
-//! wasm tests in headless Chromium's page (WebGPU on SwiftShader): the browser probe, and our WGSL kernels
-//! on the browser's WebGPU compared with their plain-tensor twins on the CPU backend. The browser's WGSL compiler
-//! is stricter than the native one (uniformity analysis, limits), so every kernel family runs here too.
+//! wasm tests in headless Chromium's page (WebGPU on SwiftShader, its device opened with the worker's request):
+//! the browser probe, and our WGSL kernels on the browser's WebGPU compared with their plain-tensor twins on the
+//! CPU backend. The browser's WGSL compiler is stricter than the native one (uniformity analysis, limits), so
+//! every kernel family runs here too.
 #![cfg(target_arch = "wasm32")]
 
 use burn::tensor::{Tensor, TensorData};
@@ -8,14 +9,27 @@ use half::f16;
 use kontext_web::device::{self, selfcheck};
 use kontext_web::formats::GgmlType;
 use kontext_web::harness::kernel_checks;
-use kontext_web::kernels::attention::{flash_attention_in, reference};
-use kontext_web::kernels::flash::FlashLayout;
 use kontext_web::kernels::quant_matmul::{PackedWeight, matmul};
 use kontext_web::kernels::{self, latent};
 use kontext_web::web::probe::{self, WebGpu};
+use wasm_bindgen::prelude::*;
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
+
+#[wasm_bindgen(module = "/www/device-request.js")]
+extern "C" {
+    /// The worker's device request (`www/device-request.js`), installed in this page's global scope.
+    #[wasm_bindgen(js_name = extendDeviceRequests)]
+    fn extend_device_requests(scope: &JsValue);
+}
+
+/// The WebGPU device, opened as the worker opens it: with `subgroups` (and subgroup matrices) added to wgpu's
+/// request where the adapter has them.
+async fn gpu() -> burn::tensor::Device {
+    extend_device_requests(&js_sys::global());
+    device::wgpu_async().await.expect("WebGPU device").0
+}
 
 #[wasm_bindgen_test]
 async fn the_probe_finds_a_webgpu_adapter_and_storage() {
@@ -29,7 +43,7 @@ async fn the_probe_finds_a_webgpu_adapter_and_storage() {
 
 #[wasm_bindgen_test]
 async fn pack_kernel_on_webgpu_equals_its_reference_twin() {
-    let (gpu, _) = device::wgpu_async().await.expect("WebGPU device");
+    let gpu = gpu().await;
     let shape = [2, 16, 6, 10];
     let values = selfcheck::test_matrix(1, shape.iter().product(), 3);
     let on_gpu = kernels::pack::pack(Tensor::<4>::from_data(TensorData::new(values.clone(), shape), &gpu));
@@ -41,48 +55,14 @@ async fn pack_kernel_on_webgpu_equals_its_reference_twin() {
 
 /// The `flash` attention kernel in the CPU adapters' layouts, the plain GPU one and the subgroup one compiles
 /// under the browser's WGSL rules (its uniformity analysis included) and equals the reference on the CPU
-/// backend, with head widths that are and are not a multiple of 4; keys in another order must not. The layouts
-/// that need subgroups run where the adapter has them and are reported as skipped where it has none.
+/// backend, with head widths that are and are not a multiple of 4; keys in another order must not
+/// ([`kernel_checks::assert_flash_layouts`]). Every layout runs: the device has subgroups.
 #[wasm_bindgen_test]
 async fn flash_attention_on_webgpu_equals_the_reference_in_each_layout() {
-    let (gpu, _) = device::wgpu_async().await.expect("WebGPU device");
-    let layouts = [(4, 1, 32, 4, true), (4, 1, 32, 4, false), (1, 1, 64, 4, false), (2, 4, 64, 4, false)].map(
-        |(rows_per_thread, threads_per_row, threads, keys_per_step, broadcast)| FlashLayout {
-            rows_per_thread,
-            threads_per_row,
-            threads,
-            keys_per_step,
-            broadcast,
-        },
-    );
-    let tensor = |shape: [usize; 4], salt: u32, device: &burn::tensor::Device| {
-        let values = selfcheck::test_matrix(1, shape.iter().product(), salt).into_iter().map(|x| 2.0 * x).collect();
-        Tensor::<4>::from_data(TensorData::new(values, shape), device)
-    };
-    let mut report = Vec::new();
-    for (lq, lk, d) in [(37, 45, 16), (9, 70, 7)] {
-        let (q, k, v) = ([1, 2, lq, d], [1, 2, lk, d], [1, 2, lk, d]);
-        let cpu = device::cpu();
-        let expected = reference(tensor(q, 1, &cpu), tensor(k, 2, &cpu), tensor(v, 3, &cpu));
-        let expected = device::read_f32(expected).await.unwrap();
-        for layout in layouts {
-            let run = |keys| flash_attention_in(layout, tensor(q, 1, &gpu), keys, tensor(v, 3, &gpu));
-            let ours = match run(tensor(k, 2, &gpu)) {
-                Err(e) if (layout.threads_per_row > 1 || layout.broadcast) && device::subgroup_min_size().is_none() => {
-                    report.push(format!("{layout:?} SKIPPED: {e}"));
-                    continue;
-                }
-                ours => device::read_f32(ours.unwrap()).await.unwrap(),
-            };
-            let worst = ours.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(worst <= 1e-4, "{layout:?} lq {lq} lk {lk} d {d}: max |kernel − reference| = {worst:e}");
-            let shuffled = device::read_f32(run(tensor(k, 2, &gpu).flip([2])).unwrap()).await.unwrap();
-            let moved = shuffled.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(moved > 1e-3, "{layout:?}: keys in another order gave the same output");
-            report.push(format!("{layout:?} d {d}: max |diff| {worst:e}"));
-        }
-    }
-    console_log!("flash attention on WebGPU:\n{}", report.join("\n"));
+    let (report, skipped) = kernel_checks::assert_flash_layouts(&gpu().await).await;
+    console_log!("flash attention on WebGPU ({skipped} layouts skipped):\n{report}");
+    // Chromium's SwiftShader has subgroups (of 4), which the worker's device request adds.
+    assert_eq!(skipped, 0, "{report}");
 }
 
 /// Every fused DiT kernel (`kernels::fused`) compiles under the browser's WGSL rules (barriers in uniform
@@ -91,7 +71,7 @@ async fn flash_attention_on_webgpu_equals_the_reference_in_each_layout() {
 #[wasm_bindgen_test]
 async fn fused_kernels_on_webgpu_equal_their_twins() {
     use kontext_web::kernels::fused::{self, HeadInput, RopeTables};
-    let (gpu, _) = device::wgpu_async().await.expect("WebGPU device");
+    let gpu = gpu().await;
     let cpu = device::cpu();
     let tensor = |shape: [usize; 3], salt: u32, device: &burn::tensor::Device| {
         let values = selfcheck::test_matrix(1, shape.iter().product(), salt).into_iter().map(|x| 2.0 * x).collect();
@@ -199,7 +179,7 @@ fn synthetic_blocks(ty: GgmlType, n: usize, k: usize) -> Vec<u8> {
 /// compiles under the browser's WGSL rules and equals the same blocks dequantized and multiplied on the CPU.
 #[wasm_bindgen_test]
 async fn packed_quant_matmuls_on_webgpu_equal_their_reference_twin() {
-    let (gpu, _) = device::wgpu_async().await.expect("WebGPU device");
+    let gpu = gpu().await;
     let (n, k) = (128, 64);
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
         let bytes = synthetic_blocks(ty, n, k);
@@ -224,7 +204,7 @@ async fn packed_quant_matmuls_on_webgpu_equal_their_reference_twin() {
 /// none, so there the f16 check is reported as skipped).
 #[wasm_bindgen_test]
 async fn every_quant_vector_type_multiplies_on_webgpu_like_its_golden() {
-    let (gpu, _) = device::wgpu_async().await.expect("WebGPU device");
+    let gpu = gpu().await;
     let gguf = include_bytes!("fixtures/tiny/bfl_gguf/quant_vectors.gguf").to_vec();
     let expected = include_bytes!("fixtures/tiny/bfl_gguf/quant_vectors_expected.safetensors").to_vec();
     let report = kernel_checks::assert_quant_vectors_at_each_precision(gguf, expected, &gpu).await;

@@ -9,7 +9,7 @@ const dir = process.env.TRUNK_STAGING_DIR;
 if (!dir) throw new Error('run by trunk (post_build hook): TRUNK_STAGING_DIR is not set');
 const page = join(dir, 'index.html');
 await writeFile(page, (await readFile(page, 'utf8')).replace(/\n[ \t]*<link data-trunk [^>]*>/g, '').replace(/\n(\s*\n)+/g, '\n'));
-const files = ['index.html', 'boot.js', 'app.js', 'app_bg.wasm', 'worker.js', 'subgroup-matrix.js', 'style.css', 'icon.svg',
+const files = ['index.html', 'boot.js', 'app.js', 'app_bg.wasm', 'worker.js', 'device-request.js', 'style.css', 'icon.svg',
   'manifest.webmanifest'];
 const hash = createHash('sha256');
 for (const file of files) hash.update(await readFile(join(dir, file)));

@@ -8,7 +8,7 @@
 // - Requests to other origins (model sources) and non-GET requests are not touched.
 const BUILD_ID = 'dev';
 const CACHE = `kontext-shell-${BUILD_ID}`;
-const SHELL = ['index.html', 'boot.js', 'app.js', 'app_bg.wasm', 'worker.js', 'subgroup-matrix.js', 'style.css', 'icon.svg',
+const SHELL = ['index.html', 'boot.js', 'app.js', 'app_bg.wasm', 'worker.js', 'device-request.js', 'style.css', 'icon.svg',
   'manifest.webmanifest', 'icons/icon-192.png', 'icons/icon-512.png', 'icons/maskable-192.png', 'icons/maskable-512.png'];
 const SHELL_URLS = new Set(SHELL.map((path) => new URL(path, self.registration.scope).href));
 

@@ -1,10 +1,10 @@
 //! Choosing where tensors live: burn's Flex CPU backend, or its wgpu backend (Vulkan/Metal/DX12 natively,
 //! WebGPU in a browser). The wgpu runtime is initialised once per process; later calls reuse it.
 
+pub mod browser_grant;
 pub mod faults;
 pub mod launches;
 pub mod selfcheck;
-pub mod subgroup_matrix;
 
 use std::str::FromStr;
 
@@ -369,9 +369,15 @@ fn report_of(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterReport {
     let info = setup.adapter.get_info();
     let limits = setup.device.limits();
     let features = setup.device.features();
-    let subgroups = features.contains(Features::SUBGROUP);
+    // In a browser, wgpu requests neither subgroups nor subgroup matrices: the worker's own request adds them
+    // (www/device-request.js) and says what the device was granted.
+    let browser_subgroups = browser_grant::subgroups();
+    let subgroups = features.contains(Features::SUBGROUP) || browser_subgroups.is_some();
     let mut subgroup_min_size = subgroups.then_some(info.subgroup_min_size).filter(|&n| n > 0);
     let mut subgroup_max_size = subgroups.then_some(info.subgroup_max_size).filter(|&n| n > 0);
+    if let Some(granted) = browser_subgroups {
+        (subgroup_min_size, subgroup_max_size) = (Some(granted.subgroup_min_size), Some(granted.subgroup_max_size));
+    }
     SUBGROUP_MIN_SIZE.store(subgroup_min_size.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     let products = match features.contains(Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
         true => setup.adapter.cooperative_matrix_properties(),
@@ -391,15 +397,12 @@ fn report_of(setup: &burn::tensor::wgpu::WgpuSetup) -> AdapterReport {
         .iter()
         .map(|p| format!("{}x{}x{} {:?}→{:?}", p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type).to_lowercase())
         .collect();
-    let mut subgroups = subgroups;
-    // In a browser, wgpu requests neither subgroups nor subgroup matrices: the worker's own request adds them
-    // (www/subgroup-matrix.js) and says what the device was granted. Only the coop kernels use them there (the
-    // plain kernels' subgroup variants keep SUBGROUP_MIN_SIZE unset: no browser has compiled them yet).
-    if let Some(granted) = subgroup_matrix::granted().filter(|g| {
-        shader_f16 && limits.max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES && g.coop_fragment().is_some()
+    if let Some(granted) = browser_grant::subgroup_matrices().filter(|g| {
+        browser_subgroups.is_some()
+            && shader_f16
+            && limits.max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES
+            && g.coop_fragment().is_some()
     }) {
-        subgroups = true;
-        (subgroup_min_size, subgroup_max_size) = (Some(granted.subgroup_min_size), Some(granted.subgroup_max_size));
         coop_fragment = granted.coop_fragment();
         cooperative_matrix = granted.configs.clone();
     }

@@ -1,13 +1,15 @@
 //! Kernel checks that run the same in a native test, in a browser page and in a Web Worker: the packed matmul of
 //! every ggml type in the quantization vectors (`tests/fixtures/tiny/bfl_gguf/quant_vectors.gguf`) against the
 //! golden dequantized values gguf-py wrote beside them, computing in f32 or (where the adapter has `shader-f16`)
-//! in f16.
+//! in f16; the flash attention in each of its layouts against the plain-ops reference.
 
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::device::{self, selfcheck};
 use crate::formats::weights::Weights;
 use crate::formats::{GgmlType, GgufFile, SafetensorsFile};
+use crate::kernels::attention::{flash_attention_in, reference};
+use crate::kernels::flash::FlashLayout;
 use crate::kernels::precision::Precision;
 use crate::kernels::quant_matmul::{Epilogue, PackedWeight, PlainKernel, matmul_in};
 use crate::{Error, Result};
@@ -115,4 +117,50 @@ pub async fn assert_quant_vectors_at_each_precision(gguf: Vec<u8>, expected: Vec
         ));
     }
     report.join("; ")
+}
+
+/// The `flash` attention kernel on `gpu` in the CPU adapters' layouts (with and without subgroup broadcasts), the
+/// plain GPU one and the subgroup one, with head widths that are and are not a multiple of 4, against the
+/// plain-ops reference on the CPU (within 1e-4); keys in another order must be far from it. The layouts that need
+/// subgroups run where the device has them and are reported as skipped where it has none. Returns the report's
+/// lines and how many layouts were skipped.
+pub async fn assert_flash_layouts(gpu: &Device) -> (String, usize) {
+    let layouts = [(4, 1, 32, 4, true), (4, 1, 32, 4, false), (1, 1, 64, 4, false), (2, 4, 64, 4, false)].map(
+        |(rows_per_thread, threads_per_row, threads, keys_per_step, broadcast)| FlashLayout {
+            rows_per_thread,
+            threads_per_row,
+            threads,
+            keys_per_step,
+            broadcast,
+        },
+    );
+    let tensor = |shape: [usize; 4], salt: u32, device: &Device| {
+        let values = selfcheck::test_matrix(1, shape.iter().product(), salt).into_iter().map(|x| 2.0 * x).collect();
+        Tensor::<4>::from_data(TensorData::new(values, shape), device)
+    };
+    let (mut report, mut skipped) = (Vec::new(), 0);
+    for (lq, lk, d) in [(37, 45, 16), (9, 70, 7)] {
+        let (q, k, v) = ([1, 2, lq, d], [1, 2, lk, d], [1, 2, lk, d]);
+        let cpu = device::cpu();
+        let expected = reference(tensor(q, 1, &cpu), tensor(k, 2, &cpu), tensor(v, 3, &cpu));
+        let expected = device::read_f32(expected).await.unwrap();
+        for layout in layouts {
+            let run = |keys| flash_attention_in(layout, tensor(q, 1, gpu), keys, tensor(v, 3, gpu));
+            let ours = match run(tensor(k, 2, gpu)) {
+                Err(e) if (layout.threads_per_row > 1 || layout.broadcast) && device::subgroup_min_size().is_none() => {
+                    report.push(format!("{layout:?} SKIPPED: {e}"));
+                    skipped += 1;
+                    continue;
+                }
+                ours => device::read_f32(ours.unwrap()).await.unwrap(),
+            };
+            let worst = ours.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst <= 1e-4, "{layout:?} lq {lq} lk {lk} d {d}: max |kernel − reference| = {worst:e}");
+            let shuffled = device::read_f32(run(tensor(k, 2, gpu).flip([2])).unwrap()).await.unwrap();
+            let moved = shuffled.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(moved > 1e-3, "{layout:?}: keys in another order gave the same output");
+            report.push(format!("{layout:?} d {d}: max |diff| {worst:e}"));
+        }
+    }
+    (report.join("\n"), skipped)
 }

@@ -18,7 +18,7 @@ cp -r "$(dirname "$script")/." "$stage/"
 # The runner writes a package.json for ES modules only; its CommonJS glue must not take /opt/kontext-dawn's.
 [ -e "$stage/package.json" ] || echo '{"type": "commonjs"}' >"$stage/package.json"
 cp "$here/dawn-globals.mjs" "$stage/"
-cp "$here/../../www/subgroup-matrix.js" "$stage/subgroup-matrix.mjs"
+cp "$here/../../www/device-request.js" "$stage/device-request.mjs"
 inside=/opt/kontext-dawn/$(basename "$stage")
 need_root() { if [ "$(id -u)" != 0 ]; then echo "sudo"; fi; }
 status=0

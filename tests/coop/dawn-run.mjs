@@ -1,8 +1,8 @@
 // Runs WGSL kernels on Dawn (npm `webgpu`, the WebGPU implementation inside Chromium, with its Tint compiler)
-// over the Vulkan adapter of the Debian 13 root: tests/coop/dawn.sh stages this file, www/subgroup-matrix.js and a
+// over the Vulkan adapter of the Debian 13 root: tests/coop/dawn.sh stages this file, www/device-request.js and a
 // folder of cases in the root and runs it there with the root's node.
 //
-//   node dawn-run.mjs probe DIR   the worker's device request (www/subgroup-matrix.js) on this adapter: writes
+//   node dawn-run.mjs probe DIR   the worker's device request (www/device-request.js) on this adapter: writes
 //                                 DIR/granted.json (what the kernels got, or null) and DIR/adapter.json
 //   node dawn-run.mjs run DIR     every case of DIR/cases.json on such a device: writes DIR/<name>.out (the
 //                                 output binding's bytes), or DIR/<name>.error (what Tint or Dawn said)
@@ -12,7 +12,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { create, globals } from 'webgpu';
-import { GLOBAL, requestSubgroupMatrices } from './subgroup-matrix.js';
+import { MATRIX_GLOBAL, extendDeviceRequests } from './device-request.js';
 
 Object.assign(globalThis, globals);
 const [command, dir] = process.argv.slice(2);
@@ -28,13 +28,13 @@ if (!adapter) {
   process.exit(1);
 }
 // As in the worker: the wrapper adds what wgpu's request lacks.
-requestSubgroupMatrices(globalThis);
+extendDeviceRequests(globalThis);
 const device = await adapter.requestDevice({ requiredFeatures: ['shader-f16'] });
 const uncaptured = [];
 device.addEventListener('uncapturederror', (event) => uncaptured.push(event.error.message));
 
 if (command === 'probe') {
-  await writeFile(join(dir, 'granted.json'), JSON.stringify(globalThis[GLOBAL] ?? null));
+  await writeFile(join(dir, 'granted.json'), JSON.stringify(globalThis[MATRIX_GLOBAL] ?? null));
   await writeFile(join(dir, 'adapter.json'), JSON.stringify({
     description: adapter.info.description,
     features: [...device.features].sort(),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs tests/coop/dawn-run.mjs (probe or run) over a folder of cases on Dawn, the WebGPU implementation inside
 # Chromium, in the Debian 13 root (tests/coop/ensure-root.sh: its node, npm `webgpu` in /opt/kontext-dawn and Mesa
-# 26's lavapipe): the runner, www/subgroup-matrix.js and the cases are staged in the root, run there through
+# 26's lavapipe): the runner, www/device-request.js and the cases are staged in the root, run there through
 # chroot, and what the runner wrote comes back into the folder.
 set -euo pipefail
 root=${1:?usage: dawn.sh ROOT probe|run DIR}
@@ -16,7 +16,7 @@ fi
 need_root() { if [ "$(id -u)" != 0 ]; then echo "sudo"; fi; }
 stage=$(mktemp -d "$dawn/run.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
-cp "$here/dawn-run.mjs" "$here/../../www/subgroup-matrix.js" "$stage/"
+cp "$here/dawn-run.mjs" "$here/../../www/device-request.js" "$stage/"
 mkdir "$stage/cases"
 cp -r "$dir/." "$stage/cases/"
 inside=/opt/kontext-dawn/$(basename "$stage")

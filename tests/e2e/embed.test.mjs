@@ -305,7 +305,7 @@ test('PWA: after one visit the app shell loads with the network off', async () =
   });
   assert.equal(caches.names.length, 1);
   assert.match(caches.names[0], /^kontext-shell-[0-9a-f]{16}$/);
-  for (const path of ['/index.html', '/app.js', '/app_bg.wasm', '/worker.js', '/subgroup-matrix.js', '/style.css', '/boot.js',
+  for (const path of ['/index.html', '/app.js', '/app_bg.wasm', '/worker.js', '/device-request.js', '/style.css', '/boot.js',
     '/manifest.webmanifest']) {
     assert.ok(caches.paths.includes(path), `${path} not cached: ${caches.paths}`);
   }
