@@ -40,6 +40,7 @@ async fn the_worker_reports_the_coop_path_where_the_browser_grants_subgroup_matr
             console_log!("kernel paths in the worker: {kernels:?}");
             assert_eq!(kernels.available, KernelPath::ALL.to_vec(), "{kernels:?}");
             assert_eq!(kernels.chosen, KernelPath::F32, "a software adapter takes coop only on request");
+            assert_eq!(kernels.subgroup_size, Some(subgroups.subgroup_min_size as usize), "{kernels:?}");
         }
         other => panic!("unexpected answer: {other:?}"),
     }

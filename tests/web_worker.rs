@@ -24,6 +24,8 @@ async fn the_worker_opens_webgpu_and_its_matmul_equals_the_cpu() {
             assert_eq!(kernels.chosen, KernelPath::F32);
             assert!(!kernels.available.contains(&KernelPath::Coop), "{kernels:?}");
             assert_eq!((kernels.matmul, kernels.attention), (KernelPath::F32, KernelPath::F32));
+            // wgpu's own device request has no subgroups; the app's worker adds them (www/device-request.js).
+            assert_eq!(kernels.subgroup_size, None, "{kernels:?}");
         }
         other => panic!("unexpected answer: {other:?}"),
     }

@@ -19,6 +19,10 @@ pub struct KernelPaths {
     /// The path of the model's attention at a 1024² text-to-image length, 4 608 tokens of 128-wide heads
     /// ([`attention::kernel_path`]).
     pub attention: KernelPath,
+    /// The subgroup size the plain kernels' subgroup layouts (the flash attention's) count on: the device's
+    /// smallest; `None` where the device has no subgroups (or, in a browser, was not granted them).
+    #[serde(default)]
+    pub subgroup_size: Option<usize>,
 }
 
 impl KernelPaths {
@@ -33,6 +37,7 @@ impl KernelPaths {
             available: KernelPath::available(device),
             matmul: KernelPath::for_matmul(tokens, device),
             attention: attention::kernel_path(device, tokens, tokens, 128),
+            subgroup_size: crate::device::subgroup_min_size(),
         }
     }
 }

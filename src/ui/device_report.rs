@@ -98,8 +98,9 @@ fn AdapterRows(
         None => "known after the GPU check".to_string(),
         Some(k) => {
             let available: Vec<&str> = k.available.iter().map(|p| p.name()).collect();
+            let subgroups = k.subgroup_size.map(|n| format!(" with subgroups of {n}")).unwrap_or_default();
             format!(
-                "{}: matmuls {}, attention {} (this GPU can run {})",
+                "{}: matmuls {}, attention {}{subgroups} (this GPU can run {})",
                 k.chosen,
                 k.matmul,
                 k.attention,

@@ -29,11 +29,12 @@ test('device report shows the adapter, limits, storage and a passing GPU self-ch
     // The worker opened the page's result canvas: on this software adapter through a 2D context.
     assert.equal(await page.getAttribute('[data-field="display"]', 'data-path'), '2d');
     assert.match(await page.textContent('[data-field="display"]'), /^2D canvas: one readback per preview/);
-    // SwiftShader offers no cooperative matrices (nor shader-f16): the worker's kernels fall back to f32.
+    // SwiftShader offers no cooperative matrices (nor shader-f16): the worker's kernels fall back to f32. It has
+    // subgroups of 4, which the worker's device request (www/device-request.js) adds to wgpu's.
     assert.equal(await page.getAttribute('[data-field="kernels"]', 'data-path'), 'f32');
     assert.equal(
       await page.textContent('[data-field="kernels"]'),
-      'f32: matmuls f32, attention f32 (this GPU can run f32)',
+      'f32: matmuls f32, attention f32 with subgroups of 4 (this GPU can run f32)',
     );
     await screenshot(page, 'device-report-webgpu');
     assert.deepEqual(browser.problems, []);
