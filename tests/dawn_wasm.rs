@@ -2,7 +2,9 @@
 //! in the Debian 13 root with npm `webgpu` as `navigator.gpu` and the worker's device request
 //! (`www/device-request.js`) installed first (`tests/coop/dawn-node.sh`, run by `make test-coop`). wgpu's WebGPU
 //! backend opens the device, the kernels in Chromium's dialect compile in Tint and run on lavapipe's emulated
-//! products: the browser's coop path end to end, minus the browser's page and worker around it.
+//! products: the browser's coop path end to end, minus the browser's page and worker around it. The adapter also
+//! has `shader-f16`, which Chromium's SwiftShader lacks, so the f16 kernels run here too, and the flash
+//! attention's subgroup layouts on its subgroups of 8.
 #![cfg(target_arch = "wasm32")]
 
 use burn::tensor::{Tensor, TensorData};
@@ -46,14 +48,13 @@ async fn the_worker_reports_the_coop_path_where_the_browser_grants_subgroup_matr
     }
 }
 
-/// The tiny DiT of each committed quantized GGUF on the coop path, one call from the golden run's first
-/// transformer inputs, within the f16 path's tolerance of diffusers' output on the file's dequantized weights
-/// (2e-3, as `tests/gpu_coop.rs` sets natively); Chromium's coop matmul and attention (`_sm`) among the launches.
-/// Control: the same call with the text tokens negated is far from that golden.
-#[wasm_bindgen_test]
-async fn the_tiny_dit_on_chromiums_coop_kernels_matches_each_gguf_golden() {
+/// The tiny DiT of each committed quantized GGUF (Q8_0, Q4_0, Q4_K_S) on `path`, one call from the golden run's
+/// first transformer inputs each, against diffusers' output on the file's dequantized weights: per file, the
+/// largest |difference|, that of the same call with the text tokens negated (the control), and the kernels
+/// launched.
+async fn tiny_dit_on(path: KernelPath) -> Vec<(&'static str, f32, f32, Vec<(String, usize)>)> {
     let (gpu, _) = device::wgpu_async().await.expect("WebGPU device");
-    assert_eq!(KernelPath::choose(Some(KernelPath::Coop), &gpu).expect("coop on this adapter"), KernelPath::Coop);
+    assert_eq!(KernelPath::choose(Some(path), &gpu).unwrap_or_else(|e| panic!("{path}: {e}")), path);
     let ggufs = [
         ("Q8_0", tiny!("bfl_gguf/transformer_bfl-Q8_0.gguf")),
         ("Q4_0", tiny!("bfl_gguf/transformer_bfl-Q4_0.gguf")),
@@ -65,6 +66,7 @@ async fn the_tiny_dit_on_chromiums_coop_kernels_matches_each_gguf_golden() {
         TensorData::new(host.data, host.shape)
     };
     let golden = SafetensorsFile::open(tiny!("bfl_gguf/golden_gguf_step0.safetensors").to_vec()).unwrap();
+    let mut results = Vec::new();
     for (kind, gguf) in ggufs {
         let mut files = MemoryFiles::default();
         let config = tiny!("FLUX.1-Kontext-dev-tiny/transformer/config.json");
@@ -86,7 +88,23 @@ async fn the_tiny_dit_on_chromiums_coop_kernels_matches_each_gguf_golden() {
         };
         let (out, launches) = call(1.0);
         let out = device::read_f32(out.unwrap()).await.unwrap();
-        let names = launches.ranked();
+        let want = golden.read(kind).unwrap().data;
+        assert_eq!(out.len(), want.len(), "{kind}");
+        assert!(out.iter().all(|v| v.is_finite()), "{kind} on {path}: not finite");
+        let worst = |got: &[f32]| got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let (control, _) = call(-1.0);
+        let control = worst(&device::read_f32(control.unwrap()).await.unwrap());
+        console_log!("tiny {kind} DiT on {path}: max |diff| {:e}; negated text {control:e}", worst(&out));
+        results.push((kind, worst(&out), control, launches.ranked()));
+    }
+    results
+}
+
+/// The tiny DiT on the coop path within the f16 path's tolerance of each golden (2e-3, as `tests/gpu_coop.rs` sets
+/// natively), Chromium's coop matmul and attention (`_sm`) among the launches; the negated text far from it.
+#[wasm_bindgen_test]
+async fn the_tiny_dit_on_chromiums_coop_kernels_matches_each_gguf_golden() {
+    for (kind, error, control, names) in tiny_dit_on(KernelPath::Coop).await {
         for kernel in ["matmul_", "flash_attention_coop"] {
             let chromiums = |name: &str| name.contains(kernel) && name.contains("_coop") && name.contains("_sm");
             assert!(
@@ -94,16 +112,39 @@ async fn the_tiny_dit_on_chromiums_coop_kernels_matches_each_gguf_golden() {
                 "{kind}: no coop {kernel} kernel in Chromium's dialect ran: {names:?}"
             );
         }
-        let want = golden.read(kind).unwrap().data;
-        assert_eq!(out.len(), want.len(), "{kind}");
-        let worst = |got: &[f32]| got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        let error = worst(&out);
-        let (control, _) = call(-1.0);
-        let control = worst(&device::read_f32(control.unwrap()).await.unwrap());
-        console_log!("tiny {kind} DiT on Chromium's coop kernels: max |diff| {error:e}; negated text {control:e}");
-        assert!(out.iter().all(|v| v.is_finite()) && error <= 2e-3, "{kind}: max |diff| {error:e} > 2e-3");
+        assert!(error <= 2e-3, "{kind}: max |diff| {error:e} > 2e-3");
         assert!(control > 20.0 * error.max(1e-4), "{kind}, negated text: {control:e} against {error:e}");
     }
+}
+
+/// The tiny DiT on the `subgroup-f16` path (the plain kernels computing in f16, flash attention on f16 heads with
+/// the granted subgroups; SwiftShader has no `shader-f16`, so no browser here ran them before) within 2e-3 of each
+/// golden, as `tests/packed.rs` sets for `--precision f16`; the f16 matmul and attention among the launches, no
+/// coop kernel; the negated text far from it.
+#[wasm_bindgen_test]
+async fn the_tiny_dit_on_the_f16_kernels_matches_each_gguf_golden() {
+    for (kind, error, control, names) in tiny_dit_on(KernelPath::SubgroupF16).await {
+        let ran = |f: &dyn Fn(&str) -> bool| names.iter().any(|(name, _)| f(name));
+        assert!(ran(&|name| name.starts_with("matmul_") && name.contains("_f16")), "{kind}: {names:?}");
+        assert!(ran(&|name| name.starts_with("flash_attention_d") && name.ends_with("_h")), "{kind}: {names:?}");
+        assert!(!ran(&|name| name.contains("_coop")), "{kind}: {names:?}");
+        assert!(error <= 2e-3, "{kind}: max |diff| {error:e} > 2e-3");
+        assert!(control > 20.0 * error.max(1e-4), "{kind}, negated text: {control:e} against {error:e}");
+    }
+}
+
+/// Every ggml type of the quantization vectors multiplies like gguf-py's dequantized values with f32 and, on this
+/// adapter with `shader-f16`, f16 activations ([`kernel_checks::assert_quant_vectors_at_each_precision`]): neither
+/// skipped.
+#[wasm_bindgen_test]
+async fn every_quant_vector_type_multiplies_like_its_golden_in_f32_and_f16() {
+    let (gpu, _) = device::wgpu_async().await.expect("WebGPU device");
+    KernelPath::choose(None, &gpu).unwrap();
+    let gguf = tiny!("bfl_gguf/quant_vectors.gguf").to_vec();
+    let expected = tiny!("bfl_gguf/quant_vectors_expected.safetensors").to_vec();
+    let report = kernel_checks::assert_quant_vectors_at_each_precision(gguf, expected, &gpu).await;
+    console_log!("quantization vectors on Dawn: {report}");
+    assert!(!report.contains("SKIPPED"), "{report}");
 }
 
 /// The flash attention in each of its layouts, the subgroup ones among them, compiled by Tint for a device

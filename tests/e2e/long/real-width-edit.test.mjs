@@ -16,6 +16,7 @@ const problems = [];
 before(async () => {
   requireRealWidth();
   harness = await openEmbedHarness(folderFiles(REAL_WIDTH_FILES), problems);
+  harness.host.control.refuseHead = false; // hosting as it is has tests/e2e/hosting.test.mjs
   page = harness.page;
   const source = Object.fromEntries(Object.entries(COMFY_FILES).map(([part, file]) => [part, `${harness.host.hub}/m/${file}`]));
   await page.evaluate((source) => send({ type: 'kontext:load', id: 'model', source }), source);
