@@ -12,6 +12,7 @@ use kontext_web::device::{self, browser_grant};
 use kontext_web::formats::SafetensorsFile;
 use kontext_web::formats::weights::Weights;
 use kontext_web::harness::kernel_checks;
+use kontext_web::harness::testing::max_abs_difference;
 use kontext_web::kernels::path::KernelPath;
 use kontext_web::pipeline::loader::{self, MemoryFiles};
 use kontext_web::web::protocol::{FromWorker, ToWorker};
@@ -91,11 +92,12 @@ async fn tiny_dit_on(path: KernelPath) -> Vec<(&'static str, f32, f32, Vec<(Stri
         let want = golden.read(kind).unwrap().data;
         assert_eq!(out.len(), want.len(), "{kind}");
         assert!(out.iter().all(|v| v.is_finite()), "{kind} on {path}: not finite");
-        let worst = |got: &[f32]| got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let worst = |got: &[f32]| max_abs_difference(got, &want);
         let (control, _) = call(-1.0);
         let control = worst(&device::read_f32(control.unwrap()).await.unwrap());
-        console_log!("tiny {kind} DiT on {path}: max |diff| {:e}; negated text {control:e}", worst(&out));
-        results.push((kind, worst(&out), control, launches.ranked()));
+        let error = worst(&out);
+        console_log!("tiny {kind} DiT on {path}: max |diff| {error:e}; negated text {control:e}");
+        results.push((kind, error, control, launches.ranked()));
     }
     results
 }

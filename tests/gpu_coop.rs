@@ -11,7 +11,7 @@ use kontext_web::device::{self, selfcheck};
 use kontext_web::formats::weights::Weights;
 use kontext_web::formats::{FileSource, SafetensorsFile};
 use kontext_web::formats::{GgmlType, GgufFile, dequantize};
-use kontext_web::harness::testing::{self, TINY_TYPES, gpu};
+use kontext_web::harness::testing::{self, TINY_TYPES, gpu, relative_error};
 use kontext_web::kernels::attention::{attention, kernel_path, reference as attention_reference};
 use kontext_web::kernels::coop_attention::CoopAttention;
 use kontext_web::kernels::path::{KernelPath, with_path};
@@ -46,12 +46,6 @@ fn input(m: usize, k: usize, salt: u32, device: &Device) -> Tensor<2> {
 fn rounded_to_f16(values: Vec<f32>, rows: usize, cols: usize) -> Tensor<2> {
     let values = values.into_iter().map(|v| f16::from_f32(v).to_f32()).collect();
     Tensor::from_data(TensorData::new(values, [rows, cols]), &device::cpu())
-}
-
-/// The largest `|got − want|` over the largest `|want|`.
-fn relative_error(got: &[f32], want: &[f32]) -> f32 {
-    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-12);
-    got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale
 }
 
 /// The coop kernel for a `ty` weight `[n, k]` of `bytes` against the twin on x and W rounded to f16, for rows
@@ -361,7 +355,7 @@ fn coop_forward_error(pack: &str, kind: &str) -> f32 {
     let want = read(format!("{pack}/bfl_gguf/golden_gguf_step0.safetensors")).unwrap().read(kind).unwrap().data;
     assert_eq!(out.len(), want.len(), "{kind}");
     assert!(out.iter().all(|v| v.is_finite()), "{kind}: not finite");
-    out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
+    testing::max_abs_difference(&out, &want)
 }
 
 /// The tiny DiT from each quantized GGUF, committed and of the tiny-types pack (`make packs`), on the coop path
@@ -449,7 +443,7 @@ fn the_tiny_edit_on_the_coop_path_stays_within_the_f16_tolerance_of_f32() {
         assert!(ran(&kernels) && !ran(&f32_kernels), "{kernel}: {kernels:?}");
     }
     assert!(f16_heads(&kernels) && !f16_heads(&f32_kernels), "{kernels:?}\n{f32_kernels:?}");
-    let worst = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let worst = testing::max_abs_difference;
     assert_eq!((latents.len(), image.len()), (f32_latents.len(), f32_image.len()));
     let (latent_error, image_error) = (worst(&latents, &f32_latents), worst(&image, &f32_image));
     eprintln!("tiny Q8_0 edit, coop against f32: latents {latent_error:e}, image {image_error:e}");

@@ -16,7 +16,7 @@ use half::f16;
 use kontext_web::device::browser_grant::SubgroupMatrixGrant;
 use kontext_web::device::selfcheck::test_matrix;
 use kontext_web::formats::GgmlType;
-use kontext_web::harness::testing::{self, TempDir};
+use kontext_web::harness::testing::{self, TempDir, relative_error};
 use kontext_web::kernels::coop_attention::{self, CoopAttention};
 use kontext_web::kernels::coop_dialect::CoopDialect;
 use kontext_web::kernels::coop_matmul::{CoopMatmul, TILE};
@@ -91,6 +91,15 @@ fn granted(root: &Path) -> SubgroupMatrixGrant {
     granted.unwrap_or_else(|| panic!("the worker's request got no subgroup matrices on {adapter}"))
 }
 
+/// The root with Dawn, what the worker's request got there and the fragment the coop kernels take; `None` after
+/// printing why `test` is skipped.
+fn dawn_grant(test: &str) -> Option<(PathBuf, SubgroupMatrixGrant, usize)> {
+    let root = dawn_root(test)?;
+    let granted = granted(&root);
+    let fragment = granted.coop_fragment().expect("a fragment the coop kernels take") as usize;
+    Some((root, granted, fragment))
+}
+
 /// Runs `cases` on Dawn: each case's output as f32, or what Tint or Dawn said.
 fn run(root: &Path, cases: &[Case]) -> BTreeMap<String, Result<Vec<f32>, String>> {
     let dir = TempDir::new("dawn-run");
@@ -130,13 +139,6 @@ fn run(root: &Path, cases: &[Case]) -> BTreeMap<String, Result<Vec<f32>, String>
         results.insert(case.name.clone(), result);
     }
     results
-}
-
-/// The largest `|got − want|` over the largest `|want|`.
-fn relative_error(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-12);
-    got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale
 }
 
 /// A packed matmul of `x` `[m, k]` with a `ty` weight `[n, k]` of `bytes` (plus `bias`) in `variant`, and its
@@ -235,9 +237,7 @@ fn attention_case(variant: CoopAttention, [bh, lq, lk]: [usize; 3], key_salt: u3
 #[test]
 fn chromium_dialect_coop_matmuls_of_every_packed_type_match_their_twin_on_dawn() {
     let test = "chromium_dialect_coop_matmuls_of_every_packed_type_match_their_twin_on_dawn";
-    let Some(root) = dawn_root(test) else { return };
-    let granted = granted(&root);
-    let fragment = granted.coop_fragment().expect("a fragment the coop kernels take") as usize;
+    let Some((root, granted, fragment)) = dawn_grant(test) else { return };
     let variant =
         |ty| CoopMatmul::new(ty, fragment, granted.subgroup_max_size as usize).in_dialect(CoopDialect::SubgroupMatrix);
     // The fixture's vectors of every type, and K-quants with random codes and small scales.
@@ -305,9 +305,7 @@ fn chromium_dialect_coop_matmuls_of_every_packed_type_match_their_twin_on_dawn()
 #[test]
 fn chromium_dialect_coop_attention_matches_its_twin_on_dawn() {
     let test = "chromium_dialect_coop_attention_matches_its_twin_on_dawn";
-    let Some(root) = dawn_root(test) else { return };
-    let granted = granted(&root);
-    let fragment = granted.coop_fragment().expect("a fragment the coop kernels take") as usize;
+    let Some((root, granted, fragment)) = dawn_grant(test) else { return };
     let shapes = [([2, 70, 45], 16), ([2, 130, 97], 64), ([1, 64, 40], 128), ([3, 17, 33], 32)];
     let mut cases = Vec::new();
     let mut wants = Vec::new();

@@ -8,6 +8,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::device::{self, selfcheck};
 use crate::formats::weights::Weights;
 use crate::formats::{GgmlType, GgufFile, SafetensorsFile};
+use crate::harness::testing::max_abs_difference;
 use crate::kernels::attention::{flash_attention_in, reference};
 use crate::kernels::flash::FlashLayout;
 use crate::kernels::precision::Precision;
@@ -62,7 +63,7 @@ pub async fn quant_vectors(
                 )));
             }
             let scale = want.iter().fold(0f32, |a, v| a.max(v.abs())).max(1.0);
-            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let worst = max_abs_difference(&got, &want);
             worst_relative = worst_relative.max(worst / scale);
         }
         checks.push(QuantVectorCheck { ty, packed: weight.is_packed(), worst_relative });
@@ -154,10 +155,10 @@ pub async fn assert_flash_layouts(gpu: &Device) -> (String, usize) {
                 }
                 ours => device::read_f32(ours.unwrap()).await.unwrap(),
             };
-            let worst = ours.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let worst = max_abs_difference(&ours, &expected);
             assert!(worst <= 1e-4, "{layout:?} lq {lq} lk {lk} d {d}: max |kernel − reference| = {worst:e}");
             let shuffled = device::read_f32(run(tensor(k, 2, gpu).flip([2])).unwrap()).await.unwrap();
-            let moved = shuffled.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let moved = max_abs_difference(&shuffled, &expected);
             assert!(moved > 1e-3, "{layout:?}: keys in another order gave the same output");
             report.push(format!("{layout:?} d {d}: max |diff| {worst:e}"));
         }

@@ -145,6 +145,18 @@ pub fn pseudo_random_bytes(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
+/// The largest |got − want| over paired values.
+pub fn max_abs_difference(got: &[f32], want: &[f32]) -> f32 {
+    got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
+}
+
+/// [`max_abs_difference`] relative to the largest |want|, for outputs of the same length.
+pub fn relative_error(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-12);
+    max_abs_difference(got, want) / scale
+}
+
 /// The K-quants the quantization vectors lack, as `(type, n, k, blocks)` weights `[133, 512]`: Q5_K and Q6_K blocks
 /// of random codes whose f16 scales (`d`, `dmin` of Q5_K; `d` of Q6_K) are small, so that products stay in f16's
 /// range as the coop kernels need.
