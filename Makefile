@@ -40,7 +40,7 @@ CMMA = cargo build --locked --release --manifest-path tests/cmma/Cargo.toml
 CMMA_BIN = $(CARGO_TARGET_DIR)/release/burn-cmma
 TINY_TYPES_STAMP = $(KONTEXT_TINY_TYPES)/.made-$(shell (cat $(TINY_TYPES_INPUTS); echo $(TINY_TYPES_GGUF)) | sha256sum | cut -c1-16)
 
-.PHONY: help tools web serve dist check test test-native test-coop test-gpu gpu-bundle test-wasm test-e2e test-long test-fuzz fuzz fuzz-minimize fmt bench-gpu packs
+.PHONY: help tools web serve dist check test test-native test-coop test-gpu gpu-bundle gpu-dry-run test-wasm test-e2e test-long test-fuzz fuzz fuzz-minimize fmt bench-gpu packs
 
 help:
 	@echo "make serve   install what is missing, build the app, serve it on http://$(HOST):$(PORT)"
@@ -54,7 +54,8 @@ help:
 	@echo "make fuzz-minimize   each corpus cut to its named seeds and findings plus a set cover of the rest"
 	@echo "make bench-gpu   on a real GPU: attention, matmuls and the real-scale Kontext step, with diffusers beside (tests/bench/gpu.sh)"
 	@echo "make test-gpu    on a real GPU: the GPU suites with the coop path required and the real-width coop block at 1024²"
-	@echo "make gpu-bundle  those suites' test binaries, stripped and packed in .gpu-bundle/, for a GPU machine without Rust (tests/gpu/run.sh)"
+	@echo "make gpu-bundle  the suites and the benchmark packed in two kits in .gpu-bundle/, for a lent GPU machine without Rust (tests/gpu/lease.sh)"
+	@echo "make gpu-dry-run those kits tried here at the smallest sizes, as a lent machine runs them"
 
 tools:
 	@bash .ci/ensure-tools
@@ -125,8 +126,8 @@ test-coop:
 	bash tests/coop/run.sh $(COOP_ROOT) $(CMMA_BIN) --quick --require-cmma >/dev/null
 
 # On a machine with a real GPU: the GPU suites one test at a time, a missing coop path a failure, the real-width coop
-# block at 1024². Where that machine has no Rust toolchain, `make gpu-bundle` here and `bash tests/gpu/run.sh
-# .gpu-bundle` there.
+# block at 1024². Where that machine has no Rust toolchain (a lent one), `make gpu-bundle` here and `bash
+# tests/gpu/lease.sh` there, one kit per call (README.md, Tests).
 GPU_SUITES := gpu_coop gpu_attention gpu_quant
 test-gpu: packs
 	@mkdir -p $(XDG_RUNTIME_DIR)
@@ -135,7 +136,17 @@ test-gpu: packs
 
 gpu-bundle: packs
 	$(CMMA)
-	bash tests/gpu/bundle.sh .gpu-bundle $(GPU_SUITES)
+	DIFFUSERS=$(filter diffusers==%,$(PYTHON_PACKAGES)) bash tests/gpu/bundle.sh .gpu-bundle $(GPU_SUITES)
+
+# The two kits of `make gpu-bundle` run here as a lent machine runs them (tests/gpu/lease.sh), at the smallest
+# sizes: the suites and the benchmark's parts on Mesa 26's lavapipe (test-coop's root: cooperative matrices), and
+# diffusers on the CPU (the venv's torch under the kit's diffusers).
+gpu-dry-run: gpu-bundle
+	@mkdir -p $(XDG_RUNTIME_DIR)
+	bash tests/coop/ensure-root.sh $(COOP_ROOT)
+	rm -rf gpu-dry-run
+	GPU_DRY_RUN=1 KONTEXT_COOP_ROOT=$(COOP_ROOT) bash tests/gpu/lease.sh .gpu-bundle/check gpu-dry-run/check 1800
+	GPU_DRY_RUN=1 KONTEXT_COOP_ROOT=$(COOP_ROOT) PATH=$(VENV)/bin:$$PATH bash tests/gpu/lease.sh .gpu-bundle/bench gpu-dry-run/bench 1800
 
 # wasm-bindgen-test-runner drives Debian's Chromium through chromedriver, with WebGPU on SwiftShader.
 # --nocapture shows what the tests print (which f16 checks ran, or why they were skipped).

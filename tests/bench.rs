@@ -1,5 +1,6 @@
 //! `kontext bench --tiny --json` on wgpu (lavapipe without a GPU): every section (matmul, attention, step, step
-//! caches, live previews) is there and every time and rate is a positive number. It checks that the benchmark runs, not what it measures.
+//! caches, live previews) is there, every time and rate is a positive number and every kernel timed computed what
+//! its reference does (the rows' relative RMS). It checks that the benchmark runs, not what it measures.
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::process::Command;
@@ -63,6 +64,10 @@ fn bench_reports_matmul_attention_step_and_caches_with_positive_numbers() {
             assert!(row["f16_gflops"].is_null(), "{row}");
             continue;
         }
+        // The f16 kernel's output against the f32 kernel's on the same x: f16's rounding, within the bench's
+        // bound, and not nothing (so the two really differ in precision).
+        let f16_error = positive(row, "f16_rel_rms");
+        assert!(f16_error <= 1e-2, "{row}");
         let f16 = positive(row, "f16_gflops");
         let to_packed = f16 / positive(row, "packed_gflops");
         assert!((to_packed - positive(row, "f16_ratio_to_packed")).abs() < 1e-9 * to_packed.max(1.0), "{row}");
@@ -79,6 +84,11 @@ fn bench_reports_matmul_attention_step_and_caches_with_positive_numbers() {
         );
         for key in ["L", "heads", "head_dim", "model_ms", "flash_ms", "flash_tflops", "rows_ms", "reference_ms"] {
             positive(row, key);
+        }
+        // Each kernel's output against the reference's on the same q, k and v, all in f32 here.
+        for key in ["model_rel_rms", "flash_rel_rms", "rows_rel_rms"] {
+            let error = row[key].as_f64().unwrap_or_else(|| panic!("no number `{key}` in {row}"));
+            assert!((0.0..=1e-4).contains(&error), "{row}");
         }
         let speedup = positive(row, "reference_ms") / positive(row, "flash_ms");
         assert!((speedup - positive(row, "flash_speedup")).abs() < 1e-9 * speedup.max(1.0), "{row}");

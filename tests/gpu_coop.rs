@@ -11,6 +11,7 @@ use kontext_web::device::{self, selfcheck};
 use kontext_web::formats::weights::Weights;
 use kontext_web::formats::{FileSource, SafetensorsFile};
 use kontext_web::formats::{GgmlType, GgufFile, dequantize};
+use kontext_web::harness::bench;
 use kontext_web::harness::testing::{self, TINY_TYPES, gpu, relative_error};
 use kontext_web::kernels::attention::{attention, kernel_path, reference as attention_reference};
 use kontext_web::kernels::coop_attention::CoopAttention;
@@ -509,17 +510,36 @@ fn one_real_width_double_and_single_block_on_coop_is_within_1e_2_rms_of_f32() {
         out
     };
     let (coop, f32) = (call(KernelPath::Coop), call(KernelPath::F32));
-    let rms = |v: &[f32]| (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
-    let diff: Vec<f32> = coop.iter().zip(&f32).map(|(a, b)| a - b).collect();
-    let relative = rms(&diff) / rms(&f32);
+    let relative = selfcheck::relative_rms(&coop, &f32);
     eprintln!(
         "{n_img} + {n_txt} tokens, one double + one single block at real width: relative RMS coop vs f32 {relative:.2e}"
     );
-    assert!(coop.iter().all(|v| v.is_finite()));
     assert!(relative <= 1e-2, "relative RMS {relative:.2e}");
     // Control: the f32 output moved by one token is far from the coop output.
     let width = f32.len() / n_img;
-    let moved: Vec<f32> = coop.iter().zip(f32.iter().cycle().skip(width)).map(|(a, b)| a - b).collect();
-    let control = rms(&moved) / rms(&f32);
+    let moved: Vec<f32> = f32.iter().cycle().skip(width).take(f32.len()).copied().collect();
+    let control = selfcheck::relative_rms(&coop, &moved);
     assert!(control > 0.1, "the coop output is as close to the f32 output of the next token: {control:.2e}");
+}
+
+/// `kontext bench` times the coop kernels beside their twins and checks each against its twin on the same input
+/// (the rows' relative RMS), so that a figure of a kernel that computes wrong is refused, not reported.
+#[test]
+fn the_bench_checks_each_coop_kernel_it_times() {
+    if skipped("the_bench_checks_each_coop_kernel_it_times").is_some() {
+        return;
+    }
+    let _path = process_wide_path();
+    let gpu = gpu();
+    let sizes = bench::Sizes::tiny().only(&["matmul".into(), "attention".into()]).unwrap();
+    let report = bench::run(&gpu, "wgpu", None, sizes).unwrap();
+    let matmul: Vec<f64> = report.matmul.iter().filter_map(|r| r.coop_rel_rms).collect();
+    let attention: Vec<f64> = report.attention.iter().filter_map(|r| r.coop_rel_rms).collect();
+    let show = |errors: &[f64]| errors.iter().map(|e| format!("{e:.1e}")).collect::<Vec<_>>().join(", ");
+    eprintln!("coop against its twin in the bench: matmuls {}, attention {}", show(&matmul), show(&attention));
+    assert_eq!(matmul.len(), report.matmul.len(), "every matmul row has a coop figure and its check");
+    assert_eq!(attention.len(), report.attention.len());
+    // Not exact (f16 fragments), and within the bench's bound.
+    assert!(matmul.iter().chain(&attention).all(|e| *e > 0.0 && *e <= bench::F16_REL_RMS_MAX));
+    assert_eq!(report.off_reference(), Vec::<String>::new());
 }

@@ -48,6 +48,17 @@ pub fn matmul_oracle(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<
     out
 }
 
+/// ‖got − want‖ / ‖want‖ (relative RMS) over paired values; infinite for outputs of different lengths or with a
+/// non-finite value, so that a wrong or broken kernel is never within a tolerance.
+pub fn relative_rms(got: &[f32], want: &[f32]) -> f64 {
+    if got.len() != want.len() || got.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let difference: f64 = got.iter().zip(want).map(|(g, w)| (*g as f64 - *w as f64).powi(2)).sum();
+    let reference: f64 = want.iter().map(|w| (*w as f64).powi(2)).sum();
+    (difference / reference.max(f64::MIN_POSITIVE)).sqrt()
+}
+
 /// Multiplies two `size`×`size` matrices on `device` with `multiply(a, b)` (`a` on the device, `b` `[k, n]` as
 /// host values; the caller picks the kernel, so that the check runs what its models run) and compares with
 /// [`matmul_oracle`].
@@ -64,4 +75,18 @@ pub async fn matmul_check(
     let max_abs_error = got.iter().zip(&expected).map(|(g, e)| (g - e).abs()).fold(0f32, f32::max);
     let passed = got.len() == expected.len() && max_abs_error <= matmul_tolerance(size);
     Ok(SelfCheck { size, max_abs_error, passed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_rms;
+
+    #[test]
+    fn relative_rms_is_the_norm_of_the_difference_over_the_norm_of_the_reference() {
+        // ‖(0.3, −0.4)‖ / ‖(3, 4)‖ = 0.5 / 5.
+        assert!((relative_rms(&[3.3, 3.6], &[3.0, 4.0]) - 0.1).abs() < 1e-6);
+        assert_eq!(relative_rms(&[3.0, 4.0], &[3.0, 4.0]), 0.0);
+        assert_eq!(relative_rms(&[f32::NAN, 4.0], &[3.0, 4.0]), f64::INFINITY);
+        assert_eq!(relative_rms(&[3.0], &[3.0, 4.0]), f64::INFINITY);
+    }
 }

@@ -272,6 +272,12 @@ pub struct MatmulRow {
     /// `coop_gflops / packed_gflops`: above 1, the coop kernel beats the plain one in f32.
     #[serde(default)]
     pub coop_ratio_to_packed: Option<f64>,
+    /// Relative RMS of the f16 kernel's output against the packed kernel's in f32, for the same x.
+    #[serde(default)]
+    pub f16_rel_rms: Option<f64>,
+    /// Relative RMS of the coop kernel's output against the packed kernel's in f32, for the same x.
+    #[serde(default)]
+    pub coop_rel_rms: Option<f64>,
     /// The kernel path the model's matmul of this shape takes on this device ([`KernelPath::for_matmul`]).
     pub kernel_path: KernelPath,
 }
@@ -324,6 +330,18 @@ pub struct AttentionRow {
     pub coop_peak_bytes: Option<u64>,
     /// The same for the reference.
     pub reference_peak_bytes: Option<u64>,
+    /// Relative RMS of the model's attention against the reference, on the same q, k and v.
+    #[serde(default)]
+    pub model_rel_rms: f64,
+    /// The same for the `flash` kernel.
+    #[serde(default)]
+    pub flash_rel_rms: Option<f64>,
+    /// The same for the `rows` kernel.
+    #[serde(default)]
+    pub rows_rel_rms: Option<f64>,
+    /// The same for the `coop` kernel.
+    #[serde(default)]
+    pub coop_rel_rms: Option<f64>,
 }
 
 /// One edit of [`Sizes::cache_steps`] steps with one step cache.
@@ -482,6 +500,11 @@ pub struct Report {
     pub previews: Option<PreviewRow>,
 }
 
+/// The largest relative RMS a kernel computing in f32 may have against its reference in a benchmark.
+pub const F32_REL_RMS_MAX: f64 = 1e-4;
+/// The same for kernels computing in f16 or on cooperative matrices (f16 products, f32 sums).
+pub const F16_REL_RMS_MAX: f64 = 1e-2;
+
 impl Report {
     /// Assembles a report, taking the block launch counts from [`Report::counted_step`] and the precision and
     /// kernel paths from `device` under the process-wide choice.
@@ -513,6 +536,33 @@ impl Report {
             cache: Vec::new(),
             previews: None,
         }
+    }
+
+    /// Every kernel of the run whose output was further from its reference than it may be (relative RMS above
+    /// [`F32_REL_RMS_MAX`] computing in f32, above [`F16_REL_RMS_MAX`] in f16 or on cooperative matrices), one
+    /// line each: a figure of such a kernel says nothing.
+    pub fn off_reference(&self) -> Vec<String> {
+        let mut off = Vec::new();
+        let mut check = |what: String, rel_rms: Option<f64>, max: f64| {
+            // A NaN is off too.
+            if let Some(rel_rms) = rel_rms.filter(|e| e.is_nan() || *e > max) {
+                off.push(format!("{what}: relative RMS {rel_rms:.2e} to its reference (at most {max:.0e})"));
+            }
+        };
+        for r in &self.matmul {
+            let shape = format!("{} matmul {}×{}→{}", r.ty, r.m, r.k, r.n);
+            check(format!("{shape}, f16"), r.f16_rel_rms, F16_REL_RMS_MAX);
+            check(format!("{shape}, coop"), r.coop_rel_rms, F16_REL_RMS_MAX);
+        }
+        for r in &self.attention {
+            let model_max = if r.kernel_path == KernelPath::F32 { F32_REL_RMS_MAX } else { F16_REL_RMS_MAX };
+            let at = format!("attention at L = {}", r.l);
+            check(format!("{at}, the model's ({})", r.model_kernel.name()), Some(r.model_rel_rms), model_max);
+            check(format!("{at}, flash"), r.flash_rel_rms, F32_REL_RMS_MAX);
+            check(format!("{at}, rows"), r.rows_rel_rms, F32_REL_RMS_MAX);
+            check(format!("{at}, coop"), r.coop_rel_rms, F16_REL_RMS_MAX);
+        }
+        off
     }
 
     /// The step row whose launches stand for the model as people run it: the first with packed weights loaded
@@ -725,6 +775,7 @@ mod native {
 
     use super::*;
     use crate::device::launches::{Launches, count_launches};
+    use crate::device::selfcheck::relative_rms;
     use crate::kernels::attention::{KernelTiming, bench_attention};
     use crate::kernels::display::{Display, Picture, Projection, TextureTarget};
     use crate::kernels::quant_matmul::{Epilogue, PackedWeight, matmul_at, matmul_on_with};
@@ -790,6 +841,13 @@ mod native {
                             |i: usize| matmul_on_with(xs[i].clone(), &w, None, KernelPath::Coop, Epilogue::Plain);
                         time(sizes.repeats, on_coop)
                     });
+                    // Each variant's output for the first x against the packed kernel's in f32.
+                    let output = |y: Tensor<2>| y.into_data().try_to_vec::<f32>().unwrap_or_default();
+                    let plain = output(matmul_at(xs[0].clone(), &w, None, Precision::F32));
+                    let off_plain = |y: Tensor<2>| relative_rms(&output(y), &plain);
+                    let f16_rel_rms = f16_s.map(|_| off_plain(matmul_at(xs[0].clone(), &w, None, Precision::F16)));
+                    let coop_rel_rms = coop_s
+                        .map(|_| off_plain(matmul_on_with(xs[0].clone(), &w, None, KernelPath::Coop, Epilogue::Plain)));
                     rows.push(MatmulRow {
                         ty: ty.to_string(),
                         m,
@@ -804,6 +862,8 @@ mod native {
                         f16_ratio_to_f32: f16_s.map(|s| f32_s / s),
                         coop_gflops: coop_s.map(|s| flops / s),
                         coop_ratio_to_packed: coop_s.map(|s| packed_s / s),
+                        f16_rel_rms,
+                        coop_rel_rms,
                         kernel_path: match w.is_packed() {
                             true => KernelPath::for_matmul(m, device),
                             false => KernelPath::F32,
@@ -841,6 +901,10 @@ mod native {
                 rows_peak_bytes: t.rows.and_then(|r| r.peak_bytes),
                 coop_peak_bytes: t.coop.and_then(|c| c.peak_bytes),
                 reference_peak_bytes: t.reference.peak_bytes,
+                model_rel_rms: t.model.rel_rms,
+                flash_rel_rms: t.flash.map(|f| f.rel_rms),
+                rows_rel_rms: t.rows.map(|r| r.rel_rms),
+                coop_rel_rms: t.coop.map(|c| c.rel_rms),
             })
             .collect()
     }
@@ -1245,6 +1309,27 @@ mod tests {
         let config = Sizes::tiny().step_config;
         let values = 4096 + 2048 + 12_288 + 172_032 + 135_168 + 12_288;
         assert_eq!(activation_bytes_minimum(&config, 64, 32), 2 * 4 * values);
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn kernels_off_their_reference_are_named() {
+        let sizes = Sizes::tiny().only(&["matmul".into(), "attention".into()]).unwrap();
+        let mut report = run(&cpu(), "cpu", None, sizes).unwrap();
+        assert_eq!(report.off_reference(), Vec::<String>::new());
+        assert_eq!(report.attention[0].model_rel_rms, 0.0, "on the CPU the model's attention is the reference");
+        // Controls: a coop matmul at 2e-2, a flash kernel that gave NaN, an f32-path attention at 2e-4.
+        report.matmul[1].coop_rel_rms = Some(2e-2);
+        report.attention[0].flash_rel_rms = Some(f64::NAN);
+        report.attention[0].model_rel_rms = 2e-4;
+        assert_eq!(
+            report.off_reference(),
+            [
+                "Q4_0 matmul 32×256→256, coop: relative RMS 2.00e-2 to its reference (at most 1e-2)",
+                "attention at L = 128, the model's (scores): relative RMS 2.00e-4 to its reference (at most 1e-4)",
+                "attention at L = 128, flash: relative RMS NaN to its reference (at most 1e-4)",
+            ]
+        );
     }
 
     #[test]

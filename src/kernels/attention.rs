@@ -468,7 +468,8 @@ fn rows_llvmpipe_keys_per_dispatch(d: usize) -> usize {
 /// scores ([`blocked_reference`]: the reference itself where one block holds all heads), and on wgpu each flash
 /// kernel, `flash` and `rows`, and `coop` where it runs. Each timing is [`BENCH_REPEATS`] chained calls (the output becomes the next
 /// query, so no call can be skipped as a repeat) and one readback, after one untimed warm-up call that
-/// compiles the kernels and measures the memory it adds to the allocator's pools.
+/// compiles the kernels, measures the memory it adds to the allocator's pools and is compared with the
+/// reference's.
 ///
 /// Native only: it reads back synchronously.
 #[cfg(not(target_arch = "wasm32"))]
@@ -481,13 +482,14 @@ pub fn bench_attention(
     use burn::tensor::TensorData;
 
     // `into_data` may hand back lazy storage: only reading the values waits for the device.
-    let read_back = |x: Tensor<4>| x.into_data().try_to_vec::<f32>().map(|values| values.len()).unwrap_or(0);
+    let read_back = |x: Tensor<4>| x.into_data().try_to_vec::<f32>().unwrap_or_default();
     let reserved = || device.memory_pool_usage().map(|usage| usage.bytes_reserved);
-    let time = |run: &dyn Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>, qkv: &[Tensor<4>; 3]| {
+    // The first, untimed call's output is compared with `want` (the reference's, or none for the reference).
+    let time = |run: &dyn Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>, qkv: &[Tensor<4>; 3], want: &[f32]| {
         let [q, k, v] = qkv.clone();
         device.memory_cleanup();
         let before = reserved();
-        read_back(run(q.clone(), k.clone(), v.clone()));
+        let first = read_back(run(q.clone(), k.clone(), v.clone()));
         let peak_bytes = before.zip(reserved()).map(|(before, after)| after.saturating_sub(before));
         let start = std::time::Instant::now();
         let mut x = q;
@@ -495,7 +497,9 @@ pub fn bench_attention(
             x = run(x, k.clone(), v.clone());
         }
         read_back(x);
-        KernelTiming { seconds: start.elapsed().as_secs_f64() / BENCH_REPEATS as f64, peak_bytes }
+        let seconds = start.elapsed().as_secs_f64() / BENCH_REPEATS as f64;
+        let rel_rms = crate::device::selfcheck::relative_rms(&first, if want.is_empty() { &first } else { want });
+        (KernelTiming { seconds, peak_bytes, rel_rms }, first)
     };
     let score_block_bytes = SCORE_BLOCK_BYTES.min(crate::device::max_binding_bytes(device) as usize);
     let flash_applies = crate::kernels::packs_on(device) && d <= HEAD_DIM_MAX;
@@ -507,15 +511,17 @@ pub fn bench_attention(
                 let values = crate::device::selfcheck::test_matrix(heads * l, d, salt);
                 Tensor::<4>::from_data(TensorData::new(values, shape), device)
             });
+            let (reference, want) = time(&|q, k, v| blocked_reference(q, k, v, score_block_bytes), &qkv, &[]);
+            let timed = |run: &dyn Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>| time(run, &qkv, &want).0;
             let [flash, rows] = [AttentionKernel::Flash, AttentionKernel::Rows]
-                .map(|kernel| flash_applies.then(|| time(&|q, k, v| attention_with(kernel, q, k, v), &qkv)));
+                .map(|kernel| flash_applies.then(|| timed(&|q, k, v| attention_with(kernel, q, k, v))));
             let coop = super::path::with_path(KernelPath::Coop, || {
                 let runs = coop_variant(device, l, d, false).is_some();
-                runs.then(|| time(&|q, k, v| attention_with(AttentionKernel::Coop, q, k, v), &qkv))
+                runs.then(|| timed(&|q, k, v| attention_with(AttentionKernel::Coop, q, k, v)))
             });
             AttentionTiming {
                 l,
-                model: time(&attention, &qkv),
+                model: timed(&attention),
                 model_kernel: match flash_applies {
                     true => kernel_on(device, l, l, d),
                     false => AttentionKernel::Scores,
@@ -523,7 +529,7 @@ pub fn bench_attention(
                 flash,
                 rows,
                 coop,
-                reference: time(&|q, k, v| blocked_reference(q, k, v, score_block_bytes), &qkv),
+                reference,
             }
         })
         .collect()
@@ -536,6 +542,9 @@ pub struct KernelTiming {
     pub seconds: f64,
     /// Device memory its first call added to the allocator's pools, on backends that report pools.
     pub peak_bytes: Option<u64>,
+    /// Relative RMS of its first call's output against the reference's ([`crate::device::selfcheck::relative_rms`];
+    /// 0 for the reference itself).
+    pub rel_rms: f64,
 }
 
 /// One sequence length of [`bench_attention`].

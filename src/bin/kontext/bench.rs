@@ -108,6 +108,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             print_peer(&report, peer);
         }
     }
+    let off = report.off_reference();
+    if !off.is_empty() {
+        return Err(Error::Invalid(format!("kernels computed off their reference:\n  {}", off.join("\n  "))));
+    }
     Ok(())
 }
 
@@ -149,9 +153,10 @@ fn print_table(report: &Report) {
     println!("  f16: the packed kernel computing in f16 (x and y f32, as the model runs it with --precision f16);");
     println!("  f16/pk and f16/f32: f16 against the packed kernel computing in f32 and against burn's f32");
     println!("  coop: the packed kernel on cooperative matrices (f16 fragments, f32 sums); coop/pk against f32");
+    println!("  f16 err, coop err: relative RMS of their output against the packed kernel's in f32, same x");
     println!("  path: the kernel path the model's matmul of that shape takes here");
     println!(
-        "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10} {:>10} {:>7} {:>10} {:>7} {:>7} {:>10} {:>7} {:>12}",
+        "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10} {:>10} {:>7} {:>10} {:>7} {:>7} {:>10} {:>7} {:>9} {:>9} {:>12}",
         "type",
         "M",
         "K",
@@ -165,12 +170,15 @@ fn print_table(report: &Report) {
         "f16/f32",
         "coop",
         "coop/pk",
+        "f16 err",
+        "coop err",
         "path"
     );
     let or_dash = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    let error = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1e}"));
     for r in &report.matmul {
         println!(
-            "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10.2} {:>10.2} {:>7.2} {:>10} {:>7} {:>7} {:>10} {:>7} {:>12}",
+            "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10.2} {:>10.2} {:>7.2} {:>10} {:>7} {:>7} {:>10} {:>7} {:>9} {:>9} {:>12}",
             r.ty,
             r.m,
             r.k,
@@ -184,6 +192,8 @@ fn print_table(report: &Report) {
             or_dash(r.f16_ratio_to_f32),
             or_dash(r.coop_gflops),
             or_dash(r.coop_ratio_to_packed),
+            error(r.f16_rel_rms),
+            error(r.coop_rel_rms),
             r.kernel_path
         );
     }
@@ -192,11 +202,12 @@ fn print_table(report: &Report) {
         "attention, {} heads × {}: ms per call of the model's attention (its kernel), of each flash kernel and of the \
          reference (materialised scores in blocks of ≤ 128 MiB); speedup = reference / flash; MiB computed from the \
          shapes (flash intermediates, all scores), and peak MiB measured (memory the first call added to the device \
-         allocator's pools; `-` where the backend does not report them)",
+         allocator's pools; `-` where the backend does not report them); worst err: the largest relative RMS of \
+         the model's attention and each kernel's output against the reference's",
         sizes.attention_heads, sizes.attention_d,
     );
     println!(
-        "{:>6} {:>22} {:>10} {:>8} {:>10} {:>10} {:>8} {:>10} {:>8} {:>11} {:>11} {:>11} {:>11}",
+        "{:>6} {:>22} {:>10} {:>8} {:>10} {:>10} {:>8} {:>10} {:>8} {:>11} {:>11} {:>11} {:>11} {:>9}",
         "L",
         "model (kernel)",
         "flash ms",
@@ -209,14 +220,15 @@ fn print_table(report: &Report) {
         "flash MiB",
         "scores MiB",
         "flash peak",
-        "ref peak"
+        "ref peak",
+        "worst err"
     );
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let peak = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.2}", mib(b)));
     let ms = |t: Option<f64>| t.map_or("-".to_string(), |t| format!("{t:.2}"));
     for r in &report.attention {
         println!(
-            "{:>6} {:>22} {:>10} {:>8} {:>10} {:>10} {:>8} {:>10.2} {:>8} {:>11.2} {:>11.2} {:>11} {:>11}",
+            "{:>6} {:>22} {:>10} {:>8} {:>10} {:>10} {:>8} {:>10.2} {:>8} {:>11.2} {:>11.2} {:>11} {:>11} {:>9.1e}",
             r.l,
             format!("{:.2} ({}, {})", r.model_ms, r.model_kernel.name(), r.kernel_path),
             ms(r.flash_ms),
@@ -229,7 +241,8 @@ fn print_table(report: &Report) {
             mib(r.flash_bytes),
             mib(r.reference_bytes),
             peak(r.flash_peak_bytes),
-            peak(r.reference_peak_bytes)
+            peak(r.reference_peak_bytes),
+            [r.flash_rel_rms, r.rows_rel_rms, r.coop_rel_rms].into_iter().flatten().fold(r.model_rel_rms, f64::max)
         );
     }
     println!();
