@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use kontext_web::device::faults;
 use kontext_web::formats::FileSource;
-use kontext_web::harness::testing::{TINY_TYPES, TempDir, generated_pack, repo_root, run_kontext, tiny_types_pack};
+use kontext_web::harness::testing::{
+    self, TINY_TYPES, TempDir, generated_pack, repo_root, run_kontext, tiny_types_pack,
+};
 use kontext_web::pipeline::loader::{self, MemoryFiles, NoFolder};
 use safetensors::{Dtype, SafeTensors};
 
@@ -93,7 +95,7 @@ fn write_forward_inputs(path: &Path, golden_run: &str) {
 
 fn assert_close(got: (Vec<usize>, Vec<f32>), want: (Vec<usize>, Vec<f32>), atol: f32, what: &str) {
     assert_eq!(got.0, want.0, "{what}: shape");
-    let worst = got.1.iter().zip(&want.1).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let worst = testing::max_abs_difference(&got.1, &want.1);
     assert!(got.1.iter().all(|v| v.is_finite()), "{what}: not finite");
     assert!(worst <= atol, "{what}: max abs diff {worst:e} > {atol:e}");
     eprintln!("{what}: max abs diff {worst:.2e}");
@@ -269,8 +271,7 @@ fn forward_output(fixture: &str, model: &str, transformer: &str) -> (Vec<usize>,
 fn relative_error(got: &(Vec<usize>, Vec<f32>), want: &(Vec<usize>, Vec<f32>)) -> f32 {
     assert_eq!(got.0, want.0, "shape");
     assert!(got.1.iter().all(|v| v.is_finite()), "not finite");
-    let worst = got.1.iter().zip(&want.1).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    worst / want.1.iter().map(|v| v.abs()).fold(0.0f32, f32::max)
+    testing::relative_error(&got.1, &want.1)
 }
 
 /// The real-width pack (`make packs`): FLUX.1 Kontext at its real widths with one block of each kind, T5 at

@@ -7,7 +7,7 @@ use kontext_web::device::launches::count_launches;
 use kontext_web::device::{self, selfcheck};
 use kontext_web::formats::SafetensorsFile;
 use kontext_web::formats::weights::Weights;
-use kontext_web::harness::testing::gpu;
+use kontext_web::harness::testing::{gpu, max_abs_difference_of_data};
 use kontext_web::kernels::attention::{
     AttentionKernel, attention, biased_attention, biased_reference, blocked_reference, flash_attention,
     flash_attention_in, gpu_attention, reads_f16_heads, reference,
@@ -25,10 +25,6 @@ fn values(shape: [usize; 4], salt: u32, amplitude: f32) -> TensorData {
     TensorData::new(selfcheck::test_matrix(1, n, salt).into_iter().map(|x| x * amplitude).collect(), shape)
 }
 
-fn max_abs_diff(a: &TensorData, b: &TensorData) -> f32 {
-    a.iter::<f32>().zip(b.iter::<f32>()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
 /// Kernel on the GPU against the reference on the same GPU, for `q` `[b, h, lq, d]` and `k`, `v` `[b, h, lk, d]`.
 fn check(b: usize, h: usize, lq: usize, lk: usize, d: usize) {
     let gpu = gpu();
@@ -42,7 +38,7 @@ fn check(b: usize, h: usize, lq: usize, lk: usize, d: usize) {
         assert_eq!(ours.shape(), expected.shape());
         eprintln!(
             "{kernel:?} (b {b}, h {h}, lq {lq}, lk {lk}, d {d}): max |diff| {:e}",
-            max_abs_diff(&ours, &expected)
+            max_abs_difference_of_data(&ours, &expected)
         );
         ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
     }
@@ -100,12 +96,12 @@ fn every_flash_layout_equals_the_reference_and_a_wrong_key_order_does_not() {
             let ours = ours.unwrap().into_data();
             eprintln!(
                 "{layout:?} (b {b}, h {h}, lq {lq}, lk {lk}, d {d}): max |diff| {:e}",
-                max_abs_diff(&ours, &expected)
+                max_abs_difference_of_data(&ours, &expected)
             );
             ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
             // Negative control: keys in another order (values kept) must change the result.
             let wrong = flash_attention_in(layout, q.clone(), k.clone().flip([2]), v.clone()).unwrap().into_data();
-            assert!(max_abs_diff(&wrong, &expected) > 1e-3, "{layout:?}");
+            assert!(max_abs_difference_of_data(&wrong, &expected) > 1e-3, "{layout:?}");
         }
     }
 }
@@ -127,7 +123,7 @@ fn the_vae_s_512_wide_head_runs_on_the_flash_kernel_split_over_invocations() {
     ];
     for (what, ours) in runs {
         let ours = ours.unwrap_or_else(|e| panic!("{what}: {e}")).into_data();
-        eprintln!("d 512, {what}: max |diff| {:e}", max_abs_diff(&ours, &expected));
+        eprintln!("d 512, {what}: max |diff| {:e}", max_abs_difference_of_data(&ours, &expected));
         ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
     }
     // The model's attention takes it too (no scores), and a wrong key order changes it.
@@ -135,7 +131,7 @@ fn the_vae_s_512_wide_head_runs_on_the_flash_kernel_split_over_invocations() {
         .into_data()
         .assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
     let wrong = flash_attention(q, k.flip([2]), v).unwrap().into_data();
-    assert!(max_abs_diff(&wrong, &expected) > 1e-3);
+    assert!(max_abs_difference_of_data(&wrong, &expected) > 1e-3);
 }
 
 #[test]
@@ -157,10 +153,10 @@ fn f16_inputs_run_on_the_flash_kernel_with_f32_statistics_and_the_other_paths_wi
         let ours = flash_attention(q.clone(), k.clone(), v.clone()).unwrap();
         assert_eq!(ours.dtype(), DType::F32);
         let ours = ours.into_data();
-        eprintln!("f16 inputs, d {d}: max |diff| {:e}", max_abs_diff(&ours, &expected));
+        eprintln!("f16 inputs, d {d}: max |diff| {:e}", max_abs_difference_of_data(&ours, &expected));
         ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
         let wrong = flash_attention(q.clone(), k.clone().flip([2]), v.clone()).unwrap().into_data();
-        assert!(max_abs_diff(&wrong, &expected) > 1e-3, "d {d}");
+        assert!(max_abs_difference_of_data(&wrong, &expected) > 1e-3, "d {d}");
         // The blocked scores widen f16 inputs to f32.
         let scores = gpu_attention(AttentionKernel::Scores, q, k, v).unwrap().into_data();
         scores.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
@@ -196,15 +192,15 @@ fn flash_kernel_carries_its_running_softmax_over_several_llvmpipe_dispatches() {
     let cpu = device::cpu();
     let (q, k, v) = (Tensor::<4>::from_data(q, &cpu), Tensor::<4>::from_data(k, &cpu), Tensor::<4>::from_data(v, &cpu));
     let expected = reference(q.clone(), k.clone(), v.clone()).into_data();
-    eprintln!("{lk} keys: max |diff| {:e}", max_abs_diff(&ours, &expected));
+    eprintln!("{lk} keys: max |diff| {:e}", max_abs_difference_of_data(&ours, &expected));
     // Rows near ±10, each an f32 running sum over 230,000 keys (one key at a time in the kernel, burn's own
     // order in the reference): 5e-3 is 5e-4 of them, and the controls below are off by more than 1.
     ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(5e-3));
     // Negative controls: without the last key, or without the first, the same comparison fails.
     let without_last = reference(q.clone(), k.clone().narrow(2, 0, lk - 1), v.clone().narrow(2, 0, lk - 1)).into_data();
-    assert!(max_abs_diff(&ours, &without_last) > 1.0);
+    assert!(max_abs_difference_of_data(&ours, &without_last) > 1.0);
     let without_first = reference(q, k.narrow(2, 1, lk - 1), v.narrow(2, 1, lk - 1)).into_data();
-    assert!(max_abs_diff(&ours, &without_first) > 1.0);
+    assert!(max_abs_difference_of_data(&ours, &without_first) > 1.0);
 }
 
 /// `[1, l, l]`: 0 on and below the diagonal, `f32::MIN` above it (CLIP's causal mask).
@@ -237,16 +233,19 @@ fn biased_flash_equals_the_biased_reference_with_a_bias_per_head_or_a_causal_one
             "{names:?}"
         );
         let expected = biased_reference(q.clone(), k.clone(), v.clone(), bias.clone(), scale).into_data();
-        eprintln!("biased (b {b}, h {h}, lq {lq}, lk {lk}, d {d}): max |diff| {:e}", max_abs_diff(&ours, &expected));
+        eprintln!(
+            "biased (b {b}, h {h}, lq {lq}, lk {lk}, d {d}): max |diff| {:e}",
+            max_abs_difference_of_data(&ours, &expected)
+        );
         ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
         // Negative controls: without the bias, and with each head's bias moved to the next, the same comparison
         // fails.
         let unbiased = biased_reference(q.clone(), k.clone(), v.clone(), bias.clone().zeros_like(), scale).into_data();
-        assert!(max_abs_diff(&ours, &unbiased) > 1e-2, "the bias changes nothing here");
+        assert!(max_abs_difference_of_data(&ours, &unbiased) > 1e-2, "the bias changes nothing here");
         if per_head {
             let moved = Tensor::cat(vec![bias.clone().narrow(0, 1, h - 1), bias.narrow(0, 0, 1)], 0);
             let moved = biased_reference(q, k, v, moved, scale).into_data();
-            assert!(max_abs_diff(&ours, &moved) > 1e-2, "the heads' biases are interchangeable here");
+            assert!(max_abs_difference_of_data(&ours, &moved) > 1e-2, "the heads' biases are interchangeable here");
         }
     }
 }
@@ -276,10 +275,10 @@ fn biased_flash_carries_the_bias_over_several_llvmpipe_dispatches() {
     let ours = biased_attention(q_gpu, k_gpu, v_gpu, bias_gpu, 0.25).into_data();
     let (q, k, v, bias) = on(&device::cpu());
     let expected = biased_reference(q.clone(), k.clone(), v.clone(), bias.clone(), 0.25).into_data();
-    eprintln!("biased, {lk} keys: max |diff| {:e}", max_abs_diff(&ours, &expected));
+    eprintln!("biased, {lk} keys: max |diff| {:e}", max_abs_difference_of_data(&ours, &expected));
     ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(5e-3));
     let unbiased = biased_reference(q, k, v, bias.zeros_like(), 0.25).into_data();
-    assert!(max_abs_diff(&ours, &unbiased) > 1.0);
+    assert!(max_abs_difference_of_data(&ours, &unbiased) > 1.0);
 }
 
 #[test]
@@ -300,7 +299,7 @@ fn flash_kernel_at_4096_tokens_equals_the_cpu_reference_in_query_chunks() {
     let chunks = (0..l).step_by(chunk).map(|start| reference(q.clone().narrow(2, start, chunk), k.clone(), v.clone()));
     let expected = Tensor::cat(chunks.collect(), 2).into_data();
     for ours in ours {
-        eprintln!("L {l}: max |diff| {:e}", max_abs_diff(&ours, &expected));
+        eprintln!("L {l}: max |diff| {:e}", max_abs_difference_of_data(&ours, &expected));
         ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
     }
 }
@@ -314,12 +313,12 @@ fn blocked_reference_equals_the_reference_for_every_block_shape() {
     // Scores of 29 keys are 116 bytes a row: blocks of one row, of 10 rows, of two whole heads, of everything.
     for bytes in [1, 116, 1160, 2 * 37 * 116, 1 << 20] {
         let ours = blocked_reference(q.clone(), k.clone(), v.clone(), bytes).into_data();
-        eprintln!("blocks of {bytes} bytes: max |diff| {:e}", max_abs_diff(&ours, &expected));
+        eprintln!("blocks of {bytes} bytes: max |diff| {:e}", max_abs_difference_of_data(&ours, &expected));
         ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
     }
     // Negative control: the same comparison fails for keys in another order.
     let shuffled = blocked_reference(q, k.clone().flip([2]), v, 1160).into_data();
-    assert!(max_abs_diff(&shuffled, &expected) > 1e-3);
+    assert!(max_abs_difference_of_data(&shuffled, &expected) > 1e-3);
 }
 
 #[test]
@@ -353,7 +352,7 @@ fn flux_dit_on_wgpu_matches_the_golden_run() -> Result<(), Box<dyn std::error::E
     let golden = run.read("transformer_out_0")?;
     let golden = TensorData::new(golden.data, golden.shape);
     let out = out.into_data();
-    eprintln!("transformer_out_0 on wgpu: max |diff| {:e}", max_abs_diff(&out, &golden));
+    eprintln!("transformer_out_0 on wgpu: max |diff| {:e}", max_abs_difference_of_data(&out, &golden));
     out.assert_approx_eq::<f32>(&golden, Tolerance::absolute(1e-4));
     Ok(())
 }

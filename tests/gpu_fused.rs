@@ -6,7 +6,7 @@
 use burn::tensor::{DType, FloatDType, Tensor, TensorData, Tolerance};
 use kontext_web::device::launches::count_launches;
 use kontext_web::device::selfcheck;
-use kontext_web::harness::testing::gpu;
+use kontext_web::harness::testing::{gpu, max_abs_difference_of};
 use kontext_web::kernels::count_activation_bytes;
 use kontext_web::kernels::fused::{self, HeadInput, RopeTables, reference};
 
@@ -26,15 +26,10 @@ fn random<const D: usize>(shape: [usize; D], salt: u32, amplitude: f32) -> Tenso
     Tensor::from_data(TensorData::new(data, shape), &gpu())
 }
 
-fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
-    let (a, b) = (a.into_data(), b.into_data());
-    assert_eq!(a.shape(), b.shape());
-    a.iter::<f32>().zip(b.iter::<f32>()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
 /// `ours` equals `expected` within `tolerance`, and `control` (the kernel given a wrong input) does not.
 fn check<const D: usize>(what: &str, ours: Tensor<D>, expected: Tensor<D>, control: Tensor<D>, tolerance: f32) {
-    let (diff, control_diff) = (max_abs_diff(ours, expected.clone()), max_abs_diff(control, expected));
+    let (diff, control_diff) =
+        (max_abs_difference_of(ours, expected.clone()), max_abs_difference_of(control, expected));
     eprintln!("{what}: max |diff| {diff:e}, control {control_diff:e}");
     assert!(diff <= tolerance, "{what}: {diff} > {tolerance}");
     assert!(control_diff > 100.0 * tolerance.max(1e-5), "{what}: the control is within {control_diff}");

@@ -8,7 +8,7 @@ use half::{bf16, f16};
 use kontext_web::device;
 use kontext_web::formats::safetensors::SafetensorsFile;
 use kontext_web::formats::weights::Weights;
-use kontext_web::harness::testing::{FixtureFile, fixture_path, gpu, tensor};
+use kontext_web::harness::testing::{FixtureFile, fixture_path, gpu, max_abs_difference_of, tensor};
 use kontext_web::model::FluxConfig;
 use kontext_web::model::flux::Flux;
 use kontext_web::model::t5::{T5Config, T5Encoder};
@@ -37,11 +37,6 @@ fn forward(model: &Flux, device: &Device) -> Tensor<3> {
         .unwrap()
 }
 
-fn max_diff(a: Tensor<3>, b: Tensor<3>) -> f32 {
-    let (a, b) = (a.into_data(), b.into_data());
-    a.iter::<f32>().zip(b.iter::<f32>()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
 #[test]
 fn split_and_chunked_dit_on_wgpu_matches_the_golden_and_the_whole_run() {
     let gpu = gpu();
@@ -55,9 +50,9 @@ fn split_and_chunked_dit_on_wgpu_matches_the_golden_and_the_whole_run() {
     });
     assert_eq!(split.single_blocks[0].linear1.parts.len(), 5, "q, k, v and the MLP input in two");
     assert_eq!(split.double_blocks[1].txt_mlp.layer_2.parts.len(), 2);
-    let golden_diff = max_diff(chunked.clone(), golden);
+    let golden_diff = max_abs_difference_of(chunked.clone(), golden);
     assert!(golden_diff <= 1e-4, "chunked vs golden: {golden_diff:e}");
-    let whole_diff = max_diff(chunked, forward(&whole, &gpu));
+    let whole_diff = max_abs_difference_of(chunked, forward(&whole, &gpu));
     assert!(whole_diff <= 1e-5, "chunked vs whole: {whole_diff:e}");
 }
 

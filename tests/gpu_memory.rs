@@ -9,7 +9,7 @@ use kontext_web::device::{self, faults};
 use kontext_web::formats::GgmlType;
 use kontext_web::formats::weights::HostTensor;
 use kontext_web::harness::bench::{RandomFlux, medium_flux};
-use kontext_web::harness::testing::fixture_path;
+use kontext_web::harness::testing::{self, fixture_path};
 use kontext_web::kernels::attention::bench_attention;
 use kontext_web::model::flux::{Flux, Layers};
 use kontext_web::model::layers::{AdapterId, LayerUpdate, LoraAdapter, UpdateBlock};
@@ -189,7 +189,7 @@ fn out_of_memory_in_a_load_or_an_edit_is_an_answer_and_the_next_request_succeeds
 
     // The next edit uploads what it needs again and gives the control's latents.
     let again = tiny_edit(&mut model, "a red square", &gpu, || {}).unwrap();
-    let differs = again.iter().zip(&control).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(again.len() == control.len() && differs <= 1e-5, "the edit after the failure differs by {differs}");
+    let differs = testing::max_abs_difference(&again, &control);
+    assert!(differs <= 1e-5, "the edit after the failure differs by {differs}");
     assert!(faults::check(&gpu).is_none(), "no fault left over");
 }

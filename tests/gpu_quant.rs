@@ -121,7 +121,7 @@ fn assert_kernel_matches_at(raw: &Raw, bias: Option<&[f32]>, what: &str, precisi
                 got.assert_approx_eq::<f32>(&twin, Tolerance::rel_abs(1e-3, 1e-3 * scale));
                 // Against the f32 twin: the rounding of x and W too, relative to the largest output (measured ≤ 1.5e-3
                 // over every type and shape here).
-                let rel = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
+                let rel = testing::max_abs_difference(&g, &w) / scale;
                 worst_rel = worst_rel.max(rel);
                 assert!(rel <= 2e-3, "{what}: M = {m}, max |f16 − f32 twin| / max |y| = {rel:.2e}");
             }
@@ -283,7 +283,7 @@ fn f16_compute_takes_and_gives_f32_tensors() {
         // It computed in f16: close to the f32 kernel, and not equal to it.
         let (a, b) = (f16_y.into_data().try_to_vec::<f32>().unwrap(), f32_y.into_data().try_to_vec::<f32>().unwrap());
         let scale = b.iter().fold(0f32, |s, v| s.max(v.abs()));
-        let worst = a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let worst = testing::max_abs_difference(&a, &b);
         assert!(worst > 0.0 && worst <= 2e-3 * scale, "M = {m}: max |f16 − f32| {worst:.2e}, max |y| {scale:.2e}");
     }
 }

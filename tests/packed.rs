@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use kontext_web::harness::testing::{TINY_TYPES, repo_root as root, run_kontext, tiny_types_pack};
+use kontext_web::harness::testing::{self, TINY_TYPES, repo_root as root, run_kontext, tiny_types_pack};
 use safetensors::{Dtype, SafeTensors};
 
 const TINY_MODEL: &str = "tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny";
@@ -128,7 +128,7 @@ fn forward_matches_each_gguf_golden(precision: &str, tolerance: f32) {
                 (read(&out, "out"), read(format!("{fixture}/bfl_gguf/golden_gguf_step0.safetensors"), kind));
             assert_eq!(got.0, want.0, "{transformer}: shape");
             assert!(got.1.iter().all(|v| v.is_finite()), "{transformer}: not finite");
-            let worst = got.1.iter().zip(&want.1).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            let worst = testing::max_abs_difference(&got.1, &want.1);
             eprintln!("{transformer} ({precision}): max |diff| {worst:e}");
             assert!(worst <= tolerance, "{transformer} ({precision}): max abs diff {worst:e} > {tolerance:e}");
         }
@@ -175,7 +175,7 @@ fn forward_with_a_lora_on_packed_q8_0_matches_its_golden() {
         ]);
         let (got, want) = (read(&out, "out"), read("tests/fixtures/tiny/lora/golden_lora_gguf_step0.safetensors", key));
         assert_eq!(got.0, want.0, "{key}: shape");
-        let worst = got.1.iter().zip(&want.1).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let worst = testing::max_abs_difference(&got.1, &want.1);
         eprintln!("{key}: max |diff| {worst:e}");
         assert!(worst <= 1e-4, "{key}: max abs diff {worst:e} > 1e-4");
     }
@@ -240,7 +240,7 @@ fn make_random_writes_the_bench_model_as_a_gguf() {
         assert!(flux.packed_linears() > 0, "{ty}: the file's blocks stay packed");
         forward(&flux)
     };
-    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let max_diff = testing::max_abs_difference;
     let (same, other) = (max_diff(&from_file("Q8_0"), &in_memory), max_diff(&from_file("Q4_0"), &in_memory));
     eprintln!("make-random Q8_0 file against the in-memory Q8_0 model: {same:e}; the Q4_0 file: {other:e}");
     assert!(same <= 1e-6, "{same}");

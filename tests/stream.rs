@@ -11,6 +11,7 @@ use kontext_web::device;
 use kontext_web::formats::SafetensorsFile;
 use kontext_web::formats::weights::Weights;
 use kontext_web::harness::bench::{bfl_shapes, medium_flux};
+use kontext_web::harness::testing;
 use kontext_web::pipeline::loader::{self, KontextModel};
 use kontext_web::store::catalog::demo_manifest;
 use kontext_web::store::files::StoredModel;
@@ -237,7 +238,7 @@ async fn the_tiny_pack_loaded_from_the_store_gives_the_golden_dit_output_on_webg
     let out = out.into_data_async().await.unwrap();
     let golden = run.read("transformer_out_0").unwrap();
     let golden = TensorData::new(golden.data, golden.shape);
-    let diff = out.iter::<f32>().zip(golden.iter::<f32>()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let diff = testing::max_abs_difference_of_data(&out, &golden);
     web_sys::console::log_1(
         &format!("tiny pack from IndexedDB on WebGPU: transformer_out_0 max |diff| {diff:e}").into(),
     );

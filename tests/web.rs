@@ -8,7 +8,7 @@ use burn::tensor::{Tensor, TensorData};
 use half::f16;
 use kontext_web::device::{self, selfcheck};
 use kontext_web::formats::GgmlType;
-use kontext_web::harness::kernel_checks;
+use kontext_web::harness::{kernel_checks, testing};
 use kontext_web::kernels::quant_matmul::{PackedWeight, matmul};
 use kontext_web::kernels::{self, latent};
 use kontext_web::web::probe::{self, WebGpu};
@@ -145,7 +145,7 @@ async fn fused_kernels_on_webgpu_equal_their_twins() {
             device::read_f32(expected).await.unwrap(),
             device::read_f32(control).await.unwrap(),
         );
-        let max_diff = |a: &[f32]| a.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let max_diff = |a: &[f32]| testing::max_abs_difference(a, &expected);
         let (worst, moved) = (max_diff(&ours), max_diff(&control));
         assert!(worst <= 2e-5, "{what}: max |kernel − twin| = {worst:e}");
         assert!(moved > 1e-3, "{what}: the control is within {moved:e}");
@@ -191,7 +191,7 @@ async fn packed_quant_matmuls_on_webgpu_equal_their_reference_twin() {
             let got = device::read_f32(matmul(x(&gpu), &packed, None)).await.unwrap();
             let want = device::read_f32(matmul(x(&device::cpu()), &dense, None)).await.unwrap();
             assert_eq!(got.len(), m * n, "{ty} M = {m}");
-            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let worst = testing::max_abs_difference(&got, &want);
             let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
             assert!(worst <= 1e-4 * scale.max(1.0), "{ty} M = {m}: max |kernel − reference| = {worst:e}");
         }

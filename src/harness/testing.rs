@@ -145,9 +145,21 @@ pub fn pseudo_random_bytes(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
-/// The largest |got − want| over paired values.
+/// The largest |got − want| over paired values, of outputs of the same length.
 pub fn max_abs_difference(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
     got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
+}
+
+/// [`max_abs_difference`] of two tensors' values (any float dtype, read as f32), of the same shape.
+pub fn max_abs_difference_of_data(got: &TensorData, want: &TensorData) -> f32 {
+    assert_eq!(got.shape(), want.shape());
+    max_abs_difference(&got.iter::<f32>().collect::<Vec<_>>(), &want.iter::<f32>().collect::<Vec<_>>())
+}
+
+/// [`max_abs_difference_of_data`] of two tensors, read back.
+pub fn max_abs_difference_of<const D: usize>(got: Tensor<D>, want: Tensor<D>) -> f32 {
+    max_abs_difference_of_data(&got.into_data(), &want.into_data())
 }
 
 /// [`max_abs_difference`] relative to the largest |want|, for outputs of the same length.

@@ -352,7 +352,7 @@ mod tests {
     use super::*;
     use crate::device::cpu;
     use crate::formats::FileSource;
-    use crate::harness::testing::{FixtureFile, fixture};
+    use crate::harness::testing::{FixtureFile, fixture, max_abs_difference};
     use crate::model::FluxConfig;
     use crate::pipeline::cache::StepCache;
     use crate::pipeline::kontext::{Conditioning, KontextDenoiser, References, TextConditioning, sampler};
@@ -368,11 +368,6 @@ mod tests {
 
     fn read(layout: &str, model: &Flux) -> Result<LoraAdapter> {
         LoraAdapter::read(FileSource::open(fixture(&format!("lora/{layout}.safetensors"))).unwrap(), model)
-    }
-
-    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
     }
 
     #[test]
@@ -394,7 +389,7 @@ mod tests {
                 for module in diffusers_modules(layer) {
                     let expected = reference.read(&format!("delta.{module}")).unwrap();
                     let rows = expected.shape[0];
-                    let worst = max_diff(&full[row * d_in..(row + rows) * d_in], &expected.data);
+                    let worst = max_abs_difference(&full[row * d_in..(row + rows) * d_in], &expected.data);
                     assert!(worst <= 1e-6, "{layout} {module}: {worst:e}");
                     row += rows;
                 }
@@ -499,9 +494,9 @@ mod tests {
         let diffusers = read("lora_diffusers", &flux).unwrap();
         flux.set_adapters(&[(&kohya, 1.0)], &device).unwrap();
         let full = values(step0(&flux, &device));
-        assert!(max_diff(&full, &base) > 1e-2, "the adapter changes the output");
+        assert!(max_abs_difference(&full, &base) > 1e-2, "the adapter changes the output");
         flux.set_adapters(&[(&kohya, 0.5), (&diffusers, 0.5)], &device).unwrap();
-        assert!(max_diff(&values(step0(&flux, &device)), &full) <= 1e-5);
+        assert!(max_abs_difference(&values(step0(&flux, &device)), &full) <= 1e-5);
         flux.set_adapters(&[(&kohya, 0.0)], &device).unwrap();
         assert_eq!(values(step0(&flux, &device)), base);
         flux.set_adapters(&[(&kohya, 1.0)], &device).unwrap();
@@ -528,10 +523,10 @@ mod tests {
         assert_eq!((flux.adapter_bytes(), values(step0(&flux, &device))), (bytes, full.clone()));
 
         assert!(flux.set_adapters(&[(&kohya, 0.5)], &device).unwrap(), "another strength is uploaded");
-        assert!(max_diff(&values(step0(&flux, &device)), &full) > 1e-3);
+        assert!(max_abs_difference(&values(step0(&flux, &device)), &full) > 1e-3);
         let again = read("lora_kohya", &flux).unwrap();
         assert!(flux.set_adapters(&[(&again, 1.0)], &device).unwrap(), "the file read again is another adapter");
-        assert!(max_diff(&values(step0(&flux, &device)), &full) <= 1e-6);
+        assert!(max_abs_difference(&values(step0(&flux, &device)), &full) <= 1e-6);
         assert!(flux.set_adapters(&[(&again, 1.0), (&diffusers, 1.0)], &device).unwrap());
         assert_eq!(flux.adapter_bytes(), again.device_bytes() + diffusers.device_bytes());
         assert!(flux.set_adapters(&[], &device).unwrap());
@@ -554,7 +549,7 @@ mod tests {
 
         assert!(flux.release_adapter(kohya.id));
         assert_eq!(flux.adapter_bytes(), diffusers.device_bytes());
-        assert!(max_diff(&values(step0(&flux, &device)), &diffusers_only) <= 1e-6);
+        assert!(max_abs_difference(&values(step0(&flux, &device)), &diffusers_only) <= 1e-6);
         assert!(!flux.set_adapters(&[(&diffusers, 1.0)], &device).unwrap(), "the other adapter stayed");
         assert!(!flux.release_adapter(kohya.id), "released already");
         assert!(flux.release_adapter(diffusers.id));

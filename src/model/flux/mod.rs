@@ -1141,7 +1141,7 @@ fn expect_dims(what: &str, found: &[usize], expected: &[usize]) -> Result<()> {
 mod tests {
     use super::*;
     use crate::device::cpu;
-    use crate::harness::testing::FixtureFile;
+    use crate::harness::testing::{FixtureFile, max_abs_difference_of_data};
     use crate::model::flux::remap::DiffusersAsBfl;
     use burn::tensor::Tolerance;
 
@@ -1150,7 +1150,7 @@ mod tests {
 
     fn assert_close<const D: usize>(what: &str, ours: Tensor<D>, golden: Tensor<D>) {
         let (ours, golden) = (ours.into_data(), golden.into_data());
-        let diff = ours.iter::<f32>().zip(golden.iter::<f32>()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let diff = max_abs_difference_of_data(&ours, &golden);
         eprintln!("{what}: max |diff| {diff:e}");
         ours.assert_approx_eq::<f32>(&golden, Tolerance::absolute(1e-4));
     }
@@ -1231,8 +1231,7 @@ mod tests {
             let expected = values(&alone);
             values(&batched[step]).assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-6));
             let neighbour = values(&batched[(step + 1) % 3]);
-            let diff =
-                neighbour.iter::<f32>().zip(expected.iter::<f32>()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let diff = max_abs_difference_of_data(&neighbour, &expected);
             assert!(diff > 1e-3, "step {step}: the neighbouring step's modulations are within {diff}");
         }
         assert!(model.schedule_modulations(&[], y, Some(3.5)).unwrap().is_empty());
