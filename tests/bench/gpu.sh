@@ -67,7 +67,11 @@ fi
 kontext=("${runner[@]}" "$bin")
 mkdir -p "$out"
 failed=0
-{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || true; } >"$out/gpu.txt"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$out/gpu.txt" 2>&1
+else
+  echo "no nvidia-smi" >"$out/gpu.txt"
+fi
 part() {
   local name=$1 family=$2 limit=$3
   shift 3

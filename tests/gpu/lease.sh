@@ -2,7 +2,8 @@
 # Runs one kit of tests/gpu/bundle.sh on a lent GPU machine (no Rust, no network) within SECONDS, from the
 # repository's root, one call of the device tool per kit (README.md, Tests). Writes into OUT, whose files the tool
 # brings back (at most 8):
-#   lease.txt    the machine, the loader, what ran and how long
+#   lease.txt    the machine, the loader, what ran and how long, and the figures issue 21 sets targets for
+#                (tests/bench/summary.py)
 #   suites.txt   check/: the GPU suites' output (tests/gpu/run.sh), written as they run
 #   bench.tar.gz bench/: tests/bench/gpu.sh's folder (its BENCH_PARTS), rewritten after each part
 #   gpu.txt      bench/: each part's exit status and seconds, and what the parts printed on stderr
@@ -22,7 +23,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 {
   date -u
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true
+  if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; fi
   if ! ldconfig -p | grep -q 'libvulkan\.so\.1 '; then
     for deb in "$kit"/loader/*.deb; do dpkg -x "$deb" /; done
     ldconfig
@@ -59,6 +60,7 @@ if [[ -e $kit/kontext.xz ]]; then
   echo "bench: exit $status, $((SECONDS - started)) s" >>"$log"
   ((status == 0)) || failed=1
   cp "$work/bench/gpu.txt" "$out/gpu.txt"
+  python3 tests/bench/summary.py "$work/bench" >>"$log" 2>&1
 fi
 cat "$log"
 exit $failed
