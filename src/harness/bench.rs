@@ -795,8 +795,22 @@ mod native {
 
     /// Seconds per call of `run(i)` over `repeats` calls, after the untimed call `run(0)`; `run` returns what
     /// to wait for.
-    fn time<const D: usize>(repeats: usize, mut run: impl FnMut(usize) -> Tensor<D>) -> f64 {
-        finish(run(0));
+    fn time<const D: usize>(repeats: usize, run: impl FnMut(usize) -> Tensor<D>) -> f64 {
+        timed(repeats, run, finish).0
+    }
+
+    /// [`time`], and the untimed call's output read back whole.
+    fn time_and_read<const D: usize>(repeats: usize, run: impl FnMut(usize) -> Tensor<D>) -> (f64, Vec<f32>) {
+        timed(repeats, run, |y| y.into_data().try_to_vec::<f32>().unwrap_or_default())
+    }
+
+    /// [`time`], with `warm_up` waiting for the untimed call's output and giving what it returns.
+    fn timed<const D: usize, T>(
+        repeats: usize,
+        mut run: impl FnMut(usize) -> Tensor<D>,
+        warm_up: impl FnOnce(Tensor<D>) -> T,
+    ) -> (f64, T) {
+        let first = warm_up(run(0));
         let start = Instant::now();
         let mut last = None;
         for i in 1..=repeats {
@@ -805,7 +819,7 @@ mod native {
         if let Some(last) = last {
             finish(last);
         }
-        start.elapsed().as_secs_f64() / repeats.max(1) as f64
+        (start.elapsed().as_secs_f64() / repeats.max(1) as f64, first)
     }
 
     /// Packed Q8_0, Q4_0, Q4_K and F16 matmuls with f32 and (where available) f16 compute against burn's f32
@@ -833,21 +847,20 @@ mod native {
                 let f32_s = time(sizes.repeats, |i| xs[i].clone().matmul(w_f32.clone()));
                 for (ty, bytes) in &weights {
                     let w = PackedWeight::new(*ty, &[n, k], bytes, device)?;
-                    let packed_s = time(sizes.repeats, |i| matmul_at(xs[i].clone(), &w, None, Precision::F32));
-                    let f16_s = (f16 && w.is_packed())
-                        .then(|| time(sizes.repeats, |i| matmul_at(xs[i].clone(), &w, None, Precision::F16)));
-                    let coop_s = (coop && w.is_packed() && m > crate::kernels::coop_matmul::MIN_ROWS).then(|| {
+                    // Each variant's untimed output for the first x is checked against the packed kernel's in f32.
+                    let (packed_s, plain) =
+                        time_and_read(sizes.repeats, |i| matmul_at(xs[i].clone(), &w, None, Precision::F32));
+                    let off_plain = |(seconds, output): (f64, Vec<f32>)| (seconds, relative_rms(&output, &plain));
+                    let f16_run = (f16 && w.is_packed()).then(|| {
+                        off_plain(time_and_read(sizes.repeats, |i| matmul_at(xs[i].clone(), &w, None, Precision::F16)))
+                    });
+                    let coop_run = (coop && w.is_packed() && m > crate::kernels::coop_matmul::MIN_ROWS).then(|| {
                         let on_coop =
                             |i: usize| matmul_on_with(xs[i].clone(), &w, None, KernelPath::Coop, Epilogue::Plain);
-                        time(sizes.repeats, on_coop)
+                        off_plain(time_and_read(sizes.repeats, on_coop))
                     });
-                    // Each variant's output for the first x against the packed kernel's in f32.
-                    let output = |y: Tensor<2>| y.into_data().try_to_vec::<f32>().unwrap_or_default();
-                    let plain = output(matmul_at(xs[0].clone(), &w, None, Precision::F32));
-                    let off_plain = |y: Tensor<2>| relative_rms(&output(y), &plain);
-                    let f16_rel_rms = f16_s.map(|_| off_plain(matmul_at(xs[0].clone(), &w, None, Precision::F16)));
-                    let coop_rel_rms = coop_s
-                        .map(|_| off_plain(matmul_on_with(xs[0].clone(), &w, None, KernelPath::Coop, Epilogue::Plain)));
+                    let (f16_s, f16_rel_rms) = (f16_run.map(|(s, _)| s), f16_run.map(|(_, e)| e));
+                    let (coop_s, coop_rel_rms) = (coop_run.map(|(s, _)| s), coop_run.map(|(_, e)| e));
                     rows.push(MatmulRow {
                         ty: ty.to_string(),
                         m,
