@@ -6,14 +6,17 @@
 // of 16) and INPUT (the element of the query, key and value buffers, f32 or f16); the `//#` lines become one line
 // per fragment, in wgpu's or Chromium's spelling of cooperative matrices (crate::kernels::coop_dialect).
 //
-// One workgroup takes 64 query rows of one head; each of its four subgroups 16 of them. WGSL gives no access to
-// a fragment's elements, so every score passes through workgroup memory, and the output accumulators cannot be
-// rescaled when a row's maximum grows. Two passes over the keys therefore:
-//   1. per tile of 32 keys, S = Q·Kᵀ to workgroup memory, from which each row's running maximum and sum are
-//      updated (the online softmax);
-//   2. per tile again, S = Q·Kᵀ, P = exp2(S − max) / sum written as f16 (every value in [0, 1]), O += P·V.
-// Q·Kᵀ is computed twice: 1.5 times the products of one pass, all on the cooperative units. O ends in workgroup
-// memory 16 columns at a time, from which it is written out.
+// One workgroup takes 64 query rows of one head; each of its four subgroups 16 of them. One pass over the keys,
+// per tile of 32 keys:
+//   1. S = Q·Kᵀ, stored to workgroup memory (WGSL gives no access to a fragment's elements);
+//   2. one invocation per row updates the row's maximum and writes P = exp2(S − max) as f16, adding it to the
+//      row's sum (the online softmax);
+//   3. O += P·V.
+// The maximum a row's P is taken against is raised only when the tile's exceeds it by more than RESCALE_SLACK
+// (so every P is at most 2^RESCALE_SLACK, well within f16); after the first tile that is rare. Only then do the
+// output fragments pass through workgroup memory to be multiplied by exp2(old − new) row by row, the whole
+// workgroup together (a workgroup-uniform decision). O is divided by the row's sum as it is written out, 16
+// columns at a time through workgroup memory.
 //
 // Q, K and V are staged in workgroup memory as f16 (values beyond f16's range clamped), zeros past the last row or
 // key. Scores are kept in base 2 (the queries' scale is multiplied by log2(e)), so the softmax uses exp2.
@@ -28,12 +31,14 @@
 // [b·h, lq, lk, bits of the f32 scale]
 @group(0) @binding(4) var<uniform> params: array<vec4<u32>, 3>;
 
-// Query rows per workgroup, keys per tile, output columns per round of the final stores.
+// Query rows per workgroup, keys per tile, output columns per round of the rescales and the final stores.
 const ROWS: u32 = 64u;
 const KEYS: u32 = 32u;
 const OUT_COLS: u32 = 16u;
-// Below every score: a masked key's exp2(score − max) is 0, and so is the first tile's rescale.
+// Below every score: the first tile always sets a row's maximum.
 const MASKED: f32 = -3.0e38;
+// How far (base 2) a tile's maximum may exceed the one a row's P is taken against before it is raised.
+const RESCALE_SLACK: f32 = 8.0;
 const LOG2_E: f32 = 1.4426950408889634;
 const F16_MAX: f32 = 65504.0;
 // Where the value tile starts in `staged`.
@@ -42,13 +47,17 @@ const VALUES_AT: u32 = KEYS * HEAD_DIM;
 // The query tile [ROWS, HEAD_DIM] at the start; then the key tile [KEYS, HEAD_DIM] and the value tile after it.
 // Row-major f16.
 var<workgroup> staged: array<f16, ROWS * HEAD_DIM>;
-// The scores of a tile [ROWS, KEYS], row-major; at the end, OUT_COLS columns of the output at a time.
+// The scores of a tile [ROWS, KEYS], row-major; in a rescale and at the end, OUT_COLS columns of the output
+// [ROWS, OUT_COLS] at a time.
 var<workgroup> scores: array<f32, ROWS * KEYS>;
 // The probabilities of a tile [ROWS, KEYS], row-major.
 var<workgroup> probs: array<f16, ROWS * KEYS>;
-// Each row's running maximum (base 2) and sum.
+// Each row's maximum (base 2) its P is taken against, its sum, and the factor its output takes in a rescale.
 var<workgroup> row_max: array<f32, ROWS>;
 var<workgroup> row_sum: array<f32, ROWS>;
+var<workgroup> row_rescale: array<f32, ROWS>;
+// Nonzero when some row raised its maximum in this tile (after the first).
+var<workgroup> rescale: u32;
 // (b·h, lq, lk, scale bits), copied by invocation 0 so that every invocation sees uniform values.
 var<workgroup> shape_shared: vec4<u32>;
 
@@ -63,30 +72,67 @@ fn stage_queries(first: u32, count: u32, lid: u32) {
     }
 }
 
-// Keys [first, first + count) of `key` (count ≤ KEYS; zeros after), and of `value` where `values` is set.
-fn stage_keys(first: u32, count: u32, lid: u32, values: bool) {
+// Keys and values [first, first + count) of `key` and `value` (count ≤ KEYS; zeros after) into `staged`.
+fn stage_keys(first: u32, count: u32, lid: u32) {
     for (var i = lid; i < KEYS * HEAD_DIM; i += THREADS) {
         var k = 0.0;
         var v = 0.0;
         if (i / HEAD_DIM < count) {
             k = clamp(f32(key[first * HEAD_DIM + i]), -F16_MAX, F16_MAX);
-            if (values) {
-                v = clamp(f32(value[first * HEAD_DIM + i]), -F16_MAX, F16_MAX);
-            }
+            v = clamp(f32(value[first * HEAD_DIM + i]), -F16_MAX, F16_MAX);
         }
         staged[i] = f16(k);
-        if (values) {
-            staged[VALUES_AT + i] = f16(v);
-        }
+        staged[VALUES_AT + i] = f16(v);
     }
 }
 
-// Columns [col, col + OUT_COLS) of the tile's first `count` rows from `scores` to `output`, from row `first`.
+// The first `count` keys' scores of each row in `scores` (base e, unscaled) to the row's probabilities in
+// `probs` (zeros after), against the row's maximum, raised where the tile's exceeds it by RESCALE_SLACK.
+fn softmax_tile(count: u32, scale: f32, lid: u32) {
+    for (var r = lid; r < ROWS; r += THREADS) {
+        var tile_max = MASKED;
+        for (var c = 0u; c < count; c++) {
+            tile_max = max(tile_max, scores[r * KEYS + c] * scale);
+        }
+        let old_max = row_max[r];
+        var row_scale = 1.0;
+        if (tile_max > old_max + RESCALE_SLACK) {
+            row_max[r] = tile_max;
+            row_scale = exp2(old_max - tile_max);
+            if (old_max > MASKED) {
+                rescale = 1u;
+            }
+        }
+        let against = row_max[r];
+        var sum = 0.0;
+        for (var c = 0u; c < KEYS; c++) {
+            var p = 0.0;
+            if (c < count) {
+                p = exp2(scores[r * KEYS + c] * scale - against);
+            }
+            probs[r * KEYS + c] = f16(p);
+            sum += p;
+        }
+        row_sum[r] = row_sum[r] * row_scale + sum;
+        row_rescale[r] = row_scale;
+    }
+}
+
+// `scores` [ROWS, OUT_COLS] (OUT_COLS columns of the output) multiplied row by row by `row_rescale`.
+fn rescale_columns(lid: u32) {
+    for (var e = lid; e < ROWS * OUT_COLS; e += THREADS) {
+        scores[e] *= row_rescale[e / OUT_COLS];
+    }
+}
+
+// Columns [col, col + OUT_COLS) of the tile's first `count` rows from `scores`, divided by the rows' sums, to
+// `output` from row `first`.
 fn write_output(first: u32, count: u32, col: u32, lid: u32) {
     for (var e = lid; e < ROWS * OUT_COLS; e += THREADS) {
         let row = e / OUT_COLS;
         if (row < count) {
-            output[(first + row) * HEAD_DIM + col + e % OUT_COLS] = scores[e];
+            let sum = row_sum[row];
+            output[(first + row) * HEAD_DIM + col + e % OUT_COLS] = select(0.0, scores[e] / sum, sum > 0.0);
         }
     }
 }
@@ -127,51 +173,24 @@ fn main(
     }
     workgroupBarrier();
     //# queries
-    let tiles = (lk + KEYS - 1u) / KEYS;
-
-    // Pass 1: each row's maximum and sum over all keys.
-    for (var tile = 0u; tile < tiles; tile++) {
-        let count = min(KEYS, lk - tile * KEYS);
-        // Every invocation is done with the previous tile (and the queries) before they are overwritten.
-        workgroupBarrier();
-        stage_keys(first_key + tile * KEYS, count, lid, false);
-        workgroupBarrier();
-        //# scores
-        workgroupBarrier();
-        for (var r = lid; r < ROWS; r += THREADS) {
-            var tile_max = MASKED;
-            for (var c = 0u; c < count; c++) {
-                tile_max = max(tile_max, scores[r * KEYS + c] * scale);
-            }
-            let old_max = row_max[r];
-            let new_max = max(old_max, tile_max);
-            var sum = 0.0;
-            for (var c = 0u; c < count; c++) {
-                sum += exp2(scores[r * KEYS + c] * scale - new_max);
-            }
-            row_sum[r] = row_sum[r] * exp2(old_max - new_max) + sum;
-            row_max[r] = new_max;
-        }
-    }
-
-    // Pass 2: O = Σ P·V with the final statistics.
     //# accumulators
+    let tiles = (lk + KEYS - 1u) / KEYS;
     for (var tile = 0u; tile < tiles; tile++) {
         let count = min(KEYS, lk - tile * KEYS);
+        // Every invocation is done with the previous tile (and the queries, and the rescale flag) before they
+        // are overwritten.
         workgroupBarrier();
-        stage_keys(first_key + tile * KEYS, count, lid, true);
+        if (lid == 0u) {
+            rescale = 0u;
+        }
+        stage_keys(first_key + tile * KEYS, count, lid);
         workgroupBarrier();
         //# scores
         workgroupBarrier();
-        for (var e = lid; e < ROWS * KEYS; e += THREADS) {
-            let r = e / KEYS;
-            var p = 0.0;
-            if (e % KEYS < count) {
-                p = exp2(scores[e] * scale - row_max[r]) / row_sum[r];
-            }
-            probs[e] = f16(p);
+        softmax_tile(count, scale, lid);
+        if (workgroupUniformLoad(&rescale) != 0u) {
+            //# rescale
         }
-        workgroupBarrier();
         //# values
     }
 

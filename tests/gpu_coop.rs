@@ -182,10 +182,43 @@ fn heads(shape: [usize; 4], salt: u32, device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(selfcheck::test_matrix(b * h * l, d, salt), shape), device)
 }
 
-/// The coop attention of `q`, `k`, `v` shaped `[b, h, lq | lk, d]` (in f16 with `f16_heads`) against the
-/// reference on the CPU over the same values rounded to f16; returns the largest |difference| over the largest
-/// |output| and whether the coop kernel ran.
-fn coop_attention_error(shape: [usize; 5], f16_heads: bool, keys_salt: u32) -> (f32, bool) {
+/// `keys` `[b, h, lk, d]` with key j multiplied by 1 + growth · j / lk: scores that grow along the keys.
+fn grown(keys: Tensor<4>, growth: f32) -> Tensor<4> {
+    let [.., lk, _] = keys.dims();
+    let ramp: Vec<f32> = (0..lk).map(|j| 1.0 + growth * j as f32 / lk as f32).collect();
+    let ramp = Tensor::<1>::from_data(TensorData::new(ramp, [lk]), &keys.device()).reshape([1, 1, lk, 1]);
+    keys * ramp
+}
+
+/// How many times, over all rows after their first tile of 32 keys, the coop kernel raises the maximum its
+/// probabilities are taken against (a tile's maximum score, base 2, above it by more than 8) and so rescales the
+/// output: the rule of `shaders/flash_attention_coop.wgsl`, on the CPU.
+fn coop_rescales(q: &[f32], k: &[f32], [bh, lq, lk, d]: [usize; 4]) -> usize {
+    let scale = std::f32::consts::LOG2_E / (d as f32).sqrt();
+    let mut raises = 0;
+    for head in 0..bh {
+        for row in &q[head * lq * d..][..lq * d].chunks(d).collect::<Vec<_>>() {
+            let keys = k[head * lk * d..][..lk * d].chunks(d);
+            let scores: Vec<f32> =
+                keys.map(|key| row.iter().zip(key).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
+            let mut against = f32::NEG_INFINITY;
+            for (tile, chunk) in scores.chunks(32).enumerate() {
+                let tile_max = chunk.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                if tile_max > against + 8.0 {
+                    raises += usize::from(tile > 0);
+                    against = tile_max;
+                }
+            }
+        }
+    }
+    raises
+}
+
+/// The coop attention of `q`, `k`, `v` shaped `[b, h, lq | lk, d]` (in f16 with `f16_heads`, keys [`grown`] by
+/// `growth`) against the reference on the CPU over the same values rounded to f16; returns the largest
+/// |difference| over the largest |output|, whether the coop kernel ran, and how many rescales it made
+/// ([`coop_rescales`]).
+fn coop_attention_error(shape: [usize; 5], f16_heads: bool, keys_salt: u32, growth: f32) -> (f32, bool, usize) {
     let [b, h, lq, lk, d] = shape;
     let (gpu, cpu) = (gpu(), device::cpu());
     let on_gpu = |t: Tensor<4>| match f16_heads {
@@ -196,7 +229,7 @@ fn coop_attention_error(shape: [usize; 5], f16_heads: bool, keys_salt: u32) -> (
         let out = with_path(KernelPath::Coop, || {
             attention(
                 on_gpu(heads([b, h, lq, d], 1, &gpu)),
-                on_gpu(heads([b, h, lk, d], 2, &gpu)),
+                on_gpu(grown(heads([b, h, lk, d], 2, &gpu), growth)),
                 on_gpu(heads([b, h, lk, d], 3, &gpu)),
             )
         });
@@ -204,22 +237,20 @@ fn coop_attention_error(shape: [usize; 5], f16_heads: bool, keys_salt: u32) -> (
     });
     let ran = launches.ranked().iter().any(|(name, _)| name.contains("flash_attention_coop"));
     let rounded = |t: Tensor<4>| t.cast(FloatDType::F16).cast(FloatDType::F32);
-    let want = attention_reference(
-        rounded(heads([b, h, lq, d], 1, &cpu)),
-        rounded(heads([b, h, lk, d], keys_salt, &cpu)),
-        rounded(heads([b, h, lk, d], 3, &cpu)),
-    )
-    .into_data()
-    .try_to_vec::<f32>()
-    .unwrap();
+    let (q, k) =
+        (rounded(heads([b, h, lq, d], 1, &cpu)), rounded(grown(heads([b, h, lk, d], keys_salt, &cpu), growth)));
+    let values = |t: &Tensor<4>| t.to_data().try_to_vec::<f32>().unwrap();
+    let rescales = coop_rescales(&values(&q), &values(&k), [b * h, lq, lk, d]);
+    let want =
+        attention_reference(q, k, rounded(heads([b, h, lk, d], 3, &cpu))).into_data().try_to_vec::<f32>().unwrap();
     assert_eq!(got.len(), want.len());
     assert!(got.iter().all(|v| v.is_finite()), "{shape:?}: not finite");
-    (relative_error(&got, &want), ran)
+    (relative_error(&got, &want), ran, rescales)
 }
 
 /// Flash attention on cooperative matrices against the reference: head widths 16 to 128, query and key counts
-/// that leave tiles whole, partial and many, several heads and batches, f32 and f16 heads; a control with other
-/// keys is far.
+/// that leave tiles whole, partial and many, several heads and batches, f32 and f16 heads, and scores that grow
+/// along the keys so that the output is rescaled; a control with other keys is far.
 #[test]
 fn coop_attention_matches_the_reference() {
     if skipped("coop_attention_matches_the_reference").is_some() {
@@ -227,30 +258,37 @@ fn coop_attention_matches_the_reference() {
     }
     let _path = process_wide_path();
     let shapes = [
-        [1, 1, 5, 7, 16],
-        [1, 4, 64, 32, 16],
-        [2, 3, 70, 45, 32],
-        [1, 2, 130, 97, 64],
-        [1, 2, 200, 321, 128],
-        [1, 3, 17, 40, 96],
+        ([1, 1, 5, 7, 16], 0.0),
+        ([1, 4, 64, 32, 16], 0.0),
+        ([2, 3, 70, 45, 32], 0.0),
+        ([1, 2, 130, 97, 64], 0.0),
+        ([1, 2, 200, 321, 128], 0.0),
+        ([1, 3, 17, 40, 96], 0.0),
+        ([1, 2, 70, 300, 128], 40.0),
+        ([2, 1, 64, 200, 32], 60.0),
     ];
     let mut worst = 0f32;
-    for shape in shapes {
+    for (shape, growth) in shapes {
         for f16_heads in [false, true] {
-            let (error, ran) = coop_attention_error(shape, f16_heads, 2);
-            eprintln!("coop attention {shape:?} f16 heads {f16_heads}: {error:e} of the largest output");
+            let (error, ran, rescales) = coop_attention_error(shape, f16_heads, 2, growth);
+            eprintln!(
+                "coop attention {shape:?} growth {growth} f16 heads {f16_heads}: {error:e} of the largest output, {rescales} rescales"
+            );
             assert!(ran, "{shape:?}: the coop attention kernel did not run");
-            // P is rounded to f16 (every value in [0, 1]) before P·V: about 5e-4 of each term.
-            assert!(error <= 3e-3, "{shape:?} f16 heads {f16_heads}: {error:e}");
+            // P is rounded to f16 before P·V: about 5e-4 of each term.
+            assert!(error <= 3e-3, "{shape:?} growth {growth} f16 heads {f16_heads}: {error:e}");
+            // Growing scores make the kernel rescale its outputs, many times; the others never.
+            assert_eq!(rescales > 50, growth > 0.0, "{shape:?} growth {growth}: {rescales} rescales");
             worst = worst.max(error);
         }
     }
-    let (control, _) = coop_attention_error([1, 2, 130, 97, 64], false, 4);
+    let (control, ..) = coop_attention_error([1, 2, 130, 97, 64], false, 4, 0.0);
     assert!(control > 20.0 * worst.max(1e-4), "other keys: {control:e} against {worst:e}");
 }
 
 /// On llvmpipe one dispatch of the coop attention may cover only so many keys (its loops share a budget the
-/// driver enforces silently): up to that many it runs and matches, beyond it the plain flash kernel takes over.
+/// driver enforces silently): up to that many it runs and matches, rescaling often, beyond it the plain flash
+/// kernel takes over.
 #[test]
 fn coop_attention_on_llvmpipe_stays_within_the_loop_budget() {
     if skipped("coop_attention_on_llvmpipe_stays_within_the_loop_budget").is_some() {
@@ -266,8 +304,10 @@ fn coop_attention_on_llvmpipe_stays_within_the_loop_budget() {
     let variant = CoopAttention::new(fragment, device::subgroup_max_size().unwrap_or(32), 128, false);
     let keys = variant.llvmpipe_max_keys();
     for (lk, coop) in [(keys, true), (keys + 1, false)] {
-        let (error, ran) = coop_attention_error([1, 1, 64, lk, 128], false, 2);
-        eprintln!("{lk} keys (coop {ran}): {error:e}");
+        // Steeply growing scores where the coop kernel runs: rescales, its longest loops, in many tiles.
+        let growth = if coop { 100.0 } else { 0.0 };
+        let (error, ran, rescales) = coop_attention_error([1, 1, 64, lk, 128], false, 2, growth);
+        eprintln!("{lk} keys (coop {ran}, {rescales} rescales): {error:e}");
         assert_eq!(ran, coop, "{lk} keys");
         assert!(error <= 3e-3, "{lk} keys: {error:e}");
     }

@@ -308,8 +308,7 @@ pub struct AttentionRow {
     /// The `coop` flash kernel (cooperative matrices), where the adapter has the `coop` path and the kernel
     /// takes these heads.
     pub coop_ms: Option<f64>,
-    /// TFLOP/s of the `coop` kernel, counting `4·heads·L²·d` per call as for `flash` (it computes q·kᵀ twice,
-    /// so it executes 1.5 times that).
+    /// TFLOP/s of the `coop` kernel, counting `4·heads·L²·d` per call as for `flash`.
     pub coop_tflops: Option<f64>,
     /// The reference (burn's matmul and softmax on the materialised scores) in blocks of at most 128 MiB of
     /// scores.

@@ -4,7 +4,8 @@
 //! is [`super::attention::reference`].
 //!
 //! Heads of width 16 to 128 in steps of 16 (Flux's 128, the tiny packs' 16 and 32); wider heads (the VAE's 512)
-//! take the other kernels. See the shader for why it makes two passes over the keys.
+//! take the other kernels. One pass over the keys: see the shader for how the output is rescaled when a row's
+//! maximum grows.
 
 use std::fmt::Write;
 
@@ -70,7 +71,8 @@ impl CoopAttention {
         let staged = ROWS * self.head_dim * 2;
         let scores = ROWS * KEYS * 4;
         let probs = ROWS * KEYS * 2;
-        staged + scores + probs + 2 * ROWS * 4 + 16
+        let rows = 3 * ROWS * 4;
+        staged + scores + probs + rows + 4 + 16
     }
 
     /// Keys one dispatch may cover on Mesa's llvmpipe within [`LLVMPIPE_LOOP_BUDGET`], counting every loop's
@@ -79,10 +81,11 @@ impl CoopAttention {
     pub fn llvmpipe_max_keys(&self) -> usize {
         let per = |n: usize| n.div_ceil(self.threads) + 1;
         let rows = ROWS.div_ceil(self.threads);
-        let fixed = per(ROWS * self.head_dim) + per(ROWS) + 2 + self.head_dim / OUT_COLS * per(ROWS * OUT_COLS);
-        let pass1 = 1 + per(KEYS * self.head_dim) + rows * (2 * (KEYS + 1) + 1) + 1;
-        let pass2 = 1 + per(KEYS * self.head_dim) + per(ROWS * KEYS);
-        (LLVMPIPE_LOOP_BUDGET / 2).saturating_sub(fixed) / (pass1 + pass2) * KEYS
+        let rounds = self.head_dim / OUT_COLS * per(ROWS * OUT_COLS);
+        let fixed = per(ROWS * self.head_dim) + per(ROWS) + 2 + rounds;
+        // Staging, the softmax's three loops per row, and a rescale (at worst every tile).
+        let tile = 1 + per(KEYS * self.head_dim) + rows * (2 * (KEYS + 1) + 1) + rounds;
+        (LLVMPIPE_LOOP_BUDGET / 2).saturating_sub(fixed) / tile * KEYS
     }
 
     /// The kernel, its text generated once per process ([`WgslKernel::generated`]).
@@ -173,26 +176,44 @@ impl CoopAttention {
                 }
             }
         }
-        let mut outputs = String::new();
+        // OUT_COLS columns of the output at a time through `scores`: multiplied by the rows' rescale factors and
+        // loaded back (`rescale`), or divided by the rows' sums and written out (`outputs`).
         let per_round = OUT_COLS / f;
-        for round in 0..self.head_dim / OUT_COLS {
-            let _ = writeln!(outputs, "workgroupBarrier();");
+        let rounds = self.head_dim / OUT_COLS;
+        let store_round = |code: &mut String, round: usize| {
+            let _ = writeln!(code, "workgroupBarrier();");
             for i in 0..row_frags {
                 for c in 0..per_round {
                     let n = round * per_round + c;
                     let (r, col) = (i * f, c * f);
-                    let _ = writeln!(outputs, "let o_at{i}_{n} = (sr + {r}u) * OUT_COLS + {col}u;");
+                    let _ = writeln!(code, "let o_at{i}_{n} = (sr + {r}u) * OUT_COLS + {col}u;");
                     let store = dialect.store_rows(&format!("o{i}_{n}"), "scores", &format!("o_at{i}_{n}"), "OUT_COLS");
-                    let _ = writeln!(outputs, "{store}");
+                    let _ = writeln!(code, "{store}");
                 }
             }
-            let _ = writeln!(outputs, "workgroupBarrier();");
+            let _ = writeln!(code, "workgroupBarrier();");
+        };
+        let mut rescale = String::new();
+        let mut outputs = String::new();
+        for round in 0..rounds {
+            store_round(&mut rescale, round);
+            let _ = writeln!(rescale, "rescale_columns(lid);");
+            let _ = writeln!(rescale, "workgroupBarrier();");
+            for i in 0..row_frags {
+                for c in 0..per_round {
+                    let n = round * per_round + c;
+                    let o = load(&c32, "scores", format!("o_at{i}_{n}"), "OUT_COLS", Major::Row);
+                    let _ = writeln!(rescale, "o{i}_{n} = {o};");
+                }
+            }
+            store_round(&mut outputs, round);
             let _ = writeln!(outputs, "write_output(first_row, rows, {}u, lid);", round * OUT_COLS);
         }
         let body = include_str!("../../shaders/flash_attention_coop.wgsl")
             .replace("    //# queries\n", &queries)
-            .replace("        //# scores\n", &scores)
             .replace("    //# accumulators\n", &accumulators)
+            .replace("        //# scores\n", &scores)
+            .replace("            //# rescale\n", &rescale)
             .replace("        //# values\n", &values)
             .replace("    //# outputs\n", &outputs);
         let input = if self.f16_inputs { "f16" } else { "f32" };
@@ -227,7 +248,7 @@ mod tests {
 
     #[test]
     fn every_coop_attention_variant_translates_to_spirv_and_msl() {
-        let markers = ["//# queries", "//# scores", "//# accumulators", "//# values", "//# outputs"];
+        let markers = ["//# queries", "//# scores", "//# accumulators", "//# rescale", "//# values", "//# outputs"];
         let translated = translate_all([8, 16].into_iter().flat_map(variants), CoopAttention::source, &markers);
         assert_eq!(translated, 2 * 8 * 3 * 2);
     }
@@ -238,10 +259,12 @@ mod tests {
         let chromium = wgpu.in_dialect(CoopDialect::SubgroupMatrix);
         let (w, c) = (wgpu.source(), chromium.source());
         let products = c.matches("subgroupMatrixMultiplyAccumulate").count();
-        assert_eq!((products, w.matches("coopMultiplyAdd").count()), (48, 48));
-        assert_eq!(c.matches("subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&staged,").count(), 32);
+        assert_eq!((products, w.matches("coopMultiplyAdd").count()), (32, 32));
+        assert_eq!(c.matches("subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&staged,").count(), 16);
         assert_eq!(c.matches("subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&staged,").count(), 16);
         assert_eq!(c.matches("subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&probs,").count(), 2);
+        // A rescale loads each of the 8 output fragments back.
+        assert_eq!(c.matches("subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&scores,").count(), 8);
         assert!(!c.contains("coop_mat16x16") && !c.contains("coopLoad") && !c.contains("coopStore"));
         assert_eq!(undialected_lines(&w), undialected_lines(&c));
         assert_eq!(chromium.kernel().name, "flash_attention_coop16_t128_d128_h_sm");
@@ -268,8 +291,8 @@ mod tests {
         }
         let v = CoopAttention::new(16, 32, 128, false);
         assert_eq!(v.threads, 128);
-        // Two passes of Q·Kᵀ (1 × 2 fragments of 8 products each) and P·V (2 keys × 8 columns).
-        assert_eq!(v.source().matches("coopMultiplyAdd").count(), 2 * 16 + 16);
+        // Q·Kᵀ (1 × 2 fragments of 8 products each) and P·V (2 keys × 8 columns), once each.
+        assert_eq!(v.source().matches("coopMultiplyAdd").count(), 16 + 16);
         assert_eq!(v.kernel().name, "flash_attention_coop16_t128_d128");
         assert!(CoopAttention::takes(16) && CoopAttention::takes(128));
         assert!(!CoopAttention::takes(24) && !CoopAttention::takes(144) && !CoopAttention::takes(512));
