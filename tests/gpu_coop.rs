@@ -15,8 +15,9 @@ use kontext_web::harness::bench;
 use kontext_web::harness::testing::{self, TINY_TYPES, gpu, relative_error};
 use kontext_web::kernels::attention::{attention, kernel_path, reference as attention_reference};
 use kontext_web::kernels::coop_attention::CoopAttention;
+use kontext_web::kernels::coop_matmul::TILES;
 use kontext_web::kernels::path::{KernelPath, with_path};
-use kontext_web::kernels::quant_matmul::{Epilogue, PackedWeight, has_kernel, matmul_on_with, reference};
+use kontext_web::kernels::quant_matmul::{Epilogue, PackedWeight, has_kernel, matmul_coop, matmul_on_with, reference};
 use kontext_web::pipeline::loader::{self, Folder};
 
 /// Set by `make test-coop`: an adapter without the coop path fails the suite instead of skipping it.
@@ -49,8 +50,8 @@ fn rounded_to_f16(values: Vec<f32>, rows: usize, cols: usize) -> Tensor<2> {
     Tensor::from_data(TensorData::new(values, [rows, cols]), &device::cpu())
 }
 
-/// The coop kernel for a `ty` weight `[n, k]` of `bytes` against the twin on x and W rounded to f16, for rows
-/// that leave the 64-row tiles whole, partial and many; returns the worst relative error.
+/// The coop kernel in each of its tiles for a `ty` weight `[n, k]` of `bytes` against the twin on x and W rounded
+/// to f16, for rows that leave the tiles whole, partial and many; returns the worst relative error.
 fn assert_coop_matches(ty: GgmlType, n: usize, k: usize, bytes: &[u8], bias: Option<&[f32]>, what: &str) -> f32 {
     let (gpu, cpu) = (gpu(), device::cpu());
     let packed = PackedWeight::new(ty, &[n, k], bytes, &gpu).unwrap();
@@ -59,25 +60,26 @@ fn assert_coop_matches(ty: GgmlType, n: usize, k: usize, bytes: &[u8], bias: Opt
     let bias_on = |d: &Device| bias.map(|b| Tensor::<1>::from_data(TensorData::new(b.to_vec(), [b.len()]), d));
     let mut worst = 0f32;
     for m in [9, 37, 64, 70, 300] {
-        let (got, launches) = device::launches::count_launches(|| {
-            let got = matmul_on_with(
-                input(m, k, m as u32, &gpu),
-                &packed,
-                bias_on(&gpu).as_ref(),
-                KernelPath::Coop,
-                Epilogue::Plain,
-            );
-            got.into_data().try_to_vec::<f32>().unwrap()
-        });
-        assert_eq!(got.len(), m * n, "{what}");
-        let names = launches.ranked();
-        assert!(names.iter().any(|(name, _)| name.contains("_coop")), "{what}: no coop kernel ran: {names:?}");
         let x16 = rounded_to_f16(input(m, k, m as u32, &cpu).into_data().try_to_vec::<f32>().unwrap(), m, k);
         let twin = reference(x16, w16.clone(), bias_on(&cpu)).into_data().try_to_vec::<f32>().unwrap();
-        // Only the order of the f32 sums differs from the twin (products of f16 values are exact in f32).
-        let error = relative_error(&got, &twin);
-        assert!(error <= 1e-4, "{what}: {ty} [{n}, {k}], M = {m}: max |coop − twin| / max |y| = {error:.2e}");
-        worst = worst.max(error);
+        for tile in TILES {
+            let (got, launches) = device::launches::count_launches(|| {
+                let x = input(m, k, m as u32, &gpu);
+                let got = matmul_coop(x, &packed, bias_on(&gpu).as_ref(), tile, Epilogue::Plain);
+                got.into_data().try_to_vec::<f32>().unwrap()
+            });
+            assert_eq!(got.len(), m * n, "{what}");
+            let names = launches.ranked();
+            let kernel = format!("_coop{}_tile{tile}_", device::coop_fragment().unwrap());
+            assert!(names.iter().any(|(name, _)| name.contains(&kernel)), "{what}: no {kernel} kernel ran: {names:?}");
+            // Only the order of the f32 sums differs from the twin (products of f16 values are exact in f32).
+            let error = relative_error(&got, &twin);
+            assert!(
+                error <= 1e-4,
+                "{what}: {ty} [{n}, {k}], M = {m}, tile {tile}: max |coop − twin| / max |y| = {error:.2e}"
+            );
+            worst = worst.max(error);
+        }
     }
     eprintln!("{what}: {ty} [{n}, {k}] coop worst relative error {worst:.2e} to the twin on f16 x and W");
     worst
@@ -153,26 +155,33 @@ fn coop_epilogues_apply_gelu_and_the_gated_residual_add() {
     let matrix = |rows: usize, cols: usize, salt: u32, d: &Device| {
         Tensor::<2>::from_data(TensorData::new(selfcheck::test_matrix(rows, cols, salt), [rows, cols]), d)
     };
-    let run = |epilogue: u8, d: &Device, path: KernelPath| {
-        let weight = if *d == cpu { &dense } else { &packed };
+    // On the GPU in the coop kernel with tiles `tile` wide; on the CPU (`None`) the f32 twin.
+    let run = |epilogue: u8, tile: Option<usize>| {
+        let d = if tile.is_some() { &gpu } else { &cpu };
+        let weight = if tile.is_some() { &packed } else { &dense };
         let (residual, gate) = (matrix(m, n, 7, d), matrix(2, n, 8, d));
         let epilogue = match epilogue {
             0 => Epilogue::Plain,
             1 => Epilogue::Gelu,
             _ => Epilogue::GatedAdd { residual: &residual, gate: &gate },
         };
-        let y = matmul_on_with(matrix(m, k, 11, d), weight, None, path, epilogue);
+        let y = match tile {
+            Some(tile) => matmul_coop(matrix(m, k, 11, d), weight, None, tile, epilogue),
+            None => matmul_on_with(matrix(m, k, 11, d), weight, None, KernelPath::F32, epilogue),
+        };
         y.into_data().try_to_vec::<f32>().unwrap()
     };
-    let plain = run(0, &gpu, KernelPath::Coop);
-    for (epilogue, name) in [(1, "GELU"), (2, "gated add")] {
-        let got = run(epilogue, &gpu, KernelPath::Coop);
-        let twin = run(epilogue, &cpu, KernelPath::F32);
-        // x and W in f16 against the f32 twin.
-        let error = relative_error(&got, &twin);
-        assert!(error <= 5e-3, "coop {name}: max |coop − f32 twin| / max |y| = {error:.2e}");
-        let differs = got.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-2);
-        assert!(differs, "the coop {name} epilogue changed nothing");
+    for tile in TILES {
+        let plain = run(0, Some(tile));
+        for (epilogue, name) in [(1, "GELU"), (2, "gated add")] {
+            let got = run(epilogue, Some(tile));
+            let twin = run(epilogue, None);
+            // x and W in f16 against the f32 twin.
+            let error = relative_error(&got, &twin);
+            assert!(error <= 5e-3, "coop {name}, tile {tile}: max |coop − f32 twin| / max |y| = {error:.2e}");
+            let differs = got.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-2);
+            assert!(differs, "the coop {name} epilogue changed nothing (tile {tile})");
+        }
     }
 }
 
@@ -578,6 +587,15 @@ fn the_bench_checks_each_coop_kernel_it_times() {
     let show = |errors: &[f64]| errors.iter().map(|e| format!("{e:.1e}")).collect::<Vec<_>>().join(", ");
     eprintln!("coop against its twin in the bench: matmuls {}, attention {}", show(&matmul), show(&attention));
     assert_eq!(matmul.len(), report.matmul.len(), "every matmul row has a coop figure and its check");
+    for r in &report.matmul {
+        // Each tile is timed and checked; the model's (64 on a software adapter) is the row's figure.
+        let tiles: Vec<usize> = r.coop_by_tile.iter().map(|t| t.tile).collect();
+        assert_eq!(tiles, TILES, "{} {}×{}", r.ty, r.m, r.n);
+        let model = r.coop_by_tile.iter().find(|t| Some(t.tile) == r.coop_tile).unwrap();
+        assert_eq!(Some(model.gflops), r.coop_gflops);
+        let worst = r.coop_by_tile.iter().map(|t| t.rel_rms).fold(0.0, f64::max);
+        assert_eq!(Some(worst), r.coop_rel_rms);
+    }
     assert_eq!(attention.len(), report.attention.len());
     // Not exact (f16 fragments), and within the bench's bound.
     assert!(matmul.iter().chain(&attention).all(|e| *e > 0.0 && *e <= bench::F16_REL_RMS_MAX));

@@ -19,7 +19,7 @@ use kontext_web::formats::GgmlType;
 use kontext_web::harness::testing::{self, TempDir, relative_error};
 use kontext_web::kernels::coop_attention::{self, CoopAttention};
 use kontext_web::kernels::coop_dialect::CoopDialect;
-use kontext_web::kernels::coop_matmul::{CoopMatmul, TILE};
+use kontext_web::kernels::coop_matmul::CoopMatmul;
 use kontext_web::kernels::grid;
 use kontext_web::kernels::quant_matmul::{Epilogue, has_kernel, packed_params};
 use kontext_web::kernels::repack;
@@ -169,7 +169,7 @@ fn matmul_case(
     let case = Case {
         name: name.into(),
         wgsl: variant.source(),
-        workgroups: [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, 1],
+        workgroups: [n.div_ceil(variant.tile) as u32, m.div_ceil(variant.tile) as u32, 1],
         bindings: vec![
             Binding::Storage(f32_bytes(&x_values)),
             Binding::Storage(words.iter().flat_map(|w| w.to_le_bytes()).collect()),
@@ -242,13 +242,16 @@ fn attention_case(variant: CoopAttention, [bh, lq, lk]: [usize; 3], key_salt: u3
 }
 
 /// The packed matmul of every type in Chromium's dialect against its twin, at rows that leave a 64-row tile
-/// partial and several; controls: a kernel loading its x tile column-major, and a twin missing one weight row.
+/// partial and several, and in 128-wide tiles; controls: a kernel loading its x tile column-major, and a twin
+/// missing one weight row.
 #[test]
 fn chromium_dialect_coop_matmuls_of_every_packed_type_match_their_twin_on_dawn() {
     let test = "chromium_dialect_coop_matmuls_of_every_packed_type_match_their_twin_on_dawn";
     let Some((root, granted, fragment)) = dawn_grant(test) else { return };
-    let variant =
-        |ty| CoopMatmul::new(ty, fragment, granted.subgroup_max_size as usize).in_dialect(CoopDialect::SubgroupMatrix);
+    let variant = |ty, tile| {
+        let variant = CoopMatmul::new(ty, fragment, granted.subgroup_max_size as usize).with_tile(tile);
+        variant.in_dialect(CoopDialect::SubgroupMatrix)
+    };
     // The fixture's vectors of every type, and K-quants with random codes and small scales.
     let file = testing::gguf("bfl_gguf/quant_vectors.gguf");
     let mut weights: Vec<(GgmlType, usize, usize, Vec<u8>)> = (file.tensors().iter())
@@ -266,16 +269,16 @@ fn chromium_dialect_coop_matmuls_of_every_packed_type_match_their_twin_on_dawn()
     for (ty, n, k, bytes) in weights {
         covered.insert(ty);
         let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01 - 0.5).collect();
-        for (m, bias) in [(9, None), (70, Some(&bias[..]))] {
-            let name = format!("matmul_{}_{n}x{k}_m{m}", ty.name());
-            let (case, want) = matmul_case(&name, variant(ty), n, k, &bytes, m, bias);
+        for (m, bias, tile) in [(9, None, 64), (70, Some(&bias[..]), 64), (200, Some(&bias[..]), 128)] {
+            let name = format!("matmul_{}_{n}x{k}_m{m}_tile{tile}", ty.name());
+            let (case, want) = matmul_case(&name, variant(ty, tile), n, k, &bytes, m, bias);
             if ty == GgmlType::Q8_0 && m == 70 {
-                let mut broken = matmul_case("control_x_column_major", variant(ty), n, k, &bytes, m, bias).0;
+                let mut broken = matmul_case("control_x_column_major", variant(ty, tile), n, k, &bytes, m, bias).0;
                 broken.wgsl = broken.wgsl.replacen(", row_major>(&xs,", ", col_major>(&xs,", 1);
                 assert_ne!(broken.wgsl, case.wgsl);
                 let mut bytes_without_row = bytes.clone();
                 bytes_without_row[..bytes.len() / n].fill(0);
-                let other = matmul_case(&name, variant(ty), n, k, &bytes_without_row, m, bias).1;
+                let other = matmul_case(&name, variant(ty, tile), n, k, &bytes_without_row, m, bias).1;
                 control = Some((name.clone(), other));
                 cases.push(broken);
                 wants.insert("control_x_column_major".to_string(), want.clone());

@@ -272,14 +272,33 @@ pub struct MatmulRow {
     /// `coop_gflops / packed_gflops`: above 1, the coop kernel beats the plain one in f32.
     #[serde(default)]
     pub coop_ratio_to_packed: Option<f64>,
+    /// The side of the tiles the model's coop matmul of this shape takes on this device
+    /// ([`crate::kernels::coop_matmul::tile_for`]), which `coop_gflops` times; `None` where no coop kernel ran.
+    #[serde(default)]
+    pub coop_tile: Option<usize>,
+    /// The coop kernel in each of its tiles ([`crate::kernels::coop_matmul::TILES`]), where it ran.
+    #[serde(default)]
+    pub coop_by_tile: Vec<CoopTileRun>,
     /// Relative RMS of the f16 kernel's output against the packed kernel's in f32, for the same x.
     #[serde(default)]
     pub f16_rel_rms: Option<f64>,
-    /// Relative RMS of the coop kernel's output against the packed kernel's in f32, for the same x.
+    /// Relative RMS of the coop kernel's output against the packed kernel's in f32, for the same x: the worst of
+    /// its tiles.
     #[serde(default)]
     pub coop_rel_rms: Option<f64>,
     /// The kernel path the model's matmul of this shape takes on this device ([`KernelPath::for_matmul`]).
     pub kernel_path: KernelPath,
+}
+
+/// The coop matmul of one shape in tiles of one side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoopTileRun {
+    /// Side of the tiles of y one workgroup computes.
+    pub tile: usize,
+    /// GFLOP/s.
+    pub gflops: f64,
+    /// Relative RMS of the output against the packed kernel's in f32, for the same x.
+    pub rel_rms: f64,
 }
 
 /// Attention over one sequence length: times in milliseconds per call, memory as the allocator measured it.
@@ -776,8 +795,9 @@ mod native {
     use crate::device::launches::{Launches, count_launches};
     use crate::device::selfcheck::relative_rms;
     use crate::kernels::attention::{KernelTiming, bench_attention};
+    use crate::kernels::coop_matmul;
     use crate::kernels::display::{Display, Picture, Projection, TextureTarget};
-    use crate::kernels::quant_matmul::{Epilogue, PackedWeight, matmul_at, matmul_on_with};
+    use crate::kernels::quant_matmul::{Epilogue, PackedWeight, matmul_at, matmul_coop};
     use crate::kernels::{ActivationBytes, count_activation_bytes};
     use crate::model::flux::rope::Rope;
     use crate::model::flux::{Flux, Layers, Modulations};
@@ -853,13 +873,23 @@ mod native {
                     let f16_run = (f16 && w.is_packed()).then(|| {
                         off_plain(time_and_read(sizes.repeats, |i| matmul_at(xs[i].clone(), &w, None, Precision::F16)))
                     });
-                    let coop_run = (coop && w.is_packed() && m > crate::kernels::coop_matmul::MIN_ROWS).then(|| {
-                        let on_coop =
-                            |i: usize| matmul_on_with(xs[i].clone(), &w, None, KernelPath::Coop, Epilogue::Plain);
-                        off_plain(time_and_read(sizes.repeats, on_coop))
-                    });
+                    let coop_tile = (coop && w.is_packed() && m > coop_matmul::MIN_ROWS)
+                        .then(|| coop_matmul::tile_for(m, n, crate::device::software_adapter(device)));
+                    let coop_runs: Vec<(usize, (f64, f64))> = match coop_tile {
+                        Some(_) => (coop_matmul::TILES.into_iter())
+                            .map(|tile| {
+                                let on_coop = |i: usize| matmul_coop(xs[i].clone(), &w, None, tile, Epilogue::Plain);
+                                (tile, off_plain(time_and_read(sizes.repeats, on_coop)))
+                            })
+                            .collect(),
+                        None => Vec::new(),
+                    };
                     let (f16_s, f16_rel_rms) = (f16_run.map(|(s, _)| s), f16_run.map(|(_, e)| e));
-                    let (coop_s, coop_rel_rms) = (coop_run.map(|(s, _)| s), coop_run.map(|(_, e)| e));
+                    let coop_s = coop_runs.iter().find(|(tile, _)| Some(*tile) == coop_tile).map(|(_, (s, _))| *s);
+                    let coop_rel_rms = coop_runs.iter().map(|(_, (_, e))| *e).reduce(f64::max);
+                    let coop_by_tile = (coop_runs.iter())
+                        .map(|&(tile, (s, rel_rms))| CoopTileRun { tile, gflops: flops / s, rel_rms })
+                        .collect();
                     rows.push(MatmulRow {
                         ty: ty.to_string(),
                         m,
@@ -874,6 +904,8 @@ mod native {
                         f16_ratio_to_f32: f16_s.map(|s| f32_s / s),
                         coop_gflops: coop_s.map(|s| flops / s),
                         coop_ratio_to_packed: coop_s.map(|s| packed_s / s),
+                        coop_tile,
+                        coop_by_tile,
                         f16_rel_rms,
                         coop_rel_rms,
                         kernel_path: match w.is_packed() {

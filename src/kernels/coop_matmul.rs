@@ -12,12 +12,40 @@ use crate::formats::GgmlType;
 /// Rows of x up to which the matrix-vector kernel stays in use on the `coop` path (its tiles would be mostly
 /// padding).
 pub const MIN_ROWS: usize = 8;
-/// Outputs along M and N one workgroup computes (`TILE_M`, `TILE_N`).
-pub const TILE: usize = 64;
-/// Subgroups per workgroup, each computing a 32×32 quarter of the tile.
+/// The sides of the square tiles of y one workgroup may compute (`TILE`): 64 and 128.
+pub const TILES: [usize; 2] = [64, 128];
+/// Subgroups per workgroup, each computing a quarter of the tile.
 const SUBGROUPS: usize = 4;
-/// The side of one subgroup's quarter.
-const QUARTER: usize = 32;
+/// Workgroups of 128-wide tiles from which a matmul takes them on a hardware adapter ([`tile_for`]): two waves
+/// on the largest GPUs (132 multiprocessors on an H200), so that the larger tiles leave none idle.
+const LARGE_TILE_WORKGROUPS: usize = 256;
+
+/// The tile side a matmul of `m` rows and `n` outputs takes: 128 on a hardware adapter when there are enough
+/// such tiles to fill the GPU ([`LARGE_TILE_WORKGROUPS`]: the DiT's linears at 512² and up), else 64.
+/// [`TILE_ENV`] forces one natively.
+pub fn tile_for(m: usize, n: usize, software: bool) -> usize {
+    if let Some(tile) = forced_tile() {
+        return tile;
+    }
+    let large = m.div_ceil(128) * n.div_ceil(128) >= LARGE_TILE_WORKGROUPS;
+    if large && !software { 128 } else { 64 }
+}
+
+/// The variable that forces the coop matmul's tile natively: `64` or `128`.
+pub const TILE_ENV: &str = "KONTEXT_COOP_TILE";
+
+/// The tile [`TILE_ENV`] forces, read once per process.
+///
+/// # Panics
+/// For a value that names no tile, so that a typo never measures the wrong one.
+fn forced_tile() -> Option<usize> {
+    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| {
+        let value = std::env::var(TILE_ENV).ok()?;
+        let tile = value.trim().parse().ok().filter(|t| TILES.contains(t));
+        Some(tile.unwrap_or_else(|| panic!("{TILE_ENV}={value}: the coop matmul's tiles are 64 and 128")))
+    })
+}
 
 /// One variant of the kernel: what its text depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,20 +57,31 @@ pub struct CoopMatmul {
     /// Invocations per workgroup: four subgroups of the adapter's largest size (at most 64, so that all four fit
     /// in 256), at least 16.
     pub threads: usize,
+    /// Side of the square tile of y one workgroup computes: one of [`TILES`].
+    pub tile: usize,
     /// The spelling of the cooperative operations.
     pub dialect: CoopDialect,
 }
 
 impl CoopMatmul {
     /// The variant for `ty` on an adapter whose fragments are `fragment` wide and whose subgroups are at most
-    /// `subgroup_max` invocations, in the dialect of the target ([`CoopDialect::of_target`]).
+    /// `subgroup_max` invocations, with 64-wide tiles, in the dialect of the target ([`CoopDialect::of_target`]).
     ///
     /// # Panics
     /// For fragments other than 8 and 16.
     pub fn new(ty: GgmlType, fragment: usize, subgroup_max: usize) -> Self {
         assert!(matches!(fragment, 8 | 16), "cooperative fragments of {fragment}: 8 or 16");
         let threads = (SUBGROUPS * subgroup_max).next_power_of_two().clamp(16, 256);
-        Self { ty, fragment, threads, dialect: CoopDialect::of_target() }
+        Self { ty, fragment, threads, tile: TILES[0], dialect: CoopDialect::of_target() }
+    }
+
+    /// The same variant with tiles `tile` wide.
+    ///
+    /// # Panics
+    /// For a tile not in [`TILES`].
+    pub fn with_tile(self, tile: usize) -> Self {
+        assert!(TILES.contains(&tile), "coop matmul tiles of {tile}: one of {TILES:?}");
+        Self { tile, ..self }
     }
 
     /// The same variant in `dialect`.
@@ -56,9 +95,10 @@ impl CoopMatmul {
     /// For types without a dequantizing part ([`dequant::dequant_source`]).
     pub fn kernel(&self) -> WgslKernel {
         let name = format!(
-            "matmul_{}_coop{}_t{}{}",
+            "matmul_{}_coop{}_tile{}_t{}{}",
             dequant::type_name(self.ty),
             self.fragment,
+            self.tile,
             self.threads,
             self.dialect.suffix()
         );
@@ -71,7 +111,7 @@ impl CoopMatmul {
     /// For types without a dequantizing part ([`dequant::dequant_source`]).
     pub fn source(&self) -> String {
         let (f, dialect) = (self.fragment, self.dialect);
-        let per_side = QUARTER / f;
+        let per_side = self.tile / 2 / f;
         let (a16, b16, c32) = (
             dialect.fragment(f, "f16", Role::A),
             dialect.fragment(f, "f16", Role::B),
@@ -94,8 +134,14 @@ impl CoopMatmul {
                     "{acc} = {};\n",
                     dialect.multiply_add(&format!("a{i}"), &format!("b{j}"), &acc)
                 ));
-                let store = dialect.store_rows(&acc, "ys", &format!("y_at{i}_{j}"), "TILE_N");
-                stores.push_str(&format!("let y_at{i}_{j} = (sm + {}u) * TILE_N + sn + {}u;\n{store}\n", i * f, j * f));
+                // Every subgroup is done with `ys` before it is overwritten.
+                let store = dialect.store_rows(&acc, "ys", "y_at", "FRAG");
+                stores.push_str(&format!(
+                    "workgroupBarrier();\n{store}\nworkgroupBarrier();\n\
+                     write_fragment({}u, {}u, m0, n0, tid, m_len, n_len, has_bias);\n",
+                    i * f,
+                    j * f
+                ));
             }
         }
         let body = include_str!("../../shaders/matmul_quant_coop.wgsl")
@@ -103,16 +149,17 @@ impl CoopMatmul {
             .replace("            //# products\n", &products)
             .replace("    //# stores\n", &stores);
         let prelude = format!(
-            "enable f16;\n{}const FRAG: u32 = {f}u;\nconst THREADS: u32 = {}u;\n",
+            "enable f16;\n{}const FRAG: u32 = {f}u;\nconst THREADS: u32 = {}u;\nconst TILE: u32 = {}u;\n",
             dialect.enables(),
-            self.threads
+            self.threads,
+            self.tile
         );
         dequant::matmul_source(&prelude, self.ty, &body)
     }
 }
 
 /// Every variant the product can generate for `fragment` in the target's dialect: each packed type, the subgroup
-/// widths of real adapters.
+/// widths of real adapters, each tile.
 pub fn variants(fragment: usize) -> Vec<CoopMatmul> {
     let types = [
         GgmlType::Q8_0,
@@ -130,7 +177,9 @@ pub fn variants(fragment: usize) -> Vec<CoopMatmul> {
     let mut all = Vec::new();
     for ty in types {
         for subgroup_max in [8, 32, 64] {
-            all.push(CoopMatmul::new(ty, fragment, subgroup_max));
+            for tile in TILES {
+                all.push(CoopMatmul::new(ty, fragment, subgroup_max).with_tile(tile));
+            }
         }
     }
     all
@@ -186,7 +235,7 @@ pub(crate) mod tests {
     fn every_coop_variant_translates_to_spirv_and_msl() {
         let markers = ["//# accumulators", "//# products", "//# stores"];
         let translated = translate_all([8, 16].into_iter().flat_map(variants), CoopMatmul::source, &markers);
-        assert_eq!(translated, 2 * 11 * 3);
+        assert_eq!(translated, 2 * 11 * 3 * 2);
     }
 
     #[test]
@@ -208,7 +257,20 @@ pub(crate) mod tests {
         assert_eq!(source.matches("coopMultiplyAdd").count(), 4);
         assert_eq!(CoopMatmul::new(GgmlType::Q4_K, 8, 8).source().matches("coopMultiplyAdd").count(), 16);
         assert!(source.contains("switch dims[1].w"), "one kernel for every epilogue");
-        assert_eq!(v.kernel().name, "matmul_q4_k_coop16_t128");
+        assert_eq!(v.kernel().name, "matmul_q4_k_coop16_tile64_t128");
+        // 128-wide tiles: each subgroup's 64×64 quarter is 4×4 fragments of 16 (8 loads for 16 products).
+        let large = v.with_tile(128);
+        assert_eq!(large.source().matches("coopMultiplyAdd").count(), 16);
+        assert_eq!(large.source().matches("coopLoad").count(), 8);
+        assert!(large.source().contains("const TILE: u32 = 128u;"));
+        assert_eq!(large.kernel().name, "matmul_q4_k_coop16_tile128_t128");
+        // The DiT's linears at 1024² take 128-wide tiles on a GPU; T5's 512 tokens, small matmuls and software
+        // adapters 64-wide ones.
+        assert_eq!((tile_for(8704, 3072, false), tile_for(2560, 3072, false)), (128, 128));
+        assert_eq!((tile_for(512, 4096, false), tile_for(8704, 3072, true), tile_for(70, 64, false)), (64, 64, 64));
+        // Each accumulator passes through the subgroup's fragment of `ys` on its way to y.
+        assert_eq!(large.source().matches("coopStoreT(").count(), 16);
+        assert_eq!(large.source().matches("write_fragment(").count(), 16 + 1);
     }
 
     #[test]
@@ -224,7 +286,7 @@ pub(crate) mod tests {
         assert!(!c.contains("coop_mat8x8") && !c.contains("coopLoad") && !c.contains("wgpu_cooperative_matrix"));
         // Outside the generated lines the two texts are the same kernel.
         assert_eq!(undialected_lines(&w), undialected_lines(&c));
-        assert_eq!(chromium.kernel().name, "matmul_q8_0_coop8_t32_sm");
+        assert_eq!(chromium.kernel().name, "matmul_q8_0_coop8_tile64_t32_sm");
         // naga knows only wgpu's spelling.
         assert!(translate(&c).is_err());
     }

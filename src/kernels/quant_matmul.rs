@@ -318,11 +318,30 @@ pub fn matmul_on_with(
     epilogue: Epilogue,
 ) -> Tensor<2> {
     let m = x.dims()[0];
+    let software = crate::device::software_adapter(&x.device());
     let launch = match crate::device::coop_fragment() {
-        Some(fragment) if path == KernelPath::Coop && m > coop_matmul::MIN_ROWS => Launch::Coop(fragment),
-        _ => Launch::Plain(PlainKernel::for_shape(m, weight.n, crate::device::software_adapter(&x.device()))),
+        Some(fragment) if path == KernelPath::Coop && m > coop_matmul::MIN_ROWS => {
+            Launch::Coop { fragment, tile: coop_matmul::tile_for(m, weight.n, software) }
+        }
+        _ => Launch::Plain(PlainKernel::for_shape(m, weight.n, software)),
     };
     packed_matmul(x, weight, bias, path, launch, epilogue)
+}
+
+/// [`matmul_with`] in the coop kernel with tiles `tile` wide (one of [`coop_matmul::TILES`]), whatever
+/// [`coop_matmul::tile_for`] would take: tests and the benchmark check each tile on any adapter with the path.
+///
+/// # Panics
+/// As [`matmul_on_with`] on the `coop` path, and on an adapter without cooperative matrices.
+pub fn matmul_coop(
+    x: Tensor<2>,
+    weight: &PackedWeight,
+    bias: Option<&Tensor<1>>,
+    tile: usize,
+    epilogue: Epilogue,
+) -> Tensor<2> {
+    let fragment = crate::device::coop_fragment().expect("a coop matmul on an adapter without cooperative matrices");
+    packed_matmul(x, weight, bias, KernelPath::Coop, Launch::Coop { fragment, tile }, epilogue)
 }
 
 /// [`matmul_with`] in the plain kernel `kernel` at `precision`, whatever [`PlainKernel::for_shape`] would take:
@@ -362,8 +381,13 @@ pub fn self_check_multiply(a: Tensor<2>, b: &[f32]) -> Result<Tensor<2>> {
 /// The kernel a packed matmul launches.
 #[derive(Debug, Clone, Copy)]
 enum Launch {
-    /// The cooperative-matrix kernel with fragments of this side.
-    Coop(usize),
+    /// The cooperative-matrix kernel with fragments `fragment` wide computing tiles `tile` wide.
+    Coop {
+        /// Side of the fragments.
+        fragment: usize,
+        /// Side of the tiles of y.
+        tile: usize,
+    },
     /// A plain kernel, at the precision of the path.
     Plain(PlainKernel),
 }
@@ -372,9 +396,9 @@ impl Launch {
     /// The kernel over `ty` blocks and the outputs (along N, M) each of its workgroups computes.
     fn kernel(self, ty: GgmlType, precision: Precision) -> (WgslKernel, (usize, usize)) {
         match self {
-            Self::Coop(fragment) => {
+            Self::Coop { fragment, tile } => {
                 let subgroup_max = crate::device::subgroup_max_size().unwrap_or(32);
-                (CoopMatmul::new(ty, fragment, subgroup_max).kernel(), (coop_matmul::TILE, coop_matmul::TILE))
+                (CoopMatmul::new(ty, fragment, subgroup_max).with_tile(tile).kernel(), (tile, tile))
             }
             Self::Plain(plain) => (plain.kernel(ty, precision), plain.tile()),
         }

@@ -43,8 +43,13 @@ def matmuls(bench):
             continue
         target = " (target ≥ 200)" if (r["m"], r["k"], r["n"]) == (8704, 3072, 12288) else ""
         coop = "-" if r.get("coop_gflops") is None else f"{r['coop_gflops'] / 1e3:.3g}"
+        tiles = " ".join(
+            f"{t['tile']}{'*' if t['tile'] == r.get('coop_tile') else ''}: {t['gflops'] / 1e3:.3g}"
+            for t in r.get("coop_by_tile") or []
+        )
+        tiles = f" (tiles {tiles})" if tiles else ""
         lines.append(
-            f"matmul {r['ty']} {r['m']}×{r['k']}→{r['n']}: coop {coop} TFLOP/s{target}, "
+            f"matmul {r['ty']} {r['m']}×{r['k']}→{r['n']}: coop {coop} TFLOP/s{target}{tiles}, "
             f"packed f32 {r['packed_gflops'] / 1e3:.3g}, burn f32 {r['f32_gflops'] / 1e3:.3g}"
         )
     return lines

@@ -152,11 +152,14 @@ fn print_table(report: &Report) {
     println!("matmul x [M, K] · Wᵀ [K → N]: packed ggml blocks vs burn f32 ({tuned}) (GFLOP/s; ratio = packed / f32)");
     println!("  f16: the packed kernel computing in f16 (x and y f32, as the model runs it with --precision f16);");
     println!("  f16/pk and f16/f32: f16 against the packed kernel computing in f32 and against burn's f32");
-    println!("  coop: the packed kernel on cooperative matrices (f16 fragments, f32 sums); coop/pk against f32");
+    println!(
+        "  coop: the packed kernel on cooperative matrices (f16 fragments, f32 sums) in the tiles the model takes"
+    );
+    println!("  here; coop/pk against f32; tiles: GFLOP/s in each side of tile, the model's marked *");
     println!("  f16 err, coop err: relative RMS of their output against the packed kernel's in f32, same x");
     println!("  path: the kernel path the model's matmul of that shape takes here");
     println!(
-        "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10} {:>10} {:>7} {:>10} {:>7} {:>7} {:>10} {:>7} {:>9} {:>9} {:>12}",
+        "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10} {:>10} {:>7} {:>10} {:>7} {:>7} {:>10} {:>7} {:>24} {:>9} {:>9} {:>12}",
         "type",
         "M",
         "K",
@@ -170,6 +173,7 @@ fn print_table(report: &Report) {
         "f16/f32",
         "coop",
         "coop/pk",
+        "tiles",
         "f16 err",
         "coop err",
         "path"
@@ -177,8 +181,12 @@ fn print_table(report: &Report) {
     let or_dash = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     let error = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1e}"));
     for r in &report.matmul {
+        let tiles: Vec<String> = (r.coop_by_tile.iter())
+            .map(|t| format!("{}{}: {:.1}", t.tile, if Some(t.tile) == r.coop_tile { "*" } else { "" }, t.gflops))
+            .collect();
+        let tiles = if tiles.is_empty() { "-".to_string() } else { tiles.join(" ") };
         println!(
-            "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10.2} {:>10.2} {:>7.2} {:>10} {:>7} {:>7} {:>10} {:>7} {:>9} {:>9} {:>12}",
+            "{:<6} {:>6} {:>6} {:>6} {:>7} {:>10.2} {:>10.2} {:>7.2} {:>10} {:>7} {:>7} {:>10} {:>7} {:>24} {:>9} {:>9} {:>12}",
             r.ty,
             r.m,
             r.k,
@@ -192,6 +200,7 @@ fn print_table(report: &Report) {
             or_dash(r.f16_ratio_to_f32),
             or_dash(r.coop_gflops),
             or_dash(r.coop_ratio_to_packed),
+            tiles,
             error(r.f16_rel_rms),
             error(r.coop_rel_rms),
             r.kernel_path
