@@ -83,7 +83,7 @@ impl CoopAttention {
         let rows = ROWS.div_ceil(self.threads);
         let rounds = self.head_dim / OUT_COLS * per(ROWS * OUT_COLS);
         let fixed = per(ROWS * self.head_dim) + per(ROWS) + 2 + rounds;
-        // Staging, the softmax's three loops per row, and a rescale (at worst every tile).
+        // Staging, the softmax (one loop over rows, two over keys), and a rescale (at worst every tile).
         let tile = 1 + per(KEYS * self.head_dim) + rows * (2 * (KEYS + 1) + 1) + rounds;
         (LLVMPIPE_LOOP_BUDGET / 2).saturating_sub(fixed) / tile * KEYS
     }
