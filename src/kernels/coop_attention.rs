@@ -71,8 +71,9 @@ impl CoopAttention {
         let staged = ROWS * self.head_dim * 2;
         let scores = ROWS * KEYS * 4;
         let probs = ROWS * KEYS * 2;
-        let rows = 3 * ROWS * 4;
-        staged + scores + probs + rows + 4 + 16
+        let rows = 4 * ROWS * 4;
+        let lanes = 2 * ROWS * self.lanes() * 4;
+        staged + scores + probs + rows + lanes + 4 + 16
     }
 
     /// Keys one dispatch may cover on Mesa's llvmpipe within [`LLVMPIPE_LOOP_BUDGET`], counting every loop's
@@ -80,12 +81,19 @@ impl CoopAttention {
     /// the cooperative products may add. The kernel makes one dispatch, so longer keys take another kernel there.
     pub fn llvmpipe_max_keys(&self) -> usize {
         let per = |n: usize| n.div_ceil(self.threads) + 1;
-        let rows = ROWS.div_ceil(self.threads);
+        let lanes = self.lanes();
+        let (items, keys) = ((ROWS * lanes).div_ceil(self.threads), KEYS.div_ceil(lanes) + 1);
         let rounds = self.head_dim / OUT_COLS * per(ROWS * OUT_COLS);
         let fixed = per(ROWS * self.head_dim) + per(ROWS) + 2 + rounds;
-        // Staging, the softmax (one loop over rows, two over keys), and a rescale (at worst every tile).
-        let tile = 1 + per(KEYS * self.head_dim) + rows * (2 * (KEYS + 1) + 1) + rounds;
+        // Staging; the softmax's lane maxima, probabilities and sums; a rescale (at worst every tile).
+        let softmax = items * (keys + 1) + 1 + items * (lanes + 1 + keys + 1) + 1 + per(ROWS) * (lanes + 1);
+        let tile = 1 + per(KEYS * self.head_dim) + softmax + rounds;
         (LLVMPIPE_LOOP_BUDGET / 2).saturating_sub(fixed) / tile * KEYS
+    }
+
+    /// Invocations per row in the softmax (`LANES`): the workgroup over [`ROWS`] rows, at least 1.
+    pub fn lanes(&self) -> usize {
+        (self.threads / ROWS).max(1)
     }
 
     /// The kernel, its text generated once per process ([`WgslKernel::generated`]).
@@ -218,10 +226,11 @@ impl CoopAttention {
             .replace("    //# outputs\n", &outputs);
         let input = if self.f16_inputs { "f16" } else { "f32" };
         format!(
-            "enable f16;\n{}const FRAG: u32 = {f}u;\nconst THREADS: u32 = {}u;\n\
+            "enable f16;\n{}const FRAG: u32 = {f}u;\nconst THREADS: u32 = {}u;\nconst LANES: u32 = {}u;\n\
              const HEAD_DIM: u32 = {}u;\nalias INPUT = {input};\n{body}",
             dialect.enables(),
             self.threads,
+            self.lanes(),
             self.head_dim
         )
     }
@@ -291,6 +300,13 @@ mod tests {
         }
         let v = CoopAttention::new(16, 32, 128, false);
         assert_eq!(v.threads, 128);
+        // The softmax spreads each row over the workgroup: 2 invocations per row of 128, 4 of 256, 1 of 32.
+        assert_eq!(v.lanes(), 2);
+        assert!(v.source().contains("const LANES: u32 = 2u;"));
+        assert_eq!(
+            (CoopAttention::new(16, 64, 128, false).lanes(), CoopAttention::new(8, 8, 128, false).lanes()),
+            (4, 1)
+        );
         // Q·Kᵀ (1 × 2 fragments of 8 products each) and P·V (2 keys × 8 columns), once each.
         assert_eq!(v.source().matches("coopMultiplyAdd").count(), 16 + 16);
         assert_eq!(v.kernel().name, "flash_attention_coop16_t128_d128");
