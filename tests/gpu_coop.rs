@@ -13,7 +13,7 @@ use kontext_web::formats::{FileSource, SafetensorsFile};
 use kontext_web::formats::{GgmlType, GgufFile, dequantize};
 use kontext_web::harness::bench;
 use kontext_web::harness::testing::{self, TINY_TYPES, gpu, relative_error};
-use kontext_web::kernels::attention::{attention, kernel_path, reference as attention_reference};
+use kontext_web::kernels::attention::{attention, coop_attention_for, kernel_path, reference as attention_reference};
 use kontext_web::kernels::coop_attention::CoopAttention;
 use kontext_web::kernels::coop_matmul::TILES;
 use kontext_web::kernels::path::{KernelPath, with_path};
@@ -185,18 +185,11 @@ fn coop_epilogues_apply_gelu_and_the_gated_residual_add() {
     }
 }
 
-/// `[b, h, l, d]` test values on `device`, in f32.
-fn heads(shape: [usize; 4], salt: u32, device: &Device) -> Tensor<4> {
+/// `[b, h, l, d]` test values on `device`, in f32, row j of each head multiplied by 1 + growth · j / l
+/// ([`testing::attention_heads`]): as keys, scores that grow along the keys.
+fn heads(shape: [usize; 4], salt: u32, growth: f32, device: &Device) -> Tensor<4> {
     let [b, h, l, d] = shape;
-    Tensor::from_data(TensorData::new(selfcheck::test_matrix(b * h * l, d, salt), shape), device)
-}
-
-/// `keys` `[b, h, lk, d]` with key j multiplied by 1 + growth · j / lk: scores that grow along the keys.
-fn grown(keys: Tensor<4>, growth: f32) -> Tensor<4> {
-    let [.., lk, _] = keys.dims();
-    let ramp: Vec<f32> = (0..lk).map(|j| 1.0 + growth * j as f32 / lk as f32).collect();
-    let ramp = Tensor::<1>::from_data(TensorData::new(ramp, [lk]), &keys.device()).reshape([1, 1, lk, 1]);
-    keys * ramp
+    Tensor::from_data(TensorData::new(testing::attention_heads(b * h, l, d, salt, growth), shape), device)
 }
 
 /// How many times, over all rows after their first tile of 32 keys, the coop kernel raises the maximum its
@@ -223,11 +216,18 @@ fn coop_rescales(q: &[f32], k: &[f32], [bh, lq, lk, d]: [usize; 4]) -> usize {
     raises
 }
 
-/// The coop attention of `q`, `k`, `v` shaped `[b, h, lq | lk, d]` (in f16 with `f16_heads`, keys [`grown`] by
-/// `growth`) against the reference on the CPU over the same values rounded to f16; returns the largest
-/// |difference| over the largest |output|, whether the coop kernel ran, and how many rescales it made
+/// The coop attention of `q`, `k`, `v` shaped `[b, h, lq | lk, d]` (in f16 with `f16_heads`, keys grown by
+/// `growth`, [`heads`]) against the reference on the CPU over the same values rounded to f16; the kernel generated
+/// for the adapter's subgroups, or for `subgroups` wide ones ([`coop_attention_for`]). Returns the largest
+/// |difference| over the largest |output|, the coop kernel that ran (if one did), and how many rescales it made
 /// ([`coop_rescales`]).
-fn coop_attention_error(shape: [usize; 5], f16_heads: bool, keys_salt: u32, growth: f32) -> (f32, bool, usize) {
+fn coop_attention_error(
+    shape: [usize; 5],
+    f16_heads: bool,
+    keys_salt: u32,
+    growth: f32,
+    subgroups: Option<usize>,
+) -> (f32, Option<String>, usize) {
     let [b, h, lq, lk, d] = shape;
     let (gpu, cpu) = (gpu(), device::cpu());
     let on_gpu = |t: Tensor<4>| match f16_heads {
@@ -235,23 +235,24 @@ fn coop_attention_error(shape: [usize; 5], f16_heads: bool, keys_salt: u32, grow
         false => t,
     };
     let (got, launches) = device::launches::count_launches(|| {
-        let out = with_path(KernelPath::Coop, || {
-            attention(
-                on_gpu(heads([b, h, lq, d], 1, &gpu)),
-                on_gpu(grown(heads([b, h, lk, d], 2, &gpu), growth)),
-                on_gpu(heads([b, h, lk, d], 3, &gpu)),
-            )
-        });
+        let (q, k, v) = (
+            on_gpu(heads([b, h, lq, d], 1, 0.0, &gpu)),
+            on_gpu(heads([b, h, lk, d], 2, growth, &gpu)),
+            on_gpu(heads([b, h, lk, d], 3, 0.0, &gpu)),
+        );
+        let out = match subgroups {
+            Some(width) => coop_attention_for(width, q, k, v).unwrap(),
+            None => with_path(KernelPath::Coop, || attention(q, k, v)),
+        };
         out.into_data().try_to_vec::<f32>().unwrap()
     });
-    let ran = launches.ranked().iter().any(|(name, _)| name.contains("flash_attention_coop"));
+    let ran = launches.ranked().into_iter().map(|(name, _)| name).find(|name| name.contains("flash_attention_coop"));
     let rounded = |t: Tensor<4>| t.cast(FloatDType::F16).cast(FloatDType::F32);
-    let (q, k) =
-        (rounded(heads([b, h, lq, d], 1, &cpu)), rounded(grown(heads([b, h, lk, d], keys_salt, &cpu), growth)));
+    let (q, k) = (rounded(heads([b, h, lq, d], 1, 0.0, &cpu)), rounded(heads([b, h, lk, d], keys_salt, growth, &cpu)));
     let values = |t: &Tensor<4>| t.to_data().try_to_vec::<f32>().unwrap();
     let rescales = coop_rescales(&values(&q), &values(&k), [b * h, lq, lk, d]);
     let want =
-        attention_reference(q, k, rounded(heads([b, h, lk, d], 3, &cpu))).into_data().try_to_vec::<f32>().unwrap();
+        attention_reference(q, k, rounded(heads([b, h, lk, d], 3, 0.0, &cpu))).into_data().try_to_vec::<f32>().unwrap();
     assert_eq!(got.len(), want.len());
     assert!(got.iter().all(|v| v.is_finite()), "{shape:?}: not finite");
     (relative_error(&got, &want), ran, rescales)
@@ -279,11 +280,11 @@ fn coop_attention_matches_the_reference() {
     let mut worst = 0f32;
     for (shape, growth) in shapes {
         for f16_heads in [false, true] {
-            let (error, ran, rescales) = coop_attention_error(shape, f16_heads, 2, growth);
+            let (error, ran, rescales) = coop_attention_error(shape, f16_heads, 2, growth, None);
             eprintln!(
                 "coop attention {shape:?} growth {growth} f16 heads {f16_heads}: {error:e} of the largest output, {rescales} rescales"
             );
-            assert!(ran, "{shape:?}: the coop attention kernel did not run");
+            assert!(ran.is_some(), "{shape:?}: the coop attention kernel did not run");
             // P is rounded to f16 before P·V: about 5e-4 of each term.
             assert!(error <= 3e-3, "{shape:?} growth {growth} f16 heads {f16_heads}: {error:e}");
             // Growing scores make the kernel rescale its outputs, many times; the others never.
@@ -291,8 +292,42 @@ fn coop_attention_matches_the_reference() {
             worst = worst.max(error);
         }
     }
-    let (control, ..) = coop_attention_error([1, 2, 130, 97, 64], false, 4, 0.0);
+    let (control, ..) = coop_attention_error([1, 2, 130, 97, 64], false, 4, 0.0, None);
     assert!(control > 20.0 * worst.max(1e-4), "other keys: {control:e} against {worst:e}");
+}
+
+/// The coop attention generated for subgroups of 32 and 64 (NVIDIA's and AMD's), whatever the adapter's: its
+/// softmax then takes 2 and 4 invocations per row (on an adapter with narrower subgroups the extra ones compute
+/// rows again), here with scores that grow so that it rescales; a control with other keys is far, and subgroups
+/// narrower than the adapter's are refused.
+#[test]
+fn coop_attention_spreads_its_softmax_over_two_and_four_invocations_per_row() {
+    if skipped("coop_attention_spreads_its_softmax_over_two_and_four_invocations_per_row").is_some() {
+        return;
+    }
+    let _path = process_wide_path();
+    let (fragment, adapter_width) = (device::coop_fragment().unwrap(), device::subgroup_max_size().unwrap_or(32));
+    // One workgroup: on lavapipe's 8-wide subgroups a wide one computes each row 4 or 8 times.
+    let shape = [1, 1, 64, 300, 64];
+    let mut worst = 0f32;
+    for width in [32, 64].into_iter().filter(|&width| width >= adapter_width) {
+        let variant = CoopAttention::new(fragment, width, 64, false);
+        let (error, ran, rescales) = coop_attention_error(shape, false, 2, 40.0, Some(width));
+        eprintln!(
+            "coop attention for subgroups of {width} ({} lanes per row): {ran:?}, {error:e} of the largest output, {rescales} rescales",
+            variant.lanes()
+        );
+        let ran = ran.unwrap_or_else(|| panic!("subgroups of {width}: the coop attention kernel did not run"));
+        assert!(ran.contains(&format!("_t{}_", variant.threads)), "subgroups of {width}: {ran}");
+        assert!(error <= 3e-3, "subgroups of {width}: {error:e}");
+        assert!(rescales > 50, "{rescales} rescales");
+        worst = worst.max(error);
+    }
+    let (control, ..) = coop_attention_error(shape, false, 4, 40.0, Some(adapter_width.max(64)));
+    assert!(control > 20.0 * worst.max(1e-4), "other keys: {control:e} against {worst:e}");
+    let q = heads([1, 1, 64, 64], 1, 0.0, &gpu());
+    let narrower = coop_attention_for(adapter_width / 2, q.clone(), q.clone(), q);
+    assert!(narrower.is_err(), "subgroups of {} on an adapter with {adapter_width}", adapter_width / 2);
 }
 
 /// On llvmpipe one dispatch of the coop attention may cover only so many keys (its loops share a budget the
@@ -315,9 +350,9 @@ fn coop_attention_on_llvmpipe_stays_within_the_loop_budget() {
     for (lk, coop) in [(keys, true), (keys + 1, false)] {
         // Steeply growing scores where the coop kernel runs: rescales, its longest loops, in many tiles.
         let growth = if coop { 100.0 } else { 0.0 };
-        let (error, ran, rescales) = coop_attention_error([1, 1, 64, lk, 128], false, 2, growth);
-        eprintln!("{lk} keys (coop {ran}, {rescales} rescales): {error:e}");
-        assert_eq!(ran, coop, "{lk} keys");
+        let (error, ran, rescales) = coop_attention_error([1, 1, 64, lk, 128], false, 2, growth, None);
+        eprintln!("{lk} keys (coop {ran:?}, {rescales} rescales): {error:e}");
+        assert_eq!(ran.is_some(), coop, "{lk} keys");
         assert!(error <= 3e-3, "{lk} keys: {error:e}");
     }
 }

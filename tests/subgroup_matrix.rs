@@ -16,7 +16,7 @@ use half::f16;
 use kontext_web::device::browser_grant::SubgroupMatrixGrant;
 use kontext_web::device::selfcheck::test_matrix;
 use kontext_web::formats::GgmlType;
-use kontext_web::harness::testing::{self, TempDir, relative_error};
+use kontext_web::harness::testing::{self, TempDir, attention_heads, relative_error};
 use kontext_web::kernels::coop_attention::{self, CoopAttention};
 use kontext_web::kernels::coop_dialect::CoopDialect;
 use kontext_web::kernels::coop_matmul::CoopMatmul;
@@ -190,14 +190,7 @@ fn matmul_case(
 /// `growth` the scores grow along the keys and the kernel rescales its output.
 fn attention_case(variant: CoopAttention, [bh, lq, lk]: [usize; 3], key_salt: u32, growth: f32) -> (Case, Vec<f32>) {
     let d = variant.head_dim;
-    let keys = |salt: u32| {
-        let mut k = test_matrix(bh * lk, d, salt);
-        for (row, key) in k.chunks_mut(d).enumerate() {
-            let ramp = 1.0 + growth * (row % lk) as f32 / lk as f32;
-            key.iter_mut().for_each(|v| *v *= ramp);
-        }
-        k
-    };
+    let keys = |salt: u32| attention_heads(bh, lk, d, salt, growth);
     let (q, k, v) = (test_matrix(bh * lq, d, 1), keys(2), test_matrix(bh * lk, d, 3));
     let (q16, k16, v16) = (rounded(&q), rounded(&keys(key_salt)), rounded(&v));
     let scale = 1.0 / (d as f64).sqrt();

@@ -145,6 +145,18 @@ pub fn pseudo_random_bytes(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
+/// `heads` heads of `len` rows of width `d` (`[heads · len, d]` row-major) of [`crate::device::selfcheck::test_matrix`]
+/// values from `salt`, row j of each head multiplied by 1 + growth · j / len: as keys, attention scores that grow
+/// along the sequence with `growth` (so that a flash kernel's running maximum keeps rising), as they are with 0.
+pub fn attention_heads(heads: usize, len: usize, d: usize, salt: u32, growth: f32) -> Vec<f32> {
+    let mut values = crate::device::selfcheck::test_matrix(heads * len, d, salt);
+    for (row, values) in values.chunks_mut(d).enumerate() {
+        let ramp = 1.0 + growth * (row % len) as f32 / len as f32;
+        values.iter_mut().for_each(|v| *v *= ramp);
+    }
+    values
+}
+
 /// The largest |got − want| over paired values, of outputs of the same length.
 pub fn max_abs_difference(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len());

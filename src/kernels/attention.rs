@@ -172,19 +172,26 @@ pub fn kernel_path(device: &burn::tensor::Device, lq: usize, lk: usize, d: usize
 /// [`HEAD_DIM_MAX`]).
 pub fn kernel_on(device: &burn::tensor::Device, lq: usize, lk: usize, d: usize) -> AttentionKernel {
     let block = SCORE_BLOCK_BYTES.min(crate::device::max_binding_bytes(device) as usize);
-    let coop = coop_variant(device, lk, d, false).is_some();
+    let coop = coop_variant(device, lk, d, false, None).is_some();
     kernel_for(AttentionKernel::current(), lq, lk, d, block, software_adapter(device), coop)
 }
 
-/// The `coop` kernel for `lk` keys of width `d` (in f16 with `f16_inputs`) on `device`, where the process-wide
-/// kernel path is `coop` and the kernel takes these heads, on llvmpipe within the keys one dispatch may cover.
-fn coop_variant(device: &burn::tensor::Device, lk: usize, d: usize, f16_inputs: bool) -> Option<CoopAttention> {
+/// The `coop` kernel for `lk` keys of width `d` (in f16 with `f16_inputs`) on `device`, generated for the
+/// adapter's subgroups or, forced, for `subgroups` (then whatever the process-wide kernel path): where the path
+/// is `coop` and the kernel takes these heads, on llvmpipe within the keys one dispatch may cover.
+fn coop_variant(
+    device: &burn::tensor::Device,
+    lk: usize,
+    d: usize,
+    f16_inputs: bool,
+    subgroups: Option<usize>,
+) -> Option<CoopAttention> {
     let fragment = crate::device::coop_fragment()?;
-    let path = KernelPath::of(device);
-    if !super::packs_on(device) || super::plain_ops() || path != KernelPath::Coop || !CoopAttention::takes(d) {
+    let path_is_coop = subgroups.is_some() || KernelPath::of(device) == KernelPath::Coop;
+    if !super::packs_on(device) || super::plain_ops() || !path_is_coop || !CoopAttention::takes(d) {
         return None;
     }
-    let subgroup_max = crate::device::subgroup_max_size().unwrap_or(32);
+    let subgroup_max = subgroups.unwrap_or_else(|| crate::device::subgroup_max_size().unwrap_or(32));
     let variant = CoopAttention::new(fragment, subgroup_max, d, f16_inputs);
     (!crate::device::llvmpipe(device) || lk <= variant.llvmpipe_max_keys()).then_some(variant)
 }
@@ -271,7 +278,7 @@ pub fn biased_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Tensor<3
     );
     if !super::plain_ops() {
         let biased = ScoreBias { bias: bias.clone(), scale };
-        if let Ok(out) = run(AttentionKernel::Flash, None, Some(biased), q.clone(), k.clone(), v.clone()) {
+        if let Ok(out) = run(AttentionKernel::Flash, Forced::Nothing, Some(biased), q.clone(), k.clone(), v.clone()) {
             return out;
         }
     }
@@ -305,19 +312,40 @@ pub fn flash_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tenso
 /// [`AttentionKernel::Scores`] [`blocked_reference`] within [`SCORE_BLOCK_BYTES`] and the binding limit, or
 /// for [`AttentionKernel::Auto`] the one of those two it names for these shapes.
 pub fn gpu_attention(kernel: AttentionKernel, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tensor<4>> {
-    run(kernel, None, None, q, k, v)
+    run(kernel, Forced::Nothing, None, q, k, v)
 }
 
 /// The `flash` kernel in `layout` rather than the adapter's own, with [`flash_attention`]'s checks; an error
 /// where the adapter cannot run that layout (several invocations per row without subgroups of that size).
 pub fn flash_attention_in(layout: FlashLayout, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tensor<4>> {
-    run(AttentionKernel::Flash, Some(layout), None, q, k, v)
+    run(AttentionKernel::Flash, Forced::Layout(layout), None, q, k, v)
 }
 
-/// Attention through `kernel` (in `layout`, for `flash`); with a `bias`, always the `flash` kernel.
+/// The `coop` kernel as generated for subgroups of `subgroup_max` invocations rather than the adapter's
+/// ([`CoopAttention::new`]), with [`flash_attention`]'s checks: its workgroup is four such subgroups, so its
+/// softmax takes 1, 2 or 4 invocations per row ([`CoopAttention::lanes`]); on an adapter with narrower subgroups
+/// the extra ones compute rows again. Tests run every variant real adapters take on any adapter with the path.
+/// An error where `subgroup_max` is narrower than the adapter's subgroups (four would not cover the rows) or
+/// wider than [`crate::device::COOP_SUBGROUP_MAX`], where the adapter has no cooperative matrices, or where the
+/// kernel does not take these heads or (on llvmpipe) this many keys.
+pub fn coop_attention_for(subgroup_max: usize, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tensor<4>> {
+    run(AttentionKernel::Coop, Forced::CoopSubgroups(subgroup_max), None, q, k, v)
+}
+
+/// A kernel variant a caller takes over the one the adapter would.
+#[derive(Clone, Copy)]
+enum Forced {
+    Nothing,
+    /// The `flash` kernel's layout.
+    Layout(FlashLayout),
+    /// The subgroup width the `coop` kernel is generated for; the `coop` kernel or an error.
+    CoopSubgroups(usize),
+}
+
+/// Attention through `kernel` (in the variant `forced`); with a `bias`, always the `flash` kernel.
 fn run(
     kernel: AttentionKernel,
-    layout: Option<FlashLayout>,
+    forced: Forced,
     bias: Option<ScoreBias>,
     q: Tensor<4>,
     k: Tensor<4>,
@@ -346,7 +374,26 @@ fn run(
     let score_block_bytes = SCORE_BLOCK_BYTES.min(crate::device::max_binding_bytes(&device) as usize);
     let software = software_adapter(&device);
     let all_f16 = [&q, &k, &v].iter().all(|t| t.dtype() == DType::F16);
-    let coop = coop_variant(&device, lk, d, all_f16).filter(|_| bias.is_none());
+    let coop_subgroups = match forced {
+        Forced::CoopSubgroups(width) => Some(width),
+        _ => None,
+    };
+    let coop = coop_variant(&device, lk, d, all_f16, coop_subgroups).filter(|_| bias.is_none());
+    if let Some(width) = coop_subgroups {
+        let adapter_width = crate::device::subgroup_max_size().unwrap_or(0);
+        if width < adapter_width || width > crate::device::COOP_SUBGROUP_MAX as usize {
+            return Err(Error::Invalid(format!(
+                "the coop attention for subgroups of {width}: its four subgroups must cover its rows, so from the adapter's {adapter_width} to {}",
+                crate::device::COOP_SUBGROUP_MAX
+            )));
+        }
+        if coop.is_none() {
+            return Err(Error::Invalid(format!(
+                "the coop attention needs cooperative matrices, heads of 16 to {} in steps of 16 and (on llvmpipe) keys within one dispatch, not {lk} keys of width {d}",
+                super::coop_attention::HEAD_DIM_MAX
+            )));
+        }
+    }
     let kernel = match bias {
         Some(_) => AttentionKernel::Flash,
         None => kernel_for(kernel, lq, lk, d, score_block_bytes, software, coop.is_some()),
@@ -398,9 +445,9 @@ fn run(
         AttentionKernel::Rows => (FLASH_ROWS, ROWS_PER_GROUP, rows_llvmpipe_keys_per_dispatch(d)),
         AttentionKernel::Flash => {
             let adapter = adapter_of(client);
-            let layout = match layout {
-                Some(layout) => layout,
-                None => FlashLayout::for_adapter(adapter, d)?,
+            let layout = match forced {
+                Forced::Layout(layout) => layout,
+                _ => FlashLayout::for_adapter(adapter, d)?,
             };
             let shape = FlashShape::new(d, HEAD_DIM_MAX, layout, adapter, f16_inputs)?;
             let shape = if bias.is_some() { shape.with_bias() } else { shape };
@@ -516,7 +563,7 @@ pub fn bench_attention(
             let [flash, rows] = [AttentionKernel::Flash, AttentionKernel::Rows]
                 .map(|kernel| flash_applies.then(|| timed(&|q, k, v| attention_with(kernel, q, k, v))));
             let coop = super::path::with_path(KernelPath::Coop, || {
-                let runs = coop_variant(device, l, d, false).is_some();
+                let runs = coop_variant(device, l, d, false, None).is_some();
                 runs.then(|| timed(&|q, k, v| attention_with(AttentionKernel::Coop, q, k, v)))
             });
             AttentionTiming {
