@@ -73,9 +73,22 @@ fn write(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 
-/// Copies `key` of a golden file into `noise` of a new file (the `--noise` input).
-fn write_noise(path: &Path, golden: &str, key: &str) {
+/// Where a golden call's initial noise comes from.
+#[derive(Clone, Copy)]
+enum Noise {
+    /// The golden's own.
+    Golden,
+    /// The golden's negated: another noise, for a negative control.
+    Negated,
+}
+
+/// Copies `key` of a golden file (or its negation) into `noise` of a new file (the `--noise` input).
+fn write_noise(path: &Path, golden: &str, key: &str, noise: Noise) {
     let (shape, values) = read(golden, key);
+    let values = match noise {
+        Noise::Golden => values,
+        Noise::Negated => values.iter().map(|v| -v).collect(),
+    };
     write(path, &[("noise", shape, values)]);
 }
 
@@ -91,6 +104,15 @@ fn write_forward_inputs(path: &Path, golden_run: &str) {
         })
         .collect();
     write(path, &tensors);
+}
+
+/// A negative control: `got` differs from `want` by more than ten times `atol` somewhere, so `assert_close` with
+/// that tolerance tells the two apart.
+fn assert_far(got: (Vec<usize>, Vec<f32>), want: (Vec<usize>, Vec<f32>), atol: f32, what: &str) {
+    assert_eq!(got.0, want.0, "{what}: shape");
+    let worst = testing::max_abs_difference(&got.1, &want.1);
+    assert!(worst > 10.0 * atol, "{what}: within {worst:e} of the golden, not beyond ten times {atol:e}");
+    eprintln!("{what} (control): max abs diff {worst:.2e}");
 }
 
 fn assert_close(got: (Vec<usize>, Vec<f32>), want: (Vec<usize>, Vec<f32>), atol: f32, what: &str) {
@@ -114,21 +136,28 @@ fn assert_png_within_one_lsb(got: &Path, want: &str) {
 
 /// `kontext edit` of the tiny golden call (4 steps, guidance 2.5, 64×80 from the 96×64 reference) with its noise.
 fn tiny_edit(tmp: &TempDir, backend: &str, extra: &[&str]) {
-    golden_call(tmp, &["edit"], ("golden_run", "latents_init_packed", 4), backend, ("out", "dump"), extra);
+    let call = ("golden_run", "latents_init_packed", 4);
+    golden_call(tmp, &["edit"], call, Noise::Golden, backend, ("out", "dump"), extra);
 }
 
 /// `kontext COMMAND…` of the tiny golden call (guidance 2.5, 64×80 from the 96×64 reference at its own size) for
-/// `steps` steps from the noise `key` of `golden/GOLDEN.safetensors`, on `backend`, writing `OUT.png` and the dump
-/// `DUMP.safetensors` in `tmp`, with `extra` arguments.
+/// `steps` steps from the noise `key` of `golden/GOLDEN.safetensors` (or its negation), on `backend`, writing
+/// `OUT.png` and the dump `DUMP.safetensors` in `tmp`, with `extra` arguments.
 fn golden_call(
     tmp: &TempDir,
     command: &[&str],
     (golden, key, steps): (&str, &str, usize),
+    noise: Noise,
     backend: &str,
     (out, dump): (&str, &str),
     extra: &[&str],
 ) {
-    write_noise(&tmp.path("noise.safetensors"), &format!("tests/fixtures/tiny/golden/{golden}.safetensors"), key);
+    write_noise(
+        &tmp.path("noise.safetensors"),
+        &format!("tests/fixtures/tiny/golden/{golden}.safetensors"),
+        key,
+        noise,
+    );
     let (noise, steps) = (tmp.arg("noise.safetensors"), steps.to_string());
     let (out, dump) = (tmp.arg(&format!("{out}.png")), tmp.arg(&format!("{dump}.safetensors")));
     let call = [
@@ -159,90 +188,98 @@ fn golden_call(
     run_ok(&[command, &call[..], extra].concat());
 }
 
-fn check_tiny_edit(tmp: &TempDir) {
+/// The tiny golden edit that `tiny_edit(tmp, backend, extra)` made equals diffusers' run; the same call from
+/// another noise does not (the negative control).
+fn check_tiny_edit(tmp: &TempDir, backend: &str, extra: &[&str]) {
     let golden = "tests/fixtures/tiny/golden/golden_run.safetensors";
     let dump = tmp.path("dump.safetensors");
-    assert_close(read(&dump, "latents"), read(golden, "latents_after_step_3"), 1e-4, "final latents");
+    let want = read(golden, "latents_after_step_3");
+    assert_close(read(&dump, "latents"), want.clone(), 1e-4, "final latents");
     assert_close(read(&dump, "image"), read(golden, "image_pt"), 1e-4, "image");
     assert_png_within_one_lsb(&tmp.path("out.png"), "tests/fixtures/tiny/golden/output.png");
+    let call = ("golden_run", "latents_init_packed", 4);
+    golden_call(tmp, &["edit"], call, Noise::Negated, backend, ("control", "control"), extra);
+    assert_far(read(tmp.path("control.safetensors"), "latents"), want, 1e-4, "final latents from another noise");
 }
 
 #[test]
 fn edit_from_the_diffusers_folder_matches_the_golden_run() {
     let tmp = TempDir::new("edit");
     tiny_edit(&tmp, "cpu", &[]);
-    check_tiny_edit(&tmp);
+    check_tiny_edit(&tmp, "cpu", &[]);
 }
 
 #[test]
 fn edit_with_bfl_transformer_ae_clip_l_and_t5_file_overrides_matches_the_golden_run() {
     let tmp = TempDir::new("overrides");
-    tiny_edit(
-        &tmp,
-        "cpu",
-        &[
-            "--transformer",
-            "tests/fixtures/tiny/bfl_gguf/transformer_bfl.safetensors",
-            "--vae",
-            "tests/fixtures/tiny/bfl_gguf/ae.safetensors",
-            "--clip",
-            "tests/fixtures/tiny/bfl_gguf/clip_l_with_text_projection.safetensors",
-            // A single transformers-named T5 file, as ComfyUI users have (`t5xxl_fp16.safetensors`).
-            "--t5",
-            "tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/text_encoder_2/model.safetensors",
-        ],
-    );
-    check_tiny_edit(&tmp);
+    let files = [
+        "--transformer",
+        "tests/fixtures/tiny/bfl_gguf/transformer_bfl.safetensors",
+        "--vae",
+        "tests/fixtures/tiny/bfl_gguf/ae.safetensors",
+        "--clip",
+        "tests/fixtures/tiny/bfl_gguf/clip_l_with_text_projection.safetensors",
+        // A single transformers-named T5 file, as ComfyUI users have (`t5xxl_fp16.safetensors`).
+        "--t5",
+        "tests/fixtures/tiny/FLUX.1-Kontext-dev-tiny/text_encoder_2/model.safetensors",
+    ];
+    tiny_edit(&tmp, "cpu", &files);
+    check_tiny_edit(&tmp, "cpu", &files);
 }
 
 #[test]
 fn edit_with_two_references_matches_the_multireference_golden() {
     let tmp = TempDir::new("multiref");
     let golden = "tests/fixtures/tiny/golden/golden_multiref.safetensors";
-    write_noise(&tmp.path("noise.safetensors"), golden, "latents_init_packed");
-    let (noise, out, dump) = (tmp.arg("noise.safetensors"), tmp.arg("out.png"), tmp.arg("dump.safetensors"));
-    run_ok(&[
-        "edit",
-        "--model",
-        TINY_MODEL,
-        "--prompt",
-        TINY_PROMPT,
-        "--image",
-        "tests/fixtures/tiny/golden/multiref_ref1.png",
-        "--image",
-        "tests/fixtures/tiny/golden/multiref_ref2.png",
-        "--width",
-        "64",
-        "--height",
-        "80",
-        "--no-resize",
-        "--steps",
-        "4",
-        "--guidance",
-        "2.5",
-        "--noise",
-        &noise,
-        "--backend",
-        "cpu",
-        "--out",
-        &out,
-        "--dump",
-        &dump,
-    ]);
-    assert_close(
-        read(tmp.path("dump.safetensors"), "latents"),
-        read(golden, "latents_after_step_3"),
-        1e-4,
-        "final latents",
-    );
-    assert_close(read(tmp.path("dump.safetensors"), "image"), read(golden, "image_pt"), 1e-4, "image");
+    write_noise(&tmp.path("noise.safetensors"), golden, "latents_init_packed", Noise::Golden);
+    let noise = tmp.arg("noise.safetensors");
+    let edit = |references: &[&str], name: &str| {
+        let (out, dump) = (tmp.arg(&format!("{name}.png")), tmp.arg(&format!("{name}.safetensors")));
+        let images = references.iter().flat_map(|image| ["--image", image]);
+        let call = [
+            "edit",
+            "--model",
+            TINY_MODEL,
+            "--prompt",
+            TINY_PROMPT,
+            "--width",
+            "64",
+            "--height",
+            "80",
+            "--no-resize",
+            "--steps",
+            "4",
+            "--guidance",
+            "2.5",
+            "--noise",
+            &noise,
+            "--backend",
+            "cpu",
+            "--out",
+            &out,
+            "--dump",
+            &dump,
+        ];
+        run_ok(&[&call[..], &images.collect::<Vec<_>>()].concat());
+    };
+    let (first, second) =
+        ("tests/fixtures/tiny/golden/multiref_ref1.png", "tests/fixtures/tiny/golden/multiref_ref2.png");
+    edit(&[first, second], "out");
+    let want = read(golden, "latents_after_step_3");
+    assert_close(read(tmp.path("out.safetensors"), "latents"), want.clone(), 1e-4, "final latents");
+    assert_close(read(tmp.path("out.safetensors"), "image"), read(golden, "image_pt"), 1e-4, "image");
     assert_png_within_one_lsb(&tmp.path("out.png"), "tests/fixtures/tiny/golden/output_multiref.png");
+    edit(&[first], "control");
+    assert_far(read(tmp.path("control.safetensors"), "latents"), want, 1e-4, "final latents, the first reference only");
 }
 
 /// `kontext forward` of golden call 0 with `transformer` (the folder gives the RoPE axes) against `golden[key]`.
+/// The control: the golden output of the next call (other latents and timestep) is far from this one.
 fn check_forward(fixture: &str, model: &str, transformer: &str, golden: &str, key: &str) {
     let out = forward_output(fixture, model, transformer);
-    assert_close(out, read(format!("{fixture}/{golden}"), key), 1e-4, transformer);
+    assert_close(out.clone(), read(format!("{fixture}/{golden}"), key), 1e-4, transformer);
+    let next = read(format!("{fixture}/golden/golden_run.safetensors"), "transformer_out_1");
+    assert_far(out, next, 1e-4, &format!("{transformer} against the next call's output"));
 }
 
 /// `kontext forward` on the CPU of golden call 0 with `{fixture}/bfl_gguf/{transformer}`: the output.
@@ -350,7 +387,7 @@ fn the_comfyui_file_set_edits_at_real_width_under_a_budget_smaller_than_dit_and_
 
     let golden = format!("{pack}/golden/golden_run.safetensors");
     let tmp = TempDir::new("comfyui");
-    write_noise(&tmp.path("noise.safetensors"), &golden, "latents_init_packed");
+    write_noise(&tmp.path("noise.safetensors"), &golden, "latents_init_packed", Noise::Golden);
     let (out, dump, stats) = (tmp.arg("out.png"), tmp.arg("dump.safetensors"), tmp.arg("stats.json"));
     let reference = format!("{pack}/golden/reference_input.png");
     let edit = |noise: String| {
@@ -378,8 +415,7 @@ fn the_comfyui_file_set_edits_at_real_width_under_a_budget_smaller_than_dit_and_
     let peak = stats["peak_device_bytes"].as_u64().unwrap();
     assert!(peak <= budget && stats["planned_peak_bytes"].as_u64().unwrap() <= budget, "{stats}");
     assert!(error <= 2e-2, "relative error {error:e}");
-    let (shape, values) = read(&golden, "latents_init_packed");
-    write(&tmp.path("other.safetensors"), &[("noise", shape, values.iter().map(|v| -v).collect())]);
+    write_noise(&tmp.path("other.safetensors"), &golden, "latents_init_packed", Noise::Negated);
     let control = relative_error(&edit(tmp.arg("other.safetensors")), &want);
     assert!(control > 5.0 * error, "another noise gives {control:e}");
 }
@@ -396,7 +432,7 @@ fn a_real_width_edit_from_the_sharded_folder_matches_the_golden() {
             .exists()
     );
     let tmp = TempDir::new("real-width");
-    write_noise(&tmp.path("noise.safetensors"), &golden, "latents_init_packed");
+    write_noise(&tmp.path("noise.safetensors"), &golden, "latents_init_packed", Noise::Golden);
     let (noise, out, dump) = (tmp.arg("noise.safetensors"), tmp.arg("out.png"), tmp.arg("dump.safetensors"));
     let (model, reference) = (format!("{pack}/FLUX.1-Kontext-dev-tiny"), format!("{pack}/golden/reference_input.png"));
     let edit = |noise: &str| {
@@ -432,8 +468,7 @@ fn a_real_width_edit_from_the_sharded_folder_matches_the_golden() {
     let error = relative_error(&edit(&noise), &want);
     eprintln!("real-width edit: relative error {error:.2e}");
     assert!(error <= 1e-4, "relative error {error:e}");
-    let (shape, values) = read(&golden, "latents_init_packed");
-    write(&tmp.path("other.safetensors"), &[("noise", shape, values.iter().map(|v| -v).collect())]);
+    write_noise(&tmp.path("other.safetensors"), &golden, "latents_init_packed", Noise::Negated);
     let control = relative_error(&edit(&tmp.arg("other.safetensors")), &want);
     assert!(control > 1e-2, "another noise gives {control:e}");
 }
@@ -518,26 +553,35 @@ fn forward_accepts_batched_ids_and_scalar_timestep_and_guidance() {
 #[test]
 fn edit_with_a_t5_gguf_runs_close_to_the_golden() {
     let tmp = TempDir::new("t5gguf");
-    tiny_edit(&tmp, "cpu", &["--t5", "tests/fixtures/tiny/bfl_gguf/t5_encoder-F16.gguf"]);
+    let t5 = ["--t5", "tests/fixtures/tiny/bfl_gguf/t5_encoder-F16.gguf"];
+    tiny_edit(&tmp, "cpu", &t5);
     // The F16 T5 differs from the f32 one by ~2e-3 (README), which moves the final latents by ~6e-5;
     // a bug moves them by 1e-2 or more.
     let golden = "tests/fixtures/tiny/golden/golden_run.safetensors";
-    let latents = read(tmp.path("dump.safetensors"), "latents");
-    assert_close(latents, read(golden, "latents_after_step_3"), 1e-3, "final latents (F16 T5)");
+    let (latents, want) = (read(tmp.path("dump.safetensors"), "latents"), read(golden, "latents_after_step_3"));
+    assert_close(latents, want.clone(), 1e-3, "final latents (F16 T5)");
     assert_eq!(decode_png(tmp.path("out.png")).dimensions(), (64, 80));
+    let call = ("golden_run", "latents_init_packed", 4);
+    golden_call(&tmp, &["edit"], call, Noise::Negated, "cpu", ("control", "control"), &t5);
+    assert_far(read(tmp.path("control.safetensors"), "latents"), want, 1e-3, "final latents (F16 T5), another noise");
 }
 
-/// The T5 of a llama.cpp GGUF (its own tokenizer, no folder) on the golden `t5_input_ids` against `golden_t5_gguf[kind]`.
+/// The T5 of a llama.cpp GGUF (its own tokenizer, no folder) on the golden `t5_input_ids` against `golden_t5_gguf[kind]`;
+/// the control: the same ids in reverse order are far from it.
 fn check_t5_gguf(fixture: &str, kind: &str) {
     let device = kontext_web::device::cpu();
     let source = FileSource::open(root().join(format!("{fixture}/bfl_gguf/t5_encoder-{kind}.gguf"))).unwrap();
     let (mut t5, _tokenizer) = loader::load_t5(&NoFolder, Some(Box::new(source)), &device).unwrap();
     let (_, ids) = read(format!("{fixture}/golden/golden_run.safetensors"), "t5_input_ids");
     let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-    let out = t5.get(&device).unwrap().forward(&ids, &device).unwrap();
-    let got = (out.dims().to_vec(), out.into_data().try_into_vec_as::<f32>().unwrap());
+    let mut encode = |ids: &[u32]| {
+        let out = t5.get(&device).unwrap().forward(ids, &device).unwrap();
+        (out.dims().to_vec(), out.into_data().try_into_vec_as::<f32>().unwrap())
+    };
     let want = read(format!("{fixture}/bfl_gguf/golden_t5_gguf.safetensors"), kind);
-    assert_close(got, want, 1e-4, &format!("{fixture} T5 {kind}"));
+    assert_close(encode(&ids), want.clone(), 1e-4, &format!("{fixture} T5 {kind}"));
+    let reversed: Vec<u32> = ids.iter().rev().copied().collect();
+    assert_far(encode(&reversed), want, 1e-4, &format!("{fixture} T5 {kind} on the ids reversed"));
 }
 
 #[test]
@@ -559,38 +603,45 @@ fn variant_b_edit_matches_its_golden_run() {
     let (width, height) = (call["width"].to_string(), call["height"].to_string());
     let (steps, guidance) = (call["num_inference_steps"].to_string(), call["guidance_scale"].to_string());
     assert_eq!((width.as_str(), height.as_str(), steps.as_str(), guidance.as_str()), ("48", "64", "3", "3.0"));
-    write_noise(&tmp.path("noise.safetensors"), golden, "latents_init_packed");
-    let (noise, out, dump) = (tmp.arg("noise.safetensors"), tmp.arg("out.png"), tmp.arg("dump.safetensors"));
-    run_ok(&[
-        "edit",
-        "--model",
-        VARIANT_B_MODEL,
-        "--prompt",
-        prompt,
-        "--image",
-        "tests/fixtures/variant_b/golden/reference_input.png",
-        "--width",
-        &width,
-        "--height",
-        &height,
-        "--no-resize",
-        "--steps",
-        &steps,
-        "--guidance",
-        &guidance,
-        "--noise",
-        &noise,
-        "--backend",
-        "cpu",
-        "--out",
-        &out,
-        "--dump",
-        &dump,
-    ]);
-    let latents = read(tmp.path("dump.safetensors"), "latents");
-    assert_close(latents, read(golden, "latents_after_step_2"), 1e-4, "variant_b final latents");
+    write_noise(&tmp.path("noise.safetensors"), golden, "latents_init_packed", Noise::Golden);
+    write_noise(&tmp.path("other.safetensors"), golden, "latents_init_packed", Noise::Negated);
+    let edit = |noise: &str, out: &str, dump: &str| {
+        let (noise, out, dump) = (tmp.arg(noise), tmp.arg(out), tmp.arg(dump));
+        run_ok(&[
+            "edit",
+            "--model",
+            VARIANT_B_MODEL,
+            "--prompt",
+            prompt,
+            "--image",
+            "tests/fixtures/variant_b/golden/reference_input.png",
+            "--width",
+            &width,
+            "--height",
+            &height,
+            "--no-resize",
+            "--steps",
+            &steps,
+            "--guidance",
+            &guidance,
+            "--noise",
+            &noise,
+            "--backend",
+            "cpu",
+            "--out",
+            &out,
+            "--dump",
+            &dump,
+        ]);
+    };
+    edit("noise.safetensors", "out.png", "dump.safetensors");
+    let (latents, want) = (read(tmp.path("dump.safetensors"), "latents"), read(golden, "latents_after_step_2"));
+    assert_close(latents, want.clone(), 1e-4, "variant_b final latents");
     assert_close(read(tmp.path("dump.safetensors"), "image"), read(golden, "image_pt"), 1e-4, "variant_b image");
     assert_png_within_one_lsb(&tmp.path("out.png"), "tests/fixtures/variant_b/golden/output.png");
+    edit("other.safetensors", "control.png", "control.safetensors");
+    let control = read(tmp.path("control.safetensors"), "latents");
+    assert_far(control, want, 1e-4, "variant_b final latents from another noise");
 }
 
 #[test]
@@ -656,7 +707,7 @@ fn text_to_image_is_deterministic_per_seed() {
 fn edit_on_wgpu_matches_the_golden_run() {
     let tmp = TempDir::new("wgpu");
     tiny_edit(&tmp, "wgpu", &[]);
-    check_tiny_edit(&tmp);
+    check_tiny_edit(&tmp, "wgpu", &[]);
 }
 
 /// `--memory lean` frees T5/CLIP after encoding and the modulation layers after precomputing every step.
@@ -664,7 +715,7 @@ fn edit_on_wgpu_matches_the_golden_run() {
 fn a_lean_edit_on_wgpu_matches_the_golden_run() {
     let tmp = TempDir::new("lean");
     tiny_edit(&tmp, "wgpu", &["--memory", "lean"]);
-    check_tiny_edit(&tmp);
+    check_tiny_edit(&tmp, "wgpu", &["--memory", "lean"]);
 }
 
 /// The tiny golden edit under a GPU budget on wgpu, with the DiT streamed block by block: the golden result,
@@ -673,8 +724,8 @@ fn a_lean_edit_on_wgpu_matches_the_golden_run() {
 fn a_streamed_edit_within_a_gpu_budget_matches_the_golden_and_measures_its_peak() {
     let tmp = TempDir::new("budget");
     let stats = tmp.arg("stats.json");
-    tiny_edit(&tmp, "wgpu", &["--gpu-memory", "64MiB", "--memory", "streamed", "--stats", &stats]);
-    check_tiny_edit(&tmp);
+    let budget = ["--gpu-memory", "64MiB", "--memory", "streamed"];
+    tiny_edit(&tmp, "wgpu", &[&budget[..], &["--stats", &stats]].concat());
     let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path("stats.json")).unwrap()).unwrap();
     let bytes = |key: &str| stats[key].as_u64().unwrap_or_else(|| panic!("{key}: {stats}"));
     assert_eq!(bytes("budget_bytes"), 64 << 20);
@@ -688,6 +739,7 @@ fn a_streamed_edit_within_a_gpu_budget_matches_the_golden_and_measures_its_peak(
     assert_eq!(phases, ["load", "text encoding", "reference encoding", "modulations", "denoising", "decoding"]);
     assert!(stats["load_seconds"].as_f64().unwrap() > 0.0);
     assert!(stats["total_seconds"].as_f64().unwrap() >= stats["load_seconds"].as_f64().unwrap());
+    check_tiny_edit(&tmp, "wgpu", &budget);
 }
 
 /// `kontext plan`: the phases of the tiny golden edit, "fits" under a roomy budget, and under a tight one "does
@@ -885,6 +937,9 @@ fn edit_with_loras_matches_the_lora_goldens() {
         let dump = tmp.path("dump.safetensors");
         let what = format!("{tag} on {backend}");
         assert_close(read(&dump, "latents"), read(golden, &format!("{tag}_final_latents_packed")), 1e-4, &what);
+        let other = if *tag == "w050" { "w100" } else { "w050" };
+        let control = read(golden, &format!("{other}_final_latents_packed"));
+        assert_far(read(&dump, "latents"), control, 1e-4, &format!("{what} against the {other} golden"));
         assert_close(read(&dump, "image"), read(golden, &format!("{tag}_image_pt")), 1e-4, &what);
         assert_png_within_one_lsb(&tmp.path("out.png"), &format!("tests/fixtures/tiny/lora/output_lora_{tag}.png"));
         let png = String::from_utf8_lossy(&std::fs::read(tmp.path("out.png")).unwrap()).into_owned();
@@ -1225,7 +1280,7 @@ fn a_clip_without_tokenizer_files_gets_the_built_in_clip_l_tokenizer() {
 /// `golden/golden_cache.safetensors` (its noise) on wgpu, with `extra` arguments; writes `NAME.png` and the dump
 /// `NAME.safetensors`.
 fn cached_tiny_edit(tmp: &TempDir, command: &[&str], name: &str, extra: &[&str]) {
-    golden_call(tmp, command, ("golden_cache", "noise", 12), "wgpu", (name, name), extra);
+    golden_call(tmp, command, ("golden_cache", "noise", 12), Noise::Golden, "wgpu", (name, name), extra);
 }
 
 /// The step caches through the CLI on wgpu (lavapipe): `kontext calibrate-cache` measures diffusers' magnitude
@@ -1271,7 +1326,8 @@ fn step_caches_through_the_cli_on_wgpu_reuse_diffusers_steps() {
         assert_eq!(cached, reused_in(name), "{name}: cached_steps");
         assert_eq!(stats["cache"], cache);
         let latents = read(tmp.path(&format!("{name}.safetensors")), "latents");
-        assert_close(latents, read(golden, &format!("{name}/latents")), 1e-4, name);
+        assert_close(latents.clone(), read(golden, &format!("{name}/latents")), 1e-4, name);
+        assert_far(latents, read(golden, "uncached/latents"), 1e-4, &format!("{name} against the uncached golden"));
     }
 
     let edit = |cache: &[&str]| {
@@ -1289,7 +1345,12 @@ fn step_caches_through_the_cli_on_wgpu_reuse_diffusers_steps() {
 /// (`--stats`) in `tmp`.
 fn masked_tiny_edit(tmp: &TempDir, case: &str, extra: &[&str]) {
     let golden = "tests/fixtures/tiny/golden";
-    write_noise(&tmp.path("noise.safetensors"), &format!("{golden}/golden_inpaint.safetensors"), "noise");
+    write_noise(
+        &tmp.path("noise.safetensors"),
+        &format!("{golden}/golden_inpaint.safetensors"),
+        "noise",
+        Noise::Golden,
+    );
     let (noise, out) = (tmp.arg("noise.safetensors"), tmp.arg(&format!("{case}.png")));
     let (dump, stats) = (tmp.arg(&format!("{case}.safetensors")), tmp.arg(&format!("{case}.json")));
     let image = format!("{golden}/reference_input.png");

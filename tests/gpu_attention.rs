@@ -25,7 +25,8 @@ fn values(shape: [usize; 4], salt: u32, amplitude: f32) -> TensorData {
     TensorData::new(selfcheck::test_matrix(1, n, salt).into_iter().map(|x| x * amplitude).collect(), shape)
 }
 
-/// Kernel on the GPU against the reference on the same GPU, for `q` `[b, h, lq, d]` and `k`, `v` `[b, h, lk, d]`.
+/// Kernel on the GPU against the reference on the same GPU, for `q` `[b, h, lq, d]` and `k`, `v` `[b, h, lk, d]`;
+/// with more than one key, the reference on the keys in reverse order is the negative control.
 fn check(b: usize, h: usize, lq: usize, lk: usize, d: usize) {
     let gpu = gpu();
     // Amplitude 2 makes scores up to ~4·√d: a softmax far from uniform, where the running max matters.
@@ -33,6 +34,7 @@ fn check(b: usize, h: usize, lq: usize, lk: usize, d: usize) {
     let k = Tensor::<4>::from_data(values([b, h, lk, d], 2, 2.0), &gpu);
     let v = Tensor::<4>::from_data(values([b, h, lk, d], 3, 1.0), &gpu);
     let expected = reference(q.clone(), k.clone(), v.clone()).into_data();
+    let reversed = (lk > 1).then(|| reference(q.clone(), k.clone().flip([2]), v.clone()).into_data());
     for kernel in [AttentionKernel::Auto, AttentionKernel::Scores, AttentionKernel::Rows, AttentionKernel::Flash] {
         let ours = gpu_attention(kernel, q.clone(), k.clone(), v.clone()).expect("the kernel applies").into_data();
         assert_eq!(ours.shape(), expected.shape());
@@ -41,6 +43,10 @@ fn check(b: usize, h: usize, lq: usize, lk: usize, d: usize) {
             max_abs_difference_of_data(&ours, &expected)
         );
         ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
+        if let Some(reversed) = &reversed {
+            let control = max_abs_difference_of_data(&ours, reversed);
+            assert!(control > 1e-3, "{kernel:?}: the keys reversed give {control:e}");
+        }
     }
 }
 
@@ -298,9 +304,13 @@ fn flash_kernel_at_4096_tokens_equals_the_cpu_reference_in_query_chunks() {
     let (q, k, v) = (Tensor::<4>::from_data(q, &cpu), Tensor::<4>::from_data(k, &cpu), Tensor::<4>::from_data(v, &cpu));
     let chunks = (0..l).step_by(chunk).map(|start| reference(q.clone().narrow(2, start, chunk), k.clone(), v.clone()));
     let expected = Tensor::cat(chunks.collect(), 2).into_data();
+    // Negative control: the first chunk's reference with the keys reversed.
+    let reversed = reference(q.narrow(2, 0, chunk), k.flip([2]), v).into_data();
     for ours in ours {
         eprintln!("L {l}: max |diff| {:e}", max_abs_difference_of_data(&ours, &expected));
         ours.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
+        let first = Tensor::<4>::from_data(ours, &cpu).narrow(2, 0, chunk).into_data();
+        assert!(max_abs_difference_of_data(&first, &reversed) > 1e-3);
     }
 }
 
@@ -328,6 +338,8 @@ fn attention_falls_back_to_the_reference_for_heads_wider_than_the_kernel() {
     assert!(flash_attention(t(1), t(2), t(3)).is_err());
     let ours = attention(t(1), t(2), t(3)).into_data();
     ours.assert_approx_eq::<f32>(&reference(t(1), t(2), t(3)).into_data(), Tolerance::absolute(0.0));
+    let reversed = reference(t(1), t(2).flip([2]), t(3)).into_data();
+    assert!(max_abs_difference_of_data(&ours, &reversed) > 1e-3, "the keys reversed are not told apart");
 }
 
 #[test]
@@ -354,5 +366,8 @@ fn flux_dit_on_wgpu_matches_the_golden_run() -> Result<(), Box<dyn std::error::E
     let out = out.into_data();
     eprintln!("transformer_out_0 on wgpu: max |diff| {:e}", max_abs_difference_of_data(&out, &golden));
     out.assert_approx_eq::<f32>(&golden, Tolerance::absolute(1e-4));
+    // Negative control: the golden output of the next call (other latents and timestep).
+    let next = run.read("transformer_out_1")?;
+    assert!(max_abs_difference_of_data(&out, &TensorData::new(next.data, next.shape)) > 1e-2);
     Ok(())
 }

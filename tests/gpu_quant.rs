@@ -76,7 +76,8 @@ fn rounded_to_f16(values: Vec<f32>, rows: usize, cols: usize) -> Tensor<2> {
 
 /// Kernel on wgpu vs reference twin on the CPU for each M and kernel (the matrix-vector kernel up to 8 rows, the
 /// square and the wide one with partial tiles, each named, so every kernel runs whichever this adapter would
-/// choose), computing in f32 and in f16 (the adapter must have `shader-f16`, as lavapipe does).
+/// choose), computing in f32 and in f16 (the adapter must have `shader-f16`, as lavapipe does). The control: the
+/// twin on the negated input is further from each kernel's output than any tolerance here.
 fn assert_kernel_matches(raw: &Raw, bias: Option<&[f32]>, what: &str) {
     assert_kernel_matches_at(raw, bias, what, Precision::F32);
     assert!(
@@ -96,6 +97,7 @@ fn assert_kernel_matches_at(raw: &Raw, bias: Option<&[f32]>, what: &str, precisi
     let (gpu_bias, cpu_bias) = (bias_on(&gpu), bias_on(&cpu));
     let mut worst = 0f32;
     let mut worst_rel = 0f32;
+    let mut weakest_control = f32::INFINITY;
     for (m, kernel) in [(1, Matvec), (3, Matvec), (6, Matvec), (37, Square), (70, Square), (70, Wide), (300, Wide)] {
         let x = input(m, raw.k, m as u32, &gpu);
         let got = matmul_in(x, &packed, gpu_bias.as_ref(), kernel, precision, Epilogue::Plain).into_data();
@@ -105,6 +107,10 @@ fn assert_kernel_matches_at(raw: &Raw, bias: Option<&[f32]>, what: &str, precisi
         let want = matmul_at(x.clone(), &dense, cpu_bias.as_ref(), Precision::F32).into_data();
         let w = want.try_to_vec::<f32>().unwrap();
         let scale = w.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let other = matmul_at(x.clone().neg(), &dense, cpu_bias.as_ref(), Precision::F32);
+        let control = testing::max_abs_difference(&g, &other.into_data().try_to_vec::<f32>().unwrap()) / scale;
+        assert!(control > 2e-2, "{what}: M = {m}, the twin on the negated input is within {control:.2e} of max |y|");
+        weakest_control = weakest_control.min(control);
         match precision {
             Precision::F32 => {
                 worst = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
@@ -127,6 +133,10 @@ fn assert_kernel_matches_at(raw: &Raw, bias: Option<&[f32]>, what: &str, precisi
             }
         }
     }
+    eprintln!(
+        "{what}: {} [{}, {}] control: the negated input ≥ {weakest_control:.2e} of max |y|",
+        raw.ty, raw.n, raw.k
+    );
     match precision {
         Precision::F32 => {
             eprintln!("{what}: {} [{}, {}] f32 worst |kernel − reference| {worst:.2e}", raw.ty, raw.n, raw.k)

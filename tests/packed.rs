@@ -99,13 +99,15 @@ fn quantized_weights_hold_their_file_bytes_on_wgpu_and_stay_dense_on_cpu() {
 }
 
 /// `kontext forward --backend wgpu --precision PRECISION` with each quantized GGUF against its golden: the committed
-/// ones and every type of the tiny-types pack.
+/// ones and every type of the tiny-types pack. The control: the golden output of the next call (other latents and
+/// timestep) differs from each by more than ten times the tolerance.
 fn forward_matches_each_gguf_golden(precision: &str, tolerance: f32) {
     let dir = temp_dir(&format!("forward-{precision}"));
     let pack = tiny_types_pack();
     for (fixture, kinds) in [("tests/fixtures/tiny", &QUANTIZED[..]), (pack.as_str(), &TINY_TYPES[..])] {
         let inputs = dir.join("inputs.safetensors");
         write_forward_inputs(&inputs, fixture);
+        let next_call = read(format!("{fixture}/golden/golden_run.safetensors"), "transformer_out_1");
         for kind in kinds {
             let transformer = format!("{fixture}/bfl_gguf/transformer_bfl-{kind}.gguf");
             let out = dir.join(format!("out-{kind}.safetensors"));
@@ -131,6 +133,11 @@ fn forward_matches_each_gguf_golden(precision: &str, tolerance: f32) {
             let worst = testing::max_abs_difference(&got.1, &want.1);
             eprintln!("{transformer} ({precision}): max |diff| {worst:e}");
             assert!(worst <= tolerance, "{transformer} ({precision}): max abs diff {worst:e} > {tolerance:e}");
+            let control = testing::max_abs_difference(&got.1, &next_call.1);
+            assert!(
+                control > 10.0 * tolerance,
+                "{transformer} ({precision}): the next call's output within {control:e}"
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -147,7 +154,7 @@ fn forward_computing_in_f16_on_wgpu_matches_each_gguf_golden_within_2e_3() {
 }
 
 /// A LoRA on the packed Q8_0 base: applied at runtime beside the packed matmul, equal to the golden made with the
-/// dequantized weights plus the merged delta.
+/// dequantized weights plus the merged delta; the base's golden without the LoRA is not (the control).
 #[test]
 fn forward_with_a_lora_on_packed_q8_0_matches_its_golden() {
     let dir = temp_dir("lora");
@@ -178,6 +185,9 @@ fn forward_with_a_lora_on_packed_q8_0_matches_its_golden() {
         let worst = testing::max_abs_difference(&got.1, &want.1);
         eprintln!("{key}: max |diff| {worst:e}");
         assert!(worst <= 1e-4, "{key}: max abs diff {worst:e} > 1e-4");
+        let base = read(format!("{GGUF_DIR}/golden_gguf_step0.safetensors"), "Q8_0");
+        let control = testing::max_abs_difference(&got.1, &base.1);
+        assert!(control > 1e-3, "{key}: the base without the LoRA is within {control:e}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
