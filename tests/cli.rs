@@ -188,6 +188,14 @@ fn golden_call(
     run_ok(&[command, &call[..], extra].concat());
 }
 
+/// `kontext edit CALL…` on the CPU from the noise file `noise` in `tmp`, writing `NAME.png` and `NAME.safetensors`
+/// (the dump) there.
+fn cpu_edit(tmp: &TempDir, noise: &str, name: &str, call: &[&str]) {
+    let (noise, out, dump) = (tmp.arg(noise), tmp.arg(&format!("{name}.png")), tmp.arg(&format!("{name}.safetensors")));
+    let outputs = ["--noise", &noise, "--backend", "cpu", "--out", &out, "--dump", &dump];
+    run_ok(&[&["edit"][..], call, &outputs].concat());
+}
+
 /// The tiny golden edit that `tiny_edit(tmp, backend, extra)` made equals diffusers' run; the same call from
 /// another noise does not (the negative control).
 fn check_tiny_edit(tmp: &TempDir, backend: &str, extra: &[&str]) {
@@ -232,35 +240,11 @@ fn edit_with_two_references_matches_the_multireference_golden() {
     let tmp = TempDir::new("multiref");
     let golden = "tests/fixtures/tiny/golden/golden_multiref.safetensors";
     write_noise(&tmp.path("noise.safetensors"), golden, "latents_init_packed", Noise::Golden);
-    let noise = tmp.arg("noise.safetensors");
     let edit = |references: &[&str], name: &str| {
-        let (out, dump) = (tmp.arg(&format!("{name}.png")), tmp.arg(&format!("{name}.safetensors")));
-        let images = references.iter().flat_map(|image| ["--image", image]);
-        let call = [
-            "edit",
-            "--model",
-            TINY_MODEL,
-            "--prompt",
-            TINY_PROMPT,
-            "--width",
-            "64",
-            "--height",
-            "80",
-            "--no-resize",
-            "--steps",
-            "4",
-            "--guidance",
-            "2.5",
-            "--noise",
-            &noise,
-            "--backend",
-            "cpu",
-            "--out",
-            &out,
-            "--dump",
-            &dump,
-        ];
-        run_ok(&[&call[..], &images.collect::<Vec<_>>()].concat());
+        let call = ["--model", TINY_MODEL, "--prompt", TINY_PROMPT, "--width", "64", "--height", "80", "--no-resize"];
+        let settings = ["--steps", "4", "--guidance", "2.5"];
+        let images: Vec<&str> = references.iter().flat_map(|image| ["--image", image]).collect();
+        cpu_edit(&tmp, "noise.safetensors", name, &[&call[..], &settings, &images].concat());
     };
     let (first, second) =
         ("tests/fixtures/tiny/golden/multiref_ref1.png", "tests/fixtures/tiny/golden/multiref_ref2.png");
@@ -605,41 +589,29 @@ fn variant_b_edit_matches_its_golden_run() {
     assert_eq!((width.as_str(), height.as_str(), steps.as_str(), guidance.as_str()), ("48", "64", "3", "3.0"));
     write_noise(&tmp.path("noise.safetensors"), golden, "latents_init_packed", Noise::Golden);
     write_noise(&tmp.path("other.safetensors"), golden, "latents_init_packed", Noise::Negated);
-    let edit = |noise: &str, out: &str, dump: &str| {
-        let (noise, out, dump) = (tmp.arg(noise), tmp.arg(out), tmp.arg(dump));
-        run_ok(&[
-            "edit",
-            "--model",
-            VARIANT_B_MODEL,
-            "--prompt",
-            prompt,
-            "--image",
-            "tests/fixtures/variant_b/golden/reference_input.png",
-            "--width",
-            &width,
-            "--height",
-            &height,
-            "--no-resize",
-            "--steps",
-            &steps,
-            "--guidance",
-            &guidance,
-            "--noise",
-            &noise,
-            "--backend",
-            "cpu",
-            "--out",
-            &out,
-            "--dump",
-            &dump,
-        ]);
-    };
-    edit("noise.safetensors", "out.png", "dump.safetensors");
-    let (latents, want) = (read(tmp.path("dump.safetensors"), "latents"), read(golden, "latents_after_step_2"));
+    let call = [
+        "--model",
+        VARIANT_B_MODEL,
+        "--prompt",
+        prompt,
+        "--image",
+        "tests/fixtures/variant_b/golden/reference_input.png",
+        "--width",
+        &width,
+        "--height",
+        &height,
+        "--no-resize",
+        "--steps",
+        &steps,
+        "--guidance",
+        &guidance,
+    ];
+    cpu_edit(&tmp, "noise.safetensors", "out", &call);
+    let (latents, want) = (read(tmp.path("out.safetensors"), "latents"), read(golden, "latents_after_step_2"));
     assert_close(latents, want.clone(), 1e-4, "variant_b final latents");
-    assert_close(read(tmp.path("dump.safetensors"), "image"), read(golden, "image_pt"), 1e-4, "variant_b image");
+    assert_close(read(tmp.path("out.safetensors"), "image"), read(golden, "image_pt"), 1e-4, "variant_b image");
     assert_png_within_one_lsb(&tmp.path("out.png"), "tests/fixtures/variant_b/golden/output.png");
-    edit("other.safetensors", "control.png", "control.safetensors");
+    cpu_edit(&tmp, "other.safetensors", "control", &call);
     let control = read(tmp.path("control.safetensors"), "latents");
     assert_far(control, want, 1e-4, "variant_b final latents from another noise");
 }
