@@ -174,6 +174,22 @@ pub fn max_abs_difference_of<const D: usize>(got: Tensor<D>, want: Tensor<D>) ->
     max_abs_difference_of_data(&got.into_data(), &want.into_data())
 }
 
+/// A parity test's negative control: `got` differs from `control` (what a wrong result would give: another
+/// step's golden, the output for another input) by more than ten times `atol` somewhere, so the comparison within
+/// `atol` that `got` passed can fail.
+pub fn assert_far_apart(got: &[f32], control: &[f32], atol: f32, what: &str) {
+    let worst = max_abs_difference(got, control);
+    assert!(worst > 10.0 * atol, "{what}: the control is within {worst:e}, not beyond ten times {atol:e}");
+    eprintln!("{what} (control): max |diff| {worst:.2e}");
+}
+
+/// [`assert_far_apart`] of two tensors' values (any float dtype, read as f32), of the same shape.
+pub fn assert_data_far_apart(got: &TensorData, control: &TensorData, atol: f32, what: &str) {
+    assert_eq!(got.shape(), control.shape(), "{what}: shape");
+    let values = |data: &TensorData| data.iter::<f32>().collect::<Vec<_>>();
+    assert_far_apart(&values(got), &values(control), atol, what);
+}
+
 /// [`max_abs_difference`] relative to the largest |want|, for outputs of the same length.
 pub fn relative_error(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len());

@@ -335,7 +335,7 @@ fn pooled_position(ids: &[u32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::testing::{FixtureFile, TINY, golden, golden_ids};
+    use crate::harness::testing::{FixtureFile, TINY, assert_data_far_apart, golden, golden_ids};
     use burn::tensor::Tolerance;
 
     fn tiny_config() -> ClipTextConfig {
@@ -343,17 +343,21 @@ mod tests {
         ClipTextConfig::from_hf_json(&json).unwrap()
     }
 
+    /// The golden prompt's hidden states and pooled vector; the same ids in reverse order are the negative control.
     fn check_against_golden(path: &str) {
         let device = crate::device::cpu();
         let weights = FixtureFile::open(path);
         let model = ClipTextTransformer::load(&tiny_config(), &weights, &device).unwrap();
         let (last, pooled) = model.forward(&clip_ids(), &device).unwrap();
         let tolerance = Tolerance::absolute(1e-4);
-        last.into_data().assert_approx_eq::<f32>(
-            &golden("golden_text_vae_internals.safetensors", "clip_last_hidden_state"),
-            tolerance,
-        );
-        pooled.into_data().assert_approx_eq::<f32>(&golden("golden_run.safetensors", "clip_pooled"), tolerance);
+        let want_last = golden("golden_text_vae_internals.safetensors", "clip_last_hidden_state");
+        let want_pooled = golden("golden_run.safetensors", "clip_pooled");
+        last.into_data().assert_approx_eq::<f32>(&want_last, tolerance);
+        pooled.into_data().assert_approx_eq::<f32>(&want_pooled, tolerance);
+        let reversed: Vec<u32> = clip_ids().into_iter().rev().collect();
+        let (last, pooled) = model.forward(&reversed, &device).unwrap();
+        assert_data_far_apart(&last.into_data(), &want_last, 1e-4, "hidden states of the ids reversed");
+        assert_data_far_apart(&pooled.into_data(), &want_pooled, 1e-4, "pooled vector of the ids reversed");
     }
 
     #[test]
@@ -388,10 +392,15 @@ mod tests {
         let device = crate::device::cpu();
         let weights = FixtureFile::open("bfl_gguf/clip_l.safetensors");
         let model = ClipTextTransformer::load(&tiny_config(), &weights, &device).unwrap();
-        model.embed(&clip_ids(), &device).unwrap().into_data().assert_approx_eq::<f32>(
-            &golden("golden_text_vae_internals.safetensors", "clip_embeddings_out"),
-            Tolerance::absolute(1e-5),
-        );
+        let want = golden("golden_text_vae_internals.safetensors", "clip_embeddings_out");
+        model
+            .embed(&clip_ids(), &device)
+            .unwrap()
+            .into_data()
+            .assert_approx_eq::<f32>(&want, Tolerance::absolute(1e-5));
+        let reversed: Vec<u32> = clip_ids().into_iter().rev().collect();
+        let control = model.embed(&reversed, &device).unwrap().into_data();
+        assert_data_far_apart(&control, &want, 1e-5, "embeddings of the ids reversed");
     }
 
     #[test]

@@ -558,7 +558,7 @@ pub(crate) mod test_gguf {
 mod tests {
     use super::test_gguf::GgufHeader;
     use super::*;
-    use crate::harness::testing::{FixtureFile, TINY, golden, golden_ids};
+    use crate::harness::testing::{FixtureFile, TINY, assert_data_far_apart, golden, golden_ids};
     use burn::tensor::Tolerance;
 
     const HF_T5: &str = "FLUX.1-Kontext-dev-tiny/text_encoder_2/model.safetensors";
@@ -626,6 +626,16 @@ mod tests {
         golden_ids("t5_input_ids").try_into_vec::<i64>().unwrap().into_iter().map(|id| id as u32).collect()
     }
 
+    /// `model` encodes the golden prompt as diffusers did; the same ids in reverse order are the negative control.
+    fn assert_golden_prompt_embeds(model: &T5Encoder, device: &Device) {
+        let want = golden("golden_run.safetensors", "t5_prompt_embeds");
+        let got = model.forward(&t5_ids(), device).unwrap().into_data();
+        got.assert_approx_eq::<f32>(&want, Tolerance::absolute(1e-4));
+        let reversed: Vec<u32> = t5_ids().into_iter().rev().collect();
+        let control = model.forward(&reversed, device).unwrap().into_data();
+        assert_data_far_apart(&control, &want, 1e-4, "T5 prompt embeddings of the ids reversed");
+    }
+
     #[test]
     fn hf_weights_match_golden_prompt_embeds_and_block0() {
         let device = crate::device::cpu();
@@ -638,11 +648,7 @@ mod tests {
         block0
             .into_data()
             .assert_approx_eq::<f32>(&golden("golden_text_vae_internals.safetensors", "t5_block0_out"), tolerance);
-        model
-            .forward(&ids, &device)
-            .unwrap()
-            .into_data()
-            .assert_approx_eq::<f32>(&golden("golden_run.safetensors", "t5_prompt_embeds"), tolerance);
+        assert_golden_prompt_embeds(&model, &device);
         let err = model.forward(&[0, 248], &device).unwrap_err().to_string();
         assert_eq!(err, "token id 248 is outside the 248-row embedding table");
     }
@@ -657,11 +663,7 @@ mod tests {
         });
         let ff = &model.block[0].dense_relu_dense;
         assert_eq!((ff.wi_0.parts.len(), ff.wo.parts.len(), model.block[0].self_attention.q.parts.len()), (2, 2, 1));
-        model
-            .forward(&t5_ids(), &device)
-            .unwrap()
-            .into_data()
-            .assert_approx_eq::<f32>(&golden("golden_run.safetensors", "t5_prompt_embeds"), Tolerance::absolute(1e-4));
+        assert_golden_prompt_embeds(&model, &device);
     }
 
     #[test]
@@ -706,11 +708,7 @@ mod tests {
         assert!(weights.names().contains(&"encoder.block.1.layer.1.DenseReluDense.wo.weight".to_string()));
         let device = crate::device::cpu();
         let model = T5Encoder::load(&T5Config::from_weights(&weights).unwrap(), &weights, &device).unwrap();
-        model
-            .forward(&t5_ids(), &device)
-            .unwrap()
-            .into_data()
-            .assert_approx_eq::<f32>(&golden("golden_run.safetensors", "t5_prompt_embeds"), Tolerance::absolute(1e-4));
+        assert_golden_prompt_embeds(&model, &device);
     }
 
     /// T5 v1.1 XXL under a 128 MiB limit: `part_rows` cuts every weight (f32 or 16-bit) into parts that fit,

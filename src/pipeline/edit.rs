@@ -396,7 +396,7 @@ impl Decoded<'_> {
 mod tests {
     use super::*;
     use crate::device::cpu;
-    use crate::harness::testing::{FixtureFile, fixture};
+    use crate::harness::testing::{FixtureFile, assert_data_far_apart, fixture};
     use crate::model::flux::Layers;
     use crate::pipeline::loader::{Folder, Overrides};
     use crate::pipeline::plan::Residency;
@@ -599,10 +599,11 @@ mod tests {
         assert_eq!(model.references_encoded(), 1);
         // A re-run and a new instruction on the same reference: no encoding, the same result.
         let again = golden_edit(&mut model, PROMPT, &device);
-        golden_edit(&mut model, "a yellow square", &device);
+        let other_prompt = golden_edit(&mut model, "a yellow square", &device);
         assert_eq!(model.references_encoded(), 1, "the same pixels are not encoded again");
         again.into_data().assert_approx_eq::<f32>(&first.clone().into_data(), Tolerance::absolute(0.0));
-        first.into_data().assert_approx_eq::<f32>(&golden.into_data(), Tolerance::absolute(1e-4));
+        first.into_data().assert_approx_eq::<f32>(&golden.clone().into_data(), Tolerance::absolute(1e-4));
+        assert_data_far_apart(&other_prompt.into_data(), &golden.into_data(), 1e-4, "another instruction");
 
         // One changed pixel is another reference.
         let mut reference = images::decode(&std::fs::read(fixture("golden/reference_input.png")).unwrap()).unwrap();
@@ -632,6 +633,7 @@ mod tests {
         let mut kept = tiny_model(&device);
         kept.residency = Residency::KEEP_ALL;
         let expected = golden_edit(&mut kept, "a yellow square", &device);
+        assert_data_far_apart(&expected.clone().into_data(), &golden.into_data(), 1e-4, "another instruction");
         assert!(kept.t5.is_resident() && !kept.flux.modulation_weights_released());
         let got = golden_edit(&mut model, "a yellow square", &device);
         got.into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-6));
@@ -641,8 +643,10 @@ mod tests {
     #[test]
     fn every_residency_matches_the_golden_and_holds_only_what_it_keeps() {
         let device = cpu();
-        let golden: Tensor<3> =
-            FixtureFile::open("golden/golden_run.safetensors").tensor("latents_after_step_3", &device);
+        let run = FixtureFile::open("golden/golden_run.safetensors");
+        let golden: Tensor<3> = run.tensor("latents_after_step_3", &device);
+        // Negative control: the latents one step short.
+        let step_short = run.tensor::<3>("latents_after_step_2", &device).into_data();
         for residency in Residency::CHOICES {
             let mut model =
                 KontextModel::open(&Folder(fixture("FLUX.1-Kontext-dev-tiny").into()), Overrides::default(), &device)
@@ -653,6 +657,7 @@ mod tests {
             model.upload_kept(&device).unwrap();
             assert_eq!(model.vae.is_resident(), residency.keep_vae, "{residency:?}");
             let latents = golden_edit(&mut model, PROMPT, &device);
+            assert_data_far_apart(&latents.clone().into_data(), &step_short, 1e-4, &format!("{residency:?}"));
             latents.into_data().assert_approx_eq::<f32>(&golden.clone().into_data(), Tolerance::absolute(1e-4));
             // Denoising: the text encoders and the VAE stay only when kept; streamed blocks are not on the device.
             assert_eq!(model.t5.is_resident(), residency.keep_text_encoders, "{residency:?}");

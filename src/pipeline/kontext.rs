@@ -218,7 +218,7 @@ fn decode_latents_within(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::testing::{FixtureFile, fixture};
+    use crate::harness::testing::{FixtureFile, assert_data_far_apart, fixture};
     use crate::model::FluxConfig;
     use crate::model::vae::config::VaeConfig;
     use crate::pipeline::image;
@@ -273,6 +273,11 @@ mod tests {
         for step in 0..4 {
             futures_lite::future::block_on(sampler.step(&mut denoiser)).unwrap();
             close(sampler.latents().clone(), golden, &format!("latents_after_step_{step}"), device);
+            // Negative control: the latents one step before.
+            let before =
+                if step == 0 { "latents_init_packed".into() } else { format!("latents_after_step_{}", step - 1) };
+            let before = golden.tensor::<3>(&before, device).into_data();
+            assert_data_far_apart(&sampler.latents().clone().into_data(), &before, 1e-4, &format!("step {step}"));
         }
         let decoded = decode_latents(vae, sampler.into_latents(), 10, 8).unwrap();
         close(decoded.clone(), golden, "decoded_raw", device);

@@ -352,7 +352,7 @@ mod tests {
     use super::*;
     use crate::device::cpu;
     use crate::formats::FileSource;
-    use crate::harness::testing::{FixtureFile, fixture, max_abs_difference};
+    use crate::harness::testing::{FixtureFile, assert_data_far_apart, fixture, max_abs_difference};
     use crate::model::FluxConfig;
     use crate::pipeline::cache::StepCache;
     use crate::pipeline::kontext::{Conditioning, KontextDenoiser, References, TextConditioning, sampler};
@@ -416,6 +416,7 @@ mod tests {
             .collect()
     }
 
+    /// The control: each strength's final latents are far from the other strength's golden.
     #[test]
     fn every_layout_at_full_and_half_strength_matches_the_golden_run() {
         let device = cpu();
@@ -423,12 +424,17 @@ mod tests {
         let golden = FixtureFile::open("lora/golden_lora.safetensors");
         for layout in LAYOUTS {
             let adapter = read(layout, &flux).unwrap();
-            for (tag, strength) in [("w100", 1.0), ("w050", 0.5)] {
+            for (tag, strength, other) in [("w100", 1.0, "w050"), ("w050", 0.5, "w100")] {
                 flux.set_adapters(&[(&adapter, strength)], &device).unwrap();
+                let mut last = None;
                 for (step, latents) in denoise_golden_run(&flux, &device).into_iter().enumerate() {
                     let expected: Tensor<3> = golden.tensor(&format!("{tag}_latents_after_step_{step}"), &device);
-                    latents.into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
+                    let latents = latents.into_data();
+                    latents.assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
+                    last = Some(latents);
                 }
+                let control = golden.tensor::<3>(&format!("{other}_latents_after_step_3"), &device).into_data();
+                assert_data_far_apart(&last.unwrap(), &control, 1e-4, &format!("{layout} {tag} against {other}"));
             }
         }
     }
@@ -585,10 +591,20 @@ mod tests {
         let (mut flux, _) = loader::load_transformer(&folder, Some(Box::new(file)), &device).unwrap();
         let golden = FixtureFile::open("lora/golden_lora_gguf_step0.safetensors");
         let comfy = read("lora_comfy", &flux).unwrap();
-        for (key, strength) in [("Q8_0_base", 0.0), ("Q8_0_w100", 1.0), ("Q8_0_w050", 0.5)] {
+        let keys = ["Q8_0_base", "Q8_0_w100", "Q8_0_w050"];
+        for (i, (key, strength)) in keys.into_iter().zip([0.0, 1.0, 0.5]).enumerate() {
             flux.set_adapters(&[(&comfy, strength)], &device).unwrap();
             let expected: Tensor<3> = golden.tensor(key, &device);
-            step0(&flux, &device).into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
+            let got = step0(&flux, &device).into_data();
+            got.assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
+            // Negative control: the next strength's golden.
+            let other = keys[(i + 1) % keys.len()];
+            assert_data_far_apart(
+                &got,
+                &golden.tensor::<3>(other, &device).into_data(),
+                1e-4,
+                &format!("{key} against {other}"),
+            );
         }
     }
 

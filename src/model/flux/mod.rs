@@ -1141,7 +1141,7 @@ fn expect_dims(what: &str, found: &[usize], expected: &[usize]) -> Result<()> {
 mod tests {
     use super::*;
     use crate::device::cpu;
-    use crate::harness::testing::{FixtureFile, max_abs_difference_of_data};
+    use crate::harness::testing::{FixtureFile, assert_data_far_apart, max_abs_difference_of_data};
     use crate::model::flux::remap::DiffusersAsBfl;
     use burn::tensor::Tolerance;
 
@@ -1155,7 +1155,8 @@ mod tests {
         ours.assert_approx_eq::<f32>(&golden, Tolerance::absolute(1e-4));
     }
 
-    /// Runs transformer call `call` of the golden run and compares the full output.
+    /// Runs transformer call `call` of the golden run and compares the full output; the next call's golden output
+    /// is the negative control.
     fn check_call(model: &Flux, run: &FixtureFile, call: usize, device: &Device) {
         let first = |key: &str| format!("transformer_in_0_{key}");
         let out = model
@@ -1169,6 +1170,13 @@ mod tests {
                 Some(run.tensor(&first("guidance"), device)),
             )
             .unwrap();
+        let next: Tensor<3> = run.tensor(&format!("transformer_out_{}", (call + 1) % 4), device);
+        assert_data_far_apart(
+            &out.clone().into_data(),
+            &next.into_data(),
+            1e-4,
+            &format!("call {call} against the next"),
+        );
         assert_close(&format!("transformer_out_{call}"), out, run.tensor(&format!("transformer_out_{call}"), device));
     }
 
@@ -1343,6 +1351,8 @@ mod tests {
         assert_eq!(split.double_blocks[0].img_attn.qkv.parts.len(), 3);
         assert_eq!(whole.single_blocks[0].linear1.parts.len(), 1);
         assert_close("chunked vs golden", chunked.clone(), run.tensor("transformer_out_0", &device));
+        let next: Tensor<3> = run.tensor("transformer_out_1", &device);
+        assert_data_far_apart(&chunked.clone().into_data(), &next.into_data(), 1e-4, "chunked against call 1");
         let diff: f32 = (chunked - forward(&whole)).abs().max().into_scalar();
         assert!(diff <= 1e-5, "chunked vs whole: max |diff| {diff:e}");
     }

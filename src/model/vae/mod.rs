@@ -499,7 +499,7 @@ impl Loader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::testing::{FixtureFile, tiny_vae, tiny_vae_config as tiny_config};
+    use crate::harness::testing::{FixtureFile, assert_data_far_apart, tiny_vae, tiny_vae_config as tiny_config};
     use burn::tensor::Tolerance;
 
     fn internals() -> FixtureFile {
@@ -512,9 +512,13 @@ mod tests {
         let golden = internals();
         let image = golden.tensor::<4>("vae_encoder_input_image", &device);
         let moments = golden.tensor::<4>("vae_encoder_moments", &device); // [1, 32, 8, 12]
-        let mean = tiny_vae(&device).encode(image).unwrap();
+        let vae = tiny_vae(&device);
+        let mean = vae.encode(image.clone()).unwrap();
         assert_eq!(mean.dims(), [1, 16, 8, 12]);
-        mean.into_data().assert_approx_eq::<f32>(&moments.narrow(1, 0, 16).into_data(), Tolerance::absolute(1e-4));
+        let want = moments.narrow(1, 0, 16).into_data();
+        mean.into_data().assert_approx_eq::<f32>(&want, Tolerance::absolute(1e-4));
+        let mirrored = vae.encode(image.flip([3])).unwrap().into_data();
+        assert_data_far_apart(&mirrored, &want, 1e-4, "the mirrored image's mean");
     }
 
     #[test]
@@ -523,8 +527,12 @@ mod tests {
         let golden = internals();
         let z = golden.tensor::<4>("vae_decoder_input_latents", &device);
         let expected = golden.tensor::<4>("vae_decoder_output", &device); // [1, 3, 80, 64]
-        let decoded = tiny_vae(&device).decode(z).unwrap();
-        decoded.into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
+        let vae = tiny_vae(&device);
+        let decoded = vae.decode(z.clone()).unwrap();
+        let expected = expected.into_data();
+        decoded.into_data().assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
+        let mirrored = vae.decode(z.flip([3])).unwrap().into_data();
+        assert_data_far_apart(&mirrored, &expected, 1e-4, "the mirrored latents' decode");
     }
 
     #[test]
