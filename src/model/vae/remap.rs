@@ -153,7 +153,7 @@ fn to_diffusers(ldm: &str, decoder_levels: usize) -> (String, Transform) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::testing::FixtureFile;
+    use crate::harness::testing::{FixtureFile, assert_data_far_apart};
     use crate::model::vae::{Vae, VaeConfig};
     use burn::tensor::Tolerance;
 
@@ -204,8 +204,11 @@ mod tests {
         let mean = vae.encode(golden.tensor::<4>("vae_encoder_input_image", &device)).unwrap();
         let moments = golden.tensor::<4>("vae_encoder_moments", &device); // [1, 32, 8, 12]
         mean.into_data().assert_approx_eq::<f32>(&moments.narrow(1, 0, 16).into_data(), Tolerance::absolute(1e-4));
-        let decoded = vae.decode(golden.tensor::<4>("vae_decoder_input_latents", &device)).unwrap();
-        let expected = golden.tensor::<4>("vae_decoder_output", &device);
-        decoded.into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
+        let latents = golden.tensor::<4>("vae_decoder_input_latents", &device);
+        let decoded = vae.decode(latents.clone()).unwrap();
+        let expected = golden.tensor::<4>("vae_decoder_output", &device).into_data();
+        decoded.into_data().assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
+        let mirrored = vae.decode(latents.flip([3])).unwrap().into_data();
+        assert_data_far_apart(&mirrored, &expected, 1e-4, "the mirrored latents' decode");
     }
 }
