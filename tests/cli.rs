@@ -10,7 +10,7 @@ use std::sync::Arc;
 use kontext_web::device::faults;
 use kontext_web::formats::FileSource;
 use kontext_web::harness::testing::{
-    self, TINY_TYPES, TempDir, generated_pack, repo_root, run_kontext, tiny_types_pack,
+    self, TINY_TYPES, TempDir, generated_pack, odd_widths_pack, repo_root, run_kontext, tiny_types_pack,
 };
 use kontext_web::pipeline::loader::{self, MemoryFiles, NoFolder};
 use safetensors::{Dtype, SafeTensors};
@@ -186,12 +186,49 @@ fn golden_call(
     run_ok(&[command, &call[..], extra].concat());
 }
 
-/// `kontext edit CALL…` on the CPU from the noise file `noise` in `tmp`, writing `NAME.png` and `NAME.safetensors`
-/// (the dump) there.
-fn cpu_edit(tmp: &TempDir, noise: &str, name: &str, call: &[&str]) {
+/// `kontext edit CALL…` on `backend` from the noise file `noise` in `tmp`, writing `NAME.png` and
+/// `NAME.safetensors` (the dump) there.
+fn noise_edit(tmp: &TempDir, noise: &str, name: &str, backend: &str, call: &[&str]) {
     let (noise, out, dump) = (tmp.arg(noise), tmp.arg(&format!("{name}.png")), tmp.arg(&format!("{name}.safetensors")));
-    let outputs = ["--noise", &noise, "--backend", "cpu", "--out", &out, "--dump", &dump];
+    let outputs = ["--noise", &noise, "--backend", backend, "--out", &out, "--dump", &dump];
     run_ok(&[&["edit"][..], call, &outputs].concat());
+}
+
+/// The golden edit of a generated config (`FIXTURE/golden/golden_meta.json` names the call) through `kontext edit`
+/// on `backend` from its noise: the final latents and the image within 1e-4 of diffusers', the PNG within 1 LSB;
+/// the negated noise is the negative control. Returns the call's width, height, steps and guidance.
+fn check_golden_edit(fixture: &str, backend: &str) -> [String; 4] {
+    let name = Path::new(fixture).file_name().unwrap().to_string_lossy().into_owned();
+    let tmp = TempDir::new(&format!("{name}-{backend}"));
+    let golden = format!("{fixture}/golden/golden_run.safetensors");
+    let meta = std::fs::read(root().join(fixture).join("golden/golden_meta.json")).unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+    let call = &meta["call"];
+    let sizes = ["width", "height", "num_inference_steps", "guidance_scale"].map(|key| call[key].to_string());
+    let [width, height, steps, guidance] = &sizes;
+    write_noise(&tmp.path("noise.safetensors"), &golden, "latents_init_packed", Noise::Golden);
+    write_noise(&tmp.path("other.safetensors"), &golden, "latents_init_packed", Noise::Negated);
+    let (model, reference) =
+        (format!("{fixture}/FLUX.1-Kontext-dev-tiny"), format!("{fixture}/golden/reference_input.png"));
+    let prompt = call["prompt"].as_str().unwrap();
+    let call = ["--model", &model, "--prompt", prompt, "--image", &reference, "--width", width, "--height", height];
+    let call = [&call[..], &["--no-resize", "--steps", steps, "--guidance", guidance]].concat();
+    noise_edit(&tmp, "noise.safetensors", "out", backend, &call);
+    let last = format!("latents_after_step_{}", steps.parse::<usize>().unwrap() - 1);
+    let (latents, want) = (read(tmp.path("out.safetensors"), "latents"), read(&golden, &last));
+    let what = format!("{name} on {backend}");
+    assert_close(latents, want.clone(), 1e-4, &format!("{what}: final latents"));
+    assert_close(
+        read(tmp.path("out.safetensors"), "image"),
+        read(&golden, "image_pt"),
+        1e-4,
+        &format!("{what}: image"),
+    );
+    assert_png_within_one_lsb(&tmp.path("out.png"), &format!("{fixture}/golden/output.png"));
+    noise_edit(&tmp, "other.safetensors", "control", backend, &call);
+    let control = read(tmp.path("control.safetensors"), "latents");
+    assert_far(control, want, 1e-4, &format!("{what}: final latents from another noise"));
+    sizes
 }
 
 /// The tiny golden edit that `tiny_edit(tmp, backend, extra)` made equals diffusers' run; the same call from
@@ -242,7 +279,7 @@ fn edit_with_two_references_matches_the_multireference_golden() {
         let call = ["--model", TINY_MODEL, "--prompt", TINY_PROMPT, "--width", "64", "--height", "80", "--no-resize"];
         let settings = ["--steps", "4", "--guidance", "2.5"];
         let images: Vec<&str> = references.iter().flat_map(|image| ["--image", image]).collect();
-        cpu_edit(&tmp, "noise.safetensors", name, &[&call[..], &settings, &images].concat());
+        noise_edit(&tmp, "noise.safetensors", name, "cpu", &[&call[..], &settings, &images].concat());
     };
     let (first, second) =
         ("tests/fixtures/tiny/golden/multiref_ref1.png", "tests/fixtures/tiny/golden/multiref_ref2.png");
@@ -574,44 +611,23 @@ fn t5_ggufs_match_their_goldens() {
 
 #[test]
 fn variant_b_edit_matches_its_golden_run() {
-    let tmp = TempDir::new("variant-b");
-    let golden = "tests/fixtures/variant_b/golden/golden_run.safetensors";
-    let meta: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(root().join("tests/fixtures/variant_b/golden/golden_meta.json")).unwrap(),
-    )
-    .unwrap();
-    let call = &meta["call"];
-    let prompt = call["prompt"].as_str().unwrap();
-    let (width, height) = (call["width"].to_string(), call["height"].to_string());
-    let (steps, guidance) = (call["num_inference_steps"].to_string(), call["guidance_scale"].to_string());
-    assert_eq!((width.as_str(), height.as_str(), steps.as_str(), guidance.as_str()), ("48", "64", "3", "3.0"));
-    write_noise(&tmp.path("noise.safetensors"), golden, "latents_init_packed", Noise::Golden);
-    write_noise(&tmp.path("other.safetensors"), golden, "latents_init_packed", Noise::Negated);
-    let call = [
-        "--model",
-        VARIANT_B_MODEL,
-        "--prompt",
-        prompt,
-        "--image",
-        "tests/fixtures/variant_b/golden/reference_input.png",
-        "--width",
-        &width,
-        "--height",
-        &height,
-        "--no-resize",
-        "--steps",
-        &steps,
-        "--guidance",
-        &guidance,
-    ];
-    cpu_edit(&tmp, "noise.safetensors", "out", &call);
-    let (latents, want) = (read(tmp.path("out.safetensors"), "latents"), read(golden, "latents_after_step_2"));
-    assert_close(latents, want.clone(), 1e-4, "variant_b final latents");
-    assert_close(read(tmp.path("out.safetensors"), "image"), read(golden, "image_pt"), 1e-4, "variant_b image");
-    assert_png_within_one_lsb(&tmp.path("out.png"), "tests/fixtures/variant_b/golden/output.png");
-    cpu_edit(&tmp, "other.safetensors", "control", &call);
-    let control = read(tmp.path("control.safetensors"), "latents");
-    assert_far(control, want, 1e-4, "variant_b final latents from another noise");
+    assert_eq!(check_golden_edit(VARIANT_B, "cpu"), ["48", "64", "3", "3.0"]);
+}
+
+/// A config with widths the committed ones lack ([`odd_widths_pack`]): its golden edit on the CPU and on wgpu, and
+/// its transformer GGUFs. Not its T5 GGUF: its T5 measures relative positions up to 64, and a llama.cpp T5 GGUF
+/// has no key for that distance (llama.cpp, and so this reader, take T5's 128).
+#[test]
+fn an_odd_widths_config_edits_like_its_golden_on_cpu_and_wgpu() {
+    let pack = odd_widths_pack();
+    for backend in ["cpu", "wgpu"] {
+        assert_eq!(check_golden_edit(&pack, backend), ["80", "48", "2", "4.0"]);
+    }
+    let model = format!("{pack}/FLUX.1-Kontext-dev-tiny");
+    for kind in ["Q8_0", "Q4_0"] {
+        let file = format!("transformer_bfl-{kind}.gguf");
+        check_forward(&pack, &model, &file, "bfl_gguf/golden_gguf_step0.safetensors", kind);
+    }
 }
 
 #[test]

@@ -94,6 +94,15 @@ pub fn tiny_types_pack() -> String {
     generated_pack("KONTEXT_TINY_TYPES", "tiny_types")
 }
 
+/// A tiny Kontext with widths the committed configs lack (`tests/fixtures/generator/odd_widths.json`: heads of 48,
+/// T5 attention narrower than its model, five CLIP heads, uneven VAE channels, a portrait reference for a
+/// landscape output), with its goldens, Q8_0 and Q4_0 transformer GGUFs and an F16 T5 GGUF (`make packs`,
+/// `KONTEXT_ODD_WIDTHS`).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn odd_widths_pack() -> String {
+    generated_pack("KONTEXT_ODD_WIDTHS", "odd_widths")
+}
+
 /// The transformer GGUF types of [`tiny_types_pack`].
 pub const TINY_TYPES: [&str; 10] = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"];
 

@@ -30,6 +30,9 @@ export function requireRealWidth() {
 /** The tiny-types pack (`make packs`): the tiny model with its DiT as a GGUF of every type the reader supports. */
 export const TINY_TYPES_PACK = process.env.KONTEXT_TINY_TYPES ?? join(homedir(), '.cache', 'kontext-web', 'packs', 'tiny_types');
 
+/** The odd-widths pack (`make packs`): a tiny Kontext with widths the committed ones lack (heads of 48, …). */
+export const ODD_WIDTHS_PACK = process.env.KONTEXT_ODD_WIDTHS ?? join(homedir(), '.cache', 'kontext-web', 'packs', 'odd_widths');
+
 /** The reference image of the tiny model's goldens (96×64). */
 export const REFERENCE = 'tests/fixtures/tiny/golden/reference_input.png';
 
