@@ -161,9 +161,12 @@ gpu-dry-run: gpu-bundle
 # wasm-bindgen-test-runner drives Debian's Chromium through chromedriver, with WebGPU on SwiftShader.
 # --nocapture shows what the tests print (which f16 checks ran, or why they were skipped).
 # tests/store.rs downloads from tests/e2e/drop-server.mjs (Range, CORS, cut connections) on port 8791.
+# chromedriver leaves each session's Chromium profile in TMPDIR when the runner ends it (up to 1.2 GB of IndexedDB
+# each: 82 of them had filled this disk until Cache.addAll failed), so the run gets a TMPDIR of its own, deleted after.
 test-wasm:
-	node tests/e2e/drop-server.mjs 8791 & server=$$!; trap "kill $$server" EXIT; \
-	CHROMEDRIVER=$$(command -v chromedriver) WASM_BINDGEN_TEST_WEBDRIVER_JSON=$(CURDIR)/tests/webdriver.json \
+	scratch=$$(mktemp -d /tmp/kontext-wasm-tests.XXXXXX); \
+	node tests/e2e/drop-server.mjs 8791 & server=$$!; trap "kill $$server; rm -rf $$scratch" EXIT; \
+	TMPDIR=$$scratch CHROMEDRIVER=$$(command -v chromedriver) WASM_BINDGEN_TEST_WEBDRIVER_JSON=$(CURDIR)/tests/webdriver.json \
 	WASM_BINDGEN_TEST_TIMEOUT=600 cargo test --locked --target wasm32-unknown-unknown --profile web --test web --test web_worker --test store --test stream \
 	  -- --nocapture
 
