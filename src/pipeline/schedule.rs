@@ -57,6 +57,9 @@ mod tests {
         for (got, want) in s.iter().zip(expected) {
             assert!((got - want).abs() < 1e-5, "{s:?}");
         }
+        // Negative control: the shift of another token count (the reference's 24 added) moves them beyond 1e-4.
+        let other = sigmas(4, 44, ShiftConfig::flux());
+        assert!(other.iter().zip(expected).any(|(got, want)| (got - want).abs() > 1e-4), "{other:?}");
     }
 
     #[test]
