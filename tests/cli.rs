@@ -365,7 +365,7 @@ fn real_width_transformers_in_every_format_match_their_goldens() {
 /// The ComfyUI file set at real width — a transformer GGUF, a T5 GGUF, `clip_l.safetensors` and `ae.safetensors`,
 /// no folder — on wgpu under a GPU budget smaller than the DiT and T5 together: `kontext plan` fits it by
 /// phases, the allocator's measured peak stays within it, and the edit lands where diffusers' does up to the
-/// Q8_0 weights' error, while another noise does not (the negative control).
+/// Q8_0 weights' error, while diffusers' latents with their tokens moved by one do not (the negative control).
 #[test]
 fn the_comfyui_file_set_edits_at_real_width_under_a_budget_smaller_than_dit_and_t5() {
     let pack = real_width();
@@ -428,15 +428,22 @@ fn the_comfyui_file_set_edits_at_real_width_under_a_budget_smaller_than_dit_and_
         read(&dump, "latents")
     };
     let want = read(&golden, "latents_after_step_0");
-    let error = relative_error(&edit(tmp.arg("noise.safetensors")), &want);
+    let got = edit(tmp.arg("noise.safetensors"));
+    let error = relative_error(&got, &want);
     let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path("stats.json")).unwrap()).unwrap();
     eprintln!("ComfyUI set under {budget} bytes: relative error {error:.2e}; {stats}");
     let peak = stats["peak_device_bytes"].as_u64().unwrap();
     assert!(peak <= budget && stats["planned_peak_bytes"].as_u64().unwrap() <= budget, "{stats}");
     assert!(error <= 2e-2, "relative error {error:e}");
-    write_noise(&tmp.path("other.safetensors"), &golden, "latents_init_packed", Noise::Negated);
-    let control = relative_error(&edit(tmp.arg("other.safetensors")), &want);
-    assert!(control > 5.0 * error, "another noise gives {control:e}");
+    // Control: diffusers' latents with each token's values moved to the next token are beyond ten times the
+    // tolerance. (That the edit follows its noise at real width is the sharded-folder test's control; a second
+    // edit here would double this test's 90 s on lavapipe.)
+    let (shape, values) = want;
+    let token = shape[shape.len() - 1];
+    let moved = values.iter().cycle().skip(token).take(values.len()).copied().collect();
+    let control = relative_error(&got, &(shape, moved));
+    eprintln!("ComfyUI set against diffusers' latents moved by a token (control): relative error {control:.2e}");
+    assert!(control > 10.0 * 2e-2, "diffusers' latents moved by a token are within {control:e}");
 }
 
 /// A real-width edit from the sharded diffusers folder (index files, as real repositories are) on the CPU

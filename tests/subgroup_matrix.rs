@@ -100,8 +100,33 @@ fn dawn_grant(test: &str) -> Option<(PathBuf, SubgroupMatrixGrant, usize)> {
     Some((root, granted, fragment))
 }
 
-/// Runs `cases` on Dawn: each case's output as f32, or what Tint or Dawn said.
+/// Runs `cases` on Dawn: each case's output as f32, or what Tint or Dawn said. Lavapipe spends these runs
+/// lowering the kernels' cooperative matrices, on one thread and again each run (Mesa's shader cache keeps only
+/// what comes after), so the kernels are shared between two Dawn processes by the length of their source, the
+/// longest first, each kernel's cases in one process.
 fn run(root: &Path, cases: &[Case]) -> BTreeMap<String, Result<Vec<f32>, String>> {
+    let mut kernels: Vec<&str> = cases.iter().map(|case| case.wgsl.as_str()).collect();
+    kernels.sort_by_key(|&wgsl| (std::cmp::Reverse(wgsl.len()), wgsl));
+    kernels.dedup();
+    let (mut parts, mut lengths): ([Vec<&str>; 2], [usize; 2]) = Default::default();
+    for wgsl in kernels {
+        let part = if lengths[0] <= lengths[1] { 0 } else { 1 };
+        parts[part].push(wgsl);
+        lengths[part] += wgsl.len();
+    }
+    let parts = parts.map(|kernels| cases.iter().filter(|case| kernels.contains(&case.wgsl.as_str())).collect());
+    std::thread::scope(|scope| {
+        let runs: Vec<_> =
+            parts.iter().map(|part: &Vec<&Case>| scope.spawn(|| run_in_one_process(root, part))).collect();
+        runs.into_iter().flat_map(|run| run.join().expect("a Dawn run")).collect()
+    })
+}
+
+fn run_in_one_process(root: &Path, cases: &[&Case]) -> BTreeMap<String, Result<Vec<f32>, String>> {
+    let mut results = BTreeMap::new();
+    if cases.is_empty() {
+        return results;
+    }
     let dir = TempDir::new("dawn-run");
     let mut manifest = Vec::new();
     for (c, case) in cases.iter().enumerate() {
@@ -128,7 +153,6 @@ fn run(root: &Path, cases: &[Case]) -> BTreeMap<String, Result<Vec<f32>, String>
     let manifest = serde_json::json!({ "cases": manifest });
     std::fs::write(dir.path("cases.json"), manifest.to_string()).unwrap();
     dawn(root, "run", dir.dir());
-    let mut results = BTreeMap::new();
     for case in cases {
         let read = |ext: &str| std::fs::read(dir.path(&format!("{}.{ext}", case.name)));
         let result = match (read("out"), read("error")) {
